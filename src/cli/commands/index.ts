@@ -1,6 +1,15 @@
 // The list of CLI commands. Each module exports `register(program)`.
 import type { Command } from 'commander';
+import { register as registerBench } from './bench.js';
+import { register as registerInfo } from './info.js';
+import { register as registerKernels } from './kernels.js';
+import { register as registerMakeCheckpoint } from './make-checkpoint.js';
+import { register as registerMoe } from './moe.js';
 
 export function registerCommands(program: Command): void {
-  void program;
+  registerBench(program);
+  registerInfo(program);
+  registerKernels(program);
+  registerMakeCheckpoint(program);
+  registerMoe(program);
 }

@@ -1,0 +1,483 @@
+// The `unfused` backend: the MoE layer on one Hopper GPU as a short sequence of kernels (SPEC 2-3):
+//
+//   staging (bf16 x -> e4m3 + f32 per-128 scales, ids, weights)          src/kernels/staging.ts
+//   -> dispatch (per-expert grouping into the GEMM's A/sfa layout)         src/kernels/moe-dispatch.ts
+//   -> L1 grouped GEMM on transformed W13, fused epilogue: clamp-SwiGLU x routing weight -> pow2 per-128 FP8
+//   -> L2 grouped GEMM -> bf16 per (token, slot)                           src/kernels/grouped-gemm.ts
+//   -> combine (f32 sum of the K rows -> bf16 y_routed; + shared -> y)   src/kernels/moe-combine.ts
+//
+// The shared expert rides the same grouped GEMMs as one extra group (index E, weight 1, every token), so a layer is
+// 2 GEMM launches whatever its routing. Every launch has a shape fixed by T alone and reads the routing from device
+// memory, so the whole layer is captured in one CUDA graph per decode size (captureGraph).
+//
+// Weights are uploaded once at prepare(): W13 [E+1, 2I, H] in the transformed (gate/up interleaved) layout with its
+// natural f32 scales [E+1, 2I/128, H/128], and W2 [E+1, H, I] with [E+1, H/128, I/128].
+import {
+  cudaStatus, CudaGraph, CudaEvent, DeviceBuffer, DeviceTensor, ensureContext, Stream, type StreamLike,
+} from '../cuda/index.js';
+import { MoeCombine } from '../kernels/moe-combine.js';
+import { DispatchBuffers, dispatchCapacity, MoeDispatch, type DispatchCapacity, type DispatchShape } from '../kernels/moe-dispatch.js';
+import { RandomFill } from '../kernels/random-fill.js';
+import { Stager } from '../kernels/staging.js';
+import {
+  chooseRowTile, createExpertGemms, type ExpertGemms, type RowTile,
+} from './unfused-gemm.js';
+import type { MoeBackend, MoeForwardResult, PrepareOptions } from '../moe/backend.js';
+import {
+  checkForwardInputs, checkLayer, checkSm90, checkTokenCapacity, GuardError, type TopkIdsTensor,
+} from '../moe/guards.js';
+import { concatL1, interleaveGateUpRows, transformL1 } from '../moe/transform.js';
+import type { ExpertWeights, MoeLayerWeights } from '../moe/types.js';
+import { QUANT_BLOCK, type QuantizedWeight } from '../numerics/quant.js';
+import { HostTensor } from '../tensor/host.js';
+import type { BackendProvider } from './index.js';
+
+/** What the device pipeline is specialised on. */
+export interface UnfusedShape {
+  hidden: number;
+  inter: number;
+  /** routed experts held on this GPU (all E without expert parallelism) */
+  experts: number;
+  topK: number;
+  /** SPEC 2 step 5; <= 0 means no clamp */
+  swigluLimit: number;
+}
+
+/** Default token capacity when prepare() is not given maxTokens. */
+export const DEFAULT_MAX_TOKENS = 4096;
+
+function groupsOf(shape: UnfusedShape): number {
+  return shape.experts + 1; // + the shared expert
+}
+
+/** Expert weights on the device, stacked by group (routed experts 0..E-1, then the shared expert as group E). */
+export class DeviceMoeWeights {
+  readonly shape: UnfusedShape;
+  /** e4m3 [G, 2I, H], gate/up interleaved in granules of 8 rows (SPEC "Weight transform") */
+  readonly w13: DeviceBuffer;
+  /** f32 [G, 2I/128, H/128], natural layout (gate blocks, then up blocks) */
+  readonly s13: DeviceBuffer;
+  /** e4m3 [G, H, I] */
+  readonly w2: DeviceBuffer;
+  /** f32 [G, H/128, I/128] */
+  readonly s2: DeviceBuffer;
+
+  private constructor(shape: UnfusedShape) {
+    this.shape = shape;
+    const G = groupsOf(shape);
+    const { hidden: H, inter: I } = shape;
+    const made: DeviceBuffer[] = [];
+    const alloc = (bytes: number) => { const b = DeviceBuffer.alloc(bytes); made.push(b); return b; };
+    try {
+      this.w13 = alloc(G * 2 * I * H);
+      this.s13 = alloc(G * ((2 * I) / QUANT_BLOCK) * (H / QUANT_BLOCK) * 4);
+      this.w2 = alloc(G * H * I);
+      this.s2 = alloc(G * (H / QUANT_BLOCK) * (I / QUANT_BLOCK) * 4);
+    } catch (err) {
+      for (const b of made) b.dispose();
+      throw err;
+    }
+  }
+
+  /** Bytes of one expert's L1 codes, L1 scales, L2 codes, L2 scales. */
+  private strides(): { w13: number; s13: number; w2: number; s2: number } {
+    const { hidden: H, inter: I } = this.shape;
+    return {
+      w13: 2 * I * H,
+      s13: ((2 * I) / QUANT_BLOCK) * (H / QUANT_BLOCK) * 4,
+      w2: H * I,
+      s2: (H / QUANT_BLOCK) * (I / QUANT_BLOCK) * 4,
+    };
+  }
+
+  /** Uploads one FFN as group `g`, transforming its L1 weight on the way. */
+  private upload(g: number, ffn: ExpertWeights): void {
+    const st = this.strides();
+    const l1 = transformL1(concatL1(ffn.w1, ffn.w3));
+    this.w13.copyFromHost(l1.q, { offset: g * st.w13 });
+    this.s13.copyFromHost(l1.s, { offset: g * st.s13 });
+    this.w2.copyFromHost(ffn.w2.q, { offset: g * st.w2 });
+    this.s2.copyFromHost(ffn.w2.s, { offset: g * st.s2 });
+  }
+
+  /**
+   * Uploads a layer's experts: `localIds` (ascending global ids this GPU holds) become groups 0..E-1, the shared
+   * expert group E.
+   */
+  static fromLayer(layer: MoeLayerWeights, localIds: readonly number[], onExpert?: (done: number, total: number) => void): DeviceMoeWeights {
+    const s = layer.shape;
+    const w = new DeviceMoeWeights({
+      hidden: s.hiddenSize, inter: s.moeIntermediateSize, experts: localIds.length, topK: s.numExpertsPerTok, swigluLimit: s.swigluLimit,
+    });
+    try {
+      localIds.forEach((id, g) => {
+        w.upload(g, layer.experts.get(id));
+        onExpert?.(g + 1, localIds.length + 1);
+      });
+      w.upload(localIds.length, layer.sharedExpert);
+      onExpert?.(localIds.length + 1, localIds.length + 1);
+    } catch (err) {
+      w.dispose();
+      throw err;
+    }
+    return w;
+  }
+
+  /**
+   * Random weights generated on the GPU (benchmarks, large-shape tests): codes ~ e4m3(N(0,1) * 64), block scales
+   * chosen so W ~ N(0, 1/fan_in)-ish. Seeded: the same seed gives the same bytes.
+   */
+  static async random(shape: UnfusedShape, seed: number, stream?: StreamLike): Promise<DeviceMoeWeights> {
+    const fill = await RandomFill.create();
+    const w = new DeviceMoeWeights(shape);
+    try {
+      const { hidden: H, inter: I } = shape;
+      const rms = 64 * 0.9; // |e4m3(N(0,1) * 64)| RMS, close enough for a plausible scale
+      fill.e4m3(w.w13, seed * 4 + 1, { stream });
+      fill.e4m3(w.w2, seed * 4 + 2, { stream });
+      fill.scales(w.s13, seed * 4 + 3, 1 / Math.sqrt(H) / rms, { stream });
+      fill.scales(w.s2, seed * 4 + 4, 1 / Math.sqrt(I) / rms, { stream });
+    } catch (err) {
+      w.dispose();
+      throw err;
+    }
+    return w;
+  }
+
+  /** Downloads group g as a natural-layout FFN (inverse transform of W13): what the CPU reference needs. */
+  downloadExpert(g: number): ExpertWeights {
+    const G = groupsOf(this.shape);
+    if (!(Number.isInteger(g) && g >= 0 && g < G)) throw new RangeError(`expert group ${g} is outside [0, ${G})`);
+    const st = this.strides();
+    const { hidden: H, inter: I } = this.shape;
+    const q13t = new Uint8Array(st.w13);
+    this.w13.copyToHost(q13t, { offset: g * st.w13 });
+    const q13 = interleaveGateUpRows(q13t, 2 * I, H, new Uint8Array(st.w13), 1, true);
+    const s13 = new Float32Array(st.s13 / 4);
+    this.s13.copyToHost(s13, { offset: g * st.s13 });
+    const q2 = new Uint8Array(st.w2);
+    this.w2.copyToHost(q2, { offset: g * st.w2 });
+    const s2 = new Float32Array(st.s2 / 4);
+    this.s2.copyToHost(s2, { offset: g * st.s2 });
+    const half = (I / QUANT_BLOCK) * (H / QUANT_BLOCK);
+    const w1: QuantizedWeight = { q: q13.slice(0, I * H), s: s13.slice(0, half), n: I, k: H };
+    const w3: QuantizedWeight = { q: q13.slice(I * H), s: s13.slice(half), n: I, k: H };
+    return { w1, w3, w2: { q: q2, s: s2, n: H, k: I } };
+  }
+
+  /** Bytes of one expert (codes + f32 scales of W1, W3, W2). */
+  get expertBytes(): number {
+    const st = this.strides();
+    return st.w13 + st.s13 + st.w2 + st.s2;
+  }
+
+  dispose(): void {
+    this.w13.dispose(); this.s13.dispose(); this.w2.dispose(); this.s2.dispose();
+  }
+
+  [Symbol.dispose](): void { this.dispose(); }
+}
+
+/** Device-side inputs and outputs of one layer, capacity-sized (a graph replays the same addresses). */
+export interface UnfusedIo {
+  /** bf16 [cap, H] */
+  x: DeviceTensor<'BF16'>;
+  /** I64 [cap, K], local expert ids (-1 = masked) */
+  ids: DeviceTensor<'I64'>;
+  /** F32 [cap, K] */
+  weights: DeviceTensor<'F32'>;
+  /** bf16 [cap, H] */
+  yRouted: DeviceTensor<'BF16'>;
+  /** bf16 [cap, H] */
+  y: DeviceTensor<'BF16'>;
+}
+
+/** The unfused MoE layer on the device: buffers, kernels, and enqueue / graph capture for T tokens. */
+export class UnfusedMoe {
+  readonly shape: UnfusedShape;
+  readonly weights: DeviceMoeWeights;
+  readonly maxTokens: number;
+  readonly capacity: DispatchCapacity;
+  readonly io: UnfusedIo;
+  readonly stream: Stream;
+  private readonly stager: Stager;
+  private readonly dispatch: MoeDispatch;
+  private readonly dispatchBuffers: DispatchBuffers;
+  private readonly combine: MoeCombine;
+  private readonly gemms: ExpertGemms;
+  /** L1 output: e4m3 [maxRows, I] and its scales MN-major [I/128, maxRows]; L2 output bf16 [maxRows, H]. */
+  private readonly act: DeviceBuffer;
+  private readonly actSf: DeviceBuffer;
+  private readonly expertOut: DeviceBuffer;
+  private readonly owned: Array<{ dispose(): void }>;
+  private readonly ownsWeights: boolean;
+
+  private constructor(p: {
+    shape: UnfusedShape; weights: DeviceMoeWeights; maxTokens: number; capacity: DispatchCapacity; io: UnfusedIo; stream: Stream;
+    stager: Stager; dispatch: MoeDispatch; dispatchBuffers: DispatchBuffers; combine: MoeCombine; gemms: ExpertGemms;
+    act: DeviceBuffer; actSf: DeviceBuffer; expertOut: DeviceBuffer; owned: Array<{ dispose(): void }>; ownsWeights: boolean;
+  }) {
+    this.shape = p.shape; this.weights = p.weights; this.maxTokens = p.maxTokens; this.capacity = p.capacity; this.io = p.io;
+    this.stream = p.stream; this.stager = p.stager; this.dispatch = p.dispatch; this.dispatchBuffers = p.dispatchBuffers;
+    this.combine = p.combine; this.gemms = p.gemms; this.act = p.act; this.actSf = p.actSf; this.expertOut = p.expertOut;
+    this.owned = p.owned; this.ownsWeights = p.ownsWeights;
+  }
+
+  /** Builds the pipeline for `maxTokens` tokens per forward over already-uploaded weights. */
+  static async create(weights: DeviceMoeWeights, maxTokens: number, options: { ownsWeights?: boolean } = {}): Promise<UnfusedMoe> {
+    const shape = weights.shape;
+    if (!(Number.isInteger(maxTokens) && maxTokens >= 1)) {
+      throw new GuardError('BAD_INPUT', `unfused: max tokens ${maxTokens} is not a positive integer`, 'prepare with maxTokens >= 1');
+    }
+    if (maxTokens > 65535) {
+      throw new GuardError('TOKEN_CAPACITY', `unfused: ${maxTokens} tokens per forward is above the combine's limit of 65535`, 'split the batch');
+    }
+    ensureContext();
+    const { hidden: H, inter: I, topK: K } = shape;
+    const dShape: DispatchShape = { experts: shape.experts, topK: K, hidden: H, shared: true };
+    const capacity = dispatchCapacity(dShape, maxTokens);
+    const owned: Array<{ dispose(): void }> = [];
+    const keep = <T extends { dispose(): void }>(o: T): T => { owned.push(o); return o; };
+    try {
+      const stream = keep(Stream.create());
+      const [stager, dispatch, combine] = await Promise.all([
+        Stager.create({ hiddenSize: H, topk: K }, maxTokens),
+        MoeDispatch.create(dShape),
+        MoeCombine.create({ hidden: H, topK: K, experts: shape.experts, shared: true }),
+      ]);
+      keep(stager);
+      const dispatchBuffers = keep(new DispatchBuffers(dShape, capacity));
+      const act = keep(DeviceBuffer.alloc(capacity.maxRows * I));
+      const actSf = keep(DeviceBuffer.alloc((I / QUANT_BLOCK) * capacity.maxRows * 4));
+      const expertOut = keep(DeviceBuffer.alloc(capacity.maxRows * H * 2));
+      act.memset8(0); actSf.memset32(0); expertOut.memset8(0);
+      const io: UnfusedIo = {
+        x: keep(DeviceTensor.zeros('BF16', [maxTokens, H])),
+        ids: keep(DeviceTensor.zeros('I64', [maxTokens, K])),
+        weights: keep(DeviceTensor.zeros('F32', [maxTokens, K])),
+        yRouted: keep(DeviceTensor.zeros('BF16', [maxTokens, H])),
+        y: keep(DeviceTensor.zeros('BF16', [maxTokens, H])),
+      };
+      const gemms = keep(await createExpertGemms({
+        shape, maxRows: capacity.maxRows, weights,
+        a: dispatchBuffers.a, sfa: dispatchBuffers.sfa, tileGroup: dispatchBuffers.tileGroup, numMTiles: dispatchBuffers.numMTiles,
+        rowWeight: dispatchBuffers.rowWeight, act, actSf, out: expertOut,
+      }));
+      return new UnfusedMoe({
+        shape, weights, maxTokens, capacity, io, stream, stager, dispatch, dispatchBuffers, combine, gemms, act, actSf, expertOut,
+        owned, ownsWeights: options.ownsWeights ?? false,
+      });
+    } catch (err) {
+      for (const o of owned.reverse()) o.dispose();
+      throw err;
+    }
+  }
+
+  /** The row tile (GEMM kernel variant) T tokens run with. */
+  rowTile(tokens: number): RowTile {
+    return chooseRowTile(tokens, this.shape);
+  }
+
+  /**
+   * Queues the layer for the first `tokens` rows of io.x / io.ids / io.weights on `stream` (default: this.stream);
+   * results land in io.yRouted / io.y. No host synchronisation: capturable. T = 0 queues nothing.
+   */
+  enqueue(tokens: number, stream: StreamLike = this.stream): void {
+    checkTokenCapacity(tokens, this.maxTokens, 'the unfused backend');
+    if (tokens === 0) return;
+    const io = this.io;
+    this.stager.stage(io.x, io.ids, io.weights, { tokens, stream });
+    const tile = this.rowTile(tokens);
+    const o = this.stager.out;
+    this.dispatch.launch(stream, { xFp8: o.xFp8.ptr, xSf: o.xSf.ptr, ids: o.topkIds.ptr, weights: o.topkWeights.ptr },
+      this.dispatchBuffers, tokens, tile.rows);
+    this.gemms.l1(tile, stream);
+    this.gemms.l2(tile, stream);
+    this.combine.launch(stream, {
+      expertOut: this.expertOut, slotRow: this.dispatchBuffers.slotRow, groupOffset: this.dispatchBuffers.groupOffset,
+      yRouted: io.yRouted, y: io.y,
+    }, tokens);
+  }
+
+  /** Captures the whole layer for exactly `tokens` tokens into one CUDA graph (replay with graph.launch(moe.stream)). */
+  captureGraph(tokens: number): CudaGraph {
+    if (!(Number.isInteger(tokens) && tokens >= 1)) throw new RangeError(`captureGraph: tokens ${tokens} must be >= 1`);
+    return CudaGraph.capture(this.stream, () => this.enqueue(tokens, this.stream));
+  }
+
+  /** Uploads host inputs (ids already LOCAL I64) into io (queued on this.stream). */
+  uploadInputs(x: HostTensor<'BF16'>, localIds: BigInt64Array, weights: Float32Array): void {
+    const T = x.shape[0];
+    checkTokenCapacity(T, this.maxTokens, 'the unfused backend');
+    if (T === 0) return;
+    this.io.x.buffer.copyFromHost(x.data, { stream: this.stream, bytes: x.data.byteLength });
+    this.io.ids.buffer.copyFromHost(localIds, { stream: this.stream, bytes: T * this.shape.topK * 8 });
+    this.io.weights.buffer.copyFromHost(weights, { stream: this.stream, bytes: T * this.shape.topK * 4 });
+  }
+
+  /** Waits for the stream and downloads y_routed and y of the first `tokens` tokens. */
+  downloadOutputs(tokens: number): MoeForwardResult {
+    const H = this.shape.hidden;
+    this.stream.synchronize();
+    const yRouted = new Uint16Array(tokens * H);
+    const y = new Uint16Array(tokens * H);
+    if (tokens > 0) {
+      this.io.yRouted.buffer.copyToHost(yRouted, { bytes: yRouted.byteLength });
+      this.io.y.buffer.copyToHost(y, { bytes: y.byteLength });
+    }
+    return { yRouted: new HostTensor('BF16', [tokens, H], yRouted), y: new HostTensor('BF16', [tokens, H], y) };
+  }
+
+  /** The dispatch's index outputs of the last forward (tests). */
+  downloadDispatchPlan(tokens: number) {
+    this.stream.synchronize();
+    return this.dispatchBuffers.downloadPlan(tokens);
+  }
+
+  /** GPU milliseconds of `fn` (queued work on this.stream), measured with events. */
+  timeMs(fn: () => void): number {
+    const start = CudaEvent.create();
+    const end = CudaEvent.create();
+    try {
+      start.record(this.stream);
+      fn();
+      end.record(this.stream);
+      end.synchronize();
+      return end.elapsedMsSince(start);
+    } finally {
+      start.dispose();
+      end.dispose();
+    }
+  }
+
+  dispose(): void {
+    this.stream.synchronize();
+    for (const o of this.owned.reverse()) o.dispose();
+    this.owned.length = 0;
+    if (this.ownsWeights) this.weights.dispose();
+  }
+
+  [Symbol.dispose](): void { this.dispose(); }
+}
+
+/**
+ * A MoeLayerWeights view of device weights for the CPU reference: each expert is downloaded (and its L1 transform
+ * undone) on first use, so checking a few tokens of a 256-expert layer downloads only the experts they touch.
+ * The gate is zeros (routing is given explicitly to forward(), never computed from it).
+ */
+export function layerFromDeviceWeights(weights: DeviceMoeWeights, cacheLimit = 64): MoeLayerWeights {
+  const s = weights.shape;
+  const E = s.experts;
+  const cache = new Map<number, ExpertWeights>();
+  const get = (id: number): ExpertWeights => {
+    let e = cache.get(id);
+    if (!e) {
+      e = weights.downloadExpert(id);
+      if (cache.size >= cacheLimit) cache.delete(cache.keys().next().value as number);
+      cache.set(id, e);
+    }
+    return e;
+  };
+  const ids = Array.from({ length: E }, (_, i) => i);
+  return {
+    layer: 0,
+    shape: {
+      hiddenSize: s.hidden, moeIntermediateSize: s.inter, nRoutedExperts: E, numExpertsPerTok: s.topK, nSharedExperts: 1,
+      numHashLayers: 0, scoringFunc: 'sqrtsoftplus', topkMethod: 'noaux_tc', normTopkProb: true, routedScalingFactor: 1.5,
+      swigluLimit: s.swigluLimit, vocabSize: 1024,
+    },
+    isHashLayer: false,
+    gateWeight: new HostTensor('BF16', [E, s.hidden]),
+    experts: { ids, has: (id: number) => id >= 0 && id < E, get, conversion: () => undefined },
+    sharedExpert: weights.downloadExpert(E),
+    epRank: 0,
+    epSize: 1,
+  };
+}
+
+/** Global expert id -> local group (or -1), for layers holding a subset of experts (expert parallelism). */
+export function localIdMap(localIds: readonly number[], experts: number): Int32Array {
+  const map = new Int32Array(experts).fill(-1);
+  localIds.forEach((id, g) => { map[id] = g; });
+  return map;
+}
+
+/** Host ids (I32/I64, global) -> local I64 ids; experts this GPU does not hold become -1 (contribute nothing). */
+export function toLocalIds(ids: TopkIdsTensor, map: Int32Array): BigInt64Array {
+  const out = new BigInt64Array(ids.numel);
+  const src = ids.data as Int32Array | BigInt64Array;
+  for (let i = 0; i < out.length; i++) {
+    const id = Number(src[i]);
+    out[i] = BigInt(id >= 0 && id < map.length ? map[id] : -1);
+  }
+  return out;
+}
+
+/** The MoeBackend over UnfusedMoe: checks, upload at prepare(), host in / host out forward(). */
+export class UnfusedBackend implements MoeBackend {
+  readonly name = 'unfused';
+  private layer: MoeLayerWeights | undefined;
+  private moe: UnfusedMoe | undefined;
+  private idMap: Int32Array | undefined;
+  private disposed = false;
+
+  async prepare(layer: MoeLayerWeights, opts: PrepareOptions = {}): Promise<void> {
+    if (this.disposed) throw new GuardError('BAD_INPUT', 'the unfused backend was disposed', 'create a new backend');
+    checkLayer(layer);
+    const st = cudaStatus();
+    if (!st.available) throw new GuardError('NOT_SM90', `backend unfused needs a Hopper GPU: ${st.reason}`, 'run on an H100/H200 or choose --backend reference');
+    const dev = st.devices[0];
+    checkSm90({ major: dev.computeCapability.major, minor: dev.computeCapability.minor, name: dev.name }, 'unfused');
+    const s = layer.shape;
+    if (layer.sharedExpert.w1.n !== s.moeIntermediateSize) {
+      throw new GuardError('WEIGHT_SHAPE',
+        `layer ${layer.layer}: the shared expert's intermediate size ${layer.sharedExpert.w1.n} differs from moe_intermediate_size ${s.moeIntermediateSize}`,
+        'the unfused backend runs the shared expert as one more group of the routed grouped GEMMs, so it needs n_shared_experts = 1 (or use --backend reference)');
+    }
+    this.moe?.dispose();
+    this.moe = undefined;
+    const localIds = [...layer.experts.ids];
+    const weights = DeviceMoeWeights.fromLayer(layer, localIds);
+    try {
+      this.moe = await UnfusedMoe.create(weights, opts.maxTokens ?? DEFAULT_MAX_TOKENS, { ownsWeights: true });
+    } catch (err) {
+      weights.dispose();
+      throw err;
+    }
+    this.idMap = localIdMap(localIds, s.nRoutedExperts);
+    this.layer = layer;
+  }
+
+  async forward(x: HostTensor<'BF16'>, topkIds: TopkIdsTensor, topkWeights: HostTensor<'F32'>): Promise<MoeForwardResult> {
+    if (!this.layer || !this.moe || !this.idMap) throw new GuardError('BAD_INPUT', 'unfused backend: forward() before prepare()', 'call prepare(layer) first');
+    const T = checkForwardInputs(this.layer.shape, x, topkIds, topkWeights);
+    checkTokenCapacity(T, this.moe.maxTokens, 'the unfused backend');
+    const moe = this.moe;
+    moe.uploadInputs(x, toLocalIds(topkIds, this.idMap), topkWeights.data);
+    moe.enqueue(T);
+    return moe.downloadOutputs(T);
+  }
+
+  /** The device pipeline (benchmarks, graph capture); undefined before prepare(). */
+  get pipeline(): UnfusedMoe | undefined { return this.moe; }
+
+  dispose(): void {
+    this.moe?.dispose();
+    this.moe = undefined;
+    this.layer = undefined;
+    this.disposed = true;
+  }
+}
+
+/** Registry entry (src/backends/index.ts loads this module lazily and reads `provider`). */
+export const provider: BackendProvider = {
+  name: 'unfused',
+  description: 'GPU, one launch per stage (staging, dispatch, 2 grouped FP8 GEMMs, combine); CUDA-graph capturable',
+  probe: async () => {
+    const st = cudaStatus();
+    if (!st.available) return { ok: false, reason: st.reason };
+    const d = st.devices[0];
+    return { ok: true, reason: `${d.name} (${d.arch})` };
+  },
+  create: () => new UnfusedBackend(),
+};

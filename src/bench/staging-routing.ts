@@ -1,0 +1,392 @@
+// `megamoe bench staging` and `megamoe bench routing`: time of the staging and routing kernels against T, achieved
+// GB/s next to the device's measured copy bandwidth (a large device-to-device copy, in the same run), and the host
+// cost of one launch. Writes <name>.json and <name>.md into --out.
+//
+// How a kernel is timed (WHY this way): each run first overwrites a 256 MiB scratch buffer (evicting the 50 MB L2,
+// so the kernel reads its inputs from DRAM as it would after the previous layer's work), then queues a short spin
+// kernel so the GPU waits while the host queues [start event, kernel, end event] back to back: the events then
+// bracket the kernel alone, not the host's launch latency. Reported: the median over --runs runs after --warmup.
+import type { Command } from 'commander';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  arg, CudaEvent, DeviceBuffer, DeviceTensor, driverVersion, ensureContext, formatCudaVersion, loadKernel,
+  measureLaunchOverhead, Stream, type Kernel, type LaunchOverheadResult,
+} from '../cuda/index.js';
+import { Router, planRouterLogits, ROUTER_TILES, ROUTER_VARIANTS, routingFlops, routingTrafficBytes, type RouterShape, type RouterTile } from '../kernels/routing.js';
+import { Stager, STAGING_VARIANTS, stagingTrafficBytes, type StagingShape } from '../kernels/staging.js';
+import { HostTensor } from '../tensor/host.js';
+import { Rng } from '../util/rng.js';
+
+const SPIN_SOURCE = `
+extern "C" __global__ void megamoe_bench_spin(unsigned long long ns) {
+  unsigned long long t0, t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+  do { asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); } while (t - t0 < ns);
+}
+`;
+
+export interface KernelBenchOptions {
+  out: string;
+  shapes: string;
+  tokens: string;
+  warmup: string;
+  runs: string;
+  commit?: string;
+  compareTiles?: boolean;
+}
+
+export interface BenchMeta {
+  gpu: string;
+  smCount: number;
+  driver: string;
+  commit: string;
+  command: string;
+  date: string;
+  warmup: number;
+  runs: number;
+  /** Median GB/s of a 1 GiB device-to-device copy, counting bytes read + written. */
+  copyGBs: number;
+  /** The datasheet-style peak from memory clock x bus width, for reference. */
+  peakGBs: number;
+  method: string;
+}
+
+export interface StagingRow {
+  shape: string;
+  tokens: number;
+  medianUs: number;
+  minUs: number;
+  p90Us: number;
+  bytes: number;
+  gbps: number;
+  /** gbps / copyGBs */
+  copyFraction: number;
+}
+
+export interface RoutingRow extends StagingRow {
+  tile: RouterTile;
+  splits: number;
+  /** true for the planner's own choice, false for a --compare-tiles alternative */
+  chosen: boolean;
+  tflops: number;
+}
+
+export interface HostCostRow {
+  what: string;
+  /** median host microseconds per call */
+  us: number;
+}
+
+/** The commit to record: --commit, else $MEGAMOE_COMMIT, else `git rev-parse --short HEAD`, else 'unknown'. */
+export function resolveCommit(flag?: string): string {
+  if (flag) return flag;
+  if (process.env.MEGAMOE_COMMIT) return process.env.MEGAMOE_COMMIT;
+  try {
+    return execFileSync('git', ['rev-parse', '--short', 'HEAD'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim() || 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
+/** "1,2,4" or "1..16384" (powers of two between) into a sorted list of positive integers. */
+export function parseTokenList(text: string): number[] {
+  const out = new Set<number>();
+  for (const part of text.split(',').map((s) => s.trim()).filter(Boolean)) {
+    const range = /^(\d+)\.\.(\d+)$/.exec(part);
+    if (range) {
+      const lo = Number(range[1]);
+      const hi = Number(range[2]);
+      if (!(lo >= 1 && hi >= lo)) throw new Error(`--tokens: bad range "${part}" (use e.g. 1..16384)`);
+      for (let t = lo; t <= hi; t *= 2) out.add(t);
+      out.add(hi);
+    } else {
+      const t = Number(part);
+      if (!Number.isInteger(t) || t < 1) throw new Error(`--tokens: "${part}" is not a positive integer`);
+      out.add(t);
+    }
+  }
+  if (out.size === 0) throw new Error('--tokens: give at least one token count');
+  return [...out].sort((a, b) => a - b);
+}
+
+function parseCount(name: string, text: string, min: number): number {
+  const v = Number(text);
+  if (!Number.isInteger(v) || v < min) throw new Error(`--${name} must be an integer >= ${min}, got "${text}"`);
+  return v;
+}
+
+function pickShapes<S>(variants: ReadonlyArray<{ label: string; shape: S }>, text: string): Array<{ label: string; shape: S }> {
+  const names = text.split(',').map((s) => s.trim()).filter(Boolean);
+  return names.map((n) => {
+    const v = variants.find((x) => x.label === n);
+    if (!v) throw new Error(`--shapes: unknown shape "${n}" (known: ${variants.map((x) => x.label).join(', ')})`);
+    return v;
+  });
+}
+
+function quantile(sorted: number[], q: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.round(q * (sorted.length - 1))))];
+}
+
+/** Random bf16 bits with magnitudes in [2^(lo-127), 2^(hi-126)): cheap enough for 10^8 values. */
+function randomBf16(rng: Rng, n: number, expLo: number, expHi: number): Uint16Array {
+  const out = new Uint16Array(n);
+  const span = expHi - expLo + 1;
+  for (let i = 0; i < n; i++) {
+    const r = rng.nextU32();
+    out[i] = ((r >>> 31) << 15) | ((expLo + ((r >>> 7) % span)) << 7) | (r & 0x7f);
+  }
+  return out;
+}
+
+/** Times kernels one at a time from a cold L2, with the launch latency hidden behind a spin kernel. */
+class KernelTimer implements Disposable {
+  private constructor(
+    readonly stream: Stream,
+    private readonly spin: Kernel,
+    private readonly flush: DeviceBuffer,
+    private readonly start: CudaEvent,
+    private readonly end: CudaEvent,
+  ) {}
+
+  static async create(): Promise<KernelTimer> {
+    const spin = await loadKernel({ source: 'megamoe_bench_spin.cu', sourceText: SPIN_SOURCE, entry: 'megamoe_bench_spin' });
+    return new KernelTimer(Stream.create(), spin, DeviceBuffer.alloc(256 << 20), CudaEvent.create(), CudaEvent.create());
+  }
+
+  /** Microseconds of `launch` (queued on this.stream), sorted, `runs` samples after `warmup` untimed ones. */
+  time(launch: () => void, warmup: number, runs: number): number[] {
+    const samples: number[] = [];
+    for (let i = 0; i < warmup + runs; i++) {
+      this.flush.memset8(i & 0xff, { stream: this.stream });
+      this.spin.launch({ grid: 1, block: 1, stream: this.stream }, [arg.u64(20_000n)]);
+      this.start.record(this.stream);
+      launch();
+      this.end.record(this.stream);
+      this.end.synchronize();
+      if (i >= warmup) samples.push(this.end.elapsedMsSince(this.start) * 1e3);
+    }
+    return samples.sort((a, b) => a - b);
+  }
+
+  /** Median GB/s (read + written) of a device-to-device copy of `bytes`. */
+  copyBandwidth(bytes: number, runs: number): number {
+    using a = DeviceBuffer.alloc(bytes);
+    using b = DeviceBuffer.alloc(bytes);
+    a.memset8(1, { stream: this.stream });
+    const us = this.time(() => b.copyFromDevice(a, { stream: this.stream }), 3, runs);
+    return (2 * bytes) / (quantile(us, 0.5) * 1e-6) / 1e9;
+  }
+
+  dispose(): void {
+    this.stream.synchronize();
+    this.flush.dispose();
+    this.start.dispose();
+    this.end.dispose();
+    this.stream.dispose();
+  }
+
+  [Symbol.dispose](): void { this.dispose(); }
+}
+
+/** Host microseconds per call of `launch`, median over batches (the stream drained between batches). */
+function hostCost(launch: () => void, stream: Stream, calls = 2000, batch = 100): number {
+  for (let i = 0; i < 100; i++) launch();
+  stream.synchronize();
+  const per: number[] = [];
+  for (let done = 0; done < calls; done += batch) {
+    const t0 = process.hrtime.bigint();
+    for (let i = 0; i < batch; i++) launch();
+    per.push(Number(process.hrtime.bigint() - t0) / 1e3 / batch);
+    stream.synchronize();
+  }
+  return quantile(per.sort((a, b) => a - b), 0.5);
+}
+
+function makeMeta(timer: KernelTimer, opts: KernelBenchOptions, warmup: number, runs: number, command: string): BenchMeta {
+  const props = ensureContext().properties();
+  return {
+    gpu: props.name,
+    smCount: props.smCount,
+    driver: formatCudaVersion(driverVersion()),
+    commit: resolveCommit(opts.commit),
+    command,
+    date: new Date().toISOString(),
+    warmup,
+    runs,
+    copyGBs: timer.copyBandwidth(1 << 30, 20),
+    peakGBs: props.peakMemoryBandwidthGBs,
+    method: 'CUDA events around one launch, L2 flushed (256 MiB memset) and launch latency hidden (spin kernel) before each run; median of runs after warm-up',
+  };
+}
+
+const fmt = (v: number, d = 1): string => (Number.isFinite(v) ? v.toFixed(d) : '-');
+
+function metaMarkdown(title: string, m: BenchMeta): string[] {
+  return [
+    `## ${title}`,
+    '',
+    `GPU ${m.gpu} (${m.smCount} SMs, driver CUDA ${m.driver}), commit ${m.commit}, ${m.date}.`,
+    `Command: \`${m.command}\`.`,
+    `Device copy bandwidth (1 GiB device-to-device, read + written): **${fmt(m.copyGBs, 0)} GB/s** (peak from clocks: ${fmt(m.peakGBs, 0)} GB/s).`,
+    `Method: ${m.method}; ${m.warmup} warm-up, ${m.runs} timed runs.`,
+    '',
+  ];
+}
+
+function hostMarkdown(host: HostCostRow[], overhead: LaunchOverheadResult | undefined): string[] {
+  const lines = ['| host cost | us per call |', '| --- | ---: |'];
+  for (const h of host) lines.push(`| ${h.what} | ${fmt(h.us, 2)} |`);
+  if (overhead) {
+    lines.push(`| measureLaunchOverhead: empty kernel | ${fmt(overhead.emptyLaunchUs, 2)} |`);
+    lines.push(`| measureLaunchOverhead: 5 mixed args | ${fmt(overhead.argsLaunchUs, 2)} |`);
+    lines.push(`| measureLaunchOverhead: graph launch (${overhead.graphNodes} node) | ${fmt(overhead.graphLaunchUs, 2)} |`);
+  }
+  return lines;
+}
+
+export function stagingMarkdown(meta: BenchMeta, rows: StagingRow[], host: HostCostRow[], overhead?: LaunchOverheadResult): string {
+  const lines = metaMarkdown('Staging (bf16 -> e4m3 + f32 scales, ids/weights copied)', meta);
+  lines.push('| shape | T | median us | p90 us | MB moved | GB/s | % of copy BW |', '| --- | ---: | ---: | ---: | ---: | ---: | ---: |');
+  for (const r of rows) {
+    lines.push(`| ${r.shape} | ${r.tokens} | ${fmt(r.medianUs, 2)} | ${fmt(r.p90Us, 2)} | ${fmt(r.bytes / 1e6, 2)} | ${fmt(r.gbps, 0)} | ${fmt(100 * r.copyFraction, 1)} |`);
+  }
+  lines.push('', ...hostMarkdown(host, overhead), '');
+  return lines.join('\n');
+}
+
+export function routingMarkdown(meta: BenchMeta, rows: RoutingRow[], host: HostCostRow[], overhead?: LaunchOverheadResult): string {
+  const lines = metaMarkdown('Routing (logits GEMM + sqrtsoftplus + biased top-K + weights)', meta);
+  lines.push('Bytes are the compulsory traffic (x and the gate read once, ids and weights written); the logits round trip and split-K partials are extra.', '');
+  lines.push('| shape | T | tile | splits | median us | p90 us | MB moved | GB/s | % of copy BW | TFLOPS |', '| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
+  for (const r of rows) {
+    lines.push(`| ${r.shape} | ${r.tokens} | ${r.tile}${r.chosen ? '' : ' (alt)'} | ${r.splits} | ${fmt(r.medianUs, 2)} | ${fmt(r.p90Us, 2)} | ${fmt(r.bytes / 1e6, 2)} | ${fmt(r.gbps, 0)} | ${fmt(100 * r.copyFraction, 1)} | ${fmt(r.tflops, 1)} |`);
+  }
+  lines.push('', ...hostMarkdown(host, overhead), '');
+  return lines.join('\n');
+}
+
+function writeReport(out: string, name: string, json: unknown, markdown: string): void {
+  mkdirSync(out, { recursive: true });
+  writeFileSync(join(out, `${name}.json`), `${JSON.stringify(json, null, 2)}\n`);
+  writeFileSync(join(out, `${name}.md`), markdown);
+  console.log(`wrote ${join(out, `${name}.json`)} and ${name}.md`);
+}
+
+function commandLine(): string {
+  return ['megamoe', ...process.argv.slice(2)].join(' ');
+}
+
+async function launchOverhead(): Promise<LaunchOverheadResult | undefined> {
+  try {
+    return await measureLaunchOverhead({ launches: 5000 });
+  } catch (err) {
+    console.error(`measureLaunchOverhead failed: ${err instanceof Error ? err.message : String(err)}`);
+    return undefined;
+  }
+}
+
+/** `megamoe bench staging`. */
+export async function runStagingBench(opts: KernelBenchOptions): Promise<{ meta: BenchMeta; rows: StagingRow[] }> {
+  const warmup = parseCount('warmup', opts.warmup, 0);
+  const runs = parseCount('runs', opts.runs, 1);
+  const tokens = parseTokenList(opts.tokens);
+  const shapes = pickShapes<StagingShape>(STAGING_VARIANTS, opts.shapes);
+  using timer = await KernelTimer.create();
+  const meta = makeMeta(timer, opts, warmup, runs, commandLine());
+  console.log(`${meta.gpu}: device copy ${fmt(meta.copyGBs, 0)} GB/s`);
+  const rows: StagingRow[] = [];
+  const host: HostCostRow[] = [];
+  const rng = new Rng(1);
+  const capacity = tokens[tokens.length - 1];
+  for (const { label, shape } of shapes) {
+    const { hiddenSize: H, topk: K } = shape;
+    using stager = await Stager.create(shape, capacity);
+    using x = DeviceTensor.fromHost(new HostTensor('BF16', [capacity, H], randomBf16(rng, capacity * H, 110, 130)));
+    const ids = new BigInt64Array(capacity * K).map(() => BigInt(rng.int(256)));
+    using dIds = DeviceTensor.fromHost(new HostTensor('I64', [capacity, K], ids));
+    using dW = DeviceTensor.fromHost(new HostTensor('F32', [capacity, K], new Float32Array(capacity * K).fill(0.25)));
+    for (const T of tokens) {
+      const us = timer.time(() => stager.stage(x, dIds, dW, { tokens: T, stream: timer.stream }), warmup, runs);
+      const bytes = stagingTrafficBytes(T, shape).total;
+      const med = quantile(us, 0.5);
+      const gbps = bytes / (med * 1e-6) / 1e9;
+      rows.push({ shape: label, tokens: T, medianUs: med, minUs: us[0], p90Us: quantile(us, 0.9), bytes, gbps, copyFraction: gbps / meta.copyGBs });
+      console.log(`staging ${label} T=${T}: ${fmt(med, 2)} us, ${fmt(gbps, 0)} GB/s (${fmt((100 * gbps) / meta.copyGBs, 1)}% of copy)`);
+    }
+    host.push({ what: `Stager.stage() ${label}, T=1 (checks + arg packing + cuLaunchKernel)`, us: hostCost(() => stager.stage(x, dIds, dW, { tokens: 1, stream: timer.stream }), timer.stream) });
+  }
+  const overhead = await launchOverhead();
+  writeReport(opts.out, 'staging', { meta, rows, host, launchOverhead: overhead }, stagingMarkdown(meta, rows, host, overhead));
+  return { meta, rows };
+}
+
+/** `megamoe bench routing`. */
+export async function runRoutingBench(opts: KernelBenchOptions): Promise<{ meta: BenchMeta; rows: RoutingRow[] }> {
+  const warmup = parseCount('warmup', opts.warmup, 0);
+  const runs = parseCount('runs', opts.runs, 1);
+  const tokens = parseTokenList(opts.tokens);
+  const shapes = pickShapes<RouterShape>(ROUTER_VARIANTS, opts.shapes);
+  using timer = await KernelTimer.create();
+  const meta = makeMeta(timer, opts, warmup, runs, commandLine());
+  console.log(`${meta.gpu}: device copy ${fmt(meta.copyGBs, 0)} GB/s`);
+  const rows: RoutingRow[] = [];
+  const host: HostCostRow[] = [];
+  const rng = new Rng(2);
+  const capacity = tokens[tokens.length - 1];
+  for (const { label, shape } of shapes) {
+    const { hiddenSize: H, experts: E } = shape;
+    using gate = DeviceTensor.fromHost(new HostTensor('BF16', [E, H], randomBf16(rng, E * H, 113, 122)));
+    const bias = new Float32Array(E).map(() => rng.normal() * 0.05);
+    using dBias = DeviceTensor.fromHost(new HostTensor('F32', [E], bias));
+    using router = await Router.create(shape, capacity, gate, { bias: dBias, normTopkProb: true, routedScalingFactor: 1.5 });
+    using x = DeviceTensor.fromHost(new HostTensor('BF16', [capacity, H], randomBf16(rng, capacity * H, 118, 127)));
+    for (const T of tokens) {
+      const chosen = planRouterLogits(T, shape, router.smCount).tile;
+      const tiles: RouterTile[] = opts.compareTiles ? (Object.keys(ROUTER_TILES) as RouterTile[]) : [chosen];
+      for (const tile of tiles) {
+        const us = timer.time(() => router.route(x, { tokens: T, tile, stream: timer.stream }), warmup, runs);
+        const plan = router.lastPlan!;
+        const bytes = routingTrafficBytes(T, shape).total;
+        const med = quantile(us, 0.5);
+        const gbps = bytes / (med * 1e-6) / 1e9;
+        rows.push({
+          shape: label, tokens: T, tile, splits: plan.splits, chosen: tile === chosen, medianUs: med, minUs: us[0],
+          p90Us: quantile(us, 0.9), bytes, gbps, copyFraction: gbps / meta.copyGBs, tflops: routingFlops(T, shape) / (med * 1e-6) / 1e12,
+        });
+        console.log(`routing ${label} T=${T} ${tile}x${plan.splits}${tile === chosen ? '' : ' (alt)'}: ${fmt(med, 2)} us, ${fmt(gbps, 0)} GB/s, ${fmt(routingFlops(T, shape) / (med * 1e-6) / 1e12, 1)} TFLOPS`);
+      }
+    }
+    host.push({ what: `Router.route() ${label}, T=1 (checks + 2 launches)`, us: hostCost(() => router.route(x, { tokens: 1, stream: timer.stream }), timer.stream) });
+  }
+  const overhead = await launchOverhead();
+  writeReport(opts.out, 'routing', { meta, rows, host, launchOverhead: overhead }, routingMarkdown(meta, rows, host, overhead));
+  return { meta, rows };
+}
+
+function addCommonOptions(cmd: Command, defaultOut: string, defaultShapes: string): Command {
+  return cmd
+    .option('--out <dir>', 'folder for the JSON and Markdown results', defaultOut)
+    .option('--shapes <list>', 'comma-separated shape presets (tiny, flash, pro)', defaultShapes)
+    .option('--tokens <list>', 'token counts: "1,7,64" or a power-of-two range "1..16384"', '1..16384')
+    .option('--warmup <n>', 'untimed runs per point', '10')
+    .option('--runs <n>', 'timed runs per point (the median is reported)', '50')
+    .option('--commit <sha>', 'commit to record (default: $MEGAMOE_COMMIT, else git rev-parse --short HEAD)');
+}
+
+/** Adds `bench staging` to the `bench` command. */
+export function registerStagingBench(bench: Command): void {
+  addCommonOptions(bench.command('staging').description('time the FP8 staging kernel vs T; GB/s against the measured device copy bandwidth'),
+    'bench-results', 'flash,pro')
+    .action(async (opts: KernelBenchOptions) => { await runStagingBench(opts); });
+}
+
+/** Adds `bench routing` to the `bench` command. */
+export function registerRoutingBench(bench: Command): void {
+  addCommonOptions(bench.command('routing').description('time the routing kernels (logits + top-K) vs T; GB/s and TFLOPS'),
+    'bench-results', 'flash,pro')
+    .option('--compare-tiles', 'also time every logits tile at every T (to check the tile heuristic)')
+    .action(async (opts: KernelBenchOptions) => { await runRoutingBench(opts); });
+}

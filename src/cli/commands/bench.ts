@@ -1,0 +1,17 @@
+// `megamoe bench <what>`: benchmarks (not tests). Each subcommand is one register function in its own module under
+// src/bench/, added to the list below; `bench moe` goes in the same way (src/bench/moe.ts: registerMoeBench).
+import type { Command } from 'commander';
+import { registerRoutingBench, registerStagingBench } from '../../bench/staging-routing.js';
+
+/** The bench subcommands, in help order. */
+const SUBCOMMANDS: ReadonlyArray<(bench: Command) => void> = [
+  registerStagingBench,
+  registerRoutingBench,
+];
+
+export function register(program: Command): void {
+  const bench = program
+    .command('bench')
+    .description('benchmarks on the GPU: timings, GB/s and TFLOPS against measured device limits (JSON + Markdown into --out)');
+  for (const add of SUBCOMMANDS) add(bench);
+}

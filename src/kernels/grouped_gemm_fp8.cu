@@ -1,0 +1,676 @@
+// Block-scaled FP8 grouped GEMM for sm_90a (SPEC 3): the engine of the unfused MoE pipeline.
+//
+//   C[m, n] = sum_kb ( sum_{k in kb} A[m, k] * B[g][n, k] ) * sfa[m, kb] * sfb[g][n / 128, kb]
+//
+// A   e4m3 [m_cap, K] row-major: the permuted activations, rows grouped by expert, each group's segment starting at
+//     a multiple of the kernel's row tile (128 rows for the "normal" kernel, 16 for the "decode" kernel).
+// sfa f32 MN-major [K/128, m_cap] (element (kb, m) at kb * m_cap + m): one TMA box of a row tile's scales per K block.
+// B   e4m3 [G, N, K] row-major, addressed as a 2D tensor [G * N, K]; sfb f32 [G, N/128, K/128] (K blocks innermost).
+// tile_group int32 [m_cap / row_tile]: the expert that owns each row tile, -1 = skip; *num_m_tiles (device memory)
+// says how many row tiles are live, so the launch shape never changes with the routing (CUDA-graph friendly).
+//
+// Each 128-wide K block is accumulated by the tensor cores (4 x wgmma k32) into a fresh f32 accumulator, which the
+// consumer threads then promote: total += partial * (sfa * sfb). The tensor cores' internal accumulation is never
+// trusted across K blocks (SPEC 3).
+//
+// Two kernels share this scheme:
+//  * normal (prefill): a CTA tile is 128 rows x (128 * NSUB) columns. Producer warpgroup (one thread issues TMA,
+//    registers given back with setmaxnreg) + 2 consumer warpgroups (64 rows each, registers raised to 232). For
+//    NSUB = 2 each consumer handles its 64 x 256 tile as two 64 x 128 halves one after the other, reusing one
+//    64-register wgmma accumulator, so the promoted totals (128 registers) and the accumulator fit the budget.
+//  * decode (swap A/B): for 1-16 tokens per expert the weights are the big operand, so they take wgmma's M side
+//    (64-row sub-tiles) and the tokens its N side (N = 16): D^T = B * A^T. One consumer warpgroup; the CTA streams
+//    64 * MSUB weight rows through a deep pipeline. This path is memory-bound by design.
+// Both are persistent (grid = number of SMs), visiting work units round-robin: unit u goes to CTA u % gridDim.x.
+//
+// Epilogues:
+//  * BF16 out (EPI 0): D bf16 [m_cap, N], round to nearest even (the down projection).
+//  * SwiGLU + FP8 out (EPI 1), on TRANSFORMED L1 weights (SPEC "Weight transform", N = 2I): a 256-row transformed
+//    tile holds gate and up rows of 128 activation columns, so gate/up partners sit in the same thread's registers.
+//    u = clamp(u, -L, L), g = min(g, L) when L > 0; a = silu(g) * u * w[m]; then per row per 128 columns of `a`:
+//    s = 2^ceil(log2(max(amax, 1e-4) / 448)), q = e4m3(a / s). Writes a_fp8 [m_cap, I] and its scales MN-major
+//    [I/128, m_cap], i.e. exactly the A / sfa layout that the down projection (this kernel, EPI 0) reads.
+//
+// Compile-time shape: GG_SWAP (0 normal, 1 decode), GG_EPI (0 bf16, 1 swiglu), GG_N, GG_K (multiples of 128),
+// GG_SUB (normal: NSUB in {1, 2}; decode: MSUB in {1, 2, 4}), GG_STAGES. The launcher
+// (src/kernels/grouped-gemm.ts) picks these; the harness (tools/gemm-harness) instantiates the templates itself and
+// defines GG_NO_ENTRY.
+#include "common.cuh"
+#include "gemm/ptx.cuh"
+#include "gemm/wgmma_e4m3.cuh"
+
+namespace gg {
+
+constexpr int kBlockK = 128;   // K block = scale block (SPEC 3)
+constexpr int kNormalRows = 128;  // normal kernel: rows per tile (2 consumer warpgroups x 64)
+constexpr int kDecodeRows = 16;   // decode kernel: tokens per tile (wgmma N)
+
+// ------------------------------------------------------------------------------------------------------------------
+// Shared-memory plans. Host code mirrors these formulas (grouped-gemm.ts, the harness); the kernels check the
+// launch's dynamic shared memory against them and trap on a mismatch instead of corrupting memory.
+// ------------------------------------------------------------------------------------------------------------------
+template <int kNSub, int kStages, int kStore>
+struct NormalPlan {
+  static constexpr int kBlockN = 128 * kNSub;
+  static constexpr u32 kABytes = kNormalRows * kBlockK;  // 16 KB, 1024-aligned (128B swizzle atom)
+  static constexpr u32 kBBytes = kBlockN * kBlockK;
+  static constexpr u32 kSfaBytes = kNormalRows * 4;       // 512 B, keeps 128-byte TMA alignment
+  static constexpr u32 kDBytes = kStore ? kNormalRows * kBlockN * 2 : 0;  // bf16 staging for the TMA store
+  static constexpr u32 kOffD = 0;
+  static constexpr u32 kOffA = kOffD + kDBytes;
+  static constexpr u32 kOffB = kOffA + kStages * kABytes;
+  static constexpr u32 kOffSfa = kOffB + kStages * kBBytes;
+  static constexpr u32 kOffBar = kOffSfa + kStages * kSfaBytes;
+  static constexpr u32 kSmemBytes = kOffBar + 2 * kStages * 8;
+  static constexpr int kThreads = 384;
+};
+
+template <int kMSub, int kStages>
+struct DecodePlan {
+  static constexpr int kRowsW = 64 * kMSub;                 // weight rows per unit
+  static constexpr u32 kBBytes = kRowsW * kBlockK;          // weights, multiple of 8 KB
+  static constexpr u32 kABytes = kDecodeRows * kBlockK;     // 2 KB of tokens
+  static constexpr u32 kSfaSlot = 128;                      // 16 f32 scales in a 128-byte-aligned slot
+  static constexpr u32 kOffB = 0;
+  static constexpr u32 kOffA = kOffB + kStages * kBBytes;
+  static constexpr u32 kOffSfa = kOffA + kStages * kABytes;
+  static constexpr u32 kOffBar = kOffSfa + kStages * kSfaSlot;
+  static constexpr u32 kOffAmax = kOffBar + 2 * kStages * 8;  // SwiGLU: per-warp per-token amax [4][16] f32
+  static constexpr u32 kSmemBytes = kOffAmax + 4 * kDecodeRows * 4;
+  static constexpr int kThreads = 256;
+};
+
+// Row tiles past the buffer's capacity are never visited, whatever *num_m_tiles says.
+__device__ __forceinline__ int live_row_tiles(const int* num_m_tiles, int m_cap, int rows_per_tile) {
+  const int n = *num_m_tiles;
+  const int cap = m_cap / rows_per_tile;
+  return n < 0 ? 0 : (n > cap ? cap : n);
+}
+
+__device__ __forceinline__ void check_smem(u32 need, const void* smem) {
+  // A short launch (too little dynamic shared memory) or a misaligned base would silently corrupt the pipeline.
+  if (dynamic_smem_bytes() < need || (smem_addr(smem) & 1023u) != 0) __trap();
+}
+
+// ==================================================================================================================
+// Normal (prefill) kernel body.
+//
+// kCluster = 2: CTAs are paired (__cluster_dims__(2,1,1)); a pair takes row tiles 2p and 2p+1 of the same N tile.
+// When both belong to the same expert each CTA fetches one 128-row half of the weight tile and multicasts it to
+// both, halving the weight traffic out of L2 (the limiter of the unclustered kernel at large M). Both CTAs walk
+// the same stage sequence in lockstep: every consumer warp releases a stage in BOTH CTAs (empty barriers count
+// 8 x 2 arrivals), and a CTA whose own tile is dead (-1 or past *num_m_tiles) still passes through the stages.
+// kStore = 1: the bf16 tile is staged in shared memory (128B-swizzled, conflict-free) and written by TMA stores
+// (needs tmap_d: bf16 [m_cap, N], box 64 x 64, 128B swizzle); 0: direct 4-byte stores from registers.
+// ==================================================================================================================
+template <int kN, int kK, int kNSub, int kStages, int kEpi, int kCluster, int kStore>
+__device__ __forceinline__ void normal_body(const TmaDesc* tmap_a, const TmaDesc* tmap_b, const TmaDesc* tmap_sfa,
+                                            const TmaDesc* tmap_d, const float* __restrict__ sfb,
+                                            const int* __restrict__ tile_group, const int* __restrict__ num_m_tiles,
+                                            void* __restrict__ out, float* __restrict__ out_sf,
+                                            const float* __restrict__ row_weight, float swiglu_limit, int m_cap) {
+  using P = NormalPlan<kNSub, kStages, kEpi == 0 ? kStore : 0>;
+  constexpr int kBlockN = P::kBlockN;
+  constexpr int kKB = kK / kBlockK;
+  constexpr int kNTiles = kN / kBlockN;
+  constexpr int kNScaleRows = kN / 128;
+  constexpr bool kTmaStore = kEpi == 0 && kStore == 1;
+  static_assert(kN % kBlockN == 0 && kK % kBlockK == 0, "N must be a multiple of 128*NSUB, K of 128");
+  static_assert(kNSub == 1 || kNSub == 2, "NSUB is 1 or 2");
+  static_assert(kCluster == 1 || (kCluster == 2 && kNSub == 2), "the 2-CTA multicast splits a 256-row weight tile");
+  static_assert(kEpi == 0 || kNSub == 2, "the SwiGLU epilogue needs 256-row transformed tiles (NSUB = 2)");
+  static_assert(kEpi == 0 || (kN / 2) % 128 == 0, "SwiGLU: I = N/2 must be a multiple of 128");
+  static_assert(P::kSmemBytes <= 232448, "shared-memory plan exceeds 227 KB: fewer stages");
+
+  extern __shared__ __align__(1024) unsigned char smem[];
+  const u32 sbase = smem_addr(smem);
+  const int tid = threadIdx.x;
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  auto full_bar = [&](int s) { return sbase + P::kOffBar + 8u * s; };
+  auto empty_bar = [&](int s) { return sbase + P::kOffBar + 8u * (kStages + s); };
+  const int rank = kCluster == 2 ? (int)cluster_rank() : 0;
+  const int first_unit = kCluster == 2 ? (int)cluster_id() : (int)blockIdx.x;
+  const int unit_step = kCluster == 2 ? (int)num_clusters() : (int)gridDim.x;
+
+  if (tid == 256) {
+    check_smem(P::kSmemBytes, smem);
+    prefetch_tmap(tmap_a);
+    prefetch_tmap(tmap_b);
+    prefetch_tmap(tmap_sfa);
+    if (kTmaStore) prefetch_tmap(tmap_d);
+    for (int s = 0; s < kStages; s++) {
+      mbar_init(full_bar(s), 1);              // the producer's arrive(.expect_tx); TMA bytes complete the phase
+      mbar_init(empty_bar(s), 8 * kCluster);  // one arrive per consumer warp of every CTA of the cluster
+    }
+    fence_mbar_init();
+  }
+  if (kCluster == 2)
+    cluster_sync();  // the peer's barriers must be initialised before any multicast or remote arrive
+  else
+    __syncthreads();
+
+  const int n_mt = live_row_tiles(num_m_tiles, m_cap, kNormalRows);
+  const int n_units = (n_mt + kCluster - 1) / kCluster * kNTiles;
+  // Expert of row tile mt, -1 when dead (skipped or past the live count).
+  auto group_of = [&](int mt) { return mt < n_mt ? tile_group[mt] : -1; };
+
+  if (warp >= 8) {
+    // ---------------- producer warpgroup ----------------
+    regs_dealloc<40>();
+    if (warp == 8 && lane == 0) {
+      const u64 pol = policy_evict_normal();
+      int stage = 0;
+      u32 phase = 0;
+      for (int u = first_unit; u < n_units; u += unit_step) {
+        const int mp = u / kNTiles, nt = u - mp * kNTiles;
+        const int mt = mp * kCluster + rank;
+        const int g = group_of(mt);
+        const int g_peer = kCluster == 2 ? group_of(mp * kCluster + (rank ^ 1)) : -1;
+        if (g < 0 && g_peer < 0) continue;  // both CTAs of the pair skip it
+        const bool mcast = kCluster == 2 && g >= 0 && g_peer == g;
+        const int b_row = g * kN + nt * kBlockN;
+        for (int kb = 0; kb < kKB; kb++) {
+          mbar_wait(empty_bar(stage), phase ^ 1);
+          if (g >= 0) {
+            mbar_arrive_expect_tx(full_bar(stage), P::kABytes + P::kBBytes + P::kSfaBytes);
+            const u32 sb = sbase + P::kOffB + stage * P::kBBytes;
+            tma_load_2d(sbase + P::kOffA + stage * P::kABytes, tmap_a, full_bar(stage), kb * kBlockK,
+                        mt * kNormalRows, pol);
+            tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaBytes, tmap_sfa, full_bar(stage), mt * kNormalRows, kb,
+                        pol);
+            if (mcast) {
+              tma_load_2d_multicast(sb + rank * (128 * kBlockK), tmap_b, full_bar(stage), kb * kBlockK,
+                                    b_row + 128 * rank, (unsigned short)0x3, pol);
+            } else {
+#pragma unroll
+              for (int h = 0; h < kNSub; h++)
+                tma_load_2d(sb + h * (128 * kBlockK), tmap_b, full_bar(stage), kb * kBlockK, b_row + 128 * h, pol);
+            }
+          } else {
+            mbar_arrive(full_bar(stage));  // dead tile: no data, the consumers just pass the stage on
+          }
+          if (++stage == kStages) {
+            stage = 0;
+            phase ^= 1;
+          }
+        }
+      }
+    }
+    __syncwarp();
+  } else {
+    // ---------------- consumer warpgroups ----------------
+    regs_alloc<232>();
+    const int wg = warp >> 2;                        // 0/1: rows [64 wg, 64 wg + 64) of the tile
+    const int wq = warp & 3;                         // warp within the warpgroup: 16 rows each
+    const int q = lane & 3;                          // column pair within an 8-column group
+    const int rl = lane >> 2;                        // row within the warp's 8-row half
+    const int r0 = wg * 64 + wq * 16 + rl;           // this thread's two rows: r0 and r0 + 8
+    const int r1 = r0 + 8;
+    auto release = [&](int s) {
+      if (kCluster == 2) {
+        if (lane < 2) mbar_arrive_cluster(empty_bar(s), (u32)lane);
+      } else if (lane == 0) {
+        mbar_arrive(empty_bar(s));
+      }
+    };
+
+    float acc[64];
+    float fin[kNSub][64];
+    int stage = 0;
+    u32 phase = 0;
+
+    for (int u = first_unit; u < n_units; u += unit_step) {
+      const int mp = u / kNTiles, nt = u - mp * kNTiles;
+      const int mt = mp * kCluster + rank;
+      const int g = group_of(mt);
+      const int g_peer = kCluster == 2 ? group_of(mp * kCluster + (rank ^ 1)) : -1;
+      if (g < 0 && g_peer < 0) continue;
+      if (g < 0) {  // dead tile, live peer: keep the pair's stage sequence in step
+        for (int kb = 0; kb < kKB; kb++) {
+          mbar_wait(full_bar(stage), phase);
+          release(stage);
+          if (++stage == kStages) {
+            stage = 0;
+            phase ^= 1;
+          }
+        }
+        continue;
+      }
+
+      // Weight-scale rows of this tile: bf16 -> one 128-row block per half; SwiGLU -> the gate block and the up
+      // block of activation columns [128 nt, 128 nt + 128) (both halves of the 256-row transformed tile share them).
+      const float* sfb_g = sfb + (size_t)g * kNScaleRows * kKB;
+      const float* sb_row0 = sfb_g + (size_t)(kEpi == 0 ? nt * kNSub : nt) * kKB;
+      const float* sb_row1 = sfb_g + (size_t)(kEpi == 0 ? nt * kNSub + (kNSub - 1) : (kN / 2) / 128 + nt) * kKB;
+
+#pragma unroll
+      for (int s = 0; s < kNSub; s++)
+#pragma unroll
+        for (int i = 0; i < 64; i++) fin[s][i] = 0.0f;
+
+      float sb0 = __ldg(sb_row0), sb1 = __ldg(sb_row1);
+      for (int kb = 0; kb < kKB; kb++) {
+        // Prefetch the next K block's weight scales (warp-uniform, L1/L2 hits) while this block computes.
+        const int kn = kb + 1 < kKB ? kb + 1 : kb;
+        const float nsb0 = __ldg(sb_row0 + kn), nsb1 = __ldg(sb_row1 + kn);
+
+        mbar_wait(full_bar(stage), phase);
+        // Read the activation scales before releasing the stage: the producer may refill it right after.
+        const u32 sfa_base = sbase + P::kOffSfa + stage * P::kSfaBytes;
+        const float sa0 = ld_shared_f32(sfa_base + 4u * r0);
+        const float sa1 = ld_shared_f32(sfa_base + 4u * r1);
+
+        const u64 da = make_desc_sw128(sbase + P::kOffA + stage * P::kABytes + wg * (64 * kBlockK));
+#pragma unroll
+        for (int s = 0; s < kNSub; s++) {
+          const u64 db = make_desc_sw128(sbase + P::kOffB + stage * P::kBBytes + s * (128 * kBlockK));
+#pragma unroll
+          for (int i = 0; i < 64; i++) fence_reg(acc[i]);
+          wgmma_fence();
+#pragma unroll
+          for (int kk = 0; kk < kBlockK / 32; kk++)
+            wgmma_m64n128k32_e4m3(acc, da + kk * kDescK32Step, db + kk * kDescK32Step, kk > 0 ? 1u : 0u);
+          wgmma_commit();
+          wgmma_wait<0>();
+#pragma unroll
+          for (int i = 0; i < 64; i++) fence_reg(acc[i]);
+          if (s == kNSub - 1) release(stage);
+
+          // Promotion. Accumulator i of m64nNk32: row r0 (i % 4 < 2) or r1, column 8 (i / 4) + 2 q + (i % 2).
+          // bf16: scale = sfa[row] * sfb[half s]; SwiGLU: 8-column groups alternate gate (even) / up (odd).
+          float sc[2][2];
+          if (kEpi == 0) {
+            const float sbv = s == 0 ? sb0 : sb1;
+            sc[0][0] = sc[0][1] = sa0 * sbv;
+            sc[1][0] = sc[1][1] = sa1 * sbv;
+          } else {
+            sc[0][0] = sa0 * sb0;
+            sc[0][1] = sa0 * sb1;
+            sc[1][0] = sa1 * sb0;
+            sc[1][1] = sa1 * sb1;
+          }
+#pragma unroll
+          for (int i = 0; i < 64; i++) fin[s][i] = fmaf(acc[i], sc[(i >> 1) & 1][(i >> 2) & 1], fin[s][i]);
+        }
+        sb0 = nsb0;
+        sb1 = nsb1;
+        if (++stage == kStages) {
+          stage = 0;
+          phase ^= 1;
+        }
+      }
+
+      const long long m0 = (long long)mt * kNormalRows + r0;  // global rows m0 and m0 + 8
+      if (kTmaStore) {
+        // ---- bf16 out through shared memory + TMA store: 64-column chunks of 64 rows x 128 B, 128B-swizzled ----
+        const u32 stage_d = sbase + P::kOffD + wg * (64 * kBlockN * 2);
+        const bool leader = (tid & 127) == 0;
+        if (leader) bulk_wait_read0();  // this warpgroup's previous tile has left the staging buffer
+        named_barrier_sync(2 + wg, 128);
+#pragma unroll
+        for (int s = 0; s < kNSub; s++)
+#pragma unroll
+          for (int j = 0; j < 16; j++)
+#pragma unroll
+            for (int rr = 0; rr < 2; rr++) {
+              const int chunk = 2 * s + (j >> 3);
+              const int row = wq * 16 + rl + 8 * rr;
+              const u32 addr = stage_d + chunk * (64 * 128) + row * 128 + (((j & 7) ^ rl) << 4) + 4 * q;
+              const u32 v = pack_bf16x2(fin[s][4 * j + 2 * rr], fin[s][4 * j + 2 * rr + 1]);
+              asm volatile("st.shared.u32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
+            }
+        fence_proxy_async();
+        named_barrier_sync(2 + wg, 128);
+        if (leader) {
+#pragma unroll
+          for (int c = 0; c < kBlockN / 64; c++)
+            tma_store_2d(tmap_d, stage_d + c * (64 * 128), nt * kBlockN + 64 * c, mt * kNormalRows + 64 * wg);
+          bulk_commit();
+        }
+      } else if (kEpi == 0) {
+        // ---- bf16 out: each thread writes bf16 pairs (4 bytes) of its two rows ----
+        unsigned short* d = reinterpret_cast<unsigned short*>(out);
+#pragma unroll
+        for (int s = 0; s < kNSub; s++) {
+#pragma unroll
+          for (int j = 0; j < 16; j++) {
+            const int col = nt * kBlockN + s * 128 + 8 * j + 2 * q;
+            *reinterpret_cast<u32*>(d + m0 * kN + col) = pack_bf16x2(fin[s][4 * j], fin[s][4 * j + 1]);
+            *reinterpret_cast<u32*>(d + (m0 + 8) * kN + col) = pack_bf16x2(fin[s][4 * j + 2], fin[s][4 * j + 3]);
+          }
+        }
+      } else {
+        // ---- SwiGLU + per-row power-of-two quantization of 128 activation columns ----
+        constexpr int kI = kN / 2;
+        const float lim = swiglu_limit;
+        const float w_row[2] = {row_weight[m0], row_weight[m0 + 8]};
+        float a[2][kNSub][16];  // [row][half][2 p + e]: activation column 64 s + 8 p + 2 q + e
+        float amax[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int s = 0; s < kNSub; s++) {
+#pragma unroll
+          for (int p = 0; p < 8; p++) {
+#pragma unroll
+            for (int rr = 0; rr < 2; rr++) {
+#pragma unroll
+              for (int e = 0; e < 2; e++) {
+                float gv = fin[s][(2 * p) * 4 + 2 * rr + e];
+                float uv = fin[s][(2 * p + 1) * 4 + 2 * rr + e];
+                if (lim > 0.0f) {
+                  uv = fminf(fmaxf(uv, -lim), lim);
+                  gv = fminf(gv, lim);
+                }
+                const float av = silu(gv) * uv * w_row[rr];
+                a[rr][s][2 * p + e] = av;
+                amax[rr] = fmaxf(amax[rr], fabsf(av));
+              }
+            }
+          }
+        }
+        unsigned char* aq = reinterpret_cast<unsigned char*>(out);
+#pragma unroll
+        for (int rr = 0; rr < 2; rr++) {
+          // The 4 lanes of a quad hold the whole row's 128 columns between them.
+          float mx = amax[rr];
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+          float inv;
+          const float scale = pow2_scale(mx, inv);
+          const long long m = m0 + 8 * rr;
+          unsigned char* row = aq + m * kI + nt * 128;
+#pragma unroll
+          for (int s = 0; s < kNSub; s++)
+#pragma unroll
+            for (int p = 0; p < 8; p++) {
+              const u32 pair = megamoe::f32x2_to_e4m3x2(a[rr][s][2 * p] * inv, a[rr][s][2 * p + 1] * inv);
+              *reinterpret_cast<unsigned short*>(row + 64 * s + 8 * p + 2 * q) = (unsigned short)pair;
+            }
+          if (q == 0) out_sf[(size_t)nt * m_cap + m] = scale;
+        }
+      }
+    }
+    if (kTmaStore && (tid & 127) == 0) bulk_wait0();  // staging buffer must outlive the stores' reads
+  }
+  // A CTA must not leave while its peer can still arrive on its barriers or multicast into its shared memory.
+  if (kCluster == 2) cluster_sync();
+}
+
+// ==================================================================================================================
+// Decode (swap A/B) kernel body: weights on wgmma's M side, 16 tokens on its N side.
+// ==================================================================================================================
+template <int kN, int kK, int kMSub, int kStages, int kEpi>
+__device__ __forceinline__ void decode_body(const TmaDesc* tmap_a, const TmaDesc* tmap_b, const TmaDesc* tmap_sfa,
+                                            const TmaDesc* /*tmap_d: unused*/, const float* __restrict__ sfb, const int* __restrict__ tile_group,
+                                            const int* __restrict__ num_m_tiles, void* __restrict__ out,
+                                            float* __restrict__ out_sf, const float* __restrict__ row_weight,
+                                            float swiglu_limit, int m_cap) {
+  using P = DecodePlan<kMSub, kStages>;
+  constexpr int kRowsW = P::kRowsW;
+  constexpr int kKB = kK / kBlockK;
+  constexpr int kWBlocks = kN / kRowsW;
+  constexpr int kNScaleRows = kN / 128;
+  static_assert(kN % kRowsW == 0 && kK % kBlockK == 0, "N must be a multiple of 64*MSUB, K of 128");
+  static_assert(kMSub == 1 || kMSub == 2 || kMSub == 4, "MSUB is 1, 2 or 4");
+  static_assert(kEpi == 0 || kMSub == 4, "the SwiGLU epilogue needs 256-row transformed units (MSUB = 4)");
+  static_assert(kEpi == 0 || (kN / 2) % 128 == 0, "SwiGLU: I = N/2 must be a multiple of 128");
+  static_assert(P::kSmemBytes <= 232448, "shared-memory plan exceeds 227 KB: fewer stages");
+
+  extern __shared__ __align__(1024) unsigned char smem[];
+  const u32 sbase = smem_addr(smem);
+  const int tid = threadIdx.x;
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  auto full_bar = [&](int s) { return sbase + P::kOffBar + 8u * s; };
+  auto empty_bar = [&](int s) { return sbase + P::kOffBar + 8u * (kStages + s); };
+
+  if (tid == 128) {
+    check_smem(P::kSmemBytes, smem);
+    prefetch_tmap(tmap_a);
+    prefetch_tmap(tmap_b);
+    prefetch_tmap(tmap_sfa);
+    for (int s = 0; s < kStages; s++) {
+      mbar_init(full_bar(s), 1);
+      mbar_init(empty_bar(s), 4);  // one arrive per consumer warp
+    }
+    fence_mbar_init();
+  }
+  __syncthreads();
+
+  const int n_units = live_row_tiles(num_m_tiles, m_cap, kDecodeRows) * kWBlocks;
+
+  if (warp >= 4) {
+    // ---------------- producer warpgroup: one thread keeps up to kStages tiles of weights in flight ----------------
+    if (warp == 4 && lane == 0) {
+      const u64 pol_a = policy_evict_last();
+      const u64 pol_b = policy_evict_first();
+      int stage = 0;
+      u32 phase = 0;
+      for (int u = blockIdx.x; u < n_units; u += gridDim.x) {
+        const int mt = u / kWBlocks, wb = u - mt * kWBlocks;
+        const int g = tile_group[mt];
+        if (g < 0) continue;
+        const int b_row = g * kN + wb * kRowsW;
+        for (int kb = 0; kb < kKB; kb++) {
+          mbar_wait(empty_bar(stage), phase ^ 1);
+          mbar_arrive_expect_tx(full_bar(stage), P::kBBytes + P::kABytes + kDecodeRows * 4);
+          tma_load_2d(sbase + P::kOffB + stage * P::kBBytes, tmap_b, full_bar(stage), kb * kBlockK, b_row, pol_b);
+          tma_load_2d(sbase + P::kOffA + stage * P::kABytes, tmap_a, full_bar(stage), kb * kBlockK,
+                      mt * kDecodeRows, pol_a);
+          tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaSlot, tmap_sfa, full_bar(stage), mt * kDecodeRows, kb,
+                      pol_a);
+          if (++stage == kStages) {
+            stage = 0;
+            phase ^= 1;
+          }
+        }
+      }
+    }
+    return;
+  }
+
+  // ---------------- consumer warpgroup ----------------
+  const int wq = warp;          // 16 weight rows of each 64-row sub-tile
+  const int q = lane & 3;       // token pair: tokens 2q, 2q+1, 8+2q, 9+2q
+  const int rl = lane >> 2;     // weight row within the warp's 16: rl and rl + 8
+
+  float acc[kMSub][8];
+  float fin[kMSub][8];
+  int stage = 0;
+  u32 phase = 0;
+
+  for (int u = blockIdx.x; u < n_units; u += gridDim.x) {
+    const int mt = u / kWBlocks, wb = u - mt * kWBlocks;
+    const int g = tile_group[mt];
+    if (g < 0) continue;
+
+    const float* sfb_g = sfb + (size_t)g * kNScaleRows * kKB;
+    // bf16: sub-tile s's rows [wb*R + 64 s, +64) lie in one 128-row scale block. SwiGLU (R = 256): every sub-tile
+    // holds gate rows of activation block wb and up rows of the same block: two scale rows for the whole unit.
+    auto sb_row = [&](int s) -> const float* {
+      return sfb_g + (size_t)((wb * kRowsW + 64 * s) / 128) * kKB;
+    };
+    const float* sbg_row = sfb_g + (size_t)wb * kKB;
+    const float* sbu_row = sfb_g + (size_t)((kN / 2) / 128 + wb) * kKB;
+
+#pragma unroll
+    for (int s = 0; s < kMSub; s++)
+#pragma unroll
+      for (int i = 0; i < 8; i++) fin[s][i] = 0.0f;
+
+    // Weight scales of K block kb for sub-tile s: [0] for row rl, [1] for row rl + 8. bf16: one block per
+    // sub-tile; SwiGLU: row rl (< 8 within a 16-row granule) is a gate row, rl + 8 an up row.
+    auto load_sb = [&](int kb, float (&v)[kMSub][2]) {
+#pragma unroll
+      for (int s = 0; s < kMSub; s++) {
+        if (kEpi == 0) {
+          v[s][0] = v[s][1] = __ldg(sb_row(s) + kb);
+        } else {
+          v[s][0] = __ldg(sbg_row + kb);
+          v[s][1] = __ldg(sbu_row + kb);
+        }
+      }
+    };
+    float sbv[kMSub][2];
+    load_sb(0, sbv);
+    for (int kb = 0; kb < kKB; kb++) {
+      float nsbv[kMSub][2];  // next K block's scales, loaded while this block waits and computes
+      load_sb(kb + 1 < kKB ? kb + 1 : kb, nsbv);
+      mbar_wait(full_bar(stage), phase);
+      const u32 sfa_base = sbase + P::kOffSfa + stage * P::kSfaSlot;
+      float ts[4];
+      ts[0] = ld_shared_f32(sfa_base + 4u * (2 * q));
+      ts[1] = ld_shared_f32(sfa_base + 4u * (2 * q + 1));
+      ts[2] = ld_shared_f32(sfa_base + 4u * (8 + 2 * q));
+      ts[3] = ld_shared_f32(sfa_base + 4u * (9 + 2 * q));
+
+      const u64 db = make_desc_sw128(sbase + P::kOffA + stage * P::kABytes);
+#pragma unroll
+      for (int s = 0; s < kMSub; s++)
+#pragma unroll
+        for (int i = 0; i < 8; i++) fence_reg(acc[s][i]);
+      wgmma_fence();
+#pragma unroll
+      for (int s = 0; s < kMSub; s++) {
+        const u64 da = make_desc_sw128(sbase + P::kOffB + stage * P::kBBytes + s * (64 * kBlockK));
+#pragma unroll
+        for (int kk = 0; kk < kBlockK / 32; kk++)
+          wgmma_m64n16k32_e4m3(acc[s], da + kk * kDescK32Step, db + kk * kDescK32Step, kk > 0 ? 1u : 0u);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+#pragma unroll
+      for (int s = 0; s < kMSub; s++)
+#pragma unroll
+        for (int i = 0; i < 8; i++) fence_reg(acc[s][i]);
+      if (lane == 0) mbar_arrive(empty_bar(stage));
+
+      // Accumulator i of m64n16k32: weight row rl (i % 4 < 2) or rl + 8, token 8 (i / 4) + 2 q + (i % 2).
+#pragma unroll
+      for (int s = 0; s < kMSub; s++)
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+          fin[s][i] = fmaf(acc[s][i], ts[2 * (i >> 2) + (i & 1)] * sbv[s][(i >> 1) & 1], fin[s][i]);
+#pragma unroll
+      for (int s = 0; s < kMSub; s++) sbv[s][0] = nsbv[s][0], sbv[s][1] = nsbv[s][1];
+      if (++stage == kStages) {
+        stage = 0;
+        phase ^= 1;
+      }
+    }
+
+    const int tok0 = mt * kDecodeRows;
+    if (kEpi == 0) {
+      unsigned short* d = reinterpret_cast<unsigned short*>(out);
+#pragma unroll
+      for (int s = 0; s < kMSub; s++) {
+        const int n = wb * kRowsW + 64 * s + 16 * wq + rl;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+          const long long tok = tok0 + 8 * (i >> 2) + 2 * q + (i & 1);
+          d[tok * kN + n + 8 * ((i >> 1) & 1)] = f32_to_bf16(fin[s][i]);
+        }
+      }
+    } else {
+      // Thread holds, for each sub-tile s and each of its 4 tokens, the gate (row rl) and up (row rl + 8) of
+      // activation column 32 s + 8 wq + rl of block wb.
+      constexpr int kI = kN / 2;
+      const float lim = swiglu_limit;
+      float a[4][kMSub];
+      float amax[4];
+#pragma unroll
+      for (int t = 0; t < 4; t++) {
+        const int tok = tok0 + 8 * (t >> 1) + 2 * q + (t & 1);
+        const float w = row_weight[tok];
+        amax[t] = 0.0f;
+#pragma unroll
+        for (int s = 0; s < kMSub; s++) {
+          const int ig = 4 * (t >> 1) + (t & 1);  // accumulator of (row rl, token t)
+          float gv = fin[s][ig];
+          float uv = fin[s][ig + 2];
+          if (lim > 0.0f) {
+            uv = fminf(fmaxf(uv, -lim), lim);
+            gv = fminf(gv, lim);
+          }
+          a[t][s] = silu(gv) * uv * w;
+          amax[t] = fmaxf(amax[t], fabsf(a[t][s]));
+        }
+        // Reduce over the 8 lanes that share q (lane bits 2..4), then over the 4 warps through shared memory.
+        amax[t] = fmaxf(amax[t], __shfl_xor_sync(0xffffffffu, amax[t], 4));
+        amax[t] = fmaxf(amax[t], __shfl_xor_sync(0xffffffffu, amax[t], 8));
+        amax[t] = fmaxf(amax[t], __shfl_xor_sync(0xffffffffu, amax[t], 16));
+      }
+      float* red = reinterpret_cast<float*>(smem + P::kOffAmax);  // [warp][token]
+      if (rl == 0) {
+#pragma unroll
+        for (int t = 0; t < 4; t++) red[wq * kDecodeRows + 8 * (t >> 1) + 2 * q + (t & 1)] = amax[t];
+      }
+      named_barrier_sync(1, 128);
+      unsigned char* aq = reinterpret_cast<unsigned char*>(out);
+#pragma unroll
+      for (int t = 0; t < 4; t++) {
+        const int tl = 8 * (t >> 1) + 2 * q + (t & 1);
+        const float mx = fmaxf(fmaxf(red[tl], red[kDecodeRows + tl]),
+                               fmaxf(red[2 * kDecodeRows + tl], red[3 * kDecodeRows + tl]));
+        float inv;
+        const float scale = pow2_scale(mx, inv);
+        const long long tok = tok0 + tl;
+        unsigned char* row = aq + tok * kI + wb * 128;
+#pragma unroll
+        for (int s = 0; s < kMSub; s++)
+          row[32 * s + 8 * wq + rl] = (unsigned char)(megamoe::f32x2_to_e4m3x2(a[t][s] * inv, 0.0f) & 0xFF);
+        if (wq == 0 && rl == 0) out_sf[(size_t)wb * m_cap + tok] = scale;
+      }
+      named_barrier_sync(1, 128);  // the next unit's epilogue may overwrite `red`
+    }
+  }
+}
+
+}  // namespace gg
+
+// ------------------------------------------------------------------------------------------------------------------
+// Kernel entry points. Templates for the harness; one extern "C" entry, specialised by -D defines, for the launcher.
+// ------------------------------------------------------------------------------------------------------------------
+#define GG_KERNEL_PARAMS                                                                                        \
+  const __grid_constant__ gg::TmaDesc tmap_a, const __grid_constant__ gg::TmaDesc tmap_b,                        \
+      const __grid_constant__ gg::TmaDesc tmap_sfa, const __grid_constant__ gg::TmaDesc tmap_d,                   \
+      const float *__restrict__ sfb, const int *__restrict__ tile_group, const int *__restrict__ num_m_tiles,      \
+      void *__restrict__ out, float *__restrict__ out_sf, const float *__restrict__ row_weight, float swiglu_limit, \
+      int m_cap
+#define GG_KERNEL_ARGS                                                                                           \
+  &tmap_a, &tmap_b, &tmap_sfa, &tmap_d, sfb, tile_group, num_m_tiles, out, out_sf, row_weight, swiglu_limit, m_cap
+
+template <int kN, int kK, int kNSub, int kStages, int kEpi, int kStore>
+__global__ void __launch_bounds__(384, 1) gg_normal_kernel(GG_KERNEL_PARAMS) {
+  gg::normal_body<kN, kK, kNSub, kStages, kEpi, 1, kStore>(GG_KERNEL_ARGS);
+}
+
+template <int kN, int kK, int kNSub, int kStages, int kEpi, int kStore>
+__global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(384, 1) gg_normal_cluster_kernel(GG_KERNEL_PARAMS) {
+  gg::normal_body<kN, kK, kNSub, kStages, kEpi, 2, kStore>(GG_KERNEL_ARGS);
+}
+
+template <int kN, int kK, int kMSub, int kStages, int kEpi>
+__global__ void __launch_bounds__(256, 1) gg_decode_kernel(GG_KERNEL_PARAMS) {
+  gg::decode_body<kN, kK, kMSub, kStages, kEpi>(GG_KERNEL_ARGS);
+}
+
+#ifndef GG_NO_ENTRY
+#if !defined(GG_SWAP) || !defined(GG_EPI) || !defined(GG_N) || !defined(GG_K) || !defined(GG_SUB) || \
+    !defined(GG_STAGES) || !defined(GG_CLUSTER) || !defined(GG_STORE)
+#error "grouped_gemm_fp8.cu needs -DGG_SWAP -DGG_EPI -DGG_N -DGG_K -DGG_SUB -DGG_STAGES -DGG_CLUSTER -DGG_STORE"
+#endif
+#if GG_SWAP
+extern "C" __global__ void __launch_bounds__(256, 1) grouped_gemm_fp8(GG_KERNEL_PARAMS) {
+  gg::decode_body<GG_N, GG_K, GG_SUB, GG_STAGES, GG_EPI>(GG_KERNEL_ARGS);
+}
+#elif GG_CLUSTER == 2
+extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(384, 1) grouped_gemm_fp8(GG_KERNEL_PARAMS) {
+  gg::normal_body<GG_N, GG_K, GG_SUB, GG_STAGES, GG_EPI, 2, GG_STORE>(GG_KERNEL_ARGS);
+}
+#else
+extern "C" __global__ void __launch_bounds__(384, 1) grouped_gemm_fp8(GG_KERNEL_PARAMS) {
+  gg::normal_body<GG_N, GG_K, GG_SUB, GG_STAGES, GG_EPI, 1, GG_STORE>(GG_KERNEL_ARGS);
+}
+#endif
+#endif
