@@ -6,7 +6,7 @@
 // tokens (the layer is per-token independent, so the reference on a subset of rows gives exactly those rows), so
 // every GPU path (decode and 128-row tiles, all T) is exercised while the CPU work stays in seconds.
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import { gpuSkipReason } from '../src/cuda/index.js';
 import { ReferenceBackend } from '../src/backends/reference.js';
 import { DeviceMoeWeights, layerFromDeviceWeights, UnfusedBackend, UnfusedMoe, type UnfusedShape } from '../src/backends/unfused.js';
@@ -16,7 +16,7 @@ import { makeRandomLayer, moeShape, randomHiddenStates } from '../src/moe/synthe
 import type { MoeLayerWeights } from '../src/moe/types.js';
 import { decodeBF16Array } from '../src/numerics/bf16.js';
 import { calcDiff } from '../src/numerics/calc-diff.js';
-import { HostTensor } from '../src/tensor/host.js';
+import { allocStorage, HostTensor } from '../src/tensor/host.js';
 import { Rng } from '../src/util/rng.js';
 
 const skip = gpuSkipReason();
@@ -42,11 +42,13 @@ function randomRouting(seed: number, T: number, E: number, K: number, masked = 0
   return { ids: new HostTensor('I64', [T, K], ids), weights: new HostTensor('F32', [T, K], w) };
 }
 
+/** The given rows of a 2-D host tensor, as a new tensor. */
 function rowsOf<D extends 'BF16' | 'I64' | 'F32'>(t: HostTensor<D>, rows: number[]): HostTensor<D> {
   const cols = t.shape[1];
-  const data = t.data.constructor as { new(n: number): HostTensor<D>['data'] };
-  const out = new data(rows.length * cols);
-  rows.forEach((r, i) => (out as unknown as { set(a: ArrayLike<unknown>, o: number): void }).set(t.data.subarray(r * cols, r * cols + cols) as never, i * cols));
+  const out = allocStorage(t.dtype, rows.length * cols);
+  const dst = out as unknown as { set(src: ArrayLike<number | bigint>, offset: number): void };
+  const src = t.data as unknown as { subarray(a: number, b: number): ArrayLike<number | bigint> };
+  rows.forEach((r, i) => dst.set(src.subarray(r * cols, r * cols + cols), i * cols));
   return new HostTensor(t.dtype, [rows.length, cols], out);
 }
 
@@ -189,4 +191,3 @@ test('unfused vs reference, pro shape (H 7168, I 3072, 384 experts, top-6)', { s
   await largeShape(t, 'pro', { hidden: 7168, inter: 3072, experts: 384, topK: 6, swigluLimit: 10 }, 2);
 });
 
-void before; void after;

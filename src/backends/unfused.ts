@@ -13,7 +13,7 @@
 // Weights are uploaded once at prepare(): W13 [E+1, 2I, H] in the transformed (gate/up interleaved) layout with its
 // natural f32 scales [E+1, 2I/128, H/128], and W2 [E+1, H, I] with [E+1, H/128, I/128].
 import {
-  cudaStatus, CudaGraph, CudaEvent, DeviceBuffer, DeviceTensor, ensureContext, Stream, type StreamLike,
+  cudaStatus, CudaGraph, findNvcc, CudaEvent, DeviceBuffer, DeviceTensor, ensureContext, Stream, type StreamLike,
 } from '../cuda/index.js';
 import { MoeCombine } from '../kernels/moe-combine.js';
 import { DispatchBuffers, dispatchCapacity, MoeDispatch, type DispatchCapacity, type DispatchShape } from '../kernels/moe-dispatch.js';
@@ -137,6 +137,8 @@ export class DeviceMoeWeights {
       fill.e4m3(w.w2, seed * 4 + 2, { stream });
       fill.scales(w.s13, seed * 4 + 3, 1 / Math.sqrt(H) / rms, { stream });
       fill.scales(w.s2, seed * 4 + 4, 1 / Math.sqrt(I) / rms, { stream });
+      // The fills may run on the legacy stream, which a non-blocking pipeline stream does not wait for.
+      ensureContext().synchronize();
     } catch (err) {
       w.dispose();
       throw err;
@@ -263,6 +265,8 @@ export class UnfusedMoe {
         a: dispatchBuffers.a, sfa: dispatchBuffers.sfa, tileGroup: dispatchBuffers.tileGroup, numMTiles: dispatchBuffers.numMTiles,
         rowWeight: dispatchBuffers.rowWeight, act, actSf, out: expertOut,
       }));
+      // The zero-fills above ran on the legacy stream; our stream is non-blocking and would not wait for them.
+      ensureContext().synchronize();
       return new UnfusedMoe({
         shape, weights, maxTokens, capacity, io, stream, stager, dispatch, dispatchBuffers, combine, gemms, act, actSf, expertOut,
         owned, ownsWeights: options.ownsWeights ?? false,
@@ -476,6 +480,7 @@ export const provider: BackendProvider = {
   probe: async () => {
     const st = cudaStatus();
     if (!st.available) return { ok: false, reason: st.reason };
+    if (!findNvcc()) return { ok: false, reason: 'nvcc not found (the unfused kernels are compiled for the layer\'s shape at first use): install the CUDA toolkit or set CUDA_HOME' };
     const d = st.devices[0];
     return { ok: true, reason: `${d.name} (${d.arch})` };
   },

@@ -141,6 +141,22 @@ function randomBf16(rng: Rng, n: number, expLo: number, expHi: number): Uint16Ar
   return out;
 }
 
+/**
+ * [rows, cols] random bf16 rows, fast at 10^8 values: each row is a window of a 4M-value random pool at a random
+ * offset (rows overlap in content but not in alignment, which is all a routing or bandwidth figure needs).
+ */
+function randomBf16Rows(rng: Rng, rows: number, cols: number, expLo: number, expHi: number): Uint16Array {
+  const n = rows * cols;
+  if (n <= 1 << 22) return randomBf16(rng, n, expLo, expHi);
+  const pool = randomBf16(rng, (1 << 22) + cols, expLo, expHi);
+  const out = new Uint16Array(n);
+  for (let r = 0; r < rows; r++) {
+    const at = rng.int(1 << 22);
+    out.set(pool.subarray(at, at + cols), r * cols);
+  }
+  return out;
+}
+
 /** Times kernels one at a time from a cold L2, with the launch latency hidden behind a spin kernel. */
 class KernelTimer implements Disposable {
   private constructor(
@@ -304,7 +320,7 @@ export async function runStagingBench(opts: KernelBenchOptions): Promise<{ meta:
   for (const { label, shape } of shapes) {
     const { hiddenSize: H, topk: K } = shape;
     using stager = await Stager.create(shape, capacity);
-    using x = DeviceTensor.fromHost(new HostTensor('BF16', [capacity, H], randomBf16(rng, capacity * H, 110, 130)));
+    using x = DeviceTensor.fromHost(new HostTensor('BF16', [capacity, H], randomBf16Rows(rng, capacity, H, 110, 130)));
     const ids = new BigInt64Array(capacity * K).map(() => BigInt(rng.int(256)));
     using dIds = DeviceTensor.fromHost(new HostTensor('I64', [capacity, K], ids));
     using dW = DeviceTensor.fromHost(new HostTensor('F32', [capacity, K], new Float32Array(capacity * K).fill(0.25)));
@@ -342,7 +358,7 @@ export async function runRoutingBench(opts: KernelBenchOptions): Promise<{ meta:
     const bias = new Float32Array(E).map(() => rng.normal() * 0.05);
     using dBias = DeviceTensor.fromHost(new HostTensor('F32', [E], bias));
     using router = await Router.create(shape, capacity, gate, { bias: dBias, normTopkProb: true, routedScalingFactor: 1.5 });
-    using x = DeviceTensor.fromHost(new HostTensor('BF16', [capacity, H], randomBf16(rng, capacity * H, 118, 127)));
+    using x = DeviceTensor.fromHost(new HostTensor('BF16', [capacity, H], randomBf16Rows(rng, capacity, H, 118, 127)));
     for (const T of tokens) {
       const chosen = planRouterLogits(T, shape, router.smCount).tile;
       const tiles: RouterTile[] = opts.compareTiles ? (Object.keys(ROUTER_TILES) as RouterTile[]) : [chosen];

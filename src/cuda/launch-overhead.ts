@@ -34,7 +34,10 @@ export interface LaunchOverheadResult {
   /** Median host microseconds per cuGraphLaunch of a graph of `graphNodes` empty kernels. */
   graphLaunchUs: number;
   graphNodes: number;
-  /** GPU-side microseconds per empty kernel when launched back to back (events around 1,000 launches). */
+  /**
+   * Microseconds per empty kernel between two events around 1,000 back-to-back launches. When the host launch cost is
+   * above the GPU's per-kernel time (the usual case for empty kernels) this is the host launch rate, not GPU time.
+   */
   deviceUsPerEmptyKernel: number;
   p10: { emptyLaunchUs: number; argsLaunchUs: number; graphLaunchUs: number };
   p90: { emptyLaunchUs: number; argsLaunchUs: number; graphLaunchUs: number };

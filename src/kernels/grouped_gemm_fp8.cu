@@ -393,7 +393,10 @@ __device__ __forceinline__ void normal_body(const TmaDesc* tmap_a, const TmaDesc
     if (kTmaStore && (tid & 127) == 0) bulk_wait0();  // staging buffer must outlive the stores' reads
   }
   // A CTA must not leave while its peer can still arrive on its barriers or multicast into its shared memory.
-  if (kCluster == 2) cluster_sync();
+  if (kCluster == 2) {
+    __syncwarp();
+    cluster_sync();
+  }
 }
 
 // ==================================================================================================================

@@ -1,12 +1,14 @@
 // `megamoe bench <what>`: benchmarks (not tests). Each subcommand is one register function in its own module under
 // src/bench/, added to the list below; `bench moe` goes in the same way (src/bench/moe.ts: registerMoeBench).
 import type { Command } from 'commander';
+import { registerMoeBench } from '../../bench/moe.js';
 import { registerRoutingBench, registerStagingBench } from '../../bench/staging-routing.js';
 
 /** The bench subcommands, in help order. */
 const SUBCOMMANDS: ReadonlyArray<(bench: Command) => void> = [
   registerStagingBench,
   registerRoutingBench,
+  registerMoeBench,
 ];
 
 export function register(program: Command): void {

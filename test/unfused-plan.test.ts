@@ -1,0 +1,50 @@
+// CPU checks of the unfused backend's planning: which GEMM path a batch takes, the GEMM variants it compiles (and
+// that their shared-memory plans fit an H100), local expert ids under expert parallelism, and the provider's
+// refusal on a machine without a GPU. No GPU needed.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { cudaStatus } from '../src/cuda/index.js';
+import { localIdMap, provider, toLocalIds } from '../src/backends/unfused.js';
+import { chooseRowTile, gemmDefines } from '../src/backends/unfused-gemm.js';
+import { HostTensor } from '../src/tensor/host.js';
+
+test('decode path while experts average <= 4 rows, 128-row tiles above', () => {
+  const flash = { experts: 256, topK: 6 };
+  assert.equal(chooseRowTile(1, flash).mode, 'decode');
+  assert.equal(chooseRowTile(64, flash).rows, 16);
+  assert.equal(chooseRowTile(170, flash).mode, 'decode'); // 3.98 rows per expert
+  assert.equal(chooseRowTile(171, flash).mode, 'normal');
+  assert.equal(chooseRowTile(4096, flash).rows, 128);
+  const tiny = { experts: 16, topK: 4 };
+  assert.equal(chooseRowTile(7, tiny).mode, 'decode');
+  assert.equal(chooseRowTile(128, tiny).mode, 'normal');
+});
+
+test('GEMM variants: SwiGLU L1 on 2I x H, bf16 L2 on H x I, shared memory within 227 KB', () => {
+  const l1 = gemmDefines('normal', 1, 4096, 4096);
+  assert.deepEqual(l1, { GG_SWAP: 0, GG_EPI: 1, GG_N: 4096, GG_K: 4096, GG_SUB: 2, GG_STAGES: 4 });
+  const d2 = gemmDefines('decode', 0, 7168, 3072);
+  assert.equal(d2.GG_SWAP, 1);
+  assert.equal(d2.GG_EPI, 0);
+  // 2 * I must be a multiple of the L1 tiles (256 rows normal, 64 * MSUB = 256 decode): true for every preset.
+  for (const inter of [128, 2048, 3072]) assert.equal((2 * inter) % 256, 0);
+});
+
+test('expert parallelism: global ids map to local groups, other ranks\' experts become masked', () => {
+  const map = localIdMap([4, 5, 6, 7], 16);
+  const ids = new HostTensor('I32', [2, 3], Int32Array.from([4, 0, 7, -1, 6, 15]));
+  assert.deepEqual([...toLocalIds(ids, map)], [0n, -1n, 3n, -1n, 2n, -1n]);
+  const ids64 = new HostTensor('I64', [1, 2], BigInt64Array.from([5n, 8n]));
+  assert.deepEqual([...toLocalIds(ids64, map)], [1n, -1n]);
+});
+
+test('the provider says why it cannot run where there is no GPU', async () => {
+  const st = cudaStatus();
+  const a = await provider.probe();
+  if (st.available) {
+    assert.equal(typeof a.reason, 'string');
+  } else {
+    assert.equal(a.ok, false);
+    assert.equal(a.reason, st.reason);
+  }
+});
