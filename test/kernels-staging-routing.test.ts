@@ -3,11 +3,13 @@
 // largest variants that fails on register spills (where nvcc exists; no GPU needed).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { compileKernel, findNvcc } from '../src/cuda/index.js';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { compileKernel, findNvcc, kernelsDir } from '../src/cuda/index.js';
 import { parseTokenList, resolveCommit, routingMarkdown, stagingMarkdown, type BenchMeta } from '../src/bench/staging-routing.js';
 import {
-  checkRouterShape, planRouterLogits, ROUTER_MAX_SPLITS, ROUTER_TILES, ROUTER_VARIANTS, routerWorkspaceFloats,
-  routingDefines, routingTrafficBytes, ROUTING_SOURCE,
+  checkRouterShape, planRouterLogits, ROUTER_MAX_SPLITS, ROUTER_TILES, ROUTER_VARIANTS, routerTileSmemBytes,
+  routerWorkspaceFloats, routingDefines, routingTrafficBytes, ROUTING_SOURCE, type RouterTile,
 } from '../src/kernels/routing.js';
 import {
   checkStagingShape, STAGING_SOURCE, STAGING_VARIANTS, stagingDefines, stagingLaunchDims, stagingTrafficBytes,
@@ -50,10 +52,13 @@ test('routing plan: gemv for decode, mid then prefill as T grows; splits fill th
   assert.deepEqual(p1.grid, [48, 1, 4]); // 384 / 8 column blocks x 4 K splits = 192 blocks >= 132 SMs
   assert.equal(p1.block, ROUTER_TILES.gemv.threads);
   assert.equal(planRouterLogits(1, flash, H100_SMS).splits, 8); // 32 column blocks need 8 splits to pass 132
-  assert.equal(planRouterLogits(300, pro, H100_SMS).tile, 'mid');
+  assert.equal(planRouterLogits(128, pro, H100_SMS).tile, 'gemv');
+  const between = planRouterLogits(300, pro, H100_SMS); // 12 x 10 mid blocks < 2 per SM: 64 x 64 tiles, split
+  assert.equal(between.tile, 'prefill');
+  assert.deepEqual(between.grid, [6, 5, 8]);
   const big = planRouterLogits(16384, pro, H100_SMS);
-  assert.equal(big.tile, 'prefill');
-  assert.deepEqual(big.grid, [6, 256, 1]);
+  assert.equal(big.tile, 'mid');
+  assert.deepEqual(big.grid, [12, 512, 1]);
   for (const { shape } of ROUTER_VARIANTS) {
     for (const T of [1, 2, 7, 16, 17, 64, 65, 100, 500, 1000, 3000, 9000, 16384]) {
       for (const force of [undefined, 'gemv', 'mid', 'prefill'] as const) {
@@ -66,6 +71,20 @@ test('routing plan: gemv for decode, mid then prefill as T grows; splits fill th
         if (force) assert.equal(p.tile, force);
       }
     }
+  }
+});
+
+test('routing tiles: the TypeScript table and shared-memory sizes match the kernel definitions in routing.cu', () => {
+  const cu = readFileSync(join(kernelsDir(), ROUTING_SOURCE), 'utf8');
+  const defs = [...cu.matchAll(/^MEGAMOE_ROUTER_LOGITS_KERNEL\((\w+), (\d+), (\d+), (\d+), (\d+), (\d+)\)/gm)];
+  assert.equal(defs.length, 3, 'three tile kernels are defined');
+  for (const [, entry, bm, bnw, wn, wk, u] of defs) {
+    const [tile, cfg] = Object.entries(ROUTER_TILES).find(([, c]) => c.entry === entry)!;
+    const BM = Number(bm); const BNW = Number(bnw); const WN = Number(wn); const WK = Number(wk); const U = Number(u);
+    assert.deepEqual([cfg.bm, cfg.bn, cfg.threads, cfg.warpsK, cfg.chunksPerStage], [BM, BNW * WN, 32 * WN * WK, WK, U], `${tile} matches ${entry}`);
+    // routing.cu router_tile_smem_bytes: WN * WK * 2 stages * U * (2 * BM/16 + BNW/8) * 32 lanes * 16 bytes
+    assert.equal(routerTileSmemBytes(tile as RouterTile), WN * WK * 2 * U * (2 * (BM / 16) + BNW / 8) * 32 * 16, `${tile} shared memory`);
+    assert.ok(routerTileSmemBytes(tile as RouterTile) <= 227 * 1024, `${tile} fits the H100 opt-in shared memory`);
   }
 });
 
@@ -105,13 +124,14 @@ test('bench: token lists and ranges parse; bad input is refused with the flag na
 test('bench Markdown: one row per measurement with GB/s and the copy-bandwidth fraction', () => {
   const meta: BenchMeta = {
     gpu: 'NVIDIA H100 80GB HBM3', smCount: 132, driver: '13.0', commit: 'abc1234', command: 'megamoe bench staging',
-    date: '2026-01-01T00:00:00Z', warmup: 1, runs: 2, copyGBs: 3000, peakGBs: 3350, method: 'events',
+    date: '2026-01-01T00:00:00Z', warmup: 1, runs: 2, copyGBs: 3000, peakGBs: 3350, floorUs: { cold: 4.5, warm: 2.25 }, method: 'events',
   };
-  const md = stagingMarkdown(meta, [{ shape: 'flash', tokens: 4096, medianUs: 20, minUs: 19, p90Us: 21, bytes: 5e7, gbps: 2500, copyFraction: 2500 / 3000 }], [{ what: 'stage', us: 3.5 }]);
-  assert.match(md, /\| flash \| 4096 \| 20\.00 \| 21\.00 \| 50\.00 \| 2500 \| 83\.3 \|/);
+  const md = stagingMarkdown(meta, [{ shape: 'flash', tokens: 4096, medianUs: 20, p90Us: 21, warmUs: 18, bytes: 5e7, gbps: 2500, copyFraction: 2500 / 3000, sameBytesCopyUs: 19.5 }], [{ what: 'stage', us: 3.5 }]);
+  assert.match(md, /\| flash \| 4096 \| 20\.00 \| 21\.00 \| 18\.00 \| 50\.00 \| 2500 \| 83\.3 \| 19\.50 \|/);
   assert.match(md, /abc1234/);
   assert.match(md, /3000 GB\/s/);
-  const rmd = routingMarkdown(meta, [{ shape: 'pro', tokens: 1, tile: 'gemv', splits: 4, chosen: false, medianUs: 4, minUs: 4, p90Us: 5, bytes: 5.5e6, gbps: 1375, copyFraction: 0.46, tflops: 0.001 }], []);
+  assert.match(md, /4\.50 us cold, 2\.25 us warm/);
+  const rmd = routingMarkdown(meta, [{ shape: 'pro', tokens: 1, tile: 'gemv', splits: 4, chosen: false, medianUs: 4, p90Us: 5, warmUs: 3, bytes: 5.5e6, gbps: 1375, copyFraction: 0.46, tflops: 0.001 }], []);
   assert.match(rmd, /\| pro \| 1 \| gemv \(alt\) \| 4 \|/);
 });
 

@@ -20,6 +20,7 @@ import { HostTensor } from '../tensor/host.js';
 import { Rng } from '../util/rng.js';
 
 const SPIN_SOURCE = `
+extern "C" __global__ void megamoe_bench_empty() {}
 extern "C" __global__ void megamoe_bench_spin(unsigned long long ns) {
   unsigned long long t0, t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
@@ -50,26 +51,41 @@ export interface BenchMeta {
   copyGBs: number;
   /** The datasheet-style peak from memory clock x bus width, for reference. */
   peakGBs: number;
+  /** An empty kernel timed the same way (median us): the floor under every figure below. */
+  floorUs: { cold: number; warm: number };
   method: string;
 }
 
 export interface StagingRow {
   shape: string;
   tokens: number;
+  /** cold (L2 and TLBs flushed) median / p90 microseconds: the primary figure */
   medianUs: number;
-  minUs: number;
   p90Us: number;
+  /** warm (inputs possibly L2-resident from the previous run) median microseconds */
+  warmUs: number;
   bytes: number;
+  /** bytes / cold median */
   gbps: number;
-  /** gbps / copyGBs */
+  /** gbps / copyGBs: the fraction of the measured device copy bandwidth */
   copyFraction: number;
+  /** cold median of a device-to-device copy that moves the same bytes (same timing method) */
+  sameBytesCopyUs: number;
 }
 
-export interface RoutingRow extends StagingRow {
+export interface RoutingRow {
+  shape: string;
+  tokens: number;
   tile: RouterTile;
   splits: number;
   /** true for the planner's own choice, false for a --compare-tiles alternative */
   chosen: boolean;
+  medianUs: number;
+  p90Us: number;
+  warmUs: number;
+  bytes: number;
+  gbps: number;
+  copyFraction: number;
   tflops: number;
 }
 
@@ -157,26 +173,41 @@ function randomBf16Rows(rng: Rng, rows: number, cols: number, expLo: number, exp
   return out;
 }
 
-/** Times kernels one at a time from a cold L2, with the launch latency hidden behind a spin kernel. */
+export interface Timing {
+  /** sorted microseconds per run */
+  us: number[];
+  median: number;
+  p90: number;
+}
+
+function timing(us: number[]): Timing {
+  return { us, median: quantile(us, 0.5), p90: quantile(us, 0.9) };
+}
+
+/**
+ * Times kernels one at a time with the launch latency hidden behind a spin kernel; `cold` first overwrites a
+ * 256 MiB buffer so L2 (50 MB) and the TLBs hold none of the kernel's data, `warm` does not.
+ */
 class KernelTimer implements Disposable {
   private constructor(
     readonly stream: Stream,
     private readonly spin: Kernel,
+    readonly empty: Kernel,
     private readonly flush: DeviceBuffer,
     private readonly start: CudaEvent,
     private readonly end: CudaEvent,
   ) {}
 
   static async create(): Promise<KernelTimer> {
-    const spin = await loadKernel({ source: 'megamoe_bench_spin.cu', sourceText: SPIN_SOURCE, entry: 'megamoe_bench_spin' });
-    return new KernelTimer(Stream.create(), spin, DeviceBuffer.alloc(256 << 20), CudaEvent.create(), CudaEvent.create());
+    const load = (entry: string) => loadKernel({ source: 'megamoe_bench_spin.cu', sourceText: SPIN_SOURCE, entry });
+    return new KernelTimer(Stream.create(), await load('megamoe_bench_spin'), await load('megamoe_bench_empty'),
+      DeviceBuffer.alloc(256 << 20), CudaEvent.create(), CudaEvent.create());
   }
 
-  /** Microseconds of `launch` (queued on this.stream), sorted, `runs` samples after `warmup` untimed ones. */
-  time(launch: () => void, warmup: number, runs: number): number[] {
+  time(launch: () => void, warmup: number, runs: number, cold: boolean): Timing {
     const samples: number[] = [];
     for (let i = 0; i < warmup + runs; i++) {
-      this.flush.memset8(i & 0xff, { stream: this.stream });
+      if (cold) this.flush.memset8(i & 0xff, { stream: this.stream });
       this.spin.launch({ grid: 1, block: 1, stream: this.stream }, [arg.u64(20_000n)]);
       this.start.record(this.stream);
       launch();
@@ -184,7 +215,18 @@ class KernelTimer implements Disposable {
       this.end.synchronize();
       if (i >= warmup) samples.push(this.end.elapsedMsSince(this.start) * 1e3);
     }
-    return samples.sort((a, b) => a - b);
+    return timing(samples.sort((a, b) => a - b));
+  }
+
+  /** An empty kernel timed the same way: the floor under every figure. */
+  floor(warmup: number, runs: number, cold: boolean): Timing {
+    return this.time(() => this.empty.launch({ grid: 1, block: 32, stream: this.stream }, []), warmup, runs, cold);
+  }
+
+  /** A device-to-device copy that moves `movedBytes` (half read, half written), timed cold like the kernels. */
+  copyTime(movedBytes: number, warmup: number, runs: number, scratch: { a: DeviceBuffer; b: DeviceBuffer }): Timing {
+    const bytes = Math.max(16, Math.round(movedBytes / 2 / 16) * 16);
+    return this.time(() => scratch.b.copyFromDevice(scratch.a, { stream: this.stream, bytes }), warmup, runs, true);
   }
 
   /** Median GB/s (read + written) of a device-to-device copy of `bytes`. */
@@ -192,8 +234,8 @@ class KernelTimer implements Disposable {
     using a = DeviceBuffer.alloc(bytes);
     using b = DeviceBuffer.alloc(bytes);
     a.memset8(1, { stream: this.stream });
-    const us = this.time(() => b.copyFromDevice(a, { stream: this.stream }), 3, runs);
-    return (2 * bytes) / (quantile(us, 0.5) * 1e-6) / 1e9;
+    const t = this.time(() => b.copyFromDevice(a, { stream: this.stream }), 3, runs, true);
+    return (2 * bytes) / (t.median * 1e-6) / 1e9;
   }
 
   dispose(): void {
@@ -234,7 +276,9 @@ function makeMeta(timer: KernelTimer, opts: KernelBenchOptions, warmup: number, 
     runs,
     copyGBs: timer.copyBandwidth(1 << 30, 20),
     peakGBs: props.peakMemoryBandwidthGBs,
-    method: 'CUDA events around one launch, L2 flushed (256 MiB memset) and launch latency hidden (spin kernel) before each run; median of runs after warm-up',
+    floorUs: { cold: timer.floor(warmup, runs, true).median, warm: timer.floor(warmup, runs, false).median },
+    method: 'CUDA events around one launch, with the host launch latency hidden behind a 20 us spin kernel queued first; '
+      + 'cold = a 256 MiB memset before each run evicts L2 and the TLBs; median of the timed runs after warm-up',
   };
 }
 
@@ -242,11 +286,12 @@ const fmt = (v: number, d = 1): string => (Number.isFinite(v) ? v.toFixed(d) : '
 
 function metaMarkdown(title: string, m: BenchMeta): string[] {
   return [
-    `## ${title}`,
+    `### ${title}`,
     '',
     `GPU ${m.gpu} (${m.smCount} SMs, driver CUDA ${m.driver}), commit ${m.commit}, ${m.date}.`,
     `Command: \`${m.command}\`.`,
     `Device copy bandwidth (1 GiB device-to-device, read + written): **${fmt(m.copyGBs, 0)} GB/s** (peak from clocks: ${fmt(m.peakGBs, 0)} GB/s).`,
+    `An empty kernel timed the same way: ${fmt(m.floorUs.cold, 2)} us cold, ${fmt(m.floorUs.warm, 2)} us warm (the floor under every time below).`,
     `Method: ${m.method}; ${m.warmup} warm-up, ${m.runs} timed runs.`,
     '',
   ];
@@ -265,9 +310,11 @@ function hostMarkdown(host: HostCostRow[], overhead: LaunchOverheadResult | unde
 
 export function stagingMarkdown(meta: BenchMeta, rows: StagingRow[], host: HostCostRow[], overhead?: LaunchOverheadResult): string {
   const lines = metaMarkdown('Staging (bf16 -> e4m3 + f32 scales, ids/weights copied)', meta);
-  lines.push('| shape | T | median us | p90 us | MB moved | GB/s | % of copy BW |', '| --- | ---: | ---: | ---: | ---: | ---: | ---: |');
+  lines.push('"copy, same bytes": a device-to-device copy moving the same bytes, timed the same way (cold).', '');
+  lines.push('| shape | T | cold us | p90 us | warm us | MB moved | GB/s (cold) | % of copy BW | copy, same bytes, us |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
   for (const r of rows) {
-    lines.push(`| ${r.shape} | ${r.tokens} | ${fmt(r.medianUs, 2)} | ${fmt(r.p90Us, 2)} | ${fmt(r.bytes / 1e6, 2)} | ${fmt(r.gbps, 0)} | ${fmt(100 * r.copyFraction, 1)} |`);
+    lines.push(`| ${r.shape} | ${r.tokens} | ${fmt(r.medianUs, 2)} | ${fmt(r.p90Us, 2)} | ${fmt(r.warmUs, 2)} | ${fmt(r.bytes / 1e6, 2)} | ${fmt(r.gbps, 0)} | ${fmt(100 * r.copyFraction, 1)} | ${fmt(r.sameBytesCopyUs, 2)} |`);
   }
   lines.push('', ...hostMarkdown(host, overhead), '');
   return lines.join('\n');
@@ -275,10 +322,11 @@ export function stagingMarkdown(meta: BenchMeta, rows: StagingRow[], host: HostC
 
 export function routingMarkdown(meta: BenchMeta, rows: RoutingRow[], host: HostCostRow[], overhead?: LaunchOverheadResult): string {
   const lines = metaMarkdown('Routing (logits GEMM + sqrtsoftplus + biased top-K + weights)', meta);
-  lines.push('Bytes are the compulsory traffic (x and the gate read once, ids and weights written); the logits round trip and split-K partials are extra.', '');
-  lines.push('| shape | T | tile | splits | median us | p90 us | MB moved | GB/s | % of copy BW | TFLOPS |', '| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
+  lines.push('Bytes are the compulsory traffic (x and the gate read once, ids and weights written); the logits round trip and split-K partials are extra. "(alt)": a tile the planner did not choose, timed for comparison.', '');
+  lines.push('| shape | T | tile | splits | cold us | p90 us | warm us | MB moved | GB/s (cold) | % of copy BW | TFLOPS (cold) |',
+    '| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
   for (const r of rows) {
-    lines.push(`| ${r.shape} | ${r.tokens} | ${r.tile}${r.chosen ? '' : ' (alt)'} | ${r.splits} | ${fmt(r.medianUs, 2)} | ${fmt(r.p90Us, 2)} | ${fmt(r.bytes / 1e6, 2)} | ${fmt(r.gbps, 0)} | ${fmt(100 * r.copyFraction, 1)} | ${fmt(r.tflops, 1)} |`);
+    lines.push(`| ${r.shape} | ${r.tokens} | ${r.tile}${r.chosen ? '' : ' (alt)'} | ${r.splits} | ${fmt(r.medianUs, 2)} | ${fmt(r.p90Us, 2)} | ${fmt(r.warmUs, 2)} | ${fmt(r.bytes / 1e6, 2)} | ${fmt(r.gbps, 0)} | ${fmt(100 * r.copyFraction, 1)} | ${fmt(r.tflops, 1)} |`);
   }
   lines.push('', ...hostMarkdown(host, overhead), '');
   return lines.join('\n');
@@ -324,13 +372,20 @@ export async function runStagingBench(opts: KernelBenchOptions): Promise<{ meta:
     const ids = new BigInt64Array(capacity * K).map(() => BigInt(rng.int(256)));
     using dIds = DeviceTensor.fromHost(new HostTensor('I64', [capacity, K], ids));
     using dW = DeviceTensor.fromHost(new HostTensor('F32', [capacity, K], new Float32Array(capacity * K).fill(0.25)));
+    using scratchA = DeviceBuffer.alloc(stagingTrafficBytes(capacity, shape).total);
+    using scratchB = DeviceBuffer.alloc(stagingTrafficBytes(capacity, shape).total);
     for (const T of tokens) {
-      const us = timer.time(() => stager.stage(x, dIds, dW, { tokens: T, stream: timer.stream }), warmup, runs);
+      const launch = () => stager.stage(x, dIds, dW, { tokens: T, stream: timer.stream });
+      const cold = timer.time(launch, warmup, runs, true);
+      const warm = timer.time(launch, warmup, runs, false);
       const bytes = stagingTrafficBytes(T, shape).total;
-      const med = quantile(us, 0.5);
-      const gbps = bytes / (med * 1e-6) / 1e9;
-      rows.push({ shape: label, tokens: T, medianUs: med, minUs: us[0], p90Us: quantile(us, 0.9), bytes, gbps, copyFraction: gbps / meta.copyGBs });
-      console.log(`staging ${label} T=${T}: ${fmt(med, 2)} us, ${fmt(gbps, 0)} GB/s (${fmt((100 * gbps) / meta.copyGBs, 1)}% of copy)`);
+      const copy = timer.copyTime(bytes, warmup, runs, { a: scratchA, b: scratchB });
+      const gbps = bytes / (cold.median * 1e-6) / 1e9;
+      rows.push({
+        shape: label, tokens: T, medianUs: cold.median, p90Us: cold.p90, warmUs: warm.median, bytes, gbps,
+        copyFraction: gbps / meta.copyGBs, sameBytesCopyUs: copy.median,
+      });
+      console.log(`staging ${label} T=${T}: ${fmt(cold.median, 2)} us cold (${fmt(warm.median, 2)} warm), ${fmt(gbps, 0)} GB/s = ${fmt((100 * gbps) / meta.copyGBs, 1)}% of copy; same-bytes copy ${fmt(copy.median, 2)} us`);
     }
     host.push({ what: `Stager.stage() ${label}, T=1 (checks + arg packing + cuLaunchKernel)`, us: hostCost(() => stager.stage(x, dIds, dW, { tokens: 1, stream: timer.stream }), timer.stream) });
   }
@@ -363,16 +418,18 @@ export async function runRoutingBench(opts: KernelBenchOptions): Promise<{ meta:
       const chosen = planRouterLogits(T, shape, router.smCount).tile;
       const tiles: RouterTile[] = opts.compareTiles ? (Object.keys(ROUTER_TILES) as RouterTile[]) : [chosen];
       for (const tile of tiles) {
-        const us = timer.time(() => router.route(x, { tokens: T, tile, stream: timer.stream }), warmup, runs);
+        const launch = () => router.route(x, { tokens: T, tile, stream: timer.stream });
+        const cold = timer.time(launch, warmup, runs, true);
+        const warm = timer.time(launch, warmup, runs, false);
         const plan = router.lastPlan!;
         const bytes = routingTrafficBytes(T, shape).total;
-        const med = quantile(us, 0.5);
-        const gbps = bytes / (med * 1e-6) / 1e9;
+        const gbps = bytes / (cold.median * 1e-6) / 1e9;
+        const tflops = routingFlops(T, shape) / (cold.median * 1e-6) / 1e12;
         rows.push({
-          shape: label, tokens: T, tile, splits: plan.splits, chosen: tile === chosen, medianUs: med, minUs: us[0],
-          p90Us: quantile(us, 0.9), bytes, gbps, copyFraction: gbps / meta.copyGBs, tflops: routingFlops(T, shape) / (med * 1e-6) / 1e12,
+          shape: label, tokens: T, tile, splits: plan.splits, chosen: tile === chosen, medianUs: cold.median, p90Us: cold.p90,
+          warmUs: warm.median, bytes, gbps, copyFraction: gbps / meta.copyGBs, tflops,
         });
-        console.log(`routing ${label} T=${T} ${tile}x${plan.splits}${tile === chosen ? '' : ' (alt)'}: ${fmt(med, 2)} us, ${fmt(gbps, 0)} GB/s, ${fmt(routingFlops(T, shape) / (med * 1e-6) / 1e12, 1)} TFLOPS`);
+        console.log(`routing ${label} T=${T} ${tile}x${plan.splits}${tile === chosen ? '' : ' (alt)'}: ${fmt(cold.median, 2)} us cold (${fmt(warm.median, 2)} warm), ${fmt(gbps, 0)} GB/s, ${fmt(tflops, 1)} TFLOPS`);
       }
     }
     host.push({ what: `Router.route() ${label}, T=1 (checks + 2 launches)`, us: hostCost(() => router.route(x, { tokens: 1, stream: timer.stream }), timer.stream) });

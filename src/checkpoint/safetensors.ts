@@ -63,12 +63,11 @@ function readFully(fd: number, dst: Uint8Array, position: number, file: string, 
   }
 }
 
-function writeFully(fd: number, src: Uint8Array, file: string): void {
+function writeFully(fd: number, src: Uint8Array): void {
   let done = 0;
   while (done < src.byteLength) {
     done += fs.writeSync(fd, src, done, Math.min(IO_CHUNK, src.byteLength - done));
   }
-  void file;
 }
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {
@@ -336,7 +335,7 @@ export class SafetensorsWriter {
     const fd = fs.openSync(tempPath, 'w');
     const writer = new SafetensorsWriter(path, [...specs], fd, tempPath);
     try {
-      writeFully(fd, header, path);
+      writeFully(fd, header);
     } catch (err) {
       writer.abort();
       throw err;
@@ -351,7 +350,7 @@ export class SafetensorsWriter {
   /** Appends bytes of tensor `name` (the next one due); a tensor may come in several pieces. */
   write(name: string, data: ArrayBufferView): void {
     const bytes = this.accept(name, data);
-    writeFully(this.fd!, bytes, this.path);
+    writeFully(this.fd!, bytes);
     this.advance(bytes.byteLength);
   }
 

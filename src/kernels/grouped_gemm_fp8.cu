@@ -659,9 +659,14 @@ __global__ void __launch_bounds__(256, 1) gg_decode_kernel(GG_KERNEL_PARAMS) {
 }
 
 #ifndef GG_NO_ENTRY
-#if !defined(GG_SWAP) || !defined(GG_EPI) || !defined(GG_N) || !defined(GG_K) || !defined(GG_SUB) || \
-    !defined(GG_STAGES) || !defined(GG_CLUSTER) || !defined(GG_STORE)
-#error "grouped_gemm_fp8.cu needs -DGG_SWAP -DGG_EPI -DGG_N -DGG_K -DGG_SUB -DGG_STAGES -DGG_CLUSTER -DGG_STORE"
+#if !defined(GG_SWAP) || !defined(GG_EPI) || !defined(GG_N) || !defined(GG_K) || !defined(GG_SUB) || !defined(GG_STAGES)
+#error "grouped_gemm_fp8.cu needs -DGG_SWAP -DGG_EPI -DGG_N -DGG_K -DGG_SUB -DGG_STAGES (see src/kernels/grouped-gemm.ts)"
+#endif
+#ifndef GG_CLUSTER
+#define GG_CLUSTER 1
+#endif
+#ifndef GG_STORE
+#define GG_STORE 0
 #endif
 #if GG_SWAP
 extern "C" __global__ void __launch_bounds__(256, 1) grouped_gemm_fp8(GG_KERNEL_PARAMS) {

@@ -33,16 +33,25 @@ static_assert(kHidden % 128 == 0, "ROUTER_HIDDEN must be a multiple of 128 (SPEC
 static_assert(kExperts % 8 == 0, "ROUTER_EXPERTS must be a multiple of 8 (one mma n-tile)");
 static_assert(kTopK >= 1 && kTopK <= kExperts && kTopK <= 32, "ROUTER_TOPK must be in [1, min(E, 32)]");
 
-// 16-byte read-only load, zero when !pred. Volatile so that it stays in program order with the (volatile) mma
-// instructions: all loads of a group of U chunks are in flight before the first mma that needs them.
-__device__ __forceinline__ uint4 ldg16_or_zero(const uint4* p, bool pred) {
-  uint4 v = make_uint4(0, 0, 0, 0);
-  asm volatile(
-      "{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %4, 0;\n\t@p ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%5];\n\t}"
-      : "+r"(v.x), "+r"(v.y), "+r"(v.z), "+r"(v.w)
-      : "r"((int)pred), "l"(p));
-  return v;
+// 16-byte asynchronous global -> shared copy (cp.async); zero-fills the 16 bytes when !pred (src-size 0 reads
+// nothing; a valid address is still passed). WHY cp.async and not plain loads into registers: ptxas sinks plain
+// loads next to the mma that consumes them (measured: one load round trip per k-chunk, ~20 us at T = 1), while
+// cp.async writes no register, so every copy of a stage is in flight at once and the next stage streams in
+// while the current one is multiplied. Each lane later reads back only the bytes it copied itself, so a
+// per-thread cp.async.wait_group is all the synchronisation needed (no __syncwarp, no barrier).
+template <bool kCacheL1>
+__device__ __forceinline__ void cp_async16(uint4* smem, const uint4* gmem, bool pred) {
+  const unsigned dst = (unsigned)__cvta_generic_to_shared(smem);
+  const int src_size = pred ? 16 : 0;
+  if constexpr (kCacheL1) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem), "r"(src_size) : "memory");
+  } else {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem), "r"(src_size) : "memory");
+  }
 }
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 
 __device__ __forceinline__ void mma_bf16_16816(float (&c)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
                                                unsigned b0, unsigned b1) {
@@ -52,21 +61,34 @@ __device__ __forceinline__ void mma_bf16_16816(float (&c)[4], unsigned a0, unsig
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+constexpr int kStages = 2;  // double buffering of the cp.async groups
+
+// Dynamic shared memory of one block of a tile: the cp.async stages of every warp. The split-K reduction
+// buffer [WK][BM][BN] f32 reuses the same bytes after the main loop (it is never larger).
+template <int BM, int BNW, int WN, int WK, int U>
+constexpr int router_tile_smem_bytes() {
+  return WN * WK * kStages * U * (2 * (BM / 16) + BNW / 8) * 32 * 16;
+}
+
 // Block tile: BM tokens x (BNW * WN) experts. Warp (wn, wk) owns BNW experts of the tile and the k-chunks
-// c = wk, wk + WK, ... (chunks interleave across warps so the warps of a block read adjacent bytes together);
+// c = kbeg + wk, + WK, ... (chunks interleave across warps so the warps of a block read adjacent bytes together);
 // the WK partial sums meet in shared memory and are added in the fixed order wk = 0, 1, ...
+// A k-chunk is 32 columns; a stage holds U chunks: per lane, 2 uint4 per m16 tile (rows g, g+8) and 1 per n8 tile.
 //
-// Fragment trick: a dot product does not care about the order of k, so each lane loads 8 CONSECUTIVE bf16
-// (one 16-byte load) of a row at k = 32c + 8t (t = lane % 4) and feeds them to two m16n8k16 steps as if they
-// were the k pairs {2t, 2t+1, 2t+8, 2t+9} (step 0) and the same of the next 16 (step 1). A and B use the
-// same permutation, so each product pairs the right x and w elements, with 16-byte loads and no ldmatrix.
+// Fragment trick: a dot product does not care about the order of k, so each lane copies 8 CONSECUTIVE bf16
+// (16 bytes) of a row at k = 32c + 8t (t = lane % 4) and feeds them to two m16n8k16 steps as if they were the
+// k pairs {2t, 2t+1, 2t+8, 2t+9} (step 0) and the same of the next 16 (step 1). A and B use the same
+// permutation, so each product pairs the right x and w elements, with 16-byte copies and no ldmatrix
+// (test/kernels-router-fragments.test.ts emulates this lane by lane).
 template <int BM, int BNW, int WN, int WK, int U>
 __device__ __forceinline__ void router_logits_tile(const uint4* __restrict__ x, const uint4* __restrict__ w,
-                                                   float* __restrict__ partials, int num_tokens, float* red) {
+                                                   float* __restrict__ partials, int num_tokens, uint4* smem) {
   constexpr int MT = BM / 16;
   constexpr int NT = BNW / 8;
   constexpr int BN = BNW * WN;
-  constexpr int kRowVecs = kHidden / 8;  // uint4 per row
+  constexpr int kSlots = 2 * MT + NT;               // uint4 per lane per chunk
+  constexpr int kStageVecs = U * kSlots * 32;        // uint4 per warp per stage
+  constexpr int kRowVecs = kHidden / 8;              // uint4 per row
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int wk = warp % WK;
@@ -80,6 +102,46 @@ __device__ __forceinline__ void router_logits_tile(const uint4* __restrict__ x, 
   const int kbeg = (int)(((long long)blockIdx.z * kChunks) / gridDim.z);
   const int kend = (int)(((long long)(blockIdx.z + 1) * kChunks) / gridDim.z);
   float* __restrict__ logits = partials + (size_t)blockIdx.z * num_tokens * kExperts;
+  const int my_chunks = kend - kbeg > wk ? (kend - kbeg - wk + WK - 1) / WK : 0;
+  const int groups = (my_chunks + U - 1) / U;
+  uint4* wbuf = smem + (size_t)warp * kStages * kStageVecs;
+
+  // Row pointers and predicates do not change along k: compute them once.
+  const uint4* arow[MT][2];
+  bool aok[MT][2];
+#pragma unroll
+  for (int mi = 0; mi < MT; mi++)
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const int r = m0 + mi * 16 + g + 8 * h;
+      aok[mi][h] = r < num_tokens;
+      arow[mi][h] = x + (size_t)(aok[mi][h] ? r : 0) * kRowVecs + t;
+    }
+  const uint4* brow[NT];
+  bool bok[NT];
+#pragma unroll
+  for (int ni = 0; ni < NT; ni++) {
+    const int n = n0 + ni * 8 + g;
+    bok[ni] = n < kExperts;
+    brow[ni] = w + (size_t)(bok[ni] ? n : 0) * kRowVecs + t;
+  }
+
+  // Queues the copies of group `grp` (chunks grp*U .. grp*U+U-1 of this warp) into stage `stage`.
+#define MEGAMOE_ROUTER_ISSUE(grp, stage)                                                                      \
+  {                                                                                                        \
+    uint4* dst = wbuf + (stage) * kStageVecs + lane;                                                       \
+    _Pragma("unroll") for (int u = 0; u < U; u++) {                                                        \
+      const int j = (grp) * U + u;                                                                         \
+      const bool kin = j < my_chunks;                                                                      \
+      const int c = kbeg + wk + WK * (kin ? j : 0);                                                        \
+      /* x rows are shared by the WN warps of a block: let L1 keep them; gate rows: once per block, L2 only */ \
+      _Pragma("unroll") for (int mi = 0; mi < MT; mi++) _Pragma("unroll") for (int h = 0; h < 2; h++)      \
+          cp_async16<true>(dst + (u * kSlots + 2 * mi + h) * 32, arow[mi][h] + 4 * c, kin && aok[mi][h]);    \
+      _Pragma("unroll") for (int ni = 0; ni < NT; ni++)                                                    \
+          cp_async16<false>(dst + (u * kSlots + 2 * MT + ni) * 32, brow[ni] + 4 * c, kin && bok[ni]);        \
+    }                                                                                                      \
+    cp_async_commit();                                                                                     \
+  }
 
   float acc[MT][NT][4];
 #pragma unroll
@@ -89,36 +151,34 @@ __device__ __forceinline__ void router_logits_tile(const uint4* __restrict__ x, 
 #pragma unroll
       for (int r = 0; r < 4; r++) acc[mi][ni][r] = 0.0f;
 
-  for (int c0 = kbeg + wk; c0 < kend; c0 += WK * U) {
-    uint4 a[U][MT][2];
-    uint4 b[U][NT];
+  if (groups > 0) MEGAMOE_ROUTER_ISSUE(0, 0);
+  for (int grp = 0; grp < groups; grp++) {
+    if (grp + 1 < groups) {
+      MEGAMOE_ROUTER_ISSUE(grp + 1, (grp + 1) & 1);
+      cp_async_wait<1>();  // this lane's copies of group grp have landed
+    } else {
+      cp_async_wait<0>();
+    }
+    const uint4* src = wbuf + (grp & 1) * kStageVecs + lane;
 #pragma unroll
     for (int u = 0; u < U; u++) {
-      const int c = c0 + u * WK;
-      const bool kin = c < kend;
+      uint4 a[MT][2];
+      uint4 b[NT];
 #pragma unroll
       for (int mi = 0; mi < MT; mi++) {
-        const int r0 = m0 + mi * 16 + g;
-        a[u][mi][0] = ldg16_or_zero(x + (size_t)r0 * kRowVecs + 4 * c + t, kin && r0 < num_tokens);
-        a[u][mi][1] = ldg16_or_zero(x + (size_t)(r0 + 8) * kRowVecs + 4 * c + t, kin && r0 + 8 < num_tokens);
+        a[mi][0] = src[(u * kSlots + 2 * mi) * 32];
+        a[mi][1] = src[(u * kSlots + 2 * mi + 1) * 32];
       }
 #pragma unroll
-      for (int ni = 0; ni < NT; ni++) {
-        const int n = n0 + ni * 8 + g;
-        b[u][ni] = ldg16_or_zero(w + (size_t)n * kRowVecs + 4 * c + t, kin && n < kExperts);
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < U; u++)
+      for (int ni = 0; ni < NT; ni++) b[ni] = src[(u * kSlots + 2 * MT + ni) * 32];
 #pragma unroll
       for (int mi = 0; mi < MT; mi++)
 #pragma unroll
         for (int ni = 0; ni < NT; ni++) {
-          mma_bf16_16816(acc[mi][ni], a[u][mi][0].x, a[u][mi][1].x, a[u][mi][0].y, a[u][mi][1].y, b[u][ni].x,
-                         b[u][ni].y);
-          mma_bf16_16816(acc[mi][ni], a[u][mi][0].z, a[u][mi][1].z, a[u][mi][0].w, a[u][mi][1].w, b[u][ni].z,
-                         b[u][ni].w);
+          mma_bf16_16816(acc[mi][ni], a[mi][0].x, a[mi][1].x, a[mi][0].y, a[mi][1].y, b[ni].x, b[ni].y);
+          mma_bf16_16816(acc[mi][ni], a[mi][0].z, a[mi][1].z, a[mi][0].w, a[mi][1].w, b[ni].z, b[ni].w);
         }
+    }
   }
 
   // Accumulator layout of m16n8: c0, c1 -> (row g, cols 2t, 2t+1); c2, c3 -> (row g + 8, same cols).
@@ -138,7 +198,9 @@ __device__ __forceinline__ void router_logits_tile(const uint4* __restrict__ x, 
         }
       }
   } else {
-    // red: [WK][BM][BN] partial tiles.
+    // red: [WK][BM][BN] partial tiles, over the (now idle) stage buffers: wait until every warp is done with them.
+    float* red = reinterpret_cast<float*>(smem);
+    __syncthreads();
 #pragma unroll
     for (int mi = 0; mi < MT; mi++)
 #pragma unroll
@@ -166,23 +228,27 @@ __device__ __forceinline__ void router_logits_tile(const uint4* __restrict__ x, 
     }
   }
 }
+#undef MEGAMOE_ROUTER_ISSUE
 
 }  // namespace
 
-// Tile configurations (BM, BNW, WN, WK, U); threads = 32 * WN * WK. Grid: x = ceil(E / (BNW * WN)),
+// Tile configurations (BM, BNW, WN, WK, U); threads = 32 * WN * WK; dynamic shared memory =
+// router_tile_smem_bytes (routing.ts routerTileSmemBytes mirrors it). Grid: x = ceil(E / (BNW * WN)),
 // y = ceil(T / BM), z = number of K splits S (partials [S, T, E]).
-// gemv:    16 x 8  tile, 16 warps split K. Small T: the gate weight is streamed once, by E/8 x S blocks.
-// mid:     32 x 32 tile, 2 x 4 warps.
-// prefill: 64 x 64 tile, 4 x 2 warps. Large T: fewer re-reads of x and Wg per FLOP.
+// gemv:    16 x 8  tile, 16 warps split K, 2 chunks a stage (96 KiB). Small T: the gate is streamed once.
+// mid:     32 x 32 tile, 2 x 4 warps, 2 chunks a stage (96 KiB).
+// prefill: 64 x 64 tile, 4 x 2 warps, 1 chunk a stage (80 KiB). Fewest re-reads of x and Wg per FLOP.
 #define MEGAMOE_ROUTER_LOGITS_KERNEL(NAME, BM, BNW, WN, WK, U)                                                \
-  extern "C" __global__ void __launch_bounds__(32 * WN * WK)                                                 \
+  static_assert(router_tile_smem_bytes<BM, BNW, WN, WK, U>() >= (WK) * (BM) * (BNW) * (WN) * 4,              \
+                "the split-K reduction must fit in the stage buffers it reuses");                           \
+  extern "C" __global__ void __launch_bounds__(32 * WN * WK, 1)                                              \
       NAME(const uint4* __restrict__ x, const uint4* __restrict__ w, float* __restrict__ partials,              \
            int num_tokens) {                                                                                 \
-    __shared__ float red[(WK) > 1 ? (WK) * (BM) * (BNW) * (WN) : 1];                                        \
-    router_logits_tile<BM, BNW, WN, WK, U>(x, w, partials, num_tokens, red);                                \
+    extern __shared__ uint4 megamoe_router_smem[];                                                          \
+    router_logits_tile<BM, BNW, WN, WK, U>(x, w, partials, num_tokens, megamoe_router_smem);                \
   }
 
-MEGAMOE_ROUTER_LOGITS_KERNEL(megamoe_router_logits_gemv, 16, 8, 1, 16, 8)
+MEGAMOE_ROUTER_LOGITS_KERNEL(megamoe_router_logits_gemv, 16, 8, 1, 16, 2)
 MEGAMOE_ROUTER_LOGITS_KERNEL(megamoe_router_logits_mid, 32, 16, 2, 4, 2)
 MEGAMOE_ROUTER_LOGITS_KERNEL(megamoe_router_logits_prefill, 64, 16, 4, 2, 1)
 
@@ -233,14 +299,23 @@ megamoe_router_topk(const float* __restrict__ partials, int num_splits, float* _
   if (token_ids == nullptr) {
     float score[kPerLane];
     float sel[kPerLane];
+    // Gather this lane's logits first, split by split, so each split's loads are all in flight together
+    // (the sum order per logit stays z = 0, 1, ..., as the comment on the logits kernel promises).
+    float logit[kPerLane];
+#pragma unroll
+    for (int i = 0; i < kPerLane; i++) logit[i] = lane + 32 * i < kExperts ? row[lane + 32 * i] : 0.0f;
+    for (int s = 1; s < num_splits; s++) {
+#pragma unroll
+      for (int i = 0; i < kPerLane; i++)
+        if (lane + 32 * i < kExperts) logit[i] += row[(size_t)s * split_stride + lane + 32 * i];
+    }
 #pragma unroll
     for (int i = 0; i < kPerLane; i++) {
       const int e = lane + 32 * i;
       score[i] = 0.0f;
       sel[i] = -__int_as_float(0x7f800000);  // -inf: never beats a real candidate
       if (e < kExperts) {
-        float l = row[e];
-        for (int s = 1; s < num_splits; s++) l += row[(size_t)s * split_stride + e];
+        const float l = logit[i];
         if (logits_out != nullptr) logits_out[(size_t)token * kExperts + e] = l;
         score[i] = router_score(l);
         sel[i] = bias != nullptr ? megamoe::add_rn(score[i], bias[e]) : score[i];

@@ -36,12 +36,24 @@ export const ROUTER_VARIANTS: ReadonlyArray<{ label: string; shape: RouterShape 
 
 export type RouterTile = 'gemv' | 'mid' | 'prefill';
 
-/** The logits kernels' tiles (routing.cu MEGAMOE_ROUTER_LOGITS_KERNEL lines): tokens x experts per block. */
-export const ROUTER_TILES: Readonly<Record<RouterTile, { entry: string; bm: number; bn: number; threads: number; warpsK: number }>> = Object.freeze({
-  gemv: { entry: 'megamoe_router_logits_gemv', bm: 16, bn: 8, threads: 512, warpsK: 16 },
-  mid: { entry: 'megamoe_router_logits_mid', bm: 32, bn: 32, threads: 256, warpsK: 4 },
-  prefill: { entry: 'megamoe_router_logits_prefill', bm: 64, bn: 64, threads: 256, warpsK: 2 },
+/**
+ * The logits kernels' tiles (routing.cu MEGAMOE_ROUTER_LOGITS_KERNEL lines): tokens x experts per block, threads,
+ * warps splitting K inside a block, and 32-column k-chunks per cp.async stage (two stages per warp).
+ */
+export const ROUTER_TILES: Readonly<Record<RouterTile, { entry: string; bm: number; bn: number; threads: number; warpsK: number; chunksPerStage: number }>> = Object.freeze({
+  gemv: { entry: 'megamoe_router_logits_gemv', bm: 16, bn: 8, threads: 512, warpsK: 16, chunksPerStage: 2 },
+  mid: { entry: 'megamoe_router_logits_mid', bm: 32, bn: 32, threads: 256, warpsK: 4, chunksPerStage: 2 },
+  prefill: { entry: 'megamoe_router_logits_prefill', bm: 64, bn: 64, threads: 256, warpsK: 2, chunksPerStage: 1 },
 });
+
+/** Dynamic shared memory of one block (routing.cu router_tile_smem_bytes): 2 stages x chunks x 16 B per lane and slot. */
+export function routerTileSmemBytes(tile: RouterTile): number {
+  const c = ROUTER_TILES[tile];
+  const warps = c.threads / 32;
+  const warpsN = warps / c.warpsK;
+  const slots = 2 * (c.bm / 16) + c.bn / warpsN / 8; // x rows g and g+8 per m16 tile, one gate row per n8 tile
+  return warps * 2 * c.chunksPerStage * slots * 32 * 16;
+}
 
 export function checkRouterShape(shape: RouterShape): void {
   const { hiddenSize: H, experts: E, topk: K } = shape;
@@ -79,19 +91,20 @@ export interface RouterPlan {
 
 /**
  * Which logits tile and how many K splits for T tokens (heuristics live here, not in the kernel):
- * - T <= 64: gemv (16 x 8 tiles: the gate weight is streamed once by E/8 column blocks);
- * - enough 64 x 64 tiles for every SM: prefill (fewest re-reads of x and Wg per FLOP);
- * - otherwise mid (32 x 32).
+ * - T <= 128: gemv (16 x 8 tiles: the gate weight is streamed once, by E/8 column blocks x K splits);
+ * - enough 32 x 32 tiles for two blocks per SM: mid;
+ * - in between: prefill (64 x 64), split along K to fill the SMs.
  * Then K splits (powers of two, at most 8, at least one k-chunk per warp) until the grid covers every SM once.
+ * Measured on H100 (docs/BENCHMARKS.md, `megamoe bench routing --compare-tiles`).
  */
 export function planRouterLogits(tokens: number, shape: RouterShape, smCount: number, force?: RouterTile): RouterPlan {
   const E = shape.experts;
   const blocksOf = (t: RouterTile) => Math.ceil(E / ROUTER_TILES[t].bn) * Math.ceil(tokens / ROUTER_TILES[t].bm);
   let tile: RouterTile;
   if (force) tile = force;
-  else if (tokens <= 64) tile = 'gemv';
-  else if (blocksOf('prefill') >= smCount) tile = 'prefill';
-  else tile = 'mid';
+  else if (tokens <= 128) tile = 'gemv';
+  else if (blocksOf('mid') >= 2 * smCount) tile = 'mid';
+  else tile = 'prefill';
   const cfg = ROUTER_TILES[tile];
   const chunks = shape.hiddenSize / 32;
   const maxSplits = Math.max(1, Math.min(ROUTER_MAX_SPLITS, Math.floor(chunks / cfg.warpsK)));
@@ -188,6 +201,10 @@ export class Router implements Disposable {
     this.params = params;
     this.smCount = ensureContext().properties().smCount;
     this.logitsKernels = { gemv: kernels.gemv, mid: kernels.mid, prefill: kernels.prefill };
+    // The stage buffers exceed the default 48 KiB of dynamic shared memory: opt in per kernel.
+    for (const tile of Object.keys(this.logitsKernels) as RouterTile[]) {
+      this.logitsKernels[tile].setMaxDynamicSharedMemory(routerTileSmemBytes(tile));
+    }
     this.topkKernel = kernels.topk;
     const made: DeviceTensor[] = [];
     try {
@@ -281,7 +298,8 @@ export class Router implements Disposable {
     }
     const partials = split ? this.workspace! : this.out.logits;
     const stream = options.stream;
-    this.logitsKernels[plan.tile].launch({ grid: plan.grid, block: plan.block, stream }, [x, this.gate, partials, arg.i32(tokens)]);
+    this.logitsKernels[plan.tile].launch({ grid: plan.grid, block: plan.block, sharedMemBytes: routerTileSmemBytes(plan.tile), stream },
+      [x, this.gate, partials, arg.i32(tokens)]);
     const t2e = this.params.tid2eid;
     this.topkKernel.launch({ grid: Math.ceil(tokens / ROUTER_TOPK_WARPS), block: ROUTER_TOPK_WARPS * 32, stream }, [
       partials, arg.i32(plan.splits), arg.ptr(split ? this.out.logits : null),

@@ -27,44 +27,54 @@ export function codeWords(q: Uint8Array): Uint32Array {
 /**
  * Block partials of weight row `row` (of a [*, k] code matrix given as words) against n activation rows
  * act[i * k .. i * k + k): out[i * kBlocks + kb] = sum_{c in block kb} dec(q[row, c]) * act[i * k + c].
+ * Four rows at a time, then one at a time: two separate loops in two functions, so each keeps stable type
+ * feedback in the JIT (one function with both loops was deoptimized when its first big batch arrived).
  */
 export function rowBlockPartials(words: Uint32Array, row: number, k: number, act: Float64Array, n: number,
   out: Float64Array): void {
+  let i = 0;
+  for (; i + 4 <= n; i += 4) partialsFour(words, row, k, act, i, out);
+  for (; i < n; i++) partialsOne(words, row, k, act, i, out);
+}
+
+/** Rows i..i+3: each decoded weight is used four times. */
+function partialsFour(words: Uint32Array, row: number, k: number, act: Float64Array, i: number, out: Float64Array): void {
   const kBlocks = k / QUANT_BLOCK;
   const w0 = (row * k) >> 2;
-  let i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const a0 = i * k; const a1 = a0 + k; const a2 = a1 + k; const a3 = a2 + k;
-    for (let kb = 0; kb < kBlocks; kb++) {
-      let p0 = 0; let p1 = 0; let p2 = 0; let p3 = 0;
-      const end = (kb + 1) * QUANT_BLOCK;
-      for (let c = kb * QUANT_BLOCK; c < end; c += 4) {
-        const w = words[w0 + (c >> 2)];
-        const d0 = DEC[w & 255]; const d1 = DEC[(w >>> 8) & 255]; const d2 = DEC[(w >>> 16) & 255]; const d3 = DEC[w >>> 24];
-        p0 += d0 * act[a0 + c] + d1 * act[a0 + c + 1] + d2 * act[a0 + c + 2] + d3 * act[a0 + c + 3];
-        p1 += d0 * act[a1 + c] + d1 * act[a1 + c + 1] + d2 * act[a1 + c + 2] + d3 * act[a1 + c + 3];
-        p2 += d0 * act[a2 + c] + d1 * act[a2 + c + 1] + d2 * act[a2 + c + 2] + d3 * act[a2 + c + 3];
-        p3 += d0 * act[a3 + c] + d1 * act[a3 + c + 1] + d2 * act[a3 + c + 2] + d3 * act[a3 + c + 3];
-      }
-      out[i * kBlocks + kb] = p0;
-      out[(i + 1) * kBlocks + kb] = p1;
-      out[(i + 2) * kBlocks + kb] = p2;
-      out[(i + 3) * kBlocks + kb] = p3;
+  const a0 = i * k; const a1 = a0 + k; const a2 = a1 + k; const a3 = a2 + k;
+  for (let kb = 0; kb < kBlocks; kb++) {
+    let p0 = 0; let p1 = 0; let p2 = 0; let p3 = 0;
+    const end = (kb + 1) * QUANT_BLOCK;
+    for (let c = kb * QUANT_BLOCK; c < end; c += 4) {
+      const w = words[w0 + (c >> 2)];
+      const d0 = DEC[w & 255]; const d1 = DEC[(w >>> 8) & 255]; const d2 = DEC[(w >>> 16) & 255]; const d3 = DEC[w >>> 24];
+      p0 += d0 * act[a0 + c] + d1 * act[a0 + c + 1] + d2 * act[a0 + c + 2] + d3 * act[a0 + c + 3];
+      p1 += d0 * act[a1 + c] + d1 * act[a1 + c + 1] + d2 * act[a1 + c + 2] + d3 * act[a1 + c + 3];
+      p2 += d0 * act[a2 + c] + d1 * act[a2 + c + 1] + d2 * act[a2 + c + 2] + d3 * act[a2 + c + 3];
+      p3 += d0 * act[a3 + c] + d1 * act[a3 + c + 1] + d2 * act[a3 + c + 2] + d3 * act[a3 + c + 3];
     }
+    out[i * kBlocks + kb] = p0;
+    out[(i + 1) * kBlocks + kb] = p1;
+    out[(i + 2) * kBlocks + kb] = p2;
+    out[(i + 3) * kBlocks + kb] = p3;
   }
-  for (; i < n; i++) {
-    const a0 = i * k;
-    for (let kb = 0; kb < kBlocks; kb++) {
-      let p0 = 0; let p1 = 0; let p2 = 0; let p3 = 0;
-      const end = (kb + 1) * QUANT_BLOCK;
-      for (let c = kb * QUANT_BLOCK; c < end; c += 4) {
-        const w = words[w0 + (c >> 2)];
-        p0 += DEC[w & 255] * act[a0 + c];
-        p1 += DEC[(w >>> 8) & 255] * act[a0 + c + 1];
-        p2 += DEC[(w >>> 16) & 255] * act[a0 + c + 2];
-        p3 += DEC[w >>> 24] * act[a0 + c + 3];
-      }
-      out[i * kBlocks + kb] = (p0 + p1) + (p2 + p3);
+}
+
+/** Row i alone: four independent accumulators (the sum is exact, so their order does not matter). */
+function partialsOne(words: Uint32Array, row: number, k: number, act: Float64Array, i: number, out: Float64Array): void {
+  const kBlocks = k / QUANT_BLOCK;
+  const w0 = (row * k) >> 2;
+  const a0 = i * k;
+  for (let kb = 0; kb < kBlocks; kb++) {
+    let p0 = 0; let p1 = 0; let p2 = 0; let p3 = 0;
+    const end = (kb + 1) * QUANT_BLOCK;
+    for (let c = kb * QUANT_BLOCK; c < end; c += 4) {
+      const w = words[w0 + (c >> 2)];
+      p0 += DEC[w & 255] * act[a0 + c];
+      p1 += DEC[(w >>> 8) & 255] * act[a0 + c + 1];
+      p2 += DEC[(w >>> 16) & 255] * act[a0 + c + 2];
+      p3 += DEC[w >>> 24] * act[a0 + c + 3];
     }
+    out[i * kBlocks + kb] = (p0 + p1) + (p2 + p3);
   }
 }
