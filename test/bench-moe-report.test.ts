@@ -55,6 +55,7 @@ const report: MoeBenchReport = {
   },
   rows: [row('unfused', 1, 120, 6), row('unfused', 64, 900, 200), row('reference', 1, 2.5e6, 6)],
   hostOverhead: [{ preset: 'flash', tokens: 1, eagerHostUs: 60, graphHostUs: 8, eagerGpuUs: 130, graphGpuUs: 118 }],
+  gemmAlone: [{ label: '4 groups x 8192 rows, N 4096, K 4096', groups: 4, rowsPerGroup: 8192, n: 4096, k: 4096, medianUs: 800, runs: 10, tflops: 1374.4, computeFraction: 0.7 }],
   skipped: [{ what: 'cuBLASLt anchor', reason: 'libcublasLt.so not found' }],
 };
 
@@ -67,6 +68,7 @@ test('Markdown: header, one line per row, host overhead, skips', () => {
   assert.match(md, /\| 1 \| reference \| 2500\.00 ms \|/);
   assert.match(md, /\| flash \| 1 \| 60\.0 \| 8\.0 \|/);
   assert.match(md, /Not measured: cuBLASLt anchor: libcublasLt\.so not found/);
+  assert.match(md, /\| 4 groups x 8192 rows, N 4096, K 4096 \| 800\.0 us \| 1374\.4 \| 70\.0% \|/);
 });
 
 test('plot spec holds every row and renders to SVG with both panels', async () => {

@@ -44,7 +44,7 @@ test('routing shape checks: E must tile by 8, K <= min(E, 32), H % 128', () => {
   assert.deepEqual(routingDefines({ hiddenSize: 7168, experts: 384, topk: 6 }), { ROUTER_HIDDEN: 7168, ROUTER_EXPERTS: 384, ROUTER_TOPK: 6 });
 });
 
-test('routing plan: gemv for decode, mid then prefill as T grows; splits fill the SMs and stay within limits', () => {
+test('routing plan: gemv for decode, then mid, then prefill as T grows; splits fill the SMs and stay within limits', () => {
   const pro = ROUTER_VARIANTS.find((v) => v.label === 'pro')!.shape;
   const flash = ROUTER_VARIANTS.find((v) => v.label === 'flash')!.shape;
   const p1 = planRouterLogits(1, pro, H100_SMS);
@@ -52,13 +52,15 @@ test('routing plan: gemv for decode, mid then prefill as T grows; splits fill th
   assert.deepEqual(p1.grid, [48, 1, 4]); // 384 / 8 column blocks x 4 K splits = 192 blocks >= 132 SMs
   assert.equal(p1.block, ROUTER_TILES.gemv.threads);
   assert.equal(planRouterLogits(1, flash, H100_SMS).splits, 8); // 32 column blocks need 8 splits to pass 132
-  assert.equal(planRouterLogits(128, pro, H100_SMS).tile, 'gemv');
-  const between = planRouterLogits(300, pro, H100_SMS); // 12 x 10 mid blocks < 2 per SM: 64 x 64 tiles, split
-  assert.equal(between.tile, 'prefill');
-  assert.deepEqual(between.grid, [6, 5, 8]);
-  const big = planRouterLogits(16384, pro, H100_SMS);
-  assert.equal(big.tile, 'mid');
-  assert.deepEqual(big.grid, [12, 512, 1]);
+  assert.equal(planRouterLogits(16, pro, H100_SMS).tile, 'gemv');
+  assert.equal(planRouterLogits(17, pro, H100_SMS).tile, 'mid');
+  const between = planRouterLogits(300, pro, H100_SMS); // 12 x 10 mid blocks < 132 SMs: split K in two
+  assert.equal(between.tile, 'mid');
+  assert.deepEqual(between.grid, [12, 10, 2]);
+  assert.equal(planRouterLogits(2048, pro, H100_SMS).tile, 'mid'); // 6 x 32 = 192 prefill blocks < 1.5 per SM
+  const big = planRouterLogits(4096, pro, H100_SMS);
+  assert.equal(big.tile, 'prefill');
+  assert.deepEqual(big.grid, [6, 64, 1]);
   for (const { shape } of ROUTER_VARIANTS) {
     for (const T of [1, 2, 7, 16, 17, 64, 65, 100, 500, 1000, 3000, 9000, 16384]) {
       for (const force of [undefined, 'gemv', 'mid', 'prefill'] as const) {

@@ -194,3 +194,20 @@ test('a flash-width row (H 4096, I 2048) runs and matches the f64 evaluation at 
   assert.ok(d < 1.5e-3, `calc_diff ${d}`);
   assert.ok(ms < 20_000, `took ${ms} ms`);
 });
+
+test('big batches are processed in chunks of rows with the same result as token by token', () => {
+  const s = moeShape({ hidden: 128, inter: 128, experts: 2, topk: 1 });
+  const l = makeRandomLayer({ seed: 23, shape: s });
+  const T = 600; // > 2 chunks of 256 rows for the shared expert and for at least one routed expert
+  const x = randomHiddenStates(24, T, 128);
+  const r = routeLayer(l, x);
+  const counts = [0, 1].map((e) => r.topkIds.data.filter((id) => id === e).length);
+  assert.ok(Math.max(...counts) > 256, `expert loads ${counts}`);
+  const all = runExpertsReference(l, x, r.topkIds, r.topkWeights);
+  for (const t of [0, 255, 256, 257, 511, 512, 599]) {
+    const xt = new HostTensor('BF16', [1, 128], x.data.slice(t * 128, t * 128 + 128));
+    const one = runExpertsReference(l, xt, new HostTensor('I32', [1, 1], r.topkIds.data.slice(t, t + 1)),
+      new HostTensor('F32', [1, 1], r.topkWeights.data.slice(t, t + 1)));
+    assert.deepEqual(one.y.data, all.y.data.slice(t * 128, t * 128 + 128), `token ${t}`);
+  }
+});

@@ -15,18 +15,19 @@
 import type { Command } from 'commander';
 import { performance } from 'node:perf_hooks';
 import {
-  arg, cudaStatus, CudaEvent, DeviceBuffer, driverVersion, ensureContext, formatCudaVersion, loadKernel, type CudaGraph, type Kernel, type Stream,
+  arg, cudaStatus, CudaEvent, DeviceBuffer, driverVersion, ensureContext, formatCudaVersion, loadKernel, Stream, type CudaGraph, type Kernel,
 } from '../cuda/index.js';
 import { CublasLtFp8Gemm, cublasLtStatus } from '../cuda/cublaslt.js';
 import { DeviceMoeWeights, layerFromDeviceWeights, UnfusedMoe, type UnfusedShape } from '../backends/unfused.js';
 import { ReferenceBackend } from '../backends/reference.js';
 import { calcDiff } from '../numerics/calc-diff.js';
 import { decodeBF16Array } from '../numerics/bf16.js';
+import { GroupedGemm } from '../kernels/grouped-gemm.js';
 import { RandomFill } from '../kernels/random-fill.js';
 import { HostTensor } from '../tensor/host.js';
 import { Rng } from '../util/rng.js';
 import {
-  deriveRates, expertWeightBytes, H100_ROOFLINE, median, moeFlops, writeMoeReport, type HostOverheadRow, type MoeBenchReport,
+  deriveRates, expertWeightBytes, H100_ROOFLINE, median, moeFlops, writeMoeReport, type GemmAloneRow, type HostOverheadRow, type MoeBenchReport,
   type MoeBenchRow, type MoeShapeSummary,
 } from './report.js';
 import { parseTokenList, resolveCommit } from './staging-routing.js';
@@ -49,6 +50,8 @@ export interface MoeBenchOptions {
   /** the CPU reference runs only for T <= this (it takes seconds per token at flash size) */
   referenceMaxTokens: number;
   anchor: boolean;
+  /** also time the grouped GEMM alone at the issue's bar shapes */
+  gemmAlone: boolean;
   commit?: string;
   command?: string;
   /** progress lines (stderr) */
@@ -142,6 +145,47 @@ function parseList(flag: string, text: string, known?: readonly string[]): strin
   return list;
 }
 
+/** The issue's bar shapes for the grouped GEMM alone: groups x rows, N = K = 4096 (DeepGEMM anchors in SPEC 6). */
+export const GEMM_BAR_SHAPES: ReadonlyArray<{ groups: number; rows: number }> = [
+  { groups: 4, rows: 8192 }, { groups: 8, rows: 512 }, { groups: 32, rows: 128 },
+];
+
+/** Times the bf16-out grouped GEMM (128-row path) on random codes and scales at GEMM_BAR_SHAPES. */
+async function benchGemmAlone(timer: LayerTimer, stream: Stream, warmup: number, runs: number): Promise<GemmAloneRow[]> {
+  const N = 4096; const K = 4096;
+  const fill = await RandomFill.create();
+  const gemm = await GroupedGemm.create({ path: 'normal', epilogue: 'bf16', n: N, k: K });
+  const out: GemmAloneRow[] = [];
+  for (const { groups, rows } of GEMM_BAR_SHAPES) {
+    const M = groups * rows;
+    const bufs = [
+      DeviceBuffer.alloc(M * K), DeviceBuffer.alloc((K / 128) * M * 4), DeviceBuffer.alloc(groups * N * K),
+      DeviceBuffer.alloc(groups * (N / 128) * (K / 128) * 4), DeviceBuffer.alloc((M / 128) * 4), DeviceBuffer.alloc(4),
+      DeviceBuffer.alloc(M * N * 2),
+    ];
+    const [a, sfa, w, sfb, tileGroup, numMTiles, d] = bufs;
+    try {
+      fill.e4m3(a, 11, { stream });
+      fill.e4m3(w, 12, { stream });
+      fill.scales(sfa, 13, 1 / 448, { stream });
+      fill.scales(sfb, 14, 1 / 448, { stream });
+      tileGroup.copyFromHost(Int32Array.from({ length: M / 128 }, (_, t) => Math.floor((t * 128) / rows)));
+      numMTiles.copyFromHost(Int32Array.of(M / 128));
+      ensureContext().synchronize(); // the copies ran on the legacy stream, which `stream` does not wait for
+      const bound = gemm.bind({ a, sfa, weights: w, sfb, groups, tileGroup, numMTiles, out: d, mCap: M });
+      const s = timer.series(stream, () => bound.launch(stream), warmup, runs, 20);
+      const us = median(s.device);
+      const tflops = (2 * M * N * K) / (us * 1e-6) / 1e12;
+      out.push({ label: `${groups} groups x ${rows} rows, N ${N}, K ${K}`, groups, rowsPerGroup: rows, n: N, k: K, medianUs: us,
+        runs: s.device.length, tflops, computeFraction: tflops / H100_ROOFLINE.fp8DenseTflops });
+    } finally {
+      stream.synchronize();
+      for (const b of bufs) b.dispose();
+    }
+  }
+  return out;
+}
+
 /** Runs the benchmark and writes the report; returns it. */
 export async function runMoeBench(o: MoeBenchOptions): Promise<MoeBenchReport> {
   const log = o.log ?? (() => {});
@@ -164,6 +208,7 @@ export async function runMoeBench(o: MoeBenchOptions): Promise<MoeBenchReport> {
   const lt = o.anchor ? cublasLtStatus() : undefined;
   if (o.anchor && lt && !lt.available) skipped.push({ what: 'cuBLASLt FP8 anchor', reason: lt.reason });
   const maxT = Math.max(...o.tokens);
+  let gemmAlone: GemmAloneRow[] = [];
   try {
     for (const preset of o.presets) {
       const p = MOE_BENCH_PRESETS[preset];
@@ -269,6 +314,15 @@ export async function runMoeBench(o: MoeBenchOptions): Promise<MoeBenchReport> {
         moe.dispose();
       }
     }
+    if (o.gemmAlone) {
+      const stream = Stream.create();
+      try {
+        gemmAlone = await benchGemmAlone(timer, stream, o.warmup, o.runs);
+        for (const g of gemmAlone) log(`bench moe: grouped GEMM ${g.label}: ${g.tflops.toFixed(0)} TFLOPS`);
+      } finally {
+        stream.dispose();
+      }
+    }
   } finally {
     timer.dispose();
   }
@@ -284,6 +338,7 @@ export async function runMoeBench(o: MoeBenchOptions): Promise<MoeBenchReport> {
     },
     rows,
     hostOverhead,
+    gemmAlone,
     skipped,
   };
   const paths = await writeMoeReport(report, o.out);
@@ -305,6 +360,7 @@ export function registerMoeBench(bench: Command): void {
     .option('--seed <n>', 'seed of the weights, hidden states and routing', '1')
     .option('--reference-max-tokens <n>', 'run the CPU reference only up to this T (it is slow)', '8')
     .option('--no-anchor', 'skip the cuBLASLt FP8 anchor')
+    .option('--no-gemm-alone', 'skip timing the grouped GEMM alone at the bar shapes (4 x 8192, 8 x 512, 32 x 128 rows; N = K = 4096)')
     .option('--commit <sha>', 'commit to record (default: $MEGAMOE_COMMIT, else git rev-parse --short HEAD)')
     .action(async (opts: Record<string, string | boolean>) => {
       const int = (name: string, min: number) => {
@@ -322,6 +378,7 @@ export function registerMoeBench(bench: Command): void {
         seed: int('seed', 0),
         referenceMaxTokens: int('referenceMaxTokens', 0),
         anchor: opts.anchor !== false,
+        gemmAlone: opts.gemmAlone !== false,
         commit: typeof opts.commit === 'string' ? opts.commit : undefined,
         command: `megamoe ${process.argv.slice(2).join(' ')}`,
         log: (l) => process.stderr.write(`${l}\n`),

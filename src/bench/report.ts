@@ -58,6 +58,20 @@ export interface HostOverheadRow {
   graphGpuUs: number;
 }
 
+/** The grouped GEMM alone at the issue's bar shapes (through the TypeScript launcher). */
+export interface GemmAloneRow {
+  label: string;
+  groups: number;
+  rowsPerGroup: number;
+  n: number;
+  k: number;
+  medianUs: number;
+  runs: number;
+  tflops: number;
+  /** tflops / the FP8 dense peak */
+  computeFraction: number;
+}
+
 export interface MoeBenchReport {
   meta: {
     gpu: string;
@@ -74,6 +88,7 @@ export interface MoeBenchReport {
   };
   rows: MoeBenchRow[];
   hostOverhead: HostOverheadRow[];
+  gemmAlone: GemmAloneRow[];
   /** what was not measured, and why (no cuBLASLt, reference capped ...) */
   skipped: Array<{ what: string; reason: string }>;
 }
@@ -159,6 +174,16 @@ export function renderMoeMarkdown(report: MoeBenchReport): string {
     lines.push('| --- | ---: | ---: | ---: | ---: | ---: |');
     for (const h of report.hostOverhead) {
       lines.push(`| ${h.preset} | ${h.tokens} | ${fmt(h.eagerHostUs, 1)} | ${fmt(h.graphHostUs, 1)} | ${fmt(h.eagerGpuUs, 1)} | ${fmt(h.graphGpuUs, 1)} |`);
+    }
+    lines.push('');
+  }
+  if (report.gemmAlone.length > 0) {
+    lines.push('#### The grouped FP8 GEMM alone (bf16 out, 128-row path, through src/kernels/grouped-gemm.ts)');
+    lines.push('');
+    lines.push('| shape | median | TFLOPS | % FP8 peak |');
+    lines.push('| --- | ---: | ---: | ---: |');
+    for (const g of report.gemmAlone) {
+      lines.push(`| ${g.label} | ${timeCell(g.medianUs)} | ${fmt(g.tflops, 1)} | ${pct(g.computeFraction)} |`);
     }
     lines.push('');
   }

@@ -95,15 +95,17 @@ __device__ __forceinline__ void check_smem(u32 need, const void* smem) {
 // ==================================================================================================================
 // Normal (prefill) kernel body.
 //
-// kCluster = 2: CTAs are paired (__cluster_dims__(2,1,1)); a pair takes row tiles 2p and 2p+1 of the same N tile.
-// When both belong to the same expert each CTA fetches one 128-row half of the weight tile and multicasts it to
-// both, halving the weight traffic out of L2 (the limiter of the unclustered kernel at large M). Both CTAs walk
-// the same stage sequence in lockstep: every consumer warp releases a stage in BOTH CTAs (empty barriers count
-// 8 x 2 arrivals), and a CTA whose own tile is dead (-1 or past *num_m_tiles) still passes through the stages.
+// kMcast: 0 = no cluster. 1 = CTAs are paired (__cluster_dims__(2,1,1)) along M: a pair takes row tiles 2p and 2p+1
+// of the same N tile, and when both belong to the same expert each CTA fetches one 128-row half of the weight tile
+// and multicasts it to both (halving weight traffic out of L2 at large M). 2 = pairs along N: both CTAs take the
+// same row tile and N tiles 2q, 2q+1; each fetches one 64-row half of the activation tile and multicasts it (halving
+// activation traffic when experts have few rows and the weights stream once). In both modes the two CTAs walk the
+// same stage sequence in lockstep: every consumer warp releases a stage in BOTH CTAs (empty barriers count 8 x 2
+// arrivals), and a CTA whose own tile is dead (-1 or past *num_m_tiles) still passes through the stages.
 // kStore = 1: the bf16 tile is staged in shared memory (128B-swizzled, conflict-free) and written by TMA stores
 // (needs tmap_d: bf16 [m_cap, N], box 64 x 64, 128B swizzle); 0: direct 4-byte stores from registers.
 // ==================================================================================================================
-template <int kN, int kK, int kNSub, int kStages, int kEpi, int kCluster, int kStore>
+template <int kN, int kK, int kNSub, int kStages, int kEpi, int kMcast, int kStore>
 __device__ __forceinline__ void normal_body(const TmaDesc* tmap_a, const TmaDesc* tmap_b, const TmaDesc* tmap_sfa,
                                             const TmaDesc* tmap_d, const float* __restrict__ sfb,
                                             const int* __restrict__ tile_group, const int* __restrict__ num_m_tiles,
@@ -115,9 +117,14 @@ __device__ __forceinline__ void normal_body(const TmaDesc* tmap_a, const TmaDesc
   constexpr int kNTiles = kN / kBlockN;
   constexpr int kNScaleRows = kN / 128;
   constexpr bool kTmaStore = kEpi == 0 && kStore == 1;
+  constexpr int kCluster = kMcast ? 2 : 1;
+  constexpr bool kPairN = kMcast == 2;                     // pairs share the row tile (A multicast)
+  constexpr int kNPairs = kNTiles >= 2 ? kNTiles / 2 : 1;  // (unused unless kPairN)
+  static_assert(kMcast >= 0 && kMcast <= 2, "GG_MCAST is 0, 1 (weights) or 2 (activations)");
+  static_assert(!kPairN || kNTiles % 2 == 0, "activation multicast pairs N tiles: N must be a multiple of 512");
   static_assert(kN % kBlockN == 0 && kK % kBlockK == 0, "N must be a multiple of 128*NSUB, K of 128");
   static_assert(kNSub == 1 || kNSub == 2, "NSUB is 1 or 2");
-  static_assert(kCluster == 1 || (kCluster == 2 && kNSub == 2), "the 2-CTA multicast splits a 256-row weight tile");
+  static_assert(kMcast != 1 || kNSub == 2, "the weight multicast splits a 256-row weight tile");
   static_assert(kEpi == 0 || kNSub == 2, "the SwiGLU epilogue needs 256-row transformed tiles (NSUB = 2)");
   static_assert(kEpi == 0 || (kN / 2) % 128 == 0, "SwiGLU: I = N/2 must be a multiple of 128");
   static_assert(P::kSmemBytes <= 232448, "shared-memory plan exceeds 227 KB: fewer stages");
@@ -151,9 +158,28 @@ __device__ __forceinline__ void normal_body(const TmaDesc* tmap_a, const TmaDesc
     __syncthreads();
 
   const int n_mt = live_row_tiles(num_m_tiles, m_cap, kNormalRows);
-  const int n_units = (n_mt + kCluster - 1) / kCluster * kNTiles;
+  const int n_units = kPairN ? n_mt * kNPairs : (n_mt + kCluster - 1) / kCluster * kNTiles;
   // Expert of row tile mt, -1 when dead (skipped or past the live count).
   auto group_of = [&](int mt) { return mt < n_mt ? tile_group[mt] : -1; };
+  // Work unit u -> this CTA's (row tile, N tile), its expert and the peer's (-1 when dead).
+  struct Unit {
+    int mt, nt, g, g_peer;
+  };
+  auto unit_of = [&](int u) -> Unit {
+    Unit w;
+    if (kPairN) {
+      w.mt = u / kNPairs;
+      w.nt = 2 * (u - w.mt * kNPairs) + rank;
+      w.g = w.g_peer = group_of(w.mt);
+    } else {
+      const int mp = u / kNTiles;
+      w.nt = u - mp * kNTiles;
+      w.mt = mp * kCluster + rank;
+      w.g = group_of(w.mt);
+      w.g_peer = kCluster == 2 ? group_of(mp * kCluster + (rank ^ 1)) : -1;
+    }
+    return w;
+  };
 
   if (warp >= 8) {
     // ---------------- producer warpgroup ----------------
@@ -163,20 +189,24 @@ __device__ __forceinline__ void normal_body(const TmaDesc* tmap_a, const TmaDesc
       int stage = 0;
       u32 phase = 0;
       for (int u = first_unit; u < n_units; u += unit_step) {
-        const int mp = u / kNTiles, nt = u - mp * kNTiles;
-        const int mt = mp * kCluster + rank;
-        const int g = group_of(mt);
-        const int g_peer = kCluster == 2 ? group_of(mp * kCluster + (rank ^ 1)) : -1;
-        if (g < 0 && g_peer < 0) continue;  // both CTAs of the pair skip it
-        const bool mcast = kCluster == 2 && g >= 0 && g_peer == g;
+        const Unit w = unit_of(u);
+        const int mt = w.mt, nt = w.nt, g = w.g;
+        if (g < 0 && w.g_peer < 0) continue;  // both CTAs of the pair skip it
+        const bool mcast = kMcast == 1 && g >= 0 && w.g_peer == g;
         const int b_row = g * kN + nt * kBlockN;
         for (int kb = 0; kb < kKB; kb++) {
           mbar_wait(empty_bar(stage), phase ^ 1);
           if (g >= 0) {
             mbar_arrive_expect_tx(full_bar(stage), P::kABytes + P::kBBytes + P::kSfaBytes);
             const u32 sb = sbase + P::kOffB + stage * P::kBBytes;
-            tma_load_2d(sbase + P::kOffA + stage * P::kABytes, tmap_a, full_bar(stage), kb * kBlockK,
-                        mt * kNormalRows, pol);
+            if (kPairN) {  // each CTA fetches one 64-row half of the shared activation tile for both
+              tma_load_2d_multicast(sbase + P::kOffA + stage * P::kABytes + rank * (64 * kBlockK), tmap_a,
+                                    full_bar(stage), kb * kBlockK, mt * kNormalRows + 64 * rank, (unsigned short)0x3,
+                                    pol);
+            } else {
+              tma_load_2d(sbase + P::kOffA + stage * P::kABytes, tmap_a, full_bar(stage), kb * kBlockK,
+                          mt * kNormalRows, pol);
+            }
             tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaBytes, tmap_sfa, full_bar(stage), mt * kNormalRows, kb,
                         pol);
             if (mcast) {
@@ -221,11 +251,9 @@ __device__ __forceinline__ void normal_body(const TmaDesc* tmap_a, const TmaDesc
     u32 phase = 0;
 
     for (int u = first_unit; u < n_units; u += unit_step) {
-      const int mp = u / kNTiles, nt = u - mp * kNTiles;
-      const int mt = mp * kCluster + rank;
-      const int g = group_of(mt);
-      const int g_peer = kCluster == 2 ? group_of(mp * kCluster + (rank ^ 1)) : -1;
-      if (g < 0 && g_peer < 0) continue;
+      const Unit w = unit_of(u);
+      const int mt = w.mt, nt = w.nt, g = w.g;
+      if (g < 0 && w.g_peer < 0) continue;
       if (g < 0) {  // dead tile, live peer: keep the pair's stage sequence in step
         for (int kb = 0; kb < kKB; kb++) {
           mbar_wait(full_bar(stage), phase);
@@ -645,12 +673,12 @@ __device__ __forceinline__ void decode_body(const TmaDesc* tmap_a, const TmaDesc
 
 template <int kN, int kK, int kNSub, int kStages, int kEpi, int kStore>
 __global__ void __launch_bounds__(384, 1) gg_normal_kernel(GG_KERNEL_PARAMS) {
-  gg::normal_body<kN, kK, kNSub, kStages, kEpi, 1, kStore>(GG_KERNEL_ARGS);
+  gg::normal_body<kN, kK, kNSub, kStages, kEpi, 0, kStore>(GG_KERNEL_ARGS);
 }
 
-template <int kN, int kK, int kNSub, int kStages, int kEpi, int kStore>
+template <int kN, int kK, int kNSub, int kStages, int kEpi, int kStore, int kMcast>
 __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(384, 1) gg_normal_cluster_kernel(GG_KERNEL_PARAMS) {
-  gg::normal_body<kN, kK, kNSub, kStages, kEpi, 2, kStore>(GG_KERNEL_ARGS);
+  gg::normal_body<kN, kK, kNSub, kStages, kEpi, kMcast, kStore>(GG_KERNEL_ARGS);
 }
 
 template <int kN, int kK, int kMSub, int kStages, int kEpi>
@@ -662,8 +690,8 @@ __global__ void __launch_bounds__(256, 1) gg_decode_kernel(GG_KERNEL_PARAMS) {
 #if !defined(GG_SWAP) || !defined(GG_EPI) || !defined(GG_N) || !defined(GG_K) || !defined(GG_SUB) || !defined(GG_STAGES)
 #error "grouped_gemm_fp8.cu needs -DGG_SWAP -DGG_EPI -DGG_N -DGG_K -DGG_SUB -DGG_STAGES (see src/kernels/grouped-gemm.ts)"
 #endif
-#ifndef GG_CLUSTER
-#define GG_CLUSTER 1
+#ifndef GG_MCAST
+#define GG_MCAST 0
 #endif
 #ifndef GG_STORE
 #define GG_STORE 0
@@ -672,13 +700,13 @@ __global__ void __launch_bounds__(256, 1) gg_decode_kernel(GG_KERNEL_PARAMS) {
 extern "C" __global__ void __launch_bounds__(256, 1) grouped_gemm_fp8(GG_KERNEL_PARAMS) {
   gg::decode_body<GG_N, GG_K, GG_SUB, GG_STAGES, GG_EPI>(GG_KERNEL_ARGS);
 }
-#elif GG_CLUSTER == 2
+#elif GG_MCAST != 0
 extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(384, 1) grouped_gemm_fp8(GG_KERNEL_PARAMS) {
-  gg::normal_body<GG_N, GG_K, GG_SUB, GG_STAGES, GG_EPI, 2, GG_STORE>(GG_KERNEL_ARGS);
+  gg::normal_body<GG_N, GG_K, GG_SUB, GG_STAGES, GG_EPI, GG_MCAST, GG_STORE>(GG_KERNEL_ARGS);
 }
 #else
 extern "C" __global__ void __launch_bounds__(384, 1) grouped_gemm_fp8(GG_KERNEL_PARAMS) {
-  gg::normal_body<GG_N, GG_K, GG_SUB, GG_STAGES, GG_EPI, 1, GG_STORE>(GG_KERNEL_ARGS);
+  gg::normal_body<GG_N, GG_K, GG_SUB, GG_STAGES, GG_EPI, 0, GG_STORE>(GG_KERNEL_ARGS);
 }
 #endif
 #endif

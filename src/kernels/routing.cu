@@ -256,6 +256,7 @@ namespace {
 
 constexpr int kPerLane = (kExperts + 31) / 32;  // experts one lane owns: e = lane + 32 * i
 constexpr int kTopkWarps = 8;
+constexpr int kMaxSplits = 8;  // routing.ts ROUTER_MAX_SPLITS: the most K splits the logits kernels are launched with
 
 // s = sqrt(softplus(l)), softplus(z) = max(z, 0) + log1p(exp(-|z|)) (stable for any z), rounded to f32 after
 // EVERY step exactly as the CPU router (moe/router.ts sqrtSoftplusF32) does:
@@ -299,15 +300,20 @@ megamoe_router_topk(const float* __restrict__ partials, int num_splits, float* _
   if (token_ids == nullptr) {
     float score[kPerLane];
     float sel[kPerLane];
-    // Gather this lane's logits first, split by split, so each split's loads are all in flight together
-    // (the sum order per logit stays z = 0, 1, ..., as the comment on the logits kernel promises).
+    // Gather this lane's logits first. All splits of one logit are loaded together (predicated loads, no
+    // branch between them) and then added in the fixed order z = 0, 1, ..., as the logits kernel promises.
     float logit[kPerLane];
 #pragma unroll
-    for (int i = 0; i < kPerLane; i++) logit[i] = lane + 32 * i < kExperts ? row[lane + 32 * i] : 0.0f;
-    for (int s = 1; s < num_splits; s++) {
+    for (int i = 0; i < kPerLane; i++) {
+      const int e = lane + 32 * i;
+      float part[kMaxSplits];
 #pragma unroll
-      for (int i = 0; i < kPerLane; i++)
-        if (lane + 32 * i < kExperts) logit[i] += row[(size_t)s * split_stride + lane + 32 * i];
+      for (int z = 0; z < kMaxSplits; z++) part[z] = (e < kExperts && z < num_splits) ? row[(size_t)z * split_stride + e] : 0.0f;
+      float l = part[0];
+#pragma unroll
+      for (int z = 1; z < kMaxSplits; z++)
+        if (z < num_splits) l += part[z];
+      logit[i] = l;
     }
 #pragma unroll
     for (int i = 0; i < kPerLane; i++) {
@@ -365,7 +371,7 @@ megamoe_router_topk(const float* __restrict__ partials, int num_splits, float* _
       }
       if (id >= 0 && id < kExperts) {
         float l = row[id];
-        for (int s = 1; s < num_splits; s++) l += row[(size_t)s * split_stride + id];
+        for (int z = 1; z < num_splits; z++) l += row[(size_t)z * split_stride + id];
         my_id = (int)id;
         my_w = router_score(l);
       }
@@ -373,7 +379,7 @@ megamoe_router_topk(const float* __restrict__ partials, int num_splits, float* _
     if (logits_out != nullptr) {
       for (int e = lane; e < kExperts; e += 32) {
         float l = row[e];
-        for (int s = 1; s < num_splits; s++) l += row[(size_t)s * split_stride + e];
+        for (int z = 1; z < num_splits; z++) l += row[(size_t)z * split_stride + e];
         logits_out[(size_t)token * kExperts + e] = l;
       }
     }

@@ -90,21 +90,21 @@ export interface RouterPlan {
 }
 
 /**
- * Which logits tile and how many K splits for T tokens (heuristics live here, not in the kernel):
- * - T <= 128: gemv (16 x 8 tiles: the gate weight is streamed once, by E/8 column blocks x K splits);
- * - enough 32 x 32 tiles for two blocks per SM: mid;
- * - in between: prefill (64 x 64), split along K to fill the SMs.
+ * Which logits tile and how many K splits for T tokens (heuristics live here, not in the kernel). From
+ * `megamoe bench routing --compare-tiles` on H100 (docs/BENCHMARKS.md):
+ * - T <= 16: gemv (16 x 8 tiles: the gate weight is streamed once, by E/8 column blocks x K splits);
+ * - once 64 x 64 tiles give 1.5 blocks per SM: prefill (fewest re-reads of x and Wg per FLOP);
+ * - in between: mid (32 x 32).
  * Then K splits (powers of two, at most 8, at least one k-chunk per warp) until the grid covers every SM once.
- * Measured on H100 (docs/BENCHMARKS.md, `megamoe bench routing --compare-tiles`).
  */
 export function planRouterLogits(tokens: number, shape: RouterShape, smCount: number, force?: RouterTile): RouterPlan {
   const E = shape.experts;
   const blocksOf = (t: RouterTile) => Math.ceil(E / ROUTER_TILES[t].bn) * Math.ceil(tokens / ROUTER_TILES[t].bm);
   let tile: RouterTile;
   if (force) tile = force;
-  else if (tokens <= 128) tile = 'gemv';
-  else if (blocksOf('mid') >= 2 * smCount) tile = 'mid';
-  else tile = 'prefill';
+  else if (tokens <= 16) tile = 'gemv';
+  else if (blocksOf('prefill') >= 1.5 * smCount) tile = 'prefill';
+  else tile = 'mid';
   const cfg = ROUTER_TILES[tile];
   const chunks = shape.hiddenSize / 32;
   const maxSplits = Math.max(1, Math.min(ROUTER_MAX_SPLITS, Math.floor(chunks / cfg.warpsK)));

@@ -49,7 +49,9 @@ class Scratch {
   u = new Float32Array(0);
   act = new Float32Array(0);
   actDec = new Float64Array(0);
+  o = new Float32Array(0);
   ensure(rows: number, hidden: number, inter: number): void {
+    if (this.o.length < rows * hidden) this.o = new Float32Array(rows * hidden);
     const blocks = Math.max(hidden, inter) / QUANT_BLOCK;
     if (this.partials.length < rows * blocks) this.partials = new Float64Array(rows * blocks);
     if (this.actIn.length < rows * hidden) {
@@ -96,7 +98,7 @@ function runFfn(ffn: ExpertWeights, asg: Assignment, xDec: Float64Array, xSf: Fl
   const n = asg.count;
   const hBlocks = H / QUANT_BLOCK;
   scratch.ensure(n, H, inter);
-  const { partials, actIn, sfIn, g, u, act, actDec } = scratch;
+  const { partials, actIn, sfIn, g, u, act, actDec, o } = scratch;
 
   // Gather the group's staged rows so the GEMM reads them contiguously.
   for (let i = 0; i < n; i++) {
@@ -131,12 +133,26 @@ function runFfn(ffn: ExpertWeights, asg: Assignment, xDec: Float64Array, xSf: Fl
   const aDec = actDec.subarray(0, n * inter);
   for (let i = 0; i < aDec.length; i++) aDec[i] = DEC[aq.q[i]];
 
-  // L2 (rounding point 5): o in f32 (reusing g), then bf16 into each row's output slot.
-  const o = n * H <= g.length ? g : new Float32Array(n * H);
+  // L2 (rounding point 5): o in f32, then bf16 into each row's output slot.
   fp8Gemm(ffn.w2, aDec, aq.sf, n, partials, o, H);
   for (let i = 0; i < n; i++) {
     const dst = asg.outOffsets[i];
     for (let h = 0; h < H; h++) out[dst + h] = encodeBF16(o[i * H + h]);
+  }
+}
+
+/** Rows per runFfn call: bounds the scratch memory for big batches (weights are re-read once per chunk). */
+const MAX_ROWS = 256;
+
+function runFfnChunked(ffn: ExpertWeights, asg: Assignment, xDec: Float64Array, xSf: Float32Array, H: number,
+  swigluLimit: number, out: Uint16Array, scratch: Scratch): void {
+  if (asg.count <= MAX_ROWS) { runFfn(ffn, asg, xDec, xSf, H, swigluLimit, out, scratch); return; }
+  for (let r0 = 0; r0 < asg.count; r0 += MAX_ROWS) {
+    const r1 = Math.min(asg.count, r0 + MAX_ROWS);
+    runFfn(ffn, {
+      tokens: asg.tokens.subarray(r0, r1), weights: asg.weights.subarray(r0, r1),
+      outOffsets: asg.outOffsets.subarray(r0, r1), count: r1 - r0,
+    }, xDec, xSf, H, swigluLimit, out, scratch);
   }
 }
 
@@ -195,7 +211,7 @@ export function runExpertsReference(layer: MoeLayerWeights, x: HostTensor<'BF16'
     };
     const ffn = layer.experts.get(id);
     checkExpertWeights(`layers.${layer.layer}.ffn.experts.${id}`, ffn, H, shape.moeIntermediateSize);
-    runFfn(ffn, asg, xDec, staged.sf, H, shape.swigluLimit, slotOut, scratch);
+    runFfnChunked(ffn, asg, xDec, staged.sf, H, shape.swigluLimit, slotOut, scratch);
     for (const s of slots) slotUsed[s] = 1;
   }
 
@@ -222,7 +238,7 @@ export function runExpertsReference(layer: MoeLayerWeights, x: HostTensor<'BF16'
     outOffsets: Int32Array.from({ length: T }, (_, t) => t * H),
     count: T,
   };
-  if (T > 0) runFfn(layer.sharedExpert, all, xDec, staged.sf, H, shape.swigluLimit, yShared, scratch);
+  if (T > 0) runFfnChunked(layer.sharedExpert, all, xDec, staged.sf, H, shape.swigluLimit, yShared, scratch);
   const y = new Uint16Array(T * H);
   const yr = decodeBF16Array(yRouted);
   const ys = decodeBF16Array(yShared);

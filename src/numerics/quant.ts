@@ -53,9 +53,12 @@ export function quantizeRowsF32Scale(x: ArrayLike<number>, rows: number, cols: n
 }
 
 /** 2^ceil(log2(r)) for a positive normal f32 r, read off its bits (exponent, plus one if any mantissa bit is set). */
+const f32Scratch = new Float32Array(1);
+const u32Scratch = new Uint32Array(f32Scratch.buffer);
+
 export function pow2Ceil(r: number): number {
-  const f = new Float32Array([r]);
-  const bits = new Uint32Array(f.buffer)[0];
+  f32Scratch[0] = r;
+  const bits = u32Scratch[0];
   const exp = ((bits >>> 23) & 0xff) - 127;
   return 2 ** (exp + ((bits & 0x7fffff) !== 0 ? 1 : 0));
 }

@@ -161,28 +161,28 @@ struct Variant {
   bool swap;
   int epi;  // 0 bf16, 1 swiglu
   int n, k, sub, stages;
-  int cluster, store;  // normal kernel: 2-CTA multicast; bf16 via shared memory + TMA store
+  int mcast, store;  // normal kernel: 2-CTA multicast (1 weights, 2 activations); bf16 via smem + TMA store
   unsigned smem;
   int threads;
   KernelFn fn;
 };
 
-template <int N, int K, int SUB, int ST, int EPI, int CL = 1, int STORE = 0>
+template <int N, int K, int SUB, int ST, int EPI, int MC = 0, int STORE = 0>
 Variant normal_variant(const char* name) {
   using P = gg::NormalPlan<SUB, ST, EPI == 0 ? STORE : 0>;
   KernelFn fn;
-  if constexpr (CL == 2)
-    fn = (KernelFn)gg_normal_cluster_kernel<N, K, SUB, ST, EPI, STORE>;
+  if constexpr (MC != 0)
+    fn = (KernelFn)gg_normal_cluster_kernel<N, K, SUB, ST, EPI, STORE, MC>;
   else
     fn = (KernelFn)gg_normal_kernel<N, K, SUB, ST, EPI, STORE>;
-  Variant v{name, false, EPI, N, K, SUB, ST, CL, STORE, P::kSmemBytes, P::kThreads, fn};
+  Variant v{name, false, EPI, N, K, SUB, ST, MC, STORE, P::kSmemBytes, P::kThreads, fn};
   CK(cudaFuncSetAttribute((const void*)fn, cudaFuncAttributeMaxDynamicSharedMemorySize, P::kSmemBytes));
   return v;
 }
 template <int N, int K, int SUB, int ST, int EPI>
 Variant decode_variant(const char* name) {
   using P = gg::DecodePlan<SUB, ST>;
-  Variant v{name, true, EPI, N, K, SUB, ST, 1, 0, P::kSmemBytes, P::kThreads,
+  Variant v{name, true, EPI, N, K, SUB, ST, 0, 0, P::kSmemBytes, P::kThreads,
             (KernelFn)gg_decode_kernel<N, K, SUB, ST, EPI>};
   CK(cudaFuncSetAttribute(gg_decode_kernel<N, K, SUB, ST, EPI>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                           P::kSmemBytes));
@@ -277,7 +277,8 @@ static void setup(DeviceProblem& P, const Variant& v, const Layout& L, int G, un
 
   const unsigned rows_box = v.swap ? 16 : 128;
   const unsigned b_box = v.swap ? 64 * v.sub : 128;  // normal: 128-row halves (multicast unit)
-  P.ma = make_map(P.d_a, CU_TENSOR_MAP_DATA_TYPE_UINT8, K, L.m_cap, K, 128, rows_box, true);
+  // activation multicast: each CTA of a pair fetches a 64-row half of the row tile
+  P.ma = make_map(P.d_a, CU_TENSOR_MAP_DATA_TYPE_UINT8, K, L.m_cap, K, 128, v.mcast == 2 ? 64 : rows_box, true);
   P.mb = make_map(P.d_b, CU_TENSOR_MAP_DATA_TYPE_UINT8, K, (unsigned long long)G * N, K, 128, b_box, true);
   P.msfa = make_map(P.d_sfa, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, L.m_cap, KB, (unsigned long long)L.m_cap * 4,
                     rows_box, 1, false);
@@ -694,25 +695,29 @@ int main(int argc, char** argv) {
 
   // Variants <N, K, SUB, STAGES, EPI[, CLUSTER, STORE]>
   Variant n_512_512 = normal_variant<512, 512, 2, 4, 0>("normal bf16 N512 K512 nsub2");
-  Variant n_512_mc = normal_variant<512, 512, 2, 4, 0, 2, 0>("normal bf16 N512 K512 cluster2");
-  Variant n_512_st = normal_variant<512, 512, 2, 3, 0, 1, 1>("normal bf16 N512 K512 tma-store");
-  Variant n_512_mcst = normal_variant<512, 512, 2, 3, 0, 2, 1>("normal bf16 N512 K512 cluster2 tma-store");
+  Variant n_512_mc = normal_variant<512, 512, 2, 4, 0, 1, 0>("normal bf16 N512 K512 mcast-B");
+  Variant n_512_st = normal_variant<512, 512, 2, 3, 0, 0, 1>("normal bf16 N512 K512 tma-store");
+  Variant n_512_mcst = normal_variant<512, 512, 2, 3, 0, 1, 1>("normal bf16 N512 K512 mcast-B tma-store");
+  Variant n_512_mca = normal_variant<512, 512, 2, 3, 0, 2, 1>("normal bf16 N512 K512 mcast-A tma-store");
   Variant n_384_256 = normal_variant<384, 256, 1, 6, 0>("normal bf16 N384 K256 nsub1");
-  Variant n_384_st = normal_variant<384, 256, 1, 5, 0, 1, 1>("normal bf16 N384 K256 nsub1 tma-store");
+  Variant n_384_st = normal_variant<384, 256, 1, 5, 0, 0, 1>("normal bf16 N384 K256 nsub1 tma-store");
   Variant n_tiny_l2 = normal_variant<256, 128, 2, 4, 0>("normal bf16 N256 K128 (tiny L2)");
   Variant n_tiny_l1 = normal_variant<256, 256, 2, 4, 1>("normal swiglu N256 K256 (tiny L1)");
-  Variant n_tiny_l1_mc = normal_variant<256, 256, 2, 4, 1, 2, 0>("normal swiglu N256 K256 cluster2");
+  Variant n_tiny_l1_mc = normal_variant<256, 256, 2, 4, 1, 1, 0>("normal swiglu N256 K256 mcast-B");
   Variant n_flash_l1 = normal_variant<4096, 4096, 2, 4, 1>("normal swiglu N4096 K4096 (flash L1)");
-  Variant n_flash_l1_mc = normal_variant<4096, 4096, 2, 4, 1, 2, 0>("normal swiglu N4096 K4096 cluster2");
+  Variant n_flash_l1_mc = normal_variant<4096, 4096, 2, 4, 1, 1, 0>("normal swiglu N4096 K4096 mcast-B");
+  Variant n_flash_l1_mca = normal_variant<4096, 4096, 2, 4, 1, 2, 0>("normal swiglu N4096 K4096 mcast-A");
   Variant n_flash_l2 = normal_variant<4096, 2048, 2, 4, 0>("normal bf16 N4096 K2048 (flash L2)");
-  Variant n_flash_l2_mcst = normal_variant<4096, 2048, 2, 3, 0, 2, 1>("normal bf16 N4096 K2048 cluster2 tma-store");
+  Variant n_flash_l2_mcst = normal_variant<4096, 2048, 2, 3, 0, 1, 1>("normal bf16 N4096 K2048 mcast-B tma-store");
   Variant n_pro_l1 = normal_variant<6144, 7168, 2, 4, 1>("normal swiglu N6144 K7168 (pro L1)");
   Variant n_pro_l2 = normal_variant<7168, 3072, 2, 4, 0>("normal bf16 N7168 K3072 (pro L2)");
-  Variant n_pro_l2_mcst = normal_variant<7168, 3072, 2, 3, 0, 2, 1>("normal bf16 N7168 K3072 cluster2 tma-store");
-  Variant b_base = normal_variant<4096, 4096, 2, 4, 0>("nsub2");
-  Variant b_mc = normal_variant<4096, 4096, 2, 4, 0, 2, 0>("nsub2 cluster2");
-  Variant b_st = normal_variant<4096, 4096, 2, 3, 0, 1, 1>("nsub2 tma-store");
-  Variant b_mcst = normal_variant<4096, 4096, 2, 3, 0, 2, 1>("nsub2 cluster2 tma-store");
+  Variant n_pro_l2_mcst = normal_variant<7168, 3072, 2, 3, 0, 1, 1>("normal bf16 N7168 K3072 mcast-B tma-store");
+  Variant b_base = normal_variant<4096, 4096, 2, 4, 0>("nsub2 direct");
+  Variant b_mc = normal_variant<4096, 4096, 2, 4, 0, 1, 0>("nsub2 mcast-B direct");
+  Variant b_st = normal_variant<4096, 4096, 2, 3, 0, 0, 1>("nsub2 tma-store");
+  Variant b_mcst = normal_variant<4096, 4096, 2, 3, 0, 1, 1>("nsub2 mcast-B tma-store");
+  Variant b_mca = normal_variant<4096, 4096, 2, 4, 0, 2, 0>("nsub2 mcast-A direct");
+  Variant b_mcast = normal_variant<4096, 4096, 2, 3, 0, 2, 1>("nsub2 mcast-A tma-store");
   Variant d_tiny_l2 = decode_variant<256, 128, 1, 16, 0>("decode bf16 N256 K128 (tiny L2)");
   Variant d_tiny_l1 = decode_variant<256, 256, 4, 6, 1>("decode swiglu N256 K256 (tiny L1)");
   Variant d_flash_l1 = decode_variant<4096, 4096, 4, 6, 1>("decode swiglu N4096 K4096 (flash L1)");
@@ -722,8 +727,8 @@ int main(int argc, char** argv) {
   Variant d_flash_l2_m2 = decode_variant<4096, 2048, 2, 12, 0>("decode bf16 N4096 K2048 msub2");
 
   if (ncu) {
-    ncu_launches({b_base, b_mc, b_mcst}, 4, 8192);
-    ncu_launches({b_base, b_mc}, 32, 128);
+    ncu_launches({b_st, b_mcst}, 4, 8192);
+    ncu_launches({b_st, b_mcast}, 32, 128);
     return 0;
   }
 
@@ -753,13 +758,15 @@ int main(int argc, char** argv) {
     // new paths last: a hang here still leaves the results above in the log
     run_check("normal bf16 N512 K512 tma-store, mixed", n_512_st, mixed, 5, 100000, 10.0f, 17);
     run_check("normal bf16 N384 K256 nsub1 tma-store, mixed", n_384_st, mixed, 5, 100000, 10.0f, 18);
-    run_check("normal bf16 N512 K512 cluster2, mixed", n_512_mc, mixed, 5, 100000, 10.0f, 19);
-    run_check("normal bf16 N512 K512 cluster2 tma-store, mixed", n_512_mcst, mixed, 5, 100000, 10.0f, 20);
-    run_check("tiny L1 normal swiglu cluster2, mixed", n_tiny_l1_mc, mixed, 5, 100000, 10.0f, 21);
-    run_check("flash L1 normal swiglu cluster2", n_flash_l1_mc, two, 2, 100000, 10.0f, 22);
-    run_check("flash L2 normal bf16 cluster2 tma-store", n_flash_l2_mcst, two, 2, 100000, 10.0f, 23);
-    run_check("pro L2 normal bf16 cluster2 tma-store", n_pro_l2_mcst, {{1, 130}, {1, 200}, {0, 64}}, 2, 100000,
+    run_check("normal bf16 N512 K512 mcast-B, mixed", n_512_mc, mixed, 5, 100000, 10.0f, 19);
+    run_check("normal bf16 N512 K512 mcast-B tma-store, mixed", n_512_mcst, mixed, 5, 100000, 10.0f, 20);
+    run_check("tiny L1 normal swiglu mcast-B, mixed", n_tiny_l1_mc, mixed, 5, 100000, 10.0f, 21);
+    run_check("flash L1 normal swiglu mcast-B", n_flash_l1_mc, two, 2, 100000, 10.0f, 22);
+    run_check("flash L2 normal bf16 mcast-B tma-store", n_flash_l2_mcst, two, 2, 100000, 10.0f, 23);
+    run_check("pro L2 normal bf16 mcast-B tma-store", n_pro_l2_mcst, {{1, 130}, {1, 200}, {0, 64}}, 2, 100000,
               10.0f, 24);
+    run_check("normal bf16 N512 K512 mcast-A tma-store, mixed", n_512_mca, mixed, 5, 100000, 10.0f, 25);
+    run_check("flash L1 normal swiglu mcast-A", n_flash_l1_mca, two, 2, 100000, 10.0f, 26);
     printf("correctness: %s, %d failure(s)\n", g_fail ? "FAILED" : "ALL PASSED", g_fail);
   }
 
@@ -767,20 +774,20 @@ int main(int argc, char** argv) {
     printf("== timings (median of 30-40 launches after 5 warm-ups; CUDA events) ==\n");
     const double copy_gbs = measure_copy_gbs();
     printf("device-to-device copy: %.0f GB/s (read + write)\n", copy_gbs);
-    for (const Variant* v : {&b_base, &b_mc, &b_st, &b_mcst})
+    for (const Variant* v : {&b_st, &b_mcst, &b_mc, &b_base})
       bench_groups(("4 x 8192 rows, N4096 K4096, " + v->name).c_str(), *v, 4, 8192, 32);
-    for (const Variant* v : {&b_base, &b_mc, &b_st, &b_mcst})
+    for (const Variant* v : {&b_st, &b_mcast, &b_mca, &b_mcst})
       bench_groups(("32 x 128 rows, N4096 K4096, " + v->name).c_str(), *v, 32, 128, 32);
-    for (const Variant* v : {&b_base, &b_mc, &b_mcst})
+    for (const Variant* v : {&b_st, &b_mcst, &b_mcast})
       bench_groups(("8 x 512 rows, N4096 K4096, " + v->name).c_str(), *v, 8, 512, 16);
     bench_groups("flash L1 swiglu 32 x 128 rows", n_flash_l1, 32, 128, 16);
-    bench_groups("flash L1 swiglu 4 x 2048 rows, cluster2", n_flash_l1_mc, 4, 2048, 16);
+    bench_groups("flash L1 swiglu 32 x 128 rows, mcast-A", n_flash_l1_mca, 32, 128, 16);
     bench_groups("flash L1 swiglu 4 x 2048 rows", n_flash_l1, 4, 2048, 16);
+    bench_groups("flash L1 swiglu 4 x 2048 rows, mcast-B", n_flash_l1_mc, 4, 2048, 16);
     bench_decode("decode flash L1 swiglu T=1", d_flash_l1, 1, 48, 3350.0);
     bench_decode("decode flash L1 swiglu T=8", d_flash_l1, 8, 48, 3350.0);
     bench_decode("decode flash L2 bf16 T=1", d_flash_l2, 1, 64, 3350.0);
     bench_decode("decode flash L2 bf16 T=8", d_flash_l2, 8, 64, 3350.0);
-    bench_decode("decode flash L2 bf16 msub2 T=1", d_flash_l2_m2, 1, 64, 3350.0);
 
     printf("\n| shape | us (median) | TFLOPS | GB/s | b2b us | note |\n|---|---|---|---|---|---|\n");
     for (auto& r : g_rows)

@@ -10,6 +10,7 @@ import { loadMoeLayer, type LoadedMoeLayer } from '../../checkpoint/moe-layer.js
 import { writeSafetensors } from '../../checkpoint/safetensors.js';
 import { ensureDefaultCheckpoint } from '../../checkpoint/synthetic.js';
 import { evalMoeF64 } from '../../moe/f64-eval.js';
+import { expertDtypePath } from '../../moe/guards.js';
 import { runExpertsReference } from '../../moe/experts.js';
 import { idsToI64, routeLayer, type RoutingResult } from '../../moe/router.js';
 import { randomTokenIds } from '../../moe/synthetic.js';
@@ -120,6 +121,11 @@ async function run(opts: MoeOptions): Promise<void> {
     for (const id of routing.topkIds.data) if (id >= 0 && layer.experts.has(id)) used.add(id);
     for (const id of used) layer.experts.get(id);
     const te1 = performance.now();
+    const conv = layer.experts.conversion();
+    if (conv) {
+      console.log(`experts  ${expertDtypePath(layer.expertDtype).note}; ${conv.blocks} blocks so far, ${conv.inexactBlocks} inexact`
+        + (conv.inexactBlocks > 0 ? ` (worst abs error ${conv.worstAbsError.toExponential(2)}, rel ${conv.worstRelError.toExponential(2)})` : ''));
+    }
 
     if (note) console.log(`backend  ${note}`);
     const tp0 = performance.now();

@@ -143,11 +143,13 @@ __device__ __forceinline__ u32 num_clusters() {
 __device__ __forceinline__ void cluster_sync() {
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
-// Arrives on the mbarrier at the same shared-memory offset in cluster CTA `cta` (possibly this one).
+// Arrives on the mbarrier at the same shared-memory offset in cluster CTA `cta` (possibly this one). Default
+// semantics (.release.cta), as CUTLASS's ClusterBarrier::arrive(cta_id): the stage being released was only READ (by
+// wgmma, already waited for), so no cluster-scope release of this thread's writes is needed (an explicit
+// .release.cluster would also order every earlier write of the thread, epilogue stores included).
 __device__ __forceinline__ void mbar_arrive_cluster(u32 bar, u32 cta) {
   asm volatile(
-      "{ .reg .b32 ra; mapa.shared::cluster.u32 ra, %0, %1; mbarrier.arrive.release.cluster.shared::cluster.b64 _, [ra]; }" ::"r"(
-          bar),
+      "{ .reg .b32 ra; mapa.shared::cluster.u32 ra, %0, %1; mbarrier.arrive.shared::cluster.b64 _, [ra]; }" ::"r"(bar),
       "r"(cta)
       : "memory");
 }

@@ -1,0 +1,85 @@
+// The grouped GEMM launcher's pure side (no GPU): which specialisation a shape gets, its shared-memory plan (which
+// must equal NormalPlan / DecodePlan in grouped_gemm_fp8.cu: the kernel traps on a short launch), the CI variant
+// registration, and the errors for shapes the kernel cannot take.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { registeredKernels } from '../src/cuda/index.js';
+import {
+  GROUPED_GEMM_PRESETS, GROUPED_GEMM_ROW_TILE, groupedGemmConfig, groupedGemmSmemBytes,
+} from '../src/kernels/grouped-gemm.js';
+import { GuardError } from '../src/moe/guards.js';
+
+test('shared-memory plans match the kernel\'s NormalPlan / DecodePlan arithmetic', () => {
+  // normal, 256-column tiles: 4 stages of (16 KB A + 32 KB B + 512 B sfa) + barriers; + 64 KB bf16 staging for TMA
+  assert.equal(groupedGemmSmemBytes('normal', 2, 4, false), 4 * (16384 + 32768 + 512) + 64);
+  assert.equal(groupedGemmSmemBytes('normal', 2, 3, true), 65536 + 3 * (16384 + 32768 + 512) + 48);
+  assert.equal(groupedGemmSmemBytes('normal', 1, 6, false), 6 * (16384 + 16384 + 512) + 96);
+  // decode: stages of (64*MSUB rows x 128 B weights + 2 KB tokens + a 128 B scale slot) + barriers + 256 B amax
+  assert.equal(groupedGemmSmemBytes('decode', 1, 16, false), 16 * (8192 + 2048 + 128) + 256 + 256);
+  assert.equal(groupedGemmSmemBytes('decode', 4, 6, false), 6 * (32768 + 2048 + 128) + 96 + 256);
+  // The kernel source still carries the formulas these numbers mirror.
+  const src = readFileSync(new URL('../../src/kernels/grouped_gemm_fp8.cu', import.meta.url), 'utf8');
+  assert.match(src, /kDBytes = kStore \? kNormalRows \* kBlockN \* 2 : 0/);
+  assert.match(src, /kSmemBytes = kOffAmax \+ 4 \* kDecodeRows \* 4/);
+});
+
+test('default specialisations of the V4 layer shapes', () => {
+  const l2 = groupedGemmConfig({ path: 'normal', epilogue: 'bf16', n: 4096, k: 2048 });
+  assert.deepEqual([l2.sub, l2.stages, l2.store, l2.cluster, l2.threads, l2.weightBoxRows], [2, 3, 'tma', 1, 384, 128]);
+  assert.ok(l2.smemBytes <= 232448);
+  assert.deepEqual(l2.defines, { GG_SWAP: 0, GG_EPI: 0, GG_N: 4096, GG_K: 2048, GG_SUB: 2, GG_STAGES: 3, GG_CLUSTER: 1, GG_STORE: 1 });
+
+  const l1 = groupedGemmConfig({ path: 'normal', epilogue: 'swiglu-fp8', n: 4096, k: 4096 });
+  assert.deepEqual([l1.sub, l1.stages, l1.store], [2, 4, 'direct']); // fp8 epilogue stores directly: 4 stages fit
+
+  const odd = groupedGemmConfig({ path: 'normal', epilogue: 'bf16', n: 384, k: 256 });
+  assert.deepEqual([odd.sub, odd.stages], [1, 5]); // N % 256 != 0 -> 128-column tiles
+
+  const d1 = groupedGemmConfig({ path: 'decode', epilogue: 'swiglu-fp8', n: 6144, k: 7168 });
+  assert.deepEqual([d1.rowTile, d1.sub, d1.stages, d1.threads, d1.weightBoxRows], [16, 4, 6, 256, 256]);
+  const d2 = groupedGemmConfig({ path: 'decode', epilogue: 'bf16', n: 7168, k: 3072 });
+  assert.deepEqual([d2.sub, d2.stages, d2.weightBoxRows], [1, 16, 64]);
+  assert.deepEqual(GROUPED_GEMM_ROW_TILE, { normal: 128, decode: 16 });
+});
+
+test('every plan the launcher picks fits the 227 KB a block may use', () => {
+  for (const p of GROUPED_GEMM_PRESETS) {
+    for (const path of ['normal', 'decode'] as const) {
+      for (const c of [
+        groupedGemmConfig({ path, epilogue: 'swiglu-fp8', n: 2 * p.inter, k: p.hidden }),
+        groupedGemmConfig({ path, epilogue: 'bf16', n: p.hidden, k: p.inter }),
+      ]) {
+        assert.ok(c.smemBytes <= 232448, `${p.label} ${path}: ${c.smemBytes} bytes`);
+        assert.ok(c.stages >= 3, `${p.label} ${path}: only ${c.stages} stages`);
+      }
+    }
+  }
+});
+
+test('shapes the kernel cannot take are refused with the fix in the message', () => {
+  assert.throws(() => groupedGemmConfig({ path: 'normal', epilogue: 'bf16', n: 4000, k: 4096 }),
+    (e: unknown) => e instanceof GuardError && e.code === 'DIM_NOT_ALIGNED' && /N = 4000/.test(e.message) && /multiple of 128/.test(e.message));
+  assert.throws(() => groupedGemmConfig({ path: 'decode', epilogue: 'bf16', n: 4096, k: 100 }),
+    (e: unknown) => e instanceof GuardError && /K = 100/.test(e.message));
+  assert.throws(() => groupedGemmConfig({ path: 'normal', epilogue: 'swiglu-fp8', n: 384, k: 256 }),
+    (e: unknown) => e instanceof GuardError && /I a multiple of 128/.test(e.message));
+  assert.throws(() => groupedGemmConfig({ path: 'normal', epilogue: 'bf16', n: 384, k: 256, tuning: { cluster: 2 } }),
+    /multicast needs N % 256 == 0/);
+  assert.throws(() => groupedGemmConfig({ path: 'normal', epilogue: 'bf16', n: 4096, k: 4096, tuning: { stages: 9 } }),
+    /shared memory/);
+  assert.throws(() => groupedGemmConfig({ path: 'sideways' as never, epilogue: 'bf16', n: 256, k: 256 }), /path/);
+});
+
+test('the launcher registers every preset variant for CI compilation', () => {
+  const reg = registeredKernels().find((r) => r.name === 'grouped_gemm_fp8');
+  assert.ok(reg, 'grouped_gemm_fp8 is registered');
+  assert.equal(reg.source, 'grouped_gemm_fp8.cu');
+  assert.equal(reg.entry, 'grouped_gemm_fp8');
+  const labels = reg.variants.map((v) => ('label' in v ? v.label : ''));
+  for (const p of ['tiny', 'flash', 'pro']) {
+    for (const path of ['normal', 'decode']) {
+      assert.ok(labels.includes(`${p}-L1-${path}`) && labels.includes(`${p}-L2-${path}`), `${p} ${path}`);
+    }
+  }
+});
