@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { DeviceBuffer, gpuSkipReason } from '../src/cuda/index.js';
 import {
-  GroupedGemm, GROUPED_GEMM_ROW_TILE, type GemmEpilogue, type GemmPath,
+  GroupedGemm, GROUPED_GEMM_ROW_TILE, type GemmEpilogue, type GemmPath, type GroupedGemmSpec,
 } from '../src/kernels/grouped-gemm.js';
 import { calcDiff, E4M3_DECODE, encodeE4M3, pow2Ceil } from '../src/numerics/index.js';
 import { Rng } from '../src/util/rng.js';
@@ -89,9 +89,10 @@ function upload(src: ArrayBufferView): DeviceBuffer {
   return b;
 }
 
-async function runCase(path: GemmPath, epilogue: GemmEpilogue, p: Problem): Promise<void> {
+async function runCase(path: GemmPath, epilogue: GemmEpilogue, p: Problem,
+  tuning?: GroupedGemmSpec['tuning']): Promise<void> {
   const swiglu = epilogue === 'swiglu-fp8';
-  const gemm = await GroupedGemm.create({ path, epilogue, n: p.n, k: p.k });
+  const gemm = await GroupedGemm.create({ path, epilogue, n: p.n, k: p.k, tuning });
   const outBytes = swiglu ? p.mCap * (p.n / 2) : p.mCap * p.n * 2;
   const outSfCount = swiglu ? (p.n / 256) * p.mCap : 1;
   const bufs = {
@@ -157,7 +158,7 @@ async function runCase(path: GemmPath, epilogue: GemmEpilogue, p: Problem): Prom
       }
     }
     const diff = calcDiff(gx, cx);
-    const label = `${path} ${epilogue} N${p.n} K${p.k}`;
+    const label = `${path} ${epilogue} N${p.n} K${p.k} (${gemm.config.multicast} multicast, ${gemm.config.store} store)`;
     assert.ok(gx.length > 0, `${label}: no valid rows checked`);
     assert.ok(!gx.some(Number.isNaN), `${label}: NaN (unwritten poison) in a valid row`);
     assert.ok(diff <= 1e-5, `${label}: calc_diff ${diff} > 1e-5`);
@@ -180,8 +181,14 @@ const NORMAL_SEGMENTS: Array<[number, number]> = [[2, 100], [0, 300], [-1, 0], [
 // Decode path: 1-20 tokens per expert, i.e. one or two 16-token tiles.
 const DECODE_SEGMENTS: Array<[number, number]> = [[3, 1], [0, 5], [-1, 0], [2, 16], [1, 20], [4, 8]];
 
-test('grouped GEMM normal path, bf16 out (tiny L2 shape: N 256, K 128)', { skip }, async () => {
+test('grouped GEMM normal path, bf16 out (tiny L2 shape: N 256, K 128), default and without multicast / TMA store', { skip }, async () => {
   await runCase('normal', 'bf16', makeProblem('normal', 'bf16', 256, 128, 5, NORMAL_SEGMENTS, 1));
+  await runCase('normal', 'bf16', makeProblem('normal', 'bf16', 256, 128, 5, NORMAL_SEGMENTS, 11),
+    { multicast: 'none', store: 'direct' });
+});
+
+test('grouped GEMM normal path, bf16 out, activation multicast (N 512, K 256)', { skip }, async () => {
+  await runCase('normal', 'bf16', makeProblem('normal', 'bf16', 512, 256, 5, NORMAL_SEGMENTS, 12), { multicast: 'activations' });
 });
 
 test('grouped GEMM normal path, bf16 out, N not a multiple of 256 (N 384, K 256)', { skip }, async () => {

@@ -26,18 +26,23 @@ test('shared-memory plans match the kernel\'s NormalPlan / DecodePlan arithmetic
 
 test('default specialisations of the V4 layer shapes', () => {
   const l2 = groupedGemmConfig({ path: 'normal', epilogue: 'bf16', n: 4096, k: 2048 });
-  assert.deepEqual([l2.sub, l2.stages, l2.store, l2.cluster, l2.threads, l2.weightBoxRows], [2, 3, 'tma', 1, 384, 128]);
+  assert.deepEqual([l2.sub, l2.stages, l2.store, l2.multicast, l2.threads, l2.weightBoxRows, l2.activationBoxRows],
+    [2, 3, 'tma', 'weights', 384, 128, 128]);
   assert.ok(l2.smemBytes <= 232448);
-  assert.deepEqual(l2.defines, { GG_SWAP: 0, GG_EPI: 0, GG_N: 4096, GG_K: 2048, GG_SUB: 2, GG_STAGES: 3, GG_CLUSTER: 1, GG_STORE: 1 });
+  assert.deepEqual(l2.defines, { GG_SWAP: 0, GG_EPI: 0, GG_N: 4096, GG_K: 2048, GG_SUB: 2, GG_STAGES: 3, GG_MCAST: 1, GG_STORE: 1 });
+  const plain = groupedGemmConfig({ path: 'normal', epilogue: 'bf16', n: 4096, k: 2048, tuning: { multicast: 'none', store: 'direct' } });
+  assert.deepEqual([plain.stages, plain.defines.GG_MCAST, plain.defines.GG_STORE], [4, 0, 0]);
+  const actMc = groupedGemmConfig({ path: 'normal', epilogue: 'bf16', n: 4096, k: 4096, tuning: { multicast: 'activations' } });
+  assert.deepEqual([actMc.activationBoxRows, actMc.defines.GG_MCAST], [64, 2]); // each CTA of a pair fetches half
 
   const l1 = groupedGemmConfig({ path: 'normal', epilogue: 'swiglu-fp8', n: 4096, k: 4096 });
-  assert.deepEqual([l1.sub, l1.stages, l1.store], [2, 4, 'direct']); // fp8 epilogue stores directly: 4 stages fit
+  assert.deepEqual([l1.sub, l1.stages, l1.store, l1.multicast], [2, 4, 'direct', 'weights']); // fp8 epilogue stores directly
 
   const odd = groupedGemmConfig({ path: 'normal', epilogue: 'bf16', n: 384, k: 256 });
-  assert.deepEqual([odd.sub, odd.stages], [1, 5]); // N % 256 != 0 -> 128-column tiles
+  assert.deepEqual([odd.sub, odd.stages, odd.multicast], [1, 5, 'none']); // N % 256 != 0 -> 128-column tiles, no pairs
 
   const d1 = groupedGemmConfig({ path: 'decode', epilogue: 'swiglu-fp8', n: 6144, k: 7168 });
-  assert.deepEqual([d1.rowTile, d1.sub, d1.stages, d1.threads, d1.weightBoxRows], [16, 4, 6, 256, 256]);
+  assert.deepEqual([d1.rowTile, d1.sub, d1.stages, d1.threads, d1.weightBoxRows, d1.multicast], [16, 4, 6, 256, 256, 'none']);
   const d2 = groupedGemmConfig({ path: 'decode', epilogue: 'bf16', n: 7168, k: 3072 });
   assert.deepEqual([d2.sub, d2.stages, d2.weightBoxRows], [1, 16, 64]);
   assert.deepEqual(GROUPED_GEMM_ROW_TILE, { normal: 128, decode: 16 });
@@ -64,8 +69,12 @@ test('shapes the kernel cannot take are refused with the fix in the message', ()
     (e: unknown) => e instanceof GuardError && /K = 100/.test(e.message));
   assert.throws(() => groupedGemmConfig({ path: 'normal', epilogue: 'swiglu-fp8', n: 384, k: 256 }),
     (e: unknown) => e instanceof GuardError && /I a multiple of 128/.test(e.message));
-  assert.throws(() => groupedGemmConfig({ path: 'normal', epilogue: 'bf16', n: 384, k: 256, tuning: { cluster: 2 } }),
-    /multicast needs N % 256 == 0/);
+  assert.throws(() => groupedGemmConfig({ path: 'normal', epilogue: 'bf16', n: 384, k: 256, tuning: { multicast: 'weights' } }),
+    /weight multicast needs N % 256 == 0/);
+  assert.throws(() => groupedGemmConfig({ path: 'normal', epilogue: 'bf16', n: 768, k: 256, tuning: { multicast: 'activations' } }),
+    /needs N % 512 == 0/);
+  assert.throws(() => groupedGemmConfig({ path: 'decode', epilogue: 'bf16', n: 4096, k: 256, tuning: { multicast: 'weights' } }),
+    /decode path has no multicast/);
   assert.throws(() => groupedGemmConfig({ path: 'normal', epilogue: 'bf16', n: 4096, k: 4096, tuning: { stages: 9 } }),
     /shared memory/);
   assert.throws(() => groupedGemmConfig({ path: 'sideways' as never, epilogue: 'bf16', n: 256, k: 256 }), /path/);

@@ -80,6 +80,7 @@ test('routing tiles: the TypeScript table and shared-memory sizes match the kern
   const cu = readFileSync(join(kernelsDir(), ROUTING_SOURCE), 'utf8');
   const defs = [...cu.matchAll(/^MEGAMOE_ROUTER_LOGITS_KERNEL\((\w+), (\d+), (\d+), (\d+), (\d+), (\d+)\)/gm)];
   assert.equal(defs.length, 3, 'three tile kernels are defined');
+  assert.equal(Number(/constexpr int kMaxSplits = (\d+);/.exec(cu)?.[1]), ROUTER_MAX_SPLITS, 'the top-k kernel sums as many splits as the planner may use');
   for (const [, entry, bm, bnw, wn, wk, u] of defs) {
     const [tile, cfg] = Object.entries(ROUTER_TILES).find(([, c]) => c.entry === entry)!;
     const BM = Number(bm); const BNW = Number(bnw); const WN = Number(wn); const WK = Number(wk); const U = Number(u);

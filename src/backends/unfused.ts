@@ -16,7 +16,9 @@ import {
   cudaStatus, CudaGraph, findNvcc, CudaEvent, DeviceBuffer, DeviceTensor, ensureContext, Stream, type StreamLike,
 } from '../cuda/index.js';
 import { MoeCombine } from '../kernels/moe-combine.js';
-import { DispatchBuffers, dispatchCapacity, MoeDispatch, type DispatchCapacity, type DispatchShape } from '../kernels/moe-dispatch.js';
+import {
+  DispatchBuffers, dispatchCapacity, MoeDispatch, type DispatchCapacity, type DispatchPlan, type DispatchShape,
+} from '../kernels/moe-dispatch.js';
 import { RandomFill } from '../kernels/random-fill.js';
 import { Stager } from '../kernels/staging.js';
 import {
@@ -333,9 +335,31 @@ export class UnfusedMoe {
   }
 
   /** The dispatch's index outputs of the last forward (tests). */
-  downloadDispatchPlan(tokens: number) {
+  downloadDispatchPlan(tokens: number): DispatchPlan {
     this.stream.synchronize();
     return this.dispatchBuffers.downloadPlan(tokens);
+  }
+
+  /**
+   * Every intermediate of the last forward of `tokens` tokens (tests, debugging): the staged tokens, the dispatch's
+   * plan and grouped A / sfa, and the L2 GEMM's bf16 rows. With these the tests check the dispatch and the combine
+   * bit for bit, independently of the GEMMs' accumulation order.
+   */
+  debugSnapshot(tokens: number): {
+    plan: DispatchPlan; staged: { xFp8: Uint8Array; xSf: Float32Array }; a: Uint8Array; sfa: Float32Array;
+    sfaStrides: { row: number; kb: number }; expertOut: Uint16Array;
+  } {
+    const plan = this.downloadDispatchPlan(tokens);
+    const rows = plan.groupOffset[plan.groupOffset.length - 1];
+    const H = this.shape.hidden;
+    const staged = this.stager.download(tokens);
+    const a = new Uint8Array(rows * H);
+    this.dispatchBuffers.a.copyToHost(a, { bytes: a.byteLength });
+    const sfa = new Float32Array(this.dispatchBuffers.sfa.byteLength / 4);
+    this.dispatchBuffers.sfa.copyToHost(sfa);
+    const expertOut = new Uint16Array(rows * H);
+    this.expertOut.copyToHost(expertOut, { bytes: expertOut.byteLength });
+    return { plan, staged, a, sfa, sfaStrides: this.dispatchBuffers.sfaStrides, expertOut };
   }
 
   /** GPU milliseconds of `fn` (queued work on this.stream), measured with events. */

@@ -28,6 +28,10 @@ export type GemmPath = 'normal' | 'decode';
 /** 'bf16' (down projection) or 'swiglu-fp8' (up projection on transformed weights, fused SwiGLU + FP8 quantization). */
 export type GemmEpilogue = 'bf16' | 'swiglu-fp8';
 
+/** 2-CTA TMA multicast mode of the normal path (GG_MCAST 0 / 1 / 2). */
+export type GemmMulticast = 'none' | 'weights' | 'activations';
+const MCAST_CODE: Readonly<Record<GemmMulticast, number>> = { none: 0, weights: 1, activations: 2 };
+
 /** Rows per tile, i.e. the alignment of every expert's row segment in `a`. */
 export const GROUPED_GEMM_ROW_TILE: Readonly<Record<GemmPath, number>> = Object.freeze({ normal: 128, decode: 16 });
 
@@ -42,11 +46,14 @@ export interface GroupedGemmSpec {
   /** Reduction length. */
   k: number;
   /**
-   * Tuning overrides ('normal' path). store: 'tma' stages the bf16 tile in shared memory and writes it with TMA
-   * (default, measured 17% faster at 4 x 8192 rows); cluster: 2 pairs CTAs and multicasts the weight tile (measured
-   * slower so far: off by default). stages: pipeline depth (default: as many as fit).
+   * Tuning overrides ('normal' path; defaults are the fastest measured, docs/GEMM.md). store: 'tma' stages the bf16
+   * tile in shared memory and writes it with TMA stores (default; +18% at 4 x 8192 rows). multicast: CTA pairs
+   * (a 2-CTA cluster) that fetch half a tile each and multicast it: 'weights' (pairs of row tiles of one expert
+   * share the weight tile; default, +4% at 4 x 8192 rows, +16% at 8 x 512, -2.5% at 32 x 128), 'activations'
+   * (pairs of N tiles share the row tile; needs N % 512 == 0) or 'none'. stages: pipeline depth (default: all
+   * that fit).
    */
-  tuning?: { store?: 'tma' | 'direct'; cluster?: 1 | 2; stages?: number };
+  tuning?: { store?: 'tma' | 'direct'; multicast?: GemmMulticast; stages?: number };
 }
 
 /** Everything a launch needs to know about one specialisation (pure: no GPU needed). */
@@ -56,12 +63,13 @@ export interface GroupedGemmConfig {
   /** normal: 128-column halves per CTA tile (NSUB); decode: 64-row weight sub-tiles per unit (MSUB). */
   sub: number;
   stages: number;
-  cluster: 1 | 2;
+  multicast: GemmMulticast;
   store: 'tma' | 'direct';
   threads: number;
   smemBytes: number;
-  /** Rows of the weight tensor map's box. */
+  /** Rows of the weight / activation tensor maps' boxes. */
   weightBoxRows: number;
+  activationBoxRows: number;
   defines: Defines;
 }
 
@@ -111,12 +119,18 @@ export function groupedGemmConfig(spec: GroupedGemmSpec): GroupedGemmConfig {
   const t = spec.tuning ?? {};
   const rowTile = GROUPED_GEMM_ROW_TILE[path];
   let sub: number; let stages: number; let threads: number; let weightBoxRows: number;
-  let cluster: 1 | 2 = 1;
+  let multicast: GemmMulticast = 'none';
   let store: 'tma' | 'direct' = 'direct';
+  let activationBoxRows = rowTile;
   if (path === 'normal') {
     sub = n % 256 === 0 ? 2 : 1;
-    cluster = t.cluster ?? 1;
-    if (cluster === 2 && sub !== 2) throw new RangeError(`grouped GEMM: the 2-CTA multicast needs N % 256 == 0, got N = ${n}`);
+    multicast = t.multicast ?? (sub === 2 ? 'weights' : 'none');
+    if (MCAST_CODE[multicast] === undefined) throw new RangeError(`grouped GEMM: multicast "${String(multicast)}" is not none, weights or activations`);
+    if (multicast === 'weights' && sub !== 2) throw new RangeError(`grouped GEMM: the weight multicast needs N % 256 == 0, got N = ${n}`);
+    if (multicast === 'activations' && n % (256 * sub) !== 0) {
+      throw new RangeError(`grouped GEMM: the activation multicast pairs N tiles and needs N % ${256 * sub} == 0, got N = ${n}`);
+    }
+    if (multicast === 'activations') activationBoxRows = 64; // each CTA of a pair fetches half the row tile
     store = swiglu ? 'direct' : (t.store ?? 'tma');
     // As many stages as fit (4 / 3 for 256-column tiles without / with the 64 KB staging buffer), at most 6.
     const perStage = normalPlanBytes(sub, 1, false);
@@ -129,6 +143,7 @@ export function groupedGemmConfig(spec: GroupedGemmSpec): GroupedGemmConfig {
     threads = 256;
     weightBoxRows = 64 * sub;
     if (n % (64 * sub) !== 0) throw new RangeError(`grouped GEMM: decode path needs N % ${64 * sub} == 0, got N = ${n}`);
+    if (t.multicast !== undefined && t.multicast !== 'none') throw new RangeError('grouped GEMM: the decode path has no multicast variant');
   }
   if (!Number.isInteger(stages) || stages < 2) throw new RangeError(`grouped GEMM: ${stages} pipeline stages (need >= 2)`);
   const smemBytes = groupedGemmSmemBytes(path, sub, stages, store === 'tma');
@@ -136,10 +151,11 @@ export function groupedGemmConfig(spec: GroupedGemmSpec): GroupedGemmConfig {
     throw new RangeError(`grouped GEMM: ${stages} stages need ${smemBytes} bytes of shared memory, more than the ${SMEM_LIMIT} a block may use: use fewer stages`);
   }
   return {
-    spec: Object.freeze({ ...spec }), rowTile, sub, stages, cluster, store, threads, smemBytes, weightBoxRows,
+    spec: Object.freeze({ ...spec }), rowTile, sub, stages, multicast, store, threads, smemBytes, weightBoxRows,
+    activationBoxRows,
     defines: {
       GG_SWAP: path === 'decode' ? 1 : 0, GG_EPI: swiglu ? 1 : 0, GG_N: n, GG_K: k, GG_SUB: sub, GG_STAGES: stages,
-      GG_CLUSTER: cluster, GG_STORE: store === 'tma' ? 1 : 0,
+      GG_MCAST: MCAST_CODE[multicast], GG_STORE: store === 'tma' ? 1 : 0,
     },
   };
 }
@@ -236,7 +252,7 @@ export class GroupedGemm {
     }
     const m = b.mCap;
     const maps: TensorMap[] = [
-      tensorMap2D({ dataType: 'uint8', globalAddress: b.a, rows: m, cols: k, boxRows: c.rowTile, boxCols: 128, swizzle: '128B', l2Promotion: '256B' }),
+      tensorMap2D({ dataType: 'uint8', globalAddress: b.a, rows: m, cols: k, boxRows: c.activationBoxRows, boxCols: 128, swizzle: '128B', l2Promotion: '256B' }),
       tensorMap2D({ dataType: 'uint8', globalAddress: b.weights, rows: b.groups * n, cols: k, boxRows: c.weightBoxRows, boxCols: 128, swizzle: '128B', l2Promotion: '256B' }),
       tensorMap2D({ dataType: 'f32', globalAddress: b.sfa, rows: k / 128, cols: m, boxRows: 1, boxCols: c.rowTile, swizzle: 'none', l2Promotion: '256B' }),
     ];
@@ -245,7 +261,7 @@ export class GroupedGemm {
       ? tensorMap2D({ dataType: 'bf16', globalAddress: b.out, rows: m, cols: n, boxRows: 64, boxCols: 64, swizzle: '128B', l2Promotion: '256B' })
       : maps[0]);
     const grid = ensureContext().properties().smCount;
-    if (c.cluster === 2 && grid % 2 !== 0) throw new RangeError(`${where}: the 2-CTA cluster variant needs an even SM count, got ${grid}`);
+    if (c.multicast !== 'none' && grid % 2 !== 0) throw new RangeError(`${where}: the 2-CTA cluster variant needs an even SM count, got ${grid}`);
     const args: KernelArgLike[] = [
       maps[0], maps[1], maps[2], maps[3], arg.ptr(b.sfb), arg.ptr(b.tileGroup), arg.ptr(b.numMTiles), arg.ptr(b.out),
       arg.ptr(swiglu ? b.outSf : null), arg.ptr(swiglu ? b.rowWeight : null),

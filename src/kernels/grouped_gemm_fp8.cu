@@ -18,6 +18,8 @@
 //    registers given back with setmaxnreg) + 2 consumer warpgroups (64 rows each, registers raised to 232). For
 //    NSUB = 2 each consumer handles its 64 x 256 tile as two 64 x 128 halves one after the other, reusing one
 //    64-register wgmma accumulator, so the promoted totals (128 registers) and the accumulator fit the budget.
+//    Options: 2-CTA clusters with TMA multicast of the weight tile (GG_MCAST 1) or of the activation tile
+//    (GG_MCAST 2), and a bf16 epilogue through shared memory + TMA stores (GG_STORE 1, needs tmap_d).
 //  * decode (swap A/B): for 1-16 tokens per expert the weights are the big operand, so they take wgmma's M side
 //    (64-row sub-tiles) and the tokens its N side (N = 16): D^T = B * A^T. One consumer warpgroup; the CTA streams
 //    64 * MSUB weight rows through a deep pipeline. This path is memory-bound by design.
@@ -32,9 +34,15 @@
 //    [I/128, m_cap], i.e. exactly the A / sfa layout that the down projection (this kernel, EPI 0) reads.
 //
 // Compile-time shape: GG_SWAP (0 normal, 1 decode), GG_EPI (0 bf16, 1 swiglu), GG_N, GG_K (multiples of 128),
-// GG_SUB (normal: NSUB in {1, 2}; decode: MSUB in {1, 2, 4}), GG_STAGES. The launcher
-// (src/kernels/grouped-gemm.ts) picks these; the harness (tools/gemm-harness) instantiates the templates itself and
-// defines GG_NO_ENTRY.
+// GG_SUB (normal: NSUB in {1, 2}; decode: MSUB in {1, 2, 4}), GG_STAGES, GG_MCAST (normal: 0 none, 1 weights,
+// 2 activations; default 0), GG_STORE (normal bf16: 1 = TMA store; default 0). The launcher
+// (src/kernels/grouped-gemm.ts) picks these and builds the tensor maps; the harness (tools/gemm-harness)
+// instantiates the templates itself and defines GG_NO_ENTRY.
+//
+// Kernel parameters (one ABI for every variant): tmap_a (A, box 128 K x rowTile rows; 64 rows with GG_MCAST 2),
+// tmap_b (weights as [G*N, K], box 128 x 128 rows normal / 64*MSUB rows decode), tmap_sfa (f32 [K/128, m_cap], box
+// rowTile x 1), tmap_d (bf16 [m_cap, N], box 64 x 64, 128B swizzle; read only with GG_STORE 1), sfb, tile_group,
+// num_m_tiles, out, out_sf, row_weight, swiglu_limit, m_cap.
 #include "common.cuh"
 #include "gemm/ptx.cuh"
 #include "gemm/wgmma_e4m3.cuh"

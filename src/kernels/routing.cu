@@ -238,6 +238,7 @@ __device__ __forceinline__ void router_logits_tile(const uint4* __restrict__ x, 
 // gemv:    16 x 8  tile, 16 warps split K, 2 chunks a stage (96 KiB). Small T: the gate is streamed once.
 // mid:     32 x 32 tile, 2 x 4 warps, 2 chunks a stage (96 KiB).
 // prefill: 64 x 64 tile, 4 x 2 warps, 1 chunk a stage (80 KiB). Fewest re-reads of x and Wg per FLOP.
+// __launch_bounds__(threads, 1): without the explicit minimum ptxas capped mid at 80 registers and spilled.
 #define MEGAMOE_ROUTER_LOGITS_KERNEL(NAME, BM, BNW, WN, WK, U)                                                \
   static_assert(router_tile_smem_bytes<BM, BNW, WN, WK, U>() >= (WK) * (BM) * (BNW) * (WN) * 4,              \
                 "the split-K reduction must fit in the stage buffers it reuses");                           \

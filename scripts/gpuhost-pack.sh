@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Prepares .gpuhost/ (Node.js + production dependencies) for a GPU host that has no Node.js, via the shared
+# pack script, then drops what never runs there (koffi's C++ sources, docs, source maps, type declarations)
+# so that .gpuhost + dist stay inside the device tool's 64 MiB transfer limit.
+set -euo pipefail
+root=$(git rev-parse --show-toplevel)
+cd "$root"
+../shared/gpu-host/pack
+nm=.gpuhost/node_modules
+rm -rf "$nm/koffi/src" "$nm/koffi/vendor" "$nm/koffi/doc"
+find "$nm" -type f \( -name '*.map' -o -name '*.d.ts' -o -name '*.d.mts' -o -name '*.md' -o -name '*.ts.map' \) -delete
+# vega and vega-lite ship several bundles of the same code; node resolves the ESM build only.
+find "$nm" -type f \( -name '*.min.js' -o -name '*.umd.js' \) -delete
+du -sh .gpuhost dist 2>/dev/null | sed 's/^/gpuhost-pack: /' >&2
