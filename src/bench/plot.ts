@@ -24,7 +24,7 @@ export function moePlotSpec(rows: readonly MoeBenchRow[]): TopLevelSpec {
       rooflinePct: 100 * r.rooflineFraction,
     }));
   const x = { field: 'tokens', type: 'quantitative', title: 'tokens T', scale: { type: 'log', base: 2 } } as const;
-  const color = { field: 'backend', type: 'nominal', title: 'backend' } as const;
+  const color = { field: 'backend', type: 'nominal', title: 'backend', legend: { labelLimit: 240 } } as const;
   const presets = [...new Set(values.map((v) => v.preset))];
   const panel = (preset: string, y: Record<string, unknown>) => ({
     width: 320,

@@ -2,7 +2,6 @@
 // into --out. Pure functions: no GPU, no I/O except writeMoeReport.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { renderMoePlotSvg } from './plot.js';
 
 /** H100 SXM datasheet figures (SPEC 6): the roofline every number is a fraction of. */
 export const H100_ROOFLINE = Object.freeze({ fp8DenseTflops: 1979, hbmTBs: 3.35 });
@@ -200,6 +199,9 @@ export async function writeMoeReport(report: MoeBenchReport, dir: string): Promi
   const svg = join(dir, 'moe.svg');
   writeFileSync(json, `${JSON.stringify(report, null, 2)}\n`);
   writeFileSync(markdown, renderMoeMarkdown(report));
+  // vega / vega-lite load only here: every other CLI command (which imports this module through bench/moe.ts) starts
+  // without them, and runs with a pack that leaves them out.
+  const { renderMoePlotSvg } = await import('./plot.js');
   writeFileSync(svg, await renderMoePlotSvg(report.rows));
   return { json, markdown, svg };
 }
