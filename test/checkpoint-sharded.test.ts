@@ -126,7 +126,7 @@ describe('sharded checkpoints', () => {
     rejects(() => Checkpoint.open(path.join(tmp, 'absent')), 'absent', undefined, /no such file or directory/);
   });
 
-  test('the writer refuses undeclared tensors', () => {
+  test('the writer refuses a tensor declared twice', () => {
     const d = dir();
     assert.throws(() => writeCheckpoint(d, [['a', u8(1, 1)], ['a', u8(1, 1)]]), /declared twice/);
   });

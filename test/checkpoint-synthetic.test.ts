@@ -168,8 +168,7 @@ describe('synthetic checkpoints', () => {
   test('progress bars stay silent under node --test', () => {
     assert.equal(progressWanted(), false);
     const p = createProgress({ label: 'x', total: 10 });
-    p.update(5); p.increment(); p.stop(); p.stop();
-    assert.ok(true);
+    p.update(5); p.increment(); p.stop(); p.stop(); // the silent bar takes every call, stop() twice included
   });
 });
 

@@ -8,6 +8,7 @@
 // Skips (with the reason) where no Hopper GPU and driver exist.
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
+import { randomBf16, randomBf16Rows } from '../src/bench/random-bf16.js';
 import { DeviceTensor, gpuSkipReason } from '../src/cuda/index.js';
 import { Router, ROUTER_VARIANTS, type RouterParams, type RouterShape, type RouterTile } from '../src/kernels/routing.js';
 import { GuardError } from '../src/moe/guards.js';
@@ -18,33 +19,6 @@ import { HostTensor } from '../src/tensor/host.js';
 import { Rng } from '../src/util/rng.js';
 
 const skip = gpuSkipReason();
-
-/** Random bf16 bits, sign random, exponent uniform in [lo, hi], mantissa random: cheap for 100M+ values. */
-function randomBf16(rng: Rng, n: number, expLo: number, expHi: number): Uint16Array {
-  const out = new Uint16Array(n);
-  const span = expHi - expLo + 1;
-  for (let i = 0; i < n; i++) {
-    const r = rng.nextU32();
-    out[i] = ((r >>> 31) << 15) | ((expLo + ((r >>> 7) % span)) << 7) | (r & 0x7f);
-  }
-  return out;
-}
-
-/**
- * [rows, cols] random bf16 rows, fast at 10^8 values: each row is a window of a 4M-value random pool at a random
- * offset (rows overlap in content but not in alignment, which is all a routing or bandwidth figure needs).
- */
-function randomBf16Rows(rng: Rng, rows: number, cols: number, expLo: number, expHi: number): Uint16Array {
-  const n = rows * cols;
-  if (n <= 1 << 22) return randomBf16(rng, n, expLo, expHi);
-  const pool = randomBf16(rng, (1 << 22) + cols, expLo, expHi);
-  const out = new Uint16Array(n);
-  for (let r = 0; r < rows; r++) {
-    const at = rng.int(1 << 22);
-    out.set(pool.subarray(at, at + cols), r * cols);
-  }
-  return out;
-}
 
 function moeShape(shape: RouterShape, normTopkProb: boolean, routedScalingFactor: number): MoeShape {
   return {

@@ -6,6 +6,7 @@ import { performance } from 'node:perf_hooks';
 import { test } from 'node:test';
 import { gpuSkipReason } from '../src/cuda/index.js';
 import { ReferenceBackend } from '../src/backends/reference.js';
+import { median } from '../src/bench/report.js';
 import { UnfusedBackend } from '../src/backends/unfused.js';
 import { makeRandomLayer, moeShape, randomHiddenStates } from '../src/moe/synthetic.js';
 import { decodeBF16Array } from '../src/numerics/bf16.js';
@@ -30,11 +31,6 @@ function routing(seed: number, T: number, E: number, K: number): { ids: HostTens
     }
   }
   return { ids: new HostTensor('I64', [T, K], ids), w: new HostTensor('F32', [T, K], w) };
-}
-
-function medianOf(v: number[]): number {
-  const s = [...v].sort((a, b) => a - b);
-  return s[s.length >> 1];
 }
 
 test('one CUDA graph per decode size replays the layer for new routing', { skip }, async (t) => {
@@ -78,7 +74,7 @@ test('one CUDA graph per decode size replays the layer for new routing', { skip 
               per.push(((performance.now() - t0) * 1e3) / 50);
               moe.stream.synchronize();
             }
-            return medianOf(per.slice(1));
+            return median(per.slice(1)); // 5 batches: the middle one
           };
           const eagerUs = host(() => moe.enqueue(T));
           const graphUs = host(() => graph.launch(moe.stream));

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { compileKernel, findNvcc, kernelsDir } from '../src/cuda/index.js';
-import { parseTokenList, resolveCommit, routingMarkdown, stagingMarkdown, type BenchMeta } from '../src/bench/staging-routing.js';
+import { parseList, parseTokenList, resolveCommit, routingMarkdown, stagingMarkdown, type BenchMeta } from '../src/bench/staging-routing.js';
 import {
   checkRouterShape, planRouterLogits, ROUTER_MAX_SPLITS, ROUTER_TILES, ROUTER_VARIANTS, routerTileSmemBytes,
   routerWorkspaceFloats, routingDefines, routingTrafficBytes, ROUTING_SOURCE, type RouterTile,
@@ -15,6 +15,8 @@ import {
   checkStagingShape, STAGING_SOURCE, STAGING_VARIANTS, stagingDefines, stagingLaunchDims, stagingTrafficBytes,
 } from '../src/kernels/staging.js';
 import { GuardError } from '../src/moe/guards.js';
+import { randomBf16, randomBf16Rows } from '../src/bench/random-bf16.js';
+import { Rng } from '../src/util/rng.js';
 
 const H100_SMS = 132;
 
@@ -121,7 +123,22 @@ test('bench: token lists and ranges parse; bad input is refused with the flag na
   assert.deepEqual(parseTokenList('7, 1,7,64'), [1, 7, 64]);
   assert.throws(() => parseTokenList('0'), /--tokens/);
   assert.throws(() => parseTokenList('5..2'), /--tokens/);
+  assert.throws(() => parseTokenList(' , '), /--tokens: give at least one value/);
+  assert.deepEqual(parseList('shapes', 'pro, flash', ['tiny', 'flash', 'pro']), ['pro', 'flash']);
+  assert.throws(() => parseList('shapes', 'flash,huge', ['tiny', 'flash', 'pro']), /--shapes: unknown "huge" \(known: tiny, flash, pro\)/);
+  assert.throws(() => parseList('backend', ''), /--backend: give at least one value/);
   assert.equal(resolveCommit('abc1234'), 'abc1234');
+});
+
+test('bench random bf16: exponent fields stay in [lo, hi], both signs occur, large batches keep the range', () => {
+  const inRange = (bits: Uint16Array, lo: number, hi: number): boolean => bits.every((b) => ((b >> 7) & 0xff) >= lo && ((b >> 7) & 0xff) <= hi);
+  const small = randomBf16(new Rng(1), 10_000, 118, 127);
+  assert.ok(inRange(small, 118, 127));
+  assert.ok(small.some((b) => b & 0x8000) && small.some((b) => !(b & 0x8000)), 'both signs');
+  assert.deepEqual(randomBf16Rows(new Rng(1), 100, 100, 118, 127), randomBf16(new Rng(1), 10_000, 118, 127), 'small batches are plain random');
+  const big = randomBf16Rows(new Rng(2), 3, 1 << 21, 113, 122); // above 4M values: windows of one pool
+  assert.equal(big.length, 3 << 21);
+  assert.ok(inRange(big, 113, 122));
 });
 
 test('bench Markdown: one row per measurement with GB/s and the copy-bandwidth fraction', () => {

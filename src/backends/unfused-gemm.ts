@@ -70,6 +70,7 @@ export async function createExpertGemms(b: ExpertGemmBuffers): Promise<ExpertGem
   return {
     l1: (tile, stream) => pick(tile)[0].launch(stream),
     l2: (tile, stream) => pick(tile)[1].launch(stream),
+    // Nothing of its own to free: the kernels belong to the kernel-loader's module cache, the buffers to the caller.
     dispose: () => {},
   };
 }

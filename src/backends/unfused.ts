@@ -13,13 +13,13 @@
 // Weights are uploaded once at prepare(): W13 [E+1, 2I, H] in the transformed (gate/up interleaved) layout with its
 // natural f32 scales [E+1, 2I/128, H/128], and W2 [E+1, H, I] with [E+1, H/128, I/128].
 import {
-  cudaStatus, CudaGraph, findNvcc, CudaEvent, DeviceBuffer, DeviceTensor, ensureContext, Stream, type StreamLike,
+  cudaStatus, CudaGraph, findNvcc, DeviceBuffer, DeviceTensor, ensureContext, Stream, type StreamLike,
 } from '../cuda/index.js';
 import { MoeCombine } from '../kernels/moe-combine.js';
 import {
   DispatchBuffers, dispatchCapacity, MoeDispatch, type DispatchCapacity, type DispatchPlan, type DispatchShape,
 } from '../kernels/moe-dispatch.js';
-import { RandomFill } from '../kernels/random-fill.js';
+import { RANDOM_CODE_STD, RandomFill } from '../kernels/random-fill.js';
 import { Stager } from '../kernels/staging.js';
 import {
   chooseRowTile, createExpertGemms, type ExpertGemms, type RowTile,
@@ -126,15 +126,15 @@ export class DeviceMoeWeights {
   }
 
   /**
-   * Random weights generated on the GPU (benchmarks, large-shape tests): codes ~ e4m3(N(0,1) * 64), block scales
-   * chosen so W ~ N(0, 1/fan_in)-ish. Seeded: the same seed gives the same bytes.
+   * Random weights generated on the GPU (benchmarks, large-shape tests): codes ~ e4m3(N(0,1) * RANDOM_CODE_STD),
+   * block scales chosen so W ~ N(0, 1/fan_in)-ish. Seeded: the same seed gives the same bytes.
    */
   static async random(shape: UnfusedShape, seed: number, stream?: StreamLike): Promise<DeviceMoeWeights> {
     const fill = await RandomFill.create();
     const w = new DeviceMoeWeights(shape);
     try {
       const { hidden: H, inter: I } = shape;
-      const rms = 64 * 0.9; // |e4m3(N(0,1) * 64)| RMS, close enough for a plausible scale
+      const rms = RANDOM_CODE_STD * 0.9; // RMS of the e4m3 codes, close enough for a plausible scale
       fill.e4m3(w.w13, seed * 4 + 1, { stream });
       fill.e4m3(w.w2, seed * 4 + 2, { stream });
       fill.scales(w.s13, seed * 4 + 3, 1 / Math.sqrt(H) / rms, { stream });
@@ -167,12 +167,6 @@ export class DeviceMoeWeights {
     const w1: QuantizedWeight = { q: q13.slice(0, I * H), s: s13.slice(0, half), n: I, k: H };
     const w3: QuantizedWeight = { q: q13.slice(I * H), s: s13.slice(half), n: I, k: H };
     return { w1, w3, w2: { q: q2, s: s2, n: H, k: I } };
-  }
-
-  /** Bytes of one expert (codes + f32 scales of W1, W3, W2). */
-  get expertBytes(): number {
-    const st = this.strides();
-    return st.w13 + st.s13 + st.w2 + st.s2;
   }
 
   dispose(): void {
@@ -362,23 +356,8 @@ export class UnfusedMoe {
     return { plan, staged, a, sfa, sfaStrides: this.dispatchBuffers.sfaStrides, expertOut };
   }
 
-  /** GPU milliseconds of `fn` (queued work on this.stream), measured with events. */
-  timeMs(fn: () => void): number {
-    const start = CudaEvent.create();
-    const end = CudaEvent.create();
-    try {
-      start.record(this.stream);
-      fn();
-      end.record(this.stream);
-      end.synchronize();
-      return end.elapsedMsSince(start);
-    } finally {
-      start.dispose();
-      end.dispose();
-    }
-  }
-
   dispose(): void {
+    if (this.owned.length === 0) return; // disposed already (the stream is gone)
     this.stream.synchronize();
     for (const o of this.owned.reverse()) o.dispose();
     this.owned.length = 0;

@@ -15,7 +15,7 @@
 import type { Command } from 'commander';
 import { performance } from 'node:perf_hooks';
 import {
-  arg, cudaStatus, CudaEvent, DeviceBuffer, driverVersion, ensureContext, formatCudaVersion, loadKernel, Stream, type CudaGraph, type Kernel,
+  arg, cudaStatus, CudaEvent, DeviceBuffer, driverVersion, ensureContext, formatCudaVersion, Stream, type CudaGraph, type Kernel,
 } from '../cuda/index.js';
 import { CublasLtFp8Gemm, cublasLtStatus } from '../cuda/cublaslt.js';
 import { DeviceMoeWeights, layerFromDeviceWeights, UnfusedMoe, type UnfusedShape } from '../backends/unfused.js';
@@ -23,6 +23,7 @@ import { ReferenceBackend } from '../backends/reference.js';
 import { calcDiff } from '../numerics/calc-diff.js';
 import { decodeBF16Array } from '../numerics/bf16.js';
 import { GroupedGemm } from '../kernels/grouped-gemm.js';
+import { MOE_PRESET_SHAPES } from '../kernels/presets.js';
 import { RandomFill } from '../kernels/random-fill.js';
 import { HostTensor } from '../tensor/host.js';
 import { Rng } from '../util/rng.js';
@@ -30,14 +31,12 @@ import {
   deriveRates, expertWeightBytes, H100_ROOFLINE, median, moeFlops, writeMoeReport, type GemmAloneRow, type HostOverheadRow, type MoeBenchReport,
   type MoeBenchRow, type MoeShapeSummary,
 } from './report.js';
-import { parseTokenList, resolveCommit } from './staging-routing.js';
+import { loadSpinKernel } from './bench-kernels.js';
+import { parseList, parseTokenList, resolveCommit } from './staging-routing.js';
 
-/** The published MoE shapes (SPEC 1) the benchmark knows. */
-export const MOE_BENCH_PRESETS: Readonly<Record<string, { hidden: number; inter: number; experts: number; topK: number; swigluLimit: number }>> = {
-  tiny: { hidden: 256, inter: 128, experts: 16, topK: 4, swigluLimit: 10 },
-  flash: { hidden: 4096, inter: 2048, experts: 256, topK: 6, swigluLimit: 10 },
-  pro: { hidden: 7168, inter: 3072, experts: 384, topK: 6, swigluLimit: 10 },
-};
+/** The preset MoE shapes (src/kernels/presets.ts) the benchmark knows, with V4's swiglu_limit 10 (SPEC 1). */
+export const MOE_BENCH_PRESETS: Readonly<Record<string, { hidden: number; inter: number; experts: number; topK: number; swigluLimit: number }>> =
+  Object.fromEntries(MOE_PRESET_SHAPES.map(({ label, hidden, inter, experts, topK }) => [label, { hidden, inter, experts, topK, swigluLimit: 10 }]));
 
 export interface MoeBenchOptions {
   presets: string[];
@@ -57,14 +56,6 @@ export interface MoeBenchOptions {
   /** progress lines (stderr) */
   log?: (line: string) => void;
 }
-
-const SPIN_SOURCE = `
-extern "C" __global__ void megamoe_moe_bench_spin(unsigned long long ns) {
-  unsigned long long t0, t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
-  do { asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); } while (t - t0 < ns);
-}
-`;
 
 /** Uniform random routing: K distinct experts per token, weights positive and normalised to sum 1.5 (SPEC 2). */
 export function randomRouting(seed: number, tokens: number, experts: number, topK: number): { ids: BigInt64Array; weights: Float32Array; touched: number } {
@@ -97,7 +88,7 @@ class LayerTimer {
     private readonly start: CudaEvent, private readonly end: CudaEvent) {}
 
   static async create(): Promise<LayerTimer> {
-    const spin = await loadKernel({ source: 'megamoe_moe_bench_spin.cu', sourceText: SPIN_SOURCE, entry: 'megamoe_moe_bench_spin' });
+    const spin = await loadSpinKernel();
     return new LayerTimer(spin, DeviceBuffer.alloc(256 << 20), CudaEvent.create(), CudaEvent.create());
   }
 
@@ -136,13 +127,6 @@ class LayerTimer {
 
 function summarise(samples: number[]): { medianUs: number; minUs: number; maxUs: number; runs: number } {
   return { medianUs: median(samples), minUs: Math.min(...samples), maxUs: Math.max(...samples), runs: samples.length };
-}
-
-function parseList(flag: string, text: string, known?: readonly string[]): string[] {
-  const list = text.split(',').map((s) => s.trim()).filter(Boolean);
-  if (list.length === 0) throw new Error(`--${flag}: give at least one value`);
-  if (known) for (const v of list) if (!known.includes(v)) throw new Error(`--${flag}: unknown "${v}" (known: ${known.join(', ')})`);
-  return list;
 }
 
 /** The issue's bar shapes for the grouped GEMM alone: groups x rows, N = K = 4096 (DeepGEMM anchors in SPEC 6). */
@@ -199,7 +183,7 @@ export async function runMoeBench(o: MoeBenchOptions): Promise<MoeBenchReport> {
   const notes: string[] = [
     'FLOPs count the routed experts only (SPEC 6: 2 T K 3 H I); the shared expert runs too but is not counted. ' +
     'Bytes = distinct routed experts touched + the shared expert (FP8 codes + f32 block scales).',
-    '"% roofline" = max(FLOPs / 1979 TFLOPS, bytes / 3.35 TB/s) / time.',
+    `"% roofline" = max(FLOPs / ${H100_ROOFLINE.fp8DenseTflops} TFLOPS, bytes / ${H100_ROOFLINE.hbmTBs} TB/s) / time.`,
     'unfused: device time of the eager launches (launch latency hidden behind a spin kernel, L2 flushed before each run); ' +
     'unfused+graph: the same layer replayed as one CUDA graph.',
   ];

@@ -18,7 +18,7 @@ export interface MoeShapeSummary {
 /** One measured configuration: a backend (or an anchor) at one token count. */
 export interface MoeBenchRow {
   preset: string;
-  /** 'unfused', 'unfused+graph', 'reference', 'cublaslt-fp8 (anchor)', 'grouped-gemm' ... */
+  /** 'unfused', 'unfused+graph', 'reference' or 'cublaslt-fp8 (anchor)' (the GEMM alone is in gemmAlone) */
   backend: string;
   tokens: number;
   /** median over `runs` timed runs, microseconds */

@@ -11,22 +11,15 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  arg, CudaEvent, DeviceBuffer, DeviceTensor, driverVersion, ensureContext, formatCudaVersion, loadKernel,
-  measureLaunchOverhead, Stream, type Kernel, type LaunchOverheadResult,
+  arg, CudaEvent, DeviceBuffer, DeviceTensor, driverVersion, ensureContext, formatCudaVersion, measureLaunchOverhead,
+  Stream, type Kernel, type LaunchOverheadResult,
 } from '../cuda/index.js';
 import { Router, planRouterLogits, ROUTER_TILES, ROUTER_VARIANTS, routingFlops, routingTrafficBytes, type RouterShape, type RouterTile } from '../kernels/routing.js';
 import { Stager, STAGING_VARIANTS, stagingTrafficBytes, type StagingShape } from '../kernels/staging.js';
 import { HostTensor } from '../tensor/host.js';
 import { Rng } from '../util/rng.js';
-
-const SPIN_SOURCE = `
-extern "C" __global__ void megamoe_bench_empty() {}
-extern "C" __global__ void megamoe_bench_spin(unsigned long long ns) {
-  unsigned long long t0, t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
-  do { asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); } while (t - t0 < ns);
-}
-`;
+import { loadEmptyKernel, loadSpinKernel } from './bench-kernels.js';
+import { randomBf16, randomBf16Rows } from './random-bf16.js';
 
 export interface KernelBenchOptions {
   out: string;
@@ -106,10 +99,18 @@ export function resolveCommit(flag?: string): string {
   }
 }
 
-/** "1,2,4" or "1..16384" (powers of two between) into a sorted list of positive integers. */
+/** A comma list of flag values ("a, b,c"), at least one, each among `known` when given. */
+export function parseList(flag: string, text: string, known?: readonly string[]): string[] {
+  const list = text.split(',').map((s) => s.trim()).filter(Boolean);
+  if (list.length === 0) throw new Error(`--${flag}: give at least one value`);
+  if (known) for (const v of list) if (!known.includes(v)) throw new Error(`--${flag}: unknown "${v}" (known: ${known.join(', ')})`);
+  return list;
+}
+
+/** "1,2,4" or "lo..hi" (lo, 2 lo, 4 lo ... up to hi, and hi itself) into a sorted list of positive integers. */
 export function parseTokenList(text: string): number[] {
   const out = new Set<number>();
-  for (const part of text.split(',').map((s) => s.trim()).filter(Boolean)) {
+  for (const part of parseList('tokens', text)) {
     const range = /^(\d+)\.\.(\d+)$/.exec(part);
     if (range) {
       const lo = Number(range[1]);
@@ -123,7 +124,6 @@ export function parseTokenList(text: string): number[] {
       out.add(t);
     }
   }
-  if (out.size === 0) throw new Error('--tokens: give at least one token count');
   return [...out].sort((a, b) => a - b);
 }
 
@@ -134,43 +134,12 @@ function parseCount(name: string, text: string, min: number): number {
 }
 
 function pickShapes<S>(variants: ReadonlyArray<{ label: string; shape: S }>, text: string): Array<{ label: string; shape: S }> {
-  const names = text.split(',').map((s) => s.trim()).filter(Boolean);
-  return names.map((n) => {
-    const v = variants.find((x) => x.label === n);
-    if (!v) throw new Error(`--shapes: unknown shape "${n}" (known: ${variants.map((x) => x.label).join(', ')})`);
-    return v;
-  });
+  const names = parseList('shapes', text, variants.map((x) => x.label));
+  return names.map((n) => variants.find((x) => x.label === n)!);
 }
 
 function quantile(sorted: number[], q: number): number {
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.round(q * (sorted.length - 1))))];
-}
-
-/** Random bf16 bits with magnitudes in [2^(lo-127), 2^(hi-126)): cheap enough for 10^8 values. */
-function randomBf16(rng: Rng, n: number, expLo: number, expHi: number): Uint16Array {
-  const out = new Uint16Array(n);
-  const span = expHi - expLo + 1;
-  for (let i = 0; i < n; i++) {
-    const r = rng.nextU32();
-    out[i] = ((r >>> 31) << 15) | ((expLo + ((r >>> 7) % span)) << 7) | (r & 0x7f);
-  }
-  return out;
-}
-
-/**
- * [rows, cols] random bf16 rows, fast at 10^8 values: each row is a window of a 4M-value random pool at a random
- * offset (rows overlap in content but not in alignment, which is all a routing or bandwidth figure needs).
- */
-function randomBf16Rows(rng: Rng, rows: number, cols: number, expLo: number, expHi: number): Uint16Array {
-  const n = rows * cols;
-  if (n <= 1 << 22) return randomBf16(rng, n, expLo, expHi);
-  const pool = randomBf16(rng, (1 << 22) + cols, expLo, expHi);
-  const out = new Uint16Array(n);
-  for (let r = 0; r < rows; r++) {
-    const at = rng.int(1 << 22);
-    out.set(pool.subarray(at, at + cols), r * cols);
-  }
-  return out;
 }
 
 export interface Timing {
@@ -199,8 +168,7 @@ class KernelTimer implements Disposable {
   ) {}
 
   static async create(): Promise<KernelTimer> {
-    const load = (entry: string) => loadKernel({ source: 'megamoe_bench_spin.cu', sourceText: SPIN_SOURCE, entry });
-    return new KernelTimer(Stream.create(), await load('megamoe_bench_spin'), await load('megamoe_bench_empty'),
+    return new KernelTimer(Stream.create(), await loadSpinKernel(), await loadEmptyKernel(),
       DeviceBuffer.alloc(256 << 20), CudaEvent.create(), CudaEvent.create());
   }
 

@@ -51,18 +51,24 @@ export class Checkpoint {
     }
     const index = path.join(abs, INDEX_FILE);
     if (fs.existsSync(index)) return Checkpoint.fromIndex(abs, index);
-    const others = fs.readdirSync(abs).filter((f) => f.endsWith('.safetensors.index.json'));
+    const entries = fs.readdirSync(abs);
+    const others = entries.filter((f) => f.endsWith('.safetensors.index.json'));
     if (others.length === 1) return Checkpoint.fromIndex(abs, path.join(abs, others[0]));
     if (others.length > 1) throw new CheckpointError({ file: abs }, `several index files (${others.join(', ')}); pass the one to use`);
-    const shards = fs.readdirSync(abs).filter((f) => f.endsWith('.safetensors')).sort().map((f) => path.join(abs, f));
+    const shards = entries.filter((f) => f.endsWith('.safetensors')).sort().map((f) => path.join(abs, f));
     if (shards.length === 0) throw new CheckpointError({ file: abs }, `no ${INDEX_FILE} and no *.safetensors files in this directory`);
     const ckpt = new Checkpoint(abs, undefined, shards);
-    for (const shard of shards) {
-      for (const name of ckpt.shard(shard).names()) {
-        const other = ckpt.location.get(name);
-        if (other) throw new CheckpointError({ file: shard, tensor: name }, `also present in ${other}; without an index the files must not repeat tensors`);
-        ckpt.location.set(name, shard);
+    try {
+      for (const shard of shards) {
+        for (const name of ckpt.shard(shard).names()) {
+          const other = ckpt.location.get(name);
+          if (other) throw new CheckpointError({ file: shard, tensor: name }, `also present in ${other}; without an index the files must not repeat tensors`);
+          ckpt.location.set(name, shard);
+        }
       }
+    } catch (err) {
+      ckpt.close(); // every shard opened so far holds a file descriptor
+      throw err;
     }
     return ckpt;
   }

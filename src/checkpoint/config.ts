@@ -52,22 +52,11 @@ export interface AttentionConfig {
   ropeScaling?: Record<string, unknown>;
 }
 
-export interface DeepSeekV4Config {
+/** Every MoeShape key (moeShapeFromConfig picks them out) plus the whole-model keys. */
+export interface DeepSeekV4Config extends MoeShape {
   /** Where it was read from (for error messages). */
   source: string;
-  hiddenSize: number;
-  moeIntermediateSize: number;
-  nRoutedExperts: number;
-  numExpertsPerTok: number;
-  nSharedExperts: number;
   numHiddenLayers: number;
-  numHashLayers: number;
-  scoringFunc: string;
-  topkMethod: string;
-  normTopkProb: boolean;
-  routedScalingFactor: number;
-  swigluLimit: number;
-  vocabSize: number;
   expertDtype: ExpertDtype;
   /** False when expert_dtype was absent and "fp8" is the default. */
   expertDtypeDeclared: boolean;

@@ -11,8 +11,9 @@
 // broken checkpoint fails here, by file and tensor name, and not in the middle of a forward pass.
 import * as path from 'node:path';
 import type { ConversionReport, ExpertStore, ExpertWeights, MoeLayerWeights, MoeShape } from '../moe/types.js';
-import type { QuantizedWeight } from '../numerics/quant.js';
 import { decodeBF16Array } from '../numerics/bf16.js';
+import { E8M0_DECODE } from '../numerics/e8m0.js';
+import { QUANT_BLOCK, type QuantizedWeight } from '../numerics/quant.js';
 import { HostTensor } from '../tensor/host.js';
 import type { DType } from '../tensor/host.js';
 import { createProgress } from '../util/progress.js';
@@ -24,8 +25,6 @@ import { convertMxfp4ToE4m3, emptyConversionReport, mergeConversionReports } fro
 import type { Mxfp4ScaleRule } from './mxfp4.js';
 import { detectPrefix, moeLayerNames, PROJECTIONS } from './names.js';
 import type { MoeLayerNames, Projection, WeightAndScale } from './names.js';
-
-const BLOCK = 128;
 
 export interface ExpertRange {
   /** First owned global expert id. */
@@ -81,7 +80,7 @@ function scaleToF32(t: HostTensor, file: string, name: string): Float32Array {
   const out = new Float32Array(codes.length);
   for (let i = 0; i < codes.length; i++) {
     if (codes[i] === 0xff) throw new CheckpointError({ file, tensor: name }, `e8m0 scale at element ${i} is NaN (0xFF); the checkpoint is corrupt`);
-    out[i] = 2 ** (codes[i] - 127);
+    out[i] = E8M0_DECODE[codes[i]];
   }
   return out;
 }
@@ -96,7 +95,7 @@ function readFp8Weight(ckpt: Checkpoint, names: WeightAndScale, n: number, k: nu
   scaleDtypes: readonly DType[]): QuantizedWeight {
   const w = ckpt.read(names.weight, { dtype: 'F8_E4M3', shape: [n, k] });
   const scaleInfo = ckpt.info(names.scale);
-  const st = ckpt.read(names.scale, { dtype: scaleDtypes, shape: [Math.ceil(n / BLOCK), Math.ceil(k / BLOCK)] });
+  const st = ckpt.read(names.scale, { dtype: scaleDtypes, shape: [Math.ceil(n / QUANT_BLOCK), Math.ceil(k / QUANT_BLOCK)] });
   return { q: w.data as Uint8Array, s: scaleToF32(st, scaleInfo.file, names.scale), n, k };
 }
 
@@ -194,7 +193,7 @@ function checkExpertTensors(ckpt: Checkpoint, names: MoeLayerNames, shape: MoeSh
     const si = ckpt.info(scale);
     const expectW = kind === 'fp8' ? { dtype: ['F8_E4M3'], shape: [n, k] } : { dtype: ['I8', 'U8'], shape: [n, k / 2] };
     const expectS = kind === 'fp8'
-      ? { dtype: ['F32', 'F8_E8M0'], shape: [Math.ceil(n / BLOCK), Math.ceil(k / BLOCK)] }
+      ? { dtype: ['F32', 'F8_E8M0'], shape: [Math.ceil(n / QUANT_BLOCK), Math.ceil(k / QUANT_BLOCK)] }
       : { dtype: ['F8_E8M0'], shape: [n, k / 32] };
     for (const [info, ex] of [[wi, expectW], [si, expectS]] as const) {
       if (!ex.dtype.includes(info.dtype)) {

@@ -18,6 +18,7 @@
 // error relative to that block's max |value|), never hidden.
 import { E2M1_DECODE } from '../numerics/e2m1.js';
 import { E4M3_DECODE, encodeE4M3 } from '../numerics/e4m3.js';
+import { E8M0_DECODE } from '../numerics/e8m0.js';
 import type { QuantizedWeight } from '../numerics/quant.js';
 import type { ConversionReport } from '../moe/types.js';
 
@@ -97,8 +98,7 @@ export function dequantizeMxfp4(packed: Uint8Array | Int8Array, scales: Uint8Arr
   const out = new Float64Array(n * k);
   for (let i = 0; i < n * k; i++) {
     const byte = packed[i >> 1] & 0xff;
-    const b = scales[(i / GROUP) | 0];
-    out[i] = E2M1_DECODE[i & 1 ? byte >> 4 : byte & 15] * (b === 0xff ? NaN : 2 ** (b - 127));
+    out[i] = E2M1_DECODE[i & 1 ? byte >> 4 : byte & 15] * E8M0_DECODE[scales[(i / GROUP) | 0]];
   }
   return out;
 }

@@ -463,9 +463,9 @@ class Job {
 export async function makeCheckpoint(options: MakeCheckpointOptions, internal: MakeInternal = {}): Promise<MakeCheckpointResult> {
   const job = new Job(options, internal);
   const progress = job.progress();
+  let inFlight: Promise<void> | undefined;
   try {
     const buffers = [new Uint8Array(job.maxTensorBytes), new Uint8Array(job.maxTensorBytes)];
-    let inFlight: Promise<void> | undefined;
     let done = 0;
     for (let i = 0; i < job.tensors.length; i++) {
       const t = job.tensors[i];
@@ -481,6 +481,9 @@ export async function makeCheckpoint(options: MakeCheckpointOptions, internal: M
     return job.finish();
   } catch (err) {
     progress.stop();
+    // Let a write still on the thread pool finish (or fail) before fail() closes its file descriptor; a write
+    // rejected after that would be an unhandled rejection.
+    await inFlight?.catch(() => undefined);
     job.fail();
     throw err;
   }
@@ -526,6 +529,8 @@ export function defaultCheckpointDir(): string {
  * The default tiny checkpoint (2 layers: layer 0 hash-routed, layer 1 score-routed), generated on first use
  * into the cache folder. Generation goes to a temp folder renamed into place, so a crash never leaves a half
  * checkpoint and two processes racing both end up with the same, complete one. Returns its directory.
+ * `options.dir` replaces the cache folder and is treated as megamoe's own: if it exists without a config.json,
+ * it is deleted and regenerated, so never point it at a folder holding anything else.
  */
 export function ensureDefaultCheckpoint(options: { dir?: string; progress?: boolean } = {}): string {
   const dir = path.resolve(options.dir ?? defaultCheckpointDir());

@@ -219,7 +219,6 @@ export class CublasLtFp8Gemm {
     const p = (v: bigint | { readonly ptr: bigint }) => (typeof v === 'bigint' ? v : v.ptr);
     s.view.setFloat32(0, 1, true); // alpha
     s.view.setFloat32(4, 0, true); // beta
-    s.view.setInt32(8, 0, true);
     // The algorithm struct goes at offset 256 (aligned, away from alpha/beta).
     new Uint8Array(s.view.buffer, s.view.byteOffset + 256, 64).set(this.algo);
     const [aDesc, bDesc, cDesc] = this.layouts;

@@ -5,8 +5,8 @@
 //   registerKernel({ name: 'staging', source: 'staging.cu', entry: 'stage_tokens',
 //     variants: [{ label: 'flash', defines: { HIDDEN: 4096 } }, { label: 'pro', defines: { HIDDEN: 7168 } }] });
 //
-// `megamoe kernels` imports every compiled module of src/kernels/ (and src/kernels/registry.js when it exists), so a
-// launcher that registers at import time is found without further wiring.
+// `megamoe kernels` imports every compiled module of src/kernels/, so a launcher that registers at import time is
+// found without further wiring.
 import type { Defines } from './compile.js';
 
 export interface KernelVariant {

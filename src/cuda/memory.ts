@@ -184,9 +184,10 @@ export class DeviceBuffer {
     if (previous !== this.context) this.context.makeCurrent();
     try {
       const onStream = stream ?? this.allocStream;
-      const rc = onStream && !onStream.disposed ? d.fn.cuMemFreeAsync(this.ptr, streamHandle(onStream))
-        : d.fn.cuMemFree_v2(this.ptr);
-      if (rc !== 0) throwCuda(onStream ? 'cuMemFreeAsync' : 'cuMemFree_v2', rc, `0x${this.ptr.toString(16)}`);
+      // A stream disposed since the allocation can no longer order the free: cuMemFree_v2 waits instead.
+      const ordered = onStream !== null && onStream !== undefined && !onStream.disposed;
+      const rc = ordered ? d.fn.cuMemFreeAsync(this.ptr, streamHandle(onStream)) : d.fn.cuMemFree_v2(this.ptr);
+      if (rc !== 0) throwCuda(ordered ? 'cuMemFreeAsync' : 'cuMemFree_v2', rc, `0x${this.ptr.toString(16)}`);
     } finally {
       if (previous && previous !== this.context) previous.makeCurrent();
     }

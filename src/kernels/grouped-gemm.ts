@@ -19,6 +19,7 @@ import {
   type KernelArgLike, type StreamLike, type TensorMap,
 } from '../cuda/index.js';
 import { GuardError } from '../moe/guards.js';
+import { MOE_PRESET_SHAPES } from './presets.js';
 
 export const GROUPED_GEMM_SOURCE = 'grouped_gemm_fp8.cu';
 export const GROUPED_GEMM_ENTRY = 'grouped_gemm_fp8';
@@ -161,11 +162,8 @@ export function groupedGemmConfig(spec: GroupedGemmSpec): GroupedGemmConfig {
 }
 
 /** The layer presets CI compiles (`megamoe kernels --check`): L1 = SwiGLU on [2I, H], L2 = bf16 on [H, I]. */
-export const GROUPED_GEMM_PRESETS: ReadonlyArray<{ label: string; hidden: number; inter: number }> = Object.freeze([
-  { label: 'tiny', hidden: 256, inter: 128 },
-  { label: 'flash', hidden: 4096, inter: 2048 },
-  { label: 'pro', hidden: 7168, inter: 3072 },
-]);
+export const GROUPED_GEMM_PRESETS: ReadonlyArray<{ label: string; hidden: number; inter: number }> = Object.freeze(
+  MOE_PRESET_SHAPES.map(({ label, hidden, inter }) => ({ label, hidden, inter })));
 
 registerKernel({
   name: 'grouped_gemm_fp8',

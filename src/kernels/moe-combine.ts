@@ -1,7 +1,7 @@
 // Launcher of the MoE combine (moe_combine.cu): per token, the f32 sum of its K bf16 expert rows rounded once to
 // bf16 (y_routed), plus the shared expert's row (y). Reads the L2 GEMM's output through the dispatch's slot_row.
 import { arg, loadKernel, registerKernel, type Defines, type Kernel, type StreamLike } from '../cuda/index.js';
-import { MOE_PRESET_SHAPES } from './moe-dispatch.js';
+import { MOE_PRESET_SHAPES } from './presets.js';
 
 const THREADS = 128;
 

@@ -2,6 +2,7 @@
 // layout, all on the device. Also the CPU simulation of the same index math (simulateDispatch), which the tests
 // compare the GPU against row for row, and the capacity arithmetic every buffer of the unfused pipeline is sized by.
 import { arg, DeviceBuffer, loadKernel, registerKernel, type Defines, type Kernel, type StreamLike } from '../cuda/index.js';
+import { MOE_PRESET_SHAPES } from './presets.js';
 
 /** Tokens per count/rank chunk; must equal kChunkTokens in moe_dispatch.cu. */
 export const DISPATCH_CHUNK_TOKENS = 64;
@@ -33,8 +34,9 @@ export interface DispatchCapacity {
 
 function checkShape(s: DispatchShape): void {
   const ok = (v: number, lo: number, hi: number) => Number.isInteger(v) && v >= lo && v <= hi;
-  if (!ok(s.experts, 1, SCAN_THREADS - (s.shared ? 1 : 0))) {
-    throw new RangeError(`moe dispatch: ${s.experts} routed experts is outside [1, ${SCAN_THREADS - 1}] (one scan thread per group)`);
+  const maxExperts = SCAN_THREADS - (s.shared ? 1 : 0);
+  if (!ok(s.experts, 1, maxExperts)) {
+    throw new RangeError(`moe dispatch: ${s.experts} routed experts is outside [1, ${maxExperts}] (one scan thread per group)`);
   }
   if (!ok(s.topK, 1, 32)) throw new RangeError(`moe dispatch: top-k ${s.topK} is outside [1, 32]`);
   if (!(Number.isInteger(s.hidden) && s.hidden > 0 && s.hidden % 128 === 0)) {
@@ -132,13 +134,6 @@ export function simulateDispatch(shape: DispatchShape, ids: Int32Array | BigInt6
   return { groupOffset, groupCount, numMTiles, tileGroup, slotRow, rowToken, rowWeight };
 }
 
-/** The shapes CI compiles (`megamoe kernels --check`): the presets' E, K, H with the shared expert. */
-export const MOE_PRESET_SHAPES: ReadonlyArray<{ label: string; experts: number; topK: number; hidden: number; inter: number }> = Object.freeze([
-  { label: 'tiny', experts: 16, topK: 4, hidden: 256, inter: 128 },
-  { label: 'flash', experts: 256, topK: 6, hidden: 4096, inter: 2048 },
-  { label: 'pro', experts: 384, topK: 6, hidden: 7168, inter: 3072 },
-]);
-
 /** The compile-time specialisation of moe_dispatch.cu for a shape (also what the kernel registry lists). */
 export function dispatchDefines(shape: DispatchShape): Defines {
   return {
@@ -149,6 +144,7 @@ export function dispatchDefines(shape: DispatchShape): Defines {
   };
 }
 
+// CI compiles (`megamoe kernels --check`) the presets' E, K, H with the shared expert.
 registerKernel({
   name: 'moe_dispatch',
   source: 'moe_dispatch.cu',

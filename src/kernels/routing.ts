@@ -11,6 +11,7 @@ import {
 } from '../cuda/index.js';
 import { checkTokenCapacity, GuardError } from '../moe/guards.js';
 import { QUANT_BLOCK } from '../numerics/quant.js';
+import { MOE_PRESET_SHAPES } from './presets.js';
 
 export const ROUTING_SOURCE = 'routing.cu';
 export const ROUTER_TOPK_ENTRY = 'megamoe_router_topk';
@@ -28,11 +29,9 @@ export interface RouterShape {
   topk: number;
 }
 
-export const ROUTER_VARIANTS: ReadonlyArray<{ label: string; shape: RouterShape }> = Object.freeze([
-  { label: 'tiny', shape: { hiddenSize: 256, experts: 16, topk: 4 } },
-  { label: 'flash', shape: { hiddenSize: 4096, experts: 256, topk: 6 } },
-  { label: 'pro', shape: { hiddenSize: 7168, experts: 384, topk: 6 } },
-]);
+/** The shapes CI compiles (`megamoe kernels --check`) and the tests/benchmarks use. */
+export const ROUTER_VARIANTS: ReadonlyArray<{ label: string; shape: RouterShape }> = Object.freeze(
+  MOE_PRESET_SHAPES.map((p) => ({ label: p.label, shape: { hiddenSize: p.hidden, experts: p.experts, topk: p.topK } })));
 
 export type RouterTile = 'gemv' | 'mid' | 'prefill';
 

@@ -9,6 +9,7 @@ import { arg, DeviceTensor, loadKernel, loadKernelSync, registerKernel, type Ker
 import { checkTokenCapacity, GuardError } from '../moe/guards.js';
 import { QUANT_BLOCK } from '../numerics/quant.js';
 import type { DType } from '../tensor/host.js';
+import { MOE_PRESET_SHAPES } from './presets.js';
 
 export const STAGING_SOURCE = 'staging.cu';
 export const STAGING_ENTRY = 'megamoe_stage_tokens';
@@ -23,11 +24,8 @@ export interface StagingShape {
 }
 
 /** The shapes CI compiles (`megamoe kernels --check`) and the tests/benchmarks use. */
-export const STAGING_VARIANTS: ReadonlyArray<{ label: string; shape: StagingShape }> = Object.freeze([
-  { label: 'tiny', shape: { hiddenSize: 256, topk: 4 } },
-  { label: 'flash', shape: { hiddenSize: 4096, topk: 6 } },
-  { label: 'pro', shape: { hiddenSize: 7168, topk: 6 } },
-]);
+export const STAGING_VARIANTS: ReadonlyArray<{ label: string; shape: StagingShape }> = Object.freeze(
+  MOE_PRESET_SHAPES.map((p) => ({ label: p.label, shape: { hiddenSize: p.hidden, topk: p.topK } })));
 
 export function checkStagingShape(shape: StagingShape): void {
   const { hiddenSize: H, topk: K } = shape;

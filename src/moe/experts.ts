@@ -231,6 +231,7 @@ export function runExpertsReference(layer: MoeLayerWeights, x: HostTensor<'BF16'
   }
 
   // 7. Shared expert, weight 1, every token; then the final bf16 sum.
+  checkExpertWeights(`layers.${layer.layer}.ffn.shared_experts`, layer.sharedExpert, H, layer.sharedExpert.w1.n);
   const yShared = new Uint16Array(T * H);
   const all: Assignment = {
     tokens: Int32Array.from({ length: T }, (_, t) => t),

@@ -88,6 +88,7 @@ export function evalMoeF64(layer: MoeLayerWeights, x: HostTensor<'BF16'>, topkId
     ffnF64(ffn, xs, H, grp.tokens, grp.weights, shape.swigluLimit, yRouted);
   }
   const yShared = new Float64Array(T * H);
+  checkExpertWeights(`layers.${layer.layer}.ffn.shared_experts`, layer.sharedExpert, H, layer.sharedExpert.w1.n);
   ffnF64(layer.sharedExpert, xs, H, Array.from({ length: T }, (_, t) => t), new Array<number>(T).fill(1),
     shape.swigluLimit, yShared);
   const y = new Float64Array(T * H);

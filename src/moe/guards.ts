@@ -135,7 +135,7 @@ export function checkExpertWeights(name: string, e: ExpertWeights, hidden: numbe
 export function checkTokenCapacity(tokens: number, capacity: number | undefined, backend = 'this backend'): void {
   if (capacity !== undefined && tokens > capacity) {
     throw new GuardError('TOKEN_CAPACITY', `a batch of ${tokens} tokens exceeds the capacity of ${capacity} tokens ${backend} was prepared for`,
-      `prepare it with maxTokens >= ${tokens} (CLI: --max-tokens), or split the batch`);
+      `prepare it with maxTokens >= ${tokens}, or split the batch`);
   }
 }
 

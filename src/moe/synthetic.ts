@@ -135,7 +135,7 @@ export function makeRandomLayer(o: RandomLayerOptions): MoeLayerWeights {
   };
 }
 
-/** Random e4m3 codes in a moderate band (|value| in [2^-3, 2^4)), random sign, never NaN. */
+/** Random e4m3 codes in a moderate band (codes 0x20..0x5f: |value| in [2^-3, 30]), random sign, never NaN. */
 function randomCodes(rng: Rng, count: number): Uint8Array {
   const q = new Uint8Array(count);
   for (let i = 0; i < count; i += 4) {
@@ -147,8 +147,9 @@ function randomCodes(rng: Rng, count: number): Uint8Array {
 
 function randomCodeWeight(rng: Rng, n: number, k: number, std: number): QuantizedWeight {
   const s = new Float32Array(Math.ceil(n / QUANT_BLOCK) * Math.ceil(k / QUANT_BLOCK));
-  // The codes' RMS is about 4.5; pick scales so the weight's RMS is about `std`.
-  for (let i = 0; i < s.length; i++) s[i] = Math.fround((std / 4.5) * (0.75 + 0.5 * rng.uniform()));
+  // The codes' RMS is about 9.57 (uniform over the 64 magnitudes of randomCodes); pick scales so the weight's
+  // RMS is about `std`.
+  for (let i = 0; i < s.length; i++) s[i] = Math.fround((std / 9.57) * (0.75 + 0.5 * rng.uniform()));
   return { q: randomCodes(rng, n * k), s, n, k };
 }
 

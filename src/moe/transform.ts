@@ -14,14 +14,8 @@ import { GuardError } from './guards.js';
 export const GRANULE = 8;
 export type L1Layout = 'gate-then-up' | 'gate-up-interleaved-8';
 
-/** An L1 weight W13 [2I, H]: e4m3 codes, f32 scales [2I/128, H/128] (natural order in both layouts). */
-export interface L1Weight {
-  q: Uint8Array;
-  s: Float32Array;
-  /** 2I */
-  n: number;
-  /** H */
-  k: number;
+/** An L1 weight W13 [2I, H] (n = 2I, k = H): e4m3 codes, f32 scales [2I/128, H/128] (natural order in both layouts). */
+export interface L1Weight extends QuantizedWeight {
   layout: L1Layout;
 }
 

@@ -1,11 +1,10 @@
 // Block quantization to e4m3 (SPEC 3): activations per token per 128 columns, weights per 128x128 block.
 // The arithmetic mirrors the GPU kernels step by step in f32 (Math.fround), so staging is bit-exact.
-import { encodeE4M3, E4M3_DECODE } from './e4m3.js';
+import { encodeE4M3, E4M3_DECODE, E4M3_MAX } from './e4m3.js';
 
 export const QUANT_BLOCK = 128;
 /** The amax floor, as the f32 constant 1e-4f that the kernels use. */
 export const AMAX_FLOOR = Math.fround(1e-4);
-const INV_E4M3_MAX_DIVISOR = 448;
 
 export interface QuantizedRows {
   /** e4m3 codes [rows, cols]. */
@@ -32,30 +31,42 @@ function blockAmax(x: ArrayLike<number>, start: number): number {
 }
 
 /**
- * Staging quantization: per row, per 128 columns, amax = max(|x|, 1e-4f), sf = amax / 448 (f32),
- * q = e4m3(x * (1 / sf)) with f32 products. Values are taken as given (f32/bf16 values as numbers).
+ * The shared loop of both row quantizers: per row, per 128 columns, amax = max(|x|, 1e-4f), scale =
+ * scaleOf(amax), q = e4m3(x * f32(1 / scale)). x[i] * inv is exact in f64 for f32 inputs, so encodeE4M3's
+ * rounding to f32 gives the f32 product the kernels compute.
  */
-export function quantizeRowsF32Scale(x: ArrayLike<number>, rows: number, cols: number,
-  out?: QuantizedRows): QuantizedRows {
-  checkRowShape('quantizeRowsF32Scale', x.length, rows, cols);
+function quantizeRows(what: string, x: ArrayLike<number>, rows: number, cols: number, out: QuantizedRows | undefined,
+  scaleOf: (amax: number) => number): QuantizedRows {
+  checkRowShape(what, x.length, rows, cols);
   const blocks = cols / QUANT_BLOCK;
   const q = out?.q ?? new Uint8Array(rows * cols);
   const sf = out?.sf ?? new Float32Array(rows * blocks);
+  if (q.length !== rows * cols || sf.length !== rows * blocks) {
+    throw new Error(`${what}: out holds ${q.length} codes and ${sf.length} scales, [${rows}, ${cols}] needs ${rows * cols} and ${rows * blocks}`);
+  }
   for (let b = 0; b < rows * blocks; b++) {
     const start = b * QUANT_BLOCK;
-    const amax = Math.max(blockAmax(x, start), AMAX_FLOOR);
-    const scale = Math.fround(amax / INV_E4M3_MAX_DIVISOR);
-    const inv = Math.fround(1 / scale);
+    const scale = scaleOf(Math.max(blockAmax(x, start), AMAX_FLOOR));
+    const inv = Math.fround(1 / scale); // exact for the power-of-two scales
     sf[b] = scale;
     for (let i = start; i < start + QUANT_BLOCK; i++) q[i] = encodeE4M3(x[i] * inv);
   }
   return { q, sf };
 }
 
-/** 2^ceil(log2(r)) for a positive normal f32 r, read off its bits (exponent, plus one if any mantissa bit is set). */
+/**
+ * Staging quantization: per row, per 128 columns, amax = max(|x|, 1e-4f), sf = amax / 448 (f32),
+ * q = e4m3(x * (1 / sf)) with f32 products. Values are taken as given (f32/bf16 values as numbers).
+ */
+export function quantizeRowsF32Scale(x: ArrayLike<number>, rows: number, cols: number,
+  out?: QuantizedRows): QuantizedRows {
+  return quantizeRows('quantizeRowsF32Scale', x, rows, cols, out, (amax) => Math.fround(amax / E4M3_MAX));
+}
+
 const f32Scratch = new Float32Array(1);
 const u32Scratch = new Uint32Array(f32Scratch.buffer);
 
+/** 2^ceil(log2(r)) for a positive normal f32 r, read off its bits (exponent, plus one if any mantissa bit is set). */
 export function pow2Ceil(r: number): number {
   f32Scratch[0] = r;
   const bits = u32Scratch[0];
@@ -69,19 +80,7 @@ export function pow2Ceil(r: number): number {
  */
 export function quantizeRowsPow2Scale(x: ArrayLike<number>, rows: number, cols: number,
   out?: QuantizedRows): QuantizedRows {
-  checkRowShape('quantizeRowsPow2Scale', x.length, rows, cols);
-  const blocks = cols / QUANT_BLOCK;
-  const q = out?.q ?? new Uint8Array(rows * cols);
-  const sf = out?.sf ?? new Float32Array(rows * blocks);
-  for (let b = 0; b < rows * blocks; b++) {
-    const start = b * QUANT_BLOCK;
-    const amax = Math.max(blockAmax(x, start), AMAX_FLOOR);
-    const scale = pow2Ceil(Math.fround(amax / INV_E4M3_MAX_DIVISOR));
-    const inv = 1 / scale; // exact: a power of two
-    sf[b] = scale;
-    for (let i = start; i < start + QUANT_BLOCK; i++) q[i] = encodeE4M3(x[i] * inv);
-  }
-  return { q, sf };
+  return quantizeRows('quantizeRowsPow2Scale', x, rows, cols, out, (amax) => pow2Ceil(Math.fround(amax / E4M3_MAX)));
 }
 
 /** Dequantizes per-row-block codes back to f32: x = decode(q) * sf. */
@@ -120,7 +119,7 @@ export function quantizeWeightBlocks(w: ArrayLike<number>, n: number, k: number,
       const c0 = bk * QUANT_BLOCK; const c1 = Math.min(k, c0 + QUANT_BLOCK);
       let amax = 0;
       for (let r = r0; r < r1; r++) for (let c = c0; c < c1; c++) amax = Math.max(amax, Math.abs(w[r * k + c]));
-      let scale = amax > 0 ? Math.fround(amax / INV_E4M3_MAX_DIVISOR) : 1;
+      let scale = amax > 0 ? Math.fround(amax / E4M3_MAX) : 1;
       if (options.pow2Scales) scale = pow2Ceil(scale);
       s[bn * kb + bk] = scale;
       for (let r = r0; r < r1; r++) for (let c = c0; c < c1; c++) q[r * k + c] = encodeE4M3(w[r * k + c] / scale);

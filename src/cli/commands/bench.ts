@@ -1,5 +1,5 @@
-// `megamoe bench <what>`: benchmarks (not tests). Each subcommand is one register function in its own module under
-// src/bench/, added to the list below; `bench moe` goes in the same way (src/bench/moe.ts: registerMoeBench).
+// `megamoe bench <what>`: benchmarks (not tests). Each subcommand is a register function from src/bench/
+// (staging-routing.ts: staging, routing; moe.ts: moe); a new one goes into the list below.
 import type { Command } from 'commander';
 import { registerMoeBench } from '../../bench/moe.js';
 import { registerRoutingBench, registerStagingBench } from '../../bench/staging-routing.js';

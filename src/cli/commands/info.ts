@@ -5,7 +5,8 @@ import { cudaStatus, type CudaStatus } from '../../cuda/status.js';
 import { findNvcc, kernelCacheDir, nvccRelease } from '../../cuda/compile.js';
 import { formatCudaVersion, type DeviceProperties } from '../../cuda/device.js';
 
-export interface BackendAvailability {
+/** One line of the report's backend list (not the registry's BackendAvailability of src/backends/index.ts). */
+export interface InfoBackend {
   name: 'reference' | 'unfused' | 'mega_moe';
   available: boolean;
   /** Why it can or cannot run here. */
@@ -18,16 +19,16 @@ export interface InfoReport {
   kernelCacheDir: string;
   node: string;
   platform: string;
-  backends: BackendAvailability[];
+  backends: InfoBackend[];
 }
 
 /** Which backends can run, given the CUDA status and whether nvcc exists (pure, for tests). */
-export function backendAvailability(cuda: CudaStatus, hasNvcc: boolean): BackendAvailability[] {
+export function backendAvailability(cuda: CudaStatus, hasNvcc: boolean): InfoBackend[] {
   const gpuOk = cuda.available;
   let unfusedReason: string;
   if (gpuOk && hasNvcc) unfusedReason = 'sm_90 GPU and nvcc present';
-  else if (!gpuOk && !hasNvcc) unfusedReason = `needs an sm_90 GPU with its driver and nvcc; here: ${cuda.available ? '' : cuda.reason}, and nvcc not found`;
-  else if (!gpuOk) unfusedReason = `needs an sm_90 GPU with its driver; here: ${cuda.available ? '' : cuda.reason}`;
+  else if (!gpuOk && !hasNvcc) unfusedReason = `needs an sm_90 GPU with its driver and nvcc; here: ${cuda.reason}, and nvcc not found`;
+  else if (!gpuOk) unfusedReason = `needs an sm_90 GPU with its driver; here: ${cuda.reason}`;
   else unfusedReason = 'needs nvcc to build its kernels: install the CUDA toolkit or set CUDA_HOME';
   return [
     { name: 'reference', available: true, reason: 'CPU, exact; runs anywhere' },

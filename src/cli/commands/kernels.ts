@@ -7,6 +7,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { compileKernel, findNvcc, kernelCacheDir, nvccRelease, type CompiledKernel } from '../../cuda/compile.js';
 import { normalizeVariant, registeredKernels, type KernelRegistration, type KernelVariant } from '../../cuda/kernel-registry.js';
+import { intArg } from '../args.js';
 
 /**
  * Imports every compiled module of src/kernels/ so launchers that call registerKernel() at import time are listed.
@@ -93,9 +94,9 @@ export function register(program: Command): void {
     .description('list the registered GPU kernel variants; --check compiles them all with nvcc (no GPU needed)')
     .option('--check', 'compile every variant (cached on disk) and fail on any error')
     .option('--filter <text>', 'only variants whose "name[label]" contains this text')
-    .option('--jobs <n>', 'parallel nvcc processes', String(Math.min(8, availableParallelism())))
+    .option('--jobs <n>', 'parallel nvcc processes', intArg('--jobs', 1), Math.min(8, availableParallelism()))
     .option('--verbose', 'print nvcc/ptxas output of each compile')
-    .action(async (opts: { check?: boolean; filter?: string; jobs: string; verbose?: boolean }) => {
+    .action(async (opts: { check?: boolean; filter?: string; jobs: number; verbose?: boolean }) => {
       const importFailures = await discoverKernelModules();
       for (const f of importFailures) console.error(`FAIL  import kernels/${f.file}: ${f.error}`);
       const variants = listVariants(opts.filter);
@@ -109,8 +110,7 @@ export function register(program: Command): void {
       }
       const nvcc = findNvcc();
       if (!nvcc) throw new Error('nvcc not found: install the CUDA toolkit, set CUDA_HOME, or put nvcc on PATH');
-      const jobs = Number.parseInt(opts.jobs, 10);
-      if (!Number.isInteger(jobs) || jobs < 1) throw new Error(`--jobs must be a positive integer, got "${opts.jobs}"`);
+      const { jobs } = opts;
       console.log(`compiling ${variants.length} kernel variant(s) with nvcc ${nvccRelease() ?? '?'} for sm_90a, ${jobs} at a time; cache ${kernelCacheDir()}`);
       const t0 = performance.now();
       const width = Math.max(10, ...variants.map((v) => `${v.kernel.name}[${v.variant.label}]`.length));

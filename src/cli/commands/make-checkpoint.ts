@@ -5,6 +5,7 @@ import type { Command } from 'commander';
 import { makeCheckpoint, PRESETS } from '../../checkpoint/synthetic.js';
 import type { Preset } from '../../checkpoint/synthetic.js';
 import type { ExpertDtype } from '../../checkpoint/config.js';
+import { intArg, oneOf } from '../args.js';
 
 const UNITS: Record<string, number> = {
   '': 1, b: 1, k: 1e3, kb: 1e3, kib: 1024, m: 1e6, mb: 1e6, mib: 1024 ** 2, g: 1e9, gb: 1e9, gib: 1024 ** 3,
@@ -19,32 +20,15 @@ export function parseByteSize(text: string): number {
   return value;
 }
 
-function parseIntArg(name: string, min: number, max = Number.MAX_SAFE_INTEGER) {
-  return (text: string): number => {
-    const v = Number(text);
-    if (!/^\s*[0-9]+\s*$/.test(text) || !Number.isSafeInteger(v) || v < min || v > max) {
-      throw new InvalidArgumentError(`${name} must be an integer in [${min}, ${max}], got "${text}"`);
-    }
-    return v;
-  };
-}
-
-function oneOf<T extends string>(name: string, values: readonly T[]) {
-  return (text: string): T => {
-    if (!(values as readonly string[]).includes(text)) throw new InvalidArgumentError(`${name} must be one of ${values.join(', ')}, got "${text}"`);
-    return text as T;
-  };
-}
-
 export function register(program: Command): void {
   program
     .command('make-checkpoint')
     .description('write a synthetic DeepSeek-V4 checkpoint (MoE tensors only) in the published safetensors layout')
     .requiredOption('--out <dir>', 'output directory (must not exist or be empty, unless --force)')
     .option('--preset <name>', `model shape: ${PRESETS.join(' | ')}`, oneOf<Preset>('--preset', PRESETS), 'tiny')
-    .option('--layers <n>', 'number of MoE layers to write (layers 0..n-1)', parseIntArg('--layers', 1), 1)
+    .option('--layers <n>', 'number of MoE layers to write (layers 0..n-1)', intArg('--layers', 1), 1)
     .option('--expert-dtype <dtype>', 'routed experts: fp8 (e4m3 + f32 128x128 scales, Flash-Base) | fp4 (MXFP4, Flash)', oneOf<ExpertDtype>('--expert-dtype', ['fp8', 'fp4']), 'fp8')
-    .option('--seed <s>', 'random seed (same seed, same bytes)', parseIntArg('--seed', 0, 0xffffffff), 0)
+    .option('--seed <s>', 'random seed (same seed, same bytes)', intArg('--seed', 0, 0xffffffff), 0)
     .option('--shard-size <bytes>', 'start a new shard past this size (e.g. 4GB); writes model.safetensors.index.json', parseByteSize)
     .option('--force', 'replace a non-empty output directory', false)
     .option('--no-progress', 'no progress bar')

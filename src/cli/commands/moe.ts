@@ -5,6 +5,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { InvalidArgumentError, type Command } from 'commander';
 import { createBackend } from '../../backends/index.js';
+import { intArg } from '../args.js';
 import { loadDeepSeekV4Config } from '../../checkpoint/config.js';
 import { loadMoeLayer, type LoadedMoeLayer } from '../../checkpoint/moe-layer.js';
 import { writeSafetensors } from '../../checkpoint/safetensors.js';
@@ -30,16 +31,6 @@ interface MoeOptions {
   enableExpertParallel: boolean;
   f64: boolean;
   show: number;
-}
-
-function intArg(name: string, min: number, max = Number.MAX_SAFE_INTEGER) {
-  return (text: string): number => {
-    const v = Number(text);
-    if (!/^\s*[0-9]+\s*$/.test(text) || !Number.isSafeInteger(v) || v < min || v > max) {
-      throw new InvalidArgumentError(`${name} must be an integer in [${min}, ${max}], got "${text}"`);
-    }
-    return v;
-  };
 }
 
 /** The first score-routed layer when there is one (the common case in a real model), else the last layer. */
