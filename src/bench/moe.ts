@@ -26,6 +26,7 @@ import { GroupedGemm } from '../kernels/grouped-gemm.js';
 import { MOE_PRESET_SHAPES } from '../kernels/presets.js';
 import { RandomFill } from '../kernels/random-fill.js';
 import { HostTensor } from '../tensor/host.js';
+import { intArg } from '../cli/args.js';
 import { Rng } from '../util/rng.js';
 import {
   deriveRates, expertWeightBytes, H100_ROOFLINE, median, moeFlops, writeMoeReport, type GemmAloneRow, type HostOverheadRow, type MoeBenchReport,
@@ -339,34 +340,32 @@ export function registerMoeBench(bench: Command): void {
     .option('--tokens <list>', 'token counts, e.g. 1,8,64,512,4096,16384 or 1..16384', '1,8,64,512,4096,16384')
     .option('--backend <list>', 'comma list of unfused, reference', 'unfused,reference')
     .option('--out <dir>', 'output directory', 'bench-out')
-    .option('--warmup <n>', 'untimed runs per configuration', '3')
-    .option('--runs <n>', 'timed runs per configuration (fewer at large T: ~1.5 s each)', '20')
-    .option('--seed <n>', 'seed of the weights, hidden states and routing', '1')
-    .option('--reference-max-tokens <n>', 'run the CPU reference only up to this T (it is slow)', '8')
+    .option('--warmup <n>', 'untimed runs per configuration', intArg('--warmup', 0), 3)
+    .option('--runs <n>', 'timed runs per configuration (fewer at large T: ~1.5 s each)', intArg('--runs', 1), 20)
+    .option('--seed <n>', 'seed of the weights, hidden states and routing', intArg('--seed', 0, 0xffffffff), 1)
+    .option('--reference-max-tokens <n>', 'run the CPU reference only up to this T (it is slow)', intArg('--reference-max-tokens', 0), 8)
     .option('--no-anchor', 'skip the cuBLASLt FP8 anchor')
     .option('--no-gemm-alone', 'skip timing the grouped GEMM alone at the bar shapes (4 x 8192, 8 x 512, 32 x 128 rows; N = K = 4096)')
     .option('--commit <sha>', 'commit to record (default: $MEGAMOE_COMMIT, else git rev-parse --short HEAD)')
-    .action(async (opts: Record<string, string | boolean>) => {
-      const int = (name: string, min: number) => {
-        const v = Number(opts[name]);
-        if (!Number.isInteger(v) || v < min) throw new Error(`--${name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} must be an integer >= ${min}`);
-        return v;
-      };
+    .action(async (opts: {
+      preset: string; tokens: string; backend: string; out: string; warmup: number; runs: number; seed: number;
+      referenceMaxTokens: number; anchor: boolean; gemmAlone: boolean; commit?: string;
+    }) => {
       const report = await runMoeBench({
-        presets: parseList('preset', String(opts.preset), Object.keys(MOE_BENCH_PRESETS)),
-        tokens: parseTokenList(String(opts.tokens)),
-        backends: parseList('backend', String(opts.backend), ['unfused', 'reference']),
-        out: String(opts.out),
-        warmup: int('warmup', 0),
-        runs: int('runs', 1),
-        seed: int('seed', 0),
-        referenceMaxTokens: int('referenceMaxTokens', 0),
-        anchor: opts.anchor !== false,
-        gemmAlone: opts.gemmAlone !== false,
-        commit: typeof opts.commit === 'string' ? opts.commit : undefined,
+        presets: parseList('preset', opts.preset, Object.keys(MOE_BENCH_PRESETS)),
+        tokens: parseTokenList(opts.tokens),
+        backends: parseList('backend', opts.backend, ['unfused', 'reference']),
+        out: opts.out,
+        warmup: opts.warmup,
+        runs: opts.runs,
+        seed: opts.seed,
+        referenceMaxTokens: opts.referenceMaxTokens,
+        anchor: opts.anchor,
+        gemmAlone: opts.gemmAlone,
+        commit: opts.commit,
         command: `megamoe ${process.argv.slice(2).join(' ')}`,
         log: (l) => process.stderr.write(`${l}\n`),
       });
-      process.stdout.write(`${report.rows.length} rows written to ${String(opts.out)}\n`);
+      process.stdout.write(`${report.rows.length} rows written to ${opts.out}\n`);
     });
 }

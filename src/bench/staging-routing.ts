@@ -16,6 +16,7 @@ import {
 } from '../cuda/index.js';
 import { Router, planRouterLogits, ROUTER_TILES, ROUTER_VARIANTS, routingFlops, routingTrafficBytes, type RouterShape, type RouterTile } from '../kernels/routing.js';
 import { Stager, STAGING_VARIANTS, stagingTrafficBytes, type StagingShape } from '../kernels/staging.js';
+import { intArg } from '../cli/args.js';
 import { HostTensor } from '../tensor/host.js';
 import { Rng } from '../util/rng.js';
 import { loadEmptyKernel, loadSpinKernel } from './bench-kernels.js';
@@ -25,8 +26,8 @@ export interface KernelBenchOptions {
   out: string;
   shapes: string;
   tokens: string;
-  warmup: string;
-  runs: string;
+  warmup: number;
+  runs: number;
   commit?: string;
   compareTiles?: boolean;
 }
@@ -125,12 +126,6 @@ export function parseTokenList(text: string): number[] {
     }
   }
   return [...out].sort((a, b) => a - b);
-}
-
-function parseCount(name: string, text: string, min: number): number {
-  const v = Number(text);
-  if (!Number.isInteger(v) || v < min) throw new Error(`--${name} must be an integer >= ${min}, got "${text}"`);
-  return v;
 }
 
 function pickShapes<S>(variants: ReadonlyArray<{ label: string; shape: S }>, text: string): Array<{ label: string; shape: S }> {
@@ -322,8 +317,7 @@ async function launchOverhead(): Promise<LaunchOverheadResult | undefined> {
 
 /** `megamoe bench staging`. */
 export async function runStagingBench(opts: KernelBenchOptions): Promise<{ meta: BenchMeta; rows: StagingRow[] }> {
-  const warmup = parseCount('warmup', opts.warmup, 0);
-  const runs = parseCount('runs', opts.runs, 1);
+  const { warmup, runs } = opts;
   const tokens = parseTokenList(opts.tokens);
   const shapes = pickShapes<StagingShape>(STAGING_VARIANTS, opts.shapes);
   using timer = await KernelTimer.create();
@@ -364,8 +358,7 @@ export async function runStagingBench(opts: KernelBenchOptions): Promise<{ meta:
 
 /** `megamoe bench routing`. */
 export async function runRoutingBench(opts: KernelBenchOptions): Promise<{ meta: BenchMeta; rows: RoutingRow[] }> {
-  const warmup = parseCount('warmup', opts.warmup, 0);
-  const runs = parseCount('runs', opts.runs, 1);
+  const { warmup, runs } = opts;
   const tokens = parseTokenList(opts.tokens);
   const shapes = pickShapes<RouterShape>(ROUTER_VARIANTS, opts.shapes);
   using timer = await KernelTimer.create();
@@ -412,8 +405,8 @@ function addCommonOptions(cmd: Command, defaultOut: string, defaultShapes: strin
     .option('--out <dir>', 'folder for the JSON and Markdown results', defaultOut)
     .option('--shapes <list>', 'comma-separated shape presets (tiny, flash, pro)', defaultShapes)
     .option('--tokens <list>', 'token counts: "1,7,64" or a power-of-two range "1..16384"', '1..16384')
-    .option('--warmup <n>', 'untimed runs per point', '10')
-    .option('--runs <n>', 'timed runs per point (the median is reported)', '50')
+    .option('--warmup <n>', 'untimed runs per point', intArg('--warmup', 0), 10)
+    .option('--runs <n>', 'timed runs per point (the median is reported)', intArg('--runs', 1), 50)
     .option('--commit <sha>', 'commit to record (default: $MEGAMOE_COMMIT, else git rev-parse --short HEAD)');
 }
 
