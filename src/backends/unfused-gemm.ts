@@ -17,11 +17,16 @@ export interface RowTile {
  * most 4 rows, so nearly every expert fits one 16-token tile and its weights stream once; above that, the 128-row
  * path, whose tiles amortise each weight tile over many rows.
  */
-export function chooseRowTile(tokens: number, shape: Pick<UnfusedShape, 'topK' | 'experts'>): RowTile {
+export function chooseRowTile(tokens: number, shape: Pick<UnfusedShape, 'topK' | 'experts'>,
+  policy: RowTilePolicy = 'auto'): RowTile {
   const rowsPerExpert = (tokens * shape.topK) / shape.experts;
-  const mode: GemmPath = rowsPerExpert <= 4 ? 'decode' : 'normal';
+  const mode: GemmPath = policy !== 'auto' ? policy : rowsPerExpert <= 4 ? 'decode' : 'normal';
   return { mode, rows: GROUPED_GEMM_ROW_TILE[mode] };
 }
+
+/** 'auto' picks by rows per expert (above); a fixed path is for benchmarking the heuristic. */
+export type RowTilePolicy = 'auto' | GemmPath;
+export const ROW_TILE_POLICIES: readonly RowTilePolicy[] = ['auto', 'decode', 'normal'];
 
 export interface ExpertGemmBuffers {
   shape: UnfusedShape;

@@ -22,7 +22,7 @@ import {
 import { RANDOM_CODE_STD, RandomFill } from '../kernels/random-fill.js';
 import { Stager } from '../kernels/staging.js';
 import {
-  chooseRowTile, createExpertGemms, type ExpertGemms, type RowTile,
+  chooseRowTile, createExpertGemms, type ExpertGemms, type RowTile, type RowTilePolicy,
 } from './unfused-gemm.js';
 import type { MoeBackend, MoeForwardResult, PrepareOptions } from '../moe/backend.js';
 import {
@@ -273,9 +273,12 @@ export class UnfusedMoe {
     }
   }
 
+  /** Which GEMM path forwards use: 'auto' (by rows per expert) unless a benchmark pins one. */
+  rowTilePolicy: RowTilePolicy = 'auto';
+
   /** The row tile (GEMM kernel variant) T tokens run with. */
   rowTile(tokens: number): RowTile {
-    return chooseRowTile(tokens, this.shape);
+    return chooseRowTile(tokens, this.shape, this.rowTilePolicy);
   }
 
   /**

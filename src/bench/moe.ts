@@ -19,6 +19,7 @@ import {
 } from '../cuda/index.js';
 import { CublasLtFp8Gemm, cublasLtStatus } from '../cuda/cublaslt.js';
 import { DeviceMoeWeights, layerFromDeviceWeights, UnfusedMoe, type UnfusedShape } from '../backends/unfused.js';
+import { ROW_TILE_POLICIES, type RowTilePolicy } from '../backends/unfused-gemm.js';
 import { ReferenceBackend } from '../backends/reference.js';
 import { calcDiff } from '../numerics/calc-diff.js';
 import { decodeBF16Array } from '../numerics/bf16.js';
@@ -52,6 +53,8 @@ export interface MoeBenchOptions {
   anchor: boolean;
   /** also time the grouped GEMM alone at the issue's bar shapes */
   gemmAlone: boolean;
+  /** GEMM path of the unfused layer: 'auto' (the backend's heuristic) or one pinned path, to tune that heuristic */
+  rowTile?: RowTilePolicy;
   commit?: string;
   command?: string;
   /** progress lines (stderr) */
@@ -202,6 +205,7 @@ export async function runMoeBench(o: MoeBenchOptions): Promise<MoeBenchReport> {
       log(`bench moe: ${preset}: generating ${(p.experts + 1)} experts on the GPU`);
       const weights = await DeviceMoeWeights.random(shape, o.seed);
       const moe = await UnfusedMoe.create(weights, maxT, { ownsWeights: true });
+      moe.rowTilePolicy = o.rowTile ?? 'auto';
       const fill = await RandomFill.create();
       const reference = o.backends.includes('reference') ? new ReferenceBackend() : undefined;
       const refLayer = reference ? layerFromDeviceWeights(weights) : undefined;
@@ -346,11 +350,14 @@ export function registerMoeBench(bench: Command): void {
     .option('--reference-max-tokens <n>', 'run the CPU reference only up to this T (it is slow)', intArg('--reference-max-tokens', 0), 8)
     .option('--no-anchor', 'skip the cuBLASLt FP8 anchor')
     .option('--no-gemm-alone', 'skip timing the grouped GEMM alone at the bar shapes (4 x 8192, 8 x 512, 32 x 128 rows; N = K = 4096)')
+    .option('--row-tile <path>', `GEMM path of the unfused layer: ${ROW_TILE_POLICIES.join(', ')} (auto: by rows per expert)`, 'auto')
     .option('--commit <sha>', 'commit to record (default: $MEGAMOE_COMMIT, else git rev-parse --short HEAD)')
     .action(async (opts: {
       preset: string; tokens: string; backend: string; out: string; warmup: number; runs: number; seed: number;
-      referenceMaxTokens: number; anchor: boolean; gemmAlone: boolean; commit?: string;
+      referenceMaxTokens: number; anchor: boolean; gemmAlone: boolean; rowTile: string; commit?: string;
     }) => {
+      const rowTile = ROW_TILE_POLICIES.find((p) => p === opts.rowTile);
+      if (!rowTile) throw new Error(`--row-tile ${opts.rowTile}: expected one of ${ROW_TILE_POLICIES.join(', ')}`);
       const report = await runMoeBench({
         presets: parseList('preset', opts.preset, Object.keys(MOE_BENCH_PRESETS)),
         tokens: parseTokenList(opts.tokens),
@@ -362,6 +369,7 @@ export function registerMoeBench(bench: Command): void {
         referenceMaxTokens: opts.referenceMaxTokens,
         anchor: opts.anchor,
         gemmAlone: opts.gemmAlone,
+        rowTile,
         commit: opts.commit,
         command: `megamoe ${process.argv.slice(2).join(' ')}`,
         log: (l) => process.stderr.write(`${l}\n`),
