@@ -7,15 +7,18 @@ import { localIdMap, provider, toLocalIds } from '../src/backends/unfused.js';
 import { chooseRowTile } from '../src/backends/unfused-gemm.js';
 import { HostTensor } from '../src/tensor/host.js';
 
-test('decode path while experts average <= 4 rows, 128-row tiles above', () => {
+test('decode path while experts average <= 14 rows, 128-row tiles above; a pinned path wins', () => {
   const flash = { experts: 256, topK: 6 };
   assert.equal(chooseRowTile(1, flash).mode, 'decode');
   assert.equal(chooseRowTile(64, flash).rows, 16);
-  assert.equal(chooseRowTile(170, flash).mode, 'decode'); // 3.98 rows per expert
-  assert.equal(chooseRowTile(171, flash).mode, 'normal');
+  assert.equal(chooseRowTile(597, flash).mode, 'decode'); // 13.99 rows per expert
+  assert.equal(chooseRowTile(598, flash).mode, 'normal');
   assert.equal(chooseRowTile(4096, flash).rows, 128);
+  assert.equal(chooseRowTile(4096, flash, 'decode').mode, 'decode');
+  assert.equal(chooseRowTile(1, flash, 'normal').rows, 128);
   const tiny = { experts: 16, topK: 4 };
   assert.equal(chooseRowTile(7, tiny).mode, 'decode');
+  assert.equal(chooseRowTile(56, tiny).mode, 'decode'); // 14 rows per expert
   assert.equal(chooseRowTile(128, tiny).mode, 'normal');
 });
 

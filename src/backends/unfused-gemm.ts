@@ -14,13 +14,17 @@ export interface RowTile {
 
 /**
  * Decode path (weights on wgmma's M side, up to 16 tokens of one expert per tile) while the average expert gets at
- * most 4 rows, so nearly every expert fits one 16-token tile and its weights stream once; above that, the 128-row
- * path, whose tiles amortise each weight tile over many rows.
+ * most DECODE_MAX_ROWS_PER_EXPERT rows; above that, the 128-row path, whose tiles amortise each weight tile over many
+ * rows. Measured crossover (H100, flash layer, `megamoe bench moe --row-tile decode|normal`, docs/BENCHMARKS.md):
+ * decode is 12% faster at 12 rows per expert (T = 512: 2.59 vs 2.94 ms), 38% slower at 24 (T = 1024), break-even
+ * near 15: an expert past 16 rows takes a second 16-row tile that streams its weights again.
  */
+export const DECODE_MAX_ROWS_PER_EXPERT = 14;
+
 export function chooseRowTile(tokens: number, shape: Pick<UnfusedShape, 'topK' | 'experts'>,
   policy: RowTilePolicy = 'auto'): RowTile {
   const rowsPerExpert = (tokens * shape.topK) / shape.experts;
-  const mode: GemmPath = policy !== 'auto' ? policy : rowsPerExpert <= 4 ? 'decode' : 'normal';
+  const mode: GemmPath = policy !== 'auto' ? policy : rowsPerExpert <= DECODE_MAX_ROWS_PER_EXPERT ? 'decode' : 'normal';
   return { mode, rows: GROUPED_GEMM_ROW_TILE[mode] };
 }
 
