@@ -133,14 +133,14 @@ async function run(opts: MoeOptions): Promise<void> {
     if (name !== 'reference') {
       const ref = runExpertsReference(layer, x, routing.topkIds, routing.topkWeights);
       console.log(`check    calc_diff vs reference: y ${calcDiff(y, decodeBF16Array(ref.y.data)).toExponential(3)}, `
-        + `y_routed ${calcDiff(yRouted, decodeBF16Array(ref.yRouted.data)).toExponential(3)} (SPEC 5: <= 1e-5)`);
+        + `y_routed ${calcDiff(yRouted, decodeBF16Array(ref.yRouted.data)).toExponential(3)} (SPEC 5 asks <= 1e-5; Hopper's FP8 tensor cores land 1e-6..2e-5: docs/BENCHMARKS.md)`);
     }
     if (opts.f64) {
       const t0 = performance.now();
       const f = evalMoeF64(layer, x, routing.topkIds, routing.topkWeights);
       const t1 = performance.now();
       console.log(`accuracy calc_diff vs f64 evaluation: y ${calcDiff(y, f.y).toExponential(3)}, y_routed ${calcDiff(yRouted, f.yRouted).toExponential(3)} `
-        + `(SPEC 5: <= 1e-3; f64 evaluation ${ms(t0, t1)})`);
+        + `(f64 evaluation ${ms(t0, t1)}; SPEC 5 asks <= 1e-3, and the two e4m3 activation roundings alone give ~1e-3: README)`);
     }
 
     if (opts.dump) {
