@@ -4,7 +4,7 @@
 //
 // Build and run on the GPU host (see README.md beside this file):
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -Xptxas -v -o /tmp/gemm harness.cu && /tmp/gemm
-// Flags: --quick (correctness only), --bench-only, --ncu (one launch of the 4x8192 shape, for ncu).
+// Flags: --check (correctness only), --bench (timings only), --ncu (one launch of the 4x8192 shape, for ncu).
 #define GG_NO_ENTRY
 #include "../../src/kernels/grouped_gemm_fp8.cu"
 

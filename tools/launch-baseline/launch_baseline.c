@@ -1,7 +1,7 @@
 // The same launch-overhead measurement as src/cuda/launch-overhead.ts, in plain C against the driver API, so the cost
 // that the TypeScript layer (koffi + argument packing) adds can be read off as the difference. Dev tool, not product.
 // Build + run on a GPU host (after measureLaunchOverhead() has compiled the empty kernel into the cache):
-//   gcc -O2 -I/usr/local/cuda/include src/cuda/baseline/launch_baseline.c -o /tmp/lb -lcuda
+//   gcc -O2 -I/usr/local/cuda/include tools/launch-baseline/launch_baseline.c -o /tmp/lb -lcuda
 //   /tmp/lb ~/.cache/megamoe/kernels/megamoe_empty-*.cubin
 #include <cuda.h>
 #include <stdio.h>
