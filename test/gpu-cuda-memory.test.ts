@@ -4,8 +4,8 @@ import assert from 'node:assert/strict';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import {
-  CudaError, CudaModule, DeviceBuffer, DeviceTensor, PinnedBuffer, Stream, canAccessPeer, deviceCount, gpuSkipReason,
-  useDevice,
+  CudaError, CudaModule, DeviceBuffer, DeviceTensor, PinnedBuffer, Stream, arg, canAccessPeer, deviceCount, enablePeerAccess,
+  gpuSkipReason, loadKernel, useDevice,
 } from '../src/cuda/index.js';
 import { HostTensor } from '../src/tensor/host.js';
 import { Rng } from '../src/util/rng.js';
@@ -161,6 +161,34 @@ test('failing driver calls throw CudaError with the call and the CUresult name',
   b.dispose(); // twice is a no-op
 });
 
-test('peer access between two GPUs', { skip: skip ?? (deviceCount() < 2 ? 'needs two GPUs' : undefined) }, () => {
-  assert.equal(typeof canAccessPeer(0, 1), 'boolean');
+const PEER_SOURCE = `
+extern "C" __global__ void peer_increment(const unsigned* src, unsigned* dst, unsigned n) {
+  const unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) dst[i] = src[i] + 1u;
+}
+`;
+
+test('peer access: a kernel on device 0 reads device 1 memory directly', { skip: skip ?? (deviceCount() < 2 ? 'needs two GPUs' : undefined) }, async (t) => {
+  if (!canAccessPeer(0, 1)) { t.skip('devices 0 and 1 have no P2P path'); return; }
+  const n = 4096;
+  const pattern = Uint32Array.from({ length: n }, (_, i) => (i * 2654435761) >>> 0);
+  const remoteCtx = useDevice(1);
+  const remote = DeviceBuffer.alloc(n * 4);
+  remote.copyFromHost(pattern);
+  remoteCtx.synchronize();
+  const localCtx = useDevice(0);
+  enablePeerAccess(0, 1);
+  enablePeerAccess(0, 1); // idempotent
+  const local = DeviceBuffer.alloc(n * 4);
+  const kernel = await loadKernel({ source: 'peer_test.cu', sourceText: PEER_SOURCE, entry: 'peer_increment' });
+  kernel.launch({ grid: [n / 256], block: [256] }, [remote, local, arg.u32(n)]);
+  localCtx.synchronize();
+  const got = new Uint32Array(n);
+  local.copyToHost(got);
+  for (let i = 0; i < n; i++) assert.equal(got[i], (pattern[i] + 1) >>> 0, `element ${i}`);
+  local.dispose();
+  useDevice(1);
+  remote.dispose();
+  useDevice(0);
+  assert.throws(() => enablePeerAccess(0, 7), /out of range/);
 });

@@ -65,7 +65,8 @@ export function deviceCount(): number {
   return d.scratch.view.getInt32(0, true);
 }
 
-function deviceHandle(ordinal: number): number {
+/** The driver's CUdevice handle of a device ordinal (range-checked). */
+export function deviceHandle(ordinal: number): number {
   const d = getDriver();
   const count = deviceCount();
   if (!Number.isInteger(ordinal) || ordinal < 0 || ordinal >= count) {

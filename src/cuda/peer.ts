@@ -1,5 +1,5 @@
 // Peer access between GPUs of one host (NVLink / PCIe), needed before one device's kernels touch another's memory.
-import { currentCudaContext, useDevice } from './device.js';
+import { currentCudaContext, deviceHandle, useDevice } from './device.js';
 import { getDriver, throwCuda } from './driver.js';
 
 const CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED = 704;
@@ -7,7 +7,9 @@ const CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED = 704;
 /** Whether `device` can map `peerDevice`'s memory. */
 export function canAccessPeer(device: number, peerDevice: number): boolean {
   const d = getDriver();
-  const rc = d.fn.cuDeviceCanAccessPeer(d.scratch.address, device, peerDevice);
+  const dev = deviceHandle(device);
+  const peer = deviceHandle(peerDevice);
+  const rc = d.fn.cuDeviceCanAccessPeer(d.scratch.address, dev, peer);
   if (rc !== 0) throwCuda('cuDeviceCanAccessPeer', rc, `devices ${device} -> ${peerDevice}`);
   return d.scratch.view.getInt32(0, true) !== 0;
 }
