@@ -1,13 +1,15 @@
 // GPU grouped FP8 GEMM (src/kernels/grouped_gemm_fp8.cu through GroupedGemm) against a CPU evaluation of SPEC 3's
 // formula on random codes and random scales: bf16 out (L2) and SwiGLU + FP8 out on transformed weights (L1), on both
 // paths (128-row 'normal' tiles and 16-token 'decode' tiles), with groups of odd sizes, a skipped (-1) tile and spare
-// capacity that must stay untouched. Skips (with the reason) where no Hopper GPU and driver exist.
+// capacity that must stay untouched; each path also with the opt-in tiled weight layout (weights uploaded through
+// tileWeights, the CPU check reads the untiled codes). Skips (with the reason) where no Hopper GPU and driver exist.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { DeviceBuffer, gpuSkipReason } from '../src/cuda/index.js';
 import {
   GroupedGemm, GROUPED_GEMM_ROW_TILE, type GemmEpilogue, type GemmPath, type GroupedGemmSpec,
 } from '../src/kernels/grouped-gemm.js';
+import { tileWeights, type WeightLayout } from '../src/kernels/weight-layout.js';
 import { calcDiff, E4M3_DECODE, encodeE4M3, pow2Ceil } from '../src/numerics/index.js';
 import { Rng } from '../src/util/rng.js';
 
@@ -90,13 +92,16 @@ function upload(src: ArrayBufferView): DeviceBuffer {
 }
 
 async function runCase(path: GemmPath, epilogue: GemmEpilogue, p: Problem,
-  tuning?: GroupedGemmSpec['tuning']): Promise<void> {
+  tuning?: GroupedGemmSpec['tuning'], weightLayout: WeightLayout = 'rows'): Promise<void> {
   const swiglu = epilogue === 'swiglu-fp8';
-  const gemm = await GroupedGemm.create({ path, epilogue, n: p.n, k: p.k, tuning });
+  const gemm = await GroupedGemm.create({ path, epilogue, n: p.n, k: p.k, tuning, weightLayout });
+  assert.equal(gemm.config.weightLayout, weightLayout);
+  // The device gets the codes in the GEMM's layout; the CPU check below always reads p.w (rows).
+  const wDevice = weightLayout === 'tiled' ? tileWeights(p.w, p.groups, p.n, p.k) : p.w;
   const outBytes = swiglu ? p.mCap * (p.n / 2) : p.mCap * p.n * 2;
   const outSfCount = swiglu ? (p.n / 256) * p.mCap : 1;
   const bufs = {
-    a: upload(p.a), sfa: upload(p.sfa), w: upload(p.w), sfb: upload(p.sfb), rw: upload(p.rowWeight),
+    a: upload(p.a), sfa: upload(p.sfa), w: upload(wDevice), sfb: upload(p.sfb), rw: upload(p.rowWeight),
     tg: upload(p.tileGroup), nm: upload(Int32Array.of(p.liveTiles)),
     out: DeviceBuffer.alloc(outBytes), outSf: DeviceBuffer.alloc(outSfCount * 4),
   };
@@ -158,7 +163,7 @@ async function runCase(path: GemmPath, epilogue: GemmEpilogue, p: Problem,
       }
     }
     const diff = calcDiff(gx, cx);
-    const label = `${path} ${epilogue} N${p.n} K${p.k} (${gemm.config.multicast} multicast, ${gemm.config.store} store)`;
+    const label = `${path} ${epilogue} N${p.n} K${p.k} (${weightLayout} weights, ${gemm.config.multicast} multicast, ${gemm.config.store} store)`;
     assert.ok(gx.length > 0, `${label}: no valid rows checked`);
     assert.ok(!gx.some(Number.isNaN), `${label}: NaN (unwritten poison) in a valid row`);
     assert.ok(diff <= 1e-5, `${label}: calc_diff ${diff} > 1e-5`);
@@ -206,4 +211,27 @@ test('grouped GEMM decode path, bf16 out (N 256, K 128)', { skip }, async () => 
 
 test('grouped GEMM decode path, SwiGLU + FP8 out (N 512, K 256)', { skip }, async () => {
   await runCase('decode', 'swiglu-fp8', makeProblem('decode', 'swiglu-fp8', 512, 256, 5, DECODE_SEGMENTS, 6));
+});
+
+// The tiled weight layout (GG_WTILED): K > 128 everywhere, so the two layouts really differ. Covers the three weight
+// TMA load sites: normal without and with the weight multicast, and decode (MSUB 1: 64-row boxes inside a tile;
+// MSUB 4: a 256-row unit fetched as two 128-row tiles).
+test('grouped GEMM, tiled weights: normal bf16 (N 256, K 384), weight multicast and none / direct', { skip }, async () => {
+  await runCase('normal', 'bf16', makeProblem('normal', 'bf16', 256, 384, 5, NORMAL_SEGMENTS, 21), undefined, 'tiled');
+  await runCase('normal', 'bf16', makeProblem('normal', 'bf16', 256, 384, 5, NORMAL_SEGMENTS, 22),
+    { multicast: 'none', store: 'direct' }, 'tiled');
+});
+
+test('grouped GEMM, tiled weights: normal bf16, N 384 (128-column tiles) and activation multicast (N 512)', { skip }, async () => {
+  await runCase('normal', 'bf16', makeProblem('normal', 'bf16', 384, 256, 5, NORMAL_SEGMENTS, 23), undefined, 'tiled');
+  await runCase('normal', 'bf16', makeProblem('normal', 'bf16', 512, 256, 5, NORMAL_SEGMENTS, 24), { multicast: 'activations' }, 'tiled');
+});
+
+test('grouped GEMM, tiled weights: normal SwiGLU + FP8 (N 512, K 256)', { skip }, async () => {
+  await runCase('normal', 'swiglu-fp8', makeProblem('normal', 'swiglu-fp8', 512, 256, 5, NORMAL_SEGMENTS, 25, 10), undefined, 'tiled');
+});
+
+test('grouped GEMM, tiled weights: decode bf16 (N 384, K 256) and SwiGLU + FP8 (N 512, K 384)', { skip }, async () => {
+  await runCase('decode', 'bf16', makeProblem('decode', 'bf16', 384, 256, 5, DECODE_SEGMENTS, 26), undefined, 'tiled');
+  await runCase('decode', 'swiglu-fp8', makeProblem('decode', 'swiglu-fp8', 512, 384, 5, DECODE_SEGMENTS, 27), undefined, 'tiled');
 });

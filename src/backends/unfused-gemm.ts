@@ -60,9 +60,10 @@ export async function createExpertGemms(b: ExpertGemmBuffers): Promise<ExpertGem
   const { hidden: H, inter: I, experts } = b.shape;
   const groups = experts + 1; // + the shared expert
   const bindPath = async (path: GemmPath): Promise<[BoundGroupedGemm, BoundGroupedGemm]> => {
+    const weightLayout = b.weights.weightLayout; // the GEMMs read the codes in whatever layout they were uploaded
     const [g1, g2] = await Promise.all([
-      GroupedGemm.create({ path, epilogue: 'swiglu-fp8', n: 2 * I, k: H }),
-      GroupedGemm.create({ path, epilogue: 'bf16', n: H, k: I }),
+      GroupedGemm.create({ path, epilogue: 'swiglu-fp8', n: 2 * I, k: H, weightLayout }),
+      GroupedGemm.create({ path, epilogue: 'bf16', n: H, k: I, weightLayout }),
     ]);
     const l1 = g1.bind({
       a: b.a, sfa: b.sfa, weights: b.weights.w13, sfb: b.weights.s13, groups, tileGroup: b.tileGroup, numMTiles: b.numMTiles,

@@ -9,7 +9,8 @@
 //   a          e4m3 [mCap, K] row-major; rows grouped by expert, each group's segment starting at a multiple of
 //              rowTile (128 'normal', 16 'decode'); padding rows may hold anything, their outputs are ignored.
 //   sfa        f32 MN-major [K/128, mCap]: element (kb, m) at kb * mCap + m (one TMA box per row tile and K block).
-//   weights    e4m3 [groups, N, K] row-major (for 'swiglu-fp8': the TRANSFORMED L1 weight, N = 2I).
+//   weights    e4m3 [groups, N, K] row-major (for 'swiglu-fp8': the TRANSFORMED L1 weight, N = 2I); with
+//              weightLayout 'tiled' the same codes as [groups, N/128, K/128, 128, 128] (tileWeights, weight-layout.ts).
 //   sfb        f32 [groups, N/128, K/128], K blocks innermost, natural (untransformed) row order.
 //   tileGroup  int32 [mCap / rowTile]: expert of each row tile, -1 = skip.  numMTiles: int32 [1], live row tiles.
 //   out        'bf16': bf16 [mCap, N].  'swiglu-fp8': e4m3 [mCap, N/2] plus outSf f32 MN-major [N/256, mCap] (the
@@ -20,6 +21,7 @@ import {
 } from '../cuda/index.js';
 import { GuardError } from '../moe/guards.js';
 import { MOE_PRESET_SHAPES } from './presets.js';
+import { WEIGHT_TILE, type WeightLayout } from './weight-layout.js';
 
 export const GROUPED_GEMM_SOURCE = 'grouped_gemm_fp8.cu';
 export const GROUPED_GEMM_ENTRY = 'grouped_gemm_fp8';
@@ -47,6 +49,13 @@ export interface GroupedGemmSpec {
   /** Reduction length. */
   k: number;
   /**
+   * How `weights` is stored (default 'rows', the checkpoint layout; the unfused backend uploads 'tiled', see
+   * EXPERT_WEIGHT_LAYOUT in src/backends/unfused.ts): 'rows' = e4m3 [G, N, K] row-major; 'tiled' = [G, N/128, K/128, 128, 128],
+   * every 128-row x 128-byte block one contiguous 16 KB run (tileWeights in weight-layout.ts). Same smem image,
+   * same results; only the DRAM access pattern of the weight TMA loads differs (docs/GEMM.md, "Tiled weights").
+   */
+  weightLayout?: WeightLayout;
+  /**
    * Tuning overrides ('normal' path; defaults are the fastest measured, docs/GEMM.md). store: 'tma' stages the bf16
    * tile in shared memory and writes it with TMA stores (default; +18% at 4 x 8192 rows). multicast: CTA pairs
    * (a 2-CTA cluster) that fetch half a tile each and multicast it: 'weights' (pairs of row tiles of one expert
@@ -66,6 +75,7 @@ export interface GroupedGemmConfig {
   stages: number;
   multicast: GemmMulticast;
   store: 'tma' | 'direct';
+  weightLayout: WeightLayout;
   threads: number;
   smemBytes: number;
   /** Rows of the weight / activation tensor maps' boxes. */
@@ -117,6 +127,10 @@ export function groupedGemmConfig(spec: GroupedGemmSpec): GroupedGemmConfig {
       'use moe_intermediate_size % 128 == 0; N is the transformed [2I, H] weight\'s row count');
   }
   if (k > 65536 || n > 65536) throw new RangeError(`grouped GEMM: N = ${n}, K = ${k} exceed the 65536 this launcher was checked for`);
+  const weightLayout = spec.weightLayout ?? 'rows';
+  if (weightLayout !== 'rows' && weightLayout !== 'tiled') {
+    throw new RangeError(`grouped GEMM: weightLayout "${String(weightLayout)}" is not 'rows' or 'tiled'`);
+  }
   const t = spec.tuning ?? {};
   const rowTile = GROUPED_GEMM_ROW_TILE[path];
   let sub: number; let stages: number; let threads: number; let weightBoxRows: number;
@@ -142,7 +156,8 @@ export function groupedGemmConfig(spec: GroupedGemmSpec): GroupedGemmConfig {
     sub = swiglu ? 4 : 1;
     stages = t.stages ?? (swiglu ? 6 : 16);
     threads = 256;
-    weightBoxRows = 64 * sub;
+    // A tiled box must stay inside one 128-row tile: the 256-row SwiGLU unit is fetched as two 128-row boxes.
+    weightBoxRows = weightLayout === 'tiled' ? Math.min(64 * sub, WEIGHT_TILE) : 64 * sub;
     if (n % (64 * sub) !== 0) throw new RangeError(`grouped GEMM: decode path needs N % ${64 * sub} == 0, got N = ${n}`);
     if (t.multicast !== undefined && t.multicast !== 'none') throw new RangeError('grouped GEMM: the decode path has no multicast variant');
   }
@@ -152,11 +167,13 @@ export function groupedGemmConfig(spec: GroupedGemmSpec): GroupedGemmConfig {
     throw new RangeError(`grouped GEMM: ${stages} stages need ${smemBytes} bytes of shared memory, more than the ${SMEM_LIMIT} a block may use: use fewer stages`);
   }
   return {
-    spec: Object.freeze({ ...spec }), rowTile, sub, stages, multicast, store, threads, smemBytes, weightBoxRows,
+    spec: Object.freeze({ ...spec }), rowTile, sub, stages, multicast, store, weightLayout, threads, smemBytes, weightBoxRows,
     activationBoxRows,
     defines: {
       GG_SWAP: path === 'decode' ? 1 : 0, GG_EPI: swiglu ? 1 : 0, GG_N: n, GG_K: k, GG_SUB: sub, GG_STAGES: stages,
       GG_MCAST: MCAST_CODE[multicast], GG_STORE: store === 'tma' ? 1 : 0,
+      // Only the tiled variants carry the define, so the default (rows) specialisations keep their cache keys.
+      ...(weightLayout === 'tiled' ? { GG_WTILED: 1 } : {}),
     },
   };
 }
@@ -175,6 +192,11 @@ registerKernel({
       { label: `${p.label}-L2-${path}`, defines: groupedGemmConfig({ path, epilogue: 'bf16', n: p.hidden, k: p.inter }).defines },
     ])),
     { label: 'bench-N4096-K4096', defines: groupedGemmConfig({ path: 'normal', epilogue: 'bf16', n: 4096, k: 4096 }).defines },
+    // The tiled weight layout (weightLayout 'tiled': what the unfused backend uploads by default), both paths.
+    ...GROUPED_GEMM_PRESETS.flatMap((p) => (['normal', 'decode'] as const).flatMap((path) => [
+      { label: `${p.label}-L1-${path}-tiled`, defines: groupedGemmConfig({ path, epilogue: 'swiglu-fp8', n: 2 * p.inter, k: p.hidden, weightLayout: 'tiled' }).defines },
+      { label: `${p.label}-L2-${path}-tiled`, defines: groupedGemmConfig({ path, epilogue: 'bf16', n: p.hidden, k: p.inter, weightLayout: 'tiled' }).defines },
+    ])),
   ],
 });
 
@@ -242,6 +264,11 @@ export class GroupedGemm {
     if (!(Number.isInteger(b.groups) && b.groups > 0 && b.groups * n < 2 ** 31)) {
       throw new RangeError(`${where}: groups ${b.groups} must be a positive integer with groups * N < 2^31`);
     }
+    const tiled = c.weightLayout === 'tiled';
+    // Tiled: the map is [groups * N * K / 128, 128] and TMA row coordinates are signed 32-bit.
+    if (tiled && b.groups * n * (k / WEIGHT_TILE) >= 2 ** 31) {
+      throw new RangeError(`${where}: groups ${b.groups} x N x K / 128 = ${b.groups * n * (k / WEIGHT_TILE)} tiled weight rows exceed 2^31: use weightLayout 'rows' or fewer groups per GEMM`);
+    }
     if (swiglu && (b.outSf === undefined || b.rowWeight === undefined)) {
       throw new Error(`${where}: the SwiGLU epilogue writes outSf and reads rowWeight: pass both buffers`);
     }
@@ -251,7 +278,9 @@ export class GroupedGemm {
     const m = b.mCap;
     const maps: TensorMap[] = [
       tensorMap2D({ dataType: 'uint8', globalAddress: b.a, rows: m, cols: k, boxRows: c.activationBoxRows, boxCols: 128, swizzle: '128B', l2Promotion: '256B' }),
-      tensorMap2D({ dataType: 'uint8', globalAddress: b.weights, rows: b.groups * n, cols: k, boxRows: c.weightBoxRows, boxCols: 128, swizzle: '128B', l2Promotion: '256B' }),
+      tiled // each 128-row x 128-byte tile is 128 consecutive 128-byte rows: a box is one contiguous run
+        ? tensorMap2D({ dataType: 'uint8', globalAddress: b.weights, rows: b.groups * n * (k / WEIGHT_TILE), cols: WEIGHT_TILE, boxRows: c.weightBoxRows, boxCols: 128, swizzle: '128B', l2Promotion: '256B' })
+        : tensorMap2D({ dataType: 'uint8', globalAddress: b.weights, rows: b.groups * n, cols: k, boxRows: c.weightBoxRows, boxCols: 128, swizzle: '128B', l2Promotion: '256B' }),
       tensorMap2D({ dataType: 'f32', globalAddress: b.sfa, rows: k / 128, cols: m, boxRows: 1, boxCols: c.rowTile, swizzle: 'none', l2Promotion: '256B' }),
     ];
     // The bf16 output map is only read by the TMA-store epilogue; other variants get a valid placeholder.

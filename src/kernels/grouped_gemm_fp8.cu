@@ -35,12 +35,14 @@
 //
 // Compile-time shape: GG_SWAP (0 normal, 1 decode), GG_EPI (0 bf16, 1 swiglu), GG_N, GG_K (multiples of 128),
 // GG_SUB (normal: NSUB in {1, 2}; decode: MSUB in {1, 2, 4}), GG_STAGES, GG_MCAST (normal: 0 none, 1 weights,
-// 2 activations; default 0), GG_STORE (normal bf16: 1 = TMA store; default 0). The launcher
+// 2 activations; default 0), GG_STORE (normal bf16: 1 = TMA store; default 0), GG_WTILED (weight layout: 0 = rows
+// [G, N, K], 1 = tiled [G, N/128, K/128, 128, 128]; default 0; see weight_coord below). The launcher
 // (src/kernels/grouped-gemm.ts) picks these and builds the tensor maps; the harness (tools/gemm-harness)
 // instantiates the templates itself and defines GG_NO_ENTRY.
 //
 // Kernel parameters (one ABI for every variant): tmap_a (A, box 128 K x rowTile rows; 64 rows with GG_MCAST 2),
-// tmap_b (weights as [G*N, K], box 128 x 128 rows normal / 64*MSUB rows decode), tmap_sfa (f32 [K/128, m_cap], box
+// tmap_b (weights as [G*N, K], box 128 x 128 rows normal / 64*MSUB rows decode; GG_WTILED 1: as [G*N*K/128, 128],
+// box 128 x 128 rows, 64 rows for MSUB 1), tmap_sfa (f32 [K/128, m_cap], box
 // rowTile x 1), tmap_d (bf16 [m_cap, N], box 64 x 64, 128B swizzle; read only with GG_STORE 1), sfb, tile_group,
 // num_m_tiles, out, out_sf, row_weight, swiglu_limit, m_cap.
 #include "common.cuh"
@@ -100,6 +102,26 @@ __device__ __forceinline__ void check_smem(u32 need, const void* smem) {
   if (dynamic_smem_bytes() < need || (smem_addr(smem) & 1023u) != 0) __trap();
 }
 
+// Weight layouts (GG_WTILED). The kernels always want the same thing in shared memory: R weight rows (R <= 128, the
+// box height) x one 128-byte K block, 128B-swizzled. Where those bytes sit in global memory is the layout's business:
+//  * rows  (0): e4m3 [G, N, K] row-major, tensor map [G*N, K]: a box is R segments of 128 bytes, K bytes apart.
+//  * tiled (1): e4m3 [G, N/128, K/128, 128 rows, 128 bytes]: every 128-row x 128-byte block is one contiguous 16 KB
+//    run, tensor map [G*N*K/128, 128] (a single 128-byte column), so a box is R * 128 consecutive bytes. A box never
+//    crosses a 128-row tile (R is 64 or 128 and starts at a multiple of R), so the smem image and its swizzle are
+//    identical to the rows layout's and the consumers do not change.
+// weight_coord returns the TMA coordinates {x = byte column, y = row} of expert g's weight rows [row, row + R) of
+// K block kb. Tiled row index: ((g * N/128 + row/128) * K/128 + kb) * 128 + row % 128 (< 2^31: the launcher checks
+// G * N * K / 128).
+struct WCoord {
+  int x, y;
+};
+template <int kN, int kK, int kWTiled>
+__device__ __forceinline__ WCoord weight_coord(int g, int row, int kb) {
+  static_assert(kWTiled == 0 || kWTiled == 1, "GG_WTILED is 0 (rows) or 1 (tiled)");
+  if (kWTiled) return {0, ((g * (kN / 128) + row / 128) * (kK / kBlockK) + kb) * 128 + row % 128};
+  return {kb * kBlockK, g * kN + row};
+}
+
 // ==================================================================================================================
 // Normal (prefill) kernel body.
 //
@@ -113,7 +135,7 @@ __device__ __forceinline__ void check_smem(u32 need, const void* smem) {
 // kStore = 1: the bf16 tile is staged in shared memory (128B-swizzled, conflict-free) and written by TMA stores
 // (needs tmap_d: bf16 [m_cap, N], box 64 x 64, 128B swizzle); 0: direct 4-byte stores from registers.
 // ==================================================================================================================
-template <int kN, int kK, int kNSub, int kStages, int kEpi, int kMcast, int kStore>
+template <int kN, int kK, int kNSub, int kStages, int kEpi, int kMcast, int kStore, int kWTiled>
 __device__ __forceinline__ void normal_body(const TmaDesc* tmap_a, const TmaDesc* tmap_b, const TmaDesc* tmap_sfa,
                                             const TmaDesc* tmap_d, const float* __restrict__ sfb,
                                             const int* __restrict__ tile_group, const int* __restrict__ num_m_tiles,
@@ -201,7 +223,7 @@ __device__ __forceinline__ void normal_body(const TmaDesc* tmap_a, const TmaDesc
         const int mt = w.mt, nt = w.nt, g = w.g;
         if (g < 0 && w.g_peer < 0) continue;  // both CTAs of the pair skip it
         const bool mcast = kMcast == 1 && g >= 0 && w.g_peer == g;
-        const int b_row = g * kN + nt * kBlockN;
+        const int b_row = nt * kBlockN;  // first weight row of the tile within expert g
         for (int kb = 0; kb < kKB; kb++) {
           mbar_wait(empty_bar(stage), phase ^ 1);
           if (g >= 0) {
@@ -218,12 +240,15 @@ __device__ __forceinline__ void normal_body(const TmaDesc* tmap_a, const TmaDesc
             tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaBytes, tmap_sfa, full_bar(stage), mt * kNormalRows, kb,
                         pol);
             if (mcast) {
-              tma_load_2d_multicast(sb + rank * (128 * kBlockK), tmap_b, full_bar(stage), kb * kBlockK,
-                                    b_row + 128 * rank, (unsigned short)0x3, pol);
+              const WCoord c = weight_coord<kN, kK, kWTiled>(g, b_row + 128 * rank, kb);
+              tma_load_2d_multicast(sb + rank * (128 * kBlockK), tmap_b, full_bar(stage), c.x, c.y,
+                                    (unsigned short)0x3, pol);
             } else {
 #pragma unroll
-              for (int h = 0; h < kNSub; h++)
-                tma_load_2d(sb + h * (128 * kBlockK), tmap_b, full_bar(stage), kb * kBlockK, b_row + 128 * h, pol);
+              for (int h = 0; h < kNSub; h++) {
+                const WCoord c = weight_coord<kN, kK, kWTiled>(g, b_row + 128 * h, kb);
+                tma_load_2d(sb + h * (128 * kBlockK), tmap_b, full_bar(stage), c.x, c.y, pol);
+              }
             }
           } else {
             mbar_arrive(full_bar(stage));  // dead tile: no data, the consumers just pass the stage on
@@ -438,7 +463,7 @@ __device__ __forceinline__ void normal_body(const TmaDesc* tmap_a, const TmaDesc
 // ==================================================================================================================
 // Decode (swap A/B) kernel body: weights on wgmma's M side, 16 tokens on its N side.
 // ==================================================================================================================
-template <int kN, int kK, int kMSub, int kStages, int kEpi>
+template <int kN, int kK, int kMSub, int kStages, int kEpi, int kWTiled>
 __device__ __forceinline__ void decode_body(const TmaDesc* tmap_a, const TmaDesc* tmap_b, const TmaDesc* tmap_sfa,
                                             const TmaDesc* /*tmap_d: unused*/, const float* __restrict__ sfb, const int* __restrict__ tile_group,
                                             const int* __restrict__ num_m_tiles, void* __restrict__ out,
@@ -449,6 +474,9 @@ __device__ __forceinline__ void decode_body(const TmaDesc* tmap_a, const TmaDesc
   constexpr int kKB = kK / kBlockK;
   constexpr int kWBlocks = kN / kRowsW;
   constexpr int kNScaleRows = kN / 128;
+  // Weight box height: the whole unit (64 * MSUB rows) for the rows layout; for the tiled layout at most one
+  // 128-row tile (a 256-row SwiGLU unit spans two tiles that are K/128 tiles apart), so MSUB 4 issues 2 boxes.
+  constexpr int kBoxRowsW = kWTiled && kRowsW > 128 ? 128 : kRowsW;
   static_assert(kN % kRowsW == 0 && kK % kBlockK == 0, "N must be a multiple of 64*MSUB, K of 128");
   static_assert(kMSub == 1 || kMSub == 2 || kMSub == 4, "MSUB is 1, 2 or 4");
   static_assert(kEpi == 0 || kMSub == 4, "the SwiGLU epilogue needs 256-row transformed units (MSUB = 4)");
@@ -489,11 +517,16 @@ __device__ __forceinline__ void decode_body(const TmaDesc* tmap_a, const TmaDesc
         const int mt = u / kWBlocks, wb = u - mt * kWBlocks;
         const int g = tile_group[mt];
         if (g < 0) continue;
-        const int b_row = g * kN + wb * kRowsW;
+        const int b_row = wb * kRowsW;  // first weight row of the unit within expert g
         for (int kb = 0; kb < kKB; kb++) {
           mbar_wait(empty_bar(stage), phase ^ 1);
           mbar_arrive_expect_tx(full_bar(stage), P::kBBytes + P::kABytes + kDecodeRows * 4);
-          tma_load_2d(sbase + P::kOffB + stage * P::kBBytes, tmap_b, full_bar(stage), kb * kBlockK, b_row, pol_b);
+#pragma unroll
+          for (int h = 0; h < kRowsW / kBoxRowsW; h++) {
+            const WCoord c = weight_coord<kN, kK, kWTiled>(g, b_row + kBoxRowsW * h, kb);
+            tma_load_2d(sbase + P::kOffB + stage * P::kBBytes + h * (kBoxRowsW * kBlockK), tmap_b, full_bar(stage),
+                        c.x, c.y, pol_b);
+          }
           tma_load_2d(sbase + P::kOffA + stage * P::kABytes, tmap_a, full_bar(stage), kb * kBlockK,
                       mt * kDecodeRows, pol_a);
           tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaSlot, tmap_sfa, full_bar(stage), mt * kDecodeRows, kb,
@@ -679,19 +712,19 @@ __device__ __forceinline__ void decode_body(const TmaDesc* tmap_a, const TmaDesc
 #define GG_KERNEL_ARGS                                                                                           \
   &tmap_a, &tmap_b, &tmap_sfa, &tmap_d, sfb, tile_group, num_m_tiles, out, out_sf, row_weight, swiglu_limit, m_cap
 
-template <int kN, int kK, int kNSub, int kStages, int kEpi, int kStore>
+template <int kN, int kK, int kNSub, int kStages, int kEpi, int kStore, int kWTiled = 0>
 __global__ void __launch_bounds__(384, 1) gg_normal_kernel(GG_KERNEL_PARAMS) {
-  gg::normal_body<kN, kK, kNSub, kStages, kEpi, 0, kStore>(GG_KERNEL_ARGS);
+  gg::normal_body<kN, kK, kNSub, kStages, kEpi, 0, kStore, kWTiled>(GG_KERNEL_ARGS);
 }
 
-template <int kN, int kK, int kNSub, int kStages, int kEpi, int kStore, int kMcast>
+template <int kN, int kK, int kNSub, int kStages, int kEpi, int kStore, int kMcast, int kWTiled = 0>
 __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(384, 1) gg_normal_cluster_kernel(GG_KERNEL_PARAMS) {
-  gg::normal_body<kN, kK, kNSub, kStages, kEpi, kMcast, kStore>(GG_KERNEL_ARGS);
+  gg::normal_body<kN, kK, kNSub, kStages, kEpi, kMcast, kStore, kWTiled>(GG_KERNEL_ARGS);
 }
 
-template <int kN, int kK, int kMSub, int kStages, int kEpi>
+template <int kN, int kK, int kMSub, int kStages, int kEpi, int kWTiled = 0>
 __global__ void __launch_bounds__(256, 1) gg_decode_kernel(GG_KERNEL_PARAMS) {
-  gg::decode_body<kN, kK, kMSub, kStages, kEpi>(GG_KERNEL_ARGS);
+  gg::decode_body<kN, kK, kMSub, kStages, kEpi, kWTiled>(GG_KERNEL_ARGS);
 }
 
 #ifndef GG_NO_ENTRY
@@ -704,17 +737,20 @@ __global__ void __launch_bounds__(256, 1) gg_decode_kernel(GG_KERNEL_PARAMS) {
 #ifndef GG_STORE
 #define GG_STORE 0
 #endif
+#ifndef GG_WTILED
+#define GG_WTILED 0
+#endif
 #if GG_SWAP
 extern "C" __global__ void __launch_bounds__(256, 1) grouped_gemm_fp8(GG_KERNEL_PARAMS) {
-  gg::decode_body<GG_N, GG_K, GG_SUB, GG_STAGES, GG_EPI>(GG_KERNEL_ARGS);
+  gg::decode_body<GG_N, GG_K, GG_SUB, GG_STAGES, GG_EPI, GG_WTILED>(GG_KERNEL_ARGS);
 }
 #elif GG_MCAST != 0
 extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(384, 1) grouped_gemm_fp8(GG_KERNEL_PARAMS) {
-  gg::normal_body<GG_N, GG_K, GG_SUB, GG_STAGES, GG_EPI, GG_MCAST, GG_STORE>(GG_KERNEL_ARGS);
+  gg::normal_body<GG_N, GG_K, GG_SUB, GG_STAGES, GG_EPI, GG_MCAST, GG_STORE, GG_WTILED>(GG_KERNEL_ARGS);
 }
 #else
 extern "C" __global__ void __launch_bounds__(384, 1) grouped_gemm_fp8(GG_KERNEL_PARAMS) {
-  gg::normal_body<GG_N, GG_K, GG_SUB, GG_STAGES, GG_EPI, 0, GG_STORE>(GG_KERNEL_ARGS);
+  gg::normal_body<GG_N, GG_K, GG_SUB, GG_STAGES, GG_EPI, 0, GG_STORE, GG_WTILED>(GG_KERNEL_ARGS);
 }
 #endif
 #endif

@@ -4,7 +4,9 @@
 //
 // Build and run on the GPU host (see README.md beside this file):
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -Xptxas -v -o /tmp/gemm harness.cu && /tmp/gemm
-// Flags: --check (correctness only), --bench (timings only), --ncu (one launch of the 4x8192 shape, for ncu).
+// Flags: --check (correctness only), --bench (timings only), --ncu (one launch of the 4x8192 shape, for ncu),
+// --tiled (the tiled weight layout, GG_WTILED: its checks, then rows vs tiled timings of the same variants),
+// --ncu-tiled (one launch each of 32 x 128 rows, rows then tiled, for ncu).
 #define GG_NO_ENTRY
 #include "../../src/kernels/grouped_gemm_fp8.cu"
 
@@ -163,28 +165,29 @@ struct Variant {
   int n, k, sub, stages;
   int mcast, store;  // normal kernel: 2-CTA multicast (1 weights, 2 activations); bf16 via smem + TMA store
   unsigned smem;
+  int wtiled;  // weights uploaded as [G, N/128, K/128, 128, 128] (GG_WTILED 1)
   int threads;
   KernelFn fn;
 };
 
-template <int N, int K, int SUB, int ST, int EPI, int MC = 0, int STORE = 0>
+template <int N, int K, int SUB, int ST, int EPI, int MC = 0, int STORE = 0, int WT = 0>
 Variant normal_variant(const char* name) {
   using P = gg::NormalPlan<SUB, ST, EPI == 0 ? STORE : 0>;
   KernelFn fn;
   if constexpr (MC != 0)
-    fn = (KernelFn)gg_normal_cluster_kernel<N, K, SUB, ST, EPI, STORE, MC>;
+    fn = (KernelFn)gg_normal_cluster_kernel<N, K, SUB, ST, EPI, STORE, MC, WT>;
   else
-    fn = (KernelFn)gg_normal_kernel<N, K, SUB, ST, EPI, STORE>;
-  Variant v{name, false, EPI, N, K, SUB, ST, MC, STORE, P::kSmemBytes, P::kThreads, fn};
+    fn = (KernelFn)gg_normal_kernel<N, K, SUB, ST, EPI, STORE, WT>;
+  Variant v{name, false, EPI, N, K, SUB, ST, MC, STORE, P::kSmemBytes, WT, P::kThreads, fn};
   CK(cudaFuncSetAttribute((const void*)fn, cudaFuncAttributeMaxDynamicSharedMemorySize, P::kSmemBytes));
   return v;
 }
-template <int N, int K, int SUB, int ST, int EPI>
+template <int N, int K, int SUB, int ST, int EPI, int WT = 0>
 Variant decode_variant(const char* name) {
   using P = gg::DecodePlan<SUB, ST>;
-  Variant v{name, true, EPI, N, K, SUB, ST, 0, 0, P::kSmemBytes, P::kThreads,
-            (KernelFn)gg_decode_kernel<N, K, SUB, ST, EPI>};
-  CK(cudaFuncSetAttribute(gg_decode_kernel<N, K, SUB, ST, EPI>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  Variant v{name, true, EPI, N, K, SUB, ST, 0, 0, P::kSmemBytes, WT, P::kThreads,
+            (KernelFn)gg_decode_kernel<N, K, SUB, ST, EPI, WT>};
+  CK(cudaFuncSetAttribute(gg_decode_kernel<N, K, SUB, ST, EPI, WT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                           P::kSmemBytes));
   return v;
 }
@@ -259,7 +262,20 @@ static void setup(DeviceProblem& P, const Variant& v, const Layout& L, int G, un
   CK(cudaMalloc(&P.d_tile_group, L.tile_group.size() * 4));
   CK(cudaMalloc(&P.d_num, 4));
   CK(cudaMemcpy(P.d_a, P.a.data(), P.a.size(), cudaMemcpyHostToDevice));
-  CK(cudaMemcpy(P.d_b, P.b.data(), P.b.size(), cudaMemcpyHostToDevice));
+  if (v.wtiled) {
+    // Same codes as P.b (which the CPU check reads), stored as [G, N/128, K/128, 128 rows, 128 bytes].
+    std::vector<unsigned char> t(P.b.size());
+    const int nbs = N / 128;
+    parallel_for(G * nbs, [&](int gn) {
+      size_t dst = (size_t)gn * 128 * K;  // tiles of (g, nb) start at (g * N/128 + nb) * K/128 * 16 KB
+      for (int kb = 0; kb < KB; kb++)
+        for (int r = 0; r < 128; r++, dst += 128)
+          memcpy(&t[dst], &P.b[((size_t)gn * 128 + r) * K + (size_t)kb * 128], 128);
+    });
+    CK(cudaMemcpy(P.d_b, t.data(), t.size(), cudaMemcpyHostToDevice));
+  } else {
+    CK(cudaMemcpy(P.d_b, P.b.data(), P.b.size(), cudaMemcpyHostToDevice));
+  }
   CK(cudaMemcpy(P.d_sfa, P.sfa.data(), P.sfa.size() * 4, cudaMemcpyHostToDevice));
   CK(cudaMemcpy(P.d_sfb, P.sfb.data(), P.sfb.size() * 4, cudaMemcpyHostToDevice));
   CK(cudaMemcpy(P.d_w, P.w.data(), P.w.size() * 4, cudaMemcpyHostToDevice));
@@ -279,7 +295,11 @@ static void setup(DeviceProblem& P, const Variant& v, const Layout& L, int G, un
   const unsigned b_box = v.swap ? 64 * v.sub : 128;  // normal: 128-row halves (multicast unit)
   // activation multicast: each CTA of a pair fetches a 64-row half of the row tile
   P.ma = make_map(P.d_a, CU_TENSOR_MAP_DATA_TYPE_UINT8, K, L.m_cap, K, 128, v.mcast == 2 ? 64 : rows_box, true);
-  P.mb = make_map(P.d_b, CU_TENSOR_MAP_DATA_TYPE_UINT8, K, (unsigned long long)G * N, K, 128, b_box, true);
+  // Tiled: a [G*N*K/128, 128] map whose boxes (at most one 128-row tile: the kernel splits 256-row decode units)
+  // are contiguous runs.
+  P.mb = v.wtiled ? make_map(P.d_b, CU_TENSOR_MAP_DATA_TYPE_UINT8, 128, (unsigned long long)G * N * (K / 128), 128, 128,
+                             std::min(b_box, 128u), true)
+                  : make_map(P.d_b, CU_TENSOR_MAP_DATA_TYPE_UINT8, K, (unsigned long long)G * N, K, 128, b_box, true);
   P.msfa = make_map(P.d_sfa, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, L.m_cap, KB, (unsigned long long)L.m_cap * 4,
                     rows_box, 1, false);
   // bf16 D for the TMA-store epilogue (box 64 columns x 64 rows, 128B swizzle); other variants ignore it.
@@ -643,6 +663,100 @@ static void bench_decode(const char* label, const Variant& v, int tokens, int po
   release(P);
 }
 
+// A/B timing of two variants of one shape (rows vs tiled weights): both problems set up once with the same data,
+// then `rounds` alternating timings (A, B, A, B, ...), so clock and thermal drift hit both alike. Prints each round
+// and the median over rounds of the per-round medians and back-to-back times; unit = "TFLOPS" (flops > 0) or "% HBM".
+static void ab_report(const char* label, const std::vector<Timing>& ta, const std::vector<Timing>& tb, double flops,
+                      double bytes) {
+  auto med = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  std::vector<double> ma, mb, ba, bb;
+  for (size_t r = 0; r < ta.size(); r++) {
+    ma.push_back(ta[r].median_us), mb.push_back(tb[r].median_us), ba.push_back(ta[r].b2b_us), bb.push_back(tb[r].b2b_us);
+    printf("  round %zu: rows %.1f us (b2b %.1f)  tiled %.1f us (b2b %.1f)\n", r, ta[r].median_us, ta[r].b2b_us,
+           tb[r].median_us, tb[r].b2b_us);
+  }
+  const double a = med(ma), b = med(mb), a2 = med(ba), b2 = med(bb);
+  auto rate = [&](double us) { return flops > 0 ? flops / us * 1e-6 : 100.0 * bytes / us * 1e-3 / 3350.0; };
+  const char* unit = flops > 0 ? "TFLOPS" : "% of 3350 GB/s";
+  printf("AB %-44s rows %.1f us = %.1f %s (b2b %.1f us = %.1f)  tiled %.1f us = %.1f (b2b %.1f us = %.1f)  tiled/rows "
+         "time: median %+.1f%%, b2b %+.1f%%\n",
+         label, a, rate(a), unit, a2, rate(a2), b, rate(b), b2, rate(b2), 100.0 * (b / a - 1), 100.0 * (b2 / a2 - 1));
+  fflush(stdout);
+}
+
+static void ab_groups(const char* label, const Variant& va, const Variant& vb, int groups, int rows, int rounds) {
+  std::vector<Segment> segs;
+  for (int g = 0; g < groups; g++) segs.push_back({g, rows});
+  Layout L = build_layout(segs, 128, 0);
+  DeviceProblem A, B;
+  setup(A, va, L, groups, 99, 10.0f);
+  setup(B, vb, L, groups, 99, 10.0f);
+  std::vector<Timing> ta, tb;
+  for (int r = 0; r < rounds; r++) {
+    ta.push_back(time_it(A, {A.d_tile_group}, 30));
+    tb.push_back(time_it(B, {B.d_tile_group}, 30));
+  }
+  ab_report(label, ta, tb, 2.0 * groups * rows * (double)va.n * va.k, 0);
+  release(A);
+  release(B);
+}
+
+static void ab_decode(const char* label, const Variant& va, const Variant& vb, int tokens, int pool, int rounds) {
+  const int topk = 6;
+  std::vector<std::vector<Segment>> layouts;
+  Rng r(1000 + tokens);  // the same routings as bench_decode
+  for (int rep = 0; rep < 8; rep++) {
+    std::vector<int> cnt(pool, 0);
+    for (int t = 0; t < tokens; t++) {
+      std::vector<int> chosen;
+      while ((int)chosen.size() < topk) {
+        int e = r.next() % pool;
+        if (std::find(chosen.begin(), chosen.end(), e) == chosen.end()) chosen.push_back(e);
+      }
+      for (int e : chosen) cnt[e]++;
+    }
+    std::vector<Segment> segs;
+    for (int e = 0; e < pool; e++)
+      if (cnt[e]) segs.push_back({e, cnt[e]});
+    layouts.push_back(segs);
+  }
+  std::vector<Layout> Ls;
+  int max_tiles = 0;
+  double touched = 0;
+  for (auto& s : layouts) {
+    Ls.push_back(build_layout(s, 16, 0));
+    max_tiles = std::max(max_tiles, Ls.back().num_tiles);
+    touched += (double)s.size() * va.n * va.k / layouts.size();
+  }
+  Layout L0 = build_layout(layouts[0], 16, max_tiles - Ls[0].num_tiles);
+  DeviceProblem A, B;
+  setup(A, va, L0, pool, 77, 10.0f);
+  setup(B, vb, L0, pool, 77, 10.0f);
+  std::vector<int*> tgs;
+  for (auto& L : Ls) {
+    std::vector<int> tg = L.tile_group;
+    tg.resize(max_tiles, -1);
+    int* d;
+    CK(cudaMalloc(&d, tg.size() * 4));
+    CK(cudaMemcpy(d, tg.data(), tg.size() * 4, cudaMemcpyHostToDevice));
+    tgs.push_back(d);
+  }
+  CK(cudaMemcpy(A.d_num, &max_tiles, 4, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(B.d_num, &max_tiles, 4, cudaMemcpyHostToDevice));
+  std::vector<Timing> ta, tb;
+  for (int k = 0; k < rounds; k++) {
+    ta.push_back(time_it(A, tgs, 40));
+    tb.push_back(time_it(B, tgs, 40));
+  }
+  ab_report(label, ta, tb, 0, touched);
+  for (int* d : tgs) cudaFree(d);
+  release(A);
+  release(B);
+}
+
 static double measure_copy_gbs() {
   const size_t bytes = 2ull << 30;
   void *a, *b;
@@ -681,11 +795,14 @@ static void ncu_launches(const std::vector<Variant>& vs, int groups, int rows) {
 }
 
 int main(int argc, char** argv) {
-  bool do_check = true, do_bench = true, ncu = false;
+  bool do_check = true, do_bench = true, ncu = false, tiled = false, ncu_tiled = false, ab = false;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--check")) do_bench = false;
     if (!strcmp(argv[i], "--bench")) do_check = false;
     if (!strcmp(argv[i], "--ncu")) ncu = true;
+    if (!strcmp(argv[i], "--tiled")) tiled = true;
+    if (!strcmp(argv[i], "--ncu-tiled")) ncu_tiled = true;
+    if (!strcmp(argv[i], "--ab")) ab = true;
   }
   init_e4m3_table();
   cudaDeviceProp prop;
@@ -737,10 +854,90 @@ int main(int argc, char** argv) {
   Variant d_pro_l2 = decode_variant<7168, 3072, 1, 16, 0>("decode bf16 N7168 K3072 (pro L2)");
   Variant d_flash_l2_m2 = decode_variant<4096, 2048, 2, 12, 0>("decode bf16 N4096 K2048 msub2");
 
+  // The same variants with the tiled weight layout (GG_WTILED 1).
+  Variant t_512_512 = normal_variant<512, 512, 2, 4, 0, 0, 0, 1>("normal bf16 N512 K512 nsub2 tiled");
+  Variant t_384_256 = normal_variant<384, 256, 1, 6, 0, 0, 0, 1>("normal bf16 N384 K256 nsub1 tiled");
+  Variant t_512_mcst = normal_variant<512, 512, 2, 3, 0, 1, 1, 1>("normal bf16 N512 K512 mcast-B tma-store tiled");
+  Variant t_512_mca = normal_variant<512, 512, 2, 3, 0, 2, 1, 1>("normal bf16 N512 K512 mcast-A tma-store tiled");
+  Variant t_tiny_l1_mc = normal_variant<256, 256, 2, 4, 1, 1, 0, 1>("normal swiglu N256 K256 mcast-B tiled");
+  Variant t_flash_l1_mc = normal_variant<4096, 4096, 2, 4, 1, 1, 0, 1>("normal swiglu N4096 K4096 mcast-B tiled");
+  Variant t_flash_l2_mcst = normal_variant<4096, 2048, 2, 3, 0, 1, 1, 1>("normal bf16 N4096 K2048 mcast-B tma-store tiled");
+  Variant tb_st = normal_variant<4096, 4096, 2, 3, 0, 0, 1, 1>("nsub2 tma-store tiled");
+  Variant tb_mcst = normal_variant<4096, 4096, 2, 3, 0, 1, 1, 1>("nsub2 mcast-B tma-store tiled");
+  Variant td_tiny_l2 = decode_variant<256, 256, 1, 16, 0, 1>("decode bf16 N256 K256 tiled");
+  Variant td_flash_l1 = decode_variant<4096, 4096, 4, 6, 1, 1>("decode swiglu N4096 K4096 (flash L1) tiled");
+  Variant td_flash_l2 = decode_variant<4096, 2048, 1, 16, 0, 1>("decode bf16 N4096 K2048 (flash L2) tiled");
+  Variant td_flash_l2_m2 = decode_variant<4096, 2048, 2, 12, 0, 1>("decode bf16 N4096 K2048 msub2 tiled");
+
   if (ncu) {
     ncu_launches({b_mcst}, 4, 8192);
     ncu_launches({b_st}, 32, 128);
     return 0;
+  }
+  if (ncu_tiled) {
+    ncu_launches({b_st, tb_st}, 32, 128);
+    return 0;
+  }
+  if (ab) {
+    printf("== rows vs tiled, A/B: one setup per shape, 5 alternating rounds of 30-40 launches each ==\n");
+    ab_decode("decode flash L2 bf16 T=1", d_flash_l2, td_flash_l2, 1, 64, 5);
+    ab_decode("decode flash L1 swiglu T=1", d_flash_l1, td_flash_l1, 1, 48, 5);
+    ab_decode("decode flash L2 bf16 T=8", d_flash_l2, td_flash_l2, 8, 64, 5);
+    ab_decode("decode flash L1 swiglu T=8", d_flash_l1, td_flash_l1, 8, 48, 5);
+    ab_groups("32 x 128 rows, nsub2 mcast-B tma-store", b_mcst, tb_mcst, 32, 128, 5);
+    ab_groups("4 x 8192 rows, nsub2 mcast-B tma-store", b_mcst, tb_mcst, 4, 8192, 3);
+    return 0;
+  }
+  if (tiled) {
+    printf("== tiled weight layout: correctness (CPU formula on the untiled codes) ==\n");
+    std::vector<Segment> mixed = {{2, 100}, {0, 300}, {-1, 0}, {4, 17}, {1, 256}, {3, 1}};
+    std::vector<Segment> two = {{1, 130}, {-1, 0}, {0, 64}};
+    std::vector<Segment> dec = {{3, 1}, {0, 5}, {-1, 0}, {2, 16}, {1, 20}, {4, 8}};
+    run_check("tiled normal bf16 N512 K512 nsub2, mixed", t_512_512, mixed, 5, 100000, 10.0f, 31);
+    run_check("tiled normal bf16 N384 K256 nsub1, mixed", t_384_256, mixed, 5, 100000, 10.0f, 32);
+    run_check("tiled normal bf16 N512 K512 mcast-B tma-store, mixed", t_512_mcst, mixed, 5, 100000, 10.0f, 33);
+    run_check("tiled normal bf16 N512 K512 mcast-A tma-store, mixed", t_512_mca, mixed, 5, 100000, 10.0f, 34);
+    run_check("tiled tiny L1 normal swiglu mcast-B, mixed", t_tiny_l1_mc, mixed, 5, 100000, 10.0f, 35);
+    run_check("tiled flash L1 normal swiglu mcast-B", t_flash_l1_mc, two, 2, 100000, 10.0f, 36);
+    run_check("tiled flash L2 normal bf16 mcast-B tma-store", t_flash_l2_mcst, {{1, 130}, {1, 200}, {0, 64}}, 2, 100000,
+              10.0f, 37);
+    run_check("tiled decode bf16 N256 K256", td_tiny_l2, dec, 5, 100000, 10.0f, 38);
+    run_check("tiled flash L1 decode swiglu", td_flash_l1, dec, 5, 100000, 10.0f, 39);
+    run_check("tiled flash L2 decode bf16", td_flash_l2, dec, 5, 100000, 10.0f, 40);
+    run_check("tiled flash L2 decode bf16 msub2", td_flash_l2_m2, dec, 5, 100000, 10.0f, 41);
+    printf("tiled correctness: %s, %d failure(s)\n", g_fail ? "FAILED" : "ALL PASSED", g_fail);
+    fflush(stdout);
+
+    printf("== rows vs tiled (same variant otherwise; each pair timed back to back; median of 30-40 launches) ==\n");
+    const double copy_gbs = measure_copy_gbs();
+    printf("device-to-device copy: %.0f GB/s (read + write)\n", copy_gbs);
+    for (int rep = 0; rep < 2; rep++) {  // twice: the spread between repeats is the noise floor
+      bench_groups("32 x 128 rows, nsub2 tma-store, ROWS", b_st, 32, 128, 16);
+      bench_groups("32 x 128 rows, nsub2 tma-store, TILED", tb_st, 32, 128, 16);
+    }
+    bench_groups("32 x 128 rows, nsub2 mcast-B tma-store (default), ROWS", b_mcst, 32, 128, 16);
+    bench_groups("32 x 128 rows, nsub2 mcast-B tma-store (default), TILED", tb_mcst, 32, 128, 16);
+    bench_groups("4 x 8192 rows, nsub2 mcast-B tma-store (default), ROWS", b_mcst, 4, 8192, 16);
+    bench_groups("4 x 8192 rows, nsub2 mcast-B tma-store (default), TILED", tb_mcst, 4, 8192, 16);
+    bench_groups("8 x 512 rows, nsub2 mcast-B tma-store (default), ROWS", b_mcst, 8, 512, 16);
+    bench_groups("8 x 512 rows, nsub2 mcast-B tma-store (default), TILED", tb_mcst, 8, 512, 16);
+    bench_groups("flash L1 swiglu 32 x 128 rows, mcast-B, ROWS", n_flash_l1_mc, 32, 128, 16);
+    bench_groups("flash L1 swiglu 32 x 128 rows, mcast-B, TILED", t_flash_l1_mc, 32, 128, 16);
+    bench_decode("decode flash L1 swiglu T=1, ROWS", d_flash_l1, 1, 48, 3350.0);
+    bench_decode("decode flash L1 swiglu T=1, TILED", td_flash_l1, 1, 48, 3350.0);
+    bench_decode("decode flash L1 swiglu T=8, ROWS", d_flash_l1, 8, 48, 3350.0);
+    bench_decode("decode flash L1 swiglu T=8, TILED", td_flash_l1, 8, 48, 3350.0);
+    bench_decode("decode flash L2 bf16 T=1, ROWS", d_flash_l2, 1, 64, 3350.0);
+    bench_decode("decode flash L2 bf16 T=1, TILED", td_flash_l2, 1, 64, 3350.0);
+    bench_decode("decode flash L2 bf16 T=8, ROWS", d_flash_l2, 8, 64, 3350.0);
+    bench_decode("decode flash L2 bf16 T=8, TILED", td_flash_l2, 8, 64, 3350.0);
+    printf("\n| shape | us (median) | TFLOPS | GB/s | b2b us | note |\n|---|---|---|---|---|---|\n");
+    for (auto& r : g_rows)
+      printf("| %s | %.1f | %.0f | %.0f | %.1f | %s |\n", r.shape.c_str(), r.us, r.tflops, r.gbs, r.b2b_us,
+             r.note.c_str());
+    printf("copy bandwidth (D2D, read+write): %.0f GB/s\n", copy_gbs);
+    printf("%s: %d failure(s)\n", g_fail ? "FAILED" : "ALL PASSED", g_fail);
+    return g_fail ? 1 : 0;
   }
 
   if (do_check) {
