@@ -200,6 +200,23 @@ describe('MoE layer loading', () => {
     L.close();
   });
 
+  test('the MTP block (mtp.0.*) loads as layer num_hidden_layers, score-routed', () => {
+    const d = rewrite(fp8Dir, (name, t) => (name.startsWith('layers.1.') ? [name.replace('layers.1.', 'mtp.0.'), t] : [name, t]),
+      { num_hidden_layers: 1, num_nextn_predict_layers: 1 });
+    const mtp = loadMoeLayer(d, { layer: 1 });
+    const main = loadMoeLayer(fp8Dir, { layer: 1 });
+    try {
+      assert.equal(mtp.isHashLayer, false);
+      assert.deepEqual([...mtp.gateWeight.data], [...main.gateWeight.data]);
+      assert.deepEqual([...mtp.gateBias!], [...main.gateBias!]);
+      assert.deepEqual([...mtp.experts.get(3).w2.q], [...main.experts.get(3).w2.q]);
+    } finally {
+      mtp.close();
+      main.close();
+    }
+    rejects(() => loadMoeLayer(d, { layer: 2 }), undefined, /layer 2 does not exist: num_hidden_layers is 1 \(\+ 1 MTP layer from index 1\)/);
+  });
+
   test('a layer outside the config, or absent from the checkpoint, is refused', () => {
     rejects(() => loadMoeLayer(fp8Dir, { layer: 2 }), undefined, /layer 2 does not exist: num_hidden_layers is 2/);
     const oneLayer = rewrite(fp8Dir, (name, t) => (name.startsWith('layers.1.') ? null : [name, t]));

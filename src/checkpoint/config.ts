@@ -48,7 +48,6 @@ export interface AttentionConfig {
   compressRopeTheta?: number;
   rmsNormEps?: number;
   maxPositionEmbeddings?: number;
-  numNextnPredictLayers?: number;
   ropeScaling?: Record<string, unknown>;
 }
 
@@ -57,6 +56,8 @@ export interface DeepSeekV4Config extends MoeShape {
   /** Where it was read from (for error messages). */
   source: string;
   numHiddenLayers: number;
+  /** Multi-token-prediction blocks after the main stack (`mtp.{j}.`), 0 when absent. */
+  numNextnPredictLayers: number;
   expertDtype: ExpertDtype;
   /** False when expert_dtype was absent and "fp8" is the default. */
   expertDtypeDeclared: boolean;
@@ -198,8 +199,8 @@ export function parseDeepSeekV4Config(json: unknown, source = 'config.json'): De
     compressRopeTheta: r.optional(['compress_rope_theta'], 'number'),
     rmsNormEps: r.optional(['rms_norm_eps', 'norm_eps'], 'number'),
     maxPositionEmbeddings: r.optional(['max_position_embeddings'], 'positive-int'),
-    numNextnPredictLayers: r.optional(['num_nextn_predict_layers', 'n_mtp_layers'], 'non-negative-int'),
   };
+  const numNextnPredictLayers = r.optional<number>(['num_nextn_predict_layers', 'n_mtp_layers'], 'non-negative-int') ?? 0;
   const ropeScaling = raw.rope_scaling;
   if (ropeScaling !== undefined && ropeScaling !== null) {
     if (typeof ropeScaling !== 'object' || Array.isArray(ropeScaling)) {
@@ -211,7 +212,7 @@ export function parseDeepSeekV4Config(json: unknown, source = 'config.json'): De
   return {
     source,
     hiddenSize, moeIntermediateSize, nRoutedExperts, numExpertsPerTok, nSharedExperts, numHiddenLayers,
-    numHashLayers, scoringFunc, topkMethod, normTopkProb, routedScalingFactor, swigluLimit, vocabSize,
+    numNextnPredictLayers, numHashLayers, scoringFunc, topkMethod, normTopkProb, routedScalingFactor, swigluLimit, vocabSize,
     expertDtype: (declared as ExpertDtype | undefined) ?? 'fp8',
     expertDtypeDeclared: declared !== undefined,
     quantization: parseQuantization(source, raw.quantization_config),

@@ -45,7 +45,7 @@ export function expertRange(nExperts: number, epRank: number, epSize: number, wh
 }
 
 export interface LoadMoeLayerOptions {
-  /** Layer index, 0 <= layer < num_hidden_layers. */
+  /** Layer index, 0 <= layer < num_hidden_layers, or num_hidden_layers + j for the MTP block `mtp.{j}.`. */
   layer: number;
   epRank?: number;
   epSize?: number;
@@ -227,8 +227,10 @@ function loadFrom(ckpt: Checkpoint, owned: boolean, options: LoadMoeLayerOptions
   const shape = moeShapeFromConfig(cfg);
   const where = ckpt.indexFile ?? ckpt.root;
   const { layer } = options;
-  if (!Number.isSafeInteger(layer) || layer < 0 || layer >= cfg.numHiddenLayers) {
-    throw new CheckpointError({ file: cfg.source }, `layer ${layer} does not exist: num_hidden_layers is ${cfg.numHiddenLayers}`);
+  const mtpLayers = cfg.numNextnPredictLayers;
+  if (!Number.isSafeInteger(layer) || layer < 0 || layer >= cfg.numHiddenLayers + mtpLayers) {
+    const mtp = mtpLayers > 0 ? ` (+ ${mtpLayers} MTP layer${mtpLayers > 1 ? 's' : ''} from index ${cfg.numHiddenLayers})` : '';
+    throw new CheckpointError({ file: cfg.source }, `layer ${layer} does not exist: num_hidden_layers is ${cfg.numHiddenLayers}${mtp}`);
   }
   if (cfg.nSharedExperts < 1) {
     throw new CheckpointError({ file: cfg.source, key: 'n_shared_experts' }, 'is 0; the DeepSeek-V4 MoE block (and megamoe) expects a shared expert');
@@ -237,11 +239,11 @@ function loadFrom(ckpt: Checkpoint, owned: boolean, options: LoadMoeLayerOptions
   const epSize = options.epSize ?? 1;
   const range = expertRange(shape.nRoutedExperts, epRank, epSize, where);
 
-  const prefix = detectPrefix((n) => ckpt.has(n), layer);
+  const prefix = detectPrefix((n) => ckpt.has(n), layer, cfg.numHiddenLayers);
   if (prefix === undefined) {
-    throw new CheckpointError({ file: where, tensor: moeLayerNames(layer).gateWeight }, `tensor not found (nor "model."-prefixed); is layer ${layer} in this checkpoint?`);
+    throw new CheckpointError({ file: where, tensor: moeLayerNames(layer, '', cfg.numHiddenLayers).gateWeight }, `tensor not found (nor "model."-prefixed); is layer ${layer} in this checkpoint?`);
   }
-  const names = moeLayerNames(layer, prefix);
+  const names = moeLayerNames(layer, prefix, cfg.numHiddenLayers);
   const { hiddenSize: H, moeIntermediateSize: I, nRoutedExperts: E, numExpertsPerTok: K } = shape;
   const isHashLayer = layer < shape.numHashLayers;
 

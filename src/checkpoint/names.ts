@@ -19,8 +19,12 @@ export interface MoeLayerNames {
   shared(proj: Projection): WeightAndScale;
 }
 
-export function moeLayerNames(layer: number, prefix = ''): MoeLayerNames {
-  const base = `${prefix}layers.${layer}.`;
+/**
+ * Layer indexes past the main stack name the multi-token-prediction blocks (V4-MODEL 7): with num_hidden_layers = L,
+ * layer L is `mtp.0.`, L + 1 is `mtp.1.`, and so on. Pass numHiddenLayers to enable that mapping.
+ */
+export function moeLayerNames(layer: number, prefix = '', numHiddenLayers = Infinity): MoeLayerNames {
+  const base = layer >= numHiddenLayers ? `${prefix}mtp.${layer - numHiddenLayers}.` : `${prefix}layers.${layer}.`;
   const ffn = `${base}ffn.`;
   const pair = (module: string): WeightAndScale => ({ weight: `${module}.weight`, scale: `${module}.scale` });
   return {
@@ -34,7 +38,7 @@ export function moeLayerNames(layer: number, prefix = ''): MoeLayerNames {
 }
 
 /** Which prefix ('' or 'model.') the checkpoint uses for this layer, judged by its gate weight; undefined if neither. */
-export function detectPrefix(has: (name: string) => boolean, layer: number): string | undefined {
-  for (const prefix of ['', 'model.']) if (has(moeLayerNames(layer, prefix).gateWeight)) return prefix;
+export function detectPrefix(has: (name: string) => boolean, layer: number, numHiddenLayers = Infinity): string | undefined {
+  for (const prefix of ['', 'model.']) if (has(moeLayerNames(layer, prefix, numHiddenLayers).gateWeight)) return prefix;
   return undefined;
 }

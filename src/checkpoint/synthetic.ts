@@ -112,9 +112,12 @@ export function presetConfig(preset: Preset, layers: number, expertDtype: Expert
       quant_method: 'fp8', fmt: 'e4m3', weight_block_size: [128, 128], scale_fmt: 'ue8m0', activation_scheme: 'dynamic',
     },
     ...p.attention,
+    // No MTP block is written, so none is declared (the published flash/pro configs have 1).
+    num_nextn_predict_layers: 0,
     compress_ratios: compressRatios(preset, layers),
     megamoe_synthetic: {
       preset, seed, expert_dtype: expertDtype, published_num_hidden_layers: p.publishedLayers,
+      published_num_nextn_predict_layers: p.attention.num_nextn_predict_layers ?? 0,
       note: 'Synthetic random weights. Only the MoE tensors (ffn_norm, ffn.gate, ffn.shared_experts, ffn.experts) are present; the attention keys are carried for completeness and their tensors are absent.',
     },
   };

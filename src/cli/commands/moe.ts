@@ -167,7 +167,7 @@ export function register(program: Command): void {
     .command('moe')
     .description('run one MoE layer on seeded random hidden states: routing, timings, accuracy vs an f64 evaluation')
     .option('--model <dir>', 'checkpoint directory (default: the embedded tiny checkpoint, generated on first use)')
-    .option('--layer <n>', 'layer index (default: the first score-routed layer)', intArg('--layer', 0))
+    .option('--layer <n>', 'layer index; num_hidden_layers + j is the MTP block mtp.{j} (default: the first score-routed layer)', intArg('--layer', 0))
     .option('--tokens <T>', 'batch size', intArg('--tokens', 1, 1 << 20), 8)
     .option('--seed <s>', 'seed for hidden states and token ids', intArg('--seed', 0, 0xffffffff), 0)
     .option('--backend <name>', 'reference | unfused | mega_moe (alias deep_gemm_mega_moe) | auto', 'reference')
