@@ -1,37 +1,43 @@
-// `megamoe info`: backend availability logic and the command's output on a machine without a usable GPU.
+// `megamoe info`: backend availability (from the registry) and the command's output on a machine without a usable GPU.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { backendAvailability, formatInfo, type InfoReport } from '../src/cli/commands/info.js';
+import { collectInfo, formatInfo, type InfoReport } from '../src/cli/commands/info.js';
+import { listBackends } from '../src/backends/index.js';
 
 const mainJs = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 
-test('backend availability: reference always; unfused needs GPU and nvcc; mega_moe not built yet', () => {
-  const none = backendAvailability({ available: false, reason: 'no driver here' }, true);
-  assert.deepEqual(none.map((b) => [b.name, b.available]), [['reference', true], ['unfused', false], ['mega_moe', false]]);
-  assert.match(none[1].reason, /sm_90 GPU.*no driver here/);
-  assert.equal(none[2].reason, 'not built yet');
-  const gpu = { available: true as const, driverVersion: 13000, driverCudaVersion: '13.0', devices: [] };
-  assert.equal(backendAvailability(gpu, true)[1].available, true);
-  const noNvcc = backendAvailability(gpu, false)[1];
-  assert.equal(noNvcc.available, false);
-  assert.match(noNvcc.reason, /nvcc/);
-  assert.match(backendAvailability({ available: false, reason: 'x' }, false)[1].reason, /nvcc not found/);
+test('backend availability comes from the backend registry: reference always; unfused and mega_moe say why not', async () => {
+  const r = await collectInfo();
+  const listed = await listBackends();
+  assert.deepEqual(r.backends.map((b) => [b.name, b.available, b.reason]), listed.map((b) => [b.name, b.ok, b.reason]));
+  assert.deepEqual(r.backends.map((b) => b.name), ['reference', 'unfused', 'mega_moe']);
+  assert.equal(r.backends[0].available, true);
+  if (!r.cuda.available) {
+    assert.equal(r.backends[1].available, false);
+    assert.ok(r.backends[1].reason.includes(r.cuda.reason), r.backends[1].reason);
+  }
+  assert.equal(r.backends[2].available, false);
+  assert.match(r.backends[2].reason, /not built/);
 });
 
 test('formatInfo explains a missing GPU and lists every backend', () => {
   const r: InfoReport = {
     cuda: { available: false, reason: 'no NVIDIA GPU driver on this machine (libcuda.so.1: not found)' },
     nvcc: null, kernelCacheDir: '/tmp/k', node: 'v20', platform: 'linux-x64',
-    backends: backendAvailability({ available: false, reason: 'no driver' }, false),
+    backends: [
+      { name: 'reference', available: true, reason: 'runs anywhere', description: 'CPU reference' },
+      { name: 'unfused', available: false, reason: 'no NVIDIA GPU driver on this machine', description: 'GPU' },
+      { name: 'mega_moe', available: false, reason: 'not built in this checkout', description: 'GPU, fused' },
+    ],
   };
   const text = formatInfo(r);
   assert.match(text, /GPU: +none usable: no NVIDIA GPU driver on this machine/);
   assert.match(text, /nvcc: +nvcc not found/);
-  assert.match(text, /reference +yes/);
+  assert.match(text, /reference +yes +CPU reference; runs anywhere/);
   assert.match(text, /unfused +no/);
-  assert.match(text, /mega_moe +no +not built yet/);
+  assert.match(text, /mega_moe +no +not built in this checkout/);
 });
 
 test('`megamoe info` and `info --json` run and explain the missing GPU', () => {

@@ -39,8 +39,8 @@ export class BackendUnavailableError extends Error {
 
 const referenceProvider: BackendProvider = {
   name: 'reference',
-  description: 'CPU reference: the exact FP8 rounding points, runs anywhere (slow)',
-  probe: async () => ({ ok: true, reason: 'CPU' }),
+  description: 'CPU reference: the exact FP8 rounding points (slow)',
+  probe: async () => ({ ok: true, reason: 'runs anywhere' }),
   create: () => new ReferenceBackend(),
 };
 

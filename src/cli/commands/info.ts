@@ -4,13 +4,15 @@ import type { Command } from 'commander';
 import { cudaStatus, type CudaStatus } from '../../cuda/status.js';
 import { findNvcc, kernelCacheDir, nvccRelease } from '../../cuda/compile.js';
 import { formatCudaVersion, type DeviceProperties } from '../../cuda/device.js';
+import { listBackends, type BackendName } from '../../backends/index.js';
 
-/** One line of the report's backend list (not the registry's BackendAvailability of src/backends/index.ts). */
+/** One line of the report's backend list: what the backend registry's probe says (one source of truth). */
 export interface InfoBackend {
-  name: 'reference' | 'unfused' | 'mega_moe';
+  name: BackendName;
   available: boolean;
   /** Why it can or cannot run here. */
   reason: string;
+  description: string;
 }
 
 export interface InfoReport {
@@ -22,31 +24,17 @@ export interface InfoReport {
   backends: InfoBackend[];
 }
 
-/** Which backends can run, given the CUDA status and whether nvcc exists (pure, for tests). */
-export function backendAvailability(cuda: CudaStatus, hasNvcc: boolean): InfoBackend[] {
-  const gpuOk = cuda.available;
-  let unfusedReason: string;
-  if (gpuOk && hasNvcc) unfusedReason = 'sm_90 GPU and nvcc present';
-  else if (!gpuOk && !hasNvcc) unfusedReason = `needs an sm_90 GPU with its driver and nvcc; here: ${cuda.reason}, and nvcc not found`;
-  else if (!gpuOk) unfusedReason = `needs an sm_90 GPU with its driver; here: ${cuda.reason}`;
-  else unfusedReason = 'needs nvcc to build its kernels: install the CUDA toolkit or set CUDA_HOME';
-  return [
-    { name: 'reference', available: true, reason: 'CPU, exact; runs anywhere' },
-    { name: 'unfused', available: gpuOk && hasNvcc, reason: unfusedReason },
-    { name: 'mega_moe', available: false, reason: 'not built yet' },
-  ];
-}
-
-export function collectInfo(): InfoReport {
+export async function collectInfo(): Promise<InfoReport> {
   const cuda = cudaStatus();
   const nvcc = findNvcc();
+  const backends = (await listBackends()).map(({ name, ok, reason, description }) => ({ name, available: ok, reason, description }));
   return {
     cuda,
     nvcc: nvcc ? { path: nvcc, release: nvccRelease() } : null,
     kernelCacheDir: kernelCacheDir(),
     node: process.version,
     platform: `${process.platform}-${process.arch}`,
-    backends: backendAvailability(cuda, nvcc !== null),
+    backends,
   };
 }
 
@@ -83,7 +71,9 @@ export function formatInfo(r: InfoReport): string {
   lines.push(`node:           ${r.node} (${r.platform})`);
   lines.push('MoE backends:');
   const width = Math.max(...r.backends.map((b) => b.name.length));
-  for (const b of r.backends) lines.push(`  ${b.name.padEnd(width)}  ${b.available ? 'yes' : 'no '}  ${b.reason}`);
+  for (const b of r.backends) {
+    lines.push(`  ${b.name.padEnd(width)}  ${b.available ? 'yes' : 'no '}  ${b.available ? `${b.description}; ${b.reason}` : b.reason}`);
+  }
   return lines.join('\n');
 }
 
@@ -92,8 +82,8 @@ export function register(program: Command): void {
     .command('info')
     .description('show the GPU, driver and nvcc found here, and which MoE backends can run')
     .option('--json', 'print the report as JSON')
-    .action((opts: { json?: boolean }) => {
-      const report = collectInfo();
+    .action(async (opts: { json?: boolean }) => {
+      const report = await collectInfo();
       console.log(opts.json ? JSON.stringify(report, null, 2) : formatInfo(report));
     });
 }
