@@ -11,6 +11,7 @@
 // broken checkpoint fails here, by file and tensor name, and not in the middle of a forward pass.
 import * as path from 'node:path';
 import type { ConversionReport, ExpertStore, ExpertWeights, MoeLayerWeights, MoeShape } from '../moe/types.js';
+import { expertRange as placementRange, type ExpertRange } from '../moe/placement.js';
 import { decodeBF16Array } from '../numerics/bf16.js';
 import { E8M0_DECODE } from '../numerics/e8m0.js';
 import { QUANT_BLOCK, type QuantizedWeight } from '../numerics/quant.js';
@@ -26,22 +27,15 @@ import type { Mxfp4ScaleRule } from './mxfp4.js';
 import { detectPrefix, moeLayerNames, PROJECTIONS } from './names.js';
 import type { MoeLayerNames, Projection, WeightAndScale } from './names.js';
 
-export interface ExpertRange {
-  /** First owned global expert id. */
-  first: number;
-  /** One past the last owned id. */
-  end: number;
-}
+export type { ExpertRange };
 
-/** The experts rank `epRank` of `epSize` owns; refuses uneven splits and bad ranks. `where` names the checkpoint. */
+/** The experts rank `epRank` of `epSize` owns (moe/placement.ts), refusals as CheckpointErrors naming `where`. */
 export function expertRange(nExperts: number, epRank: number, epSize: number, where = 'expert parallelism'): ExpertRange {
-  if (!Number.isSafeInteger(epSize) || epSize < 1) throw new CheckpointError({ file: where }, `expert-parallel size must be a positive integer, got ${epSize}`);
-  if (!Number.isSafeInteger(epRank) || epRank < 0 || epRank >= epSize) throw new CheckpointError({ file: where }, `expert-parallel rank must be in [0, ${epSize}), got ${epRank}`);
-  if (nExperts % epSize !== 0) {
-    throw new CheckpointError({ file: where }, `${nExperts} experts cannot be split evenly over ${epSize} expert-parallel ranks; use a size that divides ${nExperts}`);
+  try {
+    return placementRange(nExperts, epRank, epSize);
+  } catch (err) {
+    throw new CheckpointError({ file: where }, err instanceof Error ? err.message : String(err));
   }
-  const per = nExperts / epSize;
-  return { first: epRank * per, end: (epRank + 1) * per };
 }
 
 export interface LoadMoeLayerOptions {

@@ -11,6 +11,7 @@
 // never an exception at import.
 import koffi from 'koffi';
 import { ensureContext } from './device.js';
+import { loadFirstLibrary } from './library.js';
 import { DeviceBuffer } from './memory.js';
 import { streamHandle, type StreamLike } from './stream.js';
 
@@ -85,31 +86,22 @@ function candidates(): string[] {
 function tryLoad(): Lt | null {
   if (loaded) return loaded;
   if (failure !== null) return null;
-  const errors: string[] = [];
-  for (const name of candidates()) {
-    let lib: koffi.IKoffiLib;
-    try {
-      lib = koffi.load(name);
-    } catch (err) {
-      errors.push(`${name}: ${(err instanceof Error ? err.message : String(err)).replace(/^Failed to load shared library: /, '')}`);
-      continue;
-    }
-    try {
-      const fn: Record<string, unknown> = {};
-      for (const [key, proto] of PROTOTYPES) fn[key] = lib.func(proto);
-      const block = koffi.alloc('uint64_t', 64);
-      loaded = {
-        fn: fn as unknown as LtFunctions,
-        scratch: { address: Number(koffi.address(block)), view: new DataView(koffi.view(block, 512)), block },
-        libraryName: name,
-      };
-      return loaded;
-    } catch (err) {
-      errors.push(`${name} lacks a cuBLASLt symbol: ${err instanceof Error ? err.message : String(err)}`);
-    }
+  const r = loadFirstLibrary(candidates(), (lib) => {
+    const fn: Record<string, unknown> = {};
+    for (const [key, proto] of PROTOTYPES) fn[key] = lib.func(proto);
+    return fn as unknown as LtFunctions;
+  }, 'a cuBLASLt symbol');
+  if ('errors' in r) {
+    failure = `libcublasLt not found (${r.errors.join('; ')}); set MEGAMOE_LIBCUBLASLT to its path`;
+    return null;
   }
-  failure = `libcublasLt not found (${errors.join('; ')}); set MEGAMOE_LIBCUBLASLT to its path`;
-  return null;
+  const block = koffi.alloc('uint64_t', 64);
+  loaded = {
+    fn: r.value,
+    scratch: { address: Number(koffi.address(block)), view: new DataView(koffi.view(block, 512)), block },
+    libraryName: r.name,
+  };
+  return loaded;
 }
 
 /** Whether cuBLASLt can be used here; never throws. */

@@ -9,6 +9,7 @@
 // Symbol names are the ones cuda.h maps the API names to (cuMemAlloc -> cuMemAlloc_v2, ...), legacy default stream
 // (not the _ptds/_ptsz variants).
 import koffi from 'koffi';
+import { loadFirstLibrary } from './library.js';
 import { CudaError, CudaUnavailableError, cuResultName } from './errors.js';
 
 type Addr = bigint | number;
@@ -210,31 +211,19 @@ export function tryLoadDriver(): Driver | null {
     loadFailure = 'disabled by MEGAMOE_DISABLE_CUDA=1';
     return null;
   }
-  const errors: string[] = [];
-  for (const name of libraryCandidates()) {
-    let lib: koffi.IKoffiLib;
-    try {
-      lib = koffi.load(name);
-    } catch (err) {
-      errors.push(`${name}: ${(err instanceof Error ? err.message : String(err)).replace(/^Failed to load shared library: /, '')}`);
-      continue;
-    }
-    try {
-      const fn = bind(lib);
-      const block = koffi.alloc('uint64_t', 32);
-      const scratch: Scratch = {
-        address: Number(koffi.address(block)),
-        view: new DataView(koffi.view(block, 256)),
-        pointer: block,
-      };
-      loaded = { fn, scratch, libraryName: name };
-      return loaded;
-    } catch (err) {
-      errors.push(`${name} lacks a needed symbol (driver too old for CUDA 12.8+?): ${err instanceof Error ? err.message : String(err)}`);
-    }
+  const r = loadFirstLibrary(libraryCandidates(), bind, 'a needed symbol (driver too old for CUDA 12.8+?)');
+  if ('errors' in r) {
+    loadFailure = r.errors.join('; ');
+    return null;
   }
-  loadFailure = errors.join('; ');
-  return null;
+  const block = koffi.alloc('uint64_t', 32);
+  const scratch: Scratch = {
+    address: Number(koffi.address(block)),
+    view: new DataView(koffi.view(block, 256)),
+    pointer: block,
+  };
+  loaded = { fn: r.value, scratch, libraryName: r.name };
+  return loaded;
 }
 
 /** Why the driver could not be loaded (null when it was loaded or never tried). */

@@ -171,6 +171,22 @@ export function idAt(ids: TopkIdsTensor, i: number): number {
 }
 
 /**
+ * The (token, slot) indexes t * K + j routed to each expert this rank owns, experts in ascending id order, slots in
+ * token order; masked slots (-1) and other ranks' experts are left out.
+ */
+export function slotsByExpert(layer: MoeLayerWeights, topkIds: TopkIdsTensor, slots: number): Map<number, number[]> {
+  const byExpert = new Map<number, number[]>();
+  for (let i = 0; i < slots; i++) {
+    const id = idAt(topkIds, i);
+    if (id < 0 || !layer.experts.has(id)) continue;
+    let list = byExpert.get(id);
+    if (!list) { list = []; byExpert.set(id, list); }
+    list.push(i);
+  }
+  return new Map([...byExpert].sort((a, b) => a[0] - b[0]));
+}
+
+/**
  * The reference expert computation for a whole batch. x: BF16 [T, H]; topkIds [T, K] (-1 masked);
  * topkWeights F32 [T, K]. Experts the layer's store does not own (expert parallelism) contribute nothing
  * on this rank; the shared expert is computed for every token.
@@ -188,21 +204,10 @@ export function runExpertsReference(layer: MoeLayerWeights, x: HostTensor<'BF16'
   const xDec = new Float64Array(T * H);
   for (let i = 0; i < xDec.length; i++) xDec[i] = DEC[staged.q[i]];
 
-  // Group (token, slot) pairs by expert, keeping token order inside a group.
-  const byExpert = new Map<number, number[]>();
-  for (let i = 0; i < T * K; i++) {
-    const id = idAt(topkIds, i);
-    if (id < 0 || !layer.experts.has(id)) continue;
-    let list = byExpert.get(id);
-    if (!list) { list = []; byExpert.set(id, list); }
-    list.push(i);
-  }
-
   // 2-5 per routed expert: outputs land in slot buffers [T, K, H] (bf16 bits).
   const slotOut = new Uint16Array(T * K * H);
   const slotUsed = new Uint8Array(T * K);
-  for (const id of [...byExpert.keys()].sort((a, b) => a - b)) {
-    const slots = byExpert.get(id)!;
+  for (const [id, slots] of slotsByExpert(layer, topkIds, T * K)) {
     const asg: Assignment = {
       tokens: Int32Array.from(slots, (s) => (s / K) | 0),
       weights: Float32Array.from(slots, (s) => topkWeights.data[s]),

@@ -8,7 +8,7 @@ import { QUANT_BLOCK, type QuantizedWeight } from '../numerics/quant.js';
 import type { HostTensor } from '../tensor/host.js';
 import { codeWords, rowBlockPartials } from './block-partials.js';
 import { checkExpertWeights, checkForwardInputs, type TopkIdsTensor } from './guards.js';
-import { idAt } from './experts.js';
+import { slotsByExpert } from './experts.js';
 import type { ExpertWeights, MoeLayerWeights } from './types.js';
 
 /** out[i * outStride + r] = sum_kb S[r / 128, kb] * (sum_{c in kb} dec(q[r, c]) * act[i, c]): q * S times act, in f64. */
@@ -72,20 +72,11 @@ export function evalMoeF64(layer: MoeLayerWeights, x: HostTensor<'BF16'>, topkId
   const H = shape.hiddenSize;
   const K = shape.numExpertsPerTok;
   const xs = Float64Array.from(decodeBF16Array(x.data));
-  const byExpert = new Map<number, { tokens: number[]; weights: number[] }>();
-  for (let i = 0; i < T * K; i++) {
-    const id = idAt(topkIds, i);
-    if (id < 0 || !layer.experts.has(id)) continue;
-    let g = byExpert.get(id);
-    if (!g) { g = { tokens: [], weights: [] }; byExpert.set(id, g); }
-    g.tokens.push((i / K) | 0);
-    g.weights.push(topkWeights.data[i]);
-  }
   const yRouted = new Float64Array(T * H);
-  for (const [id, grp] of byExpert) {
+  for (const [id, slots] of slotsByExpert(layer, topkIds, T * K)) {
     const ffn = layer.experts.get(id);
     checkExpertWeights(`layers.${layer.layer}.ffn.experts.${id}`, ffn, H, shape.moeIntermediateSize);
-    ffnF64(ffn, xs, H, grp.tokens, grp.weights, shape.swigluLimit, yRouted);
+    ffnF64(ffn, xs, H, slots.map((s) => (s / K) | 0), slots.map((s) => topkWeights.data[s]), shape.swigluLimit, yRouted);
   }
   const yShared = new Float64Array(T * H);
   checkExpertWeights(`layers.${layer.layer}.ffn.shared_experts`, layer.sharedExpert, H, layer.sharedExpert.w1.n);

@@ -3,6 +3,7 @@
 // `makeFlashShapedLayer` makes a V4-Flash-sized layer whose experts are generated lazily from random e4m3
 // codes (generating 256 experts of 25 MB through real quantization would take minutes; timing needs only
 // the right sizes and plausible values).
+import { expertRange } from './placement.js';
 import { encodeBF16 } from '../numerics/bf16.js';
 import { quantizeWeightBlocks, QUANT_BLOCK, type QuantizedWeight } from '../numerics/quant.js';
 import { HostTensor } from '../tensor/host.js';
@@ -56,11 +57,6 @@ export class MapExpertStore implements ExpertStore {
   conversion(): undefined { return undefined; }
 }
 
-/** Experts [e0, e1) of E for rank r of s: contiguous blocks, like DeepEP/vLLM's default placement. */
-export function localExpertRange(E: number, epRank: number, epSize: number): [number, number] {
-  const per = Math.ceil(E / epSize);
-  return [Math.min(E, epRank * per), Math.min(E, (epRank + 1) * per)];
-}
 
 function gaussianWeight(rng: Rng, n: number, k: number, std: number): QuantizedWeight {
   const w = new Float32Array(n * k);
@@ -114,7 +110,7 @@ export function makeRandomLayer(o: RandomLayerOptions): MoeLayerWeights {
     }
   }
   const epRank = o.epRank ?? 0; const epSize = o.epSize ?? 1;
-  const [e0, e1] = localExpertRange(E, epRank, epSize);
+  const { first: e0, end: e1 } = expertRange(E, epRank, epSize);
   const built = new Map<number, ExpertWeights>();
   for (let e = 0; e < E; e++) {
     const ffn = randomFfn(rng, H, I); // drawn for every expert, so placement does not change the weights
