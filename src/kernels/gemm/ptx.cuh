@@ -2,7 +2,7 @@
 // wgmma fences / commits / waits, the wgmma shared-memory matrix descriptor, setmaxnreg and named barriers.
 //
 // Self-contained (no CUDA headers), like ../common.cuh, so the kernel compiles the same way under nvcc and NVRTC.
-// Included by grouped_gemm_fp8.cu only (headers under gemm/ include nothing themselves: the .cu file includes them
+// Included by grouped_gemm_fp8.cu and mega_moe.cu (headers under gemm/ include nothing themselves: the .cu files include them
 // in order, so include paths never matter).
 //
 // Facts relied on (PTX ISA 8.x, "Asynchronous warpgroup level matrix multiply" and "Tensor copy" chapters; the bit
@@ -108,6 +108,13 @@ __device__ __forceinline__ void tma_load_2d_multicast(u32 dst, const TmaDesc* ma
       "l"(reinterpret_cast<u64>(map)), "r"(bar), "r"(c0), "r"(c1), "h"(cta_mask), "l"(policy)
       : "memory");
 }
+// Prefetches a 2D box into L2 (no shared memory, no barrier): the fused kernel warms the weights of a unit whose
+// activations are not ready yet.
+__device__ __forceinline__ void tma_prefetch_2d(const TmaDesc* map, int c0, int c1) {
+  asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global [%0, {%1, %2}];" ::"l"(reinterpret_cast<u64>(map)),
+               "r"(c0), "r"(c1)
+               : "memory");
+}
 // 2D tile store shared -> global (bulk group). Shared memory written by ordinary stores must be fenced with
 // fence_proxy_async() by each writer (and the writers synchronised) before this reads it.
 __device__ __forceinline__ void tma_store_2d(const TmaDesc* map, u32 src, int c0, int c1) {
@@ -122,6 +129,27 @@ __device__ __forceinline__ void bulk_wait_read0() { asm volatile("cp.async.bulk.
 // Waits until the committed stores are complete.
 __device__ __forceinline__ void bulk_wait0() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+
+// Orders this thread's generic-proxy global accesses with its async-proxy (TMA) ones: a writer fences after its
+// ordinary stores that another CTA's TMA will read; a reader fences after acquiring the flag, before its TMA loads.
+__device__ __forceinline__ void fence_proxy_async_global() {
+  asm volatile("fence.proxy.async.global;" ::: "memory");
+}
+
+// ---- cross-CTA flags (device scope) ----------------------------------------------------------------------------
+__device__ __forceinline__ u32 ld_acquire_gpu(const u32* p) {
+  u32 v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void st_release_gpu(u32* p, u32 v) {
+  asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ u64 globaltimer_ns() {
+  u64 t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
 
 // ---- clusters -------------------------------------------------------------------------------------------------
 __device__ __forceinline__ u32 cluster_rank() {

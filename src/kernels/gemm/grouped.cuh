@@ -1,0 +1,687 @@
+// The two block-scaled FP8 grouped GEMM bodies (normal / prefill and decode / swap A-B) of grouped_gemm_fp8.cu,
+// as templates over their shape, their shared-memory plan, their cross-CTA hooks (Sync, gemm/pipeline.cuh) and
+// whether they own their setup (barrier init + register split) or run inside a kernel that did it (the fused
+// MegaMoE kernel, mega_moe.cu, runs L1 and L2 through one ring). The design is grouped_gemm_fp8.cu's header and
+// docs/GEMM.md. Included after common.cuh, gemm/ptx.cuh, gemm/wgmma_e4m3.cuh and gemm/pipeline.cuh.
+#pragma once
+
+namespace gg {
+
+constexpr int kBlockK = 128;   // K block = scale block (SPEC 3)
+constexpr int kNormalRows = 128;  // normal kernel: rows per tile (2 consumer warpgroups x 64)
+constexpr int kDecodeRows = 16;   // decode kernel: tokens per tile (wgmma N)
+
+// ------------------------------------------------------------------------------------------------------------------
+// Shared-memory plans. Host code mirrors these formulas (grouped-gemm.ts, the harness); the kernels check the
+// launch's dynamic shared memory against them and trap on a mismatch instead of corrupting memory.
+// ------------------------------------------------------------------------------------------------------------------
+template <int kNSub, int kStages, int kStore>
+struct NormalPlan {
+  static constexpr int kBlockN = 128 * kNSub;
+  static constexpr u32 kABytes = kNormalRows * kBlockK;  // 16 KB, 1024-aligned (128B swizzle atom)
+  static constexpr u32 kBBytes = kBlockN * kBlockK;
+  static constexpr u32 kSfaBytes = kNormalRows * 4;       // 512 B, keeps 128-byte TMA alignment
+  static constexpr u32 kDBytes = kStore ? kNormalRows * kBlockN * 2 : 0;  // bf16 staging for the TMA store
+  static constexpr u32 kOffD = 0;
+  static constexpr u32 kOffA = kOffD + kDBytes;
+  static constexpr u32 kOffB = kOffA + kStages * kABytes;
+  static constexpr u32 kOffSfa = kOffB + kStages * kBBytes;
+  static constexpr u32 kOffBar = kOffSfa + kStages * kSfaBytes;
+  static constexpr u32 kSmemBytes = kOffBar + 2 * kStages * 8;
+  static constexpr int kThreads = 384;
+};
+
+template <int kMSub, int kStages>
+struct DecodePlan {
+  static constexpr int kRowsW = 64 * kMSub;                 // weight rows per unit
+  static constexpr u32 kBBytes = kRowsW * kBlockK;          // weights, multiple of 8 KB
+  static constexpr u32 kABytes = kDecodeRows * kBlockK;     // 2 KB of tokens
+  static constexpr u32 kSfaSlot = 128;                      // 16 f32 scales in a 128-byte-aligned slot
+  static constexpr u32 kOffB = 0;
+  static constexpr u32 kOffA = kOffB + kStages * kBBytes;
+  static constexpr u32 kOffSfa = kOffA + kStages * kABytes;
+  static constexpr u32 kOffBar = kOffSfa + kStages * kSfaSlot;
+  static constexpr u32 kOffAmax = kOffBar + 2 * kStages * 8;  // SwiGLU: per-warp per-token amax [4][16] f32
+  static constexpr u32 kSmemBytes = kOffAmax + 4 * kDecodeRows * 4;
+  static constexpr int kThreads = 256;
+};
+
+// Row tiles past the buffer's capacity are never visited, whatever *num_m_tiles says.
+__device__ __forceinline__ int live_row_tiles(const int* num_m_tiles, int m_cap, int rows_per_tile) {
+  const int n = *num_m_tiles;
+  const int cap = m_cap / rows_per_tile;
+  return n < 0 ? 0 : (n > cap ? cap : n);
+}
+
+__device__ __forceinline__ void check_smem(u32 need, const void* smem) {
+  // A short launch (too little dynamic shared memory) or a misaligned base would silently corrupt the pipeline.
+  if (dynamic_smem_bytes() < need || (smem_addr(smem) & 1023u) != 0) __trap();
+}
+
+// Weight layouts (GG_WTILED). The kernels always want the same thing in shared memory: R weight rows (R <= 128, the
+// box height) x one 128-byte K block, 128B-swizzled. Where those bytes sit in global memory is the layout's business:
+//  * rows  (0): e4m3 [G, N, K] row-major, tensor map [G*N, K]: a box is R segments of 128 bytes, K bytes apart.
+//  * tiled (1): e4m3 [G, N/128, K/128, 128 rows, 128 bytes]: every 128-row x 128-byte block is one contiguous 16 KB
+//    run, tensor map [G*N*K/128, 128] (a single 128-byte column), so a box is R * 128 consecutive bytes. A box never
+//    crosses a 128-row tile (R is 64 or 128 and starts at a multiple of R), so the smem image and its swizzle are
+//    identical to the rows layout's and the consumers do not change.
+// weight_coord returns the TMA coordinates {x = byte column, y = row} of expert g's weight rows [row, row + R) of
+// K block kb. Tiled row index: ((g * N/128 + row/128) * K/128 + kb) * 128 + row % 128 (< 2^31: the launcher checks
+// G * N * K / 128).
+struct WCoord {
+  int x, y;
+};
+template <int kN, int kK, int kWTiled>
+__device__ __forceinline__ WCoord weight_coord(int g, int row, int kb) {
+  static_assert(kWTiled == 0 || kWTiled == 1, "GG_WTILED is 0 (rows) or 1 (tiled)");
+  if (kWTiled) return {0, ((g * (kN / 128) + row / 128) * (kK / kBlockK) + kb) * 128 + row % 128};
+  return {kb * kBlockK, g * kN + row};
+}
+
+// ==================================================================================================================
+// Normal (prefill) kernel body.
+//
+// kMcast: 0 = no cluster. 1 = CTAs are paired (__cluster_dims__(2,1,1)) along M: a pair takes row tiles 2p and 2p+1
+// of the same N tile, and when both belong to the same expert each CTA fetches one 128-row half of the weight tile
+// and multicasts it to both (halving weight traffic out of L2 at large M). 2 = pairs along N: both CTAs take the
+// same row tile and N tiles 2q, 2q+1; each fetches one 64-row half of the activation tile and multicasts it (halving
+// activation traffic when experts have few rows and the weights stream once). In both modes the two CTAs walk the
+// same stage sequence in lockstep: every consumer warp releases a stage in BOTH CTAs (empty barriers count 8 x 2
+// arrivals), and a CTA whose own tile is dead (-1 or past *num_m_tiles) still passes through the stages.
+// kStore = 1: the bf16 tile is staged in shared memory (128B-swizzled, conflict-free) and written by TMA stores
+// (needs tmap_d: bf16 [m_cap, N], box 64 x 64, 128B swizzle); 0: direct 4-byte stores from registers.
+// ==================================================================================================================
+template <int kN, int kK, int kNSub, int kStages, int kEpi, int kMcast, int kStore, int kWTiled,
+          class P = NormalPlan<kNSub, kStages, kEpi == 0 ? kStore : 0>, class Sync = NoSync, bool kOwnSetup = true>
+__device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, const Sync& sync = Sync()) {
+  const TmaDesc* tmap_a = ga.tmap_a;
+  const TmaDesc* tmap_b = ga.tmap_b;
+  const TmaDesc* tmap_sfa = ga.tmap_sfa;
+  const TmaDesc* tmap_d = ga.tmap_d;
+  const float* __restrict__ sfb = ga.sfb;
+  const int* __restrict__ tile_group = ga.tile_group;
+  const int* __restrict__ num_m_tiles = ga.num_m_tiles;
+  void* __restrict__ out = ga.out;
+  float* __restrict__ out_sf = ga.out_sf;
+  const float* __restrict__ row_weight = ga.row_weight;
+  const float swiglu_limit = ga.swiglu_limit;
+  const int m_cap = ga.m_cap;
+  constexpr int kBlockN = P::kBlockN;
+  constexpr int kKB = kK / kBlockK;
+  constexpr int kNTiles = kN / kBlockN;
+  constexpr int kNScaleRows = kN / 128;
+  constexpr bool kTmaStore = kEpi == 0 && kStore == 1;
+  constexpr int kCluster = kMcast ? 2 : 1;
+  constexpr bool kPairN = kMcast == 2;                     // pairs share the row tile (A multicast)
+  constexpr int kNPairs = kNTiles >= 2 ? kNTiles / 2 : 1;  // (unused unless kPairN)
+  static_assert(kMcast >= 0 && kMcast <= 2, "GG_MCAST is 0, 1 (weights) or 2 (activations)");
+  static_assert(!kPairN || kNTiles % 2 == 0, "activation multicast pairs N tiles: N must be a multiple of 512");
+  static_assert(kN % kBlockN == 0 && kK % kBlockK == 0, "N must be a multiple of 128*NSUB, K of 128");
+  static_assert(kNSub == 1 || kNSub == 2, "NSUB is 1 or 2");
+  static_assert(kMcast != 1 || kNSub == 2, "the weight multicast splits a 256-row weight tile");
+  static_assert(kEpi == 0 || kNSub == 2, "the SwiGLU epilogue needs 256-row transformed tiles (NSUB = 2)");
+  static_assert(kEpi == 0 || (kN / 2) % 128 == 0, "SwiGLU: I = N/2 must be a multiple of 128");
+  static_assert(P::kSmemBytes <= 232448, "shared-memory plan exceeds 227 KB: fewer stages");
+  static_assert(P::kBBytes >= kBlockN * kBlockK && (kEpi == 1 || !kTmaStore || P::kDBytes >= kNormalRows * kBlockN * 2),
+                "the plan's stages must hold this GEMM's tiles");
+  static_assert(!(Sync::kWaits || Sync::kPublishes) || (kMcast == 0 && !kOwnSetup),
+                "cross-CTA hooks run inside the fused kernel, without clusters");
+
+  extern __shared__ __align__(1024) unsigned char smem[];
+  const u32 sbase = smem_addr(smem);
+  const int tid = threadIdx.x;
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  const RingBars<kStages> bars{sbase + P::kOffBar};
+  auto full_bar = [&](int s) { return bars.full(s); };
+  auto empty_bar = [&](int s) { return bars.empty(s); };
+  const int rank = kCluster == 2 ? (int)cluster_rank() : 0;
+  const int first_unit = kCluster == 2 ? (int)cluster_id() : (int)blockIdx.x;
+  const int unit_step = kCluster == 2 ? (int)num_clusters() : (int)gridDim.x;
+
+  if (kOwnSetup) {  // the fused kernel initialises the ring once for all its GEMMs
+    if (tid == 256) {
+      check_smem(P::kSmemBytes, smem);
+      prefetch_tmap(tmap_a);
+      prefetch_tmap(tmap_b);
+      prefetch_tmap(tmap_sfa);
+      if (kTmaStore) prefetch_tmap(tmap_d);
+      bars.init(8 * kCluster);  // empty: one arrive per consumer warp of every CTA of the cluster
+    }
+    if (kCluster == 2)
+      cluster_sync();  // the peer's barriers must be initialised before any multicast or remote arrive
+    else
+      __syncthreads();
+  }
+
+  const int n_mt = live_row_tiles(num_m_tiles, m_cap, kNormalRows);
+  const int n_units = kPairN ? n_mt * kNPairs : (n_mt + kCluster - 1) / kCluster * kNTiles;
+  // Expert of row tile mt, -1 when dead (skipped or past the live count).
+  auto group_of = [&](int mt) { return mt < n_mt ? tile_group[mt] : -1; };
+  // Work unit u -> this CTA's (row tile, N tile), its expert and the peer's (-1 when dead).
+  struct Unit {
+    int mt, nt, g, g_peer;
+  };
+  auto unit_of = [&](int u) -> Unit {
+    Unit w;
+    if (kPairN) {
+      w.mt = u / kNPairs;
+      w.nt = 2 * (u - w.mt * kNPairs) + rank;
+      w.g = w.g_peer = group_of(w.mt);
+    } else {
+      const int mp = u / kNTiles;
+      w.nt = u - mp * kNTiles;
+      w.mt = mp * kCluster + rank;
+      w.g = group_of(w.mt);
+      w.g_peer = kCluster == 2 ? group_of(mp * kCluster + (rank ^ 1)) : -1;
+    }
+    return w;
+  };
+
+  if (warp >= 8) {
+    // ---------------- producer warpgroup ----------------
+    if (kOwnSetup) regs_dealloc<40>();
+    if (warp == 8 && lane == 0) {
+      const u64 pol = policy_evict_normal();
+      int& stage = ring.stage;
+      u32& phase = ring.phase;
+      for (int u = first_unit; u < n_units; u += unit_step) {
+        const Unit w = unit_of(u);
+        const int mt = w.mt, nt = w.nt, g = w.g;
+        if (g < 0 && w.g_peer < 0) continue;  // both CTAs of the pair skip it
+        const bool mcast = kMcast == 1 && g >= 0 && w.g_peer == g;
+        const int b_row = nt * kBlockN;  // first weight row of the tile within expert g
+        if (Sync::kWaits && g >= 0 && !sync.ready(mt, 0)) {
+          // Its A is not written yet: pull this tile's weights into L2 meanwhile.
+          for (int kb = 0; kb < kKB; kb++)
+#pragma unroll
+            for (int h = 0; h < kNSub; h++) {
+              const WCoord c = weight_coord<kN, kK, kWTiled>(g, b_row + 128 * h, kb);
+              tma_prefetch_2d(tmap_b, c.x, c.y);
+            }
+        }
+        for (int kb = 0; kb < kKB; kb++) {
+          mbar_wait(empty_bar(stage), phase ^ 1);
+          if (g >= 0 && (!Sync::kWaits || sync.wait(mt, kb))) {
+            mbar_arrive_expect_tx(full_bar(stage), P::kABytes + P::kBBytes + P::kSfaBytes);
+            const u32 sb = sbase + P::kOffB + stage * P::kBBytes;
+            if (kPairN) {  // each CTA fetches one 64-row half of the shared activation tile for both
+              tma_load_2d_multicast(sbase + P::kOffA + stage * P::kABytes + rank * (64 * kBlockK), tmap_a,
+                                    full_bar(stage), kb * kBlockK, mt * kNormalRows + 64 * rank, (unsigned short)0x3,
+                                    pol);
+            } else {
+              tma_load_2d(sbase + P::kOffA + stage * P::kABytes, tmap_a, full_bar(stage), kb * kBlockK,
+                          mt * kNormalRows, pol);
+            }
+            tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaBytes, tmap_sfa, full_bar(stage), mt * kNormalRows, kb,
+                        pol);
+            if (mcast) {
+              const WCoord c = weight_coord<kN, kK, kWTiled>(g, b_row + 128 * rank, kb);
+              tma_load_2d_multicast(sb + rank * (128 * kBlockK), tmap_b, full_bar(stage), c.x, c.y,
+                                    (unsigned short)0x3, pol);
+            } else {
+#pragma unroll
+              for (int h = 0; h < kNSub; h++) {
+                const WCoord c = weight_coord<kN, kK, kWTiled>(g, b_row + 128 * h, kb);
+                tma_load_2d(sb + h * (128 * kBlockK), tmap_b, full_bar(stage), c.x, c.y, pol);
+              }
+            }
+          } else {
+            mbar_arrive(full_bar(stage));  // dead tile: no data, the consumers just pass the stage on
+          }
+          ring.advance<kStages>();
+        }
+      }
+    }
+    __syncwarp();
+  } else {
+    // ---------------- consumer warpgroups ----------------
+    if (kOwnSetup) regs_alloc<232>();
+    const int wg = warp >> 2;                        // 0/1: rows [64 wg, 64 wg + 64) of the tile
+    const int wq = warp & 3;                         // warp within the warpgroup: 16 rows each
+    const int q = lane & 3;                          // column pair within an 8-column group
+    const int rl = lane >> 2;                        // row within the warp's 8-row half
+    const int r0 = wg * 64 + wq * 16 + rl;           // this thread's two rows: r0 and r0 + 8
+    const int r1 = r0 + 8;
+    auto release = [&](int s) {
+      if (kCluster == 2) {
+        if (lane < 2) mbar_arrive_cluster(empty_bar(s), (u32)lane);
+      } else if (lane == 0) {
+        mbar_arrive(empty_bar(s));
+      }
+    };
+
+    float acc[64];
+    float fin[kNSub][64];
+    int& stage = ring.stage;
+    u32& phase = ring.phase;
+
+    for (int u = first_unit; u < n_units; u += unit_step) {
+      const Unit w = unit_of(u);
+      const int mt = w.mt, nt = w.nt, g = w.g;
+      if (g < 0 && w.g_peer < 0) continue;
+      if (g < 0) {  // dead tile, live peer: keep the pair's stage sequence in step
+        for (int kb = 0; kb < kKB; kb++) {
+          mbar_wait(full_bar(stage), phase);
+          release(stage);
+          ring.advance<kStages>();
+        }
+        continue;
+      }
+
+      // Weight-scale rows of this tile: bf16 -> one 128-row block per half; SwiGLU -> the gate block and the up
+      // block of activation columns [128 nt, 128 nt + 128) (both halves of the 256-row transformed tile share them).
+      const float* sfb_g = sfb + (size_t)g * kNScaleRows * kKB;
+      const float* sb_row0 = sfb_g + (size_t)(kEpi == 0 ? nt * kNSub : nt) * kKB;
+      const float* sb_row1 = sfb_g + (size_t)(kEpi == 0 ? nt * kNSub + (kNSub - 1) : (kN / 2) / 128 + nt) * kKB;
+
+#pragma unroll
+      for (int s = 0; s < kNSub; s++)
+#pragma unroll
+        for (int i = 0; i < 64; i++) fin[s][i] = 0.0f;
+
+      float sb0 = __ldg(sb_row0), sb1 = __ldg(sb_row1);
+      for (int kb = 0; kb < kKB; kb++) {
+        // Prefetch the next K block's weight scales (warp-uniform, L1/L2 hits) while this block computes.
+        const int kn = kb + 1 < kKB ? kb + 1 : kb;
+        const float nsb0 = __ldg(sb_row0 + kn), nsb1 = __ldg(sb_row1 + kn);
+
+        mbar_wait(full_bar(stage), phase);
+        // Read the activation scales before releasing the stage: the producer may refill it right after.
+        const u32 sfa_base = sbase + P::kOffSfa + stage * P::kSfaBytes;
+        const float sa0 = ld_shared_f32(sfa_base + 4u * r0);
+        const float sa1 = ld_shared_f32(sfa_base + 4u * r1);
+
+        const u64 da = make_desc_sw128(sbase + P::kOffA + stage * P::kABytes + wg * (64 * kBlockK));
+#pragma unroll
+        for (int s = 0; s < kNSub; s++) {
+          const u64 db = make_desc_sw128(sbase + P::kOffB + stage * P::kBBytes + s * (128 * kBlockK));
+#pragma unroll
+          for (int i = 0; i < 64; i++) fence_reg(acc[i]);
+          wgmma_fence();
+#pragma unroll
+          for (int kk = 0; kk < kBlockK / 32; kk++)
+            wgmma_m64n128k32_e4m3(acc, da + kk * kDescK32Step, db + kk * kDescK32Step, kk > 0 ? 1u : 0u);
+          wgmma_commit();
+          wgmma_wait<0>();
+#pragma unroll
+          for (int i = 0; i < 64; i++) fence_reg(acc[i]);
+          if (s == kNSub - 1) release(stage);
+
+          // Promotion. Accumulator i of m64nNk32: row r0 (i % 4 < 2) or r1, column 8 (i / 4) + 2 q + (i % 2).
+          // bf16: scale = sfa[row] * sfb[half s]; SwiGLU: 8-column groups alternate gate (even) / up (odd).
+          float sc[2][2];
+          if (kEpi == 0) {
+            const float sbv = s == 0 ? sb0 : sb1;
+            sc[0][0] = sc[0][1] = sa0 * sbv;
+            sc[1][0] = sc[1][1] = sa1 * sbv;
+          } else {
+            sc[0][0] = sa0 * sb0;
+            sc[0][1] = sa0 * sb1;
+            sc[1][0] = sa1 * sb0;
+            sc[1][1] = sa1 * sb1;
+          }
+#pragma unroll
+          for (int i = 0; i < 64; i++) fin[s][i] = fmaf(acc[i], sc[(i >> 1) & 1][(i >> 2) & 1], fin[s][i]);
+        }
+        sb0 = nsb0;
+        sb1 = nsb1;
+        ring.advance<kStages>();
+      }
+
+      const long long m0 = (long long)mt * kNormalRows + r0;  // global rows m0 and m0 + 8
+      if (kTmaStore) {
+        // ---- bf16 out through shared memory + TMA store: 64-column chunks of 64 rows x 128 B, 128B-swizzled ----
+        const u32 stage_d = sbase + P::kOffD + wg * (64 * kBlockN * 2);
+        const bool leader = (tid & 127) == 0;
+        if (leader) bulk_wait_read0();  // this warpgroup's previous tile has left the staging buffer
+        named_barrier_sync(2 + wg, 128);
+#pragma unroll
+        for (int s = 0; s < kNSub; s++)
+#pragma unroll
+          for (int j = 0; j < 16; j++)
+#pragma unroll
+            for (int rr = 0; rr < 2; rr++) {
+              const int chunk = 2 * s + (j >> 3);
+              const int row = wq * 16 + rl + 8 * rr;
+              const u32 addr = stage_d + chunk * (64 * 128) + row * 128 + (((j & 7) ^ rl) << 4) + 4 * q;
+              const u32 v = pack_bf16x2(fin[s][4 * j + 2 * rr], fin[s][4 * j + 2 * rr + 1]);
+              asm volatile("st.shared.u32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
+            }
+        fence_proxy_async();
+        named_barrier_sync(2 + wg, 128);
+        if (leader) {
+#pragma unroll
+          for (int c = 0; c < kBlockN / 64; c++)
+            tma_store_2d(tmap_d, stage_d + c * (64 * 128), nt * kBlockN + 64 * c, mt * kNormalRows + 64 * wg);
+          bulk_commit();
+        }
+      } else if (kEpi == 0) {
+        // ---- bf16 out: each thread writes bf16 pairs (4 bytes) of its two rows ----
+        unsigned short* d = reinterpret_cast<unsigned short*>(out);
+#pragma unroll
+        for (int s = 0; s < kNSub; s++) {
+#pragma unroll
+          for (int j = 0; j < 16; j++) {
+            const int col = nt * kBlockN + s * 128 + 8 * j + 2 * q;
+            *reinterpret_cast<u32*>(d + m0 * kN + col) = pack_bf16x2(fin[s][4 * j], fin[s][4 * j + 1]);
+            *reinterpret_cast<u32*>(d + (m0 + 8) * kN + col) = pack_bf16x2(fin[s][4 * j + 2], fin[s][4 * j + 3]);
+          }
+        }
+      } else {
+        // ---- SwiGLU + per-row power-of-two quantization of 128 activation columns ----
+        constexpr int kI = kN / 2;
+        const float lim = swiglu_limit;
+        const float w_row[2] = {row_weight[m0], row_weight[m0 + 8]};
+        float a[2][kNSub][16];  // [row][half][2 p + e]: activation column 64 s + 8 p + 2 q + e
+        float amax[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int s = 0; s < kNSub; s++) {
+#pragma unroll
+          for (int p = 0; p < 8; p++) {
+#pragma unroll
+            for (int rr = 0; rr < 2; rr++) {
+#pragma unroll
+              for (int e = 0; e < 2; e++) {
+                float gv = fin[s][(2 * p) * 4 + 2 * rr + e];
+                float uv = fin[s][(2 * p + 1) * 4 + 2 * rr + e];
+                if (lim > 0.0f) {
+                  uv = fminf(fmaxf(uv, -lim), lim);
+                  gv = fminf(gv, lim);
+                }
+                const float av = silu(gv) * uv * w_row[rr];
+                a[rr][s][2 * p + e] = av;
+                amax[rr] = fmaxf(amax[rr], fabsf(av));
+              }
+            }
+          }
+        }
+        unsigned char* aq = reinterpret_cast<unsigned char*>(out);
+#pragma unroll
+        for (int rr = 0; rr < 2; rr++) {
+          // The 4 lanes of a quad hold the whole row's 128 columns between them.
+          float mx = amax[rr];
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+          float inv;
+          const float scale = pow2_scale(mx, inv);
+          const long long m = m0 + 8 * rr;
+          unsigned char* row = aq + m * kI + nt * 128;
+#pragma unroll
+          for (int s = 0; s < kNSub; s++)
+#pragma unroll
+            for (int p = 0; p < 8; p++) {
+              const u32 pair = megamoe::f32x2_to_e4m3x2(a[rr][s][2 * p] * inv, a[rr][s][2 * p + 1] * inv);
+              *reinterpret_cast<unsigned short*>(row + 64 * s + 8 * p + 2 * q) = (unsigned short)pair;
+            }
+          if (q == 0) out_sf[(size_t)nt * m_cap + m] = scale;
+        }
+      }
+      if (Sync::kPublishes) sync.publish(mt, nt, tid, 256);
+    }
+    if (kTmaStore && (tid & 127) == 0) bulk_wait0();  // staging buffer must outlive the stores' reads
+  }
+  // A CTA must not leave while its peer can still arrive on its barriers or multicast into its shared memory.
+  if (kCluster == 2) {
+    __syncwarp();
+    cluster_sync();
+  }
+}
+
+// ==================================================================================================================
+// Decode (swap A/B) kernel body: weights on wgmma's M side, 16 tokens on its N side.
+// ==================================================================================================================
+template <int kN, int kK, int kMSub, int kStages, int kEpi, int kWTiled, class P = DecodePlan<kMSub, kStages>,
+          class Sync = NoSync, bool kOwnSetup = true>
+__device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, const Sync& sync = Sync()) {
+  const TmaDesc* tmap_a = ga.tmap_a;
+  const TmaDesc* tmap_b = ga.tmap_b;
+  const TmaDesc* tmap_sfa = ga.tmap_sfa;
+  const float* __restrict__ sfb = ga.sfb;
+  const int* __restrict__ tile_group = ga.tile_group;
+  const int* __restrict__ num_m_tiles = ga.num_m_tiles;
+  void* __restrict__ out = ga.out;
+  float* __restrict__ out_sf = ga.out_sf;
+  const float* __restrict__ row_weight = ga.row_weight;
+  const float swiglu_limit = ga.swiglu_limit;
+  const int m_cap = ga.m_cap;
+  constexpr int kRowsW = P::kRowsW;
+  constexpr int kKB = kK / kBlockK;
+  constexpr int kWBlocks = kN / kRowsW;
+  constexpr int kNScaleRows = kN / 128;
+  // Weight box height: the whole unit (64 * MSUB rows) for the rows layout; for the tiled layout at most one
+  // 128-row tile (a 256-row SwiGLU unit spans two tiles that are K/128 tiles apart), so MSUB 4 issues 2 boxes.
+  constexpr int kBoxRowsW = kWTiled && kRowsW > 128 ? 128 : kRowsW;
+  static_assert(kN % kRowsW == 0 && kK % kBlockK == 0, "N must be a multiple of 64*MSUB, K of 128");
+  static_assert(kMSub == 1 || kMSub == 2 || kMSub == 4, "MSUB is 1, 2 or 4");
+  static_assert(kEpi == 0 || kMSub == 4, "the SwiGLU epilogue needs 256-row transformed units (MSUB = 4)");
+  static_assert(kEpi == 0 || (kN / 2) % 128 == 0, "SwiGLU: I = N/2 must be a multiple of 128");
+  static_assert(P::kSmemBytes <= 232448, "shared-memory plan exceeds 227 KB: fewer stages");
+  static_assert(P::kBBytes >= kRowsW * kBlockK, "the plan's stages must hold this GEMM's weight tile");
+  static_assert(!(Sync::kWaits || Sync::kPublishes) || !kOwnSetup, "cross-CTA hooks run inside the fused kernel");
+  constexpr u32 kUnitBBytes = kRowsW * kBlockK;  // weight bytes of one stage (a stage slot may be larger)
+
+  extern __shared__ __align__(1024) unsigned char smem[];
+  const u32 sbase = smem_addr(smem);
+  const int tid = threadIdx.x;
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  const RingBars<kStages> bars{sbase + P::kOffBar};
+  auto full_bar = [&](int s) { return bars.full(s); };
+  auto empty_bar = [&](int s) { return bars.empty(s); };
+
+  if (kOwnSetup) {
+    if (tid == 128) {
+      check_smem(P::kSmemBytes, smem);
+      prefetch_tmap(tmap_a);
+      prefetch_tmap(tmap_b);
+      prefetch_tmap(tmap_sfa);
+      bars.init(4);  // empty: one arrive per consumer warp
+    }
+    __syncthreads();
+  }
+
+  const int n_units = live_row_tiles(num_m_tiles, m_cap, kDecodeRows) * kWBlocks;
+
+  if (warp >= 4) {
+    // ---------------- producer warpgroup: one thread keeps up to kStages tiles of weights in flight ----------------
+    if (warp == 4 && lane == 0) {
+      const u64 pol_a = policy_evict_last();
+      const u64 pol_b = policy_evict_first();
+      int& stage = ring.stage;
+      u32& phase = ring.phase;
+      for (int u = blockIdx.x; u < n_units; u += gridDim.x) {
+        const int mt = u / kWBlocks, wb = u - mt * kWBlocks;
+        const int g = tile_group[mt];
+        if (g < 0) continue;
+        const int b_row = wb * kRowsW;  // first weight row of the unit within expert g
+        if (Sync::kWaits && !sync.ready(mt, 0)) {
+          // Its A is not written yet: pull this unit's weights into L2 meanwhile (decode: L2 while L1 runs).
+          for (int kb = 0; kb < kKB; kb++)
+#pragma unroll
+            for (int h = 0; h < kRowsW / kBoxRowsW; h++) {
+              const WCoord c = weight_coord<kN, kK, kWTiled>(g, b_row + kBoxRowsW * h, kb);
+              tma_prefetch_2d(tmap_b, c.x, c.y);
+            }
+        }
+        for (int kb = 0; kb < kKB; kb++) {
+          mbar_wait(empty_bar(stage), phase ^ 1);
+          if (Sync::kWaits && !sync.wait(mt, kb)) {  // abort: pass the stage on without data
+            mbar_arrive(full_bar(stage));
+            ring.advance<kStages>();
+            continue;
+          }
+          mbar_arrive_expect_tx(full_bar(stage), kUnitBBytes + P::kABytes + kDecodeRows * 4);
+#pragma unroll
+          for (int h = 0; h < kRowsW / kBoxRowsW; h++) {
+            const WCoord c = weight_coord<kN, kK, kWTiled>(g, b_row + kBoxRowsW * h, kb);
+            tma_load_2d(sbase + P::kOffB + stage * P::kBBytes + h * (kBoxRowsW * kBlockK), tmap_b, full_bar(stage),
+                        c.x, c.y, pol_b);
+          }
+          tma_load_2d(sbase + P::kOffA + stage * P::kABytes, tmap_a, full_bar(stage), kb * kBlockK,
+                      mt * kDecodeRows, pol_a);
+          tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaSlot, tmap_sfa, full_bar(stage), mt * kDecodeRows, kb,
+                      pol_a);
+          ring.advance<kStages>();
+        }
+      }
+    }
+    return;
+  }
+
+  // ---------------- consumer warpgroup ----------------
+  const int wq = warp;          // 16 weight rows of each 64-row sub-tile
+  const int q = lane & 3;       // token pair: tokens 2q, 2q+1, 8+2q, 9+2q
+  const int rl = lane >> 2;     // weight row within the warp's 16: rl and rl + 8
+
+  float acc[kMSub][8];
+  float fin[kMSub][8];
+  int& stage = ring.stage;
+  u32& phase = ring.phase;
+
+  for (int u = blockIdx.x; u < n_units; u += gridDim.x) {
+    const int mt = u / kWBlocks, wb = u - mt * kWBlocks;
+    const int g = tile_group[mt];
+    if (g < 0) continue;
+
+    const float* sfb_g = sfb + (size_t)g * kNScaleRows * kKB;
+    // bf16: sub-tile s's rows [wb*R + 64 s, +64) lie in one 128-row scale block. SwiGLU (R = 256): every sub-tile
+    // holds gate rows of activation block wb and up rows of the same block: two scale rows for the whole unit.
+    auto sb_row = [&](int s) -> const float* {
+      return sfb_g + (size_t)((wb * kRowsW + 64 * s) / 128) * kKB;
+    };
+    const float* sbg_row = sfb_g + (size_t)wb * kKB;
+    const float* sbu_row = sfb_g + (size_t)((kN / 2) / 128 + wb) * kKB;
+
+#pragma unroll
+    for (int s = 0; s < kMSub; s++)
+#pragma unroll
+      for (int i = 0; i < 8; i++) fin[s][i] = 0.0f;
+
+    // Weight scales of K block kb for sub-tile s: [0] for row rl, [1] for row rl + 8. bf16: one block per
+    // sub-tile; SwiGLU: row rl (< 8 within a 16-row granule) is a gate row, rl + 8 an up row.
+    auto load_sb = [&](int kb, float (&v)[kMSub][2]) {
+#pragma unroll
+      for (int s = 0; s < kMSub; s++) {
+        if (kEpi == 0) {
+          v[s][0] = v[s][1] = __ldg(sb_row(s) + kb);
+        } else {
+          v[s][0] = __ldg(sbg_row + kb);
+          v[s][1] = __ldg(sbu_row + kb);
+        }
+      }
+    };
+    float sbv[kMSub][2];
+    load_sb(0, sbv);
+    for (int kb = 0; kb < kKB; kb++) {
+      float nsbv[kMSub][2];  // next K block's scales, loaded while this block waits and computes
+      load_sb(kb + 1 < kKB ? kb + 1 : kb, nsbv);
+      mbar_wait(full_bar(stage), phase);
+      const u32 sfa_base = sbase + P::kOffSfa + stage * P::kSfaSlot;
+      float ts[4];
+      ts[0] = ld_shared_f32(sfa_base + 4u * (2 * q));
+      ts[1] = ld_shared_f32(sfa_base + 4u * (2 * q + 1));
+      ts[2] = ld_shared_f32(sfa_base + 4u * (8 + 2 * q));
+      ts[3] = ld_shared_f32(sfa_base + 4u * (9 + 2 * q));
+
+      const u64 db = make_desc_sw128(sbase + P::kOffA + stage * P::kABytes);
+#pragma unroll
+      for (int s = 0; s < kMSub; s++)
+#pragma unroll
+        for (int i = 0; i < 8; i++) fence_reg(acc[s][i]);
+      wgmma_fence();
+#pragma unroll
+      for (int s = 0; s < kMSub; s++) {
+        const u64 da = make_desc_sw128(sbase + P::kOffB + stage * P::kBBytes + s * (64 * kBlockK));
+#pragma unroll
+        for (int kk = 0; kk < kBlockK / 32; kk++)
+          wgmma_m64n16k32_e4m3(acc[s], da + kk * kDescK32Step, db + kk * kDescK32Step, kk > 0 ? 1u : 0u);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+#pragma unroll
+      for (int s = 0; s < kMSub; s++)
+#pragma unroll
+        for (int i = 0; i < 8; i++) fence_reg(acc[s][i]);
+      if (lane == 0) mbar_arrive(empty_bar(stage));
+
+      // Accumulator i of m64n16k32: weight row rl (i % 4 < 2) or rl + 8, token 8 (i / 4) + 2 q + (i % 2).
+#pragma unroll
+      for (int s = 0; s < kMSub; s++)
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+          fin[s][i] = fmaf(acc[s][i], ts[2 * (i >> 2) + (i & 1)] * sbv[s][(i >> 1) & 1], fin[s][i]);
+#pragma unroll
+      for (int s = 0; s < kMSub; s++) sbv[s][0] = nsbv[s][0], sbv[s][1] = nsbv[s][1];
+      ring.advance<kStages>();
+    }
+
+    const int tok0 = mt * kDecodeRows;
+    if (kEpi == 0) {
+      unsigned short* d = reinterpret_cast<unsigned short*>(out);
+#pragma unroll
+      for (int s = 0; s < kMSub; s++) {
+        const int n = wb * kRowsW + 64 * s + 16 * wq + rl;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+          const long long tok = tok0 + 8 * (i >> 2) + 2 * q + (i & 1);
+          d[tok * kN + n + 8 * ((i >> 1) & 1)] = f32_to_bf16(fin[s][i]);
+        }
+      }
+    } else {
+      // Thread holds, for each sub-tile s and each of its 4 tokens, the gate (row rl) and up (row rl + 8) of
+      // activation column 32 s + 8 wq + rl of block wb.
+      constexpr int kI = kN / 2;
+      const float lim = swiglu_limit;
+      float a[4][kMSub];
+      float amax[4];
+#pragma unroll
+      for (int t = 0; t < 4; t++) {
+        const int tok = tok0 + 8 * (t >> 1) + 2 * q + (t & 1);
+        const float w = row_weight[tok];
+        amax[t] = 0.0f;
+#pragma unroll
+        for (int s = 0; s < kMSub; s++) {
+          const int ig = 4 * (t >> 1) + (t & 1);  // accumulator of (row rl, token t)
+          float gv = fin[s][ig];
+          float uv = fin[s][ig + 2];
+          if (lim > 0.0f) {
+            uv = fminf(fmaxf(uv, -lim), lim);
+            gv = fminf(gv, lim);
+          }
+          a[t][s] = silu(gv) * uv * w;
+          amax[t] = fmaxf(amax[t], fabsf(a[t][s]));
+        }
+        // Reduce over the 8 lanes that share q (lane bits 2..4), then over the 4 warps through shared memory.
+        amax[t] = fmaxf(amax[t], __shfl_xor_sync(0xffffffffu, amax[t], 4));
+        amax[t] = fmaxf(amax[t], __shfl_xor_sync(0xffffffffu, amax[t], 8));
+        amax[t] = fmaxf(amax[t], __shfl_xor_sync(0xffffffffu, amax[t], 16));
+      }
+      float* red = reinterpret_cast<float*>(smem + P::kOffAmax);  // [warp][token]
+      if (rl == 0) {
+#pragma unroll
+        for (int t = 0; t < 4; t++) red[wq * kDecodeRows + 8 * (t >> 1) + 2 * q + (t & 1)] = amax[t];
+      }
+      named_barrier_sync(1, 128);
+      unsigned char* aq = reinterpret_cast<unsigned char*>(out);
+#pragma unroll
+      for (int t = 0; t < 4; t++) {
+        const int tl = 8 * (t >> 1) + 2 * q + (t & 1);
+        const float mx = fmaxf(fmaxf(red[tl], red[kDecodeRows + tl]),
+                               fmaxf(red[2 * kDecodeRows + tl], red[3 * kDecodeRows + tl]));
+        float inv;
+        const float scale = pow2_scale(mx, inv);
+        const long long tok = tok0 + tl;
+        unsigned char* row = aq + tok * kI + wb * 128;
+#pragma unroll
+        for (int s = 0; s < kMSub; s++)
+          row[32 * s + 8 * wq + rl] = (unsigned char)(megamoe::f32x2_to_e4m3x2(a[t][s] * inv, 0.0f) & 0xFF);
+        if (wq == 0 && rl == 0) out_sf[(size_t)wb * m_cap + tok] = scale;
+      }
+      if (Sync::kPublishes) sync.publish(mt, wb, tid, 128);  // its barrier also guards `red` (below)
+      named_barrier_sync(1, 128);  // the next unit's epilogue may overwrite `red`
+    }
+  }
+}
+
+}  // namespace gg

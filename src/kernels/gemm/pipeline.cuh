@@ -1,0 +1,69 @@
+// The stage ring of a TMA -> wgmma pipeline: kStages shared-memory stages, each guarded by a "full" mbarrier (the
+// producer's arrive.expect_tx + the TMA bytes) and an "empty" one (the consumers' releases). Producer and consumer
+// threads each walk the ring with their own Ring; the parity flips every time the ring wraps. A Ring outlives one
+// GEMM: the fused kernel runs L1 and then L2 units through the same barriers without re-initialising them.
+#pragma once
+
+namespace gg {
+
+struct Ring {
+  int stage = 0;
+  u32 phase = 0;
+  template <int kStages>
+  __device__ __forceinline__ void advance() {
+    if (++stage == kStages) {
+      stage = 0;
+      phase ^= 1;
+    }
+  }
+};
+
+// Barrier addresses of a plan with kStages stages whose barriers start at byte kOffBar: full[s], then empty[s].
+template <int kStages>
+struct RingBars {
+  u32 base;  // shared address of full[0]
+  __device__ __forceinline__ u32 full(int s) const { return base + 8u * s; }
+  __device__ __forceinline__ u32 empty(int s) const { return base + 8u * (kStages + s); }
+  // full: one arrive (the producer's, with expect_tx); empty: `consumers` arrives.
+  __device__ __forceinline__ void init(u32 consumers) const {
+    for (int s = 0; s < kStages; s++) {
+      mbar_init(full(s), 1);
+      mbar_init(empty(s), consumers);
+    }
+    fence_mbar_init();
+  }
+};
+
+// The GEMM's run-time operands, one struct for every variant (the kernel ABI stays the flat parameter list of
+// grouped_gemm_fp8.cu; its entry points pack it). See grouped_gemm_fp8.cu's header for each buffer's layout.
+struct GemmArgs {
+  const TmaDesc* tmap_a;
+  const TmaDesc* tmap_b;
+  const TmaDesc* tmap_sfa;
+  const TmaDesc* tmap_d;
+  const float* __restrict__ sfb;
+  const int* __restrict__ tile_group;
+  const int* __restrict__ num_m_tiles;
+  void* __restrict__ out;
+  float* __restrict__ out_sf;
+  const float* __restrict__ row_weight;
+  float swiglu_limit;
+  int m_cap;
+};
+
+// Cross-CTA hooks of a GEMM body. The standalone GEMM has none; the fused kernel (mega_moe.cu) waits for an L2 A
+// block before loading it and publishes each L1 output block once it is written.
+//   kWaits:     the producer calls ready(mt, kb) / wait(mt, kb) before loading A block kb of row tile mt, and
+//               prefetch hint weights into L2 while it would wait; wait() returning false means "abort": the stage
+//               is passed on without data (the kernel reports the error; no hang).
+//   kPublishes: every consumer thread calls publish(mt, nt, ctid, nthreads) after its epilogue stores of unit
+//               (mt, nt).
+struct NoSync {
+  static constexpr bool kWaits = false;
+  static constexpr bool kPublishes = false;
+  __device__ __forceinline__ bool ready(int, int) const { return true; }
+  __device__ __forceinline__ bool wait(int, int) const { return true; }
+  __device__ __forceinline__ void publish(int, int, int, int) const {}
+};
+
+}  // namespace gg

@@ -1,0 +1,211 @@
+// MoE dispatch as device functions: the four steps of moe_dispatch.cu (count, scan, rank, gather), written once
+// and called both by its four kernels (the unfused pipeline) and by the fused MegaMoE kernel (mega_moe.cu), which
+// runs them as phases of one persistent launch. Each function takes its work index and thread layout explicitly,
+// so the caller chooses the grid mapping. The contract (layouts, ordering) is the header of moe_dispatch.cu.
+//
+// Compile-time shape (the including .cu defines them before including this file):
+//   DSP_EXPERTS (E), DSP_TOPK (K), DSP_HIDDEN (H), DSP_SHARED (1: group E is the shared expert).
+#pragma once
+
+namespace dsp {
+
+constexpr int kExperts = DSP_EXPERTS;
+constexpr int kTopK = DSP_TOPK;
+constexpr int kHidden = DSP_HIDDEN;
+constexpr int kShared = DSP_SHARED;
+constexpr int kGroups = kExperts + kShared;
+constexpr int kScaleBlocks = kHidden / 128;
+constexpr int kVecPerRow = kHidden / 16;  // 16-byte vectors of e4m3 per row
+constexpr int kChunkTokens = 64;          // tokens per count/rank chunk (must match moe-dispatch.ts)
+constexpr int kChunkSlots = kChunkTokens * kTopK;
+
+static_assert(kHidden % 128 == 0, "the hidden size must be a multiple of 128 (SPEC 4)");
+static_assert(kTopK >= 1 && kTopK <= 32, "top-k must be in [1, 32]");
+static_assert(kShared == 0 || kShared == 1, "the shared-expert switch is 0 or 1");
+
+__device__ __forceinline__ int expert_of(long long id) {
+  // Masked (-1) and, defensively, out-of-range ids select nothing (the host guards refuse them earlier).
+  return (id >= 0 && id < kExperts) ? (int)id : -1;
+}
+
+__device__ __forceinline__ int round_up(int v, int m) { return (v + m - 1) / m * m; }
+
+__device__ __forceinline__ int num_chunks(int num_tokens) { return (num_tokens + kChunkTokens - 1) / kChunkTokens; }
+
+// 1. Histogram of chunk c's slots into chunk_counts[c][E], by the `nthreads` threads of a block (all of them call
+// it; hist is kExperts ints of shared memory). Shared-memory atomics: the totals do not depend on their order.
+__device__ __forceinline__ void count_chunk(const long long* __restrict__ ids, int num_tokens, int c,
+                                            int* __restrict__ chunk_counts, int* hist, int tid, int nthreads) {
+  for (int e = tid; e < kExperts; e += nthreads) hist[e] = 0;
+  __syncthreads();
+  const int first = c * kChunkSlots;
+  const int last = min(first + kChunkSlots, num_tokens * kTopK);
+  for (int s = first + tid; s < last; s += nthreads) {
+    const int e = expert_of(ids[s]);
+    if (e >= 0) atomicAdd(&hist[e], 1);
+  }
+  __syncthreads();
+  int* out = chunk_counts + (size_t)c * kExperts;
+  for (int e = tid; e < kExperts; e += nthreads) out[e] = hist[e];
+  __syncthreads();  // hist may be reused by the caller's next chunk
+}
+
+// 2. The scan, by all `nthreads` threads of ONE block (scratch: kGroups + 1 ints of shared memory). Per group:
+// total rows, padded to block_m, exclusive scan -> group_offset [kGroups + 1], group_count, tile_group (+ -1 past
+// the last tile up to max_tiles), num_m_tiles; padding rows get weight 0 / token -1; chunk_counts become per-chunk
+// base rows. The totals are integers: any thread layout gives the same outputs.
+__device__ __forceinline__ void scan(int* __restrict__ chunk_counts, int num_tokens, int block_m, int max_tiles,
+                                     int* __restrict__ group_offset, int* __restrict__ group_count,
+                                     int* __restrict__ tile_group, int* __restrict__ num_m_tiles,
+                                     float* __restrict__ row_weight, int* __restrict__ row_token, int* scratch,
+                                     int tid, int nthreads) {
+  const int nc = num_chunks(num_tokens);
+  // Padded row count of every group, then an exclusive scan of them by warp 0 in 32-group steps.
+  for (int g = tid; g < kGroups; g += nthreads) {
+    int count = 0;
+    if (g < kExperts) {
+#pragma unroll 8
+      for (int c = 0; c < nc; c++) count += chunk_counts[(size_t)c * kExperts + g];
+    } else {
+      count = num_tokens;  // the shared expert: every token once
+    }
+    group_count[g] = count;
+    scratch[g] = round_up(count, block_m);
+  }
+  __syncthreads();
+  if (tid < 32) {
+    int carry = 0;
+    for (int g0 = 0; g0 < kGroups; g0 += 32) {
+      const int g = g0 + tid;
+      const int v = g < kGroups ? scratch[g] : 0;
+      int incl = v;
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const int n = __shfl_up_sync(0xffffffffu, incl, o);
+        if (tid >= o) incl += n;
+      }
+      if (g < kGroups) scratch[g] = carry + incl - v;  // exclusive offset
+      carry += __shfl_sync(0xffffffffu, incl, 31);
+    }
+    if (tid == 0) scratch[kGroups] = carry;
+  }
+  __syncthreads();
+  const int total = scratch[kGroups];
+  for (int g = tid; g < kGroups; g += nthreads) {
+    const int offset = scratch[g];
+    const int count = group_count[g];
+    const int padded = round_up(count, block_m);
+    group_offset[g] = offset;
+    for (int t = offset / block_m; t < (offset + padded) / block_m; t++) tile_group[t] = g;
+    // Padding rows: weight 0 and no token, so a reader of any row sees defined values.
+    for (int m = offset + count; m < offset + padded; m++) {
+      row_weight[m] = 0.0f;
+      row_token[m] = -1;
+    }
+    // Per-chunk base rows: chunk c's first row of expert g = offset + counts of the chunks before c.
+    if (g < kExperts) {
+      int running = offset;
+      for (int c = 0; c < nc; c++) {
+        int* p = chunk_counts + (size_t)c * kExperts + g;
+        const int v = *p;
+        *p = running;
+        running += v;
+      }
+    }
+  }
+  if (tid == 0) {
+    group_offset[kGroups] = total;
+    num_m_tiles[0] = total / block_m;
+  }
+  // Unused tiles read as "skip" for any consumer that looks past num_m_tiles.
+  for (int t = total / block_m + tid; t < max_tiles; t += nthreads) tile_group[t] = -1;
+}
+
+// 3. One warp ranks chunk c's slots in (token, slot) order (next_row: kExperts ints of shared memory owned by this
+// warp): slot_row, row_token, row_weight; then the shared expert's rows of the chunk's tokens. __match_any_sync, no
+// atomics, so deterministic.
+__device__ __forceinline__ void rank_chunk(const long long* __restrict__ ids, const float* __restrict__ weights,
+                                           int num_tokens, int c, const int* __restrict__ chunk_base,
+                                           const int* __restrict__ group_offset, int* __restrict__ slot_row,
+                                           float* __restrict__ row_weight, int* __restrict__ row_token, int* next_row,
+                                           int lane) {
+  for (int e = lane; e < kExperts; e += 32) next_row[e] = chunk_base[(size_t)c * kExperts + e];
+  __syncwarp();
+  const int first = c * kChunkSlots;
+  const int last = min(first + kChunkSlots, num_tokens * kTopK);
+  for (int s0 = first; s0 < last; s0 += 32) {
+    const int s = s0 + lane;
+    const int e = s < last ? expert_of(ids[s]) : -1;
+    // Lanes with the same expert: their rank among those lanes, in lane (= slot) order.
+    const unsigned peers = __match_any_sync(0xffffffffu, e);
+    const unsigned lower = peers & ((1u << lane) - 1u);
+    int row = -1;
+    if (e >= 0) row = next_row[e] + __popc(lower);
+    __syncwarp();
+    if (e >= 0 && lower == 0) next_row[e] += __popc(peers);  // the first lane of each expert moves its cursor
+    __syncwarp();
+    if (s < last) {
+      slot_row[s] = row;
+      if (row >= 0) {
+        row_weight[row] = weights[s];
+        row_token[row] = s / kTopK;
+      }
+    }
+  }
+  if (kShared) {
+    const int base = group_offset[kExperts];
+    const int t_end = min((c + 1) * kChunkTokens, num_tokens);
+    for (int t = c * kChunkTokens + lane; t < t_end; t += 32) {
+      row_weight[base + t] = 1.0f;
+      row_token[base + t] = t;
+    }
+  }
+  __syncwarp();
+}
+
+// 4. One warp copies token t's e4m3 row (16-byte vectors) and its scales to each of its K (+1 shared) rows.
+__device__ __forceinline__ void gather_token(const uint4* __restrict__ x_fp8, const float* __restrict__ x_sf, int t,
+                                             const int* __restrict__ slot_row, const int* __restrict__ group_offset,
+                                             uint4* __restrict__ a, float* __restrict__ sfa, long long sfa_row_stride,
+                                             long long sfa_kb_stride, int lane) {
+  int rows[kTopK + kShared];
+#pragma unroll
+  for (int k = 0; k < kTopK; k++) rows[k] = slot_row[(size_t)t * kTopK + k];
+  if (kShared) rows[kTopK] = group_offset[kExperts] + t;
+
+  const uint4* src = x_fp8 + (size_t)t * kVecPerRow;
+  // Up to 8 vectors per lane in flight (a 4096-wide row is 256 vectors = 8 per lane).
+  constexpr int kVecPerLane = (kVecPerRow + 31) / 32;
+  constexpr int kBatch = kVecPerLane < 8 ? kVecPerLane : 8;
+#pragma unroll 1
+  for (int v0 = 0; v0 < kVecPerLane; v0 += kBatch) {
+    uint4 buf[kBatch];
+#pragma unroll
+    for (int i = 0; i < kBatch; i++) {
+      const int v = (v0 + i) * 32 + lane;
+      // Plain (coherent) loads: in the fused kernel the rows were written earlier in the same launch.
+      if (v0 + i < kVecPerLane && v < kVecPerRow) buf[i] = src[v];
+    }
+#pragma unroll
+    for (int r = 0; r < kTopK + kShared; r++) {
+      const int row = rows[r];
+      if (row < 0) continue;
+      uint4* dst = a + (size_t)row * kVecPerRow;
+#pragma unroll
+      for (int i = 0; i < kBatch; i++) {
+        const int v = (v0 + i) * 32 + lane;
+        if (v0 + i < kVecPerLane && v < kVecPerRow) dst[v] = buf[i];
+      }
+    }
+  }
+  for (int kb = lane; kb < kScaleBlocks; kb += 32) {
+    const float sf = x_sf[(size_t)t * kScaleBlocks + kb];
+#pragma unroll
+    for (int r = 0; r < kTopK + kShared; r++) {
+      const int row = rows[r];
+      if (row >= 0) sfa[(size_t)row * sfa_row_stride + (size_t)kb * sfa_kb_stride] = sf;
+    }
+  }
+}
+
+}  // namespace dsp
