@@ -136,7 +136,7 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
   auto full_bar = [&](int s) { return bars.full(s); };
   auto empty_bar = [&](int s) { return bars.empty(s); };
   const int rank = kCluster == 2 ? (int)cluster_rank() : 0;
-  const int first_unit = kCluster == 2 ? (int)cluster_id() : (int)blockIdx.x;
+  const int first_unit = kCluster == 2 ? (int)cluster_id() : sync.first_unit((int)blockIdx.x, (int)gridDim.x);
   const int unit_step = kCluster == 2 ? (int)num_clusters() : (int)gridDim.x;
 
   if (kOwnSetup) {  // the fused kernel initialises the ring once for all its GEMMs
@@ -490,7 +490,7 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
       const u64 pol_b = policy_evict_first();
       int& stage = ring.stage;
       u32& phase = ring.phase;
-      for (int u = blockIdx.x; u < n_units; u += gridDim.x) {
+      for (int u = sync.first_unit((int)blockIdx.x, (int)gridDim.x); u < n_units; u += gridDim.x) {
         const int mt = u / kWBlocks, wb = u - mt * kWBlocks;
         const int g = tile_group[mt];
         if (g < 0) continue;
@@ -539,7 +539,7 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
   int& stage = ring.stage;
   u32& phase = ring.phase;
 
-  for (int u = blockIdx.x; u < n_units; u += gridDim.x) {
+  for (int u = sync.first_unit((int)blockIdx.x, (int)gridDim.x); u < n_units; u += gridDim.x) {
     const int mt = u / kWBlocks, wb = u - mt * kWBlocks;
     const int g = tile_group[mt];
     if (g < 0) continue;

@@ -58,9 +58,12 @@ struct GemmArgs {
 //               is passed on without data (the kernel reports the error; no hang).
 //   kPublishes: every consumer thread calls publish(mt, nt, ctid, nthreads) after its epilogue stores of unit
 //               (mt, nt).
+//   first_unit(cta, ctas): the first work unit of CTA `cta` (then every ctas-th), so a second GEMM can continue
+//               the first one's round robin.
 struct NoSync {
   static constexpr bool kWaits = false;
   static constexpr bool kPublishes = false;
+  __device__ __forceinline__ int first_unit(int cta, int) const { return cta; }
   __device__ __forceinline__ bool ready(int, int) const { return true; }
   __device__ __forceinline__ bool wait(int, int) const { return true; }
   __device__ __forceinline__ void publish(int, int, int, int) const {}

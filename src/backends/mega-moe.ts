@@ -1,0 +1,239 @@
+// The `mega_moe` backend (vLLM: deep_gemm_mega_moe): the whole MoE layer in ONE fused launch on a Hopper GPU
+// (src/kernels/mega_moe.cu): staging, dispatch, L1 + SwiGLU + FP8 requantization, L2, combine, with the shared
+// expert as one more group of the same launch. Numerically the unfused pipeline's twin (same device functions,
+// same GEMM bodies), so the two agree to SPEC 5's 3e-5 and each is run-to-run deterministic.
+//
+// Memory: one symmetric buffer per rank (src/kernels/mega-moe-layout.ts) sized exactly for maxTokens tokens per rank;
+// expert weights uploaded once (DeviceMoeWeights, tiled layout, L1 transformed). The layer's shape per T is fixed, so
+// each decode size is one CUDA graph (captureGraph); the control block needs no reset between launches.
+import {
+  cudaStatus, CudaGraph, DeviceBuffer, DeviceTensor, ensureContext, findNvcc, Stream, type StreamLike,
+} from '../cuda/index.js';
+import { MegaMoeKernel } from '../kernels/mega-moe.js';
+import { formatBytes, megaBufferLayout, type MegaBufferLayout, type MegaMoePath } from '../kernels/mega-moe-layout.js';
+import type { MoeBackend, MoeForwardResult, PrepareOptions } from '../moe/backend.js';
+import { checkForwardInputs, checkMegaMoeSupport, checkTokenCapacity, GuardError, type TopkIdsTensor } from '../moe/guards.js';
+import type { MoeLayerWeights } from '../moe/types.js';
+import { HostTensor } from '../tensor/host.js';
+import type { BackendProvider } from './index.js';
+import { chooseRowTile, type RowTilePolicy } from './unfused-gemm.js';
+import { DEFAULT_MAX_TOKENS, DeviceMoeWeights, localIdMap, toLocalIds, type UnfusedIo, type UnfusedShape } from './unfused.js';
+
+/** The fused layer on the device: symmetric buffer, io, kernel; enqueue / graph capture for T tokens. */
+export class MegaMoe {
+  readonly shape: UnfusedShape;
+  readonly weights: DeviceMoeWeights;
+  readonly maxTokens: number;
+  readonly layout: MegaBufferLayout;
+  /** this rank's symmetric buffer (one allocation; regions at layout.regions offsets) */
+  readonly buffer: DeviceBuffer;
+  readonly io: UnfusedIo;
+  readonly stream: Stream;
+  private readonly kernel: MegaMoeKernel;
+  private readonly owned: Array<{ dispose(): void }>;
+  private readonly ownsWeights: boolean;
+  /** Which kernel path forwards use: 'auto' (by rows per expert) unless a benchmark pins one. */
+  rowTilePolicy: RowTilePolicy = 'auto';
+
+  private constructor(p: {
+    shape: UnfusedShape; weights: DeviceMoeWeights; maxTokens: number; layout: MegaBufferLayout; buffer: DeviceBuffer;
+    io: UnfusedIo; stream: Stream; kernel: MegaMoeKernel; owned: Array<{ dispose(): void }>; ownsWeights: boolean;
+  }) {
+    this.shape = p.shape; this.weights = p.weights; this.maxTokens = p.maxTokens; this.layout = p.layout; this.buffer = p.buffer;
+    this.io = p.io; this.stream = p.stream; this.kernel = p.kernel; this.owned = p.owned; this.ownsWeights = p.ownsWeights;
+  }
+
+  static async create(weights: DeviceMoeWeights, maxTokens: number, options: { ownsWeights?: boolean } = {}): Promise<MegaMoe> {
+    const shape = weights.shape;
+    if (!(Number.isInteger(maxTokens) && maxTokens >= 1)) {
+      throw new GuardError('BAD_INPUT', `mega_moe: max tokens ${maxTokens} is not a positive integer`, 'prepare with maxTokens >= 1');
+    }
+    if (weights.weightLayout !== 'tiled') {
+      throw new GuardError('BAD_INPUT', 'mega_moe: the fused kernel reads tiled expert weights', 'upload the layer with DeviceMoeWeights.fromLayer(..., "tiled") (the default)');
+    }
+    ensureContext();
+    const { hidden: H, topK: K } = shape;
+    const layout = megaBufferLayout({ hidden: H, inter: shape.inter, experts: shape.experts, topK: K }, maxTokens, 1);
+    const owned: Array<{ dispose(): void }> = [];
+    const keep = <T extends { dispose(): void }>(o: T): T => { owned.push(o); return o; };
+    try {
+      const stream = keep(Stream.create());
+      let buffer: DeviceBuffer;
+      try {
+        buffer = keep(DeviceBuffer.alloc(layout.totalBytes));
+      } catch (err) {
+        throw new GuardError('TOKEN_CAPACITY', `mega_moe: the symmetric buffer for ${maxTokens} tokens needs ${formatBytes(layout.totalBytes)} of GPU memory and could not be allocated (${(err as Error).message})`,
+          'prepare with a smaller maxTokens (--max-tokens) or free GPU memory');
+      }
+      // Zero once: flags (epoch 0 never matches a launch's epoch >= 1), the control block, every pool.
+      buffer.memset8(0);
+      const rt = layout.regions.rankTable;
+      const table = new BigUint64Array([buffer.ptr]);
+      buffer.copyFromHost(table, { offset: rt.offset, bytes: rt.bytes });
+      const io: UnfusedIo = {
+        x: keep(DeviceTensor.zeros('BF16', [maxTokens, H])),
+        ids: keep(DeviceTensor.zeros('I64', [maxTokens, K])),
+        weights: keep(DeviceTensor.zeros('F32', [maxTokens, K])),
+        yRouted: keep(DeviceTensor.zeros('BF16', [maxTokens, H])),
+        y: keep(DeviceTensor.zeros('BF16', [maxTokens, H])),
+      };
+      const kernel = await MegaMoeKernel.create({ hidden: H, inter: shape.inter, experts: shape.experts, topK: K }, {
+        layout, base: buffer, x: io.x.buffer, ids: io.ids.buffer, weights: io.weights.buffer, yRouted: io.yRouted.buffer, y: io.y.buffer,
+        w13: weights.w13, s13: weights.s13, w2: weights.w2, s2: weights.s2, weightLayout: weights.weightLayout, swigluLimit: shape.swigluLimit,
+      });
+      // The fills ran on the legacy stream; our stream is non-blocking and would not wait for them.
+      ensureContext().synchronize();
+      return new MegaMoe({ shape, weights, maxTokens, layout, buffer, io, stream, kernel, owned, ownsWeights: options.ownsWeights ?? false });
+    } catch (err) {
+      for (const o of owned.reverse()) o.dispose();
+      throw err;
+    }
+  }
+
+  /** The kernel path T tokens run with (the same rows-per-expert rule as the unfused backend's GEMMs). */
+  path(tokens: number): MegaMoePath {
+    return chooseRowTile(tokens, this.shape, this.rowTilePolicy).mode;
+  }
+
+  /** Queues the layer for the first `tokens` rows of io (results in io.yRouted / io.y). T = 0 queues nothing. */
+  enqueue(tokens: number, stream: StreamLike = this.stream): void {
+    checkTokenCapacity(tokens, this.maxTokens, 'the mega_moe backend');
+    if (tokens === 0) return;
+    this.kernel.launch(stream, tokens, this.path(tokens));
+  }
+
+  /** One CUDA graph of the whole layer for exactly `tokens` tokens (replay with graph.launch(moe.stream)). */
+  captureGraph(tokens: number): CudaGraph {
+    if (!(Number.isInteger(tokens) && tokens >= 1)) throw new RangeError(`captureGraph: tokens ${tokens} must be >= 1`);
+    return CudaGraph.capture(this.stream, () => this.enqueue(tokens, this.stream));
+  }
+
+  /** Uploads host inputs (ids already LOCAL I64) into io (queued on this.stream). */
+  uploadInputs(x: HostTensor<'BF16'>, localIds: BigInt64Array, weights: Float32Array): void {
+    const T = x.shape[0];
+    checkTokenCapacity(T, this.maxTokens, 'the mega_moe backend');
+    if (T === 0) return;
+    this.io.x.buffer.copyFromHost(x.data, { stream: this.stream, bytes: x.data.byteLength });
+    this.io.ids.buffer.copyFromHost(localIds, { stream: this.stream, bytes: T * this.shape.topK * 8 });
+    this.io.weights.buffer.copyFromHost(weights, { stream: this.stream, bytes: T * this.shape.topK * 4 });
+  }
+
+  /** Waits for the stream, checks the kernel's control block (throws on a reported error) and downloads y. */
+  downloadOutputs(tokens: number): MoeForwardResult {
+    const H = this.shape.hidden;
+    this.stream.synchronize();
+    this.checkErrors();
+    const yRouted = new Uint16Array(tokens * H);
+    const y = new Uint16Array(tokens * H);
+    if (tokens > 0) {
+      this.io.yRouted.buffer.copyToHost(yRouted, { bytes: yRouted.byteLength });
+      this.io.y.buffer.copyToHost(y, { bytes: y.byteLength });
+    }
+    return { yRouted: new HostTensor('BF16', [tokens, H], yRouted), y: new HostTensor('BF16', [tokens, H], y) };
+  }
+
+  /** Throws MegaMoeKernelError if a launch since the last check reported a spin that gave up (call after a sync). */
+  checkErrors(): void {
+    this.kernel.checkErrors(this.buffer);
+  }
+
+  /** The dispatch bookkeeping of the last forward (tests): slot_row [T, K] and group offsets. */
+  debugDispatch(tokens: number): { slotRow: Int32Array; groupOffset: Int32Array; numMTiles: number } {
+    this.stream.synchronize();
+    const r = this.layout.regions;
+    const slotRow = new Int32Array(tokens * this.shape.topK);
+    if (tokens > 0) this.buffer.copyToHost(slotRow, { offset: r.slotRow.offset, bytes: slotRow.byteLength });
+    const groupOffset = new Int32Array(this.layout.capacity.groups + 1);
+    this.buffer.copyToHost(groupOffset, { offset: r.groupOffset.offset, bytes: groupOffset.byteLength });
+    const n = new Int32Array(1);
+    this.buffer.copyToHost(n, { offset: r.numMTiles.offset, bytes: 4 });
+    return { slotRow, groupOffset, numMTiles: n[0] };
+  }
+
+  dispose(): void {
+    if (this.owned.length === 0) return;
+    this.stream.synchronize();
+    for (const o of this.owned.reverse()) o.dispose();
+    this.owned.length = 0;
+    if (this.ownsWeights) this.weights.dispose();
+  }
+
+  [Symbol.dispose](): void { this.dispose(); }
+}
+
+/** The MoeBackend over MegaMoe: the seed's guards, upload at prepare(), host in / host out forward(). */
+export class MegaMoeBackend implements MoeBackend {
+  readonly name = 'mega_moe';
+  private layer: MoeLayerWeights | undefined;
+  private moe: MegaMoe | undefined;
+  private idMap: Int32Array | undefined;
+  private disposed = false;
+
+  async prepare(layer: MoeLayerWeights, opts: PrepareOptions = {}): Promise<void> {
+    if (this.disposed) throw new GuardError('BAD_INPUT', 'the mega_moe backend was disposed', 'create a new backend');
+    const st = cudaStatus();
+    if (!st.available) throw new GuardError('NOT_SM90', `backend mega_moe needs a Hopper GPU: ${st.reason}`, 'run on an H100/H200 or choose --backend reference');
+    const dev = st.devices[0];
+    checkMegaMoeSupport({
+      arch: { major: dev.computeCapability.major, minor: dev.computeCapability.minor, name: dev.name },
+      enableExpertParallel: opts.enableExpertParallel, layer,
+    });
+    const s = layer.shape;
+    if (layer.sharedExpert.w1.n !== s.moeIntermediateSize) {
+      throw new GuardError('WEIGHT_SHAPE',
+        `layer ${layer.layer}: the shared expert's intermediate size ${layer.sharedExpert.w1.n} differs from moe_intermediate_size ${s.moeIntermediateSize}`,
+        'the fused kernel runs the shared expert as one more group of the routed experts, so it needs n_shared_experts = 1 (or use --backend reference)');
+    }
+    if (s.hiddenSize % 256 !== 0) {
+      throw new GuardError('DIM_NOT_ALIGNED', `layer ${layer.layer}: hidden_size ${s.hiddenSize} is not a multiple of 256`,
+        'the fused kernel tiles H in 256-column pairs; use --backend unfused for this shape');
+    }
+    this.moe?.dispose();
+    this.moe = undefined;
+    const localIds = [...layer.experts.ids];
+    const weights = DeviceMoeWeights.fromLayer(layer, localIds, undefined, 'tiled');
+    try {
+      this.moe = await MegaMoe.create(weights, opts.maxTokens ?? DEFAULT_MAX_TOKENS, { ownsWeights: true });
+    } catch (err) {
+      weights.dispose();
+      throw err;
+    }
+    this.idMap = localIdMap(localIds, s.nRoutedExperts);
+    this.layer = layer;
+  }
+
+  async forward(x: HostTensor<'BF16'>, topkIds: TopkIdsTensor, topkWeights: HostTensor<'F32'>): Promise<MoeForwardResult> {
+    if (!this.layer || !this.moe || !this.idMap) throw new GuardError('BAD_INPUT', 'mega_moe backend: forward() before prepare()', 'call prepare(layer) first');
+    const T = checkForwardInputs(this.layer.shape, x, topkIds, topkWeights);
+    checkTokenCapacity(T, this.moe.maxTokens, 'the mega_moe backend');
+    const moe = this.moe;
+    moe.uploadInputs(x, toLocalIds(topkIds, this.idMap), topkWeights.data);
+    moe.enqueue(T);
+    return moe.downloadOutputs(T);
+  }
+
+  /** The device pipeline (benchmarks, graph capture); undefined before prepare(). */
+  get pipeline(): MegaMoe | undefined { return this.moe; }
+
+  dispose(): void {
+    this.moe?.dispose();
+    this.moe = undefined;
+    this.layer = undefined;
+    this.disposed = true;
+  }
+}
+
+/** Registry entry (src/backends/index.ts loads this module lazily and reads `provider`). */
+export const provider: BackendProvider = {
+  name: 'mega_moe',
+  description: 'GPU, the fused FP8 MegaMoE kernel: the whole layer (staging, dispatch, L1 + SwiGLU, L2, combine, shared expert) in one launch',
+  probe: async () => {
+    const st = cudaStatus();
+    if (!st.available) return { ok: false, reason: st.reason };
+    if (!findNvcc()) return { ok: false, reason: 'nvcc not found (the fused kernel is compiled for the layer\'s shape at first use): install the CUDA toolkit or set CUDA_HOME' };
+    const d = st.devices[0];
+    if (d.computeCapability.major !== 9) return { ok: false, reason: `${d.name} is sm_${d.computeCapability.major}${d.computeCapability.minor}: the fused FP8 kernel is for Hopper (sm_90)` };
+    return { ok: true, reason: `${d.name} (${d.arch}); needs --enable-expert-parallel` };
+  },
+  create: () => new MegaMoeBackend(),
+};

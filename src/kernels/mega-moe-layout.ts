@@ -1,0 +1,205 @@
+// The fused MegaMoE kernel's plan, written once for the host: the per-rank symmetric buffer (every region's offset
+// and size, computed exactly from E, tokens per rank, K, H, I and the rank count), the shared-memory plan of each
+// kernel path and the packing of its parameter struct. mega_moe.cu static_asserts its own sizes against the
+// MM_SMEM_BYTES / MM_PARAMS_BYTES defines made here, so a drift between the two fails `megamoe kernels --check`.
+// Pure: no GPU needed (tests and `megamoe info` use it anywhere).
+import { dispatchCapacity, type DispatchCapacity } from './moe-dispatch.js';
+
+/** What the fused kernel is specialised on (a layer's MoE shape, as every *Shape of the project). */
+export interface MegaMoeShape {
+  hidden: number;
+  inter: number;
+  /** routed experts held by this rank (all E at EP1); group `experts` is the shared expert */
+  experts: number;
+  topK: number;
+}
+
+/** 'normal': 128-row tiles, 2 consumer warpgroups (prefill). 'decode': 16-token tiles, weights on wgmma's M side. */
+export type MegaMoePath = 'normal' | 'decode';
+
+export const MEGA_ROW_TILE: Readonly<Record<MegaMoePath, number>> = Object.freeze({ normal: 128, decode: 16 });
+/** Pipeline depth of each path (what fits in 227 KB with the plan below; measured choices in docs/BENCHMARKS.md). */
+export const MEGA_STAGES: Readonly<Record<MegaMoePath, number>> = Object.freeze({ normal: 3, decode: 6 });
+/** T at or below which CTA 0 dispatches alone (kSmallT in mega_moe.cu). */
+export const MEGA_SMALL_T = 16;
+const SMEM_LIMIT = 232448;
+/** Static shared memory of the kernel (the 1 KB-aligned dynamic base), counted against the 227 KB limit. */
+const STATIC_SMEM = 1024;
+
+/**
+ * Shared memory of a path's plan: normal = NormalPlan<2, S, 1> (64 KB bf16 staging for L2's TMA store, then S stages
+ * of A 16 KB + B 32 KB + sfa 512 B, then 2 S barriers); decode = DecodePlan<4, S> (S stages of B 32 KB + A 2 KB +
+ * sfa 128 B, barriers, 256 B of amax scratch). Mirrors gemm/grouped.cuh.
+ */
+export function megaSmemBytes(path: MegaMoePath, stages = MEGA_STAGES[path]): number {
+  if (path === 'normal') return 128 * 256 * 2 + stages * (128 * 128 + 256 * 128 + 128 * 4) + 2 * stages * 8;
+  return stages * (256 * 128 + 16 * 128 + 128) + 2 * stages * 8 + 4 * 16 * 4;
+}
+
+/** Threads per CTA of a path (mega_moe.cu kThreads). */
+export function megaThreads(path: MegaMoePath): number {
+  return path === 'normal' ? 384 : 256;
+}
+
+const ALIGN = 1024;
+const alignUp = (v: number, a = ALIGN) => Math.ceil(v / a) * a;
+
+/** One region of the symmetric buffer: byte offset from the rank's base and size in bytes. */
+export interface BufferRegion {
+  offset: number;
+  bytes: number;
+}
+
+/** Every region of one rank's buffer, in address order. */
+export interface MegaBufferLayout {
+  shape: Readonly<MegaMoeShape>;
+  /** tokens per rank the buffer holds (a bigger batch is refused) */
+  maxTokens: number;
+  ranks: number;
+  capacity: DispatchCapacity;
+  regions: {
+    /** staged tokens (the staging phase's target; peers read them under expert parallelism) */
+    xFp8: BufferRegion; xSf: BufferRegion; ids: BufferRegion; weights: BufferRegion;
+    /** dispatch bookkeeping */
+    chunkCounts: BufferRegion; groupOffset: BufferRegion; groupCount: BufferRegion; tileGroup: BufferRegion;
+    numMTiles: BufferRegion; rowWeight: BufferRegion; rowToken: BufferRegion; slotRow: BufferRegion;
+    /** L1 pool: grouped A rows and their scales (MN-major) */
+    a: BufferRegion; sfa: BufferRegion;
+    /** L2 pool: the SwiGLU activations and their power-of-two scales (MN-major) */
+    act: BufferRegion; actSf: BufferRegion;
+    /** combine buffer: one bf16 row per (token, slot) */
+    out: BufferRegion;
+    /** epoch-tagged flags, one per (16-row tile, 128 activation columns), and the control block */
+    flags: BufferRegion; ctl: BufferRegion;
+    /** rank -> base address table (u64 per rank) */
+    rankTable: BufferRegion;
+  };
+  totalBytes: number;
+}
+
+/** The control block's size (MegaCtl in mega_moe.cu). */
+export const MEGA_CTL_BYTES = 64;
+
+function checkShape(s: MegaMoeShape): void {
+  const dim = (v: number, m: number) => Number.isInteger(v) && v > 0 && v % m === 0;
+  if (!dim(s.hidden, 256)) throw new RangeError(`mega_moe: hidden size ${s.hidden} must be a positive multiple of 256 (two 128-column halves per tile)`);
+  if (!dim(s.inter, 128)) throw new RangeError(`mega_moe: intermediate size ${s.inter} must be a positive multiple of 128`);
+  if (!(Number.isInteger(s.experts) && s.experts >= 1 && s.experts <= 1023)) throw new RangeError(`mega_moe: ${s.experts} experts is outside [1, 1023]`);
+  if (!(Number.isInteger(s.topK) && s.topK >= 1 && s.topK <= 32)) throw new RangeError(`mega_moe: top-k ${s.topK} is outside [1, 32]`);
+}
+
+/** The symmetric buffer of one rank for `maxTokens` tokens per rank (EP1: ranks = 1). */
+export function megaBufferLayout(shape: MegaMoeShape, maxTokens: number, ranks = 1): MegaBufferLayout {
+  checkShape(shape);
+  if (!(Number.isInteger(maxTokens) && maxTokens >= 1)) throw new RangeError(`mega_moe: max tokens ${maxTokens} must be a positive integer`);
+  if (!(Number.isInteger(ranks) && ranks >= 1)) throw new RangeError(`mega_moe: ${ranks} ranks must be a positive integer`);
+  const { hidden: H, inter: I, experts: E, topK: K } = shape;
+  // Rows for the worst routing under the normal path's 128-row padding (the decode path pads to 16: fewer).
+  const capacity = dispatchCapacity({ experts: E, topK: K, hidden: H, shared: true }, maxTokens, 128, 16);
+  const { maxRows: M, maxTiles, maxChunks, groups: G } = capacity;
+  let at = 0;
+  const take = (bytes: number): BufferRegion => {
+    const r = { offset: at, bytes };
+    at = alignUp(at + bytes);
+    return r;
+  };
+  const T = maxTokens;
+  const regions = {
+    xFp8: take(T * H), xSf: take(T * (H / 128) * 4), ids: take(T * K * 8), weights: take(T * K * 4),
+    chunkCounts: take(maxChunks * E * 4), groupOffset: take((G + 1) * 4), groupCount: take(G * 4),
+    tileGroup: take(maxTiles * 4), numMTiles: take(4), rowWeight: take(M * 4), rowToken: take(M * 4),
+    slotRow: take(T * K * 4),
+    a: take(M * H), sfa: take((H / 128) * M * 4),
+    act: take(M * I), actSf: take((I / 128) * M * 4),
+    out: take(M * H * 2),
+    flags: take(maxTiles * (I / 128) * 4), ctl: take(MEGA_CTL_BYTES),
+    rankTable: take(ranks * 8),
+  };
+  return { shape: Object.freeze({ ...shape }), maxTokens, ranks, capacity, regions, totalBytes: at };
+}
+
+/** "1.23 GB" style (decimal units, as the SPEC's figures). */
+export function formatBytes(bytes: number): string {
+  if (bytes >= 1e9) return `${(bytes / 1e9).toFixed(2)} GB`;
+  if (bytes >= 1e6) return `${(bytes / 1e6).toFixed(1)} MB`;
+  return `${(bytes / 1e3).toFixed(1)} KB`;
+}
+
+/** The MegaParams fields of mega_moe.cu, in order: 26 device pointers, then timeout (u64), 3 i32 and an f32. */
+export const MEGA_PARAM_POINTERS = [
+  'x', 'ids', 'weights', 'yRouted', 'y',
+  'xFp8', 'xSf', 'idsStaged', 'wStaged',
+  'chunkCounts', 'groupOffset', 'groupCount', 'tileGroup', 'numMTiles', 'rowWeight', 'rowToken', 'slotRow',
+  'a', 'sfa', 'act', 'actSf', 'out', 's13', 's2', 'flags', 'ctl',
+] as const;
+export type MegaParamPointer = (typeof MEGA_PARAM_POINTERS)[number];
+export const MEGA_PARAMS_BYTES = MEGA_PARAM_POINTERS.length * 8 + 8 + 4 * 4;
+
+export interface MegaParamValues {
+  pointers: Record<MegaParamPointer, bigint>;
+  timeoutNs: bigint;
+  numTokens: number;
+  mCap: number;
+  maxTiles: number;
+  swigluLimit: number;
+}
+
+/** Packs MegaParams little-endian, as the kernel reads it. */
+export function packMegaParams(v: MegaParamValues): Uint8Array {
+  const bytes = new Uint8Array(MEGA_PARAMS_BYTES);
+  const dv = new DataView(bytes.buffer);
+  MEGA_PARAM_POINTERS.forEach((name, i) => dv.setBigUint64(i * 8, v.pointers[name], true));
+  let o = MEGA_PARAM_POINTERS.length * 8;
+  dv.setBigUint64(o, v.timeoutNs, true); o += 8;
+  dv.setInt32(o, v.numTokens, true); o += 4;
+  dv.setInt32(o, v.mCap, true); o += 4;
+  dv.setInt32(o, v.maxTiles, true); o += 4;
+  dv.setFloat32(o, v.swigluLimit > 0 ? v.swigluLimit : 0, true);
+  return bytes;
+}
+
+/** The -D defines of one specialisation. */
+export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout: 'rows' | 'tiled' = 'tiled'): Record<string, number> {
+  checkShape(shape);
+  const stages = MEGA_STAGES[path];
+  const smem = megaSmemBytes(path, stages);
+  if (smem + STATIC_SMEM > SMEM_LIMIT) throw new RangeError(`mega_moe: the ${path} plan needs ${smem} bytes of shared memory (limit ${SMEM_LIMIT - STATIC_SMEM})`);
+  return {
+    MM_HIDDEN: shape.hidden, MM_INTER: shape.inter, MM_EXPERTS: shape.experts, MM_TOPK: shape.topK,
+    MM_PATH: path === 'decode' ? 1 : 0, MM_STAGES: stages, MM_SMEM_BYTES: smem, MM_PARAMS_BYTES: MEGA_PARAMS_BYTES,
+    ...(weightLayout === 'tiled' ? { MM_WTILED: 1 } : {}),
+  };
+}
+
+/** What the control block says after a launch (mirrors MegaCtl and the kErr / kPhase enums). */
+export interface MegaCtlState {
+  epoch: number;
+  errCode: number;
+  errPhase: number;
+  errBlock: number;
+  errIndex: number;
+  errValue: number;
+  errExpected: number;
+}
+
+export function decodeMegaCtl(bytes: Uint8Array): MegaCtlState {
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, MEGA_CTL_BYTES);
+  const u = (i: number) => dv.getUint32(i * 4, true);
+  return { epoch: u(0), errCode: u(4), errPhase: u(5), errBlock: u(6), errIndex: u(7), errValue: u(8), errExpected: u(9) };
+}
+
+const ERR_NAMES: Readonly<Record<number, string>> = { 1: 'grid barrier timed out', 2: 'activation flag timed out' };
+const PHASE_NAMES: Readonly<Record<number, string>> = {
+  1: 'dispatch', 2: 'scan', 3: 'rank', 4: 'gather', 5: 'GEMMs', 6: 'L2 waiting for an L1 block',
+};
+
+/** A readable account of a reported error, or undefined when the launch was clean. */
+export function describeMegaCtlError(s: MegaCtlState, kbPerTile: number): string | undefined {
+  if (s.errCode === 0) return undefined;
+  const what = ERR_NAMES[s.errCode] ?? `error code ${s.errCode}`;
+  const phase = PHASE_NAMES[s.errPhase] ?? `phase ${s.errPhase}`;
+  const where = s.errCode === 2
+    ? `row tile ${Math.floor(s.errIndex / kbPerTile)}, activation block ${s.errIndex % kbPerTile}: flag ${s.errValue}, expected epoch ${s.errExpected}`
+    : `barrier generation ${s.errIndex}: ${s.errValue} of ${s.errExpected} CTAs had arrived`;
+  return `${what} in phase "${phase}" (CTA ${s.errBlock}; ${where})`;
+}

@@ -1,0 +1,154 @@
+// Launcher of the fused MegaMoE kernel (mega_moe.cu): specialisation per (shape, path), the tensor maps over the
+// symmetric buffer and the weights, the parameter struct, the grid (one CTA per SM) and the control block's error
+// report. The plan (buffer layout, shared memory, parameter packing) is mega-moe-layout.ts.
+import {
+  arg, ensureContext, loadKernel, registerKernel, tensorMap2D, type Kernel, type KernelArgLike, type StreamLike,
+  type TensorMap,
+} from '../cuda/index.js';
+import {
+  decodeMegaCtl, describeMegaCtlError, MEGA_CTL_BYTES, MEGA_ROW_TILE, megaDefines, megaSmemBytes, megaThreads,
+  packMegaParams, type MegaBufferLayout, type MegaCtlState, type MegaMoePath, type MegaMoeShape, type MegaParamPointer,
+} from './mega-moe-layout.js';
+import { MOE_PRESET_SHAPES } from './presets.js';
+import { WEIGHT_TILE, type WeightLayout } from './weight-layout.js';
+
+export const MEGA_MOE_SOURCE = 'mega_moe.cu';
+export const MEGA_MOE_ENTRY = 'mega_moe_fused';
+
+registerKernel({
+  name: 'mega_moe',
+  source: MEGA_MOE_SOURCE,
+  entry: MEGA_MOE_ENTRY,
+  variants: MOE_PRESET_SHAPES.flatMap((p) => (['normal', 'decode'] as const).map((path) => ({
+    label: `${p.label}-${path}-tiled`, defines: megaDefines({ hidden: p.hidden, inter: p.inter, experts: p.experts, topK: p.topK }, path, 'tiled'),
+  }))),
+});
+
+/** A launch gave up on a spin (a bug, a dead peer, or co-residency lost): the control block's account. */
+export class MegaMoeKernelError extends Error {
+  readonly state: MegaCtlState;
+  constructor(message: string, state: MegaCtlState) {
+    super(message);
+    this.name = 'MegaMoeKernelError';
+    this.state = state;
+  }
+}
+
+/** Default deadline of every spin in the kernel (MEGAMOE_SPIN_TIMEOUT_MS overrides): far above any layer's time. */
+export function spinTimeoutNs(): bigint {
+  const env = process.env.MEGAMOE_SPIN_TIMEOUT_MS;
+  const ms = env !== undefined && env !== '' ? Number(env) : 2000;
+  if (!(Number.isFinite(ms) && ms > 0)) throw new RangeError(`MEGAMOE_SPIN_TIMEOUT_MS=${env} is not a positive number of milliseconds`);
+  return BigInt(Math.round(ms * 1e6));
+}
+
+type Ptr = bigint | { readonly ptr: bigint };
+const addr = (p: Ptr): bigint => (typeof p === 'bigint' ? p : p.ptr);
+
+/** Device memory one bound layer reads and writes. */
+export interface MegaMoeBindings {
+  layout: MegaBufferLayout;
+  /** base address of this rank's symmetric buffer */
+  base: Ptr;
+  /** layer io (capacity-sized): x bf16 [cap, H], ids I64 [cap, K], weights f32 [cap, K], yRouted / y bf16 [cap, H] */
+  x: Ptr; ids: Ptr; weights: Ptr; yRouted: Ptr; y: Ptr;
+  /** expert weights, groups = experts + 1 (the shared expert last), in `weightLayout` */
+  w13: Ptr; s13: Ptr; w2: Ptr; s2: Ptr;
+  weightLayout: WeightLayout;
+  swigluLimit: number;
+}
+
+class PathKernel {
+  constructor(readonly path: MegaMoePath, readonly kernel: Kernel, readonly maps: readonly TensorMap[]) {}
+}
+
+/** The fused layer for one shape, bound to its buffers: launch(stream, tokens) queues one whole MoE layer. */
+export class MegaMoeKernel {
+  private constructor(readonly shape: MegaMoeShape, private readonly b: MegaMoeBindings,
+    private readonly paths: Readonly<Record<MegaMoePath, PathKernel>>, readonly grid: number,
+    private readonly timeoutNs: bigint) {}
+
+  static async create(shape: MegaMoeShape, b: MegaMoeBindings): Promise<MegaMoeKernel> {
+    if (b.weightLayout !== 'tiled') throw new RangeError('mega_moe: the fused kernel is built for the tiled weight layout (DeviceMoeWeights with weightLayout "tiled")');
+    const ctx = ensureContext();
+    const grid = ctx.properties().smCount;
+    const build = async (path: MegaMoePath): Promise<PathKernel> => {
+      const kernel = await loadKernel({ source: MEGA_MOE_SOURCE, entry: MEGA_MOE_ENTRY, defines: megaDefines(shape, path, b.weightLayout) });
+      kernel.setMaxDynamicSharedMemory(megaSmemBytes(path));
+      return new PathKernel(path, kernel, MegaMoeKernel.maps(shape, b, path));
+    };
+    const [normal, decode] = await Promise.all([build('normal'), build('decode')]);
+    return new MegaMoeKernel(shape, b, { normal, decode }, grid, spinTimeoutNs());
+  }
+
+  /** The seven tensor maps of a path: L1 A / W13 / sfa, L2 A / W2 / sfa, L2 out (bf16, TMA store). */
+  private static maps(shape: MegaMoeShape, b: MegaMoeBindings, path: MegaMoePath): TensorMap[] {
+    const { hidden: H, inter: I, experts } = shape;
+    const G = experts + 1;
+    const r = b.layout.regions;
+    const base = addr(b.base);
+    const at = (region: { offset: number }) => base + BigInt(region.offset);
+    const M = b.layout.capacity.maxRows;
+    const rt = MEGA_ROW_TILE[path];
+    const act = (p: bigint, k: number) => tensorMap2D({ dataType: 'uint8', globalAddress: p, rows: M, cols: k, boxRows: rt, boxCols: 128, swizzle: '128B', l2Promotion: '256B' });
+    const sf = (p: bigint, k: number) => tensorMap2D({ dataType: 'f32', globalAddress: p, rows: k / 128, cols: M, boxRows: 1, boxCols: rt, swizzle: 'none', l2Promotion: '256B' });
+    // Tiled weights: each 128-row x 128-byte tile is 128 consecutive 128-byte rows, so a box (128 rows here, for
+    // every unit of both paths) is one contiguous 16 KB run.
+    const w = (p: Ptr, n: number, k: number) => tensorMap2D({ dataType: 'uint8', globalAddress: p, rows: G * n * (k / WEIGHT_TILE), cols: WEIGHT_TILE, boxRows: 128, boxCols: 128, swizzle: '128B', l2Promotion: '256B' });
+    if (G * 2 * I * (H / WEIGHT_TILE) >= 2 ** 31 || G * H * (I / WEIGHT_TILE) >= 2 ** 31) {
+      throw new RangeError(`mega_moe: ${G} groups of tiled weights exceed the 2^31 rows a TMA coordinate reaches`);
+    }
+    return [
+      act(at(r.a), H), w(b.w13, 2 * I, H), sf(at(r.sfa), H),
+      act(at(r.act), I), w(b.w2, H, I), sf(at(r.actSf), I),
+      tensorMap2D({ dataType: 'bf16', globalAddress: at(r.out), rows: M, cols: H, boxRows: 64, boxCols: 64, swizzle: '128B', l2Promotion: '256B' }),
+    ];
+  }
+
+  /** Queues the layer for `tokens` (1..maxTokens) tokens on `stream` along `path`. No host synchronisation. */
+  launch(stream: StreamLike, tokens: number, path: MegaMoePath): void {
+    const L = this.b.layout;
+    if (!(Number.isInteger(tokens) && tokens >= 1 && tokens <= L.maxTokens)) {
+      throw new RangeError(`mega_moe: ${tokens} tokens is outside [1, ${L.maxTokens}] (the symmetric buffer's capacity)`);
+    }
+    const pk = this.paths[path];
+    const base = addr(this.b.base);
+    const r = L.regions;
+    const at = (region: { offset: number }) => base + BigInt(region.offset);
+    const pointers: Record<MegaParamPointer, bigint> = {
+      x: addr(this.b.x), ids: addr(this.b.ids), weights: addr(this.b.weights), yRouted: addr(this.b.yRouted), y: addr(this.b.y),
+      xFp8: at(r.xFp8), xSf: at(r.xSf), idsStaged: at(r.ids), wStaged: at(r.weights),
+      chunkCounts: at(r.chunkCounts), groupOffset: at(r.groupOffset), groupCount: at(r.groupCount), tileGroup: at(r.tileGroup),
+      numMTiles: at(r.numMTiles), rowWeight: at(r.rowWeight), rowToken: at(r.rowToken), slotRow: at(r.slotRow),
+      a: at(r.a), sfa: at(r.sfa), act: at(r.act), actSf: at(r.actSf), out: at(r.out),
+      s13: addr(this.b.s13), s2: addr(this.b.s2), flags: at(r.flags), ctl: at(r.ctl),
+    };
+    const maxTiles = Math.min(L.capacity.maxTiles, L.capacity.maxRows / MEGA_ROW_TILE[path]);
+    const params = packMegaParams({
+      pointers, timeoutNs: this.timeoutNs, numTokens: tokens, mCap: L.capacity.maxRows, maxTiles, swigluLimit: this.b.swigluLimit,
+    });
+    const args: KernelArgLike[] = [...pk.maps, arg.bytes(params, 8)];
+    pk.kernel.launch({ grid: this.grid, block: megaThreads(path), sharedMemBytes: megaSmemBytes(path), stream }, args);
+  }
+
+  /**
+   * Reads the control block (after the stream has finished the launches to check): throws MegaMoeKernelError with
+   * the kernel's account when a spin gave up, after resetting the block so the next launch starts clean.
+   */
+  checkErrors(ctlBuffer: { copyToHost(dst: Uint8Array, o?: { offset?: number; bytes?: number }): void; copyFromHost(src: Uint8Array, o?: { offset?: number; bytes?: number }): void }): MegaCtlState {
+    const off = this.b.layout.regions.ctl.offset;
+    const bytes = new Uint8Array(MEGA_CTL_BYTES);
+    ctlBuffer.copyToHost(bytes, { offset: off, bytes: MEGA_CTL_BYTES });
+    const state = decodeMegaCtl(bytes);
+    const msg = describeMegaCtlError(state, this.shape.inter / 128);
+    if (msg) {
+      // Keep the epoch (flags of earlier launches must stay stale); clear the barrier, abort and error words.
+      const clean = new Uint8Array(MEGA_CTL_BYTES);
+      new DataView(clean.buffer).setUint32(0, state.epoch, true);
+      ctlBuffer.copyFromHost(clean, { offset: off, bytes: MEGA_CTL_BYTES });
+      throw new MegaMoeKernelError(`mega_moe kernel: ${msg}. The layer's output is invalid; the control block was reset. ` +
+        'If this repeats, another kernel may be sharing the GPU (the fused kernel needs every SM: one CTA each), or raise MEGAMOE_SPIN_TIMEOUT_MS.', state);
+    }
+    return state;
+  }
+}

@@ -1,0 +1,346 @@
+// The fused MegaMoE layer (SPEC 2-3) for sm_90a: ONE persistent launch per MoE layer, one CTA per SM, that stages
+// the tokens, dispatches them to their experts, runs L1 (gate/up) with the clamped-SwiGLU x routing-weight epilogue
+// and its power-of-two FP8 requantization, runs L2 (down), and combines, with no host round trip in between.
+//
+// Phases (every CTA walks them in order; "|" is a grid barrier, flags are per (row tile, activation block)):
+//   stage + count (+ scan, rank, gather on CTA 0 when T <= MM_SMALL_T) | scan (CTA 0) | rank | gather |
+//   L1 units, then L2 units, through one TMA/wgmma ring: an L1 unit publishes its 128 activation columns of its
+//   row tile with a release flag; an L2 unit's producer acquires the flag of each K block before loading it (and
+//   prefetches the unit's weights into L2 while it would wait), so L2 of early row tiles overlaps the L1 tail |
+//   combine (f32 sum of the K bf16 rows in slot order, + the shared expert).
+// The shared expert is group E of both GEMMs (every token, weight 1): it runs in the same launch as the routed ones.
+//
+// The GEMM bodies are grouped_gemm_fp8.cu's (gemm/grouped.cuh) with the fused kernel's hooks (MegaSync below); the
+// dispatch, staging and combine are the unfused kernels' device functions (moe/*.cuh). Nothing is copied.
+//
+// Cross-CTA state lives in a control block (MegaCtl) that needs no reset between launches (CUDA graphs replay the
+// kernel as is): the grid barrier is sense-reversing, and flags carry the launch's epoch (ctl->epoch + 1, bumped by
+// CTA 0 once every CTA has read it), so a flag of an earlier launch never matches. Every spin has a deadline
+// (timeout_ns): on expiry the spinner records (code, phase, block, index, value, expected) in the control block,
+// raises `abort`, and every other spin gives up too, so a bug or a dead peer becomes an error the host reports
+// (src/kernels/mega-moe.ts), never a hang. After an error the host resets the control block.
+//
+// Compile-time shape: MM_HIDDEN (H), MM_INTER (I), MM_EXPERTS (E routed; group E is the shared expert), MM_TOPK (K),
+// MM_PATH (0 normal: 128-row tiles, 2 consumer warpgroups; 1 decode: 16-token tiles, weights on wgmma's M side),
+// MM_STAGES, MM_WTILED (weight layout, as GG_WTILED), MM_SMEM_BYTES and MM_PARAMS_BYTES (the TypeScript plan's
+// shared memory and parameter-struct sizes: a drift fails the compile).
+#include "common.cuh"
+#include "gemm/ptx.cuh"
+#include "gemm/wgmma_e4m3.cuh"
+#include "gemm/pipeline.cuh"
+#include "gemm/grouped.cuh"
+
+#if !defined(MM_HIDDEN) || !defined(MM_INTER) || !defined(MM_EXPERTS) || !defined(MM_TOPK) || !defined(MM_PATH) || \
+    !defined(MM_STAGES) || !defined(MM_SMEM_BYTES) || !defined(MM_PARAMS_BYTES)
+#error "mega_moe.cu needs -DMM_HIDDEN -DMM_INTER -DMM_EXPERTS -DMM_TOPK -DMM_PATH -DMM_STAGES -DMM_SMEM_BYTES -DMM_PARAMS_BYTES (src/kernels/mega-moe.ts)"
+#endif
+#ifndef MM_WTILED
+#define MM_WTILED 0
+#endif
+
+#define DSP_EXPERTS MM_EXPERTS
+#define DSP_TOPK MM_TOPK
+#define DSP_HIDDEN MM_HIDDEN
+#define DSP_SHARED 1
+#include "moe/dispatch.cuh"
+#define STG_HIDDEN MM_HIDDEN
+#define STG_TOPK MM_TOPK
+#include "moe/staging.cuh"
+#define CMB_HIDDEN MM_HIDDEN
+#define CMB_TOPK MM_TOPK
+#define CMB_EXPERTS MM_EXPERTS
+#define CMB_SHARED 1
+#include "moe/combine.cuh"
+
+namespace mm {
+
+using gg::u32;
+using gg::u64;
+
+constexpr int kH = MM_HIDDEN;
+constexpr int kI = MM_INTER;
+constexpr bool kDecode = MM_PATH == 1;
+constexpr int kStages = MM_STAGES;
+constexpr int kThreads = kDecode ? 256 : 384;
+constexpr int kWarps = kThreads / 32;
+constexpr int kConsumers = kDecode ? 128 : 256;  // consumer threads (threads [0, kConsumers))
+constexpr int kBlockM = kDecode ? gg::kDecodeRows : gg::kNormalRows;
+constexpr int kL2KBlocks = kI / 128;  // flags per row tile: one per 128 activation columns (= L2 K block)
+// T at or below which CTA 0 does the whole dispatch alone (one grid barrier before the GEMMs instead of four).
+constexpr int kSmallT = 16;
+
+using NormalP = gg::NormalPlan<2, kStages, 1>;  // L1 and L2 share one ring; the bf16 staging serves L2's TMA store
+using DecodeP = gg::DecodePlan<4, kStages>;     // L1 units of 256 weight rows, L2 units of 128 (MSUB 4 / 2)
+template <bool B, class T, class F> struct Pick { using type = T; };
+template <class T, class F> struct Pick<false, T, F> { using type = F; };
+using Plan = typename Pick<kDecode, DecodeP, NormalP>::type;
+
+static_assert(Plan::kSmemBytes == MM_SMEM_BYTES, "mega_moe: the TypeScript shared-memory plan (mega-moe.ts) drifted from the kernel's");
+static_assert(kH % 256 == 0 && kI % 128 == 0, "mega_moe: H must be a multiple of 256 and I of 128");
+
+// Error codes and phases reported through MegaCtl (mirrored in src/kernels/mega-moe.ts).
+enum : u32 { kErrNone = 0, kErrBarrierTimeout = 1, kErrFlagTimeout = 2 };
+enum : u32 { kPhaseDispatch = 1, kPhaseScan = 2, kPhaseRank = 3, kPhaseGather = 4, kPhaseGemm = 5, kPhaseL2Wait = 6 };
+
+// The control block (64 bytes, device memory, zeroed once at allocation).
+struct MegaCtl {
+  u32 epoch;       // last launch's epoch
+  u32 bar_count;   // grid barrier: arrivals of the current generation
+  u32 bar_gen;     // grid barrier: generation
+  u32 abort;       // 1 once any spin gave up
+  u32 err_code, err_phase, err_block, err_index, err_value, err_expected;
+  u32 pad[6];
+};
+static_assert(sizeof(MegaCtl) == 64, "MegaCtl is 64 bytes (mega-moe.ts reads it)");
+
+// Every buffer the layer touches (device addresses), passed by value; the layout is packed by mega-moe.ts.
+struct MegaParams {
+  // layer inputs / outputs
+  const uint4* x;            // bf16 [T, H]
+  const long long* ids;      // I64 [T, K], local expert ids, -1 = masked
+  const float* weights;      // f32 [T, K]
+  uint4* y_routed;           // bf16 [T, H]
+  uint4* y;                  // bf16 [T, H]
+  // symmetric buffer (this rank's regions): staged tokens
+  uint4* x_fp8;              // e4m3 [cap, H]
+  float* x_sf;               // f32 [cap, H/128]
+  long long* ids_staged;     // I64 [cap, K]
+  float* w_staged;           // f32 [cap, K]
+  // dispatch
+  int* chunk_counts;         // [chunks, E]
+  int* group_offset;         // [E + 2]
+  int* group_count;          // [E + 1]
+  int* tile_group;           // [max_tiles]
+  int* num_m_tiles;          // [1]
+  float* row_weight;         // [m_cap]
+  int* row_token;            // [m_cap]
+  int* slot_row;             // [cap, K]
+  uint4* a;                  // e4m3 [m_cap, H]  (L1 A)
+  float* sfa;                // f32 [H/128, m_cap]
+  unsigned char* act;        // e4m3 [m_cap, I]  (L2 A)
+  float* act_sf;             // f32 [I/128, m_cap]
+  uint4* out;                // bf16 [m_cap, H]  (L2 out, the combine's input)
+  const float* s13;          // f32 [E+1, 2I/128, H/128]
+  const float* s2;           // f32 [E+1, H/128, I/128]
+  u32* flags;                // [max_tiles * I/128], epoch-tagged
+  MegaCtl* ctl;
+  unsigned long long timeout_ns;
+  int num_tokens;
+  int m_cap;
+  int max_tiles;
+  float swiglu_limit;
+};
+static_assert(sizeof(MegaParams) == MM_PARAMS_BYTES, "mega_moe: the TypeScript parameter packing (mega-moe.ts) drifted");
+
+__device__ __forceinline__ bool aborted(const MegaCtl* c) {
+  return *reinterpret_cast<const volatile u32*>(&c->abort) != 0;
+}
+
+__device__ __noinline__ void report(MegaCtl* c, u32 code, u32 phase, u32 index, u32 value, u32 expected) {
+  if (atomicCAS(&c->err_code, 0u, code) == 0u) {
+    c->err_phase = phase;
+    c->err_block = blockIdx.x;
+    c->err_index = index;
+    c->err_value = value;
+    c->err_expected = expected;
+    __threadfence();
+  }
+  atomicExch(&c->abort, 1u);
+}
+
+// Sense-reversing grid barrier over all CTAs (all resident: one per SM). Thread 0 arrives and spins; the CTA's
+// other threads wait at __syncthreads. The block's writes before the barrier are visible to every CTA after it
+// (__syncthreads + thread 0's fence, as cooperative groups' grid sync). Gives up, reporting, after timeout_ns.
+__device__ __forceinline__ void grid_barrier(MegaCtl* c, u32 phase, unsigned long long timeout_ns) {
+  __syncthreads();
+  if (threadIdx.x == 0 && !aborted(c)) {
+    const u32 gen = gg::ld_acquire_gpu(&c->bar_gen);
+    __threadfence();
+    const u32 arrived = atomicAdd(&c->bar_count, 1u);
+    if (arrived == gridDim.x - 1) {
+      atomicExch(&c->bar_count, 0u);
+      __threadfence();
+      gg::st_release_gpu(&c->bar_gen, gen + 1);
+    } else {
+      const u64 t0 = gg::globaltimer_ns();
+      for (u32 i = 0; gg::ld_acquire_gpu(&c->bar_gen) == gen; i++) {
+        if ((i & 255u) == 255u) {
+          if (aborted(c)) break;
+          if (gg::globaltimer_ns() - t0 > timeout_ns) {
+            report(c, kErrBarrierTimeout, phase, gen, *reinterpret_cast<volatile u32*>(&c->bar_count), gridDim.x);
+            break;
+          }
+        }
+      }
+    }
+    __threadfence();
+  }
+  __syncthreads();
+}
+
+// The fused kernel's GEMM hooks (gemm/pipeline.cuh NoSync's interface): L1 publishes, L2 waits.
+template <bool kWait, bool kPublish>
+struct MegaSync {
+  static constexpr bool kWaits = kWait;
+  static constexpr bool kPublishes = kPublish;
+  u32* flags;
+  MegaCtl* ctl;
+  unsigned long long timeout_ns;
+  u32 epoch;
+  int rotation;  // units before this GEMM's first (the L1 units): L2 continues L1's round robin over the CTAs
+
+  __device__ __forceinline__ int first_unit(int cta, int ctas) const { return (cta + ctas - rotation % ctas) % ctas; }
+  __device__ __forceinline__ u32* flag(int mt, int kb) const { return flags + (size_t)mt * kL2KBlocks + kb; }
+  __device__ __forceinline__ bool ready(int mt, int kb) const { return gg::ld_acquire_gpu(flag(mt, kb)) == epoch; }
+  __device__ __forceinline__ bool wait(int mt, int kb) const {
+    const u32* f = flag(mt, kb);
+    u32 v = gg::ld_acquire_gpu(f);
+    if (v != epoch) {
+      const u64 t0 = gg::globaltimer_ns();
+      for (u32 i = 0; (v = gg::ld_acquire_gpu(f)) != epoch; i++) {
+        if ((i & 255u) == 255u) {
+          if (aborted(ctl)) return false;
+          if (gg::globaltimer_ns() - t0 > timeout_ns) {
+            report(ctl, kErrFlagTimeout, kPhaseL2Wait, (u32)(mt * kL2KBlocks + kb), v, epoch);
+            return false;
+          }
+        }
+      }
+    }
+    gg::fence_proxy_async_global();  // the TMA loads that follow read what the flag published
+    return true;
+  }
+  // Every consumer thread calls it after its epilogue stores of (row tile mt, activation block nt).
+  __device__ __forceinline__ void publish(int mt, int nt, int ctid, int nthreads) const {
+    gg::fence_proxy_async_global();  // our generic stores, read next by another CTA's TMA
+    gg::named_barrier_sync(7, nthreads);
+    if (ctid == 0) {
+      __threadfence();
+      gg::st_release_gpu(flag(mt, nt), epoch);
+    }
+  }
+};
+
+// Dispatch for T <= kSmallT on CTA 0 alone: stage, count, scan, rank, gather, with CTA-local barriers only.
+__device__ __forceinline__ void dispatch_small(const MegaParams& p, int* scratch, int tid, int warp, int lane) {
+  const int T = p.num_tokens;
+  for (int row = warp; row < T; row += kWarps)
+    stg::stage_row(p.x, p.ids, p.weights, p.x_fp8, p.x_sf, p.ids_staged, p.w_staged, row, lane);
+  dsp::count_chunk(p.ids, T, 0, p.chunk_counts, scratch, tid, kThreads);  // begins and ends with __syncthreads
+  dsp::scan(p.chunk_counts, T, kBlockM, p.max_tiles, p.group_offset, p.group_count, p.tile_group, p.num_m_tiles,
+            p.row_weight, p.row_token, scratch, tid, kThreads);
+  __syncthreads();
+  if (warp == 0)
+    dsp::rank_chunk(p.ids, p.weights, T, 0, p.chunk_counts, p.group_offset, p.slot_row, p.row_weight, p.row_token,
+                    scratch, lane);
+  __syncthreads();  // the staged rows (all warps) and slot_row (warp 0) are ready for the gather
+  for (int t = warp; t < T; t += kWarps)
+    dsp::gather_token(p.x_fp8, p.x_sf, t, p.slot_row, p.group_offset, p.a, p.sfa, 1, p.m_cap, lane);
+}
+
+// Dispatch for larger T over the whole grid, four phases apart.
+__device__ __forceinline__ void dispatch_grid(const MegaParams& p, int* scratch, int tid, int warp, int lane,
+                                              u32 epoch) {
+  const int T = p.num_tokens;
+  const int nc = dsp::num_chunks(T);
+  const int gwarp = blockIdx.x * kWarps + warp;
+  const int nwarps = gridDim.x * kWarps;
+  for (int row = gwarp; row < T; row += nwarps)
+    stg::stage_row(p.x, p.ids, p.weights, p.x_fp8, p.x_sf, p.ids_staged, p.w_staged, row, lane);
+  for (int c = blockIdx.x; c < nc; c += gridDim.x) dsp::count_chunk(p.ids, T, c, p.chunk_counts, scratch, tid, kThreads);
+  grid_barrier(p.ctl, kPhaseDispatch, p.timeout_ns);
+  if (blockIdx.x == 0 && tid == 0) p.ctl->epoch = epoch;  // every CTA has read the old epoch by now
+  if (blockIdx.x == 0)
+    dsp::scan(p.chunk_counts, T, kBlockM, p.max_tiles, p.group_offset, p.group_count, p.tile_group, p.num_m_tiles,
+              p.row_weight, p.row_token, scratch, tid, kThreads);
+  grid_barrier(p.ctl, kPhaseScan, p.timeout_ns);
+  for (int c = gwarp; c < nc; c += nwarps)
+    dsp::rank_chunk(p.ids, p.weights, T, c, p.chunk_counts, p.group_offset, p.slot_row, p.row_weight, p.row_token,
+                    scratch + warp * dsp::kExperts, lane);
+  grid_barrier(p.ctl, kPhaseRank, p.timeout_ns);
+  for (int t = gwarp; t < T; t += nwarps)
+    dsp::gather_token(p.x_fp8, p.x_sf, t, p.slot_row, p.group_offset, p.a, p.sfa, 1, p.m_cap, lane);
+}
+
+}  // namespace mm
+
+extern "C" __global__ void __launch_bounds__(mm::kThreads, 1)
+mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constant__ gg::TmaDesc tmap_w13,
+               const __grid_constant__ gg::TmaDesc tmap_sfa1, const __grid_constant__ gg::TmaDesc tmap_a2,
+               const __grid_constant__ gg::TmaDesc tmap_w2, const __grid_constant__ gg::TmaDesc tmap_sfa2,
+               const __grid_constant__ gg::TmaDesc tmap_out, const __grid_constant__ mm::MegaParams p) {
+  using namespace mm;
+  extern __shared__ __align__(1024) unsigned char smem[];
+  const int tid = threadIdx.x;
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  // Dispatch scratch (before the GEMM ring takes the shared memory): histogram / scan / per-warp rank cursors.
+  static_assert((size_t)kWarps * dsp::kExperts * 4 + 64 <= Plan::kSmemBytes && dsp::kGroups + 1 <= kWarps * dsp::kExperts,
+                "mega_moe: the dispatch scratch must fit in the GEMM's shared memory");
+  int* scratch = reinterpret_cast<int*>(smem);
+  __shared__ u32 s_epoch;
+  if (tid == 0) s_epoch = *reinterpret_cast<volatile u32*>(&p.ctl->epoch) + 1;
+  __syncthreads();
+  const u32 epoch = s_epoch;
+
+  // ---- stage + dispatch ----
+  if (p.num_tokens <= kSmallT) {
+    if (blockIdx.x == 0) dispatch_small(p, scratch, tid, warp, lane);
+    grid_barrier(p.ctl, kPhaseDispatch, p.timeout_ns);
+    if (blockIdx.x == 0 && tid == 0) p.ctl->epoch = epoch;
+  } else {
+    dispatch_grid(p, scratch, tid, warp, lane, epoch);
+  }
+  grid_barrier(p.ctl, kPhaseGather, p.timeout_ns);
+
+  // ---- L1 then L2 through one ring ----
+  const u32 sbase = gg::smem_addr(smem);
+  const gg::RingBars<kStages> bars{sbase + Plan::kOffBar};
+  if (tid == kConsumers) {
+    gg::check_smem(Plan::kSmemBytes, smem);
+    gg::prefetch_tmap(&tmap_a1);
+    gg::prefetch_tmap(&tmap_w13);
+    gg::prefetch_tmap(&tmap_sfa1);
+    gg::prefetch_tmap(&tmap_a2);
+    gg::prefetch_tmap(&tmap_w2);
+    gg::prefetch_tmap(&tmap_sfa2);
+    bars.init(kConsumers / 32);  // empty: one arrive per consumer warp
+  }
+  __syncthreads();
+  const gg::GemmArgs l1{&tmap_a1, &tmap_w13, &tmap_sfa1, &tmap_a1, p.s13, p.tile_group, p.num_m_tiles,
+                        p.act, p.act_sf, p.row_weight, p.swiglu_limit, p.m_cap};
+  const gg::GemmArgs l2{&tmap_a2, &tmap_w2, &tmap_sfa2, &tmap_out, p.s2, p.tile_group, p.num_m_tiles,
+                        p.out, nullptr, nullptr, 0.0f, p.m_cap};
+  // L1 units per live row tile: 256 transformed rows = 128 activation columns each (both paths).
+  const int l1_units = min(max(*p.num_m_tiles, 0), p.max_tiles) * (kI / 128);
+  const MegaSync<false, true> pub{p.flags, p.ctl, p.timeout_ns, epoch, 0};
+  const MegaSync<true, false> sub{p.flags, p.ctl, p.timeout_ns, epoch, l1_units};
+  gg::Ring ring;
+  if constexpr (kDecode) {
+    gg::decode_body<2 * kI, kH, 4, kStages, 1, MM_WTILED, Plan, MegaSync<false, true>, false>(l1, ring, pub);
+    gg::decode_body<kH, kI, 2, kStages, 0, MM_WTILED, Plan, MegaSync<true, false>, false>(l2, ring, sub);
+  } else {
+    // The register split must dominate each role's code (ptxas allocates per branch), so each branch runs both
+    // bodies; the bodies' own role test folds away.
+    if (warp >= 8) {
+      gg::regs_dealloc<40>();
+      gg::normal_body<2 * kI, kH, 2, kStages, 1, 0, 0, MM_WTILED, Plan, MegaSync<false, true>, false>(l1, ring, pub);
+      gg::normal_body<kH, kI, 2, kStages, 0, 0, 1, MM_WTILED, Plan, MegaSync<true, false>, false>(l2, ring, sub);
+    } else {
+      gg::regs_alloc<232>();
+      gg::normal_body<2 * kI, kH, 2, kStages, 1, 0, 0, MM_WTILED, Plan, MegaSync<false, true>, false>(l1, ring, pub);
+      gg::normal_body<kH, kI, 2, kStages, 0, 0, 1, MM_WTILED, Plan, MegaSync<true, false>, false>(l2, ring, sub);
+      if ((tid & 127) == 0) gg::fence_proxy_async_global();  // TMA stores -> the combine's loads
+    }
+  }
+  grid_barrier(p.ctl, kPhaseGemm, p.timeout_ns);
+
+  // ---- combine: consumer threads, one 16-byte vector of one token each ----
+  if (tid < kConsumers) {
+    const int total = p.num_tokens * cmb::kVecPerRow;
+    for (int i = blockIdx.x * kConsumers + tid; i < total; i += gridDim.x * kConsumers) {
+      const int t = i / cmb::kVecPerRow;
+      cmb::combine_vec<true>(p.out, p.slot_row, p.group_offset, t, i - t * cmb::kVecPerRow, p.y_routed, p.y);
+    }
+  }
+}

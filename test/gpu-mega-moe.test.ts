@@ -1,0 +1,242 @@
+// The fused MegaMoE backend (one launch per layer) against the CPU reference and the unfused pipeline (SPEC 5:
+// calc_diff <= 3e-5 to each, bit-identical across repeated runs), on tiny, flash and pro shapes, T = 0 .. 8192,
+// skewed and masked routing, the capacity edge, CUDA graph replay, and a spin deadline turned into an error.
+// Skips (with the reason) where no Hopper GPU and driver exist.
+//
+// Flash / pro: weights generated on the GPU and shared by both pipelines; the reference checks a sample of the
+// tokens (the layer is per-token independent), the unfused pipeline every token.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { gpuSkipReason } from '../src/cuda/index.js';
+import { MegaMoe, MegaMoeBackend } from '../src/backends/mega-moe.js';
+import { ReferenceBackend } from '../src/backends/reference.js';
+import { DeviceMoeWeights, layerFromDeviceWeights, UnfusedBackend, UnfusedMoe, type UnfusedShape } from '../src/backends/unfused.js';
+import { MegaMoeKernelError } from '../src/kernels/mega-moe.js';
+import { simulateDispatch } from '../src/kernels/moe-dispatch.js';
+import { GuardError } from '../src/moe/guards.js';
+import { makeRandomLayer, moeShape, randomHiddenStates } from '../src/moe/synthetic.js';
+import { decodeBF16Array } from '../src/numerics/bf16.js';
+import { calcDiff } from '../src/numerics/calc-diff.js';
+import { allocStorage, HostTensor } from '../src/tensor/host.js';
+import { Rng } from '../src/util/rng.js';
+
+const skip = gpuSkipReason();
+/** SPEC 5: a GPU backend against the reference, and the two GPU backends against each other. */
+const TOL = 3e-5;
+const TOKENS = [0, 1, 2, 7, 64, 128, 1000, 4096, 8192];
+
+type Routing = { ids: HostTensor<'I64'>; weights: HostTensor<'F32'> };
+
+function randomRouting(seed: number, T: number, E: number, K: number, masked = 0): Routing {
+  const rng = new Rng(seed);
+  const ids = new BigInt64Array(T * K);
+  const w = new Float32Array(T * K);
+  const perm = Int32Array.from({ length: E }, (_, i) => i);
+  for (let t = 0; t < T; t++) {
+    for (let k = 0; k < K; k++) {
+      const p = k + rng.int(E - k);
+      const tmp = perm[k]; perm[k] = perm[p]; perm[p] = tmp;
+      ids[t * K + k] = rng.uniform() < masked ? -1n : BigInt(perm[k]);
+      w[t * K + k] = Math.fround((0.2 + rng.uniform()) * 1.5 / K);
+    }
+  }
+  return { ids: new HostTensor('I64', [T, K], ids), weights: new HostTensor('F32', [T, K], w) };
+}
+
+function rowsOf<D extends 'BF16' | 'I64' | 'F32'>(t: HostTensor<D>, rows: number[]): HostTensor<D> {
+  const cols = t.shape[1];
+  const out = allocStorage(t.dtype, rows.length * cols);
+  const dst = out as unknown as { set(src: ArrayLike<number | bigint>, offset: number): void };
+  const src = t.data as unknown as { subarray(a: number, b: number): ArrayLike<number | bigint> };
+  rows.forEach((r, i) => dst.set(src.subarray(r * cols, r * cols + cols), i * cols));
+  return new HostTensor(t.dtype, [rows.length, cols], out);
+}
+
+function sampleRows(seed: number, T: number, count: number): number[] {
+  if (T <= count) return Array.from({ length: T }, (_, i) => i);
+  const rng = new Rng(seed);
+  const set = new Set<number>([0, T - 1]);
+  while (set.size < count) set.add(rng.int(T));
+  return [...set].sort((a, b) => a - b);
+}
+
+const diff = (a: HostTensor<'BF16'>, b: HostTensor<'BF16'>) => calcDiff(decodeBF16Array(a.data), decodeBF16Array(b.data));
+
+async function vsReference(ref: ReferenceBackend, x: HostTensor<'BF16'>, r: Routing, y: HostTensor<'BF16'>,
+  yRouted: HostTensor<'BF16'>, rows: number[]): Promise<{ y: number; yRouted: number }> {
+  const want = await ref.forward(rowsOf(x, rows), rowsOf(r.ids, rows), rowsOf(r.weights, rows));
+  return { y: diff(rowsOf(y, rows), want.y), yRouted: diff(rowsOf(yRouted, rows), want.yRouted) };
+}
+
+/** The fused kernel's dispatch (slot rows, group offsets) equals the CPU simulation of the same index math. */
+function assertDispatch(moe: MegaMoe, r: Routing, T: number): void {
+  const s = moe.shape;
+  const want = simulateDispatch({ experts: s.experts, topK: s.topK, hidden: s.hidden, shared: true }, r.ids.data, r.weights.data, T,
+    moe.path(T) === 'decode' ? 16 : 128);
+  const got = moe.debugDispatch(T);
+  assert.deepEqual(got.slotRow, want.slotRow, 'slot_row');
+  assert.deepEqual(got.groupOffset, want.groupOffset, 'group offsets');
+  assert.equal(got.numMTiles, want.numMTiles, 'num_m_tiles');
+}
+
+test('mega_moe vs reference and unfused, tiny layer (host weights through the backend interface)', { skip }, async (t) => {
+  const shape = moeShape({ hidden: 256, inter: 128, experts: 16, topk: 4 });
+  const layer = makeRandomLayer({ seed: 11, shape });
+  const mega = new MegaMoeBackend();
+  const unfused = new UnfusedBackend();
+  const ref = new ReferenceBackend();
+  await mega.prepare(layer, { maxTokens: 8192, enableExpertParallel: true });
+  await unfused.prepare(layer, { maxTokens: 8192 });
+  ref.prepare(layer);
+  const check = async (label: string, x: HostTensor<'BF16'>, r: Routing, T: number, refRows = 512) => {
+    const out = await mega.forward(x, r.ids, r.weights);
+    assert.deepEqual(out.y.shape, [T, 256]);
+    if (T === 0) return;
+    assertDispatch(mega.pipeline!, r, T);
+    const again = await mega.forward(x, r.ids, r.weights);
+    assert.deepEqual(again.y.data, out.y.data, 'bit-identical across runs (y)');
+    assert.deepEqual(again.yRouted.data, out.yRouted.data, 'bit-identical across runs (y_routed)');
+    const u = await unfused.forward(x, r.ids, r.weights);
+    const du = diff(out.y, u.y);
+    const d = await vsReference(ref, x, r, out.y, out.yRouted, sampleRows(300 + T, T, refRows));
+    t.diagnostic(`tiny ${label} (${mega.pipeline!.path(T)}): calc_diff vs reference y ${d.y.toExponential(2)}, y_routed ${d.yRouted.toExponential(2)}; vs unfused ${du.toExponential(2)}`);
+    assert.ok(d.y <= TOL && d.yRouted <= TOL, `vs reference: y ${d.y}, y_routed ${d.yRouted}`);
+    assert.ok(du <= TOL, `vs unfused: ${du}`);
+  };
+  try {
+    for (const T of TOKENS) {
+      await t.test(`T = ${T}`, async () => check(`T=${T}`, randomHiddenStates(100 + T, T, 256), randomRouting(200 + T, T, 16, 4, 0.05), T));
+    }
+    await t.test('skewed: every token to one expert (other slots masked)', async () => {
+      const T = 1000;
+      const ids = new BigInt64Array(T * 4).fill(-1n);
+      const w = new Float32Array(T * 4);
+      for (let i = 0; i < T; i++) { ids[i * 4] = 3n; w[i * 4] = 1.5; }
+      await check('one expert', randomHiddenStates(7, T, 256), { ids: new HostTensor('I64', [T, 4], ids), weights: new HostTensor('F32', [T, 4], w) }, T, 256);
+    });
+    await t.test('skewed: most experts empty; hash-layer style routing (a token table with repeated rows)', async () => {
+      const T = 300;
+      const table = [[3, 5, 7, 9], [9, 7, 5, 3], [5, 3, 9, 7]];
+      const ids = new BigInt64Array(T * 4);
+      const w = new Float32Array(T * 4).fill(0.375);
+      for (let i = 0; i < T; i++) table[(i * 7) % 3].forEach((e, k) => { ids[i * 4 + k] = BigInt(e); });
+      await check('4 experts', randomHiddenStates(8, T, 256), { ids: new HostTensor('I64', [T, 4], ids), weights: new HostTensor('F32', [T, 4], w) }, T);
+    });
+    await t.test('masked slots: 60% of the slots are -1, some tokens fully masked', async () => {
+      for (const T of [5, 128]) {
+        const r = randomRouting(9 + T, T, 16, 4, 0.6);
+        for (let k = 0; k < 4; k++) r.ids.data[2 * 4 + k] = -1n; // token 2: only the shared expert
+        const x = randomHiddenStates(9, T, 256);
+        await check(`masked T=${T}`, x, r, T);
+        const out = await mega.forward(x, r.ids, r.weights);
+        assert.ok(decodeBF16Array(out.yRouted.data.subarray(2 * 256, 3 * 256)).every((v) => v === 0), 'a fully masked token has y_routed = 0');
+      }
+    });
+    await t.test('CUDA graph replay equals the eager launch, bit for bit, replay after replay', async () => {
+      const moe = mega.pipeline!;
+      for (const T of [1, 1000]) {
+        const x = randomHiddenStates(40 + T, T, 256);
+        const r = randomRouting(41 + T, T, 16, 4);
+        const eager = await mega.forward(x, r.ids, r.weights);
+        const graph = moe.captureGraph(T);
+        try {
+          for (let i = 0; i < 3; i++) {
+            graph.launch(moe.stream);
+            const out = moe.downloadOutputs(T);
+            assert.deepEqual(out.y.data, eager.y.data, `replay ${i} (T = ${T})`);
+          }
+        } finally {
+          graph.dispose();
+        }
+      }
+    });
+    await t.test('capacity edge: exactly maxTokens runs (above), one more is a GuardError before the GPU', async () => {
+      const x = randomHiddenStates(1, 8193, 256);
+      const r = randomRouting(1, 8193, 16, 4);
+      await assert.rejects(mega.forward(x, r.ids, r.weights), (e: unknown) => e instanceof GuardError && e.code === 'TOKEN_CAPACITY');
+    });
+    await t.test('guard: --enable-expert-parallel missing', async () => {
+      const b = new MegaMoeBackend();
+      await assert.rejects(b.prepare(layer, { maxTokens: 16 }), (e: unknown) => e instanceof GuardError && e.code === 'EXPERT_PARALLEL_DISABLED' && /--enable-expert-parallel/.test(e.message));
+      b.dispose();
+    });
+  } finally {
+    mega.dispose();
+    unfused.dispose();
+    ref.dispose();
+  }
+});
+
+/** Flash / pro: GPU-generated weights shared by both pipelines, sampled tokens for the reference. */
+async function largeShape(t: { test: (name: string, fn: () => Promise<void>) => Promise<void>; diagnostic: (s: string) => void },
+  label: string, shape: UnfusedShape, sample: number): Promise<void> {
+  const weights = await DeviceMoeWeights.random(shape, 5);
+  const maxT = TOKENS[TOKENS.length - 1];
+  const mega = await MegaMoe.create(weights, maxT);
+  const unfused = await UnfusedMoe.create(weights, maxT);
+  const ref = new ReferenceBackend();
+  ref.prepare(layerFromDeviceWeights(weights, 4));
+  t.diagnostic(`${label}: symmetric buffer for ${maxT} tokens = ${(mega.layout.totalBytes / 1e9).toFixed(2)} GB`);
+  try {
+    for (const T of TOKENS) {
+      await t.test(`${label} T = ${T}`, async () => {
+        const x = randomHiddenStates(500 + T, T, shape.hidden);
+        const r = randomRouting(600 + T, T, shape.experts, shape.topK, 0.02);
+        mega.uploadInputs(x, r.ids.data, r.weights.data);
+        mega.enqueue(T);
+        const out = mega.downloadOutputs(T);
+        if (T === 0) { assert.equal(out.y.numel, 0); return; }
+        assertDispatch(mega, r, T);
+        mega.enqueue(T);
+        const again = mega.downloadOutputs(T);
+        assert.deepEqual(again.y.data, out.y.data, 'bit-identical across runs');
+        unfused.uploadInputs(x, r.ids.data, r.weights.data);
+        unfused.enqueue(T);
+        const u = unfused.downloadOutputs(T);
+        const du = diff(out.y, u.y);
+        const rows = sampleRows(700 + T, T, sample);
+        const d = await vsReference(ref, x, r, out.y, out.yRouted, rows);
+        t.diagnostic(`${label} T=${T} (${mega.path(T)}): vs reference (${rows.length} rows) y ${d.y.toExponential(2)}, y_routed ${d.yRouted.toExponential(2)}; vs unfused (all rows) ${du.toExponential(2)}`);
+        assert.ok(d.y <= TOL && d.yRouted <= TOL, `vs reference: y ${d.y}, y_routed ${d.yRouted}`);
+        assert.ok(du <= TOL, `vs unfused: ${du}`);
+        assert.ok(decodeBF16Array(out.y.data).every(Number.isFinite), 'y is finite');
+      });
+    }
+    if (label === 'flash') {
+      await t.test('a spin past its deadline becomes a MegaMoeKernelError naming the phase, and the next launch is clean', async () => {
+        const saved = process.env.MEGAMOE_SPIN_TIMEOUT_MS;
+        process.env.MEGAMOE_SPIN_TIMEOUT_MS = '0.000001';
+        let hasty: MegaMoe | undefined;
+        try {
+          hasty = await MegaMoe.create(weights, 4096);
+        } finally {
+          if (saved === undefined) delete process.env.MEGAMOE_SPIN_TIMEOUT_MS; else process.env.MEGAMOE_SPIN_TIMEOUT_MS = saved;
+        }
+        try {
+          const T = 4096;
+          const x = randomHiddenStates(1, T, shape.hidden);
+          const r = randomRouting(2, T, shape.experts, shape.topK);
+          hasty.uploadInputs(x, r.ids.data, r.weights.data);
+          hasty.enqueue(T);
+          assert.throws(() => hasty!.downloadOutputs(T), (e: unknown) => e instanceof MegaMoeKernelError && /timed out in phase/.test(e.message));
+          hasty.checkErrors(); // the block was reset: nothing left to report
+        } finally {
+          hasty.dispose();
+        }
+      });
+    }
+  } finally {
+    ref.dispose();
+    unfused.dispose();
+    mega.dispose();
+    weights.dispose();
+  }
+}
+
+test('mega_moe vs reference and unfused, flash shape (H 4096, I 2048, 256 experts, top-6)', { skip }, async (t) => {
+  await largeShape(t, 'flash', { hidden: 4096, inter: 2048, experts: 256, topK: 6, swigluLimit: 10 }, 4);
+});
+
+test('mega_moe vs reference and unfused, pro shape (H 7168, I 3072, 384 experts, top-6)', { skip }, async (t) => {
+  await largeShape(t, 'pro', { hidden: 7168, inter: 3072, experts: 384, topK: 6, swigluLimit: 10 }, 2);
+});

@@ -1,0 +1,114 @@
+// The fused kernel's host plan (no GPU): the symmetric buffer's regions, the shared-memory plan, the parameter
+// packing, the control block's error report, and nvcc refusing a plan that drifted from the kernel's.
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { compileKernel, findNvcc, KernelCompileError } from '../src/cuda/compile.js';
+import { dispatchCapacity } from '../src/kernels/moe-dispatch.js';
+import {
+  decodeMegaCtl, describeMegaCtlError, MEGA_CTL_BYTES, MEGA_PARAM_POINTERS, MEGA_PARAMS_BYTES, megaBufferLayout,
+  megaDefines, megaSmemBytes, packMegaParams,
+} from '../src/kernels/mega-moe-layout.js';
+
+const FLASH = { hidden: 4096, inter: 2048, experts: 256, topK: 6 };
+
+test('symmetric buffer: regions in order, aligned, disjoint, each exactly its tensor', () => {
+  const L = megaBufferLayout(FLASH, 8192);
+  const cap = dispatchCapacity({ experts: 256, topK: 6, hidden: 4096, shared: true }, 8192, 128, 16);
+  assert.deepEqual(L.capacity, cap);
+  const M = cap.maxRows;
+  const r = L.regions;
+  assert.equal(r.xFp8.bytes, 8192 * 4096);
+  assert.equal(r.xSf.bytes, 8192 * 32 * 4);
+  assert.equal(r.a.bytes, M * 4096);
+  assert.equal(r.act.bytes, M * 2048);
+  assert.equal(r.out.bytes, M * 4096 * 2);
+  assert.equal(r.flags.bytes, (M / 16) * 16 * 4);
+  assert.equal(r.ctl.bytes, MEGA_CTL_BYTES);
+  const list = Object.values(r);
+  let end = 0;
+  for (const region of list) {
+    assert.ok(region.offset >= end, 'regions do not overlap and keep their order');
+    assert.equal(region.offset % 1024, 0, 'every region is 1 KB aligned (TMA wants 16 B; boxes 128 B)');
+    end = region.offset + region.bytes;
+  }
+  assert.ok(L.totalBytes >= end && L.totalBytes - end < 1024);
+  // The worst-case row count: every real row (T*K routed + T shared) plus 127 padding rows per non-empty group.
+  assert.equal(M, Math.ceil((8192 * 7 + 257 * 127) / 128) * 128);
+});
+
+test('symmetric buffer: grows with tokens and ranks, refuses nonsense', () => {
+  const a = megaBufferLayout(FLASH, 1).totalBytes;
+  const b = megaBufferLayout(FLASH, 1024).totalBytes;
+  assert.ok(a < b);
+  assert.equal(megaBufferLayout(FLASH, 64, 8).regions.rankTable.bytes, 64);
+  assert.throws(() => megaBufferLayout(FLASH, 0), /max tokens/);
+  assert.throws(() => megaBufferLayout({ ...FLASH, hidden: 4000 }, 8), /multiple of 256/);
+  assert.throws(() => megaBufferLayout({ ...FLASH, inter: 2000 }, 8), /multiple of 128/);
+});
+
+test('shared-memory plans fit 227 KB and are what the defines carry', () => {
+  for (const path of ['normal', 'decode'] as const) {
+    const d = megaDefines(FLASH, path);
+    assert.equal(d.MM_SMEM_BYTES, megaSmemBytes(path));
+    assert.ok(megaSmemBytes(path) + 1024 <= 232448, `${path} plan fits`);
+    assert.equal(d.MM_PARAMS_BYTES, MEGA_PARAMS_BYTES);
+    assert.equal(d.MM_PATH, path === 'decode' ? 1 : 0);
+  }
+  // NormalPlan<2, 3, 1>: 64 KB staging + 3 x (16 KB + 32 KB + 512 B) + 6 barriers.
+  assert.equal(megaSmemBytes('normal', 3), 65536 + 3 * 49664 + 48);
+  assert.equal(megaSmemBytes('decode', 6), 6 * (32768 + 2048 + 128) + 96 + 256);
+});
+
+test('parameter packing: pointers in order, then timeout, tokens, m_cap, max tiles, limit', () => {
+  const pointers = Object.fromEntries(MEGA_PARAM_POINTERS.map((n, i) => [n, BigInt(0x1000 * (i + 1))])) as Parameters<typeof packMegaParams>[0]['pointers'];
+  const bytes = packMegaParams({ pointers, timeoutNs: 123456789n, numTokens: 7, mCap: 1024, maxTiles: 64, swigluLimit: 10 });
+  assert.equal(bytes.length, MEGA_PARAMS_BYTES);
+  assert.equal(MEGA_PARAMS_BYTES, 232);
+  const dv = new DataView(bytes.buffer);
+  MEGA_PARAM_POINTERS.forEach((_, i) => assert.equal(dv.getBigUint64(i * 8, true), BigInt(0x1000 * (i + 1))));
+  const o = MEGA_PARAM_POINTERS.length * 8;
+  assert.equal(dv.getBigUint64(o, true), 123456789n);
+  assert.equal(dv.getInt32(o + 8, true), 7);
+  assert.equal(dv.getInt32(o + 12, true), 1024);
+  assert.equal(dv.getInt32(o + 16, true), 64);
+  assert.equal(dv.getFloat32(o + 20, true), 10);
+  const noClamp = packMegaParams({ pointers, timeoutNs: 1n, numTokens: 1, mCap: 128, maxTiles: 8, swigluLimit: -1 });
+  assert.equal(new DataView(noClamp.buffer).getFloat32(o + 20, true), 0, 'a non-positive limit means no clamp');
+});
+
+test('control block: clean launch, a flag timeout and a barrier timeout read as errors naming where', () => {
+  const ctl = new Uint8Array(MEGA_CTL_BYTES);
+  const dv = new DataView(ctl.buffer);
+  dv.setUint32(0, 5, true);
+  assert.equal(describeMegaCtlError(decodeMegaCtl(ctl), 16), undefined);
+  [2, 6, 17, 16 * 3 + 4, 4, 5].forEach((v, i) => dv.setUint32((4 + i) * 4, v, true));
+  const flag = describeMegaCtlError(decodeMegaCtl(ctl), 16)!;
+  assert.match(flag, /activation flag timed out/);
+  assert.match(flag, /L2 waiting/);
+  assert.match(flag, /CTA 17/);
+  assert.match(flag, /row tile 3, activation block 4: flag 4, expected epoch 5/);
+  [1, 4, 3, 9, 100, 132].forEach((v, i) => dv.setUint32((4 + i) * 4, v, true));
+  const bar = describeMegaCtlError(decodeMegaCtl(ctl), 16)!;
+  assert.match(bar, /grid barrier timed out in phase "gather"/);
+  assert.match(bar, /100 of 132 CTAs/);
+});
+
+const noNvcc = findNvcc() ? undefined : 'nvcc not found (set CUDA_HOME or PATH)';
+
+test('nvcc refuses a shared-memory plan that drifted from the kernel\'s', { skip: noNvcc }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'megamoe-mm-drift-'));
+  const saved = process.env.MEGAMOE_CACHE_DIR;
+  process.env.MEGAMOE_CACHE_DIR = dir;
+  try {
+    const tiny = { hidden: 256, inter: 128, experts: 16, topK: 4 };
+    const defines = { ...megaDefines(tiny, 'decode'), MM_SMEM_BYTES: megaSmemBytes('decode') + 16 };
+    await assert.rejects(compileKernel({ source: 'mega_moe.cu', defines, entry: 'mega_moe_fused' }),
+      (e: unknown) => e instanceof KernelCompileError && /shared-memory plan \(mega-moe.ts\) drifted/.test(e.nvccOutput));
+  } finally {
+    if (saved === undefined) delete process.env.MEGAMOE_CACHE_DIR; else process.env.MEGAMOE_CACHE_DIR = saved;
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
