@@ -203,26 +203,41 @@ async function largeShape(t: { test: (name: string, fn: () => Promise<void>) => 
       });
     }
     if (label === 'flash') {
-      await t.test('a spin past its deadline becomes a MegaMoeKernelError naming the phase, and the next launch is clean', async () => {
-        const saved = process.env.MEGAMOE_SPIN_TIMEOUT_MS;
-        process.env.MEGAMOE_SPIN_TIMEOUT_MS = '0.000001';
-        let hasty: MegaMoe | undefined;
+      await t.test('an L2 wait past its deadline becomes a MegaMoeKernelError naming the flag, and the next launch is clean', async () => {
+        const saved = { timeout: process.env.MEGAMOE_SPIN_TIMEOUT_MS, fault: process.env.MEGAMOE_FAULT };
+        process.env.MEGAMOE_SPIN_TIMEOUT_MS = '50';
+        process.env.MEGAMOE_FAULT = 'skip-publish'; // L1 never publishes (row tile 0, block 0)
+        let faulty: MegaMoe | undefined;
         try {
-          hasty = await MegaMoe.create(weights, 4096);
+          faulty = await MegaMoe.create(weights, 4096);
         } finally {
-          if (saved === undefined) delete process.env.MEGAMOE_SPIN_TIMEOUT_MS; else process.env.MEGAMOE_SPIN_TIMEOUT_MS = saved;
+          for (const [k, v] of [['MEGAMOE_SPIN_TIMEOUT_MS', saved.timeout], ['MEGAMOE_FAULT', saved.fault]] as const) {
+            if (v === undefined) delete process.env[k]; else process.env[k] = v;
+          }
         }
         try {
-          const T = 4096;
-          const x = randomHiddenStates(1, T, shape.hidden);
-          const r = randomRouting(2, T, shape.experts, shape.topK);
-          hasty.uploadInputs(x, r.ids.data, r.weights.data);
-          hasty.enqueue(T);
-          assert.throws(() => hasty!.downloadOutputs(T), (e: unknown) => e instanceof MegaMoeKernelError && /timed out in phase/.test(e.message));
-          hasty.checkErrors(); // the block was reset: nothing left to report
+          for (const T of [1, 4096]) { // decode and normal paths
+            const x = randomHiddenStates(1, T, shape.hidden);
+            const r = randomRouting(2, T, shape.experts, shape.topK);
+            faulty.uploadInputs(x, r.ids.data, r.weights.data);
+            const t0 = Date.now();
+            faulty.enqueue(T);
+            assert.throws(() => faulty!.downloadOutputs(T), (e: unknown) => e instanceof MegaMoeKernelError
+              && /activation flag timed out in phase "L2 waiting for an L1 block"/.test(e.message) && /row tile 0, activation block 0/.test(e.message));
+            assert.ok(Date.now() - t0 < 5000, 'the launch ended soon after the deadline');
+            faulty.checkErrors(); // the block was reset: nothing left to report
+          }
         } finally {
-          hasty.dispose();
+          faulty.dispose();
         }
+        // The healthy pipeline is untouched.
+        const x = randomHiddenStates(3, 7, shape.hidden);
+        const r = randomRouting(4, 7, shape.experts, shape.topK);
+        mega.uploadInputs(x, r.ids.data, r.weights.data);
+        mega.enqueue(7);
+        unfused.uploadInputs(x, r.ids.data, r.weights.data);
+        unfused.enqueue(7);
+        assert.ok(diff(mega.downloadOutputs(7).y, unfused.downloadOutputs(7).y) <= TOL);
       });
     }
   } finally {

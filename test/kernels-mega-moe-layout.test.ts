@@ -62,11 +62,11 @@ test('shared-memory plans fit 227 KB and are what the defines carry', () => {
   assert.equal(megaSmemBytes('decode', 6), 6 * (32768 + 2048 + 128) + 96 + 256);
 });
 
-test('parameter packing: pointers in order, then timeout, tokens, m_cap, max tiles, limit', () => {
+test('parameter packing: pointers in order, then timeout, tokens, m_cap, max tiles, limit, fault', () => {
   const pointers = Object.fromEntries(MEGA_PARAM_POINTERS.map((n, i) => [n, BigInt(0x1000 * (i + 1))])) as Parameters<typeof packMegaParams>[0]['pointers'];
-  const bytes = packMegaParams({ pointers, timeoutNs: 123456789n, numTokens: 7, mCap: 1024, maxTiles: 64, swigluLimit: 10 });
+  const bytes = packMegaParams({ pointers, timeoutNs: 123456789n, numTokens: 7, mCap: 1024, maxTiles: 64, swigluLimit: 10, fault: 1 });
   assert.equal(bytes.length, MEGA_PARAMS_BYTES);
-  assert.equal(MEGA_PARAMS_BYTES, 232);
+  assert.equal(MEGA_PARAMS_BYTES, 248, '27 pointers + u64 + 5 x 4 bytes, padded to 8 (sizeof(MegaParams))');
   const dv = new DataView(bytes.buffer);
   MEGA_PARAM_POINTERS.forEach((_, i) => assert.equal(dv.getBigUint64(i * 8, true), BigInt(0x1000 * (i + 1))));
   const o = MEGA_PARAM_POINTERS.length * 8;
@@ -75,6 +75,7 @@ test('parameter packing: pointers in order, then timeout, tokens, m_cap, max til
   assert.equal(dv.getInt32(o + 12, true), 1024);
   assert.equal(dv.getInt32(o + 16, true), 64);
   assert.equal(dv.getFloat32(o + 20, true), 10);
+  assert.equal(dv.getInt32(o + 24, true), 1);
   const noClamp = packMegaParams({ pointers, timeoutNs: 1n, numTokens: 1, mCap: 128, maxTiles: 8, swigluLimit: -1 });
   assert.equal(new DataView(noClamp.buffer).getFloat32(o + 20, true), 0, 'a non-positive limit means no clamp');
 });

@@ -132,6 +132,11 @@ export class MegaMoe {
     return { yRouted: new HostTensor('BF16', [tokens, H], yRouted), y: new HostTensor('BF16', [tokens, H], y) };
   }
 
+  /** Per-CTA phase stamps of later launches into `buffer` (u64 [SM count, MEGA_TRACE_SLOTS]); undefined = off. */
+  setTrace(buffer: DeviceBuffer | undefined): void {
+    this.kernel.trace = buffer?.ptr;
+  }
+
   /** Throws MegaMoeKernelError if a launch since the last check reported a spin that gave up (call after a sync). */
   checkErrors(): void {
     this.kernel.checkErrors(this.buffer);

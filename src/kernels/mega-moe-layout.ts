@@ -125,15 +125,16 @@ export function formatBytes(bytes: number): string {
   return `${(bytes / 1e3).toFixed(1)} KB`;
 }
 
-/** The MegaParams fields of mega_moe.cu, in order: 26 device pointers, then timeout (u64), 3 i32 and an f32. */
+/** The MegaParams fields of mega_moe.cu, in order: 27 device pointers (the last, `trace`, may be 0), then timeout
+ * (u64), 3 i32, an f32 and the fault-injection i32, padded to 8 bytes. */
 export const MEGA_PARAM_POINTERS = [
   'x', 'ids', 'weights', 'yRouted', 'y',
   'xFp8', 'xSf', 'idsStaged', 'wStaged',
   'chunkCounts', 'groupOffset', 'groupCount', 'tileGroup', 'numMTiles', 'rowWeight', 'rowToken', 'slotRow',
-  'a', 'sfa', 'act', 'actSf', 'out', 's13', 's2', 'flags', 'ctl',
+  'a', 'sfa', 'act', 'actSf', 'out', 's13', 's2', 'flags', 'ctl', 'trace',
 ] as const;
 export type MegaParamPointer = (typeof MEGA_PARAM_POINTERS)[number];
-export const MEGA_PARAMS_BYTES = MEGA_PARAM_POINTERS.length * 8 + 8 + 4 * 4;
+export const MEGA_PARAMS_BYTES = Math.ceil((MEGA_PARAM_POINTERS.length * 8 + 8 + 5 * 4) / 8) * 8;
 
 export interface MegaParamValues {
   pointers: Record<MegaParamPointer, bigint>;
@@ -142,7 +143,13 @@ export interface MegaParamValues {
   mCap: number;
   maxTiles: number;
   swigluLimit: number;
+  /** 0 = none; MEGA_FAULT_SKIP_PUBLISH = L1 never publishes (row tile 0, block 0): the L2 wait must time out (tests) */
+  fault?: number;
 }
+
+export const MEGA_FAULT_SKIP_PUBLISH = 1;
+/** Per-CTA %globaltimer stamps of a traced launch (mega_moe.cu kTraceSlots). */
+export const MEGA_TRACE_SLOTS = 8;
 
 /** Packs MegaParams little-endian, as the kernel reads it. */
 export function packMegaParams(v: MegaParamValues): Uint8Array {
@@ -154,7 +161,8 @@ export function packMegaParams(v: MegaParamValues): Uint8Array {
   dv.setInt32(o, v.numTokens, true); o += 4;
   dv.setInt32(o, v.mCap, true); o += 4;
   dv.setInt32(o, v.maxTiles, true); o += 4;
-  dv.setFloat32(o, v.swigluLimit > 0 ? v.swigluLimit : 0, true);
+  dv.setFloat32(o, v.swigluLimit > 0 ? v.swigluLimit : 0, true); o += 4;
+  dv.setInt32(o, v.fault ?? 0, true);
   return bytes;
 }
 

@@ -6,7 +6,7 @@ import {
   type TensorMap,
 } from '../cuda/index.js';
 import {
-  decodeMegaCtl, describeMegaCtlError, MEGA_CTL_BYTES, MEGA_ROW_TILE, megaDefines, megaSmemBytes, megaThreads,
+  decodeMegaCtl, describeMegaCtlError, MEGA_CTL_BYTES, MEGA_FAULT_SKIP_PUBLISH, MEGA_ROW_TILE, megaDefines, megaSmemBytes, megaThreads,
   packMegaParams, type MegaBufferLayout, type MegaCtlState, type MegaMoePath, type MegaMoeShape, type MegaParamPointer,
 } from './mega-moe-layout.js';
 import { MOE_PRESET_SHAPES } from './presets.js';
@@ -58,6 +58,14 @@ export interface MegaMoeBindings {
   swigluLimit: number;
 }
 
+/** MEGAMOE_FAULT=skip-publish: the kernel's test-only fault injection (an L2 wait that must time out). */
+function faultFromEnv(): number {
+  const v = process.env.MEGAMOE_FAULT;
+  if (v === undefined || v === '' || v === 'none') return 0;
+  if (v === 'skip-publish') return MEGA_FAULT_SKIP_PUBLISH;
+  throw new RangeError(`MEGAMOE_FAULT=${v}: expected none or skip-publish (fault injection for tests)`);
+}
+
 class PathKernel {
   constructor(readonly path: MegaMoePath, readonly kernel: Kernel, readonly maps: readonly TensorMap[]) {}
 }
@@ -66,7 +74,10 @@ class PathKernel {
 export class MegaMoeKernel {
   private constructor(readonly shape: MegaMoeShape, private readonly b: MegaMoeBindings,
     private readonly paths: Readonly<Record<MegaMoePath, PathKernel>>, readonly grid: number,
-    private readonly timeoutNs: bigint) {}
+    private readonly timeoutNs: bigint, private readonly fault: number) {}
+
+  /** Where traced launches write their per-CTA phase stamps (u64 [grid, MEGA_TRACE_SLOTS]); undefined = off. */
+  trace: bigint | undefined;
 
   static async create(shape: MegaMoeShape, b: MegaMoeBindings): Promise<MegaMoeKernel> {
     if (b.weightLayout !== 'tiled') throw new RangeError('mega_moe: the fused kernel is built for the tiled weight layout (DeviceMoeWeights with weightLayout "tiled")');
@@ -78,7 +89,7 @@ export class MegaMoeKernel {
       return new PathKernel(path, kernel, MegaMoeKernel.maps(shape, b, path));
     };
     const [normal, decode] = await Promise.all([build('normal'), build('decode')]);
-    return new MegaMoeKernel(shape, b, { normal, decode }, grid, spinTimeoutNs());
+    return new MegaMoeKernel(shape, b, { normal, decode }, grid, spinTimeoutNs(), faultFromEnv());
   }
 
   /** The seven tensor maps of a path: L1 A / W13 / sfa, L2 A / W2 / sfa, L2 out (bf16, TMA store). */
@@ -92,15 +103,15 @@ export class MegaMoeKernel {
     const rt = MEGA_ROW_TILE[path];
     const act = (p: bigint, k: number) => tensorMap2D({ dataType: 'uint8', globalAddress: p, rows: M, cols: k, boxRows: rt, boxCols: 128, swizzle: '128B', l2Promotion: '256B' });
     const sf = (p: bigint, k: number) => tensorMap2D({ dataType: 'f32', globalAddress: p, rows: k / 128, cols: M, boxRows: 1, boxCols: rt, swizzle: 'none', l2Promotion: '256B' });
-    // Tiled weights: each 128-row x 128-byte tile is 128 consecutive 128-byte rows, so a box (128 rows here, for
-    // every unit of both paths) is one contiguous 16 KB run.
-    const w = (p: Ptr, n: number, k: number) => tensorMap2D({ dataType: 'uint8', globalAddress: p, rows: G * n * (k / WEIGHT_TILE), cols: WEIGHT_TILE, boxRows: 128, boxCols: 128, swizzle: '128B', l2Promotion: '256B' });
+    // Tiled weights: each 128-row x 128-byte tile is 128 consecutive 128-byte rows, so a box is one contiguous run:
+    // 128 rows (16 KB) for every unit but the decode path's 64-row L2 units.
+    const w = (p: Ptr, n: number, k: number, boxRows: number) => tensorMap2D({ dataType: 'uint8', globalAddress: p, rows: G * n * (k / WEIGHT_TILE), cols: WEIGHT_TILE, boxRows, boxCols: 128, swizzle: '128B', l2Promotion: '256B' });
     if (G * 2 * I * (H / WEIGHT_TILE) >= 2 ** 31 || G * H * (I / WEIGHT_TILE) >= 2 ** 31) {
       throw new RangeError(`mega_moe: ${G} groups of tiled weights exceed the 2^31 rows a TMA coordinate reaches`);
     }
     return [
-      act(at(r.a), H), w(b.w13, 2 * I, H), sf(at(r.sfa), H),
-      act(at(r.act), I), w(b.w2, H, I), sf(at(r.actSf), I),
+      act(at(r.a), H), w(b.w13, 2 * I, H, 128), sf(at(r.sfa), H),
+      act(at(r.act), I), w(b.w2, H, I, path === 'decode' ? 64 : 128), sf(at(r.actSf), I),
       tensorMap2D({ dataType: 'bf16', globalAddress: at(r.out), rows: M, cols: H, boxRows: 64, boxCols: 64, swizzle: '128B', l2Promotion: '256B' }),
     ];
   }
@@ -121,11 +132,12 @@ export class MegaMoeKernel {
       chunkCounts: at(r.chunkCounts), groupOffset: at(r.groupOffset), groupCount: at(r.groupCount), tileGroup: at(r.tileGroup),
       numMTiles: at(r.numMTiles), rowWeight: at(r.rowWeight), rowToken: at(r.rowToken), slotRow: at(r.slotRow),
       a: at(r.a), sfa: at(r.sfa), act: at(r.act), actSf: at(r.actSf), out: at(r.out),
-      s13: addr(this.b.s13), s2: addr(this.b.s2), flags: at(r.flags), ctl: at(r.ctl),
+      s13: addr(this.b.s13), s2: addr(this.b.s2), flags: at(r.flags), ctl: at(r.ctl), trace: this.trace ?? 0n,
     };
     const maxTiles = Math.min(L.capacity.maxTiles, L.capacity.maxRows / MEGA_ROW_TILE[path]);
     const params = packMegaParams({
       pointers, timeoutNs: this.timeoutNs, numTokens: tokens, mCap: L.capacity.maxRows, maxTiles, swigluLimit: this.b.swigluLimit,
+      fault: this.fault,
     });
     const args: KernelArgLike[] = [...pk.maps, arg.bytes(params, 8)];
     pk.kernel.launch({ grid: this.grid, block: megaThreads(path), sharedMemBytes: megaSmemBytes(path), stream }, args);

@@ -70,7 +70,8 @@ constexpr int kL2KBlocks = kI / 128;  // flags per row tile: one per 128 activat
 constexpr int kSmallT = 16;
 
 using NormalP = gg::NormalPlan<2, kStages, 1>;  // L1 and L2 share one ring; the bf16 staging serves L2's TMA store
-using DecodeP = gg::DecodePlan<4, kStages>;     // L1 units of 256 weight rows, L2 units of 128 (MSUB 4 / 2)
+using DecodeP = gg::DecodePlan<4, kStages>;     // L1 units of 256 weight rows, L2 units of 64 (MSUB 4 / 1)
+constexpr int kDecodeL2Sub = 1;               // the unfused pipeline's proven bf16 decode variant (64-row units)
 template <bool B, class T, class F> struct Pick { using type = T; };
 template <class T, class F> struct Pick<false, T, F> { using type = F; };
 using Plan = typename Pick<kDecode, DecodeP, NormalP>::type;
@@ -80,6 +81,10 @@ static_assert(kH % 256 == 0 && kI % 128 == 0, "mega_moe: H must be a multiple of
 
 // Error codes and phases reported through MegaCtl (mirrored in src/kernels/mega-moe.ts).
 enum : u32 { kErrNone = 0, kErrBarrierTimeout = 1, kErrFlagTimeout = 2 };
+enum : int { kFaultNone = 0, kFaultSkipPublish = 1 };
+// Trace slots: 0 start, 1 dispatch done (GEMMs start), 2 consumers done with L1, 3 with L2, 4 after the GEMMs' grid
+// barrier, 5 combine done; 6 / 7 the producer done issuing L1 / L2.
+constexpr int kTraceSlots = 8;
 enum : u32 { kPhaseDispatch = 1, kPhaseScan = 2, kPhaseRank = 3, kPhaseGather = 4, kPhaseGemm = 5, kPhaseL2Wait = 6 };
 
 // The control block (64 bytes, device memory, zeroed once at allocation).
@@ -124,11 +129,13 @@ struct MegaParams {
   const float* s2;           // f32 [E+1, H/128, I/128]
   u32* flags;                // [max_tiles * I/128], epoch-tagged
   MegaCtl* ctl;
+  unsigned long long* trace;  // optional [grid, kTraceSlots] %globaltimer stamps per CTA (phase timing), or null
   unsigned long long timeout_ns;
   int num_tokens;
   int m_cap;
   int max_tiles;
   float swiglu_limit;
+  int fault;  // fault injection for the tests: kFaultSkipPublish = L1 never publishes (row tile 0, block 0)
 };
 static_assert(sizeof(MegaParams) == MM_PARAMS_BYTES, "mega_moe: the TypeScript parameter packing (mega-moe.ts) drifted");
 
@@ -188,6 +195,7 @@ struct MegaSync {
   unsigned long long timeout_ns;
   u32 epoch;
   int rotation;  // units before this GEMM's first (the L1 units): L2 continues L1's round robin over the CTAs
+  int fault;
 
   __device__ __forceinline__ int first_unit(int cta, int ctas) const { return (cta + ctas - rotation % ctas) % ctas; }
   __device__ __forceinline__ u32* flag(int mt, int kb) const { return flags + (size_t)mt * kL2KBlocks + kb; }
@@ -214,7 +222,7 @@ struct MegaSync {
   __device__ __forceinline__ void publish(int mt, int nt, int ctid, int nthreads) const {
     gg::fence_proxy_async_global();  // our generic stores, read next by another CTA's TMA
     gg::named_barrier_sync(7, nthreads);
-    if (ctid == 0) {
+    if (ctid == 0 && !(fault == kFaultSkipPublish && mt == 0 && nt == 0)) {
       __threadfence();
       gg::st_release_gpu(flag(mt, nt), epoch);
     }
@@ -279,6 +287,11 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
                 "mega_moe: the dispatch scratch must fit in the GEMM's shared memory");
   int* scratch = reinterpret_cast<int*>(smem);
   __shared__ u32 s_epoch;
+  // Phase timing (p.trace, tools and benchmarks only): consumer thread 0 stamps slots 0-5, the producer thread 6-7.
+  auto stamp = [&](int slot) {
+    if (p.trace != nullptr) p.trace[blockIdx.x * kTraceSlots + slot] = gg::globaltimer_ns();
+  };
+  if (tid == 0) stamp(0);
   if (tid == 0) s_epoch = *reinterpret_cast<volatile u32*>(&p.ctl->epoch) + 1;
   __syncthreads();
   const u32 epoch = s_epoch;
@@ -292,6 +305,7 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
     dispatch_grid(p, scratch, tid, warp, lane, epoch);
   }
   grid_barrier(p.ctl, kPhaseGather, p.timeout_ns);
+  if (tid == 0) stamp(1);
 
   // ---- L1 then L2 through one ring ----
   const u32 sbase = gg::smem_addr(smem);
@@ -313,27 +327,34 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
                         p.out, nullptr, nullptr, 0.0f, p.m_cap};
   // L1 units per live row tile: 256 transformed rows = 128 activation columns each (both paths).
   const int l1_units = min(max(*p.num_m_tiles, 0), p.max_tiles) * (kI / 128);
-  const MegaSync<false, true> pub{p.flags, p.ctl, p.timeout_ns, epoch, 0};
-  const MegaSync<true, false> sub{p.flags, p.ctl, p.timeout_ns, epoch, l1_units};
+  const MegaSync<false, true> pub{p.flags, p.ctl, p.timeout_ns, epoch, 0, p.fault};
+  const MegaSync<true, false> sub{p.flags, p.ctl, p.timeout_ns, epoch, l1_units, p.fault};
   gg::Ring ring;
   if constexpr (kDecode) {
     gg::decode_body<2 * kI, kH, 4, kStages, 1, MM_WTILED, Plan, MegaSync<false, true>, false>(l1, ring, pub);
-    gg::decode_body<kH, kI, 2, kStages, 0, MM_WTILED, Plan, MegaSync<true, false>, false>(l2, ring, sub);
+    if (tid == 0 || tid == kConsumers) stamp(tid == 0 ? 2 : 6);
+    gg::decode_body<kH, kI, kDecodeL2Sub, kStages, 0, MM_WTILED, Plan, MegaSync<true, false>, false>(l2, ring, sub);
+    if (tid == 0 || tid == kConsumers) stamp(tid == 0 ? 3 : 7);
   } else {
     // The register split must dominate each role's code (ptxas allocates per branch), so each branch runs both
     // bodies; the bodies' own role test folds away.
     if (warp >= 8) {
       gg::regs_dealloc<40>();
       gg::normal_body<2 * kI, kH, 2, kStages, 1, 0, 0, MM_WTILED, Plan, MegaSync<false, true>, false>(l1, ring, pub);
+      if (tid == kConsumers) stamp(6);
       gg::normal_body<kH, kI, 2, kStages, 0, 0, 1, MM_WTILED, Plan, MegaSync<true, false>, false>(l2, ring, sub);
+      if (tid == kConsumers) stamp(7);
     } else {
       gg::regs_alloc<232>();
       gg::normal_body<2 * kI, kH, 2, kStages, 1, 0, 0, MM_WTILED, Plan, MegaSync<false, true>, false>(l1, ring, pub);
+      if (tid == 0) stamp(2);
       gg::normal_body<kH, kI, 2, kStages, 0, 0, 1, MM_WTILED, Plan, MegaSync<true, false>, false>(l2, ring, sub);
+      if (tid == 0) stamp(3);
       if ((tid & 127) == 0) gg::fence_proxy_async_global();  // TMA stores -> the combine's loads
     }
   }
   grid_barrier(p.ctl, kPhaseGemm, p.timeout_ns);
+  if (tid == 0) stamp(4);
 
   // ---- combine: consumer threads, one 16-byte vector of one token each ----
   if (tid < kConsumers) {
@@ -342,5 +363,6 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
       const int t = i / cmb::kVecPerRow;
       cmb::combine_vec<true>(p.out, p.slot_row, p.group_offset, t, i - t * cmb::kVecPerRow, p.y_routed, p.y);
     }
+    if (tid == 0) stamp(5);
   }
 }
