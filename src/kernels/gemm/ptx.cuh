@@ -59,10 +59,28 @@ __device__ __forceinline__ bool mbar_try_wait(u32 bar, u32 parity) {
       : "memory");
   return done != 0;
 }
+__device__ __forceinline__ u64 globaltimer_ns() {
+  u64 t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+// No phase of a correct pipeline stays incomplete this long (a whole MoE layer takes milliseconds).
+constexpr u64 kMbarDeadlineNs = 4000000000ull;
+
 // Waits until the phase of parity `parity` has completed. A fresh barrier counts its (virtual) previous phase,
 // parity 1, as complete: that is what lets the producer's first pass over the empty barriers go straight through.
+// A phase that never completes (a byte count that does not match its TMA loads: a bug) traps after
+// kMbarDeadlineNs with the barrier named, instead of hanging the GPU.
 __device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
-  while (!mbar_try_wait(bar, parity)) {
+  if (mbar_try_wait(bar, parity)) return;
+  const u64 t0 = globaltimer_ns();
+  for (u32 i = 1; !mbar_try_wait(bar, parity); i++) {
+    if ((i & 63u) == 0 && globaltimer_ns() - t0 > kMbarDeadlineNs) {
+      printf("megamoe: mbarrier 0x%x (parity %u) never completed: block %d thread %d\n", bar, parity, (int)blockIdx.x,
+             (int)threadIdx.x);
+      __trap();
+    }
   }
 }
 
@@ -145,12 +163,6 @@ __device__ __forceinline__ u32 ld_acquire_gpu(const u32* p) {
 __device__ __forceinline__ void st_release_gpu(u32* p, u32 v) {
   asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
-__device__ __forceinline__ u64 globaltimer_ns() {
-  u64 t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
-
 // ---- clusters -------------------------------------------------------------------------------------------------
 __device__ __forceinline__ u32 cluster_rank() {
   u32 r;
