@@ -65,22 +65,15 @@ __device__ __forceinline__ u64 globaltimer_ns() {
   return t;
 }
 
-// No phase of a correct pipeline stays incomplete this long (a whole MoE layer takes milliseconds).
-constexpr u64 kMbarDeadlineNs = 4000000000ull;
-
 // Waits until the phase of parity `parity` has completed. A fresh barrier counts its (virtual) previous phase,
 // parity 1, as complete: that is what lets the producer's first pass over the empty barriers go straight through.
-// A phase that never completes (a byte count that does not match its TMA loads: a bug) traps after
-// kMbarDeadlineNs with the barrier named, instead of hanging the GPU.
+// A phase that never completes (a byte count that does not match its TMA loads: a bug) traps after 2^30 failed
+// tries (each try_wait suspends the thread for a while: seconds in all, against a layer's milliseconds), so the
+// launch fails with an error instead of hanging the GPU. A counter, not a timer: a 64-bit timer in every wait
+// costs the fused kernel's producer registers (spills, ptxas -v).
 __device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
-  if (mbar_try_wait(bar, parity)) return;
-  const u64 t0 = globaltimer_ns();
-  for (u32 i = 1; !mbar_try_wait(bar, parity); i++) {
-    if ((i & 63u) == 0 && globaltimer_ns() - t0 > kMbarDeadlineNs) {
-      printf("megamoe: mbarrier 0x%x (parity %u) never completed: block %d thread %d\n", bar, parity, (int)blockIdx.x,
-             (int)threadIdx.x);
-      __trap();
-    }
+  for (u32 tries = 0; !mbar_try_wait(bar, parity);) {
+    if (++tries == (1u << 30)) __trap();
   }
 }
 
