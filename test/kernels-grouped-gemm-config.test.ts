@@ -3,7 +3,10 @@
 // registration, and the errors for shapes the kernel cannot take.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { compileKernel, findNvcc, KernelCompileError } from '../src/cuda/compile.js';
 import { registeredKernels } from '../src/cuda/index.js';
 import {
   GROUPED_GEMM_PRESETS, GROUPED_GEMM_ROW_TILE, groupedGemmConfig, groupedGemmSmemBytes,
@@ -18,10 +21,30 @@ test('shared-memory plans match the kernel\'s NormalPlan / DecodePlan arithmetic
   // decode: stages of (64*MSUB rows x 128 B weights + 2 KB tokens + a 128 B scale slot) + barriers + 256 B amax
   assert.equal(groupedGemmSmemBytes('decode', 1, 16, false), 16 * (8192 + 2048 + 128) + 256 + 256);
   assert.equal(groupedGemmSmemBytes('decode', 4, 6, false), 6 * (32768 + 2048 + 128) + 96 + 256);
-  // The kernel source still carries the formulas these numbers mirror.
+  // Every specialisation carries its plan's size to nvcc (GG_SMEM_BYTES), where the kernel static_asserts it
+  // against NormalPlan / DecodePlan (gemm/grouped.cuh): a drift fails `megamoe kernels --check`.
+  for (const path of ['normal', 'decode'] as const) {
+    const c = groupedGemmConfig({ path, epilogue: 'bf16', n: 4096, k: 2048 });
+    assert.equal(c.defines.GG_SMEM_BYTES, c.smemBytes);
+  }
   const src = readFileSync(new URL('../../src/kernels/grouped_gemm_fp8.cu', import.meta.url), 'utf8');
-  assert.match(src, /kDBytes = kStore \? kNormalRows \* kBlockN \* 2 : 0/);
-  assert.match(src, /kSmemBytes = kOffAmax \+ 4 \* kDecodeRows \* 4/);
+  assert.match(src, /static_assert\(.*kSmemBytes == GG_SMEM_BYTES/);
+});
+
+const noNvcc = findNvcc() ? undefined : 'nvcc not found (set CUDA_HOME or PATH)';
+
+test('nvcc refuses a grouped-GEMM plan that drifted from the kernel\'s', { skip: noNvcc }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'megamoe-gg-drift-'));
+  const saved = process.env.MEGAMOE_CACHE_DIR;
+  process.env.MEGAMOE_CACHE_DIR = dir;
+  try {
+    const c = groupedGemmConfig({ path: 'decode', epilogue: 'bf16', n: 256, k: 128 });
+    await assert.rejects(compileKernel({ source: 'grouped_gemm_fp8.cu', defines: { ...c.defines, GG_SMEM_BYTES: c.smemBytes + 16 } }),
+      (e: unknown) => e instanceof KernelCompileError && /drifted/.test(e.nvccOutput));
+  } finally {
+    if (saved === undefined) delete process.env.MEGAMOE_CACHE_DIR; else process.env.MEGAMOE_CACHE_DIR = saved;
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('default specialisations of the V4 layer shapes', () => {
@@ -29,7 +52,7 @@ test('default specialisations of the V4 layer shapes', () => {
   assert.deepEqual([l2.sub, l2.stages, l2.store, l2.multicast, l2.threads, l2.weightBoxRows, l2.activationBoxRows],
     [2, 3, 'tma', 'weights', 384, 128, 128]);
   assert.ok(l2.smemBytes <= 232448);
-  assert.deepEqual(l2.defines, { GG_SWAP: 0, GG_EPI: 0, GG_N: 4096, GG_K: 2048, GG_SUB: 2, GG_STAGES: 3, GG_MCAST: 1, GG_STORE: 1 });
+  assert.deepEqual(l2.defines, { GG_SWAP: 0, GG_EPI: 0, GG_N: 4096, GG_K: 2048, GG_SUB: 2, GG_STAGES: 3, GG_MCAST: 1, GG_STORE: 1, GG_SMEM_BYTES: l2.smemBytes });
   const plain = groupedGemmConfig({ path: 'normal', epilogue: 'bf16', n: 4096, k: 2048, tuning: { multicast: 'none', store: 'direct' } });
   assert.deepEqual([plain.stages, plain.defines.GG_MCAST, plain.defines.GG_STORE], [4, 0, 0]);
   const actMc = groupedGemmConfig({ path: 'normal', epilogue: 'bf16', n: 4096, k: 4096, tuning: { multicast: 'activations' } });

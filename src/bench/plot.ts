@@ -1,47 +1,71 @@
-// SVG figures of the MoE benchmark: time per layer vs T (log-log) and the fraction of the roofline vs T, one
-// line per backend, one row of panels per preset. Vega-Lite spec -> Vega -> headless SVG (no browser, no canvas).
+// SVG figures of the MoE benchmark, one row of panels per preset: time per layer vs T (log-log) for the fused and
+// unfused layers as CUDA graphs, the read floor (a kernel that only reads the touched experts once) and this GPU's
+// datasheet roofline; next to it each layer's time / floor. Vega-Lite spec -> Vega -> headless SVG (no browser).
 import * as vega from 'vega';
 import { compile, type TopLevelSpec } from 'vega-lite';
-import type { MoeBenchRow } from './report.js';
+import { READ_FLOOR, type MoeBenchRow } from './report.js';
+
+/** The measured series the figure draws (others, eager launches, the CPU reference and the anchor, stay in the table). */
+export const PLOTTED_BACKENDS: readonly string[] = ['mega_moe+graph', 'unfused+graph', READ_FLOOR];
+/** The series name of the roofline line (max(FLOPs / FP8 peak, bytes / HBM peak) of the GPU that ran). */
+export const ROOFLINE_SERIES = 'roofline (this GPU\'s peaks)';
 
 interface PlotPoint {
   preset: string;
-  backend: string;
+  series: string;
+  /** 'measured' (solid) or 'bound' (dashed) */
+  kind: 'measured' | 'bound';
   tokens: number;
   timeUs: number;
-  rooflinePct: number;
+  vsFloor?: number;
+}
+
+/** The points of the figure: the plotted backends' medians and one roofline point per (preset, T). */
+export function moePlotPoints(rows: readonly MoeBenchRow[]): PlotPoint[] {
+  const ok = (v: number | undefined): v is number => typeof v === 'number' && Number.isFinite(v) && v > 0;
+  const points: PlotPoint[] = [];
+  const roof = new Map<string, PlotPoint>();
+  for (const r of rows) {
+    if (PLOTTED_BACKENDS.includes(r.backend) && ok(r.medianUs)) {
+      points.push({
+        preset: r.preset, series: r.backend, kind: r.backend === READ_FLOOR ? 'bound' : 'measured', tokens: r.tokens, timeUs: r.medianUs,
+        ...(r.backend !== READ_FLOOR && ok(r.vsFloor) ? { vsFloor: r.vsFloor } : {}),
+      });
+    }
+    // The roofline of the layer: from any row that counts the layer's bytes (the anchor counts one expert).
+    const key = `${r.preset}/${r.tokens}`;
+    if (r.backend !== 'cublaslt-fp8 (anchor)' && ok(r.rooflineUs) && !roof.has(key)) {
+      roof.set(key, { preset: r.preset, series: ROOFLINE_SERIES, kind: 'bound', tokens: r.tokens, timeUs: r.rooflineUs });
+    }
+  }
+  return [...points, ...roof.values()].sort((a, b) => a.preset.localeCompare(b.preset) || a.series.localeCompare(b.series) || a.tokens - b.tokens);
 }
 
 /** The Vega-Lite spec of the figure (exported so tests can check what is plotted without rendering). */
 export function moePlotSpec(rows: readonly MoeBenchRow[]): TopLevelSpec {
-  const values: PlotPoint[] = rows
-    .filter((r) => r.medianUs > 0 && Number.isFinite(r.medianUs))
-    .map((r) => ({
-      preset: r.preset,
-      backend: r.backend,
-      tokens: r.tokens,
-      timeUs: r.medianUs,
-      rooflinePct: 100 * r.rooflineFraction,
-    }));
+  const values = moePlotPoints(rows);
   const x = { field: 'tokens', type: 'quantitative', title: 'tokens T', scale: { type: 'log', base: 2 } } as const;
-  const color = { field: 'backend', type: 'nominal', title: 'backend', legend: { labelLimit: 240 } } as const;
+  const color = { field: 'series', type: 'nominal', title: 'series', legend: { labelLimit: 240 } } as const;
+  const strokeDash = { field: 'kind', type: 'nominal', title: 'kind' } as const;
   const presets = [...new Set(values.map((v) => v.preset))];
-  const panel = (preset: string, y: Record<string, unknown>) => ({
-    width: 320,
-    height: 220,
-    title: preset,
-    transform: [{ filter: { field: 'preset', equal: preset } }],
-    mark: { type: 'line', point: true },
-    encoding: { x, y, color },
-  });
   return {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
-    title: 'MoE layer: time and roofline fraction vs tokens',
+    title: 'MoE layer time vs tokens, against the read floor and the roofline of this GPU',
     data: { values },
     vconcat: presets.map((preset) => ({
       hconcat: [
-        panel(preset, { field: 'timeUs', type: 'quantitative', title: 'time per layer (us)', scale: { type: 'log' } }),
-        panel(preset, { field: 'rooflinePct', type: 'quantitative', title: '% of roofline (max of FP8 compute, HBM)' }),
+        {
+          width: 360, height: 240, title: `${preset}: time per layer`,
+          transform: [{ filter: { field: 'preset', equal: preset } }],
+          mark: { type: 'line', point: true },
+          encoding: { x, y: { field: 'timeUs', type: 'quantitative', title: 'time per layer (us)', scale: { type: 'log' } }, color, strokeDash },
+        },
+        {
+          width: 360, height: 240, title: `${preset}: time / floor`,
+          transform: [{ filter: { field: 'preset', equal: preset } }, { filter: 'isValid(datum.vsFloor)' }],
+          mark: { type: 'line', point: true },
+          encoding: { x, y: { field: 'vsFloor', type: 'quantitative', title: 'time / floor (1 = at the floor)', scale: { zero: false } }, color },
+        },
       ],
     })),
   } as unknown as TopLevelSpec;

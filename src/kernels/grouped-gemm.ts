@@ -171,7 +171,7 @@ export function groupedGemmConfig(spec: GroupedGemmSpec): GroupedGemmConfig {
     activationBoxRows,
     defines: {
       GG_SWAP: path === 'decode' ? 1 : 0, GG_EPI: swiglu ? 1 : 0, GG_N: n, GG_K: k, GG_SUB: sub, GG_STAGES: stages,
-      GG_MCAST: MCAST_CODE[multicast], GG_STORE: store === 'tma' ? 1 : 0,
+      GG_MCAST: MCAST_CODE[multicast], GG_STORE: store === 'tma' ? 1 : 0, GG_SMEM_BYTES: smemBytes,
       // Only the tiled variants carry the define, so the default (rows) specialisations keep their cache keys.
       ...(weightLayout === 'tiled' ? { GG_WTILED: 1 } : {}),
     },

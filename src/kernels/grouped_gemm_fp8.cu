@@ -97,6 +97,16 @@ __global__ void __launch_bounds__(256, 1) gg_decode_kernel(GG_KERNEL_PARAMS) {
 #ifndef GG_WTILED
 #define GG_WTILED 0
 #endif
+#ifndef GG_SMEM_BYTES
+#error "grouped_gemm_fp8.cu needs -DGG_SMEM_BYTES (the launcher's shared-memory plan, checked against the kernel's)"
+#endif
+// The launcher's plan (grouped-gemm.ts groupedGemmSmemBytes) and the kernel's must agree; the kernel also traps on
+// a launch that gives less.
+#if GG_SWAP
+static_assert(gg::DecodePlan<GG_SUB, GG_STAGES>::kSmemBytes == GG_SMEM_BYTES, "grouped GEMM: the TypeScript shared-memory plan (grouped-gemm.ts) drifted from the kernel's");
+#else
+static_assert(gg::NormalPlan<GG_SUB, GG_STAGES, GG_EPI == 0 ? GG_STORE : 0>::kSmemBytes == GG_SMEM_BYTES, "grouped GEMM: the TypeScript shared-memory plan (grouped-gemm.ts) drifted from the kernel's");
+#endif
 #if GG_SWAP
 extern "C" __global__ void __launch_bounds__(256, 1) grouped_gemm_fp8(GG_KERNEL_PARAMS) {
   gg::Ring ring;

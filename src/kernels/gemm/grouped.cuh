@@ -106,7 +106,7 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
   const float* __restrict__ row_weight = ga.row_weight;
   const float swiglu_limit = ga.swiglu_limit;
   const int m_cap = ga.m_cap;
-  constexpr int kBlockN = P::kBlockN;
+  constexpr int kBlockN = 128 * kNSub;
   constexpr int kKB = kK / kBlockK;
   constexpr int kNTiles = kN / kBlockN;
   constexpr int kNScaleRows = kN / 128;
@@ -445,7 +445,7 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
   const float* __restrict__ row_weight = ga.row_weight;
   const float swiglu_limit = ga.swiglu_limit;
   const int m_cap = ga.m_cap;
-  constexpr int kRowsW = P::kRowsW;
+  constexpr int kRowsW = 64 * kMSub;  // this GEMM's unit (the plan may be sized for a larger one)
   constexpr int kKB = kK / kBlockK;
   constexpr int kWBlocks = kN / kRowsW;
   constexpr int kNScaleRows = kN / 128;
