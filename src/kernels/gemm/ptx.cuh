@@ -67,13 +67,10 @@ __device__ __forceinline__ u64 globaltimer_ns() {
 
 // Waits until the phase of parity `parity` has completed. A fresh barrier counts its (virtual) previous phase,
 // parity 1, as complete: that is what lets the producer's first pass over the empty barriers go straight through.
-// A phase that never completes (a byte count that does not match its TMA loads: a bug) traps after 2^30 failed
-// tries (each try_wait suspends the thread for a while: seconds in all, against a layer's milliseconds), so the
-// launch fails with an error instead of hanging the GPU. A counter, not a timer: a 64-bit timer in every wait
-// costs the fused kernel's producer registers (spills, ptxas -v).
+// No deadline here (the fused kernel's cross-CTA spins have theirs): a try counter in this loop cost the 128-row
+// GEMM about a third of its speed (docs/BENCHMARKS.md, fused-kernel notes).
 __device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
-  for (u32 tries = 0; !mbar_try_wait(bar, parity);) {
-    if (++tries == (1u << 30)) __trap();
+  while (!mbar_try_wait(bar, parity)) {
   }
 }
 
