@@ -176,14 +176,17 @@ export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout
     MM_HIDDEN: shape.hidden, MM_INTER: shape.inter, MM_EXPERTS: shape.experts, MM_TOPK: shape.topK,
     MM_PATH: path === 'decode' ? 1 : 0, MM_STAGES: stages, MM_SMEM_BYTES: smem, MM_PARAMS_BYTES: MEGA_PARAMS_BYTES,
     ...(weightLayout === 'tiled' ? { MM_WTILED: 1 } : {}),
-    ...(path === 'decode' && decodeL2Sub() !== 1 ? { MM_DECODE_L2_SUB: decodeL2Sub() } : {}),
+    ...(path === 'decode' ? { MM_DECODE_L2_SUB: decodeL2Sub() } : {}),
   };
 }
 
-/** Decode path: 64 (1) or 128 (2) weight rows per L2 unit; MEGAMOE_DECODE_L2_SUB overrides (tuning). */
+/**
+ * Decode path: 64 (1) or 128 (2, default) weight rows per L2 unit; MEGAMOE_DECODE_L2_SUB overrides (tuning).
+ * Measured on the H200 (docs/BENCHMARKS.md): 64-row units made L2 as slow as L1 at T = 8 for half the bytes.
+ */
 export function decodeL2Sub(): number {
   const v = process.env.MEGAMOE_DECODE_L2_SUB;
-  if (v === undefined || v === '') return 1;
+  if (v === undefined || v === '') return 2;
   if (v !== '1' && v !== '2') throw new RangeError(`MEGAMOE_DECODE_L2_SUB=${v}: expected 1 or 2`);
   return Number(v);
 }

@@ -70,9 +70,9 @@ constexpr int kL2KBlocks = kI / 128;  // flags per row tile: one per 128 activat
 constexpr int kSmallT = 16;
 
 using NormalP = gg::NormalPlan<2, kStages, 1>;  // L1 and L2 share one ring; the bf16 staging serves L2's TMA store
-using DecodeP = gg::DecodePlan<4, kStages>;     // L1 units of 256 weight rows, L2 units of 64 (MSUB 4 / 1)
+using DecodeP = gg::DecodePlan<4, kStages>;     // L1 units of 256 weight rows, L2 units of 128 or 64 (MSUB 4 / MM_DECODE_L2_SUB)
 #ifndef MM_DECODE_L2_SUB
-#define MM_DECODE_L2_SUB 1
+#define MM_DECODE_L2_SUB 2
 #endif
 constexpr int kDecodeL2Sub = MM_DECODE_L2_SUB;  // 64-row (1) or 128-row (2) L2 units on the decode path
 template <bool B, class T, class F> struct Pick { using type = T; };
