@@ -3,6 +3,7 @@
 import type { MoeBackend, MoeForwardResult, PrepareOptions } from '../moe/backend.js';
 import { runExpertsReference } from '../moe/experts.js';
 import { checkLayer, checkTokenCapacity, GuardError, type TopkIdsTensor } from '../moe/guards.js';
+import { checkForwardOutput } from '../moe/output-check.js';
 import type { MoeLayerWeights } from '../moe/types.js';
 import type { HostTensor } from '../tensor/host.js';
 
@@ -23,7 +24,7 @@ export class ReferenceBackend implements MoeBackend {
     if (!this.layer) throw new GuardError('BAD_INPUT', 'reference backend: forward() before prepare()', 'call prepare(layer) first');
     if (x.shape.length === 2) checkTokenCapacity(x.shape[0], this.maxTokens, 'the reference backend');
     const { yRouted, y } = runExpertsReference(this.layer, x, topkIds, topkWeights);
-    return { yRouted, y };
+    return checkForwardOutput({ yRouted, y }, this.name);
   }
 
   dispose(): void {

@@ -199,7 +199,7 @@ export type TopkIdsTensor = HostTensor<'I32'> | HostTensor<'I64'>;
 
 /**
  * Generic forward() input checks: x BF16 [T, H], topk ids I32/I64 [T, K] with values in [0, E) or -1 (masked),
- * topk weights F32 [T, K], all finite. Returns T.
+ * topk weights F32 [T, K], weights and hidden states finite. Returns T.
  */
 export function checkForwardInputs(shape: MoeShape, x: HostTensor, topkIds: HostTensor, topkWeights: HostTensor): number {
   const H = shape.hiddenSize;
@@ -225,6 +225,13 @@ export function checkForwardInputs(shape: MoeShape, x: HostTensor, topkIds: Host
     if (!(id === -1 || (Number.isInteger(id) && id >= 0 && id < E))) {
       throw new GuardError('BAD_INPUT', `topk_ids[${Math.floor(i / K)}, ${i % K}] = ${id} is out of range`,
         `ids must be in [0, ${E}) or -1 for a masked slot`);
+    }
+  }
+  const xb = x.data as Uint16Array;
+  for (let i = 0; i < xb.length; i++) {
+    if ((xb[i] & 0x7f80) === 0x7f80) {
+      throw new GuardError('BAD_INPUT', `hidden states x[${Math.floor(i / H)}, ${i % H}] is not finite (bf16 bits 0x${xb[i].toString(16)})`,
+        'the hidden states contain NaN/Inf: check what produced them (the previous layer or the input)');
     }
   }
   const w = topkWeights.data as Float32Array;

@@ -13,6 +13,7 @@ import { ensureDefaultCheckpoint } from '../../checkpoint/synthetic.js';
 import { evalMoeF64 } from '../../moe/f64-eval.js';
 import { expertDtypePath } from '../../moe/guards.js';
 import { runExpertsReference } from '../../moe/experts.js';
+import { checkForwardOutput } from '../../moe/output-check.js';
 import { idsToI64, routeLayer, type RoutingResult } from '../../moe/router.js';
 import { randomTokenIds } from '../../moe/synthetic.js';
 import { calcDiff, decodeBF16Array, encodeBF16 } from '../../numerics/index.js';
@@ -122,7 +123,7 @@ async function run(opts: MoeOptions): Promise<void> {
     const tp0 = performance.now();
     await backend.prepare(layer, { maxTokens: T, enableExpertParallel: opts.enableExpertParallel });
     const tp1 = performance.now();
-    const out = await backend.forward(x, routing.topkIds, routing.topkWeights);
+    const out = checkForwardOutput(await backend.forward(x, routing.topkIds, routing.topkWeights), name);
     const tf1 = performance.now();
 
     console.log(`time     load layer ${ms(tLoad0, tLoad1)}, read ${used.size} experts ${ms(te0, te1)}, routing ${ms(tr0, tr1)}, `
