@@ -426,7 +426,8 @@ class Job {
     this.maxTensorBytes = this.tensors.reduce((m, t) => Math.max(m, numel(t.shape) * DTYPE_BYTES[t.dtype]), 0);
     this.master = new Rng(seed);
 
-    const parent = ensureWritableDir(path.dirname(this.target), internal.setting ?? '--out', 'output folder');
+    const setting = internal.setting ?? '--out';
+    const parent = ensureWritableDir(path.dirname(this.target), setting, setting.startsWith('--') ? 'output folder' : 'cache folder');
     // Temp folders of earlier runs of ours that were killed (their process is gone) are removed first.
     cleanStaleTemps(parent, /\.(partial|old)-\d+-\d+$/);
     const tensorBytes = this.tensors.reduce((a, t) => a + numel(t.shape) * DTYPE_BYTES[t.dtype], 0);
