@@ -8,6 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { MANIFEST_FILE } from '../src/checkpoint/manifest.js';
+import { describeFsError } from '../src/cli/errors.js';
 import { ensureDefaultCheckpoint, makeCheckpointSync } from '../src/checkpoint/synthetic.js';
 import { ensureFreeSpace, freeBytes, InsufficientSpaceError } from '../src/util/disk-space.js';
 import { OWNER_MARKER } from '../src/util/temp-dirs.js';
@@ -135,5 +136,20 @@ describe('the embedded default checkpoint', () => {
     const r = spawnSync(process.execPath, [mainJs, 'moe', '--tokens', '1'], { encoding: 'utf8', env: { ...process.env, MEGAMOE_CACHE_DIR: path.join(file, 'cache') } });
     assert.equal(r.status, 1);
     assert.match(r.stderr, /cannot write to the cache folder .*file\/cache \(a parent is a file, not a folder\): set MEGAMOE_CACHE_DIR to a folder you can write to/);
+    // The kernel cache (kernels --check needs only nvcc; without it the command says so instead).
+    const k = spawnSync(process.execPath, [mainJs, 'kernels', '--check'], { encoding: 'utf8', env: { ...process.env, MEGAMOE_CACHE_DIR: path.join(file, 'cache') } });
+    assert.equal(k.status, 1);
+    assert.match(k.stderr, /cannot write to the kernel cache folder .*file\/cache\/kernels \(a parent is a file, not a folder\): set MEGAMOE_CACHE_DIR|nvcc not found/);
+    // Any other module's errno error under the cache folder (e.g. the unfused backend compiling) is translated by main.ts.
+    const saved = process.env.MEGAMOE_CACHE_DIR;
+    process.env.MEGAMOE_CACHE_DIR = path.join(file, 'cache');
+    try {
+      let err: unknown;
+      try { fs.mkdirSync(path.join(file, 'cache', 'kernels'), { recursive: true }); } catch (e) { err = e; }
+      assert.match(describeFsError(err) ?? '', /cannot write to the cache folder .* \(a parent is a file, not a folder at .*\): set MEGAMOE_CACHE_DIR to a folder you can write to/);
+      assert.equal(describeFsError(new Error('plain')), undefined);
+    } finally {
+      if (saved === undefined) delete process.env.MEGAMOE_CACHE_DIR; else process.env.MEGAMOE_CACHE_DIR = saved;
+    }
   });
 });
