@@ -11,7 +11,8 @@ import { MANIFEST_FILE } from '../src/checkpoint/manifest.js';
 import { describeFsError } from '../src/cli/errors.js';
 import { ensureDefaultCheckpoint, makeCheckpointSync } from '../src/checkpoint/synthetic.js';
 import { ensureFreeSpace, freeBytes, InsufficientSpaceError } from '../src/util/disk-space.js';
-import { OWNER_MARKER } from '../src/util/temp-dirs.js';
+import { OWNER_MARKER, registeredTemps } from '../src/util/temp-dirs.js';
+import { buildHeader, SafetensorsWriter } from '../src/checkpoint/safetensors.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'megamoe-hardening-write-'));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -19,6 +20,7 @@ const mainJs = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../sr
 let counter = 0;
 const fresh = (name: string) => { const d = path.join(tmp, `${name}-${counter++}`); fs.mkdirSync(d); return d; };
 const FLASH_LAYER_BYTES = 6.5e9;
+const aFile = () => { const f = path.join(fresh('file'), 'f'); fs.writeFileSync(f, 'x'); return f; };
 
 async function interrupted(signal: NodeJS.Signals, t: { skip(why: string): void }): Promise<void> {
   const parent = fresh(`sig-${signal}`);
@@ -75,6 +77,32 @@ describe('make-checkpoint: interrupted and dangerous writes', () => {
     assert.equal(r.status, 1, `exit ${r.status} ${r.signal ?? ''} ${r.stderr}`);
     assert.match(r.stderr, /not enough free space in .*: this needs [\d.]+ (GB|TB), [\d.]+ (GB|TB|MB|kB) is free: free space there or choose another --out/);
     assert.deepEqual(fs.readdirSync(parent), [], 'nothing was written');
+    // A huge --layers is refused from the per-layer size, before the tensors are even planned.
+    const t0 = Date.now();
+    const huge = spawnSync(process.execPath, [mainJs, 'make-checkpoint', '--preset', 'flash', '--layers', '1000000', '--out', path.join(parent, 'ck')], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(huge.status, 1, huge.stderr);
+    assert.match(huge.stderr, /this needs 6471\.\d+ TB/);
+    assert.ok(Date.now() - t0 < 15_000);
+  });
+
+  test('a shard header past the 100 MB readers accept is refused when writing; an open shard is removed on interruption', () => {
+    const specs = Array.from({ length: 1100 }, (_, i) => ({ name: `${'x'.repeat(100_000)}${i}`, dtype: 'U8' as const, shape: [1] }));
+    assert.throws(() => buildHeader('/ckpt/model.safetensors', specs), /header of 1100 tensors would be \d+ bytes, above the 100000000-byte limit .*--shard-size/);
+    const p = path.join(fresh('partial'), 'model.safetensors');
+    const w = SafetensorsWriter.create(p, [{ name: 'a', dtype: 'U8', shape: [4] }]);
+    assert.ok(registeredTemps().includes(`${p}.partial`), 'registered for removal on SIGINT/SIGTERM');
+    w.abort();
+    assert.ok(!registeredTemps().includes(`${p}.partial`));
+    const w2 = SafetensorsWriter.create(p, [{ name: 'a', dtype: 'U8', shape: [1] }]);
+    w2.write('a', Uint8Array.of(1));
+    w2.close();
+    assert.deepEqual(registeredTemps(), []);
+  });
+
+  test('bench --out is checked before any benchmark runs', () => {
+    const r = spawnSync(process.execPath, [mainJs, 'bench', 'moe', '--out', path.join(aFile(), 'reports')], { encoding: 'utf8' });
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /cannot write to the report folder .* \(a parent is a file, not a folder\): pass --out a folder you can write to/);
   });
 
   test('--force replaces a megamoe checkpoint, never a folder holding anything else', () => {

@@ -422,18 +422,23 @@ class Job {
     // --force replaces a checkpoint folder, never a folder holding anything else (checked before any work).
     if (isNonEmptyDir(this.target) && options.force && !internal.keepExisting) checkReplaceableCheckpoint(this.target);
     const { preset, layers, expertDtype, seed } = options;
-    for (let layer = 0; layer < layers; layer++) this.tensors.push(...planLayer(preset, layer, expertDtype));
-    this.maxTensorBytes = this.tensors.reduce((m, t) => Math.max(m, numel(t.shape) * DTYPE_BYTES[t.dtype]), 0);
-    this.master = new Rng(seed);
-
     const setting = internal.setting ?? '--out';
     const parent = ensureWritableDir(path.dirname(this.target), setting, setting.startsWith('--') ? 'output folder' : 'cache folder');
     // Temp folders of earlier runs of ours that were killed (their process is gone) are removed first.
     cleanStaleTemps(parent, /\.(partial|old)-\d+-\d+$/);
-    const tensorBytes = this.tensors.reduce((a, t) => a + numel(t.shape) * DTYPE_BYTES[t.dtype], 0);
+    // Free space, from one hash and one score-routed layer's plan (before planning them all: --layers may be huge).
     // Headers are ~100 bytes a tensor; 1 MB covers config.json, README.md and the index.
-    ensureFreeSpace(parent, tensorBytes + this.tensors.length * 256 + 1e6,
+    const hashLayers = Math.min(layers, PRESET_SHAPES[preset].hashLayers);
+    const kinds = [[0, hashLayers], [PRESET_SHAPES[preset].hashLayers, layers - hashLayers]] as const;
+    let needed = 1e6;
+    for (const [layer, count] of kinds) {
+      if (count > 0) for (const t of planLayer(preset, layer, expertDtype)) needed += count * (numel(t.shape) * DTYPE_BYTES[t.dtype] + 256);
+    }
+    ensureFreeSpace(parent, needed,
       internal.setting ? `free space there or ${internal.setting.startsWith('--') ? 'pass' : 'set'} ${internal.setting} to another folder` : 'free space there or choose another --out');
+    for (let layer = 0; layer < layers; layer++) this.tensors.push(...planLayer(preset, layer, expertDtype));
+    this.maxTensorBytes = this.tensors.reduce((m, t) => Math.max(m, numel(t.shape) * DTYPE_BYTES[t.dtype]), 0);
+    this.master = new Rng(seed);
     this.temp = `${this.target}.partial-${process.pid}-${Math.floor(Math.random() * 1e9)}`;
     fs.mkdirSync(this.temp);
     this.tempGuard = registerTemp(this.temp); // removed if SIGINT/SIGTERM/SIGHUP arrives before finish()
