@@ -10,9 +10,9 @@
 //   contributions, V4-MODEL 5; real tables never repeat) or an expert outside [0, E).
 //
 // Cost: one pass per tensor on the host, where the loader already holds the bytes. The e4m3 scan uses
-// Buffer#indexOf (memchr) for the two NaN codes: measured 2.0 ms per V4-Flash expert (25.2 MB), 0.52 s for a
-// whole flash layer (256 experts + shared) on the development host, against ~5 ms to read an expert from the
-// page cache (docs/ARCHITECTURE.md, "Input checks"; 0.55-1.0 s a layer on a noisy 2-vCPU VM). The f32/bf16 tensors are small (scales, router).
+// Buffer#indexOf (memchr) for the two NaN codes: measured 2.2-3.9 ms per V4-Flash expert (25.2 MB), 0.55-1.0 s
+// for a whole flash layer (256 experts + shared) on the 2-vCPU development VM, against 3.2-12 s to read those
+// tensors from the page cache (docs/ARCHITECTURE.md, "Input checks"). The f32/bf16 tensors are small.
 import { decodeBF16 } from '../numerics/bf16.js';
 import { CheckpointError } from './errors.js';
 
