@@ -280,7 +280,8 @@ export interface SafetensorsWriteOptions {
 }
 
 /** Builds the padded header (JSON + spaces to an 8-byte boundary, so the data section starts aligned). */
-export function buildHeader(file: string, specs: readonly TensorSpec[], metadata?: Record<string, string>): Uint8Array {
+export function buildHeader(file: string, specs: readonly TensorSpec[], metadata?: Record<string, string>,
+  maxHeaderBytes = MAX_HEADER_BYTES): Uint8Array {
   const header: Record<string, unknown> = {};
   if (metadata && Object.keys(metadata).length > 0) {
     for (const [k, v] of Object.entries(metadata)) {
@@ -300,8 +301,8 @@ export function buildHeader(file: string, specs: readonly TensorSpec[], metadata
   }
   const json = new TextEncoder().encode(JSON.stringify(header));
   const padded = Math.ceil(json.byteLength / 8) * 8;
-  if (padded > MAX_HEADER_BYTES) {
-    throw new CheckpointError({ file }, `the header of ${specs.length} tensors would be ${padded} bytes, above the ${MAX_HEADER_BYTES}-byte limit safetensors readers accept; split the tensors over several files (make-checkpoint --shard-size)`);
+  if (padded > maxHeaderBytes) {
+    throw new CheckpointError({ file }, `the header of ${specs.length} tensors would be ${padded} bytes, above the ${maxHeaderBytes}-byte limit safetensors readers accept; split the tensors over several files (make-checkpoint --shard-size)`);
   }
   const out = new Uint8Array(8 + padded);
   new DataView(out.buffer).setBigUint64(0, BigInt(padded), true);
