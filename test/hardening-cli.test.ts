@@ -13,6 +13,7 @@ import { presetConfig } from '../src/checkpoint/synthetic.js';
 import { GuardError } from '../src/moe/guards.js';
 import { checkHostTokens, hostBytesPerToken } from '../src/moe/host-memory.js';
 import { runExpertsReference } from '../src/moe/experts.js';
+import { evalMoeF64 } from '../src/moe/f64-eval.js';
 import { routeLayer } from '../src/moe/router.js';
 import { makeRandomLayer, moeShape, randomHiddenStates } from '../src/moe/synthetic.js';
 import { writeFilesAtomically } from '../src/util/atomic-write.js';
@@ -126,7 +127,7 @@ describe('megamoe moe --tokens is bounded by host memory', () => {
     assert.equal(r.out, '');
   });
 
-  test('the reference reports progress row by row, ending at the total', () => {
+  test('the reference and the f64 evaluation report progress row by row, ending at the total', () => {
     const shape = moeShape({ hidden: 256, inter: 128, experts: 8, topk: 2 });
     const layer = makeRandomLayer({ seed: 1, shape });
     const x = randomHiddenStates(5, 300, 256);
@@ -136,5 +137,9 @@ describe('megamoe moe --tokens is bounded by host memory', () => {
     assert.ok(calls.length >= 8, `${calls.length} updates`);
     assert.deepEqual(calls.at(-1), [300 * 3, 300 * 3]);
     for (let i = 1; i < calls.length; i++) assert.ok(calls[i][0] > calls[i - 1][0]);
+    const f64Calls: [number, number][] = [];
+    evalMoeF64(layer, x, r.topkIds, r.topkWeights, { onProgress: (done, total) => f64Calls.push([done, total]) });
+    assert.ok(f64Calls.length >= 8);
+    assert.deepEqual(f64Calls.at(-1), [300 * 3, 300 * 3]);
   });
 });

@@ -92,7 +92,7 @@ const DUMP_FILES = ['input.safetensors', 'output.safetensors'];
 /** A progress bar (terminal only) for CPU expert work that takes more than a second or two. */
 function progressFor(label: string, T: number, s: { hiddenSize: number; moeIntermediateSize: number; numExpertsPerTok: number }) {
   const work = T * s.hiddenSize * s.moeIntermediateSize * (s.numExpertsPerTok + 1);
-  if (work < 5e10) return undefined;
+  if (work < 5e8) return undefined; // ~3e8 of these a second on one core: bars for runs past ~2 s
   let bar: ReturnType<typeof createProgress> | undefined;
   return {
     /** rows of expert work done of total (the bar is made on the first call, when the total is known). */
@@ -178,7 +178,9 @@ async function run(opts: MoeOptions): Promise<void> {
     }
     if (opts.f64) {
       const t0 = performance.now();
-      const f = evalMoeF64(layer, x, routing.topkIds, routing.topkWeights);
+      const f64Bar = progressFor('f64 evaluation', T, s);
+      const f = evalMoeF64(layer, x, routing.topkIds, routing.topkWeights, { onProgress: f64Bar && ((d, t) => f64Bar.update(d, t)) });
+      f64Bar?.stop();
       const t1 = performance.now();
       console.log(`accuracy calc_diff vs f64 evaluation: y ${calcDiff(y, f.y).toExponential(3)}, y_routed ${calcDiff(yRouted, f.yRouted).toExponential(3)} `
         + `(f64 evaluation ${ms(t0, t1)}; SPEC 5 asks <= 1e-3, and the two e4m3 activation roundings alone give ~1e-3: README)`);
