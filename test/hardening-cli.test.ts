@@ -81,6 +81,11 @@ describe('megamoe moe --dump', () => {
     assert.match(r.err, /output\.safetensors exists there and is not a file/);
     assert.doesNotMatch(r.out, /routing/);
     assert.deepEqual(fs.readdirSync(d), ['output.safetensors'], 'no input.safetensors without its output');
+    // Dumping into the checkpoint folder would add tensors to the checkpoint.
+    const intoModel = megamoe('moe', '--tokens', '2', '--dump', path.join(cache, 'default-tiny-v1'));
+    assert.equal(intoModel.code, 1);
+    assert.match(intoModel.err, /is the checkpoint folder itself; its \*\.safetensors files would become part of the checkpoint/);
+    assert.doesNotMatch(intoModel.out, /routing/);
   });
 
   test('a dump is written whole or not at all', () => {

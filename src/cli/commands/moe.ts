@@ -79,8 +79,12 @@ export function formatRouting(r: RoutingResult, tokenIds: ArrayLike<number>, sho
 const ms = (a: number, b: number) => `${(b - a).toFixed(1)} ms`;
 
 /** The dump folder, checked before any compute: creatable/writable, and input/output.safetensors not folders. */
-export function checkDumpTarget(dump: string): string {
+export function checkDumpTarget(dump: string, modelDir?: string): string {
   const dir = checkCreatableDir(dump, '--dump', 'dump folder');
+  if (modelDir !== undefined && path.resolve(modelDir) === dir) {
+    // A checkpoint folder without an index reads every *.safetensors in it: the dump would become part of the model.
+    throw new InvalidArgumentError(`--dump ${dir} is the checkpoint folder itself; its *.safetensors files would become part of the checkpoint: choose another --dump folder`);
+  }
   for (const f of DUMP_FILES) {
     const p = path.join(dir, f);
     if (fs.existsSync(p) && !fs.statSync(p).isFile()) throw new InvalidArgumentError(`--dump ${dir}: ${f} exists there and is not a file; remove it or choose another --dump folder`);
@@ -105,7 +109,7 @@ async function run(opts: MoeOptions): Promise<void> {
   const started = performance.now();
   const dir = opts.model ? resolveModelDir(opts.model) : ensureDefaultCheckpoint();
   // --dump is checked before any work: a folder that cannot be written fails now, not after the compute.
-  const dumpDir = opts.dump ? checkDumpTarget(opts.dump) : undefined;
+  const dumpDir = opts.dump ? checkDumpTarget(opts.dump, dir) : undefined;
   const cfg = loadDeepSeekV4Config(dir);
   const chosen = opts.layer === undefined ? defaultLayer(cfg.numHiddenLayers, cfg.numHashLayers) : { layer: opts.layer, why: 'from --layer' };
   const T = opts.tokens;
