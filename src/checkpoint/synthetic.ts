@@ -33,7 +33,7 @@ import { ensureFreeSpace } from '../util/disk-space.js';
 import { cleanStaleTemps, OWNER_MARKER, registerTemp, writeOwnerMarker } from '../util/temp-dirs.js';
 import { cacheRoot, ensureWritableDir } from '../util/writable-dir.js';
 import { checkReplaceableCheckpoint } from './replace-check.js';
-import { verifyManifest, writeManifest } from './manifest.js';
+import { MANIFEST_FILE, verifyManifest, writeManifest } from './manifest.js';
 import { CheckpointWriter } from './checkpoint.js';
 import type { ExpertDtype } from './config.js';
 import { CheckpointError } from './errors.js';
@@ -572,7 +572,9 @@ export function ensureDefaultCheckpoint(options: { dir?: string; progress?: bool
     // Checked by size and SHA-256 against the manifest written with it: a damaged cache is rebuilt, not used.
     const damage = verifyManifest(dir);
     if (damage === undefined) return dir;
-    (options.onRebuild ?? ((why: string) => console.error(`megamoe: the cached default checkpoint ${dir} is damaged (${why}); rebuilding it`)))(damage);
+    (options.onRebuild ?? ((why: string) => console.error(why.startsWith(MANIFEST_FILE)
+      ? `megamoe: the cached default checkpoint ${dir} has no manifest (an older megamoe wrote it); rebuilding it once`
+      : `megamoe: the cached default checkpoint ${dir} is damaged (${why}); rebuilding it`)))(damage);
   }
   // Finished checkpoints arrive by rename, so a folder that fails its manifest or has no config.json is debris in
   // our own cache: clear it.

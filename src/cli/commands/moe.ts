@@ -164,8 +164,12 @@ async function run(opts: MoeOptions): Promise<void> {
     const bar = progressFor(`experts (${name})`, T, s);
     await backend.prepare(layer, { maxTokens: T, enableExpertParallel: opts.enableExpertParallel, onProgress: bar && ((d, t) => bar.update(d, t)) });
     const tp1 = performance.now();
-    const out = checkForwardOutput(await backend.forward(x, routing.topkIds, routing.topkWeights), name);
-    bar?.stop();
+    let out;
+    try {
+      out = checkForwardOutput(await backend.forward(x, routing.topkIds, routing.topkWeights), name);
+    } finally {
+      bar?.stop();
+    }
     const tf1 = performance.now();
 
     console.log(`time     load layer ${ms(tLoad0, tLoad1)}, read ${used.size} experts ${ms(te0, te1)}, routing ${ms(tr0, tr1)}, `
