@@ -22,7 +22,7 @@ import { E4M3_DECODE } from '../numerics/e4m3.js';
 import { QUANT_BLOCK, quantizeRowsF32Scale, quantizeRowsPow2Scale, type QuantizedWeight } from '../numerics/quant.js';
 import { HostTensor } from '../tensor/host.js';
 import { codeWords, rowBlockPartials } from './block-partials.js';
-import { checkExpertWeights, checkForwardInputs, type TopkIdsTensor } from './guards.js';
+import { checkExpertWeights, checkForwardInputs, checkHiddenStatesFinite, type TopkIdsTensor } from './guards.js';
 import type { ExpertWeights, MoeLayerWeights } from './types.js';
 
 const fr = Math.fround;
@@ -201,6 +201,7 @@ export function runExpertsReference(layer: MoeLayerWeights, x: HostTensor<'BF16'
   topkWeights: HostTensor<'F32'>, options: ReferenceRunOptions = {}): ExpertsResult {
   const shape = layer.shape;
   const T = checkForwardInputs(shape, x, topkIds, topkWeights);
+  checkHiddenStatesFinite(x);
   const H = shape.hiddenSize;
   const K = shape.numExpertsPerTok;
   const scratch = new Scratch();

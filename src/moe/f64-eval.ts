@@ -7,7 +7,7 @@ import { decodeBF16Array } from '../numerics/bf16.js';
 import { QUANT_BLOCK, type QuantizedWeight } from '../numerics/quant.js';
 import type { HostTensor } from '../tensor/host.js';
 import { codeWords, rowBlockPartials } from './block-partials.js';
-import { checkExpertWeights, checkForwardInputs, type TopkIdsTensor } from './guards.js';
+import { checkExpertWeights, checkForwardInputs, checkHiddenStatesFinite, type TopkIdsTensor } from './guards.js';
 import { slotsByExpert, type ReferenceRunOptions } from './experts.js';
 import type { ExpertWeights, MoeLayerWeights } from './types.js';
 
@@ -69,6 +69,7 @@ export function evalMoeF64(layer: MoeLayerWeights, x: HostTensor<'BF16'>, topkId
   topkWeights: HostTensor<'F32'>, options: ReferenceRunOptions = {}): F64EvalResult {
   const shape = layer.shape;
   const T = checkForwardInputs(shape, x, topkIds, topkWeights);
+  checkHiddenStatesFinite(x);
   const H = shape.hiddenSize;
   const K = shape.numExpertsPerTok;
   const xs = Float64Array.from(decodeBF16Array(x.data));
