@@ -22,7 +22,8 @@ export class NonFiniteOutputError extends Error {
   constructor(backend: string, output: string, token: number, column: number, value: number, count: number) {
     super(`backend ${backend}: the forward produced a non-finite output: ${output}[token ${token}, column ${column}] = ${value}`
       + `${count > 1 ? ` (${count} non-finite values in ${output})` : ''}; the output was not returned. The weights passed the load-time `
-      + 'checks, so this is an overflow inside the computation (e.g. enormous but finite weight scales) or a backend bug: '
+      + 'checks, so this is non-finite hidden states given to a GPU backend, an overflow inside the computation (e.g. enormous '
+      + 'but finite weight scales) or a backend bug: '
       + 'run the same input with --backend reference to tell which, and check the checkpoint\'s scales');
     this.name = 'NonFiniteOutputError';
     this.backend = backend; this.output = output; this.token = token; this.column = column; this.value = value; this.count = count;
