@@ -130,8 +130,13 @@ describe('synthetic checkpoints', () => {
     assert.throws(() => makeCheckpointSync({ preset: 'tiny', layers: 1, expertDtype: 'fp8', seed: 1, out: d }),
       (e: unknown) => e instanceof CheckpointError && /already exists and is not empty; pass --force/.test(e.message) && e.message.includes(d));
     assert.ok(fs.existsSync(path.join(d, 'keep.txt')));
-    await makeCheckpoint({ preset: 'tiny', layers: 1, expertDtype: 'fp8', seed: 1, out: d, force: true });
-    assert.ok(!fs.existsSync(path.join(d, 'keep.txt')) && fs.existsSync(path.join(d, 'model.safetensors')));
+    // --force replaces a checkpoint, never a folder holding other files (hardening-write.test.ts has the rest).
+    await assert.rejects(makeCheckpoint({ preset: 'tiny', layers: 1, expertDtype: 'fp8', seed: 1, out: d, force: true }), /--force replaces only a checkpoint folder, and this one also holds "keep\.txt"/);
+    assert.ok(fs.existsSync(path.join(d, 'keep.txt')));
+    fs.rmSync(path.join(d, 'keep.txt'));
+    await makeCheckpoint({ preset: 'tiny', layers: 1, expertDtype: 'fp8', seed: 1, out: d });
+    await makeCheckpoint({ preset: 'tiny', layers: 1, expertDtype: 'fp8', seed: 2, out: d, force: true });
+    assert.equal(JSON.parse(fs.readFileSync(path.join(d, 'config.json'), 'utf8')).megamoe_synthetic.seed, 2);
     assert.throws(() => makeCheckpointSync({ preset: 'huge' as 'tiny', layers: 1, expertDtype: 'fp8', seed: 1, out: out('x') }), /unknown preset "huge"/);
     assert.throws(() => makeCheckpointSync({ preset: 'tiny', layers: 0, expertDtype: 'fp8', seed: 1, out: out('x') }), /layers must be a positive integer/);
     assert.throws(() => makeCheckpointSync({ preset: 'tiny', layers: 1, expertDtype: 'fp16' as 'fp8', seed: 1, out: out('x') }), /"fp8" or "fp4"/);

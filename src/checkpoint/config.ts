@@ -143,7 +143,46 @@ function parseQuantization(source: string, value: unknown): QuantizationConfig |
     }
     q.weightBlockSize = [wbs[0], wbs[1]];
   }
+  // The FP8 format changes the math: anything but e4m3 weights with dynamic per-128 activation scales is refused.
+  const only = (key: string, value: string | undefined, allowed: readonly string[], why: string) => {
+    if (value !== undefined && !allowed.includes(value)) {
+      throw new CheckpointError({ file: source, key: `quantization_config.${key}` }, `is ${JSON.stringify(value)}; megamoe supports ${allowed.map((a) => JSON.stringify(a)).join(' or ')} only (${why})`);
+    }
+  };
+  only('quant_method', q.quantMethod, ['fp8'], 'block-scaled FP8 as every DeepSeek-V4 checkpoint ships');
+  only('fmt', q.fmt, ['e4m3'], 'the kernels and the reference decode e4m3fn codes; e5m2 or other codes would be misread');
+  only('scale_fmt', q.scaleFmt, ['ue8m0'], 'SPEC 3 activation scales; remove the key or use "ue8m0"');
+  only('activation_scheme', q.activationScheme, ['dynamic'], 'activations are quantized per token per 128 columns at run time; static scales are not read');
   return q;
+}
+
+/** Config keys whose other values would change the MoE math that megamoe implements; refused, not ignored. */
+function checkSupported(source: string, raw: Record<string, unknown>, topkMethod: string, swigluLimit: number): void {
+  const refuse = (key: string, problem: string) => new CheckpointError({ file: source, key }, problem);
+  if (swigluLimit < 0) {
+    throw new CheckpointError({ file: source, key: 'swiglu_limit' }, `is ${swigluLimit}; it must be >= 0 (0 = no clamp, DeepSeek-V4 uses 10.0)`);
+  }
+  if (topkMethod !== 'noaux_tc') {
+    throw new CheckpointError({ file: source, key: 'topk_method' }, `is ${JSON.stringify(topkMethod)}; megamoe implements "noaux_tc" only (top-k of score + gate.bias, DeepSeek-V4), remove the key or set it to "noaux_tc"`);
+  }
+  const modelType = raw.model_type;
+  if (modelType !== undefined && modelType !== null && modelType !== 'deepseek_v4') {
+    throw new CheckpointError({ file: source, key: 'model_type' }, `is ${JSON.stringify(modelType)}; megamoe runs DeepSeek-V4 checkpoints (model_type "deepseek_v4") only`);
+  }
+  // Group-limited selection (DeepSeek-V3's n_group / topk_group) is not what V4 does; refuse it when it would bite.
+  const nGroup = raw.n_group ?? raw.n_expert_groups;
+  const topkGroup = raw.topk_group ?? raw.n_limited_groups;
+  if (typeof nGroup === 'number' && nGroup > 1 && !(typeof topkGroup === 'number' && topkGroup >= nGroup)) {
+    throw refuse(raw.n_group !== undefined ? 'n_group' : 'n_expert_groups', `is ${nGroup} with topk_group ${JSON.stringify(topkGroup)}: group-limited expert selection is not implemented (DeepSeek-V4 selects over all experts); use n_group 1`);
+  }
+  const act = raw.hidden_act;
+  if (act !== undefined && act !== null && act !== 'silu') {
+    throw refuse('hidden_act', `is ${JSON.stringify(act)}; the experts are SwiGLU (silu), the only activation implemented`);
+  }
+  // The reference inference config carries the FP8 settings at the top level (V4-MODEL 0.1).
+  if (raw.scale_fmt !== undefined && raw.scale_fmt !== null && raw.scale_fmt !== 'ue8m0') {
+    throw refuse('scale_fmt', `is ${JSON.stringify(raw.scale_fmt)}; megamoe supports "ue8m0" (or no key) only`);
+  }
 }
 
 /** Validates a parsed config.json object. `source` names the file in errors. */
@@ -175,6 +214,7 @@ export function parseDeepSeekV4Config(json: unknown, source = 'config.json'): De
   if (!(routedScalingFactor > 0)) {
     throw new CheckpointError({ file: source, key: 'routed_scaling_factor' }, `must be positive, got ${routedScalingFactor}`);
   }
+  checkSupported(source, raw, topkMethod, swigluLimit);
   if (declared !== undefined && declared !== 'fp8' && declared !== 'fp4') {
     throw new CheckpointError({ file: source, key: 'expert_dtype' }, `must be "fp8" or "fp4", got ${JSON.stringify(declared)}`);
   }

@@ -8,7 +8,9 @@
 // The kind is read off the stored dtype of the first owned expert; a config that declares expert_dtype must
 // agree with it (an absent key defaults to "fp8" in config.ts, but the tensors decide, see there).
 // Every owned expert's six tensors are checked (name, dtype, shape; header only, no data) at load time, so a
-// broken checkpoint fails here, by file and tensor name, and not in the middle of a forward pass.
+// broken checkpoint fails here, by file and tensor name, and not in the middle of a forward pass. Every tensor's
+// VALUES are checked when it is read (finite-check.ts: e4m3 NaN codes, non-finite or negative scales, gate.bias,
+// repeated tid2eid experts), so a damaged byte is refused by tensor name, index and value.
 import * as path from 'node:path';
 import type { ConversionReport, ExpertStore, ExpertWeights, MoeLayerWeights, MoeShape } from '../moe/types.js';
 import { expertRange as placementRange, type ExpertRange } from '../moe/placement.js';
@@ -22,6 +24,7 @@ import { Checkpoint } from './checkpoint.js';
 import { loadDeepSeekV4Config, moeShapeFromConfig } from './config.js';
 import type { DeepSeekV4Config, ExpertDtype } from './config.js';
 import { CheckpointError } from './errors.js';
+import { checkBlockScales, checkE4m3Codes, checkFiniteBF16, checkGateBias, checkTid2eid } from './finite-check.js';
 import { convertMxfp4ToE4m3, emptyConversionReport, mergeConversionReports } from './mxfp4.js';
 import type { Mxfp4ScaleRule } from './mxfp4.js';
 import { detectPrefix, moeLayerNames, PROJECTIONS } from './names.js';
@@ -88,9 +91,12 @@ function projectionShape(proj: Projection, hidden: number, inter: number): [numb
 function readFp8Weight(ckpt: Checkpoint, names: WeightAndScale, n: number, k: number,
   scaleDtypes: readonly DType[]): QuantizedWeight {
   const w = ckpt.read(names.weight, { dtype: 'F8_E4M3', shape: [n, k] });
+  checkE4m3Codes(ckpt.info(names.weight).file, names.weight, w.data as Uint8Array, w.shape);
   const scaleInfo = ckpt.info(names.scale);
   const st = ckpt.read(names.scale, { dtype: scaleDtypes, shape: [Math.ceil(n / QUANT_BLOCK), Math.ceil(k / QUANT_BLOCK)] });
-  return { q: w.data as Uint8Array, s: scaleToF32(st, scaleInfo.file, names.scale), n, k };
+  const s = scaleToF32(st, scaleInfo.file, names.scale);
+  checkBlockScales(scaleInfo.file, names.scale, s, st.shape);
+  return { q: w.data as Uint8Array, s, n, k };
 }
 
 /** The routed experts of one rank, read (and for fp4 converted) on first use and kept. */
@@ -242,23 +248,17 @@ function loadFrom(ckpt: Checkpoint, owned: boolean, options: LoadMoeLayerOptions
   const isHashLayer = layer < shape.numHashLayers;
 
   const gateWeight = ckpt.read(names.gateWeight, { dtype: 'BF16', shape: [E, H] }) as HostTensor<'BF16'>;
+  checkFiniteBF16(ckpt.info(names.gateWeight).file, names.gateWeight, gateWeight.data, gateWeight.shape);
 
   let gateBias: Float32Array | undefined;
   let tid2eid: Int32Array | undefined;
   if (isHashLayer) {
     const t = ckpt.read(names.tid2eid, { dtype: ['I64', 'I32'], shape: [shape.vocabSize, K] });
-    tid2eid = new Int32Array(t.numel);
-    const src = t.data as BigInt64Array | Int32Array;
-    for (let i = 0; i < tid2eid.length; i++) {
-      const v = Number(src[i]);
-      if (!(v >= 0 && v < E)) {
-        throw new CheckpointError({ file: ckpt.info(names.tid2eid).file, tensor: names.tid2eid }, `row ${Math.floor(i / K)} (token id) maps to expert ${v}, outside [0, ${E})`);
-      }
-      tid2eid[i] = v;
-    }
+    tid2eid = checkTid2eid(ckpt.info(names.tid2eid).file, names.tid2eid, t.data as BigInt64Array | Int32Array, K, E);
   } else if (ckpt.has(names.gateBias) || shape.topkMethod === 'noaux_tc') {
     const t = ckpt.read(names.gateBias, { dtype: ['F32', 'BF16'], shape: [E] });
     gateBias = t.dtype === 'F32' ? t.data as Float32Array : decodeBF16Array(t.data as Uint16Array);
+    checkGateBias(ckpt.info(names.gateBias).file, names.gateBias, gateBias);
   }
 
   const sharedInter = I * shape.nSharedExperts;
@@ -271,6 +271,7 @@ function loadFrom(ckpt: Checkpoint, owned: boolean, options: LoadMoeLayerOptions
   const ffnNormWeight = ckpt.has(names.ffnNorm)
     ? ckpt.read(names.ffnNorm, { dtype: 'BF16', shape: [H] }) as HostTensor<'BF16'>
     : undefined;
+  if (ffnNormWeight) checkFiniteBF16(ckpt.info(names.ffnNorm).file, names.ffnNorm, ffnNormWeight.data, ffnNormWeight.shape);
 
   const expertDtype = resolveExpertDtype(ckpt, cfg, names.expert(range.first, 'w1').weight);
   for (let e = range.first; e < range.end; e++) checkExpertTensors(ckpt, names, shape, e, expertDtype);

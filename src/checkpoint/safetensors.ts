@@ -12,6 +12,7 @@ import * as os from 'node:os';
 import { allocStorage, DTYPE_BYTES, HostTensor, isDType, numel } from '../tensor/host.js';
 import type { DType } from '../tensor/host.js';
 import { CheckpointError } from './errors.js';
+import { registerTemp } from '../util/temp-dirs.js';
 
 /** Bits per element of every dtype the safetensors format defines (we can read the ones that are also a DType). */
 export const SAFETENSORS_DTYPE_BITS: Readonly<Record<string, number>> = {
@@ -279,7 +280,8 @@ export interface SafetensorsWriteOptions {
 }
 
 /** Builds the padded header (JSON + spaces to an 8-byte boundary, so the data section starts aligned). */
-export function buildHeader(file: string, specs: readonly TensorSpec[], metadata?: Record<string, string>): Uint8Array {
+export function buildHeader(file: string, specs: readonly TensorSpec[], metadata?: Record<string, string>,
+  maxHeaderBytes = MAX_HEADER_BYTES): Uint8Array {
   const header: Record<string, unknown> = {};
   if (metadata && Object.keys(metadata).length > 0) {
     for (const [k, v] of Object.entries(metadata)) {
@@ -299,6 +301,9 @@ export function buildHeader(file: string, specs: readonly TensorSpec[], metadata
   }
   const json = new TextEncoder().encode(JSON.stringify(header));
   const padded = Math.ceil(json.byteLength / 8) * 8;
+  if (padded > maxHeaderBytes) {
+    throw new CheckpointError({ file }, `the header of ${specs.length} tensors would be ${padded} bytes, above the ${maxHeaderBytes}-byte limit safetensors readers accept; split the tensors over several files (make-checkpoint --shard-size)`);
+  }
   const out = new Uint8Array(8 + padded);
   new DataView(out.buffer).setBigUint64(0, BigInt(padded), true);
   out.set(json, 8);
@@ -323,6 +328,7 @@ export class SafetensorsWriter {
   private next = 0;
   private writtenOfCurrent = 0;
   private busy = false;
+  private tempGuard: { release(): void } | undefined;
 
   private constructor(path: string, specs: readonly TensorSpec[], fd: number, tempPath: string) {
     this.path = path; this.specs = specs; this.fd = fd; this.tempPath = tempPath;
@@ -334,6 +340,7 @@ export class SafetensorsWriter {
     const tempPath = `${path}.partial`;
     const fd = fs.openSync(tempPath, 'w');
     const writer = new SafetensorsWriter(path, [...specs], fd, tempPath);
+    writer.tempGuard = registerTemp(tempPath); // an interrupted process removes its .partial file
     try {
       writeFully(fd, header);
     } catch (err) {
@@ -407,12 +414,14 @@ export class SafetensorsWriter {
     fs.closeSync(this.fd);
     this.fd = undefined;
     fs.renameSync(this.tempPath, this.path);
+    this.tempGuard?.release();
   }
 
   /** Drops the partial file. */
   abort(): void {
     if (this.fd !== undefined) { fs.closeSync(this.fd); this.fd = undefined; }
     fs.rmSync(this.tempPath, { force: true });
+    this.tempGuard?.release();
   }
 
   private skipEmpty(): void {

@@ -22,7 +22,6 @@
 // Every tensor gets its own xorshift128 state, drawn from Rng(seed) in tensor order: same seed, same bytes,
 // whatever the shard size.
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { encodeBF16 } from '../numerics/bf16.js';
 import { E2M1_DECODE } from '../numerics/e2m1.js';
@@ -30,6 +29,11 @@ import { encodeE4M3, E4M3_MAX } from '../numerics/e4m3.js';
 import { DTYPE_BYTES, numel } from '../tensor/host.js';
 import { Rng } from '../util/rng.js';
 import { createProgress } from '../util/progress.js';
+import { ensureFreeSpace } from '../util/disk-space.js';
+import { cleanStaleTemps, OWNER_MARKER, registerTemp, writeOwnerMarker } from '../util/temp-dirs.js';
+import { cacheRoot, ensureWritableDir } from '../util/writable-dir.js';
+import { checkReplaceableCheckpoint } from './replace-check.js';
+import { MANIFEST_FILE, verifyManifest, writeManifest } from './manifest.js';
 import { CheckpointWriter } from './checkpoint.js';
 import type { ExpertDtype } from './config.js';
 import { CheckpointError } from './errors.js';
@@ -358,8 +362,10 @@ function moveIntoPlace(temp: string, target: string, force: boolean, keepExistin
     if (!isNonEmptyDir(target)) fs.rmSync(target, { recursive: true, force: true });
     else if (keepExisting) { fs.rmSync(temp, { recursive: true, force: true }); return; }
     else if (force) {
+      checkReplaceableCheckpoint(target);
       const old = `${target}.old-${process.pid}-${Date.now()}`;
       fs.renameSync(target, old);
+      writeOwnerMarker(old); // a run killed right here leaves `old` for cleanStaleTemps, never a user's folder
       fs.renameSync(temp, target);
       fs.rmSync(old, { recursive: true, force: true });
       return;
@@ -388,6 +394,10 @@ the attention keys for completeness. Not a trained model: outputs are meaningles
 interface MakeInternal {
   /** A target that exists (another process finished first) is kept and ours dropped. */
   keepExisting?: boolean;
+  /** The variable or flag that chose the output folder, for error messages (default "--out"). */
+  setting?: string;
+  /** Called with the finished temp folder just before it is moved into place (the default's manifest). */
+  beforeMove?(temp: string): void;
 }
 
 /** One run of the generator: the temp folder, the writer, the tensor plan and the seed stream. */
@@ -397,6 +407,7 @@ class Job {
   readonly tensors: PlannedTensor[] = [];
   readonly writer: CheckpointWriter;
   readonly maxTensorBytes: number;
+  private readonly tempGuard: { release(): void };
   private readonly started = process.hrtime.bigint();
   private readonly master: Rng;
   private readonly seedWords = new Uint32Array(4);
@@ -408,15 +419,31 @@ class Job {
       throw new CheckpointError({ file: this.target }, 'already exists and is not empty; pass --force to replace it or choose another --out');
     }
     if (fs.existsSync(this.target) && !fs.statSync(this.target).isDirectory()) throw new CheckpointError({ file: this.target }, 'exists and is not a directory');
+    // --force replaces a checkpoint folder, never a folder holding anything else (checked before any work).
+    if (isNonEmptyDir(this.target) && options.force && !internal.keepExisting) checkReplaceableCheckpoint(this.target);
     const { preset, layers, expertDtype, seed } = options;
+    const setting = internal.setting ?? '--out';
+    const parent = ensureWritableDir(path.dirname(this.target), setting, setting.startsWith('--') ? 'output folder' : 'cache folder');
+    // Temp folders of earlier runs of ours that were killed (their process is gone) are removed first.
+    cleanStaleTemps(parent, /\.(partial|old)-\d+-\d+$/);
+    // Free space, from one hash and one score-routed layer's plan (before planning them all: --layers may be huge).
+    // Headers are ~100 bytes a tensor; 1 MB covers config.json, README.md and the index.
+    const hashLayers = Math.min(layers, PRESET_SHAPES[preset].hashLayers);
+    const kinds = [[0, hashLayers], [PRESET_SHAPES[preset].hashLayers, layers - hashLayers]] as const;
+    let needed = 1e6;
+    for (const [layer, count] of kinds) {
+      if (count > 0) for (const t of planLayer(preset, layer, expertDtype)) needed += count * (numel(t.shape) * DTYPE_BYTES[t.dtype] + 256);
+    }
+    ensureFreeSpace(parent, needed,
+      internal.setting ? `free space there or ${internal.setting.startsWith('--') ? 'pass' : 'set'} ${internal.setting} to another folder` : 'free space there or choose another --out');
     for (let layer = 0; layer < layers; layer++) this.tensors.push(...planLayer(preset, layer, expertDtype));
     this.maxTensorBytes = this.tensors.reduce((m, t) => Math.max(m, numel(t.shape) * DTYPE_BYTES[t.dtype]), 0);
     this.master = new Rng(seed);
-
-    fs.mkdirSync(path.dirname(this.target), { recursive: true });
     this.temp = `${this.target}.partial-${process.pid}-${Math.floor(Math.random() * 1e9)}`;
     fs.mkdirSync(this.temp);
+    this.tempGuard = registerTemp(this.temp); // removed if SIGINT/SIGTERM/SIGHUP arrives before finish()
     try {
+      writeOwnerMarker(this.temp);
       fs.writeFileSync(path.join(this.temp, 'config.json'), JSON.stringify(presetConfig(preset, layers, expertDtype, seed), null, 2) + '\n');
       fs.writeFileSync(path.join(this.temp, 'README.md'), README(preset, layers, expertDtype, seed));
       this.writer = CheckpointWriter.create(this.temp, this.tensors, {
@@ -425,6 +452,7 @@ class Job {
       });
     } catch (err) {
       fs.rmSync(this.temp, { recursive: true, force: true });
+      this.tempGuard.release();
       throw err;
     }
   }
@@ -443,7 +471,10 @@ class Job {
 
   finish(): MakeCheckpointResult {
     const written = this.writer.close();
+    fs.rmSync(path.join(this.temp, OWNER_MARKER), { force: true });
+    this.internal.beforeMove?.(this.temp);
     moveIntoPlace(this.temp, this.target, Boolean(this.options.force), Boolean(this.internal.keepExisting));
+    this.tempGuard.release();
     const seconds = Number(process.hrtime.bigint() - this.started) / 1e9;
     const bytes = this.writer.totalBytes;
     return {
@@ -456,6 +487,7 @@ class Job {
   fail(): void {
     this.writer.abort();
     fs.rmSync(this.temp, { recursive: true, force: true });
+    this.tempGuard.release();
   }
 }
 
@@ -524,8 +556,7 @@ export const DEFAULT_CHECKPOINT = Object.freeze({
 
 /** `$MEGAMOE_CACHE_DIR/default-tiny-v1`, or `~/.cache/megamoe/default-tiny-v1`. */
 export function defaultCheckpointDir(): string {
-  const root = process.env.MEGAMOE_CACHE_DIR || path.join(os.homedir(), '.cache', 'megamoe');
-  return path.join(root, DEFAULT_CHECKPOINT.name);
+  return path.join(cacheRoot(), DEFAULT_CHECKPOINT.name);
 }
 
 /**
@@ -535,14 +566,22 @@ export function defaultCheckpointDir(): string {
  * `options.dir` replaces the cache folder and is treated as megamoe's own: if it exists without a config.json,
  * it is deleted and regenerated, so never point it at a folder holding anything else.
  */
-export function ensureDefaultCheckpoint(options: { dir?: string; progress?: boolean } = {}): string {
+export function ensureDefaultCheckpoint(options: { dir?: string; progress?: boolean; onRebuild?: (why: string) => void } = {}): string {
   const dir = path.resolve(options.dir ?? defaultCheckpointDir());
-  if (fs.existsSync(path.join(dir, 'config.json'))) return dir;
-  // Finished checkpoints arrive by rename, so a folder without config.json is debris in our own cache: clear it.
+  if (fs.existsSync(path.join(dir, 'config.json'))) {
+    // Checked by size and SHA-256 against the manifest written with it: a damaged cache is rebuilt, not used.
+    const damage = verifyManifest(dir);
+    if (damage === undefined) return dir;
+    (options.onRebuild ?? ((why: string) => console.error(why.startsWith(MANIFEST_FILE)
+      ? `megamoe: the cached default checkpoint ${dir} has no manifest (an older megamoe wrote it); rebuilding it once`
+      : `megamoe: the cached default checkpoint ${dir} is damaged (${why}); rebuilding it`)))(damage);
+  }
+  // Finished checkpoints arrive by rename, so a folder that fails its manifest or has no config.json is debris in
+  // our own cache: clear it.
   if (fs.existsSync(dir)) fs.rmSync(dir, { recursive: true, force: true });
   makeCheckpointSync({
     preset: DEFAULT_CHECKPOINT.preset, layers: DEFAULT_CHECKPOINT.layers, expertDtype: DEFAULT_CHECKPOINT.expertDtype,
     seed: DEFAULT_CHECKPOINT.seed, out: dir, progress: options.progress ?? false,
-  }, { keepExisting: true });
+  }, { keepExisting: true, setting: 'MEGAMOE_CACHE_DIR', beforeMove: writeManifest });
   return dir;
 }

@@ -1,5 +1,7 @@
 // Option parsers shared by the CLI commands: each refuses bad text with commander's InvalidArgumentError, so the
 // user sees the option's name, the allowed values and what was given, and nothing runs.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { InvalidArgumentError } from 'commander';
 
 /** An integer option in [min, max]; "3abc", "1.5" and "-1" are refused rather than read as a prefix. */
@@ -19,4 +21,22 @@ export function oneOf<T extends string>(name: string, values: readonly T[]) {
     if (!(values as readonly string[]).includes(text)) throw new InvalidArgumentError(`${name} must be one of ${values.join(', ')}, got "${text}"`);
     return text as T;
   };
+}
+
+/**
+ * A `--model` (or other checkpoint-folder flag) path, resolved: a file is refused with a message saying to pass the
+ * folder that holds it, a missing path is refused by name. Throws InvalidArgumentError.
+ */
+export function resolveModelDir(p: string, flag = '--model'): string {
+  const abs = path.resolve(p);
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(abs);
+  } catch {
+    throw new InvalidArgumentError(`${flag} ${abs} does not exist; pass the checkpoint folder (the one holding config.json and the *.safetensors files)`);
+  }
+  if (!st.isDirectory()) {
+    throw new InvalidArgumentError(`${flag} ${abs} is a file; pass the checkpoint folder that holds it (${flag} ${path.dirname(abs)}), the one with config.json and the *.safetensors files`);
+  }
+  return abs;
 }

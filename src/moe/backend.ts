@@ -10,6 +10,8 @@ export interface PrepareOptions {
   maxTokens?: number;
   /** vLLM's --enable-expert-parallel; the fused backend refuses to run without it. */
   enableExpertParallel?: boolean;
+  /** Progress of long forwards (rows of expert work done of total); backends that are fast may ignore it. */
+  onProgress?: (done: number, total: number) => void;
 }
 
 export interface MoeForwardResult {

@@ -22,7 +22,7 @@ import { E4M3_DECODE } from '../numerics/e4m3.js';
 import { QUANT_BLOCK, quantizeRowsF32Scale, quantizeRowsPow2Scale, type QuantizedWeight } from '../numerics/quant.js';
 import { HostTensor } from '../tensor/host.js';
 import { codeWords, rowBlockPartials } from './block-partials.js';
-import { checkExpertWeights, checkForwardInputs, type TopkIdsTensor } from './guards.js';
+import { checkExpertWeights, checkForwardInputs, checkHiddenStatesFinite, type TopkIdsTensor } from './guards.js';
 import type { ExpertWeights, MoeLayerWeights } from './types.js';
 
 const fr = Math.fround;
@@ -145,15 +145,21 @@ function runFfn(ffn: ExpertWeights, asg: Assignment, xDec: Float64Array, xSf: Fl
 const MAX_ROWS = 256;
 
 function runFfnChunked(ffn: ExpertWeights, asg: Assignment, xDec: Float64Array, xSf: Float32Array, H: number,
-  swigluLimit: number, out: Uint16Array, scratch: Scratch): void {
-  if (asg.count <= MAX_ROWS) { runFfn(ffn, asg, xDec, xSf, H, swigluLimit, out, scratch); return; }
+  swigluLimit: number, out: Uint16Array, scratch: Scratch, tick?: (rows: number) => void): void {
+  if (asg.count <= MAX_ROWS) { runFfn(ffn, asg, xDec, xSf, H, swigluLimit, out, scratch); tick?.(asg.count); return; }
   for (let r0 = 0; r0 < asg.count; r0 += MAX_ROWS) {
     const r1 = Math.min(asg.count, r0 + MAX_ROWS);
     runFfn(ffn, {
       tokens: asg.tokens.subarray(r0, r1), weights: asg.weights.subarray(r0, r1),
       outOffsets: asg.outOffsets.subarray(r0, r1), count: r1 - r0,
     }, xDec, xSf, H, swigluLimit, out, scratch);
+    tick?.(r1 - r0);
   }
+}
+
+export interface ReferenceRunOptions {
+  /** Called as rows of expert work finish: `done` of `total` (token, slot) rows plus one shared-expert row a token. */
+  onProgress?: (done: number, total: number) => void;
 }
 
 export interface ExpertsResult {
@@ -192,12 +198,19 @@ export function slotsByExpert(layer: MoeLayerWeights, topkIds: TopkIdsTensor, sl
  * on this rank; the shared expert is computed for every token.
  */
 export function runExpertsReference(layer: MoeLayerWeights, x: HostTensor<'BF16'>, topkIds: TopkIdsTensor,
-  topkWeights: HostTensor<'F32'>): ExpertsResult {
+  topkWeights: HostTensor<'F32'>, options: ReferenceRunOptions = {}): ExpertsResult {
   const shape = layer.shape;
   const T = checkForwardInputs(shape, x, topkIds, topkWeights);
+  checkHiddenStatesFinite(x);
   const H = shape.hiddenSize;
   const K = shape.numExpertsPerTok;
   const scratch = new Scratch();
+  const experts = slotsByExpert(layer, topkIds, T * K);
+  let total = T;
+  for (const slots of experts.values()) total += slots.length;
+  let done = 0;
+  const onProgress = options.onProgress;
+  const tick = onProgress ? (rows: number) => { done += rows; onProgress(done, total); } : undefined;
 
   // 1. Staging, once for all experts.
   const staged = quantizeRowsF32Scale(decodeBF16Array(x.data), T, H);
@@ -207,7 +220,7 @@ export function runExpertsReference(layer: MoeLayerWeights, x: HostTensor<'BF16'
   // 2-5 per routed expert: outputs land in slot buffers [T, K, H] (bf16 bits).
   const slotOut = new Uint16Array(T * K * H);
   const slotUsed = new Uint8Array(T * K);
-  for (const [id, slots] of slotsByExpert(layer, topkIds, T * K)) {
+  for (const [id, slots] of experts) {
     const asg: Assignment = {
       tokens: Int32Array.from(slots, (s) => (s / K) | 0),
       weights: Float32Array.from(slots, (s) => topkWeights.data[s]),
@@ -216,7 +229,7 @@ export function runExpertsReference(layer: MoeLayerWeights, x: HostTensor<'BF16'
     };
     const ffn = layer.experts.get(id);
     checkExpertWeights(`layers.${layer.layer}.ffn.experts.${id}`, ffn, H, shape.moeIntermediateSize);
-    runFfnChunked(ffn, asg, xDec, staged.sf, H, shape.swigluLimit, slotOut, scratch);
+    runFfnChunked(ffn, asg, xDec, staged.sf, H, shape.swigluLimit, slotOut, scratch, tick);
     for (const s of slots) slotUsed[s] = 1;
   }
 
@@ -244,7 +257,7 @@ export function runExpertsReference(layer: MoeLayerWeights, x: HostTensor<'BF16'
     outOffsets: Int32Array.from({ length: T }, (_, t) => t * H),
     count: T,
   };
-  if (T > 0) runFfnChunked(layer.sharedExpert, all, xDec, staged.sf, H, shape.swigluLimit, yShared, scratch);
+  if (T > 0) runFfnChunked(layer.sharedExpert, all, xDec, staged.sf, H, shape.swigluLimit, yShared, scratch, tick);
   const y = new Uint16Array(T * H);
   const yr = decodeBF16Array(yRouted);
   const ys = decodeBF16Array(yShared);

@@ -7,8 +7,8 @@ import { decodeBF16Array } from '../numerics/bf16.js';
 import { QUANT_BLOCK, type QuantizedWeight } from '../numerics/quant.js';
 import type { HostTensor } from '../tensor/host.js';
 import { codeWords, rowBlockPartials } from './block-partials.js';
-import { checkExpertWeights, checkForwardInputs, type TopkIdsTensor } from './guards.js';
-import { slotsByExpert } from './experts.js';
+import { checkExpertWeights, checkForwardInputs, checkHiddenStatesFinite, type TopkIdsTensor } from './guards.js';
+import { slotsByExpert, type ReferenceRunOptions } from './experts.js';
 import type { ExpertWeights, MoeLayerWeights } from './types.js';
 
 /** out[i * outStride + r] = sum_kb S[r / 128, kb] * (sum_{c in kb} dec(q[r, c]) * act[i, c]): q * S times act, in f64. */
@@ -66,22 +66,30 @@ export interface F64EvalResult {
 
 /** The f64 evaluation for a batch; inputs as for runExpertsReference. */
 export function evalMoeF64(layer: MoeLayerWeights, x: HostTensor<'BF16'>, topkIds: TopkIdsTensor,
-  topkWeights: HostTensor<'F32'>): F64EvalResult {
+  topkWeights: HostTensor<'F32'>, options: ReferenceRunOptions = {}): F64EvalResult {
   const shape = layer.shape;
   const T = checkForwardInputs(shape, x, topkIds, topkWeights);
+  checkHiddenStatesFinite(x);
   const H = shape.hiddenSize;
   const K = shape.numExpertsPerTok;
   const xs = Float64Array.from(decodeBF16Array(x.data));
   const yRouted = new Float64Array(T * H);
-  for (const [id, slots] of slotsByExpert(layer, topkIds, T * K)) {
+  const experts = slotsByExpert(layer, topkIds, T * K);
+  let total = T;
+  for (const slots of experts.values()) total += slots.length;
+  let done = 0;
+  for (const [id, slots] of experts) {
     const ffn = layer.experts.get(id);
     checkExpertWeights(`layers.${layer.layer}.ffn.experts.${id}`, ffn, H, shape.moeIntermediateSize);
     ffnF64(ffn, xs, H, slots.map((s) => (s / K) | 0), slots.map((s) => topkWeights.data[s]), shape.swigluLimit, yRouted);
+    done += slots.length;
+    options.onProgress?.(done, total);
   }
   const yShared = new Float64Array(T * H);
   checkExpertWeights(`layers.${layer.layer}.ffn.shared_experts`, layer.sharedExpert, H, layer.sharedExpert.w1.n);
   ffnF64(layer.sharedExpert, xs, H, Array.from({ length: T }, (_, t) => t), new Array<number>(T).fill(1),
     shape.swigluLimit, yShared);
+  options.onProgress?.(total, total);
   const y = new Float64Array(T * H);
   for (let i = 0; i < y.length; i++) y[i] = yRouted[i] + yShared[i];
   return { yRouted, yShared, y };

@@ -7,4 +7,5 @@ export * from './experts.js';
 export * from './f64-eval.js';
 export * from './transform.js';
 export * from './backend.js';
+export * from './output-check.js';
 export * from './synthetic.js';

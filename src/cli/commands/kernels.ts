@@ -8,6 +8,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { compileKernel, findNvcc, kernelCacheDir, nvccRelease, type CompiledKernel } from '../../cuda/compile.js';
 import { normalizeVariant, registeredKernels, type KernelRegistration, type KernelVariant } from '../../cuda/kernel-registry.js';
 import { intArg } from '../args.js';
+import { ensureWritableDir } from '../../util/writable-dir.js';
 
 /**
  * Imports every compiled module of src/kernels/ so launchers that call registerKernel() at import time are listed.
@@ -110,6 +111,7 @@ export function register(program: Command): void {
       }
       const nvcc = findNvcc();
       if (!nvcc) throw new Error('nvcc not found: install the CUDA toolkit, set CUDA_HOME, or put nvcc on PATH');
+      ensureWritableDir(kernelCacheDir(), 'MEGAMOE_CACHE_DIR', 'kernel cache folder'); // one clear line, not a failure per variant
       const { jobs } = opts;
       console.log(`compiling ${variants.length} kernel variant(s) with nvcc ${nvccRelease() ?? '?'} for sm_90a, ${jobs} at a time; cache ${kernelCacheDir()}`);
       const t0 = performance.now();

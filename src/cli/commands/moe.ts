@@ -5,14 +5,19 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { InvalidArgumentError, type Command } from 'commander';
 import { createBackend } from '../../backends/index.js';
-import { intArg } from '../args.js';
-import { loadDeepSeekV4Config } from '../../checkpoint/config.js';
+import { intArg, resolveModelDir } from '../args.js';
+import { loadDeepSeekV4Config, moeShapeFromConfig } from '../../checkpoint/config.js';
 import { loadMoeLayer, type LoadedMoeLayer } from '../../checkpoint/moe-layer.js';
 import { writeSafetensors } from '../../checkpoint/safetensors.js';
 import { ensureDefaultCheckpoint } from '../../checkpoint/synthetic.js';
 import { evalMoeF64 } from '../../moe/f64-eval.js';
 import { expertDtypePath } from '../../moe/guards.js';
 import { runExpertsReference } from '../../moe/experts.js';
+import { checkForwardOutput } from '../../moe/output-check.js';
+import { checkHostTokens } from '../../moe/host-memory.js';
+import { writeFilesAtomically } from '../../util/atomic-write.js';
+import { createProgress } from '../../util/progress.js';
+import { checkCreatableDir } from '../../util/writable-dir.js';
 import { idsToI64, routeLayer, type RoutingResult } from '../../moe/router.js';
 import { randomTokenIds } from '../../moe/synthetic.js';
 import { calcDiff, decodeBF16Array, encodeBF16 } from '../../numerics/index.js';
@@ -73,14 +78,50 @@ export function formatRouting(r: RoutingResult, tokenIds: ArrayLike<number>, sho
 
 const ms = (a: number, b: number) => `${(b - a).toFixed(1)} ms`;
 
+/** The dump folder, checked before any compute: creatable/writable, and input/output.safetensors not folders. */
+export function checkDumpTarget(dump: string, modelDir?: string): string {
+  const dir = checkCreatableDir(dump, '--dump', 'dump folder');
+  if (modelDir !== undefined && path.resolve(modelDir) === dir) {
+    // A checkpoint folder without an index reads every *.safetensors in it: the dump would become part of the model.
+    throw new InvalidArgumentError(`--dump ${dir} is the checkpoint folder itself; its *.safetensors files would become part of the checkpoint: choose another --dump folder`);
+  }
+  for (const f of DUMP_FILES) {
+    const p = path.join(dir, f);
+    if (fs.existsSync(p) && !fs.statSync(p).isFile()) throw new InvalidArgumentError(`--dump ${dir}: ${f} exists there and is not a file; remove it or choose another --dump folder`);
+  }
+  return dir;
+}
+const DUMP_FILES = ['input.safetensors', 'output.safetensors'];
+
+/** A progress bar (terminal only) for CPU expert work that takes more than a second or two. */
+function progressFor(label: string, T: number, s: { hiddenSize: number; moeIntermediateSize: number; numExpertsPerTok: number }) {
+  const work = T * s.hiddenSize * s.moeIntermediateSize * (s.numExpertsPerTok + 1);
+  if (work < 5e8) return undefined; // ~3e8 of these a second on one core: bars for runs past ~2 s
+  let bar: ReturnType<typeof createProgress> | undefined;
+  return {
+    /** rows of expert work done of total (the bar is made on the first call, when the total is known). */
+    update(done: number, total: number) { bar ??= createProgress({ label: `${label}, rows`, total, unit: 'items' }); bar.update(done); },
+    stop() { bar?.stop(); },
+  };
+}
+
 async function run(opts: MoeOptions): Promise<void> {
   const started = performance.now();
-  const dir = opts.model ? path.resolve(opts.model) : ensureDefaultCheckpoint();
+  const dir = opts.model ? resolveModelDir(opts.model) : ensureDefaultCheckpoint();
+  // --dump is checked before any work: a folder that cannot be written fails now, not after the compute.
+  const dumpDir = opts.dump ? checkDumpTarget(opts.dump, dir) : undefined;
   const cfg = loadDeepSeekV4Config(dir);
   const chosen = opts.layer === undefined ? defaultLayer(cfg.numHiddenLayers, cfg.numHashLayers) : { layer: opts.layer, why: 'from --layer' };
   const T = opts.tokens;
   // Pick the backend first: an unavailable one fails before any work is done.
   const { backend, name, note } = await createBackend(opts.backend);
+  // The CPU path holds several [T, H] arrays: refuse a batch that cannot fit in host memory before loading anything.
+  try {
+    checkHostTokens(T, moeShapeFromConfig(cfg), { f64: opts.f64, otherBackend: name !== 'reference' });
+  } catch (err) {
+    backend.dispose();
+    throw err;
+  }
 
   const tLoad0 = performance.now();
   let layer: LoadedMoeLayer | undefined;
@@ -120,10 +161,17 @@ async function run(opts: MoeOptions): Promise<void> {
 
     if (note) console.log(`backend  ${note}`);
     const tp0 = performance.now();
-    await backend.prepare(layer, { maxTokens: T, enableExpertParallel: opts.enableExpertParallel });
+    const bar = progressFor(`experts (${name})`, T, s);
+    await backend.prepare(layer, { maxTokens: T, enableExpertParallel: opts.enableExpertParallel, onProgress: bar && ((d, t) => bar.update(d, t)) });
     const tp1 = performance.now();
-    const out = await backend.forward(x, routing.topkIds, routing.topkWeights);
+    let out;
+    try {
+      out = await backend.forward(x, routing.topkIds, routing.topkWeights);
+    } finally {
+      bar?.stop();
+    }
     const tf1 = performance.now();
+    checkForwardOutput(out, name); // outside the timed region: a host pass over y and y_routed
 
     console.log(`time     load layer ${ms(tLoad0, tLoad1)}, read ${used.size} experts ${ms(te0, te1)}, routing ${ms(tr0, tr1)}, `
       + `prepare ${ms(tp0, tp1)}, experts (${name}) ${ms(tp1, tf1)}, routing + experts ${((tr1 - tr0) + (tf1 - tp1)).toFixed(1)} ms`);
@@ -131,28 +179,30 @@ async function run(opts: MoeOptions): Promise<void> {
     const y = decodeBF16Array(out.y.data);
     const yRouted = decodeBF16Array(out.yRouted.data);
     if (name !== 'reference') {
-      const ref = runExpertsReference(layer, x, routing.topkIds, routing.topkWeights);
+      const refBar = progressFor('experts (reference check)', T, s);
+      const ref = runExpertsReference(layer, x, routing.topkIds, routing.topkWeights, { onProgress: refBar && ((d, t) => refBar.update(d, t)) });
+      refBar?.stop();
       console.log(`check    calc_diff vs reference: y ${calcDiff(y, decodeBF16Array(ref.y.data)).toExponential(3)}, `
         + `y_routed ${calcDiff(yRouted, decodeBF16Array(ref.yRouted.data)).toExponential(3)} (SPEC 5 asks <= 1e-5; Hopper's FP8 tensor cores land 1e-6..2e-5: docs/BENCHMARKS.md)`);
     }
     if (opts.f64) {
       const t0 = performance.now();
-      const f = evalMoeF64(layer, x, routing.topkIds, routing.topkWeights);
+      const f64Bar = progressFor('f64 evaluation', T, s);
+      const f = evalMoeF64(layer, x, routing.topkIds, routing.topkWeights, { onProgress: f64Bar && ((d, t) => f64Bar.update(d, t)) });
+      f64Bar?.stop();
       const t1 = performance.now();
       console.log(`accuracy calc_diff vs f64 evaluation: y ${calcDiff(y, f.y).toExponential(3)}, y_routed ${calcDiff(yRouted, f.yRouted).toExponential(3)} `
         + `(f64 evaluation ${ms(t0, t1)}; SPEC 5 asks <= 1e-3, and the two e4m3 activation roundings alone give ~1e-3: README)`);
     }
 
-    if (opts.dump) {
-      const out1 = path.resolve(opts.dump);
-      fs.mkdirSync(out1, { recursive: true });
+    if (dumpDir) {
+      const out1 = dumpDir;
       const meta = { megamoe_layer: String(chosen.layer), megamoe_seed: String(opts.seed), megamoe_backend: name };
-      writeSafetensors(path.join(out1, 'input.safetensors'), {
-        x, token_ids: new HostTensor('I64', [T], BigInt64Array.from(tokenIds, BigInt)),
-      }, { metadata: meta });
-      writeSafetensors(path.join(out1, 'output.safetensors'), {
-        topk_ids: idsToI64(routing.topkIds), topk_weights: routing.topkWeights, y_routed: out.yRouted, y: out.y,
-      }, { metadata: meta });
+      // Both files or neither: written under temp names, renamed into place once both are complete.
+      writeFilesAtomically(out1, [
+        { name: 'input.safetensors', write: (p) => writeSafetensors(p, { x, token_ids: new HostTensor('I64', [T], BigInt64Array.from(tokenIds, BigInt)) }, { metadata: meta }) },
+        { name: 'output.safetensors', write: (p) => writeSafetensors(p, { topk_ids: idsToI64(routing.topkIds), topk_weights: routing.topkWeights, y_routed: out.yRouted, y: out.y }, { metadata: meta }) },
+      ]);
       console.log(`dump     ${path.join(out1, 'input.safetensors')} (x, token_ids), ${path.join(out1, 'output.safetensors')} (topk_ids, topk_weights, y_routed, y)`);
     }
     console.log(`total    ${ms(started, performance.now())}`);
