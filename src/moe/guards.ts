@@ -46,6 +46,10 @@ export function checkSm90(arch: DeviceArch | undefined, backend = 'mega_moe'): v
     throw new GuardError('NOT_SM90', `backend ${backend} needs an sm_90 (Hopper) GPU and none was found`,
       'run on a Hopper GPU (H100/H200/H800/H20) or choose --backend reference (CPU)');
   }
+  if (arch.major === 10) {
+    throw new GuardError('NOT_SM90', `backend ${backend} is megamoe's Hopper FP8 kernel and this GPU is ${archLabel(arch)} (Blackwell)`,
+      'the Blackwell FP8 x FP4 MegaMoE path (DeepGEMM sm_100) is not part of megamoe: run on a Hopper GPU, or choose --backend reference (CPU)');
+  }
   if (arch.major !== 9 || arch.minor !== 0) {
     throw new GuardError('NOT_SM90', `backend ${backend} needs an sm_90 (Hopper) GPU, this one is ${archLabel(arch)}`,
       'run on a Hopper GPU (H100/H200/H800/H20) or choose --backend reference (CPU)');
