@@ -128,6 +128,8 @@ export class DeepSeekV4Model implements CausalLM {
   private readonly qs = new QuantScratch();
   private readonly tmp64: Float64Array;
   private live = new Set<V4Sequence>();
+  /** Test/diagnostic tap: sees each MoE block's input, token ids and output (block index: L + j for MTP j). */
+  moeTap: ((block: number, x: HostTensor<'BF16'>, tokenIds: Int32Array, y: HostTensor<'BF16'>) => void) | undefined;
   private disposed = false;
 
   constructor(readonly weights: ModelWeights, readonly backends: MoeBackend[], readonly mtpBackends: MoeBackend[], readonly backendName: string) {
@@ -321,6 +323,7 @@ export class DeepSeekV4Model implements CausalLM {
     const xt = new HostTensor('BF16', [n, D], f32ToBF16Bits(x, n * D));
     const routing = routeLayer(bw.moe, xt, rows.tokens);
     const res = await backend.forward(xt, routing.topkIds, routing.topkWeights);
+    this.moeTap?.(bw.index, xt, rows.tokens, res.y);
     const f = new Float32Array(n * D);
     const fu = new Uint32Array(f.buffer);
     const yb = res.y.data;
