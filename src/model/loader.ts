@@ -78,8 +78,11 @@ export interface ModelWeights {
   dir: string;
   /** bf16 bits [V, D] */
   embed: Uint16Array;
-  /** fp32 [V, D] (V4-MODEL 8.1: held in fp32) */
-  head: Float32Array;
+  /**
+   * head.weight [V, D]: the model computes in fp32 (V4-MODEL 8.1); a bf16 checkpoint's values are kept as bf16 bits
+   * (exactly the same values, half the memory: 1 GB instead of 2 for Flash), an F32 one as f32.
+   */
+  head: Float32Array | Uint16Array;
   finalHead: HeadWeights;
   layers: BlockWeights[];
   mtp: MtpWeights[];
@@ -216,7 +219,8 @@ export function loadModelWeights(dir: string, options: LoadModelOptions = {}): M
     const r = new TensorReader(ckpt, prefix);
     const g = byName(globalParams(cfg));
     const embed = r.bf16Bits(g.get('embed.weight')!);
-    const head = r.f32(g.get('head.weight')!);
+    const headSpec = g.get('head.weight')!;
+    const head = ckpt.info(prefix + 'head.weight').dtype === 'BF16' ? r.bf16Bits(headSpec) : r.f32(headSpec);
     const finalHead = loadHead(r, g, '');
     let moeMs = 0;
     const moeOf = (layer: number): LoadedMoeLayer => {

@@ -17,8 +17,9 @@ import { HostTensor } from '../tensor/host.js';
 import type { CausalLM, ModelSequence, ModelStepItem } from './causal-lm.js';
 import type { ModelConfig } from './config.js';
 import { loadModelWeights, type BlockWeights, type CompressorWeights, type HcParams, type HeadWeights, type LoadModelOptions, type ModelWeights } from './loader.js';
-import { bf16, f32ToBF16Bits, fp4SimInPlace, fp8Linear, fp8SimInPlace, hadamardInPlace, linear, QuantScratch, rmsNorm, sigmoid } from './ops.js';
+import { bf16, bf16ToF32, f32ToBF16Bits, fp4SimInPlace, fp8Linear, fp8SimInPlace, hadamardInPlace, linear, QuantScratch, rmsNorm, sigmoid } from './ops.js';
 import { RopeTable, ropeFrequencies } from './rope.js';
+import { wasmGemm, type WasmGemm, type WasmMatrix } from './wasm-gemm.js';
 
 const fr = Math.fround;
 
@@ -128,6 +129,9 @@ export class DeepSeekV4Model implements CausalLM {
   private readonly qs = new QuantScratch();
   private readonly tmp64: Float64Array;
   private live = new Set<V4Sequence>();
+  /** WebAssembly SIMD kernels for the plain fp32 linears (wasm-gemm.ts), undefined -> JS loops (ops.ts). */
+  private readonly wasm: WasmGemm | undefined = wasmGemm();
+  private readonly mats = new Map<Float32Array | Uint16Array, WasmMatrix>();
   /** Test/diagnostic tap: sees each MoE block's input, token ids and output (block index: L + j for MTP j). */
   moeTap: ((block: number, x: HostTensor<'BF16'>, tokenIds: Int32Array, y: HostTensor<'BF16'>) => void) | undefined;
   private disposed = false;
@@ -191,6 +195,29 @@ export class DeepSeekV4Model implements CausalLM {
     for (const b of [...this.backends, ...this.mtpBackends]) b.dispose();
     this.weights.close();
     this.live.clear();
+  }
+
+  /**
+   * A plain fp32 linear (V4-MODEL 8.1) over weight rows [rowOff, rowOff + nRows) of W [*, K]: the SIMD kernel when
+   * available (the weight is copied into its memory on first use), else ops.ts's loop.
+   */
+  private lin(W: Float32Array | Uint16Array, N: number, K: number, x: Float32Array, rows: number, out: Float32Array, toBF16: boolean,
+    xOff = 0, xStride = K, outOff = 0, outStride = N, rowOff = 0, nRows = N): void {
+    if (this.wasm && K % 8 === 0) {
+      let m = this.mats.get(W);
+      if (!m) { m = this.wasm.matrix(W, W.length / K, K); this.mats.set(W, m); }
+      m.apply(x, rows, out, toBF16, xOff, xStride, outOff, outStride, rowOff, nRows);
+      return;
+    }
+    const Wf = W instanceof Uint16Array ? this.widened(W) : W;
+    linear(x, rows, Wf, nRows, K, out, toBF16, xOff, xStride, outOff, outStride, rowOff * K);
+  }
+
+  private wide = new Map<Uint16Array, Float32Array>();
+  private widened(W: Uint16Array): Float32Array {
+    let f = this.wide.get(W);
+    if (!f) { f = bf16ToF32(W); this.wide.set(W, f); }
+    return f;
   }
 
   private checkLive(): void {
@@ -297,7 +324,7 @@ export class DeepSeekV4Model implements CausalLM {
         this.hcHead(Hs, first, m, head.hc, y);
         rmsNorm(y, m, D, head.norm, c.normEps, y);
         logits = new Float32Array(m * V);
-        linear(y, m, this.weights.head, V, D, logits, false);
+        this.lin(this.weights.head, V, D, y, m, logits, false);
       }
       out.push({ logits, hidden: opts.hidden ? Hs.slice(s0 * hc * D, (s0 + len) * hc * D) : undefined });
     }
@@ -338,7 +365,7 @@ export class DeepSeekV4Model implements CausalLM {
     const eps = c.hcEps;
     const m = new Float32Array(mixN);
     const mixAll = new Float32Array(n * mixN);
-    linear(Hs, n, p.fn, mixN, W, mixAll, false);
+    this.lin(p.fn, mixN, W, Hs, n, mixAll, false);
     const C = new Float64Array(hc * hc);
     for (let r = 0; r < n; r++) {
       const o = r * W;
@@ -385,7 +412,7 @@ export class DeepSeekV4Model implements CausalLM {
   private hcHead(Hs: Float32Array, first: number, m: number, p: HcParams, y: Float32Array): void {
     const c = this.config; const D = c.dim; const hc = c.hcMult; const W = hc * D;
     const mix = new Float32Array(m * hc);
-    linear(Hs, m, p.fn, hc, W, mix, false, first * W);
+    this.lin(p.fn, hc, W, Hs, m, mix, false, first * W);
     for (let r = 0; r < m; r++) {
       const o = (first + r) * W;
       let ss = 0;
@@ -455,7 +482,7 @@ export class DeepSeekV4Model implements CausalLM {
         }
       }
       wI = new Float32Array(n * Hi);
-      linear(x, n, A.indexer.weightsProj, Hi, D, wI, true);
+      this.lin(A.indexer.weightsProj, Hi, D, x, n, wI, true);
       const sc = fr(fr(1 / Math.sqrt(di)) * fr(1 / Math.sqrt(Hi)));
       for (let i = 0; i < wI.length; i++) wI[i] = bf16(wI[i] * sc);
     }
@@ -520,7 +547,7 @@ export class DeepSeekV4Model implements CausalLM {
     // output path: grouped wo_a (bf16 einsum), then wo_b (FP8)
     const G = c.oGroups; const gw = (H * d) / G; const ol = c.oLoraRank;
     const u = new Float32Array(n * G * ol);
-    for (let g = 0; g < G; g++) linear(o, n, A.woA, ol, gw, u, true, g * gw, H * d, g * ol, G * ol, g * ol * gw);
+    for (let g = 0; g < G; g++) this.lin(A.woA, G * ol, gw, o, n, u, true, g * gw, H * d, g * ol, G * ol, g * ol, ol);
     const out = new Float32Array(n * D);
     fp8Linear(u, n, A.woB, pow2, this.qs, out);
     return out;
@@ -566,8 +593,8 @@ export class DeepSeekV4Model implements CausalLM {
     const c = this.config; const D = c.dim; const n = rows.n;
     const cw = w.overlap ? 2 : 1; const dc = w.dc; const width = cw * dc; const ratio = w.ratio;
     const a = new Float32Array(n * width); const g = new Float32Array(n * width);
-    linear(x, n, w.wkv, width, D, a, false);
-    linear(x, n, w.wgate, width, D, g, false);
+    this.lin(w.wkv, width, D, x, n, a, false);
+    this.lin(w.wgate, width, D, x, n, g, false);
     const z = new Float32Array(dc);
     const cand = 2 * ratio;
     const ga = new Float64Array(cand); const aa = new Float64Array(cand);

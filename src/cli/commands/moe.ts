@@ -9,7 +9,7 @@ import { intArg } from '../args.js';
 import { loadDeepSeekV4Config } from '../../checkpoint/config.js';
 import { loadMoeLayer, type LoadedMoeLayer } from '../../checkpoint/moe-layer.js';
 import { writeSafetensors } from '../../checkpoint/safetensors.js';
-import { ensureDefaultCheckpoint } from '../../checkpoint/synthetic.js';
+import { ensureDefaultModel } from '../../model/checkpoint-writer.js';
 import { evalMoeF64 } from '../../moe/f64-eval.js';
 import { expertDtypePath } from '../../moe/guards.js';
 import { runExpertsReference } from '../../moe/experts.js';
@@ -75,7 +75,8 @@ const ms = (a: number, b: number) => `${(b - a).toFixed(1)} ms`;
 
 async function run(opts: MoeOptions): Promise<void> {
   const started = performance.now();
-  const dir = opts.model ? path.resolve(opts.model) : ensureDefaultCheckpoint();
+  // The embedded default is the tiny whole V4 model (src/model/checkpoint-writer.ts); its MoE layers read as any.
+  const dir = opts.model ? path.resolve(opts.model) : ensureDefaultModel();
   const cfg = loadDeepSeekV4Config(dir);
   const chosen = opts.layer === undefined ? defaultLayer(cfg.numHiddenLayers, cfg.numHashLayers) : { layer: opts.layer, why: 'from --layer' };
   const T = opts.tokens;
