@@ -203,26 +203,58 @@ export function actQuant(x: Float32Array, rows: number, k: number, pow2: boolean
  */
 export function fp8Linear(x: Float32Array, rows: number, lin: Fp8Linear, pow2: boolean, sc: QuantScratch, out: Float32Array,
   xOff = 0, xStride = lin.in, outOff = 0, outStride = lin.out): void {
-  const K = lin.in; const N = lin.out; const kb = K / 128;
+  const K = lin.in; const N = lin.out;
   actQuant(x, rows, K, pow2, sc, xOff, xStride);
-  const A = sc.q; const sA = sc.s; const W = lin.w; const sW = lin.s;
+  // Four activation rows per pass over the weights: each weight load serves four rows, and the 4 x K block of
+  // activations stays in L1 while all N weight rows stream past (a row-at-a-time loop re-read all rows per column).
+  let r = 0;
+  for (; r + 4 <= rows; r += 4) fp8Rows4(sc.q, sc.s, r, lin, out, outOff, outStride);
+  for (; r < rows; r++) fp8Row1(sc.q, sc.s, r, lin, out, outOff, outStride);
+}
+
+function fp8Rows4(A: Float32Array, sA: Float32Array, r: number, lin: Fp8Linear, out: Float32Array, outOff: number, outStride: number): void {
+  const K = lin.in; const N = lin.out; const kb = K / 128; const W = lin.w; const sW = lin.s;
+  const a0 = r * K; const a1 = a0 + K; const a2 = a1 + K; const a3 = a2 + K;
   for (let n = 0; n < N; n++) {
     const wo = n * K; const so = (n >> 7) * kb;
-    for (let r = 0; r < rows; r++) {
-      const ao = r * K;
-      let total = 0;
-      for (let b = 0; b < kb; b++) {
-        let p0 = 0; let p1 = 0; let p2 = 0; let p3 = 0;
-        const c0 = b * 128;
-        for (let c = c0; c < c0 + 128; c += 4) {
-          p0 += W[wo + c] * A[ao + c]; p1 += W[wo + c + 1] * A[ao + c + 1];
-          p2 += W[wo + c + 2] * A[ao + c + 2]; p3 += W[wo + c + 3] * A[ao + c + 3];
-        }
-        const s = fr(sA[r * kb + b] * sW[so + b]);
-        total = fr(total + fr(fr((p0 + p1) + (p2 + p3)) * s));
+    let t0 = 0; let t1 = 0; let t2 = 0; let t3 = 0;
+    for (let b = 0; b < kb; b++) {
+      let p0 = 0; let p1 = 0; let p2 = 0; let p3 = 0;
+      const c1 = b * 128 + 128;
+      for (let c = b * 128; c < c1; c += 2) {
+        const w0 = W[wo + c]; const w1 = W[wo + c + 1];
+        p0 += w0 * A[a0 + c] + w1 * A[a0 + c + 1];
+        p1 += w0 * A[a1 + c] + w1 * A[a1 + c + 1];
+        p2 += w0 * A[a2 + c] + w1 * A[a2 + c + 1];
+        p3 += w0 * A[a3 + c] + w1 * A[a3 + c + 1];
       }
-      out[outOff + r * outStride + n] = bf16(total);
+      const sw = sW[so + b];
+      t0 = fr(t0 + fr(fr(p0) * fr(sA[r * kb + b] * sw)));
+      t1 = fr(t1 + fr(fr(p1) * fr(sA[(r + 1) * kb + b] * sw)));
+      t2 = fr(t2 + fr(fr(p2) * fr(sA[(r + 2) * kb + b] * sw)));
+      t3 = fr(t3 + fr(fr(p3) * fr(sA[(r + 3) * kb + b] * sw)));
     }
+    const o = outOff + r * outStride + n;
+    out[o] = bf16(t0); out[o + outStride] = bf16(t1); out[o + 2 * outStride] = bf16(t2); out[o + 3 * outStride] = bf16(t3);
+  }
+}
+
+function fp8Row1(A: Float32Array, sA: Float32Array, r: number, lin: Fp8Linear, out: Float32Array, outOff: number, outStride: number): void {
+  const K = lin.in; const N = lin.out; const kb = K / 128; const W = lin.w; const sW = lin.s;
+  const ao = r * K;
+  for (let n = 0; n < N; n++) {
+    const wo = n * K; const so = (n >> 7) * kb;
+    let total = 0;
+    for (let b = 0; b < kb; b++) {
+      let p0 = 0; let p1 = 0; let p2 = 0; let p3 = 0;
+      const c0 = b * 128;
+      for (let c = c0; c < c0 + 128; c += 4) {
+        p0 += W[wo + c] * A[ao + c]; p1 += W[wo + c + 1] * A[ao + c + 1];
+        p2 += W[wo + c + 2] * A[ao + c + 2]; p3 += W[wo + c + 3] * A[ao + c + 3];
+      }
+      total = fr(total + fr(fr((p0 + p1) + (p2 + p3)) * fr(sA[r * kb + b] * sW[so + b])));
+    }
+    out[outOff + r * outStride + n] = bf16(total);
   }
 }
 
