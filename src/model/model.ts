@@ -496,6 +496,7 @@ export class DeepSeekV4Model implements CausalLM {
     const keyOff = new Int32Array(maxKeys);
     const scores = new Float64Array(maxKeys);
     const probs = new Float32Array(maxKeys);
+    const oacc = new Float64Array(d);
     for (let r = 0; r < n; r++) {
       const it = rows.item[r]; const T = rows.pos[r]; const P = rows.itemPos[it]; const s0 = rows.itemStart[it];
       const lc = caches[it];
@@ -529,11 +530,13 @@ export class DeepSeekV4Model implements CausalLM {
         denom = fr(fr(denom) + fr(Math.exp(A.sink[h] - mx)));
         for (let k = 0; k < nk; k++) probs[k] = bf16(probs[k] / denom);
         const oo = (r * H + h) * d;
-        for (let i = 0; i < d; i++) {
-          let acc = 0;
-          for (let k = 0; k < nk; k++) acc += probs[k] * keyArr[k][keyOff[k] + i];
-          o[oo + i] = bf16(acc);
+        // P.V, keys in list order (the same order for every path, so prefill and decode agree bit for bit)
+        oacc.fill(0, 0, d);
+        for (let k = 0; k < nk; k++) {
+          const pk = probs[k]; const K = keyArr[k]; const ko = keyOff[k];
+          for (let i = 0; i < d; i++) oacc[i] += pk * K[ko + i];
         }
+        for (let i = 0; i < d; i++) o[oo + i] = bf16(oacc[i]);
         rope.apply(o, oo + nope, T, true); // de-rotate by the query position
       }
     }
