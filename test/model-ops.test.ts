@@ -6,7 +6,7 @@ import {
   QuantScratch, rmsNorm, roundBF16,
 } from '../src/model/ops.js';
 import { ropeFrequencies, RopeTable } from '../src/model/rope.js';
-import { sinkhorn } from '../src/model/model.js';
+import { attendHead, poolBlock, sinkhorn } from '../src/model/model.js';
 import { decodeBF16, encodeBF16 } from '../src/numerics/bf16.js';
 import { E4M3_DECODE, encodeE4M3 } from '../src/numerics/e4m3.js';
 
@@ -148,5 +148,52 @@ describe('hyper-connections and RoPE', () => {
     assert.equal(x[3], bf16(Math.fround(Math.cos(1))));
     t.apply(x, 1, 2, true);
     assert.ok(Math.abs(x[1] - 1) < 1e-2 && Math.abs(x[2]) < 1e-2 && Math.abs(x[3] - 1) < 1e-2);
+  });
+});
+
+describe('attention and compressor pooling (V4-MODEL 4.4, 4.7)', () => {
+  const scratch = () => ({ scores: new Float64Array(8), probs: new Float32Array(8), acc: new Float64Array(8) });
+
+  test('one head, two keys and a sink: the sink only enlarges the denominator, K = V', () => {
+    const q = Float32Array.of(1, 0);
+    const keys = Float32Array.of(1, 0, 0, 1);
+    const o = new Float32Array(2);
+    const { scores, probs, acc } = scratch();
+    attendHead(q, 0, 2, [keys, keys], Int32Array.of(0, 2), 2, 1, 0, o, 0, scores, probs, acc);
+    // s = [1, 0], m = 1: e = [1, 1/e], sink e^(0 - 1) = 1/e; p = [1, 1/e] / (1 + 2/e)
+    const den = 1 + 2 / Math.E;
+    assert.ok(Math.abs(o[0] - 1 / den) < 4e-3, `o0 ${o[0]}`);
+    assert.ok(Math.abs(o[1] - (1 / Math.E) / den) < 2e-3, `o1 ${o[1]}`);
+    assert.equal(o[0], bf16(o[0]));
+    // sink -> -inf: a plain softmax over the keys; the scale sigma multiplies the scores, not the sink
+    attendHead(q, 0, 2, [keys, keys], Int32Array.of(0, 2), 2, 1, -Infinity, o, 0, scores, probs, acc);
+    assert.ok(Math.abs(o[0] - 1 / (1 + 1 / Math.E)) < 4e-3);
+    attendHead(q, 0, 2, [keys, keys], Int32Array.of(0, 2), 2, 0, -Infinity, o, 0, scores, probs, acc); // sigma 0: equal weights
+    assert.deepEqual(Array.from(o), [0.5, 0.5]);
+    // a huge sink swallows everything
+    attendHead(q, 0, 2, [keys], Int32Array.of(0), 1, 1, 50, o, 0, scores, probs, acc);
+    assert.ok(o[0] < 1e-20 && o[1] === 0, `o ${o[0]} ${o[1]}`);
+  });
+
+  test('non-overlapping pooling: a per-channel softmax over the block tokens', () => {
+    // ratio 2, dc 2, width 2: tokens t = 2, 3 of block 1 in slots 0, 1
+    const a = Float32Array.of(1, 10, 3, 20);
+    const g = Float32Array.of(0, 0, Math.log(3), -Infinity); // channel 0 weights 1:3, channel 1 all on token 2
+    const z = new Float32Array(2);
+    poolBlock(a, g, 2, 2, false, 2, 1, z, new Float64Array(4), new Float64Array(4));
+    assert.deepEqual(Array.from(z), [bf16((1 * 1 + 3 * 3) / 4), 10]);
+  });
+
+  test('overlapping pooling (ratio 4 layout): block n-1 on the first half of the channels, block n on the second', () => {
+    const ratio = 2; const dc = 1; const width = 2; // c = 2
+    // slots 0..1 hold block 0 (positions 0, 1), slots 2..3 block 1 (positions 2, 3); row = [first half, second half]
+    const a = Float32Array.of(1, 100, 2, 200, 3, 300, 4, 400);
+    const g = new Float32Array(8); // equal gates: plain means
+    const z = new Float32Array(1);
+    const s1 = new Float64Array(4); const s2 = new Float64Array(4);
+    poolBlock(a, g, width, ratio, true, dc, 0, z, s1, s2); // block 0: no predecessor, its own second half
+    assert.equal(z[0], 150);
+    poolBlock(a, g, width, ratio, true, dc, 1, z, s1, s2); // block 1: block 0's first half + block 1's second half
+    assert.equal(z[0], bf16((1 + 2 + 300 + 400) / 4)); // 175.75 -> bf16 176
   });
 });

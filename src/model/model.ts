@@ -515,28 +515,8 @@ export class DeepSeekV4Model implements CausalLM {
         }
       }
       for (let h = 0; h < H; h++) {
-        const qo = (r * H + h) * d;
-        let mx = -Infinity;
-        for (let k = 0; k < nk; k++) {
-          const K = keyArr[k]; const ko = keyOff[k];
-          let s0a = 0; let s1a = 0;
-          for (let i = 0; i < d; i += 2) { s0a += q[qo + i] * K[ko + i]; s1a += q[qo + i + 1] * K[ko + i + 1]; }
-          const s = fr(fr(s0a + s1a) * sigma);
-          scores[k] = s;
-          if (s > mx) mx = s;
-        }
-        let denom = 0;
-        for (let k = 0; k < nk; k++) { const e = fr(Math.exp(scores[k] - mx)); probs[k] = e; denom += e; }
-        denom = fr(fr(denom) + fr(Math.exp(A.sink[h] - mx)));
-        for (let k = 0; k < nk; k++) probs[k] = bf16(probs[k] / denom);
         const oo = (r * H + h) * d;
-        // P.V, keys in list order (the same order for every path, so prefill and decode agree bit for bit)
-        oacc.fill(0, 0, d);
-        for (let k = 0; k < nk; k++) {
-          const pk = probs[k]; const K = keyArr[k]; const ko = keyOff[k];
-          for (let i = 0; i < d; i++) oacc[i] += pk * K[ko + i];
-        }
-        for (let i = 0; i < d; i++) o[oo + i] = bf16(oacc[i]);
+        attendHead(q, oo, d, keyArr, keyOff, nk, sigma, A.sink[h], o, oo, scores, probs, oacc);
         rope.apply(o, oo + nope, T, true); // de-rotate by the query position
       }
     }
@@ -607,26 +587,66 @@ export class DeepSeekV4Model implements CausalLM {
       for (let i = 0; i < width; i++) { cc.a[slot * width + i] = a[ao + i]; cc.g[slot * width + i] = fr(g[ao + i] + w.ape[apeO + i]); }
       if ((t + 1) % ratio !== 0) continue;
       const nb = (t + 1) / ratio - 1;
-      for (let ch = 0; ch < dc; ch++) {
-        let m = 0;
-        if (w.overlap && nb > 0) {
-          const ps = ((nb - 1) % 2) * ratio;
-          for (let j = 0; j < ratio; j++) { const so = (ps + j) * width + ch; ga[m] = cc.g[so]; aa[m] = cc.a[so]; m++; }
-        }
-        const cs = w.overlap ? (nb % 2) * ratio : 0; const half = w.overlap ? dc : 0;
-        for (let j = 0; j < ratio; j++) { const so = (cs + j) * width + half + ch; ga[m] = cc.g[so]; aa[m] = cc.a[so]; m++; }
-        let mx = -Infinity;
-        for (let j = 0; j < m; j++) if (ga[j] > mx) mx = ga[j];
-        let se = 0; let sa = 0;
-        for (let j = 0; j < m; j++) { const e = fr(Math.exp(ga[j] - mx)); se += e; sa += e * aa[j]; }
-        z[ch] = bf16(fr(fr(sa) / fr(se)));
-      }
+      poolBlock(cc.a, cc.g, width, ratio, w.overlap, dc, nb, z, ga, aa);
       rmsNorm(z, 1, dc, w.norm, c.normEps, z);
       rope.apply(z, dc - c.ropeHeadDim, nb * ratio);
       if (indexer) { hadamardInPlace(z, 0, dc, this.tmp64); fp4SimInPlace(z, 0, dc, 32); } else fp8SimInPlace(z, 0, dc - c.ropeHeadDim, 64);
       if (cc.count !== nb) throw new Error(`internal: compressor emitted block ${nb} with ${cc.count} cached`);
       cc.append(z, 0);
     }
+  }
+}
+
+/**
+ * One head of sparse attention with a sink (V4-MODEL 4.7): s_i = f32(sigma * (q . k_i)), m = max s_i (sink
+ * excluded), p_i = bf16(e^{s_i - m} / (sum_j e^{s_j - m} + e^{sink - m})), o = bf16(sum_i p_i k_i) with K = V.
+ * Keys are (array, offset) pairs in list order; scratch arrays hold at least nk (scores, probs) and d (acc) values.
+ */
+export function attendHead(q: Float32Array, qo: number, d: number, keyArr: Float32Array[], keyOff: Int32Array, nk: number,
+  sigma: number, sink: number, o: Float32Array, oo: number, scores: Float64Array, probs: Float32Array, acc: Float64Array): void {
+  let mx = -Infinity;
+  for (let k = 0; k < nk; k++) {
+    const K = keyArr[k]; const ko = keyOff[k];
+    let s0a = 0; let s1a = 0;
+    for (let i = 0; i < d; i += 2) { s0a += q[qo + i] * K[ko + i]; s1a += q[qo + i + 1] * K[ko + i + 1]; }
+    const sc = fr(fr(s0a + s1a) * sigma);
+    scores[k] = sc;
+    if (sc > mx) mx = sc;
+  }
+  let denom = 0;
+  for (let k = 0; k < nk; k++) { const e = fr(Math.exp(scores[k] - mx)); probs[k] = e; denom += e; }
+  denom = fr(fr(denom) + fr(Math.exp(sink - mx)));
+  for (let k = 0; k < nk; k++) probs[k] = bf16(probs[k] / denom);
+  // P.V, keys in list order (the same order for every path, so prefill and decode agree bit for bit)
+  acc.fill(0, 0, d);
+  for (let k = 0; k < nk; k++) {
+    const pk = probs[k]; const K = keyArr[k]; const ko = keyOff[k];
+    for (let i = 0; i < d; i++) acc[i] += pk * K[ko + i];
+  }
+  for (let i = 0; i < d; i++) o[oo + i] = bf16(acc[i]);
+}
+
+/**
+ * Pools compressed entry nb (V4-MODEL 4.4) from a compressor state: a, g (g with ape added) rows of `width` = c * dc
+ * channels, row = position mod (c * ratio). Per channel a softmax over the candidate tokens weights their values:
+ * non-overlap: block nb's tokens; overlap: block nb-1's tokens on channels [0, dc) (none for nb = 0) and block
+ * nb's tokens on channels [dc, 2 dc). z[ch] = bf16(f32(sum e a) / f32(sum e)). ga / aa: scratch of 2 * ratio.
+ */
+export function poolBlock(a: Float32Array, g: Float32Array, width: number, ratio: number, overlap: boolean, dc: number, nb: number,
+  z: Float32Array, ga: Float64Array, aa: Float64Array): void {
+  for (let ch = 0; ch < dc; ch++) {
+    let m = 0;
+    if (overlap && nb > 0) {
+      const ps = ((nb - 1) % 2) * ratio;
+      for (let j = 0; j < ratio; j++) { const so = (ps + j) * width + ch; ga[m] = g[so]; aa[m] = a[so]; m++; }
+    }
+    const cs = overlap ? (nb % 2) * ratio : 0; const half = overlap ? dc : 0;
+    for (let j = 0; j < ratio; j++) { const so = (cs + j) * width + half + ch; ga[m] = g[so]; aa[m] = a[so]; m++; }
+    let mx = -Infinity;
+    for (let j = 0; j < m; j++) if (ga[j] > mx) mx = ga[j];
+    let se = 0; let sa = 0;
+    for (let j = 0; j < m; j++) { const e = fr(Math.exp(ga[j] - mx)); se += e; sa += e * aa[j]; }
+    z[ch] = bf16(fr(fr(sa) / fr(se)));
   }
 }
 
