@@ -6,6 +6,8 @@ import {
   QuantScratch, rmsNorm, roundBF16,
 } from '../src/model/ops.js';
 import { ropeFrequencies, RopeTable } from '../src/model/rope.js';
+import { wasmGemm } from '../src/model/wasm-gemm.js';
+import { fp8Combine } from '../src/model/ops.js';
 import { attendHead, poolBlock, sinkhorn } from '../src/model/model.js';
 import { decodeBF16, encodeBF16 } from '../src/numerics/bf16.js';
 import { E4M3_DECODE, encodeE4M3 } from '../src/numerics/e4m3.js';
@@ -195,5 +197,33 @@ describe('attention and compressor pooling (V4-MODEL 4.4, 4.7)', () => {
     assert.equal(z[0], 150);
     poolBlock(a, g, width, ratio, true, dc, 1, z, s1, s2); // block 1: block 0's first half + block 1's second half
     assert.equal(z[0], bf16((1 + 2 + 300 + 400) / 4)); // 175.75 -> bf16 176
+  });
+});
+
+describe('WebAssembly SIMD kernels', () => {
+  const g = wasmGemm();
+  test('FP8 linear: the SIMD block partials give the same bits as the JS loops; fp32 GEMMs agree to f32 rounding', { skip: g ? false : 'no WebAssembly SIMD here' }, () => {
+    const N = 130; const K = 384; const M = 7;
+    const w = new Float32Array(N * K); const s = new Float32Array(2 * 3);
+    for (let i = 0; i < w.length; i++) w[i] = E4M3_DECODE[(i * 7919) % 254 & 0x7f | ((i * 31) & 0x80)];
+    for (let i = 0; i < s.length; i++) s[i] = 2 ** -(i % 5) * 0.01;
+    const x = new Float32Array(M * K);
+    for (let i = 0; i < x.length; i++) x[i] = bf16(Math.sin(i * 0.37) * (1 + (i % 11)));
+    const lin = { w, s, out: N, in: K };
+    const js = new Float32Array(M * N);
+    fp8Linear(x, M, lin, true, new QuantScratch(), js);
+    const sc = new QuantScratch();
+    actQuant(x, M, K, true, sc);
+    const simd = new Float32Array(M * N);
+    fp8Combine(g!.fp8Partials(g!.matrix(w, N, K), sc.q, M), sc.s, M, lin, simd);
+    assert.deepEqual(Array.from(simd), Array.from(js));
+    // f32 and bf16-weight GEMMs against an f64 reference
+    const wb = new Uint16Array(N * K); for (let i = 0; i < wb.length; i++) wb[i] = encodeBF16(Math.cos(i));
+    const out = new Float32Array(M * N);
+    g!.matrix(wb, N, K).apply(x, M, out, false);
+    for (let m = 0; m < M; m++) for (let n = 0; n < N; n++) {
+      let ref = 0; for (let k = 0; k < K; k++) ref += x[m * K + k] * decodeBF16(wb[n * K + k]);
+      assert.ok(Math.abs(out[m * N + n] - ref) <= 1e-5 * (1 + Math.abs(ref)), `[${m}, ${n}] ${out[m * N + n]} vs ${ref}`);
+    }
   });
 });

@@ -17,7 +17,7 @@ import { HostTensor } from '../tensor/host.js';
 import type { CausalLM, ModelSequence, ModelStepItem } from './causal-lm.js';
 import type { ModelConfig } from './config.js';
 import { loadModelWeights, type BlockWeights, type CompressorWeights, type HcParams, type HeadWeights, type LoadModelOptions, type ModelWeights } from './loader.js';
-import { bf16, bf16ToF32, f32ToBF16Bits, fp4SimInPlace, fp8Linear, fp8SimInPlace, hadamardInPlace, linear, QuantScratch, rmsNorm, sigmoid } from './ops.js';
+import { actQuant, bf16, bf16ToF32, f32ToBF16Bits, fp8Combine, type Fp8Linear, fp4SimInPlace, fp8Linear, fp8SimInPlace, hadamardInPlace, linear, QuantScratch, rmsNorm, sigmoid } from './ops.js';
 import { RopeTable, ropeFrequencies } from './rope.js';
 import { wasmGemm, type WasmGemm, type WasmMatrix } from './wasm-gemm.js';
 
@@ -213,6 +213,20 @@ export class DeepSeekV4Model implements CausalLM {
     linear(x, rows, Wf, nRows, K, out, toBF16, xOff, xStride, outOff, outStride, rowOff * K);
   }
 
+  /**
+   * An FP8 linear (V4-MODEL 8.1, 8.4) on contiguous rows: act_quant, then the exact block partials from the SIMD
+   * kernel when available, else ops.ts's loops; both combine the scales the same way (same bits).
+   */
+  private fp8(x: Float32Array, rows: number, lin: Fp8Linear, out: Float32Array): void {
+    const pow2 = this.config.pow2ActScales;
+    if (!this.wasm) { fp8Linear(x, rows, lin, pow2, this.qs, out); return; }
+    actQuant(x, rows, lin.in, pow2, this.qs);
+    let m = this.mats.get(lin.w);
+    if (!m) { m = this.wasm.matrix(lin.w, lin.out, lin.in); this.mats.set(lin.w, m); }
+    const P = this.wasm.fp8Partials(m, this.qs.q, rows);
+    fp8Combine(P, this.qs.s, rows, lin, out);
+  }
+
   private wide = new Map<Uint16Array, Float32Array>();
   private widened(W: Uint16Array): Float32Array {
     let f = this.wide.get(W);
@@ -296,9 +310,9 @@ export class DeepSeekV4Model implements CausalLM {
     for (const [i, it] of items.entries()) hIn.set(it.hidden, rows.itemStart[i] * hc * D);
     rmsNorm(hIn, n * hc, D, m.hnorm, c.normEps, hIn);
     const eP = new Float32Array(n * D);
-    fp8Linear(e, n, m.eProj, c.pow2ActScales, this.qs, eP);
+    this.fp8(e, n, m.eProj, eP);
     const hP = new Float32Array(n * hc * D);
-    fp8Linear(hIn, n * hc, m.hProj, c.pow2ActScales, this.qs, hP);
+    this.fp8(hIn, n * hc, m.hProj, hP);
     let X: Float32Array = new Float32Array(n * hc * D);
     for (let r = 0; r < n; r++) {
       for (let k = 0; k < hc; k++) {
@@ -434,15 +448,15 @@ export class DeepSeekV4Model implements CausalLM {
   private attention(bw: BlockWeights, x: Float32Array, rows: Rows, caches: LayerCache[]): Float32Array {
     const c = this.config; const D = c.dim; const n = rows.n;
     const H = c.nHeads; const d = c.headDim; const rd = c.ropeHeadDim; const nope = d - rd;
-    const A = bw.attn; const pow2 = c.pow2ActScales;
+    const A = bw.attn;
     const rope = bw.ratio > 0 ? this.ropeCompressed : this.ropePlain;
 
     // 4.1 query path
     const qr = new Float32Array(n * c.qLoraRank);
-    fp8Linear(x, n, A.wqA, pow2, this.qs, qr);
+    this.fp8(x, n, A.wqA, qr);
     rmsNorm(qr, n, c.qLoraRank, A.qNorm, c.normEps, qr);
     const q = new Float32Array(n * H * d);
-    fp8Linear(qr, n, A.wqB, pow2, this.qs, q);
+    this.fp8(qr, n, A.wqB, q);
     for (let r = 0; r < n; r++) {
       for (let h = 0; h < H; h++) {
         const o = (r * H + h) * d;
@@ -457,7 +471,7 @@ export class DeepSeekV4Model implements CausalLM {
 
     // 4.2 the single K = V head
     const kv = new Float32Array(n * d);
-    fp8Linear(x, n, A.wkv, pow2, this.qs, kv);
+    this.fp8(x, n, A.wkv, kv);
     rmsNorm(kv, n, d, A.kvNorm, c.normEps, kv);
     for (let r = 0; r < n; r++) {
       rope.apply(kv, r * d + nope, rows.pos[r]);
@@ -472,7 +486,7 @@ export class DeepSeekV4Model implements CausalLM {
       // 4.5 indexer query and head weights
       const Hi = c.indexNHeads; const di = c.indexHeadDim;
       qI = new Float32Array(n * Hi * di);
-      fp8Linear(qr, n, A.indexer.wqB, pow2, this.qs, qI);
+      this.fp8(qr, n, A.indexer.wqB, qI);
       for (let r = 0; r < n; r++) {
         for (let h = 0; h < Hi; h++) {
           const o = (r * Hi + h) * di;
@@ -532,7 +546,7 @@ export class DeepSeekV4Model implements CausalLM {
     const u = new Float32Array(n * G * ol);
     for (let g = 0; g < G; g++) this.lin(A.woA, G * ol, gw, o, n, u, true, g * gw, H * d, g * ol, G * ol, g * ol, ol);
     const out = new Float32Array(n * D);
-    fp8Linear(u, n, A.woB, pow2, this.qs, out);
+    this.fp8(u, n, A.woB, out);
     return out;
   }
 

@@ -212,6 +212,22 @@ export function fp8Linear(x: Float32Array, rows: number, lin: Fp8Linear, pow2: b
   for (; r < rows; r++) fp8Row1(sc.q, sc.s, r, lin, out, outOff, outStride);
 }
 
+/**
+ * The scale step of the FP8 linear from precomputed exact block partials P [rows, N, K/128] (the SIMD kernel's):
+ * the same arithmetic as fp8Linear's loops, so both paths give the same bits.
+ */
+export function fp8Combine(P: Float64Array, sA: Float32Array, rows: number, lin: Fp8Linear, out: Float32Array, outOff = 0, outStride = lin.out): void {
+  const N = lin.out; const kb = lin.in / 128; const sW = lin.s;
+  for (let r = 0; r < rows; r++) {
+    for (let n = 0; n < N; n++) {
+      const po = (r * N + n) * kb; const so = (n >> 7) * kb;
+      let total = 0;
+      for (let b = 0; b < kb; b++) total = fr(total + fr(fr(P[po + b]) * fr(sA[r * kb + b] * sW[so + b])));
+      out[outOff + r * outStride + n] = bf16(total);
+    }
+  }
+}
+
 function fp8Rows4(A: Float32Array, sA: Float32Array, r: number, lin: Fp8Linear, out: Float32Array, outOff: number, outStride: number): void {
   const K = lin.in; const N = lin.out; const kb = K / 128; const W = lin.w; const sW = lin.s;
   const a0 = r * K; const a1 = a0 + K; const a2 = a1 + K; const a3 = a2 + K;

@@ -99,13 +99,70 @@ function gemmBody(bf16: boolean): number[] {
   return [...u(fn.length), ...fn];
 }
 
+// f64x2 ops for the exact FP8 block sums
+const V128_LOAD64_ZERO = (off: number) => SIMD(0x5d, 3, ...u(off));
+const F64X2_PROMOTE_LO = SIMD(0x5f); const F64X2_ADD = SIMD(0xf0); const F64X2_MUL = SIMD(0xf2);
+const F64X2_EXTRACT = (lane: number) => SIMD(0x21, lane);
+const F64X2_ZERO = [0xfd, ...u(0x0c), ...new Array(16).fill(0)]; // v128.const 0
+const F64_ADD = [0xa0]; const F64_STORE = [0x39, 3, 0];
+const SHR_U = [0x76];
+
+/**
+ * fp8_partials(x, w, out, M, N, K): out[(m * N + n) * (K/128) + b] = sum over the 128 columns c of block b of
+ * w[n, c] * x[m, c], with w f32 (e4m3 values) and x f64 (e4m3 values): every product and partial sum is exact
+ * in f64, so the result equals the correctly rounded block sum (V4-MODEL 8.4), in any order.
+ * locals: 6 n, 7 m, 8 c, 9 wrow, 10 xrow, 11 acc0, 12 acc1, 13 b, 14 optr, 15 cend
+ */
+function fp8PartialsBody(): number[] {
+  const step = (acc: number, wOff: number, xOff: number) => [
+    ...LG(9), ...LG(8), ...I32(2), ...SHL, ...ADD, ...V128_LOAD64_ZERO(wOff), ...F64X2_PROMOTE_LO,
+    ...LG(10), ...LG(8), ...I32(3), ...SHL, ...ADD, ...V128_LOAD_OFF(xOff), ...F64X2_MUL, ...LG(acc), ...F64X2_ADD, ...LS(acc),
+  ];
+  const body = [
+    ...I32(0), ...LS(6),
+    ...BLOCK, ...LOOP, // n
+    ...LG(6), ...LG(4), ...LTU, [0x45], ...BR_IF(1),
+    ...LG(1), ...LG(6), ...LG(5), ...MUL, ...I32(4), ...MUL, ...ADD, ...LS(9),
+    ...I32(0), ...LS(7),
+    ...BLOCK, ...LOOP, // m
+    ...LG(7), ...LG(3), ...LTU, [0x45], ...BR_IF(1),
+    ...LG(0), ...LG(7), ...LG(5), ...MUL, ...I32(8), ...MUL, ...ADD, ...LS(10),
+    // optr = out + (m * N + n) * (K >> 7) * 8
+    ...LG(2), ...LG(7), ...LG(4), ...MUL, ...LG(6), ...ADD, ...LG(5), ...I32(7), ...SHR_U, ...MUL, ...I32(3), ...SHL, ...ADD, ...LS(14),
+    ...I32(0), ...LS(8),
+    ...BLOCK, ...LOOP, // blocks: c = 0, 128, ...
+    ...LG(8), ...LG(5), ...LTU, [0x45], ...BR_IF(1),
+    ...F64X2_ZERO, ...LS(11), ...F64X2_ZERO, ...LS(12),
+    ...LG(8), ...I32(128), ...ADD, ...LS(15),
+    ...BLOCK, ...LOOP, // 4 columns per step
+    ...LG(8), ...LG(15), ...LTU, [0x45], ...BR_IF(1),
+    ...step(11, 0, 0), ...step(12, 8, 16),
+    ...LG(8), ...I32(4), ...ADD, ...LS(8), ...BR(0),
+    ...END, ...END,
+    // store the block sum at optr; optr += 8
+    ...LG(14),
+    ...LG(11), ...F64X2_EXTRACT(0), ...LG(11), ...F64X2_EXTRACT(1), ...F64_ADD,
+    ...LG(12), ...F64X2_EXTRACT(0), ...LG(12), ...F64X2_EXTRACT(1), ...F64_ADD, ...F64_ADD, ...F64_STORE,
+    ...LG(14), ...I32(8), ...ADD, ...LS(14),
+    ...BR(0),
+    ...END, ...END,
+    ...LG(7), ...I32(1), ...ADD, ...LS(7), ...BR(0),
+    ...END, ...END,
+    ...LG(6), ...I32(1), ...ADD, ...LS(6), ...BR(0),
+    ...END, ...END,
+  ].flat();
+  const locals = vec([[5, 0x7f], [2, 0x7b], [3, 0x7f]]);
+  const fn = [...locals, ...body, ...END];
+  return [...u(fn.length), ...fn];
+}
+
 function buildModule(): Uint8Array {
   const i32 = 0x7f;
   const type = section(1, vec([[0x60, ...vec([[i32], [i32], [i32], [i32], [i32], [i32]]), ...vec([])]]));
   const imports = section(2, vec([[...str('env'), ...str('mem'), 0x02, 0x00, ...u(1)]]));
-  const funcs = section(3, vec([[0], [0]]));
-  const exports = section(7, vec([[...str('gemm_f32'), 0x00, 0], [...str('gemm_bf16'), 0x00, 1]]));
-  const code = section(10, [...u(2), ...gemmBody(false), ...gemmBody(true)]);
+  const funcs = section(3, vec([[0], [0], [0]]));
+  const exports = section(7, vec([[...str('gemm_f32'), 0x00, 0], [...str('gemm_bf16'), 0x00, 1], [...str('fp8_partials'), 0x00, 2]]));
+  const code = section(10, [...u(3), ...gemmBody(false), ...gemmBody(true), ...fp8PartialsBody()]);
   return Uint8Array.from([0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, ...type, ...imports, ...funcs, ...exports, ...code]);
 }
 
@@ -138,6 +195,7 @@ export class WasmGemm {
   private readonly memory: WasmMemory;
   private readonly f32: GemmFn;
   private readonly b16: GemmFn;
+  private readonly p8: GemmFn;
   private top = 64;
   private scratch = 0;
   private scratchBytes = 0;
@@ -148,6 +206,7 @@ export class WasmGemm {
     const inst = new WA.Instance(mod, { env: { mem: this.memory } });
     this.f32 = inst.exports.gemm_f32 as GemmFn;
     this.b16 = inst.exports.gemm_bf16 as GemmFn;
+    this.p8 = inst.exports.fp8_partials as GemmFn;
   }
 
   private alloc(bytes: number): number {
@@ -168,6 +227,21 @@ export class WasmGemm {
     if (bf16) new Uint16Array(this.memory.buffer, ptr, w.length).set(w);
     else new Float32Array(this.memory.buffer, ptr, w.length).set(w);
     return new WasmMatrix(this, ptr, n, k, bf16);
+  }
+
+  /**
+   * Exact FP8 block partials (see fp8PartialsBody) of activation values x [rows, K] (e4m3 values, contiguous) against
+   * the matrix (f32 e4m3 values): returns a view [rows, N, K/128] valid until the next call.
+   */
+  fp8Partials(m: WasmMatrix, x: Float32Array, rows: number): Float64Array {
+    const K = m.k; const N = m.n; const kb = K / 128;
+    const need = rows * K * 8 + rows * N * kb * 8 + 32;
+    if (need > this.scratchBytes) { this.scratch = this.alloc(need); this.scratchBytes = need; }
+    const xp = (this.scratch + 15) & ~15; const op = xp + rows * K * 8;
+    const xs = new Float64Array(this.memory.buffer, xp, rows * K);
+    for (let i = 0; i < rows * K; i++) xs[i] = x[i];
+    this.p8(xp, m.ptr, op, rows, N, K);
+    return new Float64Array(this.memory.buffer, op, rows * N * kb);
   }
 
   run(m: WasmMatrix, x: Float32Array, rows: number, out: Float32Array, toBF16: boolean, xOff: number, xStride: number,
