@@ -25,6 +25,7 @@ const loadWall = performance.now() - t; const loadCpu = cpu() - c;
 const cfg = m.config;
 console.log(`model    ${dir}: D ${cfg.dim}, ${cfg.nLayers} layers (ratios ${cfg.compressRatios.join(', ')}), vocab ${cfg.vocabSize}, ${m.weights.mtp.length} MTP`);
 console.log(`load     ${fmt(loadWall)} wall, ${fmt(loadCpu)} cpu (tensors ${fmt(m.weights.timings.tensorsMs)}, MoE router + shared experts ${fmt(m.weights.timings.moeMs)}; routed experts load on first use)`);
+console.log(`         per block (attention, norms, hc, MoE router + shared expert): ${m.weights.timings.blockMs.map(fmt).join(", ")}`);
 
 const vocab = cfg.vocabSize;
 const toks = (n, seed) => Array.from({ length: n }, (_, i) => (i * 7919 + seed * 104729) % vocab);

@@ -164,6 +164,18 @@ describe('whole model forward (CPU reference)', () => {
     model.releaseSequence(s); model.releaseSequence(s2);
   });
 
+  test('calls that are not awaited run one after the other (same results as awaited ones)', async () => {
+    const toks = tokens(10, 12);
+    const s = model.createSequence();
+    const p1 = model.step([{ seq: s, tokens: toks.slice(0, 10) }]);
+    const p2 = model.step([{ seq: s, tokens: toks.slice(10, 11) }]);
+    const p3 = model.step([{ seq: s, tokens: toks.slice(11) }]);
+    const [, , [last]] = await Promise.all([p1, p2, p3]);
+    const dec = await decodeAll(toks);
+    assert.equal(maxDiff(last, dec[11]), 0);
+    model.releaseSequence(s);
+  });
+
   test('bad calls are refused with a reason', async () => {
     const s = model.createSequence();
     await assert.rejects(model.step([{ seq: s, tokens: [VOCAB] }]), /outside the vocabulary/);
@@ -202,6 +214,18 @@ describe('whole-model checkpoint', () => {
       assert.equal(ckpt.info('layers.0.attn.wq_b.scale').dtype, 'F8_E8M0');
       assert.ok(fs.existsSync(path.join(dir, 'generation_config.json')));
     } finally { ckpt.close(); }
+  });
+
+  test('an expert-parallel rank reads only its routed experts', async () => {
+    const { loadModelWeights } = await import('../src/model/loader.js');
+    const w = loadModelWeights(sharded, { epRank: 1, epSize: 2 });
+    try {
+      const ids = w.layers[1].moe.experts.ids;
+      assert.deepEqual([ids[0], ids[ids.length - 1]], [8, 15]);
+      assert.ok(!w.layers[1].moe.experts.has(3));
+      assert.equal((w.layers[1].moe.experts as unknown as { loadedCount: number }).loadedCount, 0, 'experts load lazily');
+      assert.equal(w.timings.blockMs.length, 4);
+    } finally { w.close(); }
   });
 
   test('a sharded checkpoint (index.json) loads to the same logits', async () => {

@@ -86,8 +86,11 @@ export interface ModelWeights {
   finalHead: HeadWeights;
   layers: BlockWeights[];
   mtp: MtpWeights[];
-  /** Load time, ms: non-expert tensors, MoE layers (router + shared expert; experts are lazy). */
-  timings: { tensorsMs: number; moeMs: number };
+  /**
+   * Load time, ms: non-expert tensors, MoE layers (router + shared expert; experts are lazy), and per block
+   * (main layers then MTP layers: its attention, norms, hc parameters and MoE router + shared expert).
+   */
+  timings: { tensorsMs: number; moeMs: number; blockMs: number[] };
   close(): void;
 }
 
@@ -231,15 +234,17 @@ export function loadModelWeights(dir: string, options: LoadModelOptions = {}): M
       moeMs += performance.now() - m0;
       return m;
     };
+    const blockMs: number[] = [];
+    const timed = <T>(f: () => T): T => { const b0 = performance.now(); const v = f(); blockMs.push(performance.now() - b0); return v; };
     const layers: BlockWeights[] = [];
-    for (let i = 0; i < cfg.nLayers; i++) layers.push(loadBlock(r, cfg, i, moeOf(i)));
+    for (let i = 0; i < cfg.nLayers; i++) layers.push(timed(() => loadBlock(r, cfg, i, moeOf(i))));
     const mtp: MtpWeights[] = [];
     const nMtp = options.mtp === false ? 0 : cfg.nMtpLayers;
     for (let j = 0; j < nMtp; j++) {
       const specs = byName(mtpParams(cfg, j));
       const p = `mtp.${j}.`;
       mtp.push({
-        block: loadBlock(r, cfg, cfg.nLayers + j, moeOf(cfg.nLayers + j)),
+        block: timed(() => loadBlock(r, cfg, cfg.nLayers + j, moeOf(cfg.nLayers + j))),
         eProj: r.fp8(specs.get(`${p}e_proj`)!), hProj: r.fp8(specs.get(`${p}h_proj`)!),
         enorm: r.f32(specs.get(`${p}enorm.weight`)!), hnorm: r.f32(specs.get(`${p}hnorm.weight`)!),
         head: loadHead(r, specs, p),
@@ -247,7 +252,7 @@ export function loadModelWeights(dir: string, options: LoadModelOptions = {}): M
     }
     const tensorsMs = performance.now() - t0 - moeMs;
     return {
-      config: cfg, dir: root, embed, head, finalHead, layers, mtp, timings: { tensorsMs, moeMs },
+      config: cfg, dir: root, embed, head, finalHead, layers, mtp, timings: { tensorsMs, moeMs, blockMs },
       close: () => ckpt.close(),
     };
   } catch (err) {

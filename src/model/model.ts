@@ -131,7 +131,7 @@ export class DeepSeekV4Model implements CausalLM {
   private live = new Set<V4Sequence>();
   /** WebAssembly SIMD kernels for the plain fp32 linears (wasm-gemm.ts), undefined -> JS loops (ops.ts). */
   private readonly wasm: WasmGemm | undefined = wasmGemm();
-  private readonly mats = new Map<Float32Array | Uint16Array, WasmMatrix>();
+  private readonly mats = new Map<Float32Array | Uint16Array, WasmMatrix | null>();
   /** Test/diagnostic tap: sees each MoE block's input, token ids and output (block index: L + j for MTP j). */
   moeTap: ((block: number, x: HostTensor<'BF16'>, tokenIds: Int32Array, y: HostTensor<'BF16'>) => void) | undefined;
   private disposed = false;
@@ -203,12 +203,8 @@ export class DeepSeekV4Model implements CausalLM {
    */
   private lin(W: Float32Array | Uint16Array, N: number, K: number, x: Float32Array, rows: number, out: Float32Array, toBF16: boolean,
     xOff = 0, xStride = K, outOff = 0, outStride = N, rowOff = 0, nRows = N): void {
-    if (this.wasm && K % 8 === 0) {
-      let m = this.mats.get(W);
-      if (!m) { m = this.wasm.matrix(W, W.length / K, K); this.mats.set(W, m); }
-      m.apply(x, rows, out, toBF16, xOff, xStride, outOff, outStride, rowOff, nRows);
-      return;
-    }
+    const m = K % 8 === 0 ? this.matrixOf(W, W.length / K, K) : undefined;
+    if (m) { m.apply(x, rows, out, toBF16, xOff, xStride, outOff, outStride, rowOff, nRows); return; }
     const Wf = W instanceof Uint16Array ? this.widened(W) : W;
     linear(x, rows, Wf, nRows, K, out, toBF16, xOff, xStride, outOff, outStride, rowOff * K);
   }
@@ -219,12 +215,25 @@ export class DeepSeekV4Model implements CausalLM {
    */
   private fp8(x: Float32Array, rows: number, lin: Fp8Linear, out: Float32Array): void {
     const pow2 = this.config.pow2ActScales;
-    if (!this.wasm) { fp8Linear(x, rows, lin, pow2, this.qs, out); return; }
+    const m = this.matrixOf(lin.w, lin.out, lin.in);
+    if (!m || !this.wasm) { fp8Linear(x, rows, lin, pow2, this.qs, out); return; }
     actQuant(x, rows, lin.in, pow2, this.qs);
-    let m = this.mats.get(lin.w);
-    if (!m) { m = this.wasm.matrix(lin.w, lin.out, lin.in); this.mats.set(lin.w, m); }
     const P = this.wasm.fp8Partials(m, this.qs.q, rows);
     fp8Combine(P, this.qs.s, rows, lin, out);
+  }
+
+  /**
+   * The weight's copy in the SIMD kernels' memory, made on first use; null (JS loops from then on) when there is
+   * no WebAssembly SIMD or its 4 GB memory is full (a large model on the CPU: later weights simply run in JS).
+   */
+  private matrixOf(W: Float32Array | Uint16Array, n: number, k: number): WasmMatrix | undefined {
+    if (!this.wasm) return undefined;
+    let m = this.mats.get(W);
+    if (m === undefined) {
+      try { m = this.wasm.matrix(W, n, k); } catch { m = null; }
+      this.mats.set(W, m);
+    }
+    return m ?? undefined;
   }
 
   private wide = new Map<Uint16Array, Float32Array>();
@@ -270,8 +279,23 @@ export class DeepSeekV4Model implements CausalLM {
     return r;
   }
 
+  /**
+   * Calls run one at a time, in call order: a call awaits the MoE backend between layers, and a second call
+   * starting then would interleave with it on the same caches (a server that does not await each step).
+   */
+  private queue: Promise<unknown> = Promise.resolve();
+  private exclusive<T>(f: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(f, f);
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
   /** The main model on new tokens (V4-MODEL 1): embedding, blocks, head. */
-  async forward(items: readonly ModelStepItem[], opts: ForwardOptions = {}): Promise<ForwardOutput[]> {
+  forward(items: readonly ModelStepItem[], opts: ForwardOptions = {}): Promise<ForwardOutput[]> {
+    return this.exclusive(() => this.forwardNow(items, opts));
+  }
+
+  private async forwardNow(items: readonly ModelStepItem[], opts: ForwardOptions): Promise<ForwardOutput[]> {
     const rows = this.rows(items, false);
     const c = this.config; const D = c.dim; const hc = c.hcMult;
     let Hs: Float32Array = new Float32Array(rows.n * hc * D);
@@ -292,7 +316,11 @@ export class DeepSeekV4Model implements CausalLM {
    * The MTP layer j (V4-MODEL 7): hidden streams of positions i with the tokens of positions i + 1 predict the
    * tokens of i + 2. Its window cache is the sequence's own (positions counted by mtpLength).
    */
-  async mtpForward(items: readonly MtpStepItem[], opts: ForwardOptions = {}, j = 0): Promise<ForwardOutput[]> {
+  mtpForward(items: readonly MtpStepItem[], opts: ForwardOptions = {}, j = 0): Promise<ForwardOutput[]> {
+    return this.exclusive(() => this.mtpNow(items, opts, j));
+  }
+
+  private async mtpNow(items: readonly MtpStepItem[], opts: ForwardOptions, j: number): Promise<ForwardOutput[]> {
     const m = this.weights.mtp[j];
     if (!m) throw new Error(`mtpForward: the model has ${this.weights.mtp.length} MTP layers`);
     const rows = this.rows(items, true);

@@ -213,7 +213,8 @@ export class WasmGemm {
     const p = (this.top + 15) & ~15;
     const end = p + bytes;
     const have = this.memory.buffer.byteLength;
-    if (end > have) this.memory.grow(Math.ceil((end - have) / 65536));
+    if (end > 0xffff0000) throw new RangeError(`WasmGemm: ${end} bytes exceed the 4 GB of a wasm32 memory`);
+    if (end > have) this.memory.grow(Math.ceil((end - have) / 65536)); // throws RangeError when the engine refuses
     this.top = end;
     return p;
   }
