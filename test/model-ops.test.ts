@@ -6,7 +6,11 @@ import {
   QuantScratch, rmsNorm, roundBF16,
 } from '../src/model/ops.js';
 import { ropeFrequencies, RopeTable } from '../src/model/rope.js';
-import { wasmGemm } from '../src/model/wasm-gemm.js';
+import { setWasmGemmEnabled, wasmGemm } from '../src/numerics/wasm-gemm.js';
+import { runExpertsReference } from '../src/moe/experts.js';
+import { routeLayer } from '../src/moe/router.js';
+import { makeRandomLayer, moeShape } from '../src/moe/synthetic.js';
+import { HostTensor } from '../src/tensor/host.js';
 import { fp8Combine } from '../src/model/ops.js';
 import { attendHead, poolBlock, sinkhorn } from '../src/model/model.js';
 import { decodeBF16, encodeBF16 } from '../src/numerics/bf16.js';
@@ -217,6 +221,17 @@ describe('WebAssembly SIMD kernels', () => {
     const simd = new Float32Array(M * N);
     fp8Combine(g!.fp8Partials(g!.matrix(w, N, K), sc.q, M), sc.s, M, lin, simd);
     assert.deepEqual(Array.from(simd), Array.from(js));
+    // the reference MoE experts (moe/experts.ts): SIMD block partials == the JS loops, bit for bit
+    const layer = makeRandomLayer({ seed: 3, shape: moeShape({ hidden: 256, inter: 128, experts: 8, topk: 3 }) });
+    const xs = new Uint16Array(9 * 256); for (let i = 0; i < xs.length; i++) xs[i] = encodeBF16(Math.sin(i * 0.71) * 2);
+    const xt = new HostTensor('BF16', [9, 256], xs);
+    const rt = routeLayer(layer, xt);
+    const withSimd = runExpertsReference(layer, xt, rt.topkIds, rt.topkWeights).y.data.slice();
+    setWasmGemmEnabled(false);
+    try {
+      const withJs = runExpertsReference(layer, xt, rt.topkIds, rt.topkWeights).y.data;
+      assert.deepEqual(Array.from(withSimd), Array.from(withJs));
+    } finally { setWasmGemmEnabled(true); }
     // f32 and bf16-weight GEMMs against an f64 reference
     const wb = new Uint16Array(N * K); for (let i = 0; i < wb.length; i++) wb[i] = encodeBF16(Math.cos(i));
     const out = new Float32Array(M * N);

@@ -19,7 +19,7 @@ import type { ModelConfig } from './config.js';
 import { loadModelWeights, type BlockWeights, type CompressorWeights, type HcParams, type HeadWeights, type LoadModelOptions, type ModelWeights } from './loader.js';
 import { actQuant, bf16, bf16ToF32, f32ToBF16Bits, fp8Combine, type Fp8Linear, fp4SimInPlace, fp8Linear, fp8SimInPlace, hadamardInPlace, linear, QuantScratch, rmsNorm, sigmoid } from './ops.js';
 import { RopeTable, ropeFrequencies } from './rope.js';
-import { wasmGemm, type WasmGemm, type WasmMatrix } from './wasm-gemm.js';
+import { wasmGemm, type WasmGemm, type WasmMatrix } from '../numerics/wasm-gemm.js';
 
 const fr = Math.fround;
 

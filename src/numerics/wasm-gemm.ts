@@ -1,9 +1,12 @@
-// WebAssembly SIMD kernels for the model's plain fp32 linears (V4-MODEL 8.1: head, hc_*_fn, compressor wkv/wgate,
-// wo_a, weights_proj): out[m, n] = sum_k x[m, k] * W[n, k] with f32 weights or bf16 weights widened on the fly
-// (the head: 129280 x D is the largest GEMM of a CPU decode step). f32 accumulation in 2 x 4 lanes, summed in a
-// fixed order: each output depends only on its own row and K, never on M, so batching changes no bit.
+// WebAssembly SIMD kernels for the CPU paths (src/model/, moe/experts.ts):
+//  - gemm_f32 / gemm_bf16: out[m, n] = sum_k x[m, k] * W[n, k] with f32 weights or bf16 weights widened on the fly
+//    (the model's plain fp32 linears, V4-MODEL 8.1; the head 129280 x D is the largest GEMM of a CPU decode step).
+//    f32 accumulation in 2 x 4 lanes summed in a fixed order: each output depends only on its own row and K,
+//    never on M, so batching changes no bit.
+//  - fp8_partials: the exact per-128-block sums of e4m3 x e4m3 products in f64 (FP8 GEMMs, V4-MODEL 8.4 / SPEC 3):
+//    exact, so bit-identical to the JS loops whatever the order.
 //
-// The module is assembled here from bytes (no toolchain, no download): one imported memory, two functions.
+// The module is assembled here from bytes (no toolchain, no download): one imported memory, three functions.
 // Node >= 16.4 runs WebAssembly SIMD by default; where it cannot, `wasmGemm()` returns undefined and the callers
 // use the plain JS loops in ops.ts (f64 accumulation; same results to ~1e-7 relative, not bit for bit).
 
@@ -189,6 +192,11 @@ export class WasmMatrix {
     outStride = this.n, rowOff = 0, nRows = this.n - rowOff): void {
     this.g.run(this, x, rows, out, toBF16, xOff, xStride, outOff, outStride, rowOff, nRows);
   }
+
+  /** Exact FP8 block partials against this matrix (WasmGemm.fp8Partials). */
+  fp8Partials(x: Float32Array | Float64Array, rows: number): Float64Array {
+    return this.g.fp8Partials(this, x, rows);
+  }
 }
 
 export class WasmGemm {
@@ -234,7 +242,7 @@ export class WasmGemm {
    * Exact FP8 block partials (see fp8PartialsBody) of activation values x [rows, K] (e4m3 values, contiguous) against
    * the matrix (f32 e4m3 values): returns a view [rows, N, K/128] valid until the next call.
    */
-  fp8Partials(m: WasmMatrix, x: Float32Array, rows: number): Float64Array {
+  fp8Partials(m: WasmMatrix, x: Float32Array | Float64Array, rows: number): Float64Array {
     const K = m.k; const N = m.n; const kb = K / 128;
     const need = rows * K * 8 + rows * N * kb * 8 + 32;
     if (need > this.scratchBytes) { this.scratch = this.alloc(need); this.scratchBytes = need; }
@@ -282,6 +290,11 @@ export function wasmGemm(): WasmGemm | undefined {
     }
   }
   return shared ?? undefined;
+}
+
+/** Turns the kernels off (callers fall back to their JS loops) or back on: tests compare both paths. */
+export function setWasmGemmEnabled(on: boolean): void {
+  shared = on ? undefined : null;
 }
 
 export const _buildModuleForTests = buildModule;
