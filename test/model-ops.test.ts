@@ -12,7 +12,7 @@ import { routeLayer } from '../src/moe/router.js';
 import { makeRandomLayer, moeShape } from '../src/moe/synthetic.js';
 import { HostTensor } from '../src/tensor/host.js';
 import { fp8Combine } from '../src/model/ops.js';
-import { attendHead, poolBlock, sinkhorn } from '../src/model/model.js';
+import { attendHead, indexerTopk, poolBlock, sinkhorn } from '../src/model/model.js';
 import { decodeBF16, encodeBF16 } from '../src/numerics/bf16.js';
 import { E4M3_DECODE, encodeE4M3 } from '../src/numerics/e4m3.js';
 
@@ -179,6 +179,22 @@ describe('attention and compressor pooling (V4-MODEL 4.4, 4.7)', () => {
     // a huge sink swallows everything
     attendHead(q, 0, 2, [keys], Int32Array.of(0), 1, 1, 50, o, 0, scores, probs, acc);
     assert.ok(o[0] < 1e-20 && o[1] === 0, `o ${o[0]} ${o[1]}`);
+  });
+
+  test('indexer top-k: relu before the weighted head sum, ties to the lower block, ascending output', () => {
+    // 2 heads x di 2; 4 blocks; head 0 query (1, 0), head 1 query (0, 1); weights w = (1, 2)
+    const qI = Float32Array.of(1, 0, 0, 1);
+    const w = Float32Array.of(1, 2);
+    const keys = Float32Array.of(
+      3, -1, // block 0: head0 3, head1 relu(-1) = 0 -> 3
+      -5, 1, // block 1: 0 + 2 * 1 = 2
+      1, 1, // block 2: 1 + 2 = 3 (ties block 0)
+      0, 4, // block 3: 0 + 8 = 8
+    );
+    assert.deepEqual(Array.from(indexerTopk(qI, 0, w, 0, 2, 2, keys, 4, 2)), [0, 3]);
+    assert.deepEqual(Array.from(indexerTopk(qI, 0, w, 0, 2, 2, keys, 4, 3)), [0, 2, 3]);
+    assert.deepEqual(Array.from(indexerTopk(qI, 0, w, 0, 2, 2, keys, 3, 2)), [0, 2]); // block 3 not visible yet
+    assert.deepEqual(Array.from(indexerTopk(qI, 0, w, 0, 2, 2, keys, 4, 9)), [0, 1, 2, 3]); // k >= visible: all
   });
 
   test('non-overlapping pooling: a per-channel softmax over the block tokens', () => {

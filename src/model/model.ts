@@ -578,34 +578,10 @@ export class DeepSeekV4Model implements CausalLM {
     return out;
   }
 
-  /**
-   * Lightning-indexer top-k (V4-MODEL 4.5) for row r over the `visible` compressed blocks: bf16 scores
-   * sum_h w[h] * relu(qI[h] . kI[n]); the top min(k, visible); ties to the lower block index. Returned ascending.
-   */
+  /** Lightning-indexer top-k (V4-MODEL 4.5) for row r over the `visible` compressed blocks (indexerTopk). */
   private indexerSelect(qI: Float32Array, wI: Float32Array, r: number, idx: CompressorCache, visible: number): Int32Array {
-    const c = this.config; const Hi = c.indexNHeads; const di = c.indexHeadDim; const k = Math.min(c.indexTopk, visible);
-    if (k === visible) return Int32Array.from({ length: visible }, (_, i) => i); // every visible block is selected
-    const score = new Float32Array(visible);
-    const E = idx.entries;
-    for (let nb = 0; nb < visible; nb++) {
-      let sum = 0;
-      for (let h = 0; h < Hi; h++) {
-        const qo = (r * Hi + h) * di; const ko = nb * di;
-        let dot = 0;
-        for (let i = 0; i < di; i++) dot += qI[qo + i] * E[ko + i];
-        const rl = Math.max(bf16(dot), 0);
-        sum += bf16(wI[r * Hi + h] * rl);
-      }
-      score[nb] = bf16(sum);
-    }
-    const taken = new Uint8Array(visible);
-    const picks = new Int32Array(k);
-    for (let j = 0; j < k; j++) {
-      let best = -1; let bv = -Infinity;
-      for (let nb = 0; nb < visible; nb++) if (!taken[nb] && (best < 0 || score[nb] > bv)) { best = nb; bv = score[nb]; }
-      taken[best] = 1; picks[j] = best;
-    }
-    return picks.sort();
+    const c = this.config;
+    return indexerTopk(qI, r * c.indexNHeads * c.indexHeadDim, wI, r * c.indexNHeads, c.indexNHeads, c.indexHeadDim, idx.entries, visible, c.indexTopk);
   }
 
   /**
@@ -690,6 +666,37 @@ export function poolBlock(a: Float32Array, g: Float32Array, width: number, ratio
     for (let j = 0; j < m; j++) { const e = fr(Math.exp(ga[j] - mx)); se += e; sa += e * aa[j]; }
     z[ch] = bf16(fr(fr(sa) / fr(se)));
   }
+}
+
+/**
+ * Lightning-indexer selection (V4-MODEL 4.5): score[n] = bf16(sum_h bf16(w[h] * relu(bf16(qI[h] . kI[n])))) over
+ * the visible blocks n, the top min(k, visible) of them, ties to the lower block index, returned ascending.
+ * When k >= visible every block is selected (no scores needed).
+ */
+export function indexerTopk(qI: Float32Array, qOff: number, w: Float32Array, wOff: number, heads: number, di: number,
+  keys: Float32Array, visible: number, topk: number): Int32Array {
+  const k = Math.min(topk, visible);
+  if (k === visible) return Int32Array.from({ length: visible }, (_, i) => i);
+  const score = new Float32Array(visible);
+  for (let nb = 0; nb < visible; nb++) {
+    let sum = 0;
+    for (let h = 0; h < heads; h++) {
+      const qo = qOff + h * di; const ko = nb * di;
+      let dot = 0;
+      for (let i = 0; i < di; i++) dot += qI[qo + i] * keys[ko + i];
+      const rl = Math.max(bf16(dot), 0);
+      sum += bf16(w[wOff + h] * rl);
+    }
+    score[nb] = bf16(sum);
+  }
+  const taken = new Uint8Array(visible);
+  const picks = new Int32Array(k);
+  for (let j = 0; j < k; j++) {
+    let best = -1; let bv = -Infinity;
+    for (let nb = 0; nb < visible; nb++) if (!taken[nb] && (best < 0 || score[nb] > bv)) { best = nb; bv = score[nb]; }
+    taken[best] = 1; picks[j] = best;
+  }
+  return picks.sort();
 }
 
 /** Sinkhorn (V4-MODEL 2.1): row softmax + eps, column normalisation, then iters-1 row/column rounds; fp32. */
