@@ -12,7 +12,7 @@ import { routeLayer } from '../src/moe/router.js';
 import { makeRandomLayer, moeShape } from '../src/moe/synthetic.js';
 import { HostTensor } from '../src/tensor/host.js';
 import { fp8Combine } from '../src/model/ops.js';
-import { attendHead, indexerTopk, poolBlock, sinkhorn } from '../src/model/model.js';
+import { attendHead, hcMix, hcPost, indexerTopk, poolBlock, sinkhorn } from '../src/model/model.js';
 import { decodeBF16, encodeBF16 } from '../src/numerics/bf16.js';
 import { E4M3_DECODE, encodeE4M3 } from '../src/numerics/e4m3.js';
 
@@ -133,6 +133,27 @@ describe('hyper-connections and RoPE', () => {
     const D1 = Float64Array.of(0, 0, 0, 0);
     sinkhorn(D1, 2, 1, 0);
     assert.deepEqual(Array.from(D1), [0.5, 0.5, 0.5, 0.5]);
+  });
+
+  test('hc_pre / hc_post by hand: zero logits give pre = 1/2 + eps, post = 1, comb = 1/2; comb is [source, destination]', () => {
+    const hc = 2; const D = 2;
+    const Hs = Float32Array.of(1, 2, 3, 4); // stream 0 = (1, 2), stream 1 = (3, 4)
+    const p = { fn: new Float32Array(8 * 4), base: new Float32Array(8), scale: Float32Array.of(1, 1, 1) };
+    const y = new Float32Array(2); const post = new Float32Array(2); const comb = new Float32Array(4);
+    hcMix(Hs, new Float32Array(8), 1, hc, D, p, 20, 1e-6, 1e-6, y, post, comb);
+    assert.deepEqual(Array.from(y), [bf16(Math.fround(0.5 + 1e-6) * 4), bf16(Math.fround(0.5 + 1e-6) * 6)]);
+    assert.deepEqual(Array.from(post), [1, 1]);
+    for (const v of comb) assert.ok(Math.abs(v - 0.5) < 1e-6);
+    // a comb that sends stream 0 to destination 1 only: out_1 = post_1 f + R_0
+    const out = hcPost(Float32Array.of(10, 20), Hs, 1, hc, D, Float32Array.of(0, 1), Float32Array.of(0, 1, 1, 0));
+    assert.deepEqual(Array.from(out), [3, 4, 11, 22]);
+    // logits through scale and base: pre_0 = sigmoid(2 * 0.5 + 0) + eps with m_0 = 2 * r, r = 1 / rms(X)
+    const mix = new Float32Array(8); mix[0] = 2;
+    const rms = Math.sqrt((1 + 4 + 9 + 16) / 4 + 1e-6);
+    const p2 = { ...p, scale: Float32Array.of(0.5, 1, 1) };
+    hcMix(Hs, mix, 1, hc, D, p2, 20, 1e-6, 1e-6, y, post, comb);
+    const pre0 = 1 / (1 + Math.exp(-(2 / rms) * 0.5)) + 1e-6;
+    assert.ok(Math.abs(y[0] - (pre0 * 1 + 0.500001 * 3)) < 2e-2, `y0 ${y[0]}`);
   });
 
   test('YaRN frequencies for theta 160000, orig 65536, beta 32/1: pairs 0..15 unchanged, >= 25 divided by 16', () => {

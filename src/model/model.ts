@@ -401,53 +401,16 @@ export class DeepSeekV4Model implements CausalLM {
     return H2;
   }
 
-  /** hc_pre (V4-MODEL 2.1): y [n, D] bf16, post [n, hc], comb [n, hc, hc] (comb[j,k]: source j, destination k). */
+  /** hc_pre (V4-MODEL 2.1) over n rows: the mixing logits fn . X by the linear kernel, then hcMix per row. */
   private hcPre(Hs: Float32Array, n: number, p: HcParams, y: Float32Array, post: Float32Array, comb: Float32Array): void {
-    const c = this.config; const D = c.dim; const hc = c.hcMult; const W = hc * D; const mixN = (2 + hc) * hc;
-    const eps = c.hcEps;
-    const m = new Float32Array(mixN);
+    const c = this.config; const W = c.hcMult * c.dim; const mixN = (2 + c.hcMult) * c.hcMult;
     const mixAll = new Float32Array(n * mixN);
     this.lin(p.fn, mixN, W, Hs, n, mixAll, false);
-    const C = new Float64Array(hc * hc);
-    for (let r = 0; r < n; r++) {
-      const o = r * W;
-      let ss = 0;
-      for (let i = 0; i < W; i++) { const v = Hs[o + i]; ss += v * v; }
-      const rs = fr(1 / Math.sqrt(fr(fr(ss / W) + c.normEps)));
-      for (let j = 0; j < mixN; j++) m[j] = fr(mixAll[r * mixN + j] * rs);
-      const pre = new Float32Array(hc);
-      for (let j = 0; j < hc; j++) {
-        pre[j] = fr(fr(sigmoid(fr(fr(m[j] * p.scale[0]) + p.base[j]))) + eps);
-        post[r * hc + j] = fr(2 * fr(sigmoid(fr(fr(m[hc + j] * p.scale[1]) + p.base[hc + j]))));
-      }
-      for (let j = 0; j < hc * hc; j++) C[j] = fr(fr(m[2 * hc + j] * p.scale[2]) + p.base[2 * hc + j]);
-      sinkhorn(C, hc, c.hcSinkhornIters, eps);
-      for (let j = 0; j < hc * hc; j++) comb[r * hc * hc + j] = C[j];
-      const yo = r * D;
-      for (let i = 0; i < D; i++) {
-        let acc = 0;
-        for (let j = 0; j < hc; j++) acc += pre[j] * Hs[o + j * D + i];
-        y[yo + i] = bf16(acc);
-      }
-    }
+    hcMix(Hs, mixAll, n, c.hcMult, c.dim, p, c.hcSinkhornIters, c.hcEps, c.normEps, y, post, comb);
   }
 
-  /** hc_post (V4-MODEL 2.2): out_k = post_k * f + sum_j comb[j, k] * R_j, fp32, bf16 out. */
   private hcPost(f: Float32Array, R: Float32Array, n: number, post: Float32Array, comb: Float32Array): Float32Array {
-    const c = this.config; const D = c.dim; const hc = c.hcMult;
-    const out = new Float32Array(n * hc * D);
-    for (let r = 0; r < n; r++) {
-      const ro = r * hc * D; const fo = r * D; const co = r * hc * hc;
-      for (let k = 0; k < hc; k++) {
-        const pk = post[r * hc + k]; const oo = ro + k * D;
-        for (let i = 0; i < D; i++) {
-          let acc = pk * f[fo + i];
-          for (let j = 0; j < hc; j++) acc += comb[co + j * hc + k] * R[ro + j * D + i];
-          out[oo + i] = bf16(acc);
-        }
-      }
-    }
-    return out;
+    return hcPost(f, R, n, this.config.hcMult, this.config.dim, post, comb);
   }
 
   /** hc_head (V4-MODEL 2.4) for rows first..first+m-1: sigmoid-only weights, no post/comb. */
@@ -697,6 +660,56 @@ export function indexerTopk(qI: Float32Array, qOff: number, w: Float32Array, wOf
     taken[best] = 1; picks[j] = best;
   }
   return picks.sort();
+}
+
+/**
+ * hc_pre (V4-MODEL 2.1) given the raw mixing logits mixAll = hc_fn . X [n, (2+hc)*hc]: r = rsqrt(mean(X^2) + eps),
+ * m = mix * r; pre_j = sigmoid(m_j s0 + b_j) + hc_eps; post_j = 2 sigmoid(m_{hc+j} s1 + b_{hc+j});
+ * comb = Sinkhorn(m_{2hc..} s2 + b); y = bf16(sum_j pre_j Hs_j). comb[j, k]: source j, destination k.
+ */
+export function hcMix(Hs: Float32Array, mixAll: Float32Array, n: number, hc: number, D: number, p: HcParams, iters: number,
+  eps: number, normEps: number, y: Float32Array, post: Float32Array, comb: Float32Array): void {
+  const W = hc * D; const mixN = (2 + hc) * hc;
+  const m = new Float32Array(mixN);
+  const pre = new Float32Array(hc);
+  const C = new Float64Array(hc * hc);
+  for (let r = 0; r < n; r++) {
+    const o = r * W;
+    let ss = 0;
+    for (let i = 0; i < W; i++) { const v = Hs[o + i]; ss += v * v; }
+    const rs = fr(1 / Math.sqrt(fr(fr(ss / W) + normEps)));
+    for (let j = 0; j < mixN; j++) m[j] = fr(mixAll[r * mixN + j] * rs);
+    for (let j = 0; j < hc; j++) {
+      pre[j] = fr(fr(sigmoid(fr(fr(m[j] * p.scale[0]) + p.base[j]))) + eps);
+      post[r * hc + j] = fr(2 * fr(sigmoid(fr(fr(m[hc + j] * p.scale[1]) + p.base[hc + j]))));
+    }
+    for (let j = 0; j < hc * hc; j++) C[j] = fr(fr(m[2 * hc + j] * p.scale[2]) + p.base[2 * hc + j]);
+    sinkhorn(C, hc, iters, eps);
+    for (let j = 0; j < hc * hc; j++) comb[r * hc * hc + j] = C[j];
+    const yo = r * D;
+    for (let i = 0; i < D; i++) {
+      let acc = 0;
+      for (let j = 0; j < hc; j++) acc += pre[j] * Hs[o + j * D + i];
+      y[yo + i] = bf16(acc);
+    }
+  }
+}
+
+/** hc_post (V4-MODEL 2.2): out_k = bf16(post_k * f + sum_j comb[j, k] * R_j), fp32 inside. */
+export function hcPost(f: Float32Array, R: Float32Array, n: number, hc: number, D: number, post: Float32Array, comb: Float32Array): Float32Array {
+  const out = new Float32Array(n * hc * D);
+  for (let r = 0; r < n; r++) {
+    const ro = r * hc * D; const fo = r * D; const co = r * hc * hc;
+    for (let k = 0; k < hc; k++) {
+      const pk = post[r * hc + k]; const oo = ro + k * D;
+      for (let i = 0; i < D; i++) {
+        let acc = pk * f[fo + i];
+        for (let j = 0; j < hc; j++) acc += comb[co + j * hc + k] * R[ro + j * D + i];
+        out[oo + i] = bf16(acc);
+      }
+    }
+  }
+  return out;
 }
 
 /** Sinkhorn (V4-MODEL 2.1): row softmax + eps, column normalisation, then iters-1 row/column rounds; fp32. */
