@@ -2,6 +2,8 @@
 // prefill, batches == each sequence alone, cache lengths across window and compression boundaries, the MoE block
 // == `megamoe moe`'s path, the MTP layer, the loader reading every tensor, sharded == single file.
 import { after, before, describe, test } from 'node:test';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -252,5 +254,23 @@ describe('whole-model checkpoint', () => {
       for (let p = 5; p <= 8; p++) assert.ok(maxDiff(at(l1, p), at(l2, p)) > 0, `inside the window, position ${p}`);
       assert.equal(maxDiff(at(l1, 9), at(l2, 9)), 0, 'position 9 no longer sees position 5 (window 4)');
     } finally { m1.dispose(); }
+  });
+});
+
+describe('make-checkpoint --whole-model', () => {
+  test('the CLI writes a whole model the model loads and runs (V3 vocabulary, ratio 4 layer, MTP)', async () => {
+    const main = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'src', 'cli', 'main.js');
+    const out = path.join(tmp, 'cli-whole');
+    const r = spawnSync(process.execPath, [main, 'make-checkpoint', '--whole-model', '--preset', 'tiny', '--layers', '2', '--seed', '3', '--out', out, '--no-progress'], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /wrote .*: \d+ tensors/);
+    const m = await DeepSeekV4Model.load(out);
+    try {
+      assert.equal(m.vocabSize, 129280);
+      assert.deepEqual(m.config.compressRatios, [0, 4, 0]);
+      const [l] = await m.step([{ seq: m.createSequence(), tokens: [0, 128000, 129279, 5, 6] }]);
+      assert.equal(l.length, 129280);
+      assert.ok(l.every(Number.isFinite));
+    } finally { m.dispose(); }
   });
 });
