@@ -19,7 +19,7 @@ import type { ModelConfig } from './config.js';
 import { loadModelWeights, type BlockWeights, type CompressorWeights, type HcParams, type HeadWeights, type LoadModelOptions, type ModelWeights } from './loader.js';
 import { actQuant, bf16, bf16ToF32, f32ToBF16Bits, fp8Combine, type Fp8Linear, fp4SimInPlace, fp8Linear, fp8SimInPlace, hadamardInPlace, linear, QuantScratch, rmsNorm, sigmoid } from './ops.js';
 import { RopeTable, ropeFrequencies } from './rope.js';
-import { wasmGemm, type WasmGemm, type WasmMatrix } from '../numerics/wasm-gemm.js';
+import { newWasmGemm, wasmGemm, type WasmGemm, type WasmMatrix } from '../numerics/wasm-gemm.js';
 
 const fr = Math.fround;
 
@@ -129,8 +129,11 @@ export class DeepSeekV4Model implements CausalLM {
   private readonly qs = new QuantScratch();
   private readonly tmp64: Float64Array;
   private live = new Set<V4Sequence>();
-  /** WebAssembly SIMD kernels for the plain fp32 linears (wasm-gemm.ts), undefined -> JS loops (ops.ts). */
-  private readonly wasm: WasmGemm | undefined = wasmGemm();
+  /**
+   * WebAssembly SIMD kernels (numerics/wasm-gemm.ts) with this model's own memory (weights copied in on first use;
+   * it goes with the model), undefined -> JS loops (ops.ts).
+   */
+  private readonly wasm: WasmGemm | undefined = wasmGemm() ? newWasmGemm() : undefined;
   private readonly mats = new Map<Float32Array | Uint16Array, WasmMatrix | null>();
   /** Test/diagnostic tap: sees each MoE block's input, token ids and output (block index: L + j for MTP j). */
   moeTap: ((block: number, x: HostTensor<'BF16'>, tokenIds: Int32Array, y: HostTensor<'BF16'>) => void) | undefined;
@@ -195,6 +198,7 @@ export class DeepSeekV4Model implements CausalLM {
     for (const b of [...this.backends, ...this.mtpBackends]) b.dispose();
     this.weights.close();
     this.live.clear();
+    this.mats.clear(); // the SIMD copies go with the model's kernel memory
   }
 
   /**

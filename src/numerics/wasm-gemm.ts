@@ -292,6 +292,11 @@ export function wasmGemm(): WasmGemm | undefined {
   return shared ?? undefined;
 }
 
+/** A separate instance with its own memory (a model's weights: freed with it), or undefined where SIMD fails. */
+export function newWasmGemm(): WasmGemm | undefined {
+  try { return new WasmGemm(); } catch { return undefined; }
+}
+
 /** Turns the kernels off (callers fall back to their JS loops) or back on: tests compare both paths. */
 export function setWasmGemmEnabled(on: boolean): void {
   shared = on ? undefined : null;
