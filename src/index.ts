@@ -5,3 +5,4 @@ export * from './numerics/index.js';
 export * from './checkpoint/index.js';
 export * from './moe/index.js';
 export * from './backends/index.js';
+export * from './model/index.js';

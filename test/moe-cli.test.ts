@@ -47,16 +47,16 @@ test('megamoe moe on the embedded default: routing, timings, accuracy, and a dum
   const input = SafetensorsFile.open(path.join(dump, 'input.safetensors'));
   const output = SafetensorsFile.open(path.join(dump, 'output.safetensors'));
   try {
-    const x = input.read('x', { dtype: 'BF16', shape: [5, 256] });
+    const x = input.read('x', { dtype: 'BF16', shape: [5, 128] });
     const tok = input.read('token_ids', { dtype: 'I64', shape: [5] });
     const ids = output.read('topk_ids', { dtype: 'I64', shape: [5, 4] });
     output.read('topk_weights', { dtype: 'F32', shape: [5, 4] });
-    output.read('y_routed', { dtype: 'BF16', shape: [5, 256] });
-    const y = output.read('y', { dtype: 'BF16', shape: [5, 256] });
+    output.read('y_routed', { dtype: 'BF16', shape: [5, 128] });
+    const y = output.read('y', { dtype: 'BF16', shape: [5, 128] });
     // Recompute in process from the same checkpoint, layer and seed: same x, same routing, same y.
-    const layer = loadMoeLayer(path.join(CACHE, 'default-tiny-v1'), { layer: 1 });
+    const layer = loadMoeLayer(path.join(CACHE, 'default-tiny-model-v1'), { layer: 1 });
     try {
-      const x2 = makeHiddenStates(3, 5, 256, layer.ffnNormWeight);
+      const x2 = makeHiddenStates(3, 5, 128, layer.ffnNormWeight);
       assert.deepEqual(x2.data, x.data);
       const routing = routeLayer(layer, x2, Array.from(tok.data as BigInt64Array, Number));
       assert.deepEqual(Array.from(ids.data as BigInt64Array, Number), [...routing.topkIds.data]);
@@ -91,7 +91,7 @@ test('megamoe moe refuses clearly: unknown backend, unavailable GPU backend, bad
   }
   const layer = megamoe('moe', '--layer', '7');
   assert.equal(layer.code, 1);
-  assert.match(layer.err, /layer 7 does not exist: num_hidden_layers is 2/);
+  assert.match(layer.err, /layer 7 does not exist: num_hidden_layers is 3 \(\+ 1 MTP layer from index 3\)/);
   const ep = megamoe('moe', '--ep-rank', '2', '--ep-size', '2');
   assert.equal(ep.code, 1);
   assert.match(ep.err, /--ep-rank 2 must be below --ep-size 2/);

@@ -143,6 +143,23 @@ export class CheckpointExpertStore implements ExpertStore {
   /** Drops a loaded expert from the cache (it reloads on the next get). */
   release(globalId: number): void { this.cache.delete(globalId); }
 
+  /**
+   * Takes an expert loaded elsewhere (expert-workers.ts: read and converted in a worker thread) into the cache;
+   * get() then returns it without touching the checkpoint.
+   */
+  adopt(globalId: number, weights: ExpertWeights): void {
+    if (!this.has(globalId)) throw new Error(`adopt: expert ${globalId} is not owned by this rank`);
+    if (!this.cache.has(globalId)) this.cache.set(globalId, weights);
+  }
+
+  /** Adds the conversion statistics of experts adopted from elsewhere. */
+  adoptReport(report: ConversionReport): void {
+    this.report = mergeConversionReports(this.report, report);
+  }
+
+  /** Whether expert `globalId` is loaded (cached) now. */
+  isLoaded(globalId: number): boolean { return this.cache.has(globalId); }
+
   conversion(): ConversionReport | undefined {
     return this.expertDtype === 'fp4' ? { ...this.report } : undefined;
   }

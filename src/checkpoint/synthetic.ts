@@ -43,14 +43,14 @@ import type { TensorSpec } from './safetensors.js';
 export type Preset = 'tiny' | 'flash' | 'pro';
 export const PRESETS: readonly Preset[] = ['tiny', 'flash', 'pro'];
 
-interface PresetShape {
+export interface PresetShape {
   hidden: number; inter: number; experts: number; topk: number; shared: number; hashLayers: number;
   vocab: number; routedScaling: number; swigluLimit: number; publishedLayers: number;
   attention: Record<string, unknown>;
 }
 
 /** MoE shapes of the presets: flash and pro as published (SPEC 1), tiny small enough for CI. */
-const PRESET_SHAPES: Readonly<Record<Preset, PresetShape>> = {
+export const PRESET_SHAPES: Readonly<Record<Preset, PresetShape>> = {
   tiny: {
     hidden: 256, inter: 128, experts: 16, topk: 4, shared: 1, hashLayers: 1, vocab: 1024,
     routedScaling: 1.5, swigluLimit: 10, publishedLayers: 4,
@@ -199,12 +199,12 @@ function fillFromLut(out: Uint8Array, lut: Uint8Array, seed: Uint32Array): void 
   }
 }
 
-function seededRng(seed: Uint32Array): Rng {
+export function seededRng(seed: Uint32Array): Rng {
   return new Rng((seed[0] ^ Math.imul(seed[1], 0x9e3779b1) ^ Math.imul(seed[2], 0x85ebca6b) ^ seed[3]) >>> 0);
 }
 
 /** e4m3 codes for a weight with f32 block scales around 4 sigma / 448. */
-const fillE4m3 = (out: Uint8Array, seed: Uint32Array) => fillFromLut(out, E4M3_FROM_U16, seed);
+export const fillE4m3 = (out: Uint8Array, seed: Uint32Array) => fillFromLut(out, E4M3_FROM_U16, seed);
 
 function fillF32BlockScales(out: Uint8Array, seed: Uint32Array, sigma: number): void {
   const rng = seededRng(seed);
@@ -218,7 +218,7 @@ function fillF32BlockScales(out: Uint8Array, seed: Uint32Array, sigma: number): 
  * upper one with probability (4^frac - 1) / 3. Rounding every scale to the nearest power of two instead would
  * change a tensor's standard deviation by up to sqrt(2); real pow-2 scales also straddle two binades.
  */
-function fillPow2Scales(out: Uint8Array, seed: Uint32Array, target: number): void {
+export function fillPow2Scales(out: Uint8Array, seed: Uint32Array, target: number): void {
   const rng = seededRng(seed);
   const t = Math.log2(target);
   const lower = Math.floor(t);
@@ -227,22 +227,22 @@ function fillPow2Scales(out: Uint8Array, seed: Uint32Array, target: number): voi
 }
 
 /** Power-of-two 128x128 block scales (e8m0) around 4 sigma / 448. */
-const fillE8m0BlockScales = (out: Uint8Array, seed: Uint32Array, sigma: number) =>
+export const fillE8m0BlockScales = (out: Uint8Array, seed: Uint32Array, sigma: number) =>
   fillPow2Scales(out, seed, (sigma * E4M3_AMAX_SIGMAS) / E4M3_MAX);
 
 /** Per-32 e8m0 sub-scales of an MXFP4 weight, around sigma / 2 (so e2m1 values of ~2 sigma-units land at 4..6). */
 const fillMxfp4Scales = (out: Uint8Array, seed: Uint32Array, sigma: number) =>
   fillPow2Scales(out, seed, sigma / E2M1_UNITS_PER_SIGMA);
 
-const fillE2m1 = (out: Uint8Array, seed: Uint32Array) => fillFromLut(out, E2M1_PAIR_FROM_U16, seed);
+export const fillE2m1 = (out: Uint8Array, seed: Uint32Array) => fillFromLut(out, E2M1_PAIR_FROM_U16, seed);
 
-function fillBF16Normal(out: Uint8Array, seed: Uint32Array, mean: number, sigma: number): void {
+export function fillBF16Normal(out: Uint8Array, seed: Uint32Array, mean: number, sigma: number): void {
   const rng = seededRng(seed);
   const u = new Uint16Array(out.buffer, out.byteOffset, out.byteLength / 2);
   for (let i = 0; i < u.length; i++) u[i] = encodeBF16(mean + sigma * rng.normal());
 }
 
-function fillF32Normal(out: Uint8Array, seed: Uint32Array, sigma: number): void {
+export function fillF32Normal(out: Uint8Array, seed: Uint32Array, sigma: number): void {
   const rng = seededRng(seed);
   const f = new Float32Array(out.buffer, out.byteOffset, out.byteLength / 4);
   for (let i = 0; i < f.length; i++) f[i] = sigma * rng.normal();
@@ -266,12 +266,13 @@ function fillTid2eid(out: Uint8Array, seed: Uint32Array, k: number, experts: num
 // ---------------------------------------------------------------------------------------------------------------
 // The tensor plan
 
-interface PlannedTensor extends TensorSpec {
+export interface PlannedTensor extends TensorSpec {
   fill(out: Uint8Array, seed: Uint32Array): void;
 }
 
-function planLayer(preset: Preset, layer: number, expertDtype: ExpertDtype): PlannedTensor[] {
-  const p = PRESET_SHAPES[preset];
+/** The MoE tensors of one layer; `shape` replaces the preset's (src/model/checkpoint-writer.ts: whole models). */
+export function planLayer(preset: Preset, layer: number, expertDtype: ExpertDtype, shape?: PresetShape): PlannedTensor[] {
+  const p = shape ?? PRESET_SHAPES[preset];
   const H = p.hidden; const I = p.inter; const E = p.experts; const K = p.topk;
   const names = moeLayerNames(layer);
   const out: PlannedTensor[] = [];
@@ -391,13 +392,25 @@ The attention side (and embeddings, head, hyper-connections) is not present; con
 the attention keys for completeness. Not a trained model: outputs are meaningless, only well-conditioned.
 `;
 
-interface MakeInternal {
+export interface MakeInternal {
   /** A target that exists (another process finished first) is kept and ours dropped. */
   keepExisting?: boolean;
   /** The variable or flag that chose the output folder, for error messages (default "--out"). */
   setting?: string;
   /** Called with the finished temp folder just before it is moved into place (the default's manifest). */
   beforeMove?(temp: string): void;
+  /** Another tensor plan and config (whole models: src/model/checkpoint-writer.ts), written the same safe way. */
+  plan?: CheckpointPlan;
+}
+
+/** What a Job writes instead of the MoE-only preset plan. */
+export interface CheckpointPlan {
+  config: Record<string, unknown>;
+  readme: string;
+  tensors: PlannedTensor[];
+  metadata?: Record<string, string>;
+  /** Writes further files (tokenizer, generation config) into the temp folder before it is renamed into place. */
+  extraFiles?: (dir: string) => void;
 }
 
 /** One run of the generator: the temp folder, the writer, the tensor plan and the seed stream. */
@@ -422,21 +435,28 @@ class Job {
     // --force replaces a checkpoint folder, never a folder holding anything else (checked before any work).
     if (isNonEmptyDir(this.target) && options.force && !internal.keepExisting) checkReplaceableCheckpoint(this.target);
     const { preset, layers, expertDtype, seed } = options;
+    const plan = internal.plan;
     const setting = internal.setting ?? '--out';
     const parent = ensureWritableDir(path.dirname(this.target), setting, setting.startsWith('--') ? 'output folder' : 'cache folder');
     // Temp folders of earlier runs of ours that were killed (their process is gone) are removed first.
     cleanStaleTemps(parent, /\.(partial|old)-\d+-\d+$/);
-    // Free space, from one hash and one score-routed layer's plan (before planning them all: --layers may be huge).
-    // Headers are ~100 bytes a tensor; 1 MB covers config.json, README.md and the index.
-    const hashLayers = Math.min(layers, PRESET_SHAPES[preset].hashLayers);
-    const kinds = [[0, hashLayers], [PRESET_SHAPES[preset].hashLayers, layers - hashLayers]] as const;
-    let needed = 1e6;
-    for (const [layer, count] of kinds) {
-      if (count > 0) for (const t of planLayer(preset, layer, expertDtype)) needed += count * (numel(t.shape) * DTYPE_BYTES[t.dtype] + 256);
+    // Free space, before planning every layer (--layers may be huge): a whole-model plan is summed as it is; the
+    // MoE-only preset plan from one hash and one score-routed layer. Headers are ~100 bytes a tensor; 1 MB covers
+    // config.json, README.md, the index and the tokenizer files.
+    let needed = plan ? 1e6 + 20e6 : 1e6;
+    if (plan) {
+      for (const t of plan.tensors) needed += numel(t.shape) * DTYPE_BYTES[t.dtype] + 256;
+    } else {
+      const hashLayers = Math.min(layers, PRESET_SHAPES[preset].hashLayers);
+      const kinds = [[0, hashLayers], [PRESET_SHAPES[preset].hashLayers, layers - hashLayers]] as const;
+      for (const [layer, count] of kinds) {
+        if (count > 0) for (const t of planLayer(preset, layer, expertDtype)) needed += count * (numel(t.shape) * DTYPE_BYTES[t.dtype] + 256);
+      }
     }
     ensureFreeSpace(parent, needed,
       internal.setting ? `free space there or ${internal.setting.startsWith('--') ? 'pass' : 'set'} ${internal.setting} to another folder` : 'free space there or choose another --out');
-    for (let layer = 0; layer < layers; layer++) this.tensors.push(...planLayer(preset, layer, expertDtype));
+    if (plan) this.tensors.push(...plan.tensors);
+    else for (let layer = 0; layer < layers; layer++) this.tensors.push(...planLayer(preset, layer, expertDtype));
     this.maxTensorBytes = this.tensors.reduce((m, t) => Math.max(m, numel(t.shape) * DTYPE_BYTES[t.dtype]), 0);
     this.master = new Rng(seed);
     this.temp = `${this.target}.partial-${process.pid}-${Math.floor(Math.random() * 1e9)}`;
@@ -444,11 +464,12 @@ class Job {
     this.tempGuard = registerTemp(this.temp); // removed if SIGINT/SIGTERM/SIGHUP arrives before finish()
     try {
       writeOwnerMarker(this.temp);
-      fs.writeFileSync(path.join(this.temp, 'config.json'), JSON.stringify(presetConfig(preset, layers, expertDtype, seed), null, 2) + '\n');
-      fs.writeFileSync(path.join(this.temp, 'README.md'), README(preset, layers, expertDtype, seed));
+      fs.writeFileSync(path.join(this.temp, 'config.json'), JSON.stringify(plan?.config ?? presetConfig(preset, layers, expertDtype, seed), null, 2) + '\n');
+      fs.writeFileSync(path.join(this.temp, 'README.md'), plan?.readme ?? README(preset, layers, expertDtype, seed));
+      plan?.extraFiles?.(this.temp);
       this.writer = CheckpointWriter.create(this.temp, this.tensors, {
         maxShardBytes: options.shardSize,
-        metadata: { format: 'pt', megamoe_synthetic: 'true', preset, seed: String(seed), expert_dtype: expertDtype },
+        metadata: { format: 'pt', megamoe_synthetic: 'true', preset, seed: String(seed), expert_dtype: expertDtype, ...plan?.metadata },
       });
     } catch (err) {
       fs.rmSync(this.temp, { recursive: true, force: true });

@@ -22,12 +22,38 @@ import { E4M3_DECODE } from '../numerics/e4m3.js';
 import { QUANT_BLOCK, quantizeRowsF32Scale, quantizeRowsPow2Scale, type QuantizedWeight } from '../numerics/quant.js';
 import { HostTensor } from '../tensor/host.js';
 import { codeWords, rowBlockPartials } from './block-partials.js';
+import { wasmGemm, type WasmMatrix } from '../numerics/wasm-gemm.js';
 import { checkExpertWeights, checkForwardInputs, checkHiddenStatesFinite, type TopkIdsTensor } from './guards.js';
 import type { ExpertWeights, MoeLayerWeights } from './types.js';
 
 const fr = Math.fround;
 /** e4m3 decode table widened to f64 once, so the hot loops never convert. */
 const DEC = Float64Array.from(E4M3_DECODE);
+
+/**
+ * Small weights (<= SIMD_MAX_CODES codes, SIMD_BUDGET_CODES in all) get a decoded f32 copy in the WebAssembly SIMD
+ * kernels' memory (numerics/wasm-gemm.ts) on first use; larger ones (a flash expert is 8.4 M codes per
+ * projection) keep the JS loops, whose memory use is the codes alone.
+ */
+const SIMD_MAX_CODES = 1 << 22;
+const SIMD_BUDGET_CODES = 1 << 27;
+let simdCodes = 0;
+const simdWeights = new WeakMap<Uint8Array, WasmMatrix | null>();
+function simdWeight(w: QuantizedWeight): WasmMatrix | undefined {
+  if (!wasmGemm()) return undefined;
+  let m = simdWeights.get(w.q);
+  if (m === undefined) {
+    m = null;
+    const g = wasmGemm();
+    if (g && w.q.length <= SIMD_MAX_CODES && simdCodes + w.q.length <= SIMD_BUDGET_CODES && w.k % QUANT_BLOCK === 0) {
+      const dec = new Float32Array(w.q.length);
+      for (let i = 0; i < dec.length; i++) dec[i] = E4M3_DECODE[w.q[i]];
+      try { m = g.matrix(dec, w.n, w.k); simdCodes += w.q.length; } catch { m = null; }
+    }
+    simdWeights.set(w.q, m);
+  }
+  return m ?? undefined;
+}
 
 /** Rows of one FFN's batch: which token each row is, its routing weight and where its bf16 output goes. */
 interface Assignment {
@@ -73,6 +99,24 @@ function fp8Gemm(w: QuantizedWeight, act: Float64Array, actSf: Float32Array, n: 
   out: Float32Array, outStride: number): void {
   const k = w.k;
   const kBlocks = k / QUANT_BLOCK;
+  const simd = simdWeight(w);
+  if (simd) {
+    // Same block partials (exact f64 sums of e4m3 products, so the same bits), computed by the SIMD kernel.
+    const P = simd.fp8Partials(act, n);
+    for (let r = 0; r < w.n; r++) {
+      const sOff = (r >> 7) * kBlocks;
+      for (let i = 0; i < n; i++) {
+        const po = (i * w.n + r) * kBlocks;
+        let total = 0;
+        for (let kb = 0; kb < kBlocks; kb++) {
+          const sc = fr(actSf[i * kBlocks + kb] * w.s[sOff + kb]);
+          total = fr(total + fr(fr(P[po + kb]) * sc));
+        }
+        out[i * outStride + r] = total;
+      }
+    }
+    return;
+  }
   const words = codeWords(w.q);
   for (let r = 0; r < w.n; r++) {
     rowBlockPartials(words, r, k, act, n, partials);

@@ -6,6 +6,7 @@ import { makeCheckpoint, PRESETS } from '../../checkpoint/synthetic.js';
 import type { Preset } from '../../checkpoint/synthetic.js';
 import type { ExpertDtype } from '../../checkpoint/config.js';
 import { intArg, oneOf } from '../args.js';
+import { makeModelCheckpoint } from '../../model/checkpoint-writer.js';
 
 const UNITS: Record<string, number> = {
   '': 1, b: 1, k: 1e3, kb: 1e3, kib: 1024, m: 1e6, mb: 1e6, mib: 1024 ** 2, g: 1e9, gb: 1e9, gib: 1024 ** 3,
@@ -32,11 +33,14 @@ export function register(program: Command): void {
     .option('--shard-size <bytes>', 'start a new shard past this size (e.g. 4GB); writes model.safetensors.index.json', parseByteSize)
     .option('--force', 'replace a non-empty output directory', false)
     .option('--no-progress', 'no progress bar')
-    .action(async (opts: { out: string; preset: Preset; layers: number; expertDtype: ExpertDtype; seed: number; shardSize?: number; force: boolean; progress: boolean }) => {
-      const result = await makeCheckpoint({
+    .option('--whole-model', 'every tensor of the V4 layout (embedding, head, attention, norms, hyper-connections, MoE, MTP; src/model/checkpoint-writer.ts)', false)
+    .option('--mtp-layers <n>', 'with --whole-model: MTP layers (default 1)', intArg('--mtp-layers', 0))
+    .action(async (opts: { out: string; preset: Preset; layers: number; expertDtype: ExpertDtype; seed: number; shardSize?: number; force: boolean; progress: boolean; wholeModel: boolean; mtpLayers?: number }) => {
+      const common = {
         preset: opts.preset, layers: opts.layers, expertDtype: opts.expertDtype, seed: opts.seed, out: opts.out,
         shardSize: opts.shardSize, force: opts.force, progress: opts.progress ? undefined : false,
-      });
+      };
+      const result = opts.wholeModel ? await makeModelCheckpoint({ ...common, mtpLayers: opts.mtpLayers }) : await makeCheckpoint(common);
       const gb = result.bytes / 1e9;
       console.log(`wrote ${result.dir}: ${result.tensors} tensors, ${gb >= 1 ? `${gb.toFixed(2)} GB` : `${(result.bytes / 1e6).toFixed(1)} MB`} in ${result.files.length} files, ${result.seconds.toFixed(2)} s (${result.mbPerSecond.toFixed(0)} MB/s)`);
     });

@@ -9,7 +9,7 @@ import { intArg, resolveModelDir } from '../args.js';
 import { loadDeepSeekV4Config, moeShapeFromConfig } from '../../checkpoint/config.js';
 import { loadMoeLayer, type LoadedMoeLayer } from '../../checkpoint/moe-layer.js';
 import { writeSafetensors } from '../../checkpoint/safetensors.js';
-import { ensureDefaultCheckpoint } from '../../checkpoint/synthetic.js';
+import { ensureDefaultModel } from '../../model/checkpoint-writer.js';
 import { evalMoeF64 } from '../../moe/f64-eval.js';
 import { expertDtypePath } from '../../moe/guards.js';
 import { runExpertsReference } from '../../moe/experts.js';
@@ -107,7 +107,8 @@ function progressFor(label: string, T: number, s: { hiddenSize: number; moeInter
 
 async function run(opts: MoeOptions): Promise<void> {
   const started = performance.now();
-  const dir = opts.model ? resolveModelDir(opts.model) : ensureDefaultCheckpoint();
+  // The embedded default is the tiny whole V4 model (src/model/checkpoint-writer.ts); its MoE layers read as any.
+  const dir = opts.model ? resolveModelDir(opts.model) : ensureDefaultModel();
   // --dump is checked before any work: a folder that cannot be written fails now, not after the compute.
   const dumpDir = opts.dump ? checkDumpTarget(opts.dump, dir) : undefined;
   const cfg = loadDeepSeekV4Config(dir);
