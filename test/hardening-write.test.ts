@@ -1,5 +1,6 @@
 // Issue 9, classes 3 and 5: writes that can be interrupted (make-checkpoint's temp folder on SIGINT/SIGTERM, stale
 // temps of killed runs, free space, what --force may replace) and the embedded default rebuilt when damaged.
+import { ensureDefaultModel } from '../src/model/checkpoint-writer.js';
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
@@ -158,6 +159,20 @@ describe('the embedded default checkpoint', () => {
     const n = reasons.length;
     again();
     assert.equal(reasons.length, n, 'an intact default is not rebuilt');
+  });
+
+  test('the embedded default MODEL (what the CLI uses) is checked the same way: a flipped bit is rebuilt', () => {
+    const dir = path.join(fresh('cache-model'), 'default-tiny-model-v1');
+    ensureDefaultModel({ dir });
+    assert.ok(fs.existsSync(path.join(dir, MANIFEST_FILE)));
+    const shard = fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).sort()[0];
+    const good = fs.readFileSync(path.join(dir, shard));
+    const flipped = Buffer.from(good); flipped[flipped.length - 100] ^= 0x01;
+    fs.writeFileSync(path.join(dir, shard), flipped);
+    const reasons: string[] = [];
+    ensureDefaultModel({ dir, onRebuild: (why) => reasons.push(why) });
+    assert.match(reasons.at(-1)!, /does not match its SHA-256/);
+    assert.deepEqual(fs.readFileSync(path.join(dir, shard)), good, 'rebuilt byte for byte');
   });
 
   test('an unwritable cache folder is refused naming MEGAMOE_CACHE_DIR', () => {
