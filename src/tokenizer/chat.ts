@@ -1,0 +1,65 @@
+// The DeepSeek-V4 prompt encoding. V4 ships a Python encoder (encoding/encoding_dsv4.py, `encode_messages`), not
+// a jinja template; this is our implementation of its documented behaviour for system / user / assistant turns,
+// checked against the official test vectors (test/tokenizer-chat.test.ts, docs/TOKENIZER.md):
+//  - the prompt starts with BOS; system content follows it bare (no role token), several system messages in a
+//    row simply concatenate;
+//  - a user turn is <｜User｜>content; when it is the last message or an assistant turn follows, it is followed by
+//    <｜Assistant｜> and then <think> (thinking mode, last user turn) or </think> (chat mode, and the earlier
+//    turns of a thinking conversation); before another user or system message nothing follows it;
+//  - an assistant turn is [reasoning</think>]content<｜end▁of▁sentence｜>: the reasoning part only in thinking
+//    mode and only after the last user turn (earlier reasoning is dropped, the official drop_thinking default);
+//  - the tokens are the tokenizer's encoding of that string, special-token strings parsed as special tokens.
+// Tool calls, tool results, developer / latest_reminder roles, tasks and reasoning-effort prompts are not
+// covered (ChatMessage has no fields for them).
+import type { ChatMessage, TextTokenizer } from '../generate/contracts.js';
+import { ASSISTANT_TOKEN, BOS_TOKEN, EOS_TOKEN, THINK_END, THINK_START, USER_TOKEN } from './special-tokens.js';
+
+/** A chat message with an assistant turn's reasoning (its <think> part), which the V4 encoding can carry. */
+export interface ChatMessageWithReasoning extends ChatMessage {
+  /** Assistant turns only: the reasoning text, kept in thinking mode after the last user turn. */
+  reasoningContent?: string;
+}
+
+export interface ChatEncodeOptions {
+  /** Thinking mode: the assistant turn opens with <think>; default false (chat mode, opens with </think>). */
+  thinking?: boolean;
+  /** Prepend BOS; default true. */
+  bos?: boolean;
+}
+
+/** The V4 prompt as text (what `encode_messages(messages, thinking_mode)` returns for these roles). */
+export function encodeChatText(messages: readonly ChatMessageWithReasoning[], opts: ChatEncodeOptions = {}): string {
+  const thinking = opts.thinking ?? false;
+  let lastUser = -1;
+  for (let i = messages.length - 1; i >= 0; i--) if (messages[i].role === 'user') { lastUser = i; break; }
+  let out = opts.bos ?? true ? BOS_TOKEN : '';
+  messages.forEach((m, i) => {
+    if (typeof m.content !== 'string') throw new Error(`chat: message ${i} (${m.role}) has no string content`);
+    switch (m.role) {
+      case 'system':
+        out += m.content;
+        break;
+      case 'user': {
+        out += USER_TOKEN + m.content;
+        const next = messages[i + 1];
+        // The assistant opening follows a user turn that ends the list (the generation prompt) or that an
+        // assistant turn answers; before another user or system message there is none (official behaviour).
+        if (!next || next.role === 'assistant') out += ASSISTANT_TOKEN + (thinking && i >= lastUser ? THINK_START : THINK_END);
+        break;
+      }
+      case 'assistant': {
+        const reasoning = thinking && i > lastUser ? (m.reasoningContent ?? '') + THINK_END : '';
+        out += reasoning + m.content + EOS_TOKEN;
+        break;
+      }
+      default:
+        throw new Error(`chat: unknown role ${JSON.stringify((m as ChatMessage).role)} in message ${i} (expected system, user or assistant)`);
+    }
+  });
+  return out;
+}
+
+/** The V4 prompt as token ids, ready for generate(). */
+export function encodeChat(messages: readonly ChatMessageWithReasoning[], tokenizer: TextTokenizer, opts: ChatEncodeOptions = {}): number[] {
+  return tokenizer.encode(encodeChatText(messages, opts));
+}
