@@ -68,16 +68,16 @@ export function topIds(logits: Logits, m: number): Int32Array {
   return heap.sort((a, b) => logits[b] - logits[a] || a - b);
 }
 
-/** The distribution a Sampler draws from: candidate ids (best first) and their probabilities (summing to 1). */
+/** The distribution a Sampler draws from: candidate ids, in the order sample() walks them, and their probabilities. */
 export interface Distribution { ids: Int32Array; probs: Float64Array }
 
 /**
- * The filtered, renormalised distribution for non-greedy parameters. Exposed so tests (and a server's logprobs)
- * see exactly what sample() draws from; sample() itself avoids sorting the vocabulary when it can.
+ * The filtered, renormalised distribution for given parameters. Exposed so tests (and a server's logprobs) see
+ * exactly what sample() draws from.
  */
 export function samplingDistribution(logits: Logits, p: SamplingParams): Distribution {
   validateSampling(p);
-  if (p.temperature === 0) {
+  if (p.temperature === 0 || p.topK === 1) {
     const id = argmax(logits);
     return { ids: Int32Array.of(id), probs: Float64Array.of(1) };
   }
@@ -87,55 +87,95 @@ export function samplingDistribution(logits: Logits, p: SamplingParams): Distrib
   return { ids, probs };
 }
 
-/** exp((l - max) / T) over the candidate set, after top-k and top-p, with their sum. */
-function candidates(logits: Logits, p: SamplingParams): { ids: Int32Array; weights: Float64Array; total: number } {
+interface Candidates { ids: Int32Array; weights: Float64Array; total: number }
+
+/** Per-sampler buffers sized to the vocabulary, so a decode step allocates (almost) nothing. */
+class Scratch {
+  private w?: Float64Array;
+  private b?: Uint16Array;
+  weights(n: number): Float64Array { if (!this.w || this.w.length !== n) this.w = new Float64Array(n); return this.w; }
+  buckets(n: number): Uint16Array { if (!this.b || this.b.length !== n) this.b = new Uint16Array(n); return this.b; }
+}
+
+/**
+ * exp((l - max) / T) over the candidate set after top-k and top-p, with their sum. The kept set is always the
+ * smallest best-first prefix (by logit, then lower id) whose mass reaches topP of the mass it is cut from (the
+ * token that crosses the line is kept); only its order differs by path: best-first under top-k, id order
+ * otherwise, which avoids sorting the vocabulary.
+ */
+function candidates(logits: Logits, p: SamplingParams, scratch: Scratch = new Scratch()): Candidates {
   const V = logits.length;
   const max = logits[argmax(logits)];
   if (max === -Infinity) throw new Error('sampler: every logit is -Infinity');
   const invT = 1 / p.temperature;
-  const w = (id: number) => Math.exp((logits[id] - max) * invT);
-  let ids: Int32Array;
-  let mass: number; // the mass top-p measures against: the whole vocabulary, or the top-k set
   if (p.topK > 0 && p.topK < V) {
-    ids = topIds(logits, p.topK);
-    mass = 0;
-    for (const id of ids) mass += w(id);
-  } else {
-    mass = 0;
-    for (let i = 0; i < V; i++) mass += w(i);
-    if (p.topP >= 1) {
-      ids = new Int32Array(V);
-      for (let i = 0; i < V; i++) ids[i] = i;
-      return { ids, weights: Float64Array.from(ids, w), total: mass };
-    }
-    // Nucleus without top-k: grow a sorted prefix until it holds topP of the mass (usually a few hundred ids).
-    for (let m = Math.min(256, V); ; m = Math.min(m * 8, V)) {
-      ids = topIds(logits, m);
-      let cum = 0;
-      for (const id of ids) cum += w(id);
-      if (cum >= p.topP * mass || m === V) break;
-    }
+    const ids = topIds(logits, p.topK);
+    const weights = new Float64Array(ids.length);
+    let mass = 0;
+    for (let i = 0; i < ids.length; i++) { weights[i] = Math.exp((logits[ids[i]] - max) * invT); mass += weights[i]; }
+    if (p.topP >= 1) return { ids, weights, total: mass };
+    let cum = 0, keep = ids.length;
+    for (let i = 0; i < ids.length; i++) { cum += weights[i]; if (cum >= p.topP * mass) { keep = i + 1; break; } }
+    const kept = weights.subarray(0, keep);
+    return { ids: ids.subarray(0, keep), weights: kept, total: sum(kept) };
   }
-  // Smallest best-first prefix whose mass reaches topP (the token that crosses the line is kept).
-  let keep = ids.length;
-  if (p.topP < 1) {
-    let cum = 0;
-    for (let i = 0; i < ids.length; i++) {
-      cum += w(ids[i]);
-      if (cum >= p.topP * mass) { keep = i + 1; break; }
-    }
+  const w = scratch.weights(V);
+  let mass = 0;
+  for (let i = 0; i < V; i++) { w[i] = Math.exp((logits[i] - max) * invT); mass += w[i]; }
+  if (p.topP >= 1) {
+    const ids = new Int32Array(V);
+    for (let i = 0; i < V; i++) ids[i] = i;
+    return { ids, weights: w.slice(), total: mass };
   }
-  ids = ids.subarray(0, keep);
-  const weights = Float64Array.from(ids, w);
-  let total = 0;
-  for (const x of weights) total += x;
-  return { ids, weights, total };
+  const cut = nucleusCut(logits, w, p.topP * mass, max, scratch.buckets(V));
+  let n = 0;
+  for (let i = 0; i < V; i++) if (logits[i] > cut.logit || (logits[i] === cut.logit && i <= cut.id)) n++;
+  const ids = new Int32Array(n), weights = new Float64Array(n);
+  for (let i = 0, j = 0; i < V; i++) {
+    if (logits[i] > cut.logit || (logits[i] === cut.logit && i <= cut.id)) { ids[j] = i; weights[j] = w[i]; j++; }
+  }
+  return { ids, weights, total: sum(weights) };
+}
+
+function sum(a: Float64Array): number {
+  let t = 0;
+  for (let i = 0; i < a.length; i++) t += a[i];
+  return t;
+}
+
+/**
+ * The last token (logit, id) of the best-first prefix whose weight reaches target, without sorting the whole
+ * vocabulary: histogram the weights by logit into buckets, find the bucket where the running mass crosses the
+ * target, and sort only that bucket.
+ */
+function nucleusCut(logits: Logits, w: Float64Array, target: number, max: number, bucket: Uint16Array): { logit: number; id: number } {
+  const V = logits.length;
+  let min = max;
+  for (let i = 0; i < V; i++) if (w[i] > 0 && logits[i] < min) min = logits[i];
+  const NB = 4096;
+  const scale = max > min ? NB / (max - min) : 0;
+  const mass = new Float64Array(NB);
+  for (let i = 0; i < V; i++) {
+    const b = w[i] > 0 ? Math.min(NB - 1, Math.floor((max - logits[i]) * scale)) : NB; // NB: weightless, never kept
+    bucket[i] = b;
+    if (b < NB) mass[b] += w[i];
+  }
+  let cum = 0, b = 0;
+  for (; b < NB - 1; b++) { if (cum + mass[b] >= target) break; cum += mass[b]; }
+  const members: number[] = [];
+  for (let i = 0; i < V; i++) if (bucket[i] === b) members.push(i);
+  members.sort((x, y) => logits[y] - logits[x] || x - y);
+  for (const id of members) { cum += w[id]; if (cum >= target) return { logit: logits[id], id }; }
+  // Rounding kept the running sum a hair under target: the whole bucket is in.
+  const last = members[members.length - 1];
+  return { logit: logits[last], id: last };
 }
 
 export class Sampler {
   /** The seed in use (drawn at random when the parameters had none), so a run can be repeated. */
   readonly seed: number;
   private readonly rng: Rng;
+  private readonly scratch = new Scratch();
 
   constructor(readonly params: SamplingParams) {
     validateSampling(params);
@@ -147,7 +187,8 @@ export class Sampler {
   sample(logits: Logits): number {
     const p = this.params;
     if (p.temperature === 0 || p.topK === 1) return argmax(logits);
-    const { ids, weights, total } = candidates(logits, p);
+    if ((p.topK === 0 || p.topK >= logits.length) && p.topP >= 1) return this.sampleFull(logits);
+    const { ids, weights, total } = candidates(logits, p, this.scratch);
     // Inverse CDF over the candidates in their fixed order: one uniform per token, reproducible.
     const u = this.rng.uniform() * total;
     let cum = 0;
@@ -158,5 +199,23 @@ export class Sampler {
     // Rounding left u at the very top: the last candidate with non-zero weight.
     for (let i = ids.length - 1; i >= 0; i--) if (weights[i] > 0) return ids[i];
     return ids[0];
+  }
+
+  /** Temperature only: inverse CDF over the whole vocabulary in id order, nothing allocated. */
+  private sampleFull(logits: Logits): number {
+    const max = logits[argmax(logits)];
+    if (max === -Infinity) throw new Error('sampler: every logit is -Infinity');
+    const invT = 1 / this.params.temperature;
+    const w = this.scratch.weights(logits.length);
+    let total = 0;
+    for (let i = 0; i < logits.length; i++) { w[i] = Math.exp((logits[i] - max) * invT); total += w[i]; }
+    const u = this.rng.uniform() * total;
+    let cum = 0, last = 0;
+    for (let i = 0; i < logits.length; i++) {
+      if (w[i] > 0) last = i;
+      cum += w[i];
+      if (u < cum) return i;
+    }
+    return last;
   }
 }
