@@ -36,7 +36,9 @@ export type LoadModel = (dir: string, opts: { backend?: string }) => Promise<Cau
 
 // The one place generate reaches the model layer (src/model/index.ts, written alongside this command). Imported
 // by a computed specifier so this checkout type-checks and runs without it, failing with a clear message instead.
-const MODEL_ENTRY: string = '../../model/index.js';
+// MEGAMOE_MODEL_ENTRY (a file: URL of a module exporting loadModel) replaces it: the CLI tests drive the whole
+// command with a scripted model that way.
+const MODEL_ENTRY: string = process.env.MEGAMOE_MODEL_ENTRY || '../../model/index.js';
 
 export async function importLoadModel(entry: string = MODEL_ENTRY): Promise<LoadModel> {
   let mod: { loadModel?: unknown };
