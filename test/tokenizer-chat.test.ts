@@ -48,9 +48,47 @@ test('generation prompts: chat opens with </think>, thinking with <think>; reaso
   assert.equal(encodeChatText(q, { bos: false }), `${U}Why?${A}</think>`);
 });
 
-test('a user turn followed by another user or system message gets no assistant opening', () => {
+test('consecutive user messages form one turn; a user turn before a system message gets no assistant opening', () => {
   const m: ChatMessageWithReasoning[] = [{ role: 'user', content: 'a' }, { role: 'user', content: 'b' }, { role: 'system', content: 's' }, { role: 'user', content: 'c' }];
-  assert.equal(encodeChatText(m, { thinking: true }), `${BOS}${U}a${U}b${'s'}${U}c${A}<think>`);
+  assert.equal(encodeChatText(m, { thinking: true }), `${BOS}${U}a\n\nb${'s'}${U}c${A}<think>`);
+});
+
+// Expected strings from running the official encoder's code paths for these roles (encode_messages ->
+// merge_tool_messages, _drop_thinking_messages, render_message; transcribed locally from encoding_dsv4.py, not
+// shipped) on random conversations: 120 of them agreed with encodeChatText; these are a varied sample.
+const OFFICIAL_LOGIC: { thinking: boolean; messages: ChatMessageWithReasoning[]; text: string }[] = [
+  { thinking: false, messages: [{"role": "user", "content": "line\nbreak"}, {"role": "system", "content": "你好"}, {"role": "assistant", "content": "你好", "reasoningContent": "think a"}],
+    text: "<｜begin▁of▁sentence｜><｜User｜>line\nbreak你好你好<｜end▁of▁sentence｜>" },
+  { thinking: true, messages: [{"role": "user", "content": "line\nbreak"}, {"role": "system", "content": "你好"}, {"role": "assistant", "content": "你好", "reasoningContent": "think a"}],
+    text: "<｜begin▁of▁sentence｜><｜User｜>line\nbreak你好think a</think>你好<｜end▁of▁sentence｜>" },
+  { thinking: false, messages: [{"role": "user", "content": "Hi"}, {"role": "system", "content": "line\nbreak"}, {"role": "assistant", "content": "你好", "reasoningContent": ""}, {"role": "assistant", "content": "Hi"}, {"role": "system", "content": "ok"}],
+    text: "<｜begin▁of▁sentence｜><｜User｜>Hiline\nbreak你好<｜end▁of▁sentence｜>Hi<｜end▁of▁sentence｜>ok" },
+  { thinking: true, messages: [{"role": "user", "content": "Hi"}, {"role": "system", "content": "line\nbreak"}, {"role": "assistant", "content": "你好", "reasoningContent": ""}, {"role": "assistant", "content": "Hi"}, {"role": "system", "content": "ok"}],
+    text: "<｜begin▁of▁sentence｜><｜User｜>Hiline\nbreak</think>你好<｜end▁of▁sentence｜></think>Hi<｜end▁of▁sentence｜>ok" },
+  { thinking: false, messages: [{"role": "assistant", "content": "Hi", "reasoningContent": "推理"}, {"role": "system", "content": "ok"}, {"role": "system", "content": "2+2?"}, {"role": "user", "content": "line\nbreak"}, {"role": "user", "content": "你好"}, {"role": "assistant", "content": "Paris.", "reasoningContent": ""}],
+    text: "<｜begin▁of▁sentence｜>Hi<｜end▁of▁sentence｜>ok2+2?<｜User｜>line\nbreak\n\n你好<｜Assistant｜></think>Paris.<｜end▁of▁sentence｜>" },
+  { thinking: true, messages: [{"role": "assistant", "content": "Hi", "reasoningContent": "推理"}, {"role": "system", "content": "ok"}, {"role": "system", "content": "2+2?"}, {"role": "user", "content": "line\nbreak"}, {"role": "user", "content": "你好"}, {"role": "assistant", "content": "Paris.", "reasoningContent": ""}],
+    text: "<｜begin▁of▁sentence｜>Hi<｜end▁of▁sentence｜>ok2+2?<｜User｜>line\nbreak\n\n你好<｜Assistant｜><think></think>Paris.<｜end▁of▁sentence｜>" },
+  { thinking: false, messages: [{"role": "system", "content": "Hi"}, {"role": "assistant", "content": "ok", "reasoningContent": ""}, {"role": "assistant", "content": "😀", "reasoningContent": "推理"}, {"role": "user", "content": "Paris."}, {"role": "user", "content": "2+2?"}],
+    text: "<｜begin▁of▁sentence｜>Hiok<｜end▁of▁sentence｜>😀<｜end▁of▁sentence｜><｜User｜>Paris.\n\n2+2?<｜Assistant｜></think>" },
+  { thinking: true, messages: [{"role": "system", "content": "Hi"}, {"role": "assistant", "content": "ok", "reasoningContent": ""}, {"role": "assistant", "content": "😀", "reasoningContent": "推理"}, {"role": "user", "content": "Paris."}, {"role": "user", "content": "2+2?"}],
+    text: "<｜begin▁of▁sentence｜>Hiok<｜end▁of▁sentence｜>😀<｜end▁of▁sentence｜><｜User｜>Paris.\n\n2+2?<｜Assistant｜><think>" },
+  { thinking: false, messages: [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "Paris.", "reasoningContent": "推理"}, {"role": "assistant", "content": "Paris."}, {"role": "system", "content": "你好"}, {"role": "assistant", "content": "line\nbreak", "reasoningContent": "推理"}, {"role": "user", "content": ""}],
+    text: "<｜begin▁of▁sentence｜><｜User｜>你好<｜Assistant｜></think>Paris.<｜end▁of▁sentence｜>Paris.<｜end▁of▁sentence｜>你好line\nbreak<｜end▁of▁sentence｜><｜User｜><｜Assistant｜></think>" },
+  { thinking: true, messages: [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "Paris.", "reasoningContent": "推理"}, {"role": "assistant", "content": "Paris."}, {"role": "system", "content": "你好"}, {"role": "assistant", "content": "line\nbreak", "reasoningContent": "推理"}, {"role": "user", "content": ""}],
+    text: "<｜begin▁of▁sentence｜><｜User｜>你好<｜Assistant｜></think>Paris.<｜end▁of▁sentence｜>Paris.<｜end▁of▁sentence｜>你好line\nbreak<｜end▁of▁sentence｜><｜User｜><｜Assistant｜><think>" },
+  { thinking: false, messages: [{"role": "system", "content": "你好"}, {"role": "assistant", "content": "😀", "reasoningContent": "推理"}, {"role": "assistant", "content": "", "reasoningContent": "推理"}, {"role": "system", "content": "你好"}],
+    text: "<｜begin▁of▁sentence｜>你好😀<｜end▁of▁sentence｜><｜end▁of▁sentence｜>你好" },
+  { thinking: true, messages: [{"role": "system", "content": "你好"}, {"role": "assistant", "content": "😀", "reasoningContent": "推理"}, {"role": "assistant", "content": "", "reasoningContent": "推理"}, {"role": "system", "content": "你好"}],
+    text: "<｜begin▁of▁sentence｜>你好推理</think>😀<｜end▁of▁sentence｜>推理</think><｜end▁of▁sentence｜>你好" },
+  { thinking: false, messages: [{"role": "assistant", "content": "你好", "reasoningContent": ""}, {"role": "user", "content": ""}, {"role": "user", "content": "line\nbreak"}],
+    text: "<｜begin▁of▁sentence｜>你好<｜end▁of▁sentence｜><｜User｜>\n\nline\nbreak<｜Assistant｜></think>" },
+  { thinking: true, messages: [{"role": "assistant", "content": "你好", "reasoningContent": ""}, {"role": "user", "content": ""}, {"role": "user", "content": "line\nbreak"}],
+    text: "<｜begin▁of▁sentence｜>你好<｜end▁of▁sentence｜><｜User｜>\n\nline\nbreak<｜Assistant｜><think>" },
+];
+
+test('random conversations: the official encoder logic\'s strings, in chat and thinking mode', () => {
+  for (const c of OFFICIAL_LOGIC) assert.equal(encodeChatText(c.messages, { thinking: c.thinking }), c.text, JSON.stringify(c.messages.map((m) => m.role)));
 });
 
 test('encodeChat: ids of the V4 prompt, special tokens as single ids', async () => {
@@ -64,5 +102,6 @@ test('encodeChat: ids of the V4 prompt, special tokens as single ids', async () 
 
 test('bad messages are refused with the role and index', () => {
   assert.throws(() => encodeChatText([{ role: 'tool' as 'user', content: 'x' }]), /unknown role "tool" in message 0/);
+  assert.throws(() => encodeChatText([{ role: 'user', content: 'a' }, { role: 'user', content: 'b' }, { role: 'developer' as 'user', content: 'x' }]), /unknown role "developer" in message 2/);
   assert.throws(() => encodeChatText([{ role: 'user', content: undefined as unknown as string }]), /message 0 \(user\) has no string content/);
 });

@@ -3,6 +3,7 @@
 // checked against the official test vectors (test/tokenizer-chat.test.ts, docs/TOKENIZER.md):
 //  - the prompt starts with BOS; system content follows it bare (no role token), several system messages in a
 //    row simply concatenate;
+//  - consecutive user messages form one user turn, joined by a blank line;
 //  - a user turn is <｜User｜>content; when it is the last message or an assistant turn follows, it is followed by
 //    <｜Assistant｜> and then <think> (thinking mode, last user turn) or </think> (chat mode, and the earlier
 //    turns of a thinking conversation); before another user or system message nothing follows it;
@@ -28,13 +29,13 @@ export interface ChatEncodeOptions {
 }
 
 /** The V4 prompt as text (what `encode_messages(messages, thinking_mode)` returns for these roles). */
-export function encodeChatText(messages: readonly ChatMessageWithReasoning[], opts: ChatEncodeOptions = {}): string {
+export function encodeChatText(input: readonly ChatMessageWithReasoning[], opts: ChatEncodeOptions = {}): string {
   const thinking = opts.thinking ?? false;
+  const messages = mergeUserRuns(input);
   let lastUser = -1;
   for (let i = messages.length - 1; i >= 0; i--) if (messages[i].role === 'user') { lastUser = i; break; }
   let out = opts.bos ?? true ? BOS_TOKEN : '';
   messages.forEach((m, i) => {
-    if (typeof m.content !== 'string') throw new Error(`chat: message ${i} (${m.role}) has no string content`);
     switch (m.role) {
       case 'system':
         out += m.content;
@@ -53,8 +54,27 @@ export function encodeChatText(messages: readonly ChatMessageWithReasoning[], op
         break;
       }
       default:
-        throw new Error(`chat: unknown role ${JSON.stringify((m as ChatMessage).role)} in message ${i} (expected system, user or assistant)`);
+        throw new Error(`chat: unknown role ${JSON.stringify((m as ChatMessage).role)}`); // refused in mergeUserRuns
     }
+  });
+  return out;
+}
+
+/**
+ * Consecutive user messages become one user turn, their contents joined by a blank line: the official encoder
+ * turns every user message into content blocks and appends a user message to the user turn before it
+ * (merge_tool_messages), rendering the blocks joined by "\n\n".
+ */
+function mergeUserRuns(messages: readonly ChatMessageWithReasoning[]): ChatMessageWithReasoning[] {
+  const out: ChatMessageWithReasoning[] = [];
+  messages.forEach((m, i) => {
+    if (typeof m.content !== 'string') throw new Error(`chat: message ${i} (${m.role}) has no string content`);
+    if (m.role !== 'system' && m.role !== 'user' && m.role !== 'assistant') {
+      throw new Error(`chat: unknown role ${JSON.stringify(m.role)} in message ${i} (expected system, user or assistant)`);
+    }
+    const prev = out[out.length - 1];
+    if (m.role === 'user' && prev?.role === 'user') out[out.length - 1] = { ...prev, content: `${prev.content}\n\n${m.content}` };
+    else out.push(m);
   });
   return out;
 }
