@@ -94,7 +94,11 @@ class Scratch {
   private w?: Float64Array;
   private b?: Uint16Array;
   weights(n: number): Float64Array { if (!this.w || this.w.length !== n) this.w = new Float64Array(n); return this.w; }
+  private i?: Int32Array;
+  private k?: Float64Array;
   buckets(n: number): Uint16Array { if (!this.b || this.b.length !== n) this.b = new Uint16Array(n); return this.b; }
+  ids(n: number): Int32Array { if (!this.i || this.i.length !== n) this.i = new Int32Array(n); return this.i; }
+  kept(n: number): Float64Array { if (!this.k || this.k.length !== n) this.k = new Float64Array(n); return this.k; }
 }
 
 /**
@@ -128,13 +132,14 @@ function candidates(logits: Logits, p: SamplingParams, scratch: Scratch = new Sc
     return { ids, weights: w.slice(), total: mass };
   }
   const cut = nucleusCut(logits, w, p.topP * mass, max, scratch.buckets(V));
-  let n = 0;
-  for (let i = 0; i < V; i++) if (logits[i] > cut.logit || (logits[i] === cut.logit && i <= cut.id)) n++;
-  const ids = new Int32Array(n), weights = new Float64Array(n);
-  for (let i = 0, j = 0; i < V; i++) {
-    if (logits[i] > cut.logit || (logits[i] === cut.logit && i <= cut.id)) { ids[j] = i; weights[j] = w[i]; j++; }
+  // One pass, into scratch (the caller reads the candidates before the next sample()).
+  const ids = scratch.ids(V), weights = scratch.kept(V);
+  let n = 0, total = 0;
+  for (let i = 0; i < V; i++) {
+    const l = logits[i];
+    if (l > cut.logit || (l === cut.logit && i <= cut.id)) { ids[n] = i; weights[n] = w[i]; total += w[i]; n++; }
   }
-  return { ids, weights, total: sum(weights) };
+  return { ids: ids.subarray(0, n), weights: weights.subarray(0, n), total };
 }
 
 function sum(a: Float64Array): number {
