@@ -105,3 +105,35 @@ test('bad messages are refused with the role and index', () => {
   assert.throws(() => encodeChatText([{ role: 'user', content: 'a' }, { role: 'user', content: 'b' }, { role: 'developer' as 'user', content: 'x' }]), /unknown role "developer" in message 2/);
   assert.throws(() => encodeChatText([{ role: 'user', content: undefined as unknown as string }]), /message 0 \(user\) has no string content/);
 });
+
+test('parseCompletion: the official split of vector 2\'s last turn; chat mode is all content', async () => {
+  const { parseCompletion } = await import('../src/tokenizer/index.js');
+  const completion = 'The user asks about the capital of France. It is Paris.</think>The capital of France is Paris.<｜end▁of▁sentence｜>';
+  assert.deepEqual(parseCompletion(completion, { thinking: true }), {
+    reasoningContent: 'The user asks about the capital of France. It is Paris.', content: 'The capital of France is Paris.',
+  });
+  assert.deepEqual(parseCompletion('still thinking', { thinking: true }), { reasoningContent: 'still thinking', content: '' });
+  assert.deepEqual(parseCompletion('a</think>b'), { reasoningContent: '', content: 'a</think>b' });
+});
+
+test('ReasoningSplitter: streamed deltas never carry part of </think>, and add up to parseCompletion', async () => {
+  const { parseCompletion, ReasoningSplitter } = await import('../src/tokenizer/index.js');
+  const text = 'think </th no, still <think-ing>... done</think>Answer with </ inside';
+  for (let size = 1; size <= 7; size++) {
+    const sp = new ReasoningSplitter({ thinking: true });
+    let r = '', c = '';
+    for (let i = 0; i < text.length; i += size) {
+      const d = sp.push(text.slice(i, i + size));
+      assert.ok(!d.reasoningContent.includes('</think') && !d.content.startsWith('>'), JSON.stringify(d));
+      r += d.reasoningContent; c += d.content;
+    }
+    const f = sp.flush();
+    r += f.reasoningContent; c += f.content;
+    assert.deepEqual({ reasoningContent: r, content: c }, parseCompletion(text, { thinking: true }), `size ${size}`);
+  }
+  const chat = new ReasoningSplitter();
+  assert.deepEqual(chat.push('a</think>'), { reasoningContent: '', content: 'a</think>' });
+  const open = new ReasoningSplitter({ thinking: true });
+  assert.deepEqual(open.push('half </thi'), { reasoningContent: 'half ', content: '' });
+  assert.deepEqual(open.flush(), { reasoningContent: '</thi', content: '' });
+});

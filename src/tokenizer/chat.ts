@@ -83,3 +83,57 @@ function mergeUserRuns(messages: readonly ChatMessageWithReasoning[]): ChatMessa
 export function encodeChat(messages: readonly ChatMessageWithReasoning[], tokenizer: TextTokenizer, opts: ChatEncodeOptions = {}): number[] {
   return tokenizer.encode(encodeChatText(messages, opts));
 }
+
+/** An assistant completion split the way the official parser splits it (tool calls not handled). */
+export interface ParsedCompletion { reasoningContent: string; content: string }
+
+/**
+ * Splits generated text into reasoning and answer, like the official parse_message_from_completion_text without
+ * tool calls: in thinking mode everything before the first </think> is reasoning (all of it, while no </think>
+ * came); in chat mode it is all content. A trailing EOS string, if the text kept it, is dropped.
+ */
+export function parseCompletion(text: string, opts: { thinking?: boolean } = {}): ParsedCompletion {
+  const body = text.endsWith(EOS_TOKEN) ? text.slice(0, -EOS_TOKEN.length) : text;
+  if (!opts.thinking) return { reasoningContent: '', content: body };
+  const at = body.indexOf(THINK_END);
+  if (at < 0) return { reasoningContent: body, content: '' };
+  return { reasoningContent: body.slice(0, at), content: body.slice(at + THINK_END.length) };
+}
+
+/**
+ * The same split on streamed text: feed chunk texts, get reasoning and content deltas. A piece that could be the
+ * start of </think> is held back until it is decided, so no delta ever carries part of the marker.
+ */
+export class ReasoningSplitter {
+  private inReasoning: boolean;
+  private held = '';
+
+  constructor(opts: { thinking?: boolean } = {}) {
+    this.inReasoning = opts.thinking ?? false;
+  }
+
+  push(text: string): ParsedCompletion {
+    if (!this.inReasoning) return { reasoningContent: '', content: text };
+    const buf = this.held + text;
+    const at = buf.indexOf(THINK_END);
+    if (at >= 0) {
+      this.inReasoning = false;
+      this.held = '';
+      return { reasoningContent: buf.slice(0, at), content: buf.slice(at + THINK_END.length) };
+    }
+    let keep = 0;
+    for (let k = Math.min(buf.length, THINK_END.length - 1); k > 0; k--) if (THINK_END.startsWith(buf.slice(buf.length - k))) { keep = k; break; }
+    this.held = buf.slice(buf.length - keep);
+    return { reasoningContent: buf.slice(0, buf.length - keep), content: '' };
+  }
+
+  /** The end of the stream: held text was reasoning after all. */
+  flush(): ParsedCompletion {
+    const r = { reasoningContent: this.held, content: '' };
+    this.held = '';
+    return r;
+  }
+
+  /** Whether the stream is still inside the reasoning part. */
+  get reasoning(): boolean { return this.inReasoning; }
+}
