@@ -47,6 +47,9 @@ test('numberArg refuses text that is not a number in range', () => {
   assert.throws(() => t('0.7x'), /--temperature must be a number in \[0, 100\], got "0.7x"/);
   assert.throws(() => t(''), /number/);
   assert.throws(() => t('-1'), /number/);
+  const p = numberArg('--top-p', 0, 1, { minExclusive: true });
+  assert.equal(p('1'), 1);
+  assert.throws(() => p('0'), /--top-p must be a number in \(0, 1\], got "0"/);
 });
 
 test('prompt ids: BOS + text, or the V4 chat encoding (chat and thinking, with a system prompt)', async () => {

@@ -57,11 +57,14 @@ export async function importLoadModel(entry: string = MODEL_ENTRY): Promise<Load
   return mod.loadModel as LoadModel;
 }
 
-/** A number option in [min, max]; "1.5x" and "" are refused rather than read as a prefix. */
-export function numberArg(name: string, min: number, max: number) {
+/** A number option in [min, max] (or (min, max]); "1.5x" and "" are refused rather than read as a prefix. */
+export function numberArg(name: string, min: number, max: number, opts: { minExclusive?: boolean } = {}) {
   return (text: string): number => {
     const v = Number(text);
-    if (text.trim() === '' || !Number.isFinite(v) || v < min || v > max) throw new InvalidArgumentError(`${name} must be a number in [${min}, ${max}], got "${text}"`);
+    const low = opts.minExclusive ? v <= min : v < min;
+    if (text.trim() === '' || !Number.isFinite(v) || low || v > max) {
+      throw new InvalidArgumentError(`${name} must be a number in ${opts.minExclusive ? '(' : '['}${min}, ${max}], got "${text}"`);
+    }
     return v;
   };
 }
@@ -143,7 +146,7 @@ export function register(program: Command): void {
     .option('--max-tokens <n>', 'most tokens to generate', intArg('--max-tokens', 0), 128)
     .option('--temperature <t>', '0 = greedy (default: generation_config.json, else 1.0)', numberArg('--temperature', 0, 100))
     .option('--top-k <k>', 'keep the k most likely tokens (0 = off)', intArg('--top-k', 0), 0)
-    .option('--top-p <p>', 'nucleus sampling mass in (0, 1] (default: generation_config.json, else 1.0 = off)', numberArg('--top-p', Number.MIN_VALUE, 1))
+    .option('--top-p <p>', 'nucleus sampling mass in (0, 1] (default: generation_config.json, else 1.0 = off)', numberArg('--top-p', 0, 1, { minExclusive: true }))
     .option('--seed <s>', 'sampling seed (same seed, same text; default random)', intArg('--seed', 0, 0xffffffff))
     .option('--stop <strings...>', 'stop when the text contains any of these (not printed)', [] as string[])
     .option('--backend <name>', 'MoE backend for the model (default: the model layer\'s choice)')
