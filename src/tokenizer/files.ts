@@ -4,6 +4,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createRequire } from 'node:module';
+import { randomBytes } from 'node:crypto';
 import { SPECIAL_IDS, TEXTUAL_TOKENS, V4_NAMED_TOKENS, v4SpanPlaceholders } from './special-tokens.js';
 
 export const TOKENIZER_FILES = Object.freeze({
@@ -68,7 +69,8 @@ export async function writeTokenizerFiles(dir: string): Promise<void> {
   ];
   for (const [name, text] of files) {
     const dest = path.join(dir, name);
-    const tmp = `${dest}.tmp-${process.pid}`;
+    // pid + random: two writers of one folder (processes or concurrent calls) never share a temporary file.
+    const tmp = `${dest}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
     await fs.promises.writeFile(tmp, text);
     await fs.promises.rename(tmp, dest);
   }
