@@ -95,6 +95,10 @@ test('writeTokenizerFiles: no V3 chat template, V4 generation_config, loads back
   assert.deepEqual(fs.readdirSync(other).sort(), ['generation_config.json', 'tokenizer.json', 'tokenizer_config.json']);
   const t = await loadTokenizer(other);
   assert.deepEqual(t.encode('你好'), [30594]);
+  // Concurrent writers of one folder leave complete files and no temporaries.
+  await Promise.all([writeTokenizerFiles(other), writeTokenizerFiles(other), writeTokenizerFiles(other)]);
+  assert.deepEqual(fs.readdirSync(other).sort(), ['generation_config.json', 'tokenizer.json', 'tokenizer_config.json']);
+  assert.equal(fs.readFileSync(path.join(other, 'tokenizer.json'), 'utf8'), fs.readFileSync(path.join(dir, 'tokenizer.json'), 'utf8'));
 });
 
 test('loadTokenizer: a folder without tokenizer.json says so', async () => {
