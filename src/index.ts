@@ -1,4 +1,4 @@
-// megamoe's library API: numerics, checkpoints, the MoE block and its backends, the tokenizer and generation.
+// megamoe's library API: numerics, checkpoints, the MoE block and its backends, tokenizer and generation. The CUDA layer is reachable
 // through 'megamoe/cuda' style deep imports (dist/src/cuda/index.js) so that CPU-only users never load it.
 export * from './tensor/host.js';
 export * from './numerics/index.js';
