@@ -27,6 +27,19 @@ CASES = [
     "Ünïcödé façade naïve café — “quotes” … ½ ™",
     "def f(x):\n    return x**2  # square\n",
     "   leading and trailing spaces   ",
+    "a <｜User｜> b\n<think>\n x </think> y",
+    " <｜Assistant｜>  \n\n",
+    "<think><think></think>",
+    "x<｜end▁of▁sentence｜>y <｜begin▁of▁sentence｜> z",
+    "<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"get_weather\">",
+    "12345678901234567890",
+    "\u00a0nbsp\u3000ideographic space",
+    "tab\t\t\tend",
+    "\r\r\n\n\r",
+    "٠١٢ ١٢٣٤",
+    "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𝟙𝟚𝟛",
+    "<|EOT|><｜fim▁hole｜>",
+    "A\u0301 combining",
 ]
 
 def main() -> None:
