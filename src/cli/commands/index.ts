@@ -1,6 +1,7 @@
 // The list of CLI commands. Each module exports `register(program)`.
 import type { Command } from 'commander';
 import { register as registerBench } from './bench.js';
+import { register as registerGenerate } from './generate.js';
 import { register as registerInfo } from './info.js';
 import { register as registerKernels } from './kernels.js';
 import { register as registerMakeCheckpoint } from './make-checkpoint.js';
@@ -8,6 +9,7 @@ import { register as registerMoe } from './moe.js';
 
 export function registerCommands(program: Command): void {
   registerBench(program);
+  registerGenerate(program);
   registerInfo(program);
   registerKernels(program);
   registerMakeCheckpoint(program);
