@@ -231,6 +231,7 @@ describe('server: load and disconnects', () => {
       }));
       const ok = outcomes.filter((o) => o === 'ok').length;
       assert.equal(ok + outcomes.filter((o) => o === '429').length, 32);
+      console.log(`32 clients: ${ok} answered, ${32 - ok} refused with 429`);
       assert.ok(ok >= 12, `only ${ok} answered: 4 running + 8 queued must be`);
       await waitFor(() => s.engine.numRunning === 0 && s.engine.numWaiting === 0);
       if (s.toy) assert.equal(s.toy.live.size, 0);

@@ -154,7 +154,18 @@ export async function startServer(opts: ServeOptions, loadParts: PartsLoader = l
   return {
     app, engine, url: address,
     shutdown(graceMs: number) {
-      closing ??= Promise.all([engine.shutdown(graceMs), app.close()]).then(() => undefined);
+      closing ??= (async () => {
+        // Stop listening at once; the engine drains what was admitted.
+        const closed = app.close();
+        await engine.shutdown(graceMs);
+        // Every response has now ended, but clients keep their sockets alive (fastify's keep-alive is 72 s) and
+        // close() waits for them: let the last bytes flush, then drop the idle ones, and after a second all.
+        await new Promise((r) => setImmediate(r));
+        app.server.closeIdleConnections();
+        const force = setTimeout(() => app.server.closeAllConnections(), 1000);
+        await closed;
+        clearTimeout(force);
+      })();
       return closing;
     },
   };
