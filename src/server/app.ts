@@ -44,6 +44,8 @@ export const COMPLETIONS_DEFAULT_MAX_TOKENS = 16;
 export function buildServer(opts: ServerOptions): FastifyInstance {
   const app = Fastify({
     logger: false,
+    // Long prompts: 128k tokens of text is well over fastify's default 1 MiB.
+    bodyLimit: 16 * 1024 * 1024,
     // Idle keep-alive sockets are closed at shutdown; streams in flight are drained by the engine.
     forceCloseConnections: 'idle',
     // During shutdown the engine refuses with OpenAI's shape itself (EngineShutdownError -> 503).
