@@ -154,6 +154,7 @@ describe('server: endpoints on loopback', () => {
     await assert.rejects(ai.completions.create({ model: MODEL, prompt: 'y'.repeat(300) }), (e: unknown) => {
       assert.ok(e instanceof OpenAI.BadRequestError);
       assert.equal(e.code, 'context_length_exceeded');
+      assert.equal(e.param, 'prompt');
       assert.match(e.message, /maximum context length is 256 tokens/);
       return true;
     });
@@ -274,6 +275,32 @@ describe('server: load and disconnects', () => {
       const steps = s.engine.steps;
       await new Promise((r2) => setTimeout(r2, 30));
       assert.equal(s.engine.steps, steps, 'no step ran after the cancel');
+    } finally {
+      await s.close();
+    }
+  });
+
+  test('a model step that fails mid-stream: an error event the client raises, then the server serves on', async () => {
+    const s = await startTestServer({ maxNumSeqs: 2, maxQueue: 2 });
+    try {
+      if (!s.toy) return; // the failure is injected into the toy model
+      const real = s.toy.step.bind(s.toy);
+      let calls = 0;
+      s.toy.step = async (items) => { if (++calls === 4) throw new Error('injected device fault'); return real(items); };
+      const stream = await client(s).chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'x' }], max_tokens: 50, stream: true });
+      await assert.rejects((async () => { for await (const _ of stream) { /* drain */ } })(), (e: unknown) => {
+        assert.ok(e instanceof OpenAI.APIError);
+        assert.match(e.message, /injected device fault/);
+        return true;
+      });
+      await assert.rejects(client(s).completions.create({ model: MODEL, prompt: 'y', max_tokens: 3 }).then(() => {
+        s.toy!.step = async () => { throw new Error('again'); };
+        return client(s).completions.create({ model: MODEL, prompt: 'y', max_tokens: 3 });
+      }), (e: unknown) => e instanceof OpenAI.InternalServerError && e.code === 'engine_error');
+      s.toy.step = real;
+      const ok = await client(s).completions.create({ model: MODEL, prompt: 'y', max_tokens: 3 });
+      assert.equal(ok.usage!.completion_tokens, 3);
+      assert.equal(s.toy.live.size, 0);
     } finally {
       await s.close();
     }

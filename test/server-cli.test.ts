@@ -127,7 +127,9 @@ if (process.env.MEGAMOE_SERVE_CHILD === '1') {
     assert.equal(r.text.length, 30);
     assert.ok(r.done);
     // The port is closed (or, on a kept-alive socket, the engine answers 503): nothing new is served.
-    const after = await fetch(`${url}/v1/models`).then((x) => x.status, () => 'refused');
+    const after = await fetch(`${url}/v1/completions`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: modelDir, prompt: 'late', max_tokens: 2 }),
+    }).then((x) => x.status, () => 'refused');
     assert.ok(after === 'refused' || after === 503, String(after));
     assert.equal(await exit, 0, stderr());
     assert.match(stderr(), /SIGTERM: draining 1 running and 0 waiting requests/);

@@ -57,8 +57,8 @@ export function buildServer(opts: ServerOptions): FastifyInstance {
   const modelName = opts.modelNames[0];
   const apiKeyHash = opts.apiKey === undefined ? undefined : sha256(opts.apiKey);
 
-  app.setErrorHandler((err, _req, reply) => {
-    const e = toApiError(err);
+  app.setErrorHandler((err, req, reply) => {
+    const e = toApiError(err, req.url.startsWith('/v1/completions') ? 'prompt' : 'messages');
     void reply.code(e.status).headers(e.headers).send(e.body());
   });
   app.setNotFoundHandler((req, reply) => {

@@ -37,8 +37,8 @@ interface FastifyLikeError {
   validationContext?: string;
 }
 
-/** Any error thrown in a route or by fastify, as the ApiError to send. */
-export function toApiError(err: unknown): ApiError {
+/** Any error thrown in a route or by fastify, as the ApiError to send. `promptParam`: where the prompt was ('messages' or 'prompt'). */
+export function toApiError(err: unknown, promptParam: 'messages' | 'prompt' = 'messages'): ApiError {
   if (err instanceof ApiError) return err;
   if (err instanceof QueueFullError) {
     return new ApiError(429, err.message, {
@@ -47,7 +47,7 @@ export function toApiError(err: unknown): ApiError {
   }
   if (err instanceof EngineShutdownError) return new ApiError(503, err.message, { code: 'shutting_down', headers: { connection: 'close' } });
   if (err instanceof QueueTimeoutError) return new ApiError(503, err.message, { code: 'queue_timeout', headers: { 'retry-after': '1' } });
-  if (err instanceof ContextLengthError) return new ApiError(400, err.message, { param: 'messages', code: 'context_length_exceeded' });
+  if (err instanceof ContextLengthError) return new ApiError(400, err.message, { param: promptParam, code: 'context_length_exceeded' });
   if (err instanceof InvalidRequestError) return new ApiError(400, err.message, { param: err.param ?? null, code: 'invalid_value' });
   if (err instanceof EngineStepError) return new ApiError(500, err.message, { code: 'engine_error' });
   const f = err as FastifyLikeError;
