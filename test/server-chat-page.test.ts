@@ -27,6 +27,7 @@ test('chat page: a message sent in headless Chromium streams its answer back', {
     await page.fill('#apikey', 'page-key');
     await page.dispatchEvent('#apikey', 'change');
     await page.waitForFunction("document.getElementById('model').textContent === 'toy'");
+    await page.fill('#maxtokens', '40');
     await page.fill('#input', 'hello from the browser');
     await page.press('#input', 'Enter');
     await page.waitForSelector('.msg.assistant[data-state="done"]', { timeout: 30_000 });
@@ -37,7 +38,20 @@ test('chat page: a message sent in headless Chromium streams its answer back', {
     // The page samples at the default temperature 1: the text is random, its length is the usage line's.
     const usage = /(\d+) tokens, first after \d+ ms/.exec((await page.textContent('#status')) ?? '');
     assert.ok(usage, 'the usage line is shown');
-    if (s.toy) assert.equal(s.parts.tokenizer.encode(answer).length, Number(usage[1]));
+    assert.equal(Number(usage[1]), 40);
+    if (s.toy) assert.equal(s.parts.tokenizer.encode(answer).length, 40);
+    // Stop mid-answer: the page keeps the partial text, and the server frees the sequence at once.
+    if (s.toy) s.toy.stepDelayMs = 10; // slow enough to click Stop halfway
+    await page.fill('#maxtokens', '300');
+    await page.fill('#input', 'and a long one');
+    await page.click('#send');
+    await page.waitForFunction("(document.querySelectorAll('.msg.assistant')[1] || { textContent: '' }).textContent.length >= 5");
+    await page.click('#stop');
+    await page.waitForSelector('.msg.assistant[data-state="stopped"]');
+    const deadline = Date.now() + 3000;
+    while (s.engine.numRunning > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(s.engine.numRunning, 0, 'the stopped request released its slot');
+    assert.equal(await page.isEnabled('#send'), true);
     assert.deepEqual(errors, []);
   } finally {
     await browser.close();

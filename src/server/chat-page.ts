@@ -1,7 +1,8 @@
 // The chat page served at / (as llama.cpp's server has one): plain HTML and a little JavaScript, no build step,
 // no external resource. It streams /v1/chat/completions with fetch and reads the server-sent events itself
 // (EventSource cannot POST). Kept as a string in a module so `tsc` ships it in dist/ with nothing to copy.
-// The element ids (#input, #send, #log, #status, #apikey) are what test/server-chat-page.test.ts drives.
+// The element ids (#input, #send, #stop, #log, #status, #apikey, #maxtokens) are what test/server-chat-page.test.ts drives.
+// Stop aborts the fetch: the server sees the socket close and frees the sequence at once.
 export const CHAT_PAGE_HTML = `<!doctype html>
 <html lang="en">
 <head>
@@ -24,11 +25,13 @@ export const CHAT_PAGE_HTML = `<!doctype html>
 </head>
 <body>
 <header><strong>megamoe</strong><span id="model">…</span><span id="status"></span>
-  <span style="flex:1"></span><input id="apikey" type="password" placeholder="API key (if the server has one)"></header>
+  <span style="flex:1"></span><label>max tokens <input id="maxtokens" type="number" min="1" value="512" style="width:5em"></label>
+  <input id="apikey" type="password" placeholder="API key (if the server has one)"></header>
 <div id="log"></div>
 <form id="form">
   <textarea id="input" placeholder="Message (Enter sends, Shift+Enter for a new line)"></textarea>
   <button id="send" type="submit">Send</button>
+  <button id="stop" type="button" disabled>Stop</button>
 </form>
 <script>
 (function () {
@@ -37,6 +40,9 @@ export const CHAT_PAGE_HTML = `<!doctype html>
   var send = document.getElementById('send');
   var statusEl = document.getElementById('status');
   var keyEl = document.getElementById('apikey');
+  var stopBtn = document.getElementById('stop');
+  var controller = null;
+  stopBtn.addEventListener('click', function () { if (controller) controller.abort(); });
   var history = [];
   var model = null;
   keyEl.value = localStorage.getItem('megamoe-api-key') || '';
@@ -68,12 +74,15 @@ export const CHAT_PAGE_HTML = `<!doctype html>
     var out = add('assistant', '');
     out.dataset.state = 'streaming';
     send.disabled = true;
+    stopBtn.disabled = false;
+    controller = new AbortController();
     var started = performance.now(), first = 0, pieces = 0, answer = '';
     try {
       if (!model) await loadModel();
       var res = await fetch('/v1/chat/completions', {
-        method: 'POST', headers: headers(),
-        body: JSON.stringify({ model: model, messages: history, stream: true, stream_options: { include_usage: true } }),
+        method: 'POST', headers: headers(), signal: controller.signal,
+        body: JSON.stringify({ model: model, messages: history, stream: true, stream_options: { include_usage: true },
+          max_tokens: Math.max(1, parseInt(document.getElementById('maxtokens').value, 10) || 512) }),
       });
       if (!res.ok) {
         var err = await res.json().catch(function () { return { error: { message: res.statusText } }; });
@@ -109,11 +118,20 @@ export const CHAT_PAGE_HTML = `<!doctype html>
       history.push({ role: 'assistant', content: answer });
       out.dataset.state = 'done';
     } catch (e) {
+      if (e.name === 'AbortError') {
+        // Stopped by the user: keep what came, as a finished turn.
+        history.push({ role: 'assistant', content: answer });
+        out.dataset.state = 'stopped';
+        statusEl.textContent = 'stopped after ' + pieces + ' pieces';
+        return;
+      }
       out.className = 'msg error';
       out.textContent = String(e.message || e);
       out.dataset.state = 'error';
       history.pop();
     } finally {
+      controller = null;
+      stopBtn.disabled = true;
       send.disabled = false;
       input.focus();
     }
