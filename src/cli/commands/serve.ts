@@ -15,7 +15,7 @@ import type { FastifyInstance } from 'fastify';
 import { getProvider, type BackendName } from '../../backends/index.js';
 import { BackendUnavailableError } from '../../backends/index.js';
 import { ensureDefaultCheckpoint } from '../../checkpoint/synthetic.js';
-import { Engine } from '../../engine/engine.js';
+import { Engine, type EngineObserver } from '../../engine/engine.js';
 import { loadEngineParts, type LoadPartsOptions } from '../../engine/load-parts.js';
 import type { EngineParts } from '../../engine/parts.js';
 import { checkExpertParallel, GuardError } from '../../moe/guards.js';
@@ -42,6 +42,8 @@ export interface ServeOptions {
   requestTimeout: number;
   /** Seconds the drain may take at shutdown before what is left is cancelled. */
   shutdownTimeout: number;
+  /** --disable-log-stats: no periodic stats line. */
+  disableLogStats?: boolean;
 }
 
 /** How the serving parts are obtained; tests pass their own (the CLI path is otherwise the real one). */
@@ -128,6 +130,40 @@ export function packageVersion(): string {
   return '0.0.0';
 }
 
+/** Every observer's hooks, in order (metrics and the stats line both watch the engine). */
+function composeObservers(...obs: EngineObserver[]): EngineObserver {
+  return {
+    onPromptDone: (n, q) => { for (const o of obs) o.onPromptDone?.(n, q); },
+    onFirstToken: (s) => { for (const o of obs) o.onFirstToken?.(s); },
+    onInterToken: (s) => { for (const o of obs) o.onInterToken?.(s); },
+    onStep: (t, i) => { for (const o of obs) o.onStep?.(t, i); },
+    onFinished: (r) => { for (const o of obs) o.onFinished?.(r); },
+  };
+}
+
+/** vLLM's periodic line (every 10 s while there is traffic): prompt and generation throughput, running, waiting, cache. */
+function statsLogger(log: (s: string) => void, getEngine: () => Engine | undefined, everyMs = 10_000): { observer: EngineObserver; stop(): void } {
+  let prompt = 0;
+  let generated = 0;
+  let last = performance.now();
+  const timer = setInterval(() => {
+    const e = getEngine();
+    const now = performance.now();
+    const dt = (now - last) / 1000;
+    last = now;
+    if (!e || (prompt === 0 && generated === 0 && e.numRunning === 0 && e.numWaiting === 0)) return;
+    log(`avg prompt throughput ${(prompt / dt).toFixed(1)} tokens/s, avg generation throughput ${(generated / dt).toFixed(1)} tokens/s, `
+      + `running ${e.numRunning} reqs, waiting ${e.numWaiting} reqs, KV cache usage ${(e.kvCacheUsage * 100).toFixed(1)}%`);
+    prompt = 0;
+    generated = 0;
+  }, everyMs);
+  timer.unref();
+  return {
+    observer: { onPromptDone: (n) => { prompt += n; }, onFirstToken: () => { generated++; }, onInterToken: () => { generated++; } },
+    stop: () => clearInterval(timer),
+  };
+}
+
 /** Plans, loads, builds and listens. Does not install signal handlers (runServe does). */
 export async function startServer(opts: ServeOptions, loadParts: PartsLoader = loadEngineParts, log: (s: string) => void = () => {}): Promise<RunningServer> {
   const plan = await planStartup(opts);
@@ -139,10 +175,13 @@ export async function startServer(opts: ServeOptions, loadParts: PartsLoader = l
     throw new ServeConfigError(`--max-model-len ${maxModelLen} exceeds the model's context of ${parts.model.maxContext} tokens: pass --max-model-len ${parts.model.maxContext} or less`);
   }
   const metrics = createMetrics(plan.modelNames[0]);
+  let engineRef: Engine | undefined;
+  const stats = opts.disableLogStats ? undefined : statsLogger(log, () => engineRef);
   const engine = new Engine(parts, {
-    maxNumSeqs: opts.maxNumSeqs, maxQueue: opts.maxQueue, maxModelLen,
-    maxBatchedTokens: opts.maxNumBatchedTokens, observer: metrics.observer,
+    maxNumSeqs: opts.maxNumSeqs, maxQueue: opts.maxQueue, maxModelLen, maxBatchedTokens: opts.maxNumBatchedTokens,
+    observer: stats ? composeObservers(metrics.observer, stats.observer) : metrics.observer,
   });
+  engineRef = engine;
   metrics.bind(engine);
   const app = buildServer({
     engine, parts, modelNames: plan.modelNames, apiKey: opts.apiKey, metrics, version: packageVersion(),
@@ -165,6 +204,7 @@ export async function startServer(opts: ServeOptions, loadParts: PartsLoader = l
         const force = setTimeout(() => app.server.closeAllConnections(), 1000);
         await closed;
         clearTimeout(force);
+        stats?.stop();
       })();
       return closing;
     },
@@ -229,6 +269,7 @@ export function register(program: Command, loadParts: PartsLoader = loadEnginePa
     .option('--tensor-parallel-size <n>', 'GPUs per data-parallel group (vLLM\'s -tp)', intArg('--tensor-parallel-size', 1, 1024), 1)
     .option('--data-parallel-size <n>', 'data-parallel ranks; with --enable-expert-parallel the EP size is tp x dp (vLLM\'s -dp)', intArg('--data-parallel-size', 1, 1024), 1)
     .option('--request-timeout <s>', 'per-request deadline in seconds (0: none); generation stops with finish_reason "length"', intArg('--request-timeout', 0), 600)
+    .option('--disable-log-stats', 'no periodic throughput / queue line on stderr')
     .option('--shutdown-timeout <s>', 'on SIGTERM, seconds to let requests finish before cancelling them', intArg('--shutdown-timeout', 0), 30)
     .action(async (positional: string | undefined, opts: ServeOptions) => {
       if (positional && opts.model && path.resolve(positional) !== path.resolve(opts.model)) {
