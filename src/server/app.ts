@@ -259,7 +259,12 @@ async function runToEnd(engine: Engine, req: EngineRequest, reply: FastifyReply)
   const off = cancelOnDisconnect(reply.raw, ac);
   try {
     const result = await done;
-    if (ac.signal.aborted) return undefined;
+    if (ac.signal.aborted) {
+      // Nobody to answer: end the exchange here, or fastify keeps it open as a pending reply and close() waits on it.
+      reply.hijack();
+      reply.raw.destroy();
+      return undefined;
+    }
     // Cancelled without the client leaving: the server is shutting down past its grace period.
     if (result.finishReason === 'cancelled') throw new ApiError(503, 'the server shut down before this request finished', { code: 'shutting_down' });
     return result;
