@@ -227,7 +227,13 @@ export async function startTestServer(
   const url = await app.listen({ host: '127.0.0.1', port: 0 });
   return {
     ...fx, url, engine,
-    async close() { await Promise.all([engine.shutdown(0), app.close()]); },
+    async close() {
+      const closed = app.close();
+      await engine.shutdown(0);
+      // As serve's shutdown: sockets the client keeps alive would hold close() for the client's keep-alive time.
+      app.server.closeAllConnections();
+      await closed;
+    },
   };
 }
 

@@ -198,10 +198,11 @@ export async function startServer(opts: ServeOptions, loadParts: PartsLoader = l
         const closed = app.close();
         await engine.shutdown(graceMs);
         // Every response has now ended, but clients keep their sockets alive (fastify's keep-alive is 72 s) and
-        // close() waits for them: let the last bytes flush, then drop the idle ones, and after a second all.
+        // close() waits for them (Node does not always count a socket whose last exchange was cancelled as idle):
+        // let the last bytes flush, drop the idle ones, and shortly after all.
         await new Promise((r) => setImmediate(r));
         app.server.closeIdleConnections();
-        const force = setTimeout(() => app.server.closeAllConnections(), 1000);
+        const force = setTimeout(() => app.server.closeAllConnections(), 250);
         await closed;
         clearTimeout(force);
         stats?.stop();
