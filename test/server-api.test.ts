@@ -165,6 +165,7 @@ describe('server: endpoints on loopback', () => {
       return true;
     });
     await assert.rejects(ai.completions.create({ model: MODEL, prompt: ['a', 'b'] }), OpenAI.BadRequestError);
+    await assert.rejects(ai.completions.create({ model: MODEL, prompt: 'a', stream_options: { include_usage: true } }), (e: unknown) => e instanceof OpenAI.BadRequestError && e.param === 'stream_options');
     const notFound = await getJson(`${s.url}/v1/nothing`);
     assert.equal(notFound.status, 404);
     shape(notFound.body);

@@ -90,10 +90,10 @@ if (process.env.MEGAMOE_SERVE_CHILD === '1') {
   }
 
   /** A streamed completion read by hand: the text, the finish_reason, any error event, and whether [DONE] came. */
-  async function streamCompletion(url: string, maxTokens: number, onFirst: () => void) {
+  async function streamCompletion(url: string, maxTokens: number, onFirst: () => void, model = modelDir) {
     const res = await fetch(`${url}/v1/completions`, {
       method: 'POST', headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ model: modelDir, prompt: 'drain me', max_tokens: maxTokens, temperature: 0, stream: true }),
+      body: JSON.stringify({ model, prompt: 'drain me', max_tokens: maxTokens, temperature: 0, stream: true }),
     });
     assert.equal(res.status, 200);
     let text = '';
@@ -121,14 +121,16 @@ if (process.env.MEGAMOE_SERVE_CHILD === '1') {
   }
 
   test('SIGTERM drains: the running stream completes, new requests are refused, the process exits 0', async () => {
-    const { child, url, stderr, exit } = await startChild(['--shutdown-timeout', '20'], 10);
-    const r = await streamCompletion(url, 30, () => child.kill('SIGTERM'));
+    const { child, url, stderr, exit } = await startChild(['--shutdown-timeout', '20', '--served-model-name', 'deepseek-v4', 'dsv4'], 10);
+    const models = await (await fetch(`${url}/v1/models`)).json() as { data: Array<{ id: string }> };
+    assert.deepEqual(models.data.map((m) => m.id), ['deepseek-v4', 'dsv4']);
+    const r = await streamCompletion(url, 30, () => child.kill('SIGTERM'), 'dsv4');
     assert.equal(r.finish, 'length', stderr());
     assert.equal(r.text.length, 30);
     assert.ok(r.done);
     // The port is closed (or, on a kept-alive socket, the engine answers 503): nothing new is served.
     const after = await fetch(`${url}/v1/completions`, {
-      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: modelDir, prompt: 'late', max_tokens: 2 }),
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'dsv4', prompt: 'late', max_tokens: 2 }),
     }).then((x) => x.status, () => 'refused');
     assert.ok(after === 'refused' || after === 503, String(after));
     assert.equal(await exit, 0, stderr());

@@ -213,6 +213,9 @@ function unsupported(param: string): ApiError {
 }
 
 function refuseUnsupported(body: SamplingFields): void {
+  if (body.stream_options && !body.stream) {
+    throw new ApiError(400, 'stream_options can only be given when stream is true', { param: 'stream_options', code: 'invalid_value' });
+  }
   if (body.n !== undefined && body.n !== null && body.n !== 1) {
     throw new ApiError(400, `n = ${body.n} is not supported: only one choice per request (n = 1)`, { param: 'n', code: 'unsupported_value' });
   }

@@ -248,16 +248,13 @@ export async function runServe(opts: ServeOptions, loadParts: PartsLoader = load
   setTimeout(() => process.exit(0), 1000).unref();
 }
 
-/** commander's collector for a repeatable or space-separated option. */
-const collect = (v: string, prev: string[] | undefined): string[] => [...(prev ?? []), v];
-
 export function register(program: Command, loadParts: PartsLoader = loadEngineParts): void {
   program
     .command('serve')
     .description('OpenAI-compatible HTTP server (chat/completions, completions, models, metrics) with continuous batching')
     .argument('[model]', 'checkpoint directory (as vLLM\'s positional MODEL; same as --model)')
     .option('--model <dir>', 'DeepSeek-V4 checkpoint directory (default: the embedded tiny checkpoint)')
-    .option('--served-model-name <name>', 'name(s) clients use for the model (repeatable; the first is reported; default: --model)', collect)
+    .option('--served-model-name <names...>', 'name(s) clients use for the model, as vLLM (space-separated; the first is reported; default: --model)')
     .option('--host <host>', 'address to listen on', '127.0.0.1')
     .option('--port <port>', 'port to listen on (0: any free port)', intArg('--port', 0, 65535), 8000)
     .option('--api-key <key>', 'require "Authorization: Bearer <key>" on /v1/* (default: $MEGAMOE_API_KEY, else none)')
