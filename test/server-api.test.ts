@@ -211,6 +211,20 @@ describe('server: load and disconnects', () => {
     const s = await startTestServer({ maxNumSeqs: 4, maxQueue: 8 }, {}, { stepDelayMs: 2 });
     try {
       const ai = client(s);
+      // Scrape /metrics while the load runs: the gauges never exceed the slots and the queue, and show the load.
+      let scraping = true;
+      let maxRunning = 0;
+      let maxWaiting = 0;
+      const scraper = (async () => {
+        while (scraping) {
+          const text = await (await fetch(`${s.url}/metrics`)).text();
+          maxRunning = Math.max(maxRunning, Number(/^vllm:num_requests_running\{[^}]*\} (\d+)/m.exec(text)![1]));
+          maxWaiting = Math.max(maxWaiting, Number(/^vllm:num_requests_waiting\{[^}]*\} (\d+)/m.exec(text)![1]));
+          const kv = Number(/^vllm:kv_cache_usage_perc\{[^}]*\} ([\d.e-]+)/m.exec(text)![1]);
+          assert.ok(kv >= 0 && kv <= 1, `kv_cache_usage_perc ${kv}`);
+          await new Promise((r) => setTimeout(r, 5));
+        }
+      })();
       const outcomes = await Promise.all(Array.from({ length: 32 }, async (_, i) => {
         try {
           const stream = await ai.chat.completions.create({
@@ -231,6 +245,10 @@ describe('server: load and disconnects', () => {
           throw e;
         }
       }));
+      scraping = false;
+      await scraper;
+      assert.ok(maxRunning >= 1 && maxRunning <= 4, `running peaked at ${maxRunning}`);
+      assert.ok(maxWaiting <= 8, `waiting peaked at ${maxWaiting}`);
       const ok = outcomes.filter((o) => o === 'ok').length;
       assert.equal(ok + outcomes.filter((o) => o === '429').length, 32);
       console.log(`32 clients: ${ok} answered, ${32 - ok} refused with 429`);
