@@ -48,10 +48,21 @@ async function importPart<T>(file: string, exportName: string, part: string): Pr
   return mod as T;
 }
 
+function importBoth(): Promise<[ModelModule, GenerationModule]> {
+  return Promise.all([
+    importPart<ModelModule>('../model/index.js', 'loadModel', 'the DeepSeek-V4 model'),
+    importPart<GenerationModule>('../generate/engine-parts.js', 'createEngineParts', 'the tokenizer and generation parts'),
+  ]);
+}
+
+/** Throws ServingPartMissingError now if a module is missing (cheap: no weight is read). */
+export async function probeEngineParts(): Promise<void> {
+  await importBoth();
+}
+
 /** Loads the model from `dir` and builds the engine's parts around it. */
 export async function loadEngineParts(dir: string, opts: LoadPartsOptions): Promise<EngineParts> {
-  const m = await importPart<ModelModule>('../model/index.js', 'loadModel', 'the DeepSeek-V4 model');
-  const g = await importPart<GenerationModule>('../generate/engine-parts.js', 'createEngineParts', 'the tokenizer and generation parts');
+  const [m, g] = await importBoth();
   const model = await m.loadModel(dir, { backend: opts.backend, enableExpertParallel: opts.enableExpertParallel });
   const rest = await g.createEngineParts(dir, model);
   return { ...rest, model };

@@ -16,7 +16,7 @@ import { getProvider, type BackendName } from '../../backends/index.js';
 import { BackendUnavailableError } from '../../backends/index.js';
 import { ensureDefaultCheckpoint } from '../../checkpoint/synthetic.js';
 import { Engine, type EngineObserver } from '../../engine/engine.js';
-import { loadEngineParts, type LoadPartsOptions } from '../../engine/load-parts.js';
+import { loadEngineParts, probeEngineParts, type LoadPartsOptions } from '../../engine/load-parts.js';
 import type { EngineParts } from '../../engine/parts.js';
 import { checkExpertParallel, GuardError } from '../../moe/guards.js';
 import { buildServer } from '../../server/app.js';
@@ -69,7 +69,7 @@ const DEFAULT_MODEL_NAME = 'megamoe-default-tiny';
  * Everything that can be refused without loading a weight: --kernel-config, the mega_moe guards, parallel
  * sizes, the backend's availability on this machine, the model directory. Throws with the fix in the message.
  */
-export async function planStartup(opts: ServeOptions): Promise<StartupPlan> {
+export async function planStartup(opts: ServeOptions, probeParts?: () => Promise<void>): Promise<StartupPlan> {
   const kernel = parseKernelConfig(opts.kernelConfig);
   const backend = kernel.moe_backend;
   if (backend === 'mega_moe') {
@@ -94,16 +94,17 @@ export async function planStartup(opts: ServeOptions): Promise<StartupPlan> {
     const a = await getProvider(backend).probe();
     if (!a.ok) throw new BackendUnavailableError(backend, `${a.reason}; choose another with --kernel-config '{"moe_backend":"reference"}' (CPU) or "auto"`);
   }
-  let modelDir: string;
+  let modelDir: string | undefined;
   if (opts.model) {
     modelDir = path.resolve(opts.model);
     if (!fs.existsSync(path.join(modelDir, 'config.json'))) {
       throw new ServeConfigError(`--model ${opts.model}: ${fs.existsSync(modelDir) ? 'no config.json in that directory' : 'no such directory'}; `
         + 'give a DeepSeek-V4 checkpoint directory, or leave --model out to serve the embedded default');
     }
-  } else {
-    modelDir = ensureDefaultCheckpoint();
   }
+  // Before the embedded default is generated (seconds) or any weight is read: are the model's modules here at all?
+  await probeParts?.();
+  modelDir ??= ensureDefaultCheckpoint();
   const modelNames = opts.servedModelName?.length ? opts.servedModelName : [opts.model ?? DEFAULT_MODEL_NAME];
   return { modelDir, modelNames, kernel, backend };
 }
@@ -166,7 +167,7 @@ function statsLogger(log: (s: string) => void, getEngine: () => Engine | undefin
 
 /** Plans, loads, builds and listens. Does not install signal handlers (runServe does). */
 export async function startServer(opts: ServeOptions, loadParts: PartsLoader = loadEngineParts, log: (s: string) => void = () => {}): Promise<RunningServer> {
-  const plan = await planStartup(opts);
+  const plan = await planStartup(opts, loadParts === loadEngineParts ? probeEngineParts : undefined);
   log(`loading ${plan.modelDir} (moe_backend ${plan.backend}${opts.enableExpertParallel ? ', expert parallel' : ''}) ...`);
   const t0 = performance.now();
   const parts = await loadParts(plan.modelDir, { backend: plan.backend, enableExpertParallel: opts.enableExpertParallel });
