@@ -68,6 +68,15 @@ if (process.env.MEGAMOE_SERVE_CHILD === '1') {
     assert.match(r.stderr, /no such directory; give a DeepSeek-V4 checkpoint directory/);
   });
 
+  const modelBuilt = fs.existsSync(path.join(path.dirname(HERE), '..', 'src', 'model', 'index.js'));
+  test('without the model module, serve says so before generating or reading anything', { skip: modelBuilt && 'src/model/index.ts exists now' }, () => {
+    const cache = path.join(tmp, 'empty-cache');
+    const r = spawnSync(process.execPath, [MAIN, 'serve'], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, MEGAMOE_CACHE_DIR: cache } });
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /cannot serve: the DeepSeek-V4 model is not built in this checkout \(src\/model\/index.ts does not exist yet\)/);
+    assert.equal(fs.existsSync(cache), false, 'the embedded default was not generated');
+  });
+
   /** Starts the child server; resolves with its URL once it listens. */
   async function startChild(args: string[], stepMs: number): Promise<{ child: ChildProcess; url: string; stderr: () => string; exit: Promise<number | null> }> {
     const child = spawn(process.execPath, [HERE, 'serve', '--model', modelDir, '--port', '0', ...args], {
