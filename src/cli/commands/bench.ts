@@ -2,6 +2,7 @@
 // (staging-routing.ts: staging, routing; moe.ts: moe); a new one goes into the list below.
 import type { Command } from 'commander';
 import { registerMoeBench } from '../../bench/moe.js';
+import { registerServeBench } from '../../bench/serve.js';
 import { registerRoutingBench, registerStagingBench } from '../../bench/staging-routing.js';
 
 /** The bench subcommands, in help order. */
@@ -9,6 +10,7 @@ const SUBCOMMANDS: ReadonlyArray<(bench: Command) => void> = [
   registerStagingBench,
   registerRoutingBench,
   registerMoeBench,
+  registerServeBench,
 ];
 
 export function register(program: Command): void {

@@ -6,6 +6,7 @@ import { register as registerInfo } from './info.js';
 import { register as registerKernels } from './kernels.js';
 import { register as registerMakeCheckpoint } from './make-checkpoint.js';
 import { register as registerMoe } from './moe.js';
+import { register as registerServe } from './serve.js';
 
 export function registerCommands(program: Command): void {
   registerBench(program);
@@ -14,4 +15,5 @@ export function registerCommands(program: Command): void {
   registerKernels(program);
   registerMakeCheckpoint(program);
   registerMoe(program);
+  registerServe(program);
 }
