@@ -4,3 +4,4 @@ export { Sampler, argmax, samplingDistribution, topIds, validateSampling, type D
 export { StopMatcher, type StopPush } from './stop.js';
 export { GenerationState, generate, defaultStop, FLUSH_TOKEN_ID, type GenerationStateOptions, type StepOutcome } from './generate.js';
 export { StreamDecoder } from '../tokenizer/detokenizer.js';
+export { createEngineParts, engineParts, type GenerationParts } from './engine-parts.js';
