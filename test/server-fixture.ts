@@ -1,19 +1,29 @@
-// Shared by the server tests (test/server-*.test.ts); not a test itself (node --test loads it and finds none).
+// Test parts for the server tests: the REAL sampler, streaming detokenizer and stop matcher of the generation
+// layer (src/generate/engine-parts.ts, as `megamoe serve` builds them), around two test doubles that stay until
+// the DeepSeek-V4 model (src/model/) lands: a byte-level tokenizer and a tiny deterministic CausalLM (with its
+// `role: content` chat template). They stay in test/ on purpose (no fake model in src/).
 //
-// Test doubles for the serving parts until the DeepSeek-V4 model (src/model/) and the tokenizer/generation
-// parts (src/tokenizer/, src/generate/) land: a byte-level tokenizer, a tiny deterministic CausalLM, and simple
-// sampler / streaming detokenizer / stop matcher / chat template. They stay in test/ on purpose (no fake model
-// in src/). To run every server test on the real embedded model instead, change the one line in makeParts()
-// marked SWAP (to `return loadEngineParts(ensureDefaultCheckpoint(), { backend: 'reference', enableExpertParallel: false })`);
-// the tests assert behaviour against the parts' own tokenizer and never on the toy model's text, except where
-// they say so (the `toy` helpers).
+// Why the tokenizer and the chat encoding are still doubles: the real tokenizer has 129280 ids (and the V4 chat
+// encoding emits special-token ids past 128000), while the toy model's vocabulary is the byte tokenizer's 258 ids,
+// so the engine would refuse every real prompt id as outside the model's vocabulary; and the toy model's greedy
+// text is written per byte, which the tests read back (the `toy` helpers). The sampler, detokenizer and stop
+// matcher do not depend on the vocabulary and are the real ones (the detokenizer takes the byte tokenizer's
+// token bytes, the path it takes for the real BPE).
+//
+// To run every server test on the real embedded model instead, change the one line in makeParts() marked SWAP
+// (to `return loadEngineParts(ensureDefaultCheckpoint(), { backend: 'reference', enableExpertParallel: false })`);
+// that needs src/model/index.ts (loadModel), and an embedded default that carries the tokenizer files
+// (writeTokenizerFiles) and the real vocabulary: today's default-tiny-v1 has vocab_size 1024 and no tokenizer.json,
+// so createEngineParts refuses it. The tests assert behaviour against the parts' own tokenizer and never on the
+// toy model's text, except where they say so (the `toy` helpers).
 import type { CausalLM, ModelSequence, ModelStepItem } from '../src/model/causal-lm.js';
 import type { ChatMessage, SamplingParams, TextTokenizer } from '../src/generate/contracts.js';
 import { Engine, type EngineOptions } from '../src/engine/engine.js';
 // Imported for the SWAP line in makeParts() (the real parts), so the swap is that one line.
 import { ensureDefaultCheckpoint } from '../src/checkpoint/synthetic.js';
 import { loadEngineParts } from '../src/engine/load-parts.js';
-import type { EngineParts, StopStringMatcher, StreamingDetokenizer, TokenSampler } from '../src/engine/parts.js';
+import type { EngineParts } from '../src/engine/parts.js';
+import { engineParts } from '../src/generate/engine-parts.js';
 import { buildServer, type ServerOptions } from '../src/server/app.js';
 import { createMetrics } from '../src/server/metrics.js';
 
@@ -26,6 +36,9 @@ export class ByteTokenizer implements TextTokenizer {
   readonly bosId = BOS;
   readonly eosId = EOS;
   encode(text: string): number[] { return [...Buffer.from(text, 'utf8')]; }
+  /** ByteLevelTokenizer: the bytes a token stands for (none for BOS and EOS), so StreamDecoder streams by bytes. */
+  tokenBytes(id: number): Uint8Array { return id < 256 ? Uint8Array.of(id) : new Uint8Array(0); }
+  isSpecial(id: number): boolean { return id >= 256; }
   decode(ids: readonly number[], opts?: { skipSpecial?: boolean }): string {
     let out = '';
     let bytes: number[] = [];
@@ -104,84 +117,6 @@ export class ToyLM implements CausalLM {
   }
 }
 
-/** mulberry32: small, seeded, good enough for a test sampler. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-export function toySampler(p: SamplingParams): TokenSampler {
-  const rand = rng(p.seed ?? Math.floor(Math.random() * 2 ** 32));
-  return {
-    sample(logits) {
-      let best = 0;
-      for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
-      if (p.temperature === 0) return best;
-      const probs = Array.from(logits, (l) => Math.exp((l - logits[best]) / p.temperature));
-      const order = probs.map((_, i) => i).sort((a, b) => probs[b] - probs[a]);
-      const total = probs.reduce((a, b) => a + b, 0);
-      let keep = order.length;
-      if (p.topP < 1) {
-        let acc = 0;
-        for (let k = 0; k < order.length; k++) { acc += probs[order[k]] / total; if (acc >= p.topP) { keep = k + 1; break; } }
-      }
-      if (p.topK > 0) keep = Math.min(keep, p.topK);
-      const kept = order.slice(0, keep);
-      const sum = kept.reduce((a, i) => a + probs[i], 0);
-      let r = rand() * sum;
-      for (const i of kept) { r -= probs[i]; if (r <= 0) return i; }
-      return kept[kept.length - 1];
-    },
-  };
-}
-
-export function toyDetokenizer(): StreamingDetokenizer {
-  const dec = new TextDecoder('utf-8');
-  return {
-    push: (id) => (id < 256 ? dec.decode(Uint8Array.of(id), { stream: true }) : ''),
-    flush: () => dec.decode(),
-  };
-}
-
-export function toyStopMatcher(stops: readonly string[]): StopStringMatcher {
-  let held = '';
-  let stopped = false;
-  return {
-    push(text) {
-      if (stopped) return { text: '', stopped: true };
-      held += text;
-      let cut = -1;
-      for (const s of stops) {
-        const i = held.indexOf(s);
-        if (i >= 0 && (cut < 0 || i < cut)) cut = i;
-      }
-      if (cut >= 0) {
-        stopped = true;
-        const out = held.slice(0, cut);
-        held = '';
-        return { text: out, stopped: true };
-      }
-      // Hold back the longest tail that could still grow into a stop string.
-      let keep = 0;
-      for (const s of stops) {
-        for (let k = Math.min(s.length - 1, held.length); k > keep; k--) {
-          if (held.endsWith(s.slice(0, k))) { keep = k; break; }
-        }
-      }
-      const out = held.slice(0, held.length - keep);
-      held = held.slice(held.length - keep);
-      return { text: out, stopped: false };
-    },
-    flush() { const t = held; held = ''; return t; },
-  };
-}
-
 export function toyChat(tok: TextTokenizer) {
   return (messages: readonly ChatMessage[]): number[] =>
     [tok.bosId, ...tok.encode(messages.map((m) => `${m.role}: ${m.content}\n`).join('') + 'assistant: ')];
@@ -199,11 +134,13 @@ export async function makeParts(opts: { stepDelayMs?: number; maxContext?: numbe
   void loadEngineParts; void ensureDefaultCheckpoint;
   const tokenizer = new ByteTokenizer();
   const toy = new ToyLM(opts);
+  // The real sampler, detokenizer and stop matcher; the tokenizer and chat encoding stay the toy model's (see the top).
+  const real = engineParts(tokenizer);
   return {
     toy,
     parts: {
-      model: toy, tokenizer, createSampler: toySampler, createDetokenizer: toyDetokenizer,
-      createStopMatcher: toyStopMatcher, encodeChat: toyChat(tokenizer),
+      model: toy, tokenizer, createSampler: real.createSampler, createDetokenizer: real.createDetokenizer,
+      createStopMatcher: real.createStopMatcher, encodeChat: toyChat(tokenizer),
     },
   };
 }
