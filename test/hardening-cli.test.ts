@@ -82,7 +82,7 @@ describe('megamoe moe --dump', () => {
     assert.doesNotMatch(r.out, /routing/);
     assert.deepEqual(fs.readdirSync(d), ['output.safetensors'], 'no input.safetensors without its output');
     // Dumping into the checkpoint folder would add tensors to the checkpoint.
-    const intoModel = megamoe('moe', '--tokens', '2', '--dump', path.join(cache, 'default-tiny-model-v1'));
+    const intoModel = megamoe('moe', '--tokens', '2', '--dump', path.join(cache, 'default-tiny-model-v2'));
     assert.equal(intoModel.code, 1);
     assert.match(intoModel.err, /is the checkpoint folder itself; its \*\.safetensors files would become part of the checkpoint/);
     assert.doesNotMatch(intoModel.out, /routing/);

@@ -162,7 +162,7 @@ describe('the embedded default checkpoint', () => {
   });
 
   test('the embedded default MODEL (what the CLI uses) is checked the same way: a flipped bit is rebuilt', () => {
-    const dir = path.join(fresh('cache-model'), 'default-tiny-model-v1');
+    const dir = path.join(fresh('cache-model'), 'default-tiny-model-v2');
     ensureDefaultModel({ dir });
     assert.ok(fs.existsSync(path.join(dir, MANIFEST_FILE)));
     const shard = fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).sort()[0];

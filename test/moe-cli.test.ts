@@ -54,7 +54,7 @@ test('megamoe moe on the embedded default: routing, timings, accuracy, and a dum
     output.read('y_routed', { dtype: 'BF16', shape: [5, 128] });
     const y = output.read('y', { dtype: 'BF16', shape: [5, 128] });
     // Recompute in process from the same checkpoint, layer and seed: same x, same routing, same y.
-    const layer = loadMoeLayer(path.join(CACHE, 'default-tiny-model-v1'), { layer: 1 });
+    const layer = loadMoeLayer(path.join(CACHE, 'default-tiny-model-v2'), { layer: 1 });
     try {
       const x2 = makeHiddenStates(3, 5, 128, layer.ffnNormWeight);
       assert.deepEqual(x2.data, x.data);

@@ -15,6 +15,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseDeepSeekV4Config, type ExpertDtype } from '../checkpoint/config.js';
 import { verifyManifest, writeManifest } from '../checkpoint/manifest.js';
+import { writeTokenizerFilesSync } from '../tokenizer/files.js';
 import { cacheRoot } from '../util/writable-dir.js';
 import { encodeBF16 } from '../numerics/bf16.js';
 import {
@@ -28,14 +29,11 @@ import { modelConfigFrom } from './config.js';
 export const V4_VOCAB = 129280;
 
 /**
- * HOOK(tokenizer): the tokenizer engineer's `writeTokenizerFiles(dir)` (src/tokenizer/) writes tokenizer.json and
- * tokenizer_config.json into a checkpoint folder. It is not in this tree yet: register it once at start-up with
- * `registerTokenizerFilesWriter(writeTokenizerFiles)` (or pass `tokenizerFiles` per call), and every whole-model
- * checkpoint written afterwards carries the tokenizer.
+ * Every whole-model checkpoint carries the real tokenizer files (src/tokenizer: DeepSeek V3's BPE + V4's special
+ * tokens, tokenizer.json / tokenizer_config.json / generation_config.json), so the loader, `generate` and `serve`
+ * under test read what a real V4 folder holds. `tokenizerFiles` per call replaces the writer (tests).
  */
 export type TokenizerFilesWriter = (dir: string) => void;
-let registeredTokenizerWriter: TokenizerFilesWriter | undefined;
-export function registerTokenizerFilesWriter(fn: TokenizerFilesWriter | undefined): void { registeredTokenizerWriter = fn; }
 
 export interface MakeModelCheckpointOptions {
   preset: Preset;
@@ -191,7 +189,7 @@ export function planModelCheckpoint(o: MakeModelCheckpointOptions): CheckpointPl
     const from = `layers.${cfg.nLayers + j}.`;
     for (const t of planLayer(o.preset, cfg.nLayers + j, o.expertDtype, moeShape)) tensors.push({ ...t, name: `mtp.${j}.${t.name.slice(from.length)}` });
   }
-  const tokenizerFiles = o.tokenizerFiles ?? registeredTokenizerWriter;
+  const tokenizerFiles = o.tokenizerFiles ?? writeTokenizerFilesSync;
   const ratios = cfg.compressRatios.join(', ');
   return {
     layers: cfg.nLayers,
@@ -203,11 +201,11 @@ export function planModelCheckpoint(o: MakeModelCheckpointOptions): CheckpointPl
 Preset ${o.preset}, ${cfg.nLayers} layers (compress ratios ${ratios}; the last ${cfg.nMtpLayers} for MTP), seed ${o.seed},
 ${o.expertDtype} experts. Every tensor of the V4 layout: embedding, head, norms, hyper-connections, attention
 (compressor, indexer), MoE, MTP. Random weights: outputs are meaningless, only well-conditioned.
-${tokenizerFiles ? 'tokenizer.json / tokenizer_config.json: DeepSeek V3 tokenizer (written by src/tokenizer).' : 'No tokenizer files (no tokenizer writer was registered: see HOOK(tokenizer) in src/model/checkpoint-writer.ts).'}
+tokenizer.json / tokenizer_config.json / generation_config.json: DeepSeek V3's tokenizer with V4's special tokens (src/tokenizer).
 `,
     extraFiles: (dir) => {
       fs.writeFileSync(path.join(dir, 'generation_config.json'), JSON.stringify({ bos_token_id: 0, eos_token_id: 1, do_sample: true, temperature: 1.0, top_p: 1.0 }, null, 2) + '\n');
-      tokenizerFiles?.(dir);
+      tokenizerFiles(dir);
     },
   };
 }
@@ -232,7 +230,7 @@ export function makeModelCheckpointSync(o: MakeModelCheckpointOptions, keepExist
 // The embedded default: a tiny whole V4 with every layer kind (ratios 0, 4, 128; a hash layer; MTP).
 
 export const DEFAULT_MODEL = Object.freeze({
-  name: 'default-tiny-model-v1', preset: 'tiny' as Preset, layers: 3, expertDtype: 'fp8' as ExpertDtype, seed: 1,
+  name: 'default-tiny-model-v2', preset: 'tiny' as Preset, layers: 3, expertDtype: 'fp8' as ExpertDtype, seed: 1,
 });
 
 export function defaultModelDir(): string {

@@ -7,3 +7,14 @@ export * from './loader.js';
 export * from './model.js';
 export * from './checkpoint-writer.js';
 export { loadDefaultCausalLM } from './default.js';
+
+import type { CausalLM } from './causal-lm.js';
+import { DeepSeekV4Model } from './model.js';
+
+/**
+ * The one entry `megamoe generate` and `megamoe serve` load a model through: a DeepSeek-V4 checkpoint folder with
+ * its MoE blocks on `backend` (reference, unfused, mega_moe / deep_gemm_mega_moe, auto).
+ */
+export async function loadModel(dir: string, opts: { backend?: string; enableExpertParallel?: boolean } = {}): Promise<CausalLM> {
+  return DeepSeekV4Model.load(dir, { backend: opts.backend, enableExpertParallel: opts.enableExpertParallel });
+}

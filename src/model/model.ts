@@ -105,6 +105,8 @@ export interface MtpStepItem {
 export interface CreateModelOptions extends LoadModelOptions {
   /** MoE backend name (src/backends registry), default 'reference'. */
   backend?: string;
+  /** vLLM's --enable-expert-parallel, handed to every MoE backend (mega_moe requires it). */
+  enableExpertParallel?: boolean;
 }
 
 /** Rows of one call: item bookkeeping shared by every block. */
@@ -158,7 +160,7 @@ export class DeepSeekV4Model implements CausalLM {
       const make = async (bw: BlockWeights) => {
         const { backend } = await createBackend(options.backend ?? 'reference');
         made.push(backend);
-        await backend.prepare(bw.moe);
+        await backend.prepare(bw.moe, { enableExpertParallel: options.enableExpertParallel });
         return backend;
       };
       const backends: MoeBackend[] = [];

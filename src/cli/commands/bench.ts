@@ -3,6 +3,7 @@
 import type { Command } from 'commander';
 import { checkCreatableDir } from '../../util/writable-dir.js';
 import { registerMoeBench } from '../../bench/moe.js';
+import { registerServeBench } from '../../bench/serve.js';
 import { registerRoutingBench, registerStagingBench } from '../../bench/staging-routing.js';
 
 /** The bench subcommands, in help order. */
@@ -10,6 +11,7 @@ const SUBCOMMANDS: ReadonlyArray<(bench: Command) => void> = [
   registerStagingBench,
   registerRoutingBench,
   registerMoeBench,
+  registerServeBench,
 ];
 
 export function register(program: Command): void {
