@@ -8,7 +8,8 @@ import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { InvalidArgumentError, type Command } from 'commander';
 import { intArg } from '../args.js';
-import { ensureDefaultCheckpoint } from '../../checkpoint/synthetic.js';
+import { ensureDefaultModel } from '../../model/checkpoint-writer.js';
+import { resolveModelDir } from '../args.js';
 import type { CausalLM } from '../../model/causal-lm.js';
 import type { ChatMessage, SamplingParams, StopParams } from '../../generate/contracts.js';
 import { generate } from '../../generate/generate.js';
@@ -97,7 +98,7 @@ export function promptIds(opts: Pick<GenerateOptions, 'prompt' | 'system' | 'cha
 
 async function run(opts: GenerateOptions): Promise<void> {
   const loadModel = await importLoadModel();
-  const dir = opts.model ? path.resolve(opts.model) : ensureDefaultCheckpoint();
+  const dir = opts.model ? resolveModelDir(opts.model) : ensureDefaultModel();
   const tokenizer = await loadTokenizer(dir);
   const t0 = performance.now();
   const model = await loadModel(dir, { backend: opts.backend });

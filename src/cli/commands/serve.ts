@@ -14,7 +14,7 @@ import type { Command } from 'commander';
 import type { FastifyInstance } from 'fastify';
 import { getProvider, type BackendName } from '../../backends/index.js';
 import { BackendUnavailableError } from '../../backends/index.js';
-import { ensureDefaultCheckpoint } from '../../checkpoint/synthetic.js';
+import { ensureDefaultModel } from '../../model/checkpoint-writer.js';
 import { Engine, type EngineObserver } from '../../engine/engine.js';
 import { loadEngineParts, probeEngineParts, type LoadPartsOptions } from '../../engine/load-parts.js';
 import type { EngineParts } from '../../engine/parts.js';
@@ -104,7 +104,7 @@ export async function planStartup(opts: ServeOptions, probeParts?: () => Promise
   }
   // Before the embedded default is generated (seconds) or any weight is read: are the model's modules here at all?
   await probeParts?.();
-  modelDir ??= ensureDefaultCheckpoint();
+  modelDir ??= ensureDefaultModel();
   const modelNames = opts.servedModelName?.length ? opts.servedModelName : [opts.model ?? DEFAULT_MODEL_NAME];
   return { modelDir, modelNames, kernel, backend };
 }
