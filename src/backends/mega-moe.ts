@@ -17,7 +17,9 @@ import type { MoeLayerWeights } from '../moe/types.js';
 import { HostTensor } from '../tensor/host.js';
 import type { BackendProvider } from './index.js';
 import { chooseRowTile, type RowTilePolicy } from './unfused-gemm.js';
-import { DEFAULT_MAX_TOKENS, DeviceMoeWeights, localIdMap, toLocalIds, type UnfusedIo, type UnfusedShape } from './unfused.js';
+import {
+  DEFAULT_MAX_TOKENS, DeviceMoeWeights, downloadLayerOutputs, localIdMap, toLocalIds, uploadLayerInputs, type UnfusedIo, type UnfusedShape,
+} from './unfused.js';
 
 /** The fused layer on the device: symmetric buffer, io, kernel; enqueue / graph capture for T tokens. */
 export class MegaMoe {
@@ -110,26 +112,15 @@ export class MegaMoe {
 
   /** Uploads host inputs (ids already LOCAL I64) into io (queued on this.stream). */
   uploadInputs(x: HostTensor<'BF16'>, localIds: BigInt64Array, weights: Float32Array): void {
-    const T = x.shape[0];
-    checkTokenCapacity(T, this.maxTokens, 'the mega_moe backend');
-    if (T === 0) return;
-    this.io.x.buffer.copyFromHost(x.data, { stream: this.stream, bytes: x.data.byteLength });
-    this.io.ids.buffer.copyFromHost(localIds, { stream: this.stream, bytes: T * this.shape.topK * 8 });
-    this.io.weights.buffer.copyFromHost(weights, { stream: this.stream, bytes: T * this.shape.topK * 4 });
+    checkTokenCapacity(x.shape[0], this.maxTokens, 'the mega_moe backend');
+    uploadLayerInputs(this.io, this.stream, this.shape.topK, x, localIds, weights);
   }
 
   /** Waits for the stream, checks the kernel's control block (throws on a reported error) and downloads y. */
   downloadOutputs(tokens: number): MoeForwardResult {
-    const H = this.shape.hidden;
     this.stream.synchronize();
     this.checkErrors();
-    const yRouted = new Uint16Array(tokens * H);
-    const y = new Uint16Array(tokens * H);
-    if (tokens > 0) {
-      this.io.yRouted.buffer.copyToHost(yRouted, { bytes: yRouted.byteLength });
-      this.io.y.buffer.copyToHost(y, { bytes: y.byteLength });
-    }
-    return { yRouted: new HostTensor('BF16', [tokens, H], yRouted), y: new HostTensor('BF16', [tokens, H], y) };
+    return downloadLayerOutputs(this.io, this.shape.hidden, tokens);
   }
 
   /** Per-CTA phase stamps of later launches into `buffer` (u64 [SM count, MEGA_TRACE_SLOTS]); undefined = off. */

@@ -216,6 +216,27 @@ export interface UnfusedIo {
   y: DeviceTensor<'BF16'>;
 }
 
+/** Queues the upload of T tokens' host inputs (ids already LOCAL I64) into a layer's io (both GPU backends). */
+export function uploadLayerInputs(io: UnfusedIo, stream: StreamLike, topK: number, x: HostTensor<'BF16'>,
+  localIds: BigInt64Array, weights: Float32Array): void {
+  const T = x.shape[0];
+  if (T === 0) return;
+  io.x.buffer.copyFromHost(x.data, { stream, bytes: x.data.byteLength });
+  io.ids.buffer.copyFromHost(localIds, { stream, bytes: T * topK * 8 });
+  io.weights.buffer.copyFromHost(weights, { stream, bytes: T * topK * 4 });
+}
+
+/** Downloads y_routed and y of the first `tokens` tokens of a layer's io (after its stream finished). */
+export function downloadLayerOutputs(io: UnfusedIo, hidden: number, tokens: number): MoeForwardResult {
+  const yRouted = new Uint16Array(tokens * hidden);
+  const y = new Uint16Array(tokens * hidden);
+  if (tokens > 0) {
+    io.yRouted.buffer.copyToHost(yRouted, { bytes: yRouted.byteLength });
+    io.y.buffer.copyToHost(y, { bytes: y.byteLength });
+  }
+  return { yRouted: new HostTensor('BF16', [tokens, hidden], yRouted), y: new HostTensor('BF16', [tokens, hidden], y) };
+}
+
 /** The unfused MoE layer on the device: buffers, kernels, and enqueue / graph capture for T tokens. */
 export class UnfusedMoe {
   readonly shape: UnfusedShape;
@@ -336,25 +357,14 @@ export class UnfusedMoe {
 
   /** Uploads host inputs (ids already LOCAL I64) into io (queued on this.stream). */
   uploadInputs(x: HostTensor<'BF16'>, localIds: BigInt64Array, weights: Float32Array): void {
-    const T = x.shape[0];
-    checkTokenCapacity(T, this.maxTokens, 'the unfused backend');
-    if (T === 0) return;
-    this.io.x.buffer.copyFromHost(x.data, { stream: this.stream, bytes: x.data.byteLength });
-    this.io.ids.buffer.copyFromHost(localIds, { stream: this.stream, bytes: T * this.shape.topK * 8 });
-    this.io.weights.buffer.copyFromHost(weights, { stream: this.stream, bytes: T * this.shape.topK * 4 });
+    checkTokenCapacity(x.shape[0], this.maxTokens, 'the unfused backend');
+    uploadLayerInputs(this.io, this.stream, this.shape.topK, x, localIds, weights);
   }
 
   /** Waits for the stream and downloads y_routed and y of the first `tokens` tokens. */
   downloadOutputs(tokens: number): MoeForwardResult {
-    const H = this.shape.hidden;
     this.stream.synchronize();
-    const yRouted = new Uint16Array(tokens * H);
-    const y = new Uint16Array(tokens * H);
-    if (tokens > 0) {
-      this.io.yRouted.buffer.copyToHost(yRouted, { bytes: yRouted.byteLength });
-      this.io.y.buffer.copyToHost(y, { bytes: y.byteLength });
-    }
-    return { yRouted: new HostTensor('BF16', [tokens, H], yRouted), y: new HostTensor('BF16', [tokens, H], y) };
+    return downloadLayerOutputs(this.io, this.shape.hidden, tokens);
   }
 
   /** The dispatch's index outputs of the last forward (tests). */

@@ -62,15 +62,8 @@ export function v4GenerationConfig(): Record<string, unknown> {
  */
 export async function writeTokenizerFiles(dir: string): Promise<void> {
   await fs.promises.mkdir(dir, { recursive: true });
-  const files: [string, string][] = [
-    [TOKENIZER_FILES.tokenizer, v4TokenizerJsonText()],
-    [TOKENIZER_FILES.config, JSON.stringify(v4TokenizerConfig(), null, 2) + '\n'],
-    [TOKENIZER_FILES.generation, JSON.stringify(v4GenerationConfig(), null, 2) + '\n'],
-  ];
-  for (const [name, text] of files) {
-    const dest = path.join(dir, name);
-    // pid + random: two writers of one folder (processes or concurrent calls) never share a temporary file.
-    const tmp = `${dest}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  for (const [name, text] of tokenizerFileTexts()) {
+    const [dest, tmp] = destAndTemp(dir, name);
     await fs.promises.writeFile(tmp, text);
     await fs.promises.rename(tmp, dest);
   }
@@ -79,15 +72,23 @@ export async function writeTokenizerFiles(dir: string): Promise<void> {
 /** writeTokenizerFiles for synchronous writers (the checkpoint writer's job runs synchronously). */
 export function writeTokenizerFilesSync(dir: string): void {
   fs.mkdirSync(dir, { recursive: true });
-  const files: [string, string][] = [
+  for (const [name, text] of tokenizerFileTexts()) {
+    const [dest, tmp] = destAndTemp(dir, name);
+    fs.writeFileSync(tmp, text);
+    fs.renameSync(tmp, dest);
+  }
+}
+
+function tokenizerFileTexts(): [string, string][] {
+  return [
     [TOKENIZER_FILES.tokenizer, v4TokenizerJsonText()],
     [TOKENIZER_FILES.config, JSON.stringify(v4TokenizerConfig(), null, 2) + '\n'],
     [TOKENIZER_FILES.generation, JSON.stringify(v4GenerationConfig(), null, 2) + '\n'],
   ];
-  for (const [name, text] of files) {
-    const dest = path.join(dir, name);
-    const tmp = `${dest}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-    fs.writeFileSync(tmp, text);
-    fs.renameSync(tmp, dest);
-  }
+}
+
+/** The file and its temporary name: pid + random, so two writers of one folder never share a temporary file. */
+function destAndTemp(dir: string, name: string): [string, string] {
+  const dest = path.join(dir, name);
+  return [dest, `${dest}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`];
 }
