@@ -2,6 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { assignDevices, rankEnv, rankFromEnv, validateRankIdentity } from '../src/dist/rank.js';
+import { runRanks } from '../src/dist/supervisor.js';
 import { checkKey, decodeBlob, encodeBlob, parseRankMessage, parseSupervisorMessage } from '../src/dist/protocol.js';
 
 test('rankFromEnv reads the identity the supervisor writes, and refuses what it did not', () => {
@@ -39,4 +40,9 @@ test('control messages are checked field by field; blobs round-trip', () => {
   assert.equal(parseSupervisorMessage({ t: 'value', key: 'k' }), null);
   assert.throws(() => checkKey('barrier', ''), /barrier must be 1-200 characters/);
   assert.throws(() => encodeBlob(new Uint8Array(16 * 1024 * 1024 + 1)), /at most 16777216 bytes/);
+});
+
+test('runRanks refuses a bad world before starting anything (a rejection, not a throw)', async () => {
+  await assert.rejects(runRanks({ worldSize: 0, program: '/nonexistent.js' }), /world size must be an integer in \[1, 128\], got 0/);
+  await assert.rejects(runRanks({ worldSize: 2, program: '/nonexistent.js', devices: [0, 1, 2] }), /one device for all ranks or one per rank \(2\), got 3/);
 });

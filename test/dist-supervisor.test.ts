@@ -139,7 +139,7 @@ test('a rank that exits 0 without finishing is a failure too', async () => {
 const supervisorMain = fileURLToPath(new URL('./support/dist-supervisor-main.js', import.meta.url));
 
 async function startSupervisor(): Promise<{ proc: ReturnType<typeof spawn>; pids: number[]; exited: Promise<[number | null, string | null]> }> {
-  const proc = spawn(process.execPath, [supervisorMain], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(process.execPath, [supervisorMain, '--run'], { stdio: ['ignore', 'pipe', 'pipe'] });
   const exited = new Promise<[number | null, string | null]>((res) => proc.on('exit', (c, s) => res([c, s])));
   const pids: number[] = [];
   let out = '';
