@@ -138,8 +138,10 @@ test('a rank that exits 0 without finishing is a failure too', async () => {
 
 const supervisorMain = fileURLToPath(new URL('./support/dist-supervisor-main.js', import.meta.url));
 
-async function startSupervisor(): Promise<{ proc: ReturnType<typeof spawn>; pids: number[]; exited: Promise<[number | null, string | null]> }> {
+async function startSupervisor(): Promise<{ proc: ReturnType<typeof spawn>; pids: number[]; exited: Promise<[number | null, string | null]>; stderr: () => string }> {
   const proc = spawn(process.execPath, [supervisorMain, '--run'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  proc.stderr!.on('data', (c: Buffer) => { err += c.toString(); });
   const exited = new Promise<[number | null, string | null]>((res) => proc.on('exit', (c, s) => res([c, s])));
   const pids: number[] = [];
   let out = '';
@@ -152,15 +154,17 @@ async function startSupervisor(): Promise<{ proc: ReturnType<typeof spawn>; pids
   });
   for (const m of out.matchAll(/^pid (\d+) (\d+)$/gm)) pids[Number(m[1])] = Number(m[2]);
   assert.equal(pids.filter((p) => p > 0).length, 3, out);
-  return { proc, pids, exited };
+  return { proc, pids, exited, stderr: () => err };
 }
 
 test('the supervisor receiving SIGTERM leaves no rank behind (checked by pid)', async () => {
-  const { proc, pids, exited } = await startSupervisor();
+  const { proc, pids, exited, stderr } = await startSupervisor();
   assert.ok(pids.every(alive));
   proc.kill('SIGTERM');
   const [code, signal] = await exited;
   assert.ok(code !== 0 || signal !== null, `exit ${code} ${signal}`);
+  // The supervisor's own handler stopped the ranks (not only their closed channels) and said why, once.
+  assert.equal(stderr(), 'the rank supervisor received SIGTERM: stopping all 3 ranks\n');
   assert.deepEqual(await waitDead(pids, 5000), [], 'every rank pid is gone');
 });
 
