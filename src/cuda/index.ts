@@ -36,3 +36,9 @@ export {
   registerKernel, registeredKernels, normalizeVariant, clearKernelRegistry, type KernelRegistration, type KernelVariant,
 } from './kernel-registry.js';
 export { measureLaunchOverhead, type LaunchOverheadOptions, type LaunchOverheadResult } from './launch-overhead.js';
+export {
+  NcclCommunicator, NcclError, NcclUnavailableError, NCCL_RESULT_NAMES, NCCL_DATA_TYPES, NCCL_RED_OPS, NCCL_UNIQUE_ID_BYTES,
+  NCCL_LIBRARY_ENV, ncclResultName, ncclLibraryCandidates, tryLoadNccl, getNccl, checkNccl, ncclVersion, decodeNcclVersion,
+  ncclGetUniqueId, ncclGroup, ncclDataType, checkCommInitArgs,
+  type Nccl, type NcclFunctions, type NcclLoadOptions, type NcclDataType, type NcclRedOp,
+} from './nccl.js';
