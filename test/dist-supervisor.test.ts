@@ -29,6 +29,13 @@ async function waitDead(pids: number[], ms: number): Promise<number[]> {
   }
 }
 
+/** Waits for the pids to die; kills (and reports) any survivor so that a failing test never hangs the suite. */
+async function assertAllDead(pids: number[], ms: number): Promise<void> {
+  const live = await waitDead(pids, ms);
+  for (const pid of live) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
+  assert.deepEqual(live, [], 'every rank pid is gone');
+}
+
 async function expectFailure(p: Promise<unknown>): Promise<RankFailureError> {
   try {
     await p;
@@ -58,7 +65,7 @@ test('a world of 3: identities, devices, the ready barrier, a published id and a
     assert.equal(o.id, idHex);
     assert.deepEqual(o.gathered, [0, 1, 2].map((q) => Buffer.from(Uint8Array.from({ length: 64 }, (_, i) => (q * 64 + i) & 0xff)).toString('hex')));
   });
-  assert.deepEqual(await waitDead(pids, 2000), []);
+  await assertAllDead(pids, 2000);
 });
 
 test('devices default to rank i on device i', async () => {
@@ -81,7 +88,7 @@ test('a rank killed mid-run ends every rank within 10 s with one message naming 
   assert.equal(err.kind, 'exit');
   assert.equal(err.phase, 'compute');
   assert.match(err.message, /^rank 1 died \(killed by SIGKILL\) in phase 'compute'/);
-  assert.deepEqual(await waitDead(pids, 2000), []);
+  await assertAllDead(pids, 2000);
 });
 
 test('a rank that never reaches the barrier fails the run at the deadline, naming it and its phase', async () => {
@@ -97,7 +104,7 @@ test('a rank that never reaches the barrier fails the run at the deadline, namin
   assert.equal(err.kind, 'deadline');
   assert.equal(err.phase, 'load-weights');
   assert.match(err.message, /^rank 2 did not reach barrier 'ready' within 1500 ms of the first rank \(phase 'load-weights'/);
-  assert.deepEqual(await waitDead(pids, 2000), []);
+  await assertAllDead(pids, 2000);
 });
 
 test('a rank that never says hello fails the startup deadline', async () => {
@@ -127,7 +134,7 @@ test('a rank that throws a GuardError stops every rank with its message and phas
   assert.equal(err.phase, 'prepare');
   assert.equal(err.errorName, 'GuardError');
   assert.match(err.message, /^rank 1 failed in phase 'prepare': GuardError: grouped GEMM: hidden 100 not a positive multiple of 128: use a preset shape$/);
-  assert.deepEqual(await waitDead(pids, 2000), []);
+  await assertAllDead(pids, 2000);
 });
 
 test('a rank that exits 0 without finishing is a failure too', async () => {
@@ -165,12 +172,12 @@ test('the supervisor receiving SIGTERM leaves no rank behind (checked by pid)', 
   assert.ok(code !== 0 || signal !== null, `exit ${code} ${signal}`);
   // The supervisor's own handler stopped the ranks (not only their closed channels) and said why, once.
   assert.equal(stderr(), 'the rank supervisor received SIGTERM: stopping all 3 ranks\n');
-  assert.deepEqual(await waitDead(pids, 5000), [], 'every rank pid is gone');
+  await assertAllDead(pids, 5000);
 });
 
 test('the supervisor SIGKILLed: the ranks notice the closed channel and exit by themselves', async () => {
   const { proc, pids, exited } = await startSupervisor();
   proc.kill('SIGKILL');
   await exited;
-  assert.deepEqual(await waitDead(pids, 5000), [], 'every rank pid is gone');
+  await assertAllDead(pids, 5000);
 });
