@@ -49,7 +49,7 @@ export class RankChannel implements RankContext {
     this.device = id.device;
     this.args = args;
     process.on('message', (raw) => this.onMessage(raw));
-    
+    process.on('disconnect', () => process.exit(ORPHANED_EXIT_CODE));
     this.send({ t: 'hello', rank: this.rank, pid: process.pid });
   }
 
