@@ -12,7 +12,9 @@ import {
 import { MegaMoeKernel } from '../kernels/mega-moe.js';
 import { formatBytes, megaBufferLayout, type MegaBufferLayout, type MegaMoePath } from '../kernels/mega-moe-layout.js';
 import type { MoeBackend, MoeForwardResult, PrepareOptions } from '../moe/backend.js';
-import { checkForwardInputs, checkMegaMoeSupport, checkTokenCapacity, GuardError, type TopkIdsTensor } from '../moe/guards.js';
+import {
+  checkForwardInputs, checkMegaMoeSupport, checkSharedExpertAsGroup, checkTokenCapacity, GuardError, type TopkIdsTensor,
+} from '../moe/guards.js';
 import type { MoeLayerWeights } from '../moe/types.js';
 import { HostTensor } from '../tensor/host.js';
 import type { BackendProvider } from './index.js';
@@ -175,11 +177,7 @@ export class MegaMoeBackend implements MoeBackend {
       enableExpertParallel: opts.enableExpertParallel, layer,
     });
     const s = layer.shape;
-    if (layer.sharedExpert.w1.n !== s.moeIntermediateSize) {
-      throw new GuardError('WEIGHT_SHAPE',
-        `layer ${layer.layer}: the shared expert's intermediate size ${layer.sharedExpert.w1.n} differs from moe_intermediate_size ${s.moeIntermediateSize}`,
-        'the fused kernel runs the shared expert as one more group of the routed experts, so it needs n_shared_experts = 1 (or use --backend reference)');
-    }
+    checkSharedExpertAsGroup(layer, 'mega_moe');
     if (s.hiddenSize % 256 !== 0) {
       throw new GuardError('DIM_NOT_ALIGNED', `layer ${layer.layer}: hidden_size ${s.hiddenSize} is not a multiple of 256`,
         'the fused kernel tiles H in 256-column pairs; use --backend unfused for this shape');

@@ -29,7 +29,7 @@ import {
 } from './unfused-gemm.js';
 import type { MoeBackend, MoeForwardResult, PrepareOptions } from '../moe/backend.js';
 import {
-  checkForwardInputs, checkLayer, checkSm90, checkTokenCapacity, GuardError, type TopkIdsTensor,
+  checkForwardInputs, checkLayer, checkSharedExpertAsGroup, checkSm90, checkTokenCapacity, GuardError, type TopkIdsTensor,
 } from '../moe/guards.js';
 import { concatL1, interleaveGateUpRows, transformL1 } from '../moe/transform.js';
 import type { ExpertWeights, MoeLayerWeights } from '../moe/types.js';
@@ -475,11 +475,7 @@ export class UnfusedBackend implements MoeBackend {
     const dev = st.devices[0];
     checkSm90({ major: dev.computeCapability.major, minor: dev.computeCapability.minor, name: dev.name }, 'unfused');
     const s = layer.shape;
-    if (layer.sharedExpert.w1.n !== s.moeIntermediateSize) {
-      throw new GuardError('WEIGHT_SHAPE',
-        `layer ${layer.layer}: the shared expert's intermediate size ${layer.sharedExpert.w1.n} differs from moe_intermediate_size ${s.moeIntermediateSize}`,
-        'the unfused backend runs the shared expert as one more group of the routed grouped GEMMs, so it needs n_shared_experts = 1 (or use --backend reference)');
-    }
+    checkSharedExpertAsGroup(layer, 'unfused');
     this.moe?.dispose();
     this.moe = undefined;
     const localIds = [...layer.experts.ids];

@@ -588,21 +588,30 @@ export function defaultCheckpointDir(): string {
  * it is deleted and regenerated, so never point it at a folder holding anything else.
  */
 export function ensureDefaultCheckpoint(options: { dir?: string; progress?: boolean; onRebuild?: (why: string) => void } = {}): string {
-  const dir = path.resolve(options.dir ?? defaultCheckpointDir());
+  return ensureCachedCheckpoint(path.resolve(options.dir ?? defaultCheckpointDir()), 'default checkpoint', options.onRebuild,
+    (dir, internal) => makeCheckpointSync({
+      preset: DEFAULT_CHECKPOINT.preset, layers: DEFAULT_CHECKPOINT.layers, expertDtype: DEFAULT_CHECKPOINT.expertDtype,
+      seed: DEFAULT_CHECKPOINT.seed, out: dir, progress: options.progress ?? false,
+    }, { keepExisting: true, ...internal }));
+}
+
+/**
+ * A checkpoint megamoe keeps in its cache (the embedded defaults): used as it is while it matches its size +
+ * SHA-256 manifest, else removed and rebuilt by `make` (which writes to a temp folder renamed into place, with the
+ * manifest, so a crash never leaves half a checkpoint and racing processes both end with the same one).
+ */
+export function ensureCachedCheckpoint(dir: string, what: string, onRebuild: ((why: string) => void) | undefined,
+  make: (dir: string, internal: { setting: string; beforeMove: (temp: string) => void }) => unknown): string {
   if (fs.existsSync(path.join(dir, 'config.json'))) {
-    // Checked by size and SHA-256 against the manifest written with it: a damaged cache is rebuilt, not used.
     const damage = verifyManifest(dir);
     if (damage === undefined) return dir;
-    (options.onRebuild ?? ((why: string) => console.error(why.startsWith(MANIFEST_FILE)
-      ? `megamoe: the cached default checkpoint ${dir} has no manifest (an older megamoe wrote it); rebuilding it once`
-      : `megamoe: the cached default checkpoint ${dir} is damaged (${why}); rebuilding it`)))(damage);
+    (onRebuild ?? ((why: string) => console.error(why.startsWith(MANIFEST_FILE)
+      ? `megamoe: the cached ${what} ${dir} has no manifest (an older megamoe wrote it); rebuilding it once`
+      : `megamoe: the cached ${what} ${dir} is damaged (${why}); rebuilding it`)))(damage);
   }
   // Finished checkpoints arrive by rename, so a folder that fails its manifest or has no config.json is debris in
   // our own cache: clear it.
   if (fs.existsSync(dir)) fs.rmSync(dir, { recursive: true, force: true });
-  makeCheckpointSync({
-    preset: DEFAULT_CHECKPOINT.preset, layers: DEFAULT_CHECKPOINT.layers, expertDtype: DEFAULT_CHECKPOINT.expertDtype,
-    seed: DEFAULT_CHECKPOINT.seed, out: dir, progress: options.progress ?? false,
-  }, { keepExisting: true, setting: 'MEGAMOE_CACHE_DIR', beforeMove: writeManifest });
+  make(dir, { setting: 'MEGAMOE_CACHE_DIR', beforeMove: writeManifest });
   return dir;
 }

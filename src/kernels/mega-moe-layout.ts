@@ -20,8 +20,6 @@ export type MegaMoePath = 'normal' | 'decode';
 export const MEGA_ROW_TILE: Readonly<Record<MegaMoePath, number>> = Object.freeze({ normal: 128, decode: 16 });
 /** Pipeline depth of each path (what fits in 227 KB with the plan below; measured choices in docs/BENCHMARKS.md). */
 export const MEGA_STAGES: Readonly<Record<MegaMoePath, number>> = Object.freeze({ normal: 3, decode: 6 });
-/** T at or below which CTA 0 dispatches alone (kSmallT in mega_moe.cu). */
-export const MEGA_SMALL_T = 16;
 const SMEM_LIMIT = 232448;
 /** Static shared memory of the kernel (the 1 KB-aligned dynamic base), counted against the 227 KB limit. */
 const STATIC_SMEM = 1024;

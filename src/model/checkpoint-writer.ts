@@ -14,13 +14,13 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseDeepSeekV4Config, type ExpertDtype } from '../checkpoint/config.js';
-import { verifyManifest, writeManifest } from '../checkpoint/manifest.js';
 import { writeTokenizerFilesSync } from '../tokenizer/files.js';
 import { cacheRoot } from '../util/writable-dir.js';
 import { encodeBF16 } from '../numerics/bf16.js';
 import {
   fillBF16Normal, fillE4m3, fillE8m0BlockScales, makeCheckpoint, makeCheckpointSync, normalQuantile, planLayer, presetConfig,
   seededRng, PRESET_SHAPES, type CheckpointPlan, type MakeCheckpointResult, type PlannedTensor, type Preset, type PresetShape,
+  ensureCachedCheckpoint,
 } from '../checkpoint/synthetic.js';
 import { fp8Scale, globalParams, layerParams, mtpParams, type ParamSpec } from './params.js';
 import { modelConfigFrom } from './config.js';
@@ -243,16 +243,9 @@ export function defaultModelDir(): string {
  * against the manifest written with it on every use: a damaged cache is rebuilt, not used. Returns its directory.
  */
 export function ensureDefaultModel(options: { dir?: string; progress?: boolean; onRebuild?: (why: string) => void } = {}): string {
-  const dir = path.resolve(options.dir ?? defaultModelDir());
-  if (fs.existsSync(path.join(dir, 'config.json'))) {
-    const damage = verifyManifest(dir);
-    if (damage === undefined) return dir;
-    (options.onRebuild ?? ((why: string) => console.error(`megamoe: the cached default model ${dir} is damaged (${why}); rebuilding it`)))(damage);
-  }
-  if (fs.existsSync(dir)) fs.rmSync(dir, { recursive: true, force: true }); // debris or damaged: ours
-  makeModelCheckpointSync({
-    preset: DEFAULT_MODEL.preset, layers: DEFAULT_MODEL.layers, expertDtype: DEFAULT_MODEL.expertDtype, seed: DEFAULT_MODEL.seed,
-    out: dir, progress: options.progress ?? false,
-  }, true, { setting: 'MEGAMOE_CACHE_DIR', beforeMove: writeManifest });
-  return dir;
+  return ensureCachedCheckpoint(path.resolve(options.dir ?? defaultModelDir()), 'default model', options.onRebuild,
+    (dir, internal) => makeModelCheckpointSync({
+      preset: DEFAULT_MODEL.preset, layers: DEFAULT_MODEL.layers, expertDtype: DEFAULT_MODEL.expertDtype, seed: DEFAULT_MODEL.seed,
+      out: dir, progress: options.progress ?? false,
+    }, true, internal));
 }

@@ -198,6 +198,19 @@ export function checkLayer(layer: MoeLayerWeights): void {
   checkExpertWeights(`layers.${layer.layer}.ffn.shared_experts`, layer.sharedExpert, H, sharedInter);
 }
 
+/**
+ * The GPU backends run the shared expert as one more group of the routed experts' GEMMs, so its intermediate size
+ * must be the routed one (n_shared_experts = 1).
+ */
+export function checkSharedExpertAsGroup(layer: MoeLayerWeights, backend: string): void {
+  const inter = layer.shape.moeIntermediateSize;
+  if (layer.sharedExpert.w1.n !== inter) {
+    throw new GuardError('WEIGHT_SHAPE',
+      `layer ${layer.layer}: the shared expert's intermediate size ${layer.sharedExpert.w1.n} differs from moe_intermediate_size ${inter}`,
+      `the ${backend} backend runs the shared expert as one more group of the routed experts' GEMMs, so it needs n_shared_experts = 1 (or use --backend reference)`);
+  }
+}
+
 /** Ids may come as I32 or I64; these read them uniformly. */
 export type TopkIdsTensor = HostTensor<'I32'> | HostTensor<'I64'>;
 
