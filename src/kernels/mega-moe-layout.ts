@@ -147,7 +147,7 @@ export interface MegaParamValues {
 
 export const MEGA_FAULT_SKIP_PUBLISH = 1;
 /** Per-CTA %globaltimer stamps of a traced launch (mega_moe.cu kTraceSlots). */
-export const MEGA_TRACE_SLOTS = 8;
+export const MEGA_TRACE_SLOTS = 12;
 
 /** Packs MegaParams little-endian, as the kernel reads it. */
 export function packMegaParams(v: MegaParamValues): Uint8Array {

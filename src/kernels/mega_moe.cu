@@ -86,8 +86,9 @@ static_assert(kH % 256 == 0 && kI % 128 == 0, "mega_moe: H must be a multiple of
 enum : u32 { kErrNone = 0, kErrBarrierTimeout = 1, kErrFlagTimeout = 2 };
 enum : int { kFaultNone = 0, kFaultSkipPublish = 1 };
 // Trace slots: 0 start, 1 dispatch done (GEMMs start), 2 consumers done with L1, 3 with L2, 4 after the GEMMs' grid
-// barrier, 5 combine done; 6 / 7 the producer done issuing L1 / L2.
-constexpr int kTraceSlots = 8;
+// barrier, 5 combine done; 6 / 7 the producer done issuing L1 / L2; 8-11 the single-CTA dispatch's steps on CTA 0
+// (staged, counted, scanned, ranked) or, on the other CTAs, 8 = their weight prefetch issued.
+constexpr int kTraceSlots = 12;
 enum : u32 { kPhaseDispatch = 1, kPhaseScan = 2, kPhaseRank = 3, kPhaseGather = 4, kPhaseGemm = 5, kPhaseL2Wait = 6 };
 
 // The control block (64 bytes, device memory, zeroed once at allocation).
@@ -239,20 +240,96 @@ struct MegaSync {
 };
 
 // Dispatch for T <= kSmallT on CTA 0 alone: stage, count, scan, rank, gather, with CTA-local barriers only.
-__device__ __forceinline__ void dispatch_small(const MegaParams& p, int* scratch, int tid, int warp, int lane) {
+template <class Stamp>
+__device__ __forceinline__ void dispatch_small(const MegaParams& p, int* scratch, int tid, int warp, int lane,
+                                               const Stamp& stamp) {
   const int T = p.num_tokens;
   for (int row = warp; row < T; row += kWarps)
     stg::stage_row(p.x, p.ids, p.weights, p.x_fp8, p.x_sf, p.ids_staged, p.w_staged, row, lane);
+  if (tid == 0) stamp(8);
   dsp::count_chunk(p.ids, T, 0, p.chunk_counts, scratch, tid, kThreads);  // begins and ends with __syncthreads
+  if (tid == 0) stamp(9);
   dsp::scan(p.chunk_counts, T, kBlockM, p.max_tiles, p.group_offset, p.group_count, p.tile_group, p.num_m_tiles,
             p.row_weight, p.row_token, scratch, tid, kThreads);
   __syncthreads();
+  if (tid == 0) stamp(10);
   if (warp == 0)
     dsp::rank_chunk(p.ids, p.weights, T, 0, p.chunk_counts, p.group_offset, p.slot_row, p.row_weight, p.row_token,
                     scratch, lane);
   __syncthreads();  // the staged rows (all warps) and slot_row (warp 0) are ready for the gather
+  if (tid == 0) stamp(11);
   for (int t = warp; t < T; t += kWarps)
     dsp::gather_token(p.x_fp8, p.x_sf, t, p.slot_row, p.group_offset, p.a, p.sfa, 1, p.m_cap, lane);
+}
+
+// ---- Weight prefetch while the dispatch runs (decode path, T <= kPrefetchMaxT) ----
+// The dispatch's tile order follows from the routing alone: groups ascending, ceil(count / 16) tiles each, the
+// shared expert (group E) last with ceil(T / 16). So every CTA can rebuild the per-expert counts from the ids in its
+// own shared memory, know which weights its first GEMM unit will stream before the dispatch is done, and pull them
+// into L2 meanwhile (HBM would otherwise sit idle for the dispatch's duration: docs/MEGA_MOE.md). A hint only: the
+// GEMMs themselves read the dispatch's tile_group.
+constexpr int kPrefetchMaxT = 512;  // the decode path's largest T (a per-CTA histogram of T * K ids)
+#ifndef MM_PREFETCH_KB
+#define MM_PREFETCH_KB 8  // K blocks of the first L1 unit pulled into L2 (8 x 32 KB per CTA: ~34 MB on 132 SMs)
+#endif
+
+// Warp-collective: the group of row tile mt in that order (-1 past the last tile) and the number of tiles.
+struct RoutedTile {
+  int group;
+  int tiles;
+};
+__device__ __forceinline__ RoutedTile routed_tile(const int* hist, int T, int mt, int lane) {
+  RoutedTile r{-1, 0};
+  for (int g0 = 0; g0 < dsp::kGroups; g0 += 32) {
+    const int g = g0 + lane;
+    const int count = g < dsp::kExperts ? hist[g] : (g == dsp::kExperts ? T : 0);
+    const int tiles = (count + kBlockM - 1) / kBlockM;
+    int incl = tiles;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int n = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += n;
+    }
+    const int first = r.tiles + incl - tiles;
+    const unsigned hit = __ballot_sync(0xffffffffu, tiles > 0 && mt >= first && mt < first + tiles);
+    if (hit != 0u && r.group < 0) r.group = g0 + __ffs(hit) - 1;
+    r.tiles += __shfl_sync(0xffffffffu, incl, 31);
+  }
+  return r;
+}
+
+// Every thread of the CTA calls it (hist: kExperts ints of shared memory, free before the GEMM ring starts).
+__device__ __forceinline__ void prefetch_first_unit(const MegaParams& p, const gg::TmaDesc* tmap_w13,
+                                                    const gg::TmaDesc* tmap_w2, int* hist, int tid, int warp,
+                                                    int lane) {
+  const int T = p.num_tokens;
+  for (int e = tid; e < dsp::kExperts; e += kThreads) hist[e] = 0;
+  __syncthreads();
+  for (int s = tid; s < T * MM_TOPK; s += kThreads) {
+    const int e = dsp::expert_of(p.ids[s]);
+    if (e >= 0) atomicAdd(&hist[e], 1);
+  }
+  __syncthreads();
+  if (warp == 0) {
+    constexpr int kL1Units = kI / 128;                   // per row tile: 256 transformed rows each
+    constexpr int kL2Units = kH / (64 * kDecodeL2Sub);   // per row tile
+    const int u1 = blockIdx.x;                           // the first L1 unit (MegaSync::first_unit, rotation 0)
+    const RoutedTile r1 = routed_tile(hist, T, u1 / kL1Units, lane);
+    if (r1.group >= 0) {
+      if (lane == 0)
+        gg::decode_prefetch_weights<2 * kI, kH, 4, MM_WTILED>(tmap_w13, r1.group, (u1 % kL1Units) * 256, 0,
+                                                              min(kH / 128, MM_PREFETCH_KB));
+    } else {
+      // No L1 unit for this CTA: the first L2 unit it will take (L2 continues L1's round robin), all of it.
+      const int ctas = gridDim.x;
+      const int u2 = (int)((blockIdx.x + ctas - (r1.tiles * kL1Units) % ctas) % ctas);
+      const RoutedTile r2 = routed_tile(hist, T, u2 / kL2Units, lane);
+      if (r2.group >= 0 && lane == 0)
+        gg::decode_prefetch_weights<kH, kI, kDecodeL2Sub, MM_WTILED>(tmap_w2, r2.group,
+                                                                     (u2 % kL2Units) * 64 * kDecodeL2Sub, 0, kI / 128);
+    }
+  }
+  __syncthreads();  // hist is the dispatch's scratch next
 }
 
 // Dispatch for larger T over the whole grid, four phases apart.
@@ -321,15 +398,23 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
   __syncthreads();
   const u32 epoch = s_epoch;
 
-  // ---- stage + dispatch ----
+  // ---- stage + dispatch (decode: with the first unit's weights pulled into L2 meanwhile) ----
+  const bool prefetch = kDecode && p.num_tokens <= kPrefetchMaxT;
   if (p.num_tokens <= kSmallT) {
-    if (blockIdx.x == 0) dispatch_small(p, scratch, tid, warp, lane);
+    if (blockIdx.x == 0) {
+      dispatch_small(p, scratch, tid, warp, lane, stamp);
+    } else if (prefetch) {
+      prefetch_first_unit(p, &tmap_w13, &tmap_w2, scratch, tid, warp, lane);
+      if (tid == 0) stamp(8);
+    }
+    // One barrier: CTA 0's dispatch is complete and every CTA has read the old epoch.
     grid_barrier(p.ctl, kPhaseDispatch, p.timeout_ns);
     if (blockIdx.x == 0 && tid == 0) p.ctl->epoch = epoch;
   } else {
+    if (prefetch) prefetch_first_unit(p, &tmap_w13, &tmap_w2, scratch, tid, warp, lane);
     dispatch_grid(p, scratch, tid, warp, lane, epoch);
+    grid_barrier(p.ctl, kPhaseGather, p.timeout_ns);
   }
-  grid_barrier(p.ctl, kPhaseGather, p.timeout_ns);
   if (tid == 0) stamp(1);
 
   // ---- L1 then L2 through one ring ----

@@ -431,6 +431,27 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
 // ==================================================================================================================
 // Decode (swap A/B) kernel body: weights on wgmma's M side, 16 tokens on its N side.
 // ==================================================================================================================
+
+// Weight box height of a decode unit of kRowsW rows: the whole unit for the rows layout; for the tiled layout at most
+// one 128-row tile (a 256-row SwiGLU unit spans two tiles that are K/128 tiles apart), so MSUB 4 issues 2 boxes.
+template <int kRowsW, int kWTiled>
+__host__ __device__ constexpr int decode_box_rows() {
+  return kWTiled && kRowsW > 128 ? 128 : kRowsW;
+}
+
+// Pulls K blocks [kb0, kb1) of expert g's decode unit (weight rows [b_row, b_row + 64 * kMSub)) into L2: no shared
+// memory, no barrier, a hint only (the loads that follow hit L2 instead of HBM).
+template <int kN, int kK, int kMSub, int kWTiled>
+__device__ __forceinline__ void decode_prefetch_weights(const TmaDesc* tmap_b, int g, int b_row, int kb0, int kb1) {
+  constexpr int kRowsW = 64 * kMSub;
+  constexpr int kBoxRowsW = decode_box_rows<kRowsW, kWTiled>();
+  for (int kb = kb0; kb < kb1; kb++)
+#pragma unroll
+    for (int h = 0; h < kRowsW / kBoxRowsW; h++) {
+      const WCoord c = weight_coord<kN, kK, kWTiled>(g, b_row + kBoxRowsW * h, kb);
+      tma_prefetch_2d(tmap_b, c.x, c.y);
+    }
+}
 template <int kN, int kK, int kMSub, int kStages, int kEpi, int kWTiled, class P = DecodePlan<kMSub, kStages>,
           class Sync = NoSync, bool kOwnSetup = true>
 __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, const Sync& sync = Sync()) {
@@ -449,9 +470,7 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
   constexpr int kKB = kK / kBlockK;
   constexpr int kWBlocks = kN / kRowsW;
   constexpr int kNScaleRows = kN / 128;
-  // Weight box height: the whole unit (64 * MSUB rows) for the rows layout; for the tiled layout at most one
-  // 128-row tile (a 256-row SwiGLU unit spans two tiles that are K/128 tiles apart), so MSUB 4 issues 2 boxes.
-  constexpr int kBoxRowsW = kWTiled && kRowsW > 128 ? 128 : kRowsW;
+  constexpr int kBoxRowsW = decode_box_rows<kRowsW, kWTiled>();
   static_assert(kN % kRowsW == 0 && kK % kBlockK == 0, "N must be a multiple of 64*MSUB, K of 128");
   static_assert(kMSub == 1 || kMSub == 2 || kMSub == 4, "MSUB is 1, 2 or 4");
   static_assert(kEpi == 0 || kMSub == 4, "the SwiGLU epilogue needs 256-row transformed units (MSUB = 4)");
@@ -497,12 +516,7 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
         const int b_row = wb * kRowsW;  // first weight row of the unit within expert g
         if (Sync::kWaits && !sync.ready(mt, 0)) {
           // Its A is not written yet: pull this unit's weights into L2 meanwhile (decode: L2 while L1 runs).
-          for (int kb = 0; kb < kKB; kb++)
-#pragma unroll
-            for (int h = 0; h < kRowsW / kBoxRowsW; h++) {
-              const WCoord c = weight_coord<kN, kK, kWTiled>(g, b_row + kBoxRowsW * h, kb);
-              tma_prefetch_2d(tmap_b, c.x, c.y);
-            }
+          decode_prefetch_weights<kN, kK, kMSub, kWTiled>(tmap_b, g, b_row, 0, kKB);
         }
         for (int kb = 0; kb < kKB; kb++) {
           mbar_wait(empty_bar(stage), phase ^ 1);
