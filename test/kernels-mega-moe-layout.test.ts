@@ -58,7 +58,8 @@ test('shared-memory plans fit 227 KB and are what the defines carry', () => {
     assert.equal(d.MM_PATH, path === 'decode' ? 1 : 0);
   }
   // NormalPlan<2, 3, 1>: 64 KB staging + 3 x (16 KB + 32 KB + 512 B) + 6 barriers.
-  assert.equal(megaSmemBytes('normal', 3), 65536 + 3 * 49664 + 48);
+  assert.equal(megaSmemBytes('normal', 3), 65536 + 3 * 49664 + 2 * (3 + 4) * 8);
+  assert.equal(megaSmemBytes('normal', 3, 5), 5 * 49664 + 2 * (3 + 5) * 8);
   assert.equal(megaSmemBytes('decode', 6), 6 * (32768 + 2048 + 128) + 96 + 256);
 });
 

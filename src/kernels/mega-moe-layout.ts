@@ -18,19 +18,28 @@ export interface MegaMoeShape {
 export type MegaMoePath = 'normal' | 'decode';
 
 export const MEGA_ROW_TILE: Readonly<Record<MegaMoePath, number>> = Object.freeze({ normal: 128, decode: 16 });
-/** Pipeline depth of each path (what fits in 227 KB with the plan below; measured choices in docs/BENCHMARKS.md). */
+/**
+ * Pipeline depth of each path (what fits in 227 KB with the plan below; measured choices in docs/MEGA_MOE.md): decode
+ * runs L1 and L2 through one ring; normal gives L2 these stages and L1 its own ring of MEGA_L1_STAGES.
+ */
 export const MEGA_STAGES: Readonly<Record<MegaMoePath, number>> = Object.freeze({ normal: 3, decode: 6 });
+/** The normal path's L1 ring (SwiGLU epilogue: no TMA-store staging, so one stage more than L2). */
+export const MEGA_L1_STAGES = 4;
 const SMEM_LIMIT = 232448;
 /** Static shared memory of the kernel (the 1 KB-aligned dynamic base), counted against the 227 KB limit. */
 const STATIC_SMEM = 1024;
 
 /**
- * Shared memory of a path's plan: normal = NormalPlan<2, S, 1> (64 KB bf16 staging for L2's TMA store, then S stages
- * of A 16 KB + B 32 KB + sfa 512 B, then 2 S barriers); decode = DecodePlan<4, S> (S stages of B 32 KB + A 2 KB +
- * sfa 128 B, barriers, 256 B of amax scratch). Mirrors gemm/grouped.cuh.
+ * Shared memory of a path's plan: normal = two rings over the same bytes, L1 = NormalPlan<2, S1, 0> (S1 stages of A
+ * 16 KB + B 32 KB + sfa 512 B) and L2 = NormalPlan<2, S, 1> (64 KB bf16 staging for its TMA store, then S such
+ * stages), then both rings' barriers (2 (S1 + S) x 8 bytes); decode = DecodePlan<4, S> (S stages of B 32 KB + A 2 KB
+ * + sfa 128 B, barriers, 256 B of amax scratch). Mirrors mega_moe.cu / gemm/grouped.cuh.
  */
-export function megaSmemBytes(path: MegaMoePath, stages = MEGA_STAGES[path]): number {
-  if (path === 'normal') return 128 * 256 * 2 + stages * (128 * 128 + 256 * 128 + 128 * 4) + 2 * stages * 8;
+export function megaSmemBytes(path: MegaMoePath, stages = MEGA_STAGES[path], l1Stages = MEGA_L1_STAGES): number {
+  if (path === 'normal') {
+    const stage = 128 * 128 + 256 * 128 + 128 * 4;
+    return Math.max(l1Stages * stage, 128 * 256 * 2 + stages * stage) + 2 * (stages + l1Stages) * 8;
+  }
   return stages * (256 * 128 + 16 * 128 + 128) + 2 * stages * 8 + 4 * 16 * 4;
 }
 
@@ -172,21 +181,22 @@ export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout
   if (smem + STATIC_SMEM > SMEM_LIMIT) throw new RangeError(`mega_moe: the ${path} plan needs ${smem} bytes of shared memory (limit ${SMEM_LIMIT - STATIC_SMEM})`);
   return {
     MM_HIDDEN: shape.hidden, MM_INTER: shape.inter, MM_EXPERTS: shape.experts, MM_TOPK: shape.topK,
-    MM_PATH: path === 'decode' ? 1 : 0, MM_STAGES: stages, MM_SMEM_BYTES: smem, MM_PARAMS_BYTES: MEGA_PARAMS_BYTES,
+    MM_PATH: path === 'decode' ? 1 : 0, MM_STAGES: stages, ...(path === 'normal' ? { MM_L1_STAGES: MEGA_L1_STAGES } : {}), MM_SMEM_BYTES: smem, MM_PARAMS_BYTES: MEGA_PARAMS_BYTES,
     ...(weightLayout === 'tiled' ? { MM_WTILED: 1 } : {}),
-    ...(path === 'decode' ? { MM_DECODE_L2_SUB: decodeL2Sub() } : {}),
+    ...(path === 'decode' ? { MM_DECODE_L2_WIDE_MIN_T: decodeL2WideMinTokens() } : {}),
   };
 }
 
 /**
- * Decode path: 64 (1) or 128 (2, default) weight rows per L2 unit; MEGAMOE_DECODE_L2_SUB overrides (tuning).
- * Measured on the H200 (docs/BENCHMARKS.md): 64-row units made L2 as slow as L1 at T = 8 for half the bytes.
+ * Decode path: T from which L2 runs 256-row weight units instead of 128-row ones (default 2 tokens; measured in
+ * docs/MEGA_MOE.md); MEGAMOE_DECODE_L2_WIDE_MIN_T overrides (tuning; a huge value keeps 128-row units everywhere).
  */
-export function decodeL2Sub(): number {
-  const v = process.env.MEGAMOE_DECODE_L2_SUB;
+export function decodeL2WideMinTokens(): number {
+  const v = process.env.MEGAMOE_DECODE_L2_WIDE_MIN_T;
   if (v === undefined || v === '') return 2;
-  if (v !== '1' && v !== '2') throw new RangeError(`MEGAMOE_DECODE_L2_SUB=${v}: expected 1 or 2`);
-  return Number(v);
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 1 || n > 2 ** 30) throw new RangeError(`MEGAMOE_DECODE_L2_WIDE_MIN_T=${v}: expected an integer >= 1`);
+  return n;
 }
 
 /** What the control block says after a launch (mirrors MegaCtl and the kErr / kPhase enums). */

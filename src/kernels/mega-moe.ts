@@ -6,7 +6,7 @@ import {
   type TensorMap,
 } from '../cuda/index.js';
 import {
-  decodeL2Sub, decodeMegaCtl, describeMegaCtlError, MEGA_CTL_BYTES, MEGA_FAULT_SKIP_PUBLISH, MEGA_ROW_TILE, megaDefines, megaSmemBytes, megaThreads,
+  decodeMegaCtl, describeMegaCtlError, MEGA_CTL_BYTES, MEGA_FAULT_SKIP_PUBLISH, MEGA_ROW_TILE, megaDefines, megaSmemBytes, megaThreads,
   packMegaParams, type MegaBufferLayout, type MegaCtlState, type MegaMoePath, type MegaMoeShape, type MegaParamPointer,
 } from './mega-moe-layout.js';
 import { MOE_PRESET_SHAPES } from './presets.js';
@@ -111,7 +111,7 @@ export class MegaMoeKernel {
     }
     return [
       act(at(r.a), H), w(b.w13, 2 * I, H, 128), sf(at(r.sfa), H),
-      act(at(r.act), I), w(b.w2, H, I, path === 'decode' ? 64 * decodeL2Sub() : 128), sf(at(r.actSf), I),
+      act(at(r.act), I), w(b.w2, H, I, 128), sf(at(r.actSf), I),
       tensorMap2D({ dataType: 'bf16', globalAddress: at(r.out), rows: M, cols: H, boxRows: 64, boxCols: 64, swizzle: '128B', l2Promotion: '256B' }),
     ];
   }

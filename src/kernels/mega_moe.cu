@@ -22,7 +22,7 @@
 //
 // Compile-time shape: MM_HIDDEN (H), MM_INTER (I), MM_EXPERTS (E routed; group E is the shared expert), MM_TOPK (K),
 // MM_PATH (0 normal: 128-row tiles, 2 consumer warpgroups; 1 decode: 16-token tiles, weights on wgmma's M side),
-// MM_STAGES, MM_WTILED (weight layout, as GG_WTILED), MM_SMEM_BYTES and MM_PARAMS_BYTES (the TypeScript plan's
+// MM_STAGES (decode: the ring's stages; normal: L2's), MM_L1_STAGES (normal: L1's), MM_WTILED (weight layout, as GG_WTILED), MM_SMEM_BYTES and MM_PARAMS_BYTES (the TypeScript plan's
 // shared memory and parameter-struct sizes: a drift fails the compile).
 #include "common.cuh"
 #include "gemm/ptx.cuh"
@@ -69,25 +69,46 @@ constexpr int kL2KBlocks = kI / 128;  // flags per row tile: one per 128 activat
 // T at or below which CTA 0 does the whole dispatch alone (one grid barrier before the GEMMs instead of four).
 constexpr int kSmallT = 16;
 
-using NormalP = gg::NormalPlan<2, kStages, 1>;  // L1 and L2 share one ring; the bf16 staging serves L2's TMA store
-using DecodeP = gg::DecodePlan<4, kStages>;     // L1 units of 256 weight rows, L2 units of 128 or 64 (MSUB 4 / MM_DECODE_L2_SUB)
-#ifndef MM_DECODE_L2_SUB
-#define MM_DECODE_L2_SUB 2
+// Normal path: L1 and L2 have a ring each over the same shared memory: L1 (SwiGLU epilogue, no staging) kL1Stages
+// deep, L2 kStages deep behind its 64 KB bf16 TMA-store staging (one ring for both would leave L1 at L2's depth:
+// 3 stages instead of 4, docs/MEGA_MOE.md). Both rings' barriers sit after the larger layout; the producer drains
+// L1's ring before its first L2 load.
+#ifndef MM_L1_STAGES
+#define MM_L1_STAGES MM_STAGES
 #endif
-constexpr int kDecodeL2Sub = MM_DECODE_L2_SUB;  // 64-row (1) or 128-row (2) L2 units on the decode path
+constexpr int kL1Stages = kDecode ? kStages : MM_L1_STAGES;
+using NormalL1Base = gg::NormalPlan<2, kL1Stages, 0>;
+using NormalL2Base = gg::NormalPlan<2, kStages, 1>;
+constexpr gg::u32 kNormalBars = NormalL1Base::kOffBar > NormalL2Base::kOffBar ? NormalL1Base::kOffBar : NormalL2Base::kOffBar;
+struct NormalL1P : NormalL1Base {
+  static constexpr gg::u32 kOffBar = kNormalBars;
+  static constexpr gg::u32 kSmemBytes = kNormalBars + 2 * (kL1Stages + kStages) * 8;
+};
+struct NormalL2P : NormalL2Base {
+  static constexpr gg::u32 kOffBar = kNormalBars + 2 * kL1Stages * 8;
+  static constexpr gg::u32 kSmemBytes = kNormalBars + 2 * (kL1Stages + kStages) * 8;
+};
+using DecodeP = gg::DecodePlan<4, kStages>;     // L1 units of 256 weight rows, L2 units of 128 or 256 (below)
+// Decode L2 units: 128 weight rows (MSUB 2) below MM_DECODE_L2_WIDE_MIN_T tokens, 256 (MSUB 4) from there on: a
+// 256-row stage fills its 32 KB slot (twice the bytes in flight per SM), but fewer units balance worse at T = 1
+// (measured: docs/MEGA_MOE.md). Both read W2 in 128-row TMA boxes (tiled layout), so one tensor map serves both.
+#ifndef MM_DECODE_L2_WIDE_MIN_T
+#define MM_DECODE_L2_WIDE_MIN_T 2
+#endif
 template <bool B, class T, class F> struct Pick { using type = T; };
 template <class T, class F> struct Pick<false, T, F> { using type = F; };
-using Plan = typename Pick<kDecode, DecodeP, NormalP>::type;
+using Plan = typename Pick<kDecode, DecodeP, NormalL2P>::type;  // the whole shared memory (L2's plan on the normal path)
 
 static_assert(Plan::kSmemBytes == MM_SMEM_BYTES, "mega_moe: the TypeScript shared-memory plan (mega-moe.ts) drifted from the kernel's");
 static_assert(kH % 256 == 0 && kI % 128 == 0, "mega_moe: H must be a multiple of 256 and I of 128");
+static_assert(MM_WTILED == 1, "mega_moe reads tiled weights only (its tensor maps and decode L2 boxes assume 128-row tiles)");
 
 // Error codes and phases reported through MegaCtl (mirrored in src/kernels/mega-moe.ts).
 enum : u32 { kErrNone = 0, kErrBarrierTimeout = 1, kErrFlagTimeout = 2 };
 enum : int { kFaultNone = 0, kFaultSkipPublish = 1 };
 // Trace slots: 0 start, 1 dispatch done (GEMMs start), 2 consumers done with L1, 3 with L2, 4 after the GEMMs' grid
 // barrier, 5 combine done; 6 / 7 the producer done issuing L1 / L2; 8-11 the single-CTA dispatch's steps on CTA 0
-// (staged, counted, scanned, ranked) or, on the other CTAs, 8 = their weight prefetch issued.
+// (staged, counted, scanned, ranked).
 constexpr int kTraceSlots = 12;
 enum : u32 { kPhaseDispatch = 1, kPhaseScan = 2, kPhaseRank = 3, kPhaseGather = 4, kPhaseGemm = 5, kPhaseL2Wait = 6 };
 
@@ -209,7 +230,19 @@ struct MegaSync {
 
   __device__ __forceinline__ int first_unit(int cta, int ctas) const { return (cta + ctas - rotation % ctas) % ctas; }
   __device__ __forceinline__ u32* flag(int mt, int kb) const { return flags + (size_t)mt * kL2KBlocks + kb; }
-  __device__ __forceinline__ bool ready(int mt, int kb) const { return gg::ld_acquire_gpu(flag(mt, kb)) == epoch; }
+  // Every A block of row tile mt published? Relaxed loads in flight together (one round trip, not kL2KBlocks), then
+  // one fence makes them an acquire; the proxy fence lets the TMA loads that follow read what was published.
+  __device__ __forceinline__ bool unit_ready(int mt) const {
+    const u32* f = flag(mt, 0);
+    bool all = true;
+#pragma unroll
+    for (int kb = 0; kb < kL2KBlocks; kb++) all &= gg::ld_relaxed_gpu(f + kb) == epoch;
+    if (all) {
+      gg::fence_acq_rel_gpu();
+      gg::fence_proxy_async_global();
+    }
+    return all;
+  }
   __device__ __forceinline__ bool wait(int mt, int kb) const {
     const u32* f = flag(mt, kb);
     u32 v = gg::ld_acquire_gpu(f);
@@ -262,76 +295,6 @@ __device__ __forceinline__ void dispatch_small(const MegaParams& p, int* scratch
     dsp::gather_token(p.x_fp8, p.x_sf, t, p.slot_row, p.group_offset, p.a, p.sfa, 1, p.m_cap, lane);
 }
 
-// ---- Weight prefetch while the dispatch runs (decode path, T <= kPrefetchMaxT) ----
-// The dispatch's tile order follows from the routing alone: groups ascending, ceil(count / 16) tiles each, the
-// shared expert (group E) last with ceil(T / 16). So every CTA can rebuild the per-expert counts from the ids in its
-// own shared memory, know which weights its first GEMM unit will stream before the dispatch is done, and pull them
-// into L2 meanwhile (HBM would otherwise sit idle for the dispatch's duration: docs/MEGA_MOE.md). A hint only: the
-// GEMMs themselves read the dispatch's tile_group.
-constexpr int kPrefetchMaxT = 512;  // the decode path's largest T (a per-CTA histogram of T * K ids)
-#ifndef MM_PREFETCH_KB
-#define MM_PREFETCH_KB 8  // K blocks of the first L1 unit pulled into L2 (8 x 32 KB per CTA: ~34 MB on 132 SMs)
-#endif
-
-// Warp-collective: the group of row tile mt in that order (-1 past the last tile) and the number of tiles.
-struct RoutedTile {
-  int group;
-  int tiles;
-};
-__device__ __forceinline__ RoutedTile routed_tile(const int* hist, int T, int mt, int lane) {
-  RoutedTile r{-1, 0};
-  for (int g0 = 0; g0 < dsp::kGroups; g0 += 32) {
-    const int g = g0 + lane;
-    const int count = g < dsp::kExperts ? hist[g] : (g == dsp::kExperts ? T : 0);
-    const int tiles = (count + kBlockM - 1) / kBlockM;
-    int incl = tiles;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const int n = __shfl_up_sync(0xffffffffu, incl, o);
-      if (lane >= o) incl += n;
-    }
-    const int first = r.tiles + incl - tiles;
-    const unsigned hit = __ballot_sync(0xffffffffu, tiles > 0 && mt >= first && mt < first + tiles);
-    if (hit != 0u && r.group < 0) r.group = g0 + __ffs(hit) - 1;
-    r.tiles += __shfl_sync(0xffffffffu, incl, 31);
-  }
-  return r;
-}
-
-// Every thread of the CTA calls it (hist: kExperts ints of shared memory, free before the GEMM ring starts).
-__device__ __forceinline__ void prefetch_first_unit(const MegaParams& p, const gg::TmaDesc* tmap_w13,
-                                                    const gg::TmaDesc* tmap_w2, int* hist, int tid, int warp,
-                                                    int lane) {
-  const int T = p.num_tokens;
-  for (int e = tid; e < dsp::kExperts; e += kThreads) hist[e] = 0;
-  __syncthreads();
-  for (int s = tid; s < T * MM_TOPK; s += kThreads) {
-    const int e = dsp::expert_of(p.ids[s]);
-    if (e >= 0) atomicAdd(&hist[e], 1);
-  }
-  __syncthreads();
-  if (warp == 0) {
-    constexpr int kL1Units = kI / 128;                   // per row tile: 256 transformed rows each
-    constexpr int kL2Units = kH / (64 * kDecodeL2Sub);   // per row tile
-    const int u1 = blockIdx.x;                           // the first L1 unit (MegaSync::first_unit, rotation 0)
-    const RoutedTile r1 = routed_tile(hist, T, u1 / kL1Units, lane);
-    if (r1.group >= 0) {
-      if (lane == 0)
-        gg::decode_prefetch_weights<2 * kI, kH, 4, MM_WTILED>(tmap_w13, r1.group, (u1 % kL1Units) * 256, 0,
-                                                              min(kH / 128, MM_PREFETCH_KB));
-    } else {
-      // No L1 unit for this CTA: the first L2 unit it will take (L2 continues L1's round robin), all of it.
-      const int ctas = gridDim.x;
-      const int u2 = (int)((blockIdx.x + ctas - (r1.tiles * kL1Units) % ctas) % ctas);
-      const RoutedTile r2 = routed_tile(hist, T, u2 / kL2Units, lane);
-      if (r2.group >= 0 && lane == 0)
-        gg::decode_prefetch_weights<kH, kI, kDecodeL2Sub, MM_WTILED>(tmap_w2, r2.group,
-                                                                     (u2 % kL2Units) * 64 * kDecodeL2Sub, 0, kI / 128);
-    }
-  }
-  __syncthreads();  // hist is the dispatch's scratch next
-}
-
 // Dispatch for larger T over the whole grid, four phases apart.
 __device__ __forceinline__ void dispatch_grid(const MegaParams& p, int* scratch, int tid, int warp, int lane,
                                               u32 epoch) {
@@ -356,17 +319,38 @@ __device__ __forceinline__ void dispatch_grid(const MegaParams& p, int* scratch,
     dsp::gather_token(p.x_fp8, p.x_sf, t, p.slot_row, p.group_offset, p.a, p.sfa, 1, p.m_cap, lane);
 }
 
-// After the GEMMs: a grid barrier (every L2 row written), then the combine, one 16-byte vector of one token per
-// consumer thread. kParticipants: 0 = the whole CTA reaches the barrier (decode), else the consumers alone.
+constexpr int kCombineBatch = 4;
+
+// After the GEMMs: a grid barrier (every L2 row written), then the combine, 16-byte vectors of tokens over the
+// consumer threads. kParticipants: 0 = the whole CTA reaches the barrier (decode), else the consumers alone.
 template <int kParticipants, class Stamp>
 __device__ __forceinline__ void finish(const MegaParams& p, int tid, const Stamp& stamp) {
   grid_barrier<kParticipants>(p.ctl, kPhaseGemm, p.timeout_ns);
   if (tid == 0) stamp(4);
   if (tid < kConsumers) {
+    // kCombineBatch vectors per thread in flight at once: with one CTA per SM, one vector at a time left the
+    // combine latency-bound (docs/MEGA_MOE.md).
     const int total = p.num_tokens * cmb::kVecPerRow;
-    for (int i = blockIdx.x * kConsumers + tid; i < total; i += gridDim.x * kConsumers) {
-      const int t = i / cmb::kVecPerRow;
-      cmb::combine_vec<true>(p.out, p.slot_row, p.group_offset, t, i - t * cmb::kVecPerRow, p.y_routed, p.y);
+    const int stride = gridDim.x * kConsumers;
+    for (int i0 = blockIdx.x * kConsumers + tid; i0 < total; i0 += kCombineBatch * stride) {
+      cmb::VecIn in[kCombineBatch];
+#pragma unroll
+      for (int j = 0; j < kCombineBatch; j++) {
+        const int i = i0 + j * stride;
+        if (i < total) cmb::load_rows<true>(p.slot_row, i / cmb::kVecPerRow, in[j]);
+      }
+#pragma unroll
+      for (int j = 0; j < kCombineBatch; j++) {
+        const int i = i0 + j * stride;
+        const int t = i / cmb::kVecPerRow;
+        if (i < total) cmb::load_vals<true>(p.out, p.group_offset, t, i - t * cmb::kVecPerRow, in[j]);
+      }
+#pragma unroll
+      for (int j = 0; j < kCombineBatch; j++) {
+        const int i = i0 + j * stride;
+        const int t = i / cmb::kVecPerRow;
+        if (i < total) cmb::sum_vec(in[j], t, i - t * cmb::kVecPerRow, p.y_routed, p.y);
+      }
     }
     if (tid == 0) stamp(5);
   }
@@ -398,20 +382,15 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
   __syncthreads();
   const u32 epoch = s_epoch;
 
-  // ---- stage + dispatch (decode: with the first unit's weights pulled into L2 meanwhile) ----
-  const bool prefetch = kDecode && p.num_tokens <= kPrefetchMaxT;
+  // ---- stage + dispatch ----
+  // (Pulling the first units' weights into L2 meanwhile was measured slower at every T: the prefetch traffic queues
+  // ahead of the dispatch's dependent loads. docs/MEGA_MOE.md.)
   if (p.num_tokens <= kSmallT) {
-    if (blockIdx.x == 0) {
-      dispatch_small(p, scratch, tid, warp, lane, stamp);
-    } else if (prefetch) {
-      prefetch_first_unit(p, &tmap_w13, &tmap_w2, scratch, tid, warp, lane);
-      if (tid == 0) stamp(8);
-    }
+    if (blockIdx.x == 0) dispatch_small(p, scratch, tid, warp, lane, stamp);
     // One barrier: CTA 0's dispatch is complete and every CTA has read the old epoch.
     grid_barrier(p.ctl, kPhaseDispatch, p.timeout_ns);
     if (blockIdx.x == 0 && tid == 0) p.ctl->epoch = epoch;
   } else {
-    if (prefetch) prefetch_first_unit(p, &tmap_w13, &tmap_w2, scratch, tid, warp, lane);
     dispatch_grid(p, scratch, tid, warp, lane, epoch);
     grid_barrier(p.ctl, kPhaseGather, p.timeout_ns);
   }
@@ -420,6 +399,7 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
   // ---- L1 then L2 through one ring ----
   const u32 sbase = gg::smem_addr(smem);
   const gg::RingBars<kStages> bars{sbase + Plan::kOffBar};
+  const gg::RingBars<kL1Stages> l1_bars{sbase + NormalL1P::kOffBar};  // normal path only
   if (tid == kConsumers) {
     gg::check_smem(Plan::kSmemBytes, smem);
     gg::prefetch_tmap(&tmap_a1);
@@ -429,6 +409,7 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
     gg::prefetch_tmap(&tmap_w2);
     gg::prefetch_tmap(&tmap_sfa2);
     bars.init(kConsumers / 32);  // empty: one arrive per consumer warp
+    if (!kDecode) l1_bars.init(kConsumers / 32);
   }
   __syncthreads();
   // The GEMMs' arguments and hooks are built right before each body from the (grid-constant) parameters, so
@@ -437,18 +418,22 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
 #define MM_L1_ARGS                                                                                                  \
   gg::GemmArgs{&tmap_a1, &tmap_w13, &tmap_sfa1, &tmap_a1, p.s13, p.tile_group, p.num_m_tiles, p.act, p.act_sf,      \
                p.row_weight, p.swiglu_limit, p.m_cap},                                                              \
-      ring, MegaSync<false, true>{p.flags, p.ctl, p.timeout_ns, epoch, 0, p.fault}
+      l1_ring, MegaSync<false, true>{p.flags, p.ctl, p.timeout_ns, epoch, 0, p.fault}
 #define MM_L2_ARGS                                                                                                  \
   gg::GemmArgs{&tmap_a2, &tmap_w2, &tmap_sfa2, &tmap_out, p.s2, p.tile_group, p.num_m_tiles, p.out, nullptr,        \
                nullptr, 0.0f, p.m_cap},                                                                             \
       ring,                                                                                                         \
       MegaSync<true, false>{p.flags, p.ctl, p.timeout_ns, epoch,                                                    \
                             min(max(*p.num_m_tiles, 0), p.max_tiles) * (kI / 128), p.fault}
-  gg::Ring ring;
+  gg::Ring ring, normal_l1_ring;
+  gg::Ring& l1_ring = kDecode ? ring : normal_l1_ring;  // decode: L1 and L2 through one ring
   if constexpr (kDecode) {
     gg::decode_body<2 * kI, kH, 4, kStages, 1, MM_WTILED, Plan, MegaSync<false, true>, false>(MM_L1_ARGS);
     if (tid == 0 || tid == kConsumers) stamp(tid == 0 ? 2 : 6);
-    gg::decode_body<kH, kI, kDecodeL2Sub, kStages, 0, MM_WTILED, Plan, MegaSync<true, false>, false>(MM_L2_ARGS);
+    if (p.num_tokens >= MM_DECODE_L2_WIDE_MIN_T)
+      gg::decode_body<kH, kI, 4, kStages, 0, MM_WTILED, Plan, MegaSync<true, false>, false>(MM_L2_ARGS);
+    else
+      gg::decode_body<kH, kI, 2, kStages, 0, MM_WTILED, Plan, MegaSync<true, false>, false>(MM_L2_ARGS);
     if (tid == 0 || tid == kConsumers) stamp(tid == 0 ? 3 : 7);
     finish<0>(p, tid, stamp);
   } else {
@@ -456,15 +441,22 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
     // bodies; the bodies' own role test folds away.
     if (warp >= 8) {
       gg::regs_dealloc<40>();
-      gg::normal_body<2 * kI, kH, 2, kStages, 1, 0, 0, MM_WTILED, Plan, MegaSync<false, true>, false>(MM_L1_ARGS);
-      if (tid == kConsumers) stamp(6);
-      gg::normal_body<kH, kI, 2, kStages, 0, 0, 1, MM_WTILED, Plan, MegaSync<true, false>, false>(MM_L2_ARGS);
+      gg::normal_body<2 * kI, kH, 2, kL1Stages, 1, 0, 0, MM_WTILED, NormalL1P, MegaSync<false, true>, false>(MM_L1_ARGS);
+      if (tid == kConsumers) {
+        stamp(6);
+        // L2's stages overlay L1's: wait until the consumers released every L1 stage (fresh stages pass at once).
+        for (int i = 0; i < kL1Stages; i++) {
+          gg::mbar_wait(l1_bars.empty(l1_ring.stage), l1_ring.phase ^ 1);
+          l1_ring.advance<kL1Stages>();
+        }
+      }
+      gg::normal_body<kH, kI, 2, kStages, 0, 0, 1, MM_WTILED, NormalL2P, MegaSync<true, false>, false>(MM_L2_ARGS);
       if (tid == kConsumers) stamp(7);
     } else {
       gg::regs_alloc<232>();
-      gg::normal_body<2 * kI, kH, 2, kStages, 1, 0, 0, MM_WTILED, Plan, MegaSync<false, true>, false>(MM_L1_ARGS);
+      gg::normal_body<2 * kI, kH, 2, kL1Stages, 1, 0, 0, MM_WTILED, NormalL1P, MegaSync<false, true>, false>(MM_L1_ARGS);
       if (tid == 0) stamp(2);
-      gg::normal_body<kH, kI, 2, kStages, 0, 0, 1, MM_WTILED, Plan, MegaSync<true, false>, false>(MM_L2_ARGS);
+      gg::normal_body<kH, kI, 2, kStages, 0, 0, 1, MM_WTILED, NormalL2P, MegaSync<true, false>, false>(MM_L2_ARGS);
       if (tid == 0) stamp(3);
       if ((tid & 127) == 0) gg::fence_proxy_async_global();  // TMA stores -> the combine's loads
       finish<kConsumers>(p, tid, stamp);  // inside the branch: it runs on the consumers' register budget

@@ -191,7 +191,9 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
         if (g < 0 && w.g_peer < 0) continue;  // both CTAs of the pair skip it
         const bool mcast = kMcast == 1 && g >= 0 && w.g_peer == g;
         const int b_row = nt * kBlockN;  // first weight row of the tile within expert g
-        if (Sync::kWaits && g >= 0 && !sync.ready(mt, 0)) {
+        // One check per unit: a per-K-block acquire on the producer's path costs a round trip per stage.
+        const bool a_ready = !Sync::kWaits || g < 0 || sync.unit_ready(mt);
+        if (!a_ready) {
           // Its A is not written yet: pull this tile's weights into L2 meanwhile.
           for (int kb = 0; kb < kKB; kb++)
 #pragma unroll
@@ -202,7 +204,7 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
         }
         for (int kb = 0; kb < kKB; kb++) {
           mbar_wait(empty_bar(stage), phase ^ 1);
-          if (g >= 0 && (!Sync::kWaits || sync.wait(mt, kb))) {
+          if (g >= 0 && (a_ready || sync.wait(mt, kb))) {
             mbar_arrive_expect_tx(full_bar(stage), P::kABytes + P::kBBytes + P::kSfaBytes);
             const u32 sb = sbase + P::kOffB + stage * P::kBBytes;
             if (kPairN) {  // each CTA fetches one 64-row half of the shared activation tile for both
@@ -514,13 +516,15 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
         const int g = tile_group[mt];
         if (g < 0) continue;
         const int b_row = wb * kRowsW;  // first weight row of the unit within expert g
-        if (Sync::kWaits && !sync.ready(mt, 0)) {
+        // One check per unit: a per-K-block acquire on the producer's path costs a round trip per stage.
+        const bool a_ready = !Sync::kWaits || sync.unit_ready(mt);
+        if (!a_ready) {
           // Its A is not written yet: pull this unit's weights into L2 meanwhile (decode: L2 while L1 runs).
           decode_prefetch_weights<kN, kK, kMSub, kWTiled>(tmap_b, g, b_row, 0, kKB);
         }
         for (int kb = 0; kb < kKB; kb++) {
           mbar_wait(empty_bar(stage), phase ^ 1);
-          if (Sync::kWaits && !sync.wait(mt, kb)) {  // abort: pass the stage on without data
+          if (!a_ready && !sync.wait(mt, kb)) {  // abort: pass the stage on without data
             mbar_arrive(full_bar(stage));
             ring.advance<kStages>();
             continue;

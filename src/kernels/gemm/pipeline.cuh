@@ -53,9 +53,10 @@ struct GemmArgs {
 
 // Cross-CTA hooks of a GEMM body. The standalone GEMM has none; the fused kernel (mega_moe.cu) waits for an L2 A
 // block before loading it and publishes each L1 output block once it is written.
-//   kWaits:     the producer calls ready(mt, kb) / wait(mt, kb) before loading A block kb of row tile mt, and
-//               prefetch hint weights into L2 while it would wait; wait() returning false means "abort": the stage
-//               is passed on without data (the kernel reports the error; no hang).
+//   kWaits:     the producer asks unit_ready(mt) once per unit (every A block of row tile mt published: then it
+//               loads the whole unit without further checks), else prefetch-hints the unit's weights into L2 and
+//               calls wait(mt, kb) before loading A block kb; wait() returning false means "abort": the stage is
+//               passed on without data (the kernel reports the error; no hang).
 //   kPublishes: every consumer thread calls publish(mt, nt, ctid, nthreads) after its epilogue stores of unit
 //               (mt, nt).
 //   first_unit(cta, ctas): the first work unit of CTA `cta` (then every ctas-th), so a second GEMM can continue
@@ -64,7 +65,7 @@ struct NoSync {
   static constexpr bool kWaits = false;
   static constexpr bool kPublishes = false;
   __device__ __forceinline__ int first_unit(int cta, int) const { return cta; }
-  __device__ __forceinline__ bool ready(int, int) const { return true; }
+  __device__ __forceinline__ bool unit_ready(int) const { return true; }
   __device__ __forceinline__ bool wait(int, int) const { return true; }
   __device__ __forceinline__ void publish(int, int, int, int) const {}
 };

@@ -44,27 +44,38 @@ __device__ __forceinline__ uint4 load_vec(const uint4* p) {
   return __ldg(p);
 }
 
-template <bool kCoherent>
-__device__ __forceinline__ void combine_vec(const uint4* __restrict__ out, const int* __restrict__ slot_row,
-                                            const int* __restrict__ group_offset, int t, int v,
-                                            uint4* __restrict__ y_routed, uint4* __restrict__ y) {
+// The loads of one vector (slot rows, then the K + 1 rows' vectors) apart from its sum, so a caller can put
+// several vectors' loads in flight before summing any (the fused kernel's combine runs on one CTA per SM).
+struct VecIn {
   int rows[kTopK];
-#pragma unroll
-  for (int k = 0; k < kTopK; k++) rows[k] = slot_row[(size_t)t * kTopK + k];
   uint4 vals[kTopK + 1];
+};
+
+template <bool kCoherent>
+__device__ __forceinline__ void load_rows(const int* __restrict__ slot_row, int t, VecIn& in) {
+#pragma unroll
+  for (int k = 0; k < kTopK; k++) in.rows[k] = slot_row[(size_t)t * kTopK + k];
+}
+
+template <bool kCoherent>
+__device__ __forceinline__ void load_vals(const uint4* __restrict__ out, const int* __restrict__ group_offset, int t,
+                                          int v, VecIn& in) {
 #pragma unroll
   for (int k = 0; k < kTopK; k++)
-    vals[k] = rows[k] >= 0 ? load_vec<kCoherent>(out + (size_t)rows[k] * kVecPerRow + v) : make_uint4(0, 0, 0, 0);
-  if (kShared) vals[kTopK] = load_vec<kCoherent>(out + (size_t)(group_offset[kExperts] + t) * kVecPerRow + v);
+    in.vals[k] = in.rows[k] >= 0 ? load_vec<kCoherent>(out + (size_t)in.rows[k] * kVecPerRow + v) : make_uint4(0, 0, 0, 0);
+  if (kShared) in.vals[kTopK] = load_vec<kCoherent>(out + (size_t)(group_offset[kExperts] + t) * kVecPerRow + v);
+}
 
+__device__ __forceinline__ void sum_vec(const VecIn& in, int t, int v, uint4* __restrict__ y_routed,
+                                        uint4* __restrict__ y) {
   float acc[8];
 #pragma unroll
   for (int i = 0; i < 8; i++) acc[i] = 0.0f;
 #pragma unroll
   for (int k = 0; k < kTopK; k++) {
-    if (rows[k] < 0) continue;  // masked slot: skipped, not added as zero (identical anyway: +0 + x = x)
+    if (in.rows[k] < 0) continue;  // masked slot: skipped, not added as zero (identical anyway: +0 + x = x)
     float f[8];
-    widen(vals[k], f);
+    widen(in.vals[k], f);
 #pragma unroll
     for (int i = 0; i < 8; i++) acc[i] = megamoe::add_rn(acc[i], f[i]);
   }
@@ -73,11 +84,21 @@ __device__ __forceinline__ void combine_vec(const uint4* __restrict__ out, const
   if (kShared) {
     float r[8], s[8];
     widen(routed, r);
-    widen(vals[kTopK], s);
+    widen(in.vals[kTopK], s);
 #pragma unroll
     for (int i = 0; i < 8; i++) r[i] = megamoe::add_rn(r[i], s[i]);
     y[(size_t)t * kVecPerRow + v] = narrow(r);
   }
+}
+
+template <bool kCoherent>
+__device__ __forceinline__ void combine_vec(const uint4* __restrict__ out, const int* __restrict__ slot_row,
+                                            const int* __restrict__ group_offset, int t, int v,
+                                            uint4* __restrict__ y_routed, uint4* __restrict__ y) {
+  VecIn in;
+  load_rows<kCoherent>(slot_row, t, in);
+  load_vals<kCoherent>(out, group_offset, t, v, in);
+  sum_vec(in, t, v, y_routed, y);
 }
 
 }  // namespace cmb
