@@ -184,6 +184,7 @@ export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout
     MM_PATH: path === 'decode' ? 1 : 0, MM_STAGES: stages, ...(path === 'normal' ? { MM_L1_STAGES: MEGA_L1_STAGES } : {}), MM_SMEM_BYTES: smem, MM_PARAMS_BYTES: MEGA_PARAMS_BYTES,
     ...(weightLayout === 'tiled' ? { MM_WTILED: 1 } : {}),
     ...(path === 'decode' ? { MM_DECODE_L2_WIDE_MIN_T: decodeL2WideMinTokens() } : {}),
+    ...(process.env.MEGAMOE_COMBINE_NC === '1' ? { MM_COMBINE_NC: 1 } : {}), // EXPERIMENT
   };
 }
 

@@ -272,27 +272,33 @@ struct MegaSync {
   }
 };
 
-// Dispatch for T <= kSmallT on CTA 0 alone: stage, count, scan, rank, gather, with CTA-local barriers only.
+// Dispatch for T <= kSmallT on CTA 0 alone: stage, count, scan, rank, gather, with CTA-local barriers only. The
+// single chunk's counts / base rows, the group offsets and the rank cursors stay in shared memory (the dsp::
+// functions take any address), so no step reads back through L2 what an earlier one wrote: on one SM each such
+// read is a round trip on the layer's critical path (docs/MEGA_MOE.md). The outputs are those of the grid path.
+constexpr int kSmallScratchInts = dsp::kExperts + (2 * dsp::kGroups + 1) + dsp::kExperts;
 template <class Stamp>
 __device__ __forceinline__ void dispatch_small(const MegaParams& p, int* scratch, int tid, int warp, int lane,
                                                const Stamp& stamp) {
+  int* counts = scratch;                            // [E]: the chunk's histogram, then its base rows
+  int* offsets = counts + dsp::kExperts;            // [2 G + 1]: the scan's scratch = group offsets + total
+  int* cursors = offsets + 2 * dsp::kGroups + 1;    // [E]: count's histogram, then rank's cursors
   const int T = p.num_tokens;
   for (int row = warp; row < T; row += kWarps)
     stg::stage_row(p.x, p.ids, p.weights, p.x_fp8, p.x_sf, p.ids_staged, p.w_staged, row, lane);
   if (tid == 0) stamp(8);
-  dsp::count_chunk(p.ids, T, 0, p.chunk_counts, scratch, tid, kThreads);  // begins and ends with __syncthreads
+  dsp::count_chunk(p.ids, T, 0, counts, cursors, tid, kThreads);  // begins and ends with __syncthreads
   if (tid == 0) stamp(9);
-  dsp::scan(p.chunk_counts, T, kBlockM, p.max_tiles, p.group_offset, p.group_count, p.tile_group, p.num_m_tiles,
-            p.row_weight, p.row_token, scratch, tid, kThreads);
+  dsp::scan(counts, T, kBlockM, p.max_tiles, p.group_offset, p.group_count, p.tile_group, p.num_m_tiles,
+            p.row_weight, p.row_token, offsets, tid, kThreads);
   __syncthreads();
   if (tid == 0) stamp(10);
   if (warp == 0)
-    dsp::rank_chunk(p.ids, p.weights, T, 0, p.chunk_counts, p.group_offset, p.slot_row, p.row_weight, p.row_token,
-                    scratch, lane);
+    dsp::rank_chunk(p.ids, p.weights, T, 0, counts, offsets, p.slot_row, p.row_weight, p.row_token, cursors, lane);
   __syncthreads();  // the staged rows (all warps) and slot_row (warp 0) are ready for the gather
   if (tid == 0) stamp(11);
   for (int t = warp; t < T; t += kWarps)
-    dsp::gather_token(p.x_fp8, p.x_sf, t, p.slot_row, p.group_offset, p.a, p.sfa, 1, p.m_cap, lane);
+    dsp::gather_token(p.x_fp8, p.x_sf, t, p.slot_row, offsets, p.a, p.sfa, 1, p.m_cap, lane);
 }
 
 // Dispatch for larger T over the whole grid, four phases apart.
@@ -320,6 +326,10 @@ __device__ __forceinline__ void dispatch_grid(const MegaParams& p, int* scratch,
 }
 
 constexpr int kCombineBatch = 4;
+#ifndef MM_COMBINE_NC
+#define MM_COMBINE_NC 0
+#endif
+constexpr bool kCombineCoherent = MM_COMBINE_NC == 0;  // EXPERIMENT: read-only-path loads for the combine
 
 // After the GEMMs: a grid barrier (every L2 row written), then the combine, 16-byte vectors of tokens over the
 // consumer threads. kParticipants: 0 = the whole CTA reaches the barrier (decode), else the consumers alone.
@@ -337,13 +347,13 @@ __device__ __forceinline__ void finish(const MegaParams& p, int tid, const Stamp
 #pragma unroll
       for (int j = 0; j < kCombineBatch; j++) {
         const int i = i0 + j * stride;
-        if (i < total) cmb::load_rows<true>(p.slot_row, i / cmb::kVecPerRow, in[j]);
+        if (i < total) cmb::load_rows<kCombineCoherent>(p.slot_row, i / cmb::kVecPerRow, in[j]);
       }
 #pragma unroll
       for (int j = 0; j < kCombineBatch; j++) {
         const int i = i0 + j * stride;
         const int t = i / cmb::kVecPerRow;
-        if (i < total) cmb::load_vals<true>(p.out, p.group_offset, t, i - t * cmb::kVecPerRow, in[j]);
+        if (i < total) cmb::load_vals<kCombineCoherent>(p.out, p.group_offset, t, i - t * cmb::kVecPerRow, in[j]);
       }
 #pragma unroll
       for (int j = 0; j < kCombineBatch; j++) {
@@ -369,7 +379,8 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
   const int warp = tid >> 5;
   const int lane = tid & 31;
   // Dispatch scratch (before the GEMM ring takes the shared memory): histogram / scan / per-warp rank cursors.
-  static_assert((size_t)kWarps * dsp::kExperts * 4 + 64 <= Plan::kSmemBytes && dsp::kGroups + 1 <= kWarps * dsp::kExperts,
+  static_assert((size_t)kWarps * dsp::kExperts * 4 + 64 <= Plan::kSmemBytes && 2 * dsp::kGroups + 1 <= kWarps * dsp::kExperts &&
+                    kSmallScratchInts <= kWarps * dsp::kExperts,
                 "mega_moe: the dispatch scratch must fit in the GEMM's shared memory");
   int* scratch = reinterpret_cast<int*>(smem);
   __shared__ u32 s_epoch;

@@ -50,7 +50,8 @@ __device__ __forceinline__ void count_chunk(const long long* __restrict__ ids, i
   __syncthreads();  // hist may be reused by the caller's next chunk
 }
 
-// 2. The scan, by all `nthreads` threads of ONE block (scratch: kGroups + 1 ints of shared memory). Per group:
+// 2. The scan, by all `nthreads` threads of ONE block (scratch: 2 kGroups + 1 ints of shared memory: the exclusive
+// offsets + total, then each group's row count, so nothing written to global memory is read back). Per group:
 // total rows, padded to block_m, exclusive scan -> group_offset [kGroups + 1], group_count, tile_group (+ -1 past
 // the last tile up to max_tiles), num_m_tiles; padding rows get weight 0 / token -1; chunk_counts become per-chunk
 // base rows. The totals are integers: any thread layout gives the same outputs.
@@ -71,6 +72,7 @@ __device__ __forceinline__ void scan(int* __restrict__ chunk_counts, int num_tok
     }
     group_count[g] = count;
     scratch[g] = round_up(count, block_m);
+    scratch[kGroups + 1 + g] = count;
   }
   __syncthreads();
   if (tid < 32) {
@@ -93,7 +95,7 @@ __device__ __forceinline__ void scan(int* __restrict__ chunk_counts, int num_tok
   const int total = scratch[kGroups];
   for (int g = tid; g < kGroups; g += nthreads) {
     const int offset = scratch[g];
-    const int count = group_count[g];
+    const int count = scratch[kGroups + 1 + g];
     const int padded = round_up(count, block_m);
     group_offset[g] = offset;
     for (int t = offset / block_m; t < (offset + padded) / block_m; t++) tile_group[t] = g;
