@@ -76,7 +76,8 @@ export interface MegaBufferLayout {
     act: BufferRegion; actSf: BufferRegion;
     /** combine buffer: one bf16 row per (token, slot) */
     out: BufferRegion;
-    /** epoch-tagged flags, one per (16-row tile, 128 activation columns), and the control block */
+    /** epoch-tagged flags, one per (16-row tile, 128 activation columns), then the tail combine's counters (one per
+     * 128 output columns); the control block */
     flags: BufferRegion; ctl: BufferRegion;
     /** rank -> base address table (u64 per rank) */
     rankTable: BufferRegion;
@@ -119,7 +120,8 @@ export function megaBufferLayout(shape: MegaMoeShape, maxTokens: number, ranks =
     a: take(M * H), sfa: take((H / 128) * M * 4),
     act: take(M * I), actSf: take((I / 128) * M * 4),
     out: take(M * H * 2),
-    flags: take(maxTiles * (I / 128) * 4), ctl: take(MEGA_CTL_BYTES),
+    // + the tail combine's epoch-tagged u64 counters, one per 128 output columns (mega_moe.cu tail_combine)
+    flags: take(alignUp(maxTiles * (I / 128) * 4, 8) + (H / 128) * 8), ctl: take(MEGA_CTL_BYTES),
     rankTable: take(ranks * 8),
   };
   return { shape: Object.freeze({ ...shape }), maxTokens, ranks, capacity, regions, totalBytes: at };
@@ -184,17 +186,16 @@ export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout
     MM_PATH: path === 'decode' ? 1 : 0, MM_STAGES: stages, ...(path === 'normal' ? { MM_L1_STAGES: MEGA_L1_STAGES } : {}), MM_SMEM_BYTES: smem, MM_PARAMS_BYTES: MEGA_PARAMS_BYTES,
     ...(weightLayout === 'tiled' ? { MM_WTILED: 1 } : {}),
     ...(path === 'decode' ? { MM_DECODE_L2_WIDE_MIN_T: decodeL2WideMinTokens() } : {}),
-    ...(process.env.MEGAMOE_COMBINE_NC === '1' ? { MM_COMBINE_NC: 1 } : {}), // EXPERIMENT
   };
 }
 
 /**
- * Decode path: T from which L2 runs 256-row weight units instead of 128-row ones (default 2 tokens; measured in
+ * Decode path: T from which L2 runs 256-row weight units instead of 128-row ones (default 32 tokens; measured in
  * docs/MEGA_MOE.md); MEGAMOE_DECODE_L2_WIDE_MIN_T overrides (tuning; a huge value keeps 128-row units everywhere).
  */
 export function decodeL2WideMinTokens(): number {
   const v = process.env.MEGAMOE_DECODE_L2_WIDE_MIN_T;
-  if (v === undefined || v === '') return 2;
+  if (v === undefined || v === '') return 32;
   const n = Number(v);
   if (!Number.isSafeInteger(n) || n < 1 || n > 2 ** 30) throw new RangeError(`MEGAMOE_DECODE_L2_WIDE_MIN_T=${v}: expected an integer >= 1`);
   return n;

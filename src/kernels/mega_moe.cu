@@ -93,7 +93,7 @@ using DecodeP = gg::DecodePlan<4, kStages>;     // L1 units of 256 weight rows, 
 // 256-row stage fills its 32 KB slot (twice the bytes in flight per SM), but fewer units balance worse at T = 1
 // (measured: docs/MEGA_MOE.md). Both read W2 in 128-row TMA boxes (tiled layout), so one tensor map serves both.
 #ifndef MM_DECODE_L2_WIDE_MIN_T
-#define MM_DECODE_L2_WIDE_MIN_T 2
+#define MM_DECODE_L2_WIDE_MIN_T 32
 #endif
 template <bool B, class T, class F> struct Pick { using type = T; };
 template <class T, class F> struct Pick<false, T, F> { using type = F; };
@@ -216,17 +216,65 @@ __device__ __forceinline__ void grid_barrier(MegaCtl* c, u32 phase, unsigned lon
   cta_sync<kParticipants>();
 }
 
-// The fused kernel's GEMM hooks (gemm/pipeline.cuh NoSync's interface): L1 publishes, L2 waits.
+// The combine of vectors [v0, v0 + nv) (16 bytes = 8 columns each) of every token: work item i by the thread with
+// i = first (mod step). kCombineBatch vectors per thread in flight at once: with one CTA per SM, one at a time left
+// the combine latency-bound.
+constexpr int kCombineBatch = 4;
+template <int kBatch = kCombineBatch>
+__device__ __forceinline__ void combine_vectors(const MegaParams& p, int v0, int nv, int first, int step) {
+  const int total = p.num_tokens * nv;
+  for (int i0 = first; i0 < total; i0 += kBatch * step) {
+    cmb::VecIn in[kBatch];
+#pragma unroll
+    for (int j = 0; j < kBatch; j++) {
+      const int i = i0 + j * step;
+      if (i < total) cmb::load_rows(p.slot_row, i / nv, in[j]);
+    }
+#pragma unroll
+    for (int j = 0; j < kBatch; j++) {
+      const int i = i0 + j * step;
+      if (i < total) cmb::load_vals<true>(p.out, p.group_offset, i / nv, v0 + i % nv, in[j]);
+    }
+#pragma unroll
+    for (int j = 0; j < kBatch; j++) {
+      const int i = i0 + j * step;
+      if (i < total) cmb::sum_vec(in[j], i / nv, v0 + i % nv, p.y_routed, p.y);
+    }
+  }
+}
+
+// Decode path, T <= kSmallT with 128-row L2 units: the combine runs at the tail of L2 instead of after a grid barrier. Each L2 unit counts
+// itself done on the counter of its column range (u64: the launch's epoch << 32 | units done, so no reset between
+// launches); the unit that completes a range (every live row tile's unit of it) combines those columns of every
+// token. Counters: after the flags in the flags region, one per 128 output columns (mega-moe-layout.ts).
+__device__ __forceinline__ bool tail_combine(const MegaParams& p) {
+  return kDecode && p.num_tokens <= kSmallT && p.num_tokens < MM_DECODE_L2_WIDE_MIN_T;
+}
+__device__ __forceinline__ bool arrive_last(unsigned long long* c, u32 epoch, u32 needed) {
+  unsigned long long old = *reinterpret_cast<volatile unsigned long long*>(c);
+  for (;;) {
+    const u32 count = (u32)(old >> 32) == epoch ? (u32)old + 1u : 1u;
+    const unsigned long long want = ((unsigned long long)epoch << 32) | count;
+    const unsigned long long seen = atomicCAS(c, old, want);
+    if (seen == old) return count == needed;
+    old = seen;
+  }
+}
+
+// The fused kernel's GEMM hooks (gemm/pipeline.cuh NoSync's interface): L1 publishes, L2 waits (and, at small T,
+// completes: the tail combine above).
 template <bool kWait, bool kPublish>
 struct MegaSync {
   static constexpr bool kWaits = kWait;
   static constexpr bool kPublishes = kPublish;
+  static constexpr bool kCompletes = kWait;
   u32* flags;
   MegaCtl* ctl;
   unsigned long long timeout_ns;
   u32 epoch;
   int rotation;  // units before this GEMM's first (the L1 units): L2 continues L1's round robin over the CTAs
   int fault;
+  const MegaParams* params;  // the tail combine's (L2 only)
 
   __device__ __forceinline__ int first_unit(int cta, int ctas) const { return (cta + ctas - rotation % ctas) % ctas; }
   __device__ __forceinline__ u32* flag(int mt, int kb) const { return flags + (size_t)mt * kL2KBlocks + kb; }
@@ -269,6 +317,28 @@ struct MegaSync {
       __threadfence();
       gg::st_release_gpu(flag(mt, nt), epoch);
     }
+  }
+  // Every consumer thread calls it after its bf16 epilogue stores of unit (mt, wb): kCols output columns.
+  template <int kCols>
+  __device__ __forceinline__ void complete(int mt, int wb, int ctid, int nthreads) const {
+    // Only the 128-row units take part (tail_combine); no code for the 256-row body (its registers).
+    if constexpr (kCols != 128) return;
+    const MegaParams& p = *params;
+    if (!tail_combine(p)) return;
+    __shared__ int s_last;
+    gg::named_barrier_sync(7, nthreads);  // every consumer's stores of the unit are issued
+    if (ctid == 0) {
+      __threadfence();  // release them (with the barrier), then count
+      // After the flags, 8-byte aligned (mega-moe-layout.ts).
+      auto* counters = reinterpret_cast<unsigned long long*>(flags + (((size_t)p.max_tiles * kL2KBlocks + 1) & ~(size_t)1));
+      const int needed = gg::live_row_tiles(p.num_m_tiles, p.m_cap, kBlockM);
+      const bool last = arrive_last(counters + wb, epoch, (u32)needed);
+      if (last) __threadfence();  // acquire every other unit's rows of this range
+      s_last = last;
+    }
+    gg::named_barrier_sync(7, nthreads);
+    if (s_last) combine_vectors<2>(p, wb * (kCols / 8), kCols / 8, ctid, nthreads);  // <= 16 tokens: 2 vectors each
+    (void)mt;
   }
 };
 
@@ -325,43 +395,15 @@ __device__ __forceinline__ void dispatch_grid(const MegaParams& p, int* scratch,
     dsp::gather_token(p.x_fp8, p.x_sf, t, p.slot_row, p.group_offset, p.a, p.sfa, 1, p.m_cap, lane);
 }
 
-constexpr int kCombineBatch = 4;
-#ifndef MM_COMBINE_NC
-#define MM_COMBINE_NC 0
-#endif
-constexpr bool kCombineCoherent = MM_COMBINE_NC == 0;  // EXPERIMENT: read-only-path loads for the combine
-
 // After the GEMMs: a grid barrier (every L2 row written), then the combine, 16-byte vectors of tokens over the
 // consumer threads. kParticipants: 0 = the whole CTA reaches the barrier (decode), else the consumers alone.
 template <int kParticipants, class Stamp>
 __device__ __forceinline__ void finish(const MegaParams& p, int tid, const Stamp& stamp) {
+  if (tail_combine(p)) return;  // combined at L2's tail, no barrier (MegaSync::complete)
   grid_barrier<kParticipants>(p.ctl, kPhaseGemm, p.timeout_ns);
   if (tid == 0) stamp(4);
   if (tid < kConsumers) {
-    // kCombineBatch vectors per thread in flight at once: with one CTA per SM, one vector at a time left the
-    // combine latency-bound (docs/MEGA_MOE.md).
-    const int total = p.num_tokens * cmb::kVecPerRow;
-    const int stride = gridDim.x * kConsumers;
-    for (int i0 = blockIdx.x * kConsumers + tid; i0 < total; i0 += kCombineBatch * stride) {
-      cmb::VecIn in[kCombineBatch];
-#pragma unroll
-      for (int j = 0; j < kCombineBatch; j++) {
-        const int i = i0 + j * stride;
-        if (i < total) cmb::load_rows<kCombineCoherent>(p.slot_row, i / cmb::kVecPerRow, in[j]);
-      }
-#pragma unroll
-      for (int j = 0; j < kCombineBatch; j++) {
-        const int i = i0 + j * stride;
-        const int t = i / cmb::kVecPerRow;
-        if (i < total) cmb::load_vals<kCombineCoherent>(p.out, p.group_offset, t, i - t * cmb::kVecPerRow, in[j]);
-      }
-#pragma unroll
-      for (int j = 0; j < kCombineBatch; j++) {
-        const int i = i0 + j * stride;
-        const int t = i / cmb::kVecPerRow;
-        if (i < total) cmb::sum_vec(in[j], t, i - t * cmb::kVecPerRow, p.y_routed, p.y);
-      }
-    }
+    combine_vectors(p, 0, cmb::kVecPerRow, blockIdx.x * kConsumers + tid, gridDim.x * kConsumers);
     if (tid == 0) stamp(5);
   }
 }
@@ -429,13 +471,13 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
 #define MM_L1_ARGS                                                                                                  \
   gg::GemmArgs{&tmap_a1, &tmap_w13, &tmap_sfa1, &tmap_a1, p.s13, p.tile_group, p.num_m_tiles, p.act, p.act_sf,      \
                p.row_weight, p.swiglu_limit, p.m_cap},                                                              \
-      l1_ring, MegaSync<false, true>{p.flags, p.ctl, p.timeout_ns, epoch, 0, p.fault}
+      l1_ring, MegaSync<false, true>{p.flags, p.ctl, p.timeout_ns, epoch, 0, p.fault, nullptr}
 #define MM_L2_ARGS                                                                                                  \
   gg::GemmArgs{&tmap_a2, &tmap_w2, &tmap_sfa2, &tmap_out, p.s2, p.tile_group, p.num_m_tiles, p.out, nullptr,        \
                nullptr, 0.0f, p.m_cap},                                                                             \
       ring,                                                                                                         \
       MegaSync<true, false>{p.flags, p.ctl, p.timeout_ns, epoch,                                                    \
-                            min(max(*p.num_m_tiles, 0), p.max_tiles) * (kI / 128), p.fault}
+                            min(max(*p.num_m_tiles, 0), p.max_tiles) * (kI / 128), p.fault, &p}
   gg::Ring ring, normal_l1_ring;
   gg::Ring& l1_ring = kDecode ? ring : normal_l1_ring;  // decode: L1 and L2 through one ring
   if constexpr (kDecode) {

@@ -646,6 +646,7 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
           d[tok * kN + n + 8 * ((i >> 1) & 1)] = f32_to_bf16(fin[s][i]);
         }
       }
+      if (Sync::kCompletes) sync.template complete<kRowsW>(mt, wb, tid, 128);
     } else {
       // Thread holds, for each sub-tile s and each of its 4 tokens, the gate (row rl) and up (row rl + 8) of
       // activation column 32 s + 8 wq + rl of block wb.

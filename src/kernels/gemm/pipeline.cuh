@@ -59,15 +59,20 @@ struct GemmArgs {
 //               passed on without data (the kernel reports the error; no hang).
 //   kPublishes: every consumer thread calls publish(mt, nt, ctid, nthreads) after its epilogue stores of unit
 //               (mt, nt).
+//   kCompletes: (decode body, bf16 epilogue) every consumer thread calls complete<kCols>(mt, wb, ctid, nthreads)
+//               after its stores of unit (mt, wb), which covers kCols output columns.
 //   first_unit(cta, ctas): the first work unit of CTA `cta` (then every ctas-th), so a second GEMM can continue
 //               the first one's round robin.
 struct NoSync {
   static constexpr bool kWaits = false;
   static constexpr bool kPublishes = false;
+  static constexpr bool kCompletes = false;
   __device__ __forceinline__ int first_unit(int cta, int) const { return cta; }
   __device__ __forceinline__ bool unit_ready(int) const { return true; }
   __device__ __forceinline__ bool wait(int, int) const { return true; }
   __device__ __forceinline__ void publish(int, int, int, int) const {}
+  template <int kCols>
+  __device__ __forceinline__ void complete(int, int, int, int) const {}
 };
 
 }  // namespace gg

@@ -51,7 +51,6 @@ struct VecIn {
   uint4 vals[kTopK + 1];
 };
 
-template <bool kCoherent>
 __device__ __forceinline__ void load_rows(const int* __restrict__ slot_row, int t, VecIn& in) {
 #pragma unroll
   for (int k = 0; k < kTopK; k++) in.rows[k] = slot_row[(size_t)t * kTopK + k];
@@ -96,7 +95,7 @@ __device__ __forceinline__ void combine_vec(const uint4* __restrict__ out, const
                                             const int* __restrict__ group_offset, int t, int v,
                                             uint4* __restrict__ y_routed, uint4* __restrict__ y) {
   VecIn in;
-  load_rows<kCoherent>(slot_row, t, in);
+  load_rows(slot_row, t, in);
   load_vals<kCoherent>(out, group_offset, t, v, in);
   sum_vec(in, t, v, y_routed, y);
 }
