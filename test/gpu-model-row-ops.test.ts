@@ -143,8 +143,11 @@ test('gpu rope: bit-exact against RopeTable.apply (theta 10000 plain, 160000 + Y
   const ops = GpuRowOps.createSync(4);
   const rng = new Rng(7);
   const yarn = { factor: 16, originalSeqLen: 65536, betaFast: 32, betaSlow: 1 };
-  for (const [d, rd, heads] of [[512, 64, 4], [128, 64, 16], [512, 64, 64]] as const) {
-    for (const freqs of [ropeFrequencies(rd, 10000), ropeFrequencies(rd, 160000, yarn)]) {
+  const rd = 64;
+  // One CPU table per frequency set (a table grows to the largest position: 2^20 x 32 pairs here).
+  const sets = [ropeFrequencies(rd, 10000), ropeFrequencies(rd, 160000, yarn)].map((f) => ({ freqs: f, table: new RopeTable(rd, f) }));
+  for (const [d, heads] of [[512, 4], [128, 16], [512, 64]] as const) {
+    for (const { freqs, table } of sets) {
       const positions = Int32Array.of(0, 1, 2, 127, 128, 4095, 65535, 65536, 131071, 1_000_000, rng.int(1 << 20), rng.int(4096));
       const rows = positions.length;
       const x = bf16Values(rng, rows * heads * d);
@@ -154,7 +157,6 @@ test('gpu rope: bit-exact against RopeTable.apply (theta 10000 plain, 160000 + Y
         using dx = upBF16(x, [rows, heads, d]);
         ops.rope(dx, dp, df, { heads, headStride: d, ropeOffset: d - rd, rd, inverse });
         const want = x.slice();
-        const table = new RopeTable(rd, freqs);
         for (let r = 0; r < rows; r++) for (let h = 0; h < heads; h++) table.apply(want, (r * heads + h) * d + d - rd, positions[r], inverse);
         assertSameBits(`rope d ${d} heads ${heads} inverse ${inverse}`, downBF16(dx), want);
       }

@@ -4,8 +4,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { DeviceTensor, type DeviceBuffer, type Kernel } from '../src/cuda/index.js';
+import { checkDenseBinding } from '../src/gpu-model/dense-fp8.js';
 import { GpuModelArgumentError } from '../src/gpu-model/errors.js';
+import { GpuLogits } from '../src/gpu-model/logits.js';
 import { GpuRowOps, type Fp8Activations } from '../src/gpu-model/row-ops.js';
+import { GPU_SAMPLER_MAX_TOP_K, samplingMode } from '../src/gpu-model/sampler.js';
+import type { SamplingParams } from '../src/generate/contracts.js';
 import { MODEL_OPS_ENTRIES, type ModelOpsKernels } from '../src/kernels/model-ops.js';
 import type { DType } from '../src/tensor/host.js';
 
@@ -113,4 +117,35 @@ test('hc_pre / hc_head / hc_post: stream layout, parameter shapes, eps, Sinkhorn
   assert.deepEqual(log.map((l) => [l.entry, l.grid, l.block, l.smem]), [
     ['mo_hc_pre', T, 256, D * 4], ['mo_hc_head', T, 256, 0], ['mo_hc_post', Math.ceil((T * D) / 8 / 256), 256, 0],
   ]);
+});
+
+test('GPU sampler: the mode of each parameter set is the CPU Sampler\'s branch; top-k past the cap is refused with the fix', () => {
+  const V = 1000;
+  const mode = (p: Partial<SamplingParams>) => samplingMode({ temperature: 1, topK: 0, topP: 1, ...p }, V);
+  assert.equal(mode({ temperature: 0 }).mode, 0);
+  assert.equal(mode({ topK: 1 }).mode, 0);
+  assert.deepEqual(mode({ temperature: 0.5 }), { mode: 1, topK: 0, topP: 1, invT: 2 });
+  assert.equal(mode({ topK: V }).mode, 1);            // top-k off when it covers the vocabulary
+  assert.deepEqual(mode({ topK: 50, topP: 0.9 }), { mode: 2, topK: 50, topP: 0.9, invT: 1 });
+  assert.equal(mode({ topP: 0.9 }).mode, 3);
+  assert.equal(mode({ topK: V + 5, topP: 0.9 }).mode, 3);
+  assert.throws(() => samplingMode({ temperature: 1, topK: GPU_SAMPLER_MAX_TOP_K + 1, topP: 1 }, 129280),
+    (e: unknown) => e instanceof GpuModelArgumentError && /top_k = 2049 exceeds/.test(e.message) && /use top_k <= 2048/.test(e.message));
+  assert.throws(() => mode({ topP: 0 }), /topP must be in \(0, 1\]/); // the CPU sampler's validation
+  assert.throws(() => mode({ temperature: -1 }), /temperature must be/);
+});
+
+test('dense FP8 binding and the logits launcher refuse mismatched tensors with the fix', () => {
+  const n = 1024; const k = 4096; const mCap = 32;
+  const act = { q: fake('F8_E4M3', [mCap, k]), sf: fake('F32', [k / 128, mCap]), pow2: true };
+  const w = { w: fake('F8_E4M3', [n, k]), s: fake('F32', [n / 128, k / 128]) };
+  checkDenseBinding(n, k, mCap, act, w, fake('BF16', [mCap, n]));
+  refuses(() => checkDenseBinding(n, k, mCap, { ...act, q: fake('F8_E4M3', [16, k]) }, w, fake('BF16', [mCap, n])), /act\.q .*allocFp8Activations\(linear\.mCap = 32, 4096\)/);
+  refuses(() => checkDenseBinding(n, k, mCap, act, { ...w, s: fake('F32', [n / 128, 1]) }, fake('BF16', [mCap, n])), /weight\.s/);
+  refuses(() => checkDenseBinding(n, k, mCap, act, w, fake('BF16', [mCap, n + 128])), /out .*BF16 \[32, 1024\]/);
+  refuses(() => new GpuLogits(1000, 100), /D = 100/);
+  const lg = new GpuLogits(1000, 128);
+  refuses(() => lg.run(fake('BF16', [2, 128]), fake('BF16', [999, 128]), fake('F32', [2, 1000]), 2), /head .*BF16 \[1000, 128\]/);
+  refuses(() => lg.run(fake('BF16', [2, 128]), fake('BF16', [1000, 128]), fake('F32', [2, 1000]), 3), /rows = 3/);
+  lg.run(fake('BF16', [2, 128]), fake('BF16', [1000, 128]), fake('F32', [2, 1000]), 0); // nothing to do: no cuBLASLt needed
 });
