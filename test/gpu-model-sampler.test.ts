@@ -3,7 +3,7 @@
 // top-k, top-k + top-p and top-p alone, in one batched launch with per-row parameters (the kernel's header says
 // where equality is by construction and where only up to f64 rounding of a CDF step, which these tests never
 // hit). Also: ties broken by the lower id, NaN / all -inf rows refused like the CPU, a nucleus wider than the
-// candidate cap truncated with a status, reproducibility. Skips with the reason where no Hopper GPU exists.
+// sorted candidates (the whole-vocabulary cut), reproducibility. Skips with the reason where no Hopper GPU exists.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { DeviceTensor, gpuSkipReason } from '../src/cuda/index.js';
@@ -90,15 +90,29 @@ test('gpu sampler: NaN and all -inf rows are refused as on the CPU; greedy ties 
   assert.throws(() => s.sampleSync(dl, 1), /NaN logit/);
 });
 
-test('gpu sampler: a top-p nucleus wider than the candidate cap is truncated to the best tokens, with a status', { skip }, () => {
+test('gpu sampler: a top-p nucleus wider than the sorted candidates (the whole-vocabulary cut) gives the CPU\'s tokens', { skip }, () => {
   const V = 129280;
-  using s = GpuSampler.createSync(1, V);
-  s.setRow(0, { temperature: 1, topK: 0, topP: 0.99, seed: 5 });
-  const l = logitsFor(new Rng(11), V, 0.1, false); // nearly flat: the CPU nucleus holds ~99% of the vocabulary
-  using dl = DeviceTensor.fromHost(new HostTensor('F32', [1, V], l));
-  s.sample(dl, 1);
-  const { tokens, status } = s.download(1);
-  assert.equal(status[0], SAMPLE_STATUS.NUCLEUS_TRUNCATED);
-  const best = samplingDistribution(l, { temperature: 1, topK: GPU_SAMPLER_MAX_TOP_K, topP: 1 }).ids;
-  assert.ok(best.includes(tokens[0]), `token ${tokens[0]} is among the ${GPU_SAMPLER_MAX_TOP_K} best`);
+  const params = [
+    { temperature: 1, topK: 0, topP: 0.99, seed: 5 },   // nearly flat: ~99% of the vocabulary
+    { temperature: 1, topK: 0, topP: 0.3, seed: 6 },
+    { temperature: 0.7, topK: 0, topP: 0.9, seed: 7 },
+  ];
+  using s = GpuSampler.createSync(params.length, V);
+  params.forEach((p, i) => s.setRow(i, p));
+  const cpu = params.map((p) => new Sampler(p));
+  const rng = new Rng(11);
+  using dl = DeviceTensor.zeros('F32', [params.length, V]);
+  for (let step = 0; step < 6; step++) {
+    const rowsL = params.map((_, i) => logitsFor(rng, V, 0.1 * (i + 1), step % 2 === 1)); // flat enough that > 2048 tokens are kept
+    const all = new Float32Array(params.length * V);
+    rowsL.forEach((l, i) => all.set(l, i * V));
+    dl.copyFromHost(new HostTensor('F32', [params.length, V], all));
+    const got = s.sampleSync(dl, params.length);
+    for (let i = 0; i < params.length; i++) {
+      const nucleus = samplingDistribution(rowsL[i], params[i]).ids.length;
+      assert.ok(nucleus > GPU_SAMPLER_MAX_TOP_K, `row ${i}: the case must exercise the wide path (nucleus ${nucleus})`);
+      const want = cpu[i].sample(rowsL[i]);
+      assert.equal(got[i], want, `row ${i} step ${step}: gpu ${got[i]} cpu ${want} (nucleus ${nucleus})`);
+    }
+  }
 });

@@ -16,6 +16,8 @@
 // ue8m0 scales for V4, ModelConfig.pow2ActScales).
 import { DeviceTensor, type StreamLike } from '../cuda/index.js';
 import { GROUPED_GEMM_ROW_TILE, GroupedGemm, type BoundGroupedGemm, type GemmPath } from '../kernels/grouped-gemm.js';
+import type { Fp8Linear } from '../model/ops.js';
+import { encodeE4M3Array } from '../numerics/e4m3.js';
 import { checkCount, checkTensor, GpuModelArgumentError } from './errors.js';
 import type { Fp8Activations } from './row-ops.js';
 
@@ -50,6 +52,14 @@ export function uploadFp8Weight(codes: Uint8Array, scales: Float32Array, n: numb
     w.dispose();
     throw err;
   }
+}
+
+/**
+ * Uploads a CPU model's FP8 linear (ops.ts Fp8Linear: the loader decoded the e4m3 codes to values and widened the
+ * block scales to f32): the values re-encode to the same codes exactly, so the GPU multiplies the checkpoint's bytes.
+ */
+export function uploadFp8Linear(lin: Fp8Linear, stream?: StreamLike): DeviceFp8Weight {
+  return uploadFp8Weight(encodeE4M3Array(lin.w), lin.s, lin.out, lin.in, stream);
 }
 
 /** Rows at or below which the 'decode' path is the default (the MoE's measured crossover is ~14 rows per expert). */

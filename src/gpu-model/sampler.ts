@@ -7,11 +7,12 @@
 //   s.sample(logits, rows, stream);                                       // logits F32 [rows, vocab]
 //   const { tokens, status } = s.download(rows, stream);
 //
-// Equality with the CPU sampler (the tests hold it): the same seed draws the same uniforms, and greedy, top-k (with
-// or without top-p) and the draw of top-p are the CPU's exact f64 operations; temperature-only sampling and top-p's
-// total mass sum the vocabulary in another order, so those can differ only when a uniform falls within f64 rounding
-// (~1e-13 relative) of a CDF step. Departures: top-k above GPU_SAMPLER_MAX_TOP_K is refused (setRow), and a top-p
-// nucleus wider than GPU_SAMPLER_MAX_TOP_K tokens is truncated to the best that many (status NUCLEUS_TRUNCATED).
+// Equality with the CPU sampler (the tests assert the same token ids): the same seed draws the same uniforms, and
+// greedy, top-k (with or without top-p) and a top-p nucleus of up to GPU_SAMPLER_MAX_TOP_K tokens are the CPU's exact
+// f64 operations; temperature-only sampling, top-p's total mass and a wider nucleus sum the vocabulary in another
+// order, so those can differ only when a uniform (or the top-p target) falls within f64 rounding (~1e-13 relative)
+// of a CDF step (a wide nucleus's cut also within V * 2^-40 of one: sampling.cu wide_cut). Departure: top-k above
+// GPU_SAMPLER_MAX_TOP_K is refused (setRow names the fix).
 import { randomBytes } from 'node:crypto';
 import { arg, DeviceTensor, type Kernel, type StreamLike } from '../cuda/index.js';
 import type { SamplingParams } from '../generate/contracts.js';
@@ -23,7 +24,7 @@ import { checkCount, checkTensor, GpuModelArgumentError } from './errors.js';
 /** Candidates the kernel holds in shared memory (sampling.cu kMaxCand). */
 export const GPU_SAMPLER_MAX_TOP_K = 2048;
 
-export const SAMPLE_STATUS = Object.freeze({ OK: 0, NAN_LOGIT: 1, ALL_NEG_INF: 2, NUCLEUS_TRUNCATED: 3 });
+export const SAMPLE_STATUS = Object.freeze({ OK: 0, NAN_LOGIT: 1, ALL_NEG_INF: 2 });
 
 /** sampling.cu modes, chosen exactly as Sampler.sample branches. */
 export type SamplingMode = 0 | 1 | 2 | 3;
@@ -139,8 +140,7 @@ export class GpuSampler implements Disposable {
   }
 
   /**
-   * sample() + download(), throwing the CPU sampler's errors for a NaN logit or an all -inf row; a truncated nucleus
-   * is not an error (its token is valid; see the header).
+   * sample() + download(), throwing the CPU sampler's errors for a NaN logit or an all -inf row.
    */
   sampleSync(logits: DeviceTensor<'F32'>, rows: number, stream?: StreamLike): Int32Array {
     this.sample(logits, rows, { stream });

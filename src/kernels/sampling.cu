@@ -6,13 +6,15 @@
 //   1 full     temperature only: w_i = exp((l_i - max) * invT) over the whole vocabulary in id order.
 //   2 top-k    the k best (logit desc, id asc; k <= kMaxCand), optionally top-p within them, best-first order.
 //   3 top-p    nucleus over the whole vocabulary: the smallest best-first prefix reaching topP of the total mass,
-//              drawn in id order. The prefix is searched among the kMaxCand best tokens; a nucleus wider than that
-//              is truncated to them (status 3), a documented departure from the CPU sampler.
-// Where the CPU sums sequentially over the whole vocabulary (mode 1's CDF, mode 3's total mass) this kernel sums
-// per thread chunk and then over chunks in order: the f64 results differ in the last bits, so a draw can differ
-// from the CPU's only when u falls within that rounding (~1e-13 relative) of a CDF step. Modes 0 and 2 and the
-// draw of mode 3 run the CPU's exact sequence of f64 operations (one thread, <= kMaxCand terms).
-// status per row: 0 ok, 1 a NaN logit (token -1), 2 every logit -inf (token -1), 3 nucleus truncated (token valid).
+//              drawn in id order. The prefix is searched among the kMaxCand best tokens (sorted, exact f64 as the
+//              CPU); a wider nucleus is cut by wide_cut (a radix select by mass in fixed point, then f64 over the
+//              ties at the cut key) and drawn like mode 1 over the kept tokens.
+// Where the CPU sums sequentially over the whole vocabulary (mode 1's CDF, mode 3's total mass, a wide nucleus's
+// CDF) this kernel sums per thread chunk and then over chunks in order: the f64 results differ in the last bits, so
+// a draw can differ from the CPU's only when u (or the top-p target) falls within that rounding (~1e-13 relative) of
+// a CDF step; a wide nucleus's cut key also within 2^-40 * V of one (wide_cut). Modes 0 and 2 and the narrow mode 3
+// run the CPU's exact sequence of f64 operations (one thread, <= kMaxCand terms).
+// status per row: 0 ok, 1 a NaN logit (token -1), 2 every logit -inf (token -1).
 #include "common.cuh"
 
 namespace {
@@ -61,6 +63,9 @@ struct Smem {
   u32 prefix;
   int remaining;
   int count;
+  u64 fix_remaining;
+  int cut;
+  double target;
 };
 
 // Descending bitonic sort of n (a power of two <= kMaxCand) u64 keys; `asc` flips it.
@@ -146,6 +151,134 @@ __device__ void top_candidates(const float* __restrict__ l, int V, int k, Smem& 
 
 __device__ __forceinline__ int cand_id(u64 c) { return (int)(0xffffffffu - (u32)(c & 0xffffffffu)); }
 
+// Inverse-CDF draw in id order over the kept tokens {i : key_i > tau, or key_i == tau and i <= cut_id} (all of them
+// for tau = 0): per-thread chunk sums (contiguous ids), exclusive prefixes in thread order by one thread, then the one
+// thread whose chunk holds u = uniform * total walks it (sampler.ts sampleFull / the id-order nucleus draw).
+__device__ void draw_id_order(const float* __restrict__ l, int V, float mx, double inv_t, u32 tau, int cut_id, u32* rng,
+                              Smem& sm, int* token) {
+  const int tid = threadIdx.x;
+  const int C = (V + kThreads - 1) / kThreads;
+  const int lo = tid * C, hi = min(V, lo + C);
+  auto kept = [&](int i, u32 key) { return key > tau || (key == tau && i <= cut_id); };
+  double s = 0.0;
+  for (int i = lo; i < hi; i++) {
+    const float v = __ldg(l + i);
+    if (kept(i, order_key(v))) s = __dadd_rn(s, weight(v, mx, inv_t));
+  }
+  sm.chunk[tid] = s;
+  __syncthreads();
+  if (tid == 0) {
+    double run = 0.0;
+    for (int t = 0; t < kThreads; t++) { const double c = sm.chunk[t]; sm.chunk[t] = run; run = __dadd_rn(run, c); }
+    sm.red[0] = __dmul_rn(next_uniform(rng), run);  // u = uniform * total
+    sm.red[1] = run;
+  }
+  __syncthreads();
+  const double u = sm.red[0];
+  const double start = sm.chunk[tid];
+  const double end = tid + 1 < kThreads ? sm.chunk[tid + 1] : sm.red[1];
+  if (start <= u && u < end) {  // exactly one thread (chunks without mass have start == end)
+    double cum = start; int pick = -1; int last = -1;
+    for (int i = lo; i < hi; i++) {
+      const float v = __ldg(l + i);
+      if (!kept(i, order_key(v))) continue;
+      const double w = weight(v, mx, inv_t);
+      if (w > 0) last = i;
+      cum = __dadd_rn(cum, w);
+      if (u < cum) { pick = i; break; }
+    }
+    *token = pick >= 0 ? pick : last;
+  }
+  __syncthreads();
+}
+
+// The cut of a nucleus wider than kMaxCand (mode 3): the (key tau, id cut_id) of the token whose best-first prefix
+// first reaches target. The key comes from a radix select by mass in 2^-40 fixed point (integer atomics: exact and
+// deterministic); the ties at that key are then walked in id order with f64 sums, as the CPU. Fixed point can place
+// the cut one key off only when a prefix mass lies within V * 2^-40 of the target.
+__device__ void wide_cut(const float* __restrict__ l, int V, float mx, double inv_t, double target, Smem& sm,
+                         u32* tau_out, int* cut_out) {
+  const int tid = threadIdx.x;
+  const double kFix = 1099511627776.0;  // 2^40: weights are <= 1, so V * 2^40 < 2^64
+  u64* hist = reinterpret_cast<u64*>(sm.cand);  // the candidates are not needed any more
+  if (tid == 0) { sm.prefix = 0; sm.fix_remaining = (u64)(target * kFix); }
+  u32 mask = 0;
+  for (int pass = 0; pass < 4; pass++) {
+    const int shift = 24 - 8 * pass;
+    for (int i = tid; i < 256; i += blockDim.x) hist[i] = 0;
+    __syncthreads();
+    const u32 prefix = sm.prefix;
+    for (int i = tid; i < V; i += blockDim.x) {
+      const float v = __ldg(l + i);
+      const u32 key = order_key(v);
+      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], (u64)(weight(v, mx, inv_t) * kFix));
+    }
+    __syncthreads();
+    if (tid == 0) {
+      u64 total = 0;
+      int lowest = -1;
+      for (int d = 0; d < 256; d++) { total += hist[d]; if (lowest < 0 && hist[d] > 0) lowest = d; }
+      u64 rem = sm.fix_remaining;
+      if (rem > total) rem = total;  // truncation left the fixed-point mass a hair under the target
+      if (rem == 0) rem = 1;
+      u64 cum = 0;
+      int chosen = lowest < 0 ? 0 : lowest;
+      for (int d = 255; d >= 0; d--) {
+        if (cum + hist[d] >= rem && hist[d] > 0) { chosen = d; break; }
+        cum += hist[d];
+      }
+      sm.prefix = prefix | ((u32)chosen << shift);
+      sm.fix_remaining = rem - cum;
+    }
+    mask |= 255u << shift;
+    __syncthreads();
+  }
+  const u32 tau = sm.prefix;
+  // Exact f64 mass above tau, then tau's ties in id order until the target is reached.
+  const int C = (V + kThreads - 1) / kThreads;
+  const int lo = tid * C, hi = min(V, lo + C);
+  double above = 0.0, ties = 0.0;
+  for (int i = lo; i < hi; i++) {
+    const float v = __ldg(l + i);
+    const u32 key = order_key(v);
+    if (key > tau) above = __dadd_rn(above, weight(v, mx, inv_t));
+    else if (key == tau) ties = __dadd_rn(ties, weight(v, mx, inv_t));
+  }
+  sm.chunk[tid] = ties;
+  for (int o = 16; o > 0; o >>= 1) above += __shfl_xor_sync(0xffffffffu, above, o);
+  if ((tid & 31) == 0) sm.red[tid >> 5] = above;
+  __syncthreads();
+  if (tid == 0) {
+    double cum = 0.0;
+    for (int w = 0; w < kWarps; w++) cum = __dadd_rn(cum, sm.red[w]);
+    int holder = -1;
+    for (int t = 0; t < kThreads; t++) {
+      const double c = sm.chunk[t];
+      sm.chunk[t] = cum;
+      if (holder < 0 && c > 0 && __dadd_rn(cum, c) >= target) holder = t;
+      cum = __dadd_rn(cum, c);
+    }
+    sm.arg = holder;  // the thread whose chunk holds the crossing tie (-1: take every tie)
+    sm.cut = 0x7fffffff;
+  }
+  __syncthreads();
+  if (tid == sm.arg) {
+    double cum = sm.chunk[tid];
+    int cut = hi - 1;
+    for (int i = lo; i < hi; i++) {
+      const float v = __ldg(l + i);
+      if (order_key(v) != tau) continue;
+      cum = __dadd_rn(cum, weight(v, mx, inv_t));
+      if (cum >= target) { cut = i; break; }
+    }
+    sm.cut = cut;
+  }
+  __syncthreads();
+  *tau_out = tau;
+  *cut_out = sm.cut;
+  __syncthreads();
+}
+
 }  // namespace
 
 extern "C" __global__ void __launch_bounds__(kThreads, 1)
@@ -190,35 +323,9 @@ mo_sample(const float* __restrict__ logits, long long row_stride, int V, int row
   if (mx == -INFINITY) { if (tid == 0) { tokens[r] = -1; status[r] = 2; } return; }
   const double inv_t = inv_temp[r];
 
-  if (m == 1) {
-    // Temperature only, id order: chunk sums, exclusive prefixes in thread order, then the one chunk holding u walks.
-    const int C = (V + kThreads - 1) / kThreads;
-    const int lo = tid * C, hi = min(V, lo + C);
-    double s = 0.0;
-    for (int i = lo; i < hi; i++) s = __dadd_rn(s, weight(__ldg(l + i), mx, inv_t));
-    sm.chunk[tid] = s;
-    __syncthreads();
-    if (tid == 0) {
-      double run = 0.0;
-      for (int t = 0; t < kThreads; t++) { const double c = sm.chunk[t]; sm.chunk[t] = run; run = __dadd_rn(run, c); }
-      sm.red[0] = __dmul_rn(next_uniform(rng + 4 * r), run);  // u = uniform * total
-      sm.red[1] = run;
-    }
-    __syncthreads();
-    const double u = sm.red[0];
-    const double start = sm.chunk[tid];
-    const double end = tid + 1 < kThreads ? sm.chunk[tid + 1] : sm.red[1];
-    if (start <= u && u < end) {  // exactly one thread (empty chunks have start == end)
-      double cum = start; int pick = -1; int last = -1;
-      for (int i = lo; i < hi; i++) {
-        const double w = weight(__ldg(l + i), mx, inv_t);
-        if (w > 0) last = i;
-        cum = __dadd_rn(cum, w);
-        if (u < cum) { pick = i; break; }
-      }
-      tokens[r] = pick >= 0 ? pick : last;
-      status[r] = 0;
-    }
+  if (m == 1) {  // temperature only: the whole vocabulary in id order
+    draw_id_order(l, V, mx, inv_t, 0u, 0x7fffffff, rng + 4 * r, sm, tokens + r);
+    if (tid == 0) status[r] = 0;
     return;
   }
 
@@ -265,11 +372,18 @@ mo_sample(const float* __restrict__ logits, long long row_stride, int V, int row
     const double target = __dmul_rn(top_p, mass);
     double cum = 0.0; int keep = -1;
     for (int j = 0; j < k; j++) { cum = __dadd_rn(cum, sm.w[j]); if (cum >= target) { keep = j + 1; break; } }
-    sm.count = keep < 0 ? k : keep;
-    sm.nan_seen = keep < 0 ? 3 : 0;  // reused as this row's status
+    sm.count = keep;
+    sm.target = target;
   }
   __syncthreads();
   const int keep = sm.count;
+  if (keep < 0) {  // wider than the candidates: the exact cut over the whole vocabulary, then the id-order draw
+    u32 tau; int cut;
+    wide_cut(l, V, mx, inv_t, sm.target, sm, &tau, &cut);
+    draw_id_order(l, V, mx, inv_t, tau, cut, rng + 4 * r, sm, tokens + r);
+    if (tid == 0) status[r] = 0;
+    return;
+  }
   const int n = pow2_at_least(keep);
   // Re-key the kept prefix by id (ascending), carrying the best-first rank to find each weight.
   for (int j = tid; j < n; j += blockDim.x) sm.cand[j] = j < keep ? (((u64)cand_id(sm.cand[j]) << 32) | (u64)j) : ~0ull;
@@ -287,6 +401,6 @@ mo_sample(const float* __restrict__ logits, long long row_stride, int V, int row
     if (pick < 0) { for (int j = keep - 1; j >= 0; j--) if (sm.w[(int)(sm.cand[j] & 0xffffffffu)] > 0) { pick = j; break; } }
     if (pick < 0) pick = 0;
     tokens[r] = (int)(sm.cand[pick] >> 32);
-    status[r] = sm.nan_seen;
+    status[r] = 0;
   }
 }
