@@ -1,7 +1,7 @@
 // GPU row ops of the model (src/kernels/model_ops.cu via src/gpu-model/row-ops.ts) against their CPU counterparts in
 // src/model/, BIT FOR BIT: embedding, RMSNorm (with / without weight) + act_quant (pow2 and amax/448 scales), RoPE
 // (plain and YaRN tables, forward and inverse), hc_pre (rms factor, pre / post, Sinkhorn comb, y; fused norm + quant),
-// hc_head, hc_post, at the tiny shape and at V4-Flash's D = 4096. The CPU side of hc_pre / hc_head takes its mixing
+// hc_head (also gathering rows), hc_post, the MTP input combine, at the tiny shape, V4-Flash's D = 4096 and Pro's 7168. The CPU side of hc_pre / hc_head takes its mixing
 // logits from ops.ts `linear` (f64 accumulation, like the GPU); the model's default WebAssembly f32 GEMM sums in
 // another order, so that path is compared within a tolerance and reported. Skips with the reason where no Hopper
 // GPU and driver exist.
@@ -173,7 +173,8 @@ function hcParams(rng: Rng, mix: number, W: number, scales: number): { fn: Float
   return { fn, base, scale };
 }
 
-for (const [label, D, T] of [['tiny', 128, 37], ['flash', 4096, 8]] as const) {
+// pro's D = 7168 is 3.5 steps of the hc kernels' 8 warps x 256 columns: warps with different trip counts.
+for (const [label, D, T] of [['tiny', 128, 37], ['flash', 4096, 8], ['pro', 7168, 3]] as const) {
   test(`gpu hc_pre ${label} (D ${D}, T ${T}): post, comb (Sinkhorn), y bit-exact; fused norm + act_quant bit-exact; WASM-mix path within tolerance`, { skip }, () => {
     const hc = 4; const W = hc * D; const mix = (2 + hc) * hc; const iters = 20;
     const ops = GpuRowOps.createSync(hc);
@@ -249,7 +250,29 @@ for (const [label, D, T] of [['tiny', 128, 37], ['flash', 4096, 8]] as const) {
       const wn = new Float32Array(T * D);
       rmsNorm(wy, T, D, normW, NORM_EPS, wn);
       assertSameBits(`hc_head+norm ${label}`, downBF16(y), wn);
+      // A gather of rows (each sequence's last token): output i reads token src[i]; an out-of-range index gives NaN.
+      const src = Int32Array.of(T - 1, 0, Math.floor(T / 2), T + 5);
+      using dSrc = upI32(src);
+      using y2 = DeviceTensor.zeros('BF16', [src.length, D]);
+      ops.hcHead(dHs, dp, y2, { normEps: NORM_EPS, hcEps: HC_EPS, srcRows: dSrc });
+      const g2 = downBF16(y2);
+      for (let i = 0; i < 3; i++) assertSameBits(`hc_head gather ${label} row ${i}`, g2.subarray(i * D, (i + 1) * D), wy.subarray(src[i] * D, (src[i] + 1) * D));
+      assert.ok(g2.subarray(3 * D).every((v) => Number.isNaN(v)), 'an out-of-range source row gives NaN, not a read out of bounds');
     } finally { dp.fn.dispose(); dp.base.dispose(); dp.scale.dispose(); }
+  });
+
+  test(`gpu mtpCombine ${label} (D ${D}): bf16(e_proj + h_proj) per stream, bit-exact`, { skip }, () => {
+    const hc = 4;
+    const ops = GpuRowOps.createSync(hc);
+    const rng = new Rng(9 * D + T);
+    const e = bf16Values(rng, (T + 2) * D); const h = bf16Values(rng, (T * hc + 3) * D);
+    using de = upBF16(e, [T + 2, D]);
+    using dh = upBF16(h, [T * hc + 3, D]);
+    using out = DeviceTensor.zeros('BF16', [T, hc, D]);
+    ops.mtpCombine(de, dh, out, T);
+    const want = new Float32Array(T * hc * D);
+    for (let r = 0; r < T; r++) for (let k = 0; k < hc; k++) for (let i = 0; i < D; i++) want[(r * hc + k) * D + i] = e[r * D + i] + h[(r * hc + k) * D + i];
+    assertSameBits(`mtpCombine ${label}`, downBF16(out), roundBF16(want));
   });
 
   test(`gpu hc_post ${label} (D ${D}): bit-exact, also in place`, { skip }, () => {

@@ -111,11 +111,17 @@ test('hc_pre / hc_head / hc_post: stream layout, parameter shapes, eps, Sinkhorn
   ops.hcPre(hs, p, out, { ...o, normWeight: fake('F32', [D]) });
   refuses(() => ops.hcHead(hs, p, out.y, o), /fn is .*\[4, 1024\]/);
   ops.hcHead(hs, { fn: fake('F32', [4, 4 * D]), base: fake('F32', [4]), scale: fake('F32', [1]) }, out.y, o);
+  const headP = { fn: fake('F32', [4, 4 * D]), base: fake('F32', [4]), scale: fake('F32', [1]) };
+  refuses(() => ops.hcHead(hs, headP, out.y, { ...o, srcRows: fake('I64', [2]) as never }), /srcRows is .*I32/);
+  refuses(() => ops.hcHead(hs, headP, fake('BF16', [1, D]), { ...o, srcRows: fake('I32', [2]) }), /rows = 2 .*length of srcRows/);
+  refuses(() => ops.mtpCombine(fake('BF16', [T, D]), fake('BF16', [T * 4 - 1, D]), hs, T), /rows = 6 .*h \/ hc/);
+  ops.mtpCombine(fake('BF16', [T, D]), fake('BF16', [T * 4, D]), hs, T);
   refuses(() => ops.hcPost(fake('BF16', [T, D + 8]), hs, out.post, out.comb, hs), /f is .*sub-layer output/);
   refuses(() => ops.hcPost(out.y, hs, out.post, out.comb, hs, { rows: T + 1 }), /rows = 7/);
   ops.hcPost(out.y, hs, out.post, out.comb, hs);
   assert.deepEqual(log.map((l) => [l.entry, l.grid, l.block, l.smem]), [
-    ['mo_hc_pre', T, 256, D * 4], ['mo_hc_head', T, 256, 0], ['mo_hc_post', Math.ceil((T * D) / 8 / 256), 256, 0],
+    ['mo_hc_pre', T, 256, D * 4], ['mo_hc_head', T, 256, 0], ['mo_mtp_combine', Math.ceil((T * 4 * D) / 8 / 256), 256, 0],
+    ['mo_hc_post', Math.ceil((T * D) / 8 / 256), 256, 0],
   ]);
 });
 

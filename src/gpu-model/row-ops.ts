@@ -67,6 +67,12 @@ export interface HcOptions {
   normWeight?: DeviceTensor<'F32'>;
   /** Also quantize y (after the norm when fused) for the next FP8 GEMM. */
   quant?: Fp8Activations;
+  /**
+   * Output row r reads token srcRows[r] of hs (int32 [rows]): hc_head over each sequence's last token without a copy.
+   * An index outside hs's rows cannot be refused without a host sync: that row's outputs become NaN.
+   */
+  srcRows?: DeviceTensor<'I32'>;
+  /** Output rows (default: srcRows' length, else hs's rows). */
   rows?: number;
   stream?: StreamLike;
 }
@@ -241,8 +247,10 @@ export class GpuRowOps {
     checkTensor(what, 'base', p.base, 'F32', [mix]);
     checkTensor(what, 'scale', p.scale, 'F32', [scales]);
     checkTensor(what, 'y', y, 'BF16', [undefined, D]);
-    const rows = opts.rows ?? hs.shape[0];
-    checkCount(what, 'rows', rows, 0, Math.min(hs.shape[0], y.shape[0]), 'pass rows <= the rows of hs and y');
+    if (opts.srcRows) checkTensor(what, 'srcRows', opts.srcRows, 'I32', [undefined], 'pass the source token rows as I32 [rows]');
+    const rows = opts.rows ?? (opts.srcRows ? opts.srcRows.shape[0] : hs.shape[0]);
+    const maxRows = Math.min(opts.srcRows ? opts.srcRows.shape[0] : hs.shape[0], y.shape[0]);
+    checkCount(what, 'rows', rows, 0, maxRows, opts.srcRows ? 'pass rows <= the length of srcRows and the rows of y' : 'pass rows <= the rows of hs and y');
     for (const [name, v] of [['normEps', opts.normEps], ['hcEps', opts.hcEps]] as const) {
       if (!(Number.isFinite(v) && v >= 0)) throw new GpuModelArgumentError(what, `${name} = ${v}`, 'pass the config\'s norm_eps and hc_eps');
     }
@@ -262,7 +270,26 @@ export class GpuRowOps {
       hs, p.fn, p.base, p.scale, arg.i32(rows), arg.i32(D), arg.u64(f64Bits(opts.normEps)), arg.u64(f64Bits(opts.hcEps)),
       arg.i32(opts.sinkhornIters ?? 0), arg.ptr(post ?? null), arg.ptr(comb ?? null), y, arg.ptr(opts.normWeight ?? null),
       arg.ptr(opts.quant?.q ?? null), arg.ptr(opts.quant?.sf ?? null), arg.i32(opts.quant ? opts.quant.q.shape[0] : 0),
-      arg.i32(opts.quant?.pow2 ? 1 : 0),
+      arg.i32(opts.quant?.pow2 ? 1 : 0), arg.ptr(opts.srcRows ?? null), arg.i32(hs.shape[0]),
+    ]);
+  }
+
+  /**
+   * The MTP block's input (model.ts mtpNow): out[t, k] = bf16(e[t] + h[t, k]), e = e_proj output bf16 [>= rows, D],
+   * h = h_proj output over the hc streams bf16 [>= rows * hc, D] (a dense GEMM's [mCap, D] outputs fit both).
+   */
+  mtpCombine(e: DeviceTensor<'BF16'>, h: DeviceTensor<'BF16'>, out: DeviceTensor<'BF16'>, rows: number, stream?: StreamLike): void {
+    const what = 'mtpCombine';
+    const hc = this.hcMult;
+    checkTensor(what, 'out', out, 'BF16', [undefined, hc, undefined], `pass the MTP streams as BF16 [T, ${hc}, D]`);
+    const D = out.shape[2];
+    if (D % 8 !== 0) throw new GpuModelArgumentError(what, `D = ${D} is not a multiple of 8`, 'use a hidden size that is a multiple of 8');
+    checkTensor(what, 'e', e, 'BF16', [undefined, D], `pass e_proj's output as BF16 [rows, ${D}]`);
+    checkTensor(what, 'h', h, 'BF16', [undefined, D], `pass h_proj's output as BF16 [rows * ${hc}, ${D}]`);
+    checkCount(what, 'rows', rows, 0, Math.min(e.shape[0], Math.floor(h.shape[0] / hc), out.shape[0]), 'pass rows <= the rows of e, h / hc and out');
+    if (rows === 0) return;
+    this.kernel('mo_mtp_combine').launch({ grid: Math.ceil((rows * hc * (D / 8)) / 256), block: 256, stream }, [
+      e, arg.i64(D), h, arg.i32(rows), arg.i32(D), out,
     ]);
   }
 

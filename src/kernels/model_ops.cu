@@ -13,6 +13,7 @@
 //   mo_hc_head      hc_head (model.ts hcHead: sigmoid-only weights, no post / comb), optionally fused with the
 //                   final norm.
 //   mo_hc_post      hc_post (model.ts hcPost): out_k = bf16(post_k f + sum_j comb[j, k] R_j), f64 inside.
+//   mo_mtp_combine  the MTP block's input streams (model.ts mtpNow): bf16(e_proj(e) + h_proj(h)) per stream.
 //
 // Work split: mo_rms_norm one warp per row (16-byte loads, 8 values per lane; a 128-column scale block is 16 lanes);
 // mo_hc_pre / mo_hc_head one 256-thread block per token (the 4 x D streams, 24 dot products over 4D and the tiny
@@ -127,6 +128,8 @@ extern "C" __global__ void __launch_bounds__(256) mo_rope(mo::u16* __restrict__ 
 // hc_pre / hc_head. Hs bf16 [rows, HC, D] (stream j of token r at (r * HC + j) * D), fn f32 [MIX, HC * D],
 // base f32 [MIX], scale f32 [3] (head: [1]). Outputs: post f32 [rows, HC], comb f32 [rows, HC, HC] (hc_pre only;
 // comb[j, k] = source j, destination k), y bf16 [rows, D] (normed by norm_w when given), optional FP8 of y.
+// src_rows (int32 [rows], optional): output row r reads token src_rows[r] of hs [hs_rows, HC, D] (a gather, e.g. the
+// last positions); an index outside [0, hs_rows) gives NaN outputs for that row.
 namespace {
 
 // Block-wide sums of NV f64 values per thread, in a fixed order (warp butterflies, then warps in order).
@@ -195,7 +198,8 @@ __device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const fl
                                         const float* __restrict__ base, const float* __restrict__ scale, int D,
                                         double norm_eps, double hc_eps, int iters, float* __restrict__ post,
                                         float* __restrict__ comb, mo::u16* __restrict__ y, const float* __restrict__ norm_w,
-                                        mo::u8* __restrict__ q, float* __restrict__ sf, int sf_ld, int pow2) {
+                                        mo::u8* __restrict__ q, float* __restrict__ sf, int sf_ld, int pow2,
+                                        const int* __restrict__ src_rows, int hs_rows) {
   constexpr int kMix = kHead ? kHc : kMixPre;
   constexpr int kNV = kMix + 1;  // the dot products, then the sum of squares
   __shared__ double red[kHcWarps * kNV];
@@ -203,9 +207,11 @@ __device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const fl
   __shared__ float pre_s[kHc];
   __shared__ double ss_y;
   extern __shared__ float yrow[];  // [D] when norm_w is given
-  const int r = blockIdx.x;
+  const int r = blockIdx.x;  // output row; the input row is src_rows[r] when given (hc_head: each sequence's last token)
   const int W = kHc * D;
-  const mo::u16* xr = hs + (size_t)r * W;
+  const int src = src_rows ? src_rows[r] : r;
+  const bool bad_src = src < 0 || src >= hs_rows;  // never read out of bounds: the row's outputs become NaN instead
+  const mo::u16* xr = hs + (size_t)(bad_src ? 0 : src) * W;
 
   // 1. sum of squares over the 4D values and the kMix dot products fn . X, f64 (model.ts: linear, then ss).
   double acc[kNV];
@@ -234,7 +240,7 @@ __device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const fl
   if (threadIdx.x == 0) {
     const float rs = mo::rms_factor(tot[kMix], W, norm_eps);
     float m[kMix];
-    for (int j = 0; j < kMix; j++) m[j] = __fmul_rn(__double2float_rn(tot[j]), rs);  // mixAll is an f32 tensor
+    for (int j = 0; j < kMix; j++) m[j] = bad_src ? __int_as_float(0x7fc00000) : __fmul_rn(__double2float_rn(tot[j]), rs);  // mixAll is f32
     for (int j = 0; j < kHc; j++) pre_s[j] = pre_weight(m[j], __ldg(scale), __ldg(base + j), hc_eps);
     if (!kHead) {
       for (int j = 0; j < kHc; j++) {
@@ -315,18 +321,18 @@ __device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const fl
       const float *__restrict__ scale, int rows, int D, unsigned long long norm_eps_bits,                           \
       unsigned long long hc_eps_bits, int iters, float *__restrict__ post, float *__restrict__ comb,                \
       mo::u16 *__restrict__ y, const float *__restrict__ norm_w, mo::u8 *__restrict__ q, float *__restrict__ sf,    \
-      int sf_ld, int pow2
+      int sf_ld, int pow2, const int *__restrict__ src_rows, int hs_rows
 
 extern "C" __global__ void __launch_bounds__(kHcThreads) mo_hc_pre(MO_HC_PARAMS) {
   if ((int)blockIdx.x >= rows) return;
   hc_body<false>(hs, fn, base, scale, D, f64_from_bits(norm_eps_bits), f64_from_bits(hc_eps_bits), iters, post, comb,
-                 y, norm_w, q, sf, sf_ld, pow2);
+                 y, norm_w, q, sf, sf_ld, pow2, src_rows, hs_rows);
 }
 
 extern "C" __global__ void __launch_bounds__(kHcThreads) mo_hc_head(MO_HC_PARAMS) {
   if ((int)blockIdx.x >= rows) return;
   hc_body<true>(hs, fn, base, scale, D, f64_from_bits(norm_eps_bits), f64_from_bits(hc_eps_bits), iters, post, comb,
-                y, norm_w, q, sf, sf_ld, pow2);
+                y, norm_w, q, sf, sf_ld, pow2, src_rows, hs_rows);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -359,4 +365,24 @@ extern "C" __global__ void __launch_bounds__(256) mo_hc_post(const uint4* __rest
     }
     out[((size_t)r * kHc + k) * chunks + c] = mo::pack8(o);
   }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The MTP input (model.ts mtpNow): out[t, k] = bf16(e[t] + h[t, k]) for the hc streams k, e = e_proj(enorm(embed)) bf16
+// [rows, D] (rows e_stride apart), h = h_proj(hnorm(streams)) bf16 [rows * HC, D]; the f64 sum of two bf16 is exact.
+extern "C" __global__ void __launch_bounds__(256) mo_mtp_combine(const uint4* __restrict__ e, long long e_stride,
+                                                                 const uint4* __restrict__ h, int rows, int D,
+                                                                 uint4* __restrict__ out) {
+  const int chunks = D / 8;
+  const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= (long long)rows * kHc * chunks) return;
+  const long long rk = idx / chunks;  // token * HC + stream
+  const int c = (int)(idx - rk * chunks);
+  const int r = (int)(rk / kHc);
+  float ev[8], hv[8], o[8];
+  mo::unpack8(__ldg(e + (size_t)r * (e_stride / 8) + c), ev);
+  mo::unpack8(__ldg(h + (size_t)rk * chunks + c), hv);
+#pragma unroll
+  for (int i = 0; i < 8; i++) o[i] = mo::bf16_round_f64(__dadd_rn((double)ev[i], (double)hv[i]));
+  out[(size_t)rk * chunks + c] = mo::pack8(o);
 }

@@ -3,9 +3,9 @@
 //  - The CPU evaluates an "fp32" step in f64 and rounds with Math.fround where the reference materialises an fp32
 //    value; here the same step is the same f64 operation followed by __double2float_rn, and a pure f32 step is an
 //    explicitly rounded __f*_rn intrinsic (immune to FMA contraction).
-//  - Sums of squares of bf16 values are exact in f64 (16-bit products, far fewer than 2^37 of them), so their order
-//    does not matter; dot products of bf16 x f32 values have exact f64 products and differ from the CPU's f64 loop
-//    only in the order of the f64 additions, i.e. far below the f32 rounding that follows.
+//  - Sums of squares of bf16 values are exact in f64 (16-bit products) unless a row's magnitudes span more than
+//    ~2^18; dot products of bf16 x f32 values have exact f64 products. Either way the GPU differs from the CPU's f64
+//    loop only in the order of the f64 additions, far below the f32 rounding that follows.
 //  - bf16 rounding of an f64 value goes through f32 first, as the CPU's bf16() (a Float32Array store) does.
 #pragma once
 #include "../common.cuh"
