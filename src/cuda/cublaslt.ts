@@ -1,8 +1,11 @@
-// A small binding of cuBLASLt's FP8 GEMM, used ONLY as a benchmark anchor: "how fast is NVIDIA's dense FP8 GEMM at
-// this shape on this GPU". Not used by any backend (cuBLASLt on Hopper has per-tensor FP8 scaling, not the 128x128
-// block scaling of SPEC 3, so it cannot compute the MoE's numbers).
+// A small binding of cuBLASLt: its FP8 GEMM, used ONLY as a benchmark anchor ("how fast is NVIDIA's dense FP8 GEMM at
+// this shape on this GPU"; cuBLASLt on Hopper has per-tensor FP8 scaling, not the 128x128 block scaling of SPEC 3,
+// so it cannot compute the MoE's numbers), and its bf16 GEMM with f32 output, the model's logits (the head is a plain
+// fp32 linear over bf16 values, V4-MODEL 2.4: bf16 x bf16 products are exact in f32, so only the summation order
+// differs from the CPU's).
 //
-// D [M, N] (bf16, row-major) = X [M, K] (e4m3, row-major) . W [N, K]^T (e4m3, row-major), f32 accumulation, alpha 1.
+// D [M, N] (FP8: bf16, bf16: f32; row-major) = X [M, K] . W [N, K]^T (both e4m3 or both bf16, row-major), f32
+// accumulation, alpha 1.
 // cuBLASLt is column-major and Hopper's FP8 kernels accept only the "TN" form (A transposed, B not), so we hand it
 // the transposed problem D^T = W . X^T: A = W viewed column-major as [K, N] with op T, B = X viewed as [K, M] with
 // op N, D viewed as [N, M] column-major = D [M, N] row-major. No copies.
@@ -136,8 +139,8 @@ function lt(): Lt {
   return l;
 }
 
-/** One FP8 GEMM shape with its descriptors, chosen algorithm and workspace: run() is one cublasLtMatmul. */
-export class CublasLtFp8Gemm {
+/** One GEMM shape with its descriptors, chosen algorithm and workspace: run() is one cublasLtMatmul. */
+abstract class CublasLtGemm {
   readonly m: number;
   readonly n: number;
   readonly k: number;
@@ -148,11 +151,10 @@ export class CublasLtFp8Gemm {
   private readonly workspace: DeviceBuffer;
   private disposed = false;
 
-  /** D [m, n] bf16 = X [m, k] e4m3 . W [n, k]^T e4m3. m, n, k multiples of 16 (cuBLASLt FP8 requirement). */
-  constructor(m: number, n: number, k: number) {
-    for (const [name, v] of [['M', m], ['N', n], ['K', k]] as const) {
-      if (!(Number.isInteger(v) && v > 0 && v % 16 === 0)) throw new RangeError(`cuBLASLt FP8 GEMM: ${name} = ${v} must be a positive multiple of 16`);
-    }
+  protected readonly label: string;
+
+  protected constructor(m: number, n: number, k: number, inType: number, outType: number, label: string) {
+    this.label = label;
     this.m = m; this.n = n; this.k = k;
     ensureContext();
     const l = lt();
@@ -176,9 +178,9 @@ export class CublasLtFp8Gemm {
         return h;
       };
       // Column-major views of the row-major tensors (see the header).
-      const aDesc = layout(CUDA_R_8F_E4M3, k, n, k); // W^T
-      const bDesc = layout(CUDA_R_8F_E4M3, k, m, k); // X^T
-      const cDesc = layout(CUDA_R_16BF, n, m, n);    // D^T
+      const aDesc = layout(inType, k, n, k);  // W^T
+      const bDesc = layout(inType, k, m, k);  // X^T
+      const cDesc = layout(outType, n, m, n); // D^T
       check('cublasLtMatmulPreferenceCreate', l.fn.cublasLtMatmulPreferenceCreate(s.address));
       const pref = out();
       try {
@@ -187,8 +189,8 @@ export class CublasLtFp8Gemm {
         // One cublasLtMatmulHeuristicResult_t (96 bytes: algo 8 x u64, workspaceSize, state, waves, int[4]) at 64.
         const results = s.address + 64;
         check('cublasLtMatmulAlgoGetHeuristic', l.fn.cublasLtMatmulAlgoGetHeuristic(this.handle, this.desc, aDesc, bDesc, cDesc, cDesc, pref,
-          1, results, s.address + 8), `FP8 ${m} x ${n} x ${k}`);
-        if (s.view.getInt32(8, true) < 1) throw new CublasLtError('cublasLtMatmulAlgoGetHeuristic', 15, `no FP8 algorithm for ${m} x ${n} x ${k}`);
+          1, results, s.address + 8), `${label} ${m} x ${n} x ${k}`);
+        if (s.view.getInt32(8, true) < 1) throw new CublasLtError('cublasLtMatmulAlgoGetHeuristic', 15, `no ${label} algorithm for ${m} x ${n} x ${k}`);
         this.algo = new Uint8Array(64);
         this.algo.set(new Uint8Array(s.view.buffer, s.view.byteOffset + 64, 64));
       } finally {
@@ -203,9 +205,9 @@ export class CublasLtFp8Gemm {
   /** FLOPs of one run: 2 m n k. */
   get flops(): number { return 2 * this.m * this.n * this.k; }
 
-  /** Queues D = X . W^T on `stream`. x: e4m3 [m, k], w: e4m3 [n, k], d: bf16 [m, n] (device addresses). */
+  /** Queues D = X . W^T on `stream` (device addresses; dtypes as the subclass says). */
   run(x: bigint | { readonly ptr: bigint }, w: bigint | { readonly ptr: bigint }, d: bigint | { readonly ptr: bigint }, stream?: StreamLike): void {
-    if (this.disposed) throw new Error('this CublasLtFp8Gemm was disposed');
+    if (this.disposed) throw new Error(`this cuBLASLt ${this.label} GEMM was disposed`);
     const l = lt();
     const s = l.scratch;
     const p = (v: bigint | { readonly ptr: bigint }) => (typeof v === 'bigint' ? v : v.ptr);
@@ -215,7 +217,7 @@ export class CublasLtFp8Gemm {
     new Uint8Array(s.view.buffer, s.view.byteOffset + 256, 64).set(this.algo);
     const [aDesc, bDesc, cDesc] = this.layouts;
     check('cublasLtMatmul', l.fn.cublasLtMatmul(this.handle, this.desc, s.address, p(w), aDesc, p(x), bDesc, s.address + 4,
-      p(d), cDesc, p(d), cDesc, s.address + 256, this.workspace.ptr, WORKSPACE_BYTES, streamHandle(stream)), `FP8 ${this.m} x ${this.n} x ${this.k}`);
+      p(d), cDesc, p(d), cDesc, s.address + 256, this.workspace.ptr, WORKSPACE_BYTES, streamHandle(stream)), `${this.label} ${this.m} x ${this.n} x ${this.k}`);
   }
 
   dispose(): void {
@@ -232,4 +234,29 @@ export class CublasLtFp8Gemm {
   }
 
   [Symbol.dispose](): void { this.dispose(); }
+}
+
+/** D [m, n] bf16 = X [m, k] e4m3 . W [n, k]^T e4m3 (per-tensor scale 1): the benchmark anchor. */
+export class CublasLtFp8Gemm extends CublasLtGemm {
+  /** m, n, k multiples of 16 (cuBLASLt FP8 requirement). */
+  constructor(m: number, n: number, k: number) {
+    for (const [name, v] of [['M', m], ['N', n], ['K', k]] as const) {
+      if (!(Number.isInteger(v) && v > 0 && v % 16 === 0)) throw new RangeError(`cuBLASLt FP8 GEMM: ${name} = ${v} must be a positive multiple of 16`);
+    }
+    super(m, n, k, CUDA_R_8F_E4M3, CUDA_R_16BF, 'FP8');
+  }
+}
+
+/**
+ * D [m, n] f32 = X [m, k] bf16 . W [n, k]^T bf16, f32 accumulation (CUBLAS_COMPUTE_32F): the model's logits.
+ * k a multiple of 8 (16-byte rows for cuBLASLt's bf16 kernels); m, n >= 1.
+ */
+export class CublasLtBf16Gemm extends CublasLtGemm {
+  constructor(m: number, n: number, k: number) {
+    for (const [name, v] of [['M', m], ['N', n], ['K', k]] as const) {
+      if (!(Number.isInteger(v) && v > 0)) throw new RangeError(`cuBLASLt bf16 GEMM: ${name} = ${v} must be a positive integer`);
+    }
+    if (k % 8 !== 0) throw new RangeError(`cuBLASLt bf16 GEMM: K = ${k} must be a multiple of 8 (16-byte rows)`);
+    super(m, n, k, CUDA_R_16BF, CUDA_R_32F, 'bf16');
+  }
 }

@@ -424,19 +424,7 @@ export class DeepSeekV4Model implements CausalLM {
     const c = this.config; const D = c.dim; const hc = c.hcMult; const W = hc * D;
     const mix = new Float32Array(m * hc);
     this.lin(p.fn, hc, W, Hs, m, mix, false, first * W);
-    for (let r = 0; r < m; r++) {
-      const o = (first + r) * W;
-      let ss = 0;
-      for (let i = 0; i < W; i++) { const v = Hs[o + i]; ss += v * v; }
-      const rs = fr(1 / Math.sqrt(fr(fr(ss / W) + c.normEps)));
-      const pre = new Float32Array(hc);
-      for (let j = 0; j < hc; j++) pre[j] = fr(fr(sigmoid(fr(fr(fr(mix[r * hc + j] * rs) * p.scale[0]) + p.base[j]))) + c.hcEps);
-      for (let i = 0; i < D; i++) {
-        let acc = 0;
-        for (let j = 0; j < hc; j++) acc += pre[j] * Hs[o + j * D + i];
-        y[r * D + i] = bf16(acc);
-      }
-    }
+    hcHeadMix(Hs, mix, first, m, hc, D, p, c.hcEps, c.normEps, y);
   }
 
   // -------------------------------------------------------------------------------------------------------------
@@ -697,6 +685,28 @@ export function hcMix(Hs: Float32Array, mixAll: Float32Array, n: number, hc: num
       let acc = 0;
       for (let j = 0; j < hc; j++) acc += pre[j] * Hs[o + j * D + i];
       y[yo + i] = bf16(acc);
+    }
+  }
+}
+
+/**
+ * hc_head (V4-MODEL 2.4) for rows first..first+m-1 given the raw mixing logits mix = hc_head_fn . X [m, hc]:
+ * pre_j = sigmoid(m_j r s + b_j) + hc_eps (no post / comb), y = bf16(sum_j pre_j Hs_j).
+ */
+export function hcHeadMix(Hs: Float32Array, mix: Float32Array, first: number, m: number, hc: number, D: number, p: HcParams,
+  hcEps: number, normEps: number, y: Float32Array): void {
+  const W = hc * D;
+  const pre = new Float32Array(hc);
+  for (let r = 0; r < m; r++) {
+    const o = (first + r) * W;
+    let ss = 0;
+    for (let i = 0; i < W; i++) { const v = Hs[o + i]; ss += v * v; }
+    const rs = fr(1 / Math.sqrt(fr(fr(ss / W) + normEps)));
+    for (let j = 0; j < hc; j++) pre[j] = fr(fr(sigmoid(fr(fr(fr(mix[r * hc + j] * rs) * p.scale[0]) + p.base[j]))) + hcEps);
+    for (let i = 0; i < D; i++) {
+      let acc = 0;
+      for (let j = 0; j < hc; j++) acc += pre[j] * Hs[o + j * D + i];
+      y[r * D + i] = bf16(acc);
     }
   }
 }

@@ -12,14 +12,23 @@ function splitmix32(seed: number): () => number {
   };
 }
 
+/**
+ * The xoshiro128** state [s0, s1, s2, s3] that `new Rng(seed)` starts from: a device-side generator seeded with it
+ * (the GPU sampler) draws the same numbers.
+ */
+export function rngState(seed: number): Uint32Array {
+  const sm = splitmix32(seed);
+  const s = Uint32Array.of(sm(), sm(), sm(), sm());
+  if ((s[0] | s[1] | s[2] | s[3]) === 0) s[0] = 1;
+  return s;
+}
+
 export class Rng {
   private s0: number; private s1: number; private s2: number; private s3: number;
   private spare: number | undefined;
 
   constructor(seed: number) {
-    const sm = splitmix32(seed);
-    this.s0 = sm(); this.s1 = sm(); this.s2 = sm(); this.s3 = sm();
-    if ((this.s0 | this.s1 | this.s2 | this.s3) === 0) this.s0 = 1;
+    [this.s0, this.s1, this.s2, this.s3] = rngState(seed);
   }
 
   /** Uniform 32-bit unsigned integer. */

@@ -1,0 +1,388 @@
+// The non-attention row operations of the DeepSeek-V4 forward on the GPU, each the CPU forward's op bit for bit
+// (the arithmetic rules are model/row_ops.cuh's header; launchers: src/gpu-model/, registered in model-ops.ts):
+//
+//   mo_embed        ids int32 [T] -> bf16 rows of the embedding [V, D], `copies` times per token (the hc streams
+//                   start as hc identical copies, V4-MODEL 1). An id outside [0, V) writes NaN rows and bumps *bad.
+//   mo_rms_norm     RMSNorm over rows of n (ops.ts rmsNorm, with or without weight), bf16 out, optionally fused
+//                   act_quant (ops.ts actQuant) into e4m3 [rows, n] + f32 scales MN-major [n/128, sf_ld] (the grouped
+//                   GEMM's A / sfa). With do_norm = 0 it is act_quant alone (y may be null).
+//   mo_rope         interleaved RoPE on the last rd dims of every head (rope.ts RopeTable.apply), in place,
+//                   positions from device memory, forward or inverse.
+//   mo_hc_pre       hc_pre (model.ts hcPre = fp32 mixing logits + hcMix: rms factor, pre / post, Sinkhorn comb,
+//                   y = bf16(sum pre_j Hs_j)), optionally fused with the following RMSNorm and act_quant.
+//   mo_hc_head      hc_head (model.ts hcHead: sigmoid-only weights, no post / comb), optionally fused with the
+//                   final norm.
+//   mo_hc_post      hc_post (model.ts hcPost): out_k = bf16(post_k f + sum_j comb[j, k] R_j), f64 inside.
+//   mo_mtp_combine  the MTP block's input streams (model.ts mtpNow): bf16(e_proj(e) + h_proj(h)) per stream.
+//
+// Work split: mo_rms_norm one warp per row (16-byte loads, 8 values per lane; a 128-column scale block is 16 lanes);
+// mo_hc_pre / mo_hc_head one 256-thread block per token (the 4 x D streams, 24 dot products over 4D and the tiny
+// Sinkhorn by one thread); mo_hc_post one thread per (token, 8 columns); mo_rope one block per row with the
+// row's cos / sin in shared memory. Shapes are launch arguments (one compiled variant), except the stream count
+// MO_HC (V4: 4), which sizes the per-thread accumulators.
+#include "common.cuh"
+#include "model/row_ops.cuh"
+
+#ifndef MO_HC
+#define MO_HC 4
+#endif
+
+namespace {
+constexpr int kHc = MO_HC;
+constexpr int kMixPre = (2 + kHc) * kHc;  // 24 for hc 4: pre, post, comb
+constexpr int kHcThreads = 256;
+constexpr int kHcWarps = kHcThreads / 32;
+constexpr int kNormWarpsPerBlock = 8;
+static_assert(kHc >= 1 && kHc <= 8, "MO_HC: 1..8 streams");
+
+__device__ __forceinline__ double f64_from_bits(unsigned long long b) { return __longlong_as_double((long long)b); }
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------------------
+extern "C" __global__ void __launch_bounds__(256) mo_embed(const int* __restrict__ ids, const uint4* __restrict__ table,
+                                                           int vocab, int dim, int copies, int tokens,
+                                                           uint4* __restrict__ out, int* __restrict__ bad) {
+  const int t = blockIdx.x;
+  if (t >= tokens) return;
+  const int id = ids[t];
+  const bool ok = id >= 0 && id < vocab;
+  if (!ok && threadIdx.x == 0 && bad) atomicAdd(bad, 1);
+  const int chunks = dim / 8;
+  const uint4 nan = make_uint4(0x7fc07fc0u, 0x7fc07fc0u, 0x7fc07fc0u, 0x7fc07fc0u);
+  for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+    const uint4 v = ok ? __ldg(table + (size_t)id * chunks + c) : nan;
+    for (int k = 0; k < copies; k++) out[((size_t)t * copies + k) * chunks + c] = v;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+extern "C" __global__ void __launch_bounds__(kNormWarpsPerBlock * 32)
+mo_rms_norm(const mo::u16* __restrict__ x, long long x_stride, const float* __restrict__ w,
+            unsigned long long eps_bits, int rows, int n, int do_norm, mo::u16* __restrict__ y, long long y_stride,
+            mo::u8* __restrict__ q, float* __restrict__ sf, int sf_ld, int pow2) {
+  const int row = blockIdx.x * kNormWarpsPerBlock + (threadIdx.x >> 5);
+  if (row >= rows) return;  // whole warps leave together
+  const int lane = threadIdx.x & 31;
+  const mo::u16* xr = x + (size_t)row * x_stride;
+  float rs = 1.0f;
+  if (do_norm) {
+    double ss = 0.0;
+    for (int c = lane * 8; c < n; c += 256) {
+      float f[8];
+      mo::unpack8(__ldg(reinterpret_cast<const uint4*>(xr + c)), f);
+#pragma unroll
+      for (int i = 0; i < 8; i++) ss += (double)f[i] * (double)f[i];
+    }
+    rs = mo::rms_factor(mo::warp_sum_f64(ss), n, f64_from_bits(eps_bits));
+  }
+  for (int c0 = 0; c0 < n; c0 += 256) {  // uniform trip count: every lane reaches the shuffles in quant8
+    const int c = c0 + lane * 8;
+    const bool valid = c < n;
+    float f[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (valid) {
+      mo::unpack8(__ldg(reinterpret_cast<const uint4*>(xr + c)), f);
+      if (do_norm) {
+#pragma unroll
+        for (int i = 0; i < 8; i++) f[i] = mo::norm_value(f[i], rs, w, c + i);
+      }
+    }
+    mo::store_row_step(f, valid, lane, row, c, n, y, y_stride, q, sf, sf_ld, pow2 != 0);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// RoPE: x bf16, row r's head h starts at r * row_stride + h * head_stride; the pairs sit at rope_off + 2i, 2i + 1.
+extern "C" __global__ void __launch_bounds__(256) mo_rope(mo::u16* __restrict__ x, const int* __restrict__ pos,
+                                                          const float* __restrict__ freqs, int rows, int heads,
+                                                          long long row_stride, int head_stride, int rope_off,
+                                                          int half, int inverse) {
+  extern __shared__ float cs[];  // [half] cos, then [half] sin
+  const int r = blockIdx.x;
+  if (r >= rows) return;
+  const int t = pos[r];
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    // rope.ts: ang = fround(t * f_i) (torch.outer in fp32), then fround(Math.cos / Math.sin) of it.
+    const float ang = __fmul_rn((float)t, __ldg(freqs + i));
+    cs[i] = __double2float_rn(cos((double)ang));
+    const float s = __double2float_rn(sin((double)ang));
+    cs[half + i] = inverse ? -s : s;
+  }
+  __syncthreads();
+  mo::u16* xr = x + (size_t)r * row_stride + rope_off;
+  for (int k = threadIdx.x; k < heads * half; k += blockDim.x) {
+    const int h = k / half;
+    const int i = k - h * half;
+    unsigned int* p = reinterpret_cast<unsigned int*>(xr + (size_t)h * head_stride + 2 * i);
+    const unsigned int pair = *p;
+    const float a = megamoe::bf16_lo_to_f32(pair);
+    const float b = megamoe::bf16_hi_to_f32(pair);
+    const float c = cs[i];
+    const float s = cs[half + i];
+    const float re = mo::bf16_round(__fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)));
+    const float im = mo::bf16_round(__fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c)));
+    *p = (__float_as_uint(re) >> 16) | (__float_as_uint(im) & 0xffff0000u);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// hc_pre / hc_head. Hs bf16 [rows, HC, D] (stream j of token r at (r * HC + j) * D), fn f32 [MIX, HC * D],
+// base f32 [MIX], scale f32 [3] (head: [1]). Outputs: post f32 [rows, HC], comb f32 [rows, HC, HC] (hc_pre only;
+// comb[j, k] = source j, destination k), y bf16 [rows, D] (normed by norm_w when given), optional FP8 of y.
+// src_rows (int32 [rows], optional): output row r reads token src_rows[r] of hs [hs_rows, HC, D] (a gather, e.g. the
+// last positions); an index outside [0, hs_rows) gives NaN outputs for that row.
+namespace {
+
+// Block-wide sums of NV f64 values per thread, in a fixed order (warp butterflies, then warps in order).
+template <int NV>
+__device__ __forceinline__ void block_sum_f64(double (&v)[NV], double* red /* [kHcWarps][NV] */, double* out /* [NV] */) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int k = 0; k < NV; k++) {
+    const double s = mo::warp_sum_f64(v[k]);
+    if (lane == 0) red[warp * NV + k] = s;
+  }
+  __syncthreads();
+  for (int k = threadIdx.x; k < NV; k += blockDim.x) {
+    double s = 0.0;
+    for (int w = 0; w < kHcWarps; w++) s += red[w * NV + k];
+    out[k] = s;
+  }
+  __syncthreads();
+}
+
+// model.ts sinkhorn on C (f32 values held in f64, as the CPU's Float64Array), one thread.
+__device__ void sinkhorn(double* C, int iters, double eps) {
+  for (int j = 0; j < kHc; j++) {
+    double mx = -INFINITY;
+    for (int k = 0; k < kHc; k++) mx = fmax(mx, C[j * kHc + k]);
+    double s = 0.0;
+    for (int k = 0; k < kHc; k++) {
+      const double e = (double)__double2float_rn(exp(C[j * kHc + k] - mx));
+      C[j * kHc + k] = e;
+      s += e;
+    }
+    s = (double)__double2float_rn(s);
+    for (int k = 0; k < kHc; k++) {
+      const float d = __double2float_rn(__ddiv_rn(C[j * kHc + k], s));
+      C[j * kHc + k] = (double)__double2float_rn(__dadd_rn((double)d, eps));
+    }
+  }
+  for (int it = 0; it < iters; it++) {
+    if (it > 0) {  // rows (the first row normalisation was the softmax above)
+      for (int j = 0; j < kHc; j++) {
+        double s = 0.0;
+        for (int k = 0; k < kHc; k++) s += C[j * kHc + k];
+        const double den = (double)__double2float_rn(__dadd_rn((double)__double2float_rn(s), eps));
+        for (int k = 0; k < kHc; k++) C[j * kHc + k] = (double)__double2float_rn(__ddiv_rn(C[j * kHc + k], den));
+      }
+    }
+    for (int k = 0; k < kHc; k++) {  // columns
+      double s = 0.0;
+      for (int j = 0; j < kHc; j++) s += C[j * kHc + k];
+      const double den = (double)__double2float_rn(__dadd_rn((double)__double2float_rn(s), eps));
+      for (int j = 0; j < kHc; j++) C[j * kHc + k] = (double)__double2float_rn(__ddiv_rn(C[j * kHc + k], den));
+    }
+  }
+}
+
+// pre_j / the head's weights: fround(fround(sigmoid(fround(fround(m * scale) + base))) + hc_eps).
+__device__ __forceinline__ float pre_weight(float m, float scale, float base, double hc_eps) {
+  const float z = __fadd_rn(__fmul_rn(m, scale), base);
+  const float sg = __double2float_rn(mo::sigmoid_f64(z));
+  return __double2float_rn(__dadd_rn((double)sg, hc_eps));
+}
+
+template <bool kHead>
+__device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const float* __restrict__ fn,
+                                        const float* __restrict__ base, const float* __restrict__ scale, int D,
+                                        double norm_eps, double hc_eps, int iters, float* __restrict__ post,
+                                        float* __restrict__ comb, mo::u16* __restrict__ y, const float* __restrict__ norm_w,
+                                        mo::u8* __restrict__ q, float* __restrict__ sf, int sf_ld, int pow2,
+                                        const int* __restrict__ src_rows, int hs_rows) {
+  constexpr int kMix = kHead ? kHc : kMixPre;
+  constexpr int kNV = kMix + 1;  // the dot products, then the sum of squares
+  __shared__ double red[kHcWarps * kNV];
+  __shared__ double tot[kNV];
+  __shared__ float pre_s[kHc];
+  __shared__ double ss_y;
+  extern __shared__ float yrow[];  // [D] when norm_w is given
+  const int r = blockIdx.x;  // output row; the input row is src_rows[r] when given (hc_head: each sequence's last token)
+  const int W = kHc * D;
+  const int src = src_rows ? src_rows[r] : r;
+  const bool bad_src = src < 0 || src >= hs_rows;  // never read out of bounds: the row's outputs become NaN instead
+  const mo::u16* xr = hs + (size_t)(bad_src ? 0 : src) * W;
+
+  // 1. sum of squares over the 4D values and the kMix dot products fn . X, f64 (model.ts: linear, then ss).
+  double acc[kNV];
+#pragma unroll
+  for (int k = 0; k < kNV; k++) acc[k] = 0.0;
+  for (int c = threadIdx.x * 8; c < W; c += kHcThreads * 8) {
+    float f[8];
+    mo::unpack8(__ldg(reinterpret_cast<const uint4*>(xr + c)), f);
+#pragma unroll
+    for (int i = 0; i < 8; i++) acc[kMix] += (double)f[i] * (double)f[i];
+#pragma unroll
+    for (int j = 0; j < kMix; j++) {
+      const float4 w0 = __ldg(reinterpret_cast<const float4*>(fn + (size_t)j * W + c));
+      const float4 w1 = __ldg(reinterpret_cast<const float4*>(fn + (size_t)j * W + c + 4));
+      double a = acc[j];
+      a = fma((double)w0.x, (double)f[0], a); a = fma((double)w0.y, (double)f[1], a);
+      a = fma((double)w0.z, (double)f[2], a); a = fma((double)w0.w, (double)f[3], a);
+      a = fma((double)w1.x, (double)f[4], a); a = fma((double)w1.y, (double)f[5], a);
+      a = fma((double)w1.z, (double)f[6], a); a = fma((double)w1.w, (double)f[7], a);
+      acc[j] = a;  // bf16 x f32 products are exact in f64, so fma == the CPU's multiply-then-add
+    }
+  }
+  block_sum_f64<kNV>(acc, red, tot);
+
+  // 2. the mixing coefficients, one thread (model.ts hcMix / hcHead).
+  if (threadIdx.x == 0) {
+    const float rs = mo::rms_factor(tot[kMix], W, norm_eps);
+    float m[kMix];
+    for (int j = 0; j < kMix; j++) m[j] = bad_src ? __int_as_float(0x7fc00000) : __fmul_rn(__double2float_rn(tot[j]), rs);  // mixAll is f32
+    for (int j = 0; j < kHc; j++) pre_s[j] = pre_weight(m[j], __ldg(scale), __ldg(base + j), hc_eps);
+    if (!kHead) {
+      for (int j = 0; j < kHc; j++) {
+        const float z = __fadd_rn(__fmul_rn(m[kHc + j], __ldg(scale + 1)), __ldg(base + kHc + j));
+        post[r * kHc + j] = __fmul_rn(2.0f, __double2float_rn(mo::sigmoid_f64(z)));
+      }
+      double C[kHc * kHc];
+      for (int j = 0; j < kHc * kHc; j++) C[j] = (double)__fadd_rn(__fmul_rn(m[2 * kHc + j], __ldg(scale + 2)), __ldg(base + 2 * kHc + j));
+      sinkhorn(C, iters, hc_eps);
+      for (int j = 0; j < kHc * kHc; j++) comb[(size_t)r * kHc * kHc + j] = __double2float_rn(C[j]);
+    }
+  }
+  __syncthreads();
+
+  // 3. y = bf16(sum_j pre_j Hs_j) in f64, j ascending; warp w takes 256-column steps w, w + 8, ... (8 per lane), the
+  // layout store_row_step's fused quantization needs.
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const bool normed = norm_w != nullptr;
+  double ssy = 0.0;
+  for (int c0 = warp * 256; c0 < D; c0 += kHcWarps * 256) {
+    const int c = c0 + lane * 8;
+    const bool valid = c < D;
+    float out[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (valid) {
+      double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+#pragma unroll
+      for (int j = 0; j < kHc; j++) {
+        float f[8];
+        mo::unpack8(__ldg(reinterpret_cast<const uint4*>(xr + (size_t)j * D + c)), f);
+        const double p = (double)pre_s[j];
+#pragma unroll
+        for (int i = 0; i < 8; i++) a[i] = __dadd_rn(a[i], __dmul_rn(p, (double)f[i]));
+      }
+#pragma unroll
+      for (int i = 0; i < 8; i++) out[i] = mo::bf16_round_f64(a[i]);
+    }
+    if (normed) {
+      if (valid) {
+#pragma unroll
+        for (int i = 0; i < 8; i++) { yrow[c + i] = out[i]; ssy += (double)out[i] * (double)out[i]; }
+      }
+    } else {
+      mo::store_row_step(out, valid, lane, r, c, D, y, D, q, sf, sf_ld, pow2 != 0);
+    }
+  }
+  if (!normed) return;
+
+  // 4. fused RMSNorm (+ act_quant) of y, from shared memory.
+  {
+    const double s = mo::warp_sum_f64(ssy);
+    if (lane == 0) red[warp] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      double t = 0.0;
+      for (int w = 0; w < kHcWarps; w++) t += red[w];
+      ss_y = t;
+    }
+    __syncthreads();
+  }
+  const float rs = mo::rms_factor(ss_y, D, norm_eps);
+  for (int c0 = warp * 256; c0 < D; c0 += kHcWarps * 256) {
+    const int c = c0 + lane * 8;
+    const bool valid = c < D;
+    float out[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (valid) {
+#pragma unroll
+      for (int i = 0; i < 8; i++) out[i] = mo::norm_value(yrow[c + i], rs, norm_w, c + i);
+    }
+    mo::store_row_step(out, valid, lane, r, c, D, y, D, q, sf, sf_ld, pow2 != 0);
+  }
+}
+
+}  // namespace
+
+#define MO_HC_PARAMS                                                                                              \
+  const mo::u16 *__restrict__ hs, const float *__restrict__ fn, const float *__restrict__ base,                    \
+      const float *__restrict__ scale, int rows, int D, unsigned long long norm_eps_bits,                           \
+      unsigned long long hc_eps_bits, int iters, float *__restrict__ post, float *__restrict__ comb,                \
+      mo::u16 *__restrict__ y, const float *__restrict__ norm_w, mo::u8 *__restrict__ q, float *__restrict__ sf,    \
+      int sf_ld, int pow2, const int *__restrict__ src_rows, int hs_rows
+
+extern "C" __global__ void __launch_bounds__(kHcThreads) mo_hc_pre(MO_HC_PARAMS) {
+  if ((int)blockIdx.x >= rows) return;
+  hc_body<false>(hs, fn, base, scale, D, f64_from_bits(norm_eps_bits), f64_from_bits(hc_eps_bits), iters, post, comb,
+                 y, norm_w, q, sf, sf_ld, pow2, src_rows, hs_rows);
+}
+
+extern "C" __global__ void __launch_bounds__(kHcThreads) mo_hc_head(MO_HC_PARAMS) {
+  if ((int)blockIdx.x >= rows) return;
+  hc_body<true>(hs, fn, base, scale, D, f64_from_bits(norm_eps_bits), f64_from_bits(hc_eps_bits), iters, post, comb,
+                y, norm_w, q, sf, sf_ld, pow2, src_rows, hs_rows);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// hc_post: f bf16 [rows, D], R bf16 [rows, HC, D], post f32 [rows, HC], comb f32 [rows, HC, HC] -> out bf16
+// [rows, HC, D] (may be R itself: each thread reads its columns of every stream before writing them).
+extern "C" __global__ void __launch_bounds__(256) mo_hc_post(const uint4* __restrict__ f, const uint4* R,
+                                                             const float* __restrict__ post,
+                                                             const float* __restrict__ comb, int rows, int D,
+                                                             uint4* out) {
+  const int chunks = D / 8;
+  const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= (long long)rows * chunks) return;
+  const int r = (int)(idx / chunks);
+  const int c = (int)(idx - (long long)r * chunks);
+  float fv[8];
+  mo::unpack8(__ldg(f + (size_t)r * chunks + c), fv);
+  float rv[kHc][8];
+#pragma unroll
+  for (int j = 0; j < kHc; j++) mo::unpack8(R[((size_t)r * kHc + j) * chunks + c], rv[j]);
+#pragma unroll
+  for (int k = 0; k < kHc; k++) {
+    const double pk = (double)__ldg(post + r * kHc + k);
+    float o[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+      double acc = __dmul_rn(pk, (double)fv[i]);
+#pragma unroll
+      for (int j = 0; j < kHc; j++) acc = __dadd_rn(acc, __dmul_rn((double)__ldg(comb + ((size_t)r * kHc + j) * kHc + k), (double)rv[j][i]));
+      o[i] = mo::bf16_round_f64(acc);
+    }
+    out[((size_t)r * kHc + k) * chunks + c] = mo::pack8(o);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The MTP input (model.ts mtpNow): out[t, k] = bf16(e[t] + h[t, k]) for the hc streams k, e = e_proj(enorm(embed)) bf16
+// [rows, D] (rows e_stride apart), h = h_proj(hnorm(streams)) bf16 [rows * HC, D]; the f64 sum of two bf16 is exact.
+extern "C" __global__ void __launch_bounds__(256) mo_mtp_combine(const uint4* __restrict__ e, long long e_stride,
+                                                                 const uint4* __restrict__ h, int rows, int D,
+                                                                 uint4* __restrict__ out) {
+  const int chunks = D / 8;
+  const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= (long long)rows * kHc * chunks) return;
+  const long long rk = idx / chunks;  // token * HC + stream
+  const int c = (int)(idx - rk * chunks);
+  const int r = (int)(rk / kHc);
+  float ev[8], hv[8], o[8];
+  mo::unpack8(__ldg(e + (size_t)r * (e_stride / 8) + c), ev);
+  mo::unpack8(__ldg(h + (size_t)rk * chunks + c), hv);
+#pragma unroll
+  for (int i = 0; i < 8; i++) o[i] = mo::bf16_round_f64(__dadd_rn((double)ev[i], (double)hv[i]));
+  out[(size_t)rk * chunks + c] = mo::pack8(o);
+}
