@@ -186,6 +186,7 @@ export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout
     MM_PATH: path === 'decode' ? 1 : 0, MM_STAGES: stages, ...(path === 'normal' ? { MM_L1_STAGES: MEGA_L1_STAGES } : {}), MM_SMEM_BYTES: smem, MM_PARAMS_BYTES: MEGA_PARAMS_BYTES,
     ...(weightLayout === 'tiled' ? { MM_WTILED: 1 } : {}),
     ...(path === 'decode' ? { MM_DECODE_L2_WIDE_MIN_T: decodeL2WideMinTokens() } : {}),
+    ...(process.env.MEGAMOE_SMALL_T ? { MM_SMALL_T: smallTokens() } : {}),
   };
 }
 
@@ -198,6 +199,14 @@ export function decodeL2WideMinTokens(): number {
   if (v === undefined || v === '') return 32;
   const n = Number(v);
   if (!Number.isSafeInteger(n) || n < 1 || n > 2 ** 30) throw new RangeError(`MEGAMOE_DECODE_L2_WIDE_MIN_T=${v}: expected an integer >= 1`);
+  return n;
+}
+
+/** T at or below which one CTA does the whole dispatch (default 16, mega_moe.cu); MEGAMOE_SMALL_T overrides (tuning). */
+export function smallTokens(): number {
+  const v = process.env.MEGAMOE_SMALL_T ?? '16';
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 0 || n > 64) throw new RangeError(`MEGAMOE_SMALL_T=${v}: expected an integer in [0, 64]`);
   return n;
 }
 

@@ -67,7 +67,10 @@ constexpr int kConsumers = kDecode ? 128 : 256;  // consumer threads (threads [0
 constexpr int kBlockM = kDecode ? gg::kDecodeRows : gg::kNormalRows;
 constexpr int kL2KBlocks = kI / 128;  // flags per row tile: one per 128 activation columns (= L2 K block)
 // T at or below which CTA 0 does the whole dispatch alone (one grid barrier before the GEMMs instead of four).
-constexpr int kSmallT = 16;
+#ifndef MM_SMALL_T
+#define MM_SMALL_T 16
+#endif
+constexpr int kSmallT = MM_SMALL_T;
 
 // Normal path: L1 and L2 have a ring each over the same shared memory: L1 (SwiGLU epilogue, no staging) kL1Stages
 // deep, L2 kStages deep behind its 64 KB bf16 TMA-store staging (one ring for both would leave L1 at L2's depth:
@@ -337,7 +340,7 @@ struct MegaSync {
       s_last = last;
     }
     gg::named_barrier_sync(7, nthreads);
-    if (s_last) combine_vectors<2>(p, wb * (kCols / 8), kCols / 8, ctid, nthreads);  // <= 16 tokens: 2 vectors each
+    if (s_last) combine_vectors<2>(p, wb * (kCols / 8), kCols / 8, ctid, nthreads);  // a few tokens: 2 in flight
     (void)mt;
   }
 };
