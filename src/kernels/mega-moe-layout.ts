@@ -202,9 +202,9 @@ export function decodeL2WideMinTokens(): number {
   return n;
 }
 
-/** T at or below which one CTA does the whole dispatch (default 16, mega_moe.cu); MEGAMOE_SMALL_T overrides (tuning). */
+/** T at or below which one CTA does the whole dispatch (default 8, mega_moe.cu; measured: docs/MEGA_MOE.md); MEGAMOE_SMALL_T overrides (tuning). */
 export function smallTokens(): number {
-  const v = process.env.MEGAMOE_SMALL_T ?? '16';
+  const v = process.env.MEGAMOE_SMALL_T ?? '8';
   const n = Number(v);
   if (!Number.isSafeInteger(n) || n < 0 || n > 64) throw new RangeError(`MEGAMOE_SMALL_T=${v}: expected an integer in [0, 64]`);
   return n;

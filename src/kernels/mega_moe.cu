@@ -68,7 +68,7 @@ constexpr int kBlockM = kDecode ? gg::kDecodeRows : gg::kNormalRows;
 constexpr int kL2KBlocks = kI / 128;  // flags per row tile: one per 128 activation columns (= L2 K block)
 // T at or below which CTA 0 does the whole dispatch alone (one grid barrier before the GEMMs instead of four).
 #ifndef MM_SMALL_T
-#define MM_SMALL_T 16
+#define MM_SMALL_T 8
 #endif
 constexpr int kSmallT = MM_SMALL_T;
 
