@@ -42,3 +42,8 @@ export {
   ncclGetUniqueId, ncclGroup, ncclDataType, checkCommInitArgs,
   type Nccl, type NcclFunctions, type NcclLoadOptions, type NcclDataType, type NcclRedOp,
 } from './nccl.js';
+export {
+  exportIpcMemory, openIpcMemory, IpcMapping, bindIpc, allocationRange, serializeIpcExport, parseIpcExport, encodeIpcHandle,
+  decodeIpcHandle, CU_IPC_HANDLE_BYTES, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS, IPC_EXPORT_BYTES,
+  type IpcExport, type IpcFunctions,
+} from './ipc.js';
