@@ -12,7 +12,9 @@ export {
   CudaContext, useDevice, ensureContext, currentCudaContext, deviceCount, deviceProperties, driverVersion,
   formatCudaVersion, type DeviceProperties,
 } from './device.js';
-export { DeviceBuffer, PinnedBuffer, type HostMemory, type CopyOptions } from './memory.js';
+export {
+  DeviceBuffer, PinnedBuffer, copyDeviceToHostRaw, copyHostToDeviceRaw, copyDeviceToDeviceRaw, type HostMemory, type CopyOptions,
+} from './memory.js';
 export { Stream, CudaEvent, elapsedMs, streamHandle, type StreamLike } from './stream.js';
 export { arg, layoutKernelArgs, ArgPacker, type KernelArg, type KernelArgLike, type ToKernelArg, type ArgLayout } from './args.js';
 export {
