@@ -112,7 +112,11 @@ export class SymmetricMemory {
     try {
       if (options.zero !== false) {
         if (deps.zero) deps.zero(local.ptr, bytes);
-        else if (local instanceof DeviceBuffer) local.memset8(0);
+        else if (local instanceof DeviceBuffer) {
+          local.memset8(0);
+          // A memset may still be queued when it returns: finish it before any peer can write here (after the exchange).
+          local.context.synchronize();
+        }
       }
       const mine = deps.exportHandle(local.ptr, bytes, ctx.device);
       const blobs = await ctx.exchange(`${key}:handles`, encodeRecord(ctx.rank, W, mine));
