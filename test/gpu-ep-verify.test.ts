@@ -64,3 +64,38 @@ test('verify --ep 2 --transport nccl on one GPU: exit 2, the message names --tra
     assert.equal(r.code, 2);
     assert.match(r.err, /use --transport ipc/);
   });
+
+test('verify --ep 4 --preset flash: a rank SIGKILLed mid-run ends every rank within 10 s, naming the rank and the phase', { skip, timeout: 120_000 }, async () => {
+  const child = spawn(process.execPath, [MAIN, 'verify', '--ep', '4', '--preset', 'flash', '--tokens', '1000,999,998,997,996,995,994,993',
+    '--reference-tokens', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  const pids = new Map<number, number>();
+  child.stderr.on('data', (c: Buffer) => { err += c.toString(); });
+  const exited = new Promise<number | null>((res) => child.on('exit', (code) => res(code)));
+  const alive = (pid: number) => { try { process.kill(pid, 0); return true; } catch { return false; } };
+  try {
+    await new Promise<void>((res, rej) => {
+      const timer = setTimeout(() => rej(new Error(`verify never got ready:\n${out}\n${err}`)), 100_000);
+      child.on('exit', () => { clearTimeout(timer); rej(new Error(`verify exited before it was ready:\n${out}\n${err}`)); });
+      child.stdout.on('data', (c: Buffer) => {
+        out += c.toString();
+        for (const m of out.matchAll(/rank (\d+) started: pid (\d+)/g)) pids.set(Number(m[1]), Number(m[2]));
+        if (/all 4 ranks ready/.test(out)) { clearTimeout(timer); res(); }
+      });
+    });
+    await new Promise((r) => setTimeout(r, 500));
+    const t0 = Date.now();
+    process.kill(pids.get(2)!, 'SIGKILL');
+    const code = await Promise.race([exited, new Promise<'late'>((r) => setTimeout(() => r('late'), 10_000))]);
+    assert.notEqual(code, 'late', `verify ended within 10 s:\n${out}\n${err}`);
+    assert.equal(code, 1);
+    assert.ok(Date.now() - t0 < 10_000);
+    assert.match(err, /megamoe verify: rank 2 died \(killed by SIGKILL\) in phase '(forward:T\d+|teardown)'/);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.deepEqual([...pids.values()].filter(alive), [], 'no rank survives');
+  } finally {
+    for (const pid of pids.values()) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
+    child.kill('SIGKILL');
+  }
+});
