@@ -66,7 +66,9 @@ test('verify --ep 2 --transport nccl on one GPU: exit 2, the message names --tra
   });
 
 test('verify --ep 4 --preset flash: a rank SIGKILLed mid-run ends every rank within 10 s, naming the rank and the phase', { skip, timeout: 120_000 }, async () => {
-  const child = spawn(process.execPath, [MAIN, 'verify', '--ep', '4', '--preset', 'flash', '--tokens', '1000,999,998,997,996,995,994,993',
+  const child = spawn(process.execPath, [MAIN, 'verify', '--ep', '4', '--preset', 'flash', '--tokens',
+    // 30 batches (each also makes its 4M-value input on the host): the run is surely mid-way when the kill comes.
+    Array.from({ length: 30 }, (_, i) => 1000 - i).join(','),
     '--reference-tokens', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
