@@ -132,3 +132,18 @@ test('EP plan: send layout is the dispatch\'s padded groups; counts and offsets;
   assert.equal(ownerOf(4, 8, 2), 1);
   assert.equal(maxReceiveRows(4, 1000, 6), 24000);
 });
+
+test('unfused EP rank: receive heap size, and the combine bound refused before any GPU work', async () => {
+  const { UnfusedEpRank, unfusedEpReceiveBytes } = await import('../src/backends/unfused-ep.js');
+  const shape = { hidden: 4096, inter: 2048, experts: 64, topK: 6, swigluLimit: 10 };
+  // counts 64 B, x 24000 x 4096, sf 24000 x 32 x 4, ids 24000 x 8, w 24000 x 4, combine 1000 x 7 x 4096 x 2 (each 256-aligned)
+  const align = (b: number) => Math.ceil(b / 256) * 256;
+  assert.equal(unfusedEpReceiveBytes(shape, 4, 1000),
+    align(64) + align(24000 * 4096) + align(24000 * 128) + align(24000 * 8) + align(24000 * 4) + align(1000 * 7 * 4096 * 2));
+  assert.equal(UnfusedEpRank.receiveBytes(shape, 4, 1000), unfusedEpReceiveBytes(shape, 4, 1000));
+  const transport = { worldSize: 8, rank: 0 } as never;
+  const weights = { shape } as never;
+  await assert.rejects(UnfusedEpRank.create(transport, weights, { maxTokens: 2000 }),
+    /a rank may receive 96000 rows \(8 ranks x 2000 tokens x top-6\), above the combine's 65535.*at most 1365/);
+  await assert.rejects(UnfusedEpRank.create(transport, weights, { maxTokens: 0 }), /max tokens 0 is not a positive integer/);
+});
