@@ -120,6 +120,23 @@ function compareBf16(a: Uint16Array, b: Uint16Array, H: number): RowCheck {
   return { rows, identical, y: rows === 0 ? 0 : calcDiff(decodeBF16Array(a), decodeBF16Array(b)), yRouted: 0 };
 }
 
+/** Where a rank's y first differs from EP1's, for the report of a mismatch. */
+function describeMismatch(rank: number, T: number, got: Uint16Array, want: Uint16Array, H: number, sample: number[], refDiff: number): string {
+  const a = decodeBF16Array(got);
+  const b = decodeBF16Array(want);
+  let first = -1;
+  let worst = 0;
+  let worstAt = -1;
+  for (let i = 0; i < a.length; i++) {
+    if (got[i] !== want[i] && first < 0) first = i;
+    const d = Math.abs(a[i] - b[i]);
+    if (!(d <= worst)) { worst = d; worstAt = i; }
+  }
+  const at = (i: number) => (i < 0 ? 'none' : `token ${Math.floor(i / H)} column ${i % H}`);
+  return `mismatch: rank ${rank}, T = ${T}: first difference from EP1 at ${at(first)}; largest |EP - EP1| = ${worst} at ${at(worstAt)}` +
+    `${worstAt >= 0 ? ` (EP ${a[worstAt]}, EP1 ${b[worstAt]})` : ''}; CPU reference calc_diff ${fmt(refDiff)} on tokens ${sample.join(',') || 'none'}`;
+}
+
 const fmt = (v: number) => (v === 0 ? '0' : v.toExponential(1));
 
 export async function runVerify(o: VerifyOptions, log: (line: string) => void = console.log): Promise<number> {
@@ -211,6 +228,7 @@ async function compareAll(o: VerifyOptions, shape: VerifyShape, results: VerifyR
   const table: string[][] = [];
   let failures = 0;
   let notIdentical = 0;
+  const details: string[] = [];
   try {
     for (const T of o.tokens) {
       const inputs = Array.from({ length: N }, (_, r) => epInputs(o.seed, r, T, shape, N, o.routing));
@@ -248,7 +266,10 @@ async function compareAll(o: VerifyOptions, shape: VerifyShape, results: VerifyR
           refDiff = calcDiff(decodeBF16Array(mine.data), decodeBF16Array(got.y.data));
         }
         const ok = c.y <= VERIFY_TOLERANCE && cr.y <= VERIFY_TOLERANCE && refDiff <= VERIFY_TOLERANCE && Number.isFinite(c.y + cr.y + refDiff);
-        if (!ok) failures++;
+        if (!ok) {
+          failures++;
+          details.push(describeMismatch(r, T, y, want.y.data.subarray(r * T * H, (r + 1) * T * H), H, sample, refDiff));
+        }
         if (c.identical !== c.rows) notIdentical++;
         table.push([String(r), String(res.device), String(T), String(step.rowsSent), String(step.rowsReceived),
           `${c.identical}/${c.rows}`, `${fmt(c.y)} / ${fmt(cr.y)}`, String(sample.length), fmt(refDiff), step.ms.toFixed(1), ok ? 'ok' : 'MISMATCH']);
@@ -264,6 +285,7 @@ async function compareAll(o: VerifyOptions, shape: VerifyShape, results: VerifyR
   for (const row of table) log(line(row));
   log('(* ms: wall time of the forward on the rank, host syncs included; meaningless when ranks share a GPU)');
   const checks = table.length;
+  for (const d of details) log(d);
   if (failures > 0) {
     log(`verify: FAIL: ${failures} of ${checks} rank x batch checks outside SPEC 5 (EP vs EP1 and vs the CPU reference: calc_diff <= ${VERIFY_TOLERANCE})`);
     return 1;
