@@ -181,3 +181,31 @@ test('the supervisor SIGKILLed: the ranks notice the closed channel and exit by 
   await exited;
   await assertAllDead(pids, 5000);
 });
+
+test('exchange: a barrier with a payload, every rank gets all blobs in rank order, the key reusable once delivered', async () => {
+  const pids: number[] = [];
+  const r = await runRanks({ worldSize: 3, program, args: { mode: 'exchange-loop' }, onSpawn: (_r, pid) => pids.push(pid) });
+  r.results.forEach((res, rank) => {
+    const o = res as { rank: number; rounds: string[][]; empty: number[] };
+    assert.equal(o.rank, rank);
+    assert.equal(o.rounds.length, 20);
+    o.rounds.forEach((round, i) => assert.deepEqual(round, [0, 1, 2].map((q) => Buffer.from([q, i, (q * i) & 0xff]).toString('hex'))));
+    assert.deepEqual(o.empty, [0, 0, 0]);
+  });
+  await assertAllDead(pids, 2000);
+});
+
+test('exchange: a rank that never joins ends the run at the deadline, naming the rank, the phase and the key', async () => {
+  const pids: number[] = [];
+  const t0 = Date.now();
+  const err = await expectFailure(runRanks({
+    worldSize: 3, program, args: { mode: 'exchange-missing', victim: 2 }, barrierTimeoutMs: 1500, killGraceMs: 300,
+    onSpawn: (_r, pid) => pids.push(pid),
+  }));
+  assert.equal(err.rank, 2);
+  assert.equal(err.kind, 'deadline');
+  assert.equal(err.phase, 'ipc-exchange');
+  assert.match(err.message, /rank 2 did not join exchange 'ipc-transport:handles' within 1500 ms of the first rank \(phase 'ipc-exchange'; missing: rank 2 in 'ipc-exchange'\)/);
+  assert.ok(Date.now() - t0 < 10_000);
+  await assertAllDead(pids, 3000);
+});

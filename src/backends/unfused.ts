@@ -171,6 +171,37 @@ export class DeviceMoeWeights {
     return w;
   }
 
+  /**
+   * Random weights expert by expert: group g gets the bytes of GLOBAL expert ids[g] (seeded by seed and that id), the
+   * shared group (index ids.length) those of id `sharedId` (by convention the layer's E). So an expert-parallel
+   * rank's subset is byte for byte the same experts as the whole layer made with the same seed (the EP tests and
+   * `megamoe verify --ep N` compare EP=N with EP=1 on them). shape.experts must be ids.length.
+   */
+  static async randomExperts(shape: UnfusedShape, seed: number, ids: readonly number[], sharedId: number, stream?: StreamLike,
+    weightLayout: WeightLayout = EXPERT_WEIGHT_LAYOUT): Promise<DeviceMoeWeights> {
+    if (ids.length !== shape.experts) throw new RangeError(`randomExperts: ${ids.length} ids for a shape of ${shape.experts} experts`);
+    const fill = await RandomFill.create();
+    const w = new DeviceMoeWeights(shape, weightLayout);
+    try {
+      const { hidden: H, inter: I } = shape;
+      const st = w.strides();
+      const rms = RANDOM_CODE_STD * 0.9;
+      [...ids, sharedId].forEach((id, g) => {
+        if (!Number.isSafeInteger(id) || id < 0) throw new RangeError(`randomExperts: expert id ${id} is not a non-negative integer`);
+        const base = (seed * 65536 + id) * 4; // distinct per (seed, expert, tensor); < 2^53 for any seed < 2^33
+        fill.e4m3(w.w13, base + 1, { offset: g * st.w13, bytes: st.w13, stream });
+        fill.e4m3(w.w2, base + 2, { offset: g * st.w2, bytes: st.w2, stream });
+        fill.scales(w.s13, base + 3, 1 / Math.sqrt(H) / rms, { offset: g * st.s13, count: st.s13 / 4, stream });
+        fill.scales(w.s2, base + 4, 1 / Math.sqrt(I) / rms, { offset: g * st.s2, count: st.s2 / 4, stream });
+      });
+      ensureContext().synchronize();
+    } catch (err) {
+      w.dispose();
+      throw err;
+    }
+    return w;
+  }
+
   /** Downloads group g as a natural-layout FFN (inverse transform of W13): what the CPU reference needs. */
   downloadExpert(g: number): ExpertWeights {
     const G = groupsOf(this.shape);
@@ -319,6 +350,14 @@ export class UnfusedMoe {
       throw err;
     }
   }
+
+  /** The staging outputs (e4m3 rows, f32 scales) of the last forward: the EP baseline sends them from here. */
+  get staged(): { readonly xFp8: { readonly ptr: bigint }; readonly xSf: { readonly ptr: bigint } } {
+    return this.stager.out;
+  }
+
+  /** The L2 GEMM's bf16 rows [maxRows, H] of the last forward (the EP baseline copies the shared expert's rows). */
+  get expertRows(): DeviceBuffer { return this.expertOut; }
 
   /** Which GEMM path forwards use: 'auto' (by rows per expert) unless a benchmark pins one. */
   rowTilePolicy: RowTilePolicy = 'auto';

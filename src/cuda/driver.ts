@@ -100,6 +100,8 @@ export interface Driver {
   readonly scratch: Scratch;
   /** Path or soname that was loaded. */
   readonly libraryName: string;
+  /** The koffi library handle, for bindings declared elsewhere in src/cuda/ (ipc.ts binds its struct-by-value calls). */
+  readonly lib: koffi.IKoffiLib;
 }
 
 const PROTOTYPES: ReadonlyArray<readonly [keyof DriverFunctions, string]> = [
@@ -211,7 +213,9 @@ export function tryLoadDriver(): Driver | null {
     loadFailure = 'disabled by MEGAMOE_DISABLE_CUDA=1';
     return null;
   }
-  const r = loadFirstLibrary(libraryCandidates(), bind, 'a needed symbol (driver too old for CUDA 12.8+?)');
+  let boundLib = null as koffi.IKoffiLib | null; // (a cast: assigned inside the callback, so no narrowing to null)
+  const r = loadFirstLibrary(libraryCandidates(), (lib) => { const fn = bind(lib); boundLib = lib; return fn; },
+    'a needed symbol (driver too old for CUDA 12.8+?)');
   if ('errors' in r) {
     loadFailure = r.errors.join('; ');
     return null;
@@ -222,7 +226,7 @@ export function tryLoadDriver(): Driver | null {
     view: new DataView(koffi.view(block, 256)),
     pointer: block,
   };
-  loaded = { fn: r.value, scratch, libraryName: r.name };
+  loaded = { fn: r.value, scratch, libraryName: r.name, lib: boundLib! };
   return loaded;
 }
 

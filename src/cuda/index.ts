@@ -12,7 +12,9 @@ export {
   CudaContext, useDevice, ensureContext, currentCudaContext, deviceCount, deviceProperties, driverVersion,
   formatCudaVersion, type DeviceProperties,
 } from './device.js';
-export { DeviceBuffer, PinnedBuffer, type HostMemory, type CopyOptions } from './memory.js';
+export {
+  DeviceBuffer, PinnedBuffer, copyDeviceToHostRaw, copyHostToDeviceRaw, copyDeviceToDeviceRaw, type HostMemory, type CopyOptions,
+} from './memory.js';
 export { Stream, CudaEvent, elapsedMs, streamHandle, type StreamLike } from './stream.js';
 export { arg, layoutKernelArgs, ArgPacker, type KernelArg, type KernelArgLike, type ToKernelArg, type ArgLayout } from './args.js';
 export {
@@ -42,3 +44,8 @@ export {
   ncclGetUniqueId, ncclGroup, ncclDataType, checkCommInitArgs,
   type Nccl, type NcclFunctions, type NcclLoadOptions, type NcclDataType, type NcclRedOp,
 } from './nccl.js';
+export {
+  exportIpcMemory, openIpcMemory, IpcMapping, bindIpc, allocationRange, serializeIpcExport, parseIpcExport, encodeIpcHandle,
+  decodeIpcHandle, CU_IPC_HANDLE_BYTES, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS, IPC_EXPORT_BYTES,
+  type IpcExport, type IpcFunctions,
+} from './ipc.js';

@@ -251,3 +251,36 @@ export class PinnedBuffer {
 
   [Symbol.dispose](): void { this.dispose(); }
 }
+
+/**
+ * Copies on raw device addresses (bigint), for memory that is not a DeviceBuffer of this process: a transport's
+ * receive region carved from symmetric memory, a peer's buffer mapped through CUDA IPC. No range checks are possible
+ * here: the caller owns the bounds. Pageable host memory: the same staging rules as DeviceBuffer's copies.
+ */
+export function copyDeviceToHostRaw(src: bigint, dst: ArrayBufferView, bytes = dst.byteLength): void {
+  checkSize('copyDeviceToHostRaw', bytes);
+  if (bytes > dst.byteLength) throw new RangeError(`copyDeviceToHostRaw: ${bytes} bytes asked but the host destination has ${dst.byteLength}`);
+  if (bytes === 0) return;
+  ensureContext();
+  const rc = getDriver().fn.cuMemcpyDtoH_v2(dst, src, bytes);
+  if (rc !== 0) throwCuda('cuMemcpyDtoH_v2', rc, `${bytes} bytes from 0x${src.toString(16)}`);
+}
+
+export function copyHostToDeviceRaw(dst: bigint, src: ArrayBufferView, stream?: StreamLike, bytes = src.byteLength): void {
+  checkSize('copyHostToDeviceRaw', bytes);
+  if (bytes > src.byteLength) throw new RangeError(`copyHostToDeviceRaw: ${bytes} bytes asked but the host source has ${src.byteLength}`);
+  if (bytes === 0) return;
+  ensureContext();
+  const d = getDriver();
+  const rc = stream ? d.fn.cuMemcpyHtoDAsync_v2(dst, src, bytes, streamHandle(stream)) : d.fn.cuMemcpyHtoD_v2(dst, src, bytes);
+  if (rc !== 0) throwCuda(stream ? 'cuMemcpyHtoDAsync_v2' : 'cuMemcpyHtoD_v2', rc, `${bytes} bytes to 0x${dst.toString(16)}`);
+}
+
+export function copyDeviceToDeviceRaw(dst: bigint, src: bigint, bytes: number, stream?: StreamLike): void {
+  checkSize('copyDeviceToDeviceRaw', bytes);
+  if (bytes === 0) return;
+  ensureContext();
+  const d = getDriver();
+  const rc = stream ? d.fn.cuMemcpyDtoDAsync_v2(dst, src, bytes, streamHandle(stream)) : d.fn.cuMemcpyDtoD_v2(dst, src, bytes);
+  if (rc !== 0) throwCuda(stream ? 'cuMemcpyDtoDAsync_v2' : 'cuMemcpyDtoD_v2', rc, `${bytes} bytes 0x${src.toString(16)} -> 0x${dst.toString(16)}`);
+}

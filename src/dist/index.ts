@@ -13,3 +13,9 @@ export {
   checkAllToAllV, elementBytes, packedOffsets, type AllToAllV, type Transport, type TransportDType, type TransportName,
 } from './transport.js';
 export { NcclTransport, NCCL_UNIQUE_ID_KEY, type NcclCommLike, type NcclTransportDeps, type UniqueIdExchange } from './nccl-transport.js';
+export { type DeviceRegion } from './transport.js';
+export {
+  SymmetricMemory, CUDA_SYMMETRIC_DEPS, type SymmetricDeps, type SymmetricExchange, type SymmetricOptions,
+} from './symmetric-memory.js';
+export { IpcTransport, RECEIVE_ALIGN, type IpcTransportDeps, type IpcTransportOptions, type SymmetricHeap } from './ipc-transport.js';
+export { createTransport, parseTransportName, transportRefusal, TRANSPORT_NAMES, type CreateTransportOptions } from './transports.js';

@@ -11,7 +11,7 @@ import {
 import { DeviceBuffer } from '../cuda/memory.js';
 import { useDevice } from '../cuda/device.js';
 import { Stream, streamHandle, type StreamLike } from '../cuda/stream.js';
-import { checkAllToAllV, elementBytes, type AllToAllV, type Transport, type TransportDType } from './transport.js';
+import { checkAllToAllV, elementBytes, type AllToAllV, type DeviceRegion, type Transport, type TransportDType } from './transport.js';
 
 /** The part of a communicator the transport uses (NcclCommunicator; a recording fake in the tests). */
 export interface NcclCommLike {
@@ -53,6 +53,8 @@ export class NcclTransport implements Transport {
   readonly worldSize: number;
   private readonly deps: NcclTransportDeps;
   private disposed = false;
+  /** Receive buffers handed out by allocateReceive (NCCL needs no symmetric memory: plain allocations). */
+  private readonly receives: DeviceBuffer[] = [];
 
   constructor(deps: NcclTransportDeps) {
     this.deps = deps;
@@ -116,9 +118,17 @@ export class NcclTransport implements Transport {
     this.deps.synchronize(stream);
   }
 
+  allocateReceive(bytes: number): DeviceRegion {
+    this.live();
+    const b = DeviceBuffer.alloc(bytes);
+    this.receives.push(b);
+    return b;
+  }
+
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
+    for (const b of this.receives.splice(0)) b.dispose();
     try {
       this.deps.comm.destroy();
     } finally {

@@ -1,6 +1,9 @@
 // The control channel's messages (supervisor <-> rank), over the node:child_process IPC channel. Setup traffic
 // only, never the hot path: phases, named barriers, opaque blobs (an NCCL unique id, CUDA IPC handles) published
-// under a key, errors. Blobs travel as base64 inside the JSON the IPC channel serialises.
+// under a key, exchanges (every rank gives one blob under a key, every rank gets all of them, in rank order: a barrier
+// with a payload, used for CUDA IPC handles and the IPC transport's per-collective receive layouts; forgotten by the
+// supervisor once delivered, so a long run does not accumulate them), errors. Blobs travel as base64 inside the JSON
+// the IPC channel serialises.
 
 /** The most bytes one blob may hold (a CUDA IPC handle is 64 bytes, an NCCL unique id 128). */
 export const MAX_BLOB_BYTES = 16 << 20;
@@ -12,12 +15,14 @@ export type RankMessage =
   | { t: 'barrier'; name: string }
   | { t: 'put'; key: string; data: string }
   | { t: 'get'; key: string }
+  | { t: 'exchange'; key: string; data: string }
   | { t: 'error'; phase: string; name: string; message: string; code?: string }
   | { t: 'done'; result?: unknown };
 
 export type SupervisorMessage =
   | { t: 'barrier-ok'; name: string }
   | { t: 'value'; key: string; data: string }
+  | { t: 'exchanged'; key: string; data: string[] }
   | { t: 'abort'; message: string };
 
 /** Throws a RangeError unless `key` is a usable blob key / barrier / phase name. */
@@ -50,6 +55,7 @@ export function parseRankMessage(m: unknown): RankMessage | null {
       case 'barrier': checkKey('barrier', o.name); return o as RankMessage;
       case 'put': checkKey('key', o.key); return str('data') && (o.data as string).length <= MAX_BLOB_BYTES * 2 ? o as RankMessage : null;
       case 'get': checkKey('key', o.key); return o as RankMessage;
+      case 'exchange': checkKey('key', o.key); return str('data') && (o.data as string).length <= MAX_BLOB_BYTES * 2 ? o as RankMessage : null;
       case 'error': return str('phase') && str('name') && str('message') ? o as RankMessage : null;
       case 'done': return o as RankMessage;
       default: return null;
@@ -64,6 +70,9 @@ export function parseSupervisorMessage(m: unknown): SupervisorMessage | null {
   const o = m as Record<string, unknown>;
   if (o.t === 'barrier-ok' && typeof o.name === 'string') return o as SupervisorMessage;
   if (o.t === 'value' && typeof o.key === 'string' && typeof o.data === 'string') return o as SupervisorMessage;
+  if (o.t === 'exchanged' && typeof o.key === 'string' && Array.isArray(o.data) && o.data.every((d) => typeof d === 'string')) {
+    return o as SupervisorMessage;
+  }
   if (o.t === 'abort' && typeof o.message === 'string') return o as SupervisorMessage;
   return null;
 }

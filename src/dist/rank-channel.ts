@@ -28,6 +28,12 @@ export interface RankContext extends RankIdentity {
   fetch(key: string): Promise<Uint8Array>;
   /** Every rank's blob for `key`, by rank (each rank publishes `${key}@${rank}`). */
   allGather(key: string, blob: Uint8Array): Promise<Uint8Array[]>;
+  /**
+   * A barrier with a payload: resolves with every rank's blob for `key`, by rank, once all ranks gave theirs (under the
+   * supervisor's barrier deadline). Unlike allGather, the supervisor forgets the key once delivered, so a key may be
+   * reused after it resolved on every rank (the IPC transport exchanges a layout per collective).
+   */
+  exchange(key: string, blob: Uint8Array): Promise<Uint8Array[]>;
 }
 
 export class RankChannel implements RankContext {
@@ -39,6 +45,7 @@ export class RankChannel implements RankContext {
   private readonly barrierWaiters = new Map<string, Array<() => void>>();
   private readonly blobWaiters = new Map<string, Array<(b: Uint8Array) => void>>();
   private readonly blobs = new Map<string, Uint8Array>();
+  private readonly exchangeWaiters = new Map<string, (blobs: Uint8Array[]) => void>();
 
   constructor(id: RankIdentity, args: unknown) {
     if (typeof process.send !== 'function') {
@@ -75,6 +82,10 @@ export class RankChannel implements RankContext {
       const ws = this.barrierWaiters.get(m.name) ?? [];
       this.barrierWaiters.delete(m.name);
       for (const w of ws) w();
+    } else if (m.t === 'exchanged') {
+      const w = this.exchangeWaiters.get(m.key);
+      this.exchangeWaiters.delete(m.key);
+      w?.(m.data.map(decodeBlob));
     } else {
       const blob = decodeBlob(m.data);
       this.blobs.set(m.key, blob);
@@ -117,6 +128,16 @@ export class RankChannel implements RankContext {
       if (ws) { ws.push(res); return; }
       this.blobWaiters.set(key, [res]);
       this.send({ t: 'get', key });
+    });
+  }
+
+  exchange(key: string, blob: Uint8Array): Promise<Uint8Array[]> {
+    checkKey('key', key);
+    if (this.exchangeWaiters.has(key)) return Promise.reject(new Error(`exchange '${key}' is already being waited on`));
+    const data = encodeBlob(blob);
+    return new Promise((res) => {
+      this.exchangeWaiters.set(key, res);
+      this.send({ t: 'exchange', key, data });
     });
   }
 

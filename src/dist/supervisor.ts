@@ -129,6 +129,7 @@ export function runRanks(options: SupervisorOptions): Promise<RunResult> {
     const barriers = new Map<string, { arrived: Set<number>; timer: NodeJS.Timeout }>();
     const blobs = new Map<string, string>();
     const waiting = new Map<string, { ranks: Set<number>; timer: NodeJS.Timeout }>();
+    const exchanges = new Map<string, { data: Map<number, string>; timer: NodeJS.Timeout }>();
     const timers = new Set<NodeJS.Timeout>();
     let failure: RankFailureError | null = null;
     let settled = false;
@@ -283,6 +284,37 @@ export function runRanks(options: SupervisorOptions): Promise<RunResult> {
             waiting.set(m.key, w);
           }
           w.ranks.add(r.rank);
+          return;
+        }
+        case 'exchange': {
+          let x = exchanges.get(m.key);
+          if (!x) {
+            const key = m.key;
+            x = {
+              data: new Map(),
+              timer: later(barrierTimeoutMs, () => {
+                const xx = exchanges.get(key);
+                const missing = ranks.filter((y) => !xx?.data.has(y.rank));
+                const first = missing[0] ?? r;
+                fail(new RankFailureError(first.rank, first.phase, 'deadline',
+                  `rank ${first.rank} did not join exchange '${key}' within ${barrierTimeoutMs} ms of the first rank ` +
+                  `(phase '${first.phase}'; missing: ${phasesOf(missing)})`));
+              }),
+            };
+            exchanges.set(m.key, x);
+          }
+          if (x.data.has(r.rank)) {
+            fail(new RankFailureError(r.rank, r.phase, 'protocol', `rank ${r.rank} joined exchange '${m.key}' twice (phase '${r.phase}')`));
+            return;
+          }
+          x.data.set(r.rank, m.data);
+          if (x.data.size === worldSize) {
+            clearTimeout(x.timer);
+            timers.delete(x.timer);
+            exchanges.delete(m.key);
+            const all = ranks.map((y) => x!.data.get(y.rank) as string);
+            for (const y of ranks) send(y, { t: 'exchanged', key: m.key, data: all });
+          }
           return;
         }
         case 'error':

@@ -1,10 +1,18 @@
-// The transport between ranks, behind one small interface: NCCL now (nccl-transport.ts; the one that goes across
-// hosts later), CUDA IPC peer copies on one host next (issue 12, deliverable 5). The unfused EP baseline moves its
-// FP8 rows + scales with allToAllV and gathers outputs with allGather; barrier orders the ranks' streams.
+// The transport between ranks, behind one small interface: NCCL (nccl-transport.ts; the one that goes across hosts
+// later) and CUDA IPC peer copies on one host (ipc-transport.ts). The unfused EP baseline moves its FP8 rows + scales
+// with allToAllV and gathers counts with allGather; barrier orders the ranks' streams.
 //
 // Units: counts and offsets are in ELEMENTS of `dtype`, addresses are device addresses (bigint, DeviceBuffer.ptr),
-// streams are Streams (null: the legacy default stream). Every operation is enqueued on the stream, no
-// host sync, except barrier, which also waits on the host (it is for setup and teardown, not the hot path).
+// streams are Streams (null: the legacy default stream).
+//
+// Completion: an operation returns void or a Promise; callers always `await` it. NCCL enqueues on the stream and
+// returns at once (no host sync, except barrier). The IPC transport orders the ranks on the HOST (stream sync, then a
+// control-channel exchange), so its operations resolve once the data has landed in every receiver: see
+// ipc-transport.ts for why that is acceptable for the baseline.
+//
+// Receive buffers: with IPC a sender writes straight into the receiver's memory, so a receive buffer must live in
+// memory every peer has mapped (symmetric memory). Get receive buffers from transport.allocateReceive(bytes): the IPC
+// transport carves them from its symmetric heap, NCCL allocates plain device memory. Send buffers may be anywhere.
 import { NCCL_DATA_TYPES, type NcclDataType } from '../cuda/nccl.js';
 import type { StreamLike } from '../cuda/stream.js';
 
@@ -26,16 +34,28 @@ export interface AllToAllV {
   recvCapacity?: number;
 }
 
+/** A device range a transport handed out (allocateReceive): valid until the transport is disposed. */
+export interface DeviceRegion {
+  readonly ptr: bigint;
+  readonly byteLength: number;
+}
+
 export interface Transport {
   readonly name: TransportName;
   readonly rank: number;
   readonly worldSize: number;
   /** Variable-size all-to-all: what peer p receives from this rank is what this rank's sendCounts[p] says. */
-  allToAllV(args: AllToAllV, stream: StreamLike): void;
+  allToAllV(args: AllToAllV, stream: StreamLike): void | Promise<void>;
   /** recv holds worldSize * count elements, rank r's `count` at r * count. */
-  allGather(send: bigint, recv: bigint, count: number, dtype: TransportDType, stream: StreamLike): void;
+  allGather(send: bigint, recv: bigint, count: number, dtype: TransportDType, stream: StreamLike): void | Promise<void>;
   /** Every rank reached this point of its stream, and the host waited for it. */
-  barrier(stream: StreamLike): void;
+  barrier(stream: StreamLike): void | Promise<void>;
+  /**
+   * A buffer that can be the `recv` of allToAllV / allGather. Sizes may differ by rank (the IPC transport tells each
+   * sender the receiver's own offsets per collective); when every rank asks the same sizes in the same order the IPC
+   * regions also sit at the same offset of every rank's heap, which device-side peer access can rely on.
+   */
+  allocateReceive(bytes: number): DeviceRegion;
   dispose(): void;
 }
 

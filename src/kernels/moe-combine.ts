@@ -25,7 +25,12 @@ registerKernel({
   name: 'moe_combine',
   source: 'moe_combine.cu',
   entry: 'megamoe_combine',
-  variants: MOE_PRESET_SHAPES.map((p) => ({ label: p.label, defines: combineDefines({ ...p, shared: true }) })),
+  variants: [
+    ...MOE_PRESET_SHAPES.map((p) => ({ label: p.label, defines: combineDefines({ ...p, shared: true }) })),
+    // The unfused EP baseline at EP2: the owner's one-slot pack (top-k 1, no shared) and the source's combine (E/2 groups).
+    ...MOE_PRESET_SHAPES.map((p) => ({ label: `${p.label} ep2 owner`, defines: combineDefines({ hidden: p.hidden, topK: 1, experts: p.experts / 2, shared: false }) })),
+    ...MOE_PRESET_SHAPES.map((p) => ({ label: `${p.label} ep2 source`, defines: combineDefines({ hidden: p.hidden, topK: p.topK, experts: p.experts / 2, shared: true }) })),
+  ],
 });
 
 export interface CombineArgs {

@@ -144,12 +144,18 @@ export function dispatchDefines(shape: DispatchShape): Defines {
   };
 }
 
-// CI compiles (`megamoe kernels --check`) the presets' E, K, H with the shared expert.
+// CI compiles (`megamoe kernels --check`) the presets' E, K, H with the shared expert, and the two specialisations the
+// unfused EP baseline (src/backends/unfused-ep.ts) adds, at EP2: by owner rank (N groups, no shared expert) and the
+// owner's one-slot dispatch (E/N groups, top-k 1, no shared expert).
 registerKernel({
   name: 'moe_dispatch',
   source: 'moe_dispatch.cu',
   entry: 'megamoe_dispatch_count, megamoe_dispatch_scan, megamoe_dispatch_rank, megamoe_dispatch_gather',
-  variants: MOE_PRESET_SHAPES.map((p) => ({ label: p.label, defines: dispatchDefines({ ...p, shared: true }) })),
+  variants: [
+    ...MOE_PRESET_SHAPES.map((p) => ({ label: p.label, defines: dispatchDefines({ ...p, shared: true }) })),
+    ...MOE_PRESET_SHAPES.map((p) => ({ label: `${p.label} ep2 by-rank`, defines: dispatchDefines({ experts: 2, topK: p.topK, hidden: p.hidden, shared: false }) })),
+    ...MOE_PRESET_SHAPES.map((p) => ({ label: `${p.label} ep2 owner`, defines: dispatchDefines({ experts: p.experts / 2, topK: 1, hidden: p.hidden, shared: false }) })),
+  ],
 });
 
 /** Device buffers the dispatch writes, sized once for a capacity (reused by every forward). */

@@ -3,7 +3,7 @@ import type { RankContext } from '../../src/dist/rank-channel.js';
 import { GuardError } from '../../src/moe/guards.js';
 
 export interface ProgramArgs {
-  mode: 'exchange' | 'wait-after-ready' | 'hang-before-ready' | 'guard' | 'sleep' | 'exit-early' | 'fetch-missing';
+  mode: 'exchange' | 'exchange-loop' | 'exchange-missing' | 'wait-after-ready' | 'hang-before-ready' | 'guard' | 'sleep' | 'exit-early' | 'fetch-missing';
   /** The rank that misbehaves. */
   victim?: number;
 }
@@ -31,6 +31,22 @@ export default async function program(ctx: RankContext): Promise<unknown> {
         id: Buffer.from(id).toString('hex'), gathered: all.map((b) => Buffer.from(b).toString('hex')),
       };
     }
+    case 'exchange-loop': {
+      // The same key reused 20 times (the supervisor forgets a delivered exchange) plus one empty blob.
+      ctx.phase('exchange');
+      const rounds: string[][] = [];
+      for (let i = 0; i < 20; i++) {
+        const all = await ctx.exchange('layout', Uint8Array.of(ctx.rank, i, ctx.rank * i));
+        rounds.push(all.map((b) => Buffer.from(b).toString('hex')));
+      }
+      const empty = await ctx.exchange('done', new Uint8Array(0));
+      return { rank: ctx.rank, rounds, empty: empty.map((b) => b.byteLength) };
+    }
+    case 'exchange-missing':
+      ctx.phase('ipc-exchange');
+      if (ctx.rank !== victim) await ctx.exchange('ipc-transport:handles', Uint8Array.of(1, 2, 3));
+      await forever();
+      return null;
     case 'wait-after-ready':
       await ctx.ready();
       ctx.phase('compute');

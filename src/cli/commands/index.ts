@@ -7,6 +7,7 @@ import { register as registerKernels } from './kernels.js';
 import { register as registerMakeCheckpoint } from './make-checkpoint.js';
 import { register as registerMoe } from './moe.js';
 import { register as registerServe } from './serve.js';
+import { register as registerVerify } from './verify.js';
 
 export function registerCommands(program: Command): void {
   registerBench(program);
@@ -16,4 +17,5 @@ export function registerCommands(program: Command): void {
   registerMakeCheckpoint(program);
   registerMoe(program);
   registerServe(program);
+  registerVerify(program);
 }
