@@ -25,6 +25,7 @@ test('symmetric buffer: regions in order, aligned, disjoint, each exactly its te
   assert.equal(r.a.bytes, M * 4096);
   assert.equal(r.act.bytes, M * 2048);
   assert.equal(r.out.bytes, M * 4096 * 2);
+  assert.equal(cap.maxTiles, M / 16, 'one flag row per 16-row tile: the kernel finds the tail counters at m_cap / 16');
   assert.equal(r.flags.bytes, (M / 16) * 16 * 4 + (4096 / 128) * 8);
   assert.equal(r.ctl.bytes, MEGA_CTL_BYTES);
   const list = Object.values(r);

@@ -3,11 +3,13 @@
 // and its power-of-two FP8 requantization, runs L2 (down), and combines, with no host round trip in between.
 //
 // Phases (every CTA walks them in order; "|" is a grid barrier, flags are per (row tile, activation block)):
-//   stage + count (+ scan, rank, gather on CTA 0 when T <= MM_SMALL_T) | scan (CTA 0) | rank | gather |
-//   L1 units, then L2 units, through one TMA/wgmma ring: an L1 unit publishes its 128 activation columns of its
-//   row tile with a release flag; an L2 unit's producer acquires the flag of each K block before loading it (and
-//   prefetches the unit's weights into L2 while it would wait), so L2 of early row tiles overlaps the L1 tail |
-//   combine (f32 sum of the K bf16 rows in slot order, + the shared expert).
+//   stage + count | scan (CTA 0) | rank | gather |   (T <= MM_SMALL_T: CTA 0 does all four alone, in shared memory |)
+//   L1 units (decode: through the ring L2 uses; normal: their own 4-stage ring) then L2 units: an L1 unit publishes
+//   its 128 activation columns of its row tile with a release flag; an L2 unit's producer checks its row tile's
+//   flags once (one acquire) and, if some are not yet published, prefetches the unit's weights into L2 and then
+//   acquires the flag of each K block before loading it, so L2 of early row tiles overlaps the L1 tail |
+//   combine (f32 sum of the K bf16 rows in slot order, + the shared expert). Decode at T <= MM_SMALL_T: no last
+//   barrier; the L2 unit that completes a 128-column range combines it (tail_combine).
 // The shared expert is group E of both GEMMs (every token, weight 1): it runs in the same launch as the routed ones.
 //
 // The GEMM bodies are grouped_gemm_fp8.cu's (gemm/grouped.cuh) with the fused kernel's hooks (MegaSync below); the
@@ -71,6 +73,7 @@ constexpr int kL2KBlocks = kI / 128;  // flags per row tile: one per 128 activat
 #define MM_SMALL_T 8
 #endif
 constexpr int kSmallT = MM_SMALL_T;
+static_assert(kSmallT <= dsp::kChunkTokens, "mega_moe: the single-CTA dispatch handles one count/rank chunk (64 tokens)");
 
 // Normal path: L1 and L2 have a ring each over the same shared memory: L1 (SwiGLU epilogue, no staging) kL1Stages
 // deep, L2 kStages deep behind its 64 KB bf16 TMA-store staging (one ring for both would leave L1 at L2's depth:
@@ -332,8 +335,10 @@ struct MegaSync {
     gg::named_barrier_sync(7, nthreads);  // every consumer's stores of the unit are issued
     if (ctid == 0) {
       __threadfence();  // release them (with the barrier), then count
-      // After the flags, 8-byte aligned (mega-moe-layout.ts).
-      auto* counters = reinterpret_cast<unsigned long long*>(flags + (((size_t)p.max_tiles * kL2KBlocks + 1) & ~(size_t)1));
+      // After the flags of every 16-row tile of the buffer (m_cap / 16 of them, whatever this launch's max_tiles),
+      // 8-byte aligned: mega-moe-layout.ts's flags region.
+      auto* counters = reinterpret_cast<unsigned long long*>(flags + (((size_t)(p.m_cap / 16) * kL2KBlocks + 1) & ~(size_t)1));
+      // Every tile below num_m_tiles has an expert (dsp::scan), so each has exactly one unit of this range.
       const int needed = gg::live_row_tiles(p.num_m_tiles, p.m_cap, kBlockM);
       const bool last = arrive_last(counters + wb, epoch, (u32)needed);
       if (last) __threadfence();  // acquire every other unit's rows of this range
