@@ -229,8 +229,14 @@ async function compareAll(o: VerifyOptions, shape: VerifyShape, results: VerifyR
   let failures = 0;
   let notIdentical = 0;
   const details: string[] = [];
+  const refLines: string[] = [];
   try {
     for (const T of o.tokens) {
+      // The CPU reference check pools every rank's sampled tokens of this batch: calc_diff over a handful of rows of
+      // a tiny layer is too noisy for SPEC 5's whole-output tolerance (measured: 7.9e-5 on 4 tokens of H = 256 for
+      // an output bit-identical to EP1's).
+      const pooledMine: Float32Array[] = [];
+      const pooledRef: Float32Array[] = [];
       const inputs = Array.from({ length: N }, (_, r) => epInputs(o.seed, r, T, shape, N, o.routing));
       // EP1: the whole world's batch in one forward (global ids are the full layer's local ids).
       const WT = N * T;
@@ -263,9 +269,13 @@ async function compareAll(o: VerifyOptions, shape: VerifyShape, results: VerifyR
           const inp = inputs[r];
           const got = await ref.forward(rowsOf(inp.x, sample), rowsOf(inp.ids, sample), rowsOf(inp.weights, sample));
           const mine = rowsOf(new HostTensor('BF16', [T, H], Uint16Array.from(y)), sample);
-          refDiff = calcDiff(decodeBF16Array(mine.data), decodeBF16Array(got.y.data));
+          const m = decodeBF16Array(mine.data);
+          const g = decodeBF16Array(got.y.data);
+          pooledMine.push(m);
+          pooledRef.push(g);
+          refDiff = calcDiff(m, g);
         }
-        const ok = c.y <= VERIFY_TOLERANCE && cr.y <= VERIFY_TOLERANCE && refDiff <= VERIFY_TOLERANCE && Number.isFinite(c.y + cr.y + refDiff);
+        const ok = c.y <= VERIFY_TOLERANCE && cr.y <= VERIFY_TOLERANCE && Number.isFinite(c.y + cr.y + refDiff);
         if (!ok) {
           failures++;
           details.push(describeMismatch(r, T, y, want.y.data.subarray(r * T * H, (r + 1) * T * H), H, sample, refDiff));
@@ -273,6 +283,16 @@ async function compareAll(o: VerifyOptions, shape: VerifyShape, results: VerifyR
         if (c.identical !== c.rows) notIdentical++;
         table.push([String(r), String(res.device), String(T), String(step.rowsSent), String(step.rowsReceived),
           `${c.identical}/${c.rows}`, `${fmt(c.y)} / ${fmt(cr.y)}`, String(sample.length), fmt(refDiff), step.ms.toFixed(1), ok ? 'ok' : 'MISMATCH']);
+      }
+      const rows = pooledMine.reduce((n, a) => n + a.length / H, 0);
+      if (rows > 0) {
+        const pooled = calcDiff(concatF32(pooledMine), concatF32(pooledRef));
+        const refOk = pooled <= VERIFY_TOLERANCE && Number.isFinite(pooled);
+        refLines.push(`T = ${T}: CPU reference on ${rows} sampled tokens of all ranks: calc_diff ${fmt(pooled)} ${refOk ? 'ok' : 'MISMATCH'}`);
+        if (!refOk) {
+          failures++;
+          details.push(`mismatch: T = ${T}: the ranks' outputs differ from the CPU reference by calc_diff ${fmt(pooled)} over ${rows} sampled tokens`);
+        }
       }
     }
   } finally {
@@ -284,13 +304,14 @@ async function compareAll(o: VerifyOptions, shape: VerifyShape, results: VerifyR
   log(line(header));
   for (const row of table) log(line(row));
   log('(* ms: wall time of the forward on the rank, host syncs included; meaningless when ranks share a GPU)');
-  const checks = table.length;
+  for (const l of refLines) log(l);
+  const checks = table.length + refLines.length;
   for (const d of details) log(d);
   if (failures > 0) {
-    log(`verify: FAIL: ${failures} of ${checks} rank x batch checks outside SPEC 5 (EP vs EP1 and vs the CPU reference: calc_diff <= ${VERIFY_TOLERANCE})`);
+    log(`verify: FAIL: ${failures} of ${checks} checks (rank x batch vs EP1, batch vs the CPU reference) outside SPEC 5 (EP vs EP1 and vs the CPU reference: calc_diff <= ${VERIFY_TOLERANCE})`);
     return 1;
   }
-  log(`verify: PASS: ${checks} rank x batch checks within SPEC 5 (calc_diff <= ${VERIFY_TOLERANCE} vs EP1 and vs the CPU reference); ` +
+  log(`verify: PASS: ${checks} checks (rank x batch vs EP1, batch vs the CPU reference) within SPEC 5 (calc_diff <= ${VERIFY_TOLERANCE} vs EP1 and vs the CPU reference); ` +
     (notIdentical === 0 ? 'every row bit-identical to EP1' : `${notIdentical} of them not bit-identical to EP1 (within tolerance)`));
   return 0;
 }
@@ -313,4 +334,14 @@ export function register(program: Command): void {
     .action(async (opts: VerifyOptions) => {
       process.exitCode = await runVerify(opts);
     });
+}
+
+function concatF32(parts: readonly Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((n, a) => n + a.length, 0));
+  let at = 0;
+  for (const a of parts) {
+    out.set(a, at);
+    at += a.length;
+  }
+  return out;
 }
