@@ -19,7 +19,7 @@ import { formatStats, runScenario, type ScenarioOptions, type StageStats } from 
 
 const skip = gpuSkipReason();
 
-const config = (preset: 'tiny' | 'flash', layers?: number, overrides?: Record<string, unknown>): ModelConfig =>
+const config = (preset: 'tiny' | 'flash' | 'pro', layers?: number, overrides?: Record<string, unknown>): ModelConfig =>
   modelConfigFrom(parseDeepSeekV4Config(modelPresetConfig({ preset, layers, expertDtype: 'fp8', seed: 1, overrides })));
 
 function checkStats(label: string, stats: Record<string, StageStats>): void {
@@ -71,3 +71,14 @@ for (const [layer, kind] of [[0, 'window-only'], [2, 'ratio 4 + indexer'], [3, '
     checkStats(`flash L${layer}`, stats);
   });
 }
+
+// pro-like: 128 heads and top-1024 on the ratio-4 layer (pro's layer 2), decode only, histories past 4096 tokens
+test('GPU attention == CPU, pro-like ratio 4 + indexer layer 2: decode batch of 3 at 40..4400 (top-1024 of 1100)', { skip }, (t) => {
+  const stats = runScenario({
+    config: config('pro', 4), layer: 2, blockRows: 64, seed: 31, maxContext: 8192,
+    seqs: [{ start: 40 }, { start: 4100 }, { start: 4400, tieKeys: true }],
+    calls: Array.from({ length: 2 }, () => [0, 1, 2].map((seq) => ({ seq, len: 1 }))),
+  });
+  t.diagnostic(formatStats('pro L2', stats));
+  checkStats('pro L2', stats);
+});
