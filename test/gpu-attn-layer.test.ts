@@ -50,7 +50,7 @@ const TINY_SEQS = [{ start: 0 }, { start: 0 }, { start: 120 }, { start: 0 }, { s
 for (const [layer, kind] of [[0, 'window-only'], [1, 'ratio 4 + indexer'], [2, 'ratio 128']] as const) {
   test(`GPU attention == CPU, tiny ${kind} layer ${layer}: prefill, chunked prefill, decode batch of 5 (lengths 1..160)`, { skip }, (t) => {
     const stats = runScenario({ config: config('tiny'), layer, blockRows: 4, seed: 11 + layer, seqs: TINY_SEQS, calls: TINY_CALLS });
-    t.diagnostic(formatStats(`tiny L${layer}`, stats));
+    for (const line of formatStats(`tiny L${layer}`, stats).split('\n')) t.diagnostic(line);
     checkStats(`tiny L${layer}`, stats);
     if (layer === 1) assert.ok(stats['indexer picks'].values > 0);
   });
@@ -67,7 +67,7 @@ const FLASH_CALLS: ScenarioOptions['calls'] = [
 for (const [layer, kind] of [[0, 'window-only'], [2, 'ratio 4 + indexer'], [3, 'ratio 128']] as const) {
   test(`GPU attention == CPU, flash-like ${kind} layer ${layer}: 160-token prefill, decode batch of 5 at 1..5003`, { skip }, (t) => {
     const stats = runScenario({ config: config('flash', 4), layer, blockRows: 64, seed: 21 + layer, seqs: FLASH_SEQS, calls: FLASH_CALLS, maxContext: 8192 });
-    t.diagnostic(formatStats(`flash L${layer}`, stats));
+    for (const line of formatStats(`flash L${layer}`, stats).split('\n')) t.diagnostic(line);
     checkStats(`flash L${layer}`, stats);
   });
 }
@@ -79,6 +79,6 @@ test('GPU attention == CPU, pro-like ratio 4 + indexer layer 2: decode batch of 
     seqs: [{ start: 40 }, { start: 4100 }, { start: 4400, tieKeys: true }],
     calls: Array.from({ length: 2 }, () => [0, 1, 2].map((seq) => ({ seq, len: 1 }))),
   });
-  t.diagnostic(formatStats('pro L2', stats));
+  for (const line of formatStats('pro L2', stats).split('\n')) t.diagnostic(line);
   checkStats('pro L2', stats);
 });
