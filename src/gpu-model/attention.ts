@@ -1,0 +1,443 @@
+// Launchers of the attention-side kernels (src/kernels/attention.cu, compressor.cu, indexer.cu) over the paged caches
+// of kv-cache.ts: one layer's attention of V4-MODEL 4 from the point where the projections are done (the GEMMs, norms
+// and RoPE of q / kv are the ops path's) to the attention output before wo_a.
+//
+//   using attn = GpuAttention.createSync(config, cache, { maxRows: 4096, maxItems: 64 });
+//   attn.begin([{ seq, pos, len }, ...], stream);     // grows the caches, uploads tables and row metadata
+//   attn.kvFp8Sim(kv);                                // V4-MODEL 4.2's FP8 simulation, in place
+//   attn.compress(layer, { a, g, ape, norm });         // main compressor (ratio > 0): pooled entries -> cache
+//   attn.compress(layer, { ... }, true);               // the indexer's compressor (ratio 4)
+//   attn.indexerPrepare(qI, wI); const picks = attn.indexerSelect(layer, qI, wI);   // ratio 4
+//   attn.attend(layer, { q, kv, sink, out, picks });   // sparse attention with sink, out de-rotated
+//   attn.storeWindow(layer, kv);                       // the ring, after attention
+//
+// Per call order matters and is the CPU's (model.ts attention()): compressors before attention (entries completed by
+// this call are visible to it), the ring written after it. Everything is queued on one stream; nothing syncs.
+// Every check below runs before a launch and throws AttentionArgError naming the fix; the pure check functions are
+// exported so the CPU tests exercise them without a GPU.
+import { arg, DeviceBuffer, DeviceTensor, loadKernelSync, type Kernel, type StreamLike } from '../cuda/index.js';
+import {
+  ATTENTION_ENTRIES, ATTENTION_SOURCE, ATTN_MAX_GROUP_DIMS, ATTN_THREADS, COMPRESSOR_ENTRIES, COMPRESSOR_MAX_DC, COMPRESSOR_SOURCE,
+  COMPRESSOR_THREADS, INDEXER_ENTRIES, INDEXER_KEYS_PER_CTA, INDEXER_PREP_MAX_DI, INDEXER_PREP_THREADS, INDEXER_SCORE_THREADS,
+  INDEXER_SOURCE, INDEXER_TOPK_THREADS,
+} from '../kernels/attention.js';
+import type { ModelConfig } from '../model/config.js';
+import { ropeFrequencies } from '../model/rope.js';
+import type { DType } from '../tensor/host.js';
+import { KvCacheCapacityError, type KvSequence } from './kv-allocator.js';
+import type { GpuKvCache } from './kv-cache.js';
+
+const fr = Math.fround;
+
+export class AttentionArgError extends Error {
+  constructor(message: string, readonly fix: string) {
+    super(`${message}; ${fix}`);
+    this.name = 'AttentionArgError';
+  }
+}
+
+/** Shared-memory ceiling the launchers plan with (H100 / H200 opt-in limit is 227 KiB; keep headroom for statics). */
+export const ATTN_SMEM_LIMIT = 220 * 1024;
+
+/** The shape facts the kernels need, from the model config. */
+export interface AttnShape {
+  heads: number;
+  headDim: number;
+  ropeDim: number;
+  window: number;
+  indexHeads: number;
+  indexHeadDim: number;
+  indexTopk: number;
+  normEps: number;
+  ratios: readonly number[];
+  maxContext: number;
+}
+
+export function attnShapeFrom(c: ModelConfig, maxContext = c.maxContext): AttnShape {
+  return {
+    heads: c.nHeads, headDim: c.headDim, ropeDim: c.ropeHeadDim, window: c.windowSize, indexHeads: c.indexNHeads,
+    indexHeadDim: c.indexHeadDim, indexTopk: c.indexTopk, normEps: c.normEps, ratios: c.compressRatios, maxContext,
+  };
+}
+
+const isPow2 = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
+
+/** What the straightforward kernels support; throws naming the dimension. */
+export function checkAttnShape(s: AttnShape): void {
+  const bad = (m: string, fix: string) => new AttentionArgError(`GPU attention: ${m}`, fix);
+  if (!(isPow2(s.headDim) && s.headDim >= 64 && s.headDim <= 512)) {
+    throw bad(`head_dim ${s.headDim} is not a power of two in [64, 512]`, 'the attention kernel maps dim pairs onto 256 threads; other head sizes need another thread mapping');
+  }
+  if (s.headDim > COMPRESSOR_MAX_DC) throw bad(`head_dim ${s.headDim} exceeds the compressor's ${COMPRESSOR_MAX_DC}`, 'raise kMaxDc in compressor.cu');
+  if (s.ropeDim % 2 !== 0 || s.ropeDim > s.headDim || s.ropeDim > s.indexHeadDim) throw bad(`rope dim ${s.ropeDim} must be even and fit the head dims`, 'check qk_rope_head_dim');
+  if ((s.headDim - s.ropeDim) % 64 !== 0) throw bad(`nope dims ${s.headDim - s.ropeDim} are not a multiple of 64`, 'the kv FP8 simulation works on blocks of 64');
+  if (!(isPow2(s.indexHeadDim) && s.indexHeadDim >= 32 && s.indexHeadDim <= Math.min(INDEXER_PREP_MAX_DI, COMPRESSOR_MAX_DC))) {
+    throw bad(`index_head_dim ${s.indexHeadDim} is not a power of two in [32, 512]`, 'the Hadamard and FP4 blocks need a power of two');
+  }
+  if (!(Number.isInteger(s.heads) && s.heads >= 1)) throw bad(`${s.heads} heads`, 'num_attention_heads must be a positive integer');
+  if (indexerScoreSmemBytes(s.indexHeads, s.indexHeadDim) > ATTN_SMEM_LIMIT) {
+    throw bad(`the indexer query (${s.indexHeads} x ${s.indexHeadDim}) does not fit one CTA's shared memory`, 'split the indexer heads over CTAs (not built)');
+  }
+}
+
+/** Keys a query at position T attends (V4-MODEL 4.6): window + compressed (all visible, or the indexer's top-k). */
+export function attentionKeyCount(T: number, window: number, ratio: number, topk: number, indexer: boolean): number {
+  const nw = Math.min(T + 1, window);
+  if (ratio <= 0) return nw;
+  const visible = Math.floor((T + 1) / ratio);
+  return nw + (indexer ? Math.min(topk, visible) : visible);
+}
+
+export function attentionSmemBytes(hpb: number, d: number, maxKeys: number): number {
+  return maxKeys * 8 + hpb * d * 4 + hpb * maxKeys * 4;
+}
+
+/**
+ * Heads per CTA: the largest power of two dividing H with hpb * d <= the kernel's register budget and the key list,
+ * the group's queries and scores in shared memory. Throws when even one head does not fit.
+ */
+export function chooseHeadsPerCta(H: number, d: number, maxKeys: number, smemLimit = ATTN_SMEM_LIMIT): number {
+  for (let hpb = 64; hpb >= 1; hpb >>= 1) {
+    if (H % hpb !== 0 || hpb * d > ATTN_MAX_GROUP_DIMS) continue;
+    if (attentionSmemBytes(hpb, d, maxKeys) <= smemLimit) return hpb;
+  }
+  throw new AttentionArgError(`GPU attention: ${maxKeys} keys per query do not fit shared memory even one head per CTA (${attentionSmemBytes(1, d, maxKeys)} B > ${smemLimit} B)`,
+    'shorten the context (a ratio-128 layer attends every compressed block: (T+1)/128 of them) or use a split-K attention kernel (not built)');
+}
+
+export function indexerScoreSmemBytes(Hi: number, di: number): number {
+  return (INDEXER_SCORE_THREADS / 32) * INDEXER_KEYS_PER_CTA * 8 + Hi * di * 4 + Hi * 4 + INDEXER_KEYS_PER_CTA * (di + 1) * 4;
+}
+
+/** One item of a call: `len` new tokens of `seq` at positions pos..pos+len-1. */
+export interface AttnCallItem {
+  seq: KvSequence;
+  pos: number;
+  len: number;
+}
+
+/** The row layout of one call (items one after another), as uploaded to the device. */
+export interface AttnCallPlan {
+  rows: number;
+  nItems: number;
+  /** int32 [nItems, 4]: slot, pos, len, first row */
+  items: Int32Array;
+  /** int32 [rows]: item of each row */
+  rowItem: Int32Array;
+  /** position of each row */
+  positions: Int32Array;
+  /** largest new compressed blocks of one item, per ratio (grid.y of the compressor) */
+  maxPos: number;
+}
+
+export interface AttnLimits {
+  maxRows: number;
+  maxItems: number;
+  maxContext: number;
+}
+
+/** Checks a call's items and lays out its rows (pure). */
+export function planAttentionCall(items: readonly AttnCallItem[], limits: AttnLimits): AttnCallPlan {
+  const bad = (m: string, fix: string) => new AttentionArgError(`GPU attention call: ${m}`, fix);
+  if (items.length === 0) throw bad('no items', 'pass at least one { seq, pos, len }');
+  if (items.length > limits.maxItems) throw bad(`${items.length} items exceed maxItems ${limits.maxItems}`, 'split the batch or create GpuAttention with a larger maxItems');
+  let rows = 0;
+  const seen = new Set<number>();
+  for (const [i, it] of items.entries()) {
+    if (!(Number.isInteger(it.pos) && it.pos >= 0)) throw bad(`item ${i}: pos ${it.pos} is not a non-negative integer`, 'pass the position of the first new token');
+    if (!(Number.isInteger(it.len) && it.len >= 1)) throw bad(`item ${i}: len ${it.len} is not a positive integer`, 'every item brings at least one token');
+    if (it.pos + it.len > limits.maxContext) throw bad(`item ${i}: positions up to ${it.pos + it.len} exceed the maximum context ${limits.maxContext}`, 'shorten the sequence or build the cache with a larger maxContext');
+    if (it.seq.released) throw bad(`item ${i}: sequence ${it.seq.id} was released`, 'admit it again');
+    if (seen.has(it.seq.id)) throw bad(`item ${i}: sequence ${it.seq.id} appears twice`, 'pass all of a sequence\'s new tokens in one item');
+    seen.add(it.seq.id);
+    rows += it.len;
+  }
+  if (rows > limits.maxRows) throw bad(`${rows} rows exceed maxRows ${limits.maxRows}`, 'chunk the prefill or create GpuAttention with a larger maxRows');
+  const plan: AttnCallPlan = { rows, nItems: items.length, items: new Int32Array(items.length * 4), rowItem: new Int32Array(rows), positions: new Int32Array(rows), maxPos: 0 };
+  let r = 0;
+  for (const [i, it] of items.entries()) {
+    plan.items.set([it.seq.slot, it.pos, it.len, r], i * 4);
+    for (let j = 0; j < it.len; j++, r++) { plan.rowItem[r] = i; plan.positions[r] = it.pos + j; }
+    plan.maxPos = Math.max(plan.maxPos, it.pos + it.len - 1);
+  }
+  return plan;
+}
+
+/** New compressed blocks an item completes: floor((P+L)/r) - floor(P/r); the largest over items (compressor grid.y). */
+export function maxNewBlocks(plan: AttnCallPlan, ratio: number): number {
+  let m = 0;
+  for (let i = 0; i < plan.nItems; i++) {
+    const P = plan.items[i * 4 + 1]; const L = plan.items[i * 4 + 2];
+    m = Math.max(m, Math.floor((P + L) / ratio) - Math.floor(P / ratio));
+  }
+  return m;
+}
+
+interface TensorLike { dtype: DType; shape: readonly number[] }
+
+/** dtype and shape check of one launcher argument (leading dim may be larger than the call's rows). */
+export function checkTensor(what: string, t: TensorLike | undefined, dtype: DType, shape: readonly number[], fix: string): void {
+  const want = `${dtype}[${shape.join(', ')}]`;
+  if (!t) throw new AttentionArgError(`GPU attention: ${what} is missing, expected ${want}`, fix);
+  const ok = t.dtype === dtype && t.shape.length === shape.length && t.shape.every((d, i) => (i === 0 ? d >= shape[0] : d === shape[i]));
+  if (!ok) throw new AttentionArgError(`GPU attention: ${what} is ${t.dtype}[${t.shape.join(', ')}], expected ${want} (leading dim at least ${shape[0]})`, fix);
+}
+
+/** Whether layer `layer` has a compressor / an indexer (V4-MODEL 0.2). */
+export function layerRatio(s: AttnShape, layer: number): { ratio: number; indexer: boolean } {
+  if (!(Number.isInteger(layer) && layer >= 0 && layer < s.ratios.length)) {
+    throw new AttentionArgError(`GPU attention: layer ${layer} is outside [0, ${s.ratios.length})`, 'pass a main layer index, or nLayers + j for MTP layer j');
+  }
+  const ratio = s.ratios[layer];
+  return { ratio, indexer: ratio === 4 };
+}
+
+export interface CompressInputs {
+  /** wkv x, F32 [rows, c * dc] */
+  a: DeviceTensor;
+  /** wgate x (without ape), F32 [rows, c * dc] */
+  g: DeviceTensor;
+  /** F32 [ratio, c * dc] */
+  ape: DeviceTensor;
+  /** F32 [dc], the compressor's RMSNorm weight */
+  norm: DeviceTensor;
+}
+
+export interface AttendInputs {
+  /** BF16 [rows, H, d]: renormed, rotated queries */
+  q: DeviceTensor;
+  /** BF16 [rows, d]: this call's K = V rows after kvFp8Sim */
+  kv: DeviceTensor;
+  /** F32 [H] */
+  sink: DeviceTensor;
+  /** BF16 [rows, H, d] */
+  out: DeviceTensor;
+  /** I32 [rows, indexTopk] from indexerSelect (ratio-4 layers) */
+  picks?: DeviceTensor;
+}
+
+export interface GpuAttentionOptions {
+  maxRows: number;
+  maxItems: number;
+  /** Rows per indexer scoring pass (the scores scratch holds this many rows x maxContext/4). Default 64. */
+  indexerChunkRows?: number;
+}
+
+/** The attention kernels of one model, bound to one cache. */
+export class GpuAttention implements Disposable {
+  readonly shape: AttnShape;
+  readonly cache: GpuKvCache;
+  readonly limits: AttnLimits;
+  /** I32 [maxRows, indexTopk]: indexerSelect's output */
+  readonly picks: DeviceTensor<'I32'>;
+  private readonly k: Record<'kvSim' | 'store' | 'sparse' | 'pool' | 'state' | 'prep' | 'scores' | 'topk', Kernel>;
+  private readonly meta: DeviceBuffer;
+  private readonly freqPlain: DeviceBuffer;
+  private readonly freqComp: DeviceBuffer;
+  private readonly scores: DeviceBuffer;
+  private readonly chunkRows: number;
+  private readonly maxVisible: number;
+  private plan: AttnCallPlan | undefined;
+  private disposed = false;
+
+  private constructor(config: ModelConfig, cache: GpuKvCache, o: GpuAttentionOptions) {
+    this.shape = attnShapeFrom(config, cache.plan.layout.maxContext);
+    checkAttnShape(this.shape);
+    this.cache = cache;
+    for (const [k, v] of Object.entries({ maxRows: o.maxRows, maxItems: o.maxItems })) {
+      if (!(Number.isInteger(v) && v >= 1)) throw new AttentionArgError(`GpuAttention: ${k} ${v} is not a positive integer`, `pass ${k}`);
+    }
+    this.limits = { maxRows: o.maxRows, maxItems: o.maxItems, maxContext: this.shape.maxContext };
+    this.chunkRows = o.indexerChunkRows ?? 64;
+    this.maxVisible = Math.floor(this.shape.maxContext / 4);
+    const load = (source: string, entry: string) => loadKernelSync({ source, entry });
+    this.k = {
+      kvSim: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.kvFp8Sim),
+      store: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.windowStore),
+      sparse: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.sparse).setMaxDynamicSharedMemory(ATTN_SMEM_LIMIT),
+      pool: load(COMPRESSOR_SOURCE, COMPRESSOR_ENTRIES.pool),
+      state: load(COMPRESSOR_SOURCE, COMPRESSOR_ENTRIES.state),
+      prep: load(INDEXER_SOURCE, INDEXER_ENTRIES.prepare),
+      scores: load(INDEXER_SOURCE, INDEXER_ENTRIES.scores).setMaxDynamicSharedMemory(ATTN_SMEM_LIMIT),
+      topk: load(INDEXER_SOURCE, INDEXER_ENTRIES.topk),
+    };
+    const made: Array<DeviceBuffer | DeviceTensor> = [];
+    try {
+      this.meta = DeviceBuffer.alloc((o.maxItems * 4 + o.maxRows) * 4); made.push(this.meta);
+      const s = this.shape;
+      this.freqPlain = DeviceBuffer.alloc(s.ropeDim * 2); made.push(this.freqPlain);
+      this.freqPlain.copyFromHost(ropeFrequencies(s.ropeDim, config.ropeTheta));
+      this.freqComp = DeviceBuffer.alloc(s.ropeDim * 2); made.push(this.freqComp);
+      this.freqComp.copyFromHost(ropeFrequencies(s.ropeDim, config.compressRopeTheta, config.yarn));
+      this.scores = DeviceBuffer.alloc(this.chunkRows * Math.max(1, this.maxVisible) * 2); made.push(this.scores);
+      this.picks = DeviceTensor.empty('I32', [o.maxRows, Math.max(1, s.indexTopk)]); made.push(this.picks);
+    } catch (err) {
+      for (const b of made) b.dispose();
+      throw err;
+    }
+  }
+
+  static createSync(config: ModelConfig, cache: GpuKvCache, options: GpuAttentionOptions): GpuAttention {
+    return new GpuAttention(config, cache, options);
+  }
+
+  private get itemsPtr(): bigint { return this.meta.ptr; }
+  private get rowItemPtr(): bigint { return this.meta.ptr + BigInt(this.limits.maxItems * 16); }
+
+  /** The current call's plan (after begin()). */
+  get call(): AttnCallPlan {
+    if (!this.plan) throw new AttentionArgError('GPU attention: no call begun', 'call begin(items) first');
+    return this.plan;
+  }
+
+  /**
+   * Starts a call: checks the items, grows each sequence's blocks to pos + len (KvCacheCapacityError when the pool
+   * is full: nothing is allocated then), uploads changed block tables and the row metadata on `stream`.
+   */
+  begin(items: readonly AttnCallItem[], stream?: StreamLike): AttnCallPlan {
+    const plan = planAttentionCall(items, this.limits);
+    // check every growth first, so a refusal leaves all sequences as they were
+    const need = items.map((it) => it.pos + it.len);
+    const alloc = this.cache.allocator;
+    for (let k = 0; k < alloc.plan.kinds.length; k++) {
+      let extra = 0;
+      for (const [i, it] of items.entries()) extra += Math.max(0, alloc.blocksFor(k, need[i]) - it.seq.blocks[k].length);
+      if (extra > alloc.freeBlocks(k)) {
+        const kp = alloc.plan.kinds[k];
+        throw new KvCacheCapacityError(`GPU attention call: its ${items.length} items need ${extra} more "${kp.kind.name}" cache blocks but only ${alloc.freeBlocks(k)} of ${kp.blocks} are free`,
+          "run fewer sequences in this step, release finished sequences, or give the cache more memory (memoryFraction, fewer maxSequences)");
+      }
+    }
+    for (const [i, it] of items.entries()) alloc.ensureLength(it.seq, need[i]);
+    this.cache.syncTables(stream);
+    this.meta.copyFromHost(plan.items, { stream });
+    this.meta.copyFromHost(plan.rowItem, { stream, offset: this.limits.maxItems * 16 });
+    this.plan = plan;
+    return plan;
+  }
+
+  /** V4-MODEL 4.2: FP8 simulation of the nope dims of this call's kv rows, in place (BF16 [rows, d]). */
+  kvFp8Sim(kv: DeviceTensor, stream?: StreamLike): void {
+    const p = this.call; const s = this.shape;
+    checkTensor('kv', kv, 'BF16', [p.rows, s.headDim], 'pass the K = V rows as BF16 [rows, head_dim]');
+    const nblk = (s.headDim - s.ropeDim) / 64;
+    if (nblk === 0) return;
+    this.k.kvSim.launch({ grid: Math.ceil((p.rows * nblk) / 128), block: 128, stream }, [kv, arg.i32(p.rows), arg.i32(s.headDim), arg.i32(s.headDim - s.ropeDim)]);
+  }
+
+  /** The compressor of layer `layer` (main, or the indexer's with indexer = true) over this call's rows. */
+  compress(layer: number, x: CompressInputs, indexer = false, stream?: StreamLike): void {
+    const p = this.call; const s = this.shape;
+    const { ratio, indexer: hasIdx } = layerRatio(s, layer);
+    if (ratio <= 0) throw new AttentionArgError(`GPU attention: layer ${layer} is window-only (ratio 0)`, 'call compress only on compressed layers');
+    if (indexer && !hasIdx) throw new AttentionArgError(`GPU attention: layer ${layer} (ratio ${ratio}) has no indexer`, 'the indexer exists on ratio-4 layers only');
+    const st = this.cache.stateView(layer, indexer);
+    const L = st.layout;
+    const fix = `pass the compressor projections as F32 [rows, ${L.width}] (c * d_c)`;
+    checkTensor('compressor a', x.a, 'F32', [p.rows, L.width], fix);
+    checkTensor('compressor g', x.g, 'F32', [p.rows, L.width], fix);
+    checkTensor('compressor ape', x.ape, 'F32', [ratio, L.width], `pass ape as F32 [${ratio}, ${L.width}]`);
+    checkTensor('compressor norm', x.norm, 'F32', [L.dc], `pass the norm weight as F32 [${L.dc}]`);
+    const pv = this.cache.paged(this.cache.compressedKind(layer, indexer), layer);
+    const freqs = this.freqComp;
+    const gy = maxNewBlocks(p, ratio);
+    if (gy > 0) {
+      this.k.pool.launch({ grid: [p.nItems, gy], block: COMPRESSOR_THREADS, stream }, [
+        x.a, x.g, x.ape, x.norm, freqs, arg.ptr(st.ptr), arg.i32(st.slotStride),
+        arg.ptr(pv.base), arg.ptr(pv.table), arg.i32(pv.tableStride), arg.i32(pv.blockRows), arg.i32(pv.layerSlot), arg.i32(pv.layersPerBlock),
+        arg.ptr(this.itemsPtr), arg.i32(ratio), arg.i32(L.overlap ? 1 : 0), arg.i32(L.dc), arg.i32(s.ropeDim), arg.i32(indexer ? 1 : 0), arg.f32(s.normEps),
+      ]);
+    }
+    const tail = Math.min(L.slots, Math.max(...Array.from({ length: p.nItems }, (_, i) => p.items[i * 4 + 2])));
+    this.k.state.launch({ grid: [p.nItems, tail], block: COMPRESSOR_THREADS, stream }, [
+      x.a, x.g, x.ape, arg.ptr(st.ptr), arg.i32(st.slotStride), arg.ptr(this.itemsPtr), arg.i32(ratio), arg.i32(L.overlap ? 1 : 0), arg.i32(L.dc),
+    ]);
+  }
+
+  /** V4-MODEL 4.5's query side: qI BF16 [rows, Hi, di] and wI BF16 [rows, Hi] (weights_proj x), both in place. */
+  indexerPrepare(qI: DeviceTensor, wI: DeviceTensor, stream?: StreamLike): void {
+    const p = this.call; const s = this.shape;
+    checkTensor('indexer q', qI, 'BF16', [p.rows, s.indexHeads, s.indexHeadDim], `pass qI = indexer.wq_b(qr) as BF16 [rows, ${s.indexHeads}, ${s.indexHeadDim}]`);
+    checkTensor('indexer weights', wI, 'BF16', [p.rows, s.indexHeads], `pass weights_proj(x) as BF16 [rows, ${s.indexHeads}]`);
+    const wscale = fr(fr(1 / Math.sqrt(s.indexHeadDim)) * fr(1 / Math.sqrt(s.indexHeads)));
+    this.k.prep.launch({ grid: [p.rows, s.indexHeads], block: INDEXER_PREP_THREADS, stream }, [
+      qI, wI, arg.ptr(this.itemsPtr), arg.ptr(this.rowItemPtr), this.freqComp, arg.i32(s.indexHeads), arg.i32(s.indexHeadDim), arg.i32(s.ropeDim), arg.f32(wscale),
+    ]);
+  }
+
+  /** Scores + top-k of layer `layer`'s indexer for every row of the call; returns `picks` (I32 [maxRows, topk]). */
+  indexerSelect(layer: number, qI: DeviceTensor, wI: DeviceTensor, stream?: StreamLike): DeviceTensor<'I32'> {
+    const p = this.call; const s = this.shape;
+    if (!layerRatio(s, layer).indexer) throw new AttentionArgError(`GPU attention: layer ${layer} has no indexer`, 'the indexer exists on ratio-4 layers only');
+    checkTensor('indexer q', qI, 'BF16', [p.rows, s.indexHeads, s.indexHeadDim], 'pass the prepared qI');
+    checkTensor('indexer weights', wI, 'BF16', [p.rows, s.indexHeads], 'pass the prepared wI');
+    const pv = this.cache.paged('indexer', layer);
+    const smem = indexerScoreSmemBytes(s.indexHeads, s.indexHeadDim);
+    for (let rb = 0; rb < p.rows; rb += this.chunkRows) {
+      const n = Math.min(this.chunkRows, p.rows - rb);
+      let vis = 0;
+      for (let r = rb; r < rb + n; r++) vis = Math.max(vis, Math.floor((p.positions[r] + 1) / 4));
+      if (vis > s.indexTopk) {
+        this.k.scores.launch({ grid: [n, Math.ceil(vis / INDEXER_KEYS_PER_CTA)], block: INDEXER_SCORE_THREADS, sharedMemBytes: smem, stream }, [
+          qI, wI, arg.ptr(pv.base), arg.ptr(pv.table), arg.i32(pv.tableStride), arg.i32(pv.blockRows), arg.i32(pv.layerSlot), arg.i32(pv.layersPerBlock),
+          arg.ptr(this.itemsPtr), arg.ptr(this.rowItemPtr), arg.ptr(this.scores.ptr), arg.i32(this.maxVisible), arg.i32(rb),
+          arg.i32(s.indexHeads), arg.i32(s.indexHeadDim), arg.i32(4), arg.i32(s.indexTopk),
+        ]);
+      }
+      this.k.topk.launch({ grid: n, block: INDEXER_TOPK_THREADS, stream }, [
+        arg.ptr(this.scores.ptr), arg.i32(this.maxVisible), arg.i32(rb), arg.ptr(this.itemsPtr), arg.ptr(this.rowItemPtr),
+        this.picks, arg.i32(this.picks.shape[1]), arg.i32(4), arg.i32(s.indexTopk),
+      ]);
+    }
+    return this.picks;
+  }
+
+  /** Sparse attention with sink over window + compressed keys, for every row of the call (V4-MODEL 4.6 / 4.7). */
+  attend(layer: number, x: AttendInputs, stream?: StreamLike): void {
+    const p = this.call; const s = this.shape;
+    const { ratio, indexer } = layerRatio(s, layer);
+    const qShape = [p.rows, s.heads, s.headDim];
+    checkTensor('q', x.q, 'BF16', qShape, `pass the queries as BF16 [rows, ${s.heads}, ${s.headDim}]`);
+    checkTensor('kv', x.kv, 'BF16', [p.rows, s.headDim], `pass the K = V rows as BF16 [rows, ${s.headDim}]`);
+    checkTensor('sink', x.sink, 'F32', [s.heads], `pass attn_sink as F32 [${s.heads}]`);
+    checkTensor('out', x.out, 'BF16', qShape, `pass an output BF16 [rows, ${s.heads}, ${s.headDim}]`);
+    if (indexer) checkTensor('picks', x.picks, 'I32', [p.rows, s.indexTopk], 'pass indexerSelect()\'s result on a ratio-4 layer');
+    let maxKeys = 1;
+    for (let r = 0; r < p.rows; r++) maxKeys = Math.max(maxKeys, attentionKeyCount(p.positions[r], s.window, ratio, s.indexTopk, indexer));
+    const hpb = chooseHeadsPerCta(s.heads, s.headDim, maxKeys);
+    const win = this.cache.paged('window', layer);
+    const comp = ratio > 0 ? this.cache.paged(this.cache.compressedKind(layer, false), layer) : undefined;
+    const sigma = fr(1 / Math.sqrt(s.headDim));
+    this.k.sparse.launch({ grid: [p.rows, s.heads / hpb], block: ATTN_THREADS, sharedMemBytes: attentionSmemBytes(hpb, s.headDim, maxKeys), stream }, [
+      x.q, x.kv, arg.ptr(win.base), arg.ptr(win.table), arg.i32(win.tableStride),
+      arg.ptr(comp?.base), arg.ptr(comp?.table), arg.i32(comp?.tableStride ?? 0),
+      arg.i32(win.blockRows), arg.i32(win.layerSlot), arg.i32(win.layersPerBlock), arg.i32(comp?.layerSlot ?? 0), arg.i32(comp?.layersPerBlock ?? 1),
+      arg.ptr(indexer ? x.picks : null), arg.i32(indexer ? x.picks!.shape[1] : 0),
+      arg.ptr(this.itemsPtr), arg.ptr(this.rowItemPtr), x.sink, ratio > 0 ? this.freqComp : this.freqPlain, x.out,
+      arg.i32(s.heads), arg.i32(s.headDim), arg.i32(s.ropeDim), arg.i32(s.window), arg.i32(ratio), arg.i32(s.indexTopk),
+      arg.i32(hpb), arg.i32(maxKeys), arg.f32(sigma),
+    ]);
+  }
+
+  /** The window ring update (after attend): the last min(len, win) rows of each item to ring row pos mod win. */
+  storeWindow(layer: number, kv: DeviceTensor, stream?: StreamLike): void {
+    const p = this.call; const s = this.shape;
+    layerRatio(s, layer);
+    checkTensor('kv', kv, 'BF16', [p.rows, s.headDim], `pass the K = V rows as BF16 [rows, ${s.headDim}]`);
+    const win = this.cache.paged('window', layer);
+    const tail = Math.min(s.window, Math.max(...Array.from({ length: p.nItems }, (_, i) => p.items[i * 4 + 2])));
+    this.k.store.launch({ grid: [p.nItems, tail], block: 128, stream }, [
+      kv, arg.i32(s.headDim), arg.i32(s.window), arg.ptr(win.base), arg.ptr(win.table), arg.i32(win.tableStride), arg.i32(win.blockRows),
+      arg.i32(win.layerSlot), arg.i32(win.layersPerBlock), arg.ptr(this.itemsPtr),
+    ]);
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    for (const b of [this.meta, this.freqPlain, this.freqComp, this.scores]) b.dispose();
+    this.picks.dispose();
+  }
+
+  [Symbol.dispose](): void { this.dispose(); }
+}

@@ -1,0 +1,94 @@
+// The GPU attention launchers' pure parts (src/gpu-model/attention.ts): call planning and its refusals, key counts,
+// the heads-per-CTA choice, shape and tensor checks, and the kernel registrations. CPU only: these run before any
+// launch, so a bad call fails here with its fix instead of in a kernel.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { parseDeepSeekV4Config } from '../src/checkpoint/config.js';
+import { registeredKernels } from '../src/cuda/kernel-registry.js';
+import {
+  AttentionArgError, attentionKeyCount, attentionSmemBytes, attnShapeFrom, checkAttnShape, checkTensor, chooseHeadsPerCta, layerRatio,
+  maxNewBlocks, planAttentionCall, ATTN_SMEM_LIMIT,
+} from '../src/gpu-model/attention.js';
+import type { KvSequence } from '../src/gpu-model/kv-allocator.js';
+import { modelPresetConfig } from '../src/model/checkpoint-writer.js';
+import { modelConfigFrom } from '../src/model/config.js';
+import '../src/kernels/attention.js';
+
+const config = (preset: 'tiny' | 'flash' | 'pro', layers?: number, overrides?: Record<string, unknown>) =>
+  modelConfigFrom(parseDeepSeekV4Config(modelPresetConfig({ preset, layers, expertDtype: 'fp8', seed: 1, overrides })));
+
+const seq = (id: number, slot = id): KvSequence => ({ id, slot, length: 0, blocks: [], released: false });
+const limits = { maxRows: 64, maxItems: 4, maxContext: 1000 };
+const argErr = (re: RegExp) => (e: unknown) => e instanceof AttentionArgError && re.test(e.message);
+
+test('planAttentionCall lays rows out item after item with positions and first rows', () => {
+  const p = planAttentionCall([{ seq: seq(1, 3), pos: 10, len: 3 }, { seq: seq(2, 0), pos: 0, len: 1 }, { seq: seq(5, 1), pos: 99, len: 2 }], limits);
+  assert.equal(p.rows, 6);
+  assert.deepEqual(Array.from(p.items), [3, 10, 3, 0, 0, 0, 1, 3, 1, 99, 2, 4]);
+  assert.deepEqual(Array.from(p.rowItem), [0, 0, 0, 1, 2, 2]);
+  assert.deepEqual(Array.from(p.positions), [10, 11, 12, 0, 99, 100]);
+  assert.equal(maxNewBlocks(p, 4), 1); // 10..12 completes block 2 (t = 11); 99..100 none
+  assert.equal(maxNewBlocks(planAttentionCall([{ seq: seq(1), pos: 2, len: 37 }], limits), 4), 9); // blocks 0..8 end at 3..35
+});
+
+test('planAttentionCall refuses bad calls before any launch, naming the fix', () => {
+  assert.throws(() => planAttentionCall([], limits), argErr(/no items/));
+  assert.throws(() => planAttentionCall([1, 2, 3, 4, 5].map((i) => ({ seq: seq(i), pos: 0, len: 1 })), limits), argErr(/5 items exceed maxItems 4/));
+  assert.throws(() => planAttentionCall([{ seq: seq(1), pos: 0, len: 65 }], limits), argErr(/65 rows exceed maxRows 64.*chunk the prefill/));
+  assert.throws(() => planAttentionCall([{ seq: seq(1), pos: 990, len: 11 }], limits), argErr(/exceed the maximum context 1000/));
+  assert.throws(() => planAttentionCall([{ seq: seq(1), pos: 0, len: 0 }], limits), argErr(/len 0/));
+  assert.throws(() => planAttentionCall([{ seq: seq(1), pos: -1, len: 1 }], limits), argErr(/pos -1/));
+  assert.throws(() => planAttentionCall([{ seq: seq(1), pos: 0, len: 1 }, { seq: seq(1), pos: 1, len: 1 }], limits), argErr(/appears twice/));
+  assert.throws(() => planAttentionCall([{ seq: { ...seq(1), released: true }, pos: 0, len: 1 }], limits), argErr(/released/));
+});
+
+test('attentionKeyCount follows V4-MODEL 4.6: window, then all visible blocks or the top-k', () => {
+  assert.equal(attentionKeyCount(0, 128, 0, 512, false), 1);
+  assert.equal(attentionKeyCount(500, 128, 0, 512, false), 128);
+  assert.equal(attentionKeyCount(126, 128, 128, 512, false), 127); // block 0 not complete yet
+  assert.equal(attentionKeyCount(127, 128, 128, 512, false), 129);
+  assert.equal(attentionKeyCount(32767, 128, 128, 512, false), 128 + 256);
+  assert.equal(attentionKeyCount(2047, 128, 4, 512, true), 128 + 512);
+  assert.equal(attentionKeyCount(100000, 128, 4, 512, true), 128 + 512);
+  assert.equal(attentionKeyCount(18, 16, 4, 4, true), 16 + 4);
+});
+
+test('chooseHeadsPerCta: the largest power of two that divides H and fits registers and shared memory', () => {
+  assert.equal(chooseHeadsPerCta(64, 512, 640), 16); // 16 x 512 = the register budget
+  assert.equal(chooseHeadsPerCta(4, 128, 40), 4);
+  assert.equal(chooseHeadsPerCta(128, 512, 640), 16);
+  // ratio 128 at 1M tokens: 128 + 8192 keys -> fewer heads per CTA
+  const hpb = chooseHeadsPerCta(64, 512, 128 + 8192);
+  assert.ok(hpb < 16 && attentionSmemBytes(hpb, 512, 128 + 8192) <= ATTN_SMEM_LIMIT, `hpb ${hpb}`);
+  assert.throws(() => chooseHeadsPerCta(64, 512, 60000), argErr(/do not fit shared memory.*split-K/));
+  assert.equal(chooseHeadsPerCta(6, 128, 100), 2, 'H = 6: 2 divides it, 4 does not');
+});
+
+test('checkAttnShape accepts tiny, flash and pro and refuses what the kernels cannot do', () => {
+  for (const c of [config('tiny'), config('flash', 4), config('pro', 4)]) checkAttnShape(attnShapeFrom(c));
+  const s = attnShapeFrom(config('tiny'));
+  assert.throws(() => checkAttnShape({ ...s, headDim: 96 }), argErr(/head_dim 96/));
+  assert.throws(() => checkAttnShape({ ...s, headDim: 1024 }), argErr(/head_dim 1024/));
+  assert.throws(() => checkAttnShape({ ...s, indexHeadDim: 96 }), argErr(/index_head_dim 96/));
+  assert.throws(() => checkAttnShape({ ...s, indexHeads: 512, indexHeadDim: 512 }), argErr(/indexer query/));
+});
+
+test('checkTensor and layerRatio: dtype, shape (leading dim at least the rows) and layer kinds', () => {
+  checkTensor('q', { dtype: 'BF16', shape: [10, 4, 128] }, 'BF16', [8, 4, 128], 'fix');
+  assert.throws(() => checkTensor('q', { dtype: 'F32', shape: [8, 4, 128] }, 'BF16', [8, 4, 128], 'pass BF16'), argErr(/q is F32\[8, 4, 128\], expected BF16\[8, 4, 128\].*pass BF16/));
+  assert.throws(() => checkTensor('q', { dtype: 'BF16', shape: [7, 4, 128] }, 'BF16', [8, 4, 128], 'fix'), argErr(/leading dim at least 8/));
+  assert.throws(() => checkTensor('q', { dtype: 'BF16', shape: [8, 4, 64] }, 'BF16', [8, 4, 128], 'fix'), AttentionArgError);
+  assert.throws(() => checkTensor('picks', undefined, 'I32', [8, 4], 'pass picks'), argErr(/picks is missing/));
+  const s = attnShapeFrom(config('tiny'));
+  assert.deepEqual([0, 1, 2, 3].map((l) => layerRatio(s, l)), [
+    { ratio: 0, indexer: false }, { ratio: 4, indexer: true }, { ratio: 128, indexer: false }, { ratio: 0, indexer: false }]);
+  assert.throws(() => layerRatio(s, 4), argErr(/layer 4 is outside \[0, 4\)/));
+});
+
+test('the attention, compressor and indexer kernels are registered for `megamoe kernels --check`', () => {
+  const names = new Map(registeredKernels().map((k) => [k.name, k]));
+  assert.match(names.get('attention')!.entry!, /attn_sparse/);
+  assert.match(names.get('compressor')!.entry!, /attn_compress_pool.*attn_compress_state/);
+  assert.match(names.get('indexer')!.entry!, /attn_indexer_prepare.*attn_indexer_scores.*attn_indexer_topk/);
+  for (const n of ['attention', 'compressor', 'indexer']) assert.equal(names.get(n)!.variants.length, 1);
+});

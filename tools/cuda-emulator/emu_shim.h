@@ -1,0 +1,69 @@
+// The CUDA device vocabulary the attention-side kernels use (src/kernels/attention.cu, compressor.cu, indexer.cu),
+// mapped onto host C++ so the same source runs on a CPU: every CUDA thread of a block is a fiber, blocks run one
+// after another, __syncthreads and the warp shuffles are cooperative barriers. For checking a kernel's LOGIC
+// (indexing, barriers, rounding) on a machine without a GPU; it says nothing about speed. Only kernels written in
+// plain CUDA C++ can run here (no PTX asm, no wgmma / TMA).
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <algorithm>
+
+using std::max;
+using std::min;
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+
+namespace emu {
+struct Dim3 { unsigned x, y, z; };
+struct Fiber;
+Fiber* current();
+const Dim3& thread_idx();
+extern Dim3 g_block_idx, g_block_dim, g_grid_dim;
+unsigned char* dyn_smem();
+void sync_block();
+void sync_warp();
+// lane values of the calling warp: write own, read another lane's (with the two barriers around it)
+uint64_t exchange(uint64_t mine, int src_lane);
+int lane_id();
+}  // namespace emu
+
+#define threadIdx (emu::thread_idx())
+#define blockIdx (emu::g_block_idx)
+#define blockDim (emu::g_block_dim)
+#define gridDim (emu::g_grid_dim)
+
+inline void __syncthreads() { emu::sync_block(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::sync_warp(); }
+
+template <typename T>
+inline uint64_t emu_bits(T v) { uint64_t b = 0; std::memcpy(&b, &v, sizeof(T)); return b; }
+template <typename T>
+inline T emu_from(uint64_t b) { T v; std::memcpy(&v, &b, sizeof(T)); return v; }
+
+template <typename T>
+inline T __shfl_xor_sync(unsigned, T v, int mask) {
+  return emu_from<T>(emu::exchange(emu_bits(v), emu::lane_id() ^ mask));
+}
+template <typename T>
+inline T __shfl_up_sync(unsigned, T v, int delta) {
+  const int l = emu::lane_id();
+  return emu_from<T>(emu::exchange(emu_bits(v), l >= delta ? l - delta : l));
+}
+
+// Fibers share one OS thread and switch only at barriers, so a plain add is atomic here.
+inline int atomicAdd(int* p, int v) { const int old = *p; *p = old + v; return old; }
+
+inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+// built with -ffp-contract=off: each operation is one IEEE round-to-nearest-even step, as the _rn intrinsics
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __double2float_rn(double d) { return static_cast<float>(d); }
