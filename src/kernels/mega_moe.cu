@@ -223,8 +223,8 @@ __device__ __forceinline__ void grid_barrier(MegaCtl* c, u32 phase, unsigned lon
 }
 
 // The combine of vectors [v0, v0 + nv) (16 bytes = 8 columns each) of every token: work item i by the thread with
-// i = first (mod step). kCombineBatch vectors per thread in flight at once: with one CTA per SM, one at a time left
-// the combine latency-bound.
+// i = first (mod step). Each thread loads kBatch vectors before summing any (more loads in flight per thread, with
+// one CTA per SM; at flash T = 8192 it measured the same as one at a time: docs/MEGA_MOE.md).
 constexpr int kCombineBatch = 4;
 template <int kBatch = kCombineBatch>
 __device__ __forceinline__ void combine_vectors(const MegaParams& p, int v0, int nv, int first, int step) {
@@ -249,8 +249,8 @@ __device__ __forceinline__ void combine_vectors(const MegaParams& p, int v0, int
   }
 }
 
-// Decode path, T <= kSmallT with 128-row L2 units: the combine runs at the tail of L2 instead of after a grid barrier. Each L2 unit counts
-// itself done on the counter of its column range (u64: the launch's epoch << 32 | units done, so no reset between
+// Decode path, T <= kSmallT with 128-row L2 units: the combine runs at the tail of L2 instead of after a grid
+// barrier. Each L2 unit counts itself done on the counter of its column range (u64: the launch's epoch << 32 | units done, so no reset between
 // launches); the unit that completes a range (every live row tile's unit of it) combines those columns of every
 // token. Counters: after the flags in the flags region, one per 128 output columns (mega-moe-layout.ts).
 __device__ __forceinline__ bool tail_combine(const MegaParams& p) {
@@ -326,7 +326,7 @@ struct MegaSync {
   }
   // Every consumer thread calls it after its bf16 epilogue stores of unit (mt, wb): kCols output columns.
   template <int kCols>
-  __device__ __forceinline__ void complete(int mt, int wb, int ctid, int nthreads) const {
+  __device__ __forceinline__ void complete(int /*mt*/, int wb, int ctid, int nthreads) const {
     // Only the 128-row units take part (tail_combine); no code for the 256-row body (its registers).
     if constexpr (kCols != 128) return;
     const MegaParams& p = *params;
@@ -346,7 +346,6 @@ struct MegaSync {
     }
     gg::named_barrier_sync(7, nthreads);
     if (s_last) combine_vectors<2>(p, wb * (kCols / 8), kCols / 8, ctid, nthreads);  // a few tokens: 2 in flight
-    (void)mt;
   }
 };
 
