@@ -39,6 +39,8 @@ export interface EpBenchRankArgs {
   runs: number;
   /** device time (of the slowest rank) after which a series stops early, at least 3 runs */
   seriesBudgetMs: number;
+  /** MEGAMOE_BENCH_EP_FAKE=1 (tests only, no GPU): the same exchanges and series logic, each "forward" a sleep */
+  fake?: { stepMs: number };
 }
 
 export interface EpBenchRankStepResult {
@@ -62,8 +64,50 @@ export function epBenchInputSeed(seed: number, rank: number, tokens: number): nu
   return ((seed * 1_000_003 + rank * 7919 + tokens * 31) >>> 0) || 1;
 }
 
+/** The agreed series of one T (see the header): warm-ups, then samples until runs or the slowest rank's budget. */
+async function series(ctx: RankContext, a: EpBenchRankArgs, T: number, sample: () => Promise<number>): Promise<number[]> {
+  // Every exchange key of the run is distinct: n counts the forwards of this T.
+  let n = 0;
+  const agree = async (key: string, spentUs: number): Promise<number> => {
+    const all = await ctx.exchange(key, new Uint8Array(Float64Array.of(spentUs).buffer));
+    return Math.max(...all.map((b) => new Float64Array(b.buffer.slice(b.byteOffset, b.byteOffset + 8))[0]));
+  };
+  const once = async () => {
+    await agree(`epb:${T}:f${n++}`, 0);
+    return sample();
+  };
+  for (let i = 0; i < a.warmup; i++) await once();
+  const samplesUs: number[] = [];
+  let spent = 0;
+  for (;;) {
+    const slowest = await agree(`epb:${T}:s${samplesUs.length}`, spent);
+    if (samplesUs.length >= a.runs || (samplesUs.length >= 3 && slowest >= a.seriesBudgetMs * 1e3)) break;
+    const us = await once();
+    samplesUs.push(us);
+    spent += us;
+  }
+  return samplesUs;
+}
+
+async function fakeRank(ctx: RankContext, a: EpBenchRankArgs): Promise<EpBenchRankResult> {
+  ctx.phase('build');
+  await ctx.ready();
+  const steps: EpBenchRankStepResult[] = [];
+  for (const T of a.tokens) {
+    ctx.phase(`bench:T${T}`);
+    const samplesUs = await series(ctx, a, T, async () => {
+      await new Promise((r) => setTimeout(r, a.fake!.stepMs));
+      return (ctx.rank + 1) * 1000 * a.fake!.stepMs; // a made-up time: rank r is r + 1 times the step
+    });
+    steps.push({ tokens: T, samplesUs, rowsSent: T * a.shape.topK, rowsReceived: T * a.shape.topK, path: 'fake' });
+  }
+  ctx.phase('teardown');
+  return { rank: ctx.rank, device: ctx.device, pid: process.pid, gpu: 'fake', steps };
+}
+
 export default async function epBenchRank(ctx: RankContext): Promise<EpBenchRankResult> {
   const a = ctx.args as EpBenchRankArgs;
+  if (a.fake) return fakeRank(ctx, a);
   const { useDevice, ensureContext, CudaEvent, DeviceBuffer } = await import('../cuda/index.js');
   const { DeviceMoeWeights } = await import('../backends/unfused.js');
   const { UnfusedEpRank } = await import('../backends/unfused-ep.js');
@@ -98,11 +142,6 @@ export default async function epBenchRank(ctx: RankContext): Promise<EpBenchRank
   await ctx.ready();
   const steps: EpBenchRankStepResult[] = [];
   const stream = ep.stream;
-  // The slowest rank's device time so far, agreed by every rank (see the header).
-  const agree = async (key: string, spentUs: number): Promise<number> => {
-    const all = await ctx.exchange(key, new Uint8Array(Float64Array.of(spentUs).buffer));
-    return Math.max(...all.map((b) => new Float64Array(b.buffer.slice(b.byteOffset, b.byteOffset + 8))[0]));
-  };
   for (const T of a.tokens) {
     ctx.phase(`bench:T${T}`);
     const s = epBenchInputSeed(a.seed, ctx.rank, T);
@@ -112,26 +151,14 @@ export default async function epBenchRank(ctx: RankContext): Promise<EpBenchRank
     const w = new HostTensor('F32', [T, shape.topK], routing.weights);
     await ep.enqueue(x, idsT, w); // uploads x and the routing weights once (untimed)
     stream.synchronize();
-    let n = 0; // every exchange key of the run is distinct (n counts the forwards of this T)
-    const once = async () => {
-      await agree(`epb:${T}:f${n++}`, 0);
+    const samplesUs = await series(ctx, a, T, async () => {
       flush.memset8(0x5a, { stream });
       start.record(stream);
       await ep.enqueue(x, idsT, w, { reuseUpload: true });
       end.record(stream);
       end.synchronize();
       return end.elapsedMsSince(start) * 1e3;
-    };
-    for (let i = 0; i < a.warmup; i++) await once();
-    const samplesUs: number[] = [];
-    let spent = 0;
-    for (;;) {
-      const slowest = await agree(`epb:${T}:s${samplesUs.length}`, spent);
-      if (samplesUs.length >= a.runs || (samplesUs.length >= 3 && slowest >= a.seriesBudgetMs * 1e3)) break;
-      const us = await once();
-      samplesUs.push(us);
-      spent += us;
-    }
+    });
     const rows = ep.lastReceive?.rows ?? 0;
     steps.push({
       tokens: T, samplesUs, rowsSent: ep.lastSend ? ep.lastSend.sendRows.reduce((p, q) => p + q, 0) : 0, rowsReceived: rows,

@@ -13,6 +13,7 @@ import { MAX_WORLD_SIZE } from '../dist/rank.js';
 import { transportRefusal } from '../dist/transports.js';
 import type { TransportName } from '../dist/transport.js';
 import type { RowTilePolicy } from '../backends/unfused-gemm.js';
+import type { DeviceProperties } from '../cuda/device.js';
 import {
   aggregateRanks, epMaxTokensPerRank, EP_BENCH_BACKENDS, rankStep, rankWeightBytes, SHARED_GPU_WARNING, writeEpReport,
   type EpBenchReport, type EpRankStep, type EpShapeSummary,
@@ -78,7 +79,7 @@ export function splitTokens(tokens: readonly number[], ep: number, preset: strin
     skipped: over.length === 0 ? [] : [{
       what: `${preset} T = ${over.join(',')} per rank at --ep ${ep}`,
       reason: `a rank may receive ${ep} ranks x T x top-${topK} rows and the unfused EP combine takes at most 65535 (one grid row ` +
-        `per row); at most ${limit} tokens per rank here`,
+        `per received row, src/kernels/moe-combine.ts); at most ${limit} tokens per rank here`,
     }],
   };
 }
@@ -92,11 +93,24 @@ export async function runMoeEpBench(o: EpBenchOptions): Promise<number> {
   };
   const refusal = epBenchRefusal(o);
   if (refusal) return fail(...refusal);
-  const { cudaStatus, formatCudaVersion, driverVersion } = await import('../cuda/index.js');
-  const st = cudaStatus();
-  if (!st.available) return fail(1, `bench moe --ep ${o.ep} needs a Hopper GPU: ${st.reason}`);
+  // MEGAMOE_BENCH_EP_FAKE=1 (tests only, no GPU): fake ranks that sleep instead of running the layer, on a made-up
+  // one-GPU machine with H200 attributes: a test of the rank layer, the series agreement and the report only.
+  const fake = process.env.MEGAMOE_BENCH_EP_FAKE === '1';
+  let gpus: DeviceProperties[];
+  let driver: string;
+  if (fake) {
+    gpus = [{ name: 'fake GPU (MEGAMOE_BENCH_EP_FAKE=1)', smCount: 132, clockRateKHz: 1_980_000, memoryClockRateKHz: 2_619_000,
+      memoryBusWidthBits: 6144, computeCapability: { major: 9, minor: 0 } } as DeviceProperties];
+    driver = 'fake';
+  } else {
+    const { cudaStatus, formatCudaVersion, driverVersion } = await import('../cuda/index.js');
+    const st = cudaStatus();
+    if (!st.available) return fail(1, `bench moe --ep ${o.ep} needs a Hopper GPU: ${st.reason}`);
+    gpus = st.devices;
+    driver = formatCudaVersion(driverVersion());
+  }
   const N = o.ep;
-  const G = st.devices.length;
+  const G = gpus.length;
   const devices = G >= N ? Array.from({ length: N }, (_, i) => i) : new Array<number>(N).fill(0);
   const sharedGpu = new Set(devices).size < N;
   const refuseNccl = transportRefusal(o.transport, devices);
@@ -105,7 +119,7 @@ export async function runMoeEpBench(o: EpBenchOptions): Promise<number> {
     ? `all ${N} ranks on device 0 (this machine has ${G} GPU${G === 1 ? '' : 's'}): they share its SMs and HBM, ${SHARED_GPU_WARNING}`
     : undefined;
   if (warning) log(`bench moe --ep ${N}: note: ${warning}`);
-  const props = st.devices[devices[0]];
+  const props = gpus[devices[0]];
   const ceilings = deriveCeilings({
     name: props.name, smCount: props.smCount, clockRateKHz: props.clockRateKHz, memoryClockRateKHz: props.memoryClockRateKHz,
     memoryBusWidthBits: props.memoryBusWidthBits, computeCapability: props.computeCapability,
@@ -116,7 +130,7 @@ export async function runMoeEpBench(o: EpBenchOptions): Promise<number> {
   const skipped: EpBenchReport['skipped'] = [];
   const shapes: EpShapeSummary[] = [];
   const steps: EpRankStep[] = [];
-  const rankGpus: string[] = devices.map((d) => st.devices[d]?.name ?? '?');
+  const rankGpus: string[] = devices.map((d) => gpus[d]?.name ?? '?');
   for (const preset of o.presets) {
     const p = MOE_PRESET_SHAPES.find((s) => s.label === preset)!;
     shapes.push({ preset, hidden: p.hidden, inter: p.inter, experts: p.experts, topK: p.topK, sharedExperts: 1, expertsPerRank: p.experts / N });
@@ -128,6 +142,7 @@ export async function runMoeEpBench(o: EpBenchOptions): Promise<number> {
       shape: { label: preset, hidden: p.hidden, inter: p.inter, experts: p.experts, topK: p.topK, swigluLimit: 10 },
       seed: o.seed, tokens: split.run, transport: o.transport, rowTile: o.rowTile, warmup: o.warmup, runs: o.runs,
       seriesBudgetMs: o.seriesBudgetMs,
+      ...(fake ? { fake: { stepMs: Number(process.env.MEGAMOE_BENCH_EP_FAKE_STEP_MS ?? 2) } } : {}),
     };
     log(`bench moe --ep ${N}: ${preset}: ${N} ranks over ${o.transport}, T per rank ${split.run.join(',')}`);
     let results: EpBenchRankResult[];
@@ -180,7 +195,7 @@ export async function runMoeEpBench(o: EpBenchOptions): Promise<number> {
   ];
   const report: EpBenchReport = {
     meta: {
-      gpu: props.name, smCount: props.smCount, driver: formatCudaVersion(driverVersion()), commit: resolveCommit(o.commit),
+      gpu: props.name, smCount: props.smCount, driver, commit: resolveCommit(o.commit),
       command: o.command ?? `megamoe bench moe --ep ${N}`, date: new Date().toISOString().slice(0, 10), warmup: o.warmup, runs: o.runs,
       ep: N, transport: o.transport, backend: 'unfused', devices, rankGpus, sharedGpu, ...(warning ? { warning } : {}),
       ceilings, shapes, notes,
