@@ -191,6 +191,9 @@ export async function runMoeEpBench(o: EpBenchOptions): Promise<number> {
       'included (this baseline cannot be one CUDA graph). x and the routing weights are uploaded once before the warm-up; y stays on the device.',
     'roofline: bytes of the local experts the whole world\'s routing touched on the slowest rank, + its shared expert (FP8 codes + ' +
       'f32 block scales, each once), over this GPU\'s HBM peak; each rank\'s own bound is in the per-rank table.',
+    ...(o.transport === 'ipc' ? ['--transport ipc orders the ranks on the host: every collective of the forward (1 all-gather, 5 all-to-alls) ' +
+      'syncs the rank\'s stream and waits on a control-channel exchange through the supervisor process, and that host time is in the figures ' +
+      '(src/dist/ipc-transport.ts); --transport nccl enqueues its collectives on the stream.'] : []),
     ...(warning ? [`${warning}.`] : []),
   ];
   const report: EpBenchReport = {
