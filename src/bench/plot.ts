@@ -4,6 +4,7 @@
 import * as vega from 'vega';
 import { compile, type TopLevelSpec } from 'vega-lite';
 import { READ_FLOOR, type MoeBenchRow } from './report.js';
+import { SHARED_GPU_WARNING, type EpBenchReport } from './ep-report.js';
 
 /** The measured series the figure draws (others, eager launches, the CPU reference and the anchor, stay in the table). */
 export const PLOTTED_BACKENDS: readonly string[] = ['mega_moe+graph', 'unfused+graph', READ_FLOOR];
@@ -74,6 +75,59 @@ export function moePlotSpec(rows: readonly MoeBenchRow[]): TopLevelSpec {
 /** Renders the figure to an SVG string. */
 export async function renderMoePlotSvg(rows: readonly MoeBenchRow[]): Promise<string> {
   const { spec } = compile(moePlotSpec(rows));
+  const view = new vega.View(vega.parse(spec), { renderer: 'none' });
+  try {
+    return await view.toSVG();
+  } finally {
+    view.finalize();
+  }
+}
+
+/** The series of the EP figure: the layer (max over ranks), each rank's median, and the slowest rank's roofline. */
+export const EP_LAYER_SERIES = 'unfused EP (max over ranks)';
+export const EP_ROOFLINE_SERIES = 'roofline (slowest rank\'s local experts / HBM peak)';
+
+/** The points of the EP figure (`bench moe --ep N`): one per (preset, series, T) with a finite positive time. */
+export function epPlotPoints(report: Pick<EpBenchReport, 'rows'>): PlotPoint[] {
+  const ok = (v: number | undefined): v is number => typeof v === 'number' && Number.isFinite(v) && v > 0;
+  const points: PlotPoint[] = [];
+  for (const r of report.rows) {
+    if (ok(r.maxOverRanksUs)) points.push({ preset: r.preset, series: EP_LAYER_SERIES, kind: 'measured', tokens: r.tokens, timeUs: r.maxOverRanksUs });
+    r.perRankMedianUs.forEach((us, rank) => {
+      if (ok(us)) points.push({ preset: r.preset, series: `rank ${rank}`, kind: 'measured', tokens: r.tokens, timeUs: us });
+    });
+    if (ok(r.rooflineUs)) points.push({ preset: r.preset, series: EP_ROOFLINE_SERIES, kind: 'bound', tokens: r.tokens, timeUs: r.rooflineUs });
+  }
+  return points.sort((a, b) => a.preset.localeCompare(b.preset) || a.series.localeCompare(b.series) || a.tokens - b.tokens);
+}
+
+/** The Vega-Lite spec of the EP figure: time per layer vs tokens per rank (log-log), one panel per preset. */
+export function epPlotSpec(report: Pick<EpBenchReport, 'rows' | 'meta'>): TopLevelSpec {
+  const values = epPlotPoints(report);
+  const presets = [...new Set(values.map((v) => v.preset))];
+  const { ep, transport, sharedGpu } = report.meta;
+  return {
+    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+    title: `MoE layer time, unfused EP ${ep} over ${transport}, against the roofline of this GPU` +
+      `${sharedGpu ? ` (ranks share one GPU: ${SHARED_GPU_WARNING})` : ''}`,
+    data: { values },
+    vconcat: presets.map((preset) => ({
+      width: 420, height: 260, title: `${preset}: time per layer`,
+      transform: [{ filter: { field: 'preset', equal: preset } }],
+      mark: { type: 'line', point: true },
+      encoding: {
+        x: { field: 'tokens', type: 'quantitative', title: 'tokens per rank', scale: { type: 'log', base: 2 } },
+        y: { field: 'timeUs', type: 'quantitative', title: 'time per layer (us)', scale: { type: 'log' } },
+        color: { field: 'series', type: 'nominal', title: 'series', legend: { labelLimit: 320 } },
+        strokeDash: { field: 'kind', type: 'nominal', title: 'kind' },
+      },
+    })),
+  } as unknown as TopLevelSpec;
+}
+
+/** Renders the EP figure to an SVG string. */
+export async function renderEpPlotSvg(report: Pick<EpBenchReport, 'rows' | 'meta'>): Promise<string> {
+  const { spec } = compile(epPlotSpec(report));
   const view = new vega.View(vega.parse(spec), { renderer: 'none' });
   try {
     return await view.toSVG();

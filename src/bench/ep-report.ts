@@ -1,0 +1,276 @@
+// The report of `megamoe bench moe --ep N` (the unfused expert-parallel baseline, src/backends/unfused-ep.ts): the
+// per-rank timings as data (JSON), a Markdown table and the figure's points. Pure functions: no GPU, no I/O except
+// writeEpReport. What a row means (WHY these figures):
+//  * A layer is done when its slowest rank is done, so the layer time of a T is the MAX over ranks of each rank's
+//    median (each rank times its own forward on its own stream with CUDA events); every rank's median is kept too,
+//    so an imbalance shows.
+//  * The roofline beside a figure is the weight-streaming bound of the rank that set it: the bytes of the LOCAL
+//    experts the whole world's routing touched on the slowest rank (plus its shared expert: every rank runs it on its
+//    own tokens), codes + f32 block scales, each byte read once, over this GPU's HBM peak (derived from its device
+//    attributes, report.ts deriveCeilings). Each rank's own bound is listed beside its median.
+//  * With several ranks on one GPU they share its SMs and HBM: such a run checks the machinery, its timings mean
+//    nothing, and the report says so in its meta, its Markdown and on stderr.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { expertWeightBytes, median, type DeviceCeilings } from './report.js';
+
+/** The line printed and recorded when ranks share a GPU. */
+export const SHARED_GPU_WARNING = 'timings in this mode mean nothing';
+
+/** Backends `bench moe --ep N` (N > 1) can time. */
+export const EP_BENCH_BACKENDS: readonly string[] = ['unfused'];
+/** Tokens per rank the EP bench runs by default (issue 12, deliverable 6: 1..8192). */
+export const EP_BENCH_DEFAULT_TOKENS = '1,8,64,128,512,1024,4096,8192';
+/** The combine kernel takes one grid row per token; the owner's one-slot combine gets every row a rank receives. */
+export const EP_COMBINE_MAX_ROWS = 65535;
+
+/** One rank's timed forward at one T. */
+export interface EpRankStep {
+  preset: string;
+  tokens: number;
+  rank: number;
+  device: number;
+  /** every timed sample, microseconds (CUDA events on the rank's stream) */
+  samplesUs: number[];
+  medianUs: number;
+  minUs: number;
+  maxUs: number;
+  runs: number;
+  /** rows (token x slot) this rank sent to owners (its own included) / received as an owner */
+  rowsSent: number;
+  rowsReceived: number;
+  /** GEMM path of the owner's grouped GEMMs ('decode' | 'normal') */
+  path?: string;
+  /** distinct LOCAL routed experts the whole world's routing touched on this rank */
+  localExpertsTouched: number;
+  /** their bytes plus the shared expert's (codes + f32 block scales) */
+  localWeightBytes: number;
+  /** localWeightBytes / HBM peak, microseconds */
+  rooflineUs: number;
+}
+
+/** One (preset, T): the layer time over all ranks. */
+export interface EpBenchRow {
+  preset: string;
+  backend: string;
+  transport: string;
+  ep: number;
+  tokens: number;
+  /** max over ranks of each rank's median, microseconds: the layer time */
+  maxOverRanksUs: number;
+  /** the rank whose median that is */
+  slowestRank: number;
+  /** each rank's median, by rank */
+  perRankMedianUs: number[];
+  /** bytes of the slowest rank's touched local experts + its shared expert */
+  rooflineBytes: number;
+  localExpertsTouched: number;
+  /** rooflineBytes / this GPU's HBM peak, microseconds */
+  rooflineUs: number;
+  /** rooflineUs / maxOverRanksUs: 1 = at the roofline */
+  rooflineFraction: number;
+  /** the most rows any rank received */
+  maxRowsReceived: number;
+}
+
+export interface EpShapeSummary {
+  preset: string;
+  hidden: number;
+  inter: number;
+  experts: number;
+  topK: number;
+  sharedExperts: number;
+  expertsPerRank: number;
+}
+
+export interface EpBenchReport {
+  meta: {
+    gpu: string;
+    smCount?: number;
+    driver?: string;
+    commit: string;
+    command: string;
+    date: string;
+    warmup: number;
+    runs: number;
+    ep: number;
+    transport: string;
+    backend: string;
+    /** device of each rank */
+    devices: number[];
+    /** GPU name of each rank's device */
+    rankGpus: string[];
+    /** several ranks on one GPU: the timings mean nothing */
+    sharedGpu: boolean;
+    warning?: string;
+    ceilings: DeviceCeilings;
+    shapes: EpShapeSummary[];
+    notes: string[];
+  };
+  rows: EpBenchRow[];
+  ranks: EpRankStep[];
+  skipped: Array<{ what: string; reason: string }>;
+}
+
+/** The most tokens per rank the unfused EP layer takes at N ranks and top-K (a rank may receive N T K rows). */
+export function epMaxTokensPerRank(worldSize: number, topK: number): number {
+  return Math.floor(EP_COMBINE_MAX_ROWS / (worldSize * topK));
+}
+
+/** Distinct experts in [first, end) that `ids` (global ids, -1 masked) name, over every rank's routing. */
+export function localTouched(routings: ReadonlyArray<ArrayLike<bigint | number>>, first: number, end: number): number {
+  const seen = new Uint8Array(end - first);
+  for (const ids of routings) {
+    for (let i = 0; i < ids.length; i++) {
+      const e = Number(ids[i]);
+      if (e >= first && e < end) seen[e - first] = 1;
+    }
+  }
+  let n = 0;
+  for (const s of seen) n += s;
+  return n;
+}
+
+/**
+ * Each rank's weight bytes at one T: its touched local experts (from every rank's routing) + its shared expert when
+ * it has tokens. Rank r holds experts [r E/N, (r + 1) E/N) (src/moe/placement.ts).
+ */
+export function rankWeightBytes(routings: ReadonlyArray<ArrayLike<bigint | number>>, tokens: number,
+  shape: { hidden: number; inter: number; experts: number }, worldSize: number): Array<{ touched: number; bytes: number }> {
+  const per = shape.experts / worldSize;
+  if (!Number.isInteger(per)) throw new RangeError(`${shape.experts} experts do not split over ${worldSize} ranks`);
+  const perExpert = expertWeightBytes(shape.hidden, shape.inter);
+  return Array.from({ length: worldSize }, (_, r) => {
+    const touched = localTouched(routings, r * per, (r + 1) * per);
+    return { touched, bytes: (touched + (tokens > 0 ? 1 : 0)) * perExpert };
+  });
+}
+
+/** bytes / HBM peak in microseconds (NaN when the peak is unknown). */
+export function hbmBoundUs(bytes: number, hbmPeakTBs: number): number {
+  return Number.isFinite(hbmPeakTBs) && hbmPeakTBs > 0 ? (bytes / (hbmPeakTBs * 1e12)) * 1e6 : Number.NaN;
+}
+
+/** One rank's step from its samples (the median, min, max and the roofline of its bytes). */
+export function rankStep(p: Omit<EpRankStep, 'medianUs' | 'minUs' | 'maxUs' | 'runs' | 'rooflineUs'>, hbmPeakTBs: number): EpRankStep {
+  return {
+    ...p, medianUs: median(p.samplesUs), minUs: Math.min(...p.samplesUs), maxUs: Math.max(...p.samplesUs), runs: p.samplesUs.length,
+    rooflineUs: hbmBoundUs(p.localWeightBytes, hbmPeakTBs),
+  };
+}
+
+/**
+ * The rows of the report: per (preset, T) the max over ranks of the per-rank medians, the slowest rank and the
+ * roofline of ITS touched local bytes. Every rank must have a step for every (preset, T) it lists.
+ */
+export function aggregateRanks(steps: readonly EpRankStep[], o: { ep: number; backend: string; transport: string; hbmPeakTBs: number }): EpBenchRow[] {
+  const groups = new Map<string, EpRankStep[]>();
+  for (const s of steps) {
+    const key = `${s.preset}/${s.tokens}`;
+    if (!groups.has(key)) groups.set(key, []);
+    groups.get(key)!.push(s);
+  }
+  const rows: EpBenchRow[] = [];
+  for (const g of groups.values()) {
+    const byRank = [...g].sort((a, b) => a.rank - b.rank);
+    const ranks = byRank.map((s) => s.rank);
+    if (byRank.length !== o.ep || ranks.some((r, i) => r !== i)) {
+      throw new Error(`bench moe --ep ${o.ep}: ${g[0].preset} T = ${g[0].tokens} has steps of ranks ${ranks.join(',')}, expected 0..${o.ep - 1} once each`);
+    }
+    let slowest = byRank[0];
+    for (const s of byRank) if (s.medianUs > slowest.medianUs) slowest = s;
+    const rooflineUs = hbmBoundUs(slowest.localWeightBytes, o.hbmPeakTBs);
+    rows.push({
+      preset: slowest.preset, backend: o.backend, transport: o.transport, ep: o.ep, tokens: slowest.tokens,
+      maxOverRanksUs: slowest.medianUs, slowestRank: slowest.rank, perRankMedianUs: byRank.map((s) => s.medianUs),
+      rooflineBytes: slowest.localWeightBytes, localExpertsTouched: slowest.localExpertsTouched, rooflineUs,
+      rooflineFraction: slowest.medianUs > 0 ? rooflineUs / slowest.medianUs : 0,
+      maxRowsReceived: Math.max(...byRank.map((s) => s.rowsReceived)),
+    });
+  }
+  return rows.sort((a, b) => a.preset.localeCompare(b.preset) || a.tokens - b.tokens);
+}
+
+function timeCell(us: number | null | undefined): string {
+  if (typeof us !== 'number' || !Number.isFinite(us)) return '-';
+  return us >= 10000 ? `${(us / 1000).toFixed(2)} ms` : `${us.toFixed(1)} us`;
+}
+
+function pct(v: number | null | undefined): string {
+  return typeof v === 'number' && Number.isFinite(v) ? `${(v * 100).toFixed(1)}%` : '-';
+}
+
+function bytesCell(bytes: number): string {
+  if (!Number.isFinite(bytes)) return '-';
+  if (bytes >= 1e9) return `${(bytes / 1e9).toFixed(2)} GB`;
+  if (bytes >= 1e6) return `${(bytes / 1e6).toFixed(1)} MB`;
+  return `${(bytes / 1e3).toFixed(1)} KB`;
+}
+
+/** The Markdown: header (GPU, commit, command, timing, ceiling), the shared-GPU warning, per preset two tables. */
+export function renderEpMarkdown(report: EpBenchReport): string {
+  const { meta } = report;
+  const c = meta.ceilings;
+  const lines: string[] = [];
+  lines.push(`GPU: ${meta.gpu}${meta.smCount ? ` (${meta.smCount} SMs)` : ''}${meta.driver ? `, driver ${meta.driver}` : ''}; ` +
+    `commit \`${meta.commit}\`; ${meta.date}.`);
+  lines.push(`Command: \`${meta.command}\``);
+  lines.push(`EP ${meta.ep} over ${meta.transport}, backend ${meta.backend}; ranks on devices ${meta.devices.join(',')}` +
+    `${new Set(meta.rankGpus).size > 1 ? ` (GPUs: ${meta.rankGpus.join(', ')})` : ''}.`);
+  if (meta.sharedGpu) lines.push(`**${meta.warning ?? `several ranks share one GPU: ${SHARED_GPU_WARNING}`}.**`);
+  lines.push(`Timing: each rank times its own forward with CUDA events on its stream, L2 flushed before each run, ${meta.warmup} warm-up runs, ` +
+    `median of up to ${meta.runs}; the layer time of a T is the max over ranks of those medians.`);
+  lines.push(`HBM peak of this GPU (${c.gpu}): ${Number.isFinite(c.hbmPeakTBs) ? c.hbmPeakTBs.toFixed(2) : '-'} TB/s ` +
+    `(2 x ${(c.memoryClockKHz / 1e3).toFixed(0)} MHz x ${c.memoryBusWidthBits} bits / 8, device attributes). ` +
+    '"roofline" = bytes of the touched local experts (+ the shared expert) of the slowest rank / HBM peak.');
+  lines.push('');
+  for (const shape of meta.shapes) {
+    const rows = report.rows.filter((r) => r.preset === shape.preset);
+    if (rows.length === 0) continue;
+    lines.push(`#### ${shape.preset}: H ${shape.hidden}, I ${shape.inter}, ${shape.experts} experts (${shape.expertsPerRank} per rank), ` +
+      `top-${shape.topK}, ${shape.sharedExperts} shared; EP ${meta.ep} over ${meta.transport}`);
+    lines.push('');
+    const rankCols = Array.from({ length: meta.ep }, (_, r) => `rank ${r}`);
+    lines.push(`| T per rank | max over ranks | slowest rank | ${rankCols.join(' | ')} | roofline | % roofline | local experts touched | weight bytes | max rows received |`);
+    lines.push(`| ---: | ---: | ---: | ${rankCols.map(() => '---:').join(' | ')} | ---: | ---: | ---: | ---: | ---: |`);
+    for (const r of rows) {
+      lines.push(`| ${r.tokens} | ${timeCell(r.maxOverRanksUs)} | ${r.slowestRank} | ${r.perRankMedianUs.map(timeCell).join(' | ')} | ` +
+        `${timeCell(r.rooflineUs)} | ${pct(r.rooflineFraction)} | ${r.localExpertsTouched} | ${bytesCell(r.rooflineBytes)} | ${r.maxRowsReceived} |`);
+    }
+    lines.push('');
+    lines.push(`Per rank (${shape.preset}):`);
+    lines.push('');
+    lines.push('| T per rank | rank | device | median | min | max | runs | rows sent | rows received | path | local experts touched | weight bytes | roofline |');
+    lines.push('| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |');
+    const steps = report.ranks.filter((s) => s.preset === shape.preset).sort((a, b) => a.tokens - b.tokens || a.rank - b.rank);
+    for (const s of steps) {
+      lines.push(`| ${s.tokens} | ${s.rank} | ${s.device} | ${timeCell(s.medianUs)} | ${timeCell(s.minUs)} | ${timeCell(s.maxUs)} | ${s.runs} | ` +
+        `${s.rowsSent} | ${s.rowsReceived} | ${s.path ?? '-'} | ${s.localExpertsTouched} | ${bytesCell(s.localWeightBytes)} | ${timeCell(s.rooflineUs)} |`);
+    }
+    lines.push('');
+  }
+  for (const note of meta.notes) lines.push(`- ${note}`);
+  for (const source of c.sources) lines.push(`- Ceiling: ${source}`);
+  for (const s of report.skipped) lines.push(`- Not measured: ${s.what}: ${s.reason}`);
+  return `${lines.join('\n').trimEnd()}\n`;
+}
+
+/** The file stem of an EP report in --out (EP1's `bench moe` writes moe.*; both can share a folder). */
+export function epReportStem(ep: number): string {
+  return `moe-ep${ep}`;
+}
+
+/** Writes moe-ep<N>.json, .md and .svg into `dir`; returns their paths. */
+export async function writeEpReport(report: EpBenchReport, dir: string): Promise<{ json: string; markdown: string; svg: string }> {
+  mkdirSync(dir, { recursive: true });
+  const stem = epReportStem(report.meta.ep);
+  const json = join(dir, `${stem}.json`);
+  const markdown = join(dir, `${stem}.md`);
+  const svg = join(dir, `${stem}.svg`);
+  writeFileSync(json, `${JSON.stringify(report, null, 2)}\n`);
+  writeFileSync(markdown, renderEpMarkdown(report));
+  // vega loads only here, as for writeMoeReport.
+  const { renderEpPlotSvg } = await import('./plot.js');
+  writeFileSync(svg, await renderEpPlotSvg(report));
+  return { json, markdown, svg };
+}

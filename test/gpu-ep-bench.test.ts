@@ -1,0 +1,74 @@
+// `megamoe bench moe --ep 2` for real (GPU host): the unfused EP baseline over the IPC transport, two rank processes
+// (both on device 0 on a one-GPU machine: the run must then say its timings mean nothing), tiny at T = 1, 8 and flash
+// at T = 8 per rank, few runs. Checks the report, not the figures: one row per T with finite max-over-ranks times,
+// every rank's median, the roofline of the slowest rank, and the three files. Skipped without a Hopper GPU.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { deviceCount, gpuSkipReason } from '../src/cuda/index.js';
+import type { EpBenchReport } from '../src/bench/ep-report.js';
+
+const skip = gpuSkipReason();
+const MAIN = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'src', 'cli', 'main.js');
+
+function bench(args: string[], timeoutMs: number): Promise<{ code: number | null; out: string; err: string }> {
+  return new Promise((res) => {
+    const child = spawn(process.execPath, [MAIN, 'bench', 'moe', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (c: Buffer) => { out += c.toString(); });
+    child.stderr.on('data', (c: Buffer) => { err += c.toString(); });
+    // SIGTERM first: the supervisor then stops its ranks itself (no orphan).
+    const timer = setTimeout(() => { child.kill('SIGTERM'); setTimeout(() => child.kill('SIGKILL'), 5000); }, timeoutMs);
+    child.on('exit', (code) => { clearTimeout(timer); res({ code, out, err }); });
+  });
+}
+
+async function runAndCheck(preset: string, tokens: number[]): Promise<void> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'megamoe-ep-bench-'));
+  try {
+    const r = await bench(['--ep', '2', '--preset', preset, '--tokens', tokens.join(','), '--transport', 'ipc', '--warmup', '1', '--runs', '5',
+      '--out', dir], 80_000);
+    const where = `\n--- stdout\n${r.out}\n--- stderr\n${r.err}`;
+    assert.equal(r.code, 0, `bench exited ${r.code}${where}`);
+    const shared = deviceCount() < 2;
+    if (shared) assert.match(r.err, /timings in this mode mean nothing/, where);
+    const json = path.join(dir, 'moe-ep2.json');
+    assert.ok(existsSync(json) && existsSync(path.join(dir, 'moe-ep2.md')) && existsSync(path.join(dir, 'moe-ep2.svg')), where);
+    const rep = JSON.parse(readFileSync(json, 'utf8')) as EpBenchReport;
+    assert.equal(rep.meta.ep, 2);
+    assert.equal(rep.meta.transport, 'ipc');
+    assert.equal(rep.meta.sharedGpu, shared);
+    assert.ok(Number.isFinite(rep.meta.ceilings.hbmPeakTBs) && rep.meta.ceilings.hbmPeakTBs > 0);
+    assert.deepEqual(rep.rows.map((x) => x.tokens), tokens, where);
+    for (const row of rep.rows) {
+      assert.equal(row.preset, preset);
+      assert.ok(Number.isFinite(row.maxOverRanksUs) && row.maxOverRanksUs > 0, `T = ${row.tokens}: ${row.maxOverRanksUs}`);
+      assert.equal(row.perRankMedianUs.length, 2);
+      assert.ok(row.perRankMedianUs.every((u) => Number.isFinite(u) && u > 0 && u <= row.maxOverRanksUs));
+      assert.equal(row.maxOverRanksUs, Math.max(...row.perRankMedianUs));
+      assert.ok(Number.isFinite(row.rooflineUs) && row.rooflineUs > 0 && row.rooflineBytes > 0);
+      const steps = rep.ranks.filter((s) => s.tokens === row.tokens);
+      assert.deepEqual(steps.map((s) => s.rank).sort(), [0, 1]);
+      // Every slot of the world's tokens went to some owner and came back: rows sent over ranks = rows received.
+      const sent = steps.reduce((a, s) => a + s.rowsSent, 0);
+      const recv = steps.reduce((a, s) => a + s.rowsReceived, 0);
+      assert.equal(sent, recv);
+      assert.equal(sent, 2 * row.tokens * (preset === 'tiny' ? 4 : 6));
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test('bench moe --ep 2 --preset tiny --tokens 1,8 --transport ipc: a row per T, finite max-over-ranks times', { skip, timeout: 90_000 }, async () => {
+  await runAndCheck('tiny', [1, 8]);
+});
+
+test('bench moe --ep 2 --preset flash --tokens 8 --transport ipc', { skip, timeout: 90_000 }, async () => {
+  await runAndCheck('flash', [8]);
+});
