@@ -23,7 +23,7 @@
 // accumulation inside a 128-wide K block); the bf16 GEMMs (compressor a / g, weights_proj, wo_a) have exact products
 // and another summation order; attention sums in f32 (CPU f64). So a layer's output is SPEC 5's tolerance, not bits.
 import { CublasLtBf16Gemm, CublasLtBf16OutGemm, cublasLtStatus } from '../cuda/cublaslt.js';
-import { DeviceTensor, Stream, type StreamLike } from '../cuda/index.js';
+import { DeviceTensor, ensureContext, Stream, type StreamLike } from '../cuda/index.js';
 import { DeviceMoeWeights, UnfusedMoe } from '../backends/unfused.js';
 import { GROUPED_GEMM_ROW_TILE } from '../kernels/grouped-gemm.js';
 import { Router } from '../kernels/routing.js';
@@ -310,6 +310,7 @@ export class GpuDecoderLayer implements Disposable {
       }
       const router = keep(await Router.create({ hiddenSize: ms.hiddenSize, experts: ms.nRoutedExperts, topk: ms.numExpertsPerTok }, ctx.mCap, gate,
         { bias, tid2eid, normTopkProb: ms.normTopkProb, routedScalingFactor: ms.routedScalingFactor }));
+      ensureContext().synchronize(); // uploads and zero-fills on the legacy stream, before ctx.stream (non-blocking) reads them
       return new GpuDecoderLayer({ index: bw.index, ratio: bw.ratio, hashRouted: ml.isHashLayer, moe, router, owned, w, bound });
     } catch (err) {
       for (const t of owned.reverse()) t.dispose();

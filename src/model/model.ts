@@ -141,6 +141,8 @@ export class DeepSeekV4Model implements CausalLM {
   moeTap: ((block: number, x: HostTensor<'BF16'>, tokenIds: Int32Array, y: HostTensor<'BF16'>) => void) | undefined;
   /** Test/diagnostic tap: each main layer's input and output streams [rows, hc, D] of a forward() call (bf16 values). */
   blockTap: ((layer: number, input: Float32Array, output: Float32Array) => void) | undefined;
+  /** Test/diagnostic tap: the indexer's selected compressed blocks of row r of a call (ratio-4 layers). */
+  picksTap: ((layer: number, row: number, picks: Int32Array) => void) | undefined;
   private disposed = false;
 
   constructor(readonly weights: ModelWeights, readonly backends: MoeBackend[], readonly mtpBackends: MoeBackend[], readonly backendName: string) {
@@ -508,6 +510,7 @@ export class DeepSeekV4Model implements CausalLM {
         const ratio = bw.ratio;
         const visible = Math.floor((T + 1) / ratio);
         const picks = lc.idx ? this.indexerSelect(qI!, wI!, r, lc.idx, visible) : undefined;
+        if (picks) this.picksTap?.(bw.index, r, picks);
         const count = picks ? picks.length : visible;
         for (let k = 0; k < count; k++) {
           keyArr[nk] = lc.comp.entries; keyOff[nk] = (picks ? picks[k] : k) * d; nk++;
