@@ -156,7 +156,7 @@ test('GPU decoder layer == CPU forward layer, tiny: window + hash MoE, ratio 4 +
           worstAll = Math.max(worstAll, dRow);
           positions++;
           if (flipped.has(row)) {
-            assert.ok(dRow <= 1e-2, `call ${ci} layer ${l} row ${row} (a flip): calc_diff ${dRow}`);
+            assert.ok(dRow <= 5e-2, `call ${ci} layer ${l} row ${row} (a flip): calc_diff ${dRow}`);
             continue;
           }
           if (dRow > worstRow) { worstRow = dRow; worstRowAt = row; }
