@@ -174,9 +174,10 @@ export class GpuLayerContext implements Disposable {
    */
   begin(items: readonly AttnCallItem[], tokens: ArrayLike<number>): AttnCallPlan {
     this.live();
-    const plan = this.attention.begin(items, this.stream);
-    if (plan.rows > this.maxRows) throw new GpuModelArgumentError('GpuLayerContext.begin', `${plan.rows} rows exceed maxRows ${this.maxRows}`, 'chunk the prefill');
-    if (tokens.length !== plan.rows) throw new GpuModelArgumentError('GpuLayerContext.begin', `${tokens.length} token ids for ${plan.rows} rows`, 'pass one token id per row, items in order');
+    const rows = items.reduce((sum, it) => sum + it.len, 0);
+    if (rows > this.maxRows) throw new GpuModelArgumentError('GpuLayerContext.begin', `${rows} rows exceed maxRows ${this.maxRows}`, 'chunk the prefill');
+    if (tokens.length !== rows) throw new GpuModelArgumentError('GpuLayerContext.begin', `${tokens.length} token ids for ${rows} rows`, 'pass one token id per row, items in order');
+    const plan = this.attention.begin(items, this.stream); // checks first: a refusal changes nothing
     const ids = new BigInt64Array(plan.rows);
     for (let i = 0; i < plan.rows; i++) ids[i] = BigInt(tokens[i]);
     this.positions.buffer.copyFromHost(plan.positions, { stream: this.stream, bytes: plan.rows * 4 });
