@@ -89,7 +89,8 @@ export class GpuLayerContext implements Disposable {
     compA: DeviceTensor<'F32'>; compG: DeviceTensor<'F32'>; qI: DeviceTensor<'BF16'>; wI: DeviceTensor<'BF16'>;
     o: DeviceTensor<'BF16'>; u: DeviceTensor<'BF16'>; actU: Fp8Activations; attnOut: DeviceTensor<'BF16'>;
   };
-  private readonly linears = new Map<string, DenseFp8Linear>();
+  /** Compiles in flight or done, by shape (concurrent callers share one compile). */
+  private readonly linears = new Map<string, Promise<DenseFp8Linear>>();
   private readonly gemms = new Map<string, Bf16Gemm>();
   private readonly owned: Array<{ dispose(): void }> = [];
   private readonly ownsStream: boolean;
@@ -142,11 +143,11 @@ export class GpuLayerContext implements Disposable {
   }
 
   /** A dense FP8 GEMM [n, k] on the normal path with this context's row capacity (compiled once per shape). */
-  async linear(n: number, k: number): Promise<DenseFp8Linear> {
+  linear(n: number, k: number): Promise<DenseFp8Linear> {
     const key = `${n}x${k}`;
     let l = this.linears.get(key);
     if (!l) {
-      l = await DenseFp8Linear.create({ n, k, path: 'normal' }, this.mCap);
+      l = DenseFp8Linear.create({ n, k, path: 'normal' }, this.mCap);
       this.linears.set(key, l);
     }
     return l;
@@ -200,7 +201,7 @@ export class GpuLayerContext implements Disposable {
     if (this.disposed) return;
     this.disposed = true;
     try { this.stream.synchronize(); } catch { /* disposing after a failure: free what we can */ }
-    for (const l of this.linears.values()) l.dispose();
+    for (const l of this.linears.values()) l.then((x) => x.dispose(), () => undefined);
     for (const g of this.gemms.values()) g.dispose();
     this.linears.clear(); this.gemms.clear();
     for (const t of this.owned.reverse()) if (t !== this.stream || this.ownsStream) t.dispose();
@@ -277,6 +278,9 @@ export class GpuDecoderLayer implements Disposable {
         weightsProj: A.indexer ? keep(upBF16(A.indexer.weightsProj, [c.indexNHeads, D], `${what} attn.indexer.weights_proj`)) : undefined,
       };
       const s = ctx.s;
+      // compile every projection shape of the layer at once (nvcc runs in parallel), then bind one by one
+      const lins = [A.wqA, A.wkv, A.wqB, A.woB, ...(A.indexer ? [A.indexer.wqB] : [])];
+      await Promise.all(lins.map((lin) => ctx.linear(lin.out, lin.in)));
       const bind = async (lin: typeof A.wqA, act: Fp8Activations, out: DeviceTensor<'BF16'>) =>
         (await ctx.linear(lin.out, lin.in)).bind(act, fp8(lin), out);
       const bound: GpuDecoderLayer['bound'] = {
