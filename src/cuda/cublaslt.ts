@@ -153,9 +153,17 @@ abstract class CublasLtGemm {
 
   protected readonly label: string;
 
-  protected constructor(m: number, n: number, k: number, inType: number, outType: number, label: string) {
+  /** Leading dimensions (elements) of X and D; default k and n (contiguous rows). */
+  readonly ldx: number;
+  readonly ldd: number;
+
+  protected constructor(m: number, n: number, k: number, inType: number, outType: number, label: string, ld: { x?: number; d?: number } = {}) {
     this.label = label;
     this.m = m; this.n = n; this.k = k;
+    this.ldx = ld.x ?? k; this.ldd = ld.d ?? n;
+    for (const [name, v, min] of [['ldx', this.ldx, k], ['ldd', this.ldd, n]] as const) {
+      if (!(Number.isInteger(v) && v >= min)) throw new RangeError(`cuBLASLt ${label} GEMM: ${name} = ${v} must be an integer >= ${min}`);
+    }
     ensureContext();
     const l = lt();
     const s = l.scratch;
@@ -179,8 +187,8 @@ abstract class CublasLtGemm {
       };
       // Column-major views of the row-major tensors (see the header).
       const aDesc = layout(inType, k, n, k);  // W^T
-      const bDesc = layout(inType, k, m, k);  // X^T
-      const cDesc = layout(outType, n, m, n); // D^T
+      const bDesc = layout(inType, k, m, this.ldx);  // X^T
+      const cDesc = layout(outType, n, m, this.ldd); // D^T
       check('cublasLtMatmulPreferenceCreate', l.fn.cublasLtMatmulPreferenceCreate(s.address));
       const pref = out();
       try {
@@ -258,5 +266,22 @@ export class CublasLtBf16Gemm extends CublasLtGemm {
     }
     if (k % 8 !== 0) throw new RangeError(`cuBLASLt bf16 GEMM: K = ${k} must be a multiple of 8 (16-byte rows)`);
     super(m, n, k, CUDA_R_16BF, CUDA_R_32F, 'bf16');
+  }
+}
+
+/**
+ * D [m, n] bf16 = bf16(X [m, k] bf16 . W [n, k]^T bf16), f32 accumulation, with optional leading dimensions of X and
+ * D (a column slice of a wider row-major tensor: the model's grouped wo_a, one GEMM per group). k, ldx, ldd
+ * multiples of 8 (16-byte rows).
+ */
+export class CublasLtBf16OutGemm extends CublasLtGemm {
+  constructor(m: number, n: number, k: number, ld: { x?: number; d?: number } = {}) {
+    for (const [name, v] of [['M', m], ['N', n], ['K', k]] as const) {
+      if (!(Number.isInteger(v) && v > 0)) throw new RangeError(`cuBLASLt bf16-out GEMM: ${name} = ${v} must be a positive integer`);
+    }
+    for (const [name, v] of [['K', k], ['ldx', ld.x ?? k], ['ldd', ld.d ?? n]] as const) {
+      if (v % 8 !== 0) throw new RangeError(`cuBLASLt bf16-out GEMM: ${name} = ${v} must be a multiple of 8 (16-byte rows)`);
+    }
+    super(m, n, k, CUDA_R_16BF, CUDA_R_16BF, 'bf16-out', ld);
   }
 }

@@ -6,4 +6,5 @@ export { GpuRowOps, allocFp8Activations, uploadHcParams, type Fp8Activations, ty
 export { DenseFp8Linear, BoundDenseFp8, uploadFp8Weight, uploadFp8Linear, checkDenseBinding, DENSE_DECODE_MAX_ROWS, type DenseFp8Spec, type DeviceFp8Weight } from './dense-fp8.js';
 export { GpuLogits } from './logits.js';
 export { GpuSampler, samplingMode, GPU_SAMPLER_MAX_TOP_K, SAMPLE_STATUS, type SamplingMode } from './sampler.js';
+export { GpuDecoderLayer, GpuLayerContext, bf16WeightBits, type GpuLayerContextOptions } from './layer.js';
 export { denseProjectionShapes, type DenseShapeSource } from '../kernels/model-ops.js';

@@ -139,6 +139,10 @@ export class DeepSeekV4Model implements CausalLM {
   private readonly mats = new Map<Float32Array | Uint16Array, WasmMatrix | null>();
   /** Test/diagnostic tap: sees each MoE block's input, token ids and output (block index: L + j for MTP j). */
   moeTap: ((block: number, x: HostTensor<'BF16'>, tokenIds: Int32Array, y: HostTensor<'BF16'>) => void) | undefined;
+  /** Test/diagnostic tap: each main layer's input and output streams [rows, hc, D] of a forward() call (bf16 values). */
+  blockTap: ((layer: number, input: Float32Array, output: Float32Array) => void) | undefined;
+  /** Test/diagnostic tap: the indexer's selected compressed blocks of row r of a call (ratio-4 layers). */
+  picksTap: ((layer: number, row: number, picks: Int32Array) => void) | undefined;
   private disposed = false;
 
   constructor(readonly weights: ModelWeights, readonly backends: MoeBackend[], readonly mtpBackends: MoeBackend[], readonly backendName: string) {
@@ -312,7 +316,9 @@ export class DeepSeekV4Model implements CausalLM {
       for (let k = 0; k < hc; k++) { const o = (r * hc + k) * D; for (let i = 0; i < D; i++) u[o + i] = emb[e + i] << 16; }
     }
     for (let l = 0; l < this.weights.layers.length; l++) {
+      const input = Hs;
       Hs = await this.block(this.weights.layers[l], this.backends[l], Hs, rows, l);
+      this.blockTap?.(l, input, Hs);
     }
     for (const [i, it] of items.entries()) (it.seq as V4Sequence).length += rows.itemLen[i];
     return this.outputs(Hs, rows, this.weights.finalHead, opts);
@@ -445,11 +451,7 @@ export class DeepSeekV4Model implements CausalLM {
     for (let r = 0; r < n; r++) {
       for (let h = 0; h < H; h++) {
         const o = (r * H + h) * d;
-        // per-head RMS renorm without weight, in bf16 arithmetic (square, mean, rsqrt, multiply)
-        let ss = 0;
-        for (let i = 0; i < d; i++) ss += bf16(q[o + i] * q[o + i]);
-        const rs = bf16(1 / Math.sqrt(bf16(bf16(ss / d) + c.normEps)));
-        for (let i = 0; i < d; i++) q[o + i] = bf16(q[o + i] * rs);
+        qHeadRenorm(q, o, d, c.normEps);
         rope.apply(q, o + nope, rows.pos[r]);
       }
     }
@@ -508,6 +510,7 @@ export class DeepSeekV4Model implements CausalLM {
         const ratio = bw.ratio;
         const visible = Math.floor((T + 1) / ratio);
         const picks = lc.idx ? this.indexerSelect(qI!, wI!, r, lc.idx, visible) : undefined;
+        if (picks) this.picksTap?.(bw.index, r, picks);
         const count = picks ? picks.length : visible;
         for (let k = 0; k < count; k++) {
           keyArr[nk] = lc.comp.entries; keyOff[nk] = (picks ? picks[k] : k) * d; nk++;
@@ -570,6 +573,14 @@ export class DeepSeekV4Model implements CausalLM {
       cc.append(z, 0);
     }
   }
+}
+
+/** The query's per-head RMS renorm without weight (V4-MODEL 4.1), in bf16 arithmetic: square, mean, rsqrt, multiply. */
+export function qHeadRenorm(q: Float32Array, o: number, d: number, eps: number): void {
+  let ss = 0;
+  for (let i = 0; i < d; i++) ss += bf16(q[o + i] * q[o + i]);
+  const rs = bf16(1 / Math.sqrt(bf16(bf16(ss / d) + eps)));
+  for (let i = 0; i < d; i++) q[o + i] = bf16(q[o + i] * rs);
 }
 
 /**
