@@ -4,29 +4,16 @@
 // every rank's median, the roofline of the slowest rank, and the three files. Skipped without a Hopper GPU.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { deviceCount, gpuSkipReason } from '../src/cuda/index.js';
 import type { EpBenchReport } from '../src/bench/ep-report.js';
+import { runMegamoe } from './support/cli.js';
 
 const skip = gpuSkipReason();
-const MAIN = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'src', 'cli', 'main.js');
 
-function bench(args: string[], timeoutMs: number): Promise<{ code: number | null; out: string; err: string }> {
-  return new Promise((res) => {
-    const child = spawn(process.execPath, [MAIN, 'bench', 'moe', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (c: Buffer) => { out += c.toString(); });
-    child.stderr.on('data', (c: Buffer) => { err += c.toString(); });
-    // SIGTERM first: the supervisor then stops its ranks itself (no orphan).
-    const timer = setTimeout(() => { child.kill('SIGTERM'); setTimeout(() => child.kill('SIGKILL'), 5000); }, timeoutMs);
-    child.on('exit', (code) => { clearTimeout(timer); res({ code, out, err }); });
-  });
-}
+const bench = (args: string[], timeoutMs: number) => runMegamoe(['bench', 'moe', ...args], timeoutMs);
 
 async function runAndCheck(preset: string, tokens: number[]): Promise<void> {
   const dir = mkdtempSync(path.join(tmpdir(), 'megamoe-ep-bench-'));

@@ -7,26 +7,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { deviceCount, gpuSkipReason, NcclUnavailableError, tryLoadNccl } from '../src/cuda/index.js';
+import { MEGAMOE_MAIN, runMegamoe } from './support/cli.js';
 
 const skip = gpuSkipReason();
-const MAIN = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'src', 'cli', 'main.js');
 const TOKENS = '0,1,7,128,1000';
 
-function verify(args: string[], timeoutMs: number): Promise<{ code: number | null; out: string; err: string }> {
-  return new Promise((res) => {
-    const child = spawn(process.execPath, [MAIN, 'verify', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (c: Buffer) => { out += c.toString(); });
-    child.stderr.on('data', (c: Buffer) => { err += c.toString(); });
-    // SIGTERM first: the supervisor then stops its ranks itself (no orphan).
-    const timer = setTimeout(() => { child.kill('SIGTERM'); setTimeout(() => child.kill('SIGKILL'), 5000); }, timeoutMs);
-    child.on('exit', (code) => { clearTimeout(timer); res({ code, out, err }); });
-  });
-}
+const verify = (args: string[], timeoutMs: number) => runMegamoe(['verify', ...args], timeoutMs);
 
 function assertPass(r: { code: number | null; out: string; err: string }, N: number): void {
   const where = `\n--- stdout\n${r.out}\n--- stderr\n${r.err}`;
@@ -67,7 +54,7 @@ test('verify --ep 2 --transport nccl on one GPU: exit 2, the message names --tra
   });
 
 test('verify --ep 4 --preset flash: a rank SIGKILLed mid-run ends every rank within 10 s, naming the rank and the phase', { skip, timeout: 120_000 }, async () => {
-  const child = spawn(process.execPath, [MAIN, 'verify', '--ep', '4', '--preset', 'flash', '--tokens',
+  const child = spawn(process.execPath, [MEGAMOE_MAIN, 'verify', '--ep', '4', '--preset', 'flash', '--tokens',
     // 30 batches (each also makes its 4M-value input on the host): the run is surely mid-way when the kill comes.
     Array.from({ length: 30 }, (_, i) => 1000 - i).join(','),
     '--reference-tokens', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });

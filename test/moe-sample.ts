@@ -1,6 +1,8 @@
 // Routing and row sampling shared by the GPU backend tests (gpu-unfused-correctness, gpu-mega-moe).
-import { allocStorage, HostTensor } from '../src/tensor/host.js';
+import { HostTensor } from '../src/tensor/host.js';
 import { Rng } from '../src/util/rng.js';
+
+export { rowsOf, sampleRows } from '../src/tensor/rows.js';
 
 export type Routing = { ids: HostTensor<'I64'>; weights: HostTensor<'F32'> };
 
@@ -20,23 +22,3 @@ export function randomRouting(seed: number, T: number, E: number, K: number, mas
   }
   return { ids: new HostTensor('I64', [T, K], ids), weights: new HostTensor('F32', [T, K], w) };
 }
-
-/** The given rows of a 2-D host tensor, as a new tensor. */
-export function rowsOf<D extends 'BF16' | 'I64' | 'F32'>(t: HostTensor<D>, rows: number[]): HostTensor<D> {
-  const cols = t.shape[1];
-  const out = allocStorage(t.dtype, rows.length * cols);
-  const dst = out as unknown as { set(src: ArrayLike<number | bigint>, offset: number): void };
-  const src = t.data as unknown as { subarray(a: number, b: number): ArrayLike<number | bigint> };
-  rows.forEach((r, i) => dst.set(src.subarray(r * cols, r * cols + cols), i * cols));
-  return new HostTensor(t.dtype, [rows.length, cols], out);
-}
-
-/** All rows when T <= count, else the first, the last and random others, sorted. */
-export function sampleRows(seed: number, T: number, count: number): number[] {
-  if (T <= count) return Array.from({ length: T }, (_, i) => i);
-  const rng = new Rng(seed);
-  const set = new Set<number>([0, T - 1]);
-  while (set.size < count) set.add(rng.int(T));
-  return [...set].sort((a, b) => a - b);
-}
-

@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseTokenList, sampleRows, verifyRefusal, type VerifyOptions } from '../src/cli/commands/verify.js';
+import { parseTokenList, verifyRefusal, type VerifyOptions } from '../src/cli/commands/verify.js';
+import { sampleRows } from '../src/tensor/rows.js';
 import { epInputs } from '../src/moe/ep-inputs.js';
 
 const MAIN = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'src', 'cli', 'main.js');

@@ -11,16 +11,17 @@ import {
 } from '../cuda/index.js';
 import { MegaMoeKernel } from '../kernels/mega-moe.js';
 import { formatBytes, megaBufferLayout, type MegaBufferLayout, type MegaMoePath } from '../kernels/mega-moe-layout.js';
-import type { MoeBackend, MoeForwardResult, PrepareOptions } from '../moe/backend.js';
+import type { MoeForwardResult, PrepareOptions } from '../moe/backend.js';
 import {
-  checkForwardInputs, checkMegaMoeSupport, checkSharedExpertAsGroup, checkTokenCapacity, GuardError, type TopkIdsTensor,
+  checkMegaMoeSupport, checkSharedExpertAsGroup, checkTokenCapacity, GuardError,
 } from '../moe/guards.js';
+import { DeviceMoeBackend, type GuardDevice } from './device-backend.js';
 import type { MoeLayerWeights } from '../moe/types.js';
 import { HostTensor } from '../tensor/host.js';
 import type { BackendProvider } from './index.js';
 import { chooseRowTile, type RowTilePolicy } from './unfused-gemm.js';
 import {
-  DEFAULT_MAX_TOKENS, DeviceMoeWeights, downloadLayerOutputs, localIdMap, toLocalIds, uploadLayerInputs, type UnfusedIo, type UnfusedShape,
+  DeviceMoeWeights, downloadLayerOutputs, uploadLayerInputs, type UnfusedIo, type UnfusedShape,
 } from './unfused.js';
 
 /** The fused layer on the device: symmetric buffer, io, kernel; enqueue / graph capture for T tokens. */
@@ -159,61 +160,27 @@ export class MegaMoe {
   [Symbol.dispose](): void { this.dispose(); }
 }
 
-/** The MoeBackend over MegaMoe: the seed's guards, upload at prepare(), host in / host out forward(). */
-export class MegaMoeBackend implements MoeBackend {
+/** The MoeBackend over MegaMoe: the seed's guards, upload at prepare(), host in / host out forward() (device-backend.ts). */
+export class MegaMoeBackend extends DeviceMoeBackend<MegaMoe> {
   readonly name = 'mega_moe';
-  private layer: MoeLayerWeights | undefined;
-  private moe: MegaMoe | undefined;
-  private idMap: Int32Array | undefined;
-  private disposed = false;
 
-  async prepare(layer: MoeLayerWeights, opts: PrepareOptions = {}): Promise<void> {
-    if (this.disposed) throw new GuardError('BAD_INPUT', 'the mega_moe backend was disposed', 'create a new backend');
-    const st = cudaStatus();
-    if (!st.available) throw new GuardError('NOT_SM90', `backend mega_moe needs a Hopper GPU: ${st.reason}`, 'run on an H100/H200 or choose --backend reference');
-    const dev = st.devices[0];
-    checkMegaMoeSupport({
-      arch: { major: dev.computeCapability.major, minor: dev.computeCapability.minor, name: dev.name },
-      enableExpertParallel: opts.enableExpertParallel, layer,
-    });
-    const s = layer.shape;
+  protected checkDevice(layer: MoeLayerWeights, opts: PrepareOptions, device: GuardDevice): void {
+    checkMegaMoeSupport({ arch: device, enableExpertParallel: opts.enableExpertParallel, layer });
     checkSharedExpertAsGroup(layer, 'mega_moe');
-    if (s.hiddenSize % 256 !== 0) {
-      throw new GuardError('DIM_NOT_ALIGNED', `layer ${layer.layer}: hidden_size ${s.hiddenSize} is not a multiple of 256`,
+    if (layer.shape.hiddenSize % 256 !== 0) {
+      throw new GuardError('DIM_NOT_ALIGNED', `layer ${layer.layer}: hidden_size ${layer.shape.hiddenSize} is not a multiple of 256`,
         'the fused kernel tiles H in 256-column pairs; use --backend unfused for this shape');
     }
-    this.moe?.dispose();
-    this.moe = undefined;
-    const localIds = [...layer.experts.ids];
+  }
+
+  protected async createPipeline(layer: MoeLayerWeights, localIds: number[], maxTokens: number): Promise<MegaMoe> {
     const weights = DeviceMoeWeights.fromLayer(layer, localIds, undefined, 'tiled');
     try {
-      this.moe = await MegaMoe.create(weights, opts.maxTokens ?? DEFAULT_MAX_TOKENS, { ownsWeights: true });
+      return await MegaMoe.create(weights, maxTokens, { ownsWeights: true });
     } catch (err) {
       weights.dispose();
       throw err;
     }
-    this.idMap = localIdMap(localIds, s.nRoutedExperts);
-    this.layer = layer;
-  }
-
-  async forward(x: HostTensor<'BF16'>, topkIds: TopkIdsTensor, topkWeights: HostTensor<'F32'>): Promise<MoeForwardResult> {
-    if (!this.layer || !this.moe || !this.idMap) throw new GuardError('BAD_INPUT', 'mega_moe backend: forward() before prepare()', 'call prepare(layer) first');
-    const T = checkForwardInputs(this.layer.shape, x, topkIds, topkWeights);
-    checkTokenCapacity(T, this.moe.maxTokens, 'the mega_moe backend');
-    const moe = this.moe;
-    moe.uploadInputs(x, toLocalIds(topkIds, this.idMap), topkWeights.data);
-    moe.enqueue(T);
-    return moe.downloadOutputs(T);
-  }
-
-  /** The device pipeline (benchmarks, graph capture); undefined before prepare(). */
-  get pipeline(): MegaMoe | undefined { return this.moe; }
-
-  dispose(): void {
-    this.moe?.dispose();
-    this.moe = undefined;
-    this.layer = undefined;
-    this.disposed = true;
   }
 }
 

@@ -27,10 +27,9 @@ import { Stager } from '../kernels/staging.js';
 import {
   chooseRowTile, createExpertGemms, type ExpertGemms, type RowTile, type RowTilePolicy,
 } from './unfused-gemm.js';
-import type { MoeBackend, MoeForwardResult, PrepareOptions } from '../moe/backend.js';
-import {
-  checkForwardInputs, checkLayer, checkSharedExpertAsGroup, checkSm90, checkTokenCapacity, GuardError, type TopkIdsTensor,
-} from '../moe/guards.js';
+import type { MoeForwardResult, PrepareOptions } from '../moe/backend.js';
+import { checkLayer, checkSharedExpertAsGroup, checkSm90, checkTokenCapacity, GuardError } from '../moe/guards.js';
+import { DeviceMoeBackend, type GuardDevice } from './device-backend.js';
 import { concatL1, interleaveGateUpRows, transformL1 } from '../moe/transform.js';
 import type { ExpertWeights, MoeLayerWeights } from '../moe/types.js';
 import { QUANT_BLOCK, type QuantizedWeight } from '../numerics/quant.js';
@@ -55,9 +54,6 @@ export interface UnfusedShape {
  * Both layouts give the same results. Host cost: fromLayer tiles each expert on the CPU (~2 GB/s, ~3 s for flash).
  */
 export const EXPERT_WEIGHT_LAYOUT: WeightLayout = 'tiled';
-
-/** Default token capacity when prepare() is not given maxTokens. */
-export const DEFAULT_MAX_TOKENS = 4096;
 
 function groupsOf(shape: UnfusedShape): number {
   return shape.experts + 1; // + the shared expert
@@ -480,73 +476,28 @@ export function layerFromDeviceWeights(weights: DeviceMoeWeights, cacheLimit = 6
   };
 }
 
-/** Global expert id -> local group (or -1), for layers holding a subset of experts (expert parallelism). */
-export function localIdMap(localIds: readonly number[], experts: number): Int32Array {
-  const map = new Int32Array(experts).fill(-1);
-  localIds.forEach((id, g) => { map[id] = g; });
-  return map;
-}
+// The expert id map and the default capacity live with the GPU backends' shared lifecycle (device-backend.ts).
+export { DEFAULT_MAX_TOKENS, localIdMap, toLocalIds } from './device-backend.js';
 
-/** Host ids (I32/I64, global) -> local I64 ids; experts this GPU does not hold become -1 (contribute nothing). */
-export function toLocalIds(ids: TopkIdsTensor, map: Int32Array): BigInt64Array {
-  const out = new BigInt64Array(ids.numel);
-  const src = ids.data as Int32Array | BigInt64Array;
-  for (let i = 0; i < out.length; i++) {
-    const id = Number(src[i]);
-    out[i] = BigInt(id >= 0 && id < map.length ? map[id] : -1);
-  }
-  return out;
-}
-
-/** The MoeBackend over UnfusedMoe: checks, upload at prepare(), host in / host out forward(). */
-export class UnfusedBackend implements MoeBackend {
+/** The MoeBackend over UnfusedMoe: its guards, upload at prepare(), host in / host out forward() (device-backend.ts). */
+export class UnfusedBackend extends DeviceMoeBackend<UnfusedMoe> {
   readonly name = 'unfused';
-  private layer: MoeLayerWeights | undefined;
-  private moe: UnfusedMoe | undefined;
-  private idMap: Int32Array | undefined;
-  private disposed = false;
 
-  async prepare(layer: MoeLayerWeights, opts: PrepareOptions = {}): Promise<void> {
-    if (this.disposed) throw new GuardError('BAD_INPUT', 'the unfused backend was disposed', 'create a new backend');
-    checkLayer(layer);
-    const st = cudaStatus();
-    if (!st.available) throw new GuardError('NOT_SM90', `backend unfused needs a Hopper GPU: ${st.reason}`, 'run on an H100/H200 or choose --backend reference');
-    const dev = st.devices[0];
-    checkSm90({ major: dev.computeCapability.major, minor: dev.computeCapability.minor, name: dev.name }, 'unfused');
-    const s = layer.shape;
+  protected override checkHost(layer: MoeLayerWeights): void { checkLayer(layer); }
+
+  protected checkDevice(layer: MoeLayerWeights, _opts: PrepareOptions, device: GuardDevice): void {
+    checkSm90(device, 'unfused');
     checkSharedExpertAsGroup(layer, 'unfused');
-    this.moe?.dispose();
-    this.moe = undefined;
-    const localIds = [...layer.experts.ids];
+  }
+
+  protected async createPipeline(layer: MoeLayerWeights, localIds: number[], maxTokens: number): Promise<UnfusedMoe> {
     const weights = DeviceMoeWeights.fromLayer(layer, localIds);
     try {
-      this.moe = await UnfusedMoe.create(weights, opts.maxTokens ?? DEFAULT_MAX_TOKENS, { ownsWeights: true });
+      return await UnfusedMoe.create(weights, maxTokens, { ownsWeights: true });
     } catch (err) {
       weights.dispose();
       throw err;
     }
-    this.idMap = localIdMap(localIds, s.nRoutedExperts);
-    this.layer = layer;
-  }
-
-  async forward(x: HostTensor<'BF16'>, topkIds: TopkIdsTensor, topkWeights: HostTensor<'F32'>): Promise<MoeForwardResult> {
-    if (!this.layer || !this.moe || !this.idMap) throw new GuardError('BAD_INPUT', 'unfused backend: forward() before prepare()', 'call prepare(layer) first');
-    const T = checkForwardInputs(this.layer.shape, x, topkIds, topkWeights);
-    checkTokenCapacity(T, this.moe.maxTokens, 'the unfused backend');
-    const moe = this.moe;
-    moe.uploadInputs(x, toLocalIds(topkIds, this.idMap), topkWeights.data);
-    moe.enqueue(T);
-    return moe.downloadOutputs(T);
-  }
-
-  /** The device pipeline (benchmarks, graph capture); undefined before prepare(). */
-  get pipeline(): UnfusedMoe | undefined { return this.moe; }
-
-  dispose(): void {
-    this.moe?.dispose();
-    this.moe = undefined;
-    this.layer = undefined;
-    this.disposed = true;
   }
 }
 

@@ -12,7 +12,7 @@
 //    nothing, and the report says so in its meta, its Markdown and on stderr.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { expertWeightBytes, median, type DeviceCeilings } from './report.js';
+import { expertWeightBytes, median, type BenchRunMeta } from './report.js';
 
 /** The line printed and recorded when ranks share a GPU. */
 export const SHARED_GPU_WARNING = 'timings in this mode mean nothing';
@@ -84,15 +84,7 @@ export interface EpShapeSummary {
 }
 
 export interface EpBenchReport {
-  meta: {
-    gpu: string;
-    smCount?: number;
-    driver?: string;
-    commit: string;
-    command: string;
-    date: string;
-    warmup: number;
-    runs: number;
+  meta: BenchRunMeta & {
     ep: number;
     transport: string;
     backend: string;
@@ -103,9 +95,7 @@ export interface EpBenchReport {
     /** several ranks on one GPU: the timings mean nothing */
     sharedGpu: boolean;
     warning?: string;
-    ceilings: DeviceCeilings;
     shapes: EpShapeSummary[];
-    notes: string[];
   };
   rows: EpBenchRow[];
   ranks: EpRankStep[];

@@ -108,34 +108,16 @@ async function fakeRank(ctx: RankContext, a: EpBenchRankArgs): Promise<EpBenchRa
 export default async function epBenchRank(ctx: RankContext): Promise<EpBenchRankResult> {
   const a = ctx.args as EpBenchRankArgs;
   if (a.fake) return fakeRank(ctx, a);
-  const { useDevice, ensureContext, CudaEvent, DeviceBuffer } = await import('../cuda/index.js');
-  const { DeviceMoeWeights } = await import('../backends/unfused.js');
-  const { UnfusedEpRank } = await import('../backends/unfused-ep.js');
+  const { ensureContext, CudaEvent, DeviceBuffer } = await import('../cuda/index.js');
+  const { startUnfusedEpRank } = await import('../backends/unfused-ep-rank.js');
   const { chooseRowTile } = await import('../backends/unfused-gemm.js');
-  const { createTransport } = await import('../dist/transports.js');
-  const { expertRange } = await import('../moe/placement.js');
   const { randomHiddenStates } = await import('../moe/synthetic.js');
   const { HostTensor } = await import('../tensor/host.js');
   const { randomRouting } = await import('./moe.js');
 
   const { shape } = a;
-  const N = ctx.worldSize;
-  ctx.phase('cuda-init');
-  useDevice(ctx.device);
+  const { ep, localShape, close } = await startUnfusedEpRank(ctx, a);
   const props = ensureContext().properties();
-  ctx.phase('weights');
-  const range = expertRange(shape.experts, ctx.rank, N);
-  const ids = Array.from({ length: range.end - range.first }, (_, i) => range.first + i);
-  const localShape = { hidden: shape.hidden, inter: shape.inter, experts: ids.length, topK: shape.topK, swigluLimit: shape.swigluLimit };
-  const weights = await DeviceMoeWeights.randomExperts(localShape, a.seed, ids, shape.experts);
-  const maxTokens = Math.max(1, ...a.tokens);
-  ctx.phase('transport');
-  const transport = await createTransport(a.transport, ctx, { receiveBytes: UnfusedEpRank.receiveBytes(localShape, N, maxTokens) });
-  ctx.phase('build');
-  // Rank 0 compiles every kernel variant first; the others then find them in the disk cache.
-  if (ctx.rank !== 0) await ctx.barrier('built-0');
-  const ep = await UnfusedEpRank.create(transport, weights, { maxTokens, rowTilePolicy: a.rowTile });
-  if (ctx.rank === 0) await ctx.barrier('built-0');
   const flush = DeviceBuffer.alloc(Math.max(256 << 20, Math.ceil((4 * props.l2CacheBytes) / (1 << 20)) << 20));
   const start = CudaEvent.create();
   const end = CudaEvent.create();
@@ -166,12 +148,9 @@ export default async function epBenchRank(ctx: RankContext): Promise<EpBenchRank
     });
   }
   ctx.phase('teardown');
-  await transport.barrier(stream); // every peer finished writing into this rank's buffers
+  await close(); // waits for the peers, then frees the layer and the transport
   start.dispose();
   end.dispose();
   flush.dispose();
-  ep.dispose();
-  transport.dispose();
-  weights.dispose();
   return { rank: ctx.rank, device: ctx.device, pid: process.pid, gpu: props.name, steps };
 }

@@ -166,21 +166,23 @@ export interface GemmAloneRow {
   computeFraction: number;
 }
 
+/** What every benchmark report records of its run: the GPU, the commit and command, the timing protocol. */
+export interface BenchRunMeta {
+  gpu: string;
+  smCount?: number;
+  driver?: string;
+  commit: string;
+  command: string;
+  date: string;
+  warmup: number;
+  runs: number;
+  /** the ceilings of the GPU this run used (derived and measured in the run) */
+  ceilings: DeviceCeilings;
+  notes: string[];
+}
+
 export interface MoeBenchReport {
-  meta: {
-    gpu: string;
-    smCount?: number;
-    driver?: string;
-    commit: string;
-    command: string;
-    date: string;
-    warmup: number;
-    runs: number;
-    /** the ceilings of the GPU this run used (derived and measured in the run) */
-    ceilings: DeviceCeilings;
-    shapes: MoeShapeSummary[];
-    notes: string[];
-  };
+  meta: BenchRunMeta & { shapes: MoeShapeSummary[] };
   rows: MoeBenchRow[];
   hostOverhead: HostOverheadRow[];
   gemmAlone: GemmAloneRow[];

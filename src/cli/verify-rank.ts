@@ -80,30 +80,12 @@ export default async function verifyRank(ctx: RankContext): Promise<VerifyRankSu
   const a = ctx.args as VerifyRankArgs;
   if (a.fake) return fakeRank(ctx, a);
   // Imported here so the fake mode loads no CUDA code at all.
-  const { useDevice } = await import('../cuda/index.js');
-  const { DeviceMoeWeights } = await import('../backends/unfused.js');
-  const { UnfusedEpRank } = await import('../backends/unfused-ep.js');
-  const { createTransport } = await import('../dist/transports.js');
+  const { startUnfusedEpRank } = await import('../backends/unfused-ep-rank.js');
   const { epInputs } = await import('../moe/ep-inputs.js');
-  const { expertRange } = await import('../moe/placement.js');
 
   const { shape } = a;
   const N = ctx.worldSize;
-  ctx.phase('cuda-init');
-  useDevice(ctx.device);
-  ctx.phase('weights');
-  const range = expertRange(shape.experts, ctx.rank, N);
-  const ids = Array.from({ length: range.end - range.first }, (_, i) => range.first + i);
-  const localShape = { hidden: shape.hidden, inter: shape.inter, experts: ids.length, topK: shape.topK, swigluLimit: shape.swigluLimit };
-  const weights = await DeviceMoeWeights.randomExperts(localShape, a.seed, ids, shape.experts);
-  const maxTokens = Math.max(1, ...a.tokens);
-  ctx.phase('transport');
-  const transport = await createTransport(a.transport, ctx, { receiveBytes: UnfusedEpRank.receiveBytes(localShape, N, maxTokens) });
-  ctx.phase('build');
-  // Rank 0 compiles every kernel variant first; the others then find them in the disk cache.
-  if (ctx.rank !== 0) await ctx.barrier('built-0');
-  const ep = await UnfusedEpRank.create(transport, weights, { maxTokens, rowTilePolicy: a.rowTile });
-  if (ctx.rank === 0) await ctx.barrier('built-0');
+  const { ep, close } = await startUnfusedEpRank(ctx, a);
   await ctx.ready();
   const steps: VerifyStepSummary[] = [];
   for (const T of a.tokens) {
@@ -121,9 +103,6 @@ export default async function verifyRank(ctx: RankContext): Promise<VerifyRankSu
     steps.push({ tokens: T, rowsSent: sent, rowsReceived: ep.lastReceive!.rows, ms, file });
   }
   ctx.phase('teardown');
-  await transport.barrier(ep.stream); // every peer finished writing into this rank's buffers
-  ep.dispose();
-  transport.dispose();
-  weights.dispose();
+  await close();
   return { rank: ctx.rank, device: ctx.device, pid: process.pid, steps };
 }

@@ -24,8 +24,8 @@ import { RankFailureError, runRanks } from '../../dist/supervisor.js';
 import { MAX_WORLD_SIZE } from '../../dist/rank.js';
 import type { VerifyRankArgs, VerifyRankSummary, VerifyShape } from '../verify-rank.js';
 import { calcDiff, decodeBF16Array } from '../../numerics/index.js';
-import { allocStorage, HostTensor } from '../../tensor/host.js';
-import { Rng } from '../../util/rng.js';
+import { HostTensor } from '../../tensor/host.js';
+import { rowsOf, sampleRows } from '../../tensor/rows.js';
 
 /** SPEC 5: EP=N against EP=1 (when not bit-identical) and a GPU backend against the CPU reference. */
 export const VERIFY_TOLERANCE = 3e-5;
@@ -90,24 +90,6 @@ export function verifyRefusal(o: VerifyOptions): [number, string] | null {
 }
 
 interface RowCheck { rows: number; identical: number; y: number; yRouted: number }
-
-function rowsOf<D extends 'BF16' | 'I64' | 'F32'>(t: HostTensor<D>, rows: number[]): HostTensor<D> {
-  const cols = t.shape[1];
-  const out = allocStorage(t.dtype, rows.length * cols);
-  const dst = out as unknown as { set(src: ArrayLike<number | bigint>, offset: number): void };
-  const src = t.data as unknown as { subarray(a: number, b: number): ArrayLike<number | bigint> };
-  rows.forEach((r, i) => dst.set(src.subarray(r * cols, r * cols + cols), i * cols));
-  return new HostTensor(t.dtype, [rows.length, cols], out);
-}
-
-/** The first, the last and seeded random other rows, sorted (all when T <= count). */
-export function sampleRows(seed: number, T: number, count: number): number[] {
-  if (T <= count) return Array.from({ length: T }, (_, i) => i);
-  const rng = new Rng(seed);
-  const set = new Set<number>([0, T - 1]);
-  while (set.size < count) set.add(rng.int(T));
-  return [...set].sort((a, b) => a - b).slice(0, count);
-}
 
 function compareBf16(a: Uint16Array, b: Uint16Array, H: number): RowCheck {
   const rows = a.length / H;

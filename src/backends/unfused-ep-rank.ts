@@ -1,0 +1,59 @@
+// One rank's unfused EP layer, set up inside a rank process the same way by `megamoe verify --ep` and
+// `megamoe bench moe --ep`: the rank's block of experts with per-expert seeds (an EP subset equals those experts of
+// the whole layer), its transport, rank 0 compiling every kernel first, and the teardown that waits for the peers.
+// Imported dynamically by the rank programs, so their fake (no-GPU) modes load no CUDA code.
+import { useDevice } from '../cuda/index.js';
+import type { RankContext } from '../dist/rank-channel.js';
+import type { Transport, TransportName } from '../dist/transport.js';
+import { createTransport } from '../dist/transports.js';
+import { expertRange } from '../moe/placement.js';
+import { UnfusedEpRank } from './unfused-ep.js';
+import type { RowTilePolicy } from './unfused-gemm.js';
+import { DeviceMoeWeights, type UnfusedShape } from './unfused.js';
+
+export interface EpRankOptions {
+  shape: UnfusedShape;
+  seed: number;
+  /** the batch sizes (tokens per rank) the rank will run: the buffers hold the largest */
+  tokens: readonly number[];
+  transport: TransportName;
+  rowTile: RowTilePolicy;
+}
+
+export interface EpRankSetup {
+  ep: UnfusedEpRank;
+  transport: Transport;
+  /** the rank's share of the layer (its experts only) */
+  localShape: UnfusedShape;
+  maxTokens: number;
+  /** Waits until every peer finished writing into this rank's buffers, then frees everything. */
+  close(): Promise<void>;
+}
+
+export async function startUnfusedEpRank(ctx: RankContext, o: EpRankOptions): Promise<EpRankSetup> {
+  const { shape } = o;
+  ctx.phase('cuda-init');
+  useDevice(ctx.device);
+  ctx.phase('weights');
+  const range = expertRange(shape.experts, ctx.rank, ctx.worldSize);
+  const ids = Array.from({ length: range.end - range.first }, (_, i) => range.first + i);
+  const localShape: UnfusedShape = { hidden: shape.hidden, inter: shape.inter, experts: ids.length, topK: shape.topK, swigluLimit: shape.swigluLimit };
+  const weights = await DeviceMoeWeights.randomExperts(localShape, o.seed, ids, shape.experts);
+  const maxTokens = Math.max(1, ...o.tokens);
+  ctx.phase('transport');
+  const transport = await createTransport(o.transport, ctx, { receiveBytes: UnfusedEpRank.receiveBytes(localShape, ctx.worldSize, maxTokens) });
+  ctx.phase('build');
+  // Rank 0 compiles every kernel variant first; the others then find them in the disk cache.
+  if (ctx.rank !== 0) await ctx.barrier('built-0');
+  const ep = await UnfusedEpRank.create(transport, weights, { maxTokens, rowTilePolicy: o.rowTile });
+  if (ctx.rank === 0) await ctx.barrier('built-0');
+  return {
+    ep, transport, localShape, maxTokens,
+    async close() {
+      await transport.barrier(ep.stream); // every peer finished writing into this rank's buffers
+      ep.dispose();
+      transport.dispose();
+      weights.dispose();
+    },
+  };
+}
