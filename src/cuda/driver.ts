@@ -68,6 +68,8 @@ export interface DriverFunctions {
   cuModuleGetFunction(outFunction: Addr, module: Addr, name: string): number;
   cuFuncSetAttribute(fn: Addr, attribute: number, value: number): number;
   cuFuncGetAttribute(outInt: Addr, attribute: number, fn: Addr): number;
+  /** config: a CUlaunchConfig (56 bytes) in native memory. */
+  cuOccupancyMaxActiveClusters(outInt: Addr, fn: Addr, config: Addr): number;
   cuLaunchKernel(fn: Addr, gx: number, gy: number, gz: number, bx: number, by: number, bz: number,
     sharedMemBytes: number, stream: Addr, kernelParams: Addr, extra: Addr): number;
   cuTensorMapEncodeTiled(outMap: Addr, dataType: number, rank: number, globalAddress: Addr, globalDim: BigUint64Array,
@@ -151,6 +153,7 @@ const PROTOTYPES: ReadonlyArray<readonly [keyof DriverFunctions, string]> = [
   ['cuModuleGetFunction', 'int cuModuleGetFunction(uintptr_t out, uintptr_t module, const char *name)'],
   ['cuFuncSetAttribute', 'int cuFuncSetAttribute(uintptr_t fn, int attrib, int value)'],
   ['cuFuncGetAttribute', 'int cuFuncGetAttribute(uintptr_t out, int attrib, uintptr_t fn)'],
+  ['cuOccupancyMaxActiveClusters', 'int cuOccupancyMaxActiveClusters(uintptr_t out, uintptr_t fn, uintptr_t config)'],
   ['cuLaunchKernel', 'int cuLaunchKernel(uintptr_t fn, unsigned int gx, unsigned int gy, unsigned int gz, ' +
     'unsigned int bx, unsigned int by, unsigned int bz, unsigned int smem, uintptr_t stream, uintptr_t params, uintptr_t extra)'],
   ['cuTensorMapEncodeTiled', 'int cuTensorMapEncodeTiled(uintptr_t out, int dataType, uint32_t rank, uint64_t globalAddress, ' +

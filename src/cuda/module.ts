@@ -107,6 +107,26 @@ export class Kernel {
   }
 
   /**
+   * How many clusters of this kernel (its compile-time __cluster_dims__) can be resident at once with `block`
+   * threads and `sharedMemBytes` of dynamic shared memory per CTA (cuOccupancyMaxActiveClusters). A persistent
+   * kernel with grid barriers needs every cluster of its grid resident.
+   */
+  maxActiveClusters(config: { grid: number; block: number; sharedMemBytes: number }): number {
+    const d = getDriver();
+    // CUlaunchConfig at scratch + 64: grid x/y/z, block x/y/z, sharedMemBytes (u32 each), hStream (offset 32),
+    // attrs (40), numAttrs (48): no attributes, the cluster shape is the kernel's own.
+    const v = d.scratch.view;
+    const o = 64;
+    for (const [i, x] of [config.grid, 1, 1, config.block, 1, 1, config.sharedMemBytes].entries()) v.setUint32(o + 4 * i, x, true);
+    v.setBigUint64(o + 32, 0n, true);
+    v.setBigUint64(o + 40, 0n, true);
+    v.setUint32(o + 48, 0, true);
+    check('cuOccupancyMaxActiveClusters', d.fn.cuOccupancyMaxActiveClusters(d.scratch.address, this.handle, d.scratch.address + o),
+      `kernel "${this.name}", ${config.block} threads, ${config.sharedMemBytes} B dynamic smem`);
+    return v.getInt32(0, true);
+  }
+
+  /**
    * Launches the kernel (asynchronous; errors found at launch throw CudaError, errors during execution surface at
    * the next synchronising call). `args` must match the kernel's parameters in order and width.
    */

@@ -175,8 +175,13 @@ export function packMegaParams(v: MegaParamValues): Uint8Array {
   return bytes;
 }
 
-/** The -D defines of one specialisation. */
-export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout: 'rows' | 'tiled' = 'tiled'): Record<string, number> {
+/**
+ * The -D defines of one specialisation. `multicast` (normal path only): 2-CTA clusters that share each weight tile
+ * through TMA multicast (MM_MCAST 1); the launcher falls back to false where the GPU cannot keep every cluster of the
+ * grid resident.
+ */
+export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout: 'rows' | 'tiled' = 'tiled',
+  multicast = false): Record<string, number> {
   checkShape(shape);
   const stages = MEGA_STAGES[path];
   const smem = megaSmemBytes(path, stages);
@@ -185,9 +190,18 @@ export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout
     MM_HIDDEN: shape.hidden, MM_INTER: shape.inter, MM_EXPERTS: shape.experts, MM_TOPK: shape.topK,
     MM_PATH: path === 'decode' ? 1 : 0, MM_STAGES: stages, ...(path === 'normal' ? { MM_L1_STAGES: MEGA_L1_STAGES } : {}), MM_SMEM_BYTES: smem, MM_PARAMS_BYTES: MEGA_PARAMS_BYTES,
     ...(weightLayout === 'tiled' ? { MM_WTILED: 1 } : {}),
+    ...(path === 'normal' && multicast ? { MM_MCAST: 1 } : {}),
     ...(path === 'decode' ? { MM_DECODE_L2_WIDE_MIN_T: decodeL2WideMinTokens() } : {}),
     ...(process.env.MEGAMOE_SMALL_T ? { MM_SMALL_T: smallTokens() } : {}),
   };
+}
+
+/** Whether the normal path uses 2-CTA weight multicast (default yes; MEGAMOE_MCAST=0 turns it off, for A/B runs). */
+export function megaMulticastWanted(): boolean {
+  const v = process.env.MEGAMOE_MCAST;
+  if (v === undefined || v === '' || v === '1') return true;
+  if (v === '0') return false;
+  throw new RangeError(`MEGAMOE_MCAST=${v}: expected 0 or 1`);
 }
 
 /**

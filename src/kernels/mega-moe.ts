@@ -6,7 +6,7 @@ import {
   type TensorMap,
 } from '../cuda/index.js';
 import {
-  decodeMegaCtl, describeMegaCtlError, MEGA_CTL_BYTES, MEGA_FAULT_SKIP_PUBLISH, MEGA_ROW_TILE, megaDefines, megaSmemBytes, megaThreads,
+  decodeMegaCtl, describeMegaCtlError, MEGA_CTL_BYTES, MEGA_FAULT_SKIP_PUBLISH, MEGA_ROW_TILE, megaDefines, megaMulticastWanted, megaSmemBytes, megaThreads,
   packMegaParams, type MegaBufferLayout, type MegaCtlState, type MegaMoePath, type MegaMoeShape, type MegaParamPointer,
 } from './mega-moe-layout.js';
 import { MOE_PRESET_SHAPES } from './presets.js';
@@ -19,9 +19,14 @@ registerKernel({
   name: 'mega_moe',
   source: MEGA_MOE_SOURCE,
   entry: MEGA_MOE_ENTRY,
-  variants: MOE_PRESET_SHAPES.flatMap((p) => (['normal', 'decode'] as const).map((path) => ({
-    label: `${p.label}-${path}-tiled`, defines: megaDefines({ hidden: p.hidden, inter: p.inter, experts: p.experts, topK: p.topK }, path, 'tiled'),
-  }))),
+  variants: MOE_PRESET_SHAPES.flatMap((p) => {
+    const shape = { hidden: p.hidden, inter: p.inter, experts: p.experts, topK: p.topK };
+    return [
+      { label: `${p.label}-normal-tiled-mcast`, defines: megaDefines(shape, 'normal', 'tiled', true) },
+      { label: `${p.label}-normal-tiled`, defines: megaDefines(shape, 'normal', 'tiled') },
+      { label: `${p.label}-decode-tiled`, defines: megaDefines(shape, 'decode', 'tiled') },
+    ];
+  }),
 });
 
 /** A launch gave up on a spin (a bug, a dead peer, or co-residency lost): the control block's account. */
@@ -67,7 +72,7 @@ function faultFromEnv(): number {
 }
 
 class PathKernel {
-  constructor(readonly path: MegaMoePath, readonly kernel: Kernel, readonly maps: readonly TensorMap[]) {}
+  constructor(readonly path: MegaMoePath, readonly kernel: Kernel, readonly maps: readonly TensorMap[], readonly multicast: boolean) {}
 }
 
 /** The fused layer for one shape, bound to its buffers: launch(stream, tokens) queues one whole MoE layer. */
@@ -76,6 +81,9 @@ export class MegaMoeKernel {
     private readonly paths: Readonly<Record<MegaMoePath, PathKernel>>, readonly grid: number,
     private readonly timeoutNs: bigint, private readonly fault: number) {}
 
+  /** Whether the normal path runs as 2-CTA clusters with weight multicast (false where the GPU cannot keep them all resident). */
+  get multicast(): boolean { return this.paths.normal.multicast; }
+
   /** Where traced launches write their per-CTA phase stamps (u64 [grid, MEGA_TRACE_SLOTS]); undefined = off. */
   trace: bigint | undefined;
 
@@ -83,12 +91,16 @@ export class MegaMoeKernel {
     if (b.weightLayout !== 'tiled') throw new RangeError('mega_moe: the fused kernel is built for the tiled weight layout (DeviceMoeWeights with weightLayout "tiled")');
     const ctx = ensureContext();
     const grid = ctx.properties().smCount;
-    const build = async (path: MegaMoePath): Promise<PathKernel> => {
-      const kernel = await loadKernel({ source: MEGA_MOE_SOURCE, entry: MEGA_MOE_ENTRY, defines: megaDefines(shape, path, b.weightLayout) });
+    const build = async (path: MegaMoePath, multicast = false): Promise<PathKernel> => {
+      const kernel = await loadKernel({ source: MEGA_MOE_SOURCE, entry: MEGA_MOE_ENTRY, defines: megaDefines(shape, path, b.weightLayout, multicast) });
       kernel.setMaxDynamicSharedMemory(megaSmemBytes(path));
-      return new PathKernel(path, kernel, MegaMoeKernel.maps(shape, b, path));
+      return new PathKernel(path, kernel, MegaMoeKernel.maps(shape, b, path), multicast);
     };
-    const [normal, decode] = await Promise.all([build('normal'), build('decode')]);
+    const [clustered, decode] = await Promise.all([megaMulticastWanted() && grid % 2 === 0 ? build('normal', true) : undefined, build('decode')]);
+    // The grid barriers need every CTA resident: 2-CTA clusters only where all grid / 2 of them fit at once (a GPC
+    // with an odd number of free SMs leaves one idle); else the kernel without clusters.
+    const normal = clustered !== undefined && clustered.kernel.maxActiveClusters({ grid, block: megaThreads('normal'), sharedMemBytes: megaSmemBytes('normal') }) >= grid / 2
+      ? clustered : await build('normal');
     return new MegaMoeKernel(shape, b, { normal, decode }, grid, spinTimeoutNs(), faultFromEnv());
   }
 

@@ -24,8 +24,10 @@
 //
 // Compile-time shape: MM_HIDDEN (H), MM_INTER (I), MM_EXPERTS (E routed; group E is the shared expert), MM_TOPK (K),
 // MM_PATH (0 normal: 128-row tiles, 2 consumer warpgroups; 1 decode: 16-token tiles, weights on wgmma's M side),
-// MM_STAGES (decode: the ring's stages; normal: L2's), MM_L1_STAGES (normal: L1's), MM_WTILED (weight layout, as GG_WTILED), MM_SMEM_BYTES and MM_PARAMS_BYTES (the TypeScript plan's
-// shared memory and parameter-struct sizes: a drift fails the compile).
+// MM_STAGES (decode: the ring's stages; normal: L2's), MM_L1_STAGES (normal: L1's), MM_WTILED (weight layout, as
+// GG_WTILED), MM_MCAST (normal path: 1 = 2-CTA clusters whose pairs of row tiles of one expert fetch half of each
+// weight tile and multicast it, as the unfused GEMM's GG_MCAST 1), MM_SMEM_BYTES and MM_PARAMS_BYTES (the TypeScript
+// plan's shared memory and parameter-struct sizes: a drift fails the compile).
 #include "common.cuh"
 #include "gemm/ptx.cuh"
 #include "gemm/wgmma_e4m3.cuh"
@@ -38,6 +40,9 @@
 #endif
 #ifndef MM_WTILED
 #define MM_WTILED 0
+#endif
+#ifndef MM_MCAST
+#define MM_MCAST 0
 #endif
 
 #define DSP_EXPERTS MM_EXPERTS
@@ -67,6 +72,11 @@ constexpr int kThreads = kDecode ? 256 : 384;
 constexpr int kWarps = kThreads / 32;
 constexpr int kConsumers = kDecode ? 128 : 256;  // consumer threads (threads [0, kConsumers))
 constexpr int kBlockM = kDecode ? gg::kDecodeRows : gg::kNormalRows;
+// Normal path with weight multicast: the GEMMs' units go over 2-CTA clusters (the grid is launched as clusters of 2:
+// the host checks that all of them are resident at once, cuOccupancyMaxActiveClusters, or builds MM_MCAST 0).
+constexpr int kMcast = kDecode ? 0 : MM_MCAST;
+constexpr int kCluster = kMcast ? 2 : 1;
+static_assert(MM_MCAST == 0 || MM_MCAST == 1, "mega_moe: MM_MCAST is 0 or 1 (weights)");
 constexpr int kL2KBlocks = kI / 128;  // flags per row tile: one per 128 activation columns (= L2 K block)
 // T at or below which CTA 0 does the whole dispatch alone (one grid barrier before the GEMMs instead of four).
 #ifndef MM_SMALL_T
@@ -278,7 +288,7 @@ struct MegaSync {
   MegaCtl* ctl;
   unsigned long long timeout_ns;
   u32 epoch;
-  int rotation;  // units before this GEMM's first (the L1 units): L2 continues L1's round robin over the CTAs
+  int rotation;  // units before this GEMM's first (the L1 units): L2 continues L1's round robin over the CTAs / clusters
   int fault;
   const MegaParams* params;  // the tail combine's (L2 only)
 
@@ -417,7 +427,12 @@ __device__ __forceinline__ void finish(const MegaParams& p, int tid, const Stamp
 
 }  // namespace mm
 
-extern "C" __global__ void __launch_bounds__(mm::kThreads, 1)
+#if MM_MCAST && MM_PATH == 0
+#define MM_CLUSTER_DIMS __cluster_dims__(2, 1, 1)
+#else
+#define MM_CLUSTER_DIMS
+#endif
+extern "C" __global__ void MM_CLUSTER_DIMS __launch_bounds__(mm::kThreads, 1)
 mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constant__ gg::TmaDesc tmap_w13,
                const __grid_constant__ gg::TmaDesc tmap_sfa1, const __grid_constant__ gg::TmaDesc tmap_a2,
                const __grid_constant__ gg::TmaDesc tmap_w2, const __grid_constant__ gg::TmaDesc tmap_sfa2,
@@ -468,10 +483,11 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
     gg::prefetch_tmap(&tmap_a2);
     gg::prefetch_tmap(&tmap_w2);
     gg::prefetch_tmap(&tmap_sfa2);
-    bars.init(kConsumers / 32);  // empty: one arrive per consumer warp
-    if (!kDecode) l1_bars.init(kConsumers / 32);
+    bars.init(kCluster * kConsumers / 32);  // empty: one arrive per consumer warp of every CTA of the cluster
+    if (!kDecode) l1_bars.init(kCluster * kConsumers / 32);
   }
-  __syncthreads();
+  // The peer's barriers must be initialised before any multicast or remote arrive.
+  if constexpr (kCluster == 2) gg::cluster_sync(); else __syncthreads();
   // The GEMMs' arguments and hooks are built right before each body from the (grid-constant) parameters, so
   // nothing of L2's stays live in registers through L1 (measured: ~900 bytes of spills otherwise, ptxas -v).
   // L1 units per live row tile: 256 transformed rows = 128 activation columns each (both paths).
@@ -484,7 +500,8 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
                nullptr, 0.0f, p.m_cap},                                                                             \
       ring,                                                                                                         \
       MegaSync<true, false>{p.flags, p.ctl, p.timeout_ns, epoch,                                                    \
-                            min(max(*p.num_m_tiles, 0), p.max_tiles) * (kI / 128), p.fault, &p}
+                            (min(max(*p.num_m_tiles, 0), p.max_tiles) + kCluster - 1) / kCluster * (kI / 128),      \
+                            p.fault, &p}
   gg::Ring ring, normal_l1_ring;
   gg::Ring& l1_ring = kDecode ? ring : normal_l1_ring;  // decode: L1 and L2 through one ring
   if constexpr (kDecode) {
@@ -501,7 +518,7 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
     // bodies; the bodies' own role test folds away.
     if (warp >= 8) {
       gg::regs_dealloc<40>();
-      gg::normal_body<2 * kI, kH, 2, kL1Stages, 1, 0, 0, MM_WTILED, NormalL1P, MegaSync<false, true>, false>(MM_L1_ARGS);
+      gg::normal_body<2 * kI, kH, 2, kL1Stages, 1, kMcast, 0, MM_WTILED, NormalL1P, MegaSync<false, true>, false>(MM_L1_ARGS);
       if (tid == kConsumers) {
         stamp(6);
         // L2's stages overlay L1's: wait until the consumers released every L1 stage (fresh stages pass at once).
@@ -510,13 +527,13 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
           l1_ring.advance<kL1Stages>();
         }
       }
-      gg::normal_body<kH, kI, 2, kStages, 0, 0, 1, MM_WTILED, NormalL2P, MegaSync<true, false>, false>(MM_L2_ARGS);
+      gg::normal_body<kH, kI, 2, kStages, 0, kMcast, 1, MM_WTILED, NormalL2P, MegaSync<true, false>, false>(MM_L2_ARGS);
       if (tid == kConsumers) stamp(7);
     } else {
       gg::regs_alloc<232>();
-      gg::normal_body<2 * kI, kH, 2, kL1Stages, 1, 0, 0, MM_WTILED, NormalL1P, MegaSync<false, true>, false>(MM_L1_ARGS);
+      gg::normal_body<2 * kI, kH, 2, kL1Stages, 1, kMcast, 0, MM_WTILED, NormalL1P, MegaSync<false, true>, false>(MM_L1_ARGS);
       if (tid == 0) stamp(2);
-      gg::normal_body<kH, kI, 2, kStages, 0, 0, 1, MM_WTILED, NormalL2P, MegaSync<true, false>, false>(MM_L2_ARGS);
+      gg::normal_body<kH, kI, 2, kStages, 0, kMcast, 1, MM_WTILED, NormalL2P, MegaSync<true, false>, false>(MM_L2_ARGS);
       if (tid == 0) stamp(3);
       if ((tid & 127) == 0) gg::fence_proxy_async_global();  // TMA stores -> the combine's loads
       finish<kConsumers>(p, tid, stamp);  // inside the branch: it runs on the consumers' register budget

@@ -124,8 +124,7 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
   static_assert(P::kSmemBytes <= 232448, "shared-memory plan exceeds 227 KB: fewer stages");
   static_assert(P::kBBytes >= kBlockN * kBlockK && (kEpi == 1 || !kTmaStore || P::kDBytes >= kNormalRows * kBlockN * 2),
                 "the plan's stages must hold this GEMM's tiles");
-  static_assert(!(Sync::kWaits || Sync::kPublishes) || (kMcast == 0 && !kOwnSetup),
-                "cross-CTA hooks run inside the fused kernel, without clusters");
+  static_assert(!(Sync::kWaits || Sync::kPublishes) || !kOwnSetup, "cross-CTA hooks run inside the fused kernel");
 
   extern __shared__ __align__(1024) unsigned char smem[];
   const u32 sbase = smem_addr(smem);
@@ -136,7 +135,9 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
   auto full_bar = [&](int s) { return bars.full(s); };
   auto empty_bar = [&](int s) { return bars.empty(s); };
   const int rank = kCluster == 2 ? (int)cluster_rank() : 0;
-  const int first_unit = kCluster == 2 ? (int)cluster_id() : sync.first_unit((int)blockIdx.x, (int)gridDim.x);
+  // Units go round robin over the CTAs, or over the clusters (both CTAs of a pair walk the same units).
+  const int first_unit = kCluster == 2 ? sync.first_unit((int)cluster_id(), (int)num_clusters())
+                                       : sync.first_unit((int)blockIdx.x, (int)gridDim.x);
   const int unit_step = kCluster == 2 ? (int)num_clusters() : (int)gridDim.x;
 
   if (kOwnSetup) {  // the fused kernel initialises the ring once for all its GEMMs
@@ -204,7 +205,10 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
         }
         for (int kb = 0; kb < kKB; kb++) {
           mbar_wait(empty_bar(stage), phase ^ 1);
-          if (g >= 0 && (a_ready || sync.wait(mt, kb))) {
+          // A failed wait (abort: the kernel reports the error) still loads the stage: its data is invalid anyway,
+          // and a cluster peer expects this CTA's half of the weight tile (skipping it would hang the peer).
+          if (g >= 0 && !a_ready) (void)sync.wait(mt, kb);
+          if (g >= 0) {
             mbar_arrive_expect_tx(full_bar(stage), P::kABytes + P::kBBytes + P::kSfaBytes);
             const u32 sb = sbase + P::kOffB + stage * P::kBBytes;
             if (kPairN) {  // each CTA fetches one 64-row half of the shared activation tile for both

@@ -56,13 +56,13 @@ struct GemmArgs {
 //   kWaits:     the producer asks unit_ready(mt) once per unit (every A block of row tile mt published: then it
 //               loads the whole unit without further checks), else prefetch-hints the unit's weights into L2 and
 //               calls wait(mt, kb) before loading A block kb; wait() returning false means "abort": the stage is
-//               passed on without data (the kernel reports the error; no hang).
+//               loaded anyway (the kernel reports the error; no hang, and a cluster peer gets its multicast half).
 //   kPublishes: every consumer thread calls publish(mt, nt, ctid, nthreads) after its epilogue stores of unit
 //               (mt, nt).
 //   kCompletes: (decode body, bf16 epilogue) every consumer thread calls complete<kCols>(mt, wb, ctid, nthreads)
 //               after its stores of unit (mt, wb), which covers kCols output columns.
-//   first_unit(cta, ctas): the first work unit of CTA `cta` (then every ctas-th), so a second GEMM can continue
-//               the first one's round robin.
+//   first_unit(cta, ctas): the first work unit of CTA (or 2-CTA cluster) `cta` of `ctas` (then every ctas-th),
+//               so a second GEMM can continue the first one's round robin.
 struct NoSync {
   static constexpr bool kWaits = false;
   static constexpr bool kPublishes = false;
