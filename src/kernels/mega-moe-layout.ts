@@ -205,6 +205,18 @@ export function megaMulticastWanted(): boolean {
 }
 
 /**
+ * Normal path: rows per expert (T K / E) from which the clustered (weight multicast) kernel runs (default 128,
+ * measured in docs/MEGA_MOE.md); MEGAMOE_MCAST_MIN_ROWS overrides (tuning; 0 = whenever the normal path runs).
+ */
+export function megaMulticastMinRows(): number {
+  const v = process.env.MEGAMOE_MCAST_MIN_ROWS;
+  if (v === undefined || v === '') return 128;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0) throw new RangeError(`MEGAMOE_MCAST_MIN_ROWS=${v}: expected a number >= 0`);
+  return n;
+}
+
+/**
  * Decode path: T from which L2 runs 256-row weight units instead of 128-row ones (default 32 tokens; measured in
  * docs/MEGA_MOE.md); MEGAMOE_DECODE_L2_WIDE_MIN_T overrides (tuning; a huge value keeps 128-row units everywhere).
  */

@@ -6,7 +6,7 @@ import {
   type TensorMap,
 } from '../cuda/index.js';
 import {
-  decodeMegaCtl, describeMegaCtlError, MEGA_CTL_BYTES, MEGA_FAULT_SKIP_PUBLISH, MEGA_ROW_TILE, megaDefines, megaMulticastWanted, megaSmemBytes, megaThreads,
+  decodeMegaCtl, describeMegaCtlError, MEGA_CTL_BYTES, MEGA_FAULT_SKIP_PUBLISH, MEGA_ROW_TILE, megaDefines, megaMulticastMinRows, megaMulticastWanted, megaSmemBytes, megaThreads,
   packMegaParams, type MegaBufferLayout, type MegaCtlState, type MegaMoePath, type MegaMoeShape, type MegaParamPointer,
 } from './mega-moe-layout.js';
 import { MOE_PRESET_SHAPES } from './presets.js';
@@ -78,11 +78,25 @@ class PathKernel {
 /** The fused layer for one shape, bound to its buffers: launch(stream, tokens) queues one whole MoE layer. */
 export class MegaMoeKernel {
   private constructor(readonly shape: MegaMoeShape, private readonly b: MegaMoeBindings,
-    private readonly paths: Readonly<Record<MegaMoePath, PathKernel>>, readonly grid: number,
-    private readonly timeoutNs: bigint, private readonly fault: number) {}
+    private readonly paths: Readonly<Record<MegaMoePath, PathKernel> & { clustered: PathKernel | undefined }>, readonly grid: number,
+    private readonly timeoutNs: bigint, private readonly fault: number, private readonly multicastMinRows: number) {}
 
-  /** Whether the normal path runs as 2-CTA clusters with weight multicast (false where the GPU cannot keep them all resident). */
-  get multicast(): boolean { return this.paths.normal.multicast; }
+  /** Whether the normal path can run as 2-CTA clusters with weight multicast (false where the GPU cannot keep them all resident). */
+  get multicast(): boolean { return this.paths.clustered !== undefined; }
+
+  /**
+   * The kernel T tokens run with on `path`: the normal path's clustered (weight multicast) variant once the average
+   * expert has multicastMinRows rows (two 128-row tiles of one expert share a weight tile only then; below it the
+   * pairs' lockstep costs more than the multicast saves: docs/MEGA_MOE.md).
+   */
+  private kernelFor(tokens: number, path: MegaMoePath): PathKernel {
+    const c = this.paths.clustered;
+    if (path === 'normal' && c !== undefined && (tokens * this.shape.topK) / this.shape.experts >= this.multicastMinRows) return c;
+    return this.paths[path];
+  }
+
+  /** Whether a launch of T tokens on `path` uses the clustered (weight multicast) kernel. */
+  multicastAt(tokens: number, path: MegaMoePath): boolean { return this.kernelFor(tokens, path).multicast; }
 
   /** Where traced launches write their per-CTA phase stamps (u64 [grid, MEGA_TRACE_SLOTS]); undefined = off. */
   trace: bigint | undefined;
@@ -96,12 +110,15 @@ export class MegaMoeKernel {
       kernel.setMaxDynamicSharedMemory(megaSmemBytes(path));
       return new PathKernel(path, kernel, MegaMoeKernel.maps(shape, b, path), multicast);
     };
-    const [clustered, decode] = await Promise.all([megaMulticastWanted() && grid % 2 === 0 ? build('normal', true) : undefined, build('decode')]);
+    const [clustered, normal, decode] = await Promise.all([
+      megaMulticastWanted() && grid % 2 === 0 ? build('normal', true) : undefined, build('normal'), build('decode'),
+    ]);
     // The grid barriers need every CTA resident: 2-CTA clusters only where all grid / 2 of them fit at once (a GPC
-    // with an odd number of free SMs leaves one idle); else the kernel without clusters.
-    const normal = clustered !== undefined && clustered.kernel.maxActiveClusters({ grid, block: megaThreads('normal'), sharedMemBytes: megaSmemBytes('normal') }) >= grid / 2
-      ? clustered : await build('normal');
-    return new MegaMoeKernel(shape, b, { normal, decode }, grid, spinTimeoutNs(), faultFromEnv());
+    // with an odd number of free SMs leaves one idle); else the kernel without clusters everywhere.
+    const resident = clustered !== undefined &&
+      clustered.kernel.maxActiveClusters({ grid, block: megaThreads('normal'), sharedMemBytes: megaSmemBytes('normal') }) >= grid / 2;
+    return new MegaMoeKernel(shape, b, { normal, decode, clustered: resident ? clustered : undefined }, grid, spinTimeoutNs(),
+      faultFromEnv(), megaMulticastMinRows());
   }
 
   /** The seven tensor maps of a path: L1 A / W13 / sfa, L2 A / W2 / sfa, L2 out (bf16, TMA store). */
@@ -134,7 +151,7 @@ export class MegaMoeKernel {
     if (!(Number.isInteger(tokens) && tokens >= 1 && tokens <= L.maxTokens)) {
       throw new RangeError(`mega_moe: ${tokens} tokens is outside [1, ${L.maxTokens}] (the symmetric buffer's capacity)`);
     }
-    const pk = this.paths[path];
+    const pk = this.kernelFor(tokens, path);
     const base = addr(this.b.base);
     const r = L.regions;
     const at = (region: { offset: number }) => base + BigInt(region.offset);

@@ -123,8 +123,9 @@ static_assert(MM_WTILED == 1, "mega_moe reads tiled weights only (its tensor map
 enum : u32 { kErrNone = 0, kErrBarrierTimeout = 1, kErrFlagTimeout = 2 };
 enum : int { kFaultNone = 0, kFaultSkipPublish = 1 };
 // Trace slots: 0 start, 1 dispatch done (GEMMs start), 2 consumers done with L1, 3 with L2, 4 after the GEMMs' grid
-// barrier, 5 combine done; 6 / 7 the producer done issuing L1 / L2; 8-11 the single-CTA dispatch's steps on CTA 0
-// (staged, counted, scanned, ranked).
+// barrier, 5 combine done; 6 / 7 the producer done issuing L1 / L2; 8-11 the dispatch's steps: single-CTA (CTA 0:
+// staged, counted, scanned, ranked) or grid (every CTA: 8 staged + counted, 9 past the scan's barrier, 10 past the
+// rank's; slot 1 is then past the gather's).
 constexpr int kTraceSlots = 12;
 enum : u32 { kPhaseDispatch = 1, kPhaseScan = 2, kPhaseRank = 3, kPhaseGather = 4, kPhaseGemm = 5, kPhaseL2Wait = 6 };
 
@@ -389,8 +390,9 @@ __device__ __forceinline__ void dispatch_small(const MegaParams& p, int* scratch
 }
 
 // Dispatch for larger T over the whole grid, four phases apart.
+template <class Stamp>
 __device__ __forceinline__ void dispatch_grid(const MegaParams& p, int* scratch, int tid, int warp, int lane,
-                                              u32 epoch) {
+                                              u32 epoch, const Stamp& stamp) {
   const int T = p.num_tokens;
   const int nc = dsp::num_chunks(T);
   const int gwarp = blockIdx.x * kWarps + warp;
@@ -398,16 +400,19 @@ __device__ __forceinline__ void dispatch_grid(const MegaParams& p, int* scratch,
   for (int row = gwarp; row < T; row += nwarps)
     stg::stage_row(p.x, p.ids, p.weights, p.x_fp8, p.x_sf, p.ids_staged, p.w_staged, row, lane);
   for (int c = blockIdx.x; c < nc; c += gridDim.x) dsp::count_chunk(p.ids, T, c, p.chunk_counts, scratch, tid, kThreads);
+  if (tid == 0) stamp(8);
   grid_barrier(p.ctl, kPhaseDispatch, p.timeout_ns);
   if (blockIdx.x == 0 && tid == 0) p.ctl->epoch = epoch;  // every CTA has read the old epoch by now
   if (blockIdx.x == 0)
     dsp::scan(p.chunk_counts, T, kBlockM, p.max_tiles, p.group_offset, p.group_count, p.tile_group, p.num_m_tiles,
               p.row_weight, p.row_token, scratch, tid, kThreads);
   grid_barrier(p.ctl, kPhaseScan, p.timeout_ns);
+  if (tid == 0) stamp(9);
   for (int c = gwarp; c < nc; c += nwarps)
     dsp::rank_chunk(p.ids, p.weights, T, c, p.chunk_counts, p.group_offset, p.slot_row, p.row_weight, p.row_token,
                     scratch + warp * dsp::kExperts, lane);
   grid_barrier(p.ctl, kPhaseRank, p.timeout_ns);
+  if (tid == 0) stamp(10);
   for (int t = gwarp; t < T; t += nwarps)
     dsp::gather_token(p.x_fp8, p.x_sf, t, p.slot_row, p.group_offset, p.a, p.sfa, 1, p.m_cap, lane);
 }
@@ -466,7 +471,7 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
     grid_barrier(p.ctl, kPhaseDispatch, p.timeout_ns);
     if (blockIdx.x == 0 && tid == 0) p.ctl->epoch = epoch;
   } else {
-    dispatch_grid(p, scratch, tid, warp, lane, epoch);
+    dispatch_grid(p, scratch, tid, warp, lane, epoch, stamp);
     grid_barrier(p.ctl, kPhaseGather, p.timeout_ns);
   }
   if (tid == 0) stamp(1);

@@ -35,7 +35,8 @@ for (const T of Ts) {
     }
   }
   mega.setTrace(undefined);
-  const names = ['start', 'dispatched', 'L1 done(c)', 'L2 done(c)', 'gemm barrier', 'combine done', 'L1 issued(p)', 'L2 issued(p)', 'staged', 'counted', 'scanned', 'ranked'];
+  const names = ['start', 'dispatched', 'L1 done(c)', 'L2 done(c)', 'gemm barrier', 'combine done', 'L1 issued(p)', 'L2 issued(p)',
+    ...(T <= 8 ? ['staged', 'counted', 'scanned', 'ranked'] : ['staged+counted', 'scan passed', 'rank passed', '(unused)'])];
   console.log(`T=${T} path=${mega.path(T)} touched=${r.touched}: stamp [min/median/max over CTAs] us, median of 4 launches`);
   agg.forEach((a, s) => { if (a.some((x) => Number.isNaN(x[0]))) return; const m = (k) => { const v = a.map((x) => x[k]).sort((p, q) => p - q); return v[v.length >> 1].toFixed(1); }; console.log(`  ${names[s].padEnd(14)} ${m(0)} / ${m(1)} / ${m(2)}`); });
 }
