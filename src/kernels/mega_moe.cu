@@ -404,13 +404,17 @@ __device__ __forceinline__ void dispatch_grid(const MegaParams& p, int* scratch,
   grid_barrier(p.ctl, kPhaseDispatch, p.timeout_ns);
   if (blockIdx.x == 0 && tid == 0) p.ctl->epoch = epoch;  // every CTA has read the old epoch by now
   if (blockIdx.x == 0)
-    dsp::scan(p.chunk_counts, T, kBlockM, p.max_tiles, p.group_offset, p.group_count, p.tile_group, p.num_m_tiles,
-              p.row_weight, p.row_token, scratch, tid, kThreads);
+    dsp::scan<false>(p.chunk_counts, T, kBlockM, p.max_tiles, p.group_offset, p.group_count, p.tile_group,
+                     p.num_m_tiles, p.row_weight, p.row_token, scratch, tid, kThreads);
   grid_barrier(p.ctl, kPhaseScan, p.timeout_ns);
   if (tid == 0) stamp(9);
   for (int c = gwarp; c < nc; c += nwarps)
     dsp::rank_chunk(p.ids, p.weights, T, c, p.chunk_counts, p.group_offset, p.slot_row, p.row_weight, p.row_token,
                     scratch + warp * dsp::kExperts, lane);
+  // The scan's per-group tiles and padding rows, a warp per group over the grid (after the ranks: the warps with
+  // no chunk start at once).
+  for (int g = nwarps - 1 - gwarp; g < dsp::kGroups; g += nwarps)
+    dsp::fill_group(p.group_offset[g], p.group_count[g], kBlockM, g, p.tile_group, p.row_weight, p.row_token, lane, 32);
   grid_barrier(p.ctl, kPhaseRank, p.timeout_ns);
   if (tid == 0) stamp(10);
   for (int t = gwarp; t < T; t += nwarps)

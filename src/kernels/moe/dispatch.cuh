@@ -50,11 +50,46 @@ __device__ __forceinline__ void count_chunk(const long long* __restrict__ ids, i
   __syncthreads();  // hist may be reused by the caller's next chunk
 }
 
+// Group g's row tiles -> tile_group, and its padding rows weight 0 / token -1 (so a reader of any row sees defined
+// values), by the `n` threads i of [0, n) (consecutive threads: consecutive rows). Part of the scan (kFill), or, in
+// the fused kernel, spread over the whole grid after it (from one CTA, these scattered stores were most of the
+// scan's time: docs/MEGA_MOE.md).
+__device__ __forceinline__ void fill_group(int offset, int count, int block_m, int g, int* __restrict__ tile_group,
+                                           float* __restrict__ row_weight, int* __restrict__ row_token, int i, int n) {
+  const int padded = round_up(count, block_m);
+  for (int t = offset / block_m + i; t < (offset + padded) / block_m; t += n) tile_group[t] = g;
+  for (int m = offset + count + i; m < offset + padded; m += n) {
+    row_weight[m] = 0.0f;
+    row_token[m] = -1;
+  }
+}
+
+// Column g of the [nc, E] chunk counts: its sum (kBase false) or, in place, its exclusive prefix from `base` (kBase
+// true: the per-chunk base rows); the return value is the total. 16 chunks per batch of loads in flight.
+template <bool kBase>
+__device__ __forceinline__ int chunk_column(int* __restrict__ chunk_counts, int nc, int g, int base) {
+  constexpr int kBatch = 16;
+  int running = base;
+  for (int c0 = 0; c0 < nc; c0 += kBatch) {
+    int v[kBatch];
+#pragma unroll
+    for (int j = 0; j < kBatch; j++) v[j] = c0 + j < nc ? chunk_counts[(size_t)(c0 + j) * kExperts + g] : 0;
+#pragma unroll
+    for (int j = 0; j < kBatch; j++) {
+      if (kBase && c0 + j < nc) chunk_counts[(size_t)(c0 + j) * kExperts + g] = running;
+      running += v[j];
+    }
+  }
+  return running;
+}
+
 // 2. The scan, by all `nthreads` threads of ONE block (scratch: 2 kGroups + 1 ints of shared memory: the exclusive
 // offsets + total, then each group's row count, so nothing written to global memory is read back). Per group:
-// total rows, padded to block_m, exclusive scan -> group_offset [kGroups + 1], group_count, tile_group (+ -1 past
-// the last tile up to max_tiles), num_m_tiles; padding rows get weight 0 / token -1; chunk_counts become per-chunk
-// base rows. The totals are integers: any thread layout gives the same outputs.
+// total rows, padded to block_m, exclusive scan -> group_offset [kGroups + 1], group_count, num_m_tiles, tile_group
+// past the last tile (-1 up to max_tiles); chunk_counts become per-chunk base rows; with kFill also each group's
+// tiles and padding rows (fill_group), else the caller runs fill_group for every group before the GEMMs. The totals
+// are integers: any thread layout gives the same outputs.
+template <bool kFill = true>
 __device__ __forceinline__ void scan(int* __restrict__ chunk_counts, int num_tokens, int block_m, int max_tiles,
                                      int* __restrict__ group_offset, int* __restrict__ group_count,
                                      int* __restrict__ tile_group, int* __restrict__ num_m_tiles,
@@ -63,13 +98,8 @@ __device__ __forceinline__ void scan(int* __restrict__ chunk_counts, int num_tok
   const int nc = num_chunks(num_tokens);
   // Padded row count of every group, then an exclusive scan of them by warp 0 in 32-group steps.
   for (int g = tid; g < kGroups; g += nthreads) {
-    int count = 0;
-    if (g < kExperts) {
-#pragma unroll 8
-      for (int c = 0; c < nc; c++) count += chunk_counts[(size_t)c * kExperts + g];
-    } else {
-      count = num_tokens;  // the shared expert: every token once
-    }
+    // the shared expert: every token once
+    const int count = g < kExperts ? chunk_column<false>(chunk_counts, nc, g, 0) : num_tokens;
     group_count[g] = count;
     scratch[g] = round_up(count, block_m);
     scratch[kGroups + 1 + g] = count;
@@ -95,25 +125,10 @@ __device__ __forceinline__ void scan(int* __restrict__ chunk_counts, int num_tok
   const int total = scratch[kGroups];
   for (int g = tid; g < kGroups; g += nthreads) {
     const int offset = scratch[g];
-    const int count = scratch[kGroups + 1 + g];
-    const int padded = round_up(count, block_m);
     group_offset[g] = offset;
-    for (int t = offset / block_m; t < (offset + padded) / block_m; t++) tile_group[t] = g;
-    // Padding rows: weight 0 and no token, so a reader of any row sees defined values.
-    for (int m = offset + count; m < offset + padded; m++) {
-      row_weight[m] = 0.0f;
-      row_token[m] = -1;
-    }
+    if (kFill) fill_group(offset, scratch[kGroups + 1 + g], block_m, g, tile_group, row_weight, row_token, 0, 1);
     // Per-chunk base rows: chunk c's first row of expert g = offset + counts of the chunks before c.
-    if (g < kExperts) {
-      int running = offset;
-      for (int c = 0; c < nc; c++) {
-        int* p = chunk_counts + (size_t)c * kExperts + g;
-        const int v = *p;
-        *p = running;
-        running += v;
-      }
-    }
+    if (g < kExperts) chunk_column<true>(chunk_counts, nc, g, offset);
   }
   if (tid == 0) {
     group_offset[kGroups] = total;
