@@ -150,9 +150,22 @@ __device__ __forceinline__ void rank_chunk(const long long* __restrict__ ids, co
   __syncwarp();
   const int first = c * kChunkSlots;
   const int last = min(first + kChunkSlots, num_tokens * kTopK);
-  for (int s0 = first; s0 < last; s0 += 32) {
-    const int s = s0 + lane;
-    const int e = s < last ? expert_of(ids[s]) : -1;
+  // The chunk's ids and weights, all loads in flight at once (a load per 32-slot step was a round trip each on the
+  // dispatch's critical path: docs/MEGA_MOE.md).
+  constexpr int kSteps = (kChunkSlots + 31) / 32;
+  int experts[kSteps];
+  float slot_weight[kSteps];
+#pragma unroll
+  for (int j = 0; j < kSteps; j++) {
+    const int s = first + 32 * j + lane;
+    experts[j] = s < last ? expert_of(ids[s]) : -1;
+    slot_weight[j] = s < last ? weights[s] : 0.0f;
+  }
+#pragma unroll
+  for (int j = 0; j < kSteps; j++) {
+    const int s = first + 32 * j + lane;
+    if (first + 32 * j >= last) break;
+    const int e = experts[j];
     // Lanes with the same expert: their rank among those lanes, in lane (= slot) order.
     const unsigned peers = __match_any_sync(0xffffffffu, e);
     const unsigned lower = peers & ((1u << lane) - 1u);
@@ -164,7 +177,7 @@ __device__ __forceinline__ void rank_chunk(const long long* __restrict__ ids, co
     if (s < last) {
       slot_row[s] = row;
       if (row >= 0) {
-        row_weight[row] = weights[s];
+        row_weight[row] = slot_weight[j];
         row_token[row] = s / kTopK;
       }
     }
