@@ -119,6 +119,7 @@ export class GpuModel implements CausalLM, Disposable {
   private readonly owned: Array<{ dispose(): void }>;
   private readonly live = new Set<GpuSequence>();
   private queue: Promise<unknown> = Promise.resolve();
+  private lastRows = 0;
   private disposed = false;
 
   private constructor(p: {
@@ -285,6 +286,15 @@ export class GpuModel implements CausalLM, Disposable {
     });
   }
 
+  /** The logit rows of the last call ([rows, V] in item order: after sample(), each item's last token; tests, diagnostics). */
+  lastLogits(): Float32Array {
+    this.checkLive();
+    const host = new Float32Array(this.lastRows * this.vocabSize);
+    this.ctx.stream.synchronize();
+    this.logitsBuf.buffer.copyToHost(host, { bytes: host.byteLength });
+    return host;
+  }
+
   /**
    * One call, synchronously (the caller holds the queue): checks, cache growth and metadata (ctx.begin), embedding,
    * the layers, hc_head + final norm on the output rows, the logits into logitsBuf. Returns the logit rows per item.
@@ -319,6 +329,7 @@ export class GpuModel implements CausalLM, Disposable {
       throw new Error(`GpuModel.step: ${outRows} logit rows exceed maxLogitRows ${this.maxLogitRows}; build the model with a larger maxLogitRows or ask for fewer positions`);
     }
     const seqs = items.map((it) => it.seq as GpuSequence);
+    this.lastRows = 0;
     // ctx.begin checks rows <= maxRows and the caches' room before it changes anything (a refusal leaves every sequence as it was)
     const plan = this.ctx.begin(seqs.map((s, i) => ({ seq: s.kv, pos: s.length, len: items[i].tokens.length })), tokens);
     try {
@@ -353,6 +364,7 @@ export class GpuModel implements CausalLM, Disposable {
       throw err;
     }
     for (const [i, s] of seqs.entries()) s.length += items[i].tokens.length;
+    this.lastRows = outRows;
     return counts;
   }
 
