@@ -226,9 +226,22 @@ test('GPU whole forward step == CPU forward, tiny (window + hash MoE, ratio 4 + 
       G.releaseSequence(a); G.releaseSequence(b);
     });
 
+    await t.test('step() chunks one long prompt (== forward of the whole prompt in one call, CPU); refusals', async () => {
+      // a 200-token prompt through step (chunks of 128 + 72) vs the CPU's one call: the last logits within (a)'s bars
+      const long = toks(41, 200);
+      const cseq = cpu.createSequence(); const gseq = G.createSequence();
+      const [w] = await cpu.step([{ seq: cseq, tokens: long }]);
+      const [g] = await G.step([{ seq: gseq, tokens: long }]);
+      assert.equal(gseq.length, 200);
+      const d = calcDiff(g, w);
+      t.diagnostic(`200-token prompt in two chunks: last logits calc_diff ${e(d)}`);
+      assert.ok(d <= 5e-2, `chunked prompt: last logits calc_diff ${d} > 5e-2`);
+      cpu.releaseSequence(cseq); G.releaseSequence(gseq);
+    });
+
     await t.test('refusals: a call past maxRows, a sequence of another model, a released sequence', async () => {
       const s = G.createSequence();
-      await assert.rejects(G.step([{ seq: s, tokens: toks(40, 129) }]), /129 rows exceed maxRows 128/);
+      await assert.rejects(G.forward([{ seq: s, tokens: toks(40, 129) }]), /129 rows exceed maxRows 128/);
       assert.equal(s.length, 0, 'a refused call leaves the sequence as it was');
       await assert.rejects(G.step([{ seq: cpu.createSequence(), tokens: [1] }]), /not a sequence of this GPU model/);
       await assert.rejects(G.step([{ seq: s, tokens: [VOCAB] }]), /outside the vocabulary/);

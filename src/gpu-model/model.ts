@@ -44,7 +44,7 @@ export interface GpuModelOptions {
   maxItems?: number;
   /** Most logit rows of one call (allLogits needs one per token); default maxItems. */
   maxLogitRows?: number;
-  /** Longest sequence; default the config's maxContext. */
+  /** Longest sequence; default the config's maxContext capped at 65536 (the caches' tables and scratch scale with it). */
   maxContext?: number;
   /** Rows per cache block (default 64). */
   blockRows?: number;
@@ -139,6 +139,7 @@ export class GpuModel implements CausalLM, Disposable {
 
   /** Loads a checkpoint folder (without its MTP layers) and builds the model on the GPU; the host copy is closed after upload. */
   static async load(dir: string, options: GpuModelOptions = {}): Promise<GpuModel> {
+    ensureContext(); // no GPU: refuse before reading the checkpoint
     const weights = loadModelWeights(dir, { mtp: false });
     try {
       return await GpuModel.build(weights, options, true);
@@ -162,7 +163,7 @@ export class GpuModel implements CausalLM, Disposable {
     const maxRows = o.maxRows ?? 512;
     const maxItems = o.maxItems ?? maxSequences;
     const maxLogitRows = o.maxLogitRows ?? maxItems;
-    const maxContext = o.maxContext ?? c.maxContext;
+    const maxContext = o.maxContext ?? Math.min(c.maxContext, 65536);
     const pos = (name: string, v: number, fix: string) => {
       if (!(Number.isInteger(v) && v >= 1)) throw new GpuModelArgumentError('GpuModel', `${name} = ${v} is not a positive integer`, fix);
     };
@@ -248,8 +249,18 @@ export class GpuModel implements CausalLM, Disposable {
     return this.slotSampler.setRow(s.kv.slot, params);
   }
 
-  /** CausalLM: runs every item's new tokens, returns the f32 logits [V] of each item's last new token. */
+  /**
+   * CausalLM: runs every item's new tokens, returns the f32 logits [V] of each item's last new token. A single item
+   * longer than maxRows (a long prompt) runs as consecutive chunks of maxRows tokens (chunked prefill, the same
+   * numbers); a batch past maxRows is refused.
+   */
   async step(items: readonly ModelStepItem[]): Promise<Float32Array[]> {
+    if (items.length === 1 && items[0].tokens.length > this.maxRows) {
+      const { seq, tokens } = items[0];
+      let out: Float32Array[] = [];
+      for (let o = 0; o < tokens.length; o += this.maxRows) out = await this.forward([{ seq, tokens: tokens.slice(o, o + this.maxRows) }]);
+      return out;
+    }
     return this.forward(items);
   }
 
