@@ -23,6 +23,7 @@ function scriptedModelModule(dir: string, script: number[]): string {
 export async function loadModel(dir, opts) {
   const script = ${JSON.stringify(script)};
   if (opts.backend === 'nope') throw new Error('unknown backend nope');
+  if (opts.device !== 'cpu') throw new Error('scripted model: device ' + opts.device);
   return {
     vocabSize: 129280, maxContext: 4096,
     createSequence() { return { length: 0, generated: -1 }; },
@@ -95,6 +96,13 @@ test('megamoe generate streams the model\'s text to stdout and statistics to std
   const b = megamoe({ MEGAMOE_MODEL_ENTRY: entry }, 'generate', '--model', dir, '--prompt', 'hi', '--backend', 'nope');
   assert.equal(b.code, 1);
   assert.match(b.err, /megamoe: unknown backend nope/);
+  // --device reaches the model layer (cpu by default, above); anything but cpu / gpu is refused by the option
+  const g = megamoe({ MEGAMOE_MODEL_ENTRY: entry }, 'generate', '--model', dir, '--prompt', 'hi', '--device', 'gpu');
+  assert.equal(g.code, 1);
+  assert.match(g.err, /scripted model: device gpu/);
+  const x = megamoe({ MEGAMOE_MODEL_ENTRY: entry }, 'generate', '--model', dir, '--prompt', 'hi', '--device', 'tpu');
+  assert.notEqual(x.code, 0);
+  assert.match(x.err, /--device must be cpu or gpu, got "tpu"/);
 });
 
 test('megamoe generate runs on the embedded default (the tiny whole model, real tokenizer)', async () => {

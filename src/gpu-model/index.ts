@@ -1,4 +1,4 @@
-// The DeepSeek-V4 forward on the GPU, the non-attention parts so far (docs/GPU-MODEL.md): row ops (embedding,
+// The DeepSeek-V4 forward on the GPU (docs/GPU-MODEL.md): the whole step (GpuModel), one decoder layer, row ops (embedding,
 // RMSNorm + act_quant, RoPE, hyper-connections with Sinkhorn), dense block-FP8 projections on the grouped GEMM, the
 // bf16 logits GEMM, and sampling. Each launcher checks its arguments and names the fix (GpuModelArgumentError).
 export { GpuModelArgumentError } from './errors.js';
@@ -8,3 +8,4 @@ export { GpuLogits } from './logits.js';
 export { GpuSampler, samplingMode, GPU_SAMPLER_MAX_TOP_K, SAMPLE_STATUS, type SamplingMode } from './sampler.js';
 export { GpuDecoderLayer, GpuLayerContext, bf16WeightBits, type GpuLayerContextOptions } from './layer.js';
 export { denseProjectionShapes, type DenseShapeSource } from '../kernels/model-ops.js';
+export { GpuModel, GpuSequence, estimateLayerBytes, type GpuModelOptions, type GpuForwardOptions } from './model.js';

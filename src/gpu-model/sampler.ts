@@ -112,6 +112,28 @@ export class GpuSampler implements Disposable {
     return seed;
   }
 
+  /**
+   * Row `row` takes row `srcRow` of `src` (another sampler of the same vocab, or this one), device to device on
+   * `stream`: its parameters, random state and seed, or with `rngOnly` its random state alone. A model keeps one
+   * sampler row per sequence slot and copies those rows into a call's rows before sample() and the random states
+   * back after it, so a sequence's stream of draws continues across calls whatever row it lands on.
+   */
+  copyRowFrom(row: number, src: GpuSampler, srcRow: number, opts: { rngOnly?: boolean; stream?: StreamLike } = {}): void {
+    const what = 'GpuSampler.copyRowFrom';
+    checkCount(what, 'row', row, 0, this.capacity - 1, `pass a row below the capacity ${this.capacity}`);
+    checkCount(what, 'srcRow', srcRow, 0, src.capacity - 1, `pass a source row below its capacity ${src.capacity}`);
+    if (src.vocab !== this.vocab) throw new GpuModelArgumentError(what, `the source sampler has vocab ${src.vocab}, this one ${this.vocab}`, 'copy between samplers of one model');
+    const cp = (dst: DeviceTensor, from: DeviceTensor, bytesPer: number) =>
+      dst.buffer.copyFromDevice(from.buffer, { offset: row * bytesPer, srcOffset: srcRow * bytesPer, bytes: bytesPer, stream: opts.stream });
+    cp(this.rng, src.rng, 16);
+    if (opts.rngOnly) return;
+    cp(this.mode, src.mode, 4);
+    cp(this.topK, src.topK, 4);
+    cp(this.topP, src.topP, 8);
+    cp(this.invT, src.invT, 8);
+    this.seeds[row] = src.seeds[srcRow];
+  }
+
   /** Queues one draw per row r < rows from logits F32 [>= rows, vocab] (rows `rowStride` apart, default vocab). */
   sample(logits: DeviceTensor<'F32'>, rows: number, opts: { rowStride?: number; stream?: StreamLike } = {}): void {
     const what = 'GpuSampler.sample';

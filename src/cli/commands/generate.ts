@@ -28,12 +28,16 @@ export interface GenerateOptions {
   seed?: number;
   stop: string[];
   backend?: string;
+  device: 'cpu' | 'gpu';
   ignoreEos: boolean;
   stats: boolean;
 }
 
-/** The function the model layer provides: a model folder -> a CausalLM on the chosen MoE backend. */
-export type LoadModel = (dir: string, opts: { backend?: string }) => Promise<CausalLM>;
+/**
+ * The function the model layer provides: a model folder -> a CausalLM on the chosen MoE backend, on the CPU (the
+ * default) or with `device: 'gpu'` the whole forward on the GPU (src/gpu-model/model.ts).
+ */
+export type LoadModel = (dir: string, opts: { backend?: string; device?: 'cpu' | 'gpu' }) => Promise<CausalLM>;
 
 // The one place generate reaches the model layer (src/model/index.ts, written alongside this command). Imported
 // by a computed specifier so this checkout type-checks and runs without it, failing with a clear message instead.
@@ -70,6 +74,11 @@ export function numberArg(name: string, min: number, max: number, opts: { minExc
   };
 }
 
+function deviceArg(text: string): 'cpu' | 'gpu' {
+  if (text !== 'cpu' && text !== 'gpu') throw new InvalidArgumentError(`--device must be cpu or gpu, got "${text}"`);
+  return text;
+}
+
 /** Sampling defaults: the model folder's generation_config.json (temperature, top_p), as HF does, else V4's 1.0 / 1.0. */
 export function samplingFor(opts: Pick<GenerateOptions, 'temperature' | 'topK' | 'topP' | 'seed'>, modelDir: string): SamplingParams {
   let gen: { temperature?: unknown; top_p?: unknown; do_sample?: unknown } = {};
@@ -101,7 +110,7 @@ async function run(opts: GenerateOptions): Promise<void> {
   const dir = opts.model ? resolveModelDir(opts.model) : ensureDefaultModel();
   const tokenizer = await loadTokenizer(dir);
   const t0 = performance.now();
-  const model = await loadModel(dir, { backend: opts.backend });
+  const model = await loadModel(dir, { backend: opts.backend, device: opts.device });
   const tLoad = performance.now() - t0;
   if (tokenizer.vocabSize > model.vocabSize) {
     throw new Error(`the tokenizer has ${tokenizer.vocabSize} ids but the model's embedding only ${model.vocabSize}: not this model's tokenizer`);
@@ -151,6 +160,7 @@ export function register(program: Command): void {
     .option('--seed <s>', 'sampling seed (same seed, same text; default random)', intArg('--seed', 0, 0xffffffff))
     .option('--stop <strings...>', 'stop when the text contains any of these (not printed)', [] as string[])
     .option('--backend <name>', 'MoE backend for the model (default: the model layer\'s choice)')
+    .option('--device <cpu|gpu>', 'where the forward runs: cpu (the exact reference) or gpu (the whole step on one Hopper GPU)', deviceArg, 'cpu')
     .option('--ignore-eos', 'keep going past the end-of-sentence token', false)
     .option('--no-stats', 'no statistics line on stderr')
     .action(async (opts: GenerateOptions) => run(opts));
