@@ -12,7 +12,9 @@
 //    after the previous layer, then a spin kernel holds the GPU while the host queues [start, layer, end]: the events
 //    bracket the layer's device time, not the host's launch latency. The host cost per layer (eager launches vs one
 //    graph launch) is reported separately, as is the device time without the spin (what a host-bound decode loop sees).
-//  * Median of --runs after --warmup (fewer runs at large T, so one series stays within --series-budget-ms).
+//  * Median of --runs after --warmup (fewer runs at large T, so one series stays within --series-budget-ms). The
+//    backends' CUDA graphs (the compared figures) run interleaved, one run of each per round, so a drift of the
+//    GPU's clock affects them alike; the eager series run one backend after the other.
 //  * Ceilings are of the GPU that runs (SPEC 6): HBM and FP8 peaks derived from its device attributes, a 1 GiB
 //    device-to-device copy measured at the start, and per (preset, T) the read floor: a kernel that only reads the
 //    bytes of exactly the experts this T's routing touched (shared expert included, codes + scales), timed like the
@@ -152,6 +154,26 @@ class LayerTimer {
       spent += s.deviceUs;
     }
     return { device, host };
+  }
+
+  /**
+   * Like series, for several works at once: each round samples every work once, in turn, so a drift of the GPU's
+   * clock over the series affects all of them alike. Stops at `runs` rounds or ~budgetMs of device time per work.
+   */
+  interleaved(works: ReadonlyArray<{ stream: Stream; work: () => void }>, warmup: number, runs: number, spinUs: number,
+    budgetMs = 1500): Array<{ device: number[]; host: number[] }> {
+    for (let i = 0; i < warmup; i++) for (const w of works) this.sample(w.stream, w.work, spinUs);
+    const out = works.map(() => ({ device: [] as number[], host: [] as number[] }));
+    let spent = 0;
+    for (let r = 0; r < runs && (r < 3 || spent < budgetMs * 1e3 * works.length); r++) {
+      for (const [i, w] of works.entries()) {
+        const s = this.sample(w.stream, w.work, spinUs);
+        out[i].device.push(s.deviceUs);
+        out[i].host.push(s.hostUs);
+        spent += s.deviceUs;
+      }
+    }
+    return out;
   }
 
   dispose(): void {
@@ -391,6 +413,18 @@ export async function runMoeBench(o: MoeBenchOptions): Promise<MoeBenchReport> {
           }, ceilings);
           rows.push(floorRow);
           const ys = new Map<string, Float32Array>();
+          // A fused-kernel failure (a spin that gave up, a compile error) is reported, and the rest still runs.
+          const fail = (q: (typeof live)[number], err: unknown) => {
+            if (q.name !== 'mega_moe') throw err;
+            broken.add(q.name);
+            rows = rows.filter((r) => !(r.preset === preset && r.tokens === T && r.backend.startsWith(q.name)));
+            const h = hostOverhead.findIndex((r) => r.preset === preset && r.tokens === T && r.backend === q.name);
+            if (h >= 0) hostOverhead.splice(h, 1);
+            skipped.push({ what: `mega_moe ${preset} T >= ${T}`, reason: (err as Error).message });
+            log(`bench moe: ${preset} T=${T}: mega_moe failed, skipped from here on: ${(err as Error).message}`);
+          };
+          // Eager launches, one backend after the other; then each backend's CUDA graph.
+          const timed: Array<{ q: (typeof live)[number]; path: string; eager: { device: number[]; host: number[] }; eagerHostBound: number[]; graph: CudaGraph }> = [];
           for (const q of live) {
             try {
               const enqueue = () => q.pipe.enqueue(T);
@@ -404,38 +438,39 @@ export async function runMoeBench(o: MoeBenchOptions): Promise<MoeBenchReport> {
               rows.push(deriveRates({ ...base, backend: q.name, path, ...summarise(eager.device) }, ceilings));
               const eagerHostBound = timer.series(q.pipe.stream, enqueue, 1, Math.min(o.runs, 10), 0, budgetMs);
               q.after();
-              let graph: CudaGraph | undefined;
-              let graphUs = Number.NaN;
+              timed.push({ q, path, eager, eagerHostBound: eagerHostBound.device, graph: q.pipe.captureGraph(T) });
+            } catch (err) {
+              fail(q, err);
+            }
+          }
+          try {
+            // The graphs (the figures the report compares) run interleaved, one run of each backend per round: at
+            // large T the GPU's clock drifts with its power draw over a series, which one-after-the-other series
+            // turned into differences of up to 8% between two series of the same layer (docs/MEGA_MOE.md).
+            const viaGraph = timer.interleaved(timed.map((e) => ({ stream: e.q.pipe.stream, work: () => e.graph.launch(e.q.pipe.stream) })),
+              o.warmup, o.runs, 50, budgetMs);
+            for (const [i, e] of timed.entries()) {
+              const { q, path, graph } = e;
               try {
-                graph = q.pipe.captureGraph(T);
-                const g = graph;
-                const launch = () => g.launch(q.pipe.stream);
-                const viaGraph = timer.series(q.pipe.stream, launch, o.warmup, o.runs, 50, budgetMs);
                 q.after();
-                graphUs = median(viaGraph.device);
-                rows.push(deriveRates({ ...base, backend: `${q.name}+graph`, path, ...summarise(viaGraph.device) }, ceilings));
+                const graphUs = median(viaGraph[i].device);
+                rows.push(deriveRates({ ...base, backend: `${q.name}+graph`, path, ...summarise(viaGraph[i].device) }, ceilings));
+                const launch = () => graph.launch(q.pipe.stream);
                 const graphHostBound = timer.series(q.pipe.stream, launch, 1, Math.min(o.runs, 10), 0, budgetMs);
                 q.after();
                 hostOverhead.push({
-                  preset, backend: q.name, tokens: T, eagerHostUs: median(eager.host), graphHostUs: median(viaGraph.host),
-                  eagerGpuUs: median(eagerHostBound.device), graphGpuUs: median(graphHostBound.device),
+                  preset, backend: q.name, tokens: T, eagerHostUs: median(e.eager.host), graphHostUs: median(viaGraph[i].host),
+                  eagerGpuUs: median(e.eagerHostBound), graphGpuUs: median(graphHostBound.device),
                 });
-              } finally {
-                graph?.dispose();
+                ys.set(q.name, decodeBF16Array(q.pipe.downloadOutputs(T).y.data));
+                log(`bench moe: ${preset} T=${T} [${path}]: ${q.name} ${median(e.eager.device).toFixed(1)} us, +graph ${graphUs.toFixed(1)} us ` +
+                  `(read floor ${floorRow.medianUs.toFixed(1)} us: ${(graphUs / floorRow.medianUs).toFixed(2)}x)`);
+              } catch (err) {
+                fail(q, err);
               }
-              ys.set(q.name, decodeBF16Array(q.pipe.downloadOutputs(T).y.data));
-              log(`bench moe: ${preset} T=${T} [${path}]: ${q.name} ${median(eager.device).toFixed(1)} us, +graph ${graphUs.toFixed(1)} us ` +
-                `(read floor ${floorRow.medianUs.toFixed(1)} us: ${(graphUs / floorRow.medianUs).toFixed(2)}x)`);
-            } catch (err) {
-              if (q.name !== 'mega_moe') throw err;
-              // A fused-kernel failure (a spin that gave up, a compile error) is reported, and the rest still runs.
-              broken.add(q.name);
-              rows = rows.filter((r) => !(r.preset === preset && r.tokens === T && r.backend.startsWith(q.name)));
-              const h = hostOverhead.findIndex((r) => r.preset === preset && r.tokens === T && r.backend === q.name);
-              if (h >= 0) hostOverhead.splice(h, 1);
-              skipped.push({ what: `mega_moe ${preset} T >= ${T}`, reason: (err as Error).message });
-              log(`bench moe: ${preset} T=${T}: mega_moe failed, skipped from here on: ${(err as Error).message}`);
             }
+          } finally {
+            for (const e of timed) e.graph.dispose();
           }
           const yMega = ys.get('mega_moe');
           const yUnfused = ys.get('unfused');
