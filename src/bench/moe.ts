@@ -157,8 +157,11 @@ class LayerTimer {
   }
 
   /**
-   * Like series, for several works at once: each round samples every work once, in turn, so a drift of the GPU's
-   * clock over the series affects all of them alike. Stops at `runs` rounds or ~budgetMs of device time per work.
+   * Like series, for several works at once: each round samples every work in turn, so a drift of the GPU's clock
+   * over the series (power capping at large T) affects all of them alike. Each timed sample follows an untimed one
+   * of the same work, as in a model, where the previous MoE layer ran the same backend: a layer right after another
+   * backend's measured up to 5 us slower at T = 1 (its buffers' translations and caches cold; docs/MEGA_MOE.md).
+   * Stops at `runs` rounds or ~budgetMs of timed device time per work.
    */
   interleaved(works: ReadonlyArray<{ stream: Stream; work: () => void }>, warmup: number, runs: number, spinUs: number,
     budgetMs = 1500): Array<{ device: number[]; host: number[] }> {
@@ -167,6 +170,7 @@ class LayerTimer {
     let spent = 0;
     for (let r = 0; r < runs && (r < 3 || spent < budgetMs * 1e3 * works.length); r++) {
       for (const [i, w] of works.entries()) {
+        if (works.length > 1) this.sample(w.stream, w.work, spinUs);
         const s = this.sample(w.stream, w.work, spinUs);
         out[i].device.push(s.deviceUs);
         out[i].host.push(s.hostUs);
@@ -444,9 +448,10 @@ export async function runMoeBench(o: MoeBenchOptions): Promise<MoeBenchReport> {
             }
           }
           try {
-            // The graphs (the figures the report compares) run interleaved, one run of each backend per round: at
-            // large T the GPU's clock drifts with its power draw over a series, which one-after-the-other series
-            // turned into differences of up to 8% between two series of the same layer (docs/MEGA_MOE.md).
+            // The graphs (the figures the report compares) run interleaved, one timed run of each backend per round:
+            // at large T the GPU's clock drifts with its power draw over a series (the power cap), which
+            // one-after-the-other series turned into differences of up to 8% between two series of the same layer
+            // (docs/MEGA_MOE.md).
             const viaGraph = timer.interleaved(timed.map((e) => ({ stream: e.q.pipe.stream, work: () => e.graph.launch(e.q.pipe.stream) })),
               o.warmup, o.runs, 50, budgetMs);
             for (const [i, e] of timed.entries()) {
