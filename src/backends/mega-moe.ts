@@ -95,6 +95,9 @@ export class MegaMoe {
     }
   }
 
+  /** Whether the normal path can run as 2-CTA clusters with weight multicast on this GPU (MegaMoeKernel.multicast). */
+  get multicast(): boolean { return this.kernel.multicast; }
+
   /** The kernel path T tokens run with (the same rows-per-expert rule as the unfused backend's GEMMs). */
   path(tokens: number): MegaMoePath {
     return chooseRowTile(tokens, this.shape, this.rowTilePolicy).mode;

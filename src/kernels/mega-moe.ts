@@ -95,8 +95,6 @@ export class MegaMoeKernel {
     return this.paths[path];
   }
 
-  /** Whether a launch of T tokens on `path` uses the clustered (weight multicast) kernel. */
-  multicastAt(tokens: number, path: MegaMoePath): boolean { return this.kernelFor(tokens, path).multicast; }
 
   /** Where traced launches write their per-CTA phase stamps (u64 [grid, MEGA_TRACE_SLOTS]); undefined = off. */
   trace: bigint | undefined;
