@@ -72,7 +72,7 @@ function faultFromEnv(): number {
 }
 
 class PathKernel {
-  constructor(readonly path: MegaMoePath, readonly kernel: Kernel, readonly maps: readonly TensorMap[], readonly multicast: boolean) {}
+  constructor(readonly path: MegaMoePath, readonly kernel: Kernel, readonly maps: readonly TensorMap[]) {}
 }
 
 /** The fused layer for one shape, bound to its buffers: launch(stream, tokens) queues one whole MoE layer. */
@@ -95,7 +95,6 @@ export class MegaMoeKernel {
     return this.paths[path];
   }
 
-
   /** Where traced launches write their per-CTA phase stamps (u64 [grid, MEGA_TRACE_SLOTS]); undefined = off. */
   trace: bigint | undefined;
 
@@ -106,7 +105,7 @@ export class MegaMoeKernel {
     const build = async (path: MegaMoePath, multicast = false): Promise<PathKernel> => {
       const kernel = await loadKernel({ source: MEGA_MOE_SOURCE, entry: MEGA_MOE_ENTRY, defines: megaDefines(shape, path, b.weightLayout, multicast) });
       kernel.setMaxDynamicSharedMemory(megaSmemBytes(path));
-      return new PathKernel(path, kernel, MegaMoeKernel.maps(shape, b, path), multicast);
+      return new PathKernel(path, kernel, MegaMoeKernel.maps(shape, b, path));
     };
     const [clustered, normal, decode] = await Promise.all([
       megaMulticastWanted() && grid % 2 === 0 ? build('normal', true) : undefined, build('normal'), build('decode'),
