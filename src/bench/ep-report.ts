@@ -12,7 +12,7 @@
 //    nothing, and the report says so in its meta, its Markdown and on stderr.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { expertWeightBytes, median, type BenchRunMeta } from './report.js';
+import { expertWeightBytes, median, renderRunHeader, type BenchRunMeta, type BenchShapeSummary } from './report.js';
 
 /** The line printed and recorded when ranks share a GPU. */
 export const SHARED_GPU_WARNING = 'timings in this mode mean nothing';
@@ -73,13 +73,7 @@ export interface EpBenchRow {
   maxRowsReceived: number;
 }
 
-export interface EpShapeSummary {
-  preset: string;
-  hidden: number;
-  inter: number;
-  experts: number;
-  topK: number;
-  sharedExperts: number;
+export interface EpShapeSummary extends BenchShapeSummary {
   expertsPerRank: number;
 }
 
@@ -202,9 +196,7 @@ export function renderEpMarkdown(report: EpBenchReport): string {
   const { meta } = report;
   const c = meta.ceilings;
   const lines: string[] = [];
-  lines.push(`GPU: ${meta.gpu}${meta.smCount ? ` (${meta.smCount} SMs)` : ''}${meta.driver ? `, driver ${meta.driver}` : ''}; ` +
-    `commit \`${meta.commit}\`; ${meta.date}.`);
-  lines.push(`Command: \`${meta.command}\``);
+  lines.push(...renderRunHeader(meta));
   lines.push(`EP ${meta.ep} over ${meta.transport}, backend ${meta.backend}; ranks on devices ${meta.devices.join(',')}` +
     `${new Set(meta.rankGpus).size > 1 ? ` (GPUs: ${meta.rankGpus.join(', ')})` : ''}.`);
   if (meta.sharedGpu) lines.push(`**${meta.warning ?? `several ranks share one GPU: ${SHARED_GPU_WARNING}`}.**`);

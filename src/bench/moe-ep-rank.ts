@@ -19,18 +19,11 @@
 import type { RankContext } from '../dist/rank-channel.js';
 import type { TransportName } from '../dist/transport.js';
 import type { RowTilePolicy } from '../backends/unfused-gemm.js';
+import type { MoePresetLayer } from '../kernels/presets.js';
 
-export interface EpBenchShape {
-  label: string;
-  hidden: number;
-  inter: number;
-  experts: number;
-  topK: number;
-  swigluLimit: number;
-}
 
 export interface EpBenchRankArgs {
-  shape: EpBenchShape;
+  shape: MoePresetLayer;
   seed: number;
   tokens: number[];
   transport: TransportName;

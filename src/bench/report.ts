@@ -81,13 +81,17 @@ export function withCopyBandwidth(c: DeviceCeilings, bytes: number, medianUs: nu
   };
 }
 
-export interface MoeShapeSummary {
+/** The layer shape a bench report's preset ran (its JSON "shapes" entries). */
+export interface BenchShapeSummary {
   preset: string;
   hidden: number;
   inter: number;
   experts: number;
   topK: number;
   sharedExperts: number;
+}
+
+export interface MoeShapeSummary extends BenchShapeSummary {
   /** mega_moe's symmetric buffer (one rank, EP1) as this run allocated it: bytes and the tokens it holds */
   symmetricBufferBytes?: number;
   symmetricBufferMaxTokens?: number;
@@ -312,14 +316,21 @@ export function renderCeilings(c: DeviceCeilings): string[] {
   return lines;
 }
 
+/** The first lines of every bench report: GPU, driver, commit, date, then the command. */
+export function renderRunHeader(meta: BenchRunMeta): string[] {
+  return [
+    `GPU: ${meta.gpu}${meta.smCount ? ` (${meta.smCount} SMs)` : ''}${meta.driver ? `, driver ${meta.driver}` : ''}; ` +
+      `commit \`${meta.commit}\`; ${meta.date}.`,
+    `Command: \`${meta.command}\``,
+  ];
+}
+
 /** The Markdown section: a header line with GPU/commit/command and ceilings, one table per preset, host overheads, skips. */
 export function renderMoeMarkdown(report: MoeBenchReport): string {
   const { meta } = report;
   const c = meta.ceilings;
   const lines: string[] = [];
-  lines.push(`GPU: ${meta.gpu}${meta.smCount ? ` (${meta.smCount} SMs)` : ''}${meta.driver ? `, driver ${meta.driver}` : ''}; ` +
-    `commit \`${meta.commit}\`; ${meta.date}.`);
-  lines.push(`Command: \`${meta.command}\``);
+  lines.push(...renderRunHeader(meta));
   lines.push(`Timing: CUDA events around each forward, L2 flushed before each run, ${meta.warmup} warm-up runs, median of up to ${meta.runs}.`);
   lines.push(...renderCeilings(c));
   lines.push('"x floor" = time / floor, where floor = max(read-floor: a kernel that only reads this (preset, T)\'s touched experts once, ' +

@@ -15,18 +15,11 @@ import type { RankContext } from '../dist/rank-channel.js';
 import type { TransportName } from '../dist/transport.js';
 import type { EpRoutingMode } from '../moe/ep-inputs.js';
 import type { RowTilePolicy } from '../backends/unfused-gemm.js';
+import type { MoePresetLayer } from '../kernels/presets.js';
 
-export interface VerifyShape {
-  label: string;
-  hidden: number;
-  inter: number;
-  experts: number;
-  topK: number;
-  swigluLimit: number;
-}
 
 export interface VerifyRankArgs {
-  shape: VerifyShape;
+  shape: MoePresetLayer;
   seed: number;
   tokens: number[];
   routing: EpRoutingMode;

@@ -146,6 +146,15 @@ export function runRanks(options: SupervisorOptions): Promise<RunResult> {
       try { r.child.send(m); } catch { /* the channel closed under us: its exit is reported separately */ }
     };
     const phasesOf = (which: RankState[]) => which.map((r) => `rank ${r.rank} in '${r.phase}'`).join(', ');
+    // The deadline of a collective (barrier, exchange) that rank `r` opened: names the first rank that has not joined.
+    const collectiveDeadline = (what: string, joined: (rank: number) => boolean, r: RankState) =>
+      later(barrierTimeoutMs, () => {
+        const missing = ranks.filter((x) => !joined(x.rank));
+        const first = missing[0] ?? r;
+        fail(new RankFailureError(first.rank, first.phase, 'deadline',
+          `rank ${first.rank} did not ${what} within ${barrierTimeoutMs} ms of the first rank ` +
+          `(phase '${first.phase}'; missing: ${phasesOf(missing)})`));
+      });
 
     const finishIfAllExited = () => {
       if (settled || !ranks.every((r) => r.exited)) return;
@@ -234,14 +243,7 @@ export function runRanks(options: SupervisorOptions): Promise<RunResult> {
             const name = m.name;
             b = {
               arrived: new Set(),
-              timer: later(barrierTimeoutMs, () => {
-                const bb = barriers.get(name);
-                const missing = ranks.filter((x) => !bb?.arrived.has(x.rank));
-                const first = missing[0] ?? r;
-                fail(new RankFailureError(first.rank, first.phase, 'deadline',
-                  `rank ${first.rank} did not reach barrier '${name}' within ${barrierTimeoutMs} ms of the first rank ` +
-                  `(phase '${first.phase}'; missing: ${phasesOf(missing)})`));
-              }),
+              timer: collectiveDeadline(`reach barrier '${name}'`, (rank) => barriers.get(name)?.arrived.has(rank) ?? false, r),
             };
             barriers.set(m.name, b);
           }
@@ -292,14 +294,7 @@ export function runRanks(options: SupervisorOptions): Promise<RunResult> {
             const key = m.key;
             x = {
               data: new Map(),
-              timer: later(barrierTimeoutMs, () => {
-                const xx = exchanges.get(key);
-                const missing = ranks.filter((y) => !xx?.data.has(y.rank));
-                const first = missing[0] ?? r;
-                fail(new RankFailureError(first.rank, first.phase, 'deadline',
-                  `rank ${first.rank} did not join exchange '${key}' within ${barrierTimeoutMs} ms of the first rank ` +
-                  `(phase '${first.phase}'; missing: ${phasesOf(missing)})`));
-              }),
+              timer: collectiveDeadline(`join exchange '${key}'`, (rank) => exchanges.get(key)?.data.has(rank) ?? false, r),
             };
             exchanges.set(m.key, x);
           }

@@ -205,15 +205,25 @@ export function megaMulticastWanted(): boolean {
 }
 
 /**
+ * A tuning knob from the environment: `fallback` when unset or empty, else a number in [min, max] (an integer unless
+ * `integer` is false); anything else is a RangeError naming the variable.
+ */
+function tuningKnob(name: string, fallback: number, min: number, max: number, integer = true): number {
+  const v = process.env[name];
+  if (v === undefined || v === '') return fallback;
+  const n = Number(v);
+  if (!(integer ? Number.isSafeInteger(n) : Number.isFinite(n)) || n < min || n > max) {
+    throw new RangeError(`${name}=${v}: expected ${integer ? 'an integer' : 'a number'} in [${min}, ${max}]`);
+  }
+  return n;
+}
+
+/**
  * Normal path: rows per expert (T K / E) from which the clustered (weight multicast) kernel runs (default 128,
  * measured in docs/MEGA_MOE.md); MEGAMOE_MCAST_MIN_ROWS overrides (tuning; 0 = whenever the normal path runs).
  */
 export function megaMulticastMinRows(): number {
-  const v = process.env.MEGAMOE_MCAST_MIN_ROWS;
-  if (v === undefined || v === '') return 128;
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) throw new RangeError(`MEGAMOE_MCAST_MIN_ROWS=${v}: expected a number >= 0`);
-  return n;
+  return tuningKnob('MEGAMOE_MCAST_MIN_ROWS', 128, 0, Number.MAX_VALUE, false);
 }
 
 /**
@@ -221,19 +231,12 @@ export function megaMulticastMinRows(): number {
  * docs/MEGA_MOE.md); MEGAMOE_DECODE_L2_WIDE_MIN_T overrides (tuning; a huge value keeps 128-row units everywhere).
  */
 export function decodeL2WideMinTokens(): number {
-  const v = process.env.MEGAMOE_DECODE_L2_WIDE_MIN_T;
-  if (v === undefined || v === '') return 32;
-  const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < 1 || n > 2 ** 30) throw new RangeError(`MEGAMOE_DECODE_L2_WIDE_MIN_T=${v}: expected an integer >= 1`);
-  return n;
+  return tuningKnob('MEGAMOE_DECODE_L2_WIDE_MIN_T', 32, 1, 2 ** 30);
 }
 
 /** T at or below which one CTA does the whole dispatch (default 8, mega_moe.cu; measured: docs/MEGA_MOE.md); MEGAMOE_SMALL_T overrides (tuning). */
 export function smallTokens(): number {
-  const v = process.env.MEGAMOE_SMALL_T ?? '8';
-  const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < 0 || n > 64) throw new RangeError(`MEGAMOE_SMALL_T=${v}: expected an integer in [0, 64]`);
-  return n;
+  return tuningKnob('MEGAMOE_SMALL_T', 8, 0, 64);
 }
 
 /** What the control block says after a launch (mirrors MegaCtl and the kErr / kPhase enums). */

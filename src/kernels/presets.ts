@@ -14,6 +14,11 @@ export interface MoePresetShape {
   topK: number;
 }
 
+/** A preset shape with its layer's swiglu_limit: what a rank process needs to build that layer. */
+export interface MoePresetLayer extends MoePresetShape {
+  swigluLimit: number;
+}
+
 export const MOE_PRESET_SHAPES: ReadonlyArray<Readonly<MoePresetShape>> = Object.freeze([
   { label: 'tiny', hidden: 256, inter: 128, experts: 16, topK: 4 },
   { label: 'flash', hidden: 4096, inter: 2048, experts: 256, topK: 6 },

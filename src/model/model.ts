@@ -559,16 +559,13 @@ export class DeepSeekV4Model implements CausalLM {
     const z = new Float32Array(dc);
     const cand = 2 * ratio;
     const ga = new Float64Array(cand); const aa = new Float64Array(cand);
+    const spec: CompressorRowSpec = {
+      ratio, overlap: w.overlap, dc, rd: c.ropeHeadDim, ape: w.ape, norm: w.norm, eps: c.normEps, rope, indexer,
+    };
     for (let r = 0; r < n; r++) {
-      const t = rows.pos[r]; const cc = caches[rows.item[r]];
-      const slot = t % cc.slots; const ao = r * width; const apeO = (t % ratio) * width;
-      for (let i = 0; i < width; i++) { cc.a[slot * width + i] = a[ao + i]; cc.g[slot * width + i] = fr(g[ao + i] + w.ape[apeO + i]); }
-      if ((t + 1) % ratio !== 0) continue;
-      const nb = (t + 1) / ratio - 1;
-      poolBlock(cc.a, cc.g, width, ratio, w.overlap, dc, nb, z, ga, aa);
-      rmsNorm(z, 1, dc, w.norm, c.normEps, z);
-      rope.apply(z, dc - c.ropeHeadDim, nb * ratio);
-      if (indexer) { hadamardInPlace(z, 0, dc, this.tmp64); fp4SimInPlace(z, 0, dc, 32); } else fp8SimInPlace(z, 0, dc - c.ropeHeadDim, 64);
+      const cc = caches[rows.item[r]];
+      const nb = compressRow(cc, spec, a, g, r * width, rows.pos[r], z, ga, aa, this.tmp64);
+      if (nb < 0) continue;
       if (cc.count !== nb) throw new Error(`internal: compressor emitted block ${nb} with ${cc.count} cached`);
       cc.append(z, 0);
     }
@@ -610,6 +607,48 @@ export function attendHead(q: Float32Array, qo: number, d: number, keyArr: Float
     for (let i = 0; i < d; i++) acc[i] += pk * K[ko + i];
   }
   for (let i = 0; i < d; i++) o[oo + i] = bf16(acc[i]);
+}
+
+/** A compressor state's ring: a_t and g_t (+ape) of the last `slots` tokens, `width` = c * dc each. */
+export interface CompressorRing {
+  readonly slots: number;
+  readonly width: number;
+  readonly a: Float32Array;
+  readonly g: Float32Array;
+}
+
+/** What one compressor (main or indexer) of one layer needs per row: its weights' shape and the model's constants. */
+export interface CompressorRowSpec {
+  readonly ratio: number;
+  readonly overlap: boolean;
+  readonly dc: number;
+  /** rope dims at the end of an entry */
+  readonly rd: number;
+  readonly ape: Float32Array;
+  readonly norm: Float32Array;
+  readonly eps: number;
+  readonly rope: RopeTable;
+  readonly indexer: boolean;
+}
+
+/**
+ * One row of the compressor (V4-MODEL 4.4): a_t, g_t + ape[t mod ratio] (rows of a / g at offset ao) into the ring
+ * slot of position t; when t completes block nb, the block is pooled into z, normed, rotated at nb * ratio and
+ * quantisation-simulated (main: FP8 on the nope dims; indexer: Hadamard + FP4), and nb is returned; else -1. The
+ * caller appends z. ga / aa: poolBlock's scratch; tmp64: the Hadamard's.
+ */
+export function compressRow(ring: CompressorRing, sp: CompressorRowSpec, a: Float32Array, g: Float32Array, ao: number,
+  t: number, z: Float32Array, ga: Float64Array, aa: Float64Array, tmp64: Float64Array): number {
+  const { width, slots } = ring; const { ratio, dc } = sp;
+  const slot = t % slots; const apeO = (t % ratio) * width;
+  for (let i = 0; i < width; i++) { ring.a[slot * width + i] = a[ao + i]; ring.g[slot * width + i] = fr(g[ao + i] + sp.ape[apeO + i]); }
+  if ((t + 1) % ratio !== 0) return -1;
+  const nb = (t + 1) / ratio - 1;
+  poolBlock(ring.a, ring.g, width, ratio, sp.overlap, dc, nb, z, ga, aa);
+  rmsNorm(z, 1, dc, sp.norm, sp.eps, z);
+  sp.rope.apply(z, dc - sp.rd, nb * ratio);
+  if (sp.indexer) { hadamardInPlace(z, 0, dc, tmp64); fp4SimInPlace(z, 0, dc, 32); } else fp8SimInPlace(z, 0, dc - sp.rd, 64);
+  return nb;
 }
 
 /**

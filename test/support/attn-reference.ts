@@ -1,10 +1,10 @@
 // The CPU side of the GPU attention tests: one layer's attention state of one sequence (window ring, compressed
 // entries, indexer entries, compressor states) and the steps of model.ts attention() on it, built from the CPU
-// model's own exported pieces (poolBlock, indexerTopk, attendHead, rmsNorm, the QAT simulations, Hadamard, RopeTable),
-// composed in model.ts's order. Where model.ts inlines a step (the compressor loop, the key list, the ring update)
-// this file repeats those few lines; each says which lines it mirrors.
-import { attendHead, indexerTopk, poolBlock } from '../../src/model/model.js';
-import { bf16, fp4SimInPlace, fp8SimInPlace, hadamardInPlace, rmsNorm } from '../../src/model/ops.js';
+// model's own exported pieces (compressRow, indexerTopk, attendHead, rmsNorm, the QAT simulations, Hadamard, RopeTable),
+// composed in model.ts's order. Where model.ts inlines a step (the key list, the ring update) this file repeats those
+// few lines; each says which lines it mirrors.
+import { attendHead, compressRow, indexerTopk } from '../../src/model/model.js';
+import { bf16, fp4SimInPlace, fp8SimInPlace, hadamardInPlace } from '../../src/model/ops.js';
 import type { RopeTable } from '../../src/model/rope.js';
 
 const fr = Math.fround;
@@ -27,21 +27,13 @@ export class RefCompressor {
     this.g = new Float32Array(this.slots * this.width);
   }
 
-  /** model.ts compress(), the per-row loop, for rows [rowOff, rowOff + len) of a, g at positions pos.. */
+  /** model.ts compress(), the per-row loop (compressRow), for rows [rowOff, rowOff + len) of a, g at positions pos.. */
   push(a: Float32Array, g: Float32Array, rowOff: number, pos: number, len: number): void {
-    const { width, ratio, dc } = this;
-    const z = new Float32Array(dc);
-    const ga = new Float64Array(2 * ratio); const aa = new Float64Array(2 * ratio);
+    const z = new Float32Array(this.dc);
+    const ga = new Float64Array(2 * this.ratio); const aa = new Float64Array(2 * this.ratio);
     for (let j = 0; j < len; j++) {
-      const t = pos + j; const r = rowOff + j;
-      const slot = t % this.slots; const ao = r * width; const apeO = (t % ratio) * width;
-      for (let i = 0; i < width; i++) { this.a[slot * width + i] = a[ao + i]; this.g[slot * width + i] = fr(g[ao + i] + this.ape[apeO + i]); }
-      if ((t + 1) % ratio !== 0) continue;
-      const nb = (t + 1) / ratio - 1;
-      poolBlock(this.a, this.g, width, ratio, this.overlap, dc, nb, z, ga, aa);
-      rmsNorm(z, 1, dc, this.norm, this.eps, z);
-      this.rope.apply(z, dc - this.rd, nb * ratio);
-      if (this.indexer) { hadamardInPlace(z, 0, dc, this.tmp64); fp4SimInPlace(z, 0, dc, 32); } else fp8SimInPlace(z, 0, dc - this.rd, 64);
+      const nb = compressRow(this, this, a, g, (rowOff + j) * this.width, pos + j, z, ga, aa, this.tmp64);
+      if (nb < 0) continue;
       if (this.entries.length !== nb) throw new Error(`reference: block ${nb} with ${this.entries.length} cached`);
       this.entries.push(z.slice());
     }

@@ -15,14 +15,14 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { InvalidArgumentError, type Command } from 'commander';
 import { intArg, oneOf } from '../args.js';
-import { MOE_PRESET_SHAPES } from '../../kernels/presets.js';
+import { MOE_PRESET_SHAPES, type MoePresetLayer } from '../../kernels/presets.js';
 import { EP_ROUTING_MODES, epInputs, type EpRoutingMode } from '../../moe/ep-inputs.js';
 import { ROW_TILE_POLICIES, type RowTilePolicy } from '../../backends/unfused-gemm.js';
 import { TRANSPORT_NAMES, transportRefusal } from '../../dist/transports.js';
 import type { TransportName } from '../../dist/transport.js';
 import { RankFailureError, runRanks } from '../../dist/supervisor.js';
 import { MAX_WORLD_SIZE } from '../../dist/rank.js';
-import type { VerifyRankArgs, VerifyRankSummary, VerifyShape } from '../verify-rank.js';
+import type { VerifyRankArgs, VerifyRankSummary } from '../verify-rank.js';
 import { calcDiff, decodeBF16Array } from '../../numerics/index.js';
 import { HostTensor } from '../../tensor/host.js';
 import { rowsOf, sampleRows } from '../../tensor/rows.js';
@@ -128,7 +128,7 @@ export async function runVerify(o: VerifyOptions, log: (line: string) => void = 
     return refusal[0];
   }
   const preset = MOE_PRESET_SHAPES.find((p) => p.label === o.preset)!;
-  const shape: VerifyShape = { ...preset, swigluLimit: 10 };
+  const shape: MoePresetLayer = { ...preset, swigluLimit: 10 };
   const N = o.ep;
   const fake = process.env.MEGAMOE_VERIFY_FAKE === '1';
   let devices: number[];
@@ -192,7 +192,7 @@ export async function runVerify(o: VerifyOptions, log: (line: string) => void = 
 }
 
 /** EP1 on the whole world's batch + the CPU reference on samples, against every rank's files. */
-async function compareAll(o: VerifyOptions, shape: VerifyShape, results: VerifyRankSummary[], log: (line: string) => void): Promise<number> {
+async function compareAll(o: VerifyOptions, shape: MoePresetLayer, results: VerifyRankSummary[], log: (line: string) => void): Promise<number> {
   const { useDevice } = await import('../../cuda/index.js');
   const { DeviceMoeWeights, UnfusedMoe, layerFromDeviceWeights } = await import('../../backends/unfused.js');
   const { ReferenceBackend } = await import('../../backends/reference.js');
