@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import { compileKernel, findNvcc, KernelCompileError } from '../src/cuda/compile.js';
 import { dispatchCapacity } from '../src/kernels/moe-dispatch.js';
 import {
-  decodeMegaCtl, describeMegaCtlError, MEGA_CTL_BYTES, MEGA_PARAM_POINTERS, MEGA_PARAMS_BYTES, megaBufferLayout,
+  decodeMegaCtl, describeMegaCtlError, MEGA_CTL_BYTES, MEGA_PARAM_POINTERS, MEGA_PARAMS_BYTES, megaBufferLayout, megaCapacity,
   megaDefines, megaSmemBytes, packMegaParams,
 } from '../src/kernels/mega-moe-layout.js';
 
@@ -45,9 +45,27 @@ test('symmetric buffer: grows with tokens and ranks, refuses nonsense', () => {
   const b = megaBufferLayout(FLASH, 1024).totalBytes;
   assert.ok(a < b);
   assert.equal(megaBufferLayout(FLASH, 64, 8).regions.rankTable.bytes, 64);
+  assert.equal(megaBufferLayout(FLASH, 64, 8).regions.rankFlags.bytes, 2 * 8 * 4, 'two cross-rank barriers x 8 ranks');
   assert.throws(() => megaBufferLayout(FLASH, 0), /max tokens/);
   assert.throws(() => megaBufferLayout({ ...FLASH, hidden: 4000 }, 8), /multiple of 256/);
   assert.throws(() => megaBufferLayout({ ...FLASH, inter: 2000 }, 8), /multiple of 128/);
+});
+
+test('symmetric buffer under expert parallelism: every rank\'s tokens may land on this rank\'s experts', () => {
+  // EP1: exactly the unfused dispatch's capacity.
+  assert.deepEqual(megaCapacity(FLASH, 1000, 1), dispatchCapacity({ experts: 256, topK: 6, hidden: 4096, shared: true }, 1000, 128, 16));
+  // EP4 of flash: 64 local experts; 4 x T tokens x 6 slots (distinct experts, all may be local) + T shared rows.
+  const local = { ...FLASH, experts: 64 };
+  const c = megaCapacity(local, 1000, 4);
+  assert.equal(c.maxRows, Math.ceil((4 * 1000 * 6 + 1000 + 65 * 127) / 128) * 128);
+  assert.equal(c.maxChunks, 4 * 16, 'count chunks of every source rank (16 of 64 tokens each)');
+  assert.equal(c.groups, 65);
+  // Fewer local experts than K: a token sends at most one row per local expert.
+  assert.equal(megaCapacity({ ...FLASH, experts: 4 }, 10, 64).maxRows, Math.ceil((64 * 10 * 4 + 10 + 5 * 127) / 128) * 128);
+  const L = megaBufferLayout(local, 1000, 4);
+  assert.equal(L.regions.slotRow.bytes, 4 * 1000 * 6 * 4, 'slot rows of every source rank\'s tokens (the sources read them)');
+  assert.equal(L.regions.chunkCounts.bytes, 64 * 64 * 4);
+  assert.equal(L.regions.xFp8.bytes, 1000 * 4096, 'only its own tokens are staged here');
 });
 
 test('shared-memory plans fit 227 KB and are what the defines carry', () => {
@@ -64,11 +82,11 @@ test('shared-memory plans fit 227 KB and are what the defines carry', () => {
   assert.equal(megaSmemBytes('decode', 6), 6 * (32768 + 2048 + 128) + 96 + 256);
 });
 
-test('parameter packing: pointers in order, then timeout, tokens, m_cap, max tiles, limit, fault', () => {
+test('parameter packing: pointers in order, then timeout, tokens, m_cap, max tiles, limit, fault, rank, ranks', () => {
   const pointers = Object.fromEntries(MEGA_PARAM_POINTERS.map((n, i) => [n, BigInt(0x1000 * (i + 1))])) as Parameters<typeof packMegaParams>[0]['pointers'];
-  const bytes = packMegaParams({ pointers, timeoutNs: 123456789n, numTokens: 7, mCap: 1024, maxTiles: 64, swigluLimit: 10, fault: 1 });
+  const bytes = packMegaParams({ pointers, timeoutNs: 123456789n, numTokens: 7, mCap: 1024, maxTiles: 64, swigluLimit: 10, fault: 1, rank: 2, ranks: 4 });
   assert.equal(bytes.length, MEGA_PARAMS_BYTES);
-  assert.equal(MEGA_PARAMS_BYTES, 248, '27 pointers + u64 + 5 x 4 bytes, padded to 8 (sizeof(MegaParams))');
+  assert.equal(MEGA_PARAMS_BYTES, 272, '29 pointers + u64 + 7 x 4 bytes, padded to 8 (sizeof(MegaParams))');
   const dv = new DataView(bytes.buffer);
   MEGA_PARAM_POINTERS.forEach((_, i) => assert.equal(dv.getBigUint64(i * 8, true), BigInt(0x1000 * (i + 1))));
   const o = MEGA_PARAM_POINTERS.length * 8;
@@ -78,8 +96,11 @@ test('parameter packing: pointers in order, then timeout, tokens, m_cap, max til
   assert.equal(dv.getInt32(o + 16, true), 64);
   assert.equal(dv.getFloat32(o + 20, true), 10);
   assert.equal(dv.getInt32(o + 24, true), 1);
+  assert.equal(dv.getInt32(o + 28, true), 2);
+  assert.equal(dv.getInt32(o + 32, true), 4);
   const noClamp = packMegaParams({ pointers, timeoutNs: 1n, numTokens: 1, mCap: 128, maxTiles: 8, swigluLimit: -1 });
   assert.equal(new DataView(noClamp.buffer).getFloat32(o + 20, true), 0, 'a non-positive limit means no clamp');
+  assert.equal(new DataView(noClamp.buffer).getInt32(o + 32, true), 1, 'one rank unless told');
 });
 
 test('control block: clean launch, a flag timeout and a barrier timeout read as errors naming where', () => {
@@ -97,6 +118,9 @@ test('control block: clean launch, a flag timeout and a barrier timeout read as 
   const bar = describeMegaCtlError(decodeMegaCtl(ctl), 16)!;
   assert.match(bar, /grid barrier timed out in phase "gather"/);
   assert.match(bar, /100 of 132 CTAs/);
+  [3, 8, 0, 2, 6, 7].forEach((v, i) => dv.setUint32((4 + i) * 4, v, true));
+  const peer = describeMegaCtlError(decodeMegaCtl(ctl), 16)!;
+  assert.match(peer, /a peer rank did not arrive in time in phase "waiting for every rank's L2 rows" \(CTA 0; peer rank 2: its flag 6, expected epoch 7\)/);
 });
 
 const noNvcc = findNvcc() ? undefined : 'nvcc not found (set CUDA_HOME or PATH)';

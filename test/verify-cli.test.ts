@@ -1,5 +1,5 @@
 // `megamoe verify` without a GPU: argument errors (exit 1 with the option named, or 2 for what this build cannot
-// serve: mega_moe across ranks, NCCL with two ranks on one GPU), the missing-GPU message, and, with the fake ranks
+// serve: NCCL with two ranks on one GPU), the missing-GPU message, and, with the fake ranks
 // (MEGAMOE_VERIFY_FAKE=1: the real supervisor, rank processes and control channel, no CUDA), a full run and a rank
 // killed mid-run: every rank must be gone within 10 s and the one message must name the rank and the phase.
 import { test } from 'node:test';
@@ -42,15 +42,15 @@ test('verify: argument errors name the option and the fix', () => {
 });
 
 test('verify: what this build cannot serve exits 2 with an honest message', () => {
-  let r = run(['--ep', '2', '--backend', 'mega_moe']);
-  assert.equal(r.code, 2);
-  assert.match(r.err, /--backend mega_moe with --ep 2 is not implemented yet across ranks: the fused kernel does not yet dispatch/);
-  r = run(['--ep', '1', '--backend', 'mega_moe']);
-  assert.equal(r.code, 2);
-  assert.match(r.err, /not implemented yet in verify/);
-  r = run(['--ep', '2', '--transport', 'nccl'], fakeEnv);
+  let r = run(['--ep', '2', '--transport', 'nccl'], fakeEnv);
   assert.equal(r.code, 2);
   assert.match(r.err, /ranks 0 and 1 are both on device 0 \(NCCL refuses this as "duplicate GPU"\); with several ranks on one GPU use --transport ipc/);
+});
+
+test('verify: --backend mega_moe goes over symmetric memory, whatever --transport says', () => {
+  const r = run(['--ep', '2', '--backend', 'mega_moe', '--transport', 'nccl', '--tokens', '1'], fakeEnv);
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /EP 2 over CUDA IPC symmetric memory \(the fused kernel moves the rows; --transport is the unfused baseline's\), backend mega_moe/);
 });
 
 test('verify: a fake world of 4 runs through the supervisor, says where the ranks are, exits 0', () => {

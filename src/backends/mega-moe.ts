@@ -17,6 +17,7 @@ import {
 } from '../moe/guards.js';
 import { DeviceMoeBackend, type GuardDevice } from './device-backend.js';
 import type { MoeLayerWeights } from '../moe/types.js';
+import { SymmetricMemory, type SymmetricExchange } from '../dist/symmetric-memory.js';
 import { HostTensor } from '../tensor/host.js';
 import type { BackendProvider } from './index.js';
 import { chooseRowTile, type RowTilePolicy } from './unfused-gemm.js';
@@ -32,6 +33,8 @@ export class MegaMoe {
   readonly layout: MegaBufferLayout;
   /** this rank's symmetric buffer (one allocation; regions at layout.regions offsets) */
   readonly buffer: DeviceBuffer;
+  /** expert parallelism: the buffer shared with the other ranks through CUDA IPC (undefined at EP1) */
+  readonly symmetric: SymmetricMemory | undefined;
   readonly io: UnfusedIo;
   readonly stream: Stream;
   private readonly kernel: MegaMoeKernel;
@@ -43,12 +46,21 @@ export class MegaMoe {
   private constructor(p: {
     shape: UnfusedShape; weights: DeviceMoeWeights; maxTokens: number; layout: MegaBufferLayout; buffer: DeviceBuffer;
     io: UnfusedIo; stream: Stream; kernel: MegaMoeKernel; owned: Array<{ dispose(): void }>; ownsWeights: boolean;
+    symmetric: SymmetricMemory | undefined;
   }) {
+    this.symmetric = p.symmetric;
     this.shape = p.shape; this.weights = p.weights; this.maxTokens = p.maxTokens; this.layout = p.layout; this.buffer = p.buffer;
     this.io = p.io; this.stream = p.stream; this.kernel = p.kernel; this.owned = p.owned; this.ownsWeights = p.ownsWeights;
   }
 
-  static async create(weights: DeviceMoeWeights, maxTokens: number, options: { ownsWeights?: boolean } = {}): Promise<MegaMoe> {
+  /**
+   * `ep`: expert parallelism, collective (every rank calls it at once with the same shape and maxTokens): `weights`
+   * are this rank's experts (rank r holds experts [r E/N, (r + 1) E/N) of the layer, ids given to forwards are global);
+   * the symmetric buffer is shared with every rank through CUDA IPC (src/dist/symmetric-memory.ts). Every rank then
+   * runs every forward, with the same token count, in the same order; release it with close(ep).
+   */
+  static async create(weights: DeviceMoeWeights, maxTokens: number,
+    options: { ownsWeights?: boolean; ep?: SymmetricExchange } = {}): Promise<MegaMoe> {
     const shape = weights.shape;
     if (!(Number.isInteger(maxTokens) && maxTokens >= 1)) {
       throw new GuardError('BAD_INPUT', `mega_moe: max tokens ${maxTokens} is not a positive integer`, 'prepare with maxTokens >= 1');
@@ -58,22 +70,37 @@ export class MegaMoe {
     }
     ensureContext();
     const { hidden: H, topK: K } = shape;
-    const layout = megaBufferLayout({ hidden: H, inter: shape.inter, experts: shape.experts, topK: K }, maxTokens, 1);
+    const ep = options.ep;
+    const layout = megaBufferLayout({ hidden: H, inter: shape.inter, experts: shape.experts, topK: K }, maxTokens, ep?.worldSize ?? 1);
     const owned: Array<{ dispose(): void }> = [];
     const keep = <T extends { dispose(): void }>(o: T): T => { owned.push(o); return o; };
     try {
       const stream = keep(Stream.create());
       let buffer: DeviceBuffer;
-      try {
-        buffer = keep(DeviceBuffer.alloc(layout.totalBytes));
-      } catch (err) {
-        throw new GuardError('TOKEN_CAPACITY', `mega_moe: the symmetric buffer for ${maxTokens} tokens needs ${formatBytes(layout.totalBytes)} of GPU memory and could not be allocated (${(err as Error).message})`,
-          'prepare with a smaller maxTokens (--max-tokens) or free GPU memory');
+      let symmetric: SymmetricMemory | undefined;
+      const tooBig = (err: unknown) => new GuardError('TOKEN_CAPACITY', `mega_moe: the symmetric buffer for ${maxTokens} tokens per rank needs ${formatBytes(layout.totalBytes)} of GPU memory and could not be allocated (${(err as Error).message})`,
+        'prepare with a smaller maxTokens (--max-tokens) or free GPU memory');
+      if (ep) {
+        // Allocated and zeroed by SymmetricMemory (flags start cleared), then mapped into every peer.
+        try {
+          symmetric = keep(await SymmetricMemory.create(ep, layout.totalBytes, { key: 'mega_moe' }));
+        } catch (err) {
+          if (/out of memory/i.test((err as Error).message)) throw tooBig(err);
+          throw err;
+        }
+        if (!(symmetric.local instanceof DeviceBuffer)) throw new Error('mega_moe: the symmetric buffer is not a device allocation');
+        buffer = symmetric.local;
+      } else {
+        try {
+          buffer = keep(DeviceBuffer.alloc(layout.totalBytes));
+        } catch (err) {
+          throw tooBig(err);
+        }
+        // Zero once: flags (epoch 0 never matches a launch's epoch >= 1), the control block, every pool.
+        buffer.memset8(0);
       }
-      // Zero once: flags (epoch 0 never matches a launch's epoch >= 1), the control block, every pool.
-      buffer.memset8(0);
       const rt = layout.regions.rankTable;
-      const table = new BigUint64Array([buffer.ptr]);
+      const table = symmetric ? symmetric.addressTable() : new BigUint64Array([buffer.ptr]);
       buffer.copyFromHost(table, { offset: rt.offset, bytes: rt.bytes });
       const io: UnfusedIo = {
         x: keep(DeviceTensor.zeros('BF16', [maxTokens, H])),
@@ -85,10 +112,11 @@ export class MegaMoe {
       const kernel = await MegaMoeKernel.create({ hidden: H, inter: shape.inter, experts: shape.experts, topK: K }, {
         layout, base: buffer, x: io.x.buffer, ids: io.ids.buffer, weights: io.weights.buffer, yRouted: io.yRouted.buffer, y: io.y.buffer,
         w13: weights.w13, s13: weights.s13, w2: weights.w2, s2: weights.s2, weightLayout: weights.weightLayout, swigluLimit: shape.swigluLimit,
+        rank: ep?.rank ?? 0,
       });
       // The fills ran on the legacy stream; our stream is non-blocking and would not wait for them.
       ensureContext().synchronize();
-      return new MegaMoe({ shape, weights, maxTokens, layout, buffer, io, stream, kernel, owned, ownsWeights: options.ownsWeights ?? false });
+      return new MegaMoe({ shape, weights, maxTokens, layout, buffer, io, stream, kernel, owned, ownsWeights: options.ownsWeights ?? false, symmetric });
     } catch (err) {
       for (const o of owned.reverse()) o.dispose();
       throw err;
@@ -150,6 +178,27 @@ export class MegaMoe {
     const n = new Int32Array(1);
     this.buffer.copyToHost(n, { offset: r.numMTiles.offset, bytes: 4 });
     return { slotRow, groupOffset, numMTiles: n[0] };
+  }
+
+  /**
+   * Expert parallelism: collective teardown (every rank): waits until no peer can still read this rank's buffer
+   * (SymmetricMemory.close's barrier), then dispose(). At EP1 the same as dispose().
+   */
+  async close(ep?: SymmetricExchange): Promise<void> {
+    if (this.symmetric && !this.symmetric.disposed) {
+      if (!ep) throw new Error('MegaMoe.close: an expert-parallel layer closes collectively: pass the rank context');
+      this.stream.synchronize();
+      await this.symmetric.close(ep);
+    }
+    this.dispose();
+  }
+
+  /** Routed rows the last forward gave this rank's experts (under expert parallelism: from every rank). */
+  routedRows(): number {
+    this.stream.synchronize();
+    const counts = new Int32Array(this.shape.experts);
+    this.buffer.copyToHost(counts, { offset: this.layout.regions.groupCount.offset, bytes: counts.byteLength });
+    return counts.reduce((x, y) => x + y, 0);
   }
 
   dispose(): void {

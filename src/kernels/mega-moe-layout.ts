@@ -3,7 +3,7 @@
 // kernel path and the packing of its parameter struct. mega_moe.cu static_asserts its own sizes against the
 // MM_SMEM_BYTES / MM_PARAMS_BYTES defines made here, so a drift between the two fails `megamoe kernels --check`.
 // Pure: no GPU needed (tests and `megamoe info` use it anywhere).
-import { dispatchCapacity, type DispatchCapacity } from './moe-dispatch.js';
+import { DISPATCH_CHUNK_TOKENS, dispatchCapacity, type DispatchCapacity } from './moe-dispatch.js';
 
 /** What the fused kernel is specialised on (a layer's MoE shape, as every *Shape of the project). */
 export interface MegaMoeShape {
@@ -79,6 +79,8 @@ export interface MegaBufferLayout {
     /** epoch-tagged flags, one per (16-row tile, 128 activation columns), then the tail combine's counters (one per
      * 128 output columns); the control block */
     flags: BufferRegion; ctl: BufferRegion;
+    /** expert parallelism: the cross-rank barriers' epoch-tagged flags, u32 [2 barriers, ranks] (peers write them) */
+    rankFlags: BufferRegion;
     /** rank -> base address table (u64 per rank) */
     rankTable: BufferRegion;
   };
@@ -96,14 +98,31 @@ function checkShape(s: MegaMoeShape): void {
   if (!(Number.isInteger(s.topK) && s.topK >= 1 && s.topK <= 32)) throw new RangeError(`mega_moe: top-k ${s.topK} is outside [1, 32]`);
 }
 
-/** The symmetric buffer of one rank for `maxTokens` tokens per rank (EP1: ranks = 1). */
+/**
+ * Dispatch capacity of one rank: at EP1 the unfused dispatch's (dispatchCapacity); with N ranks every rank's T tokens
+ * may send each of its rows here (at most min(K, E local) per token), plus this rank's T shared-expert rows, and the
+ * count chunks are every source rank's.
+ */
+export function megaCapacity(shape: MegaMoeShape, maxTokens: number, ranks: number): DispatchCapacity {
+  const { experts: E, topK: K } = shape;
+  if (ranks === 1) return dispatchCapacity({ experts: E, topK: K, hidden: shape.hidden, shared: true }, maxTokens, 128, 16);
+  const real = ranks * maxTokens * Math.min(K, E) + maxTokens;
+  const nonEmpty = Math.min(E, ranks * maxTokens * K) + 1;
+  const maxRows = Math.max(128, Math.ceil((real + nonEmpty * 127) / 128) * 128);
+  return {
+    maxTokens, maxRows, maxTiles: maxRows / 16,
+    maxChunks: ranks * Math.max(1, Math.ceil(maxTokens / DISPATCH_CHUNK_TOKENS)), groups: E + 1,
+  };
+}
+
+/** The symmetric buffer of one rank for `maxTokens` tokens per rank (EP1: ranks = 1; `shape.experts` = this rank's). */
 export function megaBufferLayout(shape: MegaMoeShape, maxTokens: number, ranks = 1): MegaBufferLayout {
   checkShape(shape);
   if (!(Number.isInteger(maxTokens) && maxTokens >= 1)) throw new RangeError(`mega_moe: max tokens ${maxTokens} must be a positive integer`);
   if (!(Number.isInteger(ranks) && ranks >= 1)) throw new RangeError(`mega_moe: ${ranks} ranks must be a positive integer`);
   const { hidden: H, inter: I, experts: E, topK: K } = shape;
   // Rows for the worst routing under the normal path's 128-row padding (the decode path pads to 16: fewer).
-  const capacity = dispatchCapacity({ experts: E, topK: K, hidden: H, shared: true }, maxTokens, 128, 16);
+  const capacity = megaCapacity(shape, maxTokens, ranks);
   const { maxRows: M, maxTiles, maxChunks, groups: G } = capacity;
   let at = 0;
   const take = (bytes: number): BufferRegion => {
@@ -116,13 +135,13 @@ export function megaBufferLayout(shape: MegaMoeShape, maxTokens: number, ranks =
     xFp8: take(T * H), xSf: take(T * (H / 128) * 4), ids: take(T * K * 8), weights: take(T * K * 4),
     chunkCounts: take(maxChunks * E * 4), groupOffset: take((G + 1) * 4), groupCount: take(G * 4),
     tileGroup: take(maxTiles * 4), numMTiles: take(4), rowWeight: take(M * 4), rowToken: take(M * 4),
-    slotRow: take(T * K * 4),
+    slotRow: take(ranks * T * K * 4),
     a: take(M * H), sfa: take((H / 128) * M * 4),
     act: take(M * I), actSf: take((I / 128) * M * 4),
     out: take(M * H * 2),
     // + the tail combine's epoch-tagged u64 counters, one per 128 output columns (mega_moe.cu tail_combine)
     flags: take(alignUp(maxTiles * (I / 128) * 4, 8) + (H / 128) * 8), ctl: take(MEGA_CTL_BYTES),
-    rankTable: take(ranks * 8),
+    rankTable: take(ranks * 8), rankFlags: take(2 * ranks * 4),
   };
   return { shape: Object.freeze({ ...shape }), maxTokens, ranks, capacity, regions, totalBytes: at };
 }
@@ -134,16 +153,16 @@ export function formatBytes(bytes: number): string {
   return `${(bytes / 1e3).toFixed(1)} KB`;
 }
 
-/** The MegaParams fields of mega_moe.cu, in order: 27 device pointers (the last, `trace`, may be 0), then timeout
- * (u64), 3 i32, an f32 and the fault-injection i32, padded to 8 bytes. */
+/** The MegaParams fields of mega_moe.cu, in order: 29 device pointers (the last, `trace`, may be 0), then timeout
+ * (u64), 3 i32, an f32, the fault-injection i32, rank and ranks (i32), padded to 8 bytes. */
 export const MEGA_PARAM_POINTERS = [
   'x', 'ids', 'weights', 'yRouted', 'y',
   'xFp8', 'xSf', 'idsStaged', 'wStaged',
   'chunkCounts', 'groupOffset', 'groupCount', 'tileGroup', 'numMTiles', 'rowWeight', 'rowToken', 'slotRow',
-  'a', 'sfa', 'act', 'actSf', 'out', 's13', 's2', 'flags', 'ctl', 'trace',
+  'a', 'sfa', 'act', 'actSf', 'out', 's13', 's2', 'flags', 'ctl', 'rankTable', 'rankFlags', 'trace',
 ] as const;
 export type MegaParamPointer = (typeof MEGA_PARAM_POINTERS)[number];
-export const MEGA_PARAMS_BYTES = Math.ceil((MEGA_PARAM_POINTERS.length * 8 + 8 + 5 * 4) / 8) * 8;
+export const MEGA_PARAMS_BYTES = Math.ceil((MEGA_PARAM_POINTERS.length * 8 + 8 + 7 * 4) / 8) * 8;
 
 export interface MegaParamValues {
   pointers: Record<MegaParamPointer, bigint>;
@@ -154,6 +173,9 @@ export interface MegaParamValues {
   swigluLimit: number;
   /** 0 = none; MEGA_FAULT_SKIP_PUBLISH = L1 never publishes (row tile 0, block 0): the L2 wait must time out (tests) */
   fault?: number;
+  /** expert parallelism: this rank of `ranks` (default 0 of 1) */
+  rank?: number;
+  ranks?: number;
 }
 
 export const MEGA_FAULT_SKIP_PUBLISH = 1;
@@ -171,7 +193,9 @@ export function packMegaParams(v: MegaParamValues): Uint8Array {
   dv.setInt32(o, v.mCap, true); o += 4;
   dv.setInt32(o, v.maxTiles, true); o += 4;
   dv.setFloat32(o, v.swigluLimit > 0 ? v.swigluLimit : 0, true); o += 4;
-  dv.setInt32(o, v.fault ?? 0, true);
+  dv.setInt32(o, v.fault ?? 0, true); o += 4;
+  dv.setInt32(o, v.rank ?? 0, true); o += 4;
+  dv.setInt32(o, v.ranks ?? 1, true);
   return bytes;
 }
 
@@ -256,9 +280,12 @@ export function decodeMegaCtl(bytes: Uint8Array): MegaCtlState {
   return { epoch: u(0), errCode: u(4), errPhase: u(5), errBlock: u(6), errIndex: u(7), errValue: u(8), errExpected: u(9) };
 }
 
-const ERR_NAMES: Readonly<Record<number, string>> = { 1: 'grid barrier timed out', 2: 'activation flag timed out' };
+const ERR_NAMES: Readonly<Record<number, string>> = {
+  1: 'grid barrier timed out', 2: 'activation flag timed out', 3: 'a peer rank did not arrive in time',
+};
 const PHASE_NAMES: Readonly<Record<number, string>> = {
   1: 'dispatch', 2: 'scan', 3: 'rank', 4: 'gather', 5: 'GEMMs', 6: 'L2 waiting for an L1 block',
+  7: 'waiting for every rank\'s staged tokens', 8: 'waiting for every rank\'s L2 rows',
 };
 
 /** A readable account of a reported error, or undefined when the launch was clean. */
@@ -268,6 +295,8 @@ export function describeMegaCtlError(s: MegaCtlState, kbPerTile: number): string
   const phase = PHASE_NAMES[s.errPhase] ?? `phase ${s.errPhase}`;
   const where = s.errCode === 2
     ? `row tile ${Math.floor(s.errIndex / kbPerTile)}, activation block ${s.errIndex % kbPerTile}: flag ${s.errValue}, expected epoch ${s.errExpected}`
-    : `barrier generation ${s.errIndex}: ${s.errValue} of ${s.errExpected} CTAs had arrived`;
+    : s.errCode === 3
+      ? `peer rank ${s.errIndex}: its flag ${s.errValue}, expected epoch ${s.errExpected}`
+      : `barrier generation ${s.errIndex}: ${s.errValue} of ${s.errExpected} CTAs had arrived`;
   return `${what} in phase "${phase}" (CTA ${s.errBlock}; ${where})`;
 }

@@ -2,7 +2,7 @@
 // symmetric buffer and the weights, the parameter struct, the grid (one CTA per SM) and the control block's error
 // report. The plan (buffer layout, shared memory, parameter packing) is mega-moe-layout.ts.
 import {
-  arg, ensureContext, loadKernel, registerKernel, tensorMap2D, type Kernel, type KernelArgLike, type StreamLike,
+  arg, compileKernel, ensureContext, loadKernel, registerKernel, tensorMap2D, type Kernel, type KernelArgLike, type StreamLike,
   type TensorMap,
 } from '../cuda/index.js';
 import {
@@ -15,17 +15,24 @@ import { WEIGHT_TILE, type WeightLayout } from './weight-layout.js';
 export const MEGA_MOE_SOURCE = 'mega_moe.cu';
 export const MEGA_MOE_ENTRY = 'mega_moe_fused';
 
+/** Expert-parallel sizes whose per-rank shapes (E / N local experts) CI compiles for the flash and pro presets. */
+const CI_EP_SIZES = [2, 4, 8];
+
 registerKernel({
   name: 'mega_moe',
   source: MEGA_MOE_SOURCE,
   entry: MEGA_MOE_ENTRY,
   variants: MOE_PRESET_SHAPES.flatMap((p) => {
-    const shape = { hidden: p.hidden, inter: p.inter, experts: p.experts, topK: p.topK };
-    return [
-      { label: `${p.label}-normal-tiled-mcast`, defines: megaDefines(shape, 'normal', 'tiled', true) },
-      { label: `${p.label}-normal-tiled`, defines: megaDefines(shape, 'normal', 'tiled') },
-      { label: `${p.label}-decode-tiled`, defines: megaDefines(shape, 'decode', 'tiled') },
-    ];
+    const sizes = p.label === 'tiny' ? [1] : [1, ...CI_EP_SIZES];
+    return sizes.flatMap((n) => {
+      const shape = { hidden: p.hidden, inter: p.inter, experts: p.experts / n, topK: p.topK };
+      const label = n === 1 ? p.label : `${p.label}-ep${n}`;
+      return [
+        { label: `${label}-normal-tiled-mcast`, defines: megaDefines(shape, 'normal', 'tiled', true) },
+        { label: `${label}-normal-tiled`, defines: megaDefines(shape, 'normal', 'tiled') },
+        { label: `${label}-decode-tiled`, defines: megaDefines(shape, 'decode', 'tiled') },
+      ];
+    });
   }),
 });
 
@@ -39,10 +46,14 @@ export class MegaMoeKernelError extends Error {
   }
 }
 
-/** Default deadline of every spin in the kernel (MEGAMOE_SPIN_TIMEOUT_MS overrides): far above any layer's time. */
-export function spinTimeoutNs(): bigint {
+/**
+ * Default deadline of every spin in the kernel (MEGAMOE_SPIN_TIMEOUT_MS overrides): far above any layer's time; with
+ * several ranks 30 s, since a cross-rank wait also covers the host-side skew between the ranks' launches (and ranks
+ * sharing one GPU take turns on it).
+ */
+export function spinTimeoutNs(ranks = 1): bigint {
   const env = process.env.MEGAMOE_SPIN_TIMEOUT_MS;
-  const ms = env !== undefined && env !== '' ? Number(env) : 2000;
+  const ms = env !== undefined && env !== '' ? Number(env) : ranks > 1 ? 30000 : 2000;
   if (!(Number.isFinite(ms) && ms > 0)) throw new RangeError(`MEGAMOE_SPIN_TIMEOUT_MS=${env} is not a positive number of milliseconds`);
   return BigInt(Math.round(ms * 1e6));
 }
@@ -61,6 +72,8 @@ export interface MegaMoeBindings {
   w13: Ptr; s13: Ptr; w2: Ptr; s2: Ptr;
   weightLayout: WeightLayout;
   swigluLimit: number;
+  /** expert parallelism: this rank of layout.ranks (default 0); its buffer's rankTable holds every rank's base, as mapped here */
+  rank?: number;
 }
 
 /** MEGAMOE_FAULT=skip-publish: the kernel's test-only fault injection (an L2 wait that must time out). */
@@ -69,6 +82,17 @@ function faultFromEnv(): number {
   if (v === undefined || v === '' || v === 'none') return 0;
   if (v === 'skip-publish') return MEGA_FAULT_SKIP_PUBLISH;
   throw new RangeError(`MEGAMOE_FAULT=${v}: expected none or skip-publish (fault injection for tests)`);
+}
+
+/**
+ * Compiles (into the disk cache) every variant MegaMoeKernel.create loads for `shape`, without a GPU buffer: under
+ * expert parallelism rank 0 compiles first and the others then load from the cache (no N copies of nvcc at once).
+ */
+export async function compileMegaMoeKernels(shape: MegaMoeShape): Promise<void> {
+  const paths: Array<[MegaMoePath, boolean]> = [['normal', false], ['decode', false]];
+  if (megaMulticastWanted()) paths.push(['normal', true]);
+  await Promise.all(paths.map(([path, mcast]) =>
+    compileKernel({ source: MEGA_MOE_SOURCE, entry: MEGA_MOE_ENTRY, defines: megaDefines(shape, path, 'tiled', mcast) })));
 }
 
 class PathKernel {
@@ -114,7 +138,7 @@ export class MegaMoeKernel {
     // with an odd number of free SMs leaves one idle); else the kernel without clusters everywhere.
     const resident = clustered !== undefined &&
       clustered.kernel.maxActiveClusters({ grid, block: megaThreads('normal'), sharedMemBytes: megaSmemBytes('normal') }) >= grid / 2;
-    return new MegaMoeKernel(shape, b, { normal, decode, clustered: resident ? clustered : undefined }, grid, spinTimeoutNs(),
+    return new MegaMoeKernel(shape, b, { normal, decode, clustered: resident ? clustered : undefined }, grid, spinTimeoutNs(b.layout.ranks),
       faultFromEnv(), megaMulticastMinRows());
   }
 
@@ -158,12 +182,13 @@ export class MegaMoeKernel {
       chunkCounts: at(r.chunkCounts), groupOffset: at(r.groupOffset), groupCount: at(r.groupCount), tileGroup: at(r.tileGroup),
       numMTiles: at(r.numMTiles), rowWeight: at(r.rowWeight), rowToken: at(r.rowToken), slotRow: at(r.slotRow),
       a: at(r.a), sfa: at(r.sfa), act: at(r.act), actSf: at(r.actSf), out: at(r.out),
-      s13: addr(this.b.s13), s2: addr(this.b.s2), flags: at(r.flags), ctl: at(r.ctl), trace: this.trace ?? 0n,
+      s13: addr(this.b.s13), s2: addr(this.b.s2), flags: at(r.flags), ctl: at(r.ctl), rankTable: at(r.rankTable),
+      rankFlags: at(r.rankFlags), trace: this.trace ?? 0n,
     };
     const maxTiles = Math.min(L.capacity.maxTiles, L.capacity.maxRows / MEGA_ROW_TILE[path]);
     const params = packMegaParams({
       pointers, timeoutNs: this.timeoutNs, numTokens: tokens, mCap: L.capacity.maxRows, maxTiles, swigluLimit: this.b.swigluLimit,
-      fault: this.fault,
+      fault: this.fault, rank: this.b.rank ?? 0, ranks: L.ranks,
     });
     const args: KernelArgLike[] = [...pk.maps, arg.bytes(params, 8)];
     pk.kernel.launch({ grid: this.grid, block: megaThreads(path), sharedMemBytes: megaSmemBytes(path), stream }, args);

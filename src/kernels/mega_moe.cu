@@ -120,14 +120,19 @@ static_assert(kH % 256 == 0 && kI % 128 == 0, "mega_moe: H must be a multiple of
 static_assert(MM_WTILED == 1, "mega_moe reads tiled weights only (its tensor maps and decode L2 boxes assume 128-row tiles)");
 
 // Error codes and phases reported through MegaCtl (mirrored in src/kernels/mega-moe.ts).
-enum : u32 { kErrNone = 0, kErrBarrierTimeout = 1, kErrFlagTimeout = 2 };
+enum : u32 { kErrNone = 0, kErrBarrierTimeout = 1, kErrFlagTimeout = 2, kErrRankTimeout = 3 };
 enum : int { kFaultNone = 0, kFaultSkipPublish = 1 };
 // Trace slots: 0 start, 1 dispatch done (GEMMs start), 2 consumers done with L1, 3 with L2, 4 after the GEMMs' grid
 // barrier, 5 combine done; 6 / 7 the producer done issuing L1 / L2; 8-11 the dispatch's steps: single-CTA (CTA 0:
 // staged, counted, scanned, ranked) or grid (every CTA: 8 staged + counted, 9 past the scan's barrier, 10 past the
 // rank's; slot 1 is then past the gather's).
 constexpr int kTraceSlots = 12;
-enum : u32 { kPhaseDispatch = 1, kPhaseScan = 2, kPhaseRank = 3, kPhaseGather = 4, kPhaseGemm = 5, kPhaseL2Wait = 6 };
+enum : u32 {
+  kPhaseDispatch = 1, kPhaseScan = 2, kPhaseRank = 3, kPhaseGather = 4, kPhaseGemm = 5, kPhaseL2Wait = 6,
+  kPhasePeersStaged = 7, kPhasePeersDone = 8,  // expert parallelism: waiting for the other ranks (rank_barrier)
+};
+// The cross-rank barriers of one launch (slots of the rank_flags region: [slot][source rank]).
+enum : int { kRankStaged = 0, kRankDone = 1, kRankSlots = 2 };
 
 // The control block (64 bytes, device memory, zeroed once at allocation).
 struct MegaCtl {
@@ -171,6 +176,8 @@ struct MegaParams {
   const float* s2;           // f32 [E+1, H/128, I/128]
   u32* flags;                // [max_tiles * I/128], epoch-tagged
   MegaCtl* ctl;
+  const unsigned long long* rank_table;  // [ranks] each rank's buffer base as mapped in this process (own: local)
+  u32* rank_flags;           // [kRankSlots, ranks] epoch-tagged: peer q writes [slot][q] here
   unsigned long long* trace;  // optional [grid, kTraceSlots] %globaltimer stamps per CTA (phase timing), or null
   unsigned long long timeout_ns;
   int num_tokens;
@@ -178,6 +185,10 @@ struct MegaParams {
   int max_tiles;
   float swiglu_limit;
   int fault;  // fault injection for the tests: kFaultSkipPublish = L1 never publishes (row tile 0, block 0)
+  // Expert parallelism: this rank and the world size (1 = one rank). Every rank holds MM_EXPERTS experts, rank r
+  // those from r * MM_EXPERTS, and runs the same num_tokens; ids are global.
+  int rank;
+  int ranks;
 };
 static_assert(sizeof(MegaParams) == MM_PARAMS_BYTES, "mega_moe: the TypeScript parameter packing (mega-moe.ts) drifted");
 
@@ -233,6 +244,44 @@ __device__ __forceinline__ void grid_barrier(MegaCtl* c, u32 phase, unsigned lon
   cta_sync<kParticipants>();
 }
 
+// Rank q's copy of a region of the symmetric buffer: the same offset from q's base (every rank's buffer has the
+// same layout), as mapped in this process.
+template <class T>
+__device__ __forceinline__ T* peer(const MegaParams& p, T* local, int q) {
+  return reinterpret_cast<T*>(reinterpret_cast<char*>(local) + (p.rank_table[q] - p.rank_table[p.rank]));
+}
+
+// Expert parallelism: after a grid barrier (this rank's writes are done), CTA 0 tells every rank (itself included)
+// that this rank reached `slot` of this launch, and every CTA waits until all ranks have (the flags live in the
+// waiter's own buffer: a local spin). System scope, since the peers are other processes (and other GPUs). The epoch
+// is the same on every rank: each launches the layer the same number of times. Gives up, reporting the rank it
+// waited for, after timeout_ns.
+template <int kParticipants = 0>
+__device__ __forceinline__ void rank_barrier(const MegaParams& p, int slot, u32 epoch, u32 phase) {
+  if (p.ranks == 1) return;
+  if (threadIdx.x == 0 && !aborted(p.ctl)) {
+    if (blockIdx.x == 0) {
+      __threadfence_system();
+      for (int q = 0; q < p.ranks; q++) gg::st_release_sys(peer(p, p.rank_flags, q) + slot * p.ranks + p.rank, epoch);
+    }
+    const u64 t0 = gg::globaltimer_ns();
+    for (int q = 0; q < p.ranks; q++) {
+      const u32* f = p.rank_flags + slot * p.ranks + q;
+      u32 v;
+      for (u32 i = 0; (v = gg::ld_acquire_sys(f)) != epoch; i++) {
+        if ((i & 255u) == 255u) {
+          if (aborted(p.ctl)) break;
+          if (gg::globaltimer_ns() - t0 > p.timeout_ns) {
+            report(p.ctl, kErrRankTimeout, phase, (u32)q, v, epoch);
+            break;
+          }
+        }
+      }
+    }
+  }
+  cta_sync<kParticipants>();
+}
+
 // The combine of vectors [v0, v0 + nv) (16 bytes = 8 columns each) of every token: work item i by the thread with
 // i = first (mod step). Each thread loads kBatch vectors before summing any (more loads in flight per thread, with
 // one CTA per SM; at flash T = 8192 it measured the same as one at a time: docs/MEGA_MOE.md).
@@ -260,12 +309,34 @@ __device__ __forceinline__ void combine_vectors(const MegaParams& p, int v0, int
   }
 }
 
+// Expert parallelism: the same combine, each routed row read from the rank that owns its expert (its slot row and
+// its L2 output, through that rank's mapping: peer loads); the shared expert's row is this rank's own.
+__device__ __forceinline__ void combine_vectors_ep(const MegaParams& p, int first, int step) {
+  constexpr int nv = cmb::kVecPerRow;
+  const int total = p.num_tokens * nv;
+  const int slot0 = p.rank * p.num_tokens * MM_TOPK;  // this rank's tokens in every owner's slot_row
+  const int experts = MM_EXPERTS * p.ranks;
+  for (int i = first; i < total; i += step) {
+    const int t = i / nv, v = i % nv;
+    cmb::VecIn in;
+#pragma unroll
+    for (int k = 0; k < MM_TOPK; k++) {
+      const long long e = p.ids_staged[(size_t)t * MM_TOPK + k];
+      const int owner = e >= 0 && e < experts ? (int)(e / MM_EXPERTS) : -1;
+      in.rows[k] = owner >= 0 ? peer(p, p.slot_row, owner)[slot0 + t * MM_TOPK + k] : -1;
+      in.vals[k] = in.rows[k] >= 0 ? peer(p, p.out, owner)[(size_t)in.rows[k] * nv + v] : make_uint4(0, 0, 0, 0);
+    }
+    in.vals[MM_TOPK] = p.out[(size_t)(p.group_offset[MM_EXPERTS] + t) * nv + v];
+    cmb::sum_vec(in, t, v, p.y_routed, p.y);
+  }
+}
+
 // Decode path, T <= kSmallT with 128-row L2 units: the combine runs at the tail of L2 instead of after a grid
 // barrier. Each L2 unit counts itself done on the counter of its column range (u64: the launch's epoch << 32 | units done, so no reset between
 // launches); the unit that completes a range (every live row tile's unit of it) combines those columns of every
 // token. Counters: after the flags in the flags region, one per 128 output columns (mega-moe-layout.ts).
 __device__ __forceinline__ bool tail_combine(const MegaParams& p) {
-  return kDecode && p.num_tokens <= kSmallT && p.num_tokens < MM_DECODE_L2_WIDE_MIN_T;
+  return kDecode && p.ranks == 1 && p.num_tokens <= kSmallT && p.num_tokens < MM_DECODE_L2_WIDE_MIN_T;
 }
 __device__ __forceinline__ bool arrive_last(unsigned long long* c, u32 epoch, u32 needed) {
   unsigned long long old = *reinterpret_cast<volatile unsigned long long*>(c);
@@ -377,7 +448,7 @@ __device__ __forceinline__ void dispatch_small(const MegaParams& p, int* scratch
   if (tid == 0) stamp(8);
   dsp::count_chunk(p.ids, T, 0, counts, cursors, tid, kThreads);  // begins and ends with __syncthreads
   if (tid == 0) stamp(9);
-  dsp::scan(counts, T, kBlockM, p.max_tiles, p.group_offset, p.group_count, p.tile_group, p.num_m_tiles,
+  dsp::scan(counts, 1, T, kBlockM, p.max_tiles, p.group_offset, p.group_count, p.tile_group, p.num_m_tiles,
             p.row_weight, p.row_token, offsets, tid, kThreads);
   __syncthreads();
   if (tid == 0) stamp(10);
@@ -389,47 +460,73 @@ __device__ __forceinline__ void dispatch_small(const MegaParams& p, int* scratch
     dsp::gather_token(p.x_fp8, p.x_sf, t, p.slot_row, offsets, p.a, p.sfa, 1, p.m_cap, lane);
 }
 
-// Dispatch for larger T over the whole grid, four phases apart.
+// Dispatch for larger T (and any T under expert parallelism) over the whole grid, four phases apart. Under expert
+// parallelism the count, rank and gather run over every source rank's tokens (chunks [s cps, (s + 1) cps) are rank
+// s's), reading the staged ids, weights and rows of the other ranks from their buffers (peer loads) once they all
+// have staged; this rank's own tokens add the shared expert's rows. One rank: s = 0 only, its own ids (the input).
 template <class Stamp>
 __device__ __forceinline__ void dispatch_grid(const MegaParams& p, int* scratch, int tid, int warp, int lane,
                                               u32 epoch, const Stamp& stamp) {
   const int T = p.num_tokens;
-  const int nc = dsp::num_chunks(T);
+  const int cps = dsp::num_chunks(T);  // chunks per source rank
+  const int nc = cps * p.ranks;
+  const long long id_base = (long long)p.rank * MM_EXPERTS;
   const int gwarp = blockIdx.x * kWarps + warp;
   const int nwarps = gridDim.x * kWarps;
+  auto ids_of = [&](int s) -> const long long* { return s == p.rank ? p.ids : peer(p, p.ids_staged, s); };
+  auto weights_of = [&](int s) -> const float* { return s == p.rank ? p.weights : peer(p, p.w_staged, s); };
+  auto count = [&]() {
+    for (int c = blockIdx.x; c < nc; c += gridDim.x)
+      dsp::count_chunk(ids_of(c / cps), T, c % cps, p.chunk_counts + (size_t)(c / cps) * cps * dsp::kExperts, scratch,
+                       tid, kThreads, id_base);
+  };
   for (int row = gwarp; row < T; row += nwarps)
     stg::stage_row(p.x, p.ids, p.weights, p.x_fp8, p.x_sf, p.ids_staged, p.w_staged, row, lane);
-  for (int c = blockIdx.x; c < nc; c += gridDim.x) dsp::count_chunk(p.ids, T, c, p.chunk_counts, scratch, tid, kThreads);
+  if (p.ranks == 1) count();  // its own ids: no need to wait for the staging
   if (tid == 0) stamp(8);
   grid_barrier(p.ctl, kPhaseDispatch, p.timeout_ns);
   if (blockIdx.x == 0 && tid == 0) p.ctl->epoch = epoch;  // every CTA has read the old epoch by now
+  if (p.ranks > 1) {
+    rank_barrier(p, kRankStaged, epoch, kPhasePeersStaged);  // every rank's staged rows, ids and weights are readable
+    count();
+    grid_barrier(p.ctl, kPhaseDispatch, p.timeout_ns);
+  }
   if (blockIdx.x == 0)
-    dsp::scan<false>(p.chunk_counts, T, kBlockM, p.max_tiles, p.group_offset, p.group_count, p.tile_group,
+    dsp::scan<false>(p.chunk_counts, nc, T, kBlockM, p.max_tiles, p.group_offset, p.group_count, p.tile_group,
                      p.num_m_tiles, p.row_weight, p.row_token, scratch, tid, kThreads);
   grid_barrier(p.ctl, kPhaseScan, p.timeout_ns);
   if (tid == 0) stamp(9);
-  for (int c = gwarp; c < nc; c += nwarps)
-    dsp::rank_chunk(p.ids, p.weights, T, c, p.chunk_counts, p.group_offset, p.slot_row, p.row_weight, p.row_token,
-                    scratch + warp * dsp::kExperts, lane);
+  for (int c = gwarp; c < nc; c += nwarps) {
+    const int s = c / cps;
+    dsp::rank_chunk(ids_of(s), weights_of(s), T, c % cps, p.chunk_counts + (size_t)s * cps * dsp::kExperts,
+                    p.group_offset, p.slot_row + (size_t)s * T * MM_TOPK, p.row_weight, p.row_token,
+                    scratch + warp * dsp::kExperts, lane, id_base, s * T, s == p.rank);
+  }
   // The scan's per-group tiles and padding rows, a warp per group over the grid (after the ranks: the warps with
   // no chunk start at once).
   for (int g = nwarps - 1 - gwarp; g < dsp::kGroups; g += nwarps)
     dsp::fill_group(p.group_offset[g], p.group_count[g], kBlockM, g, p.tile_group, p.row_weight, p.row_token, lane, 32);
   grid_barrier(p.ctl, kPhaseRank, p.timeout_ns);
   if (tid == 0) stamp(10);
-  for (int t = gwarp; t < T; t += nwarps)
-    dsp::gather_token(p.x_fp8, p.x_sf, t, p.slot_row, p.group_offset, p.a, p.sfa, 1, p.m_cap, lane);
+  for (int g = gwarp; g < T * p.ranks; g += nwarps) {
+    const int s = g / T;
+    dsp::gather_token(s == p.rank ? p.x_fp8 : peer(p, p.x_fp8, s), s == p.rank ? p.x_sf : peer(p, p.x_sf, s), g % T,
+                      p.slot_row + (size_t)s * T * MM_TOPK, p.group_offset, p.a, p.sfa, 1, p.m_cap, lane, s == p.rank);
+  }
 }
 
 // After the GEMMs: a grid barrier (every L2 row written), then the combine, 16-byte vectors of tokens over the
 // consumer threads. kParticipants: 0 = the whole CTA reaches the barrier (decode), else the consumers alone.
 template <int kParticipants, class Stamp>
-__device__ __forceinline__ void finish(const MegaParams& p, int tid, const Stamp& stamp) {
+__device__ __forceinline__ void finish(const MegaParams& p, int tid, u32 epoch, const Stamp& stamp) {
   if (tail_combine(p)) return;  // combined at L2's tail, no barrier (MegaSync::complete)
   grid_barrier<kParticipants>(p.ctl, kPhaseGemm, p.timeout_ns);
+  // Expert parallelism: every rank's L2 rows are written before any rank reads them.
+  rank_barrier<kParticipants>(p, kRankDone, epoch, kPhasePeersDone);
   if (tid == 0) stamp(4);
   if (tid < kConsumers) {
-    combine_vectors(p, 0, cmb::kVecPerRow, blockIdx.x * kConsumers + tid, gridDim.x * kConsumers);
+    if (p.ranks == 1) combine_vectors(p, 0, cmb::kVecPerRow, blockIdx.x * kConsumers + tid, gridDim.x * kConsumers);
+    else combine_vectors_ep(p, blockIdx.x * kConsumers + tid, gridDim.x * kConsumers);
     if (tid == 0) stamp(5);
   }
 }
@@ -469,7 +566,7 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
   // ---- stage + dispatch ----
   // (Pulling the first units' weights into L2 meanwhile was measured slower at every T: the prefetch traffic queues
   // ahead of the dispatch's dependent loads. docs/MEGA_MOE.md.)
-  if (p.num_tokens <= kSmallT) {
+  if (p.num_tokens <= kSmallT && p.ranks == 1) {
     if (blockIdx.x == 0) dispatch_small(p, scratch, tid, warp, lane, stamp);
     // One barrier: CTA 0's dispatch is complete and every CTA has read the old epoch.
     grid_barrier(p.ctl, kPhaseDispatch, p.timeout_ns);
@@ -521,7 +618,7 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
     else
       gg::decode_body<kH, kI, 2, kStages, 0, MM_WTILED, Plan, MegaSync<true, false>, false>(MM_L2_ARGS);
     if (tid == 0 || tid == kConsumers) stamp(tid == 0 ? 3 : 7);
-    finish<0>(p, tid, stamp);
+    finish<0>(p, tid, epoch, stamp);
   } else {
     // The register split must dominate each role's code (ptxas allocates per branch), so each branch runs both
     // bodies; the bodies' own role test folds away.
@@ -545,7 +642,7 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
       gg::normal_body<kH, kI, 2, kStages, 0, kMcast, 1, MM_WTILED, NormalL2P, MegaSync<true, false>, false>(MM_L2_ARGS);
       if (tid == 0) stamp(3);
       if ((tid & 127) == 0) gg::fence_proxy_async_global();  // TMA stores -> the combine's loads
-      finish<kConsumers>(p, tid, stamp);  // inside the branch: it runs on the consumers' register budget
+      finish<kConsumers>(p, tid, epoch, stamp);  // inside the branch: it runs on the consumers' register budget
     }
   }
 #undef MM_L1_ARGS

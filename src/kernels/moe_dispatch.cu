@@ -71,7 +71,7 @@ megamoe_dispatch_scan(int* __restrict__ chunk_counts, int num_tokens, int block_
                       int* __restrict__ group_offset, int* __restrict__ group_count, int* __restrict__ tile_group,
                       int* __restrict__ num_m_tiles, float* __restrict__ row_weight, int* __restrict__ row_token) {
   __shared__ int scratch[2 * dsp::kGroups + 1];
-  dsp::scan(chunk_counts, num_tokens, block_m, max_tiles, group_offset, group_count, tile_group, num_m_tiles,
+  dsp::scan(chunk_counts, dsp::num_chunks(num_tokens), num_tokens, block_m, max_tiles, group_offset, group_count, tile_group, num_m_tiles,
             row_weight, row_token, scratch, threadIdx.x, blockDim.x);
 }
 

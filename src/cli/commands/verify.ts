@@ -1,6 +1,7 @@
 // `megamoe verify --ep N`: the expert-parallel correctness harness (issue 12, deliverable 6). Starts N rank processes
 // through the supervisor (src/dist/supervisor.ts; one process per rank, all on device 0 when the machine has fewer
-// GPUs than N), each runs the unfused EP pipeline on its share of a seeded batch for every --tokens value; then this
+// GPUs than N), each runs the unfused EP pipeline (or, --backend mega_moe, the fused kernel over CUDA IPC symmetric
+// memory) on its share of a seeded batch for every --tokens value; then this
 // process checks every rank's output against EP1 (the unfused backend on the whole world's batch, one GPU, the same
 // seeded weights: SPEC 5 asks bit-identical, or calc_diff <= 3e-5 where the split changes a K order) and against the
 // CPU reference backend on a sample of each rank's tokens (SPEC 5: calc_diff <= 3e-5), prints a per-rank table and
@@ -8,8 +9,7 @@
 //
 // Exit codes: 0 pass; 1 a mismatch or a failed run (a rank that died, hung past a deadline or threw: the supervisor's
 // one message names the rank and the phase, and every rank is gone within seconds); 2 a request this build cannot
-// serve (--backend mega_moe across ranks: the fused kernel does not dispatch across ranks yet; --transport nccl with
-// several ranks on one GPU).
+// serve (--transport nccl with several ranks on one GPU).
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -63,15 +63,6 @@ export function parseTokenList(text: string): number[] {
 export function verifyRefusal(o: VerifyOptions): [number, string] | null {
   const preset = MOE_PRESET_SHAPES.find((p) => p.label === o.preset);
   if (!preset) return [1, `--preset must be one of ${MOE_PRESET_SHAPES.map((p) => p.label).join(', ')}, got "${o.preset}"`];
-  if (o.backend === 'mega_moe') {
-    if (o.ep > 1) {
-      return [EXIT_UNSUPPORTED, `--backend mega_moe with --ep ${o.ep} is not implemented yet across ranks: the fused kernel does not yet ` +
-        'dispatch tokens to other ranks\' experts (issue 12, deliverable 4). Run --backend unfused for the EP baseline; the fused ' +
-        'kernel at EP1 is checked by `megamoe moe --backend mega_moe` and test/gpu-mega-moe.test.ts'];
-    }
-    return [EXIT_UNSUPPORTED, '--backend mega_moe is not implemented yet in verify (not even at --ep 1: verify drives the EP pipeline, ' +
-      'which is unfused only); the fused kernel at EP1 is checked by `megamoe moe --backend mega_moe`'];
-  }
   if (preset.experts % o.ep !== 0) {
     const ok = [1, 2, 4, 8, 16].filter((n) => preset.experts % n === 0).join(', ');
     return [1, `--ep ${o.ep} does not divide the ${preset.experts} experts of preset ${preset.label}; use one of ${ok}`];
@@ -82,7 +73,7 @@ export function verifyRefusal(o: VerifyOptions): [number, string] | null {
   }
   const maxT = Math.max(0, ...o.tokens);
   const limit = Math.floor(65535 / (o.ep * preset.topK));
-  if (maxT > limit) {
+  if (o.backend === 'unfused' && maxT > limit) {
     return [1, `--tokens ${maxT} per rank: a rank may receive ${o.ep} x ${maxT} x top-${preset.topK} rows, above the combine's 65535; ` +
       `use at most ${limit} tokens per rank at --ep ${o.ep}`];
   }
@@ -150,18 +141,19 @@ export async function runVerify(o: VerifyOptions, log: (line: string) => void = 
       gpuNote = `all ${N} ranks on device 0 (this machine has ${G} GPU${G === 1 ? '' : 's'}): a correctness run, timings in this mode mean nothing`;
     }
   }
-  const refuseNccl = transportRefusal(o.transport, devices.length === 1 ? new Array<number>(N).fill(devices[0]) : devices);
+  const refuseNccl = o.backend === 'unfused' ? transportRefusal(o.transport, devices.length === 1 ? new Array<number>(N).fill(devices[0]) : devices) : null;
   if (refuseNccl) {
     console.error(`megamoe verify: ${refuseNccl}`);
     return EXIT_UNSUPPORTED;
   }
-  log(`megamoe verify: EP ${N} over ${o.transport}, backend ${o.backend}, preset ${shape.label} (H ${shape.hidden}, I ${shape.inter}, ` +
+  const over = o.backend === 'mega_moe' ? 'CUDA IPC symmetric memory (the fused kernel moves the rows; --transport is the unfused baseline\'s)' : o.transport;
+  log(`megamoe verify: EP ${N} over ${over}, backend ${o.backend}, preset ${shape.label} (H ${shape.hidden}, I ${shape.inter}, ` +
     `E ${shape.experts}, K ${shape.topK}), routing ${o.routing}, tokens per rank ${o.tokens.join(',')}, seed ${o.seed}, row tile ${o.rowTile}`);
   if (gpuNote) log(`note: ${gpuNote}`);
   const outDir = fs.mkdtempSync(path.join(os.tmpdir(), 'megamoe-verify-'));
   try {
     const args: VerifyRankArgs = {
-      shape, seed: o.seed, tokens: o.tokens, routing: o.routing, transport: o.transport, rowTile: o.rowTile, outDir,
+      shape, backend: o.backend, seed: o.seed, tokens: o.tokens, routing: o.routing, transport: o.transport, rowTile: o.rowTile, outDir,
       ...(fake ? { fake: { stepMs: Number(process.env.MEGAMOE_VERIFY_FAKE_STEP_MS ?? 50) } } : {}),
     };
     let results: VerifyRankSummary[];
@@ -303,7 +295,7 @@ export function register(program: Command): void {
     .command('verify')
     .description('expert-parallel correctness: N rank processes run the EP pipeline on a seeded batch; outputs checked against EP1 and the CPU reference')
     .requiredOption('--ep <N>', `ranks (expert-parallel size), 1..${MAX_WORLD_SIZE}`, intArg('--ep', 1, MAX_WORLD_SIZE))
-    .option('--backend <name>', 'unfused | mega_moe (mega_moe: not implemented yet across ranks)', oneOf('--backend', ['unfused', 'mega_moe'] as const), 'unfused')
+    .option('--backend <name>', 'unfused (the EP baseline over --transport) | mega_moe (the fused kernel across ranks)', oneOf('--backend', ['unfused', 'mega_moe'] as const), 'unfused')
     .option('--preset <name>', `layer shape: ${MOE_PRESET_SHAPES.map((p) => p.label).join(' | ')}`, oneOf('--preset', MOE_PRESET_SHAPES.map((p) => p.label)), 'tiny')
     .option('--tokens <list>', 'tokens per rank, comma-separated (each a separate batch)', parseTokenList, [0, 1, 7, 128, 1000])
     .option('--routing <mode>', 'uniform (2% masked slots) | skewed (every token to one rank\'s experts)', oneOf('--routing', EP_ROUTING_MODES), 'uniform')

@@ -23,8 +23,11 @@ static_assert(kHidden % 128 == 0, "the hidden size must be a multiple of 128 (SP
 static_assert(kTopK >= 1 && kTopK <= 32, "top-k must be in [1, 32]");
 static_assert(kShared == 0 || kShared == 1, "the shared-expert switch is 0 or 1");
 
-__device__ __forceinline__ int expert_of(long long id) {
-  // Masked (-1) and, defensively, out-of-range ids select nothing (the host guards refuse them earlier).
+// Expert parallelism: a rank owns experts [base, base + kExperts) of the layer; ids are global, so it subtracts its
+// base (0 on one rank: ids are then local already).
+__device__ __forceinline__ int expert_of(long long id, long long base = 0) {
+  // Masked (-1), another rank's and, defensively, out-of-range ids select nothing (the host guards refuse the last).
+  id -= base;
   return (id >= 0 && id < kExperts) ? (int)id : -1;
 }
 
@@ -35,13 +38,14 @@ __device__ __forceinline__ int num_chunks(int num_tokens) { return (num_tokens +
 // 1. Histogram of chunk c's slots into chunk_counts[c][E], by the `nthreads` threads of a block (all of them call
 // it; hist is kExperts ints of shared memory). Shared-memory atomics: the totals do not depend on their order.
 __device__ __forceinline__ void count_chunk(const long long* __restrict__ ids, int num_tokens, int c,
-                                            int* __restrict__ chunk_counts, int* hist, int tid, int nthreads) {
+                                            int* __restrict__ chunk_counts, int* hist, int tid, int nthreads,
+                                            long long id_base = 0) {
   for (int e = tid; e < kExperts; e += nthreads) hist[e] = 0;
   __syncthreads();
   const int first = c * kChunkSlots;
   const int last = min(first + kChunkSlots, num_tokens * kTopK);
   for (int s = first + tid; s < last; s += nthreads) {
-    const int e = expert_of(ids[s]);
+    const int e = expert_of(ids[s], id_base);
     if (e >= 0) atomicAdd(&hist[e], 1);
   }
   __syncthreads();
@@ -84,22 +88,23 @@ __device__ __forceinline__ int chunk_column(int* __restrict__ chunk_counts, int 
 }
 
 // 2. The scan, by all `nthreads` threads of ONE block (scratch: 2 kGroups + 1 ints of shared memory: the exclusive
-// offsets + total, then each group's row count, so nothing written to global memory is read back). Per group:
+// offsets + total, then each group's row count, so nothing written to global memory is read back), over `nc` chunks
+// (num_chunks(T) on one rank; every source rank's chunks under expert parallelism) and `shared_tokens` rows of the
+// shared expert (this rank's own tokens). Per group:
 // total rows, padded to block_m, exclusive scan -> group_offset [kGroups + 1], group_count, num_m_tiles, tile_group
 // past the last tile (-1 up to max_tiles); chunk_counts become per-chunk base rows; with kFill also each group's
 // tiles and padding rows (fill_group), else the caller runs fill_group for every group before the GEMMs. The totals
 // are integers: any thread layout gives the same outputs.
 template <bool kFill = true>
-__device__ __forceinline__ void scan(int* __restrict__ chunk_counts, int num_tokens, int block_m, int max_tiles,
+__device__ __forceinline__ void scan(int* __restrict__ chunk_counts, int nc, int shared_tokens, int block_m, int max_tiles,
                                      int* __restrict__ group_offset, int* __restrict__ group_count,
                                      int* __restrict__ tile_group, int* __restrict__ num_m_tiles,
                                      float* __restrict__ row_weight, int* __restrict__ row_token, int* scratch,
                                      int tid, int nthreads) {
-  const int nc = num_chunks(num_tokens);
   // Padded row count of every group, then an exclusive scan of them by warp 0 in 32-group steps.
   for (int g = tid; g < kGroups; g += nthreads) {
     // the shared expert: every token once
-    const int count = g < kExperts ? chunk_column<false>(chunk_counts, nc, g, 0) : num_tokens;
+    const int count = g < kExperts ? chunk_column<false>(chunk_counts, nc, g, 0) : shared_tokens;
     group_count[g] = count;
     scratch[g] = round_up(count, block_m);
     scratch[kGroups + 1 + g] = count;
@@ -139,13 +144,16 @@ __device__ __forceinline__ void scan(int* __restrict__ chunk_counts, int num_tok
 }
 
 // 3. One warp ranks chunk c's slots in (token, slot) order (next_row: kExperts ints of shared memory owned by this
-// warp): slot_row, row_token, row_weight; then the shared expert's rows of the chunk's tokens. __match_any_sync, no
-// atomics, so deterministic.
+// warp): slot_row, row_token, row_weight; then (with_shared) the shared expert's rows of the chunk's tokens.
+// __match_any_sync, no atomics, so deterministic. Expert parallelism: ids are global (id_base: this rank's first
+// expert), row_token counts from token_base (the source rank's first token), and only the own rank's tokens have
+// shared-expert rows here.
 __device__ __forceinline__ void rank_chunk(const long long* __restrict__ ids, const float* __restrict__ weights,
                                            int num_tokens, int c, const int* __restrict__ chunk_base,
                                            const int* __restrict__ group_offset, int* __restrict__ slot_row,
                                            float* __restrict__ row_weight, int* __restrict__ row_token, int* next_row,
-                                           int lane) {
+                                           int lane, long long id_base = 0, int token_base = 0,
+                                           bool with_shared = true) {
   for (int e = lane; e < kExperts; e += 32) next_row[e] = chunk_base[(size_t)c * kExperts + e];
   __syncwarp();
   const int first = c * kChunkSlots;
@@ -158,7 +166,7 @@ __device__ __forceinline__ void rank_chunk(const long long* __restrict__ ids, co
 #pragma unroll
   for (int j = 0; j < kSteps; j++) {
     const int s = first + 32 * j + lane;
-    experts[j] = s < last ? expert_of(ids[s]) : -1;
+    experts[j] = s < last ? expert_of(ids[s], id_base) : -1;
     slot_weight[j] = s < last ? weights[s] : 0.0f;
   }
 #pragma unroll
@@ -178,30 +186,39 @@ __device__ __forceinline__ void rank_chunk(const long long* __restrict__ ids, co
       slot_row[s] = row;
       if (row >= 0) {
         row_weight[row] = slot_weight[j];
-        row_token[row] = s / kTopK;
+        row_token[row] = token_base + s / kTopK;
       }
     }
   }
-  if (kShared) {
+  if (kShared && with_shared) {
     const int base = group_offset[kExperts];
     const int t_end = min((c + 1) * kChunkTokens, num_tokens);
     for (int t = c * kChunkTokens + lane; t < t_end; t += 32) {
       row_weight[base + t] = 1.0f;
-      row_token[base + t] = t;
+      row_token[base + t] = token_base + t;
     }
   }
   __syncwarp();
 }
 
-// 4. One warp copies token t's e4m3 row (16-byte vectors) and its scales to each of its K (+1 shared) rows.
+// 4. One warp copies token t's e4m3 row (16-byte vectors) and its scales to each of its K (+1 shared, with_shared)
+// rows; a token with no row here (expert parallelism: all its experts on other ranks) is not read at all.
 __device__ __forceinline__ void gather_token(const uint4* __restrict__ x_fp8, const float* __restrict__ x_sf, int t,
                                              const int* __restrict__ slot_row, const int* __restrict__ group_offset,
                                              uint4* __restrict__ a, float* __restrict__ sfa, long long sfa_row_stride,
-                                             long long sfa_kb_stride, int lane) {
+                                             long long sfa_kb_stride, int lane, bool with_shared = true) {
   int rows[kTopK + kShared];
+  bool any = false;
 #pragma unroll
-  for (int k = 0; k < kTopK; k++) rows[k] = slot_row[(size_t)t * kTopK + k];
-  if (kShared) rows[kTopK] = group_offset[kExperts] + t;
+  for (int k = 0; k < kTopK; k++) {
+    rows[k] = slot_row[(size_t)t * kTopK + k];
+    any |= rows[k] >= 0;
+  }
+  if (kShared) {
+    rows[kTopK] = with_shared ? group_offset[kExperts] + t : -1;
+    any |= with_shared;
+  }
+  if (!any) return;
 
   const uint4* src = x_fp8 + (size_t)t * kVecPerRow;
   // Up to 8 vectors per lane in flight (a 4096-wide row is 256 vectors = 8 per lane).

@@ -1,0 +1,53 @@
+// One rank's fused MegaMoE layer under expert parallelism, set up inside a rank process by `megamoe verify --ep N
+// --backend mega_moe`: the rank's block of experts with per-expert seeds (an EP subset equals those experts of the
+// whole layer), rank 0 compiling the kernels first, then the symmetric buffer shared with every rank (collective) and
+// the kernel bound to it. Imported dynamically by the rank program, so its fake (no-GPU) mode loads no CUDA code.
+import { useDevice } from '../cuda/index.js';
+import type { RankContext } from '../dist/rank-channel.js';
+import { compileMegaMoeKernels } from '../kernels/mega-moe.js';
+import { expertRange } from '../moe/placement.js';
+import { MegaMoe } from './mega-moe.js';
+import type { RowTilePolicy } from './unfused-gemm.js';
+import { DeviceMoeWeights, type UnfusedShape } from './unfused.js';
+
+export interface MegaEpRankOptions {
+  shape: UnfusedShape;
+  seed: number;
+  /** the batch sizes (tokens per rank) the rank will run: the buffer holds the largest */
+  tokens: readonly number[];
+  rowTile: RowTilePolicy;
+}
+
+export interface MegaEpRankSetup {
+  moe: MegaMoe;
+  /** the rank's share of the layer (its experts only) */
+  localShape: UnfusedShape;
+  maxTokens: number;
+  /** Collective: waits until no peer reads this rank's buffer any more, then frees everything. */
+  close(): Promise<void>;
+}
+
+export async function startMegaMoeEpRank(ctx: RankContext, o: MegaEpRankOptions): Promise<MegaEpRankSetup> {
+  const { shape } = o;
+  ctx.phase('cuda-init');
+  useDevice(ctx.device);
+  ctx.phase('weights');
+  const range = expertRange(shape.experts, ctx.rank, ctx.worldSize);
+  const ids = Array.from({ length: range.end - range.first }, (_, i) => range.first + i);
+  const localShape: UnfusedShape = { hidden: shape.hidden, inter: shape.inter, experts: ids.length, topK: shape.topK, swigluLimit: shape.swigluLimit };
+  const weights = await DeviceMoeWeights.randomExperts(localShape, o.seed, ids, shape.experts);
+  const maxTokens = Math.max(1, ...o.tokens);
+  try {
+    ctx.phase('build');
+    // Rank 0 compiles every variant first; the others then find them in the disk cache.
+    if (ctx.rank === 0) await compileMegaMoeKernels(localShape);
+    await ctx.barrier('built-0');
+    ctx.phase('symmetric-memory');
+    const moe = await MegaMoe.create(weights, maxTokens, { ownsWeights: true, ep: ctx });
+    moe.rowTilePolicy = o.rowTile;
+    return { moe, localShape, maxTokens, close: () => moe.close(ctx) };
+  } catch (err) {
+    weights.dispose();
+    throw err;
+  }
+}
