@@ -1,6 +1,7 @@
-// `megamoe verify --ep N` for real (GPU host): the unfused EP baseline over the IPC transport, N rank processes (all
-// on device 0 on a one-GPU machine), tiny and flash shapes, T per rank = 0, 1, 7, 128, 1000, uniform (with masked
-// slots) and skewed routing (every token to the last rank's experts). Each run checks every rank's output against EP1
+// `megamoe verify --ep N` for real (GPU host): the unfused EP baseline over the IPC transport and the fused kernel
+// across ranks (--backend mega_moe, over CUDA IPC symmetric memory), N rank processes (all on device 0 on a one-GPU
+// machine), tiny, flash and pro shapes, T per rank = 0, 1, 7, 128, 1000, uniform (with masked slots) and skewed
+// routing (every token to the last rank's experts). Each run checks every rank's output against EP1
 // (the unfused backend on the whole batch) and the CPU reference on sampled tokens, and must exit 0 with PASS.
 // Also --ep 1 over NCCL (a world of one: the NCCL transport's path through the EP pipeline) where NCCL is installed.
 // Skipped without a Hopper GPU.
@@ -26,17 +27,22 @@ function assertPass(r: { code: number | null; out: string; err: string }, N: num
   assert.ok(rows.every((l) => /\sok$/.test(l)), where);
 }
 
-for (const preset of ['tiny', 'flash']) {
-  // Flash: one reference token per rank and batch (each costs ~0.3 s of CPU and 6 expert downloads); the check pools
-  // every rank's sampled tokens of a batch.
-  const ref = preset === 'tiny' ? '16' : '1';
-  for (const N of [2, 4]) {
-    for (const routing of ['uniform', 'skewed']) {
-      test(`verify --ep ${N} --preset ${preset} --routing ${routing} over ipc, T = ${TOKENS}`, { skip, timeout: 300_000 }, async () => {
-        const r = await verify(['--ep', String(N), '--preset', preset, '--routing', routing, '--transport', 'ipc', '--tokens', TOKENS,
-          '--reference-tokens', ref], 280_000);
-        assertPass(r, N);
-      });
+for (const backend of ['unfused', 'mega_moe']) {
+  for (const preset of ['tiny', 'flash', 'pro']) {
+    // Flash / pro: one reference token per rank and batch (each costs ~0.3 s of CPU and 6 expert downloads); the check
+    // pools every rank's sampled tokens of a batch.
+    const ref = preset === 'tiny' ? '16' : '1';
+    for (const N of [2, 4]) {
+      for (const routing of ['uniform', 'skewed']) {
+        const over = backend === 'unfused' ? 'over ipc' : 'over symmetric memory';
+        test(`verify --ep ${N} --backend ${backend} --preset ${preset} --routing ${routing} ${over}, T = ${TOKENS}`, { skip, timeout: 300_000 }, async () => {
+          const r = await verify(['--ep', String(N), '--backend', backend, '--preset', preset, '--routing', routing, '--transport', 'ipc',
+            '--tokens', TOKENS, '--reference-tokens', ref], 280_000);
+          assertPass(r, N);
+          // The fused kernel and EP1 take the same GEMM path (the same rows per expert): the same rounding.
+          if (backend === 'mega_moe') assert.match(r.out, /every row bit-identical to EP1/);
+        });
+      }
     }
   }
 }
@@ -53,8 +59,10 @@ test('verify --ep 2 --transport nccl on one GPU: exit 2, the message names --tra
     assert.match(r.err, /use --transport ipc/);
   });
 
-test('verify --ep 4 --preset flash: a rank SIGKILLed mid-run ends every rank within 10 s, naming the rank and the phase', { skip, timeout: 120_000 }, async () => {
-  const child = spawn(process.execPath, [MEGAMOE_MAIN, 'verify', '--ep', '4', '--preset', 'flash', '--tokens',
+// The fused kernel's ranks wait for each other inside the kernel: the dead rank's peers must still go at once (the
+// supervisor ends their processes; their kernels' cross-rank deadline is not what ends them).
+for (const backend of ['unfused', 'mega_moe']) test(`verify --ep 4 --backend ${backend} --preset flash: a rank SIGKILLed mid-run ends every rank within 10 s, naming the rank and the phase`, { skip, timeout: 120_000 }, async () => {
+  const child = spawn(process.execPath, [MEGAMOE_MAIN, 'verify', '--ep', '4', '--backend', backend, '--preset', 'flash', '--tokens',
     // 30 batches (each also makes its 4M-value input on the host): the run is surely mid-way when the kill comes.
     Array.from({ length: 30 }, (_, i) => 1000 - i).join(','),
     '--reference-tokens', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
