@@ -51,7 +51,7 @@ import {
   type MoeBenchRow, type MoeShapeSummary,
 } from './report.js';
 import { loadReadKernel, READ_KERNEL_THREADS } from './bench-kernels.js';
-import { LayerTimer, measureCopy, summarise } from './timing.js';
+import { COPY_BYTES, LayerTimer, measureCopy, summarise } from './timing.js';
 import { expertStrides, packReadSegments, readFloorSegments, touchedGroups } from './read-floor.js';
 import { parseList, parseTokenList, resolveCommit } from './staging-routing.js';
 
@@ -65,8 +65,6 @@ export const MOE_BENCH_BACKENDS: readonly string[] = ['mega_moe', 'unfused', 're
 export const MOE_BENCH_DEFAULT_TOKENS = '1,2,4,8,16,32,64,128,256,512,1024,2048,4096,8192,16384';
 export const MOE_BENCH_DEFAULT_PRESETS = 'flash,pro';
 export const MOE_BENCH_DEFAULT_BACKENDS = 'mega_moe,unfused,reference';
-/** Bytes of the device-to-device copy that measures this GPU's copy bandwidth (>= 1 GiB, SPEC 6). */
-export const COPY_BYTES = 1 << 30;
 
 export interface MoeBenchOptions {
   presets: string[];

@@ -6,6 +6,9 @@ import { arg, CudaEvent, DeviceBuffer, type Kernel, type Stream } from '../cuda/
 import { loadSpinKernel } from './bench-kernels.js';
 import { median } from './report.js';
 
+/** Bytes of the device-to-device copy that measures this GPU's copy bandwidth (>= 1 GiB, SPEC 6). */
+export const COPY_BYTES = 1 << 30;
+
 /** Device-time sampler: L2 flush + spin-hidden launch latency (see the header). */
 export class LayerTimer {
   private constructor(private readonly spin: Kernel, private readonly flush: DeviceBuffer,
