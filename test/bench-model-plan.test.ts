@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import {
-  benchModelConfig, decodeStepCost, expectedTouchedExperts, layerDenseBytes, layerExpertBytes, parseSize, parseSizeList, planCapacity,
+  benchModelConfig, decodeFillRefusal, decodeStepCost, expectedTouchedExperts, layerDenseBytes, layerExpertBytes, parseSize, parseSizeList, planCapacity,
   prefillCost, residentWeightBytes, stepRoofline, validateModelBenchOptions, type ModelBenchOptions,
 } from '../src/bench/model-plan.js';
 import { modelBenchOptionsFromCli, type ModelBenchCliOptions } from '../src/bench/model.js';
@@ -143,4 +143,10 @@ test('roofline: the larger of the HBM and compute terms; copy bound from the mea
   assert.equal(c.computeUs, 1.5e6); // other FLOPs at half the FP8 rate
   assert.equal(c.bound, 'compute');
   assert.equal(c.copyUs, undefined);
+});
+
+test('--kv-fill prefill: a row past 2^20 fill tokens is refused with the fix; skip never is', () => {
+  assert.equal(decodeFillRefusal('prefill', 8, 1024), undefined);
+  assert.match(decodeFillRefusal('prefill', 256, 32768)!, /256 x 32768 = 8388608 tokens.*use --kv-fill skip/);
+  assert.equal(decodeFillRefusal('skip', 256, 32768), undefined);
 });

@@ -87,6 +87,19 @@ export function validateModelBenchOptions(o: ModelBenchOptions): ModelBenchOptio
   return o;
 }
 
+/** Most tokens `--kv-fill prefill` prefills for one decode row before the row is reported as not run instead. */
+export const MAX_FILL_TOKENS = 1 << 20;
+
+/**
+ * Why a decode row is not run, or undefined: with `--kv-fill prefill` its B x C tokens of prefill past
+ * MAX_FILL_TOKENS (hours at the GPU model's prefill rate today), with the fix.
+ */
+export function decodeFillRefusal(kvFill: KvFill, batch: number, context: number): string | undefined {
+  const n = batch * context;
+  if (kvFill !== 'prefill' || n <= MAX_FILL_TOKENS) return undefined;
+  return `--kv-fill prefill would prefill ${batch} x ${context} = ${n} tokens first (more than ${MAX_FILL_TOKENS}); use --kv-fill skip for this row`;
+}
+
 /** The whole-model config of a preset with L layers (no MTP), exactly the one virtualModelCheckpoint builds. */
 export function benchModelConfig(preset: ModelBenchPreset, layers: number, seed = 1): ModelConfig {
   const raw = modelPresetConfig({ preset, layers, mtpLayers: 0, expertDtype: 'fp8', seed });

@@ -34,7 +34,7 @@ import { COPY_BYTES, LayerTimer, measureCopy } from './timing.js';
 import { touchedGroups } from './read-floor.js';
 import { resolveCommit } from './staging-routing.js';
 import {
-  benchModelConfig, decodeStepCost, KV_FILLS, MODEL_BENCH_DEFAULTS, MODEL_BENCH_PRESETS, parseSize, parseSizeList, planCapacity,
+  benchModelConfig, decodeFillRefusal, decodeStepCost, KV_FILLS, MODEL_BENCH_DEFAULTS, MODEL_BENCH_PRESETS, parseSize, parseSizeList, planCapacity,
   prefillCost, residentWeightBytes, validateModelBenchOptions, type KvFill, type ModelBenchOptions, type ModelBenchPreset,
 } from './model-plan.js';
 import { layerParts, notRunRow, timedRow, writeModelReport, type DecodeRow, type ModelBenchReport, type PrefillRow } from './model-report.js';
@@ -177,6 +177,8 @@ export async function runModelBench(o: ModelBenchOptions, log: (line: string) =>
       for (const B of o.batches) {
         const seqs: GpuSequence[] = [];
         try {
+          const refusal = decodeFillRefusal(o.kvFill, B, C);
+          if (refusal) throw new Error(refusal);
           for (let i = 0; i < B; i++) seqs.push(model.createSequence());
           if (o.kvFill === 'skip') for (const s of seqs) s.length = C;
           else for (const s of seqs) await prefillSeq(s, C);
