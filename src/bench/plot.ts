@@ -5,6 +5,7 @@ import * as vega from 'vega';
 import { compile, type TopLevelSpec } from 'vega-lite';
 import { READ_FLOOR, type MoeBenchRow } from './report.js';
 import { SHARED_GPU_WARNING, type EpBenchReport } from './ep-report.js';
+import type { ModelBenchReport, TimedRow } from './model-report.js';
 
 /** The measured series the figure draws (others, eager launches, the CPU reference and the anchor, stay in the table). */
 export const PLOTTED_BACKENDS: readonly string[] = ['mega_moe+graph', 'unfused+graph', READ_FLOOR];
@@ -72,15 +73,19 @@ export function moePlotSpec(rows: readonly MoeBenchRow[]): TopLevelSpec {
   } as unknown as TopLevelSpec;
 }
 
-/** Renders the figure to an SVG string. */
-export async function renderMoePlotSvg(rows: readonly MoeBenchRow[]): Promise<string> {
-  const { spec } = compile(moePlotSpec(rows));
-  const view = new vega.View(vega.parse(spec), { renderer: 'none' });
+/** A Vega-Lite spec rendered headless to an SVG string. */
+async function renderSvg(spec: TopLevelSpec): Promise<string> {
+  const view = new vega.View(vega.parse(compile(spec).spec), { renderer: 'none' });
   try {
     return await view.toSVG();
   } finally {
     view.finalize();
   }
+}
+
+/** Renders the figure to an SVG string. */
+export function renderMoePlotSvg(rows: readonly MoeBenchRow[]): Promise<string> {
+  return renderSvg(moePlotSpec(rows));
 }
 
 /** The series of the EP figure: the layer (max over ranks), each rank's median, and the slowest rank's roofline. */
@@ -126,12 +131,58 @@ export function epPlotSpec(report: Pick<EpBenchReport, 'rows' | 'meta'>): TopLev
 }
 
 /** Renders the EP figure to an SVG string. */
-export async function renderEpPlotSvg(report: Pick<EpBenchReport, 'rows' | 'meta'>): Promise<string> {
-  const { spec } = compile(epPlotSpec(report));
-  const view = new vega.View(vega.parse(spec), { renderer: 'none' });
-  try {
-    return await view.toSVG();
-  } finally {
-    view.finalize();
-  }
+export function renderEpPlotSvg(report: Pick<EpBenchReport, 'rows' | 'meta'>): Promise<string> {
+  return renderSvg(epPlotSpec(report));
+}
+
+/** One point of the model figure: a decode step (x = batch) or a prefill (x = tokens), measured or its roofline. */
+interface ModelPlotPoint {
+  panel: 'decode' | 'prefill';
+  series: string;
+  kind: 'measured' | 'bound';
+  x: number;
+  timeUs: number;
+}
+
+/** The points of the model figure: measured rows and every row's roofline (rows that did not run have only that). */
+export function modelPlotPoints(report: Pick<ModelBenchReport, 'decode' | 'prefill'>): ModelPlotPoint[] {
+  const ok = (v: number) => Number.isFinite(v) && v > 0;
+  const out: ModelPlotPoint[] = [];
+  const add = (panel: ModelPlotPoint['panel'], label: string, x: number, r: TimedRow) => {
+    if (r.status === 'measured' && ok(r.medianUs)) out.push({ panel, series: label, kind: 'measured', x, timeUs: r.medianUs });
+    if (ok(r.rooflineUs)) out.push({ panel, series: `${label}, roofline`, kind: 'bound', x, timeUs: r.rooflineUs });
+  };
+  for (const r of report.decode) add('decode', `context ${r.context}`, r.batch, r);
+  for (const r of report.prefill) add('prefill', 'prefill', r.tokens, r);
+  return out.sort((a, b) => a.panel.localeCompare(b.panel) || a.series.localeCompare(b.series) || a.x - b.x);
+}
+
+/** The Vega-Lite spec of the model figure: decode step time vs batch, prefill time vs tokens (log-log), with rooflines. */
+export function modelPlotSpec(report: Pick<ModelBenchReport, 'decode' | 'prefill' | 'meta'>): TopLevelSpec {
+  const values = modelPlotPoints(report);
+  const panel = (p: ModelPlotPoint['panel'], title: string, xTitle: string, yTitle: string) => ({
+    width: 360, height: 240, title,
+    transform: [{ filter: { field: 'panel', equal: p } }],
+    mark: { type: 'line', point: true },
+    encoding: {
+      x: { field: 'x', type: 'quantitative', title: xTitle, scale: { type: 'log', base: 2 } },
+      y: { field: 'timeUs', type: 'quantitative', title: yTitle, scale: { type: 'log' } },
+      color: { field: 'series', type: 'nominal', title: 'series', legend: { labelLimit: 240 } },
+      strokeDash: { field: 'kind', type: 'nominal', title: 'kind' },
+    },
+  });
+  const panels = [];
+  if (values.some((v) => v.panel === 'decode')) panels.push(panel('decode', 'decode step', 'batch (sequences)', 'step time (us)'));
+  if (values.some((v) => v.panel === 'prefill')) panels.push(panel('prefill', 'prefill', 'prompt tokens', 'prefill time (us)'));
+  return {
+    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+    title: `${report.meta.preset}, ${report.meta.layers} layers: model step time against the roofline of this GPU`,
+    data: { values },
+    hconcat: panels,
+  } as unknown as TopLevelSpec;
+}
+
+/** Renders the model figure to an SVG string. */
+export function renderModelPlotSvg(report: Pick<ModelBenchReport, 'decode' | 'prefill' | 'meta'>): Promise<string> {
+  return renderSvg(modelPlotSpec(report));
 }

@@ -3,7 +3,7 @@
 // writes checkpoints back, split into shards past a size limit, with the index that Hugging Face tools read.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { HostTensor } from '../tensor/host.js';
+import { allocStorage, HostTensor, numel, type DType } from '../tensor/host.js';
 import { CheckpointError } from './errors.js';
 import { checkExpectation, SafetensorsFile, SafetensorsWriter, tensorSpecBytes } from './safetensors.js';
 import type { TensorExpectation, TensorInfo, TensorSpec } from './safetensors.js';
@@ -25,6 +25,8 @@ export class Checkpoint {
   readonly files: readonly string[];
   private readonly location = new Map<string, string>();
   private readonly open = new Map<string, SafetensorsFile>();
+  /** Tensors of a virtual checkpoint (Checkpoint.virtual): header and a generator of the bytes, no file. */
+  private readonly generated = new Map<string, { info: TensorInfo; fill(out: Uint8Array): void }>();
 
   private constructor(root: string, indexFile: string | undefined, files: string[]) {
     this.root = root; this.indexFile = indexFile; this.files = files;
@@ -103,12 +105,31 @@ export class Checkpoint {
     return ckpt;
   }
 
-  names(): string[] { return [...this.location.keys()]; }
+  /**
+   * A checkpoint whose tensors exist only as generators (synthetic weights made in memory on read, e.g. a flash
+   * model for `bench model` whose experts never leave the GPU): each read calls the tensor's `fill` into fresh
+   * storage, nothing is cached. `root` names it in errors.
+   */
+  static virtual(root: string, tensors: ReadonlyArray<TensorSpec & { fill(out: Uint8Array): void }>): Checkpoint {
+    const ckpt = new Checkpoint(root, undefined, []);
+    let begin = 0;
+    for (const t of tensors) {
+      if (ckpt.generated.has(t.name)) throw new CheckpointError({ file: root, tensor: t.name }, 'appears twice in the virtual checkpoint');
+      const bytes = tensorSpecBytes(t);
+      ckpt.generated.set(t.name, { info: { name: t.name, dtype: t.dtype, shape: t.shape, begin, end: begin + bytes, file: root }, fill: t.fill });
+      begin += bytes;
+    }
+    return ckpt;
+  }
 
-  has(name: string): boolean { return this.location.has(name); }
+  names(): string[] { return [...this.location.keys(), ...this.generated.keys()]; }
+
+  has(name: string): boolean { return this.location.has(name) || this.generated.has(name); }
 
   /** Header entry of a tensor (opens its shard's header if needed). */
   info(name: string): TensorInfo {
+    const g = this.generated.get(name);
+    if (g) return g.info;
     const file = this.location.get(name);
     if (!file) throw new CheckpointError({ file: this.indexFile ?? this.root, tensor: name }, `tensor not found in the checkpoint (${this.location.size} tensors)`);
     const shard = this.shard(file);
@@ -122,17 +143,32 @@ export class Checkpoint {
   read(name: string, expect: TensorExpectation = {}): HostTensor {
     const info = this.info(name);
     checkExpectation(info, expect);
+    const g = this.generated.get(name);
+    if (g) {
+      const dtype = info.dtype as DType; // a virtual tensor's dtype is a TensorSpec's
+      const storage = allocStorage(dtype, numel(info.shape));
+      g.fill(new Uint8Array(storage.buffer, storage.byteOffset, storage.byteLength));
+      return new HostTensor(dtype, info.shape, storage);
+    }
     return this.shard(info.file).read(name);
   }
 
   /** Reads a tensor's raw bytes (into `dst` when given). */
   readBytes(name: string, dst?: Uint8Array): Uint8Array {
     const info = this.info(name);
+    const g = this.generated.get(name);
+    if (g) {
+      const out = dst ?? new Uint8Array(info.end - info.begin);
+      if (out.byteLength !== info.end - info.begin) throw new CheckpointError({ file: this.root, tensor: name }, `destination holds ${out.byteLength} bytes, the tensor has ${info.end - info.begin}`);
+      g.fill(out);
+      return out;
+    }
     return this.shard(info.file).readBytes(name, dst);
   }
 
   /** The `__metadata__` of the file holding `name` (or of the single file). */
   metadataOf(name: string): Readonly<Record<string, string>> {
+    if (this.generated.has(name)) return {};
     return this.shard(this.info(name).file).metadata;
   }
 

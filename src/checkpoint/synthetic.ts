@@ -270,6 +270,15 @@ export interface PlannedTensor extends TensorSpec {
   fill(out: Uint8Array, seed: Uint32Array): void;
 }
 
+/**
+ * The next tensor's xorshift128 state from the checkpoint's master Rng(seed): four words per tensor, drawn in plan
+ * order for every tensor (even empty ones), so a tensor's bytes depend only on the seed and its place in the plan.
+ */
+export function drawSeedWords(master: Rng, out = new Uint32Array(4)): Uint32Array {
+  for (let i = 0; i < 4; i++) out[i] = master.nextU32();
+  return out;
+}
+
 /** The MoE tensors of one layer; `shape` replaces the preset's (src/model/checkpoint-writer.ts: whole models). */
 export function planLayer(preset: Preset, layer: number, expertDtype: ExpertDtype, shape?: PresetShape): PlannedTensor[] {
   const p = shape ?? PRESET_SHAPES[preset];
@@ -480,7 +489,7 @@ class Job {
 
   /** Fills tensor t's bytes into `scratch` (seeds are drawn for every tensor, in order, even empty ones). */
   generate(t: PlannedTensor, scratch: Uint8Array): Uint8Array {
-    for (let i = 0; i < 4; i++) this.seedWords[i] = this.master.nextU32();
+    drawSeedWords(this.master, this.seedWords);
     const buf = scratch.subarray(0, numel(t.shape) * DTYPE_BYTES[t.dtype]);
     if (buf.byteLength > 0) t.fill(buf, this.seedWords);
     return buf;

@@ -58,6 +58,19 @@ const upBF16 = (w: Float32Array, shape: number[], what: string, stream?: StreamL
   DeviceTensor.fromHost(new HostTensor('BF16', shape, bf16WeightBits(what, w)), stream);
 const upF32 = (w: Float32Array, shape: number[], stream?: StreamLike) => DeviceTensor.fromHost(new HostTensor('F32', shape, w), stream);
 
+/**
+ * The points where GpuDecoderLayer.forward calls ctx.profiler (off by default: `bench model` sets one to record CUDA
+ * events): the attention sub-block's start, the host q renorm's start and end (a stream sync and two copies, see
+ * renormQueriesOnHost), the MoE sub-block's start (hc_pre + ffn_norm, router, MoE, hc_post), the layer's end.
+ */
+export const LAYER_MARKS = ['attention', 'q-renorm', 'attention-rest', 'moe', 'end'] as const;
+export type LayerMark = (typeof LAYER_MARKS)[number];
+
+/** Called at each LAYER_MARKS point of every layer's forward, with the stream the layer runs on. */
+export interface LayerProfiler {
+  mark(layer: number, at: LayerMark, stream: Stream): void;
+}
+
 export interface GpuLayerContextOptions {
   /** Most rows (tokens over all items) of one call. */
   maxRows: number;
@@ -89,6 +102,8 @@ export class GpuLayerContext implements Disposable {
     compA: DeviceTensor<'F32'>; compG: DeviceTensor<'F32'>; qI: DeviceTensor<'BF16'>; wI: DeviceTensor<'BF16'>;
     o: DeviceTensor<'BF16'>; u: DeviceTensor<'BF16'>; actU: Fp8Activations; attnOut: DeviceTensor<'BF16'>;
   };
+  /** Set to time the layers' parts (LayerProfiler); undefined (the default) costs one check per mark. */
+  profiler: LayerProfiler | undefined;
   /** Compiles in flight or done, by shape (concurrent callers share one compile). */
   private readonly linears = new Map<string, Promise<DenseFp8Linear>>();
   private readonly gemms = new Map<string, Bf16Gemm>();
@@ -211,6 +226,14 @@ export class GpuLayerContext implements Disposable {
   [Symbol.dispose](): void { this.dispose(); }
 }
 
+export interface GpuDecoderLayerOptions {
+  /**
+   * The MoE block's device weights instead of uploading the layer's experts (benchmarks: DeviceMoeWeights.random,
+   * generated on the GPU; the host experts are then never read). The layer owns what it returns.
+   */
+  moeWeights?: (bw: BlockWeights) => Promise<DeviceMoeWeights>;
+}
+
 interface DeviceCompressor {
   ape: DeviceTensor<'F32'>;
   norm: DeviceTensor<'F32'>;
@@ -249,7 +272,7 @@ export class GpuDecoderLayer implements Disposable {
    * Uploads layer `bw.index`'s weights once (the CPU model's loaded parameters: model.weights.layers[i]) and builds its
    * GEMMs and MoE pipeline for ctx.mCap rows.
    */
-  static async create(ctx: GpuLayerContext, bw: BlockWeights): Promise<GpuDecoderLayer> {
+  static async create(ctx: GpuLayerContext, bw: BlockWeights, o: GpuDecoderLayerOptions = {}): Promise<GpuDecoderLayer> {
     const c = ctx.config; const D = c.dim; const hc = c.hcMult; const H = c.nHeads; const d = c.headDim;
     const owned: Array<{ dispose(): void }> = [];
     const keep = <T extends { dispose(): void }>(t: T): T => { owned.push(t); return t; };
@@ -297,7 +320,13 @@ export class GpuDecoderLayer implements Disposable {
       if (localIds.length !== ms.nRoutedExperts || localIds.some((id, i) => id !== i)) {
         throw new GpuModelArgumentError('GpuDecoderLayer', `${what}: the MoE layer holds ${localIds.length} of ${ms.nRoutedExperts} experts`, 'load the model without expert parallelism (one GPU holds every expert)');
       }
-      const weights = DeviceMoeWeights.fromLayer(ml, localIds);
+      const weights = o.moeWeights ? await o.moeWeights(bw) : DeviceMoeWeights.fromLayer(ml, localIds);
+      const ws = weights.shape;
+      if (ws.hidden !== ms.hiddenSize || ws.inter !== ms.moeIntermediateSize || ws.experts !== ms.nRoutedExperts || ws.topK !== ms.numExpertsPerTok) {
+        weights.dispose();
+        throw new GpuModelArgumentError('GpuDecoderLayer', `${what}: moeWeights gave H ${ws.hidden}, I ${ws.inter}, ${ws.experts} experts, top-${ws.topK}; ` +
+          `the layer is H ${ms.hiddenSize}, I ${ms.moeIntermediateSize}, ${ms.nRoutedExperts} experts, top-${ms.numExpertsPerTok}`, 'make the device weights with the layer\'s MoE shape');
+      }
       let moe: UnfusedMoe;
       try {
         moe = await UnfusedMoe.create(weights, ctx.mCap, { ownsWeights: true });
@@ -338,6 +367,8 @@ export class GpuDecoderLayer implements Disposable {
       throw new GpuModelArgumentError('GpuDecoderLayer.forward', `hs is ${hs.describe()}`, `pass the residual streams as BF16 [>= ${n}, ${hc}, ${D}]`);
     }
 
+    const prof = ctx.profiler;
+    prof?.mark(L, 'attention', st);
     // hc_pre + attn_norm + act_quant (the input of wq_a and wkv)
     ops.hcPre(hs, w.hcAttn, { post: s.post, comb: s.comb, y: s.x }, { ...hcOpts, normWeight: w.attnNorm, quant: s.actX });
 
@@ -345,7 +376,9 @@ export class GpuDecoderLayer implements Disposable {
     this.bound.wqA.run(n, st);
     ops.rmsNorm(s.qr, undefined, { weight: w.qNorm, eps: c.normEps, rows: n, quant: s.actQr, stream: st });
     this.bound.wqB.run(n, st);
+    prof?.mark(L, 'q-renorm', st);
     this.renormQueriesOnHost(ctx, n);
+    prof?.mark(L, 'attention-rest', st);
     ops.rope(s.q, ctx.positions, freqs, { heads: H, headStride: d, ropeOffset: nope, rd, rows: n, stream: st });
 
     // 4.2 the K = V head: wkv -> kv_norm -> RoPE -> FP8 simulation of the nope dims
@@ -385,6 +418,7 @@ export class GpuDecoderLayer implements Disposable {
     ops.hcPost(s.attnOut, hs, s.post, s.comb, hs, { rows: n, stream: st });
 
     // FFN: hc_pre + ffn_norm straight into the MoE input, routing on the device, the unfused MoE, hc_post
+    prof?.mark(L, 'moe', st);
     const io = this.moe.io;
     ops.hcPre(hs, w.hcFfn, { post: s.post, comb: s.comb, y: io.x }, { ...hcOpts, normWeight: w.ffnNorm });
     this.router.route(io.x, { tokens: n, tokenIds: this.hashRouted ? ctx.tokenIds : undefined, stream: st });
@@ -393,6 +427,7 @@ export class GpuDecoderLayer implements Disposable {
     io.weights.buffer.copyFromDevice(this.router.out.topkWeights.buffer, { bytes: n * K * 4, stream: st });
     this.moe.enqueue(n, st);
     ops.hcPost(io.y, hs, s.post, s.comb, hs, { rows: n, stream: st });
+    prof?.mark(L, 'end', st);
   }
 
   /** a = wkv x, g = wgate x (f32, cuBLASLt), then GpuAttention.compress (pool, norm, RoPE, QAT sim, state). */

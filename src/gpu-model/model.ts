@@ -30,7 +30,7 @@ import { GpuAttention } from './attention.js';
 import { GpuModelArgumentError } from './errors.js';
 import type { KvSequence } from './kv-allocator.js';
 import { GpuKvCache } from './kv-cache.js';
-import { bf16WeightBits, GpuDecoderLayer, GpuLayerContext } from './layer.js';
+import { bf16WeightBits, GpuDecoderLayer, GpuLayerContext, type GpuDecoderLayerOptions } from './layer.js';
 import { GpuLogits } from './logits.js';
 import { uploadHcParams, type DeviceHcParams } from './row-ops.js';
 import { GpuSampler, SAMPLE_STATUS } from './sampler.js';
@@ -59,6 +59,8 @@ export interface GpuModelOptions {
   reserveBytes?: number;
   /** Cap on any cache kind's blocks (tests). */
   maxBlocksPerKind?: number;
+  /** Every layer's MoE device weights from this instead of its experts (GpuDecoderLayerOptions; `bench model`). */
+  moeWeights?: GpuDecoderLayerOptions['moeWeights'];
 }
 
 let nextGpuSequenceId = 1;
@@ -203,7 +205,7 @@ export class GpuModel implements CausalLM, Disposable {
       const attention = keep(GpuAttention.createSync(c, cache, { maxRows, maxItems }));
       const ctx = keep(await GpuLayerContext.create(c, attention, { maxRows }));
       const layers: GpuDecoderLayer[] = [];
-      for (const bw of weights.layers) layers.push(keep(await GpuDecoderLayer.create(ctx, bw)));
+      for (const bw of weights.layers) layers.push(keep(await GpuDecoderLayer.create(ctx, bw, { moeWeights: o.moeWeights })));
       const m = ctx.mCap;
       const ids = keep(DeviceTensor.zeros('I32', [m]));
       const badIds = keep(DeviceTensor.zeros('I32', [1]));

@@ -13,12 +13,14 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { parseDeepSeekV4Config, type ExpertDtype } from '../checkpoint/config.js';
+import { Checkpoint } from '../checkpoint/checkpoint.js';
+import { parseDeepSeekV4Config, type DeepSeekV4Config, type ExpertDtype } from '../checkpoint/config.js';
+import { Rng } from '../util/rng.js';
 import { writeTokenizerFilesSync } from '../tokenizer/files.js';
 import { cacheRoot } from '../util/writable-dir.js';
 import { encodeBF16 } from '../numerics/bf16.js';
 import {
-  fillBF16Normal, fillE4m3, fillE8m0BlockScales, makeCheckpoint, makeCheckpointSync, normalQuantile, planLayer, presetConfig,
+  drawSeedWords, fillBF16Normal, fillE4m3, fillE8m0BlockScales, makeCheckpoint, makeCheckpointSync, normalQuantile, planLayer, presetConfig,
   seededRng, PRESET_SHAPES, type CheckpointPlan, type MakeCheckpointResult, type PlannedTensor, type Preset, type PresetShape,
   ensureCachedCheckpoint,
 } from '../checkpoint/synthetic.js';
@@ -208,6 +210,24 @@ tokenizer.json / tokenizer_config.json / generation_config.json: DeepSeek V3's t
       tokenizerFiles(dir);
     },
   };
+}
+
+/**
+ * The checkpoint makeModelCheckpoint would write, without writing it: a virtual Checkpoint (checkpoint.ts) whose
+ * tensors are generated on read, byte for byte the files' (same plan, same per-tensor seeds), and its parsed config.
+ * Load it with loader.ts loadModelWeightsFrom. A flash layer's routed experts (6.4 GB) are generated only if read:
+ * `bench model` never reads them (its experts are random on the GPU).
+ */
+export function virtualModelCheckpoint(o: Omit<MakeModelCheckpointOptions, 'out' | 'shardSize' | 'force' | 'progress' | 'tokenizerFiles'>):
+  { checkpoint: Checkpoint; config: DeepSeekV4Config } {
+  const plan = planModelCheckpoint({ ...o, out: '(virtual)' });
+  const master = new Rng(o.seed);
+  const tensors = plan.tensors.map((t) => {
+    const seed = drawSeedWords(master);
+    return { name: t.name, dtype: t.dtype, shape: t.shape, fill: (out: Uint8Array) => { if (out.byteLength > 0) t.fill(out, seed); } };
+  });
+  const root = `(virtual ${o.preset} checkpoint, ${plan.layers} layers, seed ${o.seed})`;
+  return { checkpoint: Checkpoint.virtual(root, tensors), config: parseDeepSeekV4Config(plan.config, `${root}/config.json`) };
 }
 
 function jobOptions(o: MakeModelCheckpointOptions, layers: number) {

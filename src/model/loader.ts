@@ -4,7 +4,7 @@
 // rank's routed experts, loaded lazily). Nothing of other ranks' experts is read.
 import * as path from 'node:path';
 import { Checkpoint } from '../checkpoint/checkpoint.js';
-import { loadDeepSeekV4Config } from '../checkpoint/config.js';
+import { loadDeepSeekV4Config, type DeepSeekV4Config } from '../checkpoint/config.js';
 import { CheckpointError } from '../checkpoint/errors.js';
 import { loadMoeLayer, type LoadedMoeLayer } from '../checkpoint/moe-layer.js';
 import { E4M3_DECODE } from '../numerics/e4m3.js';
@@ -213,10 +213,18 @@ function loadHead(r: TensorReader, specs: Map<string, ParamSpec>, prefix: string
 export function loadModelWeights(dir: string, options: LoadModelOptions = {}): ModelWeights {
   const root = path.resolve(dir);
   const base = loadDeepSeekV4Config(root);
-  const cfg = modelConfigFrom(base);
-  const ckpt = Checkpoint.open(root);
+  return loadModelWeightsFrom(Checkpoint.open(root), base, options);
+}
+
+/**
+ * Loads a whole model from an open checkpoint and its parsed config (a virtual one: checkpoint-writer.ts
+ * virtualModelCheckpoint). The returned weights own the checkpoint (close() closes it; so does a failed load).
+ */
+export function loadModelWeightsFrom(ckpt: Checkpoint, base: DeepSeekV4Config, options: LoadModelOptions = {}): ModelWeights {
+  const root = ckpt.root;
   const moes: LoadedMoeLayer[] = [];
   try {
+    const cfg = modelConfigFrom(base);
     const t0 = performance.now();
     const prefix = ckpt.has('embed.weight') ? '' : ckpt.has('model.embed.weight') ? 'model.' : '';
     const r = new TensorReader(ckpt, prefix);

@@ -1,7 +1,8 @@
 // `megamoe bench <what>`: benchmarks (not tests). Each subcommand is a register function from src/bench/
-// (staging-routing.ts: staging, routing; moe.ts: moe); a new one goes into the list below.
+// (staging-routing.ts: staging, routing; moe.ts: moe; model.ts: model; serve.ts: serve); a new one goes into the list below.
 import type { Command } from 'commander';
 import { checkCreatableDir } from '../../util/writable-dir.js';
+import { registerModelBench } from '../../bench/model.js';
 import { registerMoeBench } from '../../bench/moe.js';
 import { registerServeBench } from '../../bench/serve.js';
 import { registerRoutingBench, registerStagingBench } from '../../bench/staging-routing.js';
@@ -11,6 +12,7 @@ const SUBCOMMANDS: ReadonlyArray<(bench: Command) => void> = [
   registerStagingBench,
   registerRoutingBench,
   registerMoeBench,
+  registerModelBench,
   registerServeBench,
 ];
 
