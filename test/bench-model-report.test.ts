@@ -53,7 +53,7 @@ test('a timed row: median, tokens/s, roofline fraction on this GPU', () => {
   assert.ok(Number.isFinite(n.rooflineUs));
 });
 
-test('per-layer parts from the marks: attention without the host renorm, the renorm, the MoE', () => {
+test('per-layer parts from the marks: attention without the renorm, the renorm, the MoE', () => {
   const [a, b] = report().decode[0].layers!;
   assert.ok(Math.abs(a.attentionUs - (100 + 200)) < 1e-9);
   assert.ok(Math.abs(a.qRenormUs - 200) < 1e-9);

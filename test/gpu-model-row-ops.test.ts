@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { DeviceTensor, gpuSkipReason } from '../src/cuda/index.js';
 import { allocFp8Activations, GpuRowOps, uploadHcParams, type Fp8Activations } from '../src/gpu-model/row-ops.js';
-import { hcHeadMix, hcMix, hcPost } from '../src/model/model.js';
+import { hcHeadMix, hcMix, hcPost, qHeadRenorm } from '../src/model/model.js';
 import { actQuant, f32ToBF16Bits, linear, QuantScratch, rmsNorm, roundBF16 } from '../src/model/ops.js';
 import { RopeTable, ropeFrequencies } from '../src/model/rope.js';
 import { calcDiff } from '../src/numerics/calc-diff.js';
@@ -295,3 +295,18 @@ for (const [label, D, T] of [['tiny', 128, 37], ['flash', 4096, 8], ['pro', 7168
     assertSameBits(`hc_post ${label} in place`, downBF16(dR), want);
   });
 }
+
+test('gpu qRenorm: bit-exact against model.ts qHeadRenorm (flash / pro head 512, tiny 64), rows of many heads, tiny and huge magnitudes', { skip }, () => {
+  const ops = GpuRowOps.createSync(4);
+  for (const [rows, H, d] of [[3, 64, 512], [17, 128, 512], [5, 8, 64]]) {
+    const rng = new Rng(rows * H + d);
+    const q = bf16Values(rng, rows * H * d);
+    // Some heads far from unit scale: the bf16 squares and the factor round differently there.
+    for (let h = 0; h < rows * H; h += 7) for (let i = 0; i < d; i++) q[h * d + i] = roundBF16(Float32Array.of(q[h * d + i] * (h % 2 ? 3e-4 : 900)))[0];
+    using dq = upBF16(q, [rows, H, d]);
+    ops.qRenorm(dq, { heads: rows * H, d, eps: NORM_EPS });
+    const want = Float32Array.from(q);
+    for (let o = 0; o < want.length; o += d) qHeadRenorm(want, o, d, NORM_EPS);
+    assertSameBits(`qRenorm rows ${rows} x ${H} heads of ${d}`, downBF16(dq), want);
+  }
+});

@@ -11,9 +11,9 @@ export interface LayerPartsRow {
   layer: number;
   ratio: number;
   hashRouted: boolean;
-  /** the attention sub-block without the host q renorm */
+  /** the attention sub-block without the q renorm */
   attentionUs: number;
-  /** the host q renorm round trip (stream sync, download, renorm on the CPU, upload) */
+  /** the q renorm (one kernel, mo_q_renorm) */
   qRenormUs: number;
   /** hc_pre + ffn_norm, router, unfused MoE, hc_post */
   moeUs: number;
@@ -125,7 +125,7 @@ export function renderModelMarkdown(report: ModelBenchReport): string {
   lines.push(`Model: ${meta.preset} shape (D ${s.dim}, ${s.heads} heads x ${s.headDim}, ${s.experts} experts top-${s.topK}, I ${s.inter}, vocab ${s.vocab}, ` +
     `window ${s.window}, indexer top-${s.indexTopk}), ${meta.layers} layers (compress ratios ${meta.ratios.join(', ')}), synthetic random weights ` +
     '(dense weights generated on the host, experts on the GPU), the unfused MoE backend, no MTP.');
-  lines.push(`Timing: CUDA events on the model's stream around each call (the call syncs the host once per layer: the q renorm runs on the host), ` +
+  lines.push(`Timing: CUDA events on the model's stream around each call (one host sync per call, at its end), ` +
     `${meta.warmup} warm-up steps, median of ${meta.runs}; decode contexts filled by "${meta.kvFill}"` +
     `${meta.kvFill === 'skip' ? ' (positions advanced without computing them: the cache rows hold zeros; the attention reads as many rows as with real contents)' : ''}; ` +
     `prefill in calls of ${meta.prefillChunk} tokens.`);
@@ -163,14 +163,14 @@ export function renderModelMarkdown(report: ModelBenchReport): string {
   for (const r of report.decode.filter((d) => d.layers && d.layers.length > 0)) {
     lines.push(`#### Per layer, decode batch ${r.batch}, context ${ctxLabel(r.context)} (profiled step ${time(r.profiledStepUs)}; rest of the step ${time(r.restUs)})`);
     lines.push('');
-    lines.push('| layer | ratio | attention | q renorm (host) | MoE | layer total |');
+    lines.push('| layer | ratio | attention | q renorm | MoE | layer total |');
     lines.push('| ---: | ---: | ---: | ---: | ---: | ---: |');
     for (const l of r.layers!) {
       lines.push(`| ${l.layer}${l.hashRouted ? ' (hash)' : ''} | ${l.ratio} | ${time(l.attentionUs)} | ${time(l.qRenormUs)} | ${time(l.moeUs)} | ${time(l.attentionUs + l.qRenormUs + l.moeUs)} |`);
     }
     lines.push('');
   }
-  lines.push('- Per layer: CUDA events at the attention sub-block\'s start, around the host q renorm, at the MoE sub-block\'s start and the layer\'s end, ' +
+  lines.push('- Per layer: CUDA events at the attention sub-block\'s start, around the q renorm kernel, at the MoE sub-block\'s start and the layer\'s end, ' +
     'on separate profiled steps (the events cost a little host time each); "rest" = the profiled step - the layers: call set-up (cache growth, ' +
     'table and metadata uploads), embedding, hc_head, logits, device sampling, the token download.');
   for (const note of meta.notes) lines.push(`- ${note}`);

@@ -1,6 +1,6 @@
 // `megamoe bench model`: the whole GPU model step (GpuModel, src/gpu-model/) at flash / pro shapes with L decoder
 // layers of synthetic random weights: decode step time per batch and context, prefill time per prompt length, a
-// per-layer breakdown (attention, the host q renorm, MoE, the rest of the step), each next to its roofline on the GPU
+// per-layer breakdown (attention, the q renorm, MoE, the rest of the step), each next to its roofline on the GPU
 // that runs (src/bench/model-plan.ts counts bytes and FLOPs). Writes model.json, model.md and model.svg into --out.
 //
 // How (WHY this way):

@@ -2,7 +2,7 @@
 //
 //   hc_pre + attn_norm + act_quant         GpuRowOps.hcPre (row-ops.ts)
 //   wq_a -> q_norm (+ act_quant) -> wq_b   DenseFp8Linear (dense-fp8.ts) + GpuRowOps.rmsNorm
-//   q per-head renorm (bf16 arithmetic)    ON THE HOST (model.ts qHeadRenorm): no kernel exists yet, see below
+//   q per-head renorm (bf16 arithmetic)    GpuRowOps.qRenorm (model.ts qHeadRenorm, bit for bit)
 //   RoPE of q and of kv                    GpuRowOps.rope
 //   wkv -> kv_norm -> RoPE -> FP8 sim      DenseFp8Linear + GpuRowOps.rmsNorm + rope + GpuAttention.kvFp8Sim
 //   compressor(s) a / g = wkv x, wgate x   cuBLASLt bf16 GEMM, f32 out (CublasLtBf16Gemm), then GpuAttention.compress
@@ -16,7 +16,7 @@
 // A call: ctx.begin(items, tokens) once per step (it grows the paged caches, uploads positions and token ids), then
 // layer.forward(hs, ctx) for each layer on the residual streams hs BF16 [>= rows, hc, D], updated in place. Rows are
 // laid out item after item (GpuAttention's plan): a prefill is one long item, a decode batch many one-row items.
-// Everything is queued on ctx.stream, except the q renorm's host round trip (a stream sync per layer).
+// Everything is queued on ctx.stream: a layer makes no host round trip.
 //
 // Numerics against the CPU forward (model.ts block()): the row ops, RoPE, the kv / compressor / indexer stages and the
 // q renorm are the CPU's bits on the same inputs; the FP8 projections and the MoE are SPEC 5's tolerance (tensor-core
@@ -29,9 +29,7 @@ import { GROUPED_GEMM_ROW_TILE } from '../kernels/grouped-gemm.js';
 import { Router } from '../kernels/routing.js';
 import type { ModelConfig } from '../model/config.js';
 import type { BlockWeights, CompressorWeights } from '../model/loader.js';
-import { qHeadRenorm } from '../model/model.js';
 import { ropeFrequencies } from '../model/rope.js';
-import { decodeBF16Array } from '../numerics/bf16.js';
 import { HostTensor } from '../tensor/host.js';
 import type { AttnCallItem, AttnCallPlan, GpuAttention } from './attention.js';
 import { BoundDenseFp8, DenseFp8Linear, uploadFp8Linear, type DeviceFp8Weight } from './dense-fp8.js';
@@ -60,8 +58,7 @@ const upF32 = (w: Float32Array, shape: number[], stream?: StreamLike) => DeviceT
 
 /**
  * The points where GpuDecoderLayer.forward calls ctx.profiler (off by default: `bench model` sets one to record CUDA
- * events): the attention sub-block's start, the host q renorm's start and end (a stream sync and two copies, see
- * renormQueriesOnHost), the MoE sub-block's start (hc_pre + ffn_norm, router, MoE, hc_post), the layer's end.
+ * events): the attention sub-block's start, the q renorm's start and end (one kernel), the MoE sub-block's start (hc_pre + ffn_norm, router, MoE, hc_post), the layer's end.
  */
 export const LAYER_MARKS = ['attention', 'q-renorm', 'attention-rest', 'moe', 'end'] as const;
 export type LayerMark = (typeof LAYER_MARKS)[number];
@@ -354,7 +351,7 @@ export class GpuDecoderLayer implements Disposable {
 
   /**
    * The layer on the call begun by ctx.begin(): hs BF16 [>= rows, hc, D] (the residual streams) is replaced by the
-   * layer's output. Queued on ctx.stream, with one host round trip (the q renorm).
+   * layer's output. Queued on ctx.stream (no host round trip).
    */
   forward(hs: DeviceTensor<'BF16'>, ctx: GpuLayerContext): void {
     if (this.disposed) throw new GpuModelArgumentError('GpuDecoderLayer', 'disposed', 'create the layer again');
@@ -377,7 +374,7 @@ export class GpuDecoderLayer implements Disposable {
     ops.rmsNorm(s.qr, undefined, { weight: w.qNorm, eps: c.normEps, rows: n, quant: s.actQr, stream: st });
     this.bound.wqB.run(n, st);
     prof?.mark(L, 'q-renorm', st);
-    this.renormQueriesOnHost(ctx, n);
+    ops.qRenorm(s.q, { heads: n * H, d, eps: c.normEps, stream: st });
     prof?.mark(L, 'attention-rest', st);
     ops.rope(s.q, ctx.positions, freqs, { heads: H, headStride: d, ropeOffset: nope, rd, rows: n, stream: st });
 
@@ -440,23 +437,6 @@ export class GpuDecoderLayer implements Disposable {
     ctx.attention.compress(this.index, {
       a: s.compA.reshape([rowsCap, cw.width]), g: s.compG.reshape([rowsCap, cw.width]), ape: cw.ape, norm: cw.norm,
     }, indexer, st);
-  }
-
-  /**
-   * The per-head RMS renorm of q in bf16 arithmetic (V4-MODEL 4.1; model.ts qHeadRenorm), on the host: no kernel of
-   * it exists yet (model_ops.cu's weightless RMSNorm keeps the rms factor in f32 and sums exact squares; the
-   * reference rounds every square and the factor to bf16). Syncs ctx.stream, downloads q, renorms, uploads.
-   */
-  private renormQueriesOnHost(ctx: GpuLayerContext, n: number): void {
-    const c = ctx.config; const HD = c.nHeads * c.headDim; const st = ctx.stream;
-    const bits = new Uint16Array(n * HD);
-    st.synchronize();
-    ctx.s.q.buffer.copyToHost(bits, { bytes: bits.byteLength });
-    const q = decodeBF16Array(bits);
-    for (let o = 0; o < n * HD; o += c.headDim) qHeadRenorm(q, o, c.headDim, c.normEps);
-    const u = new Uint32Array(q.buffer);
-    for (let i = 0; i < bits.length; i++) bits[i] = u[i] >>> 16; // bf16 values already
-    ctx.s.q.buffer.copyFromHost(bits, { stream: st, bytes: bits.byteLength });
   }
 
   dispose(): void {

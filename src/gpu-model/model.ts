@@ -14,8 +14,8 @@
 //
 // One call is any mix of prefills and decodes (items one after another, GpuAttention's row layout), at most maxRows
 // tokens and maxItems sequences; a longer prompt must be chunked by the caller (one item of a sequence at its
-// position: chunked prefill works like any call). Everything is queued on one stream; the layers sync the host once
-// each (the q renorm's round trip, layer.ts) and the call syncs once at the end to download.
+// position: chunked prefill works like any call). Everything is queued on one stream; the call syncs the host once, at
+// the end, to download.
 //
 // Not here: the MTP layer (its block is a ratio-0 layer and `mtpCombine` exists, but the e_proj / h_proj wiring, the
 // MTP's cache positions and the head-hidden hand-over are not built: GpuModel loads without it), CUDA graphs of a step,

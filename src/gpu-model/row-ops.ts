@@ -188,6 +188,23 @@ export class GpuRowOps {
   }
 
   /**
+   * The per-head RMS renorm of the queries in bf16 arithmetic (model.ts qHeadRenorm), in place on the first `heads`
+   * heads of d contiguous values of q (rows x attention heads).
+   */
+  qRenorm(q: DeviceTensor<'BF16'>, opts: { heads: number; d: number; eps: number; stream?: StreamLike }): void {
+    const what = 'qRenorm';
+    checkTensor(what, 'q', q, 'BF16', q.shape.map(() => undefined));
+    const { heads, d } = opts;
+    if (!(Number.isInteger(d) && d > 0 && d % 8 === 0)) throw new GpuModelArgumentError(what, `d = ${d} is not a positive multiple of 8`, 'heads are read in 16-byte chunks of 8 bf16');
+    checkCount(what, 'heads', heads, 0, Math.floor(q.numel / d), `pass at most ${Math.floor(q.numel / d)} heads of ${d} (what q holds)`);
+    if (!(Number.isFinite(opts.eps) && opts.eps >= 0)) throw new GpuModelArgumentError(what, `eps = ${opts.eps}`, 'pass the config\'s norm_eps (rms_norm_eps)');
+    if (heads === 0) return;
+    this.kernel('mo_q_renorm').launch({ grid: Math.ceil(heads / NORM_WARPS_PER_BLOCK), block: NORM_WARPS_PER_BLOCK * 32, stream: opts.stream }, [
+      q, arg.i32(heads), arg.i32(d), arg.u64(f64Bits(opts.eps)),
+    ]);
+  }
+
+  /**
    * RoPE (rope.ts RopeTable.apply) in place on bf16 x: row r (position positions[r]), head h's rope pairs start at
    * r * rowStride + h * headStride + ropeOffset. freqs: f32 [rd/2] from ropeFrequencies (the layer's theta / YaRN).
    * inverse: multiply by the conjugate (the attention output).

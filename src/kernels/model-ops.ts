@@ -1,4 +1,5 @@
-// The model row-op kernels (model_ops.cu: embedding, RMSNorm + act_quant, RoPE, hc_pre / hc_head / hc_post), the GPU
+// The model row-op kernels (model_ops.cu: embedding, RMSNorm + act_quant, RoPE, hc_pre / hc_head / hc_post, the q
+// renorm), the GPU
 // sampler (sampling.cu) and the dense FP8 projections' grouped-GEMM variants: their registration for
 // `megamoe kernels --check` and their loading. The launchers with the shape checks live in src/gpu-model/ (kernels
 // register here because `megamoe kernels` discovers src/kernels/ modules); this module knows files, entries, defines.
@@ -6,7 +7,7 @@ import { loadKernel, loadKernelSync, registerKernel, type Kernel } from '../cuda
 import { GROUPED_GEMM_ENTRY, GROUPED_GEMM_SOURCE, groupedGemmConfig } from './grouped-gemm.js';
 
 export const MODEL_OPS_SOURCE = 'model_ops.cu';
-export const MODEL_OPS_ENTRIES = ['mo_embed', 'mo_rms_norm', 'mo_rope', 'mo_hc_pre', 'mo_hc_head', 'mo_hc_post', 'mo_mtp_combine'] as const;
+export const MODEL_OPS_ENTRIES = ['mo_embed', 'mo_rms_norm', 'mo_rope', 'mo_hc_pre', 'mo_hc_head', 'mo_hc_post', 'mo_mtp_combine', 'mo_q_renorm'] as const;
 export type ModelOpsEntry = (typeof MODEL_OPS_ENTRIES)[number];
 
 export const SAMPLING_SOURCE = 'sampling.cu';

@@ -14,6 +14,7 @@
 //                   final norm.
 //   mo_hc_post      hc_post (model.ts hcPost): out_k = bf16(post_k f + sum_j comb[j, k] R_j), f64 inside.
 //   mo_mtp_combine  the MTP block's input streams (model.ts mtpNow): bf16(e_proj(e) + h_proj(h)) per stream.
+//   mo_q_renorm     the per-head RMS renorm of q in bf16 arithmetic (model.ts qHeadRenorm), in place.
 //
 // Work split: mo_rms_norm one warp per row (16-byte loads, 8 values per lane; a 128-column scale block is 16 lanes);
 // mo_hc_pre / mo_hc_head one 256-thread block per token (the 4 x D streams, 24 dot products over 4D and the tiny
@@ -385,4 +386,35 @@ extern "C" __global__ void __launch_bounds__(256) mo_mtp_combine(const uint4* __
 #pragma unroll
   for (int i = 0; i < 8; i++) o[i] = mo::bf16_round_f64(__dadd_rn((double)ev[i], (double)hv[i]));
   out[(size_t)rk * chunks + c] = mo::pack8(o);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// model.ts qHeadRenorm, one warp per head of d values (contiguous bf16): ss = sum of bf16(q_i^2) (f64),
+// rs = bf16(1 / sqrt(bf16(bf16(ss / d) + eps))), q_i = bf16(q_i rs). The CPU sums in index order, the warp in a
+// tree; both are exact (so equal) while the bf16 squares of one head span less than ~2^44 in magnitude (53-bit
+// f64 sums of 8-bit significands), i.e. for any real activations.
+extern "C" __global__ void __launch_bounds__(kNormWarpsPerBlock * 32)
+mo_q_renorm(mo::u16* __restrict__ q, int heads, int d, unsigned long long eps_bits) {
+  const int head = blockIdx.x * kNormWarpsPerBlock + (threadIdx.x >> 5);
+  if (head >= heads) return;  // whole warps leave together
+  const int lane = threadIdx.x & 31;
+  mo::u16* h = q + (size_t)head * d;
+  double ss = 0.0;
+  for (int c = lane * 8; c < d; c += 256) {
+    float f[8];
+    mo::unpack8(*reinterpret_cast<const uint4*>(h + c), f);
+#pragma unroll
+    for (int i = 0; i < 8; i++) ss += (double)mo::bf16_round(__fmul_rn(f[i], f[i]));  // f32 product: exact, then bf16
+  }
+  ss = mo::warp_sum_f64(ss);
+  const double mean = (double)mo::bf16_round_f64(__ddiv_rn(ss, (double)d));
+  const double t = (double)mo::bf16_round_f64(__dadd_rn(mean, f64_from_bits(eps_bits)));
+  const float rs = mo::bf16_round_f64(__ddiv_rn(1.0, __dsqrt_rn(t)));
+  for (int c = lane * 8; c < d; c += 256) {
+    float f[8];
+    mo::unpack8(*reinterpret_cast<const uint4*>(h + c), f);
+#pragma unroll
+    for (int i = 0; i < 8; i++) f[i] = mo::bf16_round(__fmul_rn(f[i], rs));
+    *reinterpret_cast<uint4*>(h + c) = mo::pack8(f);
+  }
 }
