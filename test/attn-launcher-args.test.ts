@@ -62,6 +62,10 @@ test('chooseHeadsPerCta: the largest power of two that divides H and fits regist
   assert.ok(hpb < 16 && attentionSmemBytes(hpb, 512, 128 + 8192) <= ATTN_SMEM_LIMIT, `hpb ${hpb}`);
   assert.throws(() => chooseHeadsPerCta(64, 512, 60000), argErr(/do not fit shared memory.*split-K/));
   assert.equal(chooseHeadsPerCta(6, 128, 100), 2, 'H = 6: 2 divides it, 4 does not');
+  // Few rows: fewer heads per CTA, so rows x H / hpb CTAs cover the SMs (one head each at one row of 64 heads).
+  assert.equal(chooseHeadsPerCta(64, 512, 640, undefined, { rows: 1, sms: 132 }), 1);
+  assert.equal(chooseHeadsPerCta(64, 512, 640, undefined, { rows: 8, sms: 132 }), 2);
+  assert.equal(chooseHeadsPerCta(64, 512, 640, undefined, { rows: 256, sms: 132 }), 16, 'many rows: the register budget decides');
 });
 
 test('checkAttnShape accepts tiny, flash and pro and refuses what the kernels cannot do', () => {

@@ -15,7 +15,7 @@
 // this call are visible to it), the ring written after it. Everything is queued on one stream; nothing syncs.
 // Every check below runs before a launch and throws AttentionArgError naming the fix; the pure check functions are
 // exported so the CPU tests exercise them without a GPU.
-import { arg, DeviceBuffer, DeviceTensor, loadKernelSync, type Kernel, type StreamLike } from '../cuda/index.js';
+import { arg, DeviceBuffer, DeviceTensor, ensureContext, loadKernelSync, type Kernel, type StreamLike } from '../cuda/index.js';
 import {
   ATTENTION_ENTRIES, ATTENTION_SOURCE, ATTN_MAX_GROUP_DIMS, ATTN_THREADS, COMPRESSOR_ENTRIES, COMPRESSOR_MAX_DC, COMPRESSOR_SOURCE,
   COMPRESSOR_THREADS, INDEXER_ENTRIES, INDEXER_KEYS_PER_CTA, INDEXER_PREP_MAX_DI, INDEXER_PREP_THREADS, INDEXER_SCORE_THREADS,
@@ -94,11 +94,15 @@ export function attentionSmemBytes(hpb: number, d: number, maxKeys: number): num
 
 /**
  * Heads per CTA: the largest power of two dividing H with hpb * d <= the kernel's register budget and the key list,
- * the group's queries and scores in shared memory. Throws when even one head does not fit.
+ * the group's queries and scores in shared memory, and, given the call's rows and the GPU's SM count, small enough
+ * that the rows x H / hpb CTAs fill every SM where H allows (a decode step of one row ran 4 CTAs on 132 SMs:
+ * docs/GPU-MODEL.md). Throws when even one head does not fit.
  */
-export function chooseHeadsPerCta(H: number, d: number, maxKeys: number, smemLimit = ATTN_SMEM_LIMIT): number {
+export function chooseHeadsPerCta(H: number, d: number, maxKeys: number, smemLimit = ATTN_SMEM_LIMIT,
+  fill?: { rows: number; sms: number }): number {
   for (let hpb = 64; hpb >= 1; hpb >>= 1) {
     if (H % hpb !== 0 || hpb * d > ATTN_MAX_GROUP_DIMS) continue;
+    if (fill && hpb > 1 && fill.rows * (H / hpb) < fill.sms) continue;
     if (attentionSmemBytes(hpb, d, maxKeys) <= smemLimit) return hpb;
   }
   throw new AttentionArgError(`GPU attention: ${maxKeys} keys per query do not fit shared memory even one head per CTA (${attentionSmemBytes(1, d, maxKeys)} B > ${smemLimit} B)`,
@@ -239,6 +243,8 @@ export class GpuAttention implements Disposable {
   private readonly maxVisible: number;
   private plan: AttnCallPlan | undefined;
   private disposed = false;
+  /** SMs of this GPU: the sparse attention's CTAs per call should fill them (chooseHeadsPerCta). */
+  private readonly sms = ensureContext().properties().smCount;
 
   private constructor(config: ModelConfig, cache: GpuKvCache, o: GpuAttentionOptions) {
     this.shape = attnShapeFrom(config, cache.plan.layout.maxContext);
@@ -404,7 +410,7 @@ export class GpuAttention implements Disposable {
     if (indexer) checkTensor('picks', x.picks, 'I32', [p.rows, s.indexTopk], 'pass indexerSelect()\'s result on a ratio-4 layer');
     let maxKeys = 1;
     for (let r = 0; r < p.rows; r++) maxKeys = Math.max(maxKeys, attentionKeyCount(p.positions[r], s.window, ratio, s.indexTopk, indexer));
-    const hpb = chooseHeadsPerCta(s.heads, s.headDim, maxKeys);
+    const hpb = chooseHeadsPerCta(s.heads, s.headDim, maxKeys, ATTN_SMEM_LIMIT, { rows: p.rows, sms: this.sms });
     const win = this.cache.paged('window', layer);
     const comp = ratio > 0 ? this.cache.paged(this.cache.compressedKind(layer, false), layer) : undefined;
     const sigma = fr(1 / Math.sqrt(s.headDim));

@@ -26,7 +26,10 @@ export interface DenseFp8Spec {
   n: number;
   /** in_features (a multiple of 128) */
   k: number;
-  /** 'decode': weights on wgmma's M side, 16-row tiles (few rows); 'normal': 128-row tiles (prefill). Default by capacity. */
+  /**
+   * 'decode': weights on wgmma's M side, 16-row tiles (few rows); 'normal': 128-row tiles (prefill). Default: decode
+   * up to DENSE_DECODE_MAX_ROWS of capacity, else both, each call taking decode up to that many rows and normal above.
+   */
   path?: GemmPath;
 }
 
@@ -68,52 +71,69 @@ export const DENSE_DECODE_MAX_ROWS = 16;
 export class DenseFp8Linear implements Disposable {
   readonly n: number;
   readonly k: number;
+  /** The path of calls above DENSE_DECODE_MAX_ROWS rows (all calls unless `decodeToo`). */
   readonly path: GemmPath;
+  /** Whether calls of up to DENSE_DECODE_MAX_ROWS rows take the decode path (a normal-path linear by default). */
+  readonly decodeToo: boolean;
   readonly rowTile: number;
   /** Row capacity: the requested one rounded up to the row tile (size the activations and the output with it). */
   readonly mCap: number;
   private readonly tileGroup: DeviceTensor<'I32'>;
   private readonly numMTiles: DeviceTensor<'I32'>;
+  private readonly decodeTiles: DeviceTensor<'I32'> | undefined;
 
-  private constructor(private readonly gemm: GroupedGemm, spec: Required<DenseFp8Spec>, capacity: number) {
-    this.n = spec.n; this.k = spec.k; this.path = spec.path;
+  private constructor(private readonly gemm: GroupedGemm, private readonly decodeGemm: GroupedGemm | undefined,
+    spec: Required<DenseFp8Spec>, capacity: number) {
+    this.n = spec.n; this.k = spec.k; this.path = spec.path; this.decodeToo = decodeGemm !== undefined;
     this.rowTile = GROUPED_GEMM_ROW_TILE[spec.path];
     this.mCap = Math.ceil(capacity / this.rowTile) * this.rowTile;
-    this.tileGroup = DeviceTensor.zeros('I32', [this.mCap / this.rowTile]); // every row tile is group 0
+    // Every row tile is group 0 (the decode path's 16-row tiles too).
+    this.tileGroup = DeviceTensor.zeros('I32', [this.mCap / GROUPED_GEMM_ROW_TILE.decode]);
     this.numMTiles = DeviceTensor.zeros('I32', [1]);
+    this.decodeTiles = decodeGemm ? DeviceTensor.zeros('I32', [1]) : undefined;
   }
 
-  private static spec(spec: DenseFp8Spec, capacity: number): Required<DenseFp8Spec> {
+  private static spec(spec: DenseFp8Spec, capacity: number): Required<DenseFp8Spec> & { decodeToo: boolean } {
     checkCount('DenseFp8Linear', 'capacity', capacity, 1, 1 << 20, 'pass the largest number of rows one call multiplies');
     const path = spec.path ?? (capacity <= DENSE_DECODE_MAX_ROWS ? 'decode' : 'normal');
     if (path !== 'decode' && path !== 'normal') throw new GpuModelArgumentError('DenseFp8Linear', `path "${String(path)}"`, "use 'decode' or 'normal'");
-    return { n: spec.n, k: spec.k, path };
+    // Unpinned and sized for prefills: decode steps still take the decode path (measured: docs/GPU-MODEL.md).
+    return { n: spec.n, k: spec.k, path, decodeToo: spec.path === undefined && path === 'normal' };
   }
 
-  /** Compiles (cached) the grouped GEMM for this shape (groupedGemmConfig's checks name any bad dimension). */
+  /** Compiles (cached) the grouped GEMM(s) for this shape (groupedGemmConfig's checks name any bad dimension). */
   static async create(spec: DenseFp8Spec, capacity: number): Promise<DenseFp8Linear> {
     const s = DenseFp8Linear.spec(spec, capacity);
-    return new DenseFp8Linear(await GroupedGemm.create({ path: s.path, epilogue: 'bf16', n: s.n, k: s.k }), s, capacity);
+    const [main, decode] = await Promise.all([
+      GroupedGemm.create({ path: s.path, epilogue: 'bf16', n: s.n, k: s.k }),
+      s.decodeToo ? GroupedGemm.create({ path: 'decode', epilogue: 'bf16', n: s.n, k: s.k }) : undefined,
+    ]);
+    return new DenseFp8Linear(main, decode, s, capacity);
   }
 
   static createSync(spec: DenseFp8Spec, capacity: number): DenseFp8Linear {
     const s = DenseFp8Linear.spec(spec, capacity);
-    return new DenseFp8Linear(GroupedGemm.createSync({ path: s.path, epilogue: 'bf16', n: s.n, k: s.k }), s, capacity);
+    const decode = s.decodeToo ? GroupedGemm.createSync({ path: 'decode', epilogue: 'bf16', n: s.n, k: s.k }) : undefined;
+    return new DenseFp8Linear(GroupedGemm.createSync({ path: s.path, epilogue: 'bf16', n: s.n, k: s.k }), decode, s, capacity);
   }
 
   /** Binds activations (mCap rows), a weight and a bf16 output [mCap, N]: the tensor maps are encoded once here. */
   bind(act: Fp8Activations, weight: DeviceFp8Weight, out: DeviceTensor<'BF16'>): BoundDenseFp8 {
     checkDenseBinding(this.n, this.k, this.mCap, act, weight, out);
-    const bound = this.gemm.bind({
-      a: act.q, sfa: act.sf, weights: weight.w, sfb: weight.s, groups: 1, tileGroup: this.tileGroup, numMTiles: this.numMTiles,
-      out, mCap: this.mCap,
+    const bindOn = (g: GroupedGemm, numMTiles: DeviceTensor<'I32'>) => g.bind({
+      a: act.q, sfa: act.sf, weights: weight.w, sfb: weight.s, groups: 1, tileGroup: this.tileGroup, numMTiles, out, mCap: this.mCap,
     });
-    return new BoundDenseFp8(bound, this.numMTiles, this.rowTile, this.mCap);
+    const main = { gemm: bindOn(this.gemm, this.numMTiles), numMTiles: this.numMTiles, rowTile: this.rowTile };
+    const decode = this.decodeGemm && this.decodeTiles
+      ? { gemm: bindOn(this.decodeGemm, this.decodeTiles), numMTiles: this.decodeTiles, rowTile: GROUPED_GEMM_ROW_TILE.decode }
+      : undefined;
+    return new BoundDenseFp8(main, decode, this.mCap);
   }
 
   dispose(): void {
     this.tileGroup.dispose();
     this.numMTiles.dispose();
+    this.decodeTiles?.dispose();
   }
 
   [Symbol.dispose](): void { this.dispose(); }
@@ -129,15 +149,23 @@ export function checkDenseBinding(n: number, k: number, mCap: number, act: Fp8Ac
   checkTensor(what, 'out', out, 'BF16', [mCap, n], `allocate the output as BF16 [${mCap}, ${n}]`);
 }
 
-/** One bound dense GEMM: run(rows) sets the live row tiles (a device memset, capturable) and launches. */
+interface BoundPath { gemm: BoundGroupedGemm; numMTiles: DeviceTensor<'I32'>; rowTile: number }
+
+/**
+ * One bound dense GEMM: run(rows) sets the live row tiles (a device memset, capturable) and launches, on the decode
+ * path when it has one and rows <= DENSE_DECODE_MAX_ROWS.
+ */
 export class BoundDenseFp8 {
   /** @internal use DenseFp8Linear.bind */
-  constructor(private readonly gemm: BoundGroupedGemm, private readonly numMTiles: DeviceTensor<'I32'>, readonly rowTile: number, readonly mCap: number) {}
+  constructor(private readonly main: BoundPath, private readonly decode: BoundPath | undefined, readonly mCap: number) {}
+
+  get rowTile(): number { return this.main.rowTile; }
 
   run(rows: number, stream?: StreamLike): void {
     checkCount('dense FP8 linear', 'rows', rows, 0, this.mCap, `pass rows <= the capacity ${this.mCap} (create the linear for the largest batch)`);
     if (rows === 0) return;
-    this.numMTiles.buffer.memset32(Math.ceil(rows / this.rowTile), { stream });
-    this.gemm.launch(stream);
+    const p = this.decode && rows <= DENSE_DECODE_MAX_ROWS ? this.decode : this.main;
+    p.numMTiles.buffer.memset32(Math.ceil(rows / p.rowTile), { stream });
+    p.gemm.launch(stream);
   }
 }
