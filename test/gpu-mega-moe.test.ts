@@ -33,9 +33,29 @@ async function vsReference(ref: ReferenceBackend, x: HostTensor<'BF16'>, r: Rout
   return { y: diff(rowsOf(y, rows), want.y), yRouted: diff(rowsOf(yRouted, rows), want.yRouted) };
 }
 
+/**
+ * The small-T direct layout (mega_moe.cu dispatch_small_direct): touched experts ascending, one 16-row tile each
+ * holding all T tokens, then the shared expert's tile; slot (t, k) -> 16 tile(e) + t.
+ */
+function directDispatch(E: number, K: number, ids: BigInt64Array, T: number): { slotRow: Int32Array; numMTiles: number; sharedRow: number } {
+  const valid = (id: bigint) => id >= 0n && id < BigInt(E);
+  const touched = [...new Set(Array.from(ids.subarray(0, T * K)).filter(valid).map(Number))].sort((a, b) => a - b);
+  const tileOf = new Map(touched.map((e, i) => [e, i]));
+  const slotRow = Int32Array.from({ length: T * K }, (_, s) => (valid(ids[s]) ? tileOf.get(Number(ids[s]))! * 16 + Math.floor(s / K) : -1));
+  return { slotRow, numMTiles: touched.length + 1, sharedRow: touched.length * 16 };
+}
+
 /** The fused kernel's dispatch (slot rows, group offsets) equals the CPU simulation of the same index math. */
 function assertDispatch(moe: MegaMoe, r: Routing, T: number): void {
   const s = moe.shape;
+  const got0 = moe.debugDispatch(T);
+  if (got0.direct) {
+    const d = directDispatch(s.experts, s.topK, r.ids.data, T);
+    assert.deepEqual(got0.slotRow, d.slotRow, 'slot_row (small-T direct layout)');
+    assert.equal(got0.numMTiles, d.numMTiles, 'num_m_tiles (small-T direct layout)');
+    assert.equal(got0.groupOffset[s.experts], d.sharedRow, 'the shared expert\'s first row (small-T direct layout)');
+    return;
+  }
   const want = simulateDispatch({ experts: s.experts, topK: s.topK, hidden: s.hidden, shared: true }, r.ids.data, r.weights.data, T,
     moe.path(T) === 'decode' ? 16 : 128);
   const got = moe.debugDispatch(T);

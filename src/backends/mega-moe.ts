@@ -10,7 +10,9 @@ import {
   cudaStatus, CudaGraph, DeviceBuffer, DeviceTensor, ensureContext, findNvcc, Stream, type StreamLike,
 } from '../cuda/index.js';
 import { MegaMoeKernel } from '../kernels/mega-moe.js';
-import { formatBytes, megaBufferLayout, type MegaBufferLayout, type MegaMoePath } from '../kernels/mega-moe-layout.js';
+import {
+  decodeMegaCtl, formatBytes, MEGA_CTL_BYTES, megaBufferLayout, smallTokens, type MegaBufferLayout, type MegaMoePath,
+} from '../kernels/mega-moe-layout.js';
 import type { MoeForwardResult, PrepareOptions } from '../moe/backend.js';
 import {
   checkMegaMoeSupport, checkSharedExpertAsGroup, checkTokenCapacity, GuardError,
@@ -167,8 +169,12 @@ export class MegaMoe {
     this.kernel.checkErrors(this.buffer);
   }
 
-  /** The dispatch bookkeeping of the last forward (tests): slot_row [T, K] and group offsets. */
-  debugDispatch(tokens: number): { slotRow: Int32Array; groupOffset: Int32Array; numMTiles: number } {
+  /**
+   * The dispatch bookkeeping of the last forward (tests): slot_row [T, K], group offsets, the tile count, and whether
+   * it was the small-T direct layout (every touched expert one 16-row tile of all T tokens: mega_moe.cu
+   * dispatch_small_direct; only slot rows, the tile count and the shared expert's offset are then defined).
+   */
+  debugDispatch(tokens: number): { slotRow: Int32Array; groupOffset: Int32Array; numMTiles: number; direct: boolean } {
     this.stream.synchronize();
     const r = this.layout.regions;
     const slotRow = new Int32Array(tokens * this.shape.topK);
@@ -177,7 +183,10 @@ export class MegaMoe {
     this.buffer.copyToHost(groupOffset, { offset: r.groupOffset.offset, bytes: groupOffset.byteLength });
     const n = new Int32Array(1);
     this.buffer.copyToHost(n, { offset: r.numMTiles.offset, bytes: 4 });
-    return { slotRow, groupOffset, numMTiles: n[0] };
+    const ctl = new Uint8Array(MEGA_CTL_BYTES);
+    this.buffer.copyToHost(ctl, { offset: r.ctl.offset, bytes: MEGA_CTL_BYTES });
+    const direct = tokens >= 1 && tokens <= smallTokens() && this.path(tokens) === 'decode' && this.layout.ranks === 1 && decodeMegaCtl(ctl).smallDirect;
+    return { slotRow, groupOffset, numMTiles: n[0], direct };
   }
 
   /**

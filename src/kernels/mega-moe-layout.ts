@@ -272,12 +272,14 @@ export interface MegaCtlState {
   errIndex: number;
   errValue: number;
   errExpected: number;
+  /** the last small-T launch laid its tiles out directly (mega_moe.cu dispatch_small_direct) */
+  smallDirect: boolean;
 }
 
 export function decodeMegaCtl(bytes: Uint8Array): MegaCtlState {
   const dv = new DataView(bytes.buffer, bytes.byteOffset, MEGA_CTL_BYTES);
   const u = (i: number) => dv.getUint32(i * 4, true);
-  return { epoch: u(0), errCode: u(4), errPhase: u(5), errBlock: u(6), errIndex: u(7), errValue: u(8), errExpected: u(9) };
+  return { epoch: u(0), errCode: u(4), errPhase: u(5), errBlock: u(6), errIndex: u(7), errValue: u(8), errExpected: u(9), smallDirect: u(10) !== 0 };
 }
 
 const ERR_NAMES: Readonly<Record<number, string>> = {

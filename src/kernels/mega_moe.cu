@@ -141,7 +141,8 @@ struct MegaCtl {
   u32 bar_gen;     // grid barrier: generation
   u32 abort;       // 1 once any spin gave up
   u32 err_code, err_phase, err_block, err_index, err_value, err_expected;
-  u32 pad[6];
+  u32 small_direct;  // this launch's small-T dispatch laid tiles out directly (dispatch_small_direct): set by CTA 0
+  u32 pad[5];
 };
 static_assert(sizeof(MegaCtl) == 64, "MegaCtl is 64 bytes (mega-moe.ts reads it)");
 
@@ -363,8 +364,10 @@ struct MegaSync {
   int rotation;  // units before this GEMM's first (the L1 units): L2 continues L1's round robin over the CTAs / clusters
   int fault;
   const MegaParams* params;  // the tail combine's (L2 only)
+  int a_tile0;               // L1 after dispatch_small_direct: every tile reads A tile 0 (all T tokens)
 
   __device__ __forceinline__ int first_unit(int cta, int ctas) const { return (cta + ctas - rotation % ctas) % ctas; }
+  __device__ __forceinline__ int a_tile(int mt) const { return a_tile0 ? 0 : mt; }
   __device__ __forceinline__ u32* flag(int mt, int kb) const { return flags + (size_t)mt * kL2KBlocks + kb; }
   // Every A block of row tile mt published? Relaxed loads in flight together (one round trip, not kL2KBlocks), then
   // one fence makes them an acquire; the proxy fence lets the TMA loads that follow read what was published.
@@ -458,6 +461,94 @@ __device__ __forceinline__ void dispatch_small(const MegaParams& p, int* scratch
   if (tid == 0) stamp(11);
   for (int t = warp; t < T; t += kWarps)
     dsp::gather_token(p.x_fp8, p.x_sf, t, p.slot_row, offsets, p.a, p.sfa, 1, p.m_cap, lane);
+}
+
+// Decode path, T <= kSmallT on one rank: the dispatch without count, scan, rank or gather. Every touched expert
+// (ascending) and then the shared expert gets one 16-row tile whose rows are ALL T tokens: row r of tile i is token
+// r, with its routing weight for that tile's expert (0 where it does not route there: its SwiGLU output is 0, and no
+// slot points at it), so every L1 tile reads the same A rows, tile 0's, which the staging writes directly (MN-major
+// scales; MegaSync::a_tile). Each (token, expert) row computes exactly what the packed layout computes (the GEMMs
+// are row-independent), so the result is bit-identical; it only costs wgmma columns, which a 16-token tile has
+// anyway. slot_row[t, k] = 16 tile(e) + t; the shared rows are tile n - 1's. CTA 0 alone, shared memory only.
+// Returns false (nothing but staging done) when a token names one expert in two slots: two weights for one row;
+// dispatch_small then runs instead.
+template <class Stamp>
+__device__ __forceinline__ bool dispatch_small_direct(const MegaParams& p, int* scratch, int tid, int warp, int lane,
+                                                      const Stamp& stamp) {
+  constexpr int E = dsp::kExperts, K = MM_TOPK, R = gg::kDecodeRows;
+  static_assert(kSmallT <= R, "the small-T dispatch puts all T tokens into one 16-row tile");
+  int* tile_of = scratch;  // [E]: touched, then its tile (-1: untouched)
+  int* tiles = scratch + E;  // [E + 1]: group of each tile
+  __shared__ int s_dup, s_tiles;
+  const int T = p.num_tokens;
+  for (int e = tid; e < E; e += kThreads) tile_of[e] = 0;
+  if (tid == 0) s_dup = 0;
+  __syncthreads();
+  for (int row = warp; row < T; row += kWarps)
+    stg::stage_row(p.x, p.ids, p.weights, reinterpret_cast<uint4*>(p.a), p.sfa, p.ids_staged, p.w_staged, row, lane, 1, p.m_cap);
+  for (int s = tid; s < T * K; s += kThreads) {
+    const int e = dsp::expert_of(p.ids[s]);
+    if (e < 0) continue;
+    for (int k = 0; k < s % K; k++)
+      if (dsp::expert_of(p.ids[s - s % K + k]) == e) s_dup = 1;
+    tile_of[e] = 1;
+  }
+  __syncthreads();
+  if (tid == 0) stamp(8);
+  if (s_dup) return false;
+  if (warp == 0) {
+    int carry = 0;
+    for (int e0 = 0; e0 < E; e0 += 32) {
+      const int e = e0 + lane;
+      const bool hit = e < E && tile_of[e] != 0;
+      const unsigned bal = __ballot_sync(0xffffffffu, hit);
+      if (hit) {
+        const int idx = carry + __popc(bal & ((1u << lane) - 1u));
+        tile_of[e] = idx;
+        tiles[idx] = e;
+      } else if (e < E) {
+        tile_of[e] = -1;
+      }
+      carry += __popc(bal);
+    }
+    if (lane == 0) {
+      tiles[carry] = E;  // the shared expert
+      s_tiles = carry + 1;
+    }
+  }
+  __syncthreads();
+  if (tid == 0) stamp(9);
+  const int n = s_tiles;
+  for (int i = tid; i < n * R; i += kThreads) {
+    const int tile = i / R, r = i % R, g = tiles[tile];
+    float w = 0.0f;
+    int token = -1;
+    if (r < T) {
+      if (g == E) {
+        w = 1.0f;
+        token = r;
+      } else {
+        for (int k = 0; k < K; k++)
+          if (dsp::expert_of(p.ids[r * K + k]) == g) {
+            w = p.weights[r * K + k];
+            token = r;
+          }
+      }
+    }
+    p.row_weight[i] = w;
+    p.row_token[i] = token;
+    if (r == 0) p.tile_group[tile] = g;
+  }
+  for (int s = tid; s < T * K; s += kThreads) {
+    const int e = dsp::expert_of(p.ids[s]);
+    p.slot_row[s] = e >= 0 ? tile_of[e] * R + s / K : -1;
+  }
+  if (tid == 0) {
+    p.group_offset[E] = (n - 1) * R;  // the combine's shared rows
+    p.num_m_tiles[0] = n;
+    stamp(10);
+  }
+  return true;
 }
 
 // Dispatch for larger T (and any T under expert parallelism) over the whole grid, four phases apart. Under expert
@@ -566,8 +657,14 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
   // ---- stage + dispatch ----
   // (Pulling the first units' weights into L2 meanwhile was measured slower at every T: the prefetch traffic queues
   // ahead of the dispatch's dependent loads. docs/MEGA_MOE.md.)
-  if (p.num_tokens <= kSmallT && p.ranks == 1) {
-    if (blockIdx.x == 0) dispatch_small(p, scratch, tid, warp, lane, stamp);
+  const bool small = p.num_tokens <= kSmallT && p.ranks == 1;
+  if (small) {
+    if (blockIdx.x == 0) {
+      bool direct = false;
+      if constexpr (kDecode) direct = dispatch_small_direct(p, scratch, tid, warp, lane, stamp);
+      if (!direct) dispatch_small(p, scratch, tid, warp, lane, stamp);
+      if (tid == 0) p.ctl->small_direct = direct;
+    }
     // One barrier: CTA 0's dispatch is complete and every CTA has read the old epoch.
     grid_barrier(p.ctl, kPhaseDispatch, p.timeout_ns);
     if (blockIdx.x == 0 && tid == 0) p.ctl->epoch = epoch;
@@ -576,6 +673,8 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
     grid_barrier(p.ctl, kPhaseGather, p.timeout_ns);
   }
   if (tid == 0) stamp(1);
+  // Read after the barrier (CTA 0 wrote it before): whether L1's tiles all read A tile 0.
+  const int a_tile0 = kDecode && small ? (int)*reinterpret_cast<volatile u32*>(&p.ctl->small_direct) : 0;
 
   // ---- L1 then L2 through one ring ----
   const u32 sbase = gg::smem_addr(smem);
@@ -600,14 +699,14 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
 #define MM_L1_ARGS                                                                                                  \
   gg::GemmArgs{&tmap_a1, &tmap_w13, &tmap_sfa1, &tmap_a1, p.s13, p.tile_group, p.num_m_tiles, p.act, p.act_sf,      \
                p.row_weight, p.swiglu_limit, p.m_cap},                                                              \
-      l1_ring, MegaSync<false, true>{p.flags, p.ctl, p.timeout_ns, epoch, 0, p.fault, nullptr}
+      l1_ring, MegaSync<false, true>{p.flags, p.ctl, p.timeout_ns, epoch, 0, p.fault, nullptr, a_tile0}
 #define MM_L2_ARGS                                                                                                  \
   gg::GemmArgs{&tmap_a2, &tmap_w2, &tmap_sfa2, &tmap_out, p.s2, p.tile_group, p.num_m_tiles, p.out, nullptr,        \
                nullptr, 0.0f, p.m_cap},                                                                             \
       ring,                                                                                                         \
       MegaSync<true, false>{p.flags, p.ctl, p.timeout_ns, epoch,                                                    \
                             (min(max(*p.num_m_tiles, 0), p.max_tiles) + kCluster - 1) / kCluster * (kI / 128),      \
-                            p.fault, &p}
+                            p.fault, &p, 0}
   gg::Ring ring, normal_l1_ring;
   gg::Ring& l1_ring = kDecode ? ring : normal_l1_ring;  // decode: L1 and L2 through one ring
   if constexpr (kDecode) {

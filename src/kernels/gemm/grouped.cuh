@@ -540,9 +540,10 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
             tma_load_2d(sbase + P::kOffB + stage * P::kBBytes + h * (kBoxRowsW * kBlockK), tmap_b, full_bar(stage),
                         c.x, c.y, pol_b);
           }
+          const int at = sync.a_tile(mt);
           tma_load_2d(sbase + P::kOffA + stage * P::kABytes, tmap_a, full_bar(stage), kb * kBlockK,
-                      mt * kDecodeRows, pol_a);
-          tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaSlot, tmap_sfa, full_bar(stage), mt * kDecodeRows, kb,
+                      at * kDecodeRows, pol_a);
+          tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaSlot, tmap_sfa, full_bar(stage), at * kDecodeRows, kb,
                       pol_a);
           ring.advance<kStages>();
         }

@@ -63,11 +63,14 @@ struct GemmArgs {
 //               after its stores of unit (mt, wb), which covers kCols output columns.
 //   first_unit(cta, ctas): the first work unit of CTA (or 2-CTA cluster) `cta` of `ctas` (then every ctas-th),
 //               so a second GEMM can continue the first one's round robin.
+//   a_tile(mt): (decode body) the row tile of A and its scales that row tile mt's units read: mt, or, in the fused
+//               kernel's small-T dispatch, tile 0 for all (every expert's tile holds all T tokens).
 struct NoSync {
   static constexpr bool kWaits = false;
   static constexpr bool kPublishes = false;
   static constexpr bool kCompletes = false;
   __device__ __forceinline__ int first_unit(int cta, int) const { return cta; }
+  __device__ __forceinline__ int a_tile(int mt) const { return mt; }
   __device__ __forceinline__ bool unit_ready(int) const { return true; }
   __device__ __forceinline__ bool wait(int, int) const { return true; }
   __device__ __forceinline__ void publish(int, int, int, int) const {}

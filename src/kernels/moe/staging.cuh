@@ -20,11 +20,13 @@ constexpr float kE4M3Max = 448.0f;
 static_assert(kHidden % kBlock == 0, "the hidden size must be a multiple of 128 (SPEC 4)");
 static_assert(kTopK >= 1 && kTopK <= 32, "top-k must be in [1, 32]: one lane copies one slot");
 
-// The whole warp calls it for one row (the shuffles are full-warp).
+// The whole warp calls it for one row (the shuffles are full-warp). Scale sf of (row, block kb) goes to
+// x_sf[row * sf_row_stride + kb * sf_kb_stride]: row-major by default, MN-major (the GEMM's sfa) with (1, m_cap).
 __device__ __forceinline__ void stage_row(const uint4* __restrict__ x, const long long* __restrict__ ids_in,
                                           const float* __restrict__ w_in, uint4* __restrict__ x_fp8,
                                           float* __restrict__ x_sf, long long* __restrict__ ids_out,
-                                          float* __restrict__ w_out, int row, int lane) {
+                                          float* __restrict__ w_out, int row, int lane,
+                                          long long sf_row_stride = kScalesPerRow, long long sf_kb_stride = 1) {
   if (lane < kTopK) {
     const size_t slot = (size_t)row * kTopK + lane;
     ids_out[slot] = ids_in[slot];
@@ -33,7 +35,7 @@ __device__ __forceinline__ void stage_row(const uint4* __restrict__ x, const lon
 
   const uint4* xrow = x + (size_t)row * (kHidden / 8);
   uint4* qrow = x_fp8 + (size_t)row * (kHidden / 16);
-  float* sfrow = x_sf + (size_t)row * kScalesPerRow;
+  float* sfrow = x_sf + (size_t)row * sf_row_stride;
 
 #pragma unroll
   for (int s0 = 0; s0 < kSteps; s0 += kUnroll) {
@@ -82,7 +84,7 @@ __device__ __forceinline__ void stage_row(const uint4* __restrict__ x, const lon
         q.w = megamoe::f32x4_to_e4m3x4(megamoe::mul_rn(f[12], inv), megamoe::mul_rn(f[13], inv),
                                        megamoe::mul_rn(f[14], inv), megamoe::mul_rn(f[15], inv));
         qrow[col / 16] = q;
-        if ((lane & (kLanesPerBlock - 1)) == 0) sfrow[col / kBlock] = sf;
+        if ((lane & (kLanesPerBlock - 1)) == 0) sfrow[(size_t)(col / kBlock) * sf_kb_stride] = sf;
       }
     }
   }
