@@ -555,9 +555,10 @@ __device__ __forceinline__ bool dispatch_small_direct(const MegaParams& p, int* 
 // parallelism the count, rank and gather run over every source rank's tokens (chunks [s cps, (s + 1) cps) are rank
 // s's), reading the staged ids, weights and rows of the other ranks from their buffers (peer loads) once they all
 // have staged; this rank's own tokens add the shared expert's rows. One rank: s = 0 only, its own ids (the input).
+// Returns the launch's epoch (s_epoch: thread 0 publishes old_epoch + 1 there at the first barrier).
 template <class Stamp>
-__device__ __forceinline__ void dispatch_grid(const MegaParams& p, int* scratch, int tid, int warp, int lane,
-                                              u32 epoch, const Stamp& stamp) {
+__device__ __forceinline__ u32 dispatch_grid(const MegaParams& p, int* scratch, int tid, int warp, int lane,
+                                             u32 old_epoch, u32* s_epoch, const Stamp& stamp) {
   const int T = p.num_tokens;
   const int cps = dsp::num_chunks(T);  // chunks per source rank
   const int nc = cps * p.ranks;
@@ -574,8 +575,12 @@ __device__ __forceinline__ void dispatch_grid(const MegaParams& p, int* scratch,
   for (int row = gwarp; row < T; row += nwarps)
     stg::stage_row(p.x, p.ids, p.weights, p.x_fp8, p.x_sf, p.ids_staged, p.w_staged, row, lane);
   if (p.ranks == 1) count();  // its own ids: no need to wait for the staging
-  if (tid == 0) stamp(8);
+  if (tid == 0) {
+    stamp(8);
+    *s_epoch = old_epoch + 1;
+  }
   grid_barrier(p.ctl, kPhaseDispatch, p.timeout_ns);
+  const u32 epoch = *s_epoch;
   if (blockIdx.x == 0 && tid == 0) p.ctl->epoch = epoch;  // every CTA has read the old epoch by now
   if (p.ranks > 1) {
     rank_barrier(p, kRankStaged, epoch, kPhasePeersStaged);  // every rank's staged rows, ids and weights are readable
@@ -604,6 +609,7 @@ __device__ __forceinline__ void dispatch_grid(const MegaParams& p, int* scratch,
     dsp::gather_token(s == p.rank ? p.x_fp8 : peer(p, p.x_fp8, s), s == p.rank ? p.x_sf : peer(p, p.x_sf, s), g % T,
                       p.slot_row + (size_t)s * T * MM_TOPK, p.group_offset, p.a, p.sfa, 1, p.m_cap, lane, s == p.rank);
   }
+  return epoch;
 }
 
 // After the GEMMs: a grid barrier (every L2 row written), then the combine, 16-byte vectors of tokens over the
@@ -650,9 +656,11 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
     if (p.trace != nullptr) p.trace[blockIdx.x * kTraceSlots + slot] = gg::globaltimer_ns();
   };
   if (tid == 0) stamp(0);
-  if (tid == 0) s_epoch = *reinterpret_cast<volatile u32*>(&p.ctl->epoch) + 1;
-  __syncthreads();
-  const u32 epoch = s_epoch;
+  // The last launch's epoch: loaded now, used only at the first grid barrier (thread 0 publishes old + 1 in s_epoch
+  // there), so its latency overlaps the dispatch's first loads instead of preceding them.
+  u32 old_epoch = 0;
+  if (tid == 0) old_epoch = *reinterpret_cast<volatile u32*>(&p.ctl->epoch);
+  u32 epoch;
 
   // ---- stage + dispatch ----
   // (Pulling the first units' weights into L2 meanwhile was measured slower at every T: the prefetch traffic queues
@@ -665,11 +673,13 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
       if (!direct) dispatch_small(p, scratch, tid, warp, lane, stamp);
       if (tid == 0) p.ctl->small_direct = direct;
     }
+    if (tid == 0) s_epoch = old_epoch + 1;
     // One barrier: CTA 0's dispatch is complete and every CTA has read the old epoch.
     grid_barrier(p.ctl, kPhaseDispatch, p.timeout_ns);
+    epoch = s_epoch;
     if (blockIdx.x == 0 && tid == 0) p.ctl->epoch = epoch;
   } else {
-    dispatch_grid(p, scratch, tid, warp, lane, epoch, stamp);
+    epoch = dispatch_grid(p, scratch, tid, warp, lane, old_epoch, &s_epoch, stamp);
     grid_barrier(p.ctl, kPhaseGather, p.timeout_ns);
   }
   if (tid == 0) stamp(1);
