@@ -134,8 +134,8 @@ extern "C" __global__ void __launch_bounds__(256) mo_rope(mo::u16* __restrict__ 
 namespace {
 
 // Block-wide sums of NV f64 values per thread, in a fixed order (warp butterflies, then warps in order).
-template <int NV>
-__device__ __forceinline__ void block_sum_f64(double (&v)[NV], double* red /* [kHcWarps][NV] */, double* out /* [NV] */) {
+template <int NV, int WARPS>
+__device__ __forceinline__ void block_sum_f64(double (&v)[NV], double* red /* [WARPS][NV] */, double* out /* [NV] */) {
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
 #pragma unroll
@@ -146,7 +146,7 @@ __device__ __forceinline__ void block_sum_f64(double (&v)[NV], double* red /* [k
   __syncthreads();
   for (int k = threadIdx.x; k < NV; k += blockDim.x) {
     double s = 0.0;
-    for (int w = 0; w < kHcWarps; w++) s += red[w * NV + k];
+    for (int w = 0; w < WARPS; w++) s += red[w * NV + k];
     out[k] = s;
   }
   __syncthreads();
@@ -187,6 +187,73 @@ __device__ void sinkhorn(double* C, int iters, double eps) {
   }
 }
 
+// acc + fn[0..8) . f[0..8) in f64, columns in order (bf16 x f32 products are exact in f64, so fma == the CPU's
+// multiply-then-add).
+__device__ __forceinline__ double dot8_f64(const float* __restrict__ w, const float (&f)[8], double a) {
+  const float4 w0 = __ldg(reinterpret_cast<const float4*>(w));
+  const float4 w1 = __ldg(reinterpret_cast<const float4*>(w + 4));
+  a = fma((double)w0.x, (double)f[0], a); a = fma((double)w0.y, (double)f[1], a);
+  a = fma((double)w0.z, (double)f[2], a); a = fma((double)w0.w, (double)f[3], a);
+  a = fma((double)w1.x, (double)f[4], a); a = fma((double)w1.y, (double)f[5], a);
+  a = fma((double)w1.z, (double)f[6], a); a = fma((double)w1.w, (double)f[7], a);
+  return a;
+}
+
+__device__ __forceinline__ double sumsq8_f64(const float (&f)[8], double a) {
+#pragma unroll
+  for (int i = 0; i < 8; i++) a += (double)f[i] * (double)f[i];
+  return a;
+}
+
+// The input row of output row r (src_rows[r] when given). An index outside [0, hs_rows) reads row 0 and sets bad:
+// the row's outputs become NaN instead of a read out of bounds.
+__device__ __forceinline__ int hc_src_row(const int* __restrict__ src_rows, int r, int hs_rows, bool& bad) {
+  const int src = src_rows ? src_rows[r] : r;
+  bad = src < 0 || src >= hs_rows;
+  return bad ? 0 : src;
+}
+
+// The split mixing logits for small T (mo_hc_pre_mix / mo_hc_head_mix): block (chunk, group, r) takes columns
+// [chunk * kMixCols, +kMixCols) of the 4D row r (8 per thread) and logits [group * kMixLogits, +kMixLogits); group 0
+// also sums the squares. Its f64 partials go to part[r, chunk, 0..kMix] (index kMix: the squares), summed over the
+// block in block_sum_f64's fixed order; hc_body adds the chunks in ascending order.
+constexpr int kMixThreads = 128;
+constexpr int kMixCols = kMixThreads * 8;
+constexpr int kMixLogits = 4;
+
+template <bool kHead>
+__device__ __forceinline__ void hc_mix_body(const mo::u16* __restrict__ hs, const float* __restrict__ fn, int D,
+                                            const int* __restrict__ src_rows, int hs_rows, double* __restrict__ part) {
+  constexpr int kMix = kHead ? kHc : kMixPre;
+  constexpr int kNV = kMix + 1;
+  constexpr int kL = kMixLogits + 1;  // this block's logits, then the squares
+  constexpr int kWarps = kMixThreads / 32;
+  __shared__ double red[kWarps * kL];
+  __shared__ double tot[kL];
+  const int chunk = blockIdx.x;
+  const int j0 = blockIdx.y * kMixLogits;
+  const int r = blockIdx.z;
+  const int W = kHc * D;
+  bool bad;
+  const mo::u16* xr = hs + (size_t)hc_src_row(src_rows, r, hs_rows, bad) * W;
+  double acc[kL];
+#pragma unroll
+  for (int k = 0; k < kL; k++) acc[k] = 0.0;
+  const int c = chunk * kMixCols + threadIdx.x * 8;
+  if (c < W) {
+    float f[8];
+    mo::unpack8(__ldg(reinterpret_cast<const uint4*>(xr + c)), f);
+    if (blockIdx.y == 0) acc[kMixLogits] = sumsq8_f64(f, 0.0);
+#pragma unroll
+    for (int l = 0; l < kMixLogits; l++)
+      if (j0 + l < kMix) acc[l] = dot8_f64(fn + (size_t)(j0 + l) * W + c, f, 0.0);
+  }
+  block_sum_f64<kL, kWarps>(acc, red, tot);
+  double* out = part + ((size_t)r * gridDim.x + chunk) * kNV;
+  if (threadIdx.x < kMixLogits && j0 + (int)threadIdx.x < kMix) out[j0 + threadIdx.x] = tot[threadIdx.x];
+  if (blockIdx.y == 0 && threadIdx.x == 0) out[kMix] = tot[kMixLogits];
+}
+
 // pre_j / the head's weights: fround(fround(sigmoid(fround(fround(m * scale) + base))) + hc_eps).
 __device__ __forceinline__ float pre_weight(float m, float scale, float base, double hc_eps) {
   const float z = __fadd_rn(__fmul_rn(m, scale), base);
@@ -194,13 +261,14 @@ __device__ __forceinline__ float pre_weight(float m, float scale, float base, do
   return __double2float_rn(__dadd_rn((double)sg, hc_eps));
 }
 
-template <bool kHead>
+template <bool kHead, bool kSplit>
 __device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const float* __restrict__ fn,
                                         const float* __restrict__ base, const float* __restrict__ scale, int D,
                                         double norm_eps, double hc_eps, int iters, float* __restrict__ post,
                                         float* __restrict__ comb, mo::u16* __restrict__ y, const float* __restrict__ norm_w,
                                         mo::u8* __restrict__ q, float* __restrict__ sf, int sf_ld, int pow2,
-                                        const int* __restrict__ src_rows, int hs_rows) {
+                                        const int* __restrict__ src_rows, int hs_rows,
+                                        const double* __restrict__ part, int n_chunks) {
   constexpr int kMix = kHead ? kHc : kMixPre;
   constexpr int kNV = kMix + 1;  // the dot products, then the sum of squares
   __shared__ double red[kHcWarps * kNV];
@@ -210,32 +278,33 @@ __device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const fl
   extern __shared__ float yrow[];  // [D] when norm_w is given
   const int r = blockIdx.x;  // output row; the input row is src_rows[r] when given (hc_head: each sequence's last token)
   const int W = kHc * D;
-  const int src = src_rows ? src_rows[r] : r;
-  const bool bad_src = src < 0 || src >= hs_rows;  // never read out of bounds: the row's outputs become NaN instead
-  const mo::u16* xr = hs + (size_t)(bad_src ? 0 : src) * W;
+  bool bad_src;
+  const mo::u16* xr = hs + (size_t)hc_src_row(src_rows, r, hs_rows, bad_src) * W;
 
-  // 1. sum of squares over the 4D values and the kMix dot products fn . X, f64 (model.ts: linear, then ss).
-  double acc[kNV];
-#pragma unroll
-  for (int k = 0; k < kNV; k++) acc[k] = 0.0;
-  for (int c = threadIdx.x * 8; c < W; c += kHcThreads * 8) {
-    float f[8];
-    mo::unpack8(__ldg(reinterpret_cast<const uint4*>(xr + c)), f);
-#pragma unroll
-    for (int i = 0; i < 8; i++) acc[kMix] += (double)f[i] * (double)f[i];
-#pragma unroll
-    for (int j = 0; j < kMix; j++) {
-      const float4 w0 = __ldg(reinterpret_cast<const float4*>(fn + (size_t)j * W + c));
-      const float4 w1 = __ldg(reinterpret_cast<const float4*>(fn + (size_t)j * W + c + 4));
-      double a = acc[j];
-      a = fma((double)w0.x, (double)f[0], a); a = fma((double)w0.y, (double)f[1], a);
-      a = fma((double)w0.z, (double)f[2], a); a = fma((double)w0.w, (double)f[3], a);
-      a = fma((double)w1.x, (double)f[4], a); a = fma((double)w1.y, (double)f[5], a);
-      a = fma((double)w1.z, (double)f[6], a); a = fma((double)w1.w, (double)f[7], a);
-      acc[j] = a;  // bf16 x f32 products are exact in f64, so fma == the CPU's multiply-then-add
+  // 1. sum of squares over the 4D values and the kMix dot products fn . X, f64 (model.ts: linear, then ss): kSplit
+  // adds the split kernel's partials (chunks in ascending order), else they are summed here (thread t: columns
+  // 8t + 2048i, i ascending; then block_sum_f64).
+  if constexpr (kSplit) {
+    for (int k = threadIdx.x; k < kNV; k += kHcThreads) {
+      const double* p = part + (size_t)r * n_chunks * kNV + k;
+      double s = 0.0;
+      for (int c = 0; c < n_chunks; c++) s += p[(size_t)c * kNV];
+      tot[k] = s;
     }
+    __syncthreads();
+  } else {
+    double acc[kNV];
+#pragma unroll
+    for (int k = 0; k < kNV; k++) acc[k] = 0.0;
+    for (int c = threadIdx.x * 8; c < W; c += kHcThreads * 8) {
+      float f[8];
+      mo::unpack8(__ldg(reinterpret_cast<const uint4*>(xr + c)), f);
+      acc[kMix] = sumsq8_f64(f, acc[kMix]);
+#pragma unroll
+      for (int j = 0; j < kMix; j++) acc[j] = dot8_f64(fn + (size_t)j * W + c, f, acc[j]);
+    }
+    block_sum_f64<kNV, kHcWarps>(acc, red, tot);
   }
-  block_sum_f64<kNV>(acc, red, tot);
 
   // 2. the mixing coefficients, one thread (model.ts hcMix / hcHead).
   if (threadIdx.x == 0) {
@@ -322,18 +391,38 @@ __device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const fl
       const float *__restrict__ scale, int rows, int D, unsigned long long norm_eps_bits,                           \
       unsigned long long hc_eps_bits, int iters, float *__restrict__ post, float *__restrict__ comb,                \
       mo::u16 *__restrict__ y, const float *__restrict__ norm_w, mo::u8 *__restrict__ q, float *__restrict__ sf,    \
-      int sf_ld, int pow2, const int *__restrict__ src_rows, int hs_rows
+      int sf_ld, int pow2, const int *__restrict__ src_rows, int hs_rows, const double *__restrict__ part,          \
+      int n_chunks
 
+#define MO_HC_ARGS                                                                                                \
+  hs, fn, base, scale, D, f64_from_bits(norm_eps_bits), f64_from_bits(hc_eps_bits), iters, post, comb, y, norm_w, q, \
+      sf, sf_ld, pow2, src_rows, hs_rows, part, n_chunks
+
+// part (the split logits' partials) selects the instantiation: one body holding both paths spills registers.
 extern "C" __global__ void __launch_bounds__(kHcThreads) mo_hc_pre(MO_HC_PARAMS) {
   if ((int)blockIdx.x >= rows) return;
-  hc_body<false>(hs, fn, base, scale, D, f64_from_bits(norm_eps_bits), f64_from_bits(hc_eps_bits), iters, post, comb,
-                 y, norm_w, q, sf, sf_ld, pow2, src_rows, hs_rows);
+  if (part) hc_body<false, true>(MO_HC_ARGS);
+  else hc_body<false, false>(MO_HC_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(kHcThreads) mo_hc_head(MO_HC_PARAMS) {
   if ((int)blockIdx.x >= rows) return;
-  hc_body<true>(hs, fn, base, scale, D, f64_from_bits(norm_eps_bits), f64_from_bits(hc_eps_bits), iters, post, comb,
-                y, norm_w, q, sf, sf_ld, pow2, src_rows, hs_rows);
+  if (part) hc_body<true, true>(MO_HC_ARGS);
+  else hc_body<true, false>(MO_HC_ARGS);
+}
+
+// The split mixing logits ahead of mo_hc_pre / mo_hc_head (small T): grid (ceil(4D / kMixCols),
+// ceil(kMix / kMixLogits), rows), part f64 [rows, gridDim.x, kMix + 1].
+#define MO_HC_MIX_PARAMS                                                                                          \
+  const mo::u16 *__restrict__ hs, const float *__restrict__ fn, int D, const int *__restrict__ src_rows,           \
+      int hs_rows, double *__restrict__ part
+
+extern "C" __global__ void __launch_bounds__(kMixThreads) mo_hc_pre_mix(MO_HC_MIX_PARAMS) {
+  hc_mix_body<false>(hs, fn, D, src_rows, hs_rows, part);
+}
+
+extern "C" __global__ void __launch_bounds__(kMixThreads) mo_hc_head_mix(MO_HC_MIX_PARAMS) {
+  hc_mix_body<true>(hs, fn, D, src_rows, hs_rows, part);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
