@@ -18,9 +18,11 @@
 //
 // Work split: mo_rms_norm one warp per row (16-byte loads, 8 values per lane; a 128-column scale block is 16 lanes);
 // mo_hc_pre / mo_hc_head one 256-thread block per token (the 4 x D streams, 24 dot products over 4D and the tiny
-// Sinkhorn by one thread); mo_hc_post one thread per (token, 8 columns); mo_rope one block per row with the
-// row's cos / sin in shared memory. Shapes are launch arguments (one compiled variant), except the stream count
-// MO_HC (V4: 4), which sizes the per-thread accumulators.
+// Sinkhorn by one thread), at small T after mo_hc_pre_mix / mo_hc_head_mix (the dot products and the sum of squares
+// over (1024-column chunks, groups of 4 logits, tokens) blocks into f64 partials that the per-token kernel adds in
+// chunk order: one block per token leaves one SM to read all of hc_fn); mo_hc_post one thread per (token, 8
+// columns); mo_rope one block per row with the row's cos / sin in shared memory. Shapes are launch arguments (one
+// compiled variant), except the stream count MO_HC (V4: 4), which sizes the per-thread accumulators.
 #include "common.cuh"
 #include "model/row_ops.cuh"
 
@@ -130,7 +132,8 @@ extern "C" __global__ void __launch_bounds__(256) mo_rope(mo::u16* __restrict__ 
 // base f32 [MIX], scale f32 [3] (head: [1]). Outputs: post f32 [rows, HC], comb f32 [rows, HC, HC] (hc_pre only;
 // comb[j, k] = source j, destination k), y bf16 [rows, D] (normed by norm_w when given), optional FP8 of y.
 // src_rows (int32 [rows], optional): output row r reads token src_rows[r] of hs [hs_rows, HC, D] (a gather, e.g. the
-// last positions); an index outside [0, hs_rows) gives NaN outputs for that row.
+// last positions); an index outside [0, hs_rows) gives NaN outputs for that row. part (f64 [rows, n_chunks, MIX + 1],
+// optional): the mixing logits and the sum of squares as mo_hc_*_mix's per-chunk partials, else computed in place.
 namespace {
 
 // Block-wide sums of NV f64 values per thread, in a fixed order (warp butterflies, then warps in order).
@@ -234,7 +237,7 @@ __device__ __forceinline__ void hc_mix_body(const mo::u16* __restrict__ hs, cons
   const int j0 = blockIdx.y * kMixLogits;
   const int r = blockIdx.z;
   const int W = kHc * D;
-  bool bad;
+  bool bad;  // unused: hc_body makes that row's logits NaN
   const mo::u16* xr = hs + (size_t)hc_src_row(src_rows, r, hs_rows, bad) * W;
   double acc[kL];
 #pragma unroll
