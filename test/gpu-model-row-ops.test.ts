@@ -176,11 +176,14 @@ function hcParams(rng: Rng, mix: number, W: number, scales: number): { fn: Float
 /**
  * The hc kernels' two paths for the mixing logits: one block per token (no scratch) and the split over many blocks
  * (a scratch with room for the rows; pro's 4D = 28672 is 28 chunks of 1024, tiny's 512 half of one). Every check runs
- * on both; a scratch smaller than T (tiny's 37 rows > 16) takes the one-block path again.
+ * on both, and past 16 rows also with a 16-row scratch (too small: the one-block path again).
  */
 function hcPaths(D: number, T: number): Array<{ path: string; mixScratch?: DeviceTensor<'F64'> }> {
-  const cap = T > 16 ? 16 : HC_SPLIT_MAX_ROWS;
-  return [{ path: 'one block per token' }, { path: `split (scratch rows ${cap})`, mixScratch: allocHcMixScratch(4, D, cap) }];
+  const paths: Array<{ path: string; mixScratch?: DeviceTensor<'F64'> }> = [
+    { path: 'one block per token' }, { path: 'split', mixScratch: allocHcMixScratch(4, D, HC_SPLIT_MAX_ROWS) },
+  ];
+  if (T > 16) paths.push({ path: 'scratch of 16 rows', mixScratch: allocHcMixScratch(4, D, 16) });
+  return paths;
 }
 
 // pro's D = 7168 is 3.5 steps of the hc kernels' 8 warps x 256 columns: warps with different trip counts. flash at
