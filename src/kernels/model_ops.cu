@@ -18,7 +18,7 @@
 //
 // Work split: mo_rms_norm one warp per row (16-byte loads, 8 values per lane; a 128-column scale block is 16 lanes);
 // mo_hc_pre / mo_hc_head one 256-thread block per token (the 4 x D streams, 24 dot products over 4D and the tiny
-// Sinkhorn by one thread), at small T after mo_hc_pre_mix / mo_hc_head_mix (the dot products and the sum of squares
+// Sinkhorn, one thread per matrix element), at small T after mo_hc_pre_mix / mo_hc_head_mix (the dot products and the sum of squares
 // over (1024-column chunks, groups of 4 logits, tokens) blocks into f64 partials that the per-token kernel adds in
 // chunk order: one block per token leaves one SM to read all of hc_fn); mo_hc_post one thread per (token, 8
 // columns); mo_rope one block per row with the row's cos / sin in shared memory. Shapes are launch arguments (one
@@ -155,39 +155,53 @@ __device__ __forceinline__ void block_sum_f64(double (&v)[NV], double* red /* [W
   __syncthreads();
 }
 
-// model.ts sinkhorn on C (f32 values held in f64, as the CPU's Float64Array), one thread.
-__device__ void sinkhorn(double* C, int iters, double eps) {
-  for (int j = 0; j < kHc; j++) {
-    double mx = -INFINITY;
-    for (int k = 0; k < kHc; k++) mx = fmax(mx, C[j * kHc + k]);
+// model.ts sinkhorn on the HC x HC matrix (f32 values held in f64, as the CPU's Float64Array), element e = j * HC + k
+// (row j, column k) by thread e < HC * HC, c its starting value; returns its final value. Each thread performs its
+// element's operations exactly as model.ts's loop does (a row's sums over k ascending, a column's over j ascending;
+// rows, and columns, are independent), so the result is that loop's bit for bit; buf ping-pongs between the steps,
+// one block barrier each: every thread of the block calls it.
+__device__ double sinkhorn_block(double c, int iters, double eps, double (*buf)[kHc * kHc]) {
+  constexpr int kE = kHc * kHc;
+  const int e = threadIdx.x;
+  const bool own = e < kE;
+  const int j = e / kHc;
+  const int k = e - j * kHc;
+  // The sum of this element's row (or column) in buf[b], in model.ts's order.
+  auto line_sum = [&](int b, bool row) {
     double s = 0.0;
-    for (int k = 0; k < kHc; k++) {
-      const double e = (double)__double2float_rn(exp(C[j * kHc + k] - mx));
-      C[j * kHc + k] = e;
-      s += e;
-    }
-    s = (double)__double2float_rn(s);
-    for (int k = 0; k < kHc; k++) {
-      const float d = __double2float_rn(__ddiv_rn(C[j * kHc + k], s));
-      C[j * kHc + k] = (double)__double2float_rn(__dadd_rn((double)d, eps));
-    }
+    for (int i = 0; i < kHc; i++) s += buf[b][row ? j * kHc + i : i * kHc + k];
+    return s;
+  };
+  if (own) buf[0][e] = c;
+  __syncthreads();
+  // The first row normalisation is a softmax.
+  if (own) {
+    double mx = -INFINITY;
+    for (int i = 0; i < kHc; i++) mx = fmax(mx, buf[0][j * kHc + i]);
+    c = (double)__double2float_rn(exp(c - mx));
+    buf[1][e] = c;
   }
+  __syncthreads();
+  if (own) {
+    const double s = (double)__double2float_rn(line_sum(1, true));
+    const float d = __double2float_rn(__ddiv_rn(c, s));
+    c = (double)__double2float_rn(__dadd_rn((double)d, eps));
+    buf[0][e] = c;
+  }
+  __syncthreads();
+  int b = 0;
   for (int it = 0; it < iters; it++) {
-    if (it > 0) {  // rows (the first row normalisation was the softmax above)
-      for (int j = 0; j < kHc; j++) {
-        double s = 0.0;
-        for (int k = 0; k < kHc; k++) s += C[j * kHc + k];
-        const double den = (double)__double2float_rn(__dadd_rn((double)__double2float_rn(s), eps));
-        for (int k = 0; k < kHc; k++) C[j * kHc + k] = (double)__double2float_rn(__ddiv_rn(C[j * kHc + k], den));
+    for (int row = it > 0 ? 1 : 0; row >= 0; row--) {  // rows (from the second iteration), then columns
+      if (own) {
+        const double den = (double)__double2float_rn(__dadd_rn((double)__double2float_rn(line_sum(b, row != 0)), eps));
+        c = (double)__double2float_rn(__ddiv_rn(c, den));
+        buf[b ^ 1][e] = c;
       }
-    }
-    for (int k = 0; k < kHc; k++) {  // columns
-      double s = 0.0;
-      for (int j = 0; j < kHc; j++) s += C[j * kHc + k];
-      const double den = (double)__double2float_rn(__dadd_rn((double)__double2float_rn(s), eps));
-      for (int j = 0; j < kHc; j++) C[j * kHc + k] = (double)__double2float_rn(__ddiv_rn(C[j * kHc + k], den));
+      __syncthreads();
+      b ^= 1;
     }
   }
+  return c;
 }
 
 // acc + fn[0..8) . f[0..8) in f64, columns in order (bf16 x f32 products are exact in f64, so fma == the CPU's
@@ -264,7 +278,7 @@ __device__ __forceinline__ float pre_weight(float m, float scale, float base, do
   return __double2float_rn(__dadd_rn((double)sg, hc_eps));
 }
 
-template <bool kHead, bool kSplit>
+template <bool kHead>
 __device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const float* __restrict__ fn,
                                         const float* __restrict__ base, const float* __restrict__ scale, int D,
                                         double norm_eps, double hc_eps, int iters, float* __restrict__ post,
@@ -276,6 +290,7 @@ __device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const fl
   constexpr int kNV = kMix + 1;  // the dot products, then the sum of squares
   __shared__ double red[kHcWarps * kNV];
   __shared__ double tot[kNV];
+  __shared__ float mix_s[kMix];
   __shared__ float pre_s[kHc];
   __shared__ double ss_y;
   extern __shared__ float yrow[];  // [D] when norm_w is given
@@ -284,10 +299,10 @@ __device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const fl
   bool bad_src;
   const mo::u16* xr = hs + (size_t)hc_src_row(src_rows, r, hs_rows, bad_src) * W;
 
-  // 1. sum of squares over the 4D values and the kMix dot products fn . X, f64 (model.ts: linear, then ss): kSplit
-  // adds the split kernel's partials (chunks in ascending order), else they are summed here (thread t: columns
-  // 8t + 2048i, i ascending; then block_sum_f64).
-  if constexpr (kSplit) {
+  // 1. sum of squares over the 4D values and the kMix dot products fn . X, f64 (model.ts: linear, then ss): the split
+  // kernel's partials added (chunks in ascending order) when given, else summed here (thread t: columns 8t + 2048i,
+  // i ascending; then block_sum_f64).
+  if (part) {
     for (int k = threadIdx.x; k < kNV; k += kHcThreads) {
       const double* p = part + (size_t)r * n_chunks * kNV + k;
       double s = 0.0;
@@ -309,22 +324,25 @@ __device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const fl
     block_sum_f64<kNV, kHcWarps>(acc, red, tot);
   }
 
-  // 2. the mixing coefficients, one thread (model.ts hcMix / hcHead).
-  if (threadIdx.x == 0) {
+  // 2. the mixing coefficients (model.ts hcMix / hcHead): logit j by thread j, then pre_j / post_j by thread j and the
+  // Sinkhorn's element e by thread e.
+  if (threadIdx.x < kMix) {
     const float rs = mo::rms_factor(tot[kMix], W, norm_eps);
-    float m[kMix];
-    for (int j = 0; j < kMix; j++) m[j] = bad_src ? __int_as_float(0x7fc00000) : __fmul_rn(__double2float_rn(tot[j]), rs);  // mixAll is f32
-    for (int j = 0; j < kHc; j++) pre_s[j] = pre_weight(m[j], __ldg(scale), __ldg(base + j), hc_eps);
-    if (!kHead) {
-      for (int j = 0; j < kHc; j++) {
-        const float z = __fadd_rn(__fmul_rn(m[kHc + j], __ldg(scale + 1)), __ldg(base + kHc + j));
-        post[r * kHc + j] = __fmul_rn(2.0f, __double2float_rn(mo::sigmoid_f64(z)));
-      }
-      double C[kHc * kHc];
-      for (int j = 0; j < kHc * kHc; j++) C[j] = (double)__fadd_rn(__fmul_rn(m[2 * kHc + j], __ldg(scale + 2)), __ldg(base + 2 * kHc + j));
-      sinkhorn(C, iters, hc_eps);
-      for (int j = 0; j < kHc * kHc; j++) comb[(size_t)r * kHc * kHc + j] = __double2float_rn(C[j]);
+    mix_s[threadIdx.x] = bad_src ? __int_as_float(0x7fc00000) : __fmul_rn(__double2float_rn(tot[threadIdx.x]), rs);  // mixAll is f32
+  }
+  __syncthreads();
+  if (threadIdx.x < kHc) pre_s[threadIdx.x] = pre_weight(mix_s[threadIdx.x], __ldg(scale), __ldg(base + threadIdx.x), hc_eps);
+  if constexpr (!kHead) {
+    constexpr int kE = kHc * kHc;
+    __shared__ double sk_buf[2][kE];
+    const int e = threadIdx.x;
+    if (e < kHc) {
+      const float z = __fadd_rn(__fmul_rn(mix_s[kHc + e], __ldg(scale + 1)), __ldg(base + kHc + e));
+      post[r * kHc + e] = __fmul_rn(2.0f, __double2float_rn(mo::sigmoid_f64(z)));
     }
+    const double c0 = e < kE ? (double)__fadd_rn(__fmul_rn(mix_s[2 * kHc + e], __ldg(scale + 2)), __ldg(base + 2 * kHc + e)) : 0.0;
+    const double c = sinkhorn_block(c0, iters, hc_eps, sk_buf);
+    if (e < kE) comb[(size_t)r * kE + e] = __double2float_rn(c);
   }
   __syncthreads();
 
@@ -401,17 +419,14 @@ __device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const fl
   hs, fn, base, scale, D, f64_from_bits(norm_eps_bits), f64_from_bits(hc_eps_bits), iters, post, comb, y, norm_w, q, \
       sf, sf_ld, pow2, src_rows, hs_rows, part, n_chunks
 
-// part (the split logits' partials) selects the instantiation: one body holding both paths spills registers.
 extern "C" __global__ void __launch_bounds__(kHcThreads) mo_hc_pre(MO_HC_PARAMS) {
   if ((int)blockIdx.x >= rows) return;
-  if (part) hc_body<false, true>(MO_HC_ARGS);
-  else hc_body<false, false>(MO_HC_ARGS);
+  hc_body<false>(MO_HC_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(kHcThreads) mo_hc_head(MO_HC_PARAMS) {
   if ((int)blockIdx.x >= rows) return;
-  if (part) hc_body<true, true>(MO_HC_ARGS);
-  else hc_body<true, false>(MO_HC_ARGS);
+  hc_body<true>(MO_HC_ARGS);
 }
 
 // The split mixing logits ahead of mo_hc_pre / mo_hc_head (small T): grid (ceil(4D / kMixCols),
