@@ -8,7 +8,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { DeviceTensor, gpuSkipReason } from '../src/cuda/index.js';
-import { allocFp8Activations, GpuRowOps, uploadHcParams, type Fp8Activations } from '../src/gpu-model/row-ops.js';
+import { allocFp8Activations, allocHcMixScratch, GpuRowOps, HC_SPLIT_MAX_ROWS, uploadHcParams, type Fp8Activations } from '../src/gpu-model/row-ops.js';
 import { hcHeadMix, hcMix, hcPost, qHeadRenorm } from '../src/model/model.js';
 import { actQuant, f32ToBF16Bits, linear, QuantScratch, rmsNorm, roundBF16 } from '../src/model/ops.js';
 import { RopeTable, ropeFrequencies } from '../src/model/rope.js';
@@ -173,9 +173,23 @@ function hcParams(rng: Rng, mix: number, W: number, scales: number): { fn: Float
   return { fn, base, scale };
 }
 
-// pro's D = 7168 is 3.5 steps of the hc kernels' 8 warps x 256 columns: warps with different trip counts.
-for (const [label, D, T] of [['tiny', 128, 37], ['flash', 4096, 8], ['pro', 7168, 3]] as const) {
-  test(`gpu hc_pre ${label} (D ${D}, T ${T}): post, comb (Sinkhorn), y bit-exact; fused norm + act_quant bit-exact; WASM-mix path within tolerance`, { skip }, () => {
+/**
+ * The hc kernels' two paths for the mixing logits: one block per token (no scratch) and the split over many blocks
+ * (a scratch with room for the rows; pro's 4D = 28672 is 28 chunks of 1024, tiny's 512 half of one). Every check runs
+ * on both, and past 16 rows also with a 16-row scratch (too small: the one-block path again).
+ */
+function hcPaths(D: number, T: number): Array<{ path: string; mixScratch?: DeviceTensor<'F64'> }> {
+  const paths: Array<{ path: string; mixScratch?: DeviceTensor<'F64'> }> = [
+    { path: 'one block per token' }, { path: 'split', mixScratch: allocHcMixScratch(4, D, HC_SPLIT_MAX_ROWS) },
+  ];
+  if (T > 16) paths.push({ path: 'scratch of 16 rows', mixScratch: allocHcMixScratch(4, D, 16) });
+  return paths;
+}
+
+// pro's D = 7168 is 3.5 steps of the hc kernels' 8 warps x 256 columns: warps with different trip counts. flash at
+// T 1 and 3 is the decode shape the split exists for.
+for (const [label, D, T] of [['tiny', 128, 37], ['flash', 4096, 8], ['flash', 4096, 1], ['flash', 4096, 3], ['pro', 7168, 3]] as const) {
+  test(`gpu hc_pre ${label} (D ${D}, T ${T}): post, comb (Sinkhorn), y bit-exact on both logit paths; fused norm + act_quant bit-exact; WASM-mix path within tolerance`, { skip }, () => {
     const hc = 4; const W = hc * D; const mix = (2 + hc) * hc; const iters = 20;
     const ops = GpuRowOps.createSync(hc);
     const rng = new Rng(D + T);
@@ -188,6 +202,7 @@ for (const [label, D, T] of [['tiny', 128, 37], ['flash', 4096, 8], ['pro', 7168
     using post = DeviceTensor.zeros('F32', [T, hc]);
     using comb = DeviceTensor.zeros('F32', [T, hc, hc]);
     using y = DeviceTensor.zeros('BF16', [T, D]);
+    const paths = hcPaths(D, T);
     try {
       // CPU: mixing logits with f64 accumulation (ops.ts linear), then hcMix.
       const mixAll = new Float32Array(T * mix);
@@ -195,11 +210,14 @@ for (const [label, D, T] of [['tiny', 128, 37], ['flash', 4096, 8], ['pro', 7168
       const wy = new Float32Array(T * D); const wpost = new Float32Array(T * hc); const wcomb = new Float32Array(T * hc * hc);
       hcMix(Hs, mixAll, T, hc, D, p, iters, HC_EPS, NORM_EPS, wy, wpost, wcomb);
 
-      ops.hcPre(dHs, dp, { post, comb, y }, { normEps: NORM_EPS, hcEps: HC_EPS, sinkhornIters: iters });
-      assertSameBits(`hc_pre ${label} post`, downF32(post), wpost);
-      assertSameBits(`hc_pre ${label} comb`, downF32(comb), wcomb);
+      for (const { path, mixScratch } of paths) {
+        post.buffer.memset8(0); comb.buffer.memset8(0); y.buffer.memset8(0);
+        ops.hcPre(dHs, dp, { post, comb, y }, { normEps: NORM_EPS, hcEps: HC_EPS, sinkhornIters: iters, mixScratch });
+        assertSameBits(`hc_pre ${label} T ${T} ${path} post`, downF32(post), wpost);
+        assertSameBits(`hc_pre ${label} T ${T} ${path} comb`, downF32(comb), wcomb);
+        assertSameBits(`hc_pre ${label} T ${T} ${path} y`, downBF16(y), wy);
+      }
       const gy = downBF16(y);
-      assertSameBits(`hc_pre ${label} y`, gy, wy);
 
       // The model's default CPU path (WebAssembly f32 GEMM for the mixing logits): same numbers up to f32 summation order.
       const wasm = wasmGemm();
@@ -213,22 +231,27 @@ for (const [label, D, T] of [['tiny', 128, 37], ['flash', 4096, 8], ['pro', 7168
       }
 
       // Fused attn_norm / ffn_norm + act_quant.
+      const wn = new Float32Array(T * D);
+      rmsNorm(wy, T, D, normW, NORM_EPS, wn);
       for (const pow2 of [true, false]) {
-        const act = allocFp8Activations(T, D, pow2);
-        try {
-          ops.hcPre(dHs, dp, { post, comb, y }, { normEps: NORM_EPS, hcEps: HC_EPS, sinkhornIters: iters, normWeight: dNorm, quant: act });
-          const wn = new Float32Array(T * D);
-          rmsNorm(wy, T, D, normW, NORM_EPS, wn);
-          assertSameBits(`hc_pre+norm ${label}`, downBF16(y), wn);
-          const sc = new QuantScratch();
-          actQuant(wn, T, D, pow2, sc);
-          assertQuant(`hc_pre+norm+quant ${label} pow2 ${pow2}`, act, T, D, sc);
-        } finally { act.q.dispose(); act.sf.dispose(); }
+        const sc = new QuantScratch();
+        actQuant(wn, T, D, pow2, sc);
+        for (const { path, mixScratch } of paths) {
+          const act = allocFp8Activations(T, D, pow2);
+          try {
+            ops.hcPre(dHs, dp, { post, comb, y }, { normEps: NORM_EPS, hcEps: HC_EPS, sinkhornIters: iters, normWeight: dNorm, quant: act, mixScratch });
+            assertSameBits(`hc_pre+norm ${label} T ${T} ${path}`, downBF16(y), wn);
+            assertQuant(`hc_pre+norm+quant ${label} T ${T} ${path} pow2 ${pow2}`, act, T, D, sc);
+          } finally { act.q.dispose(); act.sf.dispose(); }
+        }
       }
-    } finally { dp.fn.dispose(); dp.base.dispose(); dp.scale.dispose(); }
+    } finally {
+      dp.fn.dispose(); dp.base.dispose(); dp.scale.dispose();
+      for (const { mixScratch } of paths) mixScratch?.dispose();
+    }
   });
 
-  test(`gpu hc_head ${label} (D ${D}): y bit-exact, fused final norm bit-exact`, { skip }, () => {
+  test(`gpu hc_head ${label} (D ${D}, T ${T}): y bit-exact, fused final norm bit-exact, gather with NaN for a bad row, on both logit paths`, { skip }, () => {
     const hc = 4; const W = hc * D;
     const ops = GpuRowOps.createSync(hc);
     const rng = new Rng(3 * D + T);
@@ -239,29 +262,38 @@ for (const [label, D, T] of [['tiny', 128, 37], ['flash', 4096, 8], ['pro', 7168
     const dp = uploadHcParams(p, hc, W);
     using dNorm = upF32(normW, [D]);
     using y = DeviceTensor.zeros('BF16', [T, D]);
+    const paths = hcPaths(D, T);
     try {
       const mixAll = new Float32Array(T * hc);
       linear(Hs, T, p.fn, hc, W, mixAll, false);
       const wy = new Float32Array(T * D);
       hcHeadMix(Hs, mixAll, 0, T, hc, D, p, HC_EPS, NORM_EPS, wy);
-      ops.hcHead(dHs, dp, y, { normEps: NORM_EPS, hcEps: HC_EPS });
-      assertSameBits(`hc_head ${label}`, downBF16(y), wy);
-      ops.hcHead(dHs, dp, y, { normEps: NORM_EPS, hcEps: HC_EPS, normWeight: dNorm });
       const wn = new Float32Array(T * D);
       rmsNorm(wy, T, D, normW, NORM_EPS, wn);
-      assertSameBits(`hc_head+norm ${label}`, downBF16(y), wn);
       // A gather of rows (each sequence's last token): output i reads token src[i]; an out-of-range index gives NaN.
       const src = Int32Array.of(T - 1, 0, Math.floor(T / 2), T + 5);
       using dSrc = upI32(src);
       using y2 = DeviceTensor.zeros('BF16', [src.length, D]);
-      ops.hcHead(dHs, dp, y2, { normEps: NORM_EPS, hcEps: HC_EPS, srcRows: dSrc });
-      const g2 = downBF16(y2);
-      for (let i = 0; i < 3; i++) assertSameBits(`hc_head gather ${label} row ${i}`, g2.subarray(i * D, (i + 1) * D), wy.subarray(src[i] * D, (src[i] + 1) * D));
-      assert.ok(g2.subarray(3 * D).every((v) => Number.isNaN(v)), 'an out-of-range source row gives NaN, not a read out of bounds');
-    } finally { dp.fn.dispose(); dp.base.dispose(); dp.scale.dispose(); }
+      for (const { path, mixScratch } of paths) {
+        const what = `${label} T ${T} ${path}`;
+        y.buffer.memset8(0);
+        ops.hcHead(dHs, dp, y, { normEps: NORM_EPS, hcEps: HC_EPS, mixScratch });
+        assertSameBits(`hc_head ${what}`, downBF16(y), wy);
+        ops.hcHead(dHs, dp, y, { normEps: NORM_EPS, hcEps: HC_EPS, normWeight: dNorm, mixScratch });
+        assertSameBits(`hc_head+norm ${what}`, downBF16(y), wn);
+        y2.buffer.memset8(0);
+        ops.hcHead(dHs, dp, y2, { normEps: NORM_EPS, hcEps: HC_EPS, srcRows: dSrc, mixScratch });
+        const g2 = downBF16(y2);
+        for (let i = 0; i < 3; i++) assertSameBits(`hc_head gather ${what} row ${i}`, g2.subarray(i * D, (i + 1) * D), wy.subarray(src[i] * D, (src[i] + 1) * D));
+        assert.ok(g2.subarray(3 * D).every((v) => Number.isNaN(v)), `${what}: an out-of-range source row gives NaN, not a read out of bounds`);
+      }
+    } finally {
+      dp.fn.dispose(); dp.base.dispose(); dp.scale.dispose();
+      for (const { mixScratch } of paths) mixScratch?.dispose();
+    }
   });
 
-  test(`gpu mtpCombine ${label} (D ${D}): bf16(e_proj + h_proj) per stream, bit-exact`, { skip }, () => {
+  test(`gpu mtpCombine ${label} (D ${D}, T ${T}): bf16(e_proj + h_proj) per stream, bit-exact`, { skip }, () => {
     const hc = 4;
     const ops = GpuRowOps.createSync(hc);
     const rng = new Rng(9 * D + T);
@@ -275,7 +307,7 @@ for (const [label, D, T] of [['tiny', 128, 37], ['flash', 4096, 8], ['pro', 7168
     assertSameBits(`mtpCombine ${label}`, downBF16(out), roundBF16(want));
   });
 
-  test(`gpu hc_post ${label} (D ${D}): bit-exact, also in place`, { skip }, () => {
+  test(`gpu hc_post ${label} (D ${D}, T ${T}): bit-exact, also in place`, { skip }, () => {
     const hc = 4; const W = hc * D;
     const ops = GpuRowOps.createSync(hc);
     const rng = new Rng(5 * D + T);

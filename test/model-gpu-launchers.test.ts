@@ -125,6 +125,29 @@ test('hc_pre / hc_head / hc_post: stream layout, parameter shapes, eps, Sinkhorn
   ]);
 });
 
+test('hc_pre / hc_head split mixing logits: the scratch\'s shape is checked; up to its rows (<= 64) a mix kernel over (chunks, logit groups, rows) runs first', () => {
+  const log: Launch[] = [];
+  const ops = GpuRowOps.fromKernels(4, fakeKernels(log));
+  const D = 4096; const T = 3;
+  const hs = fake('BF16', [80, 4, D]);
+  const p = { fn: fake('F32', [24, 4 * D]), base: fake('F32', [24]), scale: fake('F32', [3]) };
+  const headP = { fn: fake('F32', [4, 4 * D]), base: fake('F32', [4]), scale: fake('F32', [1]) };
+  const out = { post: fake('F32', [80, 4]), comb: fake('F32', [80, 4, 4]), y: fake('BF16', [80, D]) };
+  const o = { normEps: 1e-6, hcEps: 1e-6, sinkhornIters: 20 };
+  const scratch = (rows: number, chunks = 16) => fake('F64', [rows, chunks, 25]); // allocHcMixScratch(4, 4096, rows)
+  refuses(() => ops.hcPre(hs, p, out, { ...o, rows: T, mixScratch: scratch(64, 8) }), /mixScratch is .*expected F64\[\*, 16, 25\].*allocHcMixScratch\(4, 4096, maxRows\)/);
+  refuses(() => ops.hcHead(hs, headP, out.y, { ...o, rows: T, mixScratch: fake('F32', [64, 16, 25]) as never }), /mixScratch is/);
+  ops.hcPre(hs, p, out, { ...o, rows: T, mixScratch: scratch(64) });
+  ops.hcHead(hs, headP, out.y, { ...o, rows: 1, mixScratch: scratch(64), srcRows: fake('I32', [1]) });
+  ops.hcPre(hs, p, out, { ...o, rows: 65, mixScratch: scratch(64) }); // past the split: one block per token
+  ops.hcPre(hs, p, out, { ...o, rows: 20, mixScratch: scratch(16) }); // past the scratch's rows: the same
+  assert.deepEqual(log.map((l) => [l.entry, l.grid, l.block, l.args]), [
+    ['mo_hc_pre_mix', [16, 6, T], 128, 6], ['mo_hc_pre', T, 256, 21],
+    ['mo_hc_head_mix', [16, 1, 1], 128, 6], ['mo_hc_head', 1, 256, 21],
+    ['mo_hc_pre', 65, 256, 21], ['mo_hc_pre', 20, 256, 21],
+  ]);
+});
+
 test('GPU sampler: the mode of each parameter set is the CPU Sampler\'s branch; top-k past the cap is refused with the fix', () => {
   const V = 1000;
   const mode = (p: Partial<SamplingParams>) => samplingMode({ temperature: 1, topK: 0, topP: 1, ...p }, V);

@@ -34,7 +34,7 @@ import { HostTensor } from '../tensor/host.js';
 import type { AttnCallItem, AttnCallPlan, GpuAttention } from './attention.js';
 import { BoundDenseFp8, DenseFp8Linear, uploadFp8Linear, type DeviceFp8Weight } from './dense-fp8.js';
 import { GpuModelArgumentError } from './errors.js';
-import { allocFp8Activations, GpuRowOps, uploadHcParams, type DeviceHcParams, type Fp8Activations } from './row-ops.js';
+import { allocFp8Activations, allocHcMixScratch, GpuRowOps, uploadHcParams, type DeviceHcParams, type Fp8Activations } from './row-ops.js';
 
 type Bf16Gemm = CublasLtBf16Gemm | CublasLtBf16OutGemm;
 
@@ -95,6 +95,8 @@ export class GpuLayerContext implements Disposable {
   /** scratch */
   readonly s: {
     post: DeviceTensor<'F32'>; comb: DeviceTensor<'F32'>; x: DeviceTensor<'BF16'>; actX: Fp8Activations;
+    /** hc_pre / hc_head's split mixing logits at small T (allocHcMixScratch; one stream, so the head shares it) */
+    hcMix: DeviceTensor<'F64'>;
     qr: DeviceTensor<'BF16'>; actQr: Fp8Activations; q: DeviceTensor<'BF16'>; kvRaw: DeviceTensor<'BF16'>; kv: DeviceTensor<'BF16'>;
     compA: DeviceTensor<'F32'>; compG: DeviceTensor<'F32'>; qI: DeviceTensor<'BF16'>; wI: DeviceTensor<'BF16'>;
     o: DeviceTensor<'BF16'>; u: DeviceTensor<'BF16'>; actU: Fp8Activations; attnOut: DeviceTensor<'BF16'>;
@@ -135,7 +137,7 @@ export class GpuLayerContext implements Disposable {
       const H = c.nHeads; const d = c.headDim; const hc = c.hcMult; const D = c.dim;
       const compWidth = Math.max(2 * d, 2 * c.indexHeadDim);
       this.s = {
-        post: f32([m, hc]), comb: f32([m, hc, hc]), x: bf([m, D]), actX: act(D),
+        post: f32([m, hc]), comb: f32([m, hc, hc]), x: bf([m, D]), actX: act(D), hcMix: keep(allocHcMixScratch(hc, D, o.maxRows)),
         qr: bf([m, c.qLoraRank]), actQr: act(c.qLoraRank), q: bf([m, H * d]), kvRaw: bf([m, d]), kv: bf([m, d]),
         compA: f32([m * compWidth]), compG: f32([m * compWidth]),
         qI: bf([m, c.indexNHeads * c.indexHeadDim]), wI: bf([m, c.indexNHeads]),
@@ -358,7 +360,7 @@ export class GpuDecoderLayer implements Disposable {
     const c = ctx.config; const plan = ctx.plan; const n = plan.rows; const st = ctx.stream; const s = ctx.s;
     const D = c.dim; const H = c.nHeads; const d = c.headDim; const rd = c.ropeHeadDim; const nope = d - rd; const hc = c.hcMult;
     const ops = ctx.ops; const attn = ctx.attention; const L = this.index; const w = this.w;
-    const hcOpts = { normEps: c.normEps, hcEps: c.hcEps, sinkhornIters: c.hcSinkhornIters, rows: n, stream: st };
+    const hcOpts = { normEps: c.normEps, hcEps: c.hcEps, sinkhornIters: c.hcSinkhornIters, rows: n, mixScratch: s.hcMix, stream: st };
     const freqs = this.ratio > 0 ? ctx.freqComp : ctx.freqPlain;
     if (hs.dtype !== 'BF16' || hs.shape.length !== 3 || hs.shape[0] < n || hs.shape[1] !== hc || hs.shape[2] !== D) {
       throw new GpuModelArgumentError('GpuDecoderLayer.forward', `hs is ${hs.describe()}`, `pass the residual streams as BF16 [>= ${n}, ${hc}, ${D}]`);

@@ -362,7 +362,7 @@ export class GpuModel implements CausalLM, Disposable {
       this.ctx.ops.embed(this.ids, this.embedTable, this.hs, { copies: c.hcMult, tokens: n, bad: this.badIds, stream: st });
       for (const layer of this.layers) layer.forward(this.hs, this.ctx);
       // V4-MODEL 2.4: hc_head over the output rows (srcRows gathers them), the final norm fused; then the head
-      this.ctx.ops.hcHead(this.hs, this.headHc, this.y, { normEps: c.normEps, hcEps: c.hcEps, normWeight: this.finalNorm, srcRows: this.srcRows, rows: outRows, stream: st });
+      this.ctx.ops.hcHead(this.hs, this.headHc, this.y, { normEps: c.normEps, hcEps: c.hcEps, normWeight: this.finalNorm, srcRows: this.srcRows, rows: outRows, mixScratch: this.ctx.s.hcMix, stream: st });
       this.logits.run(this.y, this.head, this.logitsBuf, outRows, st);
       st.synchronize();
       const bad = new Int32Array(1);

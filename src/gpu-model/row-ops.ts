@@ -57,6 +57,25 @@ export function uploadHcParams(p: { fn: Float32Array; base: Float32Array; scale:
   return { fn: up(p.fn, [mix, width]), base: up(p.base, [p.base.length]), scale: up(p.scale, [p.scale.length]) };
 }
 
+const HC_MIX_COLS = 1024;   // model_ops.cu kMixCols: columns of the 4D row per block of the split mixing logits
+const HC_MIX_LOGITS = 4;    // model_ops.cu kMixLogits: logits per block
+const HC_MIX_THREADS = 128; // model_ops.cu kMixThreads
+/** Up to this many rows hc_pre / hc_head split the mixing logits over many blocks (given a scratch, allocHcMixScratch). */
+export const HC_SPLIT_MAX_ROWS = 64;
+
+/** Column chunks of the split mixing logits for hidden size D. */
+function hcMixChunks(hc: number, D: number): number { return Math.ceil((hc * D) / HC_MIX_COLS); }
+
+/**
+ * The f64 scratch of the split mixing logits (per-chunk partial sums, [rows, chunks, (2 + hc) * hc + 1]) for up to
+ * min(maxRows, HC_SPLIT_MAX_ROWS) rows of hidden size D: allocate it once with the other per-call buffers and pass it
+ * as HcOptions.mixScratch to both hcPre and hcHead (calls on one stream may share it).
+ */
+export function allocHcMixScratch(hc: number, D: number, maxRows: number, stream?: StreamLike): DeviceTensor<'F64'> {
+  checkCount('allocHcMixScratch', 'maxRows', maxRows, 1, 2 ** 24, 'pass the most rows one call runs');
+  return DeviceTensor.empty('F64', [Math.min(maxRows, HC_SPLIT_MAX_ROWS), hcMixChunks(hc, D), (2 + hc) * hc + 1], { stream });
+}
+
 export interface HcOptions {
   /** normEps of the config (the weightless rms factor of the streams and the fused norm). */
   normEps: number;
@@ -74,6 +93,11 @@ export interface HcOptions {
   srcRows?: DeviceTensor<'I32'>;
   /** Output rows (default: srcRows' length, else hs's rows). */
   rows?: number;
+  /**
+   * allocHcMixScratch's buffer: up to its rows (at most HC_SPLIT_MAX_ROWS) the mixing logits are split over many
+   * blocks (mo_hc_*_mix, then the per-token kernel); more rows, or none given, run one block per token. Same results.
+   */
+  mixScratch?: DeviceTensor<'F64'>;
   stream?: StreamLike;
 }
 
@@ -273,6 +297,9 @@ export class GpuRowOps {
     }
     if (opts.normWeight) checkTensor(what, 'normWeight', opts.normWeight, 'F32', [D], `pass the norm weight as F32 [${D}]`);
     if (opts.quant) this.checkQuant(what, opts.quant, rows, D);
+    if (opts.mixScratch) {
+      checkTensor(what, 'mixScratch', opts.mixScratch, 'F64', [undefined, hcMixChunks(hc, D), (2 + hc) * hc + 1], `allocate it with allocHcMixScratch(${hc}, ${D}, maxRows)`);
+    }
     return rows;
   }
 
@@ -280,6 +307,16 @@ export class GpuRowOps {
     comb: DeviceTensor<'F32'> | undefined, y: DeviceTensor<'BF16'>, rows: number, opts: HcOptions): void {
     if (rows === 0) return;
     const D = hs.shape[2];
+    const hc = this.hcMult;
+    // Small T: the mixing logits over (chunks, logit groups, rows) blocks first (one block per token leaves the GPU idle).
+    const split = opts.mixScratch !== undefined && rows <= Math.min(HC_SPLIT_MAX_ROWS, opts.mixScratch.shape[0]);
+    const chunks = split ? hcMixChunks(hc, D) : 0;
+    if (split) {
+      const mix = entry === 'mo_hc_pre' ? (2 + hc) * hc : hc;
+      this.kernel(`${entry}_mix`).launch({ grid: [chunks, Math.ceil(mix / HC_MIX_LOGITS), rows], block: HC_MIX_THREADS, stream: opts.stream }, [
+        hs, p.fn, arg.i32(D), arg.ptr(opts.srcRows ?? null), arg.i32(hs.shape[0]), opts.mixScratch as DeviceTensor<'F64'>,
+      ]);
+    }
     const k = this.kernel(entry);
     const smem = opts.normWeight ? D * 4 : 0;
     if (smem > 48 * 1024) k.setMaxDynamicSharedMemory(smem);
@@ -288,6 +325,7 @@ export class GpuRowOps {
       arg.i32(opts.sinkhornIters ?? 0), arg.ptr(post ?? null), arg.ptr(comb ?? null), y, arg.ptr(opts.normWeight ?? null),
       arg.ptr(opts.quant?.q ?? null), arg.ptr(opts.quant?.sf ?? null), arg.i32(opts.quant ? opts.quant.q.shape[0] : 0),
       arg.i32(opts.quant?.pow2 ? 1 : 0), arg.ptr(opts.srcRows ?? null), arg.i32(hs.shape[0]),
+      arg.ptr(split ? (opts.mixScratch as DeviceTensor<'F64'>) : null), arg.i32(chunks),
     ]);
   }
 

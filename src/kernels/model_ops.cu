@@ -18,9 +18,11 @@
 //
 // Work split: mo_rms_norm one warp per row (16-byte loads, 8 values per lane; a 128-column scale block is 16 lanes);
 // mo_hc_pre / mo_hc_head one 256-thread block per token (the 4 x D streams, 24 dot products over 4D and the tiny
-// Sinkhorn by one thread); mo_hc_post one thread per (token, 8 columns); mo_rope one block per row with the
-// row's cos / sin in shared memory. Shapes are launch arguments (one compiled variant), except the stream count
-// MO_HC (V4: 4), which sizes the per-thread accumulators.
+// Sinkhorn, one thread per matrix element), at small T after mo_hc_pre_mix / mo_hc_head_mix (the dot products and the sum of squares
+// over (1024-column chunks, groups of 4 logits, tokens) blocks into f64 partials that the per-token kernel adds in
+// chunk order: one block per token leaves one SM to read all of hc_fn); mo_hc_post one thread per (token, 8
+// columns); mo_rope one block per row with the row's cos / sin in shared memory. Shapes are launch arguments (one
+// compiled variant), except the stream count MO_HC (V4: 4), which sizes the per-thread accumulators.
 #include "common.cuh"
 #include "model/row_ops.cuh"
 
@@ -130,12 +132,13 @@ extern "C" __global__ void __launch_bounds__(256) mo_rope(mo::u16* __restrict__ 
 // base f32 [MIX], scale f32 [3] (head: [1]). Outputs: post f32 [rows, HC], comb f32 [rows, HC, HC] (hc_pre only;
 // comb[j, k] = source j, destination k), y bf16 [rows, D] (normed by norm_w when given), optional FP8 of y.
 // src_rows (int32 [rows], optional): output row r reads token src_rows[r] of hs [hs_rows, HC, D] (a gather, e.g. the
-// last positions); an index outside [0, hs_rows) gives NaN outputs for that row.
+// last positions); an index outside [0, hs_rows) gives NaN outputs for that row. part (f64 [rows, n_chunks, MIX + 1],
+// optional): the mixing logits and the sum of squares as mo_hc_*_mix's per-chunk partials, else computed in place.
 namespace {
 
 // Block-wide sums of NV f64 values per thread, in a fixed order (warp butterflies, then warps in order).
-template <int NV>
-__device__ __forceinline__ void block_sum_f64(double (&v)[NV], double* red /* [kHcWarps][NV] */, double* out /* [NV] */) {
+template <int NV, int WARPS>
+__device__ __forceinline__ void block_sum_f64(double (&v)[NV], double* red /* [WARPS][NV] */, double* out /* [NV] */) {
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
 #pragma unroll
@@ -146,45 +149,126 @@ __device__ __forceinline__ void block_sum_f64(double (&v)[NV], double* red /* [k
   __syncthreads();
   for (int k = threadIdx.x; k < NV; k += blockDim.x) {
     double s = 0.0;
-    for (int w = 0; w < kHcWarps; w++) s += red[w * NV + k];
+    for (int w = 0; w < WARPS; w++) s += red[w * NV + k];
     out[k] = s;
   }
   __syncthreads();
 }
 
-// model.ts sinkhorn on C (f32 values held in f64, as the CPU's Float64Array), one thread.
-__device__ void sinkhorn(double* C, int iters, double eps) {
-  for (int j = 0; j < kHc; j++) {
-    double mx = -INFINITY;
-    for (int k = 0; k < kHc; k++) mx = fmax(mx, C[j * kHc + k]);
+// model.ts sinkhorn on the HC x HC matrix (f32 values held in f64, as the CPU's Float64Array), element e = j * HC + k
+// (row j, column k) by thread e < HC * HC, c its starting value; returns its final value. Each thread performs its
+// element's operations exactly as model.ts's loop does (a row's sums over k ascending, a column's over j ascending;
+// rows, and columns, are independent), so the result is that loop's bit for bit; buf ping-pongs between the steps,
+// one block barrier each: every thread of the block calls it.
+__device__ double sinkhorn_block(double c, int iters, double eps, double (*buf)[kHc * kHc]) {
+  constexpr int kE = kHc * kHc;
+  const int e = threadIdx.x;
+  const bool own = e < kE;
+  const int j = e / kHc;
+  const int k = e - j * kHc;
+  // The sum of this element's row (or column) in buf[b], in model.ts's order.
+  auto line_sum = [&](int b, bool row) {
     double s = 0.0;
-    for (int k = 0; k < kHc; k++) {
-      const double e = (double)__double2float_rn(exp(C[j * kHc + k] - mx));
-      C[j * kHc + k] = e;
-      s += e;
-    }
-    s = (double)__double2float_rn(s);
-    for (int k = 0; k < kHc; k++) {
-      const float d = __double2float_rn(__ddiv_rn(C[j * kHc + k], s));
-      C[j * kHc + k] = (double)__double2float_rn(__dadd_rn((double)d, eps));
-    }
+    for (int i = 0; i < kHc; i++) s += buf[b][row ? j * kHc + i : i * kHc + k];
+    return s;
+  };
+  if (own) buf[0][e] = c;
+  __syncthreads();
+  // The first row normalisation is a softmax.
+  if (own) {
+    double mx = -INFINITY;
+    for (int i = 0; i < kHc; i++) mx = fmax(mx, buf[0][j * kHc + i]);
+    c = (double)__double2float_rn(exp(c - mx));
+    buf[1][e] = c;
   }
+  __syncthreads();
+  if (own) {
+    const double s = (double)__double2float_rn(line_sum(1, true));
+    const float d = __double2float_rn(__ddiv_rn(c, s));
+    c = (double)__double2float_rn(__dadd_rn((double)d, eps));
+    buf[0][e] = c;
+  }
+  __syncthreads();
+  int b = 0;
   for (int it = 0; it < iters; it++) {
-    if (it > 0) {  // rows (the first row normalisation was the softmax above)
-      for (int j = 0; j < kHc; j++) {
-        double s = 0.0;
-        for (int k = 0; k < kHc; k++) s += C[j * kHc + k];
-        const double den = (double)__double2float_rn(__dadd_rn((double)__double2float_rn(s), eps));
-        for (int k = 0; k < kHc; k++) C[j * kHc + k] = (double)__double2float_rn(__ddiv_rn(C[j * kHc + k], den));
+    for (int row = it > 0 ? 1 : 0; row >= 0; row--) {  // rows (from the second iteration), then columns
+      if (own) {
+        const double den = (double)__double2float_rn(__dadd_rn((double)__double2float_rn(line_sum(b, row != 0)), eps));
+        c = (double)__double2float_rn(__ddiv_rn(c, den));
+        buf[b ^ 1][e] = c;
       }
-    }
-    for (int k = 0; k < kHc; k++) {  // columns
-      double s = 0.0;
-      for (int j = 0; j < kHc; j++) s += C[j * kHc + k];
-      const double den = (double)__double2float_rn(__dadd_rn((double)__double2float_rn(s), eps));
-      for (int j = 0; j < kHc; j++) C[j * kHc + k] = (double)__double2float_rn(__ddiv_rn(C[j * kHc + k], den));
+      __syncthreads();
+      b ^= 1;
     }
   }
+  return c;
+}
+
+// acc + fn[0..8) . f[0..8) in f64, columns in order (bf16 x f32 products are exact in f64, so fma == the CPU's
+// multiply-then-add).
+__device__ __forceinline__ double dot8_f64(const float* __restrict__ w, const float (&f)[8], double a) {
+  const float4 w0 = __ldg(reinterpret_cast<const float4*>(w));
+  const float4 w1 = __ldg(reinterpret_cast<const float4*>(w + 4));
+  a = fma((double)w0.x, (double)f[0], a); a = fma((double)w0.y, (double)f[1], a);
+  a = fma((double)w0.z, (double)f[2], a); a = fma((double)w0.w, (double)f[3], a);
+  a = fma((double)w1.x, (double)f[4], a); a = fma((double)w1.y, (double)f[5], a);
+  a = fma((double)w1.z, (double)f[6], a); a = fma((double)w1.w, (double)f[7], a);
+  return a;
+}
+
+__device__ __forceinline__ double sumsq8_f64(const float (&f)[8], double a) {
+#pragma unroll
+  for (int i = 0; i < 8; i++) a += (double)f[i] * (double)f[i];
+  return a;
+}
+
+// The input row of output row r (src_rows[r] when given). An index outside [0, hs_rows) reads row 0 and sets bad:
+// the row's outputs become NaN instead of a read out of bounds.
+__device__ __forceinline__ int hc_src_row(const int* __restrict__ src_rows, int r, int hs_rows, bool& bad) {
+  const int src = src_rows ? src_rows[r] : r;
+  bad = src < 0 || src >= hs_rows;
+  return bad ? 0 : src;
+}
+
+// The split mixing logits for small T (mo_hc_pre_mix / mo_hc_head_mix): block (chunk, group, r) takes columns
+// [chunk * kMixCols, +kMixCols) of the 4D row r (8 per thread) and logits [group * kMixLogits, +kMixLogits); group 0
+// also sums the squares. Its f64 partials go to part[r, chunk, 0..kMix] (index kMix: the squares), summed over the
+// block in block_sum_f64's fixed order; hc_body adds the chunks in ascending order.
+constexpr int kMixThreads = 128;
+constexpr int kMixCols = kMixThreads * 8;
+constexpr int kMixLogits = 4;
+
+template <bool kHead>
+__device__ __forceinline__ void hc_mix_body(const mo::u16* __restrict__ hs, const float* __restrict__ fn, int D,
+                                            const int* __restrict__ src_rows, int hs_rows, double* __restrict__ part) {
+  constexpr int kMix = kHead ? kHc : kMixPre;
+  constexpr int kNV = kMix + 1;
+  constexpr int kL = kMixLogits + 1;  // this block's logits, then the squares
+  constexpr int kWarps = kMixThreads / 32;
+  __shared__ double red[kWarps * kL];
+  __shared__ double tot[kL];
+  const int chunk = blockIdx.x;
+  const int j0 = blockIdx.y * kMixLogits;
+  const int r = blockIdx.z;
+  const int W = kHc * D;
+  bool bad;  // unused: hc_body makes that row's logits NaN
+  const mo::u16* xr = hs + (size_t)hc_src_row(src_rows, r, hs_rows, bad) * W;
+  double acc[kL];
+#pragma unroll
+  for (int k = 0; k < kL; k++) acc[k] = 0.0;
+  const int c = chunk * kMixCols + threadIdx.x * 8;
+  if (c < W) {
+    float f[8];
+    mo::unpack8(__ldg(reinterpret_cast<const uint4*>(xr + c)), f);
+    if (blockIdx.y == 0) acc[kMixLogits] = sumsq8_f64(f, 0.0);
+#pragma unroll
+    for (int l = 0; l < kMixLogits; l++)
+      if (j0 + l < kMix) acc[l] = dot8_f64(fn + (size_t)(j0 + l) * W + c, f, 0.0);
+  }
+  block_sum_f64<kL, kWarps>(acc, red, tot);
+  double* out = part + ((size_t)r * gridDim.x + chunk) * kNV;
+  if (threadIdx.x < kMixLogits && j0 + (int)threadIdx.x < kMix) out[j0 + threadIdx.x] = tot[threadIdx.x];
+  if (blockIdx.y == 0 && threadIdx.x == 0) out[kMix] = tot[kMixLogits];
 }
 
 // pre_j / the head's weights: fround(fround(sigmoid(fround(fround(m * scale) + base))) + hc_eps).
@@ -200,59 +284,65 @@ __device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const fl
                                         double norm_eps, double hc_eps, int iters, float* __restrict__ post,
                                         float* __restrict__ comb, mo::u16* __restrict__ y, const float* __restrict__ norm_w,
                                         mo::u8* __restrict__ q, float* __restrict__ sf, int sf_ld, int pow2,
-                                        const int* __restrict__ src_rows, int hs_rows) {
+                                        const int* __restrict__ src_rows, int hs_rows,
+                                        const double* __restrict__ part, int n_chunks) {
   constexpr int kMix = kHead ? kHc : kMixPre;
   constexpr int kNV = kMix + 1;  // the dot products, then the sum of squares
   __shared__ double red[kHcWarps * kNV];
   __shared__ double tot[kNV];
+  __shared__ float mix_s[kMix];
   __shared__ float pre_s[kHc];
   __shared__ double ss_y;
   extern __shared__ float yrow[];  // [D] when norm_w is given
   const int r = blockIdx.x;  // output row; the input row is src_rows[r] when given (hc_head: each sequence's last token)
   const int W = kHc * D;
-  const int src = src_rows ? src_rows[r] : r;
-  const bool bad_src = src < 0 || src >= hs_rows;  // never read out of bounds: the row's outputs become NaN instead
-  const mo::u16* xr = hs + (size_t)(bad_src ? 0 : src) * W;
+  bool bad_src;
+  const mo::u16* xr = hs + (size_t)hc_src_row(src_rows, r, hs_rows, bad_src) * W;
 
-  // 1. sum of squares over the 4D values and the kMix dot products fn . X, f64 (model.ts: linear, then ss).
-  double acc[kNV];
-#pragma unroll
-  for (int k = 0; k < kNV; k++) acc[k] = 0.0;
-  for (int c = threadIdx.x * 8; c < W; c += kHcThreads * 8) {
-    float f[8];
-    mo::unpack8(__ldg(reinterpret_cast<const uint4*>(xr + c)), f);
-#pragma unroll
-    for (int i = 0; i < 8; i++) acc[kMix] += (double)f[i] * (double)f[i];
-#pragma unroll
-    for (int j = 0; j < kMix; j++) {
-      const float4 w0 = __ldg(reinterpret_cast<const float4*>(fn + (size_t)j * W + c));
-      const float4 w1 = __ldg(reinterpret_cast<const float4*>(fn + (size_t)j * W + c + 4));
-      double a = acc[j];
-      a = fma((double)w0.x, (double)f[0], a); a = fma((double)w0.y, (double)f[1], a);
-      a = fma((double)w0.z, (double)f[2], a); a = fma((double)w0.w, (double)f[3], a);
-      a = fma((double)w1.x, (double)f[4], a); a = fma((double)w1.y, (double)f[5], a);
-      a = fma((double)w1.z, (double)f[6], a); a = fma((double)w1.w, (double)f[7], a);
-      acc[j] = a;  // bf16 x f32 products are exact in f64, so fma == the CPU's multiply-then-add
+  // 1. sum of squares over the 4D values and the kMix dot products fn . X, f64 (model.ts: linear, then ss): the split
+  // kernel's partials added (chunks in ascending order) when given, else summed here (thread t: columns 8t + 2048i,
+  // i ascending; then block_sum_f64).
+  if (part) {
+    for (int k = threadIdx.x; k < kNV; k += kHcThreads) {
+      const double* p = part + (size_t)r * n_chunks * kNV + k;
+      double s = 0.0;
+      for (int c = 0; c < n_chunks; c++) s += p[(size_t)c * kNV];
+      tot[k] = s;
     }
+    __syncthreads();
+  } else {
+    double acc[kNV];
+#pragma unroll
+    for (int k = 0; k < kNV; k++) acc[k] = 0.0;
+    for (int c = threadIdx.x * 8; c < W; c += kHcThreads * 8) {
+      float f[8];
+      mo::unpack8(__ldg(reinterpret_cast<const uint4*>(xr + c)), f);
+      acc[kMix] = sumsq8_f64(f, acc[kMix]);
+#pragma unroll
+      for (int j = 0; j < kMix; j++) acc[j] = dot8_f64(fn + (size_t)j * W + c, f, acc[j]);
+    }
+    block_sum_f64<kNV, kHcWarps>(acc, red, tot);
   }
-  block_sum_f64<kNV>(acc, red, tot);
 
-  // 2. the mixing coefficients, one thread (model.ts hcMix / hcHead).
-  if (threadIdx.x == 0) {
+  // 2. the mixing coefficients (model.ts hcMix / hcHead): logit j by thread j, then pre_j / post_j by thread j and the
+  // Sinkhorn's element e by thread e.
+  if (threadIdx.x < kMix) {
     const float rs = mo::rms_factor(tot[kMix], W, norm_eps);
-    float m[kMix];
-    for (int j = 0; j < kMix; j++) m[j] = bad_src ? __int_as_float(0x7fc00000) : __fmul_rn(__double2float_rn(tot[j]), rs);  // mixAll is f32
-    for (int j = 0; j < kHc; j++) pre_s[j] = pre_weight(m[j], __ldg(scale), __ldg(base + j), hc_eps);
-    if (!kHead) {
-      for (int j = 0; j < kHc; j++) {
-        const float z = __fadd_rn(__fmul_rn(m[kHc + j], __ldg(scale + 1)), __ldg(base + kHc + j));
-        post[r * kHc + j] = __fmul_rn(2.0f, __double2float_rn(mo::sigmoid_f64(z)));
-      }
-      double C[kHc * kHc];
-      for (int j = 0; j < kHc * kHc; j++) C[j] = (double)__fadd_rn(__fmul_rn(m[2 * kHc + j], __ldg(scale + 2)), __ldg(base + 2 * kHc + j));
-      sinkhorn(C, iters, hc_eps);
-      for (int j = 0; j < kHc * kHc; j++) comb[(size_t)r * kHc * kHc + j] = __double2float_rn(C[j]);
+    mix_s[threadIdx.x] = bad_src ? __int_as_float(0x7fc00000) : __fmul_rn(__double2float_rn(tot[threadIdx.x]), rs);  // mixAll is f32
+  }
+  __syncthreads();
+  if (threadIdx.x < kHc) pre_s[threadIdx.x] = pre_weight(mix_s[threadIdx.x], __ldg(scale), __ldg(base + threadIdx.x), hc_eps);
+  if constexpr (!kHead) {
+    constexpr int kE = kHc * kHc;
+    __shared__ double sk_buf[2][kE];
+    const int e = threadIdx.x;
+    if (e < kHc) {
+      const float z = __fadd_rn(__fmul_rn(mix_s[kHc + e], __ldg(scale + 1)), __ldg(base + kHc + e));
+      post[r * kHc + e] = __fmul_rn(2.0f, __double2float_rn(mo::sigmoid_f64(z)));
     }
+    const double c0 = e < kE ? (double)__fadd_rn(__fmul_rn(mix_s[2 * kHc + e], __ldg(scale + 2)), __ldg(base + 2 * kHc + e)) : 0.0;
+    const double c = sinkhorn_block(c0, iters, hc_eps, sk_buf);
+    if (e < kE) comb[(size_t)r * kE + e] = __double2float_rn(c);
   }
   __syncthreads();
 
@@ -322,18 +412,35 @@ __device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const fl
       const float *__restrict__ scale, int rows, int D, unsigned long long norm_eps_bits,                           \
       unsigned long long hc_eps_bits, int iters, float *__restrict__ post, float *__restrict__ comb,                \
       mo::u16 *__restrict__ y, const float *__restrict__ norm_w, mo::u8 *__restrict__ q, float *__restrict__ sf,    \
-      int sf_ld, int pow2, const int *__restrict__ src_rows, int hs_rows
+      int sf_ld, int pow2, const int *__restrict__ src_rows, int hs_rows, const double *__restrict__ part,          \
+      int n_chunks
+
+#define MO_HC_ARGS                                                                                                \
+  hs, fn, base, scale, D, f64_from_bits(norm_eps_bits), f64_from_bits(hc_eps_bits), iters, post, comb, y, norm_w, q, \
+      sf, sf_ld, pow2, src_rows, hs_rows, part, n_chunks
 
 extern "C" __global__ void __launch_bounds__(kHcThreads) mo_hc_pre(MO_HC_PARAMS) {
   if ((int)blockIdx.x >= rows) return;
-  hc_body<false>(hs, fn, base, scale, D, f64_from_bits(norm_eps_bits), f64_from_bits(hc_eps_bits), iters, post, comb,
-                 y, norm_w, q, sf, sf_ld, pow2, src_rows, hs_rows);
+  hc_body<false>(MO_HC_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(kHcThreads) mo_hc_head(MO_HC_PARAMS) {
   if ((int)blockIdx.x >= rows) return;
-  hc_body<true>(hs, fn, base, scale, D, f64_from_bits(norm_eps_bits), f64_from_bits(hc_eps_bits), iters, post, comb,
-                y, norm_w, q, sf, sf_ld, pow2, src_rows, hs_rows);
+  hc_body<true>(MO_HC_ARGS);
+}
+
+// The split mixing logits ahead of mo_hc_pre / mo_hc_head (small T): grid (ceil(4D / kMixCols),
+// ceil(kMix / kMixLogits), rows), part f64 [rows, gridDim.x, kMix + 1].
+#define MO_HC_MIX_PARAMS                                                                                          \
+  const mo::u16 *__restrict__ hs, const float *__restrict__ fn, int D, const int *__restrict__ src_rows,           \
+      int hs_rows, double *__restrict__ part
+
+extern "C" __global__ void __launch_bounds__(kMixThreads) mo_hc_pre_mix(MO_HC_MIX_PARAMS) {
+  hc_mix_body<false>(hs, fn, D, src_rows, hs_rows, part);
+}
+
+extern "C" __global__ void __launch_bounds__(kMixThreads) mo_hc_head_mix(MO_HC_MIX_PARAMS) {
+  hc_mix_body<true>(hs, fn, D, src_rows, hs_rows, part);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
