@@ -1,7 +1,8 @@
 // One rank's fused MegaMoE layer under expert parallelism, set up inside a rank process by `megamoe verify --ep N
 // --backend mega_moe`: the rank's block of experts with per-expert seeds (an EP subset equals those experts of the
 // whole layer), rank 0 compiling the kernels first, then the symmetric buffer shared with every rank (collective) and
-// the kernel bound to it. Imported dynamically by the rank program, so its fake (no-GPU) mode loads no CUDA code.
+// the kernel bound to it. Also set up by `megamoe bench moe --ep N`, on the unfused EP rank's weights when it times
+// both backends. Imported dynamically by the rank programs, so their fake (no-GPU) modes load no CUDA code.
 import { useDevice } from '../cuda/index.js';
 import type { RankContext } from '../dist/rank-channel.js';
 import { compileMegaMoeKernels } from '../kernels/mega-moe.js';
@@ -16,6 +17,11 @@ export interface MegaEpRankOptions {
   /** the batch sizes (tokens per rank) the rank will run: the buffer holds the largest */
   tokens: readonly number[];
   rowTile: RowTilePolicy;
+  /**
+   * this rank's experts, already on ctx.device (the unfused EP rank's, startUnfusedEpRank): used as they are and left
+   * to the caller, who frees them after close(); default: built here from `seed` and freed by close()
+   */
+  weights?: DeviceMoeWeights;
 }
 
 export interface MegaEpRankSetup {
@@ -29,13 +35,19 @@ export interface MegaEpRankSetup {
 
 export async function startMegaMoeEpRank(ctx: RankContext, o: MegaEpRankOptions): Promise<MegaEpRankSetup> {
   const { shape } = o;
-  ctx.phase('cuda-init');
-  useDevice(ctx.device);
-  ctx.phase('weights');
   const range = expertRange(shape.experts, ctx.rank, ctx.worldSize);
   const ids = Array.from({ length: range.end - range.first }, (_, i) => range.first + i);
   const localShape: UnfusedShape = { hidden: shape.hidden, inter: shape.inter, experts: ids.length, topK: shape.topK, swigluLimit: shape.swigluLimit };
-  const weights = await DeviceMoeWeights.randomExperts(localShape, o.seed, ids, shape.experts);
+  const owns = o.weights === undefined;
+  let weights: DeviceMoeWeights;
+  if (o.weights) {
+    weights = o.weights;
+  } else {
+    ctx.phase('cuda-init');
+    useDevice(ctx.device);
+    ctx.phase('weights');
+    weights = await DeviceMoeWeights.randomExperts(localShape, o.seed, ids, shape.experts);
+  }
   const maxTokens = Math.max(1, ...o.tokens);
   try {
     ctx.phase('build');
@@ -43,11 +55,11 @@ export async function startMegaMoeEpRank(ctx: RankContext, o: MegaEpRankOptions)
     if (ctx.rank === 0) await compileMegaMoeKernels(localShape);
     await ctx.barrier('built-0');
     ctx.phase('symmetric-memory');
-    const moe = await MegaMoe.create(weights, maxTokens, { ownsWeights: true, ep: ctx });
+    const moe = await MegaMoe.create(weights, maxTokens, { ownsWeights: owns, ep: ctx });
     moe.rowTilePolicy = o.rowTile;
     return { moe, localShape, maxTokens, close: () => moe.close(ctx) };
   } catch (err) {
-    weights.dispose();
+    if (owns) weights.dispose();
     throw err;
   }
 }

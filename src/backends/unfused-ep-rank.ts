@@ -23,6 +23,8 @@ export interface EpRankOptions {
 export interface EpRankSetup {
   ep: UnfusedEpRank;
   transport: Transport;
+  /** the rank's experts (freed by close()) */
+  weights: DeviceMoeWeights;
   /** the rank's share of the layer (its experts only) */
   localShape: UnfusedShape;
   maxTokens: number;
@@ -48,7 +50,7 @@ export async function startUnfusedEpRank(ctx: RankContext, o: EpRankOptions): Pr
   const ep = await UnfusedEpRank.create(transport, weights, { maxTokens, rowTilePolicy: o.rowTile });
   if (ctx.rank === 0) await ctx.barrier('built-0');
   return {
-    ep, transport, localShape, maxTokens,
+    ep, transport, weights, localShape, maxTokens,
     async close() {
       await transport.barrier(ep.stream); // every peer finished writing into this rank's buffers
       ep.dispose();

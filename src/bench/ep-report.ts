@@ -1,32 +1,46 @@
-// The report of `megamoe bench moe --ep N` (the unfused expert-parallel baseline, src/backends/unfused-ep.ts): the
-// per-rank timings as data (JSON), a Markdown table and the figure's points. Pure functions: no GPU, no I/O except
+// The report of `megamoe bench moe --ep N` (the fused mega_moe kernel across ranks, src/backends/mega-moe-ep-rank.ts,
+// and the unfused expert-parallel baseline, src/backends/unfused-ep.ts, each row labelled with its backend): the
+// per-rank timings as data (JSON), Markdown tables and the figure's points. Pure functions: no GPU, no I/O except
 // writeEpReport. What a row means (WHY these figures):
-//  * A layer is done when its slowest rank is done, so the layer time of a T is the MAX over ranks of each rank's
-//    median (each rank times its own forward on its own stream with CUDA events); every rank's median is kept too,
-//    so an imbalance shows.
+//  * A layer is done when its slowest rank is done, so the layer time of a (backend, T) is the MAX over ranks of each
+//    rank's median (each rank times its own forward on its own stream with CUDA events); every rank's median is kept
+//    too, so an imbalance shows.
 //  * The roofline beside a figure is the weight-streaming bound of the rank that set it: the bytes of the LOCAL
 //    experts the whole world's routing touched on the slowest rank (plus its shared expert: every rank runs it on its
 //    own tokens), codes + f32 block scales, each byte read once, over this GPU's HBM peak (derived from its device
-//    attributes, report.ts deriveCeilings). Each rank's own bound is listed beside its median.
+//    attributes, report.ts deriveCeilings). Each rank's own bound is listed beside its median. Both backends run the
+//    same routing per (rank, T), so their bounds differ only by which rank was the slowest.
 //  * With several ranks on one GPU they share its SMs and HBM: such a run checks the machinery, its timings mean
 //    nothing, and the report says so in its meta, its Markdown and on stderr.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { formatBytes } from '../kernels/mega-moe-layout.js';
 import { expertWeightBytes, median, renderRunHeader, type BenchRunMeta, type BenchShapeSummary } from './report.js';
 
 /** The line printed and recorded when ranks share a GPU. */
 export const SHARED_GPU_WARNING = 'timings in this mode mean nothing';
 
 /** Backends `bench moe --ep N` (N > 1) can time. */
-export const EP_BENCH_BACKENDS: readonly string[] = ['unfused'];
+export const EP_BENCH_BACKENDS = ['mega_moe', 'unfused'] as const;
+export type EpBenchBackend = (typeof EP_BENCH_BACKENDS)[number];
+/** --backend of `bench moe --ep N` when not given: both, in one run and one report. */
+export const EP_BENCH_DEFAULT_BACKENDS = 'mega_moe,unfused';
+/** How the fused kernel's rows travel between ranks (--transport is the unfused baseline's). */
+export const MEGA_EP_TRANSPORT = 'symmetric memory';
 /** Tokens per rank the EP bench runs by default (issue 12, deliverable 6: 1..8192). */
 export const EP_BENCH_DEFAULT_TOKENS = '1,8,64,128,512,1024,4096,8192';
 /** The combine kernel takes one grid row per token; the owner's one-slot combine gets every row a rank receives. */
 export const EP_COMBINE_MAX_ROWS = 65535;
 
-/** One rank's timed forward at one T. */
+/** What a backend's rows travel over: the fused kernel's symmetric memory, or the unfused baseline's --transport. */
+export function epRowTransport(backend: string, transport: string): string {
+  return backend === 'mega_moe' ? MEGA_EP_TRANSPORT : transport;
+}
+
+/** One rank's timed forward of one backend at one T. */
 export interface EpRankStep {
   preset: string;
+  backend: string;
   tokens: number;
   rank: number;
   device: number;
@@ -36,10 +50,10 @@ export interface EpRankStep {
   minUs: number;
   maxUs: number;
   runs: number;
-  /** rows (token x slot) this rank sent to owners (its own included) / received as an owner */
+  /** rows (token x slot) this rank sent to owners (its own included) / received as an owner (mega_moe: routed rows only) */
   rowsSent: number;
   rowsReceived: number;
-  /** GEMM path of the owner's grouped GEMMs ('decode' | 'normal') */
+  /** GEMM path of the owner's grouped GEMMs / the fused kernel ('decode' | 'normal') */
   path?: string;
   /** distinct LOCAL routed experts the whole world's routing touched on this rank */
   localExpertsTouched: number;
@@ -49,10 +63,11 @@ export interface EpRankStep {
   rooflineUs: number;
 }
 
-/** One (preset, T): the layer time over all ranks. */
+/** One (preset, backend, T): the layer time over all ranks. */
 export interface EpBenchRow {
   preset: string;
   backend: string;
+  /** what the rows travelled over (epRowTransport) */
   transport: string;
   ep: number;
   tokens: number;
@@ -75,13 +90,18 @@ export interface EpBenchRow {
 
 export interface EpShapeSummary extends BenchShapeSummary {
   expertsPerRank: number;
+  /** mega_moe: each rank's symmetric buffer (MegaMoe.layout.totalBytes), by rank, sized for megaBufferMaxTokens per rank */
+  megaBufferBytes?: number[];
+  megaBufferMaxTokens?: number;
 }
 
 export interface EpBenchReport {
   meta: BenchRunMeta & {
     ep: number;
+    /** the unfused baseline's --transport (mega_moe rows: MEGA_EP_TRANSPORT) */
     transport: string;
-    backend: string;
+    /** the backends timed, in the order each round runs them */
+    backends: string[];
     /** device of each rank */
     devices: number[];
     /** GPU name of each rank's device */
@@ -144,13 +164,14 @@ export function rankStep(p: Omit<EpRankStep, 'medianUs' | 'minUs' | 'maxUs' | 'r
 }
 
 /**
- * The rows of the report: per (preset, T) the max over ranks of the per-rank medians, the slowest rank and the
- * roofline of ITS touched local bytes. Every rank must have a step for every (preset, T) it lists.
+ * The rows of the report: per (preset, backend, T) the max over ranks of the per-rank medians, the slowest rank and
+ * the roofline of ITS touched local bytes. Every rank must have a step for every (preset, backend, T) it lists.
+ * `transport` is the unfused baseline's (epRowTransport).
  */
-export function aggregateRanks(steps: readonly EpRankStep[], o: { ep: number; backend: string; transport: string; hbmPeakTBs: number }): EpBenchRow[] {
+export function aggregateRanks(steps: readonly EpRankStep[], o: { ep: number; transport: string; hbmPeakTBs: number }): EpBenchRow[] {
   const groups = new Map<string, EpRankStep[]>();
   for (const s of steps) {
-    const key = `${s.preset}/${s.tokens}`;
+    const key = `${s.preset}/${s.backend}/${s.tokens}`;
     if (!groups.has(key)) groups.set(key, []);
     groups.get(key)!.push(s);
   }
@@ -159,20 +180,21 @@ export function aggregateRanks(steps: readonly EpRankStep[], o: { ep: number; ba
     const byRank = [...g].sort((a, b) => a.rank - b.rank);
     const ranks = byRank.map((s) => s.rank);
     if (byRank.length !== o.ep || ranks.some((r, i) => r !== i)) {
-      throw new Error(`bench moe --ep ${o.ep}: ${g[0].preset} T = ${g[0].tokens} has steps of ranks ${ranks.join(',')}, expected 0..${o.ep - 1} once each`);
+      throw new Error(`bench moe --ep ${o.ep}: ${g[0].backend} ${g[0].preset} T = ${g[0].tokens} has steps of ranks ${ranks.join(',')}, ` +
+        `expected 0..${o.ep - 1} once each`);
     }
     let slowest = byRank[0];
     for (const s of byRank) if (s.medianUs > slowest.medianUs) slowest = s;
     const rooflineUs = hbmBoundUs(slowest.localWeightBytes, o.hbmPeakTBs);
     rows.push({
-      preset: slowest.preset, backend: o.backend, transport: o.transport, ep: o.ep, tokens: slowest.tokens,
+      preset: slowest.preset, backend: slowest.backend, transport: epRowTransport(slowest.backend, o.transport), ep: o.ep, tokens: slowest.tokens,
       maxOverRanksUs: slowest.medianUs, slowestRank: slowest.rank, perRankMedianUs: byRank.map((s) => s.medianUs),
       rooflineBytes: slowest.localWeightBytes, localExpertsTouched: slowest.localExpertsTouched, rooflineUs,
       rooflineFraction: slowest.medianUs > 0 ? rooflineUs / slowest.medianUs : 0,
       maxRowsReceived: Math.max(...byRank.map((s) => s.rowsReceived)),
     });
   }
-  return rows.sort((a, b) => a.preset.localeCompare(b.preset) || a.tokens - b.tokens);
+  return rows.sort((a, b) => a.preset.localeCompare(b.preset) || a.tokens - b.tokens || a.backend.localeCompare(b.backend));
 }
 
 function timeCell(us: number | null | undefined): string {
@@ -185,23 +207,27 @@ function pct(v: number | null | undefined): string {
 }
 
 function bytesCell(bytes: number): string {
-  if (!Number.isFinite(bytes)) return '-';
-  if (bytes >= 1e9) return `${(bytes / 1e9).toFixed(2)} GB`;
-  if (bytes >= 1e6) return `${(bytes / 1e6).toFixed(1)} MB`;
-  return `${(bytes / 1e3).toFixed(1)} KB`;
+  return Number.isFinite(bytes) ? formatBytes(bytes) : '-';
 }
 
-/** The Markdown: header (GPU, commit, command, timing, ceiling), the shared-GPU warning, per preset two tables. */
+/** "1.23 GB per rank" when every rank's buffer is the same size, else each rank's. */
+export function describeMegaBuffer(bytes: readonly number[]): string {
+  return bytes.every((b) => b === bytes[0]) ? `${formatBytes(bytes[0])} per rank` : bytes.map((b, r) => `rank ${r} ${formatBytes(b)}`).join(', ');
+}
+
+/** The Markdown: header (GPU, commit, command, timing, ceiling), the shared-GPU warning, per preset its tables. */
 export function renderEpMarkdown(report: EpBenchReport): string {
   const { meta } = report;
   const c = meta.ceilings;
   const lines: string[] = [];
   lines.push(...renderRunHeader(meta));
-  lines.push(`EP ${meta.ep} over ${meta.transport}, backend ${meta.backend}; ranks on devices ${meta.devices.join(',')}` +
+  lines.push(`EP ${meta.ep}, backend${meta.backends.length === 1 ? '' : 's'} ` +
+    `${meta.backends.map((b) => `${b} (over ${epRowTransport(b, meta.transport)})`).join(', ')}; ranks on devices ${meta.devices.join(',')}` +
     `${new Set(meta.rankGpus).size > 1 ? ` (GPUs: ${meta.rankGpus.join(', ')})` : ''}.`);
   if (meta.sharedGpu) lines.push(`**${meta.warning ?? `several ranks share one GPU: ${SHARED_GPU_WARNING}`}.**`);
   lines.push(`Timing: each rank times its own forward with CUDA events on its stream, L2 flushed before each run, ${meta.warmup} warm-up runs, ` +
-    `median of up to ${meta.runs}; the layer time of a T is the max over ranks of those medians.`);
+    `median of up to ${meta.runs}${meta.backends.length > 1 ? ' (the backends interleaved: one run of each per round)' : ''}; ` +
+    'the layer time of a T is the max over ranks of those medians.');
   lines.push(`HBM peak of this GPU (${c.gpu}): ${Number.isFinite(c.hbmPeakTBs) ? c.hbmPeakTBs.toFixed(2) : '-'} TB/s ` +
     `(2 x ${(c.memoryClockKHz / 1e3).toFixed(0)} MHz x ${c.memoryBusWidthBits} bits / 8, device attributes). ` +
     '"roofline" = bytes of the touched local experts (+ the shared expert) of the slowest rank / HBM peak.');
@@ -210,23 +236,42 @@ export function renderEpMarkdown(report: EpBenchReport): string {
     const rows = report.rows.filter((r) => r.preset === shape.preset);
     if (rows.length === 0) continue;
     lines.push(`#### ${shape.preset}: H ${shape.hidden}, I ${shape.inter}, ${shape.experts} experts (${shape.expertsPerRank} per rank), ` +
-      `top-${shape.topK}, ${shape.sharedExperts} shared; EP ${meta.ep} over ${meta.transport}`);
+      `top-${shape.topK}, ${shape.sharedExperts} shared; EP ${meta.ep}`);
     lines.push('');
+    if (shape.megaBufferBytes) {
+      lines.push(`mega_moe symmetric buffer: ${describeMegaBuffer(shape.megaBufferBytes)} (for ${shape.megaBufferMaxTokens} tokens per rank).`);
+      lines.push('');
+    }
     const rankCols = Array.from({ length: meta.ep }, (_, r) => `rank ${r}`);
-    lines.push(`| T per rank | max over ranks | slowest rank | ${rankCols.join(' | ')} | roofline | % roofline | local experts touched | weight bytes | max rows received |`);
-    lines.push(`| ---: | ---: | ---: | ${rankCols.map(() => '---:').join(' | ')} | ---: | ---: | ---: | ---: | ---: |`);
+    lines.push(`| T per rank | backend | max over ranks | slowest rank | ${rankCols.join(' | ')} | roofline | % roofline | local experts touched | weight bytes | max rows received |`);
+    lines.push(`| ---: | --- | ---: | ---: | ${rankCols.map(() => '---:').join(' | ')} | ---: | ---: | ---: | ---: | ---: |`);
     for (const r of rows) {
-      lines.push(`| ${r.tokens} | ${timeCell(r.maxOverRanksUs)} | ${r.slowestRank} | ${r.perRankMedianUs.map(timeCell).join(' | ')} | ` +
+      lines.push(`| ${r.tokens} | ${r.backend} | ${timeCell(r.maxOverRanksUs)} | ${r.slowestRank} | ${r.perRankMedianUs.map(timeCell).join(' | ')} | ` +
         `${timeCell(r.rooflineUs)} | ${pct(r.rooflineFraction)} | ${r.localExpertsTouched} | ${bytesCell(r.rooflineBytes)} | ${r.maxRowsReceived} |`);
     }
     lines.push('');
+    const both = rows.filter((r) => r.backend === 'mega_moe')
+      .map((m) => ({ m, u: rows.find((r) => r.backend === 'unfused' && r.tokens === m.tokens) }))
+      .filter((x): x is { m: EpBenchRow; u: EpBenchRow } => x.u !== undefined);
+    if (both.length > 0) {
+      lines.push(`mega_moe against the unfused baseline over ${meta.transport} (${shape.preset}, max over ranks):`);
+      lines.push('');
+      lines.push('| T per rank | mega_moe | unfused | unfused / mega_moe |');
+      lines.push('| ---: | ---: | ---: | ---: |');
+      for (const { m, u } of both) {
+        const ratio = m.maxOverRanksUs > 0 ? u.maxOverRanksUs / m.maxOverRanksUs : Number.NaN;
+        lines.push(`| ${m.tokens} | ${timeCell(m.maxOverRanksUs)} | ${timeCell(u.maxOverRanksUs)} | ${Number.isFinite(ratio) ? `${ratio.toFixed(2)}x` : '-'} |`);
+      }
+      lines.push('');
+    }
     lines.push(`Per rank (${shape.preset}):`);
     lines.push('');
-    lines.push('| T per rank | rank | device | median | min | max | runs | rows sent | rows received | path | local experts touched | weight bytes | roofline |');
-    lines.push('| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |');
-    const steps = report.ranks.filter((s) => s.preset === shape.preset).sort((a, b) => a.tokens - b.tokens || a.rank - b.rank);
+    lines.push('| T per rank | backend | rank | device | median | min | max | runs | rows sent | rows received | path | local experts touched | weight bytes | roofline |');
+    lines.push('| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |');
+    const steps = report.ranks.filter((s) => s.preset === shape.preset)
+      .sort((a, b) => a.tokens - b.tokens || a.backend.localeCompare(b.backend) || a.rank - b.rank);
     for (const s of steps) {
-      lines.push(`| ${s.tokens} | ${s.rank} | ${s.device} | ${timeCell(s.medianUs)} | ${timeCell(s.minUs)} | ${timeCell(s.maxUs)} | ${s.runs} | ` +
+      lines.push(`| ${s.tokens} | ${s.backend} | ${s.rank} | ${s.device} | ${timeCell(s.medianUs)} | ${timeCell(s.minUs)} | ${timeCell(s.maxUs)} | ${s.runs} | ` +
         `${s.rowsSent} | ${s.rowsReceived} | ${s.path ?? '-'} | ${s.localExpertsTouched} | ${bytesCell(s.localWeightBytes)} | ${timeCell(s.rooflineUs)} |`);
     }
     lines.push('');

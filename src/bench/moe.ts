@@ -43,7 +43,7 @@ import { intArg, oneOf } from '../cli/args.js';
 import { MAX_WORLD_SIZE } from '../dist/rank.js';
 import { TRANSPORT_NAMES } from '../dist/transports.js';
 import type { TransportName } from '../dist/transport.js';
-import { EP_BENCH_DEFAULT_TOKENS } from './ep-report.js';
+import { EP_BENCH_DEFAULT_BACKENDS, EP_BENCH_DEFAULT_TOKENS } from './ep-report.js';
 import { Rng } from '../util/rng.js';
 import {
   applyFloors, bestAnchorTflops, CUBLASLT_ANCHOR, deriveCeilings, deriveRates, expertWeightBytes, median, moeFlops, READ_FLOOR,
@@ -515,10 +515,11 @@ export function registerMoeBench(bench: Command): void {
     .option('--no-gemm-alone', 'skip timing the grouped GEMM alone at the bar shapes (4 x 8192, 8 x 512, 32 x 128 rows; N = K = 4096)')
     .option('--row-tile <path>', `kernel path of both layers: ${ROW_TILE_POLICIES.join(', ')} (auto: by rows per expert)`, 'auto')
     .option('--commit <sha>', 'commit to record (default: $MEGAMOE_COMMIT, else git rev-parse --short HEAD)')
-    .option('--ep <N>', `expert-parallel ranks (one process per rank, src/dist/): N > 1 times the unfused EP baseline, max over ranks; ` +
-      `tokens are per rank (default ${EP_BENCH_DEFAULT_TOKENS})`, intArg('--ep', 1, MAX_WORLD_SIZE), 1)
-    .option('--transport <name>', 'with --ep N > 1: ipc (CUDA IPC peer copies, one host, ranks may share a GPU) | nccl (one GPU per rank); default ipc',
-      oneOf('--transport', TRANSPORT_NAMES))
+    .option('--ep <N>', `expert-parallel ranks (one process per rank, src/dist/): N > 1 times mega_moe across ranks and / or the unfused ` +
+      `EP baseline (--backend, default ${EP_BENCH_DEFAULT_BACKENDS}), max over ranks; tokens are per rank (default ${EP_BENCH_DEFAULT_TOKENS})`,
+      intArg('--ep', 1, MAX_WORLD_SIZE), 1)
+    .option('--transport <name>', 'with --ep N > 1, the unfused baseline\'s: ipc (CUDA IPC peer copies, one host, ranks may share a GPU) | ' +
+      'nccl (one GPU per rank); default ipc (mega_moe moves its rows over CUDA IPC symmetric memory)', oneOf('--transport', TRANSPORT_NAMES))
     .action(async (opts: {
       preset: string; tokens: string; backend: string; out: string; warmup: number; runs: number; seriesBudgetMs: number; seed: number;
       referenceMaxTokens: number; anchor: boolean; gemmAlone: boolean; rowTile: string; commit?: string; ep: number; transport?: TransportName;
@@ -526,21 +527,26 @@ export function registerMoeBench(bench: Command): void {
       const rowTile = ROW_TILE_POLICIES.find((p) => p === opts.rowTile);
       if (!rowTile) throw new Error(`--row-tile ${opts.rowTile}: expected one of ${ROW_TILE_POLICIES.join(', ')}`);
       if (opts.ep > 1) {
-        // The EP run has its own defaults (tokens per rank, the unfused backend); options of the EP1 run that do not
+        // The EP run has its own defaults (tokens per rank, mega_moe and unfused); options of the EP1 run that do not
         // apply are refused when given, so nobody reads a figure as covering what it did not run.
         const given = (name: string) => cmd.getOptionValueSource(name) === 'cli';
         const notHere = ['referenceMaxTokens', 'anchor', 'gemmAlone'].filter(given);
         if (notHere.length > 0) {
           const flag: Record<string, string> = { referenceMaxTokens: '--reference-max-tokens', anchor: '--no-anchor', gemmAlone: '--no-gemm-alone' };
           throw new Error(`${notHere.map((n) => flag[n]).join(', ')} do${notHere.length === 1 ? 'es' : ''} not apply to --ep ${opts.ep} ` +
-            '(the EP benchmark times the unfused EP layer only); drop it');
+            '(the EP benchmark times mega_moe and the unfused EP layer only); drop it');
+        }
+        const backends = parseList('backend', given('backend') ? opts.backend : EP_BENCH_DEFAULT_BACKENDS, [...MOE_BENCH_BACKENDS]);
+        if (opts.transport !== undefined && !backends.includes('unfused')) {
+          throw new Error(`--transport ${opts.transport} picks the unfused baseline's transport, and --backend ${backends.join(',')} does not ` +
+            'run it (mega_moe moves its rows over CUDA IPC symmetric memory); drop --transport or add unfused to --backend');
         }
         const { runMoeEpBench } = await import('./moe-ep.js');
         process.exitCode = await runMoeEpBench({
           ep: opts.ep,
           presets: parseList('preset', opts.preset, Object.keys(MOE_BENCH_PRESETS)),
           tokens: parseTokenList(given('tokens') ? opts.tokens : EP_BENCH_DEFAULT_TOKENS),
-          backends: given('backend') ? parseList('backend', opts.backend, [...MOE_BENCH_BACKENDS]) : ['unfused'],
+          backends,
           transport: opts.transport ?? 'ipc',
           out: opts.out,
           warmup: opts.warmup,

@@ -4,7 +4,7 @@
 import * as vega from 'vega';
 import { compile, type TopLevelSpec } from 'vega-lite';
 import { READ_FLOOR, type MoeBenchRow } from './report.js';
-import { SHARED_GPU_WARNING, type EpBenchReport } from './ep-report.js';
+import { epRowTransport, SHARED_GPU_WARNING, type EpBenchReport } from './ep-report.js';
 import type { ModelBenchReport, TimedRow } from './model-report.js';
 
 /** The measured series the figure draws (others, eager launches, the CPU reference and the anchor, stay in the table). */
@@ -88,20 +88,21 @@ export function renderMoePlotSvg(rows: readonly MoeBenchRow[]): Promise<string> 
   return renderSvg(moePlotSpec(rows));
 }
 
-/** The series of the EP figure: the layer (max over ranks), each rank's median, and the slowest rank's roofline. */
-export const EP_LAYER_SERIES = 'unfused EP (max over ranks)';
-export const EP_ROOFLINE_SERIES = 'roofline (slowest rank\'s local experts / HBM peak)';
+/** The EP figure's series of one backend: its layer time (max over ranks), each rank's median, its slowest rank's bound. */
+export const epLayerSeries = (backend: string): string => `${backend} (max over ranks)`;
+export const epRankSeries = (backend: string, rank: number): string => `${backend} rank ${rank}`;
+export const epRooflineSeries = (backend: string): string => `${backend} roofline (slowest rank's local experts / HBM peak)`;
 
 /** The points of the EP figure (`bench moe --ep N`): one per (preset, series, T) with a finite positive time. */
 export function epPlotPoints(report: Pick<EpBenchReport, 'rows'>): PlotPoint[] {
   const ok = (v: number | undefined): v is number => typeof v === 'number' && Number.isFinite(v) && v > 0;
   const points: PlotPoint[] = [];
   for (const r of report.rows) {
-    if (ok(r.maxOverRanksUs)) points.push({ preset: r.preset, series: EP_LAYER_SERIES, kind: 'measured', tokens: r.tokens, timeUs: r.maxOverRanksUs });
+    if (ok(r.maxOverRanksUs)) points.push({ preset: r.preset, series: epLayerSeries(r.backend), kind: 'measured', tokens: r.tokens, timeUs: r.maxOverRanksUs });
     r.perRankMedianUs.forEach((us, rank) => {
-      if (ok(us)) points.push({ preset: r.preset, series: `rank ${rank}`, kind: 'measured', tokens: r.tokens, timeUs: us });
+      if (ok(us)) points.push({ preset: r.preset, series: epRankSeries(r.backend, rank), kind: 'measured', tokens: r.tokens, timeUs: us });
     });
-    if (ok(r.rooflineUs)) points.push({ preset: r.preset, series: EP_ROOFLINE_SERIES, kind: 'bound', tokens: r.tokens, timeUs: r.rooflineUs });
+    if (ok(r.rooflineUs)) points.push({ preset: r.preset, series: epRooflineSeries(r.backend), kind: 'bound', tokens: r.tokens, timeUs: r.rooflineUs });
   }
   return points.sort((a, b) => a.preset.localeCompare(b.preset) || a.series.localeCompare(b.series) || a.tokens - b.tokens);
 }
@@ -110,10 +111,10 @@ export function epPlotPoints(report: Pick<EpBenchReport, 'rows'>): PlotPoint[] {
 export function epPlotSpec(report: Pick<EpBenchReport, 'rows' | 'meta'>): TopLevelSpec {
   const values = epPlotPoints(report);
   const presets = [...new Set(values.map((v) => v.preset))];
-  const { ep, transport, sharedGpu } = report.meta;
+  const { ep, transport, sharedGpu, backends } = report.meta;
   return {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
-    title: `MoE layer time, unfused EP ${ep} over ${transport}, against the roofline of this GPU` +
+    title: `MoE layer time, EP ${ep}: ${backends.map((b) => `${b} over ${epRowTransport(b, transport)}`).join(', ')}, against the roofline of this GPU` +
       `${sharedGpu ? ` (ranks share one GPU: ${SHARED_GPU_WARNING})` : ''}`,
     data: { values },
     vconcat: presets.map((preset) => ({
