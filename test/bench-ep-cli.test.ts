@@ -56,8 +56,9 @@ test('bench moe --ep N with fake ranks (MEGAMOE_BENCH_EP_FAKE=1): the ranks agre
     const run = (...args: string[]) => spawnSync(process.execPath, [mainJs, 'bench', 'moe', ...args, '--out', dir],
       { encoding: 'utf8', env: { ...process.env, MEGAMOE_DISABLE_CUDA: '1', MEGAMOE_BENCH_EP_FAKE: '1', MEGAMOE_BENCH_EP_FAKE_STEP_MS: '2' } });
     // 20 runs asked, a 1 ms budget: every rank stops after 3 rounds, because the SLOWEST rank's time decides. Both
-    // backends by default, in one run and one report (fake times: unfused (r + 1) x 2 ms, mega_moe half that).
-    const r = run('--ep', '4', '--preset', 'tiny', '--tokens', '1,8', '--warmup', '1', '--runs', '20', '--series-budget-ms', '1', '--commit', 'f00');
+    // backends asked, in one run and one report (fake times: unfused (r + 1) x 2 ms, mega_moe half that).
+    const r = run('--ep', '4', '--backend', 'mega_moe,unfused', '--preset', 'tiny', '--tokens', '1,8', '--warmup', '1', '--runs', '20',
+      '--series-budget-ms', '1', '--commit', 'f00');
     assert.equal(r.status, 0, `${r.stdout}${r.stderr}`);
     assert.match(r.stderr, /all 4 ranks on device 0 .*timings in this mode mean nothing/);
     assert.match(r.stderr, /tiny: mega_moe symmetric buffer [\d.]+ [KMG]B per rank \(for 8 tokens per rank\)/);
@@ -84,7 +85,7 @@ test('bench moe --ep N with fake ranks (MEGAMOE_BENCH_EP_FAKE=1): the ranks agre
     assert.match(md, /timings in this mode mean nothing/);
     assert.match(md, /\| 8 \| 4000\.0 us \| 8000\.0 us \| 2\.00x \|/);
     // T over the combine bound is left out for unfused with the reason; mega_moe runs it, the rest still runs.
-    const big = run('--ep', '2', '--preset', 'flash', '--tokens', '8,8192', '--warmup', '0', '--runs', '3');
+    const big = run('--ep', '2', '--backend', 'mega_moe,unfused', '--preset', 'flash', '--tokens', '8,8192', '--warmup', '0', '--runs', '3');
     assert.equal(big.status, 0, `${big.stdout}${big.stderr}`);
     const rep2 = JSON.parse(readFileSync(join(dir, 'moe-ep2.json'), 'utf8'));
     assert.deepEqual(rep2.rows.map((x: { backend: string; tokens: number }) => `${x.backend}@${x.tokens}`), ['mega_moe@8', 'unfused@8', 'mega_moe@8192']);
@@ -94,6 +95,10 @@ test('bench moe --ep N with fake ranks (MEGAMOE_BENCH_EP_FAKE=1): the ranks agre
     const none = run('--ep', '2', '--preset', 'flash', '--tokens', '8192', '--backend', 'unfused');
     assert.equal(none.status, 1);
     assert.match(none.stderr, /no --tokens value fits --ep 2 .*pass fewer tokens per rank/);
+    // The default: the unfused baseline alone (the mega_moe path has not run on a GPU yet).
+    const dflt = run('--ep', '2', '--preset', 'tiny', '--tokens', '1', '--warmup', '0', '--runs', '3');
+    assert.equal(dflt.status, 0, `${dflt.stdout}${dflt.stderr}`);
+    assert.deepEqual(JSON.parse(readFileSync(join(dir, 'moe-ep2.json'), 'utf8')).meta.backends, ['unfused']);
     // mega_moe alone: no transport, no skip; its rows only.
     const mega = run('--ep', '2', '--preset', 'tiny', '--tokens', '1', '--backend', 'mega_moe', '--warmup', '0', '--runs', '3');
     assert.equal(mega.status, 0, `${mega.stdout}${mega.stderr}`);
