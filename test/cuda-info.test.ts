@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { collectInfo, formatInfo, type InfoReport } from '../src/cli/commands/info.js';
+import { collectInfo, formatInfo, megaBufferRows, type InfoReport } from '../src/cli/commands/info.js';
 import { listBackends } from '../src/backends/index.js';
 
 const mainJs = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
@@ -33,6 +33,7 @@ test('formatInfo explains a missing GPU and lists every backend', () => {
       { name: 'unfused', available: false, reason: 'no NVIDIA GPU driver on this machine', description: 'GPU' },
       { name: 'mega_moe', available: false, reason: 'not built in this checkout', description: 'GPU, fused' },
     ],
+    megaBuffers: megaBufferRows(),
   };
   const text = formatInfo(r);
   assert.match(text, /GPU: +none usable: no NVIDIA GPU driver on this machine/);
@@ -40,6 +41,8 @@ test('formatInfo explains a missing GPU and lists every backend', () => {
   assert.match(text, /reference +yes +CPU reference; runs anywhere/);
   assert.match(text, /unfused +no/);
   assert.match(text, /mega_moe +no +not built in this checkout/);
+  // The issue's yardstick (flash, 8192 tokens per rank) and the EP worst case (every rank's tokens on one rank).
+  assert.match(text, /flash +EP1 482\.3 MB \/ 1\.34 GB, EP2 [\d.]+ MB \/ 1\.82 GB, EP4 .*EP8 .* \/ 5\.93 GB/);
 });
 
 test('`megamoe info` and `info --json` run and explain the missing GPU', () => {

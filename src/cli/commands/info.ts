@@ -5,6 +5,8 @@ import { cudaStatus, type CudaStatus } from '../../cuda/status.js';
 import { findNvcc, kernelCacheDir, nvccRelease } from '../../cuda/compile.js';
 import { formatCudaVersion, type DeviceProperties } from '../../cuda/device.js';
 import { listBackends, type BackendName } from '../../backends/index.js';
+import { formatBytes, megaBufferLayout } from '../../kernels/mega-moe-layout.js';
+import { MOE_PRESET_SHAPES } from '../../kernels/presets.js';
 
 /** One line of the report's backend list: what the backend registry's probe says (one source of truth). */
 export interface InfoBackend {
@@ -22,6 +24,23 @@ export interface InfoReport {
   node: string;
   platform: string;
   backends: InfoBackend[];
+  /** The fused kernel's symmetric buffer per rank (worst-case routing), per preset and expert-parallel size. */
+  megaBuffers: MegaBufferRow[];
+}
+
+export interface MegaBufferRow {
+  preset: string;
+  ranks: number;
+  tokensPerRank: number;
+  bytes: number;
+}
+
+/** The sizes `megamoe info` lists: flash and pro, EP 1 / 2 / 4 / 8, at 64 and 8192 tokens per rank. */
+export function megaBufferRows(): MegaBufferRow[] {
+  return MOE_PRESET_SHAPES.filter((p) => p.label !== 'tiny').flatMap((p) => [1, 2, 4, 8].flatMap((ranks) => [64, 8192].map((T) => ({
+    preset: p.label, ranks, tokensPerRank: T,
+    bytes: megaBufferLayout({ hidden: p.hidden, inter: p.inter, experts: p.experts / ranks, topK: p.topK }, T, ranks).totalBytes,
+  }))));
 }
 
 export async function collectInfo(): Promise<InfoReport> {
@@ -35,6 +54,7 @@ export async function collectInfo(): Promise<InfoReport> {
     node: process.version,
     platform: `${process.platform}-${process.arch}`,
     backends,
+    megaBuffers: megaBufferRows(),
   };
 }
 
@@ -73,6 +93,14 @@ export function formatInfo(r: InfoReport): string {
   const width = Math.max(...r.backends.map((b) => b.name.length));
   for (const b of r.backends) {
     lines.push(`  ${b.name.padEnd(width)}  ${b.available ? 'yes' : 'no '}  ${b.available ? `${b.description}; ${b.reason}` : b.reason}`);
+  }
+  lines.push('mega_moe symmetric buffer per rank (worst-case routing; 64 / 8192 tokens per rank):');
+  for (const preset of [...new Set(r.megaBuffers.map((m) => m.preset))]) {
+    const cells = [...new Set(r.megaBuffers.filter((m) => m.preset === preset).map((m) => m.ranks))].map((n) => {
+      const at = (T: number) => formatBytes(r.megaBuffers.find((m) => m.preset === preset && m.ranks === n && m.tokensPerRank === T)!.bytes);
+      return `EP${n} ${at(64)} / ${at(8192)}`;
+    });
+    lines.push(`  ${preset.padEnd(6)} ${cells.join(', ')}`);
   }
   return lines.join('\n');
 }
