@@ -12,10 +12,10 @@
 //    same routing per (rank, T), so their bounds differ only by which rank was the slowest.
 //  * With several ranks on one GPU they share its SMs and HBM: such a run checks the machinery, its timings mean
 //    nothing, and the report says so in its meta, its Markdown and on stderr.
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { formatBytes } from '../kernels/mega-moe-layout.js';
-import { expertWeightBytes, median, renderRunHeader, type BenchRunMeta, type BenchShapeSummary } from './report.js';
+import {
+  expertWeightBytes, median, renderRunHeader, writeReportFiles, type BenchRunMeta, type BenchShapeSummary, type ReportFiles,
+} from './report.js';
 
 /** The line printed and recorded when ranks share a GPU. */
 export const SHARED_GPU_WARNING = 'timings in this mode mean nothing';
@@ -289,16 +289,6 @@ export function epReportStem(ep: number): string {
 }
 
 /** Writes moe-ep<N>.json, .md and .svg into `dir`; returns their paths. */
-export async function writeEpReport(report: EpBenchReport, dir: string): Promise<{ json: string; markdown: string; svg: string }> {
-  mkdirSync(dir, { recursive: true });
-  const stem = epReportStem(report.meta.ep);
-  const json = join(dir, `${stem}.json`);
-  const markdown = join(dir, `${stem}.md`);
-  const svg = join(dir, `${stem}.svg`);
-  writeFileSync(json, `${JSON.stringify(report, null, 2)}\n`);
-  writeFileSync(markdown, renderEpMarkdown(report));
-  // vega loads only here, as for writeMoeReport.
-  const { renderEpPlotSvg } = await import('./plot.js');
-  writeFileSync(svg, await renderEpPlotSvg(report));
-  return { json, markdown, svg };
+export function writeEpReport(report: EpBenchReport, dir: string): Promise<ReportFiles> {
+  return writeReportFiles(dir, epReportStem(report.meta.ep), report, renderEpMarkdown(report), (plot) => plot.renderEpPlotSvg(report));
 }

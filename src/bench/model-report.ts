@@ -1,8 +1,6 @@
 // `megamoe bench model`'s results as data (model.json), a Markdown table (model.md) and a figure (model.svg; plot.ts).
 // Pure except writeModelReport.
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { median, renderCeilings, renderRunHeader, type BenchRunMeta } from './report.js';
+import { median, renderCeilings, renderRunHeader, writeReportFiles, type BenchRunMeta, type ReportFiles } from './report.js';
 import { stepRoofline, type KvFill, type StepCost } from './model-plan.js';
 import type { LayerMark } from '../gpu-model/layer.js';
 
@@ -180,14 +178,6 @@ export function renderModelMarkdown(report: ModelBenchReport): string {
 }
 
 /** Writes model.json, model.md and model.svg into `dir`; returns their paths. */
-export async function writeModelReport(report: ModelBenchReport, dir: string): Promise<{ json: string; markdown: string; svg: string }> {
-  mkdirSync(dir, { recursive: true });
-  const json = join(dir, 'model.json');
-  const markdown = join(dir, 'model.md');
-  const svg = join(dir, 'model.svg');
-  writeFileSync(json, `${JSON.stringify(report, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2)}\n`);
-  writeFileSync(markdown, renderModelMarkdown(report));
-  const { renderModelPlotSvg } = await import('./plot.js'); // vega loads only here (see report.ts writeMoeReport)
-  writeFileSync(svg, await renderModelPlotSvg(report));
-  return { json, markdown, svg };
+export function writeModelReport(report: ModelBenchReport, dir: string): Promise<ReportFiles> {
+  return writeReportFiles(dir, 'model', report, renderModelMarkdown(report), (plot) => plot.renderModelPlotSvg(report));
 }

@@ -389,17 +389,25 @@ export function renderMoeMarkdown(report: MoeBenchReport): string {
   return `${lines.join('\n').trimEnd()}\n`;
 }
 
-/** Writes moe.json, moe.md and moe.svg into `dir`; returns their paths. */
-export async function writeMoeReport(report: MoeBenchReport, dir: string): Promise<{ json: string; markdown: string; svg: string }> {
+/** The three files of a benchmark report. */
+export interface ReportFiles { json: string; markdown: string; svg: string }
+
+/**
+ * Writes STEM.json (the report; non-finite numbers become null), STEM.md and STEM.svg into `dir`; returns their paths.
+ * `svg` gets the plot module: vega / vega-lite load only here, so every other CLI command (which imports the report
+ * modules through bench/*.ts) starts without them, and runs with a pack that leaves them out.
+ */
+export async function writeReportFiles(dir: string, stem: string, report: unknown, markdown: string,
+  svg: (plot: typeof import('./plot.js')) => Promise<string>): Promise<ReportFiles> {
   mkdirSync(dir, { recursive: true });
-  const json = join(dir, 'moe.json');
-  const markdown = join(dir, 'moe.md');
-  const svg = join(dir, 'moe.svg');
-  writeFileSync(json, `${JSON.stringify(report, null, 2)}\n`);
-  writeFileSync(markdown, renderMoeMarkdown(report));
-  // vega / vega-lite load only here: every other CLI command (which imports this module through bench/moe.ts) starts
-  // without them, and runs with a pack that leaves them out.
-  const { renderMoePlotSvg } = await import('./plot.js');
-  writeFileSync(svg, await renderMoePlotSvg(report.rows));
-  return { json, markdown, svg };
+  const files = { json: join(dir, `${stem}.json`), markdown: join(dir, `${stem}.md`), svg: join(dir, `${stem}.svg`) };
+  writeFileSync(files.json, `${JSON.stringify(report, null, 2)}\n`);
+  writeFileSync(files.markdown, markdown);
+  writeFileSync(files.svg, await svg(await import('./plot.js')));
+  return files;
+}
+
+/** Writes moe.json, moe.md and moe.svg into `dir`; returns their paths. */
+export function writeMoeReport(report: MoeBenchReport, dir: string): Promise<ReportFiles> {
+  return writeReportFiles(dir, 'moe', report, renderMoeMarkdown(report), (plot) => plot.renderMoePlotSvg(report.rows));
 }
