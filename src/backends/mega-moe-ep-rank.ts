@@ -3,13 +3,12 @@
 // whole layer), rank 0 compiling the kernels first, then the symmetric buffer shared with every rank (collective) and
 // the kernel bound to it. Also set up by `megamoe bench moe --ep N`, on the unfused EP rank's weights when it times
 // both backends. Imported dynamically by the rank programs, so their fake (no-GPU) modes load no CUDA code.
-import { useDevice } from '../cuda/index.js';
 import type { RankContext } from '../dist/rank-channel.js';
 import { compileMegaMoeKernels } from '../kernels/mega-moe.js';
-import { expertRange } from '../moe/placement.js';
 import { MegaMoe } from './mega-moe.js';
 import type { RowTilePolicy } from './unfused-gemm.js';
-import { DeviceMoeWeights, type UnfusedShape } from './unfused.js';
+import { rankExperts, rankShare } from './ep-rank-experts.js';
+import type { DeviceMoeWeights, UnfusedShape } from './unfused.js';
 
 export interface MegaEpRankOptions {
   shape: UnfusedShape;
@@ -35,19 +34,8 @@ export interface MegaEpRankSetup {
 
 export async function startMegaMoeEpRank(ctx: RankContext, o: MegaEpRankOptions): Promise<MegaEpRankSetup> {
   const { shape } = o;
-  const range = expertRange(shape.experts, ctx.rank, ctx.worldSize);
-  const ids = Array.from({ length: range.end - range.first }, (_, i) => range.first + i);
-  const localShape: UnfusedShape = { hidden: shape.hidden, inter: shape.inter, experts: ids.length, topK: shape.topK, swigluLimit: shape.swigluLimit };
   const owns = o.weights === undefined;
-  let weights: DeviceMoeWeights;
-  if (o.weights) {
-    weights = o.weights;
-  } else {
-    ctx.phase('cuda-init');
-    useDevice(ctx.device);
-    ctx.phase('weights');
-    weights = await DeviceMoeWeights.randomExperts(localShape, o.seed, ids, shape.experts);
-  }
+  const { localShape, weights } = o.weights ? { localShape: rankShare(ctx, shape).localShape, weights: o.weights } : await rankExperts(ctx, shape, o.seed);
   const maxTokens = Math.max(1, ...o.tokens);
   try {
     ctx.phase('build');

@@ -2,14 +2,13 @@
 // `megamoe bench moe --ep`: the rank's block of experts with per-expert seeds (an EP subset equals those experts of
 // the whole layer), its transport, rank 0 compiling every kernel first, and the teardown that waits for the peers.
 // Imported dynamically by the rank programs, so their fake (no-GPU) modes load no CUDA code.
-import { useDevice } from '../cuda/index.js';
 import type { RankContext } from '../dist/rank-channel.js';
 import type { Transport, TransportName } from '../dist/transport.js';
 import { createTransport } from '../dist/transports.js';
-import { expertRange } from '../moe/placement.js';
 import { UnfusedEpRank } from './unfused-ep.js';
 import type { RowTilePolicy } from './unfused-gemm.js';
-import { DeviceMoeWeights, type UnfusedShape } from './unfused.js';
+import { rankExperts } from './ep-rank-experts.js';
+import type { DeviceMoeWeights, UnfusedShape } from './unfused.js';
 
 export interface EpRankOptions {
   shape: UnfusedShape;
@@ -34,13 +33,7 @@ export interface EpRankSetup {
 
 export async function startUnfusedEpRank(ctx: RankContext, o: EpRankOptions): Promise<EpRankSetup> {
   const { shape } = o;
-  ctx.phase('cuda-init');
-  useDevice(ctx.device);
-  ctx.phase('weights');
-  const range = expertRange(shape.experts, ctx.rank, ctx.worldSize);
-  const ids = Array.from({ length: range.end - range.first }, (_, i) => range.first + i);
-  const localShape: UnfusedShape = { hidden: shape.hidden, inter: shape.inter, experts: ids.length, topK: shape.topK, swigluLimit: shape.swigluLimit };
-  const weights = await DeviceMoeWeights.randomExperts(localShape, o.seed, ids, shape.experts);
+  const { localShape, weights } = await rankExperts(ctx, shape, o.seed);
   const maxTokens = Math.max(1, ...o.tokens);
   ctx.phase('transport');
   const transport = await createTransport(o.transport, ctx, { receiveBytes: UnfusedEpRank.receiveBytes(localShape, ctx.worldSize, maxTokens) });

@@ -258,9 +258,13 @@ export function decodeL2WideMinTokens(): number {
   return tuningKnob('MEGAMOE_DECODE_L2_WIDE_MIN_T', 32, 1, 2 ** 30);
 }
 
-/** T at or below which one CTA does the whole dispatch (default 8, mega_moe.cu; measured: docs/MEGA_MOE.md); MEGAMOE_SMALL_T overrides (tuning). */
+/**
+ * T at or below which one CTA does the whole dispatch (default 8, mega_moe.cu; measured: docs/MEGA_MOE.md);
+ * MEGAMOE_SMALL_T overrides (tuning), up to 16: the decode path's direct dispatch puts all T tokens into one 16-row
+ * tile (mega_moe.cu dispatch_small_direct).
+ */
 export function smallTokens(): number {
-  return tuningKnob('MEGAMOE_SMALL_T', 8, 0, 64);
+  return tuningKnob('MEGAMOE_SMALL_T', 8, 0, 16);
 }
 
 /** What the control block says after a launch (mirrors MegaCtl and the kErr / kPhase enums). */

@@ -15,6 +15,13 @@ import { WEIGHT_TILE, type WeightLayout } from './weight-layout.js';
 export const MEGA_MOE_SOURCE = 'mega_moe.cu';
 export const MEGA_MOE_ENTRY = 'mega_moe_fused';
 
+/** The variants MegaMoeKernel.create loads for a shape: the normal path with 2-CTA weight multicast, without, decode. */
+const MEGA_VARIANTS: ReadonlyArray<{ label: string; path: MegaMoePath; multicast: boolean }> = [
+  { label: 'normal-tiled-mcast', path: 'normal', multicast: true },
+  { label: 'normal-tiled', path: 'normal', multicast: false },
+  { label: 'decode-tiled', path: 'decode', multicast: false },
+];
+
 /** Expert-parallel sizes whose per-rank shapes (E / N local experts) CI compiles for the flash and pro presets. */
 const CI_EP_SIZES = [2, 4, 8];
 
@@ -27,11 +34,7 @@ registerKernel({
     return sizes.flatMap((n) => {
       const shape = { hidden: p.hidden, inter: p.inter, experts: p.experts / n, topK: p.topK };
       const label = n === 1 ? p.label : `${p.label}-ep${n}`;
-      return [
-        { label: `${label}-normal-tiled-mcast`, defines: megaDefines(shape, 'normal', 'tiled', true) },
-        { label: `${label}-normal-tiled`, defines: megaDefines(shape, 'normal', 'tiled') },
-        { label: `${label}-decode-tiled`, defines: megaDefines(shape, 'decode', 'tiled') },
-      ];
+      return MEGA_VARIANTS.map((v) => ({ label: `${label}-${v.label}`, defines: megaDefines(shape, v.path, 'tiled', v.multicast) }));
     });
   }),
 });
@@ -89,10 +92,8 @@ function faultFromEnv(): number {
  * expert parallelism rank 0 compiles first and the others then load from the cache (no N copies of nvcc at once).
  */
 export async function compileMegaMoeKernels(shape: MegaMoeShape): Promise<void> {
-  const paths: Array<[MegaMoePath, boolean]> = [['normal', false], ['decode', false]];
-  if (megaMulticastWanted()) paths.push(['normal', true]);
-  await Promise.all(paths.map(([path, mcast]) =>
-    compileKernel({ source: MEGA_MOE_SOURCE, entry: MEGA_MOE_ENTRY, defines: megaDefines(shape, path, 'tiled', mcast) })));
+  await Promise.all(MEGA_VARIANTS.filter((v) => !v.multicast || megaMulticastWanted()).map((v) =>
+    compileKernel({ source: MEGA_MOE_SOURCE, entry: MEGA_MOE_ENTRY, defines: megaDefines(shape, v.path, 'tiled', v.multicast) })));
 }
 
 class PathKernel {

@@ -463,7 +463,7 @@ __device__ __forceinline__ void dispatch_small(const MegaParams& p, int* scratch
     dsp::gather_token(p.x_fp8, p.x_sf, t, p.slot_row, offsets, p.a, p.sfa, 1, p.m_cap, lane);
 }
 
-// Decode path, T <= kSmallT and T <= 16 on one rank: the dispatch without count, scan, rank or gather. Every touched expert
+// Decode path, T <= kSmallT on one rank: the dispatch without count, scan, rank or gather. Every touched expert
 // (ascending) and then the shared expert gets one 16-row tile whose rows are ALL T tokens: row r of tile i is token
 // r, with its routing weight for that tile's expert (0 where it does not route there: its SwiGLU output is 0, and no
 // slot points at it), so every L1 tile reads the same A rows, tile 0's, which the staging writes directly (MN-major
@@ -476,6 +476,7 @@ template <class Stamp>
 __device__ __forceinline__ bool dispatch_small_direct(const MegaParams& p, int* scratch, int tid, int warp, int lane,
                                                       const Stamp& stamp) {
   constexpr int E = dsp::kExperts, K = MM_TOPK, R = gg::kDecodeRows;
+  static_assert(kSmallT <= R, "the small-T dispatch puts all T tokens into one 16-row tile");
   int* tile_of = scratch;  // [E]: touched, then its tile (-1: untouched)
   int* tiles = scratch + E;  // [E + 1]: group of each tile
   __shared__ int s_dup, s_tiles;
@@ -668,8 +669,7 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
   if (small) {
     if (blockIdx.x == 0) {
       bool direct = false;
-      // (MEGAMOE_SMALL_T may be set above 16; one tile holds 16 tokens.)
-      if constexpr (kDecode) direct = p.num_tokens <= gg::kDecodeRows && dispatch_small_direct(p, scratch, tid, warp, lane, stamp);
+      if constexpr (kDecode) direct = dispatch_small_direct(p, scratch, tid, warp, lane, stamp);
       if (!direct) dispatch_small(p, scratch, tid, warp, lane, stamp);
       if (tid == 0) p.ctl->small_direct = direct;
     }
