@@ -95,10 +95,10 @@ test('bench moe --ep N with fake ranks (MEGAMOE_BENCH_EP_FAKE=1): the ranks agre
     const none = run('--ep', '2', '--preset', 'flash', '--tokens', '8192', '--backend', 'unfused');
     assert.equal(none.status, 1);
     assert.match(none.stderr, /no --tokens value fits --ep 2 .*pass fewer tokens per rank/);
-    // The default: the unfused baseline alone (the mega_moe path has not run on a GPU yet).
+    // The default: the fused kernel and the unfused baseline in one run.
     const dflt = run('--ep', '2', '--preset', 'tiny', '--tokens', '1', '--warmup', '0', '--runs', '3');
     assert.equal(dflt.status, 0, `${dflt.stdout}${dflt.stderr}`);
-    assert.deepEqual(JSON.parse(readFileSync(join(dir, 'moe-ep2.json'), 'utf8')).meta.backends, ['unfused']);
+    assert.deepEqual(JSON.parse(readFileSync(join(dir, 'moe-ep2.json'), 'utf8')).meta.backends, ['mega_moe', 'unfused']);
     // mega_moe alone: no transport, no skip; its rows only.
     const mega = run('--ep', '2', '--preset', 'tiny', '--tokens', '1', '--backend', 'mega_moe', '--warmup', '0', '--runs', '3');
     assert.equal(mega.status, 0, `${mega.stdout}${mega.stderr}`);

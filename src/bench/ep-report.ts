@@ -23,9 +23,8 @@ export const SHARED_GPU_WARNING = 'timings in this mode mean nothing';
 /** Backends `bench moe --ep N` (N > 1) can time. */
 export const EP_BENCH_BACKENDS = ['mega_moe', 'unfused'] as const;
 export type EpBenchBackend = (typeof EP_BENCH_BACKENDS)[number];
-/** --backend of `bench moe --ep N` when not given: unfused only until the mega_moe path has run on a GPU (it was
- * built without one: docs/BENCHMARKS.md); `--backend mega_moe,unfused` times both in one run and one report. */
-export const EP_BENCH_DEFAULT_BACKENDS = 'unfused';
+/** --backend of `bench moe --ep N` when not given: the fused kernel and the baseline in one run and one report. */
+export const EP_BENCH_DEFAULT_BACKENDS = 'mega_moe,unfused';
 /** How the fused kernel's rows travel between ranks (--transport is the unfused baseline's). */
 export const MEGA_EP_TRANSPORT = 'symmetric memory';
 /** Tokens per rank the EP bench runs by default (issue 12, deliverable 6: 1..8192). */
