@@ -8,7 +8,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { DeviceTensor, gpuSkipReason } from '../src/cuda/index.js';
-import { allocFp8Activations, allocHcMixScratch, GpuRowOps, HC_SPLIT_MAX_ROWS, uploadHcParams, type Fp8Activations } from '../src/gpu-model/row-ops.js';
+import { allocFp8Activations, allocHcMixScratch, GpuRowOps, HC_SPLIT_MAX_ROWS, rmsNormSplit, uploadHcParams, type Fp8Activations } from '../src/gpu-model/row-ops.js';
 import { hcHeadMix, hcMix, hcPost, qHeadRenorm } from '../src/model/model.js';
 import { actQuant, f32ToBF16Bits, linear, QuantScratch, rmsNorm, roundBF16 } from '../src/model/ops.js';
 import { RopeTable, ropeFrequencies } from '../src/model/rope.js';
@@ -125,6 +125,52 @@ for (const n of [128, 384, 512, 1024, 4096, 7168]) {
     }
   });
 }
+
+// The row split (rmsNormSplit): at few rows a row's 256-column steps run on several warps, each recomputing the row's
+// sum of squares; at many rows one warp per row. Every split must give the CPU's bits: decode's shapes (1 row of wo_b's
+// 8192-column input, q_norm 1024, kv_norm 512), 2 / 64 rows, a 2048-row prefill chunk (split 1), column counts that
+// are not whole 256-column steps (with quant: multiples of 128; without: any multiple of 8).
+test('gpu rmsNorm / actQuant across the row split (1, 2, 64, 2048 rows; odd column counts): bit-exact', { skip }, () => {
+  const ops = GpuRowOps.createSync(4);
+  const rng = new Rng(77);
+  const quantCases: Array<[number, number]> = [[1, 8192], [2, 8192], [64, 8192], [2048, 8192], [1, 1024], [1, 512], [3, 384], [5, 7168], [2, 4224], [1, 128]];
+  for (const [rows, n] of quantCases) {
+    const x = bf16Values(rng, rows * n, 2);
+    const w = bf16Values(rng, n, 0.5);
+    using dx = upBF16(x, [rows, n]);
+    using dw = upF32(w, [n]);
+    using out = DeviceTensor.zeros('BF16', [rows, n]);
+    for (const pow2 of rows >= 2048 ? [true] : [true, false]) {
+      const act = allocFp8Activations(rows + 1, n, pow2);
+      try {
+        ops.actQuant(dx, act);
+        const sc = new QuantScratch();
+        actQuant(x, rows, n, pow2, sc);
+        assertQuant(`actQuant rows ${rows} n ${n} pow2 ${pow2} (split ${rmsNormSplit(rows, n)})`, act, rows, n, sc);
+        ops.rmsNorm(dx, out, { weight: dw, eps: NORM_EPS, quant: act });
+        const want = new Float32Array(rows * n);
+        rmsNorm(x, rows, n, w, NORM_EPS, want);
+        assertSameBits(`rmsNorm rows ${rows} n ${n} (split ${rmsNormSplit(rows, n)})`, downBF16(out), want);
+        const sc2 = new QuantScratch();
+        actQuant(want, rows, n, pow2, sc2);
+        assertQuant(`rmsNorm+quant rows ${rows} n ${n} pow2 ${pow2}`, act, rows, n, sc2);
+      } finally { act.q.dispose(); act.sf.dispose(); }
+    }
+  }
+  for (const [rows, n] of [[1, 8], [1, 136], [2, 1000], [64, 2056], [1, 8200], [7, 264]] as Array<[number, number]>) {
+    const x = bf16Values(rng, rows * n, 2);
+    const w = bf16Values(rng, n, 0.5);
+    using dx = upBF16(x, [rows, n]);
+    using dw = upF32(w, [n]);
+    using out = DeviceTensor.zeros('BF16', [rows, n]);
+    for (const weighted of [true, false]) {
+      ops.rmsNorm(dx, out, { weight: weighted ? dw : undefined, eps: NORM_EPS });
+      const want = new Float32Array(rows * n);
+      rmsNorm(x, rows, n, weighted ? w : undefined, NORM_EPS, want);
+      assertSameBits(`rmsNorm rows ${rows} n ${n} weight ${weighted} (split ${rmsNormSplit(rows, n)})`, downBF16(out), want);
+    }
+  }
+});
 
 test('gpu rmsNorm on strided rows (a slice of wider rows) writes only the slice', { skip }, () => {
   const ops = GpuRowOps.createSync(4);

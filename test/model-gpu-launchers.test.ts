@@ -7,7 +7,7 @@ import { DeviceTensor, type DeviceBuffer, type Kernel } from '../src/cuda/index.
 import { checkDenseBinding } from '../src/gpu-model/dense-fp8.js';
 import { GpuModelArgumentError } from '../src/gpu-model/errors.js';
 import { GpuLogits } from '../src/gpu-model/logits.js';
-import { GpuRowOps, type Fp8Activations } from '../src/gpu-model/row-ops.js';
+import { GpuRowOps, NORM_TARGET_WARPS, rmsNormSplit, type Fp8Activations } from '../src/gpu-model/row-ops.js';
 import { GPU_SAMPLER_MAX_TOP_K, samplingMode } from '../src/gpu-model/sampler.js';
 import type { SamplingParams } from '../src/generate/contracts.js';
 import { MODEL_OPS_ENTRIES, type ModelOpsKernels } from '../src/kernels/model-ops.js';
@@ -76,7 +76,35 @@ test('rmsNorm / actQuant: shape, stride, eps, weight and FP8 capacity checks; on
   refuses(() => ops.actQuant(x, { q: fake('F8_E4M3', [32, 512]), sf: fake('F32', [32, 4]), pow2: false }), /quant\.sf is .*expected F32\[4, 32\].*allocFp8Activations/);
   ops.rmsNorm(x, fake('BF16', [20, 512]), { eps: 1e-6, weight: fake('F32', [512]), quant: act(32, 512) });
   ops.actQuant(x, act(20, 512));
-  assert.deepEqual(log.map((l) => [l.entry, l.grid, l.block]), [['mo_rms_norm', 3, 256], ['mo_rms_norm', 3, 256]]);
+  // 20 rows of 512 columns (2 steps of 256): split 2, 40 warps in blocks of 8
+  assert.deepEqual(log.map((l) => [l.entry, l.grid, l.block, l.args]), [['mo_rms_norm', 5, 256, 14], ['mo_rms_norm', 5, 256, 14]]);
+  log.length = 0;
+  ops.actQuant(fake('BF16', [1, 8192]), act(16, 8192)); // decode: wo_b's input, one step per warp
+  ops.actQuant(fake('BF16', [4096, 8192]), act(4096, 8192)); // prefill: one warp per row, as before the split
+  assert.deepEqual(log.map((l) => [l.entry, l.grid]), [['mo_rms_norm', 4], ['mo_rms_norm', 512]]);
+});
+
+test('rmsNormSplit: one warp per row at many rows, a row\'s 256-column steps over up to one warp each at few, no empty part', () => {
+  assert.equal(NORM_TARGET_WARPS, 1024);
+  const cases: Array<[number, number, number]> = [
+    // rows, n, split
+    [1, 8192, 32], [1, 1024, 4], [1, 512, 2], [1, 256, 1], [1, 128, 1], [1, 136, 1], [1, 264, 2], [1, 7168, 28],
+    [2, 8192, 32], [8, 8192, 32], [64, 8192, 16], [64, 1024, 4], [100, 8192, 8], [256, 8192, 4], [256, 1024, 4],
+    [300, 8192, 3], [512, 8192, 2], [513, 8192, 1], [1023, 8192, 1], [1024, 8192, 1], [2048, 8192, 1], [4096, 512, 1],
+    [0, 8192, 1], [3, 4096 + 8, 17],
+  ];
+  for (const [rows, n, want] of cases) assert.equal(rmsNormSplit(rows, n), want, `rows ${rows} n ${n}`);
+  for (let rows = 1; rows <= 1100; rows += 7) {
+    for (const n of [8, 128, 384, 1000, 1024, 4096, 7168, 8192, 16384]) {
+      const split = rmsNormSplit(rows, n);
+      const steps = Math.ceil(n / 256);
+      const per = Math.ceil(steps / split);
+      assert.ok(split >= 1 && split <= steps || steps === 0, `rows ${rows} n ${n}: split ${split} of ${steps} steps`);
+      assert.ok((split - 1) * per < steps, `rows ${rows} n ${n}: split ${split} leaves an empty part`); // the kernel's parts
+      assert.ok(split === 1 || rows * split <= NORM_TARGET_WARPS, `rows ${rows} n ${n}: ${rows * split} warps`);
+      if (rows >= NORM_TARGET_WARPS) assert.equal(split, 1);
+    }
+  }
 });
 
 test('rope: pairs must be aligned, the rope dims inside a head, the tensors large enough', () => {

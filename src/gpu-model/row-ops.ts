@@ -102,6 +102,22 @@ export interface HcOptions {
 }
 
 const NORM_WARPS_PER_BLOCK = 8; // model_ops.cu kNormWarpsPerBlock
+/** Warps one rmsNorm / actQuant launch aims for at few rows: about one 8-warp block per SM of an H100 / H200 (132). */
+export const NORM_TARGET_WARPS = 1024;
+
+/**
+ * mo_rms_norm's split of a row's 256-column steps over warps for `rows` rows of n columns: 1 (one warp per row, the
+ * kernel's original split) once rows reach NORM_TARGET_WARPS; below that up to one step per warp, so rows x split
+ * approaches NORM_TARGET_WARPS. The parts come out even (no empty part): split = ceil(steps / ceil(steps / s)).
+ * Outputs are bit-identical for every split (model_ops.cu says why); only the speed depends on it.
+ */
+export function rmsNormSplit(rows: number, n: number): number {
+  const steps = Math.ceil(n / 256);
+  if (rows <= 0 || rows >= NORM_TARGET_WARPS || steps <= 1) return 1;
+  const want = Math.min(steps, Math.max(1, Math.floor(NORM_TARGET_WARPS / rows)));
+  const per = Math.ceil(steps / want);
+  return Math.ceil(steps / per);
+}
 const HC_THREADS = 256;         // model_ops.cu kHcThreads
 
 export class GpuRowOps {
@@ -195,10 +211,12 @@ export class GpuRowOps {
     }
     const mCap = opts.quant ? this.checkQuant(what, opts.quant, rows, n) : 0;
     if (rows === 0) return;
-    this.kernel('mo_rms_norm').launch({ grid: Math.ceil(rows / NORM_WARPS_PER_BLOCK), block: NORM_WARPS_PER_BLOCK * 32, stream: opts.stream }, [
+    // Few rows: a row's column steps over several warps (rmsNormSplit; the same bits for any split).
+    const split = rmsNormSplit(rows, n);
+    this.kernel('mo_rms_norm').launch({ grid: Math.ceil((rows * split) / NORM_WARPS_PER_BLOCK), block: NORM_WARPS_PER_BLOCK * 32, stream: opts.stream }, [
       x, arg.i64(xStride), arg.ptr(opts.weight ?? null), arg.u64(f64Bits(opts.eps)), arg.i32(rows), arg.i32(n), arg.i32(doNorm ? 1 : 0),
       arg.ptr(out ?? null), arg.i64(outStride), arg.ptr(opts.quant?.q ?? null), arg.ptr(opts.quant?.sf ?? null), arg.i32(mCap),
-      arg.i32(opts.quant?.pow2 ? 1 : 0),
+      arg.i32(opts.quant?.pow2 ? 1 : 0), arg.i32(split),
     ]);
   }
 

@@ -16,7 +16,8 @@
 //   mo_mtp_combine  the MTP block's input streams (model.ts mtpNow): bf16(e_proj(e) + h_proj(h)) per stream.
 //   mo_q_renorm     the per-head RMS renorm of q in bf16 arithmetic (model.ts qHeadRenorm), in place.
 //
-// Work split: mo_rms_norm one warp per row (16-byte loads, 8 values per lane; a 128-column scale block is 16 lanes);
+// Work split: mo_rms_norm one warp per row (16-byte loads, 8 values per lane; a 128-column scale block is 16 lanes),
+// at few rows a row's 256-column steps split over several warps (each recomputing the row's sum of squares);
 // mo_hc_pre / mo_hc_head one 256-thread block per token (the 4 x D streams, 24 dot products over 4D and the tiny
 // Sinkhorn, one thread per matrix element), at small T after mo_hc_pre_mix / mo_hc_head_mix (the dot products and the sum of squares
 // over (1024-column chunks, groups of 4 logits, tokens) blocks into f64 partials that the per-token kernel adds in
@@ -59,12 +60,27 @@ extern "C" __global__ void __launch_bounds__(256) mo_embed(const int* __restrict
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Work split: warp g (blockIdx.x * 8 + warp) takes row g / split and its part g % split: the 256-column steps
+// [part * per, +per) of the row, per = ceil(ceil(n / 256) / split) (the host, row-ops.ts rmsNormSplit, picks split
+// from rows and n: 1 where rows alone fill the GPU, so many rows run exactly as one warp per row; at few rows up to
+// one step per warp). Bit-identical for every split: a step's outputs depend only on its columns, the row's rms
+// factor and, for act_quant, its own two 128-column scale blocks (16 lanes each, never shared between steps), so
+// which warp runs a step changes nothing; and each warp of a row recomputes the row's sum of squares over ALL its
+// columns in the order of split 1 (lane l: columns 8l + 256i, i ascending, then warp_sum_f64's butterfly), so every
+// part gets the same f64 ss bit for bit whether or not that sum is exact (it re-reads the row: cheap at few rows).
 extern "C" __global__ void __launch_bounds__(kNormWarpsPerBlock * 32)
 mo_rms_norm(const mo::u16* __restrict__ x, long long x_stride, const float* __restrict__ w,
             unsigned long long eps_bits, int rows, int n, int do_norm, mo::u16* __restrict__ y, long long y_stride,
-            mo::u8* __restrict__ q, float* __restrict__ sf, int sf_ld, int pow2) {
-  const int row = blockIdx.x * kNormWarpsPerBlock + (threadIdx.x >> 5);
+            mo::u8* __restrict__ q, float* __restrict__ sf, int sf_ld, int pow2, int split) {
+  const long long g = (long long)blockIdx.x * kNormWarpsPerBlock + (threadIdx.x >> 5);
+  const int row = (int)(g / split);
+  const int part = (int)(g - (long long)row * split);
   if (row >= rows) return;  // whole warps leave together
+  const int steps = (n + 255) / 256;
+  const int per = (steps + split - 1) / split;
+  const int s0 = part * per;
+  const int s1 = min(steps, s0 + per);
+  if (s0 >= s1) return;  // an empty part (the host avoids them): whole warps leave together
   const int lane = threadIdx.x & 31;
   const mo::u16* xr = x + (size_t)row * x_stride;
   float rs = 1.0f;
@@ -78,8 +94,8 @@ mo_rms_norm(const mo::u16* __restrict__ x, long long x_stride, const float* __re
     }
     rs = mo::rms_factor(mo::warp_sum_f64(ss), n, f64_from_bits(eps_bits));
   }
-  for (int c0 = 0; c0 < n; c0 += 256) {  // uniform trip count: every lane reaches the shuffles in quant8
-    const int c = c0 + lane * 8;
+  for (int st = s0; st < s1; st++) {  // uniform trip count: every lane reaches the shuffles in quant8
+    const int c = st * 256 + lane * 8;
     const bool valid = c < n;
     float f[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     if (valid) {
