@@ -224,17 +224,22 @@ function hcParams(rng: Rng, mix: number, W: number, scales: number): { fn: Float
  * (a scratch with room for the rows; pro's 4D = 28672 is 28 chunks of 1024, tiny's 512 half of one). Every check runs
  * on both, and past 16 rows also with a 16-row scratch (too small: the one-block path again).
  */
-function hcPaths(D: number, T: number): Array<{ path: string; mixScratch?: DeviceTensor<'F64'> }> {
-  const paths: Array<{ path: string; mixScratch?: DeviceTensor<'F64'> }> = [
-    { path: 'one block per token' }, { path: 'split', mixScratch: allocHcMixScratch(4, D, HC_SPLIT_MAX_ROWS) },
+type HcPath = { path: string; mixScratch?: DeviceTensor<'F64'>; tokensPerBlock?: 1 | 2 | 4 };
+function hcPaths(D: number, T: number): HcPath[] {
+  const paths: HcPath[] = [
+    { path: 'one block per token', tokensPerBlock: 1 }, { path: 'split', mixScratch: allocHcMixScratch(4, D, HC_SPLIT_MAX_ROWS) },
+    // the one-block path with 2 / 4 rows per block (the default from 133 / 265 rows), the last block partial where T is odd
+    { path: '2 rows per block', tokensPerBlock: 2 }, { path: '4 rows per block', tokensPerBlock: 4 },
   ];
   if (T > 16) paths.push({ path: 'scratch of 16 rows', mixScratch: allocHcMixScratch(4, D, 16) });
   return paths;
 }
 
 // pro's D = 7168 is 3.5 steps of the hc kernels' 8 warps x 256 columns: warps with different trip counts. flash at
-// T 1 and 3 is the decode shape the split exists for.
-for (const [label, D, T] of [['tiny', 128, 37], ['flash', 4096, 8], ['flash', 4096, 1], ['flash', 4096, 3], ['pro', 7168, 3]] as const) {
+// T 1 and 3 is the decode shape the split exists for; T 64 its last row count; tiny T 301 and flash T 2048 (a prefill
+// chunk) take 4 rows per block by default (the last block of 301 partial).
+for (const [label, D, T] of [['tiny', 128, 37], ['flash', 4096, 8], ['flash', 4096, 1], ['flash', 4096, 3], ['pro', 7168, 3],
+  ['flash', 4096, 2], ['flash', 4096, 64], ['tiny', 128, 301], ['flash', 4096, 2048]] as const) {
   test(`gpu hc_pre ${label} (D ${D}, T ${T}): post, comb (Sinkhorn), y bit-exact on both logit paths; fused norm + act_quant bit-exact; WASM-mix path within tolerance`, { skip }, () => {
     const hc = 4; const W = hc * D; const mix = (2 + hc) * hc; const iters = 20;
     const ops = GpuRowOps.createSync(hc);
@@ -256,9 +261,9 @@ for (const [label, D, T] of [['tiny', 128, 37], ['flash', 4096, 8], ['flash', 40
       const wy = new Float32Array(T * D); const wpost = new Float32Array(T * hc); const wcomb = new Float32Array(T * hc * hc);
       hcMix(Hs, mixAll, T, hc, D, p, iters, HC_EPS, NORM_EPS, wy, wpost, wcomb);
 
-      for (const { path, mixScratch } of paths) {
+      for (const { path, mixScratch, tokensPerBlock } of paths) {
         post.buffer.memset8(0); comb.buffer.memset8(0); y.buffer.memset8(0);
-        ops.hcPre(dHs, dp, { post, comb, y }, { normEps: NORM_EPS, hcEps: HC_EPS, sinkhornIters: iters, mixScratch });
+        ops.hcPre(dHs, dp, { post, comb, y }, { normEps: NORM_EPS, hcEps: HC_EPS, sinkhornIters: iters, mixScratch, tokensPerBlock });
         assertSameBits(`hc_pre ${label} T ${T} ${path} post`, downF32(post), wpost);
         assertSameBits(`hc_pre ${label} T ${T} ${path} comb`, downF32(comb), wcomb);
         assertSameBits(`hc_pre ${label} T ${T} ${path} y`, downBF16(y), wy);
@@ -282,10 +287,10 @@ for (const [label, D, T] of [['tiny', 128, 37], ['flash', 4096, 8], ['flash', 40
       for (const pow2 of [true, false]) {
         const sc = new QuantScratch();
         actQuant(wn, T, D, pow2, sc);
-        for (const { path, mixScratch } of paths) {
+        for (const { path, mixScratch, tokensPerBlock } of paths) {
           const act = allocFp8Activations(T, D, pow2);
           try {
-            ops.hcPre(dHs, dp, { post, comb, y }, { normEps: NORM_EPS, hcEps: HC_EPS, sinkhornIters: iters, normWeight: dNorm, quant: act, mixScratch });
+            ops.hcPre(dHs, dp, { post, comb, y }, { normEps: NORM_EPS, hcEps: HC_EPS, sinkhornIters: iters, normWeight: dNorm, quant: act, mixScratch, tokensPerBlock });
             assertSameBits(`hc_pre+norm ${label} T ${T} ${path}`, downBF16(y), wn);
             assertQuant(`hc_pre+norm+quant ${label} T ${T} ${path} pow2 ${pow2}`, act, T, D, sc);
           } finally { act.q.dispose(); act.sf.dispose(); }
@@ -320,15 +325,15 @@ for (const [label, D, T] of [['tiny', 128, 37], ['flash', 4096, 8], ['flash', 40
       const src = Int32Array.of(T - 1, 0, Math.floor(T / 2), T + 5);
       using dSrc = upI32(src);
       using y2 = DeviceTensor.zeros('BF16', [src.length, D]);
-      for (const { path, mixScratch } of paths) {
+      for (const { path, mixScratch, tokensPerBlock } of paths) {
         const what = `${label} T ${T} ${path}`;
         y.buffer.memset8(0);
-        ops.hcHead(dHs, dp, y, { normEps: NORM_EPS, hcEps: HC_EPS, mixScratch });
+        ops.hcHead(dHs, dp, y, { normEps: NORM_EPS, hcEps: HC_EPS, mixScratch, tokensPerBlock });
         assertSameBits(`hc_head ${what}`, downBF16(y), wy);
-        ops.hcHead(dHs, dp, y, { normEps: NORM_EPS, hcEps: HC_EPS, normWeight: dNorm, mixScratch });
+        ops.hcHead(dHs, dp, y, { normEps: NORM_EPS, hcEps: HC_EPS, normWeight: dNorm, mixScratch, tokensPerBlock });
         assertSameBits(`hc_head+norm ${what}`, downBF16(y), wn);
         y2.buffer.memset8(0);
-        ops.hcHead(dHs, dp, y2, { normEps: NORM_EPS, hcEps: HC_EPS, srcRows: dSrc, mixScratch });
+        ops.hcHead(dHs, dp, y2, { normEps: NORM_EPS, hcEps: HC_EPS, srcRows: dSrc, mixScratch, tokensPerBlock });
         const g2 = downBF16(y2);
         for (let i = 0; i < 3; i++) assertSameBits(`hc_head gather ${what} row ${i}`, g2.subarray(i * D, (i + 1) * D), wy.subarray(src[i] * D, (src[i] + 1) * D));
         assert.ok(g2.subarray(3 * D).every((v) => Number.isNaN(v)), `${what}: an out-of-range source row gives NaN, not a read out of bounds`);

@@ -7,7 +7,7 @@ import { DeviceTensor, type DeviceBuffer, type Kernel } from '../src/cuda/index.
 import { checkDenseBinding } from '../src/gpu-model/dense-fp8.js';
 import { GpuModelArgumentError } from '../src/gpu-model/errors.js';
 import { GpuLogits } from '../src/gpu-model/logits.js';
-import { GpuRowOps, NORM_TARGET_WARPS, rmsNormSplit, type Fp8Activations } from '../src/gpu-model/row-ops.js';
+import { GpuRowOps, hcTokensPerBlock, NORM_TARGET_WARPS, rmsNormSplit, type Fp8Activations } from '../src/gpu-model/row-ops.js';
 import { GPU_SAMPLER_MAX_TOP_K, samplingMode } from '../src/gpu-model/sampler.js';
 import type { SamplingParams } from '../src/generate/contracts.js';
 import { MODEL_OPS_ENTRIES, type ModelOpsKernels } from '../src/kernels/model-ops.js';
@@ -170,9 +170,31 @@ test('hc_pre / hc_head split mixing logits: the scratch\'s shape is checked; up 
   ops.hcPre(hs, p, out, { ...o, rows: 65, mixScratch: scratch(64) }); // past the split: one block per token
   ops.hcPre(hs, p, out, { ...o, rows: 20, mixScratch: scratch(16) }); // past the scratch's rows: the same
   assert.deepEqual(log.map((l) => [l.entry, l.grid, l.block, l.args]), [
-    ['mo_hc_pre_mix', [16, 6, T], 128, 6], ['mo_hc_pre', T, 256, 21],
-    ['mo_hc_head_mix', [16, 1, 1], 128, 6], ['mo_hc_head', 1, 256, 21],
-    ['mo_hc_pre', 65, 256, 21], ['mo_hc_pre', 20, 256, 21],
+    ['mo_hc_pre_mix', [16, 6, T], 128, 6], ['mo_hc_pre', T, 256, 22],
+    ['mo_hc_head_mix', [16, 1, 1], 128, 6], ['mo_hc_head', 1, 256, 22],
+    ['mo_hc_pre', 65, 256, 22], ['mo_hc_pre', 20, 256, 22],
+  ]);
+});
+
+test('hc_pre / hc_head rows per block: 1 up to 132 rows, 2 up to 264, then 4 (grid ceil(rows / tpb)); the split path 1; forced values checked', () => {
+  const cases: Array<[number, number]> = [[1, 1], [64, 1], [65, 1], [132, 1], [133, 2], [256, 2], [264, 2], [265, 4], [2048, 4], [8192, 4]];
+  for (const [rows, tpb] of cases) assert.equal(hcTokensPerBlock(rows), tpb, `rows ${rows}`);
+  assert.equal(hcTokensPerBlock(2048, 1), 1);
+  const log: Launch[] = [];
+  const ops = GpuRowOps.fromKernels(4, fakeKernels(log));
+  const D = 256; const T = 2051;
+  const hs = fake('BF16', [T, 4, D]);
+  const p = { fn: fake('F32', [24, 4 * D]), base: fake('F32', [24]), scale: fake('F32', [3]) };
+  const headP = { fn: fake('F32', [4, 4 * D]), base: fake('F32', [4]), scale: fake('F32', [1]) };
+  const out = { post: fake('F32', [T, 4]), comb: fake('F32', [T, 4, 4]), y: fake('BF16', [T, D]) };
+  const o = { normEps: 1e-6, hcEps: 1e-6, sinkhornIters: 20 };
+  ops.hcPre(hs, p, out, o);                                   // 2051 rows: 4 per block, the last block 3
+  ops.hcPre(hs, p, out, { ...o, rows: 200 });                 // 2 per block
+  ops.hcHead(hs, headP, out.y, { ...o, rows: 9, tokensPerBlock: 4 });
+  ops.hcPre(hs, p, out, { ...o, rows: 3, tokensPerBlock: 2, mixScratch: fake('F64', [64, 1, 25]) }); // split: 1
+  refuses(() => ops.hcPre(hs, p, out, { ...o, tokensPerBlock: 3 as never }), /tokensPerBlock = 3.*1, 2 or 4/);
+  assert.deepEqual(log.map((l) => [l.entry, l.grid]), [
+    ['mo_hc_pre', 513], ['mo_hc_pre', 100], ['mo_hc_head', 3], ['mo_hc_pre_mix', [1, 6, 3]], ['mo_hc_pre', 3],
   ]);
 });
 

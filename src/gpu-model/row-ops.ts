@@ -98,7 +98,23 @@ export interface HcOptions {
    * blocks (mo_hc_*_mix, then the per-token kernel); more rows, or none given, run one block per token. Same results.
    */
   mixScratch?: DeviceTensor<'F64'>;
+  /** Output rows per block of the one-block-per-token path (tests; default hcTokensPerBlock). Same results. */
+  tokensPerBlock?: 1 | 2 | 4;
   stream?: StreamLike;
+}
+
+/** SMs the hc kernels' block counts are sized for (an H100 / H200 has 132). */
+const HC_SMS = 132;
+
+/**
+ * Output rows per block of mo_hc_pre / mo_hc_head's one-block path (1, 2 or 4; the split path is always 1): the
+ * fewest that keep the blocks within one per SM (rows <= 132: 1, <= 264: 2), else 4. Each weight a block fetches
+ * serves that many rows (hc_fn is read once per block from L2, 1.5 MB at flash); the results are the same bits for
+ * any choice (model_ops.cu says why). `force` (tests) overrides it.
+ */
+export function hcTokensPerBlock(rows: number, force?: 1 | 2 | 4): number {
+  if (force !== undefined) return force;
+  return rows <= HC_SMS ? 1 : rows <= 2 * HC_SMS ? 2 : 4;
 }
 
 const NORM_WARPS_PER_BLOCK = 8; // model_ops.cu kNormWarpsPerBlock
@@ -315,6 +331,9 @@ export class GpuRowOps {
     }
     if (opts.normWeight) checkTensor(what, 'normWeight', opts.normWeight, 'F32', [D], `pass the norm weight as F32 [${D}]`);
     if (opts.quant) this.checkQuant(what, opts.quant, rows, D);
+    if (opts.tokensPerBlock !== undefined && ![1, 2, 4].includes(opts.tokensPerBlock)) {
+      throw new GpuModelArgumentError(what, `tokensPerBlock = ${opts.tokensPerBlock}`, 'pass 1, 2 or 4 (or leave it out: hcTokensPerBlock picks it)');
+    }
     if (opts.mixScratch) {
       checkTensor(what, 'mixScratch', opts.mixScratch, 'F64', [undefined, hcMixChunks(hc, D), (2 + hc) * hc + 1], `allocate it with allocHcMixScratch(${hc}, ${D}, maxRows)`);
     }
@@ -338,12 +357,13 @@ export class GpuRowOps {
     const k = this.kernel(entry);
     const smem = opts.normWeight ? D * 4 : 0;
     if (smem > 48 * 1024) k.setMaxDynamicSharedMemory(smem);
-    k.launch({ grid: rows, block: HC_THREADS, sharedMemBytes: smem, stream: opts.stream }, [
+    const tpb = split ? 1 : hcTokensPerBlock(rows, opts.tokensPerBlock);
+    k.launch({ grid: Math.ceil(rows / tpb), block: HC_THREADS, sharedMemBytes: smem, stream: opts.stream }, [
       hs, p.fn, p.base, p.scale, arg.i32(rows), arg.i32(D), arg.u64(f64Bits(opts.normEps)), arg.u64(f64Bits(opts.hcEps)),
       arg.i32(opts.sinkhornIters ?? 0), arg.ptr(post ?? null), arg.ptr(comb ?? null), y, arg.ptr(opts.normWeight ?? null),
       arg.ptr(opts.quant?.q ?? null), arg.ptr(opts.quant?.sf ?? null), arg.i32(opts.quant ? opts.quant.q.shape[0] : 0),
       arg.i32(opts.quant?.pow2 ? 1 : 0), arg.ptr(opts.srcRows ?? null), arg.i32(hs.shape[0]),
-      arg.ptr(split ? (opts.mixScratch as DeviceTensor<'F64'>) : null), arg.i32(chunks),
+      arg.ptr(split ? (opts.mixScratch as DeviceTensor<'F64'>) : null), arg.i32(chunks), arg.i32(tpb),
     ]);
   }
 

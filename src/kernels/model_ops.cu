@@ -172,14 +172,12 @@ __device__ __forceinline__ void block_sum_f64(double (&v)[NV], double* red /* [W
 }
 
 // model.ts sinkhorn on the HC x HC matrix (f32 values held in f64, as the CPU's Float64Array), element e = j * HC + k
-// (row j, column k) by thread e < HC * HC, c its starting value; returns its final value. Each thread performs its
-// element's operations exactly as model.ts's loop does (a row's sums over k ascending, a column's over j ascending;
-// rows, and columns, are independent), so the result is that loop's bit for bit; buf ping-pongs between the steps,
-// one block barrier each: every thread of the block calls it.
-__device__ double sinkhorn_block(double c, int iters, double eps, double (*buf)[kHc * kHc]) {
-  constexpr int kE = kHc * kHc;
-  const int e = threadIdx.x;
-  const bool own = e < kE;
+// (row j, column k) by the calling thread when `own` (one thread per element of each matrix the block works on), c
+// its starting value; returns its final value. Each thread performs its element's operations exactly as model.ts's
+// loop does (a row's sums over k ascending, a column's over j ascending; rows, and columns, are independent), so the
+// result is that loop's bit for bit; buf (this matrix's own) ping-pongs between the steps, one block barrier each:
+// every thread of the block calls it.
+__device__ double sinkhorn_block(double c, int iters, double eps, double (*buf)[kHc * kHc], int e, bool own) {
   const int j = e / kHc;
   const int k = e - j * kHc;
   // The sum of this element's row (or column) in buf[b], in model.ts's order.
@@ -294,155 +292,251 @@ __device__ __forceinline__ float pre_weight(float m, float scale, float base, do
   return __double2float_rn(__dadd_rn((double)sg, hc_eps));
 }
 
-template <bool kHead>
+// hc_pre / hc_head for R consecutive output rows (tokens) per block, R = 1, 2 or 4 (the host's tokens per block,
+// row-ops.ts hcTokensPerBlock: more where there are many rows). R > 1 only changes which loads and conversions are
+// shared, never an f64 sum: phase 1's thread t still accumulates, for each (row, logit), the products of columns
+// 8t + 2048i (i ascending, the 8 columns in order) with one fma chain from 0.0, exactly as R = 1 (fma(w, x, acc),
+// w the f32 weight and x the bf16 value, both converted to f64 once and reused for every row / logit they meet:
+// exact conversions, so the operands are the same), then block_sum_f64 (warp butterflies, the 8 warps in order);
+// the logits go in passes of kG (each pass a separate set of fma chains, so its grouping changes no sum), the
+// squares in the first. Each weight fetched once serves R rows: R x fewer reads of hc_fn (1.5 MB per row at flash,
+// from L2: the limit at large T) and f32 -> f64 conversions. Phases 2-4 are per row as before (the Sinkhorns of the
+// R rows side by side, one thread per element).
+template <bool kHead, int R>
 __device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const float* __restrict__ fn,
                                         const float* __restrict__ base, const float* __restrict__ scale, int D,
                                         double norm_eps, double hc_eps, int iters, float* __restrict__ post,
                                         float* __restrict__ comb, mo::u16* __restrict__ y, const float* __restrict__ norm_w,
                                         mo::u8* __restrict__ q, float* __restrict__ sf, int sf_ld, int pow2,
                                         const int* __restrict__ src_rows, int hs_rows,
-                                        const double* __restrict__ part, int n_chunks) {
+                                        const double* __restrict__ part, int n_chunks, int rows) {
   constexpr int kMix = kHead ? kHc : kMixPre;
   constexpr int kNV = kMix + 1;  // the dot products, then the sum of squares
-  __shared__ double red[kHcWarps * kNV];
-  __shared__ double tot[kNV];
-  __shared__ float mix_s[kMix];
-  __shared__ float pre_s[kHc];
+  constexpr int kG = kMix < 8 ? kMix : 8;  // logits per pass of phase 1
+  constexpr int kGV = kG + 1;              // per row and pass: kG logits, then the squares (first pass)
+  constexpr int kPV = R * kGV;             // f64 values a pass sums per thread
+  static_assert(R == 1 || R == 2 || R == 4, "hc rows per block: 1, 2 or 4");
+  __shared__ double red[kHcWarps * (kPV > kHcWarps ? kPV : kHcWarps)];
+  __shared__ double pass_s[kPV];
+  __shared__ double tot[R][kNV];
+  __shared__ float mix_s[R][kMix];
+  __shared__ float pre_s[R][kHc];
   __shared__ double ss_y;
   extern __shared__ float yrow[];  // [D] when norm_w is given
-  const int r = blockIdx.x;  // output row; the input row is src_rows[r] when given (hc_head: each sequence's last token)
+  const int r0 = blockIdx.x * R;  // output rows r0 .. r0 + R - 1 (those < rows); the input row is src_rows[r] when
+                                  // given (hc_head: each sequence's last token)
   const int W = kHc * D;
-  bool bad_src;
-  const mo::u16* xr = hs + (size_t)hc_src_row(src_rows, r, hs_rows, bad_src) * W;
+  const int tid = threadIdx.x;
 
   // 1. sum of squares over the 4D values and the kMix dot products fn . X, f64 (model.ts: linear, then ss): the split
-  // kernel's partials added (chunks in ascending order) when given, else summed here (thread t: columns 8t + 2048i,
-  // i ascending; then block_sum_f64).
+  // kernel's partials added (chunks in ascending order) when given (R = 1), else summed here (thread t: columns
+  // 8t + 2048i, i ascending; then block_sum_f64).
   if (part) {
-    for (int k = threadIdx.x; k < kNV; k += kHcThreads) {
-      const double* p = part + (size_t)r * n_chunks * kNV + k;
+    for (int k = tid; k < kNV; k += kHcThreads) {
+      const double* p = part + (size_t)r0 * n_chunks * kNV + k;
       double s = 0.0;
       for (int c = 0; c < n_chunks; c++) s += p[(size_t)c * kNV];
-      tot[k] = s;
+      tot[0][k] = s;
     }
     __syncthreads();
   } else {
-    double acc[kNV];
+    const mo::u16* xr[R];
 #pragma unroll
-    for (int k = 0; k < kNV; k++) acc[k] = 0.0;
-    for (int c = threadIdx.x * 8; c < W; c += kHcThreads * 8) {
-      float f[8];
-      mo::unpack8(__ldg(reinterpret_cast<const uint4*>(xr + c)), f);
-      acc[kMix] = sumsq8_f64(f, acc[kMix]);
-#pragma unroll
-      for (int j = 0; j < kMix; j++) acc[j] = dot8_f64(fn + (size_t)j * W + c, f, acc[j]);
+    for (int s = 0; s < R; s++) {
+      bool bad;  // phase 2 makes that row's logits NaN
+      xr[s] = hs + (size_t)hc_src_row(src_rows, r0 + s < rows ? r0 + s : r0, hs_rows, bad) * W;
     }
-    block_sum_f64<kNV, kHcWarps>(acc, red, tot);
+    for (int j0 = 0; j0 < kMix; j0 += kG) {
+      double acc[kPV];
+#pragma unroll
+      for (int k = 0; k < kPV; k++) acc[k] = 0.0;
+      for (int c = tid * 8; c < W; c += kHcThreads * 8) {
+        double x[R][8];
+#pragma unroll
+        for (int s = 0; s < R; s++) {
+          float f[8];
+          mo::unpack8(__ldg(reinterpret_cast<const uint4*>(xr[s] + c)), f);
+          if (j0 == 0) acc[s * kGV + kG] = sumsq8_f64(f, acc[s * kGV + kG]);
+#pragma unroll
+          for (int i = 0; i < 8; i++) x[s][i] = (double)f[i];
+        }
+#pragma unroll
+        for (int l = 0; l < kG; l++) {
+          if (j0 + l < kMix) {
+            const float* wp = fn + (size_t)(j0 + l) * W + c;
+            const float4 w0 = __ldg(reinterpret_cast<const float4*>(wp));
+            const float4 w1 = __ldg(reinterpret_cast<const float4*>(wp + 4));
+            const double wd[8] = {(double)w0.x, (double)w0.y, (double)w0.z, (double)w0.w,
+                                  (double)w1.x, (double)w1.y, (double)w1.z, (double)w1.w};
+#pragma unroll
+            for (int s = 0; s < R; s++) {
+              double a = acc[s * kGV + l];
+#pragma unroll
+              for (int i = 0; i < 8; i++) a = fma(wd[i], x[s][i], a);  // dot8_f64's chain
+              acc[s * kGV + l] = a;
+            }
+          }
+        }
+      }
+      block_sum_f64<kPV, kHcWarps>(acc, red, pass_s);  // ends with a barrier; the next pass writes pass_s after one
+      for (int k = tid; k < kPV; k += kHcThreads) {
+        const int s = k / kGV;
+        const int l = k - s * kGV;
+        if (l < kG) {
+          if (j0 + l < kMix) tot[s][j0 + l] = pass_s[k];
+        } else if (j0 == 0) {
+          tot[s][kMix] = pass_s[k];
+        }
+      }
+    }
+    __syncthreads();
   }
 
-  // 2. the mixing coefficients (model.ts hcMix / hcHead): logit j by thread j, then pre_j / post_j by thread j and the
-  // Sinkhorn's element e by thread e.
-  if (threadIdx.x < kMix) {
-    const float rs = mo::rms_factor(tot[kMix], W, norm_eps);
-    mix_s[threadIdx.x] = bad_src ? __int_as_float(0x7fc00000) : __fmul_rn(__double2float_rn(tot[threadIdx.x]), rs);  // mixAll is f32
+  // 2. the mixing coefficients (model.ts hcMix / hcHead): logit j of row s by one thread, then pre_j / post_j by one
+  // thread each and the Sinkhorn's element e of row s by thread s * HC^2 + e.
+  for (int k = tid; k < R * kMix; k += kHcThreads) {
+    const int s = k / kMix;
+    const int j = k - s * kMix;
+    if (r0 + s < rows) {
+      bool bad;
+      hc_src_row(src_rows, r0 + s, hs_rows, bad);
+      const float rs = mo::rms_factor(tot[s][kMix], W, norm_eps);
+      mix_s[s][j] = bad ? __int_as_float(0x7fc00000) : __fmul_rn(__double2float_rn(tot[s][j]), rs);  // mixAll is f32
+    }
   }
   __syncthreads();
-  if (threadIdx.x < kHc) pre_s[threadIdx.x] = pre_weight(mix_s[threadIdx.x], __ldg(scale), __ldg(base + threadIdx.x), hc_eps);
+  for (int k = tid; k < R * kHc; k += kHcThreads) {
+    const int s = k / kHc;
+    const int j = k - s * kHc;
+    if (r0 + s < rows) pre_s[s][j] = pre_weight(mix_s[s][j], __ldg(scale), __ldg(base + j), hc_eps);
+  }
   if constexpr (!kHead) {
     constexpr int kE = kHc * kHc;
-    __shared__ double sk_buf[2][kE];
-    const int e = threadIdx.x;
-    if (e < kHc) {
-      const float z = __fadd_rn(__fmul_rn(mix_s[kHc + e], __ldg(scale + 1)), __ldg(base + kHc + e));
-      post[r * kHc + e] = __fmul_rn(2.0f, __double2float_rn(mo::sigmoid_f64(z)));
+    static_assert(R * kE <= kHcThreads, "one thread per Sinkhorn element of every row of the block");
+    __shared__ double sk_buf[R][2][kE];
+    for (int k = tid; k < R * kHc; k += kHcThreads) {
+      const int s = k / kHc;
+      const int e = k - s * kHc;
+      if (r0 + s < rows) {
+        const float z = __fadd_rn(__fmul_rn(mix_s[s][kHc + e], __ldg(scale + 1)), __ldg(base + kHc + e));
+        post[(size_t)(r0 + s) * kHc + e] = __fmul_rn(2.0f, __double2float_rn(mo::sigmoid_f64(z)));
+      }
     }
-    const double c0 = e < kE ? (double)__fadd_rn(__fmul_rn(mix_s[2 * kHc + e], __ldg(scale + 2)), __ldg(base + 2 * kHc + e)) : 0.0;
-    const double c = sinkhorn_block(c0, iters, hc_eps, sk_buf);
-    if (e < kE) comb[(size_t)r * kE + e] = __double2float_rn(c);
+    const int s = tid / kE;
+    const int e = tid - s * kE;
+    const bool own = s < R && r0 + s < rows;
+    const double c0 = own ? (double)__fadd_rn(__fmul_rn(mix_s[s][2 * kHc + e], __ldg(scale + 2)), __ldg(base + 2 * kHc + e)) : 0.0;
+    const double c = sinkhorn_block(c0, iters, hc_eps, sk_buf[own ? s : 0], e, own);
+    if (own) comb[(size_t)(r0 + s) * kE + e] = __double2float_rn(c);
   }
   __syncthreads();
 
-  // 3. y = bf16(sum_j pre_j Hs_j) in f64, j ascending; warp w takes 256-column steps w, w + 8, ... (8 per lane), the
-  // layout store_row_step's fused quantization needs.
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
   const bool normed = norm_w != nullptr;
-  double ssy = 0.0;
-  for (int c0 = warp * 256; c0 < D; c0 += kHcWarps * 256) {
-    const int c = c0 + lane * 8;
-    const bool valid = c < D;
-    float out[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    if (valid) {
-      double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int s = 0; s < R; s++) {
+    const int r = r0 + s;
+    if (r >= rows) break;  // uniform across the block
+    if (s > 0) __syncthreads();
+    bool bad;
+    const mo::u16* xr = hs + (size_t)hc_src_row(src_rows, r, hs_rows, bad) * W;
+
+    // 3. y = bf16(sum_j pre_j Hs_j) in f64, j ascending; warp w takes 256-column steps w, w + 8, ... (8 per lane),
+    // the layout store_row_step's fused quantization needs.
+    double ssy = 0.0;
+    for (int c0 = warp * 256; c0 < D; c0 += kHcWarps * 256) {
+      const int c = c0 + lane * 8;
+      const bool valid = c < D;
+      float out[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      if (valid) {
+        double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
 #pragma unroll
-      for (int j = 0; j < kHc; j++) {
-        float f[8];
-        mo::unpack8(__ldg(reinterpret_cast<const uint4*>(xr + (size_t)j * D + c)), f);
-        const double p = (double)pre_s[j];
+        for (int j = 0; j < kHc; j++) {
+          float f[8];
+          mo::unpack8(__ldg(reinterpret_cast<const uint4*>(xr + (size_t)j * D + c)), f);
+          const double p = (double)pre_s[s][j];
 #pragma unroll
-        for (int i = 0; i < 8; i++) a[i] = __dadd_rn(a[i], __dmul_rn(p, (double)f[i]));
+          for (int i = 0; i < 8; i++) a[i] = __dadd_rn(a[i], __dmul_rn(p, (double)f[i]));
+        }
+#pragma unroll
+        for (int i = 0; i < 8; i++) out[i] = mo::bf16_round_f64(a[i]);
       }
+      if (normed) {
+        if (valid) {
 #pragma unroll
-      for (int i = 0; i < 8; i++) out[i] = mo::bf16_round_f64(a[i]);
+          for (int i = 0; i < 8; i++) { yrow[c + i] = out[i]; ssy += (double)out[i] * (double)out[i]; }
+        }
+      } else {
+        mo::store_row_step(out, valid, lane, r, c, D, y, D, q, sf, sf_ld, pow2 != 0);
+      }
     }
-    if (normed) {
+    if (!normed) continue;
+
+    // 4. fused RMSNorm (+ act_quant) of y, from shared memory (each thread reads back the columns it wrote).
+    {
+      const double t = mo::warp_sum_f64(ssy);
+      if (lane == 0) red[warp] = t;
+      __syncthreads();
+      if (tid == 0) {
+        double u = 0.0;
+        for (int w = 0; w < kHcWarps; w++) u += red[w];
+        ss_y = u;
+      }
+      __syncthreads();
+    }
+    const float rs = mo::rms_factor(ss_y, D, norm_eps);
+    for (int c0 = warp * 256; c0 < D; c0 += kHcWarps * 256) {
+      const int c = c0 + lane * 8;
+      const bool valid = c < D;
+      float out[8] = {0, 0, 0, 0, 0, 0, 0, 0};
       if (valid) {
 #pragma unroll
-        for (int i = 0; i < 8; i++) { yrow[c + i] = out[i]; ssy += (double)out[i] * (double)out[i]; }
+        for (int i = 0; i < 8; i++) out[i] = mo::norm_value(yrow[c + i], rs, norm_w, c + i);
       }
-    } else {
       mo::store_row_step(out, valid, lane, r, c, D, y, D, q, sf, sf_ld, pow2 != 0);
     }
   }
-  if (!normed) return;
+}
 
-  // 4. fused RMSNorm (+ act_quant) of y, from shared memory.
-  {
-    const double s = mo::warp_sum_f64(ssy);
-    if (lane == 0) red[warp] = s;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      double t = 0.0;
-      for (int w = 0; w < kHcWarps; w++) t += red[w];
-      ss_y = t;
-    }
-    __syncthreads();
-  }
-  const float rs = mo::rms_factor(ss_y, D, norm_eps);
-  for (int c0 = warp * 256; c0 < D; c0 += kHcWarps * 256) {
-    const int c = c0 + lane * 8;
-    const bool valid = c < D;
-    float out[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    if (valid) {
-#pragma unroll
-      for (int i = 0; i < 8; i++) out[i] = mo::norm_value(yrow[c + i], rs, norm_w, c + i);
-    }
-    mo::store_row_step(out, valid, lane, r, c, D, y, D, q, sf, sf_ld, pow2 != 0);
-  }
+template <bool kHead>
+__device__ __forceinline__ void hc_entry(const mo::u16* __restrict__ hs, const float* __restrict__ fn,
+                                         const float* __restrict__ base, const float* __restrict__ scale, int D,
+                                         double norm_eps, double hc_eps, int iters, float* __restrict__ post,
+                                         float* __restrict__ comb, mo::u16* __restrict__ y, const float* __restrict__ norm_w,
+                                         mo::u8* __restrict__ q, float* __restrict__ sf, int sf_ld, int pow2,
+                                         const int* __restrict__ src_rows, int hs_rows,
+                                         const double* __restrict__ part, int n_chunks, int rows, int tpb) {
+#define MO_HC_BODY_ARGS hs, fn, base, scale, D, norm_eps, hc_eps, iters, post, comb, y, norm_w, q, sf, sf_ld, pow2, \
+                        src_rows, hs_rows, part, n_chunks, rows
+  if (part || tpb <= 1) hc_body<kHead, 1>(MO_HC_BODY_ARGS);
+  else if (tpb == 2) hc_body<kHead, 2>(MO_HC_BODY_ARGS);
+  else hc_body<kHead, 4>(MO_HC_BODY_ARGS);
+#undef MO_HC_BODY_ARGS
 }
 
 }  // namespace
 
+// tpb: output rows per block (1, 2 or 4; 1 with part), grid ceil(rows / tpb).
 #define MO_HC_PARAMS                                                                                              \
   const mo::u16 *__restrict__ hs, const float *__restrict__ fn, const float *__restrict__ base,                    \
       const float *__restrict__ scale, int rows, int D, unsigned long long norm_eps_bits,                           \
       unsigned long long hc_eps_bits, int iters, float *__restrict__ post, float *__restrict__ comb,                \
       mo::u16 *__restrict__ y, const float *__restrict__ norm_w, mo::u8 *__restrict__ q, float *__restrict__ sf,    \
       int sf_ld, int pow2, const int *__restrict__ src_rows, int hs_rows, const double *__restrict__ part,          \
-      int n_chunks
+      int n_chunks, int tpb
 
 #define MO_HC_ARGS                                                                                                \
   hs, fn, base, scale, D, f64_from_bits(norm_eps_bits), f64_from_bits(hc_eps_bits), iters, post, comb, y, norm_w, q, \
-      sf, sf_ld, pow2, src_rows, hs_rows, part, n_chunks
+      sf, sf_ld, pow2, src_rows, hs_rows, part, n_chunks, rows, tpb
 
 extern "C" __global__ void __launch_bounds__(kHcThreads) mo_hc_pre(MO_HC_PARAMS) {
-  if ((int)blockIdx.x >= rows) return;
-  hc_body<false>(MO_HC_ARGS);
+  if ((long long)blockIdx.x * (part || tpb <= 1 ? 1 : tpb) >= rows) return;
+  hc_entry<false>(MO_HC_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(kHcThreads) mo_hc_head(MO_HC_PARAMS) {
-  if ((int)blockIdx.x >= rows) return;
-  hc_body<true>(MO_HC_ARGS);
+  if ((long long)blockIdx.x * (part || tpb <= 1 ? 1 : tpb) >= rows) return;
+  hc_entry<true>(MO_HC_ARGS);
 }
 
 // The split mixing logits ahead of mo_hc_pre / mo_hc_head (small T): grid (ceil(4D / kMixCols),
