@@ -177,6 +177,7 @@ __device__ __forceinline__ void block_sum_f64(double (&v)[NV], double* red /* [W
 // loop does (a row's sums over k ascending, a column's over j ascending; rows, and columns, are independent), so the
 // result is that loop's bit for bit; buf (this matrix's own) ping-pongs between the steps, one block barrier each:
 // every thread of the block calls it.
+template <int kUnused = 0>  // a template: HC <= 5 (sinkhorn_warp) instantiates none, without an unused-function warning
 __device__ double sinkhorn_block(double c, int iters, double eps, double (*buf)[kHc * kHc], int e, bool own) {
   const int j = e / kHc;
   const int k = e - j * kHc;
@@ -213,6 +214,37 @@ __device__ double sinkhorn_block(double c, int iters, double eps, double (*buf)[
       }
       __syncthreads();
       b ^= 1;
+    }
+  }
+  return c;
+}
+
+// sinkhorn_block's operations for a matrix held by kE = HC^2 consecutive lanes of one warp (HC^2 <= 32: lane
+// base + e holds element e), the other elements' values fetched by shuffles instead of through shared memory, so
+// no block barrier: every value read is the one sinkhorn_block reads from buf (the element's value after the previous
+// step), and every sum adds the same values in the same order (row j: k ascending; column k: j ascending), so the
+// result is the same bit for bit. The whole warp calls it (full-warp shuffles); lanes outside a matrix pass anything.
+__device__ double sinkhorn_warp(double c, int iters, double eps, int e, int base) {
+  const int j = e / kHc;
+  const int k = e - j * kHc;
+  auto line_sum = [&](double v, bool row) {
+    double s = 0.0;
+    for (int i = 0; i < kHc; i++) s += __shfl_sync(mo::kFull, v, base + (row ? j * kHc + i : i * kHc + k));
+    return s;
+  };
+  // The first row normalisation is a softmax.
+  double mx = -INFINITY;
+  for (int i = 0; i < kHc; i++) mx = fmax(mx, __shfl_sync(mo::kFull, c, base + j * kHc + i));
+  c = (double)__double2float_rn(exp(c - mx));
+  {
+    const double s = (double)__double2float_rn(line_sum(c, true));
+    const float d = __double2float_rn(__ddiv_rn(c, s));
+    c = (double)__double2float_rn(__dadd_rn((double)d, eps));
+  }
+  for (int it = 0; it < iters; it++) {
+    for (int row = it > 0 ? 1 : 0; row >= 0; row--) {  // rows (from the second iteration), then columns
+      const double den = (double)__double2float_rn(__dadd_rn((double)__double2float_rn(line_sum(c, row != 0)), eps));
+      c = (double)__double2float_rn(__ddiv_rn(c, den));
     }
   }
   return c;
@@ -301,7 +333,7 @@ __device__ __forceinline__ float pre_weight(float m, float scale, float base, do
 // the logits go in passes of kG (each pass a separate set of fma chains, so its grouping changes no sum), the
 // squares in the first. Each weight fetched once serves R rows: R x fewer reads of hc_fn (1.5 MB per row at flash,
 // from L2: the limit at large T) and f32 -> f64 conversions. Phases 2-4 are per row as before (the Sinkhorns of the
-// R rows side by side, one thread per element).
+// R rows side by side, one thread per element: for HC <= 5 one warp's lanes per matrix and shuffles, no barrier).
 template <bool kHead, int R>
 __device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const float* __restrict__ fn,
                                         const float* __restrict__ base, const float* __restrict__ scale, int D,
@@ -412,8 +444,6 @@ __device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const fl
   }
   if constexpr (!kHead) {
     constexpr int kE = kHc * kHc;
-    static_assert(R * kE <= kHcThreads, "one thread per Sinkhorn element of every row of the block");
-    __shared__ double sk_buf[R][2][kE];
     for (int k = tid; k < R * kHc; k += kHcThreads) {
       const int s = k / kHc;
       const int e = k - s * kHc;
@@ -422,12 +452,29 @@ __device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const fl
         post[(size_t)(r0 + s) * kHc + e] = __fmul_rn(2.0f, __double2float_rn(mo::sigmoid_f64(z)));
       }
     }
-    const int s = tid / kE;
-    const int e = tid - s * kE;
-    const bool own = s < R && r0 + s < rows;
-    const double c0 = own ? (double)__fadd_rn(__fmul_rn(mix_s[s][2 * kHc + e], __ldg(scale + 2)), __ldg(base + 2 * kHc + e)) : 0.0;
-    const double c = sinkhorn_block(c0, iters, hc_eps, sk_buf[own ? s : 0], e, own);
-    if (own) comb[(size_t)(r0 + s) * kE + e] = __double2float_rn(c);
+    if constexpr (kE <= 32) {
+      // Matrices of kE lanes, 32 / kE per warp (row slot s: warp s / per, lanes (s % per) * kE + e), no barrier.
+      constexpr int kPer = 32 / kE;
+      const int lane = tid & 31;
+      const int g = lane / kE;
+      const int s = (tid >> 5) * kPer + g;
+      const int e = lane - g * kE;
+      const bool own = g < kPer && s < R && r0 + s < rows;
+      if ((tid >> 5) * kPer < R) {  // a warp holding a matrix: all its lanes take part in the shuffles
+        const double c0 = own ? (double)__fadd_rn(__fmul_rn(mix_s[s][2 * kHc + e], __ldg(scale + 2)), __ldg(base + 2 * kHc + e)) : 0.0;
+        const double c = sinkhorn_warp(c0, iters, hc_eps, own ? e : 0, own ? g * kE : 0);
+        if (own) comb[(size_t)(r0 + s) * kE + e] = __double2float_rn(c);
+      }
+    } else {
+      static_assert(kE <= 32 || R * kE <= kHcThreads, "one thread per Sinkhorn element of every row of the block");
+      __shared__ double sk_buf[R][2][kE];
+      const int s = tid / kE;
+      const int e = tid - s * kE;
+      const bool own = s < R && r0 + s < rows;
+      const double c0 = own ? (double)__fadd_rn(__fmul_rn(mix_s[s][2 * kHc + e], __ldg(scale + 2)), __ldg(base + 2 * kHc + e)) : 0.0;
+      const double c = sinkhorn_block(c0, iters, hc_eps, sk_buf[own ? s : 0], e, own);
+      if (own) comb[(size_t)(r0 + s) * kE + e] = __double2float_rn(c);
+    }
   }
   __syncthreads();
 
@@ -534,7 +581,8 @@ extern "C" __global__ void __launch_bounds__(kHcThreads) mo_hc_pre(MO_HC_PARAMS)
   hc_entry<false>(MO_HC_ARGS);
 }
 
-extern "C" __global__ void __launch_bounds__(kHcThreads) mo_hc_head(MO_HC_PARAMS) {
+// (kHcThreads, 1): without the 1, ptxas stops mo_hc_head at 128 registers and spills (4 rows per block).
+extern "C" __global__ void __launch_bounds__(kHcThreads, 1) mo_hc_head(MO_HC_PARAMS) {
   if ((long long)blockIdx.x * (part || tpb <= 1 ? 1 : tpb) >= rows) return;
   hc_entry<true>(MO_HC_ARGS);
 }

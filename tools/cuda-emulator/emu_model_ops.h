@@ -44,3 +44,10 @@ inline unsigned emu_e4m3(float v) {
 }
 // The PTX order: the FIRST source (hi) goes to the high byte.
 inline unsigned short emu_e4m3x2(float lo, float hi) { return (unsigned short)(emu_e4m3(lo) | (emu_e4m3(hi) << 8)); }
+
+// __shfl_sync (emu_shim.h has the xor / up forms): lane src_lane's value of the calling warp.
+#ifndef EMU_HAS_SHFL_SYNC
+#define EMU_HAS_SHFL_SYNC 1
+template <typename T>
+inline T __shfl_sync(unsigned, T v, int src_lane) { return emu_from<T>(emu::exchange(emu_bits(v), src_lane & 31)); }
+#endif
