@@ -7,7 +7,7 @@ import { DeviceTensor, type DeviceBuffer, type Kernel } from '../src/cuda/index.
 import { checkDenseBinding } from '../src/gpu-model/dense-fp8.js';
 import { GpuModelArgumentError } from '../src/gpu-model/errors.js';
 import { GpuLogits } from '../src/gpu-model/logits.js';
-import { GpuRowOps, hcTokensPerBlock, NORM_TARGET_WARPS, rmsNormSplit, type Fp8Activations } from '../src/gpu-model/row-ops.js';
+import { GpuRowOps, hcMixRowsPerBlock, hcTokensPerBlock, NORM_TARGET_WARPS, rmsNormSplit, type Fp8Activations } from '../src/gpu-model/row-ops.js';
 import { GPU_SAMPLER_MAX_TOP_K, samplingMode } from '../src/gpu-model/sampler.js';
 import type { SamplingParams } from '../src/generate/contracts.js';
 import { MODEL_OPS_ENTRIES, type ModelOpsKernels } from '../src/kernels/model-ops.js';
@@ -170,8 +170,8 @@ test('hc_pre / hc_head split mixing logits: the scratch\'s shape is checked; up 
   ops.hcPre(hs, p, out, { ...o, rows: 65, mixScratch: scratch(64) }); // past the split: one block per token
   ops.hcPre(hs, p, out, { ...o, rows: 20, mixScratch: scratch(16) }); // past the scratch's rows: the same
   assert.deepEqual(log.map((l) => [l.entry, l.grid, l.block, l.args]), [
-    ['mo_hc_pre_mix', [16, 6, T], 128, 6], ['mo_hc_pre', T, 256, 22],
-    ['mo_hc_head_mix', [16, 1, 1], 128, 6], ['mo_hc_head', 1, 256, 22],
+    ['mo_hc_pre_mix', [16, 6, T], 128, 8], ['mo_hc_pre', T, 256, 22],
+    ['mo_hc_head_mix', [16, 1, 1], 128, 8], ['mo_hc_head', 1, 256, 22],
     ['mo_hc_pre', 65, 256, 22], ['mo_hc_pre', 20, 256, 22],
   ]);
 });
@@ -196,6 +196,23 @@ test('hc_pre / hc_head rows per block: 1 up to 132 rows, 2 up to 264, then 4 (gr
   assert.deepEqual(log.map((l) => [l.entry, l.grid]), [
     ['mo_hc_pre', 513], ['mo_hc_pre', 100], ['mo_hc_head', 3], ['mo_hc_pre_mix', [1, 6, 3]], ['mo_hc_pre', 3],
   ]);
+});
+
+test('split mixing logits rows per block: 1 below 4 rows, 2 below 16, 4 below 32, then 8 (grid z = ceil(rows / rpb)); forced values checked', () => {
+  const cases: Array<[number, number]> = [[1, 1], [3, 1], [4, 2], [15, 2], [16, 4], [31, 4], [32, 8], [64, 8]];
+  for (const [rows, rpb] of cases) assert.equal(hcMixRowsPerBlock(rows), rpb, `rows ${rows}`);
+  const log: Launch[] = [];
+  const ops = GpuRowOps.fromKernels(4, fakeKernels(log));
+  const D = 4096;
+  const hs = fake('BF16', [64, 4, D]);
+  const p = { fn: fake('F32', [24, 4 * D]), base: fake('F32', [24]), scale: fake('F32', [3]) };
+  const out = { post: fake('F32', [64, 4]), comb: fake('F32', [64, 4, 4]), y: fake('BF16', [64, D]) };
+  const o = { normEps: 1e-6, hcEps: 1e-6, sinkhornIters: 20, mixScratch: fake('F64', [64, 16, 25]) };
+  ops.hcPre(hs, p, out, { ...o, rows: 64 });
+  ops.hcPre(hs, p, out, { ...o, rows: 9 });
+  ops.hcPre(hs, p, out, { ...o, rows: 3, mixRowsPerBlock: 2 });
+  refuses(() => ops.hcPre(hs, p, out, { ...o, rows: 3, mixRowsPerBlock: 3 as never }), /mixRowsPerBlock = 3.*1, 2, 4 or 8/);
+  assert.deepEqual(log.filter((l) => l.entry === 'mo_hc_pre_mix').map((l) => l.grid), [[16, 6, 8], [16, 6, 5], [16, 6, 2]]);
 });
 
 test('GPU sampler: the mode of each parameter set is the CPU Sampler\'s branch; top-k past the cap is refused with the fix', () => {

@@ -63,6 +63,16 @@ const HC_MIX_THREADS = 128; // model_ops.cu kMixThreads
 /** Up to this many rows hc_pre / hc_head split the mixing logits over many blocks (given a scratch, allocHcMixScratch). */
 export const HC_SPLIT_MAX_ROWS = 64;
 
+/**
+ * Rows per block of the split mixing logits (mo_hc_*_mix): 1 below 4 rows, 2 below 16, 4 below 32, else 8. A block
+ * fetches its slice of hc_fn once for all its rows; the partials are the same bits for any choice (model_ops.cu).
+ * `force` (tests) overrides it.
+ */
+export function hcMixRowsPerBlock(rows: number, force?: 1 | 2 | 4 | 8): number {
+  if (force !== undefined) return force;
+  return rows < 4 ? 1 : rows < 16 ? 2 : rows < 32 ? 4 : 8;
+}
+
 /** Column chunks of the split mixing logits for hidden size D. */
 function hcMixChunks(hc: number, D: number): number { return Math.ceil((hc * D) / HC_MIX_COLS); }
 
@@ -100,6 +110,8 @@ export interface HcOptions {
   mixScratch?: DeviceTensor<'F64'>;
   /** Output rows per block of the one-block-per-token path (tests; default hcTokensPerBlock). Same results. */
   tokensPerBlock?: 1 | 2 | 4;
+  /** Rows per block of the split path's mix kernel (tests; default hcMixRowsPerBlock). Same results. */
+  mixRowsPerBlock?: 1 | 2 | 4 | 8;
   stream?: StreamLike;
 }
 
@@ -334,6 +346,9 @@ export class GpuRowOps {
     if (opts.tokensPerBlock !== undefined && ![1, 2, 4].includes(opts.tokensPerBlock)) {
       throw new GpuModelArgumentError(what, `tokensPerBlock = ${opts.tokensPerBlock}`, 'pass 1, 2 or 4 (or leave it out: hcTokensPerBlock picks it)');
     }
+    if (opts.mixRowsPerBlock !== undefined && ![1, 2, 4, 8].includes(opts.mixRowsPerBlock)) {
+      throw new GpuModelArgumentError(what, `mixRowsPerBlock = ${opts.mixRowsPerBlock}`, 'pass 1, 2, 4 or 8 (or leave it out: hcMixRowsPerBlock picks it)');
+    }
     if (opts.mixScratch) {
       checkTensor(what, 'mixScratch', opts.mixScratch, 'F64', [undefined, hcMixChunks(hc, D), (2 + hc) * hc + 1], `allocate it with allocHcMixScratch(${hc}, ${D}, maxRows)`);
     }
@@ -350,8 +365,10 @@ export class GpuRowOps {
     const chunks = split ? hcMixChunks(hc, D) : 0;
     if (split) {
       const mix = entry === 'mo_hc_pre' ? (2 + hc) * hc : hc;
-      this.kernel(`${entry}_mix`).launch({ grid: [chunks, Math.ceil(mix / HC_MIX_LOGITS), rows], block: HC_MIX_THREADS, stream: opts.stream }, [
+      const rpb = hcMixRowsPerBlock(rows, opts.mixRowsPerBlock);
+      this.kernel(`${entry}_mix`).launch({ grid: [chunks, Math.ceil(mix / HC_MIX_LOGITS), Math.ceil(rows / rpb)], block: HC_MIX_THREADS, stream: opts.stream }, [
         hs, p.fn, arg.i32(D), arg.ptr(opts.srcRows ?? null), arg.i32(hs.shape[0]), opts.mixScratch as DeviceTensor<'F64'>,
+        arg.i32(rows), arg.i32(rpb),
       ]);
     }
     const k = this.kernel(entry);

@@ -250,18 +250,9 @@ __device__ double sinkhorn_warp(double c, int iters, double eps, int e, int base
   return c;
 }
 
-// acc + fn[0..8) . f[0..8) in f64, columns in order (bf16 x f32 products are exact in f64, so fma == the CPU's
-// multiply-then-add).
-__device__ __forceinline__ double dot8_f64(const float* __restrict__ w, const float (&f)[8], double a) {
-  const float4 w0 = __ldg(reinterpret_cast<const float4*>(w));
-  const float4 w1 = __ldg(reinterpret_cast<const float4*>(w + 4));
-  a = fma((double)w0.x, (double)f[0], a); a = fma((double)w0.y, (double)f[1], a);
-  a = fma((double)w0.z, (double)f[2], a); a = fma((double)w0.w, (double)f[3], a);
-  a = fma((double)w1.x, (double)f[4], a); a = fma((double)w1.y, (double)f[5], a);
-  a = fma((double)w1.z, (double)f[6], a); a = fma((double)w1.w, (double)f[7], a);
-  return a;
-}
-
+// "dot8_f64's chain" (the kernels' dot products, as before they shared loads between rows): acc + fn[0..8) . f[0..8)
+// in f64, columns in order, a = fma((double)w[i], (double)f[i], a) for i = 0..7 (bf16 x f32 products are exact in
+// f64, so fma == the CPU's multiply-then-add).
 __device__ __forceinline__ double sumsq8_f64(const float (&f)[8], double a) {
 #pragma unroll
   for (int i = 0; i < 8; i++) a += (double)f[i] * (double)f[i];
@@ -276,45 +267,95 @@ __device__ __forceinline__ int hc_src_row(const int* __restrict__ src_rows, int 
   return bad ? 0 : src;
 }
 
-// The split mixing logits for small T (mo_hc_pre_mix / mo_hc_head_mix): block (chunk, group, r) takes columns
-// [chunk * kMixCols, +kMixCols) of the 4D row r (8 per thread) and logits [group * kMixLogits, +kMixLogits); group 0
-// also sums the squares. Its f64 partials go to part[r, chunk, 0..kMix] (index kMix: the squares), summed over the
-// block in block_sum_f64's fixed order; hc_body adds the chunks in ascending order.
+// The split mixing logits for small T (mo_hc_pre_mix / mo_hc_head_mix): block (chunk, group, z) takes columns
+// [chunk * kMixCols, +kMixCols) of the 4D rows r = z * RT .. z * RT + RT - 1 (those < rows; 8 columns per thread)
+// and logits [group * kMixLogits, +kMixLogits); group 0 also sums the squares. Its f64 partials go to
+// part[r, chunk, 0..kMix] (index kMix: the squares), summed over the block in block_sum_f64's fixed order; hc_body
+// adds the chunks in ascending order. RT (1, 2, 4 or 8 rows per block, the host's hcMixRowsPerBlock) only shares the
+// weight loads and their f64 conversions between rows: each (row, chunk, logit) is still one dot8_f64 chain from 0.0
+// over the thread's 8 columns in order (fma(w, x, acc) on the same exactly converted operands), then the same block
+// sum, so the partials are the same bits for every RT (each block re-read hc_fn's slice per row before: the L2 reads
+// of 1.5 MB per row at flash limited batch 64).
 constexpr int kMixThreads = 128;
 constexpr int kMixCols = kMixThreads * 8;
 constexpr int kMixLogits = 4;
 
-template <bool kHead>
+template <bool kHead, int RT>
 __device__ __forceinline__ void hc_mix_body(const mo::u16* __restrict__ hs, const float* __restrict__ fn, int D,
-                                            const int* __restrict__ src_rows, int hs_rows, double* __restrict__ part) {
+                                            const int* __restrict__ src_rows, int hs_rows, double* __restrict__ part,
+                                            int rows) {
   constexpr int kMix = kHead ? kHc : kMixPre;
   constexpr int kNV = kMix + 1;
   constexpr int kL = kMixLogits + 1;  // this block's logits, then the squares
+  constexpr int kV = RT * kL;
   constexpr int kWarps = kMixThreads / 32;
-  __shared__ double red[kWarps * kL];
-  __shared__ double tot[kL];
+  __shared__ double red[kWarps * kV];
+  __shared__ double tot[kV];
   const int chunk = blockIdx.x;
   const int j0 = blockIdx.y * kMixLogits;
-  const int r = blockIdx.z;
+  const int r0 = blockIdx.z * RT;
   const int W = kHc * D;
-  bool bad;  // unused: hc_body makes that row's logits NaN
-  const mo::u16* xr = hs + (size_t)hc_src_row(src_rows, r, hs_rows, bad) * W;
-  double acc[kL];
+  double acc[kV];
 #pragma unroll
-  for (int k = 0; k < kL; k++) acc[k] = 0.0;
+  for (int k = 0; k < kV; k++) acc[k] = 0.0;
   const int c = chunk * kMixCols + threadIdx.x * 8;
   if (c < W) {
-    float f[8];
-    mo::unpack8(__ldg(reinterpret_cast<const uint4*>(xr + c)), f);
-    if (blockIdx.y == 0) acc[kMixLogits] = sumsq8_f64(f, 0.0);
+    double wd[kMixLogits][8];
 #pragma unroll
-    for (int l = 0; l < kMixLogits; l++)
-      if (j0 + l < kMix) acc[l] = dot8_f64(fn + (size_t)(j0 + l) * W + c, f, 0.0);
+    for (int l = 0; l < kMixLogits; l++) {
+      if (j0 + l < kMix) {
+        const float* wp = fn + (size_t)(j0 + l) * W + c;
+        const float4 w0 = __ldg(reinterpret_cast<const float4*>(wp));
+        const float4 w1 = __ldg(reinterpret_cast<const float4*>(wp + 4));
+        wd[l][0] = (double)w0.x; wd[l][1] = (double)w0.y; wd[l][2] = (double)w0.z; wd[l][3] = (double)w0.w;
+        wd[l][4] = (double)w1.x; wd[l][5] = (double)w1.y; wd[l][6] = (double)w1.z; wd[l][7] = (double)w1.w;
+      }
+    }
+#pragma unroll
+    for (int s = 0; s < RT; s++) {
+      if (r0 + s < rows) {
+        bool bad;  // unused: hc_body makes that row's logits NaN
+        const mo::u16* xr = hs + (size_t)hc_src_row(src_rows, r0 + s, hs_rows, bad) * W;
+        float f[8];
+        mo::unpack8(__ldg(reinterpret_cast<const uint4*>(xr + c)), f);
+        if (blockIdx.y == 0) acc[s * kL + kMixLogits] = sumsq8_f64(f, 0.0);
+        double x[8];
+#pragma unroll
+        for (int i = 0; i < 8; i++) x[i] = (double)f[i];
+#pragma unroll
+        for (int l = 0; l < kMixLogits; l++) {
+          if (j0 + l < kMix) {
+            double a = 0.0;
+#pragma unroll
+            for (int i = 0; i < 8; i++) a = fma(wd[l][i], x[i], a);  // dot8_f64's chain
+            acc[s * kL + l] = a;
+          }
+        }
+      }
+    }
   }
-  block_sum_f64<kL, kWarps>(acc, red, tot);
-  double* out = part + ((size_t)r * gridDim.x + chunk) * kNV;
-  if (threadIdx.x < kMixLogits && j0 + (int)threadIdx.x < kMix) out[j0 + threadIdx.x] = tot[threadIdx.x];
-  if (blockIdx.y == 0 && threadIdx.x == 0) out[kMix] = tot[kMixLogits];
+  block_sum_f64<kV, kWarps>(acc, red, tot);
+  for (int k = threadIdx.x; k < kV; k += kMixThreads) {
+    const int s = k / kL;
+    const int l = k - s * kL;
+    if (r0 + s >= rows) continue;
+    double* out = part + ((size_t)(r0 + s) * gridDim.x + chunk) * kNV;
+    if (l < kMixLogits) {
+      if (j0 + l < kMix) out[j0 + l] = tot[k];
+    } else if (blockIdx.y == 0) {
+      out[kMix] = tot[k];
+    }
+  }
+}
+
+template <bool kHead>
+__device__ __forceinline__ void hc_mix_entry(const mo::u16* __restrict__ hs, const float* __restrict__ fn, int D,
+                                             const int* __restrict__ src_rows, int hs_rows, double* __restrict__ part,
+                                             int rows, int rpb) {
+  if (rpb >= 8) hc_mix_body<kHead, 8>(hs, fn, D, src_rows, hs_rows, part, rows);
+  else if (rpb >= 4) hc_mix_body<kHead, 4>(hs, fn, D, src_rows, hs_rows, part, rows);
+  else if (rpb >= 2) hc_mix_body<kHead, 2>(hs, fn, D, src_rows, hs_rows, part, rows);
+  else hc_mix_body<kHead, 1>(hs, fn, D, src_rows, hs_rows, part, rows);
 }
 
 // pre_j / the head's weights: fround(fround(sigmoid(fround(fround(m * scale) + base))) + hc_eps).
@@ -545,6 +586,9 @@ __device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const fl
   }
 }
 
+// The rows per block the kernel runs for the host's tpb (1 with the split path's partials; the host passes 1, 2, 4).
+__device__ __forceinline__ int hc_rows_per_block(const double* part, int tpb) { return part || tpb <= 1 ? 1 : tpb == 2 ? 2 : 4; }
+
 template <bool kHead>
 __device__ __forceinline__ void hc_entry(const mo::u16* __restrict__ hs, const float* __restrict__ fn,
                                          const float* __restrict__ base, const float* __restrict__ scale, int D,
@@ -555,9 +599,11 @@ __device__ __forceinline__ void hc_entry(const mo::u16* __restrict__ hs, const f
                                          const double* __restrict__ part, int n_chunks, int rows, int tpb) {
 #define MO_HC_BODY_ARGS hs, fn, base, scale, D, norm_eps, hc_eps, iters, post, comb, y, norm_w, q, sf, sf_ld, pow2, \
                         src_rows, hs_rows, part, n_chunks, rows
-  if (part || tpb <= 1) hc_body<kHead, 1>(MO_HC_BODY_ARGS);
-  else if (tpb == 2) hc_body<kHead, 2>(MO_HC_BODY_ARGS);
-  else hc_body<kHead, 4>(MO_HC_BODY_ARGS);
+  switch (hc_rows_per_block(part, tpb)) {
+    case 1: hc_body<kHead, 1>(MO_HC_BODY_ARGS); break;
+    case 2: hc_body<kHead, 2>(MO_HC_BODY_ARGS); break;
+    default: hc_body<kHead, 4>(MO_HC_BODY_ARGS); break;
+  }
 #undef MO_HC_BODY_ARGS
 }
 
@@ -577,28 +623,28 @@ __device__ __forceinline__ void hc_entry(const mo::u16* __restrict__ hs, const f
       sf, sf_ld, pow2, src_rows, hs_rows, part, n_chunks, rows, tpb
 
 extern "C" __global__ void __launch_bounds__(kHcThreads) mo_hc_pre(MO_HC_PARAMS) {
-  if ((long long)blockIdx.x * (part || tpb <= 1 ? 1 : tpb) >= rows) return;
+  if ((long long)blockIdx.x * hc_rows_per_block(part, tpb) >= rows) return;
   hc_entry<false>(MO_HC_ARGS);
 }
 
 // (kHcThreads, 1): without the 1, ptxas stops mo_hc_head at 128 registers and spills (4 rows per block).
 extern "C" __global__ void __launch_bounds__(kHcThreads, 1) mo_hc_head(MO_HC_PARAMS) {
-  if ((long long)blockIdx.x * (part || tpb <= 1 ? 1 : tpb) >= rows) return;
+  if ((long long)blockIdx.x * hc_rows_per_block(part, tpb) >= rows) return;
   hc_entry<true>(MO_HC_ARGS);
 }
 
 // The split mixing logits ahead of mo_hc_pre / mo_hc_head (small T): grid (ceil(4D / kMixCols),
-// ceil(kMix / kMixLogits), rows), part f64 [rows, gridDim.x, kMix + 1].
+// ceil(kMix / kMixLogits), ceil(rows / rpb)), rpb rows per block (1, 2, 4, 8), part f64 [rows, gridDim.x, kMix + 1].
 #define MO_HC_MIX_PARAMS                                                                                          \
   const mo::u16 *__restrict__ hs, const float *__restrict__ fn, int D, const int *__restrict__ src_rows,           \
-      int hs_rows, double *__restrict__ part
+      int hs_rows, double *__restrict__ part, int rows, int rpb
 
 extern "C" __global__ void __launch_bounds__(kMixThreads) mo_hc_pre_mix(MO_HC_MIX_PARAMS) {
-  hc_mix_body<false>(hs, fn, D, src_rows, hs_rows, part);
+  hc_mix_entry<false>(hs, fn, D, src_rows, hs_rows, part, rows, rpb);
 }
 
 extern "C" __global__ void __launch_bounds__(kMixThreads) mo_hc_head_mix(MO_HC_MIX_PARAMS) {
-  hc_mix_body<true>(hs, fn, D, src_rows, hs_rows, part);
+  hc_mix_entry<true>(hs, fn, D, src_rows, hs_rows, part, rows, rpb);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
