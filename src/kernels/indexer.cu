@@ -18,7 +18,7 @@ namespace {
 constexpr int kPrepMaxDi = 1024;
 constexpr int kScoreThreads = 256;
 constexpr int kScoreWarps = kScoreThreads / 32;
-constexpr int kKeysPerCta = 32;
+constexpr int kKeysPerCta = kScoreThreads;  // a thread per key
 constexpr int kTopkThreads = 512;
 constexpr int kTopkWarps = kTopkThreads / 32;
 }  // namespace
@@ -49,50 +49,196 @@ attn_indexer_prepare(uint16_t* qi,                   // bf16 [rows, Hi, di] in p
   }
 }
 
-extern "C" __global__ void __launch_bounds__(kScoreThreads)
+namespace {
+// ---- exact integer q . k (attn_indexer_scores' fast path) ----------------------------------------------------------
+// A vector (one qI head, or one indexer key) of bf16 values v_i is taken as integers n_i times a unit 2^U with
+// U = floor(log2(amax)) - 6, i.e. the finest power of two that keeps |n| <= 127 (amax / 2^U is in [64, 128)). Each n_i
+// is found as v_i * 2^-U in f32 (exact: 8 significant bits, no overflow, no underflow given the exponent range below)
+// rounded to an integer by the magic-number addition, and the vector is accepted only if every v_i * 2^-U IS that
+// integer (the fma residual is exactly zero). FP4-simulated vectors pass whenever their 32-blocks' scales lie within
+// 3-4 binades of each other (always so after the Hadamard rotation in practice); anything else (other data, NaN / Inf,
+// an amax outside [2^-121, 2^23)) is flagged and takes the double path, so no input gives a wrong score.
+// For an accepted pair, q . k = (sum_i nq_i nk_i) 2^(Uq + Uk): the integer sum is exact in int32 (__dp4a), |sum| <=
+// di 127^2 < 2^21 (di <= 128), so it converts to f32 exactly and the power-of-two scale keeps it exact while
+// -126 <= Uq + Uk <= 105 (checked per pair). Every partial sum of the CPU's f64 loop is then an integer multiple of
+// 2^(Uq+Uk) below 2^22 of them, i.e. exact, so the f32 value here equals __double2float_rn(CPU dot) bit for bit.
+constexpr int kSlowExp = -1000000;             // U of a vector that is not on such an integer grid: Uq + Uk fails the range check
+constexpr float kMagic = 12582912.0f;          // 1.5 * 2^23: x + kMagic for an integer |x| < 2^22 has x in its low mantissa bits
+constexpr int kMagicBits = 0x4B400000;
+
+// The byte of n (two's complement, in the low 8 bits of the result) for v = n * 2^U given scale = 2^-U; any residual
+// (v * scale not an integer, NaN, Inf) lands in err.
+__device__ __forceinline__ unsigned int8_of(float v, float scale, unsigned& err) {
+  const float g = __fmaf_rn(v, scale, kMagic);
+  const float res = __fmaf_rn(v, scale, __fsub_rn(kMagic, g));
+  err |= __float_as_uint(res) << 1;  // +0 or -0 when exact
+  return __float_as_uint(g);
+}
+
+// scale = 2^-U and U for a vector with maximum magnitude amax (>= 0); false when outside the exact range.
+__device__ __forceinline__ bool int_unit(float amax, float& scale, int& U) {
+  const unsigned ef = __float_as_uint(amax) >> 23;  // amax is not negative
+  if (amax == 0.f) { scale = 1.f; U = 0; return true; }  // all zero (a NaN is caught by the residual)
+  if (ef < 6u || ef > 149u) return false;           // 2^-U must be a normal f32; no product may underflow to zero
+  scale = __uint_as_float((260u - ef) << 23);        // 2^(133 - ef) = 2^-U
+  U = (int)ef - 133;
+  return true;
+}
+
+__device__ __forceinline__ unsigned pack4(unsigned a, unsigned b, unsigned c, unsigned d) {
+  return __byte_perm(__byte_perm(a, b, 0x0040), __byte_perm(c, d, 0x0040), 0x5410);
+}
+
+// One key row (di = DI bf16 values) into DI/4 packed int8 words; returns its U (kSlowExp when not exact). Two passes
+// over the row (the second from L1) keep the registers down to the packed words.
+template <int DI>
+__device__ __forceinline__ int key_to_int8(const uint16_t* row, int (&kw)[DI / 4]) {
+  const uint4* src = reinterpret_cast<const uint4*>(row);
+  float amax = 0.f;
+#pragma unroll
+  for (int c = 0; c < DI / 8; c++) {
+    const uint4 r4 = src[c];
+    const unsigned x[4] = {r4.x, r4.y, r4.z, r4.w};
+#pragma unroll
+    for (int t = 0; t < 4; t++) {
+      amax = fmaxf(amax, fabsf(__uint_as_float(x[t] << 16)));
+      amax = fmaxf(amax, fabsf(__uint_as_float(x[t] & 0xffff0000u)));
+    }
+  }
+  float scale; int U;
+  if (!int_unit(amax, scale, U)) return kSlowExp;
+  unsigned err = 0;
+#pragma unroll
+  for (int c = 0; c < DI / 8; c++) {
+    const uint4 r4 = src[c];
+    const unsigned x[4] = {r4.x, r4.y, r4.z, r4.w};
+    unsigned b[8];
+#pragma unroll
+    for (int t = 0; t < 4; t++) {
+      b[2 * t] = int8_of(__uint_as_float(x[t] << 16), scale, err);
+      b[2 * t + 1] = int8_of(__uint_as_float(x[t] & 0xffff0000u), scale, err);
+    }
+    kw[2 * c] = (int)pack4(b[0], b[1], b[2], b[3]);
+    kw[2 * c + 1] = (int)pack4(b[4], b[5], b[6], b[7]);
+  }
+  return err ? kSlowExp : U;
+}
+
+// The reference dot product (the CPU's loop: f64, in order), for pairs off the integer grid.
+__device__ __noinline__ float dot_double(const uint16_t* q, const uint16_t* k, int di) {
+  double dot = 0.0;
+  for (int i = 0; i < di; i++) dot += (double)attn::bf16_to_f32(q[i]) * (double)attn::bf16_to_f32(k[i]);
+  return __double2float_rn(dot);
+}
+
+// attn_indexer_scores' body for di == DI (DI = 0: any di, every pair on the double path).
+template <int DI>
+__device__ __forceinline__ void indexer_scores_body(
+    const uint16_t* __restrict__ qi, const uint16_t* __restrict__ w, const attn::Paged& cache,
+    const int* __restrict__ items, const int* __restrict__ row_item, uint16_t* __restrict__ scores, int score_stride,
+    int row_begin, int rows, int Hi, int di, int ratio, int topk, int rows_per_cta, unsigned char* smem) {
+  const int g0 = blockIdx.x * rows_per_cta;
+  const int nr = min(rows_per_cta, rows - g0);
+  const int n0 = blockIdx.y * kKeysPerCta;
+  signed char* qb = reinterpret_cast<signed char*>(smem);                         // [R, Hi, di] int8 of qI
+  int* qexp = reinterpret_cast<int*>(smem + (size_t)rows_per_cta * Hi * di);     // [R, Hi] U of each head
+  float* ws = reinterpret_cast<float*>(qexp + rows_per_cta * Hi);                 // [R, Hi] head weights
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+
+  // the rows' queries as int8 + unit (a warp per head), and the head weights
+  for (int p = warp; p < nr * Hi; p += kScoreWarps) {
+    const int j = p / Hi, h = p % Hi;
+    int U = kSlowExp;
+    if constexpr (DI > 0) {
+      constexpr int VPL = DI / 32;  // values per lane
+      const uint16_t* src = qi + ((size_t)(row_begin + g0 + j) * Hi + h) * DI + lane * VPL;
+      float v[VPL];
+      float amax = 0.f;
+#pragma unroll
+      for (int t = 0; t < VPL; t++) { v[t] = attn::bf16_to_f32(src[t]); amax = fmaxf(amax, fabsf(v[t])); }
+      amax = attn::warp_max(amax);
+      float scale;
+      if (int_unit(amax, scale, U)) {
+        unsigned err = 0;
+        signed char* dst = qb + (size_t)p * DI + lane * VPL;
+#pragma unroll
+        for (int t = 0; t < VPL; t++) dst[t] = (signed char)(int8_of(v[t], scale, err) & 0xffu);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) err |= __shfl_xor_sync(0xffffffffu, err, o);
+        if (err) U = kSlowExp;
+      }
+    }
+    if (lane == 0) qexp[p] = U;
+  }
+  for (int p = threadIdx.x; p < nr * Hi; p += blockDim.x) {
+    const int j = p / Hi, h = p % Hi;
+    ws[p] = attn::bf16_to_f32(w[(size_t)(row_begin + g0 + j) * Hi + h]);
+  }
+  __syncthreads();
+
+  // a thread per key: its int8 words in registers, reloaded when the CTA's next row belongs to another item
+  const int n = n0 + threadIdx.x;
+  int kw[DI > 0 ? DI / 4 : 4];
+  int uk = kSlowExp;
+  int loaded_item = -1;
+  for (int j = 0; j < nr; j++) {
+    const int r = row_begin + g0 + j;
+    const int ii = row_item[r];
+    const attn::Item it = attn::load_item(items, ii);
+    const int T = it.pos + (r - it.row0);
+    const int visible = (T + 1) / ratio;
+    if (visible <= topk || n >= visible) continue;  // top-k takes every block then / no such key for this row
+    const uint16_t* krow = attn::paged_row(cache, it.slot, n);
+    if constexpr (DI > 0) {
+      if (ii != loaded_item) { uk = key_to_int8<DI>(krow, kw); loaded_item = ii; }
+    }
+    const signed char* qrow = qb + (size_t)j * Hi * DI;
+    double acc = 0.0;  // the CPU's order: heads ascending
+    for (int h = 0; h < Hi; h++) {
+      float dot;
+      const int F = qexp[j * Hi + h] + uk;
+      if (DI > 0 && (unsigned)(F + 126) <= 231u) {  // both on the integer grid, 2^F in [2^-126, 2^105]
+        const int4* qv = reinterpret_cast<const int4*>(qrow + (size_t)h * DI);
+        int s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma unroll
+        for (int c = 0; c < (DI > 0 ? DI / 16 : 0); c++) {
+          const int4 x = qv[c];
+          s0 = __dp4a(x.x, kw[4 * c], s0);
+          s1 = __dp4a(x.y, kw[4 * c + 1], s1);
+          s2 = __dp4a(x.z, kw[4 * c + 2], s2);
+          s3 = __dp4a(x.w, kw[4 * c + 3], s3);
+        }
+        const int s = (s0 + s1) + (s2 + s3);                                   // |s| <= di 127^2 < 2^22: exact
+        const float fs = __fsub_rn(__int_as_float(kMagicBits + s), kMagic);   // = (float)s, exact
+        dot = __fmul_rn(fs, __int_as_float((F + 127) << 23));                 // * 2^F, exact (normal range)
+      } else {
+        dot = dot_double(qi + ((size_t)r * Hi + h) * di, krow, di);
+      }
+      const float rl = fmaxf(attn::bf16_round(dot), 0.f);
+      acc += (double)attn::bf16_round(__fmul_rn(ws[j * Hi + h], rl));
+    }
+    scores[(size_t)(g0 + j) * score_stride + n] = attn::f32_to_bf16_bits(__double2float_rn(acc));
+  }
+}
+}  // namespace
+
+// grid (ceil(rows / rows_per_cta), ceil(max visible / kKeysPerCta)); dynamic shared memory rows_per_cta * Hi * (di + 8)
+// bytes (indexerScoreSmemBytes). Rows with visible <= topk are skipped (the top-k kernel takes every block).
+extern "C" __global__ void __launch_bounds__(kScoreThreads, 2)
 attn_indexer_scores(const uint16_t* __restrict__ qi,  // bf16 [rows, Hi, di] (prepared)
                     const uint16_t* __restrict__ w,   // bf16 [rows, Hi] (scaled)
                     uint16_t* idx_base, const int* __restrict__ idx_table, int table_stride, int block_rows,
                     int layer_slot, int layers,
                     const int* __restrict__ items, const int* __restrict__ row_item,
                     uint16_t* __restrict__ scores,    // bf16 bits [chunk rows, score_stride]
-                    int score_stride, int row_begin, int Hi, int di, int ratio, int topk) {
+                    int score_stride, int row_begin, int rows, int Hi, int di, int ratio, int topk, int rows_per_cta) {
   extern __shared__ __align__(16) unsigned char smem[];
-  double* part = reinterpret_cast<double*>(smem);                                 // [warps, 32]
-  float* qs = reinterpret_cast<float*>(part + kScoreWarps * kKeysPerCta);         // [Hi, di]
-  float* ws = qs + (size_t)Hi * di;                                               // [Hi]
-  float* ks = ws + Hi;                                                            // [32, di + 1]
-  const int r = row_begin + blockIdx.x;
-  const attn::Item it = attn::load_item(items, row_item[r]);
-  const int T = it.pos + (r - it.row0);
-  const int visible = (T + 1) / ratio;
-  const int n0 = blockIdx.y * kKeysPerCta;
-  if (visible <= topk || n0 >= visible) return;  // uniform per CTA; the top-k kernel takes every block then
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int i = threadIdx.x; i < Hi * di; i += blockDim.x) qs[i] = attn::bf16_to_f32(qi[(size_t)r * Hi * di + i]);
-  for (int i = threadIdx.x; i < Hi; i += blockDim.x) ws[i] = attn::bf16_to_f32(w[(size_t)r * Hi + i]);
   const attn::Paged cache{idx_base, idx_table, table_stride, block_rows, layer_slot, layers, di};
-  const int nkeys = min(kKeysPerCta, visible - n0);
-  for (int e = threadIdx.x; e < kKeysPerCta * di; e += blockDim.x) {
-    const int kk = e / di, i = e % di;
-    ks[kk * (di + 1) + i] = kk < nkeys ? attn::bf16_to_f32(attn::paged_row(cache, it.slot, n0 + kk)[i]) : 0.f;
-  }
-  __syncthreads();
-  double acc = 0.0;
-  const float* kr = ks + lane * (di + 1);
-  for (int h = warp; h < Hi; h += kScoreWarps) {
-    const float* qh = qs + (size_t)h * di;
-    double dot = 0.0;
-    for (int i = 0; i < di; i++) dot += (double)qh[i] * (double)kr[i];
-    const float rl = fmaxf(attn::bf16_round(__double2float_rn(dot)), 0.f);
-    acc += (double)attn::bf16_round(__fmul_rn(ws[h], rl));
-  }
-  part[warp * kKeysPerCta + lane] = acc;
-  __syncthreads();
-  if (warp == 0 && lane < nkeys) {
-    double s = 0.0;
-    for (int j = 0; j < kScoreWarps; j++) s += part[j * kKeysPerCta + lane];
-    scores[(size_t)blockIdx.x * score_stride + n0 + lane] = attn::f32_to_bf16_bits(__double2float_rn(s));
+  switch (di) {
+    case 32: indexer_scores_body<32>(qi, w, cache, items, row_item, scores, score_stride, row_begin, rows, Hi, di, ratio, topk, rows_per_cta, smem); break;
+    case 64: indexer_scores_body<64>(qi, w, cache, items, row_item, scores, score_stride, row_begin, rows, Hi, di, ratio, topk, rows_per_cta, smem); break;
+    case 128: indexer_scores_body<128>(qi, w, cache, items, row_item, scores, score_stride, row_begin, rows, Hi, di, ratio, topk, rows_per_cta, smem); break;
+    default: indexer_scores_body<0>(qi, w, cache, items, row_item, scores, score_stride, row_begin, rows, Hi, di, ratio, topk, rows_per_cta, smem); break;
   }
 }
 

@@ -250,6 +250,7 @@ int cuLaunchKernel(uintptr_t fn, unsigned gx, unsigned gy, unsigned gz, unsigned
 }
 int cuTensorMapEncodeTiled(uintptr_t, int, uint32_t, uint64_t, const uint64_t*, const uint64_t*, const uint32_t*, const uint32_t*, int, int, int, int) { return 801; }
 int cuStreamBeginCapture_v2(uintptr_t, int) { return 801; }  // CUDA_ERROR_NOT_SUPPORTED
+int cuOccupancyMaxActiveClusters(uintptr_t, uintptr_t, uintptr_t) { return 801; }  // clusters: not emulated (the driver binds it)
 int cuStreamEndCapture(uintptr_t, uintptr_t) { return 801; }
 int cuGraphInstantiateWithFlags(uintptr_t, uintptr_t, uint64_t) { return 801; }
 int cuGraphLaunch(uintptr_t, uintptr_t) { return 801; }
