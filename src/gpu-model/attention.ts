@@ -109,9 +109,12 @@ export function chooseHeadsPerCta(H: number, d: number, maxKeys: number, smemLim
     'shorten the context (a ratio-128 layer attends every compressed block: (T+1)/128 of them) or use a split-K attention kernel (not built)');
 }
 
-/** Dynamic shared memory of attn_indexer_scores: the int8 queries, their units and the head weights of its rows. */
+/**
+ * Dynamic shared memory of attn_indexer_scores: the int8 queries, their units and the head weights of its rows, and
+ * the staging of its keys' int8 words.
+ */
 export function indexerScoreSmemBytes(Hi: number, di: number, rowsPerCta = 1): number {
-  return rowsPerCta * Hi * (di + 8);
+  return rowsPerCta * Hi * (di + 8) + INDEXER_KEYS_PER_CTA * di;
 }
 
 /** Most query rows one attn_indexer_scores CTA takes (it scores its keys for each of them). */

@@ -89,13 +89,14 @@ __device__ __forceinline__ unsigned pack4(unsigned a, unsigned b, unsigned c, un
   return __byte_perm(__byte_perm(a, b, 0x0040), __byte_perm(c, d, 0x0040), 0x5410);
 }
 
-// One key row (di = DI bf16 values) into DI/4 packed int8 words; returns its U (kSlowExp when not exact). Two passes
-// over the row (the second from L1) keep the registers down to the packed words.
+// One key row (di = DI bf16 values) into DI/4 packed int8 words in kw; returns its U (kSlowExp when not exact). Two
+// passes over the row (the second from L1), one 16-byte chunk at a time, the words staged through this thread's own
+// column of shared memory (stage[word * kKeysPerCta]): unrolled, the conversion kept every value live (~190 registers).
 template <int DI>
-__device__ __forceinline__ int key_to_int8(const uint16_t* row, int (&kw)[DI / 4]) {
+__device__ __forceinline__ int key_to_int8(const uint16_t* row, int* stage, int (&kw)[DI / 4]) {
   const uint4* src = reinterpret_cast<const uint4*>(row);
   float amax = 0.f;
-#pragma unroll
+#pragma unroll 1
   for (int c = 0; c < DI / 8; c++) {
     const uint4 r4 = src[c];
     const unsigned x[4] = {r4.x, r4.y, r4.z, r4.w};
@@ -108,7 +109,7 @@ __device__ __forceinline__ int key_to_int8(const uint16_t* row, int (&kw)[DI / 4
   float scale; int U;
   if (!int_unit(amax, scale, U)) return kSlowExp;
   unsigned err = 0;
-#pragma unroll
+#pragma unroll 1
   for (int c = 0; c < DI / 8; c++) {
     const uint4 r4 = src[c];
     const unsigned x[4] = {r4.x, r4.y, r4.z, r4.w};
@@ -118,9 +119,11 @@ __device__ __forceinline__ int key_to_int8(const uint16_t* row, int (&kw)[DI / 4
       b[2 * t] = int8_of(__uint_as_float(x[t] << 16), scale, err);
       b[2 * t + 1] = int8_of(__uint_as_float(x[t] & 0xffff0000u), scale, err);
     }
-    kw[2 * c] = (int)pack4(b[0], b[1], b[2], b[3]);
-    kw[2 * c + 1] = (int)pack4(b[4], b[5], b[6], b[7]);
+    stage[(2 * c) * kKeysPerCta] = (int)pack4(b[0], b[1], b[2], b[3]);
+    stage[(2 * c + 1) * kKeysPerCta] = (int)pack4(b[4], b[5], b[6], b[7]);
   }
+#pragma unroll
+  for (int wd = 0; wd < DI / 4; wd++) kw[wd] = stage[wd * kKeysPerCta];
   return err ? kSlowExp : U;
 }
 
@@ -143,6 +146,7 @@ __device__ __forceinline__ void indexer_scores_body(
   signed char* qb = reinterpret_cast<signed char*>(smem);                         // [R, Hi, di] int8 of qI
   int* qexp = reinterpret_cast<int*>(smem + (size_t)rows_per_cta * Hi * di);     // [R, Hi] U of each head
   float* ws = reinterpret_cast<float*>(qexp + rows_per_cta * Hi);                 // [R, Hi] head weights
+  int* kstage = reinterpret_cast<int*>(ws + rows_per_cta * Hi) + threadIdx.x;     // [di / 4, kKeysPerCta]: key words
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
   // the rows' queries as int8 + unit (a warp per head), and the head weights
@@ -190,7 +194,7 @@ __device__ __forceinline__ void indexer_scores_body(
     if (visible <= topk || n >= visible) continue;  // top-k takes every block then / no such key for this row
     const uint16_t* krow = attn::paged_row(cache, it.slot, n);
     if constexpr (DI > 0) {
-      if (ii != loaded_item) { uk = key_to_int8<DI>(krow, kw); loaded_item = ii; }
+      if (ii != loaded_item) { uk = key_to_int8<DI>(krow, kstage, kw); loaded_item = ii; }
     }
     const signed char* qrow = qb + (size_t)j * Hi * DI;
     double acc = 0.0;  // the CPU's order: heads ascending
@@ -222,9 +226,9 @@ __device__ __forceinline__ void indexer_scores_body(
 }
 }  // namespace
 
-// grid (ceil(rows / rows_per_cta), ceil(max visible / kKeysPerCta)); dynamic shared memory rows_per_cta * Hi * (di + 8)
-// bytes (indexerScoreSmemBytes). Rows with visible <= topk are skipped (the top-k kernel takes every block).
-extern "C" __global__ void __launch_bounds__(kScoreThreads, 2)
+// grid (ceil(rows / rows_per_cta), ceil(max visible / kKeysPerCta)); dynamic shared memory
+// rows_per_cta * Hi * (di + 8) + kKeysPerCta * di bytes (indexerScoreSmemBytes). Rows with visible <= topk are skipped (the top-k kernel takes every block).
+extern "C" __global__ void __launch_bounds__(kScoreThreads)
 attn_indexer_scores(const uint16_t* __restrict__ qi,  // bf16 [rows, Hi, di] (prepared)
                     const uint16_t* __restrict__ w,   // bf16 [rows, Hi] (scaled)
                     uint16_t* idx_base, const int* __restrict__ idx_table, int table_stride, int block_rows,
