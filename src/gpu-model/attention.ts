@@ -248,6 +248,8 @@ export interface GpuAttentionOptions {
   maxItems: number;
   /** Rows per indexer scoring pass (the scores scratch holds this many rows x maxContext/4). Default 64. */
   indexerChunkRows?: number;
+  /** Query rows per indexer scoring CTA, 1..INDEXER_MAX_ROWS_PER_CTA (tests); default chooseIndexerRowsPerCta's. */
+  indexerRowsPerCta?: number;
 }
 
 /** The attention kernels of one model, bound to one cache. */
@@ -263,6 +265,7 @@ export class GpuAttention implements Disposable {
   private readonly freqComp: DeviceBuffer;
   private readonly scores: DeviceBuffer;
   private readonly chunkRows: number;
+  private readonly rowsPerCta: number | undefined;
   private readonly maxVisible: number;
   private plan: AttnCallPlan | undefined;
   private disposed = false;
@@ -278,6 +281,12 @@ export class GpuAttention implements Disposable {
     }
     this.limits = { maxRows: o.maxRows, maxItems: o.maxItems, maxContext: this.shape.maxContext };
     this.chunkRows = o.indexerChunkRows ?? 64;
+    const rpc = o.indexerRowsPerCta;
+    if (rpc !== undefined && !(Number.isInteger(rpc) && rpc >= 1 && rpc <= INDEXER_MAX_ROWS_PER_CTA
+      && indexerScoreSmemBytes(this.shape.indexHeads, this.shape.indexHeadDim, rpc) <= ATTN_SMEM_LIMIT)) {
+      throw new AttentionArgError(`GpuAttention: indexerRowsPerCta ${rpc} is not an integer in [1, ${INDEXER_MAX_ROWS_PER_CTA}] whose queries fit shared memory`, 'leave it unset (the launcher chooses)');
+    }
+    this.rowsPerCta = rpc;
     this.maxVisible = Math.floor(this.shape.maxContext / 4);
     const load = (source: string, entry: string) => loadKernelSync({ source, entry });
     this.k = {
@@ -410,7 +419,7 @@ export class GpuAttention implements Disposable {
         if (r > rb && p.rowItem[r] === p.rowItem[r - 1]) multiRow = true;
       }
       if (vis > s.indexTopk) {
-        const rpc = chooseIndexerRowsPerCta(n, vis, multiRow, s.indexHeads, s.indexHeadDim, this.sms);
+        const rpc = this.rowsPerCta ?? chooseIndexerRowsPerCta(n, vis, multiRow, s.indexHeads, s.indexHeadDim, this.sms);
         this.k.scores.launch({
           grid: [Math.ceil(n / rpc), Math.ceil(vis / INDEXER_KEYS_PER_CTA)], block: INDEXER_SCORE_THREADS,
           sharedMemBytes: indexerScoreSmemBytes(s.indexHeads, s.indexHeadDim, rpc), stream,
