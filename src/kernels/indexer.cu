@@ -4,11 +4,18 @@
 //
 // attn_indexer_prepare: one CTA per (row, indexer head): qI = FP4sim(Hadamard(RoPE(qI))) in place, and the head
 //   weight w = bf16(w * 1/(sqrt(di) sqrt(Hi))) (the scale comes from the host as one f32, as the CPU computes it).
-// attn_indexer_scores: one CTA per (row, 32 visible keys): score[n] = bf16(sum_h bf16(w_h * relu(bf16(qI_h . k_n)))).
-//   The dot products run in double: qI and k sit on the FP4 grid times power-of-two block scales, so the double sum is
-//   exact, i.e. equal to the CPU's f64 sum, and so is the head sum of bf16 terms (any order). The scores therefore
-//   match the CPU bit for bit and the selection is the same, ties included. (The inputs are exact in FP8 e4m3 given a
-//   per-row scale, which is what lets a fast version use FP8 tensor cores: docs/GPU-ATTENTION.md.)
+// attn_indexer_scores: one CTA per (up to rows_per_cta rows, 256 visible keys), a thread per key:
+//   score[n] = bf16(sum_h bf16(w_h * relu(bf16(qI_h . k_n)))), the head sum in double in the CPU's order (h ascending).
+//   The dot products are exact integer arithmetic: qI and k sit on the FP4 grid times power-of-two block scales, so
+//   each vector is small integers (|n| <= 127) times one power of two, the int8 dot product (__dp4a, int32) is exact,
+//   and it converts to f32 exactly; the CPU's f64 sum of the same products is exact too, so both give the same f32
+//   (the argument, and the conditions checked per vector and per pair, at "exact integer q . k" below). A vector
+//   that is not on such a grid (never for FP4-simulated data whose block scales lie within ~4 binades; checked, not
+//   assumed) makes its pairs take the f64 loop in the CPU's order instead, so every score matches the CPU bit for bit
+//   and the selection is the same, ties included. Each CTA converts its keys to int8 once (registers) and its rows'
+//   queries once (shared memory) and scores every key against every row of one item (a prefill chunk shares keys).
+//   (The inputs are also exact in FP8 e4m3 given a per-row scale: docs/GPU-ATTENTION.md; the int8 form is the same
+//   idea on CUDA cores.)
 // attn_indexer_topk: one CTA per row: the top min(k, visible) scores, ties to the lower block index, written in
 //   ascending block order (what the CPU returns), -1 after them. Radix select on the 16-bit bf16 keys (two 8-bit
 //   passes), then an in-order compaction with block scans. visible <= k selects every visible block without scores.
@@ -51,17 +58,23 @@ attn_indexer_prepare(uint16_t* qi,                   // bf16 [rows, Hi, di] in p
 
 namespace {
 // ---- exact integer q . k (attn_indexer_scores' fast path) ----------------------------------------------------------
-// A vector (one qI head, or one indexer key) of bf16 values v_i is taken as integers n_i times a unit 2^U with
-// U = floor(log2(amax)) - 6, i.e. the finest power of two that keeps |n| <= 127 (amax / 2^U is in [64, 128)). Each n_i
-// is found as v_i * 2^-U in f32 (exact: 8 significant bits, no overflow, no underflow given the exponent range below)
-// rounded to an integer by the magic-number addition, and the vector is accepted only if every v_i * 2^-U IS that
-// integer (the fma residual is exactly zero). FP4-simulated vectors pass whenever their 32-blocks' scales lie within
-// 3-4 binades of each other (always so after the Hadamard rotation in practice); anything else (other data, NaN / Inf,
-// an amax outside [2^-121, 2^23)) is flagged and takes the double path, so no input gives a wrong score.
-// For an accepted pair, q . k = (sum_i nq_i nk_i) 2^(Uq + Uk): the integer sum is exact in int32 (__dp4a), |sum| <=
-// di 127^2 < 2^21 (di <= 128), so it converts to f32 exactly and the power-of-two scale keeps it exact while
-// -126 <= Uq + Uk <= 105 (checked per pair). Every partial sum of the CPU's f64 loop is then an integer multiple of
-// 2^(Uq+Uk) below 2^22 of them, i.e. exact, so the f32 value here equals __double2float_rn(CPU dot) bit for bit.
+// A vector (one qI head, or one indexer key) of bf16 values v_i with maximum magnitude amax = m 2^E (1 <= m < 2) gets
+// the unit 2^U, U = E - 6: amax / 2^U = 64 m is in [64, 128), so every |v_i / 2^U| < 128; it is the finest power of
+// two with that bound, so a vector that is integers times ANY power of two within int8 passes with this one.
+//  - Conversion (int8_of): g = fma(v, 2^-U, 1.5 * 2^23) rounds the exact product to an integer n in g's low mantissa
+//    bits (|n| <= 127, so g's low byte is n in two's complement), and the residual fma(v, 2^-U, 1.5 * 2^23 - g) is
+//    zero exactly when v / 2^U IS the integer n: otherwise v / 2^U - n is a nonzero multiple of 2^-149 (v is a bf16
+//    value >= 2^-133, 2^-U >= 2^-16 because amax < 2^23) and rounds to nonzero. 2^-U is a normal f32 because
+//    amax >= 2^-121. A vector with any nonzero residual (off the grid, NaN, Inf), or amax outside [2^-121, 2^23),
+//    is flagged (kSlowExp) and all its pairs take the f64 loop. amax = 0: U = 0, all n = 0.
+//  - Which vectors pass: FP4-simulated ones (each 32-block e2m1 values times its scale s_b, i.e. multiples of s_b / 2
+//    up to 6 s_b, amax in [3, 6] s_max) whenever every block's s_b >= 2^-3 or 2^-4 of the largest: after the
+//    Hadamard rotation the blocks' scales differ by a binade or so. test/indexer-int-dot.test.ts checks the rule.
+//  - The dot of an accepted pair: s = sum nq_i nk_i is exact in int32, |s| <= di 127^2 < 2^21 (di <= 128); f32(s)
+//    by the magic-number subtraction is exact (|s| < 2^22), and s 2^F, F = Uq + Uk, is exact in f32 while
+//    -126 <= F <= 105 (normal, finite; checked per pair, else the f64 loop). The CPU's f64 loop adds the products
+//    q_i k_i = nq_i nk_i 2^F in order: every partial sum is an integer multiple of 2^F below 2^21 of them, so no step
+//    rounds and its dot is s 2^F too; both round to the same f32 (the old kernel's f64 loop gave the same value).
 constexpr int kSlowExp = -1000000;             // U of a vector that is not on such an integer grid: Uq + Uk fails the range check
 constexpr float kMagic = 12582912.0f;          // 1.5 * 2^23: x + kMagic for an integer |x| < 2^22 has x in its low mantissa bits
 constexpr int kMagicBits = 0x4B400000;
