@@ -103,14 +103,15 @@ __device__ __forceinline__ unsigned pack4(unsigned a, unsigned b, unsigned c, un
 }
 
 // One key row (di = DI bf16 values) into DI/4 packed int8 words in kw; returns its U (kSlowExp when not exact). Two
-// passes over the row (the second from L1), one 16-byte chunk at a time, the words staged through this thread's own
-// column of shared memory (stage[word * kKeysPerCta]): unrolled, the conversion kept every value live (~190 registers).
+// passes over the row: the amax with every load in flight, then (from L1) the conversion one 16-byte chunk at a time,
+// the words staged through this thread's own column of shared memory (stage[word * kKeysPerCta]); converting in
+// registers, unrolled, kept every value live (~190 registers).
 template <int DI>
 __device__ __forceinline__ int key_to_int8(const uint16_t* row, int* stage, int (&kw)[DI / 4]) {
   const uint4* src = reinterpret_cast<const uint4*>(row);
   float amax = 0.f;
-#pragma unroll 1
-  for (int c = 0; c < DI / 8; c++) {
+#pragma unroll
+  for (int c = 0; c < DI / 8; c++) {  // all loads in flight; the values die into amax
     const uint4 r4 = src[c];
     const unsigned x[4] = {r4.x, r4.y, r4.z, r4.w};
 #pragma unroll
@@ -120,7 +121,11 @@ __device__ __forceinline__ int key_to_int8(const uint16_t* row, int* stage, int 
     }
   }
   float scale; int U;
-  if (!int_unit(amax, scale, U)) return kSlowExp;
+  if (!int_unit(amax, scale, U)) {
+#pragma unroll
+    for (int wd = 0; wd < DI / 4; wd++) kw[wd] = 0;  // (so the old words are dead during the loads)
+    return kSlowExp;
+  }
   unsigned err = 0;
 #pragma unroll 1
   for (int c = 0; c < DI / 8; c++) {
