@@ -21,8 +21,8 @@ import { indexerIntClass } from './support/indexer-int.js';
 
 const skip = gpuSkipReason();
 
-const config = (preset: 'tiny' | 'flash', layers?: number): ModelConfig =>
-  modelConfigFrom(parseDeepSeekV4Config(modelPresetConfig({ preset, layers, expertDtype: 'fp8', seed: 1 })));
+const config = (preset: 'tiny' | 'flash', layers?: number, overrides?: Record<string, unknown>): ModelConfig =>
+  modelConfigFrom(parseDeepSeekV4Config(modelPresetConfig({ preset, layers, expertDtype: 'fp8', seed: 1, overrides })));
 
 /** model.ts indexerTopk's score of block nb (the same expression, in the same order), as bf16 bits. */
 function cpuScore(q: Float32Array, qOff: number, w: Float32Array, wOff: number, heads: number, di: number, keys: Float32Array, nb: number): number {
@@ -148,14 +148,20 @@ function runScoresCase(label: string, c: ModelConfig, cases: Case[], rowsPerCta:
   assert.ok(slowPairs > 0, `${label}: the double path should be exercised`);
 }
 
-test('indexer scores == CPU bit for bit, tiny shape (16 x 64): decode rows and a prefill chunk, 1 row per CTA', { skip }, (t) => {
+test('indexer scores == CPU bit for bit, tiny shape (16 x 64, tensor cores): decode rows and a prefill chunk, 1 row per CTA', { skip }, (t) => {
   runScoresCase('tiny R1', config('tiny'), [{ start: 900, len: 1 }, { start: 1203, len: 1 }, { start: 600, len: 12 }, { start: 3, len: 1 }], 1, 5, t);
 });
 
-test('indexer scores == CPU bit for bit, tiny shape: 8 rows per CTA, CTAs spanning items', { skip }, (t) => {
+test('indexer scores == CPU bit for bit, tiny shape (tensor cores): 8 rows per CTA, CTAs spanning items', { skip }, (t) => {
   runScoresCase('tiny R8', config('tiny'), [{ start: 700, len: 5 }, { start: 1030, len: 1 }, { start: 500, len: 11 }, { start: 1300, len: 2 }], 8, 6, t);
 });
 
 test('indexer scores == CPU bit for bit, flash shape (64 x 128, top-512): decode rows past 2K blocks and a prefill chunk (4 rows per CTA)', { skip }, (t) => {
   runScoresCase('flash R4', config('flash', 4), [{ start: 8300, len: 1 }, { start: 2400, len: 6 }, { start: 4099, len: 1 }], 4, 7, t);
+});
+
+test('indexer scores == CPU bit for bit, 8 heads x 64 (the CUDA-core __dp4a path): 1 and 8 rows per CTA', { skip }, (t) => {
+  const c = config('tiny', undefined, { index_n_heads: 8 });
+  runScoresCase('dp4a R1', c, [{ start: 900, len: 1 }, { start: 600, len: 9 }], 1, 8, t);
+  runScoresCase('dp4a R8', c, [{ start: 700, len: 5 }, { start: 1030, len: 1 }, { start: 500, len: 11 }], 8, 9, t);
 });

@@ -1,15 +1,20 @@
 // The indexer scores launcher's pure choices (src/gpu-model/attention.ts): shared memory per CTA and rows per CTA.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ATTN_SMEM_LIMIT, chooseIndexerRowsPerCta, INDEXER_MAX_ROWS_PER_CTA, indexerScoreSmemBytes } from '../src/gpu-model/attention.js';
+import { ATTN_SMEM_LIMIT, chooseIndexerRowsPerCta, INDEXER_MAX_ROWS_PER_CTA, indexerScoreSmemBytes, indexerScoresOnTensorCores } from '../src/gpu-model/attention.js';
 import { INDEXER_KEYS_PER_CTA, INDEXER_SCORE_THREADS } from '../src/kernels/attention.js';
 
-test('indexer scores: a thread per key, shared memory of the int8 queries plus the key staging', () => {
+test('indexer scores: a thread per key; shared memory of the tensor-core path and of the CUDA-core one', () => {
   assert.equal(INDEXER_KEYS_PER_CTA, INDEXER_SCORE_THREADS);
-  // flash / pro: 64 heads x 128; one row: 64 x 136 + 256 x 128
-  assert.equal(indexerScoreSmemBytes(64, 128), 64 * 136 + 256 * 128);
-  assert.equal(indexerScoreSmemBytes(64, 128, 8), 8 * 64 * 136 + 256 * 128);
-  assert.ok(indexerScoreSmemBytes(64, 128, INDEXER_MAX_ROWS_PER_CTA) <= ATTN_SMEM_LIMIT / 2, 'two CTAs per SM at the most rows');
+  // flash / pro: 64 heads x 128 on the tensor cores: q 64 x 128, keys 256 x 128, products 64 x 264 int32, units, weights
+  assert.ok(indexerScoresOnTensorCores(64, 128) && indexerScoresOnTensorCores(16, 64));
+  assert.equal(indexerScoreSmemBytes(64, 128), 64 * 128 + 256 * 128 + 64 * 264 * 4 + 64 * 8);
+  assert.equal(indexerScoreSmemBytes(64, 128, 8), indexerScoreSmemBytes(64, 128), 'one row at a time');
+  assert.ok(2 * (indexerScoreSmemBytes(64, 128) + 1024) <= 228 * 1024, 'two CTAs per SM');
+  // the CUDA-core path (heads not a multiple of 16, or di 256 / 512): all rows' int8 queries plus the key staging
+  assert.ok(!indexerScoresOnTensorCores(8, 128) && !indexerScoresOnTensorCores(64, 256));
+  assert.equal(indexerScoreSmemBytes(8, 128, 4), 4 * 8 * 136 + 256 * 128);
+  assert.ok(indexerScoreSmemBytes(64, 256, INDEXER_MAX_ROWS_PER_CTA) <= ATTN_SMEM_LIMIT);
 });
 
 test('indexer scores rows per CTA: one for decode batches, several for prefill chunks while the grid fills the GPU', () => {

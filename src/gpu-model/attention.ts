@@ -109,11 +109,18 @@ export function chooseHeadsPerCta(H: number, d: number, maxKeys: number, smemLim
     'shorten the context (a ratio-128 layer attends every compressed block: (T+1)/128 of them) or use a split-K attention kernel (not built)');
 }
 
+/** Whether attn_indexer_scores runs its tensor-core path (int8 WMMA) for this indexer shape. */
+export function indexerScoresOnTensorCores(Hi: number, di: number): boolean {
+  return Hi % 16 === 0 && (di === 32 || di === 64 || di === 128);
+}
+
 /**
- * Dynamic shared memory of attn_indexer_scores: the int8 queries, their units and the head weights of its rows, and
- * the staging of its keys' int8 words.
+ * Dynamic shared memory of attn_indexer_scores. Tensor-core path: one row's int8 queries, the CTA's int8 keys, the
+ * int32 products tile [Hi, 256 + 8], the heads' units and weights (independent of the rows per CTA). Otherwise: the
+ * int8 queries, units and weights of all its rows and the staging of its keys' int8 words.
  */
 export function indexerScoreSmemBytes(Hi: number, di: number, rowsPerCta = 1): number {
+  if (indexerScoresOnTensorCores(Hi, di)) return Hi * di + INDEXER_KEYS_PER_CTA * di + Hi * (INDEXER_KEYS_PER_CTA + 8) * 4 + Hi * 8;
   return rowsPerCta * Hi * (di + 8) + INDEXER_KEYS_PER_CTA * di;
 }
 

@@ -19,6 +19,8 @@
 // attn_indexer_topk: one CTA per row: the top min(k, visible) scores, ties to the lower block index, written in
 //   ascending block order (what the CPU returns), -1 after them. Radix select on the 16-bit bf16 keys (two 8-bit
 //   passes), then an in-order compaction with block scans. visible <= k selects every visible block without scores.
+#include <mma.h>
+
 #include "attn_common.cuh"
 
 namespace {
@@ -242,6 +244,170 @@ __device__ __forceinline__ void indexer_scores_body(
     scores[(size_t)(g0 + j) * score_stride + n] = attn::f32_to_bf16_bits(__double2float_rn(acc));
   }
 }
+
+// One key row into 16-byte chunks of int8 (chunk c, values 16c..16c+15, at dst[c * chunk_stride]) for the tensor-core
+// path; returns its U (kSlowExp when not exact: the chunks are then not written).
+template <int DI>
+__device__ __forceinline__ int key_to_int8_chunks(const uint16_t* row, int4* dst, int chunk_stride) {
+  const uint4* src = reinterpret_cast<const uint4*>(row);
+  float amax = 0.f;
+#pragma unroll
+  for (int c = 0; c < DI / 8; c++) {  // all loads in flight; the values die into amax
+    const uint4 r4 = src[c];
+    const unsigned x[4] = {r4.x, r4.y, r4.z, r4.w};
+#pragma unroll
+    for (int t = 0; t < 4; t++) {
+      amax = fmaxf(amax, fabsf(__uint_as_float(x[t] << 16)));
+      amax = fmaxf(amax, fabsf(__uint_as_float(x[t] & 0xffff0000u)));
+    }
+  }
+  float scale; int U;
+  if (!int_unit(amax, scale, U)) return kSlowExp;
+  unsigned err = 0;
+#pragma unroll 1
+  for (int c = 0; c < DI / 16; c++) {
+    unsigned b[16];
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+      const uint4 r4 = src[2 * c + half];
+      const unsigned x[4] = {r4.x, r4.y, r4.z, r4.w};
+#pragma unroll
+      for (int t = 0; t < 4; t++) {
+        b[8 * half + 2 * t] = int8_of(__uint_as_float(x[t] << 16), scale, err);
+        b[8 * half + 2 * t + 1] = int8_of(__uint_as_float(x[t] & 0xffff0000u), scale, err);
+      }
+    }
+    int4 o;
+    o.x = (int)pack4(b[0], b[1], b[2], b[3]);
+    o.y = (int)pack4(b[4], b[5], b[6], b[7]);
+    o.z = (int)pack4(b[8], b[9], b[10], b[11]);
+    o.w = (int)pack4(b[12], b[13], b[14], b[15]);
+    dst[(size_t)c * chunk_stride] = o;
+  }
+  return err ? kSlowExp : U;
+}
+
+// One qI head (a warp; lane l holds values l*VPL..) into int8 at dst[(i / 16) * chunk_stride + i % 16]; returns U
+// (kSlowExp when not exact), the same in every lane.
+template <int DI>
+__device__ __forceinline__ int q_head_to_int8(const uint16_t* head, signed char* dst, int chunk_stride, int lane) {
+  constexpr int VPL = DI / 32;  // values per lane (<= 4: within one 16-value chunk)
+  float v[VPL];
+  float amax = 0.f;
+#pragma unroll
+  for (int t = 0; t < VPL; t++) { v[t] = attn::bf16_to_f32(head[lane * VPL + t]); amax = fmaxf(amax, fabsf(v[t])); }
+  amax = attn::warp_max(amax);
+  float scale; int U;
+  if (!int_unit(amax, scale, U)) return kSlowExp;
+  unsigned err = 0;
+#pragma unroll
+  for (int t = 0; t < VPL; t++) {
+    const int i = lane * VPL + t;
+    dst[(i >> 4) * chunk_stride + (i & 15)] = (signed char)(int8_of(v[t], scale, err) & 0xffu);
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) err |= __shfl_xor_sync(0xffffffffu, err, o);
+  return err ? kSlowExp : U;
+}
+
+constexpr int kTcLdS = kKeysPerCta + 8;  // row stride (ints) of the products tile S [Hi, keys]
+
+// The epilogue of one (row, key): score = bf16(sum_h bf16(w_h relu(bf16(dot_h)))), heads ascending (the CPU's order);
+// dot_h from the exact integer product s_h when both vectors are on the grid and 2^F is in range, else the f64 loop.
+template <typename SumOf>
+__device__ __forceinline__ float score_of(SumOf sum_of, const int* qexp, const float* ws, int uk, int Hi, int di,
+                                          const uint16_t* qrow, const uint16_t* krow) {
+  double acc = 0.0;
+  for (int h = 0; h < Hi; h++) {
+    float dot;
+    const int F = qexp[h] + uk;
+    if ((unsigned)(F + 126) <= 231u) {  // both on the integer grid, 2^F in [2^-126, 2^105]
+      const int s = sum_of(h);                                               // |s| <= di 127^2 < 2^22: exact
+      const float fs = __fsub_rn(__int_as_float(kMagicBits + s), kMagic);   // = (float)s, exact
+      dot = __fmul_rn(fs, __int_as_float((F + 127) << 23));                 // * 2^F, exact (normal range)
+    } else {
+      dot = dot_double(qrow + (size_t)h * di, krow, di);
+    }
+    const float rl = fmaxf(attn::bf16_round(dot), 0.f);
+    acc += (double)attn::bf16_round(__fmul_rn(ws[h], rl));
+  }
+  return __double2float_rn(acc);
+}
+
+// attn_indexer_scores' tensor-core body (di == DI in {32, 64, 128}, Hi a multiple of 16): per row, the int8 queries
+// [Hi, DI] times the CTA's int8 keys [256, DI]^T on the tensor cores (WMMA s8 -> s32: exact integer sums), the
+// products tile S [Hi, 256] in shared memory, then a thread per key runs the epilogue over its column.
+// Shared memory: qk [DI/16][Hi][16] int8 | kk [DI/16][256][16] int8 | S [Hi][kTcLdS] int32 | qexp [Hi] | ws [Hi].
+template <int DI>
+__device__ __forceinline__ void indexer_scores_tc(
+    const uint16_t* __restrict__ qi, const uint16_t* __restrict__ w, const attn::Paged& cache,
+    const int* __restrict__ items, const int* __restrict__ row_item, uint16_t* __restrict__ scores, int score_stride,
+    int row_begin, int rows, int Hi, int ratio, int topk, int rows_per_cta, unsigned char* smem) {
+  using namespace nvcuda;
+  const int g0 = blockIdx.x * rows_per_cta;
+  const int nr = min(rows_per_cta, rows - g0);
+  const int n0 = blockIdx.y * kKeysPerCta;
+  signed char* qk = reinterpret_cast<signed char*>(smem);
+  signed char* kk = qk + (size_t)Hi * DI;
+  int* S = reinterpret_cast<int*>(kk + (size_t)kKeysPerCta * DI);
+  int* qexp = S + (size_t)Hi * kTcLdS;
+  float* ws = reinterpret_cast<float*>(qexp + Hi);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int n = n0 + threadIdx.x;
+  int uk = kSlowExp;
+  int loaded_item = -1;
+  const uint16_t* krow = nullptr;
+  for (int j = 0; j < nr; j++) {  // everything but the epilogue is uniform over the CTA
+    const int r = row_begin + g0 + j;
+    const int ii = row_item[r];
+    const attn::Item it = attn::load_item(items, ii);
+    const int visible = (it.pos + (r - it.row0) + 1) / ratio;
+    if (visible <= topk || n0 >= visible) continue;  // the top-k kernel takes every block then / no keys here
+    __syncthreads();  // the previous row's epilogue is done with S, qexp, ws
+    if (ii != loaded_item) {
+      int vis_last = visible;  // keys for every later row of this item in the CTA (rows of an item are consecutive)
+      for (int jj = j + 1; jj < nr && row_item[row_begin + g0 + jj] == ii; jj++) vis_last = (it.pos + (row_begin + g0 + jj - it.row0) + 1) / ratio;
+      uk = kSlowExp;
+      if (n < vis_last) {
+        krow = attn::paged_row(cache, it.slot, n);
+        uk = key_to_int8_chunks<DI>(krow, reinterpret_cast<int4*>(kk) + threadIdx.x, kKeysPerCta);
+      }
+      loaded_item = ii;
+    }
+    for (int h = warp; h < Hi; h += kScoreWarps) {
+      const int U = q_head_to_int8<DI>(qi + ((size_t)r * Hi + h) * DI, qk + h * 16, Hi * 16, lane);
+      if (lane == 0) qexp[h] = U;
+    }
+    for (int h = threadIdx.x; h < Hi; h += blockDim.x) ws[h] = attn::bf16_to_f32(w[(size_t)r * Hi + h]);
+    __syncthreads();
+    // S[h][m] = sum_i q[h][i] k[m][i]: warp w takes keys 32w..32w+31 (two 16-key tiles) for every 16-head tile
+    if (n0 + 32 * warp < visible) {
+      for (int mt = 0; mt < Hi / 16; mt++) {
+        wmma::fragment<wmma::accumulator, 16, 16, 16, int> c0, c1;
+        wmma::fill_fragment(c0, 0);
+        wmma::fill_fragment(c1, 0);
+#pragma unroll
+        for (int kt = 0; kt < DI / 16; kt++) {
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, signed char, wmma::row_major> a;
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, signed char, wmma::col_major> b0, b1;
+          wmma::load_matrix_sync(a, qk + ((size_t)kt * Hi + 16 * mt) * 16, 16);
+          wmma::load_matrix_sync(b0, kk + ((size_t)kt * kKeysPerCta + 32 * warp) * 16, 16);
+          wmma::load_matrix_sync(b1, kk + ((size_t)kt * kKeysPerCta + 32 * warp + 16) * 16, 16);
+          wmma::mma_sync(c0, a, b0, c0);
+          wmma::mma_sync(c1, a, b1, c1);
+        }
+        wmma::store_matrix_sync(S + (size_t)16 * mt * kTcLdS + 32 * warp, c0, kTcLdS, wmma::mem_row_major);
+        wmma::store_matrix_sync(S + (size_t)16 * mt * kTcLdS + 32 * warp + 16, c1, kTcLdS, wmma::mem_row_major);
+      }
+    }
+    __syncthreads();
+    if (n < visible) {
+      const int* col = S + threadIdx.x;
+      const float sc = score_of([&](int h) { return col[(size_t)h * kTcLdS]; }, qexp, ws, uk, Hi, DI, qi + (size_t)r * Hi * DI, krow);
+      scores[(size_t)(g0 + j) * score_stride + n] = attn::f32_to_bf16_bits(sc);
+    }
+  }
+}
 }  // namespace
 
 // grid (ceil(rows / rows_per_cta), ceil(max visible / kKeysPerCta)); dynamic shared memory
@@ -256,6 +422,14 @@ attn_indexer_scores(const uint16_t* __restrict__ qi,  // bf16 [rows, Hi, di] (pr
                     int score_stride, int row_begin, int rows, int Hi, int di, int ratio, int topk, int rows_per_cta) {
   extern __shared__ __align__(16) unsigned char smem[];
   const attn::Paged cache{idx_base, idx_table, table_stride, block_rows, layer_slot, layers, di};
+  if (Hi % 16 == 0) {
+    switch (di) {
+      case 32: indexer_scores_tc<32>(qi, w, cache, items, row_item, scores, score_stride, row_begin, rows, Hi, ratio, topk, rows_per_cta, smem); return;
+      case 64: indexer_scores_tc<64>(qi, w, cache, items, row_item, scores, score_stride, row_begin, rows, Hi, ratio, topk, rows_per_cta, smem); return;
+      case 128: indexer_scores_tc<128>(qi, w, cache, items, row_item, scores, score_stride, row_begin, rows, Hi, ratio, topk, rows_per_cta, smem); return;
+      default: break;
+    }
+  }
   switch (di) {
     case 32: indexer_scores_body<32>(qi, w, cache, items, row_item, scores, score_stride, row_begin, rows, Hi, di, ratio, topk, rows_per_cta, smem); break;
     case 64: indexer_scores_body<64>(qi, w, cache, items, row_item, scores, score_stride, row_begin, rows, Hi, di, ratio, topk, rows_per_cta, smem); break;
