@@ -7,15 +7,19 @@
 // attn_indexer_scores: one CTA per (up to rows_per_cta rows, 256 visible keys), a thread per key:
 //   score[n] = bf16(sum_h bf16(w_h * relu(bf16(qI_h . k_n)))), the head sum in double in the CPU's order (h ascending).
 //   The dot products are exact integer arithmetic: qI and k sit on the FP4 grid times power-of-two block scales, so
-//   each vector is small integers (|n| <= 127) times one power of two, the int8 dot product (__dp4a, int32) is exact,
-//   and it converts to f32 exactly; the CPU's f64 sum of the same products is exact too, so both give the same f32
-//   (the argument, and the conditions checked per vector and per pair, at "exact integer q . k" below). A vector
-//   that is not on such a grid (never for FP4-simulated data whose block scales lie within ~4 binades; checked, not
-//   assumed) makes its pairs take the f64 loop in the CPU's order instead, so every score matches the CPU bit for bit
-//   and the selection is the same, ties included. Each CTA converts its keys to int8 once (registers) and its rows'
-//   queries once (shared memory) and scores every key against every row of one item (a prefill chunk shares keys).
-//   (The inputs are also exact in FP8 e4m3 given a per-row scale: docs/GPU-ATTENTION.md; the int8 form is the same
-//   idea on CUDA cores.)
+//   each vector is small integers (|n| <= 127) times one power of two, the int8 dot product is exact in int32 and
+//   converts to f32 exactly; the CPU's f64 sum of the same products is exact too, so both give the same f32 (the
+//   argument, and the conditions checked per vector and per pair, at "exact integer q . k" below). A vector that is
+//   not on such a grid (never for FP4-simulated data whose block scales lie within ~4 binades; checked, not assumed)
+//   makes its pairs take the f64 loop in the CPU's order instead, so every score matches the CPU bit for bit and the
+//   selection is the same, ties included. Each CTA converts its keys to int8 once and scores them against each of
+//   its rows (rows of one item share keys: a prefill chunk). Two bodies:
+//   - tensor cores (di 32 / 64 / 128, Hi a multiple of 16): per row, the int8 queries [Hi, di] times the keys
+//     [256, di]^T with WMMA s8 -> s32 (exact integer sums, as __dp4a), the products tile [Hi, 256] in shared memory,
+//     then the per-key epilogue down its column;
+//   - CUDA cores (other head counts; di 256 / 512 take the f64 loop for every pair): the key's int8 words in
+//     registers, 32 __dp4a per (key, head) at di 128 against broadcast loads of the int8 queries.
+//   (The inputs are also exact in FP8 e4m3 given a per-row scale: docs/GPU-ATTENTION.md.)
 // attn_indexer_topk: one CTA per row: the top min(k, visible) scores, ties to the lower block index, written in
 //   ascending block order (what the CPU returns), -1 after them. Radix select on the 16-bit bf16 keys (two 8-bit
 //   passes), then an in-order compaction with block scans. visible <= k selects every visible block without scores.
@@ -72,9 +76,9 @@ namespace {
 //  - Which vectors pass: FP4-simulated ones (each 32-block e2m1 values times its scale s_b, i.e. multiples of s_b / 2
 //    up to 6 s_b, amax in [3, 6] s_max) whenever every block's s_b >= 2^-3 or 2^-4 of the largest: after the
 //    Hadamard rotation the blocks' scales differ by a binade or so. test/indexer-int-dot.test.ts checks the rule.
-//  - The dot of an accepted pair: s = sum nq_i nk_i is exact in int32, |s| <= di 127^2 < 2^21 (di <= 128); f32(s)
-//    by the magic-number subtraction is exact (|s| < 2^22), and s 2^F, F = Uq + Uk, is exact in f32 while
-//    -126 <= F <= 105 (normal, finite; checked per pair, else the f64 loop). The CPU's f64 loop adds the products
+//  - The dot of an accepted pair: s = sum nq_i nk_i is exact in int32 (__dp4a or the tensor cores' s8 MMA),
+//    |s| <= di 127^2 < 2^21 (di <= 128); f32(s) by the magic-number subtraction is exact (|s| < 2^22), and s 2^F,
+//    F = Uq + Uk, is exact in f32 while -126 <= F <= 105 (normal, finite; checked per pair, else the f64 loop). The CPU's f64 loop adds the products
 //    q_i k_i = nq_i nk_i 2^F in order: every partial sum is an integer multiple of 2^F below 2^21 of them, so no step
 //    rounds and its dot is s 2^F too; both round to the same f32 (the old kernel's f64 loop gave the same value).
 constexpr int kSlowExp = -1000000;             // U of a vector that is not on such an integer grid: Uq + Uk fails the range check
@@ -420,7 +424,7 @@ attn_indexer_scores(const uint16_t* __restrict__ qi,  // bf16 [rows, Hi, di] (pr
                     const int* __restrict__ items, const int* __restrict__ row_item,
                     uint16_t* __restrict__ scores,    // bf16 bits [chunk rows, score_stride]
                     int score_stride, int row_begin, int rows, int Hi, int di, int ratio, int topk, int rows_per_cta) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  extern __shared__ __align__(128) unsigned char smem[];  // (wmma wants 32-byte aligned tiles)
   const attn::Paged cache{idx_base, idx_table, table_stride, block_rows, layer_slot, layers, di};
   if (Hi % 16 == 0) {
     switch (di) {
