@@ -291,15 +291,14 @@ __device__ __forceinline__ int key_to_int8_chunks(const uint16_t* row, int4* dst
   return err ? kSlowExp : U;
 }
 
-// One qI head (a warp; lane l holds values l*VPL..) into int8 at dst[(i / 16) * chunk_stride + i % 16]; returns U
-// (kSlowExp when not exact), the same in every lane.
+// One qI head (a warp; lane l holds values l*VPL.. in v) into int8 at dst[(i / 16) * chunk_stride + i % 16]; returns
+// U (kSlowExp when not exact), the same in every lane.
 template <int DI>
-__device__ __forceinline__ int q_head_to_int8(const uint16_t* head, signed char* dst, int chunk_stride, int lane) {
+__device__ __forceinline__ int q_head_to_int8(const float (&v)[DI / 32], signed char* dst, int chunk_stride, int lane) {
   constexpr int VPL = DI / 32;  // values per lane (<= 4: within one 16-value chunk)
-  float v[VPL];
   float amax = 0.f;
 #pragma unroll
-  for (int t = 0; t < VPL; t++) { v[t] = attn::bf16_to_f32(head[lane * VPL + t]); amax = fmaxf(amax, fabsf(v[t])); }
+  for (int t = 0; t < VPL; t++) amax = fmaxf(amax, fabsf(v[t]));
   amax = attn::warp_max(amax);
   float scale; int U;
   if (!int_unit(amax, scale, U)) return kSlowExp;
@@ -378,9 +377,23 @@ __device__ __forceinline__ void indexer_scores_tc(
       }
       loaded_item = ii;
     }
-    for (int h = warp; h < Hi; h += kScoreWarps) {
-      const int U = q_head_to_int8<DI>(qi + ((size_t)r * Hi + h) * DI, qk + h * 16, Hi * 16, lane);
-      if (lane == 0) qexp[h] = U;
+    for (int h0 = warp; h0 < Hi; h0 += 4 * kScoreWarps) {  // four heads per warp at a time: their loads in flight
+      constexpr int VPL = DI / 32;
+      float v[4][VPL];
+#pragma unroll
+      for (int u = 0; u < 4; u++) {
+        const int h = h0 + u * kScoreWarps;
+#pragma unroll
+        for (int t = 0; t < VPL; t++) v[u][t] = h < Hi ? attn::bf16_to_f32(qi[((size_t)r * Hi + h) * DI + lane * VPL + t]) : 0.f;
+      }
+#pragma unroll
+      for (int u = 0; u < 4; u++) {
+        const int h = h0 + u * kScoreWarps;
+        if (h < Hi) {  // uniform over the warp
+          const int U = q_head_to_int8<DI>(v[u], qk + h * 16, Hi * 16, lane);
+          if (lane == 0) qexp[h] = U;
+        }
+      }
     }
     for (int h = threadIdx.x; h < Hi; h += blockDim.x) ws[h] = attn::bf16_to_f32(w[(size_t)r * Hi + h]);
     __syncthreads();
