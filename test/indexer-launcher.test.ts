@@ -15,6 +15,9 @@ test('indexer scores: a thread per key; shared memory of the tensor-core path an
   assert.ok(!indexerScoresOnTensorCores(8, 128) && !indexerScoresOnTensorCores(64, 256));
   assert.equal(indexerScoreSmemBytes(8, 128, 4), 4 * 8 * 136 + 256 * 128);
   assert.ok(indexerScoreSmemBytes(64, 256, INDEXER_MAX_ROWS_PER_CTA) <= ATTN_SMEM_LIMIT);
+  // 256 heads x 128: the products tile would not fit, the CUDA-core body takes it
+  assert.ok(!indexerScoresOnTensorCores(256, 128) && indexerScoresOnTensorCores(128, 128));
+  assert.equal(indexerScoreSmemBytes(256, 128), 256 * 136 + 256 * 128);
 });
 
 test('indexer scores rows per CTA: one for decode batches, several for prefill chunks while the grid fills the GPU', () => {

@@ -109,9 +109,15 @@ export function chooseHeadsPerCta(H: number, d: number, maxKeys: number, smemLim
     'shorten the context (a ratio-128 layer attends every compressed block: (T+1)/128 of them) or use a split-K attention kernel (not built)');
 }
 
-/** Whether attn_indexer_scores runs its tensor-core path (int8 WMMA) for this indexer shape. */
-export function indexerScoresOnTensorCores(Hi: number, di: number): boolean {
-  return Hi % 16 === 0 && (di === 32 || di === 64 || di === 128);
+/** Products tile, int8 queries and keys, units and weights of attn_indexer_scores' tensor-core body. */
+const indexerTcSmemBytes = (Hi: number, di: number) => Hi * di + INDEXER_KEYS_PER_CTA * di + Hi * (INDEXER_KEYS_PER_CTA + 8) * 4 + Hi * 8;
+
+/**
+ * Whether attn_indexer_scores runs its tensor-core body (int8 WMMA) for this indexer shape: di 32 / 64 / 128, the
+ * heads a multiple of 16 and its shared memory within the limit; else the CUDA-core one (__dp4a).
+ */
+export function indexerScoresOnTensorCores(Hi: number, di: number, smemLimit = ATTN_SMEM_LIMIT): boolean {
+  return Hi % 16 === 0 && (di === 32 || di === 64 || di === 128) && indexerTcSmemBytes(Hi, di) <= smemLimit;
 }
 
 /**
@@ -120,7 +126,7 @@ export function indexerScoresOnTensorCores(Hi: number, di: number): boolean {
  * int8 queries, units and weights of all its rows and the staging of its keys' int8 words.
  */
 export function indexerScoreSmemBytes(Hi: number, di: number, rowsPerCta = 1): number {
-  if (indexerScoresOnTensorCores(Hi, di)) return Hi * di + INDEXER_KEYS_PER_CTA * di + Hi * (INDEXER_KEYS_PER_CTA + 8) * 4 + Hi * 8;
+  if (indexerScoresOnTensorCores(Hi, di)) return indexerTcSmemBytes(Hi, di);
   return rowsPerCta * Hi * (di + 8) + INDEXER_KEYS_PER_CTA * di;
 }
 
@@ -434,6 +440,7 @@ export class GpuAttention implements Disposable {
           qI, wI, arg.ptr(pv.base), arg.ptr(pv.table), arg.i32(pv.tableStride), arg.i32(pv.blockRows), arg.i32(pv.layerSlot), arg.i32(pv.layersPerBlock),
           arg.ptr(this.itemsPtr), arg.ptr(this.rowItemPtr), arg.ptr(this.scores.ptr), arg.i32(this.maxVisible), arg.i32(rb), arg.i32(n),
           arg.i32(s.indexHeads), arg.i32(s.indexHeadDim), arg.i32(4), arg.i32(s.indexTopk), arg.i32(rpc),
+          arg.i32(indexerScoresOnTensorCores(s.indexHeads, s.indexHeadDim) ? 1 : 0),
         ]);
       }
       this.k.topk.launch({ grid: n, block: INDEXER_TOPK_THREADS, stream }, [

@@ -436,10 +436,11 @@ attn_indexer_scores(const uint16_t* __restrict__ qi,  // bf16 [rows, Hi, di] (pr
                     int layer_slot, int layers,
                     const int* __restrict__ items, const int* __restrict__ row_item,
                     uint16_t* __restrict__ scores,    // bf16 bits [chunk rows, score_stride]
-                    int score_stride, int row_begin, int rows, int Hi, int di, int ratio, int topk, int rows_per_cta) {
+                    int score_stride, int row_begin, int rows, int Hi, int di, int ratio, int topk, int rows_per_cta,
+                    int tensor_cores) {  // 1: the tensor-core body where it applies (the launcher's indexerScoresOnTensorCores)
   extern __shared__ __align__(128) unsigned char smem[];  // (wmma wants 32-byte aligned tiles)
   const attn::Paged cache{idx_base, idx_table, table_stride, block_rows, layer_slot, layers, di};
-  if (Hi % 16 == 0) {
+  if (tensor_cores && Hi % 16 == 0) {
     switch (di) {
       case 32: indexer_scores_tc<32>(qi, w, cache, items, row_item, scores, score_stride, row_begin, rows, Hi, ratio, topk, rows_per_cta, smem); return;
       case 64: indexer_scores_tc<64>(qi, w, cache, items, row_item, scores, score_stride, row_begin, rows, Hi, ratio, topk, rows_per_cta, smem); return;
