@@ -134,9 +134,9 @@ export function indexerScoreSmemBytes(Hi: number, di: number, rowsPerCta = 1): n
 export const INDEXER_MAX_ROWS_PER_CTA = 8;
 
 /**
- * Query rows per attn_indexer_scores CTA: rows of one item share the CTA's keys (converted once to int8, in
- * registers), so a prefill chunk takes several rows per CTA, as many as keep the grid at two CTAs per SM or more and
- * fit shared memory; a decode batch (one-row items) takes one.
+ * Query rows per attn_indexer_scores CTA: rows of one item share the CTA's keys (converted to int8 once per CTA), so
+ * a prefill chunk takes several rows per CTA, as many as keep the grid at two CTAs per SM or more and fit shared
+ * memory; a decode batch (one-row items) takes one.
  */
 export function chooseIndexerRowsPerCta(rows: number, maxVisible: number, multiRowItems: boolean, Hi: number, di: number,
   sms: number, smemLimit = ATTN_SMEM_LIMIT): number {
