@@ -20,3 +20,10 @@ test('CublasLtBf16OutGemm: leading dimensions below the row width or not multipl
   assert.throws(() => new CublasLtBf16OutGemm(4, 16, 64, { x: 100 }), /ldx = 100 must be a multiple of 8/);
   assert.throws(() => new CublasLtBf16OutGemm(4, 16, 60), /K = 60 must be a multiple of 8/);
 });
+
+test('CublasLtBf16OutGemm: a strided batch with a bad count or a stride that is not a multiple of 8 is refused', () => {
+  const ld = { x: 128, d: 32 };
+  assert.throws(() => new CublasLtBf16OutGemm(4, 16, 64, ld, { count: 0, strideX: 64, strideW: 1024, strideD: 16 }), /batch count = 0 must be a positive integer/);
+  assert.throws(() => new CublasLtBf16OutGemm(4, 16, 64, ld, { count: 2, strideX: 60, strideW: 1024, strideD: 16 }), /strideX = 60 must be a multiple of 8/);
+  assert.throws(() => new CublasLtBf16OutGemm(4, 16, 64, ld, { count: 2, strideX: 64, strideW: -8, strideD: 16 }), /strideW = -8 must be a non-negative integer/);
+});

@@ -30,6 +30,8 @@ const CUBLAS_OP_T = 1;
 const CUBLASLT_MATMUL_DESC_TRANSA = 3;
 const CUBLASLT_MATMUL_DESC_TRANSB = 4;
 const CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES = 1;
+const CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT = 5; // int32
+const CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET = 6; // int64, elements
 const WORKSPACE_BYTES = 32 * 1024 * 1024;
 
 interface LtFunctions {
@@ -41,6 +43,7 @@ interface LtFunctions {
   cublasLtMatmulDescSetAttribute(desc: Addr, attr: number, buf: Addr, size: number): number;
   cublasLtMatrixLayoutCreate(outLayout: Addr, type: number, rows: bigint, cols: bigint, ld: bigint): number;
   cublasLtMatrixLayoutDestroy(layout: Addr): number;
+  cublasLtMatrixLayoutSetAttribute(layout: Addr, attr: number, buf: Addr, size: number): number;
   cublasLtMatmulPreferenceCreate(outPref: Addr): number;
   cublasLtMatmulPreferenceDestroy(pref: Addr): number;
   cublasLtMatmulPreferenceSetAttribute(pref: Addr, attr: number, buf: Addr, size: number): number;
@@ -59,6 +62,7 @@ const PROTOTYPES: ReadonlyArray<readonly [keyof LtFunctions, string]> = [
   ['cublasLtMatmulDescSetAttribute', 'int cublasLtMatmulDescSetAttribute(uintptr_t desc, int attr, uintptr_t buf, size_t size)'],
   ['cublasLtMatrixLayoutCreate', 'int cublasLtMatrixLayoutCreate(uintptr_t out, int type, uint64_t rows, uint64_t cols, int64_t ld)'],
   ['cublasLtMatrixLayoutDestroy', 'int cublasLtMatrixLayoutDestroy(uintptr_t layout)'],
+  ['cublasLtMatrixLayoutSetAttribute', 'int cublasLtMatrixLayoutSetAttribute(uintptr_t layout, int attr, uintptr_t buf, size_t size)'],
   ['cublasLtMatmulPreferenceCreate', 'int cublasLtMatmulPreferenceCreate(uintptr_t out)'],
   ['cublasLtMatmulPreferenceDestroy', 'int cublasLtMatmulPreferenceDestroy(uintptr_t pref)'],
   ['cublasLtMatmulPreferenceSetAttribute', 'int cublasLtMatmulPreferenceSetAttribute(uintptr_t pref, int attr, uintptr_t buf, size_t size)'],
@@ -139,6 +143,17 @@ function lt(): Lt {
   return l;
 }
 
+/**
+ * A strided batch: `count` GEMMs in one cublasLtMatmul, problem i at X + i strideX, W + i strideW, D + i strideD
+ * (elements; the model's grouped wo_a: column slices of one row-major X and D, consecutive weight blocks).
+ */
+export interface GemmBatch {
+  count: number;
+  strideX: number;
+  strideW: number;
+  strideD: number;
+}
+
 /** One GEMM shape with its descriptors, chosen algorithm and workspace: run() is one cublasLtMatmul. */
 abstract class CublasLtGemm {
   readonly m: number;
@@ -157,8 +172,18 @@ abstract class CublasLtGemm {
   readonly ldx: number;
   readonly ldd: number;
 
-  protected constructor(m: number, n: number, k: number, inType: number, outType: number, label: string, ld: { x?: number; d?: number } = {}) {
+  /** Problems per run (1 unless a strided batch was given). */
+  readonly batch: number;
+
+  protected constructor(m: number, n: number, k: number, inType: number, outType: number, label: string, ld: { x?: number; d?: number } = {},
+    batch?: GemmBatch) {
     this.label = label;
+    this.batch = batch?.count ?? 1;
+    if (batch) {
+      for (const [name, v] of [['count', batch.count], ['strideX', batch.strideX], ['strideW', batch.strideW], ['strideD', batch.strideD]] as const) {
+        if (!(Number.isInteger(v) && v >= (name === 'count' ? 1 : 0))) throw new RangeError(`cuBLASLt ${label} GEMM: batch ${name} = ${v} must be a ${name === 'count' ? 'positive' : 'non-negative'} integer`);
+      }
+    }
     this.m = m; this.n = n; this.k = k;
     this.ldx = ld.x ?? k; this.ldd = ld.d ?? n;
     for (const [name, v, min] of [['ldx', this.ldx, k], ['ldd', this.ldd, n]] as const) {
@@ -178,17 +203,23 @@ abstract class CublasLtGemm {
       check('cublasLtMatmulDescSetAttribute(TRANSA)', l.fn.cublasLtMatmulDescSetAttribute(this.desc, CUBLASLT_MATMUL_DESC_TRANSA, s.address, 4));
       s.view.setInt32(0, CUBLAS_OP_N, true);
       check('cublasLtMatmulDescSetAttribute(TRANSB)', l.fn.cublasLtMatmulDescSetAttribute(this.desc, CUBLASLT_MATMUL_DESC_TRANSB, s.address, 4));
-      const layout = (type: number, rows: number, cols: number, ld: number): bigint => {
+      const layout = (type: number, rows: number, cols: number, ld: number, stride: number): bigint => {
         check('cublasLtMatrixLayoutCreate', l.fn.cublasLtMatrixLayoutCreate(s.address, type, BigInt(rows), BigInt(cols), BigInt(ld)),
           `${rows} x ${cols}, ld ${ld}`);
         const h = out();
         this.layouts.push(h);
+        if (batch) {
+          s.view.setInt32(0, batch.count, true);
+          check('cublasLtMatrixLayoutSetAttribute(BATCH_COUNT)', l.fn.cublasLtMatrixLayoutSetAttribute(h, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, s.address, 4));
+          s.view.setBigInt64(0, BigInt(stride), true);
+          check('cublasLtMatrixLayoutSetAttribute(STRIDED_BATCH_OFFSET)', l.fn.cublasLtMatrixLayoutSetAttribute(h, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, s.address, 8));
+        }
         return h;
       };
       // Column-major views of the row-major tensors (see the header).
-      const aDesc = layout(inType, k, n, k);  // W^T
-      const bDesc = layout(inType, k, m, this.ldx);  // X^T
-      const cDesc = layout(outType, n, m, this.ldd); // D^T
+      const aDesc = layout(inType, k, n, k, batch?.strideW ?? 0);  // W^T
+      const bDesc = layout(inType, k, m, this.ldx, batch?.strideX ?? 0);  // X^T
+      const cDesc = layout(outType, n, m, this.ldd, batch?.strideD ?? 0); // D^T
       check('cublasLtMatmulPreferenceCreate', l.fn.cublasLtMatmulPreferenceCreate(s.address));
       const pref = out();
       try {
@@ -210,8 +241,8 @@ abstract class CublasLtGemm {
     }
   }
 
-  /** FLOPs of one run: 2 m n k. */
-  get flops(): number { return 2 * this.m * this.n * this.k; }
+  /** FLOPs of one run: 2 m n k per problem of the batch. */
+  get flops(): number { return 2 * this.m * this.n * this.k * this.batch; }
 
   /** Queues D = X . W^T on `stream` (device addresses; dtypes as the subclass says). */
   run(x: bigint | { readonly ptr: bigint }, w: bigint | { readonly ptr: bigint }, d: bigint | { readonly ptr: bigint }, stream?: StreamLike): void {
@@ -271,17 +302,19 @@ export class CublasLtBf16Gemm extends CublasLtGemm {
 
 /**
  * D [m, n] bf16 = bf16(X [m, k] bf16 . W [n, k]^T bf16), f32 accumulation, with optional leading dimensions of X and
- * D (a column slice of a wider row-major tensor: the model's grouped wo_a, one GEMM per group). k, ldx, ldd
- * multiples of 8 (16-byte rows).
+ * D (a column slice of a wider row-major tensor) and an optional strided batch (the model's grouped wo_a: every group
+ * in one call). k, ldx, ldd and the strides multiples of 8 (16-byte rows).
  */
 export class CublasLtBf16OutGemm extends CublasLtGemm {
-  constructor(m: number, n: number, k: number, ld: { x?: number; d?: number } = {}) {
+  /** batch: one strided-batched call for several problems of this shape (strides multiples of 8 elements). */
+  constructor(m: number, n: number, k: number, ld: { x?: number; d?: number } = {}, batch?: GemmBatch) {
     for (const [name, v] of [['M', m], ['N', n], ['K', k]] as const) {
       if (!(Number.isInteger(v) && v > 0)) throw new RangeError(`cuBLASLt bf16-out GEMM: ${name} = ${v} must be a positive integer`);
     }
-    for (const [name, v] of [['K', k], ['ldx', ld.x ?? k], ['ldd', ld.d ?? n]] as const) {
+    const strides = batch ? [['strideX', batch.strideX], ['strideW', batch.strideW], ['strideD', batch.strideD]] as const : [];
+    for (const [name, v] of [['K', k], ['ldx', ld.x ?? k], ['ldd', ld.d ?? n], ...strides] as const) {
       if (v % 8 !== 0) throw new RangeError(`cuBLASLt bf16-out GEMM: ${name} = ${v} must be a multiple of 8 (16-byte rows)`);
     }
-    super(m, n, k, CUDA_R_16BF, CUDA_R_16BF, 'bf16-out', ld);
+    super(m, n, k, CUDA_R_16BF, CUDA_R_16BF, 'bf16-out', ld, batch);
   }
 }

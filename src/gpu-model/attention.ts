@@ -109,8 +109,44 @@ export function chooseHeadsPerCta(H: number, d: number, maxKeys: number, smemLim
     'shorten the context (a ratio-128 layer attends every compressed block: (T+1)/128 of them) or use a split-K attention kernel (not built)');
 }
 
-export function indexerScoreSmemBytes(Hi: number, di: number): number {
-  return (INDEXER_SCORE_THREADS / 32) * INDEXER_KEYS_PER_CTA * 8 + Hi * di * 4 + Hi * 4 + INDEXER_KEYS_PER_CTA * (di + 1) * 4;
+/** Products tile, int8 queries and keys, units and weights of attn_indexer_scores' tensor-core body. */
+const indexerTcSmemBytes = (Hi: number, di: number) => Hi * di + INDEXER_KEYS_PER_CTA * di + Hi * (INDEXER_KEYS_PER_CTA + 8) * 4 + Hi * 8;
+
+/**
+ * Whether attn_indexer_scores runs its tensor-core body (int8 WMMA) for this indexer shape: di 32 / 64 / 128, the
+ * heads a multiple of 16 and its shared memory within the limit; else the CUDA-core one (__dp4a).
+ */
+export function indexerScoresOnTensorCores(Hi: number, di: number, smemLimit = ATTN_SMEM_LIMIT): boolean {
+  return Hi % 16 === 0 && (di === 32 || di === 64 || di === 128) && indexerTcSmemBytes(Hi, di) <= smemLimit;
+}
+
+/**
+ * Dynamic shared memory of attn_indexer_scores. Tensor-core path: one row's int8 queries, the CTA's int8 keys, the
+ * int32 products tile [Hi, 256 + 8], the heads' units and weights (independent of the rows per CTA). Otherwise: the
+ * int8 queries, units and weights of all its rows and the staging of its keys' int8 words.
+ */
+export function indexerScoreSmemBytes(Hi: number, di: number, rowsPerCta = 1): number {
+  if (indexerScoresOnTensorCores(Hi, di)) return indexerTcSmemBytes(Hi, di);
+  return rowsPerCta * Hi * (di + 8) + INDEXER_KEYS_PER_CTA * di;
+}
+
+/** Most query rows one attn_indexer_scores CTA takes (it scores its keys for each of them). */
+export const INDEXER_MAX_ROWS_PER_CTA = 8;
+
+/**
+ * Query rows per attn_indexer_scores CTA: rows of one item share the CTA's keys (converted to int8 once per CTA), so
+ * a prefill chunk takes several rows per CTA, as many as keep the grid at two CTAs per SM or more and fit shared
+ * memory; a decode batch (one-row items) takes one.
+ */
+export function chooseIndexerRowsPerCta(rows: number, maxVisible: number, multiRowItems: boolean, Hi: number, di: number,
+  sms: number, smemLimit = ATTN_SMEM_LIMIT): number {
+  if (!multiRowItems) return 1;
+  const keyCtas = Math.max(1, Math.ceil(maxVisible / INDEXER_KEYS_PER_CTA));
+  for (let r = INDEXER_MAX_ROWS_PER_CTA; r > 1; r >>= 1) {
+    if (indexerScoreSmemBytes(Hi, di, r) > smemLimit) continue;
+    if (Math.ceil(rows / r) * keyCtas >= 2 * sms) return r;
+  }
+  return 1;
 }
 
 /** One item of a call: `len` new tokens of `seq` at positions pos..pos+len-1. */
@@ -225,6 +261,8 @@ export interface GpuAttentionOptions {
   maxItems: number;
   /** Rows per indexer scoring pass (the scores scratch holds this many rows x maxContext/4). Default 64. */
   indexerChunkRows?: number;
+  /** Query rows per indexer scoring CTA, 1..INDEXER_MAX_ROWS_PER_CTA (tests); default chooseIndexerRowsPerCta's. */
+  indexerRowsPerCta?: number;
 }
 
 /** The attention kernels of one model, bound to one cache. */
@@ -240,6 +278,7 @@ export class GpuAttention implements Disposable {
   private readonly freqComp: DeviceBuffer;
   private readonly scores: DeviceBuffer;
   private readonly chunkRows: number;
+  private readonly rowsPerCta: number | undefined;
   private readonly maxVisible: number;
   private plan: AttnCallPlan | undefined;
   private disposed = false;
@@ -255,6 +294,12 @@ export class GpuAttention implements Disposable {
     }
     this.limits = { maxRows: o.maxRows, maxItems: o.maxItems, maxContext: this.shape.maxContext };
     this.chunkRows = o.indexerChunkRows ?? 64;
+    const rpc = o.indexerRowsPerCta;
+    if (rpc !== undefined && !(Number.isInteger(rpc) && rpc >= 1 && rpc <= INDEXER_MAX_ROWS_PER_CTA
+      && indexerScoreSmemBytes(this.shape.indexHeads, this.shape.indexHeadDim, rpc) <= ATTN_SMEM_LIMIT)) {
+      throw new AttentionArgError(`GpuAttention: indexerRowsPerCta ${rpc} is not an integer in [1, ${INDEXER_MAX_ROWS_PER_CTA}] whose queries fit shared memory`, 'leave it unset (the launcher chooses)');
+    }
+    this.rowsPerCta = rpc;
     this.maxVisible = Math.floor(this.shape.maxContext / 4);
     const load = (source: string, entry: string) => loadKernelSync({ source, entry });
     this.k = {
@@ -378,16 +423,24 @@ export class GpuAttention implements Disposable {
     checkTensor('indexer q', qI, 'BF16', [p.rows, s.indexHeads, s.indexHeadDim], 'pass the prepared qI');
     checkTensor('indexer weights', wI, 'BF16', [p.rows, s.indexHeads], 'pass the prepared wI');
     const pv = this.cache.paged('indexer', layer);
-    const smem = indexerScoreSmemBytes(s.indexHeads, s.indexHeadDim);
     for (let rb = 0; rb < p.rows; rb += this.chunkRows) {
       const n = Math.min(this.chunkRows, p.rows - rb);
       let vis = 0;
-      for (let r = rb; r < rb + n; r++) vis = Math.max(vis, Math.floor((p.positions[r] + 1) / 4));
+      let multiRow = false;
+      for (let r = rb; r < rb + n; r++) {
+        vis = Math.max(vis, Math.floor((p.positions[r] + 1) / 4));
+        if (r > rb && p.rowItem[r] === p.rowItem[r - 1]) multiRow = true;
+      }
       if (vis > s.indexTopk) {
-        this.k.scores.launch({ grid: [n, Math.ceil(vis / INDEXER_KEYS_PER_CTA)], block: INDEXER_SCORE_THREADS, sharedMemBytes: smem, stream }, [
+        const rpc = this.rowsPerCta ?? chooseIndexerRowsPerCta(n, vis, multiRow, s.indexHeads, s.indexHeadDim, this.sms);
+        this.k.scores.launch({
+          grid: [Math.ceil(n / rpc), Math.ceil(vis / INDEXER_KEYS_PER_CTA)], block: INDEXER_SCORE_THREADS,
+          sharedMemBytes: indexerScoreSmemBytes(s.indexHeads, s.indexHeadDim, rpc), stream,
+        }, [
           qI, wI, arg.ptr(pv.base), arg.ptr(pv.table), arg.i32(pv.tableStride), arg.i32(pv.blockRows), arg.i32(pv.layerSlot), arg.i32(pv.layersPerBlock),
-          arg.ptr(this.itemsPtr), arg.ptr(this.rowItemPtr), arg.ptr(this.scores.ptr), arg.i32(this.maxVisible), arg.i32(rb),
-          arg.i32(s.indexHeads), arg.i32(s.indexHeadDim), arg.i32(4), arg.i32(s.indexTopk),
+          arg.ptr(this.itemsPtr), arg.ptr(this.rowItemPtr), arg.ptr(this.scores.ptr), arg.i32(this.maxVisible), arg.i32(rb), arg.i32(n),
+          arg.i32(s.indexHeads), arg.i32(s.indexHeadDim), arg.i32(4), arg.i32(s.indexTopk), arg.i32(rpc),
+          arg.i32(indexerScoresOnTensorCores(s.indexHeads, s.indexHeadDim) ? 1 : 0),
         ]);
       }
       this.k.topk.launch({ grid: n, block: INDEXER_TOPK_THREADS, stream }, [
@@ -396,6 +449,20 @@ export class GpuAttention implements Disposable {
       ]);
     }
     return this.picks;
+  }
+
+  /**
+   * Test aid: the scores scratch of the last indexerSelect chunk (bf16 bits; chunk row j's score of block n at
+   * j * stride + n, valid for n < its visible count where that exceeds top-k). Synchronous (waits for the copy).
+   */
+  readIndexerScores(rows = this.chunkRows): { bits: Uint16Array; stride: number } {
+    if (!(Number.isInteger(rows) && rows >= 1 && rows <= this.chunkRows)) {
+      throw new AttentionArgError(`GPU attention: ${rows} score rows asked, the scratch holds ${this.chunkRows}`, 'ask for at most indexerChunkRows rows');
+    }
+    const stride = Math.max(1, this.maxVisible);
+    const bits = new Uint16Array(rows * stride);
+    this.scores.copyToHost(bits);
+    return { bits, stride };
   }
 
   /** Sparse attention with sink over window + compressed keys, for every row of the call (V4-MODEL 4.6 / 4.7). */

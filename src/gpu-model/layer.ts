@@ -8,7 +8,7 @@
 //   compressor(s) a / g = wkv x, wgate x   cuBLASLt bf16 GEMM, f32 out (CublasLtBf16Gemm), then GpuAttention.compress
 //   indexer q (wq_b), weights_proj         DenseFp8Linear, cuBLASLt bf16 -> bf16, GpuAttention.indexerPrepare / Select
 //   sparse attention + sink, ring update   GpuAttention.attend / storeWindow (attention.ts, over kv-cache.ts)
-//   grouped wo_a (bf16) -> act_quant -> wo_b   one cuBLASLt bf16 -> bf16 GEMM per group (strided views), actQuant, DenseFp8Linear
+//   grouped wo_a (bf16) -> act_quant -> wo_b   one strided-batched cuBLASLt bf16 -> bf16 GEMM (all groups), actQuant, DenseFp8Linear
 //   hc_post                                GpuRowOps.hcPost (in place on the streams)
 //   hc_pre + ffn_norm -> router -> MoE     GpuRowOps.hcPre writing the unfused MoE's input, Router (kernels/routing.ts,
 //                                          score or hash-routed), UnfusedMoe (backends/unfused.ts), hc_post
@@ -22,7 +22,7 @@
 // q renorm are the CPU's bits on the same inputs; the FP8 projections and the MoE are SPEC 5's tolerance (tensor-core
 // accumulation inside a 128-wide K block); the bf16 GEMMs (compressor a / g, weights_proj, wo_a) have exact products
 // and another summation order; attention sums in f32 (CPU f64). So a layer's output is SPEC 5's tolerance, not bits.
-import { CublasLtBf16Gemm, CublasLtBf16OutGemm, cublasLtStatus } from '../cuda/cublaslt.js';
+import { CublasLtBf16Gemm, CublasLtBf16OutGemm, cublasLtStatus, type GemmBatch } from '../cuda/cublaslt.js';
 import { DeviceTensor, ensureContext, Stream, type StreamLike } from '../cuda/index.js';
 import { DeviceMoeWeights, UnfusedMoe } from '../backends/unfused.js';
 import { GROUPED_GEMM_ROW_TILE } from '../kernels/grouped-gemm.js';
@@ -168,15 +168,16 @@ export class GpuLayerContext implements Disposable {
   }
 
   /** A cuBLASLt plan (bf16 in; f32 or bf16 out; leading dims) for m rows, shared by every layer. */
-  gemm(out: 'f32' | 'bf16', m: number, n: number, k: number, ld: { x?: number; d?: number } = {}): Bf16Gemm {
-    const key = `${out}:${m}:${n}:${k}:${ld.x ?? k}:${ld.d ?? n}`;
+  gemm(out: 'f32' | 'bf16', m: number, n: number, k: number, ld: { x?: number; d?: number } = {}, batch?: GemmBatch): Bf16Gemm {
+    const b = batch ? `:${batch.count}:${batch.strideX}:${batch.strideW}:${batch.strideD}` : '';
+    const key = `${out}:${m}:${n}:${k}:${ld.x ?? k}:${ld.d ?? n}${b}`;
     let g = this.gemms.get(key);
     if (!g) {
       if (out === 'f32') {
-        if (ld.x !== undefined || ld.d !== undefined) throw new Error('internal: f32-out GEMMs are contiguous here');
+        if (ld.x !== undefined || ld.d !== undefined || batch) throw new Error('internal: f32-out GEMMs are contiguous here');
         g = new CublasLtBf16Gemm(m, n, k);
       } else {
-        g = new CublasLtBf16OutGemm(m, n, k, ld);
+        g = new CublasLtBf16OutGemm(m, n, k, ld, batch);
       }
       this.gemms.set(key, g);
     }
@@ -406,12 +407,9 @@ export class GpuDecoderLayer implements Disposable {
     attn.attend(L, { q: q3, kv: s.kv, sink: w.sink, out: o3, picks }, st);
     attn.storeWindow(L, s.kv, st);
 
-    // output path: grouped wo_a (bf16, one GEMM per group over strided column slices), act_quant, wo_b (FP8)
+    // output path: grouped wo_a (bf16; every group in one strided-batched GEMM over column slices), act_quant, wo_b (FP8)
     const G = c.oGroups; const gw = (H * d) / G; const ol = c.oLoraRank;
-    const woA = ctx.gemm('bf16', n, ol, gw, { x: H * d, d: G * ol });
-    for (let g = 0; g < G; g++) {
-      woA.run(s.o.ptr + BigInt(g * gw * 2), w.woA.ptr + BigInt(g * ol * gw * 2), s.u.ptr + BigInt(g * ol * 2), st);
-    }
+    ctx.gemm('bf16', n, ol, gw, { x: H * d, d: G * ol }, { count: G, strideX: gw, strideW: ol * gw, strideD: ol }).run(s.o, w.woA, s.u, st);
     ops.actQuant(s.u, s.actU, { rows: n, stream: st });
     this.bound.woB.run(n, st);
     ops.hcPost(s.attnOut, hs, s.post, s.comb, hs, { rows: n, stream: st });

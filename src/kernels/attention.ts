@@ -30,7 +30,7 @@ export const COMPRESSOR_MAX_DC = 512;
 export const INDEXER_PREP_THREADS = 128;
 export const INDEXER_PREP_MAX_DI = 1024;
 export const INDEXER_SCORE_THREADS = 256;
-export const INDEXER_KEYS_PER_CTA = 32;
+export const INDEXER_KEYS_PER_CTA = 256;
 export const INDEXER_TOPK_THREADS = 512;
 
 registerKernel({ name: 'attention', source: ATTENTION_SOURCE, entry: Object.values(ATTENTION_ENTRIES).join(','), variants: [{ label: 'default', defines: {} }] });

@@ -217,6 +217,7 @@ export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout
     ...(path === 'normal' && multicast ? { MM_MCAST: 1 } : {}),
     ...(path === 'decode' ? { MM_DECODE_L2_WIDE_MIN_T: decodeL2WideMinTokens() } : {}),
     ...(process.env.MEGAMOE_SMALL_T ? { MM_SMALL_T: smallTokens() } : {}),
+    ...(path === 'decode' && process.env.MEGAMOE_DYNAMIC ? { MM_DYNAMIC: decodeDynamicUnits() ? 1 : 0 } : {}),
   };
 }
 
@@ -265,6 +266,14 @@ export function decodeL2WideMinTokens(): number {
  */
 export function smallTokens(): number {
   return tuningKnob('MEGAMOE_SMALL_T', 8, 0, 16);
+}
+
+/**
+ * Decode path: whether the GEMM units come from a grid-wide counter as CTAs free up (default, mega_moe.cu
+ * MegaSync::kDynamic; measured in docs/MEGA_MOE.md) or round robin; MEGAMOE_DYNAMIC=0 picks round robin (A/B runs).
+ */
+export function decodeDynamicUnits(): boolean {
+  return tuningKnob('MEGAMOE_DYNAMIC', 1, 0, 1) === 1;
 }
 
 /** What the control block says after a launch (mirrors MegaCtl and the kErr / kPhase enums). */

@@ -82,6 +82,10 @@ constexpr int kL2KBlocks = kI / 128;  // flags per row tile: one per 128 activat
 #ifndef MM_SMALL_T
 #define MM_SMALL_T 8
 #endif
+// Decode path: units from a grid-wide counter (MegaSync::kDynamic) instead of round robin; 0 = round robin (A/B).
+#ifndef MM_DYNAMIC
+#define MM_DYNAMIC 1
+#endif
 constexpr int kSmallT = MM_SMALL_T;
 static_assert(kSmallT <= dsp::kChunkTokens, "mega_moe: the single-CTA dispatch handles one count/rank chunk (64 tokens)");
 
@@ -142,7 +146,8 @@ struct MegaCtl {
   u32 abort;       // 1 once any spin gave up
   u32 err_code, err_phase, err_block, err_index, err_value, err_expected;
   u32 small_direct;  // this launch's small-T dispatch laid tiles out directly (dispatch_small_direct): set by CTA 0
-  u32 pad[5];
+  u32 unit_next;     // decode path: the GEMMs' next unused unit (MegaSync::grab), reset by CTA 0 before the dispatch
+  u32 pad[4];
 };
 static_assert(sizeof(MegaCtl) == 64, "MegaCtl is 64 bytes (mega-moe.ts reads it)");
 
@@ -357,6 +362,10 @@ struct MegaSync {
   static constexpr bool kWaits = kWait;
   static constexpr bool kPublishes = kPublish;
   static constexpr bool kCompletes = kWait;
+  // Decode path: units taken from a grid-wide counter as CTAs free up, L1's and then L2's (one count: an L2 unit is
+  // only taken once every L1 unit was, so each wait is on a unit some running CTA holds). Static round robin left
+  // the CTAs finishing L1 up to ~340 us apart at flash T = 512 (docs/MEGA_MOE.md).
+  static constexpr bool kDynamic = kDecode && MM_DYNAMIC;
   u32* flags;
   MegaCtl* ctl;
   unsigned long long timeout_ns;
@@ -367,6 +376,8 @@ struct MegaSync {
   int a_tile0;               // L1 after dispatch_small_direct: every tile reads A tile 0 (all T tokens)
 
   __device__ __forceinline__ int first_unit(int cta, int ctas) const { return (cta + ctas - rotation % ctas) % ctas; }
+  // The next unit of this GEMM (L1 and L2 count on from one counter: L2's units follow the rotation = L1 units).
+  __device__ __forceinline__ int grab() const { return (int)atomicAdd(&ctl->unit_next, 1u) - rotation; }
   __device__ __forceinline__ int a_tile(int mt) const { return a_tile0 ? 0 : mt; }
   __device__ __forceinline__ u32* flag(int mt, int kb) const { return flags + (size_t)mt * kL2KBlocks + kb; }
   // Every A block of row tile mt published? Relaxed loads in flight together (one round trip, not kL2KBlocks), then
@@ -660,6 +671,8 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
   // there), so its latency overlaps the dispatch's first loads instead of preceding them.
   u32 old_epoch = 0;
   if (tid == 0) old_epoch = *reinterpret_cast<volatile u32*>(&p.ctl->epoch);
+  // Every CTA's first L1 unit is its own index; grabs start after them (read only after the dispatch's barriers).
+  if (kDecode && MM_DYNAMIC && blockIdx.x == 0 && tid == 0) p.ctl->unit_next = gridDim.x;
   u32 epoch;
 
   // ---- stage + dispatch ----
@@ -718,6 +731,7 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
                             (min(max(*p.num_m_tiles, 0), p.max_tiles) + kCluster - 1) / kCluster * (kI / 128),      \
                             p.fault, &p, 0}
   gg::Ring ring, normal_l1_ring;
+  ring.carry = blockIdx.x;  // dynamic scheduling: L1's first unit
   gg::Ring& l1_ring = kDecode ? ring : normal_l1_ring;  // decode: L1 and L2 through one ring
   if constexpr (kDecode) {
     gg::decode_body<2 * kI, kH, 4, kStages, 1, MM_WTILED, Plan, MegaSync<false, true>, false>(MM_L1_ARGS);

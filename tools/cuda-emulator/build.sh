@@ -15,7 +15,7 @@ for s in "${sources[@]}"; do
   {
     echo '#include "emu_shim.h"'
     echo '#include "emu_registry.h"'
-    sed -E 's/extern __shared__ __align__\(16\) unsigned char smem\[\];/unsigned char* smem = emu::dyn_smem();/' "$root/src/kernels/$s"
+    sed -E 's/extern __shared__ __align__\([0-9]+\) unsigned char smem\[\];/unsigned char* smem = emu::dyn_smem();/' "$root/src/kernels/$s"
     # entry names: each kernel definition starts a line with its attn_ name (the line after extern "C" __global__)
     grep -oE '^attn_[a-z_0-9]+\(' "$root/src/kernels/$s" | tr -d '(' | sed -E 's/.*/EMU_KERNEL(&)/'
   } > "$g"

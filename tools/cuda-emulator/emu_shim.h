@@ -16,6 +16,7 @@ using std::min;
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
 #define __shared__ static
 
@@ -67,3 +68,28 @@ inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __double2float_rn(double d) { return static_cast<float>(d); }
+inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }  // one rounding, as on the GPU
+inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, 4); return i; }
+
+// the CUDA vector types the kernels load through (16-byte aligned, as on the GPU)
+struct alignas(16) int4 { int x, y, z, w; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+
+// __dp4a(a, b, c): c + the sum of the four signed byte products of a and b (int32 wrap-around, as the GPU's IDP4A)
+inline int __dp4a(int a, int b, int c) {
+  uint32_t acc = static_cast<uint32_t>(c);
+  for (int i = 0; i < 4; i++) {
+    const int x = static_cast<int8_t>(static_cast<uint32_t>(a) >> (8 * i));
+    const int y = static_cast<int8_t>(static_cast<uint32_t>(b) >> (8 * i));
+    acc += static_cast<uint32_t>(x * y);
+  }
+  return static_cast<int>(acc);
+}
+// __byte_perm(x, y, s): byte n of the result is byte (s >> 4n) & 7 of the 8 bytes {y, x} (x the low four)
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+  const uint64_t v = (static_cast<uint64_t>(y) << 32) | x;
+  unsigned r = 0;
+  for (int n = 0; n < 4; n++) r |= static_cast<unsigned>((v >> (8 * ((s >> (4 * n)) & 7u))) & 0xffu) << (8 * n);
+  return r;
+}

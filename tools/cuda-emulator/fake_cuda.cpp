@@ -42,7 +42,10 @@ constexpr size_t kStack = 256 * 1024;
 
 Fiber* current() { return g_cur; }
 const Dim3& thread_idx() { return g_cur->tid; }
-unsigned char* dyn_smem() { return g_dyn.data(); }
+unsigned char* dyn_smem() {  // 128-byte aligned, as the GPU's dynamic shared memory (wmma needs 32)
+  const uintptr_t a = reinterpret_cast<uintptr_t>(g_dyn.data());
+  return g_dyn.data() + ((128 - (a & 127)) & 127);
+}
 int lane_id() { return g_cur->linear & 31; }
 
 static void yield() { swapcontext(&g_cur->ctx, &g_sched); }
@@ -239,7 +242,7 @@ int cuLaunchKernel(uintptr_t fn, unsigned gx, unsigned gy, unsigned gz, unsigned
   emu::g_params = reinterpret_cast<void**>(params);
   emu::g_grid_dim = emu::Dim3{gx, gy, gz};
   emu::g_block_dim = emu::Dim3{bx, by, bz};
-  emu::g_dyn.assign(smem + 16, 0xcd);  // poisoned: a kernel that reads before it writes shows up as garbage
+  emu::g_dyn.assign(smem + 16 + 128, 0xcd);  // poisoned: a kernel that reads before it writes shows up as garbage
   // Copy the argument values first: they live in the caller's reusable block only during this call anyway.
   for (unsigned z = 0; z < gz; z++)
     for (unsigned y = 0; y < gy; y++)
@@ -251,6 +254,7 @@ int cuLaunchKernel(uintptr_t fn, unsigned gx, unsigned gy, unsigned gz, unsigned
 }
 int cuTensorMapEncodeTiled(uintptr_t, int, uint32_t, uint64_t, const uint64_t*, const uint64_t*, const uint32_t*, const uint32_t*, int, int, int, int) { return 801; }
 int cuStreamBeginCapture_v2(uintptr_t, int) { return 801; }  // CUDA_ERROR_NOT_SUPPORTED
+int cuOccupancyMaxActiveClusters(uintptr_t, uintptr_t, uintptr_t) { return 801; }  // clusters: not emulated (the driver binds it)
 int cuStreamEndCapture(uintptr_t, uintptr_t) { return 801; }
 int cuGraphInstantiateWithFlags(uintptr_t, uintptr_t, uint64_t) { return 801; }
 int cuGraphLaunch(uintptr_t, uintptr_t) { return 801; }

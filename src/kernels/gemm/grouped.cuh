@@ -458,6 +458,14 @@ __device__ __forceinline__ void decode_prefetch_weights(const TmaDesc* tmap_b, i
       tma_prefetch_2d(tmap_b, c.x, c.y);
     }
 }
+// Dynamic scheduling (Sync::kDynamic): the unit of each announced position, ring.seq modulo kUnitSlots. The producer
+// is at most kStages stages (so units) ahead of its consumers, and every GEMM of a kernel shares the array.
+constexpr int kUnitSlots = 16;
+__device__ __forceinline__ int* unit_slots() {
+  __shared__ int slots[kUnitSlots];
+  return slots;
+}
+
 template <int kN, int kK, int kMSub, int kStages, int kEpi, int kWTiled, class P = DecodePlan<kMSub, kStages>,
           class Sync = NoSync, bool kOwnSetup = true>
 __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, const Sync& sync = Sync()) {
@@ -484,6 +492,8 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
   static_assert(P::kSmemBytes <= 232448, "shared-memory plan exceeds 227 KB: fewer stages");
   static_assert(P::kBBytes >= kRowsW * kBlockK, "the plan's stages must hold this GEMM's weight tile");
   static_assert(!(Sync::kWaits || Sync::kPublishes) || !kOwnSetup, "cross-CTA hooks run inside the fused kernel");
+  static_assert(!Sync::kDynamic || kStages < kUnitSlots, "dynamic scheduling: more stages than unit slots");
+  constexpr bool kDyn = Sync::kDynamic;
   constexpr u32 kUnitBBytes = kRowsW * kBlockK;  // weight bytes of one stage (a stage slot may be larger)
 
   extern __shared__ __align__(1024) unsigned char smem[];
@@ -515,7 +525,9 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
       const u64 pol_b = policy_evict_first();
       int& stage = ring.stage;
       u32& phase = ring.phase;
-      for (int u = sync.first_unit((int)blockIdx.x, (int)gridDim.x); u < n_units; u += gridDim.x) {
+      int u = kDyn ? ring.carry : sync.first_unit((int)blockIdx.x, (int)gridDim.x);
+      for (int next; u < n_units; u = next) {
+        next = kDyn ? sync.grab() : u + (int)gridDim.x;  // dynamic: issued now, its answer needed only at the end
         const int mt = u / kWBlocks, wb = u - mt * kWBlocks;
         const int g = tile_group[mt];
         if (g < 0) continue;
@@ -528,6 +540,7 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
         }
         for (int kb = 0; kb < kKB; kb++) {
           mbar_wait(empty_bar(stage), phase ^ 1);
+          if (kDyn && kb == 0) unit_slots()[ring.seq++ % kUnitSlots] = u;  // released by this stage's arrive
           if (!a_ready && !sync.wait(mt, kb)) {  // abort: pass the stage on without data
             mbar_arrive(full_bar(stage));
             ring.advance<kStages>();
@@ -548,6 +561,14 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
           ring.advance<kStages>();
         }
       }
+      if constexpr (kDyn) {
+        // The end marker: a stage with no data whose slot says -1; the next GEMM starts at the unit grabbed last.
+        mbar_wait(empty_bar(stage), phase ^ 1);
+        unit_slots()[ring.seq++ % kUnitSlots] = -1;
+        mbar_arrive(full_bar(stage));
+        ring.advance<kStages>();
+        ring.carry = u - n_units;
+      }
     }
     return;
   }
@@ -562,10 +583,22 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
   int& stage = ring.stage;
   u32& phase = ring.phase;
 
-  for (int u = sync.first_unit((int)blockIdx.x, (int)gridDim.x); u < n_units; u += gridDim.x) {
+  for (int u = kDyn ? 0 : sync.first_unit((int)blockIdx.x, (int)gridDim.x);; u += kDyn ? 0 : (int)gridDim.x) {
+    if constexpr (kDyn) {
+      // The producer announced this unit (or the end) in the slot of its first stage.
+      mbar_wait(full_bar(stage), phase);
+      u = unit_slots()[ring.seq++ % kUnitSlots];
+      if (u < 0) {
+        if (lane == 0) mbar_arrive(empty_bar(stage));
+        ring.advance<kStages>();
+        break;
+      }
+    } else if (u >= n_units) {
+      break;
+    }
     const int mt = u / kWBlocks, wb = u - mt * kWBlocks;
     const int g = tile_group[mt];
-    if (g < 0) continue;
+    if (!kDyn && g < 0) continue;  // (dynamic: the producer never announces one)
 
     const float* sfb_g = sfb + (size_t)g * kNScaleRows * kKB;
     // bf16: sub-tile s's rows [wb*R + 64 s, +64) lie in one 128-row scale block. SwiGLU (R = 256): every sub-tile
@@ -599,7 +632,7 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
     for (int kb = 0; kb < kKB; kb++) {
       float nsbv[kMSub][2];  // next K block's scales, loaded while this block waits and computes
       load_sb(kb + 1 < kKB ? kb + 1 : kb, nsbv);
-      mbar_wait(full_bar(stage), phase);
+      if (!kDyn || kb > 0) mbar_wait(full_bar(stage), phase);  // (dynamic: K block 0 waited above)
       const u32 sfa_base = sbase + P::kOffSfa + stage * P::kSfaSlot;
       float ts[4];
       ts[0] = ld_shared_f32(sfa_base + 4u * (2 * q));

@@ -9,6 +9,10 @@ namespace gg {
 struct Ring {
   int stage = 0;
   u32 phase = 0;
+  // Dynamic unit scheduling (Sync::kDynamic, decode body): units announced so far (the unit-slot index), and the
+  // producer's first unit of the next GEMM (the one its last grab returned past this GEMM's units).
+  int seq = 0;
+  int carry = 0;
   template <int kStages>
   __device__ __forceinline__ void advance() {
     if (++stage == kStages) {
@@ -65,10 +69,15 @@ struct GemmArgs {
 //               so a second GEMM can continue the first one's round robin.
 //   a_tile(mt): (decode body) the row tile of A and its scales that row tile mt's units read: mt, or, in the fused
 //               kernel's small-T dispatch, tile 0 for all (every expert's tile holds all T tokens).
+//   kDynamic:   (decode body) units are not dealt round robin: the producer starts at ring.carry and takes each next
+//               unit from grab() (a grid-wide counter), announcing every unit to its consumers through a shared-memory
+//               slot read after the unit's first full barrier, and ends the GEMM with a marker stage (no data).
 struct NoSync {
   static constexpr bool kWaits = false;
   static constexpr bool kPublishes = false;
   static constexpr bool kCompletes = false;
+  static constexpr bool kDynamic = false;
+  __device__ __forceinline__ int grab() const { return 0; }
   __device__ __forceinline__ int first_unit(int cta, int) const { return cta; }
   __device__ __forceinline__ int a_tile(int mt) const { return mt; }
   __device__ __forceinline__ bool unit_ready(int) const { return true; }

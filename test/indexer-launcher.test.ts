@@ -1,0 +1,34 @@
+// The indexer scores launcher's pure choices (src/gpu-model/attention.ts): shared memory per CTA and rows per CTA.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { ATTN_SMEM_LIMIT, chooseIndexerRowsPerCta, INDEXER_MAX_ROWS_PER_CTA, indexerScoreSmemBytes, indexerScoresOnTensorCores } from '../src/gpu-model/attention.js';
+import { INDEXER_KEYS_PER_CTA, INDEXER_SCORE_THREADS } from '../src/kernels/attention.js';
+
+test('indexer scores: a thread per key; shared memory of the tensor-core path and of the CUDA-core one', () => {
+  assert.equal(INDEXER_KEYS_PER_CTA, INDEXER_SCORE_THREADS);
+  // flash / pro: 64 heads x 128 on the tensor cores: q 64 x 128, keys 256 x 128, products 64 x 264 int32, units, weights
+  assert.ok(indexerScoresOnTensorCores(64, 128) && indexerScoresOnTensorCores(16, 64));
+  assert.equal(indexerScoreSmemBytes(64, 128), 64 * 128 + 256 * 128 + 64 * 264 * 4 + 64 * 8);
+  assert.equal(indexerScoreSmemBytes(64, 128, 8), indexerScoreSmemBytes(64, 128), 'one row at a time');
+  assert.ok(2 * (indexerScoreSmemBytes(64, 128) + 1024) <= 228 * 1024, 'two CTAs per SM');
+  // the CUDA-core path (heads not a multiple of 16, or di 256 / 512): all rows' int8 queries plus the key staging
+  assert.ok(!indexerScoresOnTensorCores(8, 128) && !indexerScoresOnTensorCores(64, 256));
+  assert.equal(indexerScoreSmemBytes(8, 128, 4), 4 * 8 * 136 + 256 * 128);
+  assert.ok(indexerScoreSmemBytes(64, 256, INDEXER_MAX_ROWS_PER_CTA) <= ATTN_SMEM_LIMIT);
+  // 256 heads x 128: the products tile would not fit, the CUDA-core body takes it
+  assert.ok(!indexerScoresOnTensorCores(256, 128) && indexerScoresOnTensorCores(128, 128));
+  assert.equal(indexerScoreSmemBytes(256, 128), 256 * 136 + 256 * 128);
+});
+
+test('indexer scores rows per CTA: one for decode batches, several for prefill chunks while the grid fills the GPU', () => {
+  // decode: one-row items never share keys
+  assert.equal(chooseIndexerRowsPerCta(64, 8192, false, 64, 128, 132), 1);
+  // a 64-row chunk at 32K context (8192 keys: 32 key CTAs): 8 rows -> 8 x 32 = 256 CTAs < 2 x 132, 4 rows -> 512
+  assert.equal(chooseIndexerRowsPerCta(64, 8192, true, 64, 128, 132), 4);
+  // 64K context: 64 key CTAs, 8 rows -> 512 CTAs
+  assert.equal(chooseIndexerRowsPerCta(64, 16384, true, 64, 128, 132), 8);
+  // a short history: too few CTAs for any sharing
+  assert.equal(chooseIndexerRowsPerCta(64, 600, true, 64, 128, 132), 1);
+  // shared memory caps it
+  assert.equal(chooseIndexerRowsPerCta(64, 1 << 20, true, 64, 512, 132), 2);
+});
