@@ -231,7 +231,6 @@ int cuModuleGetFunction(uintptr_t out, uintptr_t, const char* name) {
   return 0;
 }
 int cuFuncSetAttribute(uintptr_t, int, int) { return 0; }
-int cuOccupancyMaxActiveClusters(uintptr_t, uintptr_t, uintptr_t) { return 801; }  // clusters: not emulated
 int cuFuncGetAttribute(uintptr_t out, int, uintptr_t) { put<int>(out, 0); return 0; }
 int cuLaunchKernel(uintptr_t fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem,
                    uintptr_t, uintptr_t params, uintptr_t) {
