@@ -67,3 +67,14 @@ inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __double2float_rn(double d) { return static_cast<float>(d); }
+
+// ---- additions for the tensor-core attention kernel (attn_mma.cuh's emulated mma, attention.cu's vector loads) ----
+#ifndef MEGAMOE_EMU
+#define MEGAMOE_EMU 1  // kernels pick their plain-CUDA fallbacks (no inline PTX here)
+#endif
+template <typename T>
+inline T __shfl_sync(unsigned, T v, int src_lane) {
+  return emu_from<T>(emu::exchange(emu_bits(v), src_lane & 31));
+}
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(8) float2 { float x, y; };
