@@ -78,3 +78,18 @@ inline T __shfl_sync(unsigned, T v, int src_lane) {
 }
 struct alignas(16) uint4 { unsigned x, y, z, w; };
 struct alignas(8) float2 { float x, y; };
+// All 32 lanes' `words` 32-bit values of the calling warp at once (one exchange instead of one per shuffle): what the
+// emulated mma.sync of attn_mma.cuh uses, so flash-sized tensor-core kernels run in reasonable time here.
+#define EMU_HAS_WARP_ALLGATHER 1
+template <int N>
+inline void emu_warp_allgather(const unsigned (&mine)[N], unsigned (&all)[32][N]) {
+  static unsigned buf[32][32][N];  // [warp][lane][word]: fibers switch only at barriers, blocks run one at a time
+  const emu::Dim3& ti = emu::thread_idx();
+  const int linear = (int)(ti.x + blockDim.x * (ti.y + blockDim.y * ti.z));
+  const int w = linear >> 5, l = linear & 31;
+  for (int i = 0; i < N; i++) buf[w][l][i] = mine[i];
+  emu::sync_warp();
+  for (int j = 0; j < 32; j++)
+    for (int i = 0; i < N; i++) all[j][i] = buf[w][j][i];
+  emu::sync_warp();
+}
