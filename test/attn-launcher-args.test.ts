@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { parseDeepSeekV4Config } from '../src/checkpoint/config.js';
 import { registeredKernels } from '../src/cuda/kernel-registry.js';
 import {
-  AttentionArgError, attentionKeyCount, attentionMmaSmemBytes, attentionSmemBytes, attnShapeFrom, chooseHeadsPerCtaMma, chooseSparseKernel, checkAttnShape, checkTensor, chooseHeadsPerCta, layerRatio,
+  AttentionArgError, attentionKeyCount, attentionMmaSmemBytes, attentionSmemBytes, attnShapeFrom, chooseHeadsPerCtaMma, chooseSparseKernel, sparseMmaEntry, checkAttnShape, checkTensor, chooseHeadsPerCta, layerRatio,
   maxNewBlocks, planAttentionCall, ATTN_SMEM_LIMIT,
 } from '../src/gpu-model/attention.js';
 import type { KvSequence } from '../src/gpu-model/kv-allocator.js';
@@ -89,6 +89,7 @@ test('chooseHeadsPerCtaMma / chooseSparseKernel: the tensor-core kernel where it
   assert.equal(ref.kernel, 'ref');
   assert.equal(ref.hpb, chooseHeadsPerCta(64, 512, 128 + 8192));
   assert.equal(chooseSparseKernel(64, 512, 640, undefined, undefined, true).kernel, 'ref', 'MEGAMOE_ATTN_REF=1');
+  assert.deepEqual([1, 4, 16, 32, 64].map(sparseMmaEntry), ['sparseMma1', 'sparseMma1', 'sparseMma1', 'sparseMma2', 'sparseMma4']);
 });
 
 test('checkAttnShape accepts tiny, flash and pro and refuses what the kernels cannot do', () => {
@@ -114,7 +115,7 @@ test('checkTensor and layerRatio: dtype, shape (leading dim at least the rows) a
 
 test('the attention, compressor and indexer kernels are registered for `megamoe kernels --check`', () => {
   const names = new Map(registeredKernels().map((k) => [k.name, k]));
-  assert.match(names.get('attention')!.entry!, /attn_sparse.*attn_sparse_mma.*attn_mma_selftest/);
+  assert.match(names.get('attention')!.entry!, /attn_sparse.*attn_sparse_mma1.*attn_sparse_mma2.*attn_sparse_mma4.*attn_mma_selftest/);
   assert.match(names.get('compressor')!.entry!, /attn_compress_pool.*attn_compress_state/);
   assert.match(names.get('indexer')!.entry!, /attn_indexer_prepare.*attn_indexer_scores.*attn_indexer_topk/);
   for (const n of ['attention', 'compressor', 'indexer']) assert.equal(names.get(n)!.variants.length, 1);

@@ -141,6 +141,11 @@ export function chooseHeadsPerCtaMma(H: number, d: number, maxKeys: number, smem
   return undefined;
 }
 
+/** The attn_sparse_mma entry for hpb heads per CTA: one per m-tile count (1, 2 or 4 tiles of 16 heads). */
+export function sparseMmaEntry(hpb: number): 'sparseMma1' | 'sparseMma2' | 'sparseMma4' {
+  return hpb <= 16 ? 'sparseMma1' : hpb <= 32 ? 'sparseMma2' : 'sparseMma4';
+}
+
 /** Which sparse-attention kernel a call runs and with how many heads per CTA (MEGAMOE_ATTN_REF=1 forces attn_sparse). */
 export function chooseSparseKernel(H: number, d: number, maxKeys: number, smemLimit = ATTN_SMEM_LIMIT,
   fill?: { rows: number; sms: number }, forceRef = false): { kernel: 'mma' | 'ref'; hpb: number; smem: number } {
@@ -275,7 +280,7 @@ export class GpuAttention implements Disposable {
   readonly limits: AttnLimits;
   /** I32 [maxRows, indexTopk]: indexerSelect's output */
   readonly picks: DeviceTensor<'I32'>;
-  private readonly k: Record<'kvSim' | 'store' | 'sparse' | 'sparseMma' | 'pool' | 'state' | 'prep' | 'scores' | 'topk', Kernel>;
+  private readonly k: Record<'kvSim' | 'store' | 'sparse' | 'sparseMma1' | 'sparseMma2' | 'sparseMma4' | 'pool' | 'state' | 'prep' | 'scores' | 'topk', Kernel>;
   private readonly meta: DeviceBuffer;
   private readonly freqPlain: DeviceBuffer;
   private readonly freqComp: DeviceBuffer;
@@ -302,7 +307,9 @@ export class GpuAttention implements Disposable {
       kvSim: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.kvFp8Sim),
       store: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.windowStore),
       sparse: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.sparse).setMaxDynamicSharedMemory(ATTN_SMEM_LIMIT),
-      sparseMma: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.sparseMma).setMaxDynamicSharedMemory(ATTN_SMEM_LIMIT),
+      sparseMma1: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.sparseMma1).setMaxDynamicSharedMemory(ATTN_SMEM_LIMIT),
+      sparseMma2: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.sparseMma2).setMaxDynamicSharedMemory(ATTN_SMEM_LIMIT),
+      sparseMma4: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.sparseMma4).setMaxDynamicSharedMemory(ATTN_SMEM_LIMIT),
       pool: load(COMPRESSOR_SOURCE, COMPRESSOR_ENTRIES.pool),
       state: load(COMPRESSOR_SOURCE, COMPRESSOR_ENTRIES.state),
       prep: load(INDEXER_SOURCE, INDEXER_ENTRIES.prepare),
@@ -457,7 +464,7 @@ export class GpuAttention implements Disposable {
     const win = this.cache.paged('window', layer);
     const comp = ratio > 0 ? this.cache.paged(this.cache.compressedKind(layer, false), layer) : undefined;
     const sigma = fr(1 / Math.sqrt(s.headDim));
-    const kernel = plan.kernel === 'mma' ? this.k.sparseMma : this.k.sparse;
+    const kernel = plan.kernel === 'mma' ? this.k[sparseMmaEntry(hpb)] : this.k.sparse;
     kernel.launch({ grid: [p.rows, s.heads / hpb], block: plan.kernel === 'mma' ? ATTN_MMA_THREADS : ATTN_THREADS, sharedMemBytes: plan.smem, stream }, [
       x.q, x.kv, arg.ptr(win.base), arg.ptr(win.table), arg.i32(win.tableStride),
       arg.ptr(comp?.base), arg.ptr(comp?.table), arg.i32(comp?.tableStride ?? 0),

@@ -456,36 +456,70 @@ __device__ __forceinline__ void sparse_mma_body(const SparseArgs& A, unsigned ch
     }
 }
 
-template <int D>
-__device__ __forceinline__ void sparse_mma_mt(const SparseArgs& A, unsigned char* smem) {
-  if (A.hpb > 32) sparse_mma_body<D, 4>(A, smem);
-  else if (A.hpb > 16) sparse_mma_body<D, 2>(A, smem);
-  else sparse_mma_body<D, 1>(A, smem);
+}  // namespace
+
+namespace {
+template <int MT>
+__device__ __forceinline__ void sparse_mma_dispatch(const SparseArgs& A, int d, unsigned char* smem) {
+  switch (d) {
+    case 512: sparse_mma_body<512, MT>(A, smem); break;
+    case 256: sparse_mma_body<256, MT>(A, smem); break;
+    case 128: sparse_mma_body<128, MT>(A, smem); break;
+    case 64: sparse_mma_body<64, MT>(A, smem); break;
+    default: break;  // the launcher never picks these kernels for other d
+  }
 }
 }  // namespace
 
-// Same arguments as attn_sparse; d in {64, 128, 256, 512}, hpb a power of two <= 64 (launcher: chooseHeadsPerCtaMma).
+// Same arguments as attn_sparse; d in {64, 128, 256, 512}. One entry per m-tile count: attn_sparse_mma<MT> for
+// hpb <= 16 MT (the launcher's chooseHeadsPerCtaMma / sparseMmaEntry), so a 16-head CTA is not held to the register
+// count of the 4-m-tile one.
 extern "C" __global__ void __launch_bounds__(kMmaThreads)
-attn_sparse_mma(const uint16_t* __restrict__ q, const uint16_t* __restrict__ kv,
-                uint16_t* win_base, const int* __restrict__ win_table, int win_table_stride,
-                uint16_t* comp_base, const int* __restrict__ comp_table, int comp_table_stride,
-                int block_rows, int win_layer_slot, int win_layers, int comp_layer_slot, int comp_layers,
-                const int* __restrict__ picks, int pick_stride,
-                const int* __restrict__ items, const int* __restrict__ row_item,
-                const float* __restrict__ sink, const float* __restrict__ freqs, uint16_t* __restrict__ out,
-                int H, int d, int rd, int win, int ratio, int topk, int hpb, int max_keys, float sigma) {
+attn_sparse_mma1(const uint16_t* __restrict__ q, const uint16_t* __restrict__ kv,
+                 uint16_t* win_base, const int* __restrict__ win_table, int win_table_stride,
+                 uint16_t* comp_base, const int* __restrict__ comp_table, int comp_table_stride,
+                 int block_rows, int win_layer_slot, int win_layers, int comp_layer_slot, int comp_layers,
+                 const int* __restrict__ picks, int pick_stride,
+                 const int* __restrict__ items, const int* __restrict__ row_item,
+                 const float* __restrict__ sink, const float* __restrict__ freqs, uint16_t* __restrict__ out,
+                 int H, int d, int rd, int win, int ratio, int topk, int hpb, int max_keys, float sigma) {
   extern __shared__ __align__(16) unsigned char smem[];
-  const SparseArgs A{q, kv,
-                     attn::Paged{win_base, win_table, win_table_stride, block_rows, win_layer_slot, win_layers, d},
-                     attn::Paged{comp_base, comp_table, comp_table_stride, block_rows, comp_layer_slot, comp_layers, d},
-                     picks, pick_stride, items, row_item, sink, freqs, out, H, rd, win, ratio, topk, hpb, max_keys, sigma};
-  switch (d) {
-    case 512: sparse_mma_mt<512>(A, smem); break;
-    case 256: sparse_mma_mt<256>(A, smem); break;
-    case 128: sparse_mma_mt<128>(A, smem); break;
-    case 64: sparse_mma_mt<64>(A, smem); break;
-    default: break;  // the launcher never picks this kernel for other d
-  }
+  sparse_mma_dispatch<1>(SparseArgs{q, kv,
+      attn::Paged{win_base, win_table, win_table_stride, block_rows, win_layer_slot, win_layers, d},
+      attn::Paged{comp_base, comp_table, comp_table_stride, block_rows, comp_layer_slot, comp_layers, d},
+      picks, pick_stride, items, row_item, sink, freqs, out, H, rd, win, ratio, topk, hpb, max_keys, sigma}, d, smem);
+}
+
+extern "C" __global__ void __launch_bounds__(kMmaThreads)
+attn_sparse_mma2(const uint16_t* __restrict__ q, const uint16_t* __restrict__ kv,
+                 uint16_t* win_base, const int* __restrict__ win_table, int win_table_stride,
+                 uint16_t* comp_base, const int* __restrict__ comp_table, int comp_table_stride,
+                 int block_rows, int win_layer_slot, int win_layers, int comp_layer_slot, int comp_layers,
+                 const int* __restrict__ picks, int pick_stride,
+                 const int* __restrict__ items, const int* __restrict__ row_item,
+                 const float* __restrict__ sink, const float* __restrict__ freqs, uint16_t* __restrict__ out,
+                 int H, int d, int rd, int win, int ratio, int topk, int hpb, int max_keys, float sigma) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  sparse_mma_dispatch<2>(SparseArgs{q, kv,
+      attn::Paged{win_base, win_table, win_table_stride, block_rows, win_layer_slot, win_layers, d},
+      attn::Paged{comp_base, comp_table, comp_table_stride, block_rows, comp_layer_slot, comp_layers, d},
+      picks, pick_stride, items, row_item, sink, freqs, out, H, rd, win, ratio, topk, hpb, max_keys, sigma}, d, smem);
+}
+
+extern "C" __global__ void __launch_bounds__(kMmaThreads)
+attn_sparse_mma4(const uint16_t* __restrict__ q, const uint16_t* __restrict__ kv,
+                 uint16_t* win_base, const int* __restrict__ win_table, int win_table_stride,
+                 uint16_t* comp_base, const int* __restrict__ comp_table, int comp_table_stride,
+                 int block_rows, int win_layer_slot, int win_layers, int comp_layer_slot, int comp_layers,
+                 const int* __restrict__ picks, int pick_stride,
+                 const int* __restrict__ items, const int* __restrict__ row_item,
+                 const float* __restrict__ sink, const float* __restrict__ freqs, uint16_t* __restrict__ out,
+                 int H, int d, int rd, int win, int ratio, int topk, int hpb, int max_keys, float sigma) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  sparse_mma_dispatch<4>(SparseArgs{q, kv,
+      attn::Paged{win_base, win_table, win_table_stride, block_rows, win_layer_slot, win_layers, d},
+      attn::Paged{comp_base, comp_table, comp_table_stride, block_rows, comp_layer_slot, comp_layers, d},
+      picks, pick_stride, items, row_item, sink, freqs, out, H, rd, win, ratio, topk, hpb, max_keys, sigma}, d, smem);
 }
 
 // One warp, one mma.sync m16n8k16 through attn::mma_bf16_16816 (test/gpu-attn-mma.test.ts): the fragment layouts of

@@ -14,7 +14,9 @@ export const ATTENTION_ENTRIES = Object.freeze({
   kvFp8Sim: 'attn_kv_fp8_sim',
   windowStore: 'attn_window_store',
   sparse: 'attn_sparse',
-  sparseMma: 'attn_sparse_mma',
+  sparseMma1: 'attn_sparse_mma1',
+  sparseMma2: 'attn_sparse_mma2',
+  sparseMma4: 'attn_sparse_mma4',
   mmaSelftest: 'attn_mma_selftest',
 } as const);
 export const COMPRESSOR_ENTRIES = Object.freeze({ pool: 'attn_compress_pool', state: 'attn_compress_state' } as const);
@@ -27,7 +29,7 @@ export const INDEXER_ENTRIES = Object.freeze({
 /** Block sizes fixed in the .cu files (kThreads etc.). */
 export const ATTN_THREADS = 256;
 export const ATTN_MAX_GROUP_DIMS = 8192;
-/** attn_sparse_mma: threads per CTA, heads per CTA at most (4 m-tiles of 16), the head dims it is built for. */
+/** attn_sparse_mma1/2/4: threads per CTA, heads per CTA at most (4 m-tiles of 16), the head dims they are built for. */
 export const ATTN_MMA_THREADS = 256;
 export const ATTN_MMA_MAX_HEADS = 64;
 export const ATTN_MMA_DIMS: readonly number[] = Object.freeze([64, 128, 256, 512]);
