@@ -14,8 +14,10 @@
 //   3. per head m = max s (sink excluded), e = f32(exp(s - m)), denom = f32(f32(sum e) + f32(exp(sink - m))),
 //      p = bf16(e / denom) (model.ts attendHead's rounding points);
 //   4. o = bf16(sum p k) in f32, key order = list order; inverse RoPE on the last rd dims at T; bf16 out.
-// The straightforward version: no tensor cores, keys re-read from L1/L2 per head group. docs/GPU-ATTENTION.md says
-// what a fast version changes.
+// attn_sparse is the straightforward version on CUDA cores (keys re-read from L1/L2 per head group): the reference,
+// and the fallback where the tensor-core attn_sparse_mma1/2/4 (below, same arguments and rounding points) does not
+// apply (d not 64/128/256/512, or 16 heads' scores do not fit shared memory). The launcher (src/gpu-model/attention.ts
+// chooseSparseKernel) picks; docs/GPU-ATTENTION.md describes both.
 #include "attn_common.cuh"
 #include "attn_mma.cuh"
 
@@ -197,10 +199,10 @@ attn_sparse(const uint16_t* __restrict__ q,        // bf16 [rows, H, d] (renorme
   }
 }
 
-// ---- attn_sparse_mma: the same computation on tensor cores (mma.sync m16n8k16 bf16 -> f32) ----------------------------
+// ---- attn_sparse_mma1/2/4: the same computation on tensor cores (mma.sync m16n8k16 bf16 -> f32) -----------------------
 // One CTA per (row, group of hpb heads); the group's heads, padded to 16-row m-tiles (MT = ceil(hpb / 16) of them), are
 // the M dimension of both products, the row's key list is shared by them. 256 threads = 8 warps. Shared memory (the
-// launcher's attentionMmaSmemBytes): key row pointers [nk16], the group's queries bf16 [16 MT, D] (16-byte chunks
+// launcher's attentionMmaSmemBytes; not yet run on a GPU, only on the CPU emulator): key row pointers [nk16], the group's queries bf16 [16 MT, D] (16-byte chunks
 // XOR-swizzled by row parity: conflict-free fragment loads), scores / probabilities f32 [16 MT, ss] (ss = max_keys
 // rounded up to 32, + 8: conflict-free float2 fragment loads), and for D < 512 the P.V partials of the key-split warps.
 //   S = Q K^T: n-tiles of 8 keys round-robin over the warps, each over all D dims and all MT m-tiles (a key fragment
