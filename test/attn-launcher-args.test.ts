@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { parseDeepSeekV4Config } from '../src/checkpoint/config.js';
 import { registeredKernels } from '../src/cuda/kernel-registry.js';
 import {
-  AttentionArgError, attentionKeyCount, attentionSmemBytes, attnShapeFrom, checkAttnShape, checkTensor, chooseHeadsPerCta, layerRatio,
+  AttentionArgError, attentionKeyCount, attentionMmaSmemBytes, attentionSmemBytes, attnShapeFrom, chooseHeadsPerCtaMma, chooseSparseKernel, sparseMmaEntry, checkAttnShape, checkTensor, chooseHeadsPerCta, layerRatio,
   maxNewBlocks, planAttentionCall, ATTN_SMEM_LIMIT,
 } from '../src/gpu-model/attention.js';
 import type { KvSequence } from '../src/gpu-model/kv-allocator.js';
@@ -68,6 +68,30 @@ test('chooseHeadsPerCta: the largest power of two that divides H and fits regist
   assert.equal(chooseHeadsPerCta(64, 512, 640, undefined, { rows: 256, sms: 132 }), 16, 'many rows: the register budget decides');
 });
 
+test('chooseHeadsPerCtaMma / chooseSparseKernel: the tensor-core kernel where its scores fit, else attn_sparse', () => {
+  // keys 640 -> 640 pointers, q 32 x 512 bf16, scores 32 x (640 + 8) f32; d 512 needs no key-split partials
+  assert.equal(attentionMmaSmemBytes(32, 512, 640), 640 * 8 + 32 * 512 * 2 + 32 * 648 * 4);
+  assert.equal(attentionMmaSmemBytes(4, 128, 40), 48 * 8 + 16 * 128 * 2 + 16 * 72 * 4 + 3 * 16 * 128 * 4, 'm-tile padded to 16 rows');
+  assert.equal(chooseHeadsPerCtaMma(64, 512, 640), 32, '64 heads x 640 scores do not fit');
+  assert.equal(chooseHeadsPerCtaMma(64, 512, 128), 64, 'window-only: one CTA per row');
+  assert.equal(chooseHeadsPerCtaMma(4, 128, 40), 4, 'tiny: one padded m-tile');
+  assert.equal(chooseHeadsPerCtaMma(64, 512, 640, undefined, { rows: 1, sms: 132 }), 16, 'decode: never below one full m-tile');
+  assert.equal(chooseHeadsPerCtaMma(64, 512, 640, undefined, { rows: 256, sms: 132 }), 32);
+  assert.equal(chooseHeadsPerCtaMma(64, 512, 128, undefined, { rows: 64, sms: 132 }), 16, 'batch 64: 256 CTAs');
+  assert.equal(chooseHeadsPerCtaMma(64, 96, 128), undefined, 'd 96: not built');
+  assert.equal(chooseHeadsPerCtaMma(64, 512, 128 + 8192), undefined, '8320 scores x 16 heads do not fit');
+  for (let n = 640; n < 4000; n += 97) {
+    const h = chooseHeadsPerCtaMma(64, 512, n);
+    if (h !== undefined) assert.ok(attentionMmaSmemBytes(h, 512, n) <= ATTN_SMEM_LIMIT);
+  }
+  assert.deepEqual(chooseSparseKernel(64, 512, 640), { kernel: 'mma', hpb: 32, smem: attentionMmaSmemBytes(32, 512, 640) });
+  const ref = chooseSparseKernel(64, 512, 128 + 8192);
+  assert.equal(ref.kernel, 'ref');
+  assert.equal(ref.hpb, chooseHeadsPerCta(64, 512, 128 + 8192));
+  assert.equal(chooseSparseKernel(64, 512, 640, undefined, undefined, true).kernel, 'ref', 'MEGAMOE_ATTN_REF=1');
+  assert.deepEqual([1, 4, 16, 32, 64].map(sparseMmaEntry), ['sparseMma1', 'sparseMma1', 'sparseMma1', 'sparseMma2', 'sparseMma4']);
+});
+
 test('checkAttnShape accepts tiny, flash and pro and refuses what the kernels cannot do', () => {
   for (const c of [config('tiny'), config('flash', 4), config('pro', 4)]) checkAttnShape(attnShapeFrom(c));
   const s = attnShapeFrom(config('tiny'));
@@ -91,7 +115,7 @@ test('checkTensor and layerRatio: dtype, shape (leading dim at least the rows) a
 
 test('the attention, compressor and indexer kernels are registered for `megamoe kernels --check`', () => {
   const names = new Map(registeredKernels().map((k) => [k.name, k]));
-  assert.match(names.get('attention')!.entry!, /attn_sparse/);
+  assert.match(names.get('attention')!.entry!, /attn_sparse.*attn_sparse_mma1.*attn_sparse_mma2.*attn_sparse_mma4.*attn_mma_selftest/);
   assert.match(names.get('compressor')!.entry!, /attn_compress_pool.*attn_compress_state/);
   assert.match(names.get('indexer')!.entry!, /attn_indexer_prepare.*attn_indexer_scores.*attn_indexer_topk/);
   for (const n of ['attention', 'compressor', 'indexer']) assert.equal(names.get(n)!.variants.length, 1);

@@ -72,6 +72,17 @@ for (const [layer, kind] of [[0, 'window-only'], [2, 'ratio 4 + indexer'], [3, '
   });
 }
 
+// flash-like ratio 4, a chunked prefill deep into a history: every row attends 128 + 512 keys, too many scores for 64
+// heads per CTA, so the tensor-core kernel runs 32 (its 2-m-tile entry; the scenarios above run the 4- and 1-tile ones)
+test('GPU attention == CPU, flash-like ratio 4 + indexer layer 2: a 70-token chunk at 5000 (640 keys per row)', { skip }, (t) => {
+  const stats = runScenario({
+    config: config('flash', 4), layer: 2, blockRows: 64, seed: 41, maxContext: 8192,
+    seqs: [{ start: 5000 }], calls: [[{ seq: 0, len: 70 }]],
+  });
+  for (const line of formatStats('flash L2 chunk', stats).split('\n')) t.diagnostic(line);
+  checkStats('flash L2 chunk', stats);
+});
+
 // pro-like: 128 heads and top-1024 on the ratio-4 layer (pro's layer 2), decode only, histories past 4096 tokens
 test('GPU attention == CPU, pro-like ratio 4 + indexer layer 2: decode batch of 3 at 40..4400 (top-1024 of 1100)', { skip }, (t) => {
   const stats = runScenario({

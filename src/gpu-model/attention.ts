@@ -17,7 +17,7 @@
 // exported so the CPU tests exercise them without a GPU.
 import { arg, DeviceBuffer, DeviceTensor, ensureContext, loadKernelSync, type Kernel, type StreamLike } from '../cuda/index.js';
 import {
-  ATTENTION_ENTRIES, ATTENTION_SOURCE, ATTN_MAX_GROUP_DIMS, ATTN_THREADS, COMPRESSOR_ENTRIES, COMPRESSOR_MAX_DC, COMPRESSOR_SOURCE,
+  ATTENTION_ENTRIES, ATTENTION_SOURCE, ATTN_MAX_GROUP_DIMS, ATTN_MMA_DIMS, ATTN_MMA_MAX_HEADS, ATTN_MMA_THREADS, ATTN_THREADS, COMPRESSOR_ENTRIES, COMPRESSOR_MAX_DC, COMPRESSOR_SOURCE,
   COMPRESSOR_THREADS, INDEXER_ENTRIES, INDEXER_KEYS_PER_CTA, INDEXER_PREP_MAX_DI, INDEXER_PREP_THREADS, INDEXER_SCORE_THREADS,
   INDEXER_SOURCE, INDEXER_TOPK_THREADS,
 } from '../kernels/attention.js';
@@ -149,6 +149,52 @@ export function chooseIndexerRowsPerCta(rows: number, maxVisible: number, multiR
   return 1;
 }
 
+/**
+ * Shared memory of attn_sparse_mma for `hpb` heads per CTA (padded to 16-row m-tiles): key pointers [keys rounded up
+ * to 16], queries bf16 [rows, d], scores f32 [rows, keys rounded up to 32 + 8], and for d < 512 the P.V partials of
+ * the key-split warps f32 [512 / d - 1, rows, d]. Mirrors the kernel's layout.
+ */
+export function attentionMmaSmemBytes(hpb: number, d: number, maxKeys: number): number {
+  const rows = Math.ceil(hpb / 16) * 16;
+  const nk16 = Math.ceil(maxKeys / 16) * 16;
+  const ss = Math.ceil(maxKeys / 32) * 32 + 8;
+  return nk16 * 8 + rows * d * 2 + rows * ss * 4 + Math.max(0, 512 / d - 1) * rows * d * 4;
+}
+
+/**
+ * Heads per CTA for the tensor-core kernel, or undefined where it does not apply (d not in ATTN_MMA_DIMS, or the
+ * scores of even the smallest group do not fit shared memory: the caller falls back to attn_sparse). Heads are the
+ * M dimension of 16-row mma tiles, so the group is at least min(16, the largest power of two dividing H) heads (fewer
+ * would only pad the tile); the largest power of two <= 64 dividing H that fits, and, given the call's rows and the
+ * SM count, small enough that rows x H / hpb CTAs fill the SMs where H allows.
+ */
+export function chooseHeadsPerCtaMma(H: number, d: number, maxKeys: number, smemLimit = ATTN_SMEM_LIMIT,
+  fill?: { rows: number; sms: number }): number | undefined {
+  if (!ATTN_MMA_DIMS.includes(d) || !(Number.isInteger(H) && H >= 1)) return undefined;
+  let hmin = 1;
+  while (hmin < 16 && H % (hmin * 2) === 0) hmin *= 2;
+  for (let hpb = ATTN_MMA_MAX_HEADS; hpb >= hmin; hpb >>= 1) {
+    if (H % hpb !== 0) continue;
+    if (fill && hpb > hmin && fill.rows * (H / hpb) < fill.sms) continue;
+    if (attentionMmaSmemBytes(hpb, d, maxKeys) <= smemLimit) return hpb;
+  }
+  return undefined;
+}
+
+/** The attn_sparse_mma entry for hpb heads per CTA: one per m-tile count (1, 2 or 4 tiles of 16 heads). */
+export function sparseMmaEntry(hpb: number): 'sparseMma1' | 'sparseMma2' | 'sparseMma4' {
+  return hpb <= 16 ? 'sparseMma1' : hpb <= 32 ? 'sparseMma2' : 'sparseMma4';
+}
+
+/** Which sparse-attention kernel a call runs and with how many heads per CTA (MEGAMOE_ATTN_REF=1 forces attn_sparse). */
+export function chooseSparseKernel(H: number, d: number, maxKeys: number, smemLimit = ATTN_SMEM_LIMIT,
+  fill?: { rows: number; sms: number }, forceRef = false): { kernel: 'mma' | 'ref'; hpb: number; smem: number } {
+  const m = forceRef ? undefined : chooseHeadsPerCtaMma(H, d, maxKeys, smemLimit, fill);
+  if (m !== undefined) return { kernel: 'mma', hpb: m, smem: attentionMmaSmemBytes(m, d, maxKeys) };
+  const hpb = chooseHeadsPerCta(H, d, maxKeys, smemLimit, fill);
+  return { kernel: 'ref', hpb, smem: attentionSmemBytes(hpb, d, maxKeys) };
+}
+
 /** One item of a call: `len` new tokens of `seq` at positions pos..pos+len-1. */
 export interface AttnCallItem {
   seq: KvSequence;
@@ -272,7 +318,7 @@ export class GpuAttention implements Disposable {
   readonly limits: AttnLimits;
   /** I32 [maxRows, indexTopk]: indexerSelect's output */
   readonly picks: DeviceTensor<'I32'>;
-  private readonly k: Record<'kvSim' | 'store' | 'sparse' | 'pool' | 'state' | 'prep' | 'scores' | 'topk', Kernel>;
+  private readonly k: Record<'kvSim' | 'store' | 'sparse' | 'sparseMma1' | 'sparseMma2' | 'sparseMma4' | 'pool' | 'state' | 'prep' | 'scores' | 'topk', Kernel>;
   private readonly meta: DeviceBuffer;
   private readonly freqPlain: DeviceBuffer;
   private readonly freqComp: DeviceBuffer;
@@ -306,6 +352,9 @@ export class GpuAttention implements Disposable {
       kvSim: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.kvFp8Sim),
       store: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.windowStore),
       sparse: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.sparse).setMaxDynamicSharedMemory(ATTN_SMEM_LIMIT),
+      sparseMma1: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.sparseMma1).setMaxDynamicSharedMemory(ATTN_SMEM_LIMIT),
+      sparseMma2: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.sparseMma2).setMaxDynamicSharedMemory(ATTN_SMEM_LIMIT),
+      sparseMma4: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.sparseMma4).setMaxDynamicSharedMemory(ATTN_SMEM_LIMIT),
       pool: load(COMPRESSOR_SOURCE, COMPRESSOR_ENTRIES.pool),
       state: load(COMPRESSOR_SOURCE, COMPRESSOR_ENTRIES.state),
       prep: load(INDEXER_SOURCE, INDEXER_ENTRIES.prepare),
@@ -477,11 +526,13 @@ export class GpuAttention implements Disposable {
     if (indexer) checkTensor('picks', x.picks, 'I32', [p.rows, s.indexTopk], 'pass indexerSelect()\'s result on a ratio-4 layer');
     let maxKeys = 1;
     for (let r = 0; r < p.rows; r++) maxKeys = Math.max(maxKeys, attentionKeyCount(p.positions[r], s.window, ratio, s.indexTopk, indexer));
-    const hpb = chooseHeadsPerCta(s.heads, s.headDim, maxKeys, ATTN_SMEM_LIMIT, { rows: p.rows, sms: this.sms });
+    const plan = chooseSparseKernel(s.heads, s.headDim, maxKeys, ATTN_SMEM_LIMIT, { rows: p.rows, sms: this.sms }, process.env.MEGAMOE_ATTN_REF === '1');
+    const hpb = plan.hpb;
     const win = this.cache.paged('window', layer);
     const comp = ratio > 0 ? this.cache.paged(this.cache.compressedKind(layer, false), layer) : undefined;
     const sigma = fr(1 / Math.sqrt(s.headDim));
-    this.k.sparse.launch({ grid: [p.rows, s.heads / hpb], block: ATTN_THREADS, sharedMemBytes: attentionSmemBytes(hpb, s.headDim, maxKeys), stream }, [
+    const kernel = plan.kernel === 'mma' ? this.k[sparseMmaEntry(hpb)] : this.k.sparse;
+    kernel.launch({ grid: [p.rows, s.heads / hpb], block: plan.kernel === 'mma' ? ATTN_MMA_THREADS : ATTN_THREADS, sharedMemBytes: plan.smem, stream }, [
       x.q, x.kv, arg.ptr(win.base), arg.ptr(win.table), arg.i32(win.tableStride),
       arg.ptr(comp?.base), arg.ptr(comp?.table), arg.i32(comp?.tableStride ?? 0),
       arg.i32(win.blockRows), arg.i32(win.layerSlot), arg.i32(win.layersPerBlock), arg.i32(comp?.layerSlot ?? 0), arg.i32(comp?.layersPerBlock ?? 1),

@@ -14,9 +14,12 @@
 //   3. per head m = max s (sink excluded), e = f32(exp(s - m)), denom = f32(f32(sum e) + f32(exp(sink - m))),
 //      p = bf16(e / denom) (model.ts attendHead's rounding points);
 //   4. o = bf16(sum p k) in f32, key order = list order; inverse RoPE on the last rd dims at T; bf16 out.
-// The straightforward version: no tensor cores, keys re-read from L1/L2 per head group. docs/GPU-ATTENTION.md says
-// what a fast version changes.
+// attn_sparse is the straightforward version on CUDA cores (keys re-read from L1/L2 per head group): the reference,
+// and the fallback where the tensor-core attn_sparse_mma1/2/4 (below, same arguments and rounding points) does not
+// apply (d not 64/128/256/512, or 16 heads' scores do not fit shared memory). The launcher (src/gpu-model/attention.ts
+// chooseSparseKernel) picks; docs/GPU-ATTENTION.md describes both.
 #include "attn_common.cuh"
+#include "attn_mma.cuh"
 
 namespace {
 constexpr int kThreads = 256;
@@ -194,4 +197,349 @@ attn_sparse(const uint16_t* __restrict__ q,        // bf16 [rows, H, d] (renorme
       dst[pi] = (unsigned)attn::f32_to_bf16_bits(o0) | ((unsigned)attn::f32_to_bf16_bits(o1) << 16);
     }
   }
+}
+
+// ---- attn_sparse_mma1/2/4: the same computation on tensor cores (mma.sync m16n8k16 bf16 -> f32) -----------------------
+// One CTA per (row, group of hpb heads); the group's heads, padded to 16-row m-tiles (MT = ceil(hpb / 16) of them), are
+// the M dimension of both products, the row's key list is shared by them. 256 threads = 8 warps. Shared memory (the
+// launcher's attentionMmaSmemBytes; not yet run on a GPU, only on the CPU emulator): key row pointers [nk16], the group's queries bf16 [16 MT, D] (16-byte chunks
+// XOR-swizzled by row parity: conflict-free fragment loads), scores / probabilities f32 [16 MT, ss] (ss = max_keys
+// rounded up to 32, + 8: conflict-free float2 fragment loads), and for D < 512 the P.V partials of the key-split warps.
+//   S = Q K^T: n-tiles of 8 keys round-robin over the warps, each over all D dims and all MT m-tiles (a key fragment
+//     feeds MT mmas); fragments come straight from global memory (16-byte loads, the K dimension permuted within each
+//     32-dim chunk identically on the A and B side, which a dot product does not see), D/32 loads in flight per n-tile.
+//     s = f32(sigma * f32(q . k)); masked keys and the padding to 16 keys -> -inf.
+//   softmax: exactly the scalar kernel's (a warp per head, double exp, f32 denominator, p = bf16(e / denom)), after
+//     all scores exist (two passes, not an online softmax: the rounding points of model.ts attendHead).
+//   O = P V: warp w owns dims [64 (w mod D/64), +64) (8 n-tiles, the N index permuted so each lane's accumulators are
+//     16 consecutive dims of one head row: one V fragment register pair per n-tile from four 16-byte key-row loads)
+//     and the k-tiles (16 keys) w / (D/64), + 8 / (D/64), ...; the next k-tile's loads are issued before this one's
+//     mmas. For D < 512 the key-split partials are summed through shared memory in a fixed order. Then bf16(o),
+//     inverse RoPE at T, bf16 out (16-byte stores).
+// f32 accumulation order differs from the scalar kernel's (and the CPU's f64): occasional one-ulp bf16 flips of p or o,
+// within SPEC 5's calc_diff bound.
+namespace {
+constexpr int kMmaThreads = 256;
+constexpr int kMmaWarps = kMmaThreads / 32;
+
+struct SparseArgs {
+  const uint16_t* q;
+  const uint16_t* kv;
+  attn::Paged ring, comp;
+  const int* picks;
+  int pick_stride;
+  const int* items;
+  const int* row_item;
+  const float* sink;
+  const float* freqs;
+  uint16_t* out;
+  int H, rd, win, ratio, topk, hpb, max_keys;
+  float sigma;
+};
+
+__device__ __forceinline__ uint4 load_row16(const uint16_t* row, int elem) {
+  if (!row) return uint4{0u, 0u, 0u, 0u};
+  return *reinterpret_cast<const uint4*>(row + elem);
+}
+
+// b0 / b1 of the P.V fragment for n-tile q: dim slot q of keys (u, v) and (w, x)
+__device__ __forceinline__ unsigned word_of(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+__device__ __forceinline__ unsigned pair_lo(unsigned a, unsigned b) { return (a & 0xffffu) | (b << 16); }
+__device__ __forceinline__ unsigned pair_hi(unsigned a, unsigned b) { return (a >> 16) | (b & 0xffff0000u); }
+
+template <int D, int MT>
+__device__ __forceinline__ void sparse_mma_body(const SparseArgs& A, unsigned char* smem) {
+  constexpr int kRows = 16 * MT;
+  constexpr int kChunks = D / 8;  // 16-byte chunks per query row
+  const int max_keys = A.max_keys;
+  const int nk16cap = (max_keys + 15) & ~15;
+  const int ss = ((max_keys + 31) & ~31) + 8;
+  const uint16_t** keys = reinterpret_cast<const uint16_t**>(smem);                           // [nk16cap]
+  uint4* qs = reinterpret_cast<uint4*>(smem + (size_t)nk16cap * sizeof(void*));              // [kRows, kChunks]
+  float* sc = reinterpret_cast<float*>(qs + (size_t)kRows * kChunks);                         // [kRows, ss]
+  float* red = sc + (size_t)kRows * ss;                                                       // [512/D - 1, kRows, D]
+
+  const int r = blockIdx.x;
+  const int h0 = blockIdx.y * A.hpb;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const attn::Item it = attn::load_item(A.items, A.row_item[r]);
+  const int T = it.pos + (r - it.row0);
+
+  // 1. key list (as attn_sparse), null past the end up to a multiple of 16; the group's queries
+  const int nw = min(T + 1, A.win);
+  const int w0 = T - nw + 1;
+  int visible = 0, nc = 0;
+  if (A.ratio > 0) {
+    visible = (T + 1) / A.ratio;
+    nc = A.picks ? min(A.topk, visible) : visible;
+  }
+  const int nk = min(nw + nc, max_keys);
+  const int nk16 = (nk + 15) & ~15;
+  for (int k = threadIdx.x; k < nk16; k += kMmaThreads) {
+    const uint16_t* ptr = nullptr;
+    if (k < nw) {
+      const int p = w0 + k;
+      ptr = p >= it.pos ? A.kv + (size_t)(it.row0 + p - it.pos) * D : attn::paged_row(A.ring, it.slot, p % A.win);
+    } else if (k < nk) {
+      const int j = k - nw;
+      const int n = A.picks ? A.picks[(size_t)r * A.pick_stride + j] : j;
+      ptr = (n >= 0 && n < visible) ? attn::paged_row(A.comp, it.slot, n) : nullptr;  // -1 / invisible: masked
+    }
+    keys[k] = ptr;
+  }
+  for (int i = threadIdx.x; i < kRows * kChunks; i += kMmaThreads) {
+    const int row = i / kChunks, ch = i % kChunks;
+    uint4 v{0u, 0u, 0u, 0u};
+    if (row < A.hpb) v = reinterpret_cast<const uint4*>(A.q + ((size_t)r * A.H + h0 + row) * D)[ch];
+    qs[row * kChunks + (ch ^ ((row & 1) << 2))] = v;
+  }
+  __syncthreads();
+
+  // 2. S = Q K^T, scores into sc
+  constexpr int kNc = D / 32;
+  constexpr int kBatch = kNc < 8 ? kNc : 8;
+  for (int nt = warp; nt < nk16 / 8; nt += kMmaWarps) {
+    const uint16_t* kp = keys[nt * 8 + g];
+    float acc[MT][4];
+#pragma unroll
+    for (int m = 0; m < MT; m++) acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.f;
+#pragma unroll
+    for (int c0 = 0; c0 < kNc; c0 += kBatch) {
+      uint4 kb[kBatch];
+#pragma unroll
+      for (int j = 0; j < kBatch; j++) kb[j] = load_row16(kp, (c0 + j) * 32 + 8 * t);
+#pragma unroll
+      for (int j = 0; j < kBatch; j++) {
+        const int ch = 4 * (c0 + j) + t;
+#pragma unroll
+        for (int m = 0; m < MT; m++) {
+          const int ra = m * 16 + g;
+          const uint4 qa = qs[ra * kChunks + (ch ^ ((ra & 1) << 2))];
+          const uint4 qb = qs[(ra + 8) * kChunks + (ch ^ ((ra & 1) << 2))];
+          attn::mma_bf16_16816(acc[m], qa.x, qb.x, qa.y, qb.y, kb[j].x, kb[j].y);
+          attn::mma_bf16_16816(acc[m], qa.z, qb.z, qa.w, qb.w, kb[j].z, kb[j].w);
+        }
+      }
+    }
+    const int k0 = nt * 8 + 2 * t;
+    const bool m0 = keys[k0] == nullptr, m1 = keys[k0 + 1] == nullptr;
+#pragma unroll
+    for (int m = 0; m < MT; m++) {
+      float* sa = sc + (size_t)(m * 16 + g) * ss + k0;
+      float* sb = sa + (size_t)8 * ss;
+      sa[0] = m0 ? -INFINITY : __fmul_rn(acc[m][0], A.sigma);
+      sa[1] = m1 ? -INFINITY : __fmul_rn(acc[m][1], A.sigma);
+      sb[0] = m0 ? -INFINITY : __fmul_rn(acc[m][2], A.sigma);
+      sb[1] = m1 ? -INFINITY : __fmul_rn(acc[m][3], A.sigma);
+    }
+  }
+  __syncthreads();
+
+  // 3. softmax with sink, a warp per head (attn_sparse's code); probabilities overwrite the scores, 0 past nk
+  for (int h = warp; h < kRows; h += kMmaWarps) {
+    float* s = sc + (size_t)h * ss;
+    if (h >= A.hpb) {  // padding rows of the m-tile
+      for (int k = lane; k < nk16; k += 32) s[k] = 0.f;
+      continue;
+    }
+    float mx = -INFINITY;
+    for (int k = lane; k < nk; k += 32) mx = fmaxf(mx, s[k]);
+    mx = attn::warp_max(mx);
+    double se = 0.0;
+    for (int k = lane; k < nk; k += 32) {
+      const float e = s[k] == -INFINITY ? 0.f : __double2float_rn(exp((double)s[k] - (double)mx));
+      s[k] = e;
+      se += (double)e;
+    }
+    se = attn::warp_sum(se);
+    const float den = __fadd_rn(__double2float_rn(se), __double2float_rn(exp((double)A.sink[h0 + h] - (double)mx)));
+    __syncwarp();
+    for (int k = lane; k < nk16; k += 32) s[k] = k < nk ? attn::bf16_round(__fdiv_rn(s[k], den)) : 0.f;
+  }
+  __syncthreads();
+
+  // 4. O = P V
+  constexpr int kSlabs = D / 64;
+  constexpr int kSplit = kMmaWarps / kSlabs;
+  const int slab = warp % kSlabs, split = warp / kSlabs;
+  const int dim0 = slab * 64 + 8 * g;  // this lane's 8 dims of each V row it loads (n-tile q <-> dim dim0 + q)
+  float acc[MT][8][4];
+#pragma unroll
+  for (int m = 0; m < MT; m++)
+#pragma unroll
+    for (int q = 0; q < 8; q++) acc[m][q][0] = acc[m][q][1] = acc[m][q][2] = acc[m][q][3] = 0.f;
+  const int ktiles = nk16 / 16;
+  uint4 vu, vv, vw, vx;  // keys 2t, 2t+1, 2t+8, 2t+9 of the k-tile
+  if (split < ktiles) {
+    const int kb = split * 16 + 2 * t;
+    vu = load_row16(keys[kb], dim0); vv = load_row16(keys[kb + 1], dim0);
+    vw = load_row16(keys[kb + 8], dim0); vx = load_row16(keys[kb + 9], dim0);
+  }
+  for (int kt = split; kt < ktiles; kt += kSplit) {
+    const uint4 cu = vu, cv = vv, cw = vw, cx = vx;
+    if (kt + kSplit < ktiles) {  // the next k-tile's loads in flight during this one's mmas
+      const int kb = (kt + kSplit) * 16 + 2 * t;
+      vu = load_row16(keys[kb], dim0); vv = load_row16(keys[kb + 1], dim0);
+      vw = load_row16(keys[kb + 8], dim0); vx = load_row16(keys[kb + 9], dim0);
+    }
+    unsigned b0[8], b1[8];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      const unsigned u = word_of(cu, i), v = word_of(cv, i), w = word_of(cw, i), x = word_of(cx, i);
+      b0[2 * i] = pair_lo(u, v); b1[2 * i] = pair_lo(w, x);
+      b0[2 * i + 1] = pair_hi(u, v); b1[2 * i + 1] = pair_hi(w, x);
+    }
+    const int kc = kt * 16 + 2 * t;
+#pragma unroll
+    for (int m = 0; m < MT; m++) {
+      const float* pa = sc + (size_t)(m * 16 + g) * ss + kc;
+      const float* pb = pa + (size_t)8 * ss;
+      const float2 a0 = *reinterpret_cast<const float2*>(pa), a2 = *reinterpret_cast<const float2*>(pa + 8);
+      const float2 a1 = *reinterpret_cast<const float2*>(pb), a3 = *reinterpret_cast<const float2*>(pb + 8);
+      const unsigned r0 = attn::pack_bf16x2_exact(a0.x, a0.y), r1 = attn::pack_bf16x2_exact(a1.x, a1.y);
+      const unsigned r2 = attn::pack_bf16x2_exact(a2.x, a2.y), r3 = attn::pack_bf16x2_exact(a3.x, a3.y);
+#pragma unroll
+      for (int q = 0; q < 8; q++) attn::mma_bf16_16816(acc[m][q], r0, r1, r2, r3, b0[q], b1[q]);
+    }
+  }
+  // lane holds, per m-tile, dims slab*64 + 16t + j of rows g (acc[..][j%8][j/8]) and g+8 (acc[..][j%8][2 + j/8])
+  const int dbase = slab * 64 + 16 * t;
+  if constexpr (kSplit > 1) {  // the key-split warps' partials, summed in split order
+    if (split > 0) {
+#pragma unroll
+      for (int m = 0; m < MT; m++)
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+          float* dst = red + ((size_t)(split - 1) * kRows + m * 16 + g + 8 * hf) * D + dbase;
+#pragma unroll
+          for (int j = 0; j < 16; j++) dst[j] = acc[m][j % 8][2 * hf + j / 8];
+        }
+    }
+    __syncthreads();
+    if (split == 0) {
+      for (int s = 1; s < kSplit; s++)
+#pragma unroll
+        for (int m = 0; m < MT; m++)
+#pragma unroll
+          for (int hf = 0; hf < 2; hf++) {
+            const float* src = red + ((size_t)(s - 1) * kRows + m * 16 + g + 8 * hf) * D + dbase;
+#pragma unroll
+            for (int j = 0; j < 16; j++) acc[m][j % 8][2 * hf + j / 8] += src[j];
+          }
+    }
+  }
+  if (split != 0) return;
+  const int nope = D - A.rd;
+#pragma unroll
+  for (int m = 0; m < MT; m++)
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+      const int row = m * 16 + g + 8 * hf;
+      if (row >= A.hpb) continue;
+      float o[16];
+#pragma unroll
+      for (int j = 0; j < 16; j++) o[j] = attn::bf16_round(acc[m][j % 8][2 * hf + j / 8]);
+#pragma unroll
+      for (int j = 0; j < 16; j += 2) {
+        const int dim = dbase + j;
+        if (dim >= nope) attn::rope_pair(o[j], o[j + 1], A.freqs, (dim - nope) / 2, T, true);
+      }
+      unsigned w[8];
+#pragma unroll
+      for (int j = 0; j < 8; j++) {
+        w[j] = (unsigned)attn::f32_to_bf16_bits(o[2 * j]) | ((unsigned)attn::f32_to_bf16_bits(o[2 * j + 1]) << 16);
+      }
+      uint4* dst = reinterpret_cast<uint4*>(A.out + ((size_t)r * A.H + h0 + row) * D + dbase);
+      dst[0] = uint4{w[0], w[1], w[2], w[3]};
+      dst[1] = uint4{w[4], w[5], w[6], w[7]};
+    }
+}
+
+}  // namespace
+
+namespace {
+template <int MT>
+__device__ __forceinline__ void sparse_mma_dispatch(const SparseArgs& A, int d, unsigned char* smem) {
+  switch (d) {
+    case 512: sparse_mma_body<512, MT>(A, smem); break;
+    case 256: sparse_mma_body<256, MT>(A, smem); break;
+    case 128: sparse_mma_body<128, MT>(A, smem); break;
+    case 64: sparse_mma_body<64, MT>(A, smem); break;
+    default: break;  // the launcher never picks these kernels for other d
+  }
+}
+}  // namespace
+
+// Same arguments as attn_sparse; d in {64, 128, 256, 512}. One entry per m-tile count: attn_sparse_mma<MT> for
+// hpb <= 16 MT (the launcher's chooseHeadsPerCtaMma / sparseMmaEntry), so a 16-head CTA is not held to the register
+// count of the 4-m-tile one.
+extern "C" __global__ void __launch_bounds__(kMmaThreads)
+attn_sparse_mma1(const uint16_t* __restrict__ q, const uint16_t* __restrict__ kv,
+                 uint16_t* win_base, const int* __restrict__ win_table, int win_table_stride,
+                 uint16_t* comp_base, const int* __restrict__ comp_table, int comp_table_stride,
+                 int block_rows, int win_layer_slot, int win_layers, int comp_layer_slot, int comp_layers,
+                 const int* __restrict__ picks, int pick_stride,
+                 const int* __restrict__ items, const int* __restrict__ row_item,
+                 const float* __restrict__ sink, const float* __restrict__ freqs, uint16_t* __restrict__ out,
+                 int H, int d, int rd, int win, int ratio, int topk, int hpb, int max_keys, float sigma) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  sparse_mma_dispatch<1>(SparseArgs{q, kv,
+      attn::Paged{win_base, win_table, win_table_stride, block_rows, win_layer_slot, win_layers, d},
+      attn::Paged{comp_base, comp_table, comp_table_stride, block_rows, comp_layer_slot, comp_layers, d},
+      picks, pick_stride, items, row_item, sink, freqs, out, H, rd, win, ratio, topk, hpb, max_keys, sigma}, d, smem);
+}
+
+extern "C" __global__ void __launch_bounds__(kMmaThreads)
+attn_sparse_mma2(const uint16_t* __restrict__ q, const uint16_t* __restrict__ kv,
+                 uint16_t* win_base, const int* __restrict__ win_table, int win_table_stride,
+                 uint16_t* comp_base, const int* __restrict__ comp_table, int comp_table_stride,
+                 int block_rows, int win_layer_slot, int win_layers, int comp_layer_slot, int comp_layers,
+                 const int* __restrict__ picks, int pick_stride,
+                 const int* __restrict__ items, const int* __restrict__ row_item,
+                 const float* __restrict__ sink, const float* __restrict__ freqs, uint16_t* __restrict__ out,
+                 int H, int d, int rd, int win, int ratio, int topk, int hpb, int max_keys, float sigma) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  sparse_mma_dispatch<2>(SparseArgs{q, kv,
+      attn::Paged{win_base, win_table, win_table_stride, block_rows, win_layer_slot, win_layers, d},
+      attn::Paged{comp_base, comp_table, comp_table_stride, block_rows, comp_layer_slot, comp_layers, d},
+      picks, pick_stride, items, row_item, sink, freqs, out, H, rd, win, ratio, topk, hpb, max_keys, sigma}, d, smem);
+}
+
+extern "C" __global__ void __launch_bounds__(kMmaThreads)
+attn_sparse_mma4(const uint16_t* __restrict__ q, const uint16_t* __restrict__ kv,
+                 uint16_t* win_base, const int* __restrict__ win_table, int win_table_stride,
+                 uint16_t* comp_base, const int* __restrict__ comp_table, int comp_table_stride,
+                 int block_rows, int win_layer_slot, int win_layers, int comp_layer_slot, int comp_layers,
+                 const int* __restrict__ picks, int pick_stride,
+                 const int* __restrict__ items, const int* __restrict__ row_item,
+                 const float* __restrict__ sink, const float* __restrict__ freqs, uint16_t* __restrict__ out,
+                 int H, int d, int rd, int win, int ratio, int topk, int hpb, int max_keys, float sigma) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  sparse_mma_dispatch<4>(SparseArgs{q, kv,
+      attn::Paged{win_base, win_table, win_table_stride, block_rows, win_layer_slot, win_layers, d},
+      attn::Paged{comp_base, comp_table, comp_table_stride, block_rows, comp_layer_slot, comp_layers, d},
+      picks, pick_stride, items, row_item, sink, freqs, out, H, rd, win, ratio, topk, hpb, max_keys, sigma}, d, smem);
+}
+
+// One warp, one mma.sync m16n8k16 through attn::mma_bf16_16816 (test/gpu-attn-mma.test.ts): the fragment layouts of
+// attn_mma.cuh checked on the GPU (the real instruction) and on the CPU emulator (its shuffle emulation) alike.
+// a bf16 [16, 16] row-major, b bf16 [8, 16] (B^T: column n's 16 k values contiguous), c, d f32 [16, 8].
+namespace {
+__device__ __forceinline__ unsigned ld_bf16x2(const uint16_t* p) { return (unsigned)p[0] | ((unsigned)p[1] << 16); }
+}  // namespace
+extern "C" __global__ void __launch_bounds__(32)
+attn_mma_selftest(const uint16_t* __restrict__ a, const uint16_t* __restrict__ b, const float* __restrict__ c,
+                  float* __restrict__ d) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  float acc[4] = {c[g * 8 + 2 * t], c[g * 8 + 2 * t + 1], c[(g + 8) * 8 + 2 * t], c[(g + 8) * 8 + 2 * t + 1]};
+  attn::mma_bf16_16816(acc, ld_bf16x2(a + g * 16 + 2 * t), ld_bf16x2(a + (g + 8) * 16 + 2 * t),
+                       ld_bf16x2(a + g * 16 + 2 * t + 8), ld_bf16x2(a + (g + 8) * 16 + 2 * t + 8),
+                       ld_bf16x2(b + g * 16 + 2 * t), ld_bf16x2(b + g * 16 + 2 * t + 8));
+  d[g * 8 + 2 * t] = acc[0];
+  d[g * 8 + 2 * t + 1] = acc[1];
+  d[(g + 8) * 8 + 2 * t] = acc[2];
+  d[(g + 8) * 8 + 2 * t + 1] = acc[3];
 }

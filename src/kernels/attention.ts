@@ -14,6 +14,10 @@ export const ATTENTION_ENTRIES = Object.freeze({
   kvFp8Sim: 'attn_kv_fp8_sim',
   windowStore: 'attn_window_store',
   sparse: 'attn_sparse',
+  sparseMma1: 'attn_sparse_mma1',
+  sparseMma2: 'attn_sparse_mma2',
+  sparseMma4: 'attn_sparse_mma4',
+  mmaSelftest: 'attn_mma_selftest',
 } as const);
 export const COMPRESSOR_ENTRIES = Object.freeze({ pool: 'attn_compress_pool', state: 'attn_compress_state' } as const);
 export const INDEXER_ENTRIES = Object.freeze({
@@ -25,6 +29,10 @@ export const INDEXER_ENTRIES = Object.freeze({
 /** Block sizes fixed in the .cu files (kThreads etc.). */
 export const ATTN_THREADS = 256;
 export const ATTN_MAX_GROUP_DIMS = 8192;
+/** attn_sparse_mma1/2/4: threads per CTA, heads per CTA at most (4 m-tiles of 16), the head dims they are built for. */
+export const ATTN_MMA_THREADS = 256;
+export const ATTN_MMA_MAX_HEADS = 64;
+export const ATTN_MMA_DIMS: readonly number[] = Object.freeze([64, 128, 256, 512]);
 export const COMPRESSOR_THREADS = 256;
 export const COMPRESSOR_MAX_DC = 512;
 export const INDEXER_PREP_THREADS = 128;

@@ -93,3 +93,29 @@ inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
   for (int n = 0; n < 4; n++) r |= static_cast<unsigned>((v >> (8 * ((s >> (4 * n)) & 7u))) & 0xffu) << (8 * n);
   return r;
 }
+
+// ---- additions for the tensor-core attention kernel (attn_mma.cuh's emulated mma, attention.cu's vector loads) ----
+#ifndef MEGAMOE_EMU
+#define MEGAMOE_EMU 1  // kernels pick their plain-CUDA fallbacks (no inline PTX here)
+#endif
+template <typename T>
+inline T __shfl_sync(unsigned, T v, int src_lane) {
+  return emu_from<T>(emu::exchange(emu_bits(v), src_lane & 31));
+}
+#define EMU_HAS_SHFL_SYNC 1  // (emu_model_ops.h then keeps its own copy out)
+struct alignas(8) float2 { float x, y; };
+// All 32 lanes' `words` 32-bit values of the calling warp at once (one exchange instead of one per shuffle): what the
+// emulated mma.sync of attn_mma.cuh uses, so flash-sized tensor-core kernels run in reasonable time here.
+#define EMU_HAS_WARP_ALLGATHER 1
+template <int N>
+inline void emu_warp_allgather(const unsigned (&mine)[N], unsigned (&all)[32][N]) {
+  static unsigned buf[32][32][N];  // [warp][lane][word]: fibers switch only at barriers, blocks run one at a time
+  const emu::Dim3& ti = emu::thread_idx();
+  const int linear = (int)(ti.x + blockDim.x * (ti.y + blockDim.y * ti.z));
+  const int w = linear >> 5, l = linear & 31;
+  for (int i = 0; i < N; i++) buf[w][l][i] = mine[i];
+  emu::sync_warp();
+  for (int j = 0; j < 32; j++)
+    for (int i = 0; i < N; i++) all[j][i] = buf[w][j][i];
+  emu::sync_warp();
+}
