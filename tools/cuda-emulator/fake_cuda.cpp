@@ -255,7 +255,6 @@ int cuTensorMapEncodeTiled(uintptr_t, int, uint32_t, uint64_t, const uint64_t*, 
 // clusters (the fused MoE kernel's occupancy query): not emulated
 int cuOccupancyMaxActiveClusters(uintptr_t out, uintptr_t, uintptr_t) { put<int>(out, 0); return 801; }
 int cuStreamBeginCapture_v2(uintptr_t, int) { return 801; }  // CUDA_ERROR_NOT_SUPPORTED
-int cuOccupancyMaxActiveClusters(uintptr_t, uintptr_t, uintptr_t) { return 801; }  // clusters: not emulated (the driver binds it)
 int cuStreamEndCapture(uintptr_t, uintptr_t) { return 801; }
 int cuGraphInstantiateWithFlags(uintptr_t, uintptr_t, uint64_t) { return 801; }
 int cuGraphLaunch(uintptr_t, uintptr_t) { return 801; }
