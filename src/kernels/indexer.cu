@@ -108,16 +108,12 @@ __device__ __forceinline__ unsigned pack4(unsigned a, unsigned b, unsigned c, un
   return __byte_perm(__byte_perm(a, b, 0x0040), __byte_perm(c, d, 0x0040), 0x5410);
 }
 
-// One key row (di = DI bf16 values) into DI/4 packed int8 words in kw; returns its U (kSlowExp when not exact). Two
-// passes over the row: the amax with every load in flight, then (from L1) the conversion one 16-byte chunk at a time,
-// the words staged through this thread's own column of shared memory (stage[word * kKeysPerCta]); converting in
-// registers, unrolled, kept every value live (~190 registers).
+// max |value| of one bf16 row of DI values, its 16-byte loads all in flight (the values die into the max).
 template <int DI>
-__device__ __forceinline__ int key_to_int8(const uint16_t* row, int* stage, int (&kw)[DI / 4]) {
-  const uint4* src = reinterpret_cast<const uint4*>(row);
+__device__ __forceinline__ float row_amax(const uint4* src) {
   float amax = 0.f;
 #pragma unroll
-  for (int c = 0; c < DI / 8; c++) {  // all loads in flight; the values die into amax
+  for (int c = 0; c < DI / 8; c++) {
     const uint4 r4 = src[c];
     const unsigned x[4] = {r4.x, r4.y, r4.z, r4.w};
 #pragma unroll
@@ -126,6 +122,17 @@ __device__ __forceinline__ int key_to_int8(const uint16_t* row, int* stage, int 
       amax = fmaxf(amax, fabsf(__uint_as_float(x[t] & 0xffff0000u)));
     }
   }
+  return amax;
+}
+
+// One key row (di = DI bf16 values) into DI/4 packed int8 words in kw; returns its U (kSlowExp when not exact). Two
+// passes over the row: the amax with every load in flight, then (from L1) the conversion one 16-byte chunk at a time,
+// the words staged through this thread's own column of shared memory (stage[word * kKeysPerCta]); converting in
+// registers, unrolled, kept every value live (~190 registers).
+template <int DI>
+__device__ __forceinline__ int key_to_int8(const uint16_t* row, int* stage, int (&kw)[DI / 4]) {
+  const uint4* src = reinterpret_cast<const uint4*>(row);
+  const float amax = row_amax<DI>(src);
   float scale; int U;
   if (!int_unit(amax, scale, U)) {
 #pragma unroll
@@ -254,17 +261,7 @@ __device__ __forceinline__ void indexer_scores_body(
 template <int DI>
 __device__ __forceinline__ int key_to_int8_chunks(const uint16_t* row, int4* dst, int chunk_stride) {
   const uint4* src = reinterpret_cast<const uint4*>(row);
-  float amax = 0.f;
-#pragma unroll
-  for (int c = 0; c < DI / 8; c++) {  // all loads in flight; the values die into amax
-    const uint4 r4 = src[c];
-    const unsigned x[4] = {r4.x, r4.y, r4.z, r4.w};
-#pragma unroll
-    for (int t = 0; t < 4; t++) {
-      amax = fmaxf(amax, fabsf(__uint_as_float(x[t] << 16)));
-      amax = fmaxf(amax, fabsf(__uint_as_float(x[t] & 0xffff0000u)));
-    }
-  }
+  const float amax = row_amax<DI>(src);
   float scale; int U;
   if (!int_unit(amax, scale, U)) return kSlowExp;
   unsigned err = 0;
