@@ -78,10 +78,10 @@ test('CLI: bad values refused by name; good ones stop at the GPU check', () => {
 test('CLI options into ModelBenchOptions', () => {
   const cli: ModelBenchCliOptions = {
     preset: 'pro', layers: 2, batches: '8,1', contexts: '32k', prefill: 'none', prefillChunk: '4k', kvFill: 'prefill', warmup: 0, runs: 3,
-    prefillRuns: 1, profileRuns: 0, seed: 9, out: 'o',
+    prefillRuns: 1, profileRuns: 0, seed: 9, out: 'o', moeBackend: 'mega_moe',
   };
   const o = modelBenchOptionsFromCli(cli, 'megamoe bench model');
-  assert.deepEqual([o.batches, o.contexts, o.prefill, o.prefillChunk, o.kvFill], [[1, 8], [32768], [], 4096, 'prefill']);
+  assert.deepEqual([o.batches, o.contexts, o.prefill, o.prefillChunk, o.kvFill, o.moeBackend], [[1, 8], [32768], [], 4096, 'prefill', 'mega_moe']);
 });
 
 test('capacity: largest batch, chunk rows, context rounded to 64 past the decode steps', () => {

@@ -25,6 +25,8 @@ import { modelPresetConfig } from '../model/checkpoint-writer.js';
 import { expertWeightBytes, type DeviceCeilings } from './report.js';
 import { parseList } from './staging-routing.js';
 
+import type { GpuMoeBackend } from '../gpu-model/layer.js';
+
 export const MODEL_BENCH_PRESETS = ['flash', 'pro'] as const;
 export type ModelBenchPreset = (typeof MODEL_BENCH_PRESETS)[number];
 export const MODEL_BENCH_DEFAULTS = Object.freeze({
@@ -53,6 +55,8 @@ export interface ModelBenchOptions {
   out: string;
   commit?: string;
   command?: string;
+  /** every layer's MoE backend (default unfused) */
+  moeBackend?: GpuMoeBackend;
 }
 
 /** "4096", "4k" or "32K" (x 1024): a positive integer. */

@@ -56,6 +56,8 @@ export interface PrefillRow extends TimedRow {
 export interface ModelBenchReport {
   meta: BenchRunMeta & {
     preset: string; layers: number; ratios: number[]; kvFill: KvFill; prefillChunk: number;
+    /** the layers' MoE backend (absent in reports before it was an option: unfused) */
+    moeBackend?: string;
     shape: { dim: number; heads: number; headDim: number; experts: number; topK: number; inter: number; vocab: number; window: number; indexTopk: number };
   };
   decode: DecodeRow[];
@@ -122,7 +124,7 @@ export function renderModelMarkdown(report: ModelBenchReport): string {
   const lines: string[] = [...renderRunHeader(meta)];
   lines.push(`Model: ${meta.preset} shape (D ${s.dim}, ${s.heads} heads x ${s.headDim}, ${s.experts} experts top-${s.topK}, I ${s.inter}, vocab ${s.vocab}, ` +
     `window ${s.window}, indexer top-${s.indexTopk}), ${meta.layers} layers (compress ratios ${meta.ratios.join(', ')}), synthetic random weights ` +
-    '(dense weights generated on the host, experts on the GPU), the unfused MoE backend, no MTP.');
+    `(dense weights generated on the host, experts on the GPU), the ${meta.moeBackend ?? 'unfused'} MoE backend, no MTP.`);
   lines.push(`Timing: CUDA events on the model's stream around each call (one host sync per call, at its end), ` +
     `${meta.warmup} warm-up steps, median of ${meta.runs}; decode contexts filled by "${meta.kvFill}"` +
     `${meta.kvFill === 'skip' ? ' (positions advanced without computing them: the cache rows hold zeros; the attention reads as many rows as with real contents)' : ''}; ` +

@@ -7,7 +7,7 @@
 //  * Weights: the dense weights come from the same tensor plan and seeds as `make-checkpoint --whole-model` would
 //    write, generated in memory on read (virtualModelCheckpoint) and loaded by the real loader; the MoE experts are
 //    random on the GPU (DeviceMoeWeights.random, GpuModelOptions.moeWeights): a flash layer's 6.4 GB of experts never
-//    touch the host or the disk. The MoE runs on the unfused backend (the only one inside GpuModel).
+//    touch the host or the disk. The MoE runs on the unfused backend, or the fused one with --moe-backend mega_moe.
 //  * Decode contexts: by default the sequences' positions are advanced without computing them ("--kv-fill skip":
 //    GpuSequence.length set, the caches grow to it on the first step and read zeros, which the caches are cleared to
 //    after the build), because prefilling 256 x 32K tokens would take hours here; the attention reads as many rows
@@ -24,7 +24,7 @@ import { performance } from 'node:perf_hooks';
 import { cudaStatus, CudaEvent, driverVersion, ensureContext, formatCudaVersion, Stream } from '../cuda/index.js';
 import { DeviceMoeWeights } from '../backends/unfused.js';
 import { GpuModel, type GpuSequence } from '../gpu-model/model.js';
-import type { LayerMark, LayerProfiler } from '../gpu-model/layer.js';
+import { GPU_MOE_BACKENDS, type GpuMoeBackend, type LayerMark, type LayerProfiler } from '../gpu-model/layer.js';
 import { virtualModelCheckpoint } from '../model/checkpoint-writer.js';
 import { loadModelWeightsFrom } from '../model/loader.js';
 import { Rng } from '../util/rng.js';
@@ -107,6 +107,7 @@ export async function runModelBench(o: ModelBenchOptions, log: (line: string) =>
   try {
     model = await GpuModel.create(weights, {
       maxSequences: cap.maxSequences, maxItems: cap.maxSequences, maxLogitRows: cap.maxSequences, maxRows: cap.maxRows, maxContext: cap.maxContext,
+      moeBackend: o.moeBackend,
       moeWeights: (bw) => {
         const s = bw.moe.shape;
         return DeviceMoeWeights.random({ hidden: s.hiddenSize, inter: s.moeIntermediateSize, experts: s.nRoutedExperts, topK: s.numExpertsPerTok, swigluLimit: s.swigluLimit },
@@ -229,7 +230,7 @@ export async function runModelBench(o: ModelBenchOptions, log: (line: string) =>
     model.dispose();
   }
   const notes = [
-    'The MoE block is the unfused backend; expert weights random on the GPU (seeded per layer), dense weights the synthetic checkpoint\'s (seed ' + o.seed + '); token ids random.',
+    `The MoE block is the ${o.moeBackend ?? 'unfused'} backend; expert weights random on the GPU (seeded per layer), dense weights the synthetic checkpoint's (seed ${o.seed}); token ids random.`,
     'Decode "experts touched / layer" is the last timed step\'s routing (distinct routed experts, mean over layers); prefill rows use the uniform-routing expectation per call.',
   ];
   if (o.kvFill === 'skip') notes.push('Decode contexts: positions advanced without computing them (--kv-fill skip), cache rows zero: timing only, the outputs are not a model\'s.');
@@ -238,6 +239,7 @@ export async function runModelBench(o: ModelBenchOptions, log: (line: string) =>
       gpu: props.name, smCount: props.smCount, driver: formatCudaVersion(driverVersion()), commit: resolveCommit(o.commit),
       command: o.command ?? 'megamoe bench model', date: new Date().toISOString().slice(0, 10), warmup: o.warmup, runs: o.runs, ceilings, notes,
       preset: o.preset, layers: o.layers, ratios: cfg.compressRatios.slice(0, cfg.nLayers), kvFill: o.kvFill, prefillChunk: o.prefillChunk,
+      moeBackend: o.moeBackend ?? 'unfused',
       shape: {
         dim: cfg.dim, heads: cfg.nHeads, headDim: cfg.headDim, experts: cfg.base.nRoutedExperts, topK: cfg.base.numExpertsPerTok,
         inter: cfg.base.moeIntermediateSize, vocab: cfg.vocabSize, window: cfg.windowSize, indexTopk: cfg.indexTopk,
@@ -253,7 +255,7 @@ export async function runModelBench(o: ModelBenchOptions, log: (line: string) =>
 /** The CLI's options as commander hands them over. */
 export interface ModelBenchCliOptions {
   preset: string; layers: number; batches: string; contexts: string; prefill: string; prefillChunk: string; kvFill: string;
-  warmup: number; runs: number; prefillRuns: number; profileRuns: number; seed: number; out: string; commit?: string;
+  warmup: number; runs: number; prefillRuns: number; profileRuns: number; seed: number; out: string; commit?: string; moeBackend: string;
 }
 
 /** The CLI's options into checked ModelBenchOptions (errors name the flag and the fix). */
@@ -262,6 +264,7 @@ export function modelBenchOptionsFromCli(c: ModelBenchCliOptions, command: strin
     preset: c.preset as ModelBenchPreset, layers: c.layers, batches: parseSizeList('batches', c.batches), contexts: parseSizeList('contexts', c.contexts),
     prefill: parseSizeList('prefill', c.prefill), prefillChunk: parseSize('prefill-chunk', c.prefillChunk), kvFill: c.kvFill as KvFill,
     warmup: c.warmup, runs: c.runs, prefillRuns: c.prefillRuns, profileRuns: c.profileRuns, seed: c.seed, out: c.out, commit: c.commit, command,
+    moeBackend: c.moeBackend as GpuMoeBackend,
   });
 }
 
@@ -283,6 +286,7 @@ export function registerModelBench(bench: Command): void {
     .option('--runs <n>', 'timed decode steps per row', intArg('--runs', 1), d.runs)
     .option('--prefill-runs <n>', 'timed prefills per length', intArg('--prefill-runs', 1), d.prefillRuns)
     .option('--profile-runs <n>', 'profiled decode steps per row for the per-layer parts (0: none)', intArg('--profile-runs', 0), d.profileRuns)
+    .option('--moe-backend <name>', `every layer's MoE block: ${GPU_MOE_BACKENDS.join(' | ')} (mega_moe: the fused kernel)`, oneOf('--moe-backend', GPU_MOE_BACKENDS), 'unfused')
     .option('--seed <n>', 'seed of the weights and token ids', intArg('--seed', 0, 0xffff), 1)
     .option('--out <dir>', 'output directory', 'bench-out')
     .option('--commit <sha>', 'commit to record (default: $MEGAMOE_COMMIT, else git rev-parse --short HEAD)')

@@ -25,6 +25,7 @@
 import { CublasLtBf16Gemm, CublasLtBf16OutGemm, cublasLtStatus, type GemmBatch } from '../cuda/cublaslt.js';
 import { DeviceTensor, ensureContext, Stream, type StreamLike } from '../cuda/index.js';
 import { DeviceMoeWeights, UnfusedMoe } from '../backends/unfused.js';
+import { MegaMoe } from '../backends/mega-moe.js';
 import { GROUPED_GEMM_ROW_TILE } from '../kernels/grouped-gemm.js';
 import { Router } from '../kernels/routing.js';
 import type { ModelConfig } from '../model/config.js';
@@ -232,7 +233,13 @@ export interface GpuDecoderLayerOptions {
    * generated on the GPU; the host experts are then never read). The layer owns what it returns.
    */
   moeWeights?: (bw: BlockWeights) => Promise<DeviceMoeWeights>;
+  /** The MoE block's backend (default unfused): mega_moe is the fused kernel, one launch per layer. */
+  moeBackend?: GpuMoeBackend;
 }
+
+/** MoE backends a GPU layer can hold (one GPU, every expert). */
+export const GPU_MOE_BACKENDS = ['unfused', 'mega_moe'] as const;
+export type GpuMoeBackend = (typeof GPU_MOE_BACKENDS)[number];
 
 interface DeviceCompressor {
   ape: DeviceTensor<'F32'>;
@@ -248,7 +255,7 @@ export class GpuDecoderLayer implements Disposable {
   readonly ratio: number;
   readonly hashRouted: boolean;
   /** The MoE block's device pipeline (its io.x is the FFN input, io.y the output). */
-  readonly moe: UnfusedMoe;
+  readonly moe: UnfusedMoe | MegaMoe;
   /** The router (its out.topkIds / topkWeights hold the last call's routing). */
   readonly router: Router;
   private readonly owned: Array<{ dispose(): void }>;
@@ -261,7 +268,7 @@ export class GpuDecoderLayer implements Disposable {
   private disposed = false;
 
   private constructor(p: {
-    index: number; ratio: number; hashRouted: boolean; moe: UnfusedMoe; router: Router; owned: Array<{ dispose(): void }>;
+    index: number; ratio: number; hashRouted: boolean; moe: UnfusedMoe | MegaMoe; router: Router; owned: Array<{ dispose(): void }>;
     w: GpuDecoderLayer['w']; bound: GpuDecoderLayer['bound'];
   }) {
     this.index = p.index; this.ratio = p.ratio; this.hashRouted = p.hashRouted; this.moe = p.moe; this.router = p.router;
@@ -327,9 +334,11 @@ export class GpuDecoderLayer implements Disposable {
         throw new GpuModelArgumentError('GpuDecoderLayer', `${what}: moeWeights gave H ${ws.hidden}, I ${ws.inter}, ${ws.experts} experts, top-${ws.topK}; ` +
           `the layer is H ${ms.hiddenSize}, I ${ms.moeIntermediateSize}, ${ms.nRoutedExperts} experts, top-${ms.numExpertsPerTok}`, 'make the device weights with the layer\'s MoE shape');
       }
-      let moe: UnfusedMoe;
+      let moe: UnfusedMoe | MegaMoe;
       try {
-        moe = await UnfusedMoe.create(weights, ctx.mCap, { ownsWeights: true });
+        moe = (o.moeBackend ?? 'unfused') === 'mega_moe'
+          ? await MegaMoe.create(weights, ctx.mCap, { ownsWeights: true })
+          : await UnfusedMoe.create(weights, ctx.mCap, { ownsWeights: true });
       } catch (err) {
         weights.dispose();
         throw err;
@@ -425,6 +434,14 @@ export class GpuDecoderLayer implements Disposable {
     this.moe.enqueue(n, st);
     ops.hcPost(io.y, hs, s.post, s.comb, hs, { rows: n, stream: st });
     prof?.mark(L, 'end', st);
+  }
+
+  /**
+   * After the call's stream finished: a fused MoE kernel reports a spin that gave up in its control block, not as a
+   * CUDA error, so it is read here (MegaMoeKernelError); nothing to check for the unfused backend.
+   */
+  checkMoe(): void {
+    if (this.moe instanceof MegaMoe) this.moe.checkErrors();
   }
 
   /** a = wkv x, g = wgate x (f32, cuBLASLt), then GpuAttention.compress (pool, norm, RoPE, QAT sim, state). */

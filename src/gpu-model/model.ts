@@ -61,6 +61,8 @@ export interface GpuModelOptions {
   maxBlocksPerKind?: number;
   /** Every layer's MoE device weights from this instead of its experts (GpuDecoderLayerOptions; `bench model`). */
   moeWeights?: GpuDecoderLayerOptions['moeWeights'];
+  /** Every layer's MoE backend (default unfused; mega_moe: the fused kernel). */
+  moeBackend?: GpuDecoderLayerOptions['moeBackend'];
 }
 
 let nextGpuSequenceId = 1;
@@ -205,7 +207,7 @@ export class GpuModel implements CausalLM, Disposable {
       const attention = keep(GpuAttention.createSync(c, cache, { maxRows, maxItems }));
       const ctx = keep(await GpuLayerContext.create(c, attention, { maxRows }));
       const layers: GpuDecoderLayer[] = [];
-      for (const bw of weights.layers) layers.push(keep(await GpuDecoderLayer.create(ctx, bw, { moeWeights: o.moeWeights })));
+      for (const bw of weights.layers) layers.push(keep(await GpuDecoderLayer.create(ctx, bw, { moeWeights: o.moeWeights, moeBackend: o.moeBackend })));
       const m = ctx.mCap;
       const ids = keep(DeviceTensor.zeros('I32', [m]));
       const badIds = keep(DeviceTensor.zeros('I32', [1]));
@@ -365,6 +367,7 @@ export class GpuModel implements CausalLM, Disposable {
       this.ctx.ops.hcHead(this.hs, this.headHc, this.y, { normEps: c.normEps, hcEps: c.hcEps, normWeight: this.finalNorm, srcRows: this.srcRows, rows: outRows, mixScratch: this.ctx.s.hcMix, stream: st });
       this.logits.run(this.y, this.head, this.logitsBuf, outRows, st);
       st.synchronize();
+      for (const layer of this.layers) layer.checkMoe();
       const bad = new Int32Array(1);
       this.badIds.buffer.copyToHost(bad);
       if (bad[0] !== 0) {
