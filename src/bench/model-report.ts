@@ -115,6 +115,13 @@ const gb = (b: number) => `${(b / 1e9).toFixed(2)}`;
 const tf = (f: number) => `${(f / 1e12).toFixed(2)}`;
 const ctxLabel = (n: number) => (n % 1024 === 0 ? `${n / 1024}K` : String(n));
 
+/** A row's timing cells (median, min, host wall, tokens/s, % roofline), or why it did not run. */
+function timingCells(r: TimedRow): string {
+  return r.status === 'measured'
+    ? `${time(r.medianUs)} | ${time(r.minUs)} | ${time(r.hostMedianUs)} | ${fmt(r.tokensPerS, 0)} | ${pct(r.rooflineFraction)}`
+    : `not run: ${r.reason} | | | | `;
+}
+
 function costCells(r: TimedRow): string {
   return `${gb(r.cost.weightBytes)} | ${gb(r.cost.cacheBytes)} | ${tf(r.cost.fp8Flops)} | ${tf(r.cost.otherFlops)} | ${time(r.rooflineUs)} (${r.bound}) | ${time(r.copyBoundUs)}`;
 }
@@ -140,10 +147,7 @@ export function renderModelMarkdown(report: ModelBenchReport): string {
     lines.push('| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
     for (const r of report.decode) {
       const touched = r.cost.expertsTouched.length ? fmt(r.cost.expertsTouched.reduce((a, b) => a + b, 0) / r.cost.expertsTouched.length, 1) : '-';
-      const head = r.status === 'measured'
-        ? `${time(r.medianUs)} | ${time(r.minUs)} | ${time(r.hostMedianUs)} | ${fmt(r.tokensPerS, 0)} | ${pct(r.rooflineFraction)}`
-        : `not run: ${r.reason} | | | | `;
-      lines.push(`| ${r.batch} | ${ctxLabel(r.context)} | ${head} | ${costCells(r)} | ${touched} |`);
+      lines.push(`| ${r.batch} | ${ctxLabel(r.context)} | ${timingCells(r)} | ${costCells(r)} | ${touched} |`);
     }
     lines.push('');
   }
@@ -153,10 +157,7 @@ export function renderModelMarkdown(report: ModelBenchReport): string {
     lines.push('| tokens | calls of | time (median) | min | host wall | tokens/s | % roofline | weights GB | cache GB | FP8 TFLOP | other TFLOP | roofline | copy bound |');
     lines.push('| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
     for (const r of report.prefill) {
-      const head = r.status === 'measured'
-        ? `${time(r.medianUs)} | ${time(r.minUs)} | ${time(r.hostMedianUs)} | ${fmt(r.tokensPerS, 0)} | ${pct(r.rooflineFraction)}`
-        : `not run: ${r.reason} | | | | `;
-      lines.push(`| ${ctxLabel(r.tokens)} | ${r.chunk} | ${head} | ${costCells(r)} |`);
+      lines.push(`| ${ctxLabel(r.tokens)} | ${r.chunk} | ${timingCells(r)} | ${costCells(r)} |`);
     }
     lines.push('');
   }

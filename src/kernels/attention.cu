@@ -476,53 +476,40 @@ __device__ __forceinline__ void sparse_mma_dispatch(const SparseArgs& A, int d, 
 // Same arguments as attn_sparse; d in {64, 128, 256, 512}. One entry per m-tile count: attn_sparse_mma<MT> for
 // hpb <= 16 MT (the launcher's chooseHeadsPerCtaMma / sparseMmaEntry), so a 16-head CTA is not held to the register
 // count of the 4-m-tile one.
+// The three entries share attn_sparse's parameter list and one body (each name starts its line: the CPU emulator's
+// build finds entries that way).
+#define ATTN_SPARSE_MMA_PARAMS                                                                                     \
+  const uint16_t *__restrict__ q, const uint16_t *__restrict__ kv, uint16_t *win_base,                             \
+      const int *__restrict__ win_table, int win_table_stride, uint16_t *comp_base,                                \
+      const int *__restrict__ comp_table, int comp_table_stride, int block_rows, int win_layer_slot,               \
+      int win_layers, int comp_layer_slot, int comp_layers, const int *__restrict__ picks, int pick_stride,        \
+      const int *__restrict__ items, const int *__restrict__ row_item, const float *__restrict__ sink,             \
+      const float *__restrict__ freqs, uint16_t *__restrict__ out, int H, int d, int rd, int win, int ratio,       \
+      int topk, int hpb, int max_keys, float sigma
+#define ATTN_SPARSE_MMA_ARGS                                                                                       \
+  SparseArgs{q, kv, attn::Paged{win_base, win_table, win_table_stride, block_rows, win_layer_slot, win_layers, d},   \
+             attn::Paged{comp_base, comp_table, comp_table_stride, block_rows, comp_layer_slot, comp_layers, d},     \
+             picks, pick_stride, items, row_item, sink, freqs, out, H, rd, win, ratio, topk, hpb, max_keys, sigma}
+
 extern "C" __global__ void __launch_bounds__(kMmaThreads)
-attn_sparse_mma1(const uint16_t* __restrict__ q, const uint16_t* __restrict__ kv,
-                 uint16_t* win_base, const int* __restrict__ win_table, int win_table_stride,
-                 uint16_t* comp_base, const int* __restrict__ comp_table, int comp_table_stride,
-                 int block_rows, int win_layer_slot, int win_layers, int comp_layer_slot, int comp_layers,
-                 const int* __restrict__ picks, int pick_stride,
-                 const int* __restrict__ items, const int* __restrict__ row_item,
-                 const float* __restrict__ sink, const float* __restrict__ freqs, uint16_t* __restrict__ out,
-                 int H, int d, int rd, int win, int ratio, int topk, int hpb, int max_keys, float sigma) {
+attn_sparse_mma1(ATTN_SPARSE_MMA_PARAMS) {
   extern __shared__ __align__(16) unsigned char smem[];
-  sparse_mma_dispatch<1>(SparseArgs{q, kv,
-      attn::Paged{win_base, win_table, win_table_stride, block_rows, win_layer_slot, win_layers, d},
-      attn::Paged{comp_base, comp_table, comp_table_stride, block_rows, comp_layer_slot, comp_layers, d},
-      picks, pick_stride, items, row_item, sink, freqs, out, H, rd, win, ratio, topk, hpb, max_keys, sigma}, d, smem);
+  sparse_mma_dispatch<1>(ATTN_SPARSE_MMA_ARGS, d, smem);
 }
 
 extern "C" __global__ void __launch_bounds__(kMmaThreads)
-attn_sparse_mma2(const uint16_t* __restrict__ q, const uint16_t* __restrict__ kv,
-                 uint16_t* win_base, const int* __restrict__ win_table, int win_table_stride,
-                 uint16_t* comp_base, const int* __restrict__ comp_table, int comp_table_stride,
-                 int block_rows, int win_layer_slot, int win_layers, int comp_layer_slot, int comp_layers,
-                 const int* __restrict__ picks, int pick_stride,
-                 const int* __restrict__ items, const int* __restrict__ row_item,
-                 const float* __restrict__ sink, const float* __restrict__ freqs, uint16_t* __restrict__ out,
-                 int H, int d, int rd, int win, int ratio, int topk, int hpb, int max_keys, float sigma) {
+attn_sparse_mma2(ATTN_SPARSE_MMA_PARAMS) {
   extern __shared__ __align__(16) unsigned char smem[];
-  sparse_mma_dispatch<2>(SparseArgs{q, kv,
-      attn::Paged{win_base, win_table, win_table_stride, block_rows, win_layer_slot, win_layers, d},
-      attn::Paged{comp_base, comp_table, comp_table_stride, block_rows, comp_layer_slot, comp_layers, d},
-      picks, pick_stride, items, row_item, sink, freqs, out, H, rd, win, ratio, topk, hpb, max_keys, sigma}, d, smem);
+  sparse_mma_dispatch<2>(ATTN_SPARSE_MMA_ARGS, d, smem);
 }
 
 extern "C" __global__ void __launch_bounds__(kMmaThreads)
-attn_sparse_mma4(const uint16_t* __restrict__ q, const uint16_t* __restrict__ kv,
-                 uint16_t* win_base, const int* __restrict__ win_table, int win_table_stride,
-                 uint16_t* comp_base, const int* __restrict__ comp_table, int comp_table_stride,
-                 int block_rows, int win_layer_slot, int win_layers, int comp_layer_slot, int comp_layers,
-                 const int* __restrict__ picks, int pick_stride,
-                 const int* __restrict__ items, const int* __restrict__ row_item,
-                 const float* __restrict__ sink, const float* __restrict__ freqs, uint16_t* __restrict__ out,
-                 int H, int d, int rd, int win, int ratio, int topk, int hpb, int max_keys, float sigma) {
+attn_sparse_mma4(ATTN_SPARSE_MMA_PARAMS) {
   extern __shared__ __align__(16) unsigned char smem[];
-  sparse_mma_dispatch<4>(SparseArgs{q, kv,
-      attn::Paged{win_base, win_table, win_table_stride, block_rows, win_layer_slot, win_layers, d},
-      attn::Paged{comp_base, comp_table, comp_table_stride, block_rows, comp_layer_slot, comp_layers, d},
-      picks, pick_stride, items, row_item, sink, freqs, out, H, rd, win, ratio, topk, hpb, max_keys, sigma}, d, smem);
+  sparse_mma_dispatch<4>(ATTN_SPARSE_MMA_ARGS, d, smem);
 }
+#undef ATTN_SPARSE_MMA_PARAMS
+#undef ATTN_SPARSE_MMA_ARGS
 
 // One warp, one mma.sync m16n8k16 through attn::mma_bf16_16816 (test/gpu-attn-mma.test.ts): the fragment layouts of
 // attn_mma.cuh checked on the GPU (the real instruction) and on the CPU emulator (its shuffle emulation) alike.

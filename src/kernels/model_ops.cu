@@ -259,6 +259,14 @@ __device__ __forceinline__ double sumsq8_f64(const float (&f)[8], double a) {
   return a;
 }
 
+// Eight f32 hc_fn weights from p (16-byte aligned), widened to f64 (exact): two 16-byte loads.
+__device__ __forceinline__ void load_w8_f64(const float* p, double (&wd)[8]) {
+  const float4 w0 = __ldg(reinterpret_cast<const float4*>(p));
+  const float4 w1 = __ldg(reinterpret_cast<const float4*>(p + 4));
+  wd[0] = (double)w0.x; wd[1] = (double)w0.y; wd[2] = (double)w0.z; wd[3] = (double)w0.w;
+  wd[4] = (double)w1.x; wd[5] = (double)w1.y; wd[6] = (double)w1.z; wd[7] = (double)w1.w;
+}
+
 // The input row of output row r (src_rows[r] when given). An index outside [0, hs_rows) reads row 0 and sets bad:
 // the row's outputs become NaN instead of a read out of bounds.
 __device__ __forceinline__ int hc_src_row(const int* __restrict__ src_rows, int r, int hs_rows, bool& bad) {
@@ -303,13 +311,7 @@ __device__ __forceinline__ void hc_mix_body(const mo::u16* __restrict__ hs, cons
     double wd[kMixLogits][8];
 #pragma unroll
     for (int l = 0; l < kMixLogits; l++) {
-      if (j0 + l < kMix) {
-        const float* wp = fn + (size_t)(j0 + l) * W + c;
-        const float4 w0 = __ldg(reinterpret_cast<const float4*>(wp));
-        const float4 w1 = __ldg(reinterpret_cast<const float4*>(wp + 4));
-        wd[l][0] = (double)w0.x; wd[l][1] = (double)w0.y; wd[l][2] = (double)w0.z; wd[l][3] = (double)w0.w;
-        wd[l][4] = (double)w1.x; wd[l][5] = (double)w1.y; wd[l][6] = (double)w1.z; wd[l][7] = (double)w1.w;
-      }
+      if (j0 + l < kMix) load_w8_f64(fn + (size_t)(j0 + l) * W + c, wd[l]);
     }
 #pragma unroll
     for (int s = 0; s < RT; s++) {
@@ -436,11 +438,8 @@ __device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const fl
 #pragma unroll
         for (int l = 0; l < kG; l++) {
           if (j0 + l < kMix) {
-            const float* wp = fn + (size_t)(j0 + l) * W + c;
-            const float4 w0 = __ldg(reinterpret_cast<const float4*>(wp));
-            const float4 w1 = __ldg(reinterpret_cast<const float4*>(wp + 4));
-            const double wd[8] = {(double)w0.x, (double)w0.y, (double)w0.z, (double)w0.w,
-                                  (double)w1.x, (double)w1.y, (double)w1.z, (double)w1.w};
+            double wd[8];
+            load_w8_f64(fn + (size_t)(j0 + l) * W + c, wd);
 #pragma unroll
             for (int s = 0; s < R; s++) {
               double a = acc[s * kGV + l];
