@@ -3,7 +3,8 @@
 // gpu-model-forward.test.ts (window + hash-routed MoE, ratio 4 + indexer, ratio 128), one load of the weights, both
 // models fed the same calls (a prefill, a chunked prefill mixed with a decode, decode batches). The fused kernel is
 // bit-identical to the unfused pipeline (docs/MEGA_MOE.md) and every other kernel of the step is deterministic, so
-// the logits must be equal bit for bit. Skipped without a Hopper GPU.
+// the logits must be equal bit for bit. Hidden size 256, not tiny's 128: the fused kernel's tiles take two
+// 128-column halves of the hidden dim. Skipped without a Hopper GPU.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
@@ -21,7 +22,7 @@ const toks = (seed: number, n: number) => Array.from({ length: n }, (_, i) => (s
 test('GPU model step: mega_moe in every layer == the unfused backend, logits bit for bit (tiny, 3 layers)', { skip, timeout: 900_000 }, async () => {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'megamoe-gpu-mega-'));
   const dir = path.join(tmp, 'tiny');
-  makeModelCheckpointSync({ preset: 'tiny', layers: 3, expertDtype: 'fp8', seed: 13, out: dir, overrides: { vocab_size: VOCAB } });
+  makeModelCheckpointSync({ preset: 'tiny', layers: 3, expertDtype: 'fp8', seed: 13, out: dir, overrides: { vocab_size: VOCAB, hidden_size: 256 } });
   const cpu = await DeepSeekV4Model.load(dir);
   const models: GpuModel[] = [];
   try {
