@@ -119,7 +119,8 @@ export class GpuModel implements CausalLM, Disposable {
   private readonly logitsBuf: DeviceTensor<'F32'>;
   /** One sampler row per cache slot (the sequence's parameters and random stream) and the rows of one call. */
   private readonly slotSampler: GpuSampler;
-  private readonly callSampler: GpuSampler;
+  /** The sampler row (sequence slot) of each item of a sample() call: one upload, one launch (no per-row copies). */
+  private readonly sampleSlots: DeviceTensor<'I32'>;
   private readonly owned: Array<{ dispose(): void }>;
   private readonly live = new Set<GpuSequence>();
   private queue: Promise<unknown> = Promise.resolve();
@@ -130,7 +131,7 @@ export class GpuModel implements CausalLM, Disposable {
     config: ModelConfig; maxContext: number; maxRows: number; maxItems: number; maxLogitRows: number; cache: GpuKvCache; attention: GpuAttention;
     ctx: GpuLayerContext; layers: GpuDecoderLayer[]; embedTable: DeviceTensor<'BF16'>; head: DeviceTensor<'BF16'>; headHc: DeviceHcParams;
     finalNorm: DeviceTensor<'F32'>; logits: GpuLogits; ids: DeviceTensor<'I32'>; badIds: DeviceTensor<'I32'>; hs: DeviceTensor<'BF16'>;
-    srcRows: DeviceTensor<'I32'>; y: DeviceTensor<'BF16'>; logitsBuf: DeviceTensor<'F32'>; slotSampler: GpuSampler; callSampler: GpuSampler;
+    srcRows: DeviceTensor<'I32'>; y: DeviceTensor<'BF16'>; logitsBuf: DeviceTensor<'F32'>; slotSampler: GpuSampler; sampleSlots: DeviceTensor<'I32'>;
     owned: Array<{ dispose(): void }>;
   }) {
     this.config = p.config; this.vocabSize = p.config.vocabSize; this.maxContext = p.maxContext;
@@ -138,7 +139,7 @@ export class GpuModel implements CausalLM, Disposable {
     this.cache = p.cache; this.attention = p.attention; this.ctx = p.ctx; this.layers = p.layers;
     this.embedTable = p.embedTable; this.head = p.head; this.headHc = p.headHc; this.finalNorm = p.finalNorm; this.logits = p.logits;
     this.ids = p.ids; this.badIds = p.badIds; this.hs = p.hs; this.srcRows = p.srcRows; this.y = p.y; this.logitsBuf = p.logitsBuf;
-    this.slotSampler = p.slotSampler; this.callSampler = p.callSampler; this.owned = p.owned;
+    this.slotSampler = p.slotSampler; this.sampleSlots = p.sampleSlots; this.owned = p.owned;
   }
 
   /** Loads a checkpoint folder (without its MTP layers) and builds the model on the GPU; the host copy is closed after upload. */
@@ -193,7 +194,7 @@ export class GpuModel implements CausalLM, Disposable {
       const finalNorm = keep(DeviceTensor.fromHost(new HostTensor('F32', [D], weights.finalHead.norm)));
       const logits = keep(new GpuLogits(V, D));
       const slotSampler = keep(await GpuSampler.create(maxSequences, V));
-      const callSampler = keep(await GpuSampler.create(maxLogitRows, V));
+      const sampleSlots = keep(DeviceTensor.zeros('I32', [maxItems]));
 
       // The layers need the context, the context the attention, the attention the cache: the cache is planned with a
       // budget estimated before the layer weights are uploaded, so it is given explicitly, or from free memory minus
@@ -218,7 +219,7 @@ export class GpuModel implements CausalLM, Disposable {
       ensureContext().synchronize(); // uploads on the legacy stream before ctx.stream (non-blocking) reads them
       const model = new GpuModel({
         config: c, maxContext, maxRows, maxItems, maxLogitRows, cache, attention, ctx, layers, embedTable, head, headHc, finalNorm, logits,
-        ids, badIds, hs, srcRows, y, logitsBuf, slotSampler, callSampler, owned,
+        ids, badIds, hs, srcRows, y, logitsBuf, slotSampler, sampleSlots, owned,
       });
       if (ownsWeights) weights.close(); // every layer's weights (experts included) are on the device now
       return model;
@@ -288,11 +289,10 @@ export class GpuModel implements CausalLM, Disposable {
     return this.exclusive(async () => {
       const rows = this.run(items, false).length;
       const st = this.ctx.stream;
-      const slots = items.map((it) => (it.seq as GpuSequence).kv.slot);
-      for (let r = 0; r < rows; r++) this.callSampler.copyRowFrom(r, this.slotSampler, slots[r], { stream: st });
-      this.callSampler.sample(this.logitsBuf, rows, { stream: st });
-      for (let r = 0; r < rows; r++) this.slotSampler.copyRowFrom(slots[r], this.callSampler, r, { rngOnly: true, stream: st });
-      const { tokens, status } = this.callSampler.download(rows, st);
+      const slots = Int32Array.from(items, (it) => (it.seq as GpuSequence).kv.slot);
+      this.sampleSlots.buffer.copyFromHost(slots, { stream: st, bytes: slots.byteLength });
+      this.slotSampler.sample(this.logitsBuf, rows, { paramRows: this.sampleSlots, stream: st });
+      const { tokens, status } = this.slotSampler.download(rows, st);
       for (let r = 0; r < rows; r++) {
         if (status[r] === SAMPLE_STATUS.NAN_LOGIT) throw new Error(`GpuModel.sample: item ${r} (sequence ${(items[r].seq as GpuSequence).id}) has a NaN logit`);
         if (status[r] === SAMPLE_STATUS.ALL_NEG_INF) throw new Error(`GpuModel.sample: item ${r} (sequence ${(items[r].seq as GpuSequence).id}): every logit is -Infinity`);

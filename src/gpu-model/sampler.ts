@@ -113,29 +113,12 @@ export class GpuSampler implements Disposable {
   }
 
   /**
-   * Row `row` takes row `srcRow` of `src` (another sampler of the same vocab, or this one), device to device on
-   * `stream`: its parameters, random state and seed, or with `rngOnly` its random state alone. A model keeps one
-   * sampler row per sequence slot and copies those rows into a call's rows before sample() and the random states
-   * back after it, so a sequence's stream of draws continues across calls whatever row it lands on.
+   * Queues one draw per row r < rows from logits F32 [>= rows, vocab] (rows `rowStride` apart, default vocab), with
+   * row r's parameters and random stream, or with `paramRows` (I32 [>= rows], distinct values below the capacity,
+   * e.g. a model's sequence slots) those of row paramRows[r]: one launch whatever rows the call's sequences hold.
+   * Tokens and status land in row r either way.
    */
-  copyRowFrom(row: number, src: GpuSampler, srcRow: number, opts: { rngOnly?: boolean; stream?: StreamLike } = {}): void {
-    const what = 'GpuSampler.copyRowFrom';
-    checkCount(what, 'row', row, 0, this.capacity - 1, `pass a row below the capacity ${this.capacity}`);
-    checkCount(what, 'srcRow', srcRow, 0, src.capacity - 1, `pass a source row below its capacity ${src.capacity}`);
-    if (src.vocab !== this.vocab) throw new GpuModelArgumentError(what, `the source sampler has vocab ${src.vocab}, this one ${this.vocab}`, 'copy between samplers of one model');
-    const cp = (dst: DeviceTensor, from: DeviceTensor, bytesPer: number) =>
-      dst.buffer.copyFromDevice(from.buffer, { offset: row * bytesPer, srcOffset: srcRow * bytesPer, bytes: bytesPer, stream: opts.stream });
-    cp(this.rng, src.rng, 16);
-    if (opts.rngOnly) return;
-    cp(this.mode, src.mode, 4);
-    cp(this.topK, src.topK, 4);
-    cp(this.topP, src.topP, 8);
-    cp(this.invT, src.invT, 8);
-    this.seeds[row] = src.seeds[srcRow];
-  }
-
-  /** Queues one draw per row r < rows from logits F32 [>= rows, vocab] (rows `rowStride` apart, default vocab). */
-  sample(logits: DeviceTensor<'F32'>, rows: number, opts: { rowStride?: number; stream?: StreamLike } = {}): void {
+  sample(logits: DeviceTensor<'F32'>, rows: number, opts: { rowStride?: number; paramRows?: DeviceTensor<'I32'>; stream?: StreamLike } = {}): void {
     const what = 'GpuSampler.sample';
     checkTensor(what, 'logits', logits, 'F32', logits.shape.map(() => undefined), `pass the logits as F32 [rows, ${this.vocab}]`);
     if (logits.shape[logits.shape.length - 1] !== this.vocab) {
@@ -145,9 +128,12 @@ export class GpuSampler implements Disposable {
     const stride = opts.rowStride ?? this.vocab;
     if (!(Number.isInteger(stride) && stride >= this.vocab)) throw new GpuModelArgumentError(what, `rowStride = ${stride}`, `pass a row stride >= vocab (${this.vocab})`);
     if (rows > 0 && (rows - 1) * stride + this.vocab > logits.numel) throw new GpuModelArgumentError(what, `logits (${logits.describe()}) hold fewer than ${rows} rows`, 'pass rows <= the logits\' rows');
+    if (opts.paramRows && opts.paramRows.numel < rows) {
+      throw new GpuModelArgumentError(what, `paramRows (${opts.paramRows.describe()}) hold fewer than ${rows} rows`, 'pass one parameter row per logit row');
+    }
     if (rows === 0) return;
     this.kernel.launch({ grid: rows, block: 1024, stream: opts.stream }, [
-      logits, arg.i64(stride), arg.i32(this.vocab), arg.i32(rows), this.mode, this.topK, this.topP, this.invT, this.rng, this.tokens, this.status,
+      logits, arg.i64(stride), arg.i32(this.vocab), arg.i32(rows), this.mode, this.topK, this.topP, this.invT, this.rng, this.tokens, this.status, opts.paramRows ?? arg.ptr(0n),
     ]);
   }
 

@@ -284,10 +284,12 @@ __device__ void wide_cut(const float* __restrict__ l, int V, float mx, double in
 extern "C" __global__ void __launch_bounds__(kThreads, 1)
 mo_sample(const float* __restrict__ logits, long long row_stride, int V, int rows, const int* __restrict__ mode,
           const int* __restrict__ topk, const double* __restrict__ topp, const double* __restrict__ inv_temp,
-          u32* __restrict__ rng, int* __restrict__ tokens, int* __restrict__ status) {
+          u32* __restrict__ rng, int* __restrict__ tokens, int* __restrict__ status, const int* __restrict__ param_row) {
   __shared__ Smem sm;
   const int r = blockIdx.x;
   if (r >= rows) return;
+  // The parameters and random state of logit row r: row param_row[r] (a model's sequence slot), or row r.
+  const int p = param_row ? param_row[r] : r;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const float* l = logits + (size_t)r * row_stride;
 
@@ -316,21 +318,21 @@ mo_sample(const float* __restrict__ logits, long long row_stride, int V, int row
     sm.mx = v; sm.arg = i; sm.nan_seen = anynan;
   }
   __syncthreads();
-  const int m = mode[r];
+  const int m = mode[p];
   if (sm.nan_seen) { if (tid == 0) { tokens[r] = -1; status[r] = 1; } return; }
   if (m == 0) { if (tid == 0) { tokens[r] = sm.arg; status[r] = 0; } return; }
   const float mx = sm.mx;
   if (mx == -INFINITY) { if (tid == 0) { tokens[r] = -1; status[r] = 2; } return; }
-  const double inv_t = inv_temp[r];
+  const double inv_t = inv_temp[p];
 
   if (m == 1) {  // temperature only: the whole vocabulary in id order
-    draw_id_order(l, V, mx, inv_t, 0u, 0x7fffffff, rng + 4 * r, sm, tokens + r);
+    draw_id_order(l, V, mx, inv_t, 0u, 0x7fffffff, rng + 4 * p, sm, tokens + r);
     if (tid == 0) status[r] = 0;
     return;
   }
 
   // Modes 2 and 3: the best k candidates, sorted best-first, and their weights.
-  const int k = m == 2 ? topk[r] : min(V, kMaxCand);
+  const int k = m == 2 ? topk[p] : min(V, kMaxCand);
   top_candidates(l, V, k, sm);
   for (int j = tid; j < k; j += blockDim.x) sm.w[j] = weight(__ldg(l + cand_id(sm.cand[j])), mx, inv_t);
   // Mode 3's total mass is over the whole vocabulary (block sum in a fixed order).
@@ -341,7 +343,7 @@ mo_sample(const float* __restrict__ logits, long long row_stride, int V, int row
     if (lane == 0) sm.red[warp] = part;
   }
   __syncthreads();
-  const double top_p = topp[r];
+  const double top_p = topp[p];
   if (m == 2) {
     if (tid == 0) {
       double mass = 0.0;
@@ -354,7 +356,7 @@ mo_sample(const float* __restrict__ logits, long long row_stride, int V, int row
         total = 0.0;
         for (int j = 0; j < keep; j++) total = __dadd_rn(total, sm.w[j]);
       }
-      const double u = __dmul_rn(next_uniform(rng + 4 * r), total);
+      const double u = __dmul_rn(next_uniform(rng + 4 * p), total);
       double cum = 0.0; int pick = -1;
       for (int j = 0; j < keep; j++) { cum = __dadd_rn(cum, sm.w[j]); if (u < cum) { pick = j; break; } }
       if (pick < 0) { for (int j = keep - 1; j >= 0; j--) if (sm.w[j] > 0) { pick = j; break; } }
@@ -380,7 +382,7 @@ mo_sample(const float* __restrict__ logits, long long row_stride, int V, int row
   if (keep < 0) {  // wider than the candidates: the exact cut over the whole vocabulary, then the id-order draw
     u32 tau; int cut;
     wide_cut(l, V, mx, inv_t, sm.target, sm, &tau, &cut);
-    draw_id_order(l, V, mx, inv_t, tau, cut, rng + 4 * r, sm, tokens + r);
+    draw_id_order(l, V, mx, inv_t, tau, cut, rng + 4 * p, sm, tokens + r);
     if (tid == 0) status[r] = 0;
     return;
   }
@@ -392,7 +394,7 @@ mo_sample(const float* __restrict__ logits, long long row_stride, int V, int row
   if (tid == 0) {
     double total = 0.0;
     for (int j = 0; j < keep; j++) total = __dadd_rn(total, sm.w[(int)(sm.cand[j] & 0xffffffffu)]);
-    const double u = __dmul_rn(next_uniform(rng + 4 * r), total);
+    const double u = __dmul_rn(next_uniform(rng + 4 * p), total);
     double cum = 0.0; int pick = -1;
     for (int j = 0; j < keep; j++) {
       cum = __dadd_rn(cum, sm.w[(int)(sm.cand[j] & 0xffffffffu)]);
