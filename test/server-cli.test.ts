@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import { register } from '../src/cli/commands/serve.js';
 import { parseKernelConfig, KernelConfigError } from '../src/cli/kernel-config.js';
+import { gpuSkipReason } from '../src/cuda/index.js';
 import { makeParts } from './server-fixture.js';
 
 const HERE = fileURLToPath(import.meta.url);
@@ -66,6 +67,18 @@ if (process.env.MEGAMOE_SERVE_CHILD === '1') {
     r = cli('--model', missing);
     assert.equal(r.status, 1);
     assert.match(r.stderr, /no such directory; give a DeepSeek-V4 checkpoint directory/);
+    r = cli('--model', missing, '--device', 'tpu');
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /--device must be cpu or gpu, got "tpu"/);
+    r = cli('--model', missing, '--device', 'gpu', '--kernel-config', '{"moe_backend":"reference"}');
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /--device gpu with moe_backend reference: the reference backend runs on the CPU; pass --kernel-config/);
+  });
+
+  test('serve --device gpu without a Hopper GPU is refused before the checkpoint loads', { skip: gpuSkipReason() === undefined && 'this machine has a Hopper GPU (test/gpu-serve.test.ts serves on it)' }, () => {
+    const r = cli('--model', path.join(tmp, 'does-not-exist'), '--device', 'gpu');
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /--device gpu needs a Hopper GPU: .*; serve on the CPU with --device cpu/);
   });
 
   const modelBuilt = fs.existsSync(path.join(path.dirname(HERE), '..', 'src', 'model', 'index.js'));

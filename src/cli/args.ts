@@ -23,6 +23,12 @@ export function oneOf<T extends string>(name: string, values: readonly T[]) {
   };
 }
 
+/** --device: where the forward runs, cpu (the exact reference) or gpu (the whole step on one Hopper GPU). */
+export function deviceArg(text: string): 'cpu' | 'gpu' {
+  if (text !== 'cpu' && text !== 'gpu') throw new InvalidArgumentError(`--device must be cpu or gpu, got "${text}"`);
+  return text;
+}
+
 /**
  * A `--model` (or other checkpoint-folder flag) path, resolved: a file is refused with a message saying to pass the
  * folder that holds it, a missing path is refused by name. Throws InvalidArgumentError.

@@ -18,11 +18,14 @@ export interface LoadPartsOptions {
   /** MoE backend name as resolved from --kernel-config ('auto' allowed). */
   backend: string;
   enableExpertParallel: boolean;
+  /** Where the forward runs (serve --device): cpu (default) or gpu, the whole step on one GPU with these sizes. */
+  device?: 'cpu' | 'gpu';
+  gpu?: { maxSequences: number; maxRows: number; maxContext?: number };
 }
 
 /** What src/model/index.ts is expected to export. */
 interface ModelModule {
-  loadModel(dir: string, opts: { backend: string; enableExpertParallel?: boolean }): Promise<CausalLM>;
+  loadModel(dir: string, opts: { backend: string; enableExpertParallel?: boolean; device?: 'cpu' | 'gpu'; gpu?: LoadPartsOptions['gpu'] }): Promise<CausalLM>;
 }
 /** What src/generate/engine-parts.ts is expected to export. */
 interface GenerationModule {
@@ -63,7 +66,7 @@ export async function probeEngineParts(): Promise<void> {
 /** Loads the model from `dir` and builds the engine's parts around it. */
 export async function loadEngineParts(dir: string, opts: LoadPartsOptions): Promise<EngineParts> {
   const [m, g] = await importBoth();
-  const model = await m.loadModel(dir, { backend: opts.backend, enableExpertParallel: opts.enableExpertParallel });
+  const model = await m.loadModel(dir, { backend: opts.backend, enableExpertParallel: opts.enableExpertParallel, device: opts.device, gpu: opts.gpu });
   const rest = await g.createEngineParts(dir, model);
   return { ...rest, model };
 }

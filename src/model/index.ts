@@ -11,19 +11,34 @@ export { loadDefaultCausalLM } from './default.js';
 import type { CausalLM } from './causal-lm.js';
 import { DeepSeekV4Model } from './model.js';
 
+/** Sizes of the whole-model GPU step (`device: 'gpu'`); see GpuModelOptions. */
+export interface GpuLoadSizes {
+  /** Concurrent sequences (the server's --max-num-seqs); default 1. */
+  maxSequences?: number;
+  /** Most tokens of one step (the server's --max-num-batched-tokens); default GpuModel's. */
+  maxRows?: number;
+  /** Longest sequence (the server's --max-model-len); default GpuModel's. */
+  maxContext?: number;
+}
+
 /**
  * The one entry `megamoe generate` and `megamoe serve` load a model through: a DeepSeek-V4 checkpoint folder with
- * its MoE blocks on `backend` (reference, unfused, mega_moe / deep_gemm_mega_moe, auto).
+ * its MoE blocks on `backend` (reference, unfused, mega_moe / deep_gemm_mega_moe, auto). `device: 'gpu'` runs the
+ * whole step on one GPU (src/gpu-model/model.ts), its MoE blocks on unfused (also for auto) or mega_moe.
  */
-export async function loadModel(dir: string, opts: { backend?: string; enableExpertParallel?: boolean; device?: 'cpu' | 'gpu' } = {}): Promise<CausalLM> {
+export async function loadModel(dir: string, opts: { backend?: string; enableExpertParallel?: boolean; device?: 'cpu' | 'gpu'; gpu?: GpuLoadSizes } = {}): Promise<CausalLM> {
   if (opts.device === 'gpu') {
-    // The whole step on one GPU (src/gpu-model/model.ts): its MoE blocks are the unfused pipeline, no expert parallelism.
-    if (opts.backend !== undefined && opts.backend !== 'unfused') {
-      throw new Error(`--device gpu runs every MoE block on the unfused GPU pipeline; --backend ${opts.backend} is not available there (leave it out or pass unfused)`);
+    const b = opts.backend === 'deep_gemm_mega_moe' ? 'mega_moe' : opts.backend;
+    if (b !== undefined && b !== 'auto' && b !== 'unfused' && b !== 'mega_moe') {
+      throw new Error(`the whole-model GPU step (device gpu) runs its MoE blocks on unfused or mega_moe; moe backend "${opts.backend}" runs on the CPU: pick unfused or mega_moe, or run on the CPU`);
     }
-    if (opts.enableExpertParallel) throw new Error('--device gpu runs on one GPU: expert parallelism is not built for the whole-model GPU step');
+    // On one GPU expert parallelism is EP size 1: every expert is local (the flag is what mega_moe's guard asks for).
     const { GpuModel } = await import('../gpu-model/model.js');
-    return GpuModel.load(dir, { maxSequences: 1, maxItems: 1 });
+    const g = opts.gpu ?? {};
+    const maxSequences = g.maxSequences ?? 1;
+    return GpuModel.load(dir, {
+      maxSequences, maxItems: maxSequences, maxRows: g.maxRows, maxContext: g.maxContext, moeBackend: b === 'mega_moe' ? 'mega_moe' : 'unfused',
+    });
   }
   return DeepSeekV4Model.load(dir, { backend: opts.backend, enableExpertParallel: opts.enableExpertParallel });
 }

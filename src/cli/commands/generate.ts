@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { InvalidArgumentError, type Command } from 'commander';
-import { intArg } from '../args.js';
+import { deviceArg, intArg } from '../args.js';
 import { ensureDefaultModel } from '../../model/checkpoint-writer.js';
 import { resolveModelDir } from '../args.js';
 import type { CausalLM } from '../../model/causal-lm.js';
@@ -72,11 +72,6 @@ export function numberArg(name: string, min: number, max: number, opts: { minExc
     }
     return v;
   };
-}
-
-function deviceArg(text: string): 'cpu' | 'gpu' {
-  if (text !== 'cpu' && text !== 'gpu') throw new InvalidArgumentError(`--device must be cpu or gpu, got "${text}"`);
-  return text;
 }
 
 /** Sampling defaults: the model folder's generation_config.json (temperature, top_p), as HF does, else V4's 1.0 / 1.0. */

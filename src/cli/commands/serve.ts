@@ -21,7 +21,7 @@ import type { EngineParts } from '../../engine/parts.js';
 import { checkExpertParallel, GuardError } from '../../moe/guards.js';
 import { buildServer } from '../../server/app.js';
 import { createMetrics } from '../../server/metrics.js';
-import { intArg } from '../args.js';
+import { deviceArg, intArg } from '../args.js';
 import { parseKernelConfig, type KernelConfig } from '../kernel-config.js';
 
 export interface ServeOptions {
@@ -32,6 +32,8 @@ export interface ServeOptions {
   apiKey?: string;
   enableExpertParallel: boolean;
   kernelConfig?: string;
+  /** Where the forward runs: cpu (default; the MoE blocks on the chosen backend) or gpu (the whole step on one GPU). */
+  device?: 'cpu' | 'gpu';
   maxNumSeqs: number;
   maxModelLen?: number;
   maxNumBatchedTokens?: number;
@@ -90,7 +92,15 @@ export async function planStartup(opts: ServeOptions, probeParts?: () => Promise
     throw new ServeConfigError(`an expert-parallel world of ${world} GPUs (--tensor-parallel-size ${opts.tensorParallelSize} x --data-parallel-size ${opts.dataParallelSize}) `
       + 'needs the multi-process rank supervisor, which is not built yet (issue 12): serve on one GPU (sizes 1) for now');
   }
-  if (backend !== 'auto') {
+  if (opts.device === 'gpu') {
+    if (backend === 'reference') {
+      throw new ServeConfigError('--device gpu with moe_backend reference: the reference backend runs on the CPU; pass --kernel-config \'{"moe_backend":"unfused"}\' '
+        + 'or \'{"moe_backend":"deep_gemm_mega_moe"}\' (with --enable-expert-parallel), or serve on the CPU with --device cpu');
+    }
+    // The whole step needs a Hopper GPU whatever the MoE backend: probe one now rather than after the checkpoint loads.
+    const a = await getProvider(backend === 'mega_moe' ? 'mega_moe' : 'unfused').probe();
+    if (!a.ok) throw new BackendUnavailableError(backend, `--device gpu needs a Hopper GPU: ${a.reason}; serve on the CPU with --device cpu`);
+  } else if (backend !== 'auto') {
     const a = await getProvider(backend).probe();
     if (!a.ok) throw new BackendUnavailableError(backend, `${a.reason}; choose another with --kernel-config '{"moe_backend":"reference"}' (CPU) or "auto"`);
   }
@@ -168,9 +178,16 @@ function statsLogger(log: (s: string) => void, getEngine: () => Engine | undefin
 /** Plans, loads, builds and listens. Does not install signal handlers (runServe does). */
 export async function startServer(opts: ServeOptions, loadParts: PartsLoader = loadEngineParts, log: (s: string) => void = () => {}): Promise<RunningServer> {
   const plan = await planStartup(opts, loadParts === loadEngineParts ? probeEngineParts : undefined);
-  log(`loading ${plan.modelDir} (moe_backend ${plan.backend}${opts.enableExpertParallel ? ', expert parallel' : ''}) ...`);
+  const onGpu = opts.device === 'gpu';
+  log(`loading ${plan.modelDir} (${onGpu ? 'the whole step on the GPU, ' : ''}moe_backend ${plan.backend}${opts.enableExpertParallel ? ', expert parallel' : ''}) ...`);
   const t0 = performance.now();
-  const parts = await loadParts(plan.modelDir, { backend: plan.backend, enableExpertParallel: opts.enableExpertParallel });
+  // On the GPU a step's rows are allocated up front: the budget defaults to one 2048-token chunk (vLLM's default
+  // for chunked prefill), not to the whole context as on the CPU.
+  const batchedTokens = onGpu ? (opts.maxNumBatchedTokens ?? 2048) : opts.maxNumBatchedTokens;
+  const parts = await loadParts(plan.modelDir, {
+    backend: plan.backend, enableExpertParallel: opts.enableExpertParallel, device: opts.device,
+    gpu: onGpu ? { maxSequences: opts.maxNumSeqs, maxRows: batchedTokens!, maxContext: opts.maxModelLen } : undefined,
+  });
   const maxModelLen = opts.maxModelLen ?? parts.model.maxContext;
   if (maxModelLen > parts.model.maxContext) {
     throw new ServeConfigError(`--max-model-len ${maxModelLen} exceeds the model's context of ${parts.model.maxContext} tokens: pass --max-model-len ${parts.model.maxContext} or less`);
@@ -179,7 +196,7 @@ export async function startServer(opts: ServeOptions, loadParts: PartsLoader = l
   let engineRef: Engine | undefined;
   const stats = opts.disableLogStats ? undefined : statsLogger(log, () => engineRef);
   const engine = new Engine(parts, {
-    maxNumSeqs: opts.maxNumSeqs, maxQueue: opts.maxQueue, maxModelLen, maxBatchedTokens: opts.maxNumBatchedTokens,
+    maxNumSeqs: opts.maxNumSeqs, maxQueue: opts.maxQueue, maxModelLen, maxBatchedTokens: batchedTokens,
     observer: stats ? composeObservers(metrics.observer, stats.observer) : metrics.observer,
   });
   engineRef = engine;
@@ -260,6 +277,7 @@ export function register(program: Command, loadParts: PartsLoader = loadEnginePa
     .option('--port <port>', 'port to listen on (0: any free port)', intArg('--port', 0, 65535), 8000)
     .option('--api-key <key>', 'require "Authorization: Bearer <key>" on /v1/* (default: $MEGAMOE_API_KEY, else none)')
     .option('--enable-expert-parallel', 'expert parallelism for the MoE layers (mega_moe requires it)', false)
+    .option('--device <cpu|gpu>', 'where the forward runs: cpu (the MoE blocks on --kernel-config\'s backend) or gpu (the whole step on one Hopper GPU; moe_backend unfused or mega_moe)', deviceArg, 'cpu')
     .option('--kernel-config <json>', 'kernel settings as JSON, e.g. \'{"moe_backend":"unfused"}\'; moe_backend: reference, unfused, mega_moe (deep_gemm_mega_moe), auto')
     .option('--max-num-seqs <n>', 'requests generating at once', intArg('--max-num-seqs', 1, 65536), 16)
     .option('--max-model-len <n>', 'longest prompt + completion in tokens (default: the model\'s context)', intArg('--max-model-len', 2))
