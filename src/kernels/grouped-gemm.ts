@@ -174,21 +174,8 @@ export function groupedGemmConfig(spec: GroupedGemmSpec): GroupedGemmConfig {
       GG_MCAST: MCAST_CODE[multicast], GG_STORE: store === 'tma' ? 1 : 0, GG_SMEM_BYTES: smemBytes,
       // Only the tiled variants carry the define, so the default (rows) specialisations keep their cache keys.
       ...(weightLayout === 'tiled' ? { GG_WTILED: 1 } : {}),
-      ...(path === 'decode' && process.env.MEGAMOE_DECODE_PIPE ? { GG_DECODE_PIPE: decodePipelined() ? 1 : 0 } : {}),
     },
   };
-}
-
-/**
- * Decode path (this GEMM and the fused kernel's): whether two K blocks are on the tensor cores at once
- * (MEGAMOE_DECODE_PIPE=1, an experiment for A/B runs; gemm/grouped.cuh GG_DECODE_PIPE) or one (default). Either way
- * the result is the same, bit for bit.
- */
-export function decodePipelined(): boolean {
-  const v = process.env.MEGAMOE_DECODE_PIPE;
-  if (v === undefined || v === '' || v === '0') return false;
-  if (v === '1') return true;
-  throw new RangeError(`MEGAMOE_DECODE_PIPE=${v}: expected 0 or 1`);
 }
 
 /** The layer presets CI compiles (`megamoe kernels --check`): L1 = SwiGLU on [2I, H], L2 = bf16 on [H, I]. */

@@ -4,7 +4,6 @@
 // MM_SMEM_BYTES / MM_PARAMS_BYTES defines made here, so a drift between the two fails `megamoe kernels --check`.
 // Pure: no GPU needed (tests and `megamoe info` use it anywhere).
 import { DISPATCH_CHUNK_TOKENS, dispatchCapacity, type DispatchCapacity } from './moe-dispatch.js';
-import { decodePipelined } from './grouped-gemm.js';
 
 /** What the fused kernel is specialised on (a layer's MoE shape, as every *Shape of the project). */
 export interface MegaMoeShape {
@@ -219,7 +218,6 @@ export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout
     ...(path === 'decode' ? { MM_DECODE_L2_WIDE_MIN_T: decodeL2WideMinTokens() } : {}),
     ...(process.env.MEGAMOE_SMALL_T ? { MM_SMALL_T: smallTokens() } : {}),
     ...(path === 'decode' && process.env.MEGAMOE_DYNAMIC ? { MM_DYNAMIC: decodeDynamicUnits() ? 1 : 0 } : {}),
-    ...(path === 'decode' && process.env.MEGAMOE_DECODE_PIPE ? { GG_DECODE_PIPE: decodePipelined() ? 1 : 0 } : {}),
   };
 }
 

@@ -458,13 +458,6 @@ __device__ __forceinline__ void decode_prefetch_weights(const TmaDesc* tmap_b, i
       tma_prefetch_2d(tmap_b, c.x, c.y);
     }
 }
-// Decode body: two K blocks in flight on the tensor cores (1) or one (0, the default): an experiment, off until it is
-// measured faster somewhere (MEGAMOE_DECODE_PIPE=1; the fused kernel's decode path was 0.6-3.5% slower with it and
-// the MoE GEMMs unchanged: docs/GPU-MODEL.md).
-#ifndef GG_DECODE_PIPE
-#define GG_DECODE_PIPE 0
-#endif
-
 // Dynamic scheduling (Sync::kDynamic): the unit of each announced position, ring.seq modulo kUnitSlots. The producer
 // is at most kStages stages (so units) ahead of its consumers, and every GEMM of a kernel shares the array.
 constexpr int kUnitSlots = 16;
@@ -634,109 +627,49 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
         }
       }
     };
-    if constexpr (GG_DECODE_PIPE) {
-      // Two K blocks on the tensor cores at once: block kb's wgmma is issued before block kb - 1's is waited for,
-      // released and promoted, so one block's wgmma latency hides behind the next block's issue (the aim: 64-row
-      // units, where the serial issue -> wait -> promote chain may pace a CTA). The promotions run in K order with
-      // the same operands: the result is the unpipelined loop's, bit for bit.
-      float acc2[kMSub][8];
-      float tsa[4], tsb[4], sba[kMSub][2], sbb[kMSub][2];
-      int sta = 0, stb = 0;
-      auto issue = [&](float (&c)[kMSub][8], float (&ts)[4], float (&sbv)[kMSub][2], int& st, int kb) {
-        load_sb(kb, sbv);  // consumed at this block's promotion, one block later
-        if (!kDyn || kb > 0) mbar_wait(full_bar(stage), phase);  // (dynamic: K block 0 waited above)
-        const u32 sfa_base = sbase + P::kOffSfa + stage * P::kSfaSlot;
-        ts[0] = ld_shared_f32(sfa_base + 4u * (2 * q));
-        ts[1] = ld_shared_f32(sfa_base + 4u * (2 * q + 1));
-        ts[2] = ld_shared_f32(sfa_base + 4u * (8 + 2 * q));
-        ts[3] = ld_shared_f32(sfa_base + 4u * (9 + 2 * q));
-        const u64 db = make_desc_sw128(sbase + P::kOffA + stage * P::kABytes);
-#pragma unroll
-        for (int s = 0; s < kMSub; s++)
-#pragma unroll
-          for (int i = 0; i < 8; i++) fence_reg(c[s][i]);
-        wgmma_fence();
-#pragma unroll
-        for (int s = 0; s < kMSub; s++) {
-          const u64 da = make_desc_sw128(sbase + P::kOffB + stage * P::kBBytes + s * (64 * kBlockK));
-#pragma unroll
-          for (int kk = 0; kk < kBlockK / 32; kk++)
-            wgmma_m64n16k32_e4m3(c[s], da + kk * kDescK32Step, db + kk * kDescK32Step, kk > 0 ? 1u : 0u);
-        }
-        wgmma_commit();
-        st = stage;
-        ring.advance<kStages>();
-      };
-      // After the wgmma wait that covers block c: release its stage, promote it.
-      auto retire = [&](float (&c)[kMSub][8], const float (&ts)[4], const float (&sbv)[kMSub][2], int st) {
-#pragma unroll
-        for (int s = 0; s < kMSub; s++)
-#pragma unroll
-          for (int i = 0; i < 8; i++) fence_reg(c[s][i]);
-        if (lane == 0) mbar_arrive(empty_bar(st));
-        // Accumulator i of m64n16k32: weight row rl (i % 4 < 2) or rl + 8, token 8 (i / 4) + 2 q + (i % 2).
-#pragma unroll
-        for (int s = 0; s < kMSub; s++)
-#pragma unroll
-          for (int i = 0; i < 8; i++)
-            fin[s][i] = fmaf(c[s][i], ts[2 * (i >> 2) + (i & 1)] * sbv[s][(i >> 1) & 1], fin[s][i]);
-      };
-      issue(acc, tsa, sba, sta, 0);
-      for (int kb = 1;; kb += 2) {
-        if (kb >= kKB) { wgmma_wait<0>(); retire(acc, tsa, sba, sta); break; }
-        issue(acc2, tsb, sbb, stb, kb);
-        wgmma_wait<1>();
-        retire(acc, tsa, sba, sta);
-        if (kb + 1 >= kKB) { wgmma_wait<0>(); retire(acc2, tsb, sbb, stb); break; }
-        issue(acc, tsa, sba, sta, kb + 1);
-        wgmma_wait<1>();
-        retire(acc2, tsb, sbb, stb);
-      }
-    } else {
-      float sbv[kMSub][2];
-      load_sb(0, sbv);
-      for (int kb = 0; kb < kKB; kb++) {
-        float nsbv[kMSub][2];  // next K block's scales, loaded while this block waits and computes
-        load_sb(kb + 1 < kKB ? kb + 1 : kb, nsbv);
-        if (!kDyn || kb > 0) mbar_wait(full_bar(stage), phase);  // (dynamic: K block 0 waited above)
-        const u32 sfa_base = sbase + P::kOffSfa + stage * P::kSfaSlot;
-        float ts[4];
-        ts[0] = ld_shared_f32(sfa_base + 4u * (2 * q));
-        ts[1] = ld_shared_f32(sfa_base + 4u * (2 * q + 1));
-        ts[2] = ld_shared_f32(sfa_base + 4u * (8 + 2 * q));
-        ts[3] = ld_shared_f32(sfa_base + 4u * (9 + 2 * q));
+    float sbv[kMSub][2];
+    load_sb(0, sbv);
+    for (int kb = 0; kb < kKB; kb++) {
+      float nsbv[kMSub][2];  // next K block's scales, loaded while this block waits and computes
+      load_sb(kb + 1 < kKB ? kb + 1 : kb, nsbv);
+      if (!kDyn || kb > 0) mbar_wait(full_bar(stage), phase);  // (dynamic: K block 0 waited above)
+      const u32 sfa_base = sbase + P::kOffSfa + stage * P::kSfaSlot;
+      float ts[4];
+      ts[0] = ld_shared_f32(sfa_base + 4u * (2 * q));
+      ts[1] = ld_shared_f32(sfa_base + 4u * (2 * q + 1));
+      ts[2] = ld_shared_f32(sfa_base + 4u * (8 + 2 * q));
+      ts[3] = ld_shared_f32(sfa_base + 4u * (9 + 2 * q));
 
-        const u64 db = make_desc_sw128(sbase + P::kOffA + stage * P::kABytes);
-  #pragma unroll
-        for (int s = 0; s < kMSub; s++)
-  #pragma unroll
-          for (int i = 0; i < 8; i++) fence_reg(acc[s][i]);
-        wgmma_fence();
-  #pragma unroll
-        for (int s = 0; s < kMSub; s++) {
-          const u64 da = make_desc_sw128(sbase + P::kOffB + stage * P::kBBytes + s * (64 * kBlockK));
-  #pragma unroll
-          for (int kk = 0; kk < kBlockK / 32; kk++)
-            wgmma_m64n16k32_e4m3(acc[s], da + kk * kDescK32Step, db + kk * kDescK32Step, kk > 0 ? 1u : 0u);
-        }
-        wgmma_commit();
-        wgmma_wait<0>();
-  #pragma unroll
-        for (int s = 0; s < kMSub; s++)
-  #pragma unroll
-          for (int i = 0; i < 8; i++) fence_reg(acc[s][i]);
-        if (lane == 0) mbar_arrive(empty_bar(stage));
-
-        // Accumulator i of m64n16k32: weight row rl (i % 4 < 2) or rl + 8, token 8 (i / 4) + 2 q + (i % 2).
-  #pragma unroll
-        for (int s = 0; s < kMSub; s++)
-  #pragma unroll
-          for (int i = 0; i < 8; i++)
-            fin[s][i] = fmaf(acc[s][i], ts[2 * (i >> 2) + (i & 1)] * sbv[s][(i >> 1) & 1], fin[s][i]);
-  #pragma unroll
-        for (int s = 0; s < kMSub; s++) sbv[s][0] = nsbv[s][0], sbv[s][1] = nsbv[s][1];
-        ring.advance<kStages>();
+      const u64 db = make_desc_sw128(sbase + P::kOffA + stage * P::kABytes);
+#pragma unroll
+      for (int s = 0; s < kMSub; s++)
+#pragma unroll
+        for (int i = 0; i < 8; i++) fence_reg(acc[s][i]);
+      wgmma_fence();
+#pragma unroll
+      for (int s = 0; s < kMSub; s++) {
+        const u64 da = make_desc_sw128(sbase + P::kOffB + stage * P::kBBytes + s * (64 * kBlockK));
+#pragma unroll
+        for (int kk = 0; kk < kBlockK / 32; kk++)
+          wgmma_m64n16k32_e4m3(acc[s], da + kk * kDescK32Step, db + kk * kDescK32Step, kk > 0 ? 1u : 0u);
       }
+      wgmma_commit();
+      wgmma_wait<0>();
+#pragma unroll
+      for (int s = 0; s < kMSub; s++)
+#pragma unroll
+        for (int i = 0; i < 8; i++) fence_reg(acc[s][i]);
+      if (lane == 0) mbar_arrive(empty_bar(stage));
+
+      // Accumulator i of m64n16k32: weight row rl (i % 4 < 2) or rl + 8, token 8 (i / 4) + 2 q + (i % 2).
+#pragma unroll
+      for (int s = 0; s < kMSub; s++)
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+          fin[s][i] = fmaf(acc[s][i], ts[2 * (i >> 2) + (i & 1)] * sbv[s][(i >> 1) & 1], fin[s][i]);
+#pragma unroll
+      for (int s = 0; s < kMSub; s++) sbv[s][0] = nsbv[s][0], sbv[s][1] = nsbv[s][1];
+      ring.advance<kStages>();
     }
 
     const int tok0 = mt * kDecodeRows;
