@@ -7,7 +7,8 @@
 //   2. one step is built: every decoding sequence feeds its last sampled token (decodes first, as vLLM's
 //      chunked prefill does, so running streams keep their pace), then prefilling sequences take chunks of their
 //      prompts from what is left of the per-step token budget (maxBatchedTokens): prefill and decode mix freely;
-//   3. after the step, each sequence whose prompt is complete samples one token, which goes through the
+//   3. after the step, each sequence whose prompt is complete samples one token (on the model's device when it
+//      samples there, DeviceSamplingLM: then no logits come back at all), which goes through the
 //      streaming detokenizer and the stop matcher; a finished request (stop id, stop string, max_tokens, context
 //      full, deadline) leaves at once and its sequence is released;
 //   4. the loop yields to the event loop (setImmediate) so sockets are written, disconnects seen and new
@@ -15,7 +16,7 @@
 // A cancelled request (its AbortSignal fired: the client went away) is released immediately when no step is in
 // flight, otherwise right when the step that holds it returns (a step cannot drop a sequence halfway).
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
-import type { ModelSequence, ModelStepItem } from '../model/causal-lm.js';
+import { samplesOnDevice, type ModelSequence, type ModelStepItem } from '../model/causal-lm.js';
 import type { FinishReason, GenerationChunk, SamplingParams } from '../generate/contracts.js';
 import {
   ContextLengthError, EngineShutdownError, EngineStepError, InvalidRequestError, QueueFullError, QueueTimeoutError,
@@ -275,10 +276,21 @@ export class Engine {
     while (this.running.length < this.options.maxNumSeqs && this.waiting.length > 0) {
       const a = this.waiting.shift()!;
       try {
-        a.sampler = this.parts.createSampler(a.req.sampling);
+        const model = this.parts.model;
+        if (!samplesOnDevice(model)) a.sampler = this.parts.createSampler(a.req.sampling);
         a.detok = this.parts.createDetokenizer(this.parts.tokenizer);
         a.stop = this.parts.createStopMatcher(a.req.stopStrings ?? []);
-        a.seq = this.parts.model.createSequence();
+        a.seq = model.createSequence();
+        if (samplesOnDevice(model)) {
+          try {
+            model.setSampling(a.seq, a.req.sampling);
+          } catch (err) {
+            model.releaseSequence(a.seq);
+            a.seq = undefined;
+            // The device sampler's limits (e.g. top_k past its candidates) are the request's to fix.
+            throw new InvalidRequestError(err instanceof Error ? err.message : String(err), 'top_k');
+          }
+        }
       } catch (err) {
         this.detach(a);
         a.done = true;
@@ -315,10 +327,20 @@ export class Engine {
     let scheduled = 0;
     for (const it of items) scheduled += it.tokens.length;
     for (const a of owners) a.inStep = true;
-    let logits: Float32Array[];
+    // A model that samples on its device returns the tokens (of the items whose prompt is complete after this step);
+    // otherwise the logits come back and each request's sampler draws here.
+    const model = this.parts.model;
+    let logits: Float32Array[] = [];
+    let tokens: Int32Array | undefined;
     try {
-      logits = await this.parts.model.step(items);
-      if (logits.length !== items.length) throw new Error(`step returned ${logits.length} logits rows for ${items.length} items`);
+      if (samplesOnDevice(model)) {
+        const want = owners.map((a, i) => a.pending !== undefined || a.fed + items[i].tokens.length >= a.prompt.length);
+        tokens = await model.stepAndSample(items, want);
+        if (tokens.length !== items.length) throw new Error(`stepAndSample returned ${tokens.length} tokens for ${items.length} items`);
+      } else {
+        logits = await model.step(items);
+        if (logits.length !== items.length) throw new Error(`step returned ${logits.length} logits rows for ${items.length} items`);
+      }
     } catch (err) {
       for (const a of owners) a.inStep = false;
       const e = new EngineStepError(err);
@@ -343,16 +365,15 @@ export class Engine {
         this.observer.onPromptDone?.(a.prompt.length, (a.admittedAt - a.submittedAt) / 1000);
       }
       try {
-        this.advance(a, logits[i], now);
+        this.advance(a, tokens ? tokens[i] : a.sampler!.sample(logits[i]), now);
       } catch (err) {
         this.finish(a, undefined, new EngineStepError(err));
       }
     }
   }
 
-  /** One sampled token for a request whose logits just came back: emit it, then decide whether it is done. */
-  private advance(a: Active, logits: Float32Array, now: number): void {
-    const id = a.sampler!.sample(logits);
+  /** One sampled token for a request whose prompt is complete: emit it, then decide whether it is done. */
+  private advance(a: Active, id: number, now: number): void {
     a.out.push(id);
     if (a.firstTokenAt === undefined) {
       a.firstTokenAt = now;

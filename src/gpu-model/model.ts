@@ -21,7 +21,7 @@
 // MTP's cache positions and the head-hidden hand-over are not built: GpuModel loads without it), CUDA graphs of a step,
 // chunked-prefill scheduling (the caller's), expert parallelism (one GPU holds every expert).
 import { DeviceTensor, ensureContext } from '../cuda/index.js';
-import type { CausalLM, ModelSequence, ModelStepItem } from '../model/causal-lm.js';
+import type { CausalLM, DeviceSamplingLM, ModelSequence, ModelStepItem } from '../model/causal-lm.js';
 import type { ModelConfig } from '../model/config.js';
 import { loadModelWeights, type ModelWeights } from '../model/loader.js';
 import type { SamplingParams } from '../generate/contracts.js';
@@ -92,7 +92,7 @@ function splitRows(all: Float32Array, counts: readonly number[], V: number): Flo
 
 const GREEDY: SamplingParams = { temperature: 0, topK: 0, topP: 1, seed: 0 };
 
-export class GpuModel implements CausalLM, Disposable {
+export class GpuModel implements DeviceSamplingLM, Disposable {
   readonly config: ModelConfig;
   readonly vocabSize: number;
   readonly maxContext: number;
@@ -286,14 +286,25 @@ export class GpuModel implements CausalLM, Disposable {
    * sequence's next step, as with step()).
    */
   sample(items: readonly ModelStepItem[]): Promise<Int32Array> {
+    return this.stepAndSample(items, items.map(() => true));
+  }
+
+  /**
+   * DeviceSamplingLM (the engine's path): runs the items and samples only those with want[i], each with its
+   * sequence's sampling and stream; -1 for the others (a prompt chunk that is not the last draws nothing, so each
+   * sequence's stream advances once per generated token, as with the CPU sampler).
+   */
+  stepAndSample(items: readonly ModelStepItem[], want: readonly boolean[]): Promise<Int32Array> {
+    if (want.length !== items.length) throw new Error(`GpuModel.stepAndSample: ${want.length} want flags for ${items.length} items`);
     return this.exclusive(async () => {
       const rows = this.run(items, false).length;
       const st = this.ctx.stream;
-      const slots = Int32Array.from(items, (it) => (it.seq as GpuSequence).kv.slot);
+      const slots = Int32Array.from(items, (it, i) => (want[i] ? (it.seq as GpuSequence).kv.slot : -1));
       this.sampleSlots.buffer.copyFromHost(slots, { stream: st, bytes: slots.byteLength });
       this.slotSampler.sample(this.logitsBuf, rows, { paramRows: this.sampleSlots, stream: st });
       const { tokens, status } = this.slotSampler.download(rows, st);
       for (let r = 0; r < rows; r++) {
+        if (!want[r]) { tokens[r] = -1; continue; }
         if (status[r] === SAMPLE_STATUS.NAN_LOGIT) throw new Error(`GpuModel.sample: item ${r} (sequence ${(items[r].seq as GpuSequence).id}) has a NaN logit`);
         if (status[r] === SAMPLE_STATUS.ALL_NEG_INF) throw new Error(`GpuModel.sample: item ${r} (sequence ${(items[r].seq as GpuSequence).id}): every logit is -Infinity`);
       }

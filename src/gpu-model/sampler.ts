@@ -116,7 +116,8 @@ export class GpuSampler implements Disposable {
    * Queues one draw per row r < rows from logits F32 [>= rows, vocab] (rows `rowStride` apart, default vocab), with
    * row r's parameters and random stream, or with `paramRows` (I32 [>= rows], distinct values below the capacity,
    * e.g. a model's sequence slots) those of row paramRows[r]: one launch whatever rows the call's sequences hold.
-   * Tokens and status land in row r either way.
+   * Tokens and status land in row r either way; a negative paramRows[r] skips row r (no draw, token and status
+   * untouched).
    */
   sample(logits: DeviceTensor<'F32'>, rows: number, opts: { rowStride?: number; paramRows?: DeviceTensor<'I32'>; stream?: StreamLike } = {}): void {
     const what = 'GpuSampler.sample';

@@ -288,8 +288,10 @@ mo_sample(const float* __restrict__ logits, long long row_stride, int V, int row
   __shared__ Smem sm;
   const int r = blockIdx.x;
   if (r >= rows) return;
-  // The parameters and random state of logit row r: row param_row[r] (a model's sequence slot), or row r.
+  // The parameters and random state of logit row r: row param_row[r] (a model's sequence slot), or row r. A negative
+  // entry skips the row: no draw, its token and status untouched.
   const int p = param_row ? param_row[r] : r;
+  if (p < 0) return;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const float* l = logits + (size_t)r * row_stride;
 
