@@ -9,39 +9,25 @@
 // since how the requests share steps follows their arrival. Skipped without a Hopper GPU.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import OpenAI from 'openai';
 import { gpuSkipReason } from '../src/cuda/index.js';
 import { makeModelCheckpointSync } from '../src/model/checkpoint-writer.js';
 import { encodeChat, loadTokenizer } from '../src/tokenizer/index.js';
+import { startServeProcess } from './serve-process.js';
 
-const MAIN = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'src', 'cli', 'main.js');
 const skip = gpuSkipReason();
 
 async function withServer<T>(args: string[], env: NodeJS.ProcessEnv, body: (client: OpenAI, model: string) => Promise<T>): Promise<{ result: T; log: string }> {
-  const child = spawn(process.execPath, [MAIN, 'serve', '--port', '0', '--device', 'gpu', ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  let log = '';
-  child.stdout.on('data', (d: Buffer) => { log += d.toString(); });
-  child.stderr.on('data', (d: Buffer) => { log += d.toString(); });
+  const server = await startServeProcess(['--port', '0', '--device', 'gpu', ...args], env, 240_000);
   try {
-    const url = await new Promise<string>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`server did not start:\n${log}`)), 240_000);
-      const poll = setInterval(() => {
-        const m = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(log);
-        if (m) { clearTimeout(timer); clearInterval(poll); resolve(m[1]); }
-        if (child.exitCode !== null) { clearTimeout(timer); clearInterval(poll); reject(new Error(`server exited:\n${log}`)); }
-      }, 50);
-    });
-    const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'none', maxRetries: 0 });
+    const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'none', maxRetries: 0 });
     const model = (await client.models.list()).data[0].id;
-    return { result: await body(client, model), log };
+    return { result: await body(client, model), log: server.log() };
   } finally {
-    child.kill('SIGTERM');
-    await new Promise((r) => child.once('exit', r));
+    await server.stop();
   }
 }
 

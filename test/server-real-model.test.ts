@@ -4,16 +4,13 @@
 // latency bar (first streamed token <= 150 ms after the request for a 32-token prompt, concurrency 1).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import OpenAI from 'openai';
 import { ensureDefaultModel } from '../src/model/checkpoint-writer.js';
 import { encodeChat, loadTokenizer } from '../src/tokenizer/index.js';
-
-const MAIN = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'src', 'cli', 'main.js');
+import { startServeProcess, type ServeProcess } from './serve-process.js';
 
 test('megamoe serve on the embedded default model answers the OpenAI API (real model, real tokenizer)', { timeout: 120_000 }, async (t) => {
   const cache = fs.mkdtempSync(path.join(os.tmpdir(), 'megamoe-real-serve-'));
@@ -22,19 +19,10 @@ test('megamoe serve on the embedded default model answers the OpenAI API (real m
   process.env.MEGAMOE_CACHE_DIR = cache;
   const modelDir = ensureDefaultModel();
   if (saved === undefined) delete process.env.MEGAMOE_CACHE_DIR; else process.env.MEGAMOE_CACHE_DIR = saved;
-  const child = spawn(process.execPath, [MAIN, 'serve', '--port', '0', '--kernel-config', '{"moe_backend":"reference"}'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  let log = '';
-  child.stdout.on('data', (d: Buffer) => { log += d.toString(); });
-  child.stderr.on('data', (d: Buffer) => { log += d.toString(); });
+  let server: ServeProcess | undefined;
   try {
-    const url = await new Promise<string>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`server did not start:\n${log}`)), 60_000);
-      const poll = setInterval(() => {
-        const m = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(log);
-        if (m) { clearTimeout(timer); clearInterval(poll); resolve(m[1]); }
-        if (child.exitCode !== null) { clearTimeout(timer); clearInterval(poll); reject(new Error(`server exited:\n${log}`)); }
-      }, 50);
-    });
+    server = await startServeProcess(['--port', '0', '--kernel-config', '{"moe_backend":"reference"}'], env);
+    const url = server.url;
     const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'none', maxRetries: 0 });
     const model = (await client.models.list()).data[0].id;
     const tok = await loadTokenizer(modelDir);
@@ -72,9 +60,8 @@ test('megamoe serve on the embedded default model answers the OpenAI API (real m
     t.diagnostic(`first streamed token, ${promptTokens}-token prompt, concurrency 1: median ${median.toFixed(1)} ms of 5 (${ttfts.map((v) => v.toFixed(0)).join(', ')})`);
     assert.ok(median < 1000, `first token in ${median} ms`); // the 150 ms bar is reported (docs/SERVER.md), not timed in a unit test
   } finally {
-    child.kill('SIGTERM');
-    await new Promise((r) => child.once('exit', r));
+    await server?.stop();
     fs.rmSync(cache, { recursive: true, force: true });
   }
-  assert.match(log, /stopped/, 'SIGTERM drains and stops');
+  assert.match(server.log(), /stopped/, 'SIGTERM drains and stops');
 });
