@@ -94,6 +94,9 @@ test('engine: deadlines (running: finish "deadline"; waiting: QueueTimeoutError)
 
 test('engine: bounded queue, context length, shutdown drains then refuses', async () => {
   const { parts, toy } = await makeParts({ stepDelayMs: 2 });
+  // A step budget below one token per running sequence is refused up front (as vLLM does).
+  assert.throws(() => new Engine(parts, { maxNumSeqs: 8, maxQueue: 1, maxModelLen: 64, maxBatchedTokens: 4 }),
+    /max batched tokens 4 is below max num seqs 8: .*pass --max-num-batched-tokens >= --max-num-seqs/);
   const e = new Engine(parts, { maxNumSeqs: 2, maxQueue: 1, maxModelLen: 64 });
   assert.throws(() => e.submit({ promptIds: new Array(60).fill(1), sampling: greedy, maxTokens: 10 }), ContextLengthError);
   assert.throws(() => e.submit({ promptIds: new Array(64).fill(1), sampling: greedy }), ContextLengthError);

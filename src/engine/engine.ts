@@ -127,13 +127,19 @@ export class Engine {
     if (options.maxModelLen > model.maxContext) {
       throw new RangeError(`max model length ${options.maxModelLen} exceeds the model's context of ${model.maxContext} tokens: pass --max-model-len ${model.maxContext} or less`);
     }
+    const maxBatchedTokens = options.maxBatchedTokens ?? Math.max(options.maxModelLen, 2048);
+    if (!(Number.isInteger(maxBatchedTokens) && maxBatchedTokens >= options.maxNumSeqs)) {
+      // Every running sequence feeds at least its one decode token a step (vLLM refuses the same settings).
+      throw new RangeError(`max batched tokens ${maxBatchedTokens} is below max num seqs ${options.maxNumSeqs}: each running sequence feeds one token a step; `
+        + 'pass --max-num-batched-tokens >= --max-num-seqs');
+    }
     this.parts = parts;
     this.observer = options.observer ?? {};
     this.options = {
       maxNumSeqs: options.maxNumSeqs,
       maxQueue: options.maxQueue,
       maxModelLen: options.maxModelLen,
-      maxBatchedTokens: options.maxBatchedTokens ?? Math.max(options.maxModelLen, 2048),
+      maxBatchedTokens,
       retryAfterSeconds: options.retryAfterSeconds ?? 1,
     };
   }
