@@ -7,7 +7,7 @@ import { parseDeepSeekV4Config } from '../src/checkpoint/config.js';
 import { registeredKernels } from '../src/cuda/kernel-registry.js';
 import {
   AttentionArgError, attentionKeyCount, attentionMmaSmemBytes, attentionSmemBytes, attnShapeFrom, chooseHeadsPerCtaMma, chooseSparseKernel, sparseMmaEntry, checkAttnShape, checkTensor, chooseHeadsPerCta, layerRatio,
-  maxNewBlocks, planAttentionCall, ATTN_SMEM_LIMIT,
+  maxNewBlocks, maxNewBlocksOfLengths, planAttentionCall, ATTN_SMEM_LIMIT,
 } from '../src/gpu-model/attention.js';
 import type { KvSequence } from '../src/gpu-model/kv-allocator.js';
 import { modelPresetConfig } from '../src/model/checkpoint-writer.js';
@@ -29,6 +29,18 @@ test('planAttentionCall lays rows out item after item with positions and first r
   assert.deepEqual(Array.from(p.positions), [10, 11, 12, 0, 99, 100]);
   assert.equal(maxNewBlocks(p, 4), 1); // 10..12 completes block 2 (t = 11); 99..100 none
   assert.equal(maxNewBlocks(planAttentionCall([{ seq: seq(1), pos: 2, len: 37 }], limits), 4), 9); // blocks 0..8 end at 3..35
+});
+
+test('maxNewBlocksOfLengths (bucket launch shapes): at least what any position completes, and reached at some position', () => {
+  for (const ratio of [4, 128]) {
+    for (const len of [1, 2, 3, 4, 5, 37, 128, 129, 300]) {
+      const bound = maxNewBlocksOfLengths(planAttentionCall([{ seq: seq(1), pos: 0, len }], { ...limits, maxRows: 400, maxContext: 4000 }), ratio);
+      assert.equal(bound, Math.ceil(len / ratio));
+      let most = 0;
+      for (let pos = 0; pos < 2 * ratio; pos++) most = Math.max(most, maxNewBlocks(planAttentionCall([{ seq: seq(1), pos, len }], { ...limits, maxRows: 400, maxContext: 4000 }), ratio));
+      assert.equal(most, bound, `ratio ${ratio} len ${len}`);
+    }
+  }
 });
 
 test('planAttentionCall refuses bad calls before any launch, naming the fix', () => {

@@ -83,6 +83,23 @@ test('GPU attention == CPU, flash-like ratio 4 + indexer layer 2: a 70-token chu
   checkStats('flash L2 chunk', stats);
 });
 
+// Launch shapes of a context bucket (GpuAttention.begin's shapeContext, for CUDA graphs of a decode step): grids,
+// shared memory and the scalar launch arguments sized for the bucket, not the call's positions, so CTAs past a row's
+// keys, indexer blocks and compressor blocks find nothing to do. Every stage must still match the CPU as above
+// (the attention output may take another kernel plan, hence SPEC 5's bound rather than the exact run's bits).
+for (const [layer, kind] of [[1, 'ratio 4 + indexer'], [2, 'ratio 128']] as const) {
+  test(`GPU attention == CPU with bucket launch shapes (shapeContext 512), tiny ${kind} layer ${layer}`, { skip }, (t) => {
+    const stats = runScenario({ config: config('tiny'), layer, blockRows: 4, seed: 11 + layer, seqs: TINY_SEQS, calls: TINY_CALLS, maxContext: 1024, shapeContext: 512 });
+    for (const line of formatStats(`tiny L${layer} bucket`, stats).split('\n')) t.diagnostic(line);
+    checkStats(`tiny L${layer} bucket`, stats);
+  });
+}
+test('GPU attention == CPU with bucket launch shapes (shapeContext 8192), flash-like ratio 4 + indexer layer 2: decode batch of 5 at 1..5003', { skip }, (t) => {
+  const stats = runScenario({ config: config('flash', 4), layer: 2, blockRows: 64, seed: 23, seqs: FLASH_SEQS, calls: FLASH_CALLS.slice(1), maxContext: 8192, shapeContext: 8192 });
+  for (const line of formatStats('flash L2 bucket', stats).split('\n')) t.diagnostic(line);
+  checkStats('flash L2 bucket', stats);
+});
+
 // pro-like: 128 heads and top-1024 on the ratio-4 layer (pro's layer 2), decode only, histories past 4096 tokens
 test('GPU attention == CPU, pro-like ratio 4 + indexer layer 2: decode batch of 3 at 40..4400 (top-1024 of 1100)', { skip }, (t) => {
   const stats = runScenario({

@@ -57,6 +57,8 @@ export interface ModelBenchOptions {
   command?: string;
   /** every layer's MoE backend (default unfused) */
   moeBackend?: GpuMoeBackend;
+  /** decode steps as CUDA graphs (GpuModelOptions.decodeGraphs) */
+  decodeGraphs?: boolean;
 }
 
 /** "4096", "4k" or "32K" (x 1024): a positive integer. */

@@ -250,6 +250,13 @@ export function planAttentionCall(items: readonly AttnCallItem[], limits: AttnLi
 }
 
 /** New compressed blocks an item completes: floor((P+L)/r) - floor(P/r); the largest over items (compressor grid.y). */
+/** The most blocks an item of the call can complete at any position: ceil(len / ratio), the largest over items. */
+export function maxNewBlocksOfLengths(plan: AttnCallPlan, ratio: number): number {
+  let m = 0;
+  for (let i = 0; i < plan.nItems; i++) m = Math.max(m, Math.ceil(plan.items[i * 4 + 2] / ratio));
+  return m;
+}
+
 export function maxNewBlocks(plan: AttnCallPlan, ratio: number): number {
   let m = 0;
   for (let i = 0; i < plan.nItems; i++) {
@@ -327,6 +334,8 @@ export class GpuAttention implements Disposable {
   private readonly rowsPerCta: number | undefined;
   private readonly maxVisible: number;
   private plan: AttnCallPlan | undefined;
+  /** begin()'s shapeContext for this call, or undefined: launch shapes from the call's own positions. */
+  private shapeContext: number | undefined;
   private disposed = false;
   /** SMs of this GPU: the sparse attention's CTAs per call should fill them (chooseHeadsPerCta). */
   private readonly sms = ensureContext().properties().smCount;
@@ -393,9 +402,23 @@ export class GpuAttention implements Disposable {
   /**
    * Starts a call: checks the items, grows each sequence's blocks to pos + len (KvCacheCapacityError when the pool
    * is full: nothing is allocated then), uploads changed block tables and the row metadata on `stream`.
+   *
+   * `shapeContext` (>= every item's pos + len, <= the cache's context): the launches are shaped as if the longest
+   * sequence had that many tokens, so their grids, shared memory and scalar arguments depend only on the items'
+   * lengths and this number, not on their positions. The kernels read each row's own position from the row metadata
+   * and skip what lies past it; the larger grids only cost idle CTAs. What a CUDA graph of a decode step per
+   * (batch, context bucket) needs.
    */
-  begin(items: readonly AttnCallItem[], stream?: StreamLike): AttnCallPlan {
+  begin(items: readonly AttnCallItem[], stream?: StreamLike, opts: { shapeContext?: number } = {}): AttnCallPlan {
     const plan = planAttentionCall(items, this.limits);
+    const sc = opts.shapeContext;
+    if (sc !== undefined) {
+      const longest = Math.max(...items.map((it) => it.pos + it.len));
+      if (!(Number.isInteger(sc) && sc >= longest && sc <= this.limits.maxContext)) {
+        throw new AttentionArgError(`GPU attention: shapeContext ${sc} is outside [${longest}, ${this.limits.maxContext}] (the call's longest sequence, the cache's context)`,
+          'pass a context bucket at least as long as every sequence of the call and within the cache');
+      }
+    }
     // check every growth first, so a refusal leaves all sequences as they were
     const need = items.map((it) => it.pos + it.len);
     const alloc = this.cache.allocator;
@@ -413,6 +436,7 @@ export class GpuAttention implements Disposable {
     this.meta.copyFromHost(plan.items, { stream });
     this.meta.copyFromHost(plan.rowItem, { stream, offset: this.limits.maxItems * 16 });
     this.plan = plan;
+    this.shapeContext = sc;
     return plan;
   }
 
@@ -440,7 +464,8 @@ export class GpuAttention implements Disposable {
     checkTensor('compressor norm', x.norm, 'F32', [L.dc], `pass the norm weight as F32 [${L.dc}]`);
     const pv = this.cache.paged(this.cache.compressedKind(layer, indexer), layer);
     const freqs = this.freqComp;
-    const gy = maxNewBlocks(p, ratio);
+    // shaped: every item may complete ceil(len / ratio) blocks (the kernel returns for those it does not complete)
+    const gy = this.shapeContext === undefined ? maxNewBlocks(p, ratio) : maxNewBlocksOfLengths(p, ratio);
     if (gy > 0) {
       this.k.pool.launch({ grid: [p.nItems, gy], block: COMPRESSOR_THREADS, stream }, [
         x.a, x.g, x.ape, x.norm, freqs, arg.ptr(st.ptr), arg.i32(st.slotStride),
@@ -480,6 +505,7 @@ export class GpuAttention implements Disposable {
         vis = Math.max(vis, Math.floor((p.positions[r] + 1) / 4));
         if (r > rb && p.rowItem[r] === p.rowItem[r - 1]) multiRow = true;
       }
+      if (this.shapeContext !== undefined) vis = Math.floor(this.shapeContext / 4);
       if (vis > s.indexTopk) {
         const rpc = this.rowsPerCta ?? chooseIndexerRowsPerCta(n, vis, multiRow, s.indexHeads, s.indexHeadDim, this.sms);
         this.k.scores.launch({
@@ -525,7 +551,8 @@ export class GpuAttention implements Disposable {
     checkTensor('out', x.out, 'BF16', qShape, `pass an output BF16 [rows, ${s.heads}, ${s.headDim}]`);
     if (indexer) checkTensor('picks', x.picks, 'I32', [p.rows, s.indexTopk], 'pass indexerSelect()\'s result on a ratio-4 layer');
     let maxKeys = 1;
-    for (let r = 0; r < p.rows; r++) maxKeys = Math.max(maxKeys, attentionKeyCount(p.positions[r], s.window, ratio, s.indexTopk, indexer));
+    if (this.shapeContext !== undefined) maxKeys = attentionKeyCount(this.shapeContext - 1, s.window, ratio, s.indexTopk, indexer);
+    else for (let r = 0; r < p.rows; r++) maxKeys = Math.max(maxKeys, attentionKeyCount(p.positions[r], s.window, ratio, s.indexTopk, indexer));
     const plan = chooseSparseKernel(s.heads, s.headDim, maxKeys, ATTN_SMEM_LIMIT, { rows: p.rows, sms: this.sms }, process.env.MEGAMOE_ATTN_REF === '1');
     const hpb = plan.hpb;
     const win = this.cache.paged('window', layer);

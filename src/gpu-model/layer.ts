@@ -187,14 +187,15 @@ export class GpuLayerContext implements Disposable {
 
   /**
    * Starts a call: GpuAttention.begin (grows every sequence's cache blocks, uploads tables and row metadata; a
-   * refusal changes nothing), then the rows' positions and token ids.
+   * refusal changes nothing; `shapeContext`: launch shapes of that context bucket), then the rows' positions and
+   * token ids.
    */
-  begin(items: readonly AttnCallItem[], tokens: ArrayLike<number>): AttnCallPlan {
+  begin(items: readonly AttnCallItem[], tokens: ArrayLike<number>, opts: { shapeContext?: number } = {}): AttnCallPlan {
     this.live();
     const rows = items.reduce((sum, it) => sum + it.len, 0);
     if (rows > this.maxRows) throw new GpuModelArgumentError('GpuLayerContext.begin', `${rows} rows exceed maxRows ${this.maxRows}`, 'chunk the prefill');
     if (tokens.length !== rows) throw new GpuModelArgumentError('GpuLayerContext.begin', `${tokens.length} token ids for ${rows} rows`, 'pass one token id per row, items in order');
-    const plan = this.attention.begin(items, this.stream); // checks first: a refusal changes nothing
+    const plan = this.attention.begin(items, this.stream, opts); // checks first: a refusal changes nothing
     const ids = new BigInt64Array(plan.rows);
     for (let i = 0; i < plan.rows; i++) ids[i] = BigInt(tokens[i]);
     this.positions.buffer.copyFromHost(plan.positions, { stream: this.stream, bytes: plan.rows * 4 });

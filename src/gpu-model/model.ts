@@ -18,9 +18,10 @@
 // the end, to download.
 //
 // Not here: the MTP layer (its block is a ratio-0 layer and `mtpCombine` exists, but the e_proj / h_proj wiring, the
-// MTP's cache positions and the head-hidden hand-over are not built: GpuModel loads without it), CUDA graphs of a step,
-// chunked-prefill scheduling (the caller's), expert parallelism (one GPU holds every expert).
-import { DeviceTensor, ensureContext } from '../cuda/index.js';
+// MTP's cache positions and the head-hidden hand-over are not built: GpuModel loads without it), chunked-prefill
+// scheduling (the caller's), expert parallelism (one GPU holds every expert). Decode steps as CUDA graphs exist behind
+// decodeGraphs (off: not yet run on a GPU).
+import { CudaGraph, DeviceTensor, ensureContext } from '../cuda/index.js';
 import type { CausalLM, DeviceSamplingLM, ModelSequence, ModelStepItem } from '../model/causal-lm.js';
 import type { ModelConfig } from '../model/config.js';
 import { loadModelWeights, type ModelWeights } from '../model/loader.js';
@@ -63,6 +64,19 @@ export interface GpuModelOptions {
   moeWeights?: GpuDecoderLayerOptions['moeWeights'];
   /** Every layer's MoE backend (default unfused; mega_moe: the fused kernel). */
   moeBackend?: GpuDecoderLayerOptions['moeBackend'];
+  /**
+   * Decode calls of sample() / stepAndSample() (one token per item) replay one CUDA graph per (items, context bucket:
+   * decodeContextBucket) instead of launching each kernel: the attention launches take the bucket's shapes
+   * (GpuAttention.begin shapeContext). Default off: not yet run on a GPU (docs/GPU-MODEL.md).
+   */
+  decodeGraphs?: boolean;
+}
+
+/** The context bucket of a decode graph: the smallest power of two >= max(longest, 1024), at most maxContext. */
+export function decodeContextBucket(longest: number, maxContext: number): number {
+  let b = 1024;
+  while (b < longest) b *= 2;
+  return Math.min(b, maxContext);
 }
 
 let nextGpuSequenceId = 1;
@@ -126,13 +140,16 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
   private queue: Promise<unknown> = Promise.resolve();
   private lastRows = 0;
   private disposed = false;
+  private readonly decodeGraphs: boolean;
+  /** Captured decode steps by "items/bucket" (decodeGraphs). */
+  private readonly graphs = new Map<string, CudaGraph>();
 
   private constructor(p: {
     config: ModelConfig; maxContext: number; maxRows: number; maxItems: number; maxLogitRows: number; cache: GpuKvCache; attention: GpuAttention;
     ctx: GpuLayerContext; layers: GpuDecoderLayer[]; embedTable: DeviceTensor<'BF16'>; head: DeviceTensor<'BF16'>; headHc: DeviceHcParams;
     finalNorm: DeviceTensor<'F32'>; logits: GpuLogits; ids: DeviceTensor<'I32'>; badIds: DeviceTensor<'I32'>; hs: DeviceTensor<'BF16'>;
     srcRows: DeviceTensor<'I32'>; y: DeviceTensor<'BF16'>; logitsBuf: DeviceTensor<'F32'>; slotSampler: GpuSampler; sampleSlots: DeviceTensor<'I32'>;
-    owned: Array<{ dispose(): void }>;
+    owned: Array<{ dispose(): void }>; decodeGraphs: boolean;
   }) {
     this.config = p.config; this.vocabSize = p.config.vocabSize; this.maxContext = p.maxContext;
     this.maxRows = p.maxRows; this.maxItems = p.maxItems; this.maxLogitRows = p.maxLogitRows;
@@ -140,6 +157,7 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
     this.embedTable = p.embedTable; this.head = p.head; this.headHc = p.headHc; this.finalNorm = p.finalNorm; this.logits = p.logits;
     this.ids = p.ids; this.badIds = p.badIds; this.hs = p.hs; this.srcRows = p.srcRows; this.y = p.y; this.logitsBuf = p.logitsBuf;
     this.slotSampler = p.slotSampler; this.sampleSlots = p.sampleSlots; this.owned = p.owned;
+    this.decodeGraphs = p.decodeGraphs;
   }
 
   /** Loads a checkpoint folder (without its MTP layers) and builds the model on the GPU; the host copy is closed after upload. */
@@ -219,7 +237,7 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
       ensureContext().synchronize(); // uploads on the legacy stream before ctx.stream (non-blocking) reads them
       const model = new GpuModel({
         config: c, maxContext, maxRows, maxItems, maxLogitRows, cache, attention, ctx, layers, embedTable, head, headHc, finalNorm, logits,
-        ids, badIds, hs, srcRows, y, logitsBuf, slotSampler, sampleSlots, owned,
+        ids, badIds, hs, srcRows, y, logitsBuf, slotSampler, sampleSlots, owned, decodeGraphs: o.decodeGraphs ?? false,
       });
       if (ownsWeights) weights.close(); // every layer's weights (experts included) are on the device now
       return model;
@@ -297,11 +315,12 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
   stepAndSample(items: readonly ModelStepItem[], want: readonly boolean[]): Promise<Int32Array> {
     if (want.length !== items.length) throw new Error(`GpuModel.stepAndSample: ${want.length} want flags for ${items.length} items`);
     return this.exclusive(async () => {
-      const rows = this.run(items, false).length;
+      const rows = items.length;
       const st = this.ctx.stream;
       const slots = Int32Array.from(items, (it, i) => (want[i] ? (it.seq as GpuSequence).kv.slot : -1));
+      // before the step's launches (a decode graph replays them; this upload stays outside)
       this.sampleSlots.buffer.copyFromHost(slots, { stream: st, bytes: slots.byteLength });
-      this.slotSampler.sample(this.logitsBuf, rows, { paramRows: this.sampleSlots, stream: st });
+      this.run(items, false, () => this.slotSampler.sample(this.logitsBuf, rows, { paramRows: this.sampleSlots, stream: st }));
       const { tokens, status } = this.slotSampler.download(rows, st);
       for (let r = 0; r < rows; r++) {
         if (!want[r]) { tokens[r] = -1; continue; }
@@ -326,7 +345,7 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
    * the layers, hc_head + final norm on the output rows, the logits into logitsBuf. Returns the logit rows per item.
    * Synchronizes the stream at the end.
    */
-  private run(items: readonly ModelStepItem[], allLogits: boolean): number[] {
+  private run(items: readonly ModelStepItem[], allLogits: boolean, afterLogits?: () => void): number[] {
     this.checkLive();
     const c = this.config; const V = this.vocabSize; const st = this.ctx.stream;
     if (items.length === 0) throw new Error('GpuModel.step: no items');
@@ -356,8 +375,11 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
     }
     const seqs = items.map((it) => it.seq as GpuSequence);
     this.lastRows = 0;
+    // A decode call with the step's sampling (afterLogits) replays a graph when decodeGraphs is on (not while profiling).
+    const graphed = this.decodeGraphs && afterLogits !== undefined && !allLogits && !this.ctx.profiler && items.every((it) => it.tokens.length === 1);
+    const shapeContext = graphed ? decodeContextBucket(Math.max(...seqs.map((s) => s.length + 1)), this.maxContext) : undefined;
     // ctx.begin checks rows <= maxRows and the caches' room before it changes anything (a refusal leaves every sequence as it was)
-    const plan = this.ctx.begin(seqs.map((s, i) => ({ seq: s.kv, pos: s.length, len: items[i].tokens.length })), tokens);
+    const plan = this.ctx.begin(seqs.map((s, i) => ({ seq: s.kv, pos: s.length, len: items[i].tokens.length })), tokens, { shapeContext });
     try {
       const n = plan.rows;
       this.ids.buffer.copyFromHost(Int32Array.from(tokens), { stream: st, bytes: n * 4 });
@@ -371,12 +393,17 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
       }
       this.srcRows.buffer.copyFromHost(src, { stream: st, bytes: src.byteLength });
 
-      // V4-MODEL 1: h0 = Embed(ids), hc identical copies
-      this.ctx.ops.embed(this.ids, this.embedTable, this.hs, { copies: c.hcMult, tokens: n, bad: this.badIds, stream: st });
-      for (const layer of this.layers) layer.forward(this.hs, this.ctx);
-      // V4-MODEL 2.4: hc_head over the output rows (srcRows gathers them), the final norm fused; then the head
-      this.ctx.ops.hcHead(this.hs, this.headHc, this.y, { normEps: c.normEps, hcEps: c.hcEps, normWeight: this.finalNorm, srcRows: this.srcRows, rows: outRows, mixScratch: this.ctx.s.hcMix, stream: st });
-      this.logits.run(this.y, this.head, this.logitsBuf, outRows, st);
+      const launches = () => {
+        // V4-MODEL 1: h0 = Embed(ids), hc identical copies
+        this.ctx.ops.embed(this.ids, this.embedTable, this.hs, { copies: c.hcMult, tokens: n, bad: this.badIds, stream: st });
+        for (const layer of this.layers) layer.forward(this.hs, this.ctx);
+        // V4-MODEL 2.4: hc_head over the output rows (srcRows gathers them), the final norm fused; then the head
+        this.ctx.ops.hcHead(this.hs, this.headHc, this.y, { normEps: c.normEps, hcEps: c.hcEps, normWeight: this.finalNorm, srcRows: this.srcRows, rows: outRows, mixScratch: this.ctx.s.hcMix, stream: st });
+        this.logits.run(this.y, this.head, this.logitsBuf, outRows, st);
+        afterLogits?.();
+      };
+      if (graphed) this.decodeGraph(n, shapeContext!, launches).launch(st);
+      else launches();
       st.synchronize();
       for (const layer of this.layers) layer.checkMoe();
       const bad = new Int32Array(1);
@@ -393,6 +420,25 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
     for (const [i, s] of seqs.entries()) s.length += items[i].tokens.length;
     this.lastRows = outRows;
     return counts;
+  }
+
+  /** Decode graphs captured so far (decodeGraphs; tests, diagnostics). */
+  get graphCount(): number { return this.graphs.size; }
+
+  /** The captured decode step for `rows` one-token items in context bucket `bucket` (captured on first use). */
+  private decodeGraph(rows: number, bucket: number, record: () => void): CudaGraph {
+    const key = `${rows}/${bucket}`;
+    let g = this.graphs.get(key);
+    if (!g) {
+      try {
+        g = CudaGraph.capture(this.ctx.stream, record);
+      } catch (err) {
+        throw new Error(`GpuModel: capturing the decode step (${rows} items, context bucket ${bucket}) failed: ${err instanceof Error ? err.message : String(err)}; `
+          + 'build the model without decodeGraphs');
+      }
+      this.graphs.set(key, g);
+    }
+    return g;
   }
 
   private own(seq: ModelSequence, what: string): GpuSequence {
@@ -415,6 +461,8 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
     if (this.disposed) return;
     this.disposed = true;
     try { this.ctx.stream.synchronize(); } catch { /* disposing after a failure: free what we can */ }
+    for (const g of this.graphs.values()) { try { g.dispose(); } catch { /* keep freeing */ } }
+    this.graphs.clear();
     for (const t of [...this.owned].reverse()) { try { t.dispose(); } catch { /* keep freeing */ } }
     this.owned.length = 0;
     this.live.clear();

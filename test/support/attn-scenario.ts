@@ -24,6 +24,8 @@ export interface ScenarioOptions {
   /** each call: items { seq index, new tokens } */
   calls: Array<Array<{ seq: number; len: number }>>;
   maxContext?: number;
+  /** GpuAttention.begin's shapeContext for every call (launch shapes of a context bucket), else exact shapes */
+  shapeContext?: number;
 }
 
 export interface StageStats {
@@ -60,6 +62,7 @@ export function runScenario(o: ScenarioOptions): Record<string, StageStats> {
   const d = c.headDim; const H = c.nHeads; const rd = c.ropeHeadDim; const win = c.windowSize;
   const Hi = c.indexNHeads; const di = c.indexHeadDim; const topk = c.indexTopk;
   const layer = o.layer; const ratio = c.compressRatios[layer]; const hasIdx = ratio === 4;
+  const shapeContext = o.shapeContext;
   const rope = ratio > 0 ? new RopeTable(rd, ropeFrequencies(rd, c.compressRopeTheta, c.yarn)) : new RopeTable(rd, ropeFrequencies(rd, c.ropeTheta));
   const rng = new Rng(o.seed);
   const maxRows = Math.max(...o.calls.map((call) => call.reduce((s, it) => s + it.len, 0)));
@@ -138,7 +141,7 @@ export function runScenario(o: ScenarioOptions): Record<string, StageStats> {
       const qI = bf16Rand(rng, rows * Hi * di); const wI = bf16Rand(rng, rows * Hi);
 
       // GPU
-      const plan = attn.begin(items);
+      const plan = attn.begin(items, undefined, { shapeContext });
       using tq = dBF16(q, [rows, H, d]);
       using tkv = dBF16(kv, [rows, d]);
       using tout = DeviceTensor.zeros('BF16', [rows, H, d]);
