@@ -38,6 +38,17 @@ g="$out/gen/model_ops.cpp"
   grep -A1 -E '^extern "C" __global__' "$root/src/kernels/model_ops.cu" | grep -oE '(^| )mo_[a-z_0-9]+\(' | tr -d ' (' | sort -u | sed -E 's/.*/EMU_KERNEL(&)/'
 } > "$g"
 gen+=("$g")
+# sampling.cu (the GPU sampler) includes common.cuh too: it is generated next to the copy above, so it gets the same one.
+g="$out/gen/sampling.cpp"
+{
+  echo '#include "emu_shim.h"'
+  echo '#include "emu_model_ops.h"'
+  echo '#include "emu_sampling.h"'
+  echo '#include "emu_registry.h"'
+  cat "$root/src/kernels/sampling.cu"
+  grep -A1 -E '^extern "C" __global__' "$root/src/kernels/sampling.cu" | grep -oE '(^| )mo_[a-z_0-9]+\(' | tr -d ' (' | sort -u | sed -E 's/.*/EMU_KERNEL(&)/'
+} > "$g"
+gen+=("$g")
 g++ -std=c++20 -O2 -g -ffp-contract=off -fno-fast-math -fPIC -shared -I "$here" -I "$root/src/kernels" \
   -o "$out/libcuda-emu.so" "$here/fake_cuda.cpp" "${gen[@]}"
 echo "$out/libcuda-emu.so"
