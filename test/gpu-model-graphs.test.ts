@@ -4,7 +4,8 @@
 //   - every decode step's sampled tokens and logits: the logits within calc_diff 1e-6 (the bucket's attention launch
 //     may take another kernel plan than the exact one, which sums in another order), argmax equal;
 //   - prefill and mixed calls run eagerly, decode batches from the graphs (graphCount: one per (items, bucket));
-//   - crossing a bucket (contexts past 1024) captures a new graph.
+//   - crossing a bucket (contexts past 1024) captures a new graph (each key's first call runs eagerly, its second
+//     captures).
 // Skipped without a Hopper GPU.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';

@@ -141,8 +141,9 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
   private lastRows = 0;
   private disposed = false;
   private readonly decodeGraphs: boolean;
-  /** Captured decode steps by "items/bucket" (decodeGraphs). */
+  /** Captured decode steps by "items/bucket" (decodeGraphs), and the keys run once eagerly before their capture. */
   private readonly graphs = new Map<string, CudaGraph>();
+  private readonly warmed = new Set<string>();
 
   private constructor(p: {
     config: ModelConfig; maxContext: number; maxRows: number; maxItems: number; maxLogitRows: number; cache: GpuKvCache; attention: GpuAttention;
@@ -402,7 +403,8 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
         this.logits.run(this.y, this.head, this.logitsBuf, outRows, st);
         afterLogits?.();
       };
-      if (graphed) this.decodeGraph(n, shapeContext!, launches).launch(st);
+      const graph = graphed ? this.decodeGraph(n, shapeContext!, launches) : undefined;
+      if (graph) graph.launch(st);
       else launches();
       st.synchronize();
       for (const layer of this.layers) layer.checkMoe();
@@ -425,11 +427,19 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
   /** Decode graphs captured so far (decodeGraphs; tests, diagnostics). */
   get graphCount(): number { return this.graphs.size; }
 
-  /** The captured decode step for `rows` one-token items in context bucket `bucket` (captured on first use). */
-  private decodeGraph(rows: number, bucket: number, record: () => void): CudaGraph {
+  /**
+   * The captured decode step for `rows` one-token items in context bucket `bucket`, or undefined on the key's first
+   * call: that one runs eagerly (with the bucket's shapes), so GEMM plans, workspaces and kernel modules are made
+   * outside a capture, where allocations are not allowed; the second call captures.
+   */
+  private decodeGraph(rows: number, bucket: number, record: () => void): CudaGraph | undefined {
     const key = `${rows}/${bucket}`;
     let g = this.graphs.get(key);
     if (!g) {
+      if (!this.warmed.has(key)) {
+        this.warmed.add(key);
+        return undefined;
+      }
       try {
         g = CudaGraph.capture(this.ctx.stream, record);
       } catch (err) {
