@@ -93,16 +93,23 @@ test('gpu embed: rows of the table, copied hc times; an id outside the vocabular
   }
 });
 
+/** An RMSNorm case: x bf16 [rows, n] (scale 2) and w [n] (scale 0.5) drawn in that order, on the device with an output. */
+function normInputs(rng: Rng, rows: number, n: number) {
+  const x = bf16Values(rng, rows * n, 2);
+  const w = bf16Values(rng, n, 0.5);
+  const dx = upBF16(x, [rows, n]);
+  const dw = upF32(w, [n]);
+  const out = DeviceTensor.zeros('BF16', [rows, n]);
+  return { x, w, dx, dw, out, [Symbol.dispose]() { dx.dispose(); dw.dispose(); out.dispose(); } };
+}
+
 for (const n of [128, 384, 512, 1024, 4096, 7168]) {
   test(`gpu rmsNorm n = ${n}: bit-exact with and without weight, fused act_quant (pow2 and amax/448) bit-exact`, { skip }, () => {
     const ops = GpuRowOps.createSync(4);
     const rng = new Rng(n);
     for (const rows of [1, 7, 64]) {
-      const x = bf16Values(rng, rows * n, 2);
-      const w = bf16Values(rng, n, 0.5);
-      using dx = upBF16(x, [rows, n]);
-      using dw = upF32(w, [n]);
-      using out = DeviceTensor.zeros('BF16', [rows, n]);
+      using c = normInputs(rng, rows, n);
+      const { x, w, dx, dw, out } = c;
       for (const weighted of [true, false]) {
         for (const pow2 of [true, false]) {
           const act = allocFp8Activations(rows + 3, n, pow2); // mCap > rows: the MN-major scale stride is mCap
@@ -135,11 +142,8 @@ test('gpu rmsNorm / actQuant across the row split (1, 2, 64, 2048 rows; odd colu
   const rng = new Rng(77);
   const quantCases: Array<[number, number]> = [[1, 8192], [2, 8192], [64, 8192], [2048, 8192], [1, 1024], [1, 512], [3, 384], [5, 7168], [2, 4224], [1, 128]];
   for (const [rows, n] of quantCases) {
-    const x = bf16Values(rng, rows * n, 2);
-    const w = bf16Values(rng, n, 0.5);
-    using dx = upBF16(x, [rows, n]);
-    using dw = upF32(w, [n]);
-    using out = DeviceTensor.zeros('BF16', [rows, n]);
+    using c = normInputs(rng, rows, n);
+    const { x, w, dx, dw, out } = c;
     for (const pow2 of rows >= 2048 ? [true] : [true, false]) {
       const act = allocFp8Activations(rows + 1, n, pow2);
       try {
@@ -158,11 +162,8 @@ test('gpu rmsNorm / actQuant across the row split (1, 2, 64, 2048 rows; odd colu
     }
   }
   for (const [rows, n] of [[1, 8], [1, 136], [2, 1000], [64, 2056], [1, 8200], [7, 264]] as Array<[number, number]>) {
-    const x = bf16Values(rng, rows * n, 2);
-    const w = bf16Values(rng, n, 0.5);
-    using dx = upBF16(x, [rows, n]);
-    using dw = upF32(w, [n]);
-    using out = DeviceTensor.zeros('BF16', [rows, n]);
+    using c = normInputs(rng, rows, n);
+    const { x, w, dx, dw, out } = c;
     for (const weighted of [true, false]) {
       ops.rmsNorm(dx, out, { weight: weighted ? dw : undefined, eps: NORM_EPS });
       const want = new Float32Array(rows * n);

@@ -16,7 +16,7 @@
 // A cancelled request (its AbortSignal fired: the client went away) is released immediately when no step is in
 // flight, otherwise right when the step that holds it returns (a step cannot drop a sequence halfway).
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
-import { samplesOnDevice, type ModelSequence, type ModelStepItem } from '../model/causal-lm.js';
+import { samplesOnDevice, type DeviceSamplingLM, type ModelSequence, type ModelStepItem } from '../model/causal-lm.js';
 import type { FinishReason, GenerationChunk, SamplingParams } from '../generate/contracts.js';
 import {
   ContextLengthError, EngineShutdownError, EngineStepError, InvalidRequestError, QueueFullError, QueueTimeoutError,
@@ -111,6 +111,8 @@ interface Active {
 export class Engine {
   readonly options: Readonly<Required<Omit<EngineOptions, 'observer'>>>;
   private readonly parts: EngineParts;
+  /** The model when it samples on its own device (DeviceSamplingLM): then the engine makes no samplers. */
+  private readonly deviceSampler: DeviceSamplingLM | undefined;
   private readonly observer: EngineObserver;
   private readonly waiting: Active[] = [];
   private running: Active[] = [];
@@ -134,6 +136,7 @@ export class Engine {
         + 'pass --max-num-batched-tokens >= --max-num-seqs');
     }
     this.parts = parts;
+    this.deviceSampler = samplesOnDevice(model) ? model : undefined;
     this.observer = options.observer ?? {};
     this.options = {
       maxNumSeqs: options.maxNumSeqs,
@@ -282,16 +285,16 @@ export class Engine {
     while (this.running.length < this.options.maxNumSeqs && this.waiting.length > 0) {
       const a = this.waiting.shift()!;
       try {
-        const model = this.parts.model;
-        if (!samplesOnDevice(model)) a.sampler = this.parts.createSampler(a.req.sampling);
+        const dev = this.deviceSampler;
+        if (!dev) a.sampler = this.parts.createSampler(a.req.sampling);
         a.detok = this.parts.createDetokenizer(this.parts.tokenizer);
         a.stop = this.parts.createStopMatcher(a.req.stopStrings ?? []);
-        a.seq = model.createSequence();
-        if (samplesOnDevice(model)) {
+        a.seq = this.parts.model.createSequence();
+        if (dev) {
           try {
-            model.setSampling(a.seq, a.req.sampling);
+            dev.setSampling(a.seq, a.req.sampling);
           } catch (err) {
-            model.releaseSequence(a.seq);
+            dev.releaseSequence(a.seq);
             a.seq = undefined;
             // The device sampler's limits (e.g. top_k past its candidates) are the request's to fix.
             throw new InvalidRequestError(err instanceof Error ? err.message : String(err), 'top_k');
@@ -335,16 +338,16 @@ export class Engine {
     for (const a of owners) a.inStep = true;
     // A model that samples on its device returns the tokens (of the items whose prompt is complete after this step);
     // otherwise the logits come back and each request's sampler draws here.
-    const model = this.parts.model;
+    const dev = this.deviceSampler;
     let logits: Float32Array[] = [];
     let tokens: Int32Array | undefined;
     try {
-      if (samplesOnDevice(model)) {
+      if (dev) {
         const want = owners.map((a, i) => a.pending !== undefined || a.fed + items[i].tokens.length >= a.prompt.length);
-        tokens = await model.stepAndSample(items, want);
+        tokens = await dev.stepAndSample(items, want);
         if (tokens.length !== items.length) throw new Error(`stepAndSample returned ${tokens.length} tokens for ${items.length} items`);
       } else {
-        logits = await model.step(items);
+        logits = await this.parts.model.step(items);
         if (logits.length !== items.length) throw new Error(`step returned ${logits.length} logits rows for ${items.length} items`);
       }
     } catch (err) {

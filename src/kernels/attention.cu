@@ -28,6 +28,25 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kMaxGroupDims = 8192;
 constexpr int kMaxPairs = kMaxGroupDims / 2 / kThreads;
 constexpr int kMaxDimsPerLane = 16;  // d <= 512
+
+// Step 3 of both kernels for one head, by one warp (model.ts attendHead's rounding points): the scores s[0, nk) become
+// p = bf16(e / denom) with m = max s, e = f32(exp(s - m)) (0 for a -inf score), denom = f32(f32(sum e) +
+// f32(exp(sink - m))); s[nk, n_out) become 0 (the tensor-core kernel's key padding; n_out = nk: none).
+__device__ __forceinline__ void softmax_with_sink(float* s, int nk, int n_out, float sink, int lane) {
+  float mx = -INFINITY;
+  for (int k = lane; k < nk; k += 32) mx = fmaxf(mx, s[k]);
+  mx = attn::warp_max(mx);
+  double se = 0.0;
+  for (int k = lane; k < nk; k += 32) {
+    const float e = s[k] == -INFINITY ? 0.f : __double2float_rn(exp((double)s[k] - (double)mx));
+    s[k] = e;
+    se += (double)e;
+  }
+  se = attn::warp_sum(se);
+  const float den = __fadd_rn(__double2float_rn(se), __double2float_rn(exp((double)sink - (double)mx)));
+  __syncwarp();
+  for (int k = lane; k < n_out; k += 32) s[k] = k < nk ? attn::bf16_round(__fdiv_rn(s[k], den)) : 0.f;
+}
 }  // namespace
 
 // In-place FP8 QAT simulation of the nope dims of fresh kv rows [rows, d] (ops.ts fp8SimInPlace, block 64).
@@ -146,22 +165,7 @@ attn_sparse(const uint16_t* __restrict__ q,        // bf16 [rows, H, d] (renorme
   __syncthreads();
 
   // 3. softmax with sink, a warp per head: probabilities overwrite the scores
-  for (int h = warp; h < hpb; h += kWarps) {
-    float* s = sc + (size_t)h * max_keys;
-    float mx = -INFINITY;
-    for (int k = lane; k < nk; k += 32) mx = fmaxf(mx, s[k]);
-    mx = attn::warp_max(mx);
-    double se = 0.0;
-    for (int k = lane; k < nk; k += 32) {
-      const float e = s[k] == -INFINITY ? 0.f : __double2float_rn(exp((double)s[k] - (double)mx));
-      s[k] = e;
-      se += (double)e;
-    }
-    se = attn::warp_sum(se);
-    const float den = __fadd_rn(__double2float_rn(se), __double2float_rn(exp((double)sink[h0 + h] - (double)mx)));
-    __syncwarp();
-    for (int k = lane; k < nk; k += 32) s[k] = attn::bf16_round(__fdiv_rn(s[k], den));
-  }
+  for (int h = warp; h < hpb; h += kWarps) softmax_with_sink(sc + (size_t)h * max_keys, nk, nk, sink[h0 + h], lane);
   __syncthreads();
 
   // 4. P.V: thread t owns dim pair (t mod d/2) of heads t/(d/2), t/(d/2) + 256/(d/2), ... (d/2 divides 256)
@@ -338,26 +342,14 @@ __device__ __forceinline__ void sparse_mma_body(const SparseArgs& A, unsigned ch
   }
   __syncthreads();
 
-  // 3. softmax with sink, a warp per head (attn_sparse's code); probabilities overwrite the scores, 0 past nk
+  // 3. softmax with sink, a warp per head (as attn_sparse); probabilities overwrite the scores, 0 past nk
   for (int h = warp; h < kRows; h += kMmaWarps) {
     float* s = sc + (size_t)h * ss;
     if (h >= A.hpb) {  // padding rows of the m-tile
       for (int k = lane; k < nk16; k += 32) s[k] = 0.f;
       continue;
     }
-    float mx = -INFINITY;
-    for (int k = lane; k < nk; k += 32) mx = fmaxf(mx, s[k]);
-    mx = attn::warp_max(mx);
-    double se = 0.0;
-    for (int k = lane; k < nk; k += 32) {
-      const float e = s[k] == -INFINITY ? 0.f : __double2float_rn(exp((double)s[k] - (double)mx));
-      s[k] = e;
-      se += (double)e;
-    }
-    se = attn::warp_sum(se);
-    const float den = __fadd_rn(__double2float_rn(se), __double2float_rn(exp((double)A.sink[h0 + h] - (double)mx)));
-    __syncwarp();
-    for (int k = lane; k < nk16; k += 32) s[k] = k < nk ? attn::bf16_round(__fdiv_rn(s[k], den)) : 0.f;
+    softmax_with_sink(s, nk, nk16, A.sink[h0 + h], lane);
   }
   __syncthreads();
 

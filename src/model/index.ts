@@ -9,6 +9,7 @@ export * from './checkpoint-writer.js';
 export { loadDefaultCausalLM } from './default.js';
 
 import type { CausalLM } from './causal-lm.js';
+import { resolveBackendName } from '../backends/index.js';
 import { DeepSeekV4Model } from './model.js';
 
 /** Sizes of the whole-model GPU step (`device: 'gpu'`); see GpuModelOptions. */
@@ -28,8 +29,8 @@ export interface GpuLoadSizes {
  */
 export async function loadModel(dir: string, opts: { backend?: string; enableExpertParallel?: boolean; device?: 'cpu' | 'gpu'; gpu?: GpuLoadSizes } = {}): Promise<CausalLM> {
   if (opts.device === 'gpu') {
-    const b = opts.backend === 'deep_gemm_mega_moe' ? 'mega_moe' : opts.backend;
-    if (b !== undefined && b !== 'auto' && b !== 'unfused' && b !== 'mega_moe') {
+    const b = opts.backend === undefined ? undefined : resolveBackendName(opts.backend);
+    if (b === 'reference') {
       throw new Error(`the whole-model GPU step (device gpu) runs its MoE blocks on unfused or mega_moe; moe backend "${opts.backend}" runs on the CPU: pick unfused or mega_moe, or run on the CPU`);
     }
     // On one GPU expert parallelism is EP size 1: every expert is local (the flag is what mega_moe's guard asks for).

@@ -8,18 +8,14 @@ import { DeviceMoeWeights, UnfusedMoe } from '../../dist/src/backends/unfused.js
 import { MegaMoe } from '../../dist/src/backends/mega-moe.js';
 import { CudaEvent, DeviceBuffer, ensureContext } from '../../dist/src/cuda/index.js';
 import { RandomFill } from '../../dist/src/kernels/random-fill.js';
-import { randomRouting } from '../../dist/src/bench/moe.js';
+import { MOE_BENCH_PRESETS, randomRouting } from '../../dist/src/bench/moe.js';
 
-const presets = {
-  flash: { hidden: 4096, inter: 2048, experts: 256, topK: 6, swigluLimit: 10 },
-  pro: { hidden: 7168, inter: 3072, experts: 384, topK: 6, swigluLimit: 10 },
-};
 const [knob, values, preset = 'flash', tokens = '1,8,64,512', roundsArg = '20'] = process.argv.slice(2);
-if (!knob || !values || !presets[preset]) {
-  console.error('usage: ab-knob.mjs KNOB v1,v2,... [flash|pro] [T,T,...] [rounds]');
+if (!knob || !values || !MOE_BENCH_PRESETS[preset]) {
+  console.error(`usage: ab-knob.mjs KNOB v1,v2,... [${Object.keys(MOE_BENCH_PRESETS).join('|')}] [T,T,...] [rounds]`);
   process.exit(2);
 }
-const shape = presets[preset];
+const shape = MOE_BENCH_PRESETS[preset];
 const Ts = tokens.split(',').map(Number);
 const rounds = Number(roundsArg);
 ensureContext();

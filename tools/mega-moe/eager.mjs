@@ -6,10 +6,14 @@ import { DeviceMoeWeights, UnfusedMoe } from '../../dist/src/backends/unfused.js
 import { MegaMoe } from '../../dist/src/backends/mega-moe.js';
 import { ensureContext } from '../../dist/src/cuda/index.js';
 import { RandomFill } from '../../dist/src/kernels/random-fill.js';
-import { randomRouting } from '../../dist/src/bench/moe.js';
-const presets = { flash: { hidden: 4096, inter: 2048, experts: 256, topK: 6, swigluLimit: 10 }, pro: { hidden: 7168, inter: 3072, experts: 384, topK: 6, swigluLimit: 10 } };
+import { MOE_BENCH_PRESETS, randomRouting } from '../../dist/src/bench/moe.js';
 const [backend, name, tl] = process.argv.slice(2);
-const shape = presets[name]; const Ts = tl.split(',').map(Number);
+const shape = MOE_BENCH_PRESETS[name];
+if (!shape || !tl) {
+  console.error(`usage: eager.mjs unfused|mega ${Object.keys(MOE_BENCH_PRESETS).join('|')} T,T,...`);
+  process.exit(2);
+}
+const Ts = tl.split(',').map(Number);
 ensureContext();
 const w = await DeviceMoeWeights.random(shape, 1);
 const p = backend === 'mega' ? await MegaMoe.create(w, Math.max(...Ts)) : await UnfusedMoe.create(w, Math.max(...Ts));
