@@ -39,19 +39,24 @@ const downBF16 = (t: DeviceTensor<'BF16'>, n: number): Float32Array => {
   return out;
 };
 
-// Row counts per path: decode tiles are 16 rows (1, a partial tile, a full one, two tiles), normal tiles 128. The CPU
-// reference is a JS loop, so the largest flash shapes get few rows.
+// Row counts per path: decode tiles are 16 rows (1, a partial tile, a full one, two tiles), normal tiles 128; 'both'
+// is an unpinned linear sized for prefills (the model's), whose calls of up to 16 rows take the decode path. The flash
+// decode paths split K over CTAs (denseDecodeSplitK: wq_a 8, wkv 16, wo_b 2). The CPU reference is a JS loop, so the
+// largest flash shapes get few rows.
+type PathCase = 'decode' | 'normal' | 'both';
 const SMALL = { decode: [1, 5, 16, 21], normal: [1, 37, 130] };
-const CASES: Array<{ label: string; n: number; k: number; rows: { decode: number[]; normal: number[] } }> = [
+const CASES: Array<{ label: string; n: number; k: number; rows: Partial<Record<PathCase, number[]>> }> = [
   { label: 'tiny wq_a', n: 128, k: 128, rows: SMALL },
   { label: 'tiny wkv', n: 512, k: 256, rows: SMALL },
-  { label: 'flash wq_a', n: 1024, k: 4096, rows: SMALL },
-  { label: 'flash wkv', n: 512, k: 4096, rows: { decode: [1, 21], normal: [37] } },
+  { label: 'flash wq_a', n: 1024, k: 4096, rows: { ...SMALL, both: [1, 16, 37] } },
+  { label: 'flash wkv', n: 512, k: 4096, rows: { decode: [1, 21], normal: [37], both: [3, 17] } },
   { label: 'flash wo_b', n: 4096, k: 8192, rows: { decode: [1, 5], normal: [37] } },
 ];
 
 for (const { label, n, k, rows: rowsOf } of CASES) {
-  for (const path of ['decode', 'normal'] as const) {
+  for (const path of ['decode', 'normal', 'both'] as const) {
+    const rowsList = rowsOf[path];
+    if (!rowsList) continue;
     test(`gpu dense FP8 ${label} [${n}, ${k}] ${path}: vs fp8Linear within SPEC 5 (calc_diff <= 3e-5), deterministic`, { skip }, (t) => {
       const rng = new Rng(n * 7 + k + (path === 'decode' ? 1 : 2));
       const wv = new Float32Array(n * k);
@@ -59,9 +64,9 @@ for (const { label, n, k, rows: rowsOf } of CASES) {
       const codes = encodeE4M3Array(wv);
       const scales = Float32Array.from({ length: (n / 128) * (k / 128) }, () => 2 ** -(6 + rng.int(4)));
       const ops = GpuRowOps.createSync(4);
-      const rowsList = rowsOf[path];
       const cap = Math.max(...rowsList);
-      using lin = DenseFp8Linear.createSync({ n, k, path }, cap);
+      using lin = DenseFp8Linear.createSync({ n, k, path: path === 'both' ? undefined : path }, cap);
+      assert.equal(lin.decodeToo, path === 'both');
       const act = allocFp8Activations(lin.mCap, k, true);
       const w = uploadFp8Weight(codes, scales, n, k);
       using out = DeviceTensor.zeros('BF16', [lin.mCap, n]);

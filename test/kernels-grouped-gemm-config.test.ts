@@ -9,8 +9,9 @@ import { join } from 'node:path';
 import { compileKernel, findNvcc, KernelCompileError } from '../src/cuda/compile.js';
 import { registeredKernels } from '../src/cuda/index.js';
 import {
-  GROUPED_GEMM_PRESETS, GROUPED_GEMM_ROW_TILE, groupedGemmConfig, groupedGemmSmemBytes,
+  GROUPED_GEMM_PRESETS, GROUPED_GEMM_ROW_TILE, groupedGemmConfig, groupedGemmSmemBytes, splitKWorkspace,
 } from '../src/kernels/grouped-gemm.js';
+import { denseDecodeSplitK, denseGemmSpec } from '../src/kernels/model-ops.js';
 import { GuardError } from '../src/moe/guards.js';
 
 test('shared-memory plans match the kernel\'s NormalPlan / DecodePlan arithmetic', () => {
@@ -114,4 +115,23 @@ test('the launcher registers every preset variant for CI compilation', () => {
       assert.ok(labels.includes(`${p}-L1-${path}`) && labels.includes(`${p}-L2-${path}`), `${p} ${path}`);
     }
   }
+});
+
+test('split-K decode GEMMs: the define, the workspace sizes, the dense projections\' split counts, the refusals', () => {
+  const wqA = groupedGemmConfig(denseGemmSpec('decode', 1024, 4096));
+  assert.equal(wqA.splitK, 8);
+  assert.equal(wqA.defines.GG_SPLITK, 8);
+  // f32 partials: splits x 16 rows x N per live row tile; one counter per (row tile, 64-row weight unit)
+  assert.deepEqual(splitKWorkspace(wqA, 1), { partialFloats: 8 * 16 * 1024, arrivals: 16 });
+  assert.deepEqual(splitKWorkspace(wqA, 3), { partialFloats: 3 * 8 * 16 * 1024, arrivals: 48 });
+  // Flash: ~128 CTAs of at least 2 K blocks (wq_a 16 units x 8, wkv 8 x 16, wo_b 64 x 2); wq_b / indexer wq_b have
+  // enough units; the normal path never splits, and the unsplit configs keep their defines (their cache keys).
+  assert.deepEqual([[1024, 4096], [512, 4096], [4096, 8192], [32768, 1024], [8192, 1024], [128, 128]].map(([n, k]) => denseDecodeSplitK(n, k)),
+    [8, 16, 2, 1, 1, 1]);
+  assert.equal(groupedGemmConfig(denseGemmSpec('normal', 1024, 4096)).splitK, 1);
+  assert.equal('GG_SPLITK' in groupedGemmConfig(denseGemmSpec('decode', 32768, 1024)).defines, false);
+  assert.deepEqual(splitKWorkspace(groupedGemmConfig(denseGemmSpec('decode', 32768, 1024)), 1), { partialFloats: 0, arrivals: 0 });
+  assert.throws(() => groupedGemmConfig({ path: 'decode', epilogue: 'bf16', n: 1024, k: 384, splitK: 2 }), /dividing K\/128 = 3/);
+  assert.throws(() => groupedGemmConfig({ path: 'normal', epilogue: 'bf16', n: 1024, k: 4096, splitK: 2 }), /decode path and the bf16 epilogue/);
+  assert.throws(() => groupedGemmConfig({ path: 'decode', epilogue: 'swiglu-fp8', n: 1024, k: 4096, splitK: 2 }), /decode path and the bf16 epilogue/);
 });

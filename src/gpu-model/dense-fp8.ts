@@ -15,7 +15,8 @@
 // (calc_diff <= 3e-5), not bit-exactness. The activation scales are whatever the producer wrote (act_quant with
 // ue8m0 scales for V4, ModelConfig.pow2ActScales).
 import { DeviceTensor, type StreamLike } from '../cuda/index.js';
-import { GROUPED_GEMM_ROW_TILE, GroupedGemm, type BoundGroupedGemm, type GemmPath } from '../kernels/grouped-gemm.js';
+import { GROUPED_GEMM_ROW_TILE, GroupedGemm, splitKWorkspace, type BoundGroupedGemm, type GemmPath, type GroupedGemmSpec } from '../kernels/grouped-gemm.js';
+import { denseGemmSpec } from '../kernels/model-ops.js';
 import type { Fp8Linear } from '../model/ops.js';
 import { encodeE4M3Array } from '../numerics/e4m3.js';
 import { checkCount, checkTensor, GpuModelArgumentError } from './errors.js';
@@ -68,6 +69,12 @@ export function uploadFp8Linear(lin: Fp8Linear, stream?: StreamLike): DeviceFp8W
 /** Rows at or below which the 'decode' path is the default (the MoE's measured crossover is ~14 rows per expert). */
 export const DENSE_DECODE_MAX_ROWS = 16;
 
+/** denseGemmSpec, with the A/B knob MEGAMOE_DENSE_DECODE=nosplit (the decode path without its K split). */
+function gemmSpec(path: GemmPath, n: number, k: number): GroupedGemmSpec {
+  const s = denseGemmSpec(path, n, k);
+  return process.env.MEGAMOE_DENSE_DECODE === 'nosplit' ? { ...s, splitK: 1 } : s;
+}
+
 export class DenseFp8Linear implements Disposable {
   readonly n: number;
   readonly k: number;
@@ -81,6 +88,11 @@ export class DenseFp8Linear implements Disposable {
   private readonly tileGroup: DeviceTensor<'I32'>;
   private readonly numMTiles: DeviceTensor<'I32'>;
   private readonly decodeTiles: DeviceTensor<'I32'> | undefined;
+  /**
+   * The decode GEMM's split-K workspace (denseDecodeSplitK; absent when it does not split), shared by every binding:
+   * launch one linear's bindings on one stream (the model does), or two could interleave their partial sums.
+   */
+  private readonly splitK: { partial: DeviceTensor<'F32'>; arrivals: DeviceTensor<'I32'> } | undefined;
 
   private constructor(private readonly gemm: GroupedGemm, private readonly decodeGemm: GroupedGemm | undefined,
     spec: Required<DenseFp8Spec>, capacity: number) {
@@ -91,30 +103,38 @@ export class DenseFp8Linear implements Disposable {
     this.tileGroup = DeviceTensor.zeros('I32', [this.mCap / GROUPED_GEMM_ROW_TILE.decode]);
     this.numMTiles = DeviceTensor.zeros('I32', [1]);
     this.decodeTiles = decodeGemm ? DeviceTensor.zeros('I32', [1]) : undefined;
+    const dg = spec.path === 'decode' ? gemm : decodeGemm;
+    // Decode calls of a two-path linear have at most DENSE_DECODE_MAX_ROWS rows: one 16-row tile.
+    const ws = dg ? splitKWorkspace(dg.config, dg === decodeGemm ? 1 : this.mCap / GROUPED_GEMM_ROW_TILE.decode) : undefined;
+    this.splitK = ws && ws.arrivals > 0
+      ? { partial: DeviceTensor.empty('F32', [ws.partialFloats]), arrivals: DeviceTensor.zeros('I32', [ws.arrivals]) }
+      : undefined;
   }
 
   private static spec(spec: DenseFp8Spec, capacity: number): Required<DenseFp8Spec> & { decodeToo: boolean } {
     checkCount('DenseFp8Linear', 'capacity', capacity, 1, 1 << 20, 'pass the largest number of rows one call multiplies');
     const path = spec.path ?? (capacity <= DENSE_DECODE_MAX_ROWS ? 'decode' : 'normal');
     if (path !== 'decode' && path !== 'normal') throw new GpuModelArgumentError('DenseFp8Linear', `path "${String(path)}"`, "use 'decode' or 'normal'");
-    // Unpinned and sized for prefills: decode steps still take the decode path (measured: docs/GPU-MODEL.md).
-    return { n: spec.n, k: spec.k, path, decodeToo: spec.path === undefined && path === 'normal' };
+    // Unpinned and sized for prefills: decode steps still take the decode path (measured: docs/GPU-MODEL.md), unless
+    // the A/B knob MEGAMOE_DENSE_DECODE=off pins such linears to the normal path.
+    const decodeToo = spec.path === undefined && path === 'normal' && process.env.MEGAMOE_DENSE_DECODE !== 'off';
+    return { n: spec.n, k: spec.k, path, decodeToo };
   }
 
   /** Compiles (cached) the grouped GEMM(s) for this shape (groupedGemmConfig's checks name any bad dimension). */
   static async create(spec: DenseFp8Spec, capacity: number): Promise<DenseFp8Linear> {
     const s = DenseFp8Linear.spec(spec, capacity);
     const [main, decode] = await Promise.all([
-      GroupedGemm.create({ path: s.path, epilogue: 'bf16', n: s.n, k: s.k }),
-      s.decodeToo ? GroupedGemm.create({ path: 'decode', epilogue: 'bf16', n: s.n, k: s.k }) : undefined,
+      GroupedGemm.create(gemmSpec(s.path, s.n, s.k)),
+      s.decodeToo ? GroupedGemm.create(gemmSpec('decode', s.n, s.k)) : undefined,
     ]);
     return new DenseFp8Linear(main, decode, s, capacity);
   }
 
   static createSync(spec: DenseFp8Spec, capacity: number): DenseFp8Linear {
     const s = DenseFp8Linear.spec(spec, capacity);
-    const decode = s.decodeToo ? GroupedGemm.createSync({ path: 'decode', epilogue: 'bf16', n: s.n, k: s.k }) : undefined;
-    return new DenseFp8Linear(GroupedGemm.createSync({ path: s.path, epilogue: 'bf16', n: s.n, k: s.k }), decode, s, capacity);
+    const decode = s.decodeToo ? GroupedGemm.createSync(gemmSpec('decode', s.n, s.k)) : undefined;
+    return new DenseFp8Linear(GroupedGemm.createSync(gemmSpec(s.path, s.n, s.k)), decode, s, capacity);
   }
 
   /** Binds activations (mCap rows), a weight and a bf16 output [mCap, N]: the tensor maps are encoded once here. */
@@ -122,6 +142,7 @@ export class DenseFp8Linear implements Disposable {
     checkDenseBinding(this.n, this.k, this.mCap, act, weight, out);
     const bindOn = (g: GroupedGemm, numMTiles: DeviceTensor<'I32'>) => g.bind({
       a: act.q, sfa: act.sf, weights: weight.w, sfb: weight.s, groups: 1, tileGroup: this.tileGroup, numMTiles, out, mCap: this.mCap,
+      partial: this.splitK?.partial, arrivals: this.splitK?.arrivals,
     });
     const main = { gemm: bindOn(this.gemm, this.numMTiles), numMTiles: this.numMTiles, rowTile: this.rowTile };
     const decode = this.decodeGemm && this.decodeTiles
@@ -134,6 +155,8 @@ export class DenseFp8Linear implements Disposable {
     this.tileGroup.dispose();
     this.numMTiles.dispose();
     this.decodeTiles?.dispose();
+    this.splitK?.partial.dispose();
+    this.splitK?.arrivals.dispose();
   }
 
   [Symbol.dispose](): void { this.dispose(); }

@@ -157,12 +157,15 @@ export class GpuLayerContext implements Disposable {
     return new GpuLayerContext(config, attention, options, await GpuRowOps.create(config.hcMult));
   }
 
-  /** A dense FP8 GEMM [n, k] on the normal path with this context's row capacity (compiled once per shape). */
+  /**
+   * A dense FP8 GEMM [n, k] with this context's row capacity (a multiple of 128), compiled once per shape: the
+   * normal path, and the split-K decode path for calls of up to DENSE_DECODE_MAX_ROWS rows (decode steps).
+   */
   linear(n: number, k: number): Promise<DenseFp8Linear> {
     const key = `${n}x${k}`;
     let l = this.linears.get(key);
     if (!l) {
-      l = DenseFp8Linear.create({ n, k, path: 'normal' }, this.mCap);
+      l = DenseFp8Linear.create({ n, k }, this.mCap);
       this.linears.set(key, l);
     }
     return l;

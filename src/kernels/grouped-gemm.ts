@@ -64,6 +64,12 @@ export interface GroupedGemmSpec {
    * that fit).
    */
   tuning?: { store?: 'tma' | 'direct'; multicast?: GemmMulticast; stages?: number };
+  /**
+   * Decode path, bf16 epilogue: each (row tile, weight block) unit's K blocks are split over this many CTAs (default 1),
+   * which sum their f32 totals in split order through a workspace (bind's `partial` / `arrivals`): for small-N
+   * GEMMs with few units (the dense projections at decode, dense-fp8.ts). Must divide K/128.
+   */
+  splitK?: number;
 }
 
 /** Everything a launch needs to know about one specialisation (pure: no GPU needed). */
@@ -81,7 +87,17 @@ export interface GroupedGemmConfig {
   /** Rows of the weight / activation tensor maps' boxes. */
   weightBoxRows: number;
   activationBoxRows: number;
+  splitK: number;
   defines: Defines;
+}
+
+/**
+ * f32 elements of a split-K GEMM's partial workspace (GroupedGemmBuffers.partial) and its int32 arrival counters, for
+ * launches with at most `rowTiles` live row tiles (*numMTiles): both are indexed by tile, not by mCap.
+ */
+export function splitKWorkspace(config: GroupedGemmConfig, rowTiles: number): { partialFloats: number; arrivals: number } {
+  if (config.splitK === 1) return { partialFloats: 0, arrivals: 0 };
+  return { partialFloats: config.splitK * rowTiles * config.rowTile * config.spec.n, arrivals: rowTiles * (config.spec.n / (64 * config.sub)) };
 }
 
 function normalPlanBytes(sub: number, stages: number, tmaStore: boolean): number {
@@ -162,18 +178,24 @@ export function groupedGemmConfig(spec: GroupedGemmSpec): GroupedGemmConfig {
     if (t.multicast !== undefined && t.multicast !== 'none') throw new RangeError('grouped GEMM: the decode path has no multicast variant');
   }
   if (!Number.isInteger(stages) || stages < 2) throw new RangeError(`grouped GEMM: ${stages} pipeline stages (need >= 2)`);
+  const splitK = spec.splitK ?? 1;
+  if (!Number.isInteger(splitK) || splitK < 1 || (k / 128) % splitK !== 0) {
+    throw new RangeError(`grouped GEMM: splitK ${splitK} must be a positive integer dividing K/128 = ${k / 128}`);
+  }
+  if (splitK > 1 && (path !== 'decode' || swiglu)) throw new RangeError('grouped GEMM: splitK > 1 needs the decode path and the bf16 epilogue');
   const smemBytes = groupedGemmSmemBytes(path, sub, stages, store === 'tma');
   if (smemBytes > SMEM_LIMIT) {
     throw new RangeError(`grouped GEMM: ${stages} stages need ${smemBytes} bytes of shared memory, more than the ${SMEM_LIMIT} a block may use: use fewer stages`);
   }
   return {
     spec: Object.freeze({ ...spec }), rowTile, sub, stages, multicast, store, weightLayout, threads, smemBytes, weightBoxRows,
-    activationBoxRows,
+    activationBoxRows, splitK,
     defines: {
       GG_SWAP: path === 'decode' ? 1 : 0, GG_EPI: swiglu ? 1 : 0, GG_N: n, GG_K: k, GG_SUB: sub, GG_STAGES: stages,
       GG_MCAST: MCAST_CODE[multicast], GG_STORE: store === 'tma' ? 1 : 0, GG_SMEM_BYTES: smemBytes,
       // Only the tiled variants carry the define, so the default (rows) specialisations keep their cache keys.
       ...(weightLayout === 'tiled' ? { GG_WTILED: 1 } : {}),
+      ...(splitK > 1 ? { GG_SPLITK: splitK } : {}),
     },
   };
 }
@@ -220,6 +242,12 @@ export interface GroupedGemmBuffers {
   rowWeight?: Ptr;
   /** Rows of a / out / rowWeight and columns of sfa: a multiple of the row tile. */
   mCap: number;
+  /**
+   * splitK > 1 only: f32 and int32 workspaces of splitKWorkspace(config, R)'s sizes (counters zeroed once), where
+   * R bounds *numMTiles on every launch: the kernel does not check it.
+   */
+  partial?: Ptr;
+  arrivals?: Ptr;
   /** 'swiglu-fp8': clamp limit L (<= 0: no clamp). */
   swigluLimit?: number;
 }
@@ -269,6 +297,9 @@ export class GroupedGemm {
     if (tiled && b.groups * n * (k / WEIGHT_TILE) >= 2 ** 31) {
       throw new RangeError(`${where}: groups ${b.groups} x N x K / 128 = ${b.groups * n * (k / WEIGHT_TILE)} tiled weight rows exceed 2^31: use weightLayout 'rows' or fewer groups per GEMM`);
     }
+    if (c.splitK > 1 && (b.partial === undefined || b.arrivals === undefined)) {
+      throw new Error(`${where}: splitK ${c.splitK} sums through a workspace: pass partial and arrivals (splitKWorkspace sizes them)`);
+    }
     if (swiglu && (b.outSf === undefined || b.rowWeight === undefined)) {
       throw new Error(`${where}: the SwiGLU epilogue writes outSf and reads rowWeight: pass both buffers`);
     }
@@ -293,6 +324,7 @@ export class GroupedGemm {
       maps[0], maps[1], maps[2], maps[3], arg.ptr(b.sfb), arg.ptr(b.tileGroup), arg.ptr(b.numMTiles), arg.ptr(b.out),
       arg.ptr(swiglu ? b.outSf : null), arg.ptr(swiglu ? b.rowWeight : null),
       arg.f32(swiglu && b.swigluLimit !== undefined && b.swigluLimit > 0 ? b.swigluLimit : 0), arg.i32(m),
+      arg.ptr(c.splitK > 1 ? b.partial : null), arg.ptr(c.splitK > 1 ? b.arrivals : null),
     ];
     return new BoundGroupedGemm(this.kernel, c, grid, args);
   }

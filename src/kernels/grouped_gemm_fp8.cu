@@ -36,7 +36,8 @@
 // Compile-time shape: GG_SWAP (0 normal, 1 decode), GG_EPI (0 bf16, 1 swiglu), GG_N, GG_K (multiples of 128),
 // GG_SUB (normal: NSUB in {1, 2}; decode: MSUB in {1, 2, 4}), GG_STAGES, GG_MCAST (normal: 0 none, 1 weights,
 // 2 activations; default 0), GG_STORE (normal bf16: 1 = TMA store; default 0), GG_WTILED (weight layout: 0 = rows
-// [G, N, K], 1 = tiled [G, N/128, K/128, 128, 128]; default 0; see weight_coord below). The launcher
+// [G, N, K], 1 = tiled [G, N/128, K/128, 128, 128]; default 0; see weight_coord below), GG_SPLITK (decode bf16: K
+// splits per unit over CTAs, reduced deterministically; default 1; gemm/grouped.cuh decode_body). The launcher
 // (src/kernels/grouped-gemm.ts) picks these and builds the tensor maps; the harness (tools/gemm-harness)
 // instantiates the templates itself and defines GG_NO_ENTRY.
 //
@@ -44,7 +45,8 @@
 // tmap_b (weights as [G*N, K], box 128 x 128 rows normal / 64*MSUB rows decode; GG_WTILED 1: as [G*N*K/128, 128],
 // box 128 x 128 rows, 64 rows for MSUB 1), tmap_sfa (f32 [K/128, m_cap], box
 // rowTile x 1), tmap_d (bf16 [m_cap, N], box 64 x 64, 128B swizzle; read only with GG_STORE 1), sfb, tile_group,
-// num_m_tiles, out, out_sf, row_weight, swiglu_limit, m_cap.
+// num_m_tiles, out, out_sf, row_weight, swiglu_limit, m_cap, partial (f32 GG_SPLITK x 16 x N per live row tile) and
+// arrivals (int32 N/(64 MSUB) per live row tile, zeroed once) for GG_SPLITK > 1, else null.
 #include "common.cuh"
 #include "gemm/ptx.cuh"
 #include "gemm/wgmma_e4m3.cuh"
@@ -59,11 +61,11 @@
       const __grid_constant__ gg::TmaDesc tmap_sfa, const __grid_constant__ gg::TmaDesc tmap_d,                   \
       const float *__restrict__ sfb, const int *__restrict__ tile_group, const int *__restrict__ num_m_tiles,      \
       void *__restrict__ out, float *__restrict__ out_sf, const float *__restrict__ row_weight, float swiglu_limit, \
-      int m_cap
+      int m_cap, float *__restrict__ partial, int *__restrict__ arrivals
 // The flat kernel parameters packed into the bodies' argument struct, and a fresh ring (the GEMM owns its setup).
 #define GG_KERNEL_ARGS                                                                                           \
   gg::GemmArgs{&tmap_a, &tmap_b, &tmap_sfa, &tmap_d, sfb, tile_group, num_m_tiles, out, out_sf, row_weight,        \
-               swiglu_limit, m_cap},                                                                             \
+               swiglu_limit, m_cap, partial, arrivals},                                                          \
       ring
 
 template <int kN, int kK, int kNSub, int kStages, int kEpi, int kStore, int kWTiled = 0>
@@ -78,10 +80,11 @@ __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(384, 1) gg_normal_cl
   gg::normal_body<kN, kK, kNSub, kStages, kEpi, kMcast, kStore, kWTiled>(GG_KERNEL_ARGS);
 }
 
-template <int kN, int kK, int kMSub, int kStages, int kEpi, int kWTiled = 0>
+template <int kN, int kK, int kMSub, int kStages, int kEpi, int kWTiled = 0, int kSplitK = 1>
 __global__ void __launch_bounds__(256, 1) gg_decode_kernel(GG_KERNEL_PARAMS) {
   gg::Ring ring;
-  gg::decode_body<kN, kK, kMSub, kStages, kEpi, kWTiled>(GG_KERNEL_ARGS);
+  gg::decode_body<kN, kK, kMSub, kStages, kEpi, kWTiled, gg::DecodePlan<kMSub, kStages>, gg::NoSync, true, kSplitK>(
+      GG_KERNEL_ARGS);
 }
 
 #ifndef GG_NO_ENTRY
@@ -97,6 +100,9 @@ __global__ void __launch_bounds__(256, 1) gg_decode_kernel(GG_KERNEL_PARAMS) {
 #ifndef GG_WTILED
 #define GG_WTILED 0
 #endif
+#ifndef GG_SPLITK
+#define GG_SPLITK 1
+#endif
 #ifndef GG_SMEM_BYTES
 #error "grouped_gemm_fp8.cu needs -DGG_SMEM_BYTES (the launcher's shared-memory plan, checked against the kernel's)"
 #endif
@@ -110,7 +116,8 @@ static_assert(gg::NormalPlan<GG_SUB, GG_STAGES, GG_EPI == 0 ? GG_STORE : 0>::kSm
 #if GG_SWAP
 extern "C" __global__ void __launch_bounds__(256, 1) grouped_gemm_fp8(GG_KERNEL_PARAMS) {
   gg::Ring ring;
-  gg::decode_body<GG_N, GG_K, GG_SUB, GG_STAGES, GG_EPI, GG_WTILED>(GG_KERNEL_ARGS);
+  gg::decode_body<GG_N, GG_K, GG_SUB, GG_STAGES, GG_EPI, GG_WTILED, gg::DecodePlan<GG_SUB, GG_STAGES>, gg::NoSync, true,
+                  GG_SPLITK>(GG_KERNEL_ARGS);
 }
 #elif GG_MCAST != 0
 extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(384, 1) grouped_gemm_fp8(GG_KERNEL_PARAMS) {

@@ -4,7 +4,7 @@
 // `megamoe kernels --check` and their loading. The launchers with the shape checks live in src/gpu-model/ (kernels
 // register here because `megamoe kernels` discovers src/kernels/ modules); this module knows files, entries, defines.
 import { loadKernel, loadKernelSync, registerKernel, type Kernel } from '../cuda/index.js';
-import { GROUPED_GEMM_ENTRY, GROUPED_GEMM_SOURCE, groupedGemmConfig } from './grouped-gemm.js';
+import { GROUPED_GEMM_ENTRY, GROUPED_GEMM_SOURCE, groupedGemmConfig, type GemmPath, type GroupedGemmSpec } from './grouped-gemm.js';
 
 export const MODEL_OPS_SOURCE = 'model_ops.cu';
 export const MODEL_OPS_ENTRIES = ['mo_embed', 'mo_rms_norm', 'mo_rope', 'mo_hc_pre', 'mo_hc_head', 'mo_hc_pre_mix', 'mo_hc_head_mix', 'mo_hc_post', 'mo_mtp_combine', 'mo_q_renorm'] as const;
@@ -82,6 +82,27 @@ export function denseProjectionShapes(c: DenseShapeSource): Array<{ name: string
   ];
 }
 
+/** CTAs a decode-path dense GEMM aims to keep busy (about one per SM of an H100 / H200, 132). */
+const DENSE_SPLIT_TARGET_CTAS = 128;
+
+/**
+ * K splits of a decode-path dense GEMM: a 64-row weight unit walks its K blocks at a fixed cost each, so a GEMM with
+ * few units (wq_a, wkv: N <= 1024) leaves most SMs idle (docs/GPU-MODEL.md, "The dense projections at batch 1");
+ * splitting K over CTAs (powers of two dividing K/128, at least 2 K blocks each) fills ~128 of them.
+ */
+export function denseDecodeSplitK(n: number, k: number): number {
+  const units = n / 64;
+  const kBlocks = k / 128;
+  let s = 1;
+  while (units * s * 2 <= DENSE_SPLIT_TARGET_CTAS && kBlocks % (s * 2) === 0 && kBlocks / (s * 2) >= 2) s *= 2;
+  return s;
+}
+
+/** The grouped-GEMM specialisation of a dense projection [n, k] on one path (the decode path split over K). */
+export function denseGemmSpec(path: GemmPath, n: number, k: number): GroupedGemmSpec {
+  return path === 'decode' ? { path, epilogue: 'bf16', n, k, splitK: denseDecodeSplitK(n, k) } : { path, epilogue: 'bf16', n, k };
+}
+
 /**
  * V4-Flash's published attention dims (SPEC 1, V4-MODEL 0.1), ONLY to pick the variants CI compiles; a real
  * model's shapes always come from its config (denseProjectionShapes(modelConfig)); others compile on first use.
@@ -96,6 +117,6 @@ registerKernel({
   entry: GROUPED_GEMM_ENTRY,
   // Flash, both paths, without the MTP projection (same kernel as any N = K = 4096 GEMM): 10 variants.
   variants: denseProjectionShapes(FLASH_DENSE_SHAPES).slice(0, 5).flatMap(({ name, n, k }) => (['decode', 'normal'] as const).map((path) => ({
-    label: `flash-${name}-${path}`, defines: groupedGemmConfig({ path, epilogue: 'bf16', n, k }).defines,
+    label: `flash-${name}-${path}`, defines: groupedGemmConfig(denseGemmSpec(path, n, k)).defines,
   }))),
 });

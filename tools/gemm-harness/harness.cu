@@ -156,7 +156,7 @@ static gg::TmaDesc make_map(void* ptr, CUtensorMapDataType dt, unsigned long lon
 // A problem: kernel variant + shapes + routing layout
 // ---------------------------------------------------------------------------------------------------------------
 typedef void (*KernelFn)(gg::TmaDesc, gg::TmaDesc, gg::TmaDesc, gg::TmaDesc, const float*, const int*, const int*,
-                         void*, float*, const float*, float, int);
+                         void*, float*, const float*, float, int, float*, int*);
 
 struct Variant {
   std::string name;
@@ -328,7 +328,7 @@ static int g_num_sms = 132;
 
 static void launch(DeviceProblem& P, const int* tile_group, cudaStream_t st = 0) {
   P.v.fn<<<g_num_sms, P.v.threads, P.v.smem, st>>>(P.ma, P.mb, P.msfa, P.md, P.d_sfb, tile_group, P.d_num, P.d_out,
-                                                   P.d_out_sf, P.d_w, P.limit, P.L.m_cap);
+                                                   P.d_out_sf, P.d_w, P.limit, P.L.m_cap, nullptr, nullptr);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

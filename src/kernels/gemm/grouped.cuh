@@ -458,6 +458,49 @@ __device__ __forceinline__ void decode_prefetch_weights(const TmaDesc* tmap_b, i
       tma_prefetch_2d(tmap_b, c.x, c.y);
     }
 }
+// The split-K epilogue of decode_body (see there): each consumer thread stores its totals at its own slot of the
+// split's partial tile (coalesced, and the reducing CTA's thread with the same tid holds the same outputs), then
+// the CTA counts its arrival; the last split's CTA reduces. `flag` is shared scratch for the broadcast.
+template <int kN, int kMSub, int kSplitK>
+__device__ __forceinline__ void split_k_epilogue(const GemmArgs& ga, const float (&fin)[kMSub][8], int mt, int wb,
+                                                 int ks, int tok0, int tid, int wq, int q, int rl, int* flag) {
+  constexpr int kRowsW = 64 * kMSub;
+  constexpr int kWBlocks = kN / kRowsW;
+  constexpr int kTileFloats = kMSub * 8 * 128;
+  const int tile = mt * kWBlocks + wb;
+  auto slot = [&](int split, int s, int i) {  // tile-major: the workspace covers only the row tiles ever live
+    return ga.partial + ((size_t)tile * kSplitK + split) * kTileFloats + (s * 8 + i) * 128 + tid;
+  };
+#pragma unroll
+  for (int s = 0; s < kMSub; s++)
+#pragma unroll
+    for (int i = 0; i < 8; i++) __stcg(slot(ks, s, i), fin[s][i]);
+  __threadfence();  // this thread's partials are visible device-wide before the CTA counts itself in
+  named_barrier_sync(1, 128);
+  if (tid == 0) {
+    const int last = atomicAdd(ga.arrivals + tile, 1) == kSplitK - 1;
+    if (last) ga.arrivals[tile] = 0;  // every split has arrived: the counter is ready for the next launch
+    *flag = last;
+  }
+  named_barrier_sync(1, 128);
+  // (The next unit's tid 0 rewrites *flag only after that unit's first barrier, past every thread's read here.)
+  if (!*flag) return;
+  __threadfence();
+  unsigned short* d = reinterpret_cast<unsigned short*>(ga.out);
+#pragma unroll
+  for (int s = 0; s < kMSub; s++) {
+    const int n = wb * kRowsW + 64 * s + 16 * wq + rl;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+      float v = __ldcg(slot(0, s, i));
+#pragma unroll
+      for (int sp = 1; sp < kSplitK; sp++) v += __ldcg(slot(sp, s, i));  // split order: the same sum every run
+      const long long tok = tok0 + 8 * (i >> 2) + 2 * q + (i & 1);
+      d[tok * kN + n + 8 * ((i >> 1) & 1)] = f32_to_bf16(v);
+    }
+  }
+}
+
 // Dynamic scheduling (Sync::kDynamic): the unit of each announced position, ring.seq modulo kUnitSlots. The producer
 // is at most kStages stages (so units) ahead of its consumers, and every GEMM of a kernel shares the array.
 constexpr int kUnitSlots = 16;
@@ -466,8 +509,14 @@ __device__ __forceinline__ int* unit_slots() {
   return slots;
 }
 
+// kSplitK > 1 (bf16 epilogue, standalone only): every unit (row tile, weight block) is split into kSplitK units of
+// consecutive K ranges on different CTAs, so a small-N GEMM (the dense projections at decode) keeps more SMs streaming
+// weights. Each split writes its f32 totals to ga.partial [tile][kSplitK][64 MSUB x 16]; the split that arrives last on
+// the tile's counter (ga.arrivals [tile], zero between launches: the last one resets it) sums the
+// kSplitK partials in split order and writes bf16, so the result is the same whichever CTA finishes last. Both
+// workspaces are indexed by tile (mt * N / (64 MSUB) + wb), so they need only cover the row tiles a launch has live.
 template <int kN, int kK, int kMSub, int kStages, int kEpi, int kWTiled, class P = DecodePlan<kMSub, kStages>,
-          class Sync = NoSync, bool kOwnSetup = true>
+          class Sync = NoSync, bool kOwnSetup = true, int kSplitK = 1>
 __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, const Sync& sync = Sync()) {
   const TmaDesc* tmap_a = ga.tmap_a;
   const TmaDesc* tmap_b = ga.tmap_b;
@@ -493,6 +542,9 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
   static_assert(P::kBBytes >= kRowsW * kBlockK, "the plan's stages must hold this GEMM's weight tile");
   static_assert(!(Sync::kWaits || Sync::kPublishes) || !kOwnSetup, "cross-CTA hooks run inside the fused kernel");
   static_assert(!Sync::kDynamic || kStages < kUnitSlots, "dynamic scheduling: more stages than unit slots");
+  static_assert(kSplitK >= 1 && kKB % kSplitK == 0, "split-K: K/128 must be a multiple of the split count");
+  static_assert(kSplitK == 1 || (kEpi == 0 && kOwnSetup && !Sync::kDynamic), "split-K: bf16 epilogue, standalone GEMM only");
+  constexpr int kKBSplit = kKB / kSplitK;  // K blocks per unit
   constexpr bool kDyn = Sync::kDynamic;
   constexpr u32 kUnitBBytes = kRowsW * kBlockK;  // weight bytes of one stage (a stage slot may be larger)
 
@@ -516,7 +568,16 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
     __syncthreads();
   }
 
-  const int n_units = live_row_tiles(num_m_tiles, m_cap, kDecodeRows) * kWBlocks;
+  const int n_units = live_row_tiles(num_m_tiles, m_cap, kDecodeRows) * kWBlocks * kSplitK;
+  // Unit u -> (row tile, weight block, K split): splits of one tile are adjacent, so they land on adjacent CTAs.
+  struct DUnit {
+    int mt, wb, ks;
+  };
+  auto dunit_of = [](int u) -> DUnit {
+    const int t = u / kSplitK;
+    const int mt = t / kWBlocks;
+    return {mt, t - mt * kWBlocks, u - t * kSplitK};
+  };
 
   if (warp >= 4) {
     // ---------------- producer warpgroup: one thread keeps up to kStages tiles of weights in flight ----------------
@@ -528,7 +589,8 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
       int u = kDyn ? ring.carry : sync.first_unit((int)blockIdx.x, (int)gridDim.x);
       for (int next; u < n_units; u = next) {
         next = kDyn ? sync.grab() : u + (int)gridDim.x;  // dynamic: issued now, its answer needed only at the end
-        const int mt = u / kWBlocks, wb = u - mt * kWBlocks;
+        const DUnit du = dunit_of(u);
+        const int mt = du.mt, wb = du.wb, kb0 = du.ks * kKBSplit;
         const int g = tile_group[mt];
         if (g < 0) continue;
         const int b_row = wb * kRowsW;  // first weight row of the unit within expert g
@@ -538,7 +600,7 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
           // Its A is not written yet: pull this unit's weights into L2 meanwhile (decode: L2 while L1 runs).
           decode_prefetch_weights<kN, kK, kMSub, kWTiled>(tmap_b, g, b_row, 0, kKB);
         }
-        for (int kb = 0; kb < kKB; kb++) {
+        for (int kb = kb0; kb < kb0 + kKBSplit; kb++) {
           mbar_wait(empty_bar(stage), phase ^ 1);
           if (kDyn && kb == 0) unit_slots()[ring.seq++ % kUnitSlots] = u;  // released by this stage's arrive
           if (!a_ready && !sync.wait(mt, kb)) {  // abort: pass the stage on without data
@@ -596,7 +658,8 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
     } else if (u >= n_units) {
       break;
     }
-    const int mt = u / kWBlocks, wb = u - mt * kWBlocks;
+    const DUnit du = dunit_of(u);
+    const int mt = du.mt, wb = du.wb, kb0 = du.ks * kKBSplit, kb_end = kb0 + kKBSplit;
     const int g = tile_group[mt];
     if (!kDyn && g < 0) continue;  // (dynamic: the producer never announces one)
 
@@ -628,10 +691,10 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
       }
     };
     float sbv[kMSub][2];
-    load_sb(0, sbv);
-    for (int kb = 0; kb < kKB; kb++) {
+    load_sb(kb0, sbv);
+    for (int kb = kb0; kb < kb_end; kb++) {
       float nsbv[kMSub][2];  // next K block's scales, loaded while this block waits and computes
-      load_sb(kb + 1 < kKB ? kb + 1 : kb, nsbv);
+      load_sb(kb + 1 < kb_end ? kb + 1 : kb, nsbv);
       if (!kDyn || kb > 0) mbar_wait(full_bar(stage), phase);  // (dynamic: K block 0 waited above)
       const u32 sfa_base = sbase + P::kOffSfa + stage * P::kSfaSlot;
       float ts[4];
@@ -673,7 +736,10 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
     }
 
     const int tok0 = mt * kDecodeRows;
-    if (kEpi == 0) {
+    if (kSplitK > 1) {
+      split_k_epilogue<kN, kMSub, kSplitK>(ga, fin, mt, wb, du.ks, tok0, tid, wq, q, rl,
+                                           reinterpret_cast<int*>(smem + P::kOffAmax));
+    } else if (kEpi == 0) {
       unsigned short* d = reinterpret_cast<unsigned short*>(out);
 #pragma unroll
       for (int s = 0; s < kMSub; s++) {

@@ -53,6 +53,9 @@ struct GemmArgs {
   const float* __restrict__ row_weight;
   float swiglu_limit;
   int m_cap;
+  // Split-K decode GEMMs only (decode_body's kSplitK): f32 partial totals and per-tile arrival counters.
+  float* __restrict__ partial = nullptr;
+  int* __restrict__ arrivals = nullptr;
 };
 
 // Cross-CTA hooks of a GEMM body. The standalone GEMM has none; the fused kernel (mega_moe.cu) waits for an L2 A
