@@ -288,7 +288,7 @@ export function registerModelBench(bench: Command): void {
     .option('--prefill-runs <n>', 'timed prefills per length', intArg('--prefill-runs', 1), d.prefillRuns)
     .option('--profile-runs <n>', 'profiled decode steps per row for the per-layer parts (0: none)', intArg('--profile-runs', 0), d.profileRuns)
     .option('--moe-backend <name>', `every layer's MoE block: ${GPU_MOE_BACKENDS.join(' | ')} (mega_moe: the fused kernel)`, oneOf('--moe-backend', GPU_MOE_BACKENDS), 'unfused')
-    .option('--decode-graphs', 'decode steps as CUDA graphs, one per (batch, context bucket) (not yet run on a GPU)')
+    .option('--decode-graphs', 'decode steps as CUDA graphs, one per (batch, context bucket), as the server runs them (serve --device gpu without --enforce-eager)')
     .option('--seed <n>', 'seed of the weights and token ids', intArg('--seed', 0, 0xffff), 1)
     .option('--out <dir>', 'output directory', 'bench-out')
     .option('--commit <sha>', 'commit to record (default: $MEGAMOE_COMMIT, else git rev-parse --short HEAD)')

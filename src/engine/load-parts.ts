@@ -20,7 +20,7 @@ export interface LoadPartsOptions {
   enableExpertParallel: boolean;
   /** Where the forward runs (serve --device): cpu (default) or gpu, the whole step on one GPU with these sizes. */
   device?: 'cpu' | 'gpu';
-  gpu?: { maxSequences: number; maxRows: number; maxContext?: number };
+  gpu?: { maxSequences: number; maxRows: number; maxContext?: number; decodeGraphs?: boolean };
 }
 
 /** What src/model/index.ts is expected to export. */

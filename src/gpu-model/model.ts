@@ -20,7 +20,7 @@
 // Not here: the MTP layer (its block is a ratio-0 layer and `mtpCombine` exists, but the e_proj / h_proj wiring, the
 // MTP's cache positions and the head-hidden hand-over are not built: GpuModel loads without it), chunked-prefill
 // scheduling (the caller's), expert parallelism (one GPU holds every expert). Decode steps as CUDA graphs exist behind
-// decodeGraphs (off: not yet run on a GPU).
+// decodeGraphs (off by default here; loadModel, so serve --device gpu, turns it on unless --enforce-eager).
 import { CudaGraph, DeviceTensor, ensureContext } from '../cuda/index.js';
 import type { CausalLM, DeviceSamplingLM, ModelSequence, ModelStepItem } from '../model/causal-lm.js';
 import type { ModelConfig } from '../model/config.js';
@@ -67,7 +67,7 @@ export interface GpuModelOptions {
   /**
    * Decode calls of sample() / stepAndSample() (one token per item) replay one CUDA graph per (items, context bucket:
    * decodeContextBucket) instead of launching each kernel: the attention launches take the bucket's shapes
-   * (GpuAttention.begin shapeContext). Default off: not yet run on a GPU (docs/GPU-MODEL.md).
+   * (GpuAttention.begin shapeContext). Default off (loadModel turns it on); measured in docs/GPU-MODEL.md.
    */
   decodeGraphs?: boolean;
 }

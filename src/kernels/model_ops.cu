@@ -224,30 +224,35 @@ __device__ double sinkhorn_block(double c, int iters, double eps, double (*buf)[
 // no block barrier: every value read is the one sinkhorn_block reads from buf (the element's value after the previous
 // step), and every sum adds the same values in the same order (row j: k ascending; column k: j ascending), so the
 // result is the same bit for bit. The whole warp calls it (full-warp shuffles); lanes outside a matrix pass anything.
-__device__ double sinkhorn_warp(double c, int iters, double eps, int e, int base) {
+__device__ double sinkhorn_warp(double c0, int iters, double eps, int e, int base) {
+  // Every value a step reads is an f32 held in f64 (each step ends rounding to f32), so the state travels as a float:
+  // one shuffle instead of two, and the divisions are f32's. For f32 operands the f64 quotient rounded to f32 IS the
+  // correctly rounded f32 quotient (double rounding is innocuous for +-*/ when 53 >= 2 x 24 + 2 bits), so
+  // __fdiv_rn(c, d) gives __double2float_rn(__ddiv_rn(c, d))'s bits at a fraction of its latency (20 iterations of
+  // two dependent steps: the Sinkhorn was half of mo_hc_pre's time at one row, docs/GPU-MODEL.md).
   const int j = e / kHc;
   const int k = e - j * kHc;
-  auto line_sum = [&](double v, bool row) {
+  auto line_sum = [&](float v, bool row) {
     double s = 0.0;
-    for (int i = 0; i < kHc; i++) s += __shfl_sync(mo::kFull, v, base + (row ? j * kHc + i : i * kHc + k));
+    for (int i = 0; i < kHc; i++) s += (double)__shfl_sync(mo::kFull, v, base + (row ? j * kHc + i : i * kHc + k));
     return s;
   };
   // The first row normalisation is a softmax.
+  const float cin = __double2float_rn(c0);  // exact: c0 is an f32 value
   double mx = -INFINITY;
-  for (int i = 0; i < kHc; i++) mx = fmax(mx, __shfl_sync(mo::kFull, c, base + j * kHc + i));
-  c = (double)__double2float_rn(exp(c - mx));
+  for (int i = 0; i < kHc; i++) mx = fmax(mx, (double)__shfl_sync(mo::kFull, cin, base + j * kHc + i));
+  float c = __double2float_rn(exp(c0 - mx));
   {
-    const double s = (double)__double2float_rn(line_sum(c, true));
-    const float d = __double2float_rn(__ddiv_rn(c, s));
-    c = (double)__double2float_rn(__dadd_rn((double)d, eps));
+    const float d = __fdiv_rn(c, __double2float_rn(line_sum(c, true)));
+    c = __double2float_rn(__dadd_rn((double)d, eps));
   }
   for (int it = 0; it < iters; it++) {
     for (int row = it > 0 ? 1 : 0; row >= 0; row--) {  // rows (from the second iteration), then columns
-      const double den = (double)__double2float_rn(__dadd_rn((double)__double2float_rn(line_sum(c, row != 0)), eps));
-      c = (double)__double2float_rn(__ddiv_rn(c, den));
+      const float den = __double2float_rn(__dadd_rn((double)__double2float_rn(line_sum(c, row != 0)), eps));
+      c = __fdiv_rn(c, den);
     }
   }
-  return c;
+  return (double)c;
 }
 
 // "dot8_f64's chain" (the kernels' dot products, as before they shared loads between rows): acc + fn[0..8) . f[0..8)

@@ -297,10 +297,34 @@ mo_sample(const float* __restrict__ logits, long long row_stride, int V, int row
 
   // Argmax (lowest id among equal values) and NaN detection: sampler.ts argmax.
   float bv = -INFINITY; int bi = -1; int nan = 0;
-  for (int i = tid; i < V; i += blockDim.x) {
-    const float v = __ldg(l + i);
+  auto visit = [&](float v, int i) {
     if (v != v) nan = 1;
     else if (bi < 0 || v > bv) { bv = v; bi = i; }  // ascending i per thread: the first maximum stays
+  };
+  const int nt = blockDim.x;
+  if ((V & 3) == 0 && (reinterpret_cast<unsigned long long>(l) & 15u) == 0) {
+    // 16-byte loads, four in flight per thread (a greedy row is this pass alone: one f32 load at a time, dependent
+    // compares between them, took 55 us for V = 129280 on an H200, docs/GPU-MODEL.md). Each thread still visits its
+    // ids in ascending order.
+    const float4* l4 = reinterpret_cast<const float4*>(l);
+    const int V4 = V >> 2;
+    int i = tid;
+    for (; i + 3 * nt < V4; i += 4 * nt) {
+      float4 q[4];
+#pragma unroll
+      for (int u = 0; u < 4; u++) q[u] = __ldg(l4 + i + u * nt);
+#pragma unroll
+      for (int u = 0; u < 4; u++) {
+        const int b = 4 * (i + u * nt);
+        visit(q[u].x, b); visit(q[u].y, b + 1); visit(q[u].z, b + 2); visit(q[u].w, b + 3);
+      }
+    }
+    for (; i < V4; i += nt) {
+      const float4 q = __ldg(l4 + i);
+      visit(q.x, 4 * i); visit(q.y, 4 * i + 1); visit(q.z, 4 * i + 2); visit(q.w, 4 * i + 3);
+    }
+  } else {
+    for (int i = tid; i < V; i += nt) visit(__ldg(l + i), i);
   }
   for (int o = 16; o > 0; o >>= 1) {
     const float ov = __shfl_xor_sync(0xffffffffu, bv, o);

@@ -20,6 +20,8 @@ export interface GpuLoadSizes {
   maxRows?: number;
   /** Longest sequence (the server's --max-model-len); default GpuModel's. */
   maxContext?: number;
+  /** Decode steps as CUDA graphs (GpuModelOptions.decodeGraphs); default on, off with the server's --enforce-eager. */
+  decodeGraphs?: boolean;
 }
 
 /**
@@ -39,6 +41,7 @@ export async function loadModel(dir: string, opts: { backend?: string; enableExp
     const maxSequences = g.maxSequences ?? 1;
     return GpuModel.load(dir, {
       maxSequences, maxItems: maxSequences, maxRows: g.maxRows, maxContext: g.maxContext, moeBackend: b === 'mega_moe' ? 'mega_moe' : 'unfused',
+      decodeGraphs: g.decodeGraphs ?? true,
     });
   }
   return DeepSeekV4Model.load(dir, { backend: opts.backend, enableExpertParallel: opts.enableExpertParallel });

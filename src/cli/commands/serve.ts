@@ -46,6 +46,8 @@ export interface ServeOptions {
   shutdownTimeout: number;
   /** --disable-log-stats: no periodic stats line. */
   disableLogStats?: boolean;
+  /** --enforce-eager (vLLM's flag): --device gpu launches every kernel of a decode step instead of replaying CUDA graphs. */
+  enforceEager?: boolean;
 }
 
 /** How the serving parts are obtained; tests pass their own (the CLI path is otherwise the real one). */
@@ -186,7 +188,7 @@ export async function startServer(opts: ServeOptions, loadParts: PartsLoader = l
   const batchedTokens = onGpu ? (opts.maxNumBatchedTokens ?? 2048) : opts.maxNumBatchedTokens;
   const parts = await loadParts(plan.modelDir, {
     backend: plan.backend, enableExpertParallel: opts.enableExpertParallel, device: opts.device,
-    gpu: onGpu ? { maxSequences: opts.maxNumSeqs, maxRows: batchedTokens!, maxContext: opts.maxModelLen } : undefined,
+    gpu: onGpu ? { maxSequences: opts.maxNumSeqs, maxRows: batchedTokens!, maxContext: opts.maxModelLen, decodeGraphs: !opts.enforceEager } : undefined,
   });
   const maxModelLen = opts.maxModelLen ?? parts.model.maxContext;
   if (maxModelLen > parts.model.maxContext) {
@@ -287,6 +289,7 @@ export function register(program: Command, loadParts: PartsLoader = loadEnginePa
     .option('--data-parallel-size <n>', 'data-parallel ranks; with --enable-expert-parallel the EP size is tp x dp (vLLM\'s -dp)', intArg('--data-parallel-size', 1, 1024), 1)
     .option('--request-timeout <s>', 'per-request deadline in seconds (0: none); generation stops with finish_reason "length"', intArg('--request-timeout', 0), 600)
     .option('--disable-log-stats', 'no periodic throughput / queue line on stderr')
+    .option('--enforce-eager', 'with --device gpu: launch each kernel of a decode step instead of replaying a CUDA graph per (batch, context bucket), as vLLM\'s flag')
     .option('--shutdown-timeout <s>', 'on SIGTERM, seconds to let requests finish before cancelling them', intArg('--shutdown-timeout', 0), 30)
     .action(async (positional: string | undefined, opts: ServeOptions) => {
       if (positional && opts.model && path.resolve(positional) !== path.resolve(opts.model)) {
