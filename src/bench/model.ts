@@ -231,7 +231,7 @@ export async function runModelBench(o: ModelBenchOptions, log: (line: string) =>
   }
   const notes = [
     `The MoE block is the ${o.moeBackend ?? 'unfused'} backend; expert weights random on the GPU (seeded per layer), dense weights the synthetic checkpoint's (seed ${o.seed}); token ids random.`,
-    ...(o.decodeGraphs ? ['Decode steps replay one CUDA graph per (batch, context bucket) (--decode-graphs); the profiled steps run eagerly.'] : []),
+    ...(o.decodeGraphs ? ['Decode steps replay one CUDA graph per (batch, context bucket), as the server runs them; the profiled steps (per-layer parts) run eagerly.'] : ['Decode steps run eagerly (--enforce-eager): one launch per kernel.']),
     'Decode "experts touched / layer" is the last timed step\'s routing (distinct routed experts, mean over layers); prefill rows use the uniform-routing expectation per call.',
   ];
   if (o.kvFill === 'skip') notes.push('Decode contexts: positions advanced without computing them (--kv-fill skip), cache rows zero: timing only, the outputs are not a model\'s.');
@@ -256,7 +256,7 @@ export async function runModelBench(o: ModelBenchOptions, log: (line: string) =>
 /** The CLI's options as commander hands them over. */
 export interface ModelBenchCliOptions {
   preset: string; layers: number; batches: string; contexts: string; prefill: string; prefillChunk: string; kvFill: string;
-  warmup: number; runs: number; prefillRuns: number; profileRuns: number; seed: number; out: string; commit?: string; moeBackend: string; decodeGraphs?: boolean;
+  warmup: number; runs: number; prefillRuns: number; profileRuns: number; seed: number; out: string; commit?: string; moeBackend: string; enforceEager?: boolean;
 }
 
 /** The CLI's options into checked ModelBenchOptions (errors name the flag and the fix). */
@@ -265,7 +265,7 @@ export function modelBenchOptionsFromCli(c: ModelBenchCliOptions, command: strin
     preset: c.preset as ModelBenchPreset, layers: c.layers, batches: parseSizeList('batches', c.batches), contexts: parseSizeList('contexts', c.contexts),
     prefill: parseSizeList('prefill', c.prefill), prefillChunk: parseSize('prefill-chunk', c.prefillChunk), kvFill: c.kvFill as KvFill,
     warmup: c.warmup, runs: c.runs, prefillRuns: c.prefillRuns, profileRuns: c.profileRuns, seed: c.seed, out: c.out, commit: c.commit, command,
-    moeBackend: c.moeBackend as GpuMoeBackend, decodeGraphs: c.decodeGraphs === true,
+    moeBackend: c.moeBackend as GpuMoeBackend, decodeGraphs: c.enforceEager !== true,
   });
 }
 
@@ -288,7 +288,7 @@ export function registerModelBench(bench: Command): void {
     .option('--prefill-runs <n>', 'timed prefills per length', intArg('--prefill-runs', 1), d.prefillRuns)
     .option('--profile-runs <n>', 'profiled decode steps per row for the per-layer parts (0: none)', intArg('--profile-runs', 0), d.profileRuns)
     .option('--moe-backend <name>', `every layer's MoE block: ${GPU_MOE_BACKENDS.join(' | ')} (mega_moe: the fused kernel)`, oneOf('--moe-backend', GPU_MOE_BACKENDS), 'unfused')
-    .option('--decode-graphs', 'decode steps as CUDA graphs, one per (batch, context bucket), as the server runs them (serve --device gpu without --enforce-eager)')
+    .option('--enforce-eager', 'launch each kernel of a decode step instead of replaying a CUDA graph per (batch, context bucket) (as serve --enforce-eager)')
     .option('--seed <n>', 'seed of the weights and token ids', intArg('--seed', 0, 0xffff), 1)
     .option('--out <dir>', 'output directory', 'bench-out')
     .option('--commit <sha>', 'commit to record (default: $MEGAMOE_COMMIT, else git rev-parse --short HEAD)')

@@ -66,8 +66,20 @@ export function uploadFp8Linear(lin: Fp8Linear, stream?: StreamLike): DeviceFp8W
   return uploadFp8Weight(encodeE4M3Array(lin.w), lin.s, lin.out, lin.in, stream);
 }
 
-/** Rows at or below which the 'decode' path is the default (the MoE's measured crossover is ~14 rows per expert). */
-export const DENSE_DECODE_MAX_ROWS = 16;
+/**
+ * Rows at or below which the 'decode' path is the default (the MoE's measured crossover is ~14 rows per expert): 16,
+ * or a multiple of 16 from the A/B knob MEGAMOE_DENSE_DECODE_ROWS (the dense crossover is not measured yet).
+ */
+export const DENSE_DECODE_MAX_ROWS = decodeMaxRows(process.env.MEGAMOE_DENSE_DECODE_ROWS);
+
+function decodeMaxRows(v: string | undefined): number {
+  if (v === undefined || v === '') return 16;
+  const n = Number(v);
+  if (!(Number.isInteger(n) && n >= 16 && n % 16 === 0 && n <= 4096)) {
+    throw new GpuModelArgumentError('MEGAMOE_DENSE_DECODE_ROWS', `"${v}"`, 'set a multiple of 16 up to 4096, or unset it');
+  }
+  return n;
+}
 
 /** denseGemmSpec, with the A/B knob MEGAMOE_DENSE_DECODE=nosplit (the decode path without its K split). */
 function gemmSpec(path: GemmPath, n: number, k: number): GroupedGemmSpec {
@@ -104,8 +116,9 @@ export class DenseFp8Linear implements Disposable {
     this.numMTiles = DeviceTensor.zeros('I32', [1]);
     this.decodeTiles = decodeGemm ? DeviceTensor.zeros('I32', [1]) : undefined;
     const dg = spec.path === 'decode' ? gemm : decodeGemm;
-    // Decode calls of a two-path linear have at most DENSE_DECODE_MAX_ROWS rows: one 16-row tile.
-    const ws = dg ? splitKWorkspace(dg.config, dg === decodeGemm ? 1 : this.mCap / GROUPED_GEMM_ROW_TILE.decode) : undefined;
+    // Decode calls of a two-path linear have at most DENSE_DECODE_MAX_ROWS rows.
+    const decodeRowTiles = dg === decodeGemm ? Math.ceil(Math.min(DENSE_DECODE_MAX_ROWS, this.mCap) / GROUPED_GEMM_ROW_TILE.decode) : this.mCap / GROUPED_GEMM_ROW_TILE.decode;
+    const ws = dg ? splitKWorkspace(dg.config, decodeRowTiles) : undefined;
     this.splitK = ws && ws.arrivals > 0
       ? { partial: DeviceTensor.empty('F32', [ws.partialFloats]), arrivals: DeviceTensor.zeros('I32', [ws.arrivals]) }
       : undefined;
