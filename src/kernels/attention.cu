@@ -206,7 +206,7 @@ attn_sparse(const uint16_t* __restrict__ q,        // bf16 [rows, H, d] (renorme
 // ---- attn_sparse_mma1/2/4: the same computation on tensor cores (mma.sync m16n8k16 bf16 -> f32) -----------------------
 // One CTA per (row, group of hpb heads); the group's heads, padded to 16-row m-tiles (MT = ceil(hpb / 16) of them), are
 // the M dimension of both products, the row's key list is shared by them. 256 threads = 8 warps. Shared memory (the
-// launcher's attentionMmaSmemBytes; not yet run on a GPU, only on the CPU emulator): key row pointers [nk16], the group's queries bf16 [16 MT, D] (16-byte chunks
+// launcher's attentionMmaSmemBytes): key row pointers [nk16], the group's queries bf16 [16 MT, D] (16-byte chunks
 // XOR-swizzled by row parity: conflict-free fragment loads), scores / probabilities f32 [16 MT, ss] (ss = max_keys
 // rounded up to 32, + 8: conflict-free float2 fragment loads), and for D < 512 the P.V partials of the key-split warps.
 //   S = Q K^T: n-tiles of 8 keys round-robin over the warps, each over all D dims and all MT m-tiles (a key fragment
