@@ -446,7 +446,8 @@ export class GpuAttention implements Disposable {
     checkTensor('kv', kv, 'BF16', [p.rows, s.headDim], 'pass the K = V rows as BF16 [rows, head_dim]');
     const nblk = (s.headDim - s.ropeDim) / 64;
     if (nblk === 0) return;
-    this.k.kvSim.launch({ grid: Math.ceil((p.rows * nblk) / 128), block: 128, stream }, [kv, arg.i32(p.rows), arg.i32(s.headDim), arg.i32(s.headDim - s.ropeDim)]);
+    // One warp per 64-value block (attention.cu attn_kv_fp8_sim), 4 per 128-thread CTA.
+    this.k.kvSim.launch({ grid: Math.ceil((p.rows * nblk) / 4), block: 128, stream }, [kv, arg.i32(p.rows), arg.i32(s.headDim), arg.i32(s.headDim - s.ropeDim)]);
   }
 
   /** The compressor of layer `layer` (main, or the indexer's with indexer = true) over this call's rows. */

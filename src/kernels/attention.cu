@@ -49,19 +49,27 @@ __device__ __forceinline__ void softmax_with_sink(float* s, int nk, int n_out, f
 }
 }  // namespace
 
-// In-place FP8 QAT simulation of the nope dims of fresh kv rows [rows, d] (ops.ts fp8SimInPlace, block 64).
+// In-place FP8 QAT simulation of the nope dims of fresh kv rows [rows, d] (ops.ts fp8SimInPlace, block 64): one warp
+// per 64-value block, two values per lane. The block's amax is a max (any order gives the same value, NaNs ignored as
+// by fp8_sim_block's fmaxf chain) and each value is scaled and rounded on its own, so this is fp8_sim_block's result
+// bit for bit. (One thread per block ran its 64 divisions and e4m3 roundings in series: ~10 us a launch at one row,
+// docs/GPU-MODEL.md "Session 4".)
 extern "C" __global__ void __launch_bounds__(128)
 attn_kv_fp8_sim(uint16_t* kv, int rows, int d, int nope) {
   const int nblk = nope / 64;
-  const int id = blockIdx.x * blockDim.x + threadIdx.x;
-  if (id >= rows * nblk) return;
-  uint16_t* p = kv + (size_t)(id / nblk) * d + (id % nblk) * 64;
-  float x[64];
-#pragma unroll
-  for (int i = 0; i < 64; i++) x[i] = attn::bf16_to_f32(p[i]);
-  attn::fp8_sim_block(x, 64);
-#pragma unroll
-  for (int i = 0; i < 64; i++) p[i] = attn::f32_to_bf16_bits(x[i]);
+  const int block = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+  const int lane = threadIdx.x & 31;
+  if (block >= rows * nblk) return;  // whole warps
+  unsigned* p = reinterpret_cast<unsigned*>(kv + (size_t)(block / nblk) * d + (block % nblk) * 64) + lane;
+  const unsigned pair = *p;
+  float x0 = attn::bf16_to_f32((uint16_t)(pair & 0xffffu));
+  float x1 = attn::bf16_to_f32((uint16_t)(pair >> 16));
+  float amax = fmaxf(fmaxf(0.f, fabsf(x0)), fabsf(x1));
+  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  const float s = attn::pow2_ceil(__fmul_rn(fmaxf(amax, 1e-4f), 1.0f / 448.0f));
+  x0 = __fmul_rn(attn::e4m3_round(__fdiv_rn(x0, s)), s);
+  x1 = __fmul_rn(attn::e4m3_round(__fdiv_rn(x1, s)), s);
+  *p = (unsigned)attn::f32_to_bf16_bits(x0) | ((unsigned)attn::f32_to_bf16_bits(x1) << 16);
 }
 
 // The ring update after attention: the last min(L, win) new rows of each item go to ring row position mod win.

@@ -86,9 +86,9 @@ export function denseProjectionShapes(c: DenseShapeSource): Array<{ name: string
 const DENSE_SPLIT_TARGET_CTAS = 128;
 
 /**
- * K splits of a decode-path dense GEMM: a 64-row weight unit walks its K blocks at a fixed cost each, so a GEMM with
- * few units (wq_a, wkv: N <= 1024) leaves most SMs idle (docs/GPU-MODEL.md, "The dense projections at batch 1");
- * splitting K over CTAs (powers of two dividing K/128, at least 2 K blocks each) fills ~128 of them.
+ * K splits of a decode-path dense GEMM: one CTA walks a 64-row weight unit's K blocks one after another, so a GEMM
+ * with few units (wq_a, wkv: N <= 1024, 16 and 8 units) leaves most SMs idle; splitting K over CTAs (powers of two
+ * dividing K/128, at least 2 K blocks each) fills ~128 of them (measured: docs/GPU-MODEL.md, "Session 4").
  */
 export function denseDecodeSplitK(n: number, k: number): number {
   const units = n / 64;
