@@ -10,7 +10,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
-import { register } from '../src/cli/commands/serve.js';
+import { gpuLoadSizes, register, type ServeOptions } from '../src/cli/commands/serve.js';
 import { parseKernelConfig, KernelConfigError } from '../src/cli/kernel-config.js';
 import { gpuSkipReason } from '../src/cuda/index.js';
 import { makeParts } from './server-fixture.js';
@@ -34,6 +34,16 @@ if (process.env.MEGAMOE_SERVE_CHILD === '1') {
   fs.writeFileSync(path.join(modelDir, 'config.json'), '{}');
 
   const cli = (...args: string[]) => spawnSync(process.execPath, [MAIN, 'serve', ...args], { encoding: 'utf8', timeout: 30_000 });
+
+  test('--device gpu sizes: the flags as vLLM\'s; decode CUDA graphs unless --enforce-eager', () => {
+    const program = new Command().name('megamoe');
+    register(program, async () => { throw new Error('not loaded'); });
+    const serve = program.commands.find((c) => c.name() === 'serve');
+    assert.ok(serve?.options.some((o) => o.long === '--enforce-eager' && o.attributeName() === 'enforceEager'));
+    const base = { maxNumSeqs: 4, maxModelLen: 8192 } as ServeOptions;
+    assert.deepEqual(gpuLoadSizes(base, 2048), { maxSequences: 4, maxRows: 2048, maxContext: 8192, decodeGraphs: true });
+    assert.equal(gpuLoadSizes({ ...base, enforceEager: true }, 2048).decodeGraphs, false);
+  });
 
   test('--kernel-config: unknown keys and values are refused with the valid ones', () => {
     assert.deepEqual(parseKernelConfig(undefined), { moe_backend: 'auto' });

@@ -177,6 +177,11 @@ function statsLogger(log: (s: string) => void, getEngine: () => Engine | undefin
   };
 }
 
+/** What --device gpu sizes the GPU model with: the flags as vLLM's (docs/SERVER.md, "On the GPU"). */
+export function gpuLoadSizes(opts: ServeOptions, batchedTokens: number): NonNullable<LoadPartsOptions['gpu']> {
+  return { maxSequences: opts.maxNumSeqs, maxRows: batchedTokens, maxContext: opts.maxModelLen, decodeGraphs: !opts.enforceEager };
+}
+
 /** Plans, loads, builds and listens. Does not install signal handlers (runServe does). */
 export async function startServer(opts: ServeOptions, loadParts: PartsLoader = loadEngineParts, log: (s: string) => void = () => {}): Promise<RunningServer> {
   const plan = await planStartup(opts, loadParts === loadEngineParts ? probeEngineParts : undefined);
@@ -188,7 +193,7 @@ export async function startServer(opts: ServeOptions, loadParts: PartsLoader = l
   const batchedTokens = onGpu ? (opts.maxNumBatchedTokens ?? 2048) : opts.maxNumBatchedTokens;
   const parts = await loadParts(plan.modelDir, {
     backend: plan.backend, enableExpertParallel: opts.enableExpertParallel, device: opts.device,
-    gpu: onGpu ? { maxSequences: opts.maxNumSeqs, maxRows: batchedTokens!, maxContext: opts.maxModelLen, decodeGraphs: !opts.enforceEager } : undefined,
+    gpu: onGpu ? gpuLoadSizes(opts, batchedTokens!) : undefined,
   });
   const maxModelLen = opts.maxModelLen ?? parts.model.maxContext;
   if (maxModelLen > parts.model.maxContext) {
