@@ -3,6 +3,7 @@
 // layer's classes onto src/engine/parts.ts). Both are imported dynamically, each in one place, so the server
 // builds and its tests run before those modules exist, and their absence is one clear error at start-up.
 import type { CausalLM } from '../model/causal-lm.js';
+import type { GpuLoadSizes } from '../model/index.js';
 import type { EngineParts } from './parts.js';
 
 export class ServingPartMissingError extends Error {
@@ -20,7 +21,7 @@ export interface LoadPartsOptions {
   enableExpertParallel: boolean;
   /** Where the forward runs (serve --device): cpu (default) or gpu, the whole step on one GPU with these sizes. */
   device?: 'cpu' | 'gpu';
-  gpu?: { maxSequences: number; maxRows: number; maxContext?: number; decodeGraphs?: boolean };
+  gpu?: GpuLoadSizes;
 }
 
 /** What src/model/index.ts is expected to export. */

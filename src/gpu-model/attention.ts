@@ -249,7 +249,6 @@ export function planAttentionCall(items: readonly AttnCallItem[], limits: AttnLi
   return plan;
 }
 
-/** New compressed blocks an item completes: floor((P+L)/r) - floor(P/r); the largest over items (compressor grid.y). */
 /** The most blocks an item of the call can complete at any position: ceil(len / ratio), the largest over items. */
 export function maxNewBlocksOfLengths(plan: AttnCallPlan, ratio: number): number {
   let m = 0;
@@ -257,6 +256,7 @@ export function maxNewBlocksOfLengths(plan: AttnCallPlan, ratio: number): number
   return m;
 }
 
+/** New compressed blocks an item completes: floor((P+L)/r) - floor(P/r); the largest over items (compressor grid.y). */
 export function maxNewBlocks(plan: AttnCallPlan, ratio: number): number {
   let m = 0;
   for (let i = 0; i < plan.nItems; i++) {
