@@ -5,10 +5,10 @@
 //   q per-head renorm (bf16 arithmetic)    GpuRowOps.qRenorm (model.ts qHeadRenorm, bit for bit)
 //   RoPE of q and of kv                    GpuRowOps.rope
 //   wkv -> kv_norm -> RoPE -> FP8 sim      DenseFp8Linear + GpuRowOps.rmsNorm + rope + GpuAttention.kvFp8Sim
-//   compressor(s) a / g = wkv x, wgate x   cuBLASLt bf16 GEMM, f32 out (CublasLtBf16Gemm), then GpuAttention.compress
-//   indexer q (wq_b), weights_proj         DenseFp8Linear, cuBLASLt bf16 -> bf16, GpuAttention.indexerPrepare / Select
+//   compressor(s) a / g = wkv x, wgate x   bf16 GEMM, f32 out (ctx.gemm: skinny kernel or cuBLASLt), then GpuAttention.compress
+//   indexer q (wq_b), weights_proj         DenseFp8Linear, bf16 -> bf16 GEMM, GpuAttention.indexerPrepare / Select
 //   sparse attention + sink, ring update   GpuAttention.attend / storeWindow (attention.ts, over kv-cache.ts)
-//   grouped wo_a (bf16) -> act_quant -> wo_b   one strided-batched cuBLASLt bf16 -> bf16 GEMM (all groups), actQuant, DenseFp8Linear
+//   grouped wo_a (bf16) -> act_quant -> wo_b   one strided-batched bf16 -> bf16 GEMM (all groups), actQuant, DenseFp8Linear
 //   hc_post                                GpuRowOps.hcPost (in place on the streams)
 //   hc_pre + ffn_norm -> router -> MoE     GpuRowOps.hcPre writing the unfused MoE's input, Router (kernels/routing.ts,
 //                                          score or hash-routed), UnfusedMoe (backends/unfused.ts), hc_post
@@ -27,6 +27,7 @@ import { DeviceTensor, ensureContext, Stream, type StreamLike } from '../cuda/in
 import { DeviceMoeWeights, UnfusedMoe } from '../backends/unfused.js';
 import { MegaMoe } from '../backends/mega-moe.js';
 import { GROUPED_GEMM_ROW_TILE } from '../kernels/grouped-gemm.js';
+import { SkinnyBf16Gemm, skinnyBf16Supported } from '../kernels/bf16-skinny.js';
 import { Router } from '../kernels/routing.js';
 import type { ModelConfig } from '../model/config.js';
 import type { BlockWeights, CompressorWeights } from '../model/loader.js';
@@ -37,7 +38,7 @@ import { BoundDenseFp8, DenseFp8Linear, uploadFp8Linear, type DeviceFp8Weight } 
 import { GpuModelArgumentError } from './errors.js';
 import { allocFp8Activations, allocHcMixScratch, GpuRowOps, uploadHcParams, type DeviceHcParams, type Fp8Activations } from './row-ops.js';
 
-type Bf16Gemm = CublasLtBf16Gemm | CublasLtBf16OutGemm;
+type Bf16Gemm = CublasLtBf16Gemm | CublasLtBf16OutGemm | SkinnyBf16Gemm;
 
 /** bf16 bits of a weight the CPU holds as f32 values; refuses values that are not bf16 (they need an f32 GEMM). */
 export function bf16WeightBits(what: string, w: Float32Array): Uint16Array {
@@ -171,13 +172,18 @@ export class GpuLayerContext implements Disposable {
     return l;
   }
 
-  /** A cuBLASLt plan (bf16 in; f32 or bf16 out; leading dims) for m rows, shared by every layer. */
+  /**
+   * A bf16 GEMM plan (bf16 in; f32 or bf16 out; leading dims) for m rows, shared by every layer: the skinny kernel
+   * (kernels/bf16-skinny.ts) for a decode step's 1-16 rows where it takes the shape, else cuBLASLt.
+   */
   gemm(out: 'f32' | 'bf16', m: number, n: number, k: number, ld: { x?: number; d?: number } = {}, batch?: GemmBatch): Bf16Gemm {
     const b = batch ? `:${batch.count}:${batch.strideX}:${batch.strideW}:${batch.strideD}` : '';
     const key = `${out}:${m}:${n}:${k}:${ld.x ?? k}:${ld.d ?? n}${b}`;
     let g = this.gemms.get(key);
     if (!g) {
-      if (out === 'f32') {
+      if (skinnyBf16Supported(m, n, k, ld, batch)) {
+        g = new SkinnyBf16Gemm(out, m, n, k, ld, batch);
+      } else if (out === 'f32') {
         if (ld.x !== undefined || ld.d !== undefined || batch) throw new Error('internal: f32-out GEMMs are contiguous here');
         g = new CublasLtBf16Gemm(m, n, k);
       } else {

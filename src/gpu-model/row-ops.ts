@@ -146,6 +146,16 @@ export function rmsNormSplit(rows: number, n: number): number {
   const per = Math.ceil(steps / want);
   return Math.ceil(steps / per);
 }
+const ROPE_THREADS = 128;
+
+/**
+ * mo_rope's blocks per row: a row's pairs split over blocks until they are about 2 per thread or the blocks about two
+ * per SM, so a decode step's one row (64 heads x 32 pairs at flash) is not one block walking its 16 pairs per thread
+ * load after load. Each block computes the row's cos / sin itself; the bits do not depend on the split.
+ */
+export function ropeBlocksPerRow(rows: number, pairs: number): number {
+  return Math.max(1, Math.min(Math.ceil(pairs / (2 * ROPE_THREADS)), Math.floor((2 * HC_SMS) / Math.max(1, rows))));
+}
 const HC_THREADS = 256;         // model_ops.cu kHcThreads
 
 export class GpuRowOps {
@@ -299,7 +309,7 @@ export class GpuRowOps {
       throw new GpuModelArgumentError(what, `x (${x.describe()}) is smaller than ${rows} rows x ${heads} heads`, 'pass rows / strides that fit x');
     }
     if (rows === 0) return;
-    this.kernel('mo_rope').launch({ grid: rows, block: 128, sharedMemBytes: rd * 4, stream: opts.stream }, [
+    this.kernel('mo_rope').launch({ grid: [rows, ropeBlocksPerRow(rows, heads * (rd / 2))], block: ROPE_THREADS, sharedMemBytes: rd * 4, stream: opts.stream }, [
       x, positions, freqs, arg.i32(rows), arg.i32(heads), arg.i64(rowStride), arg.i32(headStride), arg.i32(ropeOffset), arg.i32(rd / 2),
       arg.i32(opts.inverse ? 1 : 0),
     ]);

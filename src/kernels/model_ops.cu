@@ -22,7 +22,7 @@
 // Sinkhorn, one thread per matrix element), at small T after mo_hc_pre_mix / mo_hc_head_mix (the dot products and the sum of squares
 // over (1024-column chunks, groups of 4 logits, tokens) blocks into f64 partials that the per-token kernel adds in
 // chunk order: one block per token leaves one SM to read all of hc_fn); mo_hc_post one thread per (token, 8
-// columns); mo_rope one block per row with the row's cos / sin in shared memory. Shapes are launch arguments (one
+// columns); mo_rope (one block per row, several at few rows) with the row's cos / sin in shared memory. Shapes are launch arguments (one
 // compiled variant), except the stream count MO_HC (V4: 4), which sizes the per-thread accumulators.
 #include "common.cuh"
 #include "model/row_ops.cuh"
@@ -116,7 +116,7 @@ extern "C" __global__ void __launch_bounds__(256) mo_rope(mo::u16* __restrict__ 
                                                           long long row_stride, int head_stride, int rope_off,
                                                           int half, int inverse) {
   extern __shared__ float cs[];  // [half] cos, then [half] sin
-  const int r = blockIdx.x;
+  const int r = blockIdx.x;  // blockIdx.y: this block's share of the row's pairs (the host splits a row at few rows)
   if (r >= rows) return;
   const int t = pos[r];
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
@@ -128,7 +128,7 @@ extern "C" __global__ void __launch_bounds__(256) mo_rope(mo::u16* __restrict__ 
   }
   __syncthreads();
   mo::u16* xr = x + (size_t)r * row_stride + rope_off;
-  for (int k = threadIdx.x; k < heads * half; k += blockDim.x) {
+  for (int k = blockIdx.y * blockDim.x + threadIdx.x; k < heads * half; k += gridDim.y * blockDim.x) {
     const int h = k / half;
     const int i = k - h * half;
     unsigned int* p = reinterpret_cast<unsigned int*>(xr + (size_t)h * head_stride + 2 * i);
@@ -412,10 +412,20 @@ __device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const fl
   // kernel's partials added (chunks in ascending order) when given (R = 1), else summed here (thread t: columns
   // 8t + 2048i, i ascending; then block_sum_f64).
   if (part) {
+    // 16 chunks' loads in flight at a time (a loop of one load per add was a chain of L2 round trips at one row),
+    // added in ascending chunk order from 0.0 as before.
+    constexpr int kBatch = 16;
     for (int k = tid; k < kNV; k += kHcThreads) {
       const double* p = part + (size_t)r0 * n_chunks * kNV + k;
       double s = 0.0;
-      for (int c = 0; c < n_chunks; c++) s += p[(size_t)c * kNV];
+      for (int c0 = 0; c0 < n_chunks; c0 += kBatch) {
+        double v[kBatch];
+#pragma unroll
+        for (int c = 0; c < kBatch; c++) v[c] = c0 + c < n_chunks ? p[(size_t)(c0 + c) * kNV] : 0.0;
+#pragma unroll
+        for (int c = 0; c < kBatch; c++)
+          if (c0 + c < n_chunks) s += v[c];
+      }
       tot[0][k] = s;
     }
     __syncthreads();

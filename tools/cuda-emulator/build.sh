@@ -8,7 +8,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 out="${1:-$here/build}"
 mkdir -p "$out/gen"
-sources=(attention.cu compressor.cu indexer.cu)
+sources=(attention.cu compressor.cu indexer.cu bf16_skinny.cu)
 gen=()
 for s in "${sources[@]}"; do
   g="$out/gen/${s%.cu}.cpp"
@@ -16,8 +16,8 @@ for s in "${sources[@]}"; do
     echo '#include "emu_shim.h"'
     echo '#include "emu_registry.h"'
     sed -E 's/extern __shared__ __align__\([0-9]+\) unsigned char smem\[\];/unsigned char* smem = emu::dyn_smem();/' "$root/src/kernels/$s"
-    # entry names: each kernel definition starts a line with its attn_ name (the line after extern "C" __global__)
-    grep -oE '^attn_[a-z_0-9]+\(' "$root/src/kernels/$s" | tr -d '(' | sed -E 's/.*/EMU_KERNEL(&)/'
+    # entry names: each kernel definition starts a line with its attn_ / bf16_ name (the line after extern "C" __global__)
+    grep -oE '^(attn|bf16)_[a-z_0-9]+\(' "$root/src/kernels/$s" | tr -d '(' | sed -E 's/.*/EMU_KERNEL(&)/'
   } > "$g"
   gen+=("$g")
 done
