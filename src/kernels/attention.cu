@@ -225,8 +225,8 @@ attn_sparse(const uint16_t* __restrict__ q,        // bf16 [rows, H, d] (renorme
 //     all scores exist (two passes, not an online softmax: the rounding points of model.ts attendHead).
 //   O = P V: warp w owns dims [64 (w mod D/64), +64) (8 n-tiles, the N index permuted so each lane's accumulators are
 //     16 consecutive dims of one head row: one V fragment register pair per n-tile from four 16-byte key-row loads)
-//     and the k-tiles (16 keys) w / (D/64), + 8 / (D/64), ...; a ring of k-tiles per warp is in flight (4 with one
-//     m-tile, else 1), each refilled before its mmas. For D < 512 the key-split partials are summed through shared memory in a fixed order. Then bf16(o),
+//     and the k-tiles (16 keys) w / (D/64), + 8 / (D/64), ...; the next k-tile's loads are issued before this one's
+//     mmas. For D < 512 the key-split partials are summed through shared memory in a fixed order. Then bf16(o),
 //     inverse RoPE at T, bf16 out (16-byte stores).
 // f32 accumulation order differs from the scalar kernel's (and the CPU's f64): occasional one-ulp bf16 flips of p or o,
 // within SPEC 5's calc_diff bound.
@@ -312,10 +312,7 @@ __device__ __forceinline__ void sparse_mma_body(const SparseArgs& A, unsigned ch
 
   // 2. S = Q K^T, scores into sc
   constexpr int kNc = D / 32;
-  // Key fragments in flight per lane and n-tile: with one m-tile (decode's few rows) all 16 of a 512-dim key row, one
-  // round trip per n-tile instead of two (a decode step's CTA is a chain of such trips, docs/GPU-MODEL.md); more
-  // m-tiles keep 8 and the registers of two CTAs per SM (prefill).
-  constexpr int kBatch = kNc < (MT == 1 ? 16 : 8) ? kNc : (MT == 1 ? 16 : 8);
+  constexpr int kBatch = kNc < 8 ? kNc : 8;
   for (int nt = warp; nt < nk16 / 8; nt += kMmaWarps) {
     const uint16_t* kp = keys[nt * 8 + g];
     float acc[MT][4];
@@ -375,45 +372,37 @@ __device__ __forceinline__ void sparse_mma_body(const SparseArgs& A, unsigned ch
 #pragma unroll
     for (int q = 0; q < 8; q++) acc[m][q][0] = acc[m][q][1] = acc[m][q][2] = acc[m][q][3] = 0.f;
   const int ktiles = nk16 / 16;
-  // A ring of kDepth k-tiles per warp in flight (keys 2t, 2t+1, 2t+8, 2t+9 of each): the k-tile kDepth steps ahead is
-  // loaded before this one's mmas. The accumulation order is unchanged (k-tiles ascending), so the bits are too.
-  constexpr int kDepth = MT == 1 ? 4 : 1;
-  constexpr int kStep = kDepth * kSplit;
-  uint4 ring[kDepth][4];
-  auto load_ktile = [&](uint4 (&v)[4], int kt) {
-    const int kb = kt * 16 + 2 * t;
-    v[0] = load_row16(keys[kb], dim0); v[1] = load_row16(keys[kb + 1], dim0);
-    v[2] = load_row16(keys[kb + 8], dim0); v[3] = load_row16(keys[kb + 9], dim0);
-  };
+  uint4 vu, vv, vw, vx;  // keys 2t, 2t+1, 2t+8, 2t+9 of the k-tile
+  if (split < ktiles) {
+    const int kb = split * 16 + 2 * t;
+    vu = load_row16(keys[kb], dim0); vv = load_row16(keys[kb + 1], dim0);
+    vw = load_row16(keys[kb + 8], dim0); vx = load_row16(keys[kb + 9], dim0);
+  }
+  for (int kt = split; kt < ktiles; kt += kSplit) {
+    const uint4 cu = vu, cv = vv, cw = vw, cx = vx;
+    if (kt + kSplit < ktiles) {  // the next k-tile's loads in flight during this one's mmas
+      const int kb = (kt + kSplit) * 16 + 2 * t;
+      vu = load_row16(keys[kb], dim0); vv = load_row16(keys[kb + 1], dim0);
+      vw = load_row16(keys[kb + 8], dim0); vx = load_row16(keys[kb + 9], dim0);
+    }
+    unsigned b0[8], b1[8];
 #pragma unroll
-  for (int i = 0; i < kDepth; i++)
-    if (split + i * kSplit < ktiles) load_ktile(ring[i], split + i * kSplit);
-  for (int kt0 = split; kt0 < ktiles; kt0 += kStep) {
+    for (int i = 0; i < 4; i++) {
+      const unsigned u = word_of(cu, i), v = word_of(cv, i), w = word_of(cw, i), x = word_of(cx, i);
+      b0[2 * i] = pair_lo(u, v); b1[2 * i] = pair_lo(w, x);
+      b0[2 * i + 1] = pair_hi(u, v); b1[2 * i + 1] = pair_hi(w, x);
+    }
+    const int kc = kt * 16 + 2 * t;
 #pragma unroll
-    for (int i = 0; i < kDepth; i++) {
-      const int kt = kt0 + i * kSplit;
-      if (kt >= ktiles) break;  // uniform across the warp
-      const uint4 cu = ring[i][0], cv = ring[i][1], cw = ring[i][2], cx = ring[i][3];
-      if (kt + kStep < ktiles) load_ktile(ring[i], kt + kStep);
-      unsigned b0[8], b1[8];
+    for (int m = 0; m < MT; m++) {
+      const float* pa = sc + (size_t)(m * 16 + g) * ss + kc;
+      const float* pb = pa + (size_t)8 * ss;
+      const float2 a0 = *reinterpret_cast<const float2*>(pa), a2 = *reinterpret_cast<const float2*>(pa + 8);
+      const float2 a1 = *reinterpret_cast<const float2*>(pb), a3 = *reinterpret_cast<const float2*>(pb + 8);
+      const unsigned r0 = attn::pack_bf16x2_exact(a0.x, a0.y), r1 = attn::pack_bf16x2_exact(a1.x, a1.y);
+      const unsigned r2 = attn::pack_bf16x2_exact(a2.x, a2.y), r3 = attn::pack_bf16x2_exact(a3.x, a3.y);
 #pragma unroll
-      for (int j = 0; j < 4; j++) {
-        const unsigned u = word_of(cu, j), v = word_of(cv, j), w = word_of(cw, j), x = word_of(cx, j);
-        b0[2 * j] = pair_lo(u, v); b1[2 * j] = pair_lo(w, x);
-        b0[2 * j + 1] = pair_hi(u, v); b1[2 * j + 1] = pair_hi(w, x);
-      }
-      const int kc = kt * 16 + 2 * t;
-#pragma unroll
-      for (int m = 0; m < MT; m++) {
-        const float* pa = sc + (size_t)(m * 16 + g) * ss + kc;
-        const float* pb = pa + (size_t)8 * ss;
-        const float2 a0 = *reinterpret_cast<const float2*>(pa), a2 = *reinterpret_cast<const float2*>(pa + 8);
-        const float2 a1 = *reinterpret_cast<const float2*>(pb), a3 = *reinterpret_cast<const float2*>(pb + 8);
-        const unsigned r0 = attn::pack_bf16x2_exact(a0.x, a0.y), r1 = attn::pack_bf16x2_exact(a1.x, a1.y);
-        const unsigned r2 = attn::pack_bf16x2_exact(a2.x, a2.y), r3 = attn::pack_bf16x2_exact(a3.x, a3.y);
-#pragma unroll
-        for (int q = 0; q < 8; q++) attn::mma_bf16_16816(acc[m][q], r0, r1, r2, r3, b0[q], b1[q]);
-      }
+      for (int q = 0; q < 8; q++) attn::mma_bf16_16816(acc[m][q], r0, r1, r2, r3, b0[q], b1[q]);
     }
   }
   // lane holds, per m-tile, dims slab*64 + 16t + j of rows g (acc[..][j%8][j/8]) and g+8 (acc[..][j%8][2 + j/8])

@@ -497,6 +497,27 @@ __device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const fl
     const int j = k - s * kHc;
     if (r0 + s < rows) pre_s[s][j] = pre_weight(mix_s[s][j], __ldg(scale), __ldg(base + j), hc_eps);
   }
+  // hc_pre with HC^2 <= 32: the Sinkhorn warps (the first kSkWarps) run their matrices while the others do phases 3-4,
+  // which need pre_s but not comb (the Sinkhorn's dependent chain was ~40% of a one-row launch, docs/GPU-MODEL.md).
+  // The workers then meet at named barrier 1; the arithmetic of every phase is unchanged, so are the bits. The CPU
+  // emulator has no named barriers: there (kSkWarps = 0) the Sinkhorn runs first, as before.
+  constexpr int kSkPer = kHc * kHc <= 32 ? 32 / (kHc * kHc) : 1;
+#ifdef MEGAMOE_EMU
+  constexpr int kSkWarps = 0;
+#else
+  constexpr int kSkWarps = !kHead && kHc * kHc <= 32 ? (R + kSkPer - 1) / kSkPer : 0;
+#endif
+  constexpr int kWorkWarps = kHcWarps - kSkWarps;
+  auto sync_workers = [&]() {
+#ifndef MEGAMOE_EMU
+    if constexpr (kSkWarps > 0) {
+      asm volatile("bar.sync 1, %0;" ::"r"(kWorkWarps * 32) : "memory");
+      return;
+    }
+#endif
+    __syncthreads();
+  };
+  if constexpr (kSkWarps > 0) __syncthreads();  // pre_s for the workers, mix_s for the Sinkhorn warps
   if constexpr (!kHead) {
     constexpr int kE = kHc * kHc;
     for (int k = tid; k < R * kHc; k += kHcThreads) {
@@ -520,6 +541,7 @@ __device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const fl
         const double c = sinkhorn_warp(c0, iters, hc_eps, own ? e : 0, own ? g * kE : 0);
         if (own) comb[(size_t)(r0 + s) * kE + e] = __double2float_rn(c);
       }
+      if (kSkWarps > 0 && (tid >> 5) < kSkWarps) return;  // the workers do the rest
     } else {
       static_assert(kE <= 32 || R * kE <= kHcThreads, "one thread per Sinkhorn element of every row of the block");
       __shared__ double sk_buf[R][2][kE];
@@ -531,22 +553,23 @@ __device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const fl
       if (own) comb[(size_t)(r0 + s) * kE + e] = __double2float_rn(c);
     }
   }
-  __syncthreads();
+  if constexpr (kSkWarps == 0) __syncthreads();
 
   const int lane = tid & 31;
   const int warp = tid >> 5;
+  const int worker = warp - kSkWarps;  // this warp's index among the kWorkWarps doing phases 3-4
   const bool normed = norm_w != nullptr;
   for (int s = 0; s < R; s++) {
     const int r = r0 + s;
     if (r >= rows) break;  // uniform across the block
-    if (s > 0) __syncthreads();
+    if (s > 0) sync_workers();
     bool bad;
     const mo::u16* xr = hs + (size_t)hc_src_row(src_rows, r, hs_rows, bad) * W;
 
-    // 3. y = bf16(sum_j pre_j Hs_j) in f64, j ascending; warp w takes 256-column steps w, w + 8, ... (8 per lane),
-    // the layout store_row_step's fused quantization needs.
+    // 3. y = bf16(sum_j pre_j Hs_j) in f64, j ascending; worker w takes 256-column steps w, w + kWorkWarps, ... (8
+    // per lane), the layout store_row_step's fused quantization needs.
     double ssy = 0.0;
-    for (int c0 = warp * 256; c0 < D; c0 += kHcWarps * 256) {
+    for (int c0 = worker * 256; c0 < D; c0 += kWorkWarps * 256) {
       const int c = c0 + lane * 8;
       const bool valid = c < D;
       float out[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -578,16 +601,16 @@ __device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const fl
     {
       const double t = mo::warp_sum_f64(ssy);
       if (lane == 0) red[warp] = t;
-      __syncthreads();
-      if (tid == 0) {
+      sync_workers();
+      if (tid == kSkWarps * 32) {
         double u = 0.0;
-        for (int w = 0; w < kHcWarps; w++) u += red[w];
+        for (int w = kSkWarps; w < kHcWarps; w++) u += red[w];
         ss_y = u;
       }
-      __syncthreads();
+      sync_workers();
     }
     const float rs = mo::rms_factor(ss_y, D, norm_eps);
-    for (int c0 = warp * 256; c0 < D; c0 += kHcWarps * 256) {
+    for (int c0 = worker * 256; c0 < D; c0 += kWorkWarps * 256) {
       const int c = c0 + lane * 8;
       const bool valid = c < D;
       float out[8] = {0, 0, 0, 0, 0, 0, 0, 0};
