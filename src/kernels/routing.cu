@@ -303,18 +303,28 @@ megamoe_router_topk(const float* __restrict__ partials, int num_splits, float* _
     float sel[kPerLane];
     // Gather this lane's logits first. All splits of one logit are loaded together (predicated loads, no
     // branch between them) and then added in the fixed order z = 0, 1, ..., as the logits kernel promises.
+    // Every load is issued before the first add: the split loop is outside (z < num_splits is the same for the whole
+    // warp) and the expert index is clamped instead of branched on, so no branch separates the loads (a per-expert
+    // predicated load had made a one-token launch 8 dependent round trips, docs/GPU-MODEL.md).
     float logit[kPerLane];
+    float part[kPerLane][kMaxSplits];
+#pragma unroll
+    for (int z = 0; z < kMaxSplits; z++) {
+      if (z < num_splits) {
+#pragma unroll
+        for (int i = 0; i < kPerLane; i++) {
+          const int e = lane + 32 * i;
+          part[i][z] = row[(size_t)z * split_stride + (e < kExperts ? e : kExperts - 1)];
+        }
+      }
+    }
 #pragma unroll
     for (int i = 0; i < kPerLane; i++) {
-      const int e = lane + 32 * i;
-      float part[kMaxSplits];
-#pragma unroll
-      for (int z = 0; z < kMaxSplits; z++) part[z] = (e < kExperts && z < num_splits) ? row[(size_t)z * split_stride + e] : 0.0f;
-      float l = part[0];
+      float l = part[i][0];
 #pragma unroll
       for (int z = 1; z < kMaxSplits; z++)
-        if (z < num_splits) l += part[z];
-      logit[i] = l;
+        if (z < num_splits) l += part[i][z];
+      logit[i] = l;  // (a clamped lane's value is never used: e >= kExperts is skipped below)
     }
 #pragma unroll
     for (int i = 0; i < kPerLane; i++) {
