@@ -7,7 +7,7 @@ import { parseDeepSeekV4Config } from '../src/checkpoint/config.js';
 import { registeredKernels } from '../src/cuda/kernel-registry.js';
 import {
   AttentionArgError, attentionKeyCount, attentionMmaSmemBytes, attentionSmemBytes, attnShapeFrom, chooseHeadsPerCtaMma, chooseSparseKernel, sparseMmaEntry, checkAttnShape, checkTensor, chooseHeadsPerCta, layerRatio,
-  maxNewBlocks, maxNewBlocksOfLengths, planAttentionCall, ATTN_SMEM_LIMIT, attentionSplit, attentionSplitBytes, ATTN_SPLIT_MAX_KEYS, ATTN_SPLIT_MAX_ROWS,
+  maxNewBlocks, maxNewBlocksOfLengths, planAttentionCall, ATTN_SMEM_LIMIT,
 } from '../src/gpu-model/attention.js';
 import type { KvSequence } from '../src/gpu-model/kv-allocator.js';
 import { modelPresetConfig } from '../src/model/checkpoint-writer.js';
@@ -102,26 +102,6 @@ test('chooseHeadsPerCtaMma / chooseSparseKernel: the tensor-core kernel where it
   assert.equal(ref.hpb, chooseHeadsPerCta(64, 512, 128 + 8192));
   assert.equal(chooseSparseKernel(64, 512, 640, undefined, undefined, true).kernel, 'ref', 'MEGAMOE_ATTN_REF=1');
   assert.deepEqual([1, 4, 16, 32, 64].map(sparseMmaEntry), ['sparseMma1', 'sparseMma1', 'sparseMma1', 'sparseMma2', 'sparseMma4']);
-});
-
-test('attentionSplit: a decode step\'s few rows share their keys over CTAs up to the SM count; else one CTA a row', () => {
-  // flash decode: 64 heads in 4 groups of 16, 640 keys (ratio 4 + indexer), 132 SMs
-  assert.equal(attentionSplit(1, 4, 16, 640, 132), 8, 'one row: the most splits');
-  assert.equal(attentionSplit(8, 4, 16, 640, 132), 4, '8 rows x 4 groups x 4 splits = 128 CTAs');
-  assert.equal(attentionSplit(16, 4, 16, 640, 132), 2);
-  assert.equal(attentionSplit(40, 4, 16, 640, 132), 1, 'many rows fill the SMs without it');
-  assert.equal(attentionSplit(1, 4, 16, 40, 132), 1, '3 k-tiles: below 2 per split');
-  assert.equal(attentionSplit(1, 4, 16, 128, 132), 4, 'window only: 8 k-tiles, 2 per split');
-  assert.equal(attentionSplit(1, 2, 32, 640, 132), 1, 'two m-tiles per group: the split kernels are one-m-tile');
-  assert.equal(attentionSplit(ATTN_SPLIT_MAX_ROWS + 1, 1, 16, 640, 1000), 1, 'past the split buffers\' rows');
-  assert.equal(attentionSplit(1, 4, 16, ATTN_SPLIT_MAX_KEYS + 1, 132), 1, 'past the split buffers\' keys');
-  const saved = process.env.MEGAMOE_ATTN_SPLIT;
-  process.env.MEGAMOE_ATTN_SPLIT = 'off';
-  try { assert.equal(attentionSplit(1, 4, 16, 640, 132), 1, 'the A/B knob'); } finally {
-    if (saved === undefined) delete process.env.MEGAMOE_ATTN_SPLIT; else process.env.MEGAMOE_ATTN_SPLIT = saved;
-  }
-  // buffers: scores [16 rows, 64 heads, 2048 keys + 8] f32 and partials [16 rows, 4 groups, 8 splits, 16, 512] f32
-  assert.deepEqual(attentionSplitBytes(64, 512), { scores: 16 * 64 * 2056 * 4, part: 16 * 4 * 8 * 16 * 512 * 4 });
 });
 
 test('checkAttnShape accepts tiny, flash and pro and refuses what the kernels cannot do', () => {

@@ -181,36 +181,6 @@ export function chooseHeadsPerCtaMma(H: number, d: number, maxKeys: number, smem
   return undefined;
 }
 
-/** Rows and keys of a call up to which the tensor-core attention may split a row's keys over CTAs (attentionSplit). */
-export const ATTN_SPLIT_MAX_ROWS = 16;
-export const ATTN_SPLIT_MAX_KEYS = 2048;
-/** Splits of a row's keys at most, and k-tiles (16 keys) per split at least. */
-const ATTN_SPLIT_MAX = 8;
-const ATTN_SPLIT_MIN_KTILES = 2;
-
-/**
- * How many CTAs share a row's keys (attn_sparse_split_*; 1 = the one-CTA kernel). A decode step's few rows give
- * rows x H / hpb CTAs, 4 for one row at flash: each walks the whole key list, issue-bound (docs/GPU-MODEL.md). The
- * split is used for one-m-tile groups (hpb <= 16) at up to ATTN_SPLIT_MAX_ROWS rows and ATTN_SPLIT_MAX_KEYS keys (the
- * split buffers' size), so that rows x groups x splits approaches the SM count, each split keeping >= 2 k-tiles.
- * `MEGAMOE_ATTN_SPLIT=off` keeps the one-CTA kernel (an A/B knob).
- */
-export function attentionSplit(rows: number, groups: number, hpb: number, maxKeys: number, sms: number): number {
-  if (process.env.MEGAMOE_ATTN_SPLIT === 'off') return 1;
-  if (hpb > 16 || rows < 1 || rows > ATTN_SPLIT_MAX_ROWS || maxKeys > ATTN_SPLIT_MAX_KEYS) return 1;
-  const ktiles = Math.ceil(maxKeys / 16);
-  const want = Math.floor(sms / (rows * groups));
-  return Math.max(1, Math.min(ATTN_SPLIT_MAX, want, Math.floor(ktiles / ATTN_SPLIT_MIN_KTILES)));
-}
-
-/** Bytes of the split buffers for H heads of dim d: scores f32 [rows, H, ss], partials f32 [rows, groups, splits, 16, d]. */
-export function attentionSplitBytes(H: number, d: number): { scores: number; part: number } {
-  const ss = Math.ceil(ATTN_SPLIT_MAX_KEYS / 32) * 32 + 8;
-  let hmin = 1;
-  while (hmin < 16 && H % (hmin * 2) === 0) hmin *= 2;
-  return { scores: ATTN_SPLIT_MAX_ROWS * H * ss * 4, part: ATTN_SPLIT_MAX_ROWS * (H / hmin) * ATTN_SPLIT_MAX * 16 * d * 4 };
-}
-
 /** The attn_sparse_mma entry for hpb heads per CTA: one per m-tile count (1, 2 or 4 tiles of 16 heads). */
 export function sparseMmaEntry(hpb: number): 'sparseMma1' | 'sparseMma2' | 'sparseMma4' {
   return hpb <= 16 ? 'sparseMma1' : hpb <= 32 ? 'sparseMma2' : 'sparseMma4';
@@ -355,13 +325,11 @@ export class GpuAttention implements Disposable {
   readonly limits: AttnLimits;
   /** I32 [maxRows, indexTopk]: indexerSelect's output */
   readonly picks: DeviceTensor<'I32'>;
-  private readonly k: Record<'kvSim' | 'store' | 'sparse' | 'sparseMma1' | 'sparseMma2' | 'sparseMma4' | 'splitScores' | 'splitPv' | 'splitReduce' | 'pool' | 'state' | 'prep' | 'scores' | 'topk', Kernel>;
+  private readonly k: Record<'kvSim' | 'store' | 'sparse' | 'sparseMma1' | 'sparseMma2' | 'sparseMma4' | 'pool' | 'state' | 'prep' | 'scores' | 'topk', Kernel>;
   private readonly meta: DeviceBuffer;
   private readonly freqPlain: DeviceBuffer;
   private readonly freqComp: DeviceBuffer;
   private readonly scores: DeviceBuffer;
-  /** The key split's scores and partial outputs (attentionSplit), when the tensor-core kernel applies to the shape. */
-  private readonly split: { scores: DeviceBuffer; part: DeviceBuffer } | undefined;
   private readonly chunkRows: number;
   private readonly rowsPerCta: number | undefined;
   private readonly maxVisible: number;
@@ -396,9 +364,6 @@ export class GpuAttention implements Disposable {
       sparseMma1: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.sparseMma1).setMaxDynamicSharedMemory(ATTN_SMEM_LIMIT),
       sparseMma2: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.sparseMma2).setMaxDynamicSharedMemory(ATTN_SMEM_LIMIT),
       sparseMma4: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.sparseMma4).setMaxDynamicSharedMemory(ATTN_SMEM_LIMIT),
-      splitScores: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.splitScores).setMaxDynamicSharedMemory(ATTN_SMEM_LIMIT),
-      splitPv: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.splitPv).setMaxDynamicSharedMemory(ATTN_SMEM_LIMIT),
-      splitReduce: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.splitReduce),
       pool: load(COMPRESSOR_SOURCE, COMPRESSOR_ENTRIES.pool),
       state: load(COMPRESSOR_SOURCE, COMPRESSOR_ENTRIES.state),
       prep: load(INDEXER_SOURCE, INDEXER_ENTRIES.prepare),
@@ -415,12 +380,6 @@ export class GpuAttention implements Disposable {
       this.freqComp.copyFromHost(ropeFrequencies(s.ropeDim, config.compressRopeTheta, config.yarn));
       this.scores = DeviceBuffer.alloc(this.chunkRows * Math.max(1, this.maxVisible) * 2); made.push(this.scores);
       this.picks = DeviceTensor.empty('I32', [o.maxRows, Math.max(1, s.indexTopk)]); made.push(this.picks);
-      if (ATTN_MMA_DIMS.includes(s.headDim)) {
-        const sb = attentionSplitBytes(s.heads, s.headDim);
-        const scores = DeviceBuffer.alloc(sb.scores); made.push(scores);
-        const part = DeviceBuffer.alloc(sb.part); made.push(part);
-        this.split = { scores, part };
-      }
     } catch (err) {
       for (const b of made) b.dispose();
       throw err;
@@ -600,33 +559,16 @@ export class GpuAttention implements Disposable {
     const win = this.cache.paged('window', layer);
     const comp = ratio > 0 ? this.cache.paged(this.cache.compressedKind(layer, false), layer) : undefined;
     const sigma = fr(1 / Math.sqrt(s.headDim));
-    const freqs = ratio > 0 ? this.freqComp : this.freqPlain;
-    const args = [
+    const kernel = plan.kernel === 'mma' ? this.k[sparseMmaEntry(hpb)] : this.k.sparse;
+    kernel.launch({ grid: [p.rows, s.heads / hpb], block: plan.kernel === 'mma' ? ATTN_MMA_THREADS : ATTN_THREADS, sharedMemBytes: plan.smem, stream }, [
       x.q, x.kv, arg.ptr(win.base), arg.ptr(win.table), arg.i32(win.tableStride),
       arg.ptr(comp?.base), arg.ptr(comp?.table), arg.i32(comp?.tableStride ?? 0),
       arg.i32(win.blockRows), arg.i32(win.layerSlot), arg.i32(win.layersPerBlock), arg.i32(comp?.layerSlot ?? 0), arg.i32(comp?.layersPerBlock ?? 1),
       arg.ptr(indexer ? x.picks : null), arg.i32(indexer ? x.picks!.shape[1] : 0),
-      arg.ptr(this.itemsPtr), arg.ptr(this.rowItemPtr), x.sink, freqs, x.out,
+      arg.ptr(this.itemsPtr), arg.ptr(this.rowItemPtr), x.sink, ratio > 0 ? this.freqComp : this.freqPlain, x.out,
       arg.i32(s.heads), arg.i32(s.headDim), arg.i32(s.ropeDim), arg.i32(s.window), arg.i32(ratio), arg.i32(s.indexTopk),
       arg.i32(hpb), arg.i32(maxKeys), arg.f32(sigma),
-    ];
-    const groups = s.heads / hpb;
-    const nsplit = plan.kernel === 'mma' && this.split ? attentionSplit(p.rows, groups, hpb, maxKeys, this.sms) : 1;
-    if (nsplit > 1) {
-      // scores of every split, then each split's softmax (the whole row) and P V, then the sum of the partials
-      const sp = this.split!;
-      const splitArgs = [...args, arg.ptr(sp.scores), arg.ptr(sp.part), arg.i32(nsplit)];
-      const cfg = { grid: [p.rows, groups, nsplit] as [number, number, number], block: ATTN_MMA_THREADS, sharedMemBytes: plan.smem, stream };
-      this.k.splitScores.launch(cfg, splitArgs);
-      this.k.splitPv.launch(cfg, splitArgs);
-      this.k.splitReduce.launch({ grid: [p.rows, s.heads], block: Math.min(128, s.headDim / 4), stream }, [
-        arg.ptr(sp.part), arg.ptr(this.itemsPtr), arg.ptr(this.rowItemPtr), freqs, x.out,
-        arg.i32(s.heads), arg.i32(s.headDim), arg.i32(s.ropeDim), arg.i32(hpb), arg.i32(nsplit),
-      ]);
-      return;
-    }
-    const kernel = plan.kernel === 'mma' ? this.k[sparseMmaEntry(hpb)] : this.k.sparse;
-    kernel.launch({ grid: [p.rows, s.heads / hpb], block: plan.kernel === 'mma' ? ATTN_MMA_THREADS : ATTN_THREADS, sharedMemBytes: plan.smem, stream }, args);
+    ]);
   }
 
   /** The window ring update (after attend): the last min(len, win) rows of each item to ring row pos mod win. */
@@ -646,7 +588,6 @@ export class GpuAttention implements Disposable {
     if (this.disposed) return;
     this.disposed = true;
     for (const b of [this.meta, this.freqPlain, this.freqComp, this.scores]) b.dispose();
-    this.split?.scores.dispose(); this.split?.part.dispose();
     this.picks.dispose();
   }
 

@@ -247,11 +247,6 @@ struct SparseArgs {
   uint16_t* out;
   int H, rd, win, ratio, topk, hpb, max_keys;
   float sigma;
-  // key split (kMode 1 / 2, decode's few rows): scores f32 [rows, H, ss], partial outputs f32 [rows, H / hpb, nsplit,
-  // 16 MT, D]; nsplit CTAs per (row, head group), gridDim.z
-  float* split_scores;
-  float* split_part;
-  int nsplit;
 };
 
 __device__ __forceinline__ uint4 load_row16(const uint16_t* row, int elem) {
@@ -266,14 +261,7 @@ __device__ __forceinline__ unsigned word_of(const uint4& v, int i) {
 __device__ __forceinline__ unsigned pair_lo(unsigned a, unsigned b) { return (a & 0xffffu) | (b << 16); }
 __device__ __forceinline__ unsigned pair_hi(unsigned a, unsigned b) { return (a >> 16) | (b & 0xffff0000u); }
 
-// kMode 0: the whole row in one CTA. The key split of a decode step's few rows (attn_sparse_split_*, the launcher's
-// attentionSplit): split z of nsplit takes k-tiles [z ceil(kt / nsplit), ...) of the row's kt = nk16 / 16;
-//   kMode 1 computes S for its k-tiles into split_scores (global; no softmax);
-//   kMode 2 reads the row's whole S back, runs the same softmax on it (so p is the same bits as kMode 0's), then
-//   P V over its k-tiles only, and writes its f32 partial O to split_part;
-//   attn_sparse_split_reduce sums the partials in split order, then kMode 0's epilogue.
-// Only the f32 association of O changes (per split, then across splits): within SPEC 5, as kMode 0's f32 already is.
-template <int D, int MT, int kMode = 0>
+template <int D, int MT>
 __device__ __forceinline__ void sparse_mma_body(const SparseArgs& A, unsigned char* smem) {
   constexpr int kRows = 16 * MT;
   constexpr int kChunks = D / 8;  // 16-byte chunks per query row
@@ -302,10 +290,6 @@ __device__ __forceinline__ void sparse_mma_body(const SparseArgs& A, unsigned ch
   }
   const int nk = min(nw + nc, max_keys);
   const int nk16 = (nk + 15) & ~15;
-  const int ktiles = nk16 / 16;
-  const int z = kMode ? (int)blockIdx.z : 0;
-  const int ktper = kMode ? (ktiles + A.nsplit - 1) / A.nsplit : ktiles;
-  const int kt0 = min(ktiles, z * ktper), kt1 = min(ktiles, kt0 + ktper);  // this CTA's k-tiles
   for (int k = threadIdx.x; k < nk16; k += kMmaThreads) {
     const uint16_t* ptr = nullptr;
     if (k < nw) {
@@ -318,28 +302,18 @@ __device__ __forceinline__ void sparse_mma_body(const SparseArgs& A, unsigned ch
     }
     keys[k] = ptr;
   }
-  if (kMode != 2) {
-    for (int i = threadIdx.x; i < kRows * kChunks; i += kMmaThreads) {
-      const int row = i / kChunks, ch = i % kChunks;
-      uint4 v{0u, 0u, 0u, 0u};
-      if (row < A.hpb) v = reinterpret_cast<const uint4*>(A.q + ((size_t)r * A.H + h0 + row) * D)[ch];
-      qs[row * kChunks + (ch ^ ((row & 1) << 2))] = v;
-    }
-  } else {  // the row's scores, as kMode 1 wrote them (padding head rows of the m-tile: the softmax zeroes them)
-    const float* gs = A.split_scores + ((size_t)r * A.H + h0) * ss;
-    for (int i = threadIdx.x; i < A.hpb * nk16; i += kMmaThreads) {
-      const int row = i / nk16, k = i - row * nk16;
-      sc[(size_t)row * ss + k] = gs[(size_t)row * ss + k];
-    }
+  for (int i = threadIdx.x; i < kRows * kChunks; i += kMmaThreads) {
+    const int row = i / kChunks, ch = i % kChunks;
+    uint4 v{0u, 0u, 0u, 0u};
+    if (row < A.hpb) v = reinterpret_cast<const uint4*>(A.q + ((size_t)r * A.H + h0 + row) * D)[ch];
+    qs[row * kChunks + (ch ^ ((row & 1) << 2))] = v;
   }
   __syncthreads();
 
   // 2. S = Q K^T, scores into sc
   constexpr int kNc = D / 32;
   constexpr int kBatch = kNc < 8 ? kNc : 8;
-  // kMode 1 writes straight to split_scores (the group's rows only: past hpb are the next group's heads)
-  float* const sdst = kMode == 1 ? A.split_scores + ((size_t)r * A.H + h0) * ss : sc;
-  for (int nt = 2 * kt0 + warp; kMode != 2 && nt < 2 * kt1; nt += kMmaWarps) {
+  for (int nt = warp; nt < nk16 / 8; nt += kMmaWarps) {
     const uint16_t* kp = keys[nt * 8 + g];
     float acc[MT][4];
 #pragma unroll
@@ -366,19 +340,14 @@ __device__ __forceinline__ void sparse_mma_body(const SparseArgs& A, unsigned ch
     const bool m0 = keys[k0] == nullptr, m1 = keys[k0 + 1] == nullptr;
 #pragma unroll
     for (int m = 0; m < MT; m++) {
-      float* sa = sdst + (size_t)(m * 16 + g) * ss + k0;
+      float* sa = sc + (size_t)(m * 16 + g) * ss + k0;
       float* sb = sa + (size_t)8 * ss;
-      if (kMode != 1 || m * 16 + g < A.hpb) {
-        sa[0] = m0 ? -INFINITY : __fmul_rn(acc[m][0], A.sigma);
-        sa[1] = m1 ? -INFINITY : __fmul_rn(acc[m][1], A.sigma);
-      }
-      if (kMode != 1 || m * 16 + g + 8 < A.hpb) {
-        sb[0] = m0 ? -INFINITY : __fmul_rn(acc[m][2], A.sigma);
-        sb[1] = m1 ? -INFINITY : __fmul_rn(acc[m][3], A.sigma);
-      }
+      sa[0] = m0 ? -INFINITY : __fmul_rn(acc[m][0], A.sigma);
+      sa[1] = m1 ? -INFINITY : __fmul_rn(acc[m][1], A.sigma);
+      sb[0] = m0 ? -INFINITY : __fmul_rn(acc[m][2], A.sigma);
+      sb[1] = m1 ? -INFINITY : __fmul_rn(acc[m][3], A.sigma);
     }
   }
-  if (kMode == 1) return;
   __syncthreads();
 
   // 3. softmax with sink, a warp per head (as attn_sparse); probabilities overwrite the scores, 0 past nk
@@ -402,15 +371,16 @@ __device__ __forceinline__ void sparse_mma_body(const SparseArgs& A, unsigned ch
   for (int m = 0; m < MT; m++)
 #pragma unroll
     for (int q = 0; q < 8; q++) acc[m][q][0] = acc[m][q][1] = acc[m][q][2] = acc[m][q][3] = 0.f;
+  const int ktiles = nk16 / 16;
   uint4 vu, vv, vw, vx;  // keys 2t, 2t+1, 2t+8, 2t+9 of the k-tile
-  if (kt0 + split < kt1) {
-    const int kb = (kt0 + split) * 16 + 2 * t;
+  if (split < ktiles) {
+    const int kb = split * 16 + 2 * t;
     vu = load_row16(keys[kb], dim0); vv = load_row16(keys[kb + 1], dim0);
     vw = load_row16(keys[kb + 8], dim0); vx = load_row16(keys[kb + 9], dim0);
   }
-  for (int kt = kt0 + split; kt < kt1; kt += kSplit) {
+  for (int kt = split; kt < ktiles; kt += kSplit) {
     const uint4 cu = vu, cv = vv, cw = vw, cx = vx;
-    if (kt + kSplit < kt1) {  // the next k-tile's loads in flight during this one's mmas
+    if (kt + kSplit < ktiles) {  // the next k-tile's loads in flight during this one's mmas
       const int kb = (kt + kSplit) * 16 + 2 * t;
       vu = load_row16(keys[kb], dim0); vv = load_row16(keys[kb + 1], dim0);
       vw = load_row16(keys[kb + 8], dim0); vx = load_row16(keys[kb + 9], dim0);
@@ -462,22 +432,6 @@ __device__ __forceinline__ void sparse_mma_body(const SparseArgs& A, unsigned ch
     }
   }
   if (split != 0) return;
-  if (kMode == 2) {  // this split's f32 partial of O, for attn_sparse_split_reduce
-#pragma unroll
-    for (int m = 0; m < MT; m++)
-#pragma unroll
-      for (int hf = 0; hf < 2; hf++) {
-        const int row = m * 16 + g + 8 * hf;
-        if (row >= A.hpb) continue;
-        float4* dst = reinterpret_cast<float4*>(
-            A.split_part + ((((size_t)r * gridDim.y + blockIdx.y) * A.nsplit + z) * kRows + row) * D + dbase);
-#pragma unroll
-        for (int j = 0; j < 16; j += 4)
-          dst[j / 4] = make_float4(acc[m][j % 8][2 * hf + j / 8], acc[m][(j + 1) % 8][2 * hf + (j + 1) / 8],
-                                   acc[m][(j + 2) % 8][2 * hf + (j + 2) / 8], acc[m][(j + 3) % 8][2 * hf + (j + 3) / 8]);
-      }
-    return;
-  }
   const int nope = D - A.rd;
 #pragma unroll
   for (int m = 0; m < MT; m++)
@@ -507,13 +461,13 @@ __device__ __forceinline__ void sparse_mma_body(const SparseArgs& A, unsigned ch
 }  // namespace
 
 namespace {
-template <int MT, int kMode = 0>
+template <int MT>
 __device__ __forceinline__ void sparse_mma_dispatch(const SparseArgs& A, int d, unsigned char* smem) {
   switch (d) {
-    case 512: sparse_mma_body<512, MT, kMode>(A, smem); break;
-    case 256: sparse_mma_body<256, MT, kMode>(A, smem); break;
-    case 128: sparse_mma_body<128, MT, kMode>(A, smem); break;
-    case 64: sparse_mma_body<64, MT, kMode>(A, smem); break;
+    case 512: sparse_mma_body<512, MT>(A, smem); break;
+    case 256: sparse_mma_body<256, MT>(A, smem); break;
+    case 128: sparse_mma_body<128, MT>(A, smem); break;
+    case 64: sparse_mma_body<64, MT>(A, smem); break;
     default: break;  // the launcher never picks these kernels for other d
   }
 }
@@ -553,55 +507,6 @@ extern "C" __global__ void __launch_bounds__(kMmaThreads)
 attn_sparse_mma4(ATTN_SPARSE_MMA_PARAMS) {
   extern __shared__ __align__(16) unsigned char smem[];
   sparse_mma_dispatch<4>(ATTN_SPARSE_MMA_ARGS, d, smem);
-}
-
-// The key split of one m-tile groups (sparse_mma_body kMode 1 / 2): grid (rows, H / hpb, nsplit), same arguments as
-// attn_sparse_mma1 plus the split buffers; then attn_sparse_split_reduce.
-#define ATTN_SPLIT_ARGS(A0) \
-  SparseArgs A0 = ATTN_SPARSE_MMA_ARGS; A0.split_scores = split_scores; A0.split_part = split_part; A0.nsplit = nsplit
-extern "C" __global__ void __launch_bounds__(kMmaThreads)
-attn_sparse_split_scores1(ATTN_SPARSE_MMA_PARAMS, float* __restrict__ split_scores, float* __restrict__ split_part, int nsplit) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  ATTN_SPLIT_ARGS(a);
-  sparse_mma_dispatch<1, 1>(a, d, smem);
-}
-
-extern "C" __global__ void __launch_bounds__(kMmaThreads)
-attn_sparse_split_pv1(ATTN_SPARSE_MMA_PARAMS, float* __restrict__ split_scores, float* __restrict__ split_part, int nsplit) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  ATTN_SPLIT_ARGS(a);
-  sparse_mma_dispatch<1, 2>(a, d, smem);
-}
-#undef ATTN_SPLIT_ARGS
-
-// O of every (row, head): the nsplit partials summed in split order (f32), then attn_sparse_mma's epilogue: bf16(o),
-// inverse RoPE at the row's position on the last rd dims, bf16 out. grid (rows, H), d / 4 threads (4 dims each).
-extern "C" __global__ void __launch_bounds__(128)
-attn_sparse_split_reduce(const float* __restrict__ split_part, const int* __restrict__ items, const int* __restrict__ row_item,
-                         const float* __restrict__ freqs, uint16_t* __restrict__ out, int H, int d, int rd, int hpb,
-                         int nsplit) {
-  const int r = blockIdx.x, h = blockIdx.y;
-  const int dim = 4 * (int)threadIdx.x;
-  if (dim >= d) return;
-  const attn::Item it = attn::load_item(items, row_item[r]);
-  const int T = it.pos + (r - it.row0);
-  const int grp = h / hpb, row = h - grp * hpb;
-  const int rows16 = (hpb + 15) & ~15;
-  const float* p = split_part + (((size_t)r * (H / hpb) + grp) * nsplit * rows16 + row) * d + dim;
-  float4 acc = *reinterpret_cast<const float4*>(p);
-  for (int z = 1; z < nsplit; z++) {
-    const float4 v = *reinterpret_cast<const float4*>(p + (size_t)z * rows16 * d);
-    acc.x += v.x; acc.y += v.y; acc.z += v.z; acc.w += v.w;
-  }
-  float o[4] = {attn::bf16_round(acc.x), attn::bf16_round(acc.y), attn::bf16_round(acc.z), attn::bf16_round(acc.w)};
-  const int nope = d - rd;
-#pragma unroll
-  for (int j = 0; j < 4; j += 2)
-    if (dim + j >= nope) attn::rope_pair(o[j], o[j + 1], freqs, (dim + j - nope) / 2, T, true);
-  uint2 w;
-  w.x = (unsigned)attn::f32_to_bf16_bits(o[0]) | ((unsigned)attn::f32_to_bf16_bits(o[1]) << 16);
-  w.y = (unsigned)attn::f32_to_bf16_bits(o[2]) | ((unsigned)attn::f32_to_bf16_bits(o[3]) << 16);
-  *reinterpret_cast<uint2*>(out + ((size_t)r * H + h) * d + dim) = w;
 }
 #undef ATTN_SPARSE_MMA_PARAMS
 #undef ATTN_SPARSE_MMA_ARGS

@@ -17,9 +17,6 @@ export const ATTENTION_ENTRIES = Object.freeze({
   sparseMma1: 'attn_sparse_mma1',
   sparseMma2: 'attn_sparse_mma2',
   sparseMma4: 'attn_sparse_mma4',
-  splitScores: 'attn_sparse_split_scores1',
-  splitPv: 'attn_sparse_split_pv1',
-  splitReduce: 'attn_sparse_split_reduce',
   mmaSelftest: 'attn_mma_selftest',
 } as const);
 export const COMPRESSOR_ENTRIES = Object.freeze({ pool: 'attn_compress_pool', state: 'attn_compress_state' } as const);

@@ -104,9 +104,6 @@ inline T __shfl_sync(unsigned, T v, int src_lane) {
 }
 #define EMU_HAS_SHFL_SYNC 1  // (emu_model_ops.h then keeps its own copy out)
 struct alignas(8) float2 { float x, y; };
-struct alignas(16) float4 { float x, y, z, w; };
-inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
-struct alignas(8) uint2 { unsigned x, y; };
 // All 32 lanes' `words` 32-bit values of the calling warp at once (one exchange instead of one per shuffle): what the
 // emulated mma.sync of attn_mma.cuh uses, so flash-sized tensor-core kernels run in reasonable time here.
 #define EMU_HAS_WARP_ALLGATHER 1
