@@ -301,11 +301,10 @@ megamoe_router_topk(const float* __restrict__ partials, int num_splits, float* _
   if (token_ids == nullptr) {
     float score[kPerLane];
     float sel[kPerLane];
-    // Gather this lane's logits first. All splits of one logit are loaded together (predicated loads, no
-    // branch between them) and then added in the fixed order z = 0, 1, ..., as the logits kernel promises.
-    // Every load is issued before the first add: the split loop is outside (z < num_splits is the same for the whole
-    // warp) and the expert index is clamped instead of branched on, so no branch separates the loads (a per-expert
-    // predicated load had made a one-token launch 8 dependent round trips, docs/GPU-MODEL.md).
+    // Gather this lane's logits first, every load issued before the first add, then the splits of each logit added in
+    // the fixed order z = 0, 1, ..., as the logits kernel promises. The split loop is outside (z < num_splits is the
+    // same for the whole warp) and the expert index is clamped instead of branched on: per-expert predicated loads
+    // compiled to one branch region per expert, and ncu's samples of a one-token launch waited in each (GPU-MODEL.md).
     float logit[kPerLane];
     float part[kPerLane][kMaxSplits];
 #pragma unroll
