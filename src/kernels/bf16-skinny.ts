@@ -23,15 +23,13 @@ export function skinnyBf16Supported(m: number, n: number, k: number, ld: { x?: n
   if (!(Number.isInteger(m) && m >= 1 && m <= BF16_SKINNY_MAX_ROWS)) return false;
   if (!(Number.isInteger(n) && n > 0 && n % 16 === 0 && Number.isInteger(k) && k > 0 && k % 256 === 0)) return false;
   if (!ok8(ld.x ?? k) || !(Number.isInteger(ld.d ?? n) && (ld.d ?? n) >= n) || (ld.x ?? k) < k) return false;
-  if (batch && !(Number.isInteger(batch.count) && batch.count >= 1 && batch.count <= 65535 && ok8(batch.strideX) && ok8(batch.strideW) && Number.isInteger(batch.strideD) && batch.strideD >= 0)) return false;
-  return n / 16 <= 0x7fffffff;
+  return !batch || (Number.isInteger(batch.count) && batch.count >= 1 && batch.count <= 65535 && ok8(batch.strideX) && ok8(batch.strideW) && Number.isInteger(batch.strideD) && batch.strideD >= 0);
 }
 
 let kernel: Kernel | undefined;
 
 /** One skinny-GEMM shape: run() is one launch of grid (n / 16, batch count). */
 export class SkinnyBf16Gemm {
-  readonly label: string;
   private readonly ldx: number;
   private readonly ldd: number;
   constructor(readonly out: 'f32' | 'bf16', readonly m: number, readonly n: number, readonly k: number,
@@ -41,7 +39,6 @@ export class SkinnyBf16Gemm {
     }
     this.ldx = ld.x ?? k;
     this.ldd = ld.d ?? n;
-    this.label = `skinny ${out} ${m}x${n}x${k}`;
     kernel ??= loadKernelSync({ source: BF16_SKINNY_SOURCE, entry: BF16_SKINNY_ENTRY, defines: {} });
   }
 
