@@ -7,7 +7,7 @@ import { DeviceTensor, type DeviceBuffer, type Kernel } from '../src/cuda/index.
 import { checkDenseBinding } from '../src/gpu-model/dense-fp8.js';
 import { GpuModelArgumentError } from '../src/gpu-model/errors.js';
 import { GpuLogits } from '../src/gpu-model/logits.js';
-import { GpuRowOps, hcMixRowsPerBlock, hcTokensPerBlock, NORM_TARGET_WARPS, rmsNormSplit, type Fp8Activations } from '../src/gpu-model/row-ops.js';
+import { GpuRowOps, hcMixRowsPerBlock, hcTokensPerBlock, NORM_TARGET_WARPS, rmsNormSplit, ropeBlocksPerRow, type Fp8Activations } from '../src/gpu-model/row-ops.js';
 import { GPU_SAMPLER_MAX_TOP_K, samplingMode } from '../src/gpu-model/sampler.js';
 import type { SamplingParams } from '../src/generate/contracts.js';
 import { MODEL_OPS_ENTRIES, type ModelOpsKernels } from '../src/kernels/model-ops.js';
@@ -119,7 +119,16 @@ test('rope: pairs must be aligned, the rope dims inside a head, the tensors larg
   refuses(() => ops.rope(q, pos, fr, { heads: 65, headStride: 512, ropeOffset: 448, rd: 64 }), /smaller than 3 rows x 65 heads/);
   refuses(() => ops.rope(q, pos, fr, { heads: 64, headStride: 512, ropeOffset: 448, rd: 64, rows: 4 }), /rows = 4/);
   ops.rope(q, pos, fr, { heads: 64, headStride: 512, ropeOffset: 448, rd: 64, inverse: true });
-  assert.deepEqual(log.map((l) => [l.entry, l.grid, l.block, l.smem]), [['mo_rope', 3, 128, 256]]);
+  // 3 rows of 64 heads x 32 pairs: each row over 8 blocks of 128 threads (2 pairs a thread)
+  assert.deepEqual(log.map((l) => [l.entry, l.grid, l.block, l.smem]), [['mo_rope', [3, 8], 128, 256]]);
+});
+
+test('ropeBlocksPerRow: a few rows split over blocks (~2 pairs a thread, ~2 blocks a SM), many rows one block each', () => {
+  assert.equal(ropeBlocksPerRow(1, 64 * 32), 8, 'a decode step\'s q: 2048 pairs');
+  assert.equal(ropeBlocksPerRow(1, 32), 1, 'one kv head: 32 pairs');
+  assert.equal(ropeBlocksPerRow(64, 64 * 32), 4, '64 rows: ~2 blocks a SM (264 / 64)');
+  assert.equal(ropeBlocksPerRow(300, 64 * 32), 1);
+  assert.equal(ropeBlocksPerRow(2048, 64 * 32), 1, 'prefill');
 });
 
 test('hc_pre / hc_head / hc_post: stream layout, parameter shapes, eps, Sinkhorn iterations', () => {
