@@ -115,8 +115,8 @@ export interface HcOptions {
   stream?: StreamLike;
 }
 
-/** SMs the hc kernels' block counts are sized for (an H100 / H200 has 132). */
-const HC_SMS = 132;
+/** SMs the row kernels' block counts (hc, rope) are sized for (an H100 / H200 has 132). */
+const ROW_OPS_SMS = 132;
 
 /**
  * Output rows per block of mo_hc_pre / mo_hc_head's one-block path (1, 2 or 4; the split path is always 1): the
@@ -126,7 +126,7 @@ const HC_SMS = 132;
  */
 export function hcTokensPerBlock(rows: number, force?: 1 | 2 | 4): number {
   if (force !== undefined) return force;
-  return rows <= HC_SMS ? 1 : rows <= 2 * HC_SMS ? 2 : 4;
+  return rows <= ROW_OPS_SMS ? 1 : rows <= 2 * ROW_OPS_SMS ? 2 : 4;
 }
 
 const NORM_WARPS_PER_BLOCK = 8; // model_ops.cu kNormWarpsPerBlock
@@ -154,7 +154,7 @@ const ROPE_THREADS = 128;
  * load after load. Each block computes the row's cos / sin itself; the bits do not depend on the split.
  */
 export function ropeBlocksPerRow(rows: number, pairs: number): number {
-  return Math.max(1, Math.min(Math.ceil(pairs / (2 * ROPE_THREADS)), Math.floor((2 * HC_SMS) / Math.max(1, rows))));
+  return Math.max(1, Math.min(Math.ceil(pairs / (2 * ROPE_THREADS)), Math.floor((2 * ROW_OPS_SMS) / Math.max(1, rows))));
 }
 const HC_THREADS = 256;         // model_ops.cu kHcThreads
 
