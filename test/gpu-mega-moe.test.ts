@@ -12,6 +12,7 @@ import { MegaMoe, MegaMoeBackend } from '../src/backends/mega-moe.js';
 import { ReferenceBackend } from '../src/backends/reference.js';
 import { DeviceMoeWeights, layerFromDeviceWeights, UnfusedBackend, UnfusedMoe, type UnfusedShape } from '../src/backends/unfused.js';
 import { MegaMoeKernelError } from '../src/kernels/mega-moe.js';
+import { MEGA_ROW_TILE } from '../src/kernels/mega-moe-layout.js';
 import { simulateDispatch } from '../src/kernels/moe-dispatch.js';
 import { GuardError } from '../src/moe/guards.js';
 import { makeRandomLayer, moeShape, randomHiddenStates } from '../src/moe/synthetic.js';
@@ -57,7 +58,7 @@ function assertDispatch(moe: MegaMoe, r: Routing, T: number): void {
     return;
   }
   const want = simulateDispatch({ experts: s.experts, topK: s.topK, hidden: s.hidden, shared: true }, r.ids.data, r.weights.data, T,
-    moe.path(T) === 'decode' ? 16 : 128);
+    MEGA_ROW_TILE[moe.path(T)]);
   const got = moe.debugDispatch(T);
   assert.deepEqual(got.slotRow, want.slotRow, 'slot_row');
   assert.deepEqual(got.groupOffset, want.groupOffset, 'group offsets');

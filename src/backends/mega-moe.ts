@@ -11,7 +11,7 @@ import {
 } from '../cuda/index.js';
 import { MegaMoeKernel } from '../kernels/mega-moe.js';
 import {
-  decodeMegaCtl, formatBytes, MEGA_CTL_BYTES, megaBufferLayout, smallTokens, type MegaBufferLayout, type MegaMoePath,
+  decode32RowsRange, decodeMegaCtl, formatBytes, MEGA_CTL_BYTES, megaBufferLayout, smallTokens, type MegaBufferLayout, type MegaMoePath,
 } from '../kernels/mega-moe-layout.js';
 import type { MoeForwardResult, PrepareOptions } from '../moe/backend.js';
 import {
@@ -44,6 +44,8 @@ export class MegaMoe {
   private readonly ownsWeights: boolean;
   /** Which kernel path forwards use: 'auto' (by rows per expert) unless a benchmark pins one. */
   rowTilePolicy: RowTilePolicy = 'auto';
+  /** Rows per expert for which 'auto' runs the 32-token decode tiles (MEGAMOE_DECODE32_ROWS, read at create). */
+  private readonly decode32Rows = decode32RowsRange();
 
   private constructor(p: {
     shape: UnfusedShape; weights: DeviceMoeWeights; maxTokens: number; layout: MegaBufferLayout; buffer: DeviceBuffer;
@@ -128,9 +130,15 @@ export class MegaMoe {
   /** Whether the normal path can run as 2-CTA clusters with weight multicast on this GPU (MegaMoeKernel.multicast). */
   get multicast(): boolean { return this.kernel.multicast; }
 
-  /** The kernel path T tokens run with (the same rows-per-expert rule as the unfused backend's GEMMs). */
+  /**
+   * The kernel path T tokens run with: the unfused backend's rows-per-expert rule (chooseRowTile), except that under
+   * the 'auto' policy an average of decode32Rows' (min, max] rows per expert takes the 32-token decode tiles.
+   */
   path(tokens: number): MegaMoePath {
-    return chooseRowTile(tokens, this.shape, this.rowTilePolicy).mode;
+    const mode = chooseRowTile(tokens, this.shape, this.rowTilePolicy).mode;
+    const r = this.decode32Rows;
+    const perExpert = (tokens * this.shape.topK) / this.shape.experts;
+    return this.rowTilePolicy === 'auto' && r !== undefined && perExpert > r.min && perExpert <= r.max ? 'decode32' : mode;
   }
 
   /** Queues the layer for the first `tokens` rows of io (results in io.yRouted / io.y). T = 0 queues nothing. */
@@ -185,7 +193,7 @@ export class MegaMoe {
     this.buffer.copyToHost(n, { offset: r.numMTiles.offset, bytes: 4 });
     const ctl = new Uint8Array(MEGA_CTL_BYTES);
     this.buffer.copyToHost(ctl, { offset: r.ctl.offset, bytes: MEGA_CTL_BYTES });
-    const direct = tokens >= 1 && tokens <= smallTokens() && this.path(tokens) === 'decode' && this.layout.ranks === 1 && decodeMegaCtl(ctl).smallDirect;
+    const direct = tokens >= 1 && tokens <= smallTokens() && this.path(tokens) !== 'normal' && this.layout.ranks === 1 && decodeMegaCtl(ctl).smallDirect;
     return { slotRow, groupOffset, numMTiles: n[0], direct };
   }
 

@@ -14,15 +14,18 @@ export interface MegaMoeShape {
   topK: number;
 }
 
-/** 'normal': 128-row tiles, 2 consumer warpgroups (prefill). 'decode': 16-token tiles, weights on wgmma's M side. */
-export type MegaMoePath = 'normal' | 'decode';
+/**
+ * 'normal': 128-row tiles, 2 consumer warpgroups (prefill). 'decode': 16-token tiles, weights on wgmma's M side.
+ * 'decode32': the decode kernel with 32-token tiles (mid T: an expert with 17-32 rows streams its weights once).
+ */
+export type MegaMoePath = 'normal' | 'decode' | 'decode32';
 
-export const MEGA_ROW_TILE: Readonly<Record<MegaMoePath, number>> = Object.freeze({ normal: 128, decode: 16 });
+export const MEGA_ROW_TILE: Readonly<Record<MegaMoePath, number>> = Object.freeze({ normal: 128, decode: 16, decode32: 32 });
 /**
  * Pipeline depth of each path (what fits in 227 KB with the plan below; measured choices in docs/MEGA_MOE.md): decode
  * runs L1 and L2 through one ring; normal gives L2 these stages and L1 its own ring of MEGA_L1_STAGES.
  */
-export const MEGA_STAGES: Readonly<Record<MegaMoePath, number>> = Object.freeze({ normal: 3, decode: 6 });
+export const MEGA_STAGES: Readonly<Record<MegaMoePath, number>> = Object.freeze({ normal: 3, decode: 6, decode32: 6 });
 /** The normal path's L1 ring (SwiGLU epilogue: no TMA-store staging, so one stage more than L2). */
 export const MEGA_L1_STAGES = 4;
 const SMEM_LIMIT = 232448;
@@ -32,15 +35,16 @@ const STATIC_SMEM = 1024;
 /**
  * Shared memory of a path's plan: normal = two rings over the same bytes, L1 = NormalPlan<2, S1, 0> (S1 stages of A
  * 16 KB + B 32 KB + sfa 512 B) and L2 = NormalPlan<2, S, 1> (64 KB bf16 staging for its TMA store, then S such
- * stages), then both rings' barriers (2 (S1 + S) x 8 bytes); decode = DecodePlan<4, S> (S stages of B 32 KB + A 2 KB
- * + sfa 128 B, barriers, 256 B of amax scratch). Mirrors mega_moe.cu / gemm/grouped.cuh.
+ * stages), then both rings' barriers (2 (S1 + S) x 8 bytes); decode = DecodePlan<4, S, R> (S stages of B 32 KB +
+ * A R x 128 B + sfa 128 B, barriers, 16 R B of amax scratch; R = 16 or 32 tokens). Mirrors mega_moe.cu / gemm/grouped.cuh.
  */
 export function megaSmemBytes(path: MegaMoePath, stages = MEGA_STAGES[path], l1Stages = MEGA_L1_STAGES): number {
   if (path === 'normal') {
     const stage = 128 * 128 + 256 * 128 + 128 * 4;
     return Math.max(l1Stages * stage, 128 * 256 * 2 + stages * stage) + 2 * (stages + l1Stages) * 8;
   }
-  return stages * (256 * 128 + 16 * 128 + 128) + 2 * stages * 8 + 4 * 16 * 4;
+  const rows = MEGA_ROW_TILE[path];
+  return stages * (256 * 128 + rows * 128 + 128) + 2 * stages * 8 + 4 * rows * 4;
 }
 
 /** Threads per CTA of a path (mega_moe.cu kThreads). */
@@ -212,12 +216,12 @@ export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout
   if (smem + STATIC_SMEM > SMEM_LIMIT) throw new RangeError(`mega_moe: the ${path} plan needs ${smem} bytes of shared memory (limit ${SMEM_LIMIT - STATIC_SMEM})`);
   return {
     MM_HIDDEN: shape.hidden, MM_INTER: shape.inter, MM_EXPERTS: shape.experts, MM_TOPK: shape.topK,
-    MM_PATH: path === 'decode' ? 1 : 0, MM_STAGES: stages, ...(path === 'normal' ? { MM_L1_STAGES: MEGA_L1_STAGES } : {}), MM_SMEM_BYTES: smem, MM_PARAMS_BYTES: MEGA_PARAMS_BYTES,
+    MM_PATH: path === 'normal' ? 0 : 1, ...(path === 'decode32' ? { MM_DECODE_ROWS: 32 } : {}), MM_STAGES: stages, ...(path === 'normal' ? { MM_L1_STAGES: MEGA_L1_STAGES } : {}), MM_SMEM_BYTES: smem, MM_PARAMS_BYTES: MEGA_PARAMS_BYTES,
     ...(weightLayout === 'tiled' ? { MM_WTILED: 1 } : {}),
     ...(path === 'normal' && multicast ? { MM_MCAST: 1 } : {}),
-    ...(path === 'decode' ? { MM_DECODE_L2_WIDE_MIN_T: decodeL2WideMinTokens() } : {}),
+    ...(path !== 'normal' ? { MM_DECODE_L2_WIDE_MIN_T: decodeL2WideMinTokens() } : {}),
     ...(process.env.MEGAMOE_SMALL_T ? { MM_SMALL_T: smallTokens() } : {}),
-    ...(path === 'decode' && process.env.MEGAMOE_DYNAMIC ? { MM_DYNAMIC: decodeDynamicUnits() ? 1 : 0 } : {}),
+    ...(path !== 'normal' && process.env.MEGAMOE_DYNAMIC ? { MM_DYNAMIC: decodeDynamicUnits() ? 1 : 0 } : {}),
   };
 }
 
@@ -257,6 +261,20 @@ export function megaMulticastMinRows(): number {
  */
 export function decodeL2WideMinTokens(): number {
   return tuningKnob('MEGAMOE_DECODE_L2_WIDE_MIN_T', 32, 1, 2 ** 30);
+}
+
+/**
+ * Rows per expert (T K / E) for which the fused layer runs the 32-token decode tiles ('decode32'): above `min`, up to
+ * `max` (default (8, 32], measured in docs/MEGA_MOE.md). MEGAMOE_DECODE32_ROWS="min:max" overrides (tuning), "off"
+ * never runs them.
+ */
+export function decode32RowsRange(): { min: number; max: number } | undefined {
+  const v = process.env.MEGAMOE_DECODE32_ROWS;
+  if (v === undefined || v === '') return { min: 8, max: 32 };
+  if (v === 'off') return undefined;
+  const m = /^(\d+(?:\.\d+)?):(\d+(?:\.\d+)?)$/.exec(v);
+  if (!m || Number(m[1]) > Number(m[2])) throw new RangeError(`MEGAMOE_DECODE32_ROWS=${v}: expected "min:max" rows per expert (min <= max) or "off"`);
+  return { min: Number(m[1]), max: Number(m[2]) };
 }
 
 /**

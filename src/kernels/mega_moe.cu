@@ -23,7 +23,8 @@
 // (src/kernels/mega-moe.ts), never a hang. After an error the host resets the control block.
 //
 // Compile-time shape: MM_HIDDEN (H), MM_INTER (I), MM_EXPERTS (E routed; group E is the shared expert), MM_TOPK (K),
-// MM_PATH (0 normal: 128-row tiles, 2 consumer warpgroups; 1 decode: 16-token tiles, weights on wgmma's M side),
+// MM_PATH (0 normal: 128-row tiles, 2 consumer warpgroups; 1 decode: MM_DECODE_ROWS-token tiles (16, or 32 for the
+// mid-T "decode32" path), weights on wgmma's M side),
 // MM_STAGES (decode: the ring's stages; normal: L2's), MM_L1_STAGES (normal: L1's), MM_WTILED (weight layout, as
 // GG_WTILED), MM_MCAST (normal path: 1 = 2-CTA clusters whose pairs of row tiles of one expert fetch half of each
 // weight tile and multicast it, as the unfused GEMM's GG_MCAST 1), MM_SMEM_BYTES and MM_PARAMS_BYTES (the TypeScript
@@ -71,7 +72,13 @@ constexpr int kStages = MM_STAGES;
 constexpr int kThreads = kDecode ? 256 : 384;
 constexpr int kWarps = kThreads / 32;
 constexpr int kConsumers = kDecode ? 128 : 256;  // consumer threads (threads [0, kConsumers))
-constexpr int kBlockM = kDecode ? gg::kDecodeRows : gg::kNormalRows;
+// Decode path: tokens per row tile (wgmma N). 32 where experts average more than a 16-token tile holds: an expert
+// with 17-32 rows then streams its weights once instead of once per 16-row tile (docs/MEGA_MOE.md).
+#ifndef MM_DECODE_ROWS
+#define MM_DECODE_ROWS 16
+#endif
+static_assert(MM_DECODE_ROWS == 16 || MM_DECODE_ROWS == 32, "mega_moe: MM_DECODE_ROWS is 16 or 32");
+constexpr int kBlockM = kDecode ? MM_DECODE_ROWS : gg::kNormalRows;
 // Normal path with weight multicast: the GEMMs' units go over 2-CTA clusters (the grid is launched as clusters of 2:
 // the host checks that all of them are resident at once, cuOccupancyMaxActiveClusters, or builds MM_MCAST 0).
 constexpr int kMcast = kDecode ? 0 : MM_MCAST;
@@ -108,7 +115,7 @@ struct NormalL2P : NormalL2Base {
   static constexpr gg::u32 kOffBar = kNormalBars + 2 * kL1Stages * 8;
   static constexpr gg::u32 kSmemBytes = kNormalBars + 2 * (kL1Stages + kStages) * 8;
 };
-using DecodeP = gg::DecodePlan<4, kStages>;     // L1 units of 256 weight rows, L2 units of 128 or 256 (below)
+using DecodeP = gg::DecodePlan<4, kStages, MM_DECODE_ROWS>;  // L1 units of 256 weight rows, L2 units of 128 or 256 (below)
 // Decode L2 units: 128 weight rows (MSUB 2) below MM_DECODE_L2_WIDE_MIN_T tokens, 256 (MSUB 4) from there on: a
 // 256-row stage fills its 32 KB slot (twice the bytes in flight per SM), but fewer units balance worse at T = 1
 // (measured: docs/MEGA_MOE.md). Both read W2 in 128-row TMA boxes (tiled layout), so one tensor map serves both.
@@ -486,8 +493,8 @@ __device__ __forceinline__ void dispatch_small(const MegaParams& p, int* scratch
 template <class Stamp>
 __device__ __forceinline__ bool dispatch_small_direct(const MegaParams& p, int* scratch, int tid, int warp, int lane,
                                                       const Stamp& stamp) {
-  constexpr int E = dsp::kExperts, K = MM_TOPK, R = gg::kDecodeRows;
-  static_assert(kSmallT <= R, "the small-T dispatch puts all T tokens into one 16-row tile");
+  constexpr int E = dsp::kExperts, K = MM_TOPK, R = kBlockM;
+  static_assert(kSmallT <= R, "the small-T dispatch puts all T tokens into one row tile");
   int* tile_of = scratch;  // [E]: touched, then its tile (-1: untouched)
   int* tiles = scratch + E;  // [E + 1]: group of each tile
   __shared__ int s_dup, s_tiles;

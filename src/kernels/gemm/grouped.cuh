@@ -9,7 +9,7 @@ namespace gg {
 
 constexpr int kBlockK = 128;   // K block = scale block (SPEC 3)
 constexpr int kNormalRows = 128;  // normal kernel: rows per tile (2 consumer warpgroups x 64)
-constexpr int kDecodeRows = 16;   // decode kernel: tokens per tile (wgmma N)
+constexpr int kDecodeRows = 16;   // decode kernel: tokens per tile (wgmma N); the fused kernel also builds 32
 
 // ------------------------------------------------------------------------------------------------------------------
 // Shared-memory plans. Host code mirrors these formulas (grouped-gemm.ts, the harness); the kernels check the
@@ -31,18 +31,20 @@ struct NormalPlan {
   static constexpr int kThreads = 384;
 };
 
-template <int kMSub, int kStages>
+template <int kMSub, int kStages, int kTokens = kDecodeRows>
 struct DecodePlan {
+  static_assert(kTokens == 16 || kTokens == 32, "decode tiles hold 16 or 32 tokens (wgmma N)");
+  static constexpr int kRows = kTokens;                     // tokens per row tile
   static constexpr int kRowsW = 64 * kMSub;                 // weight rows per unit
   static constexpr u32 kBBytes = kRowsW * kBlockK;          // weights, multiple of 8 KB
-  static constexpr u32 kABytes = kDecodeRows * kBlockK;     // 2 KB of tokens
-  static constexpr u32 kSfaSlot = 128;                      // 16 f32 scales in a 128-byte-aligned slot
+  static constexpr u32 kABytes = kRows * kBlockK;           // 2 or 4 KB of tokens
+  static constexpr u32 kSfaSlot = 128;                      // 16 or 32 f32 scales in a 128-byte-aligned slot
   static constexpr u32 kOffB = 0;
   static constexpr u32 kOffA = kOffB + kStages * kBBytes;
   static constexpr u32 kOffSfa = kOffA + kStages * kABytes;
   static constexpr u32 kOffBar = kOffSfa + kStages * kSfaSlot;
-  static constexpr u32 kOffAmax = kOffBar + 2 * kStages * 8;  // SwiGLU: per-warp per-token amax [4][16] f32
-  static constexpr u32 kSmemBytes = kOffAmax + 4 * kDecodeRows * 4;
+  static constexpr u32 kOffAmax = kOffBar + 2 * kStages * 8;  // SwiGLU: per-warp per-token amax [4][kRows] f32
+  static constexpr u32 kSmemBytes = kOffAmax + 4 * kRows * 4;
   static constexpr int kThreads = 256;
 };
 
@@ -530,11 +532,14 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
   const float swiglu_limit = ga.swiglu_limit;
   const int m_cap = ga.m_cap;
   constexpr int kRowsW = 64 * kMSub;  // this GEMM's unit (the plan may be sized for a larger one)
+  constexpr int kRows = P::kRows;     // tokens per row tile (wgmma N): 16, or 32 in the fused kernel's wide path
+  constexpr int kAcc = kRows / 2;     // accumulators per thread per 64-row sub-tile
   constexpr int kKB = kK / kBlockK;
   constexpr int kWBlocks = kN / kRowsW;
   constexpr int kNScaleRows = kN / 128;
   constexpr int kBoxRowsW = decode_box_rows<kRowsW, kWTiled>();
   static_assert(kN % kRowsW == 0 && kK % kBlockK == 0, "N must be a multiple of 64*MSUB, K of 128");
+  static_assert(kSplitK == 1 || kRows == kDecodeRows, "split-K: 16-token tiles only");
   static_assert(kMSub == 1 || kMSub == 2 || kMSub == 4, "MSUB is 1, 2 or 4");
   static_assert(kEpi == 0 || kMSub == 4, "the SwiGLU epilogue needs 256-row transformed units (MSUB = 4)");
   static_assert(kEpi == 0 || (kN / 2) % 128 == 0, "SwiGLU: I = N/2 must be a multiple of 128");
@@ -568,7 +573,7 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
     __syncthreads();
   }
 
-  const int n_units = live_row_tiles(num_m_tiles, m_cap, kDecodeRows) * kWBlocks * kSplitK;
+  const int n_units = live_row_tiles(num_m_tiles, m_cap, kRows) * kWBlocks * kSplitK;
   // Unit u -> (row tile, weight block, K split): splits of one tile are adjacent, so they land on adjacent CTAs.
   struct DUnit {
     int mt, wb, ks;
@@ -608,7 +613,7 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
             ring.advance<kStages>();
             continue;
           }
-          mbar_arrive_expect_tx(full_bar(stage), kUnitBBytes + P::kABytes + kDecodeRows * 4);
+          mbar_arrive_expect_tx(full_bar(stage), kUnitBBytes + P::kABytes + kRows * 4);
 #pragma unroll
           for (int h = 0; h < kRowsW / kBoxRowsW; h++) {
             const WCoord c = weight_coord<kN, kK, kWTiled>(g, b_row + kBoxRowsW * h, kb);
@@ -617,8 +622,8 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
           }
           const int at = sync.a_tile(mt);
           tma_load_2d(sbase + P::kOffA + stage * P::kABytes, tmap_a, full_bar(stage), kb * kBlockK,
-                      at * kDecodeRows, pol_a);
-          tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaSlot, tmap_sfa, full_bar(stage), at * kDecodeRows, kb,
+                      at * kRows, pol_a);
+          tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaSlot, tmap_sfa, full_bar(stage), at * kRows, kb,
                       pol_a);
           ring.advance<kStages>();
         }
@@ -637,11 +642,11 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
 
   // ---------------- consumer warpgroup ----------------
   const int wq = warp;          // 16 weight rows of each 64-row sub-tile
-  const int q = lane & 3;       // token pair: tokens 2q, 2q+1, 8+2q, 9+2q
+  const int q = lane & 3;       // token pairs: tokens 8j + 2q, 8j + 2q + 1 of each 8-token chunk j
   const int rl = lane >> 2;     // weight row within the warp's 16: rl and rl + 8
 
-  float acc[kMSub][8];
-  float fin[kMSub][8];
+  float acc[kMSub][kAcc];
+  float fin[kMSub][kAcc];
   int& stage = ring.stage;
   u32& phase = ring.phase;
 
@@ -675,7 +680,7 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
 #pragma unroll
     for (int s = 0; s < kMSub; s++)
 #pragma unroll
-      for (int i = 0; i < 8; i++) fin[s][i] = 0.0f;
+      for (int i = 0; i < kAcc; i++) fin[s][i] = 0.0f;
 
     // Weight scales of K block kb for sub-tile s: [0] for row rl, [1] for row rl + 8. bf16: one block per
     // sub-tile; SwiGLU: row rl (< 8 within a 16-row granule) is a gate row, rl + 8 an up row.
@@ -697,69 +702,72 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
       load_sb(kb + 1 < kb_end ? kb + 1 : kb, nsbv);
       if (!kDyn || kb > 0) mbar_wait(full_bar(stage), phase);  // (dynamic: K block 0 waited above)
       const u32 sfa_base = sbase + P::kOffSfa + stage * P::kSfaSlot;
-      float ts[4];
-      ts[0] = ld_shared_f32(sfa_base + 4u * (2 * q));
-      ts[1] = ld_shared_f32(sfa_base + 4u * (2 * q + 1));
-      ts[2] = ld_shared_f32(sfa_base + 4u * (8 + 2 * q));
-      ts[3] = ld_shared_f32(sfa_base + 4u * (9 + 2 * q));
+      float ts[kRows / 4];  // this thread's tokens' scales: ts[j] is token 8 (j / 2) + 2 q + j % 2
+#pragma unroll
+      for (int j = 0; j < kRows / 4; j++) ts[j] = ld_shared_f32(sfa_base + 4u * (8 * (j >> 1) + 2 * q + (j & 1)));
 
       const u64 db = make_desc_sw128(sbase + P::kOffA + stage * P::kABytes);
 #pragma unroll
       for (int s = 0; s < kMSub; s++)
 #pragma unroll
-        for (int i = 0; i < 8; i++) fence_reg(acc[s][i]);
+        for (int i = 0; i < kAcc; i++) fence_reg(acc[s][i]);
       wgmma_fence();
 #pragma unroll
       for (int s = 0; s < kMSub; s++) {
         const u64 da = make_desc_sw128(sbase + P::kOffB + stage * P::kBBytes + s * (64 * kBlockK));
 #pragma unroll
-        for (int kk = 0; kk < kBlockK / 32; kk++)
-          wgmma_m64n16k32_e4m3(acc[s], da + kk * kDescK32Step, db + kk * kDescK32Step, kk > 0 ? 1u : 0u);
+        for (int kk = 0; kk < kBlockK / 32; kk++) {
+          if constexpr (kRows == 16)
+            wgmma_m64n16k32_e4m3(acc[s], da + kk * kDescK32Step, db + kk * kDescK32Step, kk > 0 ? 1u : 0u);
+          else
+            wgmma_m64n32k32_e4m3(acc[s], da + kk * kDescK32Step, db + kk * kDescK32Step, kk > 0 ? 1u : 0u);
+        }
       }
       wgmma_commit();
       wgmma_wait<0>();
 #pragma unroll
       for (int s = 0; s < kMSub; s++)
 #pragma unroll
-        for (int i = 0; i < 8; i++) fence_reg(acc[s][i]);
+        for (int i = 0; i < kAcc; i++) fence_reg(acc[s][i]);
       if (lane == 0) mbar_arrive(empty_bar(stage));
 
-      // Accumulator i of m64n16k32: weight row rl (i % 4 < 2) or rl + 8, token 8 (i / 4) + 2 q + (i % 2).
+      // Accumulator i of m64nNk32: weight row rl (i % 4 < 2) or rl + 8, token 8 (i / 4) + 2 q + (i % 2).
 #pragma unroll
       for (int s = 0; s < kMSub; s++)
 #pragma unroll
-        for (int i = 0; i < 8; i++)
+        for (int i = 0; i < kAcc; i++)
           fin[s][i] = fmaf(acc[s][i], ts[2 * (i >> 2) + (i & 1)] * sbv[s][(i >> 1) & 1], fin[s][i]);
 #pragma unroll
       for (int s = 0; s < kMSub; s++) sbv[s][0] = nsbv[s][0], sbv[s][1] = nsbv[s][1];
       ring.advance<kStages>();
     }
 
-    const int tok0 = mt * kDecodeRows;
-    if (kSplitK > 1) {
+    const int tok0 = mt * kRows;
+    if constexpr (kSplitK > 1) {
       split_k_epilogue<kN, kMSub, kSplitK>(ga, fin, mt, wb, du.ks, tok0, tid, wq, q, rl,
                                            reinterpret_cast<int*>(smem + P::kOffAmax));
-    } else if (kEpi == 0) {
+    } else if constexpr (kEpi == 0) {
       unsigned short* d = reinterpret_cast<unsigned short*>(out);
 #pragma unroll
       for (int s = 0; s < kMSub; s++) {
         const int n = wb * kRowsW + 64 * s + 16 * wq + rl;
 #pragma unroll
-        for (int i = 0; i < 8; i++) {
+        for (int i = 0; i < kAcc; i++) {
           const long long tok = tok0 + 8 * (i >> 2) + 2 * q + (i & 1);
           d[tok * kN + n + 8 * ((i >> 1) & 1)] = f32_to_bf16(fin[s][i]);
         }
       }
       if (Sync::kCompletes) sync.template complete<kRowsW>(mt, wb, tid, 128);
     } else {
-      // Thread holds, for each sub-tile s and each of its 4 tokens, the gate (row rl) and up (row rl + 8) of
+      // Thread holds, for each sub-tile s and each of its kTok tokens, the gate (row rl) and up (row rl + 8) of
       // activation column 32 s + 8 wq + rl of block wb.
       constexpr int kI = kN / 2;
+      constexpr int kTok = kRows / 4;
       const float lim = swiglu_limit;
-      float a[4][kMSub];
-      float amax[4];
+      float a[kTok][kMSub];
+      float amax[kTok];
 #pragma unroll
-      for (int t = 0; t < 4; t++) {
+      for (int t = 0; t < kTok; t++) {
         const int tok = tok0 + 8 * (t >> 1) + 2 * q + (t & 1);
         const float w = row_weight[tok];
         amax[t] = 0.0f;
@@ -783,15 +791,14 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
       float* red = reinterpret_cast<float*>(smem + P::kOffAmax);  // [warp][token]
       if (rl == 0) {
 #pragma unroll
-        for (int t = 0; t < 4; t++) red[wq * kDecodeRows + 8 * (t >> 1) + 2 * q + (t & 1)] = amax[t];
+        for (int t = 0; t < kTok; t++) red[wq * kRows + 8 * (t >> 1) + 2 * q + (t & 1)] = amax[t];
       }
       named_barrier_sync(1, 128);
       unsigned char* aq = reinterpret_cast<unsigned char*>(out);
 #pragma unroll
-      for (int t = 0; t < 4; t++) {
+      for (int t = 0; t < kTok; t++) {
         const int tl = 8 * (t >> 1) + 2 * q + (t & 1);
-        const float mx = fmaxf(fmaxf(red[tl], red[kDecodeRows + tl]),
-                               fmaxf(red[2 * kDecodeRows + tl], red[3 * kDecodeRows + tl]));
+        const float mx = fmaxf(fmaxf(red[tl], red[kRows + tl]), fmaxf(red[2 * kRows + tl], red[3 * kRows + tl]));
         float inv;
         const float scale = pow2_scale(mx, inv);
         const long long tok = tok0 + tl;
