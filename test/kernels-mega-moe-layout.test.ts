@@ -88,7 +88,7 @@ test('decode32 rows-per-expert range: default, override, off, and a clear error'
   const saved = process.env.MEGAMOE_DECODE32_ROWS;
   try {
     delete process.env.MEGAMOE_DECODE32_ROWS;
-    assert.deepEqual(decode32RowsRange(), { min: 8, max: 32 });
+    assert.deepEqual(decode32RowsRange(), { min: 7, max: 28 });
     process.env.MEGAMOE_DECODE32_ROWS = '4:40.5';
     assert.deepEqual(decode32RowsRange(), { min: 4, max: 40.5 });
     process.env.MEGAMOE_DECODE32_ROWS = 'off';

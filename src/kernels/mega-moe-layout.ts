@@ -265,12 +265,12 @@ export function decodeL2WideMinTokens(): number {
 
 /**
  * Rows per expert (T K / E) for which the fused layer runs the 32-token decode tiles ('decode32'): above `min`, up to
- * `max` (default (8, 32], measured in docs/MEGA_MOE.md). MEGAMOE_DECODE32_ROWS="min:max" overrides (tuning), "off"
+ * `max` (default (7, 28], measured in docs/MEGA_MOE.md). MEGAMOE_DECODE32_ROWS="min:max" overrides (tuning), "off"
  * never runs them.
  */
 export function decode32RowsRange(): { min: number; max: number } | undefined {
   const v = process.env.MEGAMOE_DECODE32_ROWS;
-  if (v === undefined || v === '') return { min: 8, max: 32 };
+  if (v === undefined || v === '') return { min: 7, max: 28 };
   if (v === 'off') return undefined;
   const m = /^(\d+(?:\.\d+)?):(\d+(?:\.\d+)?)$/.exec(v);
   if (!m || Number(m[1]) > Number(m[2])) throw new RangeError(`MEGAMOE_DECODE32_ROWS=${v}: expected "min:max" rows per expert (min <= max) or "off"`);
