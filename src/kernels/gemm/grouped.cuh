@@ -7,13 +7,6 @@
 
 namespace gg {
 
-// Normal path: row tiles (pairs under clusters) per raster group of the unit order (1 = row-major: every N tile of
-// one row tile, then the next). An A/B knob for now (MEGAMOE_RASTER), docs/MEGA_MOE.md.
-#ifndef GG_RASTER
-#define GG_RASTER 1
-#endif
-static_assert(GG_RASTER >= 1, "GG_RASTER: row tiles per raster group, >= 1");
-
 constexpr int kBlockK = 128;   // K block = scale block (SPEC 3)
 constexpr int kNormalRows = 128;  // normal kernel: rows per tile (2 consumer warpgroups x 64)
 constexpr int kDecodeRows = 16;   // decode kernel: tokens per tile (wgmma N); the fused kernel also builds 32
@@ -165,9 +158,7 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
   }
 
   const int n_mt = live_row_tiles(num_m_tiles, m_cap, kNormalRows);
-  const int n_mp = (n_mt + kCluster - 1) / kCluster;  // row tiles, or pairs of them under clusters
-  const int n_units = kPairN ? n_mt * kNPairs : n_mp * kNTiles;
-  constexpr int kRaster = GG_RASTER;
+  const int n_units = kPairN ? n_mt * kNPairs : (n_mt + kCluster - 1) / kCluster * kNTiles;
   // Expert of row tile mt, -1 when dead (skipped or past the live count).
   auto group_of = [&](int mt) { return mt < n_mt ? tile_group[mt] : -1; };
   // Work unit u -> this CTA's (row tile, N tile), its expert and the peer's (-1 when dead).
@@ -181,13 +172,8 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
       w.nt = 2 * (u - w.mt * kNPairs) + rank;
       w.g = w.g_peer = group_of(w.mt);
     } else {
-      // Raster: groups of kRaster row tiles (pairs under clusters) walk the N tiles together, so the row tiles of one
-      // expert read each weight tile at about the same time (one DRAM read) even when the CTAs drift apart.
-      const int blk = u / (kRaster * kNTiles);
-      const int r = u - blk * (kRaster * kNTiles);
-      const int in_blk = min(kRaster, n_mp - blk * kRaster);
-      w.nt = r / in_blk;
-      const int mp = blk * kRaster + (r - w.nt * in_blk);
+      const int mp = u / kNTiles;
+      w.nt = u - mp * kNTiles;
       w.mt = mp * kCluster + rank;
       w.g = group_of(w.mt);
       w.g_peer = kCluster == 2 ? group_of(mp * kCluster + (rank ^ 1)) : -1;
