@@ -221,7 +221,6 @@ export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout
     ...(path === 'normal' && multicast ? { MM_MCAST: 1 } : {}),
     ...(path !== 'normal' ? { MM_DECODE_L2_WIDE_MIN_T: decodeL2WideMinTokens() } : {}),
     ...(process.env.MEGAMOE_SMALL_T ? { MM_SMALL_T: smallTokens() } : {}),
-    ...(process.env.MEGAMOE_EXP ? { MM_EXP: tuningKnob('MEGAMOE_EXP', 0, 0, 7) } : {}),
     ...(path !== 'normal' && process.env.MEGAMOE_DYNAMIC ? { MM_DYNAMIC: decodeDynamicUnits() ? 1 : 0 } : {}),
   };
 }

@@ -94,11 +94,6 @@ constexpr int kL2KBlocks = kI / 128;  // flags per row tile: one per 128 activat
 #define MM_DYNAMIC 1
 #endif
 constexpr int kSmallT = MM_SMALL_T;
-// Timing experiments (A/B only, MEGAMOE_EXP): bit 0 publishes without fences, bit 1 checks flags without fences
-// (both unsafe: they only measure what the fences cost); bit 2: the combine loads the next batch's slot rows early.
-#ifndef MM_EXP
-#define MM_EXP 0
-#endif
 static_assert(kSmallT <= dsp::kChunkTokens, "mega_moe: the single-CTA dispatch handles one count/rank chunk (64 tokens)");
 
 // Normal path: L1 and L2 have a ring each over the same shared memory: L1 (SwiGLU epilogue, no staging) kL1Stages
@@ -302,59 +297,38 @@ __device__ __forceinline__ void rank_barrier(const MegaParams& p, int slot, u32 
 
 // The combine of vectors [v0, v0 + nv) (16 bytes = 8 columns each) of every token: work item i by the thread with
 // i = first (mod step). Each thread loads kBatch vectors before summing any (more loads in flight per thread, with
-// one CTA per SM; at flash T = 8192 it measured the same as one at a time: docs/MEGA_MOE.md).
+// one CTA per SM), and the next batch's slot rows load while this batch is summed, so a batch costs one dependent
+// round trip instead of two (measured: flash T = 8192 4443 -> 4252 us, docs/MEGA_MOE.md).
 constexpr int kCombineBatch = 4;
 template <int kBatch = kCombineBatch>
 __device__ __forceinline__ void combine_vectors(const MegaParams& p, int v0, int nv, int first, int step) {
   const int total = p.num_tokens * nv;
-  if (MM_EXP & 4) {
-    // The next batch's slot rows load while this batch's rows are summed: one dependent round trip per batch, not two.
-    cmb::VecIn in[kBatch];
+  cmb::VecIn in[kBatch];
 #pragma unroll
-    for (int j = 0; j < kBatch; j++)
-      if (first + j * step < total) cmb::load_rows(p.slot_row, (first + j * step) / nv, in[j]);
-    for (int i0 = first; i0 < total; i0 += kBatch * step) {
-#pragma unroll
-      for (int j = 0; j < kBatch; j++) {
-        const int i = i0 + j * step;
-        if (i < total) cmb::load_vals<true>(p.out, p.group_offset, i / nv, v0 + i % nv, in[j]);
-      }
-      int next[kBatch][MM_TOPK];
-#pragma unroll
-      for (int j = 0; j < kBatch; j++) {
-        const int i = i0 + (kBatch + j) * step;
-#pragma unroll
-        for (int k = 0; k < MM_TOPK; k++) next[j][k] = i < total ? p.slot_row[(size_t)(i / nv) * MM_TOPK + k] : -1;
-      }
-#pragma unroll
-      for (int j = 0; j < kBatch; j++) {
-        const int i = i0 + j * step;
-        if (i < total) cmb::sum_vec(in[j], i / nv, v0 + i % nv, p.y_routed, p.y);
-      }
-#pragma unroll
-      for (int j = 0; j < kBatch; j++)
-#pragma unroll
-        for (int k = 0; k < MM_TOPK; k++) in[j].rows[k] = next[j][k];
-    }
-    return;
-  }
+  for (int j = 0; j < kBatch; j++)
+    if (first + j * step < total) cmb::load_rows(p.slot_row, (first + j * step) / nv, in[j]);
   for (int i0 = first; i0 < total; i0 += kBatch * step) {
-    cmb::VecIn in[kBatch];
-#pragma unroll
-    for (int j = 0; j < kBatch; j++) {
-      const int i = i0 + j * step;
-      if (i < total) cmb::load_rows(p.slot_row, i / nv, in[j]);
-    }
 #pragma unroll
     for (int j = 0; j < kBatch; j++) {
       const int i = i0 + j * step;
       if (i < total) cmb::load_vals<true>(p.out, p.group_offset, i / nv, v0 + i % nv, in[j]);
+    }
+    int next[kBatch][MM_TOPK];
+#pragma unroll
+    for (int j = 0; j < kBatch; j++) {
+      const int i = i0 + (kBatch + j) * step;
+#pragma unroll
+      for (int k = 0; k < MM_TOPK; k++) next[j][k] = i < total ? p.slot_row[(size_t)(i / nv) * MM_TOPK + k] : -1;
     }
 #pragma unroll
     for (int j = 0; j < kBatch; j++) {
       const int i = i0 + j * step;
       if (i < total) cmb::sum_vec(in[j], i / nv, v0 + i % nv, p.y_routed, p.y);
     }
+#pragma unroll
+    for (int j = 0; j < kBatch; j++)
+#pragma unroll
+      for (int k = 0; k < MM_TOPK; k++) in[j].rows[k] = next[j][k];
   }
 }
 
@@ -430,7 +404,7 @@ struct MegaSync {
     bool all = true;
 #pragma unroll
     for (int kb = 0; kb < kL2KBlocks; kb++) all &= gg::ld_relaxed_gpu(f + kb) == epoch;
-    if (all && !(MM_EXP & 2)) {
+    if (all) {
       gg::fence_acq_rel_gpu();
       gg::fence_proxy_async_global();
     }
@@ -459,12 +433,8 @@ struct MegaSync {
     gg::fence_proxy_async_global();  // our generic stores, read next by another CTA's TMA
     gg::named_barrier_sync(7, nthreads);
     if (ctid == 0 && !(fault == kFaultSkipPublish && mt == 0 && nt == 0)) {
-      if (MM_EXP & 1) {
-        *reinterpret_cast<volatile u32*>(flag(mt, nt)) = epoch;
-      } else {
-        __threadfence();
-        gg::st_release_gpu(flag(mt, nt), epoch);
-      }
+      __threadfence();
+      gg::st_release_gpu(flag(mt, nt), epoch);
     }
   }
   // Every consumer thread calls it after its bf16 epilogue stores of unit (mt, wb): kCols output columns.
