@@ -221,8 +221,6 @@ export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout
     ...(path === 'normal' && multicast ? { MM_MCAST: 1 } : {}),
     ...(path !== 'normal' ? { MM_DECODE_L2_WIDE_MIN_T: decodeL2WideMinTokens() } : {}),
     ...(process.env.MEGAMOE_SMALL_T ? { MM_SMALL_T: smallTokens() } : {}),
-    ...(path === 'normal' && process.env.MEGAMOE_L1_DIRECT ? { MM_L1_DIRECT: tuningKnob('MEGAMOE_L1_DIRECT', 1, 0, 1) } : {}),
-    ...(process.env.MEGAMOE_COMBINE_BATCH ? { MM_COMBINE_BATCH: tuningKnob('MEGAMOE_COMBINE_BATCH', 4, 1, 5) } : {}),
     ...(path !== 'normal' && process.env.MEGAMOE_DYNAMIC ? { MM_DYNAMIC: decodeDynamicUnits() ? 1 : 0 } : {}),
   };
 }

@@ -94,11 +94,6 @@ constexpr int kL2KBlocks = kI / 128;  // flags per row tile: one per 128 activat
 #define MM_DYNAMIC 1
 #endif
 constexpr int kSmallT = MM_SMALL_T;
-// Normal path, one rank: L1 copies its A rows from the staged tokens (1) or TMA-loads them from the gathered L1 pool
-// (0, an A/B knob: MEGAMOE_L1_DIRECT).
-#ifndef MM_L1_DIRECT
-#define MM_L1_DIRECT 1
-#endif
 static_assert(kSmallT <= dsp::kChunkTokens, "mega_moe: the single-CTA dispatch handles one count/rank chunk (64 tokens)");
 
 // Normal path: L1 and L2 have a ring each over the same shared memory: L1 (SwiGLU epilogue, no staging) kL1Stages
@@ -304,10 +299,7 @@ __device__ __forceinline__ void rank_barrier(const MegaParams& p, int slot, u32 
 // i = first (mod step). Each thread loads kBatch vectors before summing any (more loads in flight per thread, with
 // one CTA per SM), and the next batch's slot rows load while this batch is summed, so a batch costs one dependent
 // round trip instead of two (measured: flash T = 8192 4443 -> 4252 us, docs/MEGA_MOE.md).
-#ifndef MM_COMBINE_BATCH
-#define MM_COMBINE_BATCH 4
-#endif
-constexpr int kCombineBatch = MM_COMBINE_BATCH;
+constexpr int kCombineBatch = 4;
 template <int kBatch = kCombineBatch>
 __device__ __forceinline__ void combine_vectors(const MegaParams& p, int v0, int nv, int first, int step) {
   const int total = p.num_tokens * nv;
@@ -591,11 +583,10 @@ __device__ __forceinline__ bool dispatch_small_direct(const MegaParams& p, int* 
 // parallelism the count, rank and gather run over every source rank's tokens (chunks [s cps, (s + 1) cps) are rank
 // s's), reading the staged ids, weights and rows of the other ranks from their buffers (peer loads) once they all
 // have staged; this rank's own tokens add the shared expert's rows. One rank: s = 0 only, its own ids (the input).
-// Returns the launch's epoch (s_epoch: thread 0 publishes old_epoch + 1 there at the first barrier). `pool`: gather
-// the rows into the L1 pool (else L1 copies them from the staged tokens itself: normal path, one rank).
+// Returns the launch's epoch (s_epoch: thread 0 publishes old_epoch + 1 there at the first barrier).
 template <class Stamp>
 __device__ __forceinline__ u32 dispatch_grid(const MegaParams& p, int* scratch, int tid, int warp, int lane,
-                                             u32 old_epoch, u32* s_epoch, bool pool, const Stamp& stamp) {
+                                             u32 old_epoch, u32* s_epoch, const Stamp& stamp) {
   const int T = p.num_tokens;
   const int cps = dsp::num_chunks(T);  // chunks per source rank
   const int nc = cps * p.ranks;
@@ -641,7 +632,7 @@ __device__ __forceinline__ u32 dispatch_grid(const MegaParams& p, int* scratch, 
     dsp::fill_group(p.group_offset[g], p.group_count[g], kBlockM, g, p.tile_group, p.row_weight, p.row_token, lane, 32);
   grid_barrier(p.ctl, kPhaseRank, p.timeout_ns);
   if (tid == 0) stamp(10);
-  for (int g = gwarp; pool && g < T * p.ranks; g += nwarps) {
+  for (int g = gwarp; g < T * p.ranks; g += nwarps) {
     const int s = g / T;
     dsp::gather_token(s == p.rank ? p.x_fp8 : peer(p, p.x_fp8, s), s == p.rank ? p.x_sf : peer(p, p.x_sf, s), g % T,
                       p.slot_row + (size_t)s * T * MM_TOPK, p.group_offset, p.a, p.sfa, 1, p.m_cap, lane, s == p.rank);
@@ -705,10 +696,6 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
   // (Pulling the first units' weights into L2 meanwhile was measured slower at every T: the prefetch traffic queues
   // ahead of the dispatch's dependent loads. docs/MEGA_MOE.md.)
   const bool small = p.num_tokens <= kSmallT && p.ranks == 1;
-  // Normal path, one rank: L1's producers copy A rows straight from the staged tokens (GemmArgs::a_rows), so the
-  // dispatch writes no L1 pool (no gather phase, one grid barrier fewer). Under expert parallelism the rows come
-  // from the peers' buffers and keep the gather.
-  const bool gather_l1 = MM_L1_DIRECT && !kDecode && p.ranks == 1;
   if (small) {
     if (blockIdx.x == 0) {
       bool direct = false;
@@ -722,8 +709,8 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
     epoch = s_epoch;
     if (blockIdx.x == 0 && tid == 0) p.ctl->epoch = epoch;
   } else {
-    epoch = dispatch_grid(p, scratch, tid, warp, lane, old_epoch, &s_epoch, !gather_l1, stamp);
-    if (!gather_l1) grid_barrier(p.ctl, kPhaseGather, p.timeout_ns);
+    epoch = dispatch_grid(p, scratch, tid, warp, lane, old_epoch, &s_epoch, stamp);
+    grid_barrier(p.ctl, kPhaseGather, p.timeout_ns);
   }
   if (tid == 0) stamp(1);
   // Read after the barrier (CTA 0 wrote it before): whether L1's tiles all read A tile 0.
@@ -742,7 +729,7 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
     gg::prefetch_tmap(&tmap_w2);
     gg::prefetch_tmap(&tmap_sfa2);
     bars.init(kCluster * kConsumers / 32);  // empty: one arrive per consumer warp of every CTA of the cluster
-    if (!kDecode) l1_bars.init(kCluster * kConsumers / 32, gather_l1 ? 1 + gg::kGatherArrivals : 1);
+    if (!kDecode) l1_bars.init(kCluster * kConsumers / 32);
   }
   // The peer's barriers must be initialised before any multicast or remote arrive.
   if constexpr (kCluster == 2) gg::cluster_sync(); else __syncthreads();
@@ -751,8 +738,7 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
   // L1 units per live row tile: 256 transformed rows = 128 activation columns each (both paths).
 #define MM_L1_ARGS                                                                                                  \
   gg::GemmArgs{&tmap_a1, &tmap_w13, &tmap_sfa1, &tmap_a1, p.s13, p.tile_group, p.num_m_tiles, p.act, p.act_sf,      \
-               p.row_weight, p.swiglu_limit, p.m_cap, nullptr, nullptr, gather_l1 ? p.row_token : nullptr,           \
-               reinterpret_cast<const unsigned char*>(p.x_fp8), p.x_sf},                                          \
+               p.row_weight, p.swiglu_limit, p.m_cap},                                                              \
       l1_ring, MegaSync<false, true>{p.flags, p.ctl, p.timeout_ns, epoch, 0, p.fault, nullptr, a_tile0}
 #define MM_L2_ARGS                                                                                                  \
   gg::GemmArgs{&tmap_a2, &tmap_w2, &tmap_sfa2, &tmap_out, p.s2, p.tile_group, p.num_m_tiles, p.out, nullptr,        \
@@ -778,7 +764,7 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
     // bodies; the bodies' own role test folds away.
     if (warp >= 8) {
       gg::regs_dealloc<40>();
-      gg::normal_body<2 * kI, kH, 2, kL1Stages, 1, kMcast, 0, MM_WTILED, NormalL1P, MegaSync<false, true>, false, true>(MM_L1_ARGS);
+      gg::normal_body<2 * kI, kH, 2, kL1Stages, 1, kMcast, 0, MM_WTILED, NormalL1P, MegaSync<false, true>, false>(MM_L1_ARGS);
       if (tid == kConsumers) {
         stamp(6);
         // L2's stages overlay L1's: wait until the consumers released every L1 stage (fresh stages pass at once).
@@ -791,7 +777,7 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
       if (tid == kConsumers) stamp(7);
     } else {
       gg::regs_alloc<232>();
-      gg::normal_body<2 * kI, kH, 2, kL1Stages, 1, kMcast, 0, MM_WTILED, NormalL1P, MegaSync<false, true>, false, true>(MM_L1_ARGS);
+      gg::normal_body<2 * kI, kH, 2, kL1Stages, 1, kMcast, 0, MM_WTILED, NormalL1P, MegaSync<false, true>, false>(MM_L1_ARGS);
       if (tid == 0) stamp(2);
       gg::normal_body<kH, kI, 2, kStages, 0, kMcast, 1, MM_WTILED, NormalL2P, MegaSync<true, false>, false>(MM_L2_ARGS);
       if (tid == 0) stamp(3);

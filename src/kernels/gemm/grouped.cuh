@@ -93,15 +93,8 @@ __device__ __forceinline__ WCoord weight_coord(int g, int row, int kb) {
 // kStore = 1: the bf16 tile is staged in shared memory (128B-swizzled, conflict-free) and written by TMA stores
 // (needs tmap_d: bf16 [m_cap, N], box 64 x 64, 128B swizzle); 0: direct 4-byte stores from registers.
 // ==================================================================================================================
-// kGatherA (with ga.a_rows set, GemmArgs): A rows are copied straight from their tokens. Producer warps 9-11 walk the
-// units beside the TMA thread and copy each A stage with cp.async (16-byte chunks in the 128B swizzle TMA would give;
-// 32-row blocks, block b by warp 9 + b % 3) and its scales; the TMA thread loads only the weights. A stage's full
-// barrier then counts 1 + kGatherArrivals arrivals (RingBars::init).
-constexpr int kGatherWarps = 3;
-constexpr u32 kGatherArrivals = 32 * kGatherWarps;
 template <int kN, int kK, int kNSub, int kStages, int kEpi, int kMcast, int kStore, int kWTiled,
-          class P = NormalPlan<kNSub, kStages, kEpi == 0 ? kStore : 0>, class Sync = NoSync, bool kOwnSetup = true,
-          bool kGatherA = false>
+          class P = NormalPlan<kNSub, kStages, kEpi == 0 ? kStore : 0>, class Sync = NoSync, bool kOwnSetup = true>
 __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, const Sync& sync = Sync()) {
   const TmaDesc* tmap_a = ga.tmap_a;
   const TmaDesc* tmap_b = ga.tmap_b;
@@ -188,52 +181,10 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
     return w;
   };
 
-  const bool gather = kGatherA && ga.a_rows != nullptr;
   if (warp >= 8) {
     // ---------------- producer warpgroup ----------------
     if (kOwnSetup) regs_dealloc<40>();
-    if (gather && warp > 8) {
-      // Row copiers (a loop of their own: the TMA thread's registers stay out of theirs). 32-row block b: lane l
-      // holds the token of row 32 b + l (-1: padding, zero-filled), copies its scale, and copies chunk l % 8 of rows
-      // 32 b + 4 i + l / 8 (i < 8; the token by shuffle), so each warp instruction reads 4 whole 128-byte pieces.
-      const int cw = warp - 9;
-      const int gc = lane & 7;
-      int& stage = ring.stage;
-      u32& phase = ring.phase;
-      for (int u = first_unit; u < n_units; u += unit_step) {
-        const Unit w = unit_of(u);
-        if (w.g < 0 && w.g_peer < 0) continue;
-        const int* rows = ga.a_rows + w.mt * kNormalRows + lane;
-        const int tok0 = w.g >= 0 ? rows[32 * cw] : -1;
-        const int tok1 = w.g >= 0 && cw + kGatherWarps < kNormalRows / 32 ? rows[32 * (cw + kGatherWarps)] : -1;
-        for (int kb = 0; kb < kKB; kb++) {
-          mbar_wait(empty_bar(stage), phase ^ 1);
-          if (w.g >= 0) {
-            const u32 da = sbase + P::kOffA + stage * P::kABytes;
-            const u32 dsf = sbase + P::kOffSfa + stage * P::kSfaBytes;
-#pragma unroll 1
-            for (int j = 0; j < 2; j++) {
-              const int b = cw + kGatherWarps * j;
-              if (b >= kNormalRows / 32) break;
-              const int tok = j == 0 ? tok0 : tok1;
-#pragma unroll 2
-              for (int i = 0; i < kBlockK / 16; i++) {
-                const int r = 4 * i + (lane >> 3);
-                const int t = __shfl_sync(0xffffffffu, tok, r);
-                cp_async_16(da + (32 * b + r) * kBlockK + ((gc ^ (r & 7)) << 4),
-                            ga.a_src + (size_t)(t < 0 ? 0 : t) * kK + kb * kBlockK + 16 * gc, t < 0 ? 0u : 16u);
-              }
-              cp_async_4(dsf + 4 * (32 * b + lane), ga.a_src_sf + (size_t)(tok < 0 ? 0 : tok) * kKB + kb,
-                         tok < 0 ? 0u : 4u);
-            }
-            cp_async_mbar_arrive(full_bar(stage));
-          } else {
-            mbar_arrive(full_bar(stage));  // dead tile, live peer: no data
-          }
-          ring.advance<kStages>();
-        }
-      }
-    } else if (warp == 8 && lane == 0) {
+    if (warp == 8 && lane == 0) {
       const u64 pol = policy_evict_normal();
       int& stage = ring.stage;
       u32& phase = ring.phase;
@@ -260,11 +211,9 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
           // and a cluster peer expects this CTA's half of the weight tile (skipping it would hang the peer).
           if (g >= 0 && !a_ready) (void)sync.wait(mt, kb);
           if (g >= 0) {
-            mbar_arrive_expect_tx(full_bar(stage), P::kBBytes + (gather ? 0u : P::kABytes + P::kSfaBytes));
+            mbar_arrive_expect_tx(full_bar(stage), P::kABytes + P::kBBytes + P::kSfaBytes);
             const u32 sb = sbase + P::kOffB + stage * P::kBBytes;
-            if (gather) {
-              // (A and its scales: the row copiers above)
-            } else if (kPairN) {  // each CTA fetches one 64-row half of the shared activation tile for both
+            if (kPairN) {  // each CTA fetches one 64-row half of the shared activation tile for both
               tma_load_2d_multicast(sbase + P::kOffA + stage * P::kABytes + rank * (64 * kBlockK), tmap_a,
                                     full_bar(stage), kb * kBlockK, mt * kNormalRows + 64 * rank, (unsigned short)0x3,
                                     pol);
@@ -272,9 +221,8 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
               tma_load_2d(sbase + P::kOffA + stage * P::kABytes, tmap_a, full_bar(stage), kb * kBlockK,
                           mt * kNormalRows, pol);
             }
-            if (!gather)
-              tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaBytes, tmap_sfa, full_bar(stage), mt * kNormalRows,
-                          kb, pol);
+            tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaBytes, tmap_sfa, full_bar(stage), mt * kNormalRows, kb,
+                        pol);
             if (mcast) {
               const WCoord c = weight_coord<kN, kK, kWTiled>(g, b_row + 128 * rank, kb);
               tma_load_2d_multicast(sb + rank * (128 * kBlockK), tmap_b, full_bar(stage), c.x, c.y,
@@ -347,7 +295,6 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
         const float nsb0 = __ldg(sb_row0 + kn), nsb1 = __ldg(sb_row1 + kn);
 
         mbar_wait(full_bar(stage), phase);
-        if (gather) fence_proxy_async();  // cp.async (generic proxy) wrote A: order it before wgmma reads it
         // Read the activation scales before releasing the stage: the producer may refill it right after.
         const u32 sfa_base = sbase + P::kOffSfa + stage * P::kSfaBytes;
         const float sa0 = ld_shared_f32(sfa_base + 4u * r0);

@@ -28,10 +28,10 @@ struct RingBars {
   u32 base;  // shared address of full[0]
   __device__ __forceinline__ u32 full(int s) const { return base + 8u * s; }
   __device__ __forceinline__ u32 empty(int s) const { return base + 8u * (kStages + s); }
-  // full: `producers` arrives (the TMA thread's, with expect_tx, + one per cp.async row copier); empty: `consumers`.
-  __device__ __forceinline__ void init(u32 consumers, u32 producers = 1) const {
+  // full: one arrive (the producer's, with expect_tx); empty: `consumers` arrives.
+  __device__ __forceinline__ void init(u32 consumers) const {
     for (int s = 0; s < kStages; s++) {
-      mbar_init(full(s), producers);
+      mbar_init(full(s), 1);
       mbar_init(empty(s), consumers);
     }
     fence_mbar_init();
@@ -56,12 +56,6 @@ struct GemmArgs {
   // Split-K decode GEMMs only (decode_body's kSplitK): f32 partial totals and per-tile arrival counters.
   float* __restrict__ partial = nullptr;
   int* __restrict__ arrivals = nullptr;
-  // Normal body with kGatherA (the fused kernel's L1 at one rank) and a_rows set: row r of A is token a_rows[r] of
-  // the staged tokens a_src (e4m3 [tokens, K]) with its scales a_src_sf (f32 [tokens, K/128]), -1 a padding row
-  // (zeros), copied by the producer warpgroup (cp.async, one row per thread) instead of TMA from a gathered pool.
-  const int* __restrict__ a_rows = nullptr;
-  const unsigned char* __restrict__ a_src = nullptr;
-  const float* __restrict__ a_src_sf = nullptr;
 };
 
 // Cross-CTA hooks of a GEMM body. The standalone GEMM has none; the fused kernel (mega_moe.cu) waits for an L2 A
