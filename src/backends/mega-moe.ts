@@ -27,6 +27,18 @@ import {
   DeviceMoeWeights, downloadLayerOutputs, uploadLayerInputs, type UnfusedIo, type UnfusedShape,
 } from './unfused.js';
 
+/**
+ * The fused kernel's path for T tokens: the unfused backend's rows-per-expert rule (chooseRowTile: 16-token decode
+ * tiles up to 14 rows per expert, else 128-row tiles), except that under the 'auto' policy an average in
+ * decode32's (min, max] rows per expert takes the 32-token decode tiles (measured: docs/MEGA_MOE.md).
+ */
+export function megaPath(tokens: number, shape: Pick<UnfusedShape, 'topK' | 'experts'>, policy: RowTilePolicy,
+  decode32: { min: number; max: number } | undefined): MegaMoePath {
+  const mode = chooseRowTile(tokens, shape, policy).mode;
+  const perExpert = (tokens * shape.topK) / shape.experts;
+  return policy === 'auto' && decode32 !== undefined && perExpert > decode32.min && perExpert <= decode32.max ? 'decode32' : mode;
+}
+
 /** The fused layer on the device: symmetric buffer, io, kernel; enqueue / graph capture for T tokens. */
 export class MegaMoe {
   readonly shape: UnfusedShape;
@@ -130,15 +142,9 @@ export class MegaMoe {
   /** Whether the normal path can run as 2-CTA clusters with weight multicast on this GPU (MegaMoeKernel.multicast). */
   get multicast(): boolean { return this.kernel.multicast; }
 
-  /**
-   * The kernel path T tokens run with: the unfused backend's rows-per-expert rule (chooseRowTile), except that under
-   * the 'auto' policy an average of decode32Rows' (min, max] rows per expert takes the 32-token decode tiles.
-   */
+  /** The kernel path T tokens run with (megaPath). */
   path(tokens: number): MegaMoePath {
-    const mode = chooseRowTile(tokens, this.shape, this.rowTilePolicy).mode;
-    const r = this.decode32Rows;
-    const perExpert = (tokens * this.shape.topK) / this.shape.experts;
-    return this.rowTilePolicy === 'auto' && r !== undefined && perExpert > r.min && perExpert <= r.max ? 'decode32' : mode;
+    return megaPath(tokens, this.shape, this.rowTilePolicy, this.decode32Rows);
   }
 
   /** Queues the layer for the first `tokens` rows of io (results in io.yRouted / io.y). T = 0 queues nothing. */
