@@ -11,12 +11,12 @@ test('auto: 16-token tiles up to 7 rows per expert, 32-token tiles above 7 up to
   const flash = (T: number) => megaPath(T, FLASH, 'auto', range);
   assert.equal(flash(1), 'decode');
   assert.equal(flash(256), 'decode', '6 rows per expert');
-  assert.equal(flash(299), 'decode', '7.0 rows per expert: the lower end is exclusive');
-  assert.equal(flash(300), 'decode32');
+  assert.equal(flash(298), 'decode', '6.98 rows per expert');
+  assert.equal(flash(299), 'decode32', '7.01 rows per expert');
   assert.equal(flash(512), 'decode32', '12 rows per expert');
   assert.equal(flash(1024), 'decode32', '24 rows per expert');
   assert.equal(flash(1194), 'decode32', '27.98 rows per expert');
-  assert.equal(flash(1195), 'normal', 'above 28 rows per expert');
+  assert.equal(flash(1195), 'normal', '28.01 rows per expert');
   assert.equal(flash(4096), 'normal');
   assert.equal(megaPath(512, PRO, 'auto', range), 'decode32', 'pro: 8 rows per expert');
   assert.equal(megaPath(2048, PRO, 'auto', range), 'normal', 'pro: 32 rows per expert');
