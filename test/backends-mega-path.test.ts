@@ -19,6 +19,8 @@ test('auto: 16-token tiles up to 7 rows per expert, 32-token tiles above 7 up to
   assert.equal(flash(1195), 'normal', '28.01 rows per expert');
   assert.equal(flash(4096), 'normal');
   assert.equal(megaPath(512, PRO, 'auto', range), 'decode32', 'pro: 8 rows per expert');
+  assert.equal(megaPath(448, PRO, 'auto', range), 'decode', 'pro: exactly 7 rows per expert (the lower end is exclusive)');
+  assert.equal(megaPath(1792, PRO, 'auto', range), 'decode32', 'pro: exactly 28 rows per expert (the upper end is inclusive)');
   assert.equal(megaPath(2048, PRO, 'auto', range), 'normal', 'pro: 32 rows per expert');
 });
 
