@@ -57,7 +57,8 @@ for (const T of Ts) {
     const y = x.p.downloadOutputs(T).y.data;
     let same = 0;
     for (let i = 0; i < y.length; i++) if (y[i] === ref[i]) same++;
-    return `${x.label} ${median(x.us).toFixed(1)} us (${((same / y.length) * 100).toFixed(1)}% = unfused)`;
+    const path = x.label === 'unfused' ? x.p.rowTile(T).mode : x.p.path(T);
+    return `${x.label} [${path}] ${median(x.us).toFixed(1)} us (${((same / y.length) * 100).toFixed(1)}% = unfused)`;
   });
   console.log(`${preset} T=${T}: ${cells.join(', ')}`);
 }
