@@ -9,7 +9,7 @@
 // order inside a step is permuted identically on both sides, which a dot product does not see), kUnroll steps' loads
 // in flight. The 8 warps' partial tiles are summed through shared memory in warp order, so the result is the same bits
 // on every run (not cuBLASLt's: another f32 summation order, which SPEC 5 allows for these GEMMs).
-// Host (src/gpu-model/skinny-gemm.ts): k % 256 == 0, n % 16 == 0, 1 <= m <= 16, rows and strides 16-byte aligned.
+// Host (src/kernels/bf16-skinny.ts): k % 256 == 0, n % 16 == 0, 1 <= m <= 16, rows and strides 16-byte aligned.
 #include <stdint.h>
 #include "attn_common.cuh"
 #include "attn_mma.cuh"
