@@ -24,6 +24,18 @@ test('auto: 16-token tiles up to 7 rows per expert, 32-token tiles above 7 up to
   assert.equal(megaPath(2048, PRO, 'auto', range), 'normal', 'pro: 32 rows per expert');
 });
 
+test('decode64 takes the range above decode32\'s; decode32 wins where they overlap', () => {
+  const d32 = { min: 7, max: 28 }, d64 = { min: 28, max: 56 };
+  const flash = (T: number) => megaPath(T, FLASH, 'auto', d32, d64);
+  assert.equal(flash(1024), 'decode32', '24 rows per expert');
+  assert.equal(flash(1195), 'decode64', '28.01 rows per expert');
+  assert.equal(flash(2048), 'decode64', '48 rows per expert');
+  assert.equal(flash(2389), 'decode64', '55.99 rows per expert');
+  assert.equal(flash(2390), 'normal', '56.02 rows per expert');
+  assert.equal(megaPath(2048, PRO, 'auto', d32, d64), 'decode64', 'pro: 32 rows per expert');
+  assert.equal(megaPath(1024, FLASH, 'auto', { min: 7, max: 60 }, d64), 'decode32', 'an overlap goes to decode32');
+});
+
 test('a pinned policy and an "off" range keep the unfused rule (switch at 14 rows per expert)', () => {
   const range = { min: 7, max: 28 };
   assert.equal(megaPath(512, FLASH, 'decode', range), 'decode');

@@ -9,7 +9,7 @@ import { compileKernel, findNvcc, KernelCompileError } from '../src/cuda/compile
 import { dispatchCapacity } from '../src/kernels/moe-dispatch.js';
 import {
   decodeMegaCtl, describeMegaCtlError, MEGA_CTL_BYTES, MEGA_PARAM_POINTERS, MEGA_PARAMS_BYTES, megaBufferLayout, megaCapacity,
-  decode32RowsRange, megaDefines, megaSmemBytes, packMegaParams,
+  decode32RowsRange, megaDefines, megaSmemBytes, megaThreads, packMegaParams,
 } from '../src/kernels/mega-moe-layout.js';
 
 const FLASH = { hidden: 4096, inter: 2048, experts: 256, topK: 6 };
@@ -69,19 +69,22 @@ test('symmetric buffer under expert parallelism: every rank\'s tokens may land o
 });
 
 test('shared-memory plans fit 227 KB and are what the defines carry', () => {
-  for (const path of ['normal', 'decode', 'decode32'] as const) {
+  for (const path of ['normal', 'decode', 'decode32', 'decode64'] as const) {
     const d = megaDefines(FLASH, path);
     assert.equal(d.MM_SMEM_BYTES, megaSmemBytes(path));
     assert.ok(megaSmemBytes(path) + 1024 <= 232448, `${path} plan fits`);
     assert.equal(d.MM_PARAMS_BYTES, MEGA_PARAMS_BYTES);
     assert.equal(d.MM_PATH, path === 'normal' ? 0 : 1);
-    assert.equal(d.MM_DECODE_ROWS, path === 'decode32' ? 32 : undefined, 'only the 32-token variant names its tile');
+    assert.equal(d.MM_DECODE_ROWS, path === 'decode32' ? 32 : path === 'decode64' ? 64 : undefined, 'only the wide variants name their tile');
   }
   // NormalPlan<2, 3, 1>: 64 KB staging + 3 x (16 KB + 32 KB + 512 B) + 6 barriers.
   assert.equal(megaSmemBytes('normal', 3), 65536 + 3 * 49664 + 2 * (3 + 4) * 8);
   assert.equal(megaSmemBytes('normal', 3, 5), 5 * 49664 + 2 * (3 + 5) * 8);
   assert.equal(megaSmemBytes('decode', 6), 6 * (32768 + 2048 + 128) + 96 + 256);
   assert.equal(megaSmemBytes('decode32', 6), 6 * (32768 + 4096 + 128) + 96 + 512);
+  // DecodePlan<4, 5, 64>: 64 tokens' scales (256 B), amax scratch of 8 consumer warps.
+  assert.equal(megaSmemBytes('decode64', 5), 5 * (32768 + 8192 + 256) + 80 + 2048);
+  assert.deepEqual((['normal', 'decode', 'decode32', 'decode64'] as const).map(megaThreads), [384, 256, 256, 384]);
 });
 
 test('decode32 rows-per-expert range: default, override, off, and a clear error', () => {

@@ -11,7 +11,7 @@ import {
 } from '../cuda/index.js';
 import { MegaMoeKernel } from '../kernels/mega-moe.js';
 import {
-  decode32RowsRange, decodeMegaCtl, formatBytes, MEGA_CTL_BYTES, megaBufferLayout, smallTokens, type MegaBufferLayout, type MegaMoePath,
+  decode32RowsRange, decode64RowsRange, decodeMegaCtl, formatBytes, MEGA_CTL_BYTES, megaBufferLayout, smallTokens, type MegaBufferLayout, type MegaMoePath, type RowsRange,
 } from '../kernels/mega-moe-layout.js';
 import type { MoeForwardResult, PrepareOptions } from '../moe/backend.js';
 import {
@@ -30,13 +30,16 @@ import {
 /**
  * The fused kernel's path for T tokens: the unfused backend's rows-per-expert rule (chooseRowTile: 16-token decode
  * tiles up to 14 rows per expert, else 128-row tiles), except that under the 'auto' policy an average in
- * decode32's (min, max] rows per expert takes the 32-token decode tiles (measured: docs/MEGA_MOE.md).
+ * decode32's (min, max] rows per expert takes the 32-token decode tiles (measured: docs/MEGA_MOE.md), and then one in
+ * decode64's the 64-token ones.
  */
 export function megaPath(tokens: number, shape: Pick<UnfusedShape, 'topK' | 'experts'>, policy: RowTilePolicy,
-  decode32: { min: number; max: number } | undefined): MegaMoePath {
+  decode32: RowsRange | undefined, decode64?: RowsRange): MegaMoePath {
   const mode = chooseRowTile(tokens, shape, policy).mode;
+  if (policy !== 'auto') return mode;
   const perExpert = (tokens * shape.topK) / shape.experts;
-  return policy === 'auto' && decode32 !== undefined && perExpert > decode32.min && perExpert <= decode32.max ? 'decode32' : mode;
+  const within = (r: RowsRange | undefined) => r !== undefined && perExpert > r.min && perExpert <= r.max;
+  return within(decode32) ? 'decode32' : within(decode64) ? 'decode64' : mode;
 }
 
 /** The fused layer on the device: symmetric buffer, io, kernel; enqueue / graph capture for T tokens. */
@@ -58,6 +61,7 @@ export class MegaMoe {
   rowTilePolicy: RowTilePolicy = 'auto';
   /** Rows per expert for which 'auto' runs the 32-token decode tiles (MEGAMOE_DECODE32_ROWS, read at create). */
   private readonly decode32Rows = decode32RowsRange();
+  private readonly decode64Rows = decode64RowsRange();
 
   private constructor(p: {
     shape: UnfusedShape; weights: DeviceMoeWeights; maxTokens: number; layout: MegaBufferLayout; buffer: DeviceBuffer;
@@ -144,7 +148,7 @@ export class MegaMoe {
 
   /** The kernel path T tokens run with (megaPath). */
   path(tokens: number): MegaMoePath {
-    return megaPath(tokens, this.shape, this.rowTilePolicy, this.decode32Rows);
+    return megaPath(tokens, this.shape, this.rowTilePolicy, this.decode32Rows, this.decode64Rows);
   }
 
   /** Queues the layer for the first `tokens` rows of io (results in io.yRouted / io.y). T = 0 queues nothing. */

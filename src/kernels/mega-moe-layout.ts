@@ -16,16 +16,17 @@ export interface MegaMoeShape {
 
 /**
  * 'normal': 128-row tiles, 2 consumer warpgroups (prefill). 'decode': 16-token tiles, weights on wgmma's M side.
- * 'decode32': the decode kernel with 32-token tiles (mid T: an expert with 17-32 rows streams its weights once).
+ * 'decode32' / 'decode64': the decode kernel with 32- / 64-token tiles (mid T: an expert's rows stream its weights
+ * once); decode64 has 2 consumer warpgroups.
  */
-export type MegaMoePath = 'normal' | 'decode' | 'decode32';
+export type MegaMoePath = 'normal' | 'decode' | 'decode32' | 'decode64';
 
-export const MEGA_ROW_TILE: Readonly<Record<MegaMoePath, number>> = Object.freeze({ normal: 128, decode: 16, decode32: 32 });
+export const MEGA_ROW_TILE: Readonly<Record<MegaMoePath, number>> = Object.freeze({ normal: 128, decode: 16, decode32: 32, decode64: 64 });
 /**
  * Pipeline depth of each path (what fits in 227 KB with the plan below; measured choices in docs/MEGA_MOE.md): decode
  * runs L1 and L2 through one ring; normal gives L2 these stages and L1 its own ring of MEGA_L1_STAGES.
  */
-export const MEGA_STAGES: Readonly<Record<MegaMoePath, number>> = Object.freeze({ normal: 3, decode: 6, decode32: 6 });
+export const MEGA_STAGES: Readonly<Record<MegaMoePath, number>> = Object.freeze({ normal: 3, decode: 6, decode32: 6, decode64: 5 });
 /** The normal path's L1 ring (SwiGLU epilogue: no TMA-store staging, so one stage more than L2). */
 export const MEGA_L1_STAGES = 4;
 const SMEM_LIMIT = 232448;
@@ -36,7 +37,8 @@ const STATIC_SMEM = 1024;
  * Shared memory of a path's plan: normal = two rings over the same bytes, L1 = NormalPlan<2, S1, 0> (S1 stages of A
  * 16 KB + B 32 KB + sfa 512 B) and L2 = NormalPlan<2, S, 1> (64 KB bf16 staging for its TMA store, then S such
  * stages), then both rings' barriers (2 (S1 + S) x 8 bytes); decode = DecodePlan<4, S, R> (S stages of B 32 KB +
- * A R x 128 B + sfa 128 B, barriers, 16 R B of amax scratch; R = 16 or 32 tokens). Mirrors mega_moe.cu / gemm/grouped.cuh.
+ * A R x 128 B + sfa max(128, 4 R) B, barriers, 16 R B of amax scratch per consumer warpgroup; R = 16, 32 or 64
+ * tokens, 64 with 2 warpgroups). Mirrors mega_moe.cu / gemm/grouped.cuh.
  */
 export function megaSmemBytes(path: MegaMoePath, stages = MEGA_STAGES[path], l1Stages = MEGA_L1_STAGES): number {
   if (path === 'normal') {
@@ -44,12 +46,17 @@ export function megaSmemBytes(path: MegaMoePath, stages = MEGA_STAGES[path], l1S
     return Math.max(l1Stages * stage, 128 * 256 * 2 + stages * stage) + 2 * (stages + l1Stages) * 8;
   }
   const rows = MEGA_ROW_TILE[path];
-  return stages * (256 * 128 + rows * 128 + 128) + 2 * stages * 8 + 4 * rows * 4;
+  return stages * (256 * 128 + rows * 128 + Math.max(128, 4 * rows)) + 2 * stages * 8 + 4 * decodeWarpgroups(path) * rows * 4;
+}
+
+/** Consumer warpgroups of a decode path (gemm/grouped.cuh DecodePlan::kConsumerWGs). */
+function decodeWarpgroups(path: MegaMoePath): number {
+  return path === 'decode64' ? 2 : 1;
 }
 
 /** Threads per CTA of a path (mega_moe.cu kThreads). */
 export function megaThreads(path: MegaMoePath): number {
-  return path === 'normal' ? 384 : 256;
+  return path === 'normal' ? 384 : 128 * (decodeWarpgroups(path) + 1);
 }
 
 const ALIGN = 1024;
@@ -216,7 +223,7 @@ export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout
   if (smem + STATIC_SMEM > SMEM_LIMIT) throw new RangeError(`mega_moe: the ${path} plan needs ${smem} bytes of shared memory (limit ${SMEM_LIMIT - STATIC_SMEM})`);
   return {
     MM_HIDDEN: shape.hidden, MM_INTER: shape.inter, MM_EXPERTS: shape.experts, MM_TOPK: shape.topK,
-    MM_PATH: path === 'normal' ? 0 : 1, ...(path === 'decode32' ? { MM_DECODE_ROWS: 32 } : {}), MM_STAGES: stages, ...(path === 'normal' ? { MM_L1_STAGES: MEGA_L1_STAGES } : {}), MM_SMEM_BYTES: smem, MM_PARAMS_BYTES: MEGA_PARAMS_BYTES,
+    MM_PATH: path === 'normal' ? 0 : 1, ...(path === 'decode32' || path === 'decode64' ? { MM_DECODE_ROWS: MEGA_ROW_TILE[path] } : {}), MM_STAGES: stages, ...(path === 'normal' ? { MM_L1_STAGES: MEGA_L1_STAGES } : {}), MM_SMEM_BYTES: smem, MM_PARAMS_BYTES: MEGA_PARAMS_BYTES,
     ...(weightLayout === 'tiled' ? { MM_WTILED: 1 } : {}),
     ...(path === 'normal' && multicast ? { MM_MCAST: 1 } : {}),
     ...(path !== 'normal' ? { MM_DECODE_L2_WIDE_MIN_T: decodeL2WideMinTokens() } : {}),
@@ -263,17 +270,34 @@ export function decodeL2WideMinTokens(): number {
   return tuningKnob('MEGAMOE_DECODE_L2_WIDE_MIN_T', 32, 1, 2 ** 30);
 }
 
+/** Rows per expert (T K / E) in (min, max]. */
+export interface RowsRange {
+  min: number;
+  max: number;
+}
+
 /**
  * Rows per expert (T K / E) for which the fused layer runs the 32-token decode tiles ('decode32'): above `min`, up to
  * `max` (default (7, 28], measured in docs/MEGA_MOE.md). MEGAMOE_DECODE32_ROWS="min:max" overrides (tuning), "off"
  * never runs them.
  */
-export function decode32RowsRange(): { min: number; max: number } | undefined {
-  const v = process.env.MEGAMOE_DECODE32_ROWS;
-  if (v === undefined || v === '') return { min: 7, max: 28 };
+export function decode32RowsRange(): RowsRange | undefined {
+  return rowsRangeKnob('MEGAMOE_DECODE32_ROWS', { min: 7, max: 28 });
+}
+
+/**
+ * The same for the 64-token tiles ('decode64'; default (28, 56], NOT yet measured); MEGAMOE_DECODE64_ROWS overrides.
+ */
+export function decode64RowsRange(): RowsRange | undefined {
+  return rowsRangeKnob('MEGAMOE_DECODE64_ROWS', { min: 28, max: 56 });
+}
+
+function rowsRangeKnob(name: string, fallback: RowsRange): RowsRange | undefined {
+  const v = process.env[name];
+  if (v === undefined || v === '') return fallback;
   if (v === 'off') return undefined;
   const m = /^(\d+(?:\.\d+)?):(\d+(?:\.\d+)?)$/.exec(v);
-  if (!m || Number(m[1]) > Number(m[2])) throw new RangeError(`MEGAMOE_DECODE32_ROWS=${v}: expected "min:max" rows per expert (min <= max) or "off"`);
+  if (!m || Number(m[1]) > Number(m[2])) throw new RangeError(`${name}=${v}: expected "min:max" rows per expert (min <= max) or "off"`);
   return { min: Number(m[1]), max: Number(m[2]) };
 }
 

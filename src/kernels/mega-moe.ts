@@ -15,12 +15,13 @@ import { WEIGHT_TILE, type WeightLayout } from './weight-layout.js';
 export const MEGA_MOE_SOURCE = 'mega_moe.cu';
 export const MEGA_MOE_ENTRY = 'mega_moe_fused';
 
-/** The variants MegaMoeKernel.create loads for a shape: the normal path with 2-CTA weight multicast, without, decode (16- and 32-token tiles). */
+/** The variants MegaMoeKernel.create loads for a shape: the normal path with 2-CTA weight multicast, without, decode (16-, 32- and 64-token tiles). */
 const MEGA_VARIANTS: ReadonlyArray<{ label: string; path: MegaMoePath; multicast: boolean }> = [
   { label: 'normal-tiled-mcast', path: 'normal', multicast: true },
   { label: 'normal-tiled', path: 'normal', multicast: false },
   { label: 'decode-tiled', path: 'decode', multicast: false },
   { label: 'decode32-tiled', path: 'decode32', multicast: false },
+  { label: 'decode64-tiled', path: 'decode64', multicast: false },
 ];
 
 /** Expert-parallel sizes whose per-rank shapes (E / N local experts) CI compiles for the flash and pro presets. */
@@ -133,14 +134,15 @@ export class MegaMoeKernel {
       kernel.setMaxDynamicSharedMemory(megaSmemBytes(path));
       return new PathKernel(path, kernel, MegaMoeKernel.maps(shape, b, path));
     };
-    const [clustered, normal, decode, decode32] = await Promise.all([
+    const [clustered, normal, decode, decode32, decode64] = await Promise.all([
       megaMulticastWanted() && grid % 2 === 0 ? build('normal', true) : undefined, build('normal'), build('decode'), build('decode32'),
+      build('decode64'),
     ]);
     // The grid barriers need every CTA resident: 2-CTA clusters only where all grid / 2 of them fit at once (a GPC
     // with an odd number of free SMs leaves one idle); else the kernel without clusters everywhere.
     const resident = clustered !== undefined &&
       clustered.kernel.maxActiveClusters({ grid, block: megaThreads('normal'), sharedMemBytes: megaSmemBytes('normal') }) >= grid / 2;
-    return new MegaMoeKernel(shape, b, { normal, decode, decode32, clustered: resident ? clustered : undefined }, grid, spinTimeoutNs(b.layout.ranks),
+    return new MegaMoeKernel(shape, b, { normal, decode, decode32, decode64, clustered: resident ? clustered : undefined }, grid, spinTimeoutNs(b.layout.ranks),
       faultFromEnv(), megaMulticastMinRows());
   }
 

@@ -69,15 +69,17 @@ constexpr int kH = MM_HIDDEN;
 constexpr int kI = MM_INTER;
 constexpr bool kDecode = MM_PATH == 1;
 constexpr int kStages = MM_STAGES;
-constexpr int kThreads = kDecode ? 256 : 384;
-constexpr int kWarps = kThreads / 32;
-constexpr int kConsumers = kDecode ? 128 : 256;  // consumer threads (threads [0, kConsumers))
-// Decode path: tokens per row tile (wgmma N). 32 where experts average more than a 16-token tile holds: an expert
-// with 17-32 rows then streams its weights once instead of once per 16-row tile (docs/MEGA_MOE.md).
+// Decode path: tokens per row tile (wgmma N). 32 (64) where experts average more than a 16-token (32-token) tile
+// holds: an expert's rows then stream its weights once instead of once per tile (docs/MEGA_MOE.md). 64-token tiles
+// take two consumer warpgroups (gemm/grouped.cuh DecodePlan).
 #ifndef MM_DECODE_ROWS
 #define MM_DECODE_ROWS 16
 #endif
-static_assert(MM_DECODE_ROWS == 16 || MM_DECODE_ROWS == 32, "mega_moe: MM_DECODE_ROWS is 16 or 32");
+static_assert(MM_DECODE_ROWS == 16 || MM_DECODE_ROWS == 32 || MM_DECODE_ROWS == 64, "mega_moe: MM_DECODE_ROWS is 16, 32 or 64");
+constexpr int kDecodeCWG = MM_DECODE_ROWS == 64 ? 2 : 1;  // decode path: consumer warpgroups
+constexpr int kThreads = kDecode ? 128 * (kDecodeCWG + 1) : 384;
+constexpr int kWarps = kThreads / 32;
+constexpr int kConsumers = kDecode ? 128 * kDecodeCWG : 256;  // consumer threads (threads [0, kConsumers))
 constexpr int kBlockM = kDecode ? MM_DECODE_ROWS : gg::kNormalRows;
 // Normal path with weight multicast: the GEMMs' units go over 2-CTA clusters (the grid is launched as clusters of 2:
 // the host checks that all of them are resident at once, cuOccupancyMaxActiveClusters, or builds MM_MCAST 0).
@@ -750,7 +752,29 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
   gg::Ring ring, normal_l1_ring;
   ring.carry = blockIdx.x;  // dynamic scheduling: L1's first unit
   gg::Ring& l1_ring = kDecode ? ring : normal_l1_ring;  // decode: L1 and L2 through one ring
-  if constexpr (kDecode) {
+  if constexpr (kDecode && kDecodeCWG == 2) {
+    // Two consumer warpgroups: the register split of the normal path (it must dominate each role's code).
+    if (warp >= 8) {
+      gg::regs_dealloc<40>();
+      gg::decode_body<2 * kI, kH, 4, kStages, 1, MM_WTILED, Plan, MegaSync<false, true>, false>(MM_L1_ARGS);
+      if (tid == kConsumers) stamp(6);
+      if (p.num_tokens >= MM_DECODE_L2_WIDE_MIN_T)
+        gg::decode_body<kH, kI, 4, kStages, 0, MM_WTILED, Plan, MegaSync<true, false>, false>(MM_L2_ARGS);
+      else
+        gg::decode_body<kH, kI, 2, kStages, 0, MM_WTILED, Plan, MegaSync<true, false>, false>(MM_L2_ARGS);
+      if (tid == kConsumers) stamp(7);
+    } else {
+      gg::regs_alloc<232>();
+      gg::decode_body<2 * kI, kH, 4, kStages, 1, MM_WTILED, Plan, MegaSync<false, true>, false>(MM_L1_ARGS);
+      if (tid == 0) stamp(2);
+      if (p.num_tokens >= MM_DECODE_L2_WIDE_MIN_T)
+        gg::decode_body<kH, kI, 4, kStages, 0, MM_WTILED, Plan, MegaSync<true, false>, false>(MM_L2_ARGS);
+      else
+        gg::decode_body<kH, kI, 2, kStages, 0, MM_WTILED, Plan, MegaSync<true, false>, false>(MM_L2_ARGS);
+      if (tid == 0) stamp(3);
+      finish<kConsumers>(p, tid, epoch, stamp);
+    }
+  } else if constexpr (kDecode) {
     gg::decode_body<2 * kI, kH, 4, kStages, 1, MM_WTILED, Plan, MegaSync<false, true>, false>(MM_L1_ARGS);
     if (tid == 0 || tid == kConsumers) stamp(tid == 0 ? 2 : 6);
     if (p.num_tokens >= MM_DECODE_L2_WIDE_MIN_T)

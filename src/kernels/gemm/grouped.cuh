@@ -31,21 +31,24 @@ struct NormalPlan {
   static constexpr int kThreads = 384;
 };
 
+// 64-token tiles need two consumer warpgroups (each takes half of a unit's 64-row sub-tiles: 16 x 2 x 2 accumulators
+// and totals per thread would not fit one), so a plan of them has 384 threads (warps 8-11 produce).
 template <int kMSub, int kStages, int kTokens = kDecodeRows>
 struct DecodePlan {
-  static_assert(kTokens == 16 || kTokens == 32, "decode tiles hold 16 or 32 tokens (wgmma N)");
+  static_assert(kTokens == 16 || kTokens == 32 || kTokens == 64, "decode tiles hold 16, 32 or 64 tokens (wgmma N)");
   static constexpr int kRows = kTokens;                     // tokens per row tile
+  static constexpr int kConsumerWGs = kRows == 64 ? 2 : 1;
   static constexpr int kRowsW = 64 * kMSub;                 // weight rows per unit
   static constexpr u32 kBBytes = kRowsW * kBlockK;          // weights, multiple of 8 KB
-  static constexpr u32 kABytes = kRows * kBlockK;           // 2 or 4 KB of tokens
-  static constexpr u32 kSfaSlot = 128;                      // 16 or 32 f32 scales in a 128-byte-aligned slot
+  static constexpr u32 kABytes = kRows * kBlockK;           // 2, 4 or 8 KB of tokens
+  static constexpr u32 kSfaSlot = kRows * 4 > 128 ? kRows * 4 : 128;  // the tokens' f32 scales, 128-byte aligned
   static constexpr u32 kOffB = 0;
   static constexpr u32 kOffA = kOffB + kStages * kBBytes;
   static constexpr u32 kOffSfa = kOffA + kStages * kABytes;
   static constexpr u32 kOffBar = kOffSfa + kStages * kSfaSlot;
-  static constexpr u32 kOffAmax = kOffBar + 2 * kStages * 8;  // SwiGLU: per-warp per-token amax [4][kRows] f32
-  static constexpr u32 kSmemBytes = kOffAmax + 4 * kRows * 4;
-  static constexpr int kThreads = 256;
+  static constexpr u32 kOffAmax = kOffBar + 2 * kStages * 8;  // SwiGLU: per-warp per-token amax [consumer warps][kRows] f32
+  static constexpr u32 kSmemBytes = kOffAmax + 4 * kConsumerWGs * kRows * 4;
+  static constexpr int kThreads = 128 * (kConsumerWGs + 1);
 };
 
 // Row tiles past the buffer's capacity are never visited, whatever *num_m_tiles says.
@@ -532,8 +535,11 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
   const float swiglu_limit = ga.swiglu_limit;
   const int m_cap = ga.m_cap;
   constexpr int kRowsW = 64 * kMSub;  // this GEMM's unit (the plan may be sized for a larger one)
-  constexpr int kRows = P::kRows;     // tokens per row tile (wgmma N): 16, or 32 in the fused kernel's wide path
+  constexpr int kRows = P::kRows;     // tokens per row tile (wgmma N): 16, or 32 / 64 in the fused kernel's wide paths
   constexpr int kAcc = kRows / 2;     // accumulators per thread per 64-row sub-tile
+  constexpr int kCWG = P::kConsumerWGs;
+  constexpr int kCThreads = 128 * kCWG;  // consumer threads [0, kCThreads); warp 4 kCWG produces
+  constexpr int kMSubW = kMSub / kCWG;   // sub-tiles per consumer warpgroup: warpgroup c takes [c kMSubW, +kMSubW)
   constexpr int kKB = kK / kBlockK;
   constexpr int kWBlocks = kN / kRowsW;
   constexpr int kNScaleRows = kN / 128;
@@ -541,6 +547,7 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
   static_assert(kN % kRowsW == 0 && kK % kBlockK == 0, "N must be a multiple of 64*MSUB, K of 128");
   static_assert(kSplitK == 1 || kRows == kDecodeRows, "split-K: 16-token tiles only");
   static_assert(kMSub == 1 || kMSub == 2 || kMSub == 4, "MSUB is 1, 2 or 4");
+  static_assert(kMSub % kCWG == 0, "64-token tiles: at least one 64-row sub-tile per consumer warpgroup");
   static_assert(kEpi == 0 || kMSub == 4, "the SwiGLU epilogue needs 256-row transformed units (MSUB = 4)");
   static_assert(kEpi == 0 || (kN / 2) % 128 == 0, "SwiGLU: I = N/2 must be a multiple of 128");
   static_assert(P::kSmemBytes <= 232448, "shared-memory plan exceeds 227 KB: fewer stages");
@@ -563,12 +570,12 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
   auto empty_bar = [&](int s) { return bars.empty(s); };
 
   if (kOwnSetup) {
-    if (tid == 128) {
+    if (tid == kCThreads) {
       check_smem(P::kSmemBytes, smem);
       prefetch_tmap(tmap_a);
       prefetch_tmap(tmap_b);
       prefetch_tmap(tmap_sfa);
-      bars.init(4);  // empty: one arrive per consumer warp
+      bars.init(4 * kCWG);  // empty: one arrive per consumer warp
     }
     __syncthreads();
   }
@@ -584,9 +591,9 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
     return {mt, t - mt * kWBlocks, u - t * kSplitK};
   };
 
-  if (warp >= 4) {
+  if (warp >= 4 * kCWG) {
     // ---------------- producer warpgroup: one thread keeps up to kStages tiles of weights in flight ----------------
-    if (warp == 4 && lane == 0) {
+    if (warp == 4 * kCWG && lane == 0) {
       const u64 pol_a = policy_evict_last();
       const u64 pol_b = policy_evict_first();
       int& stage = ring.stage;
@@ -640,13 +647,14 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
     return;
   }
 
-  // ---------------- consumer warpgroup ----------------
-  const int wq = warp;          // 16 weight rows of each 64-row sub-tile
+  // ---------------- consumer warpgroup(s) ----------------
+  const int cw = warp >> 2;     // consumer warpgroup: sub-tiles [cw kMSubW, +kMSubW)
+  const int wq = warp & 3;      // 16 weight rows of each 64-row sub-tile
   const int q = lane & 3;       // token pairs: tokens 8j + 2q, 8j + 2q + 1 of each 8-token chunk j
   const int rl = lane >> 2;     // weight row within the warp's 16: rl and rl + 8
 
-  float acc[kMSub][kAcc];
-  float fin[kMSub][kAcc];
+  float acc[kMSubW][kAcc];
+  float fin[kMSubW][kAcc];
   int& stage = ring.stage;
   u32& phase = ring.phase;
 
@@ -671,34 +679,35 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
     const float* sfb_g = sfb + (size_t)g * kNScaleRows * kKB;
     // bf16: sub-tile s's rows [wb*R + 64 s, +64) lie in one 128-row scale block. SwiGLU (R = 256): every sub-tile
     // holds gate rows of activation block wb and up rows of the same block: two scale rows for the whole unit.
-    auto sb_row = [&](int s) -> const float* {
-      return sfb_g + (size_t)((wb * kRowsW + 64 * s) / 128) * kKB;
+    // This warpgroup's sub-tiles: sl = 0 .. kMSubW - 1 is the unit's sub-tile s = cw kMSubW + sl.
+    auto sb_row = [&](int sl) -> const float* {
+      return sfb_g + (size_t)((wb * kRowsW + 64 * (cw * kMSubW + sl)) / 128) * kKB;
     };
     const float* sbg_row = sfb_g + (size_t)wb * kKB;
     const float* sbu_row = sfb_g + (size_t)((kN / 2) / 128 + wb) * kKB;
 
 #pragma unroll
-    for (int s = 0; s < kMSub; s++)
+    for (int sl = 0; sl < kMSubW; sl++)
 #pragma unroll
-      for (int i = 0; i < kAcc; i++) fin[s][i] = 0.0f;
+      for (int i = 0; i < kAcc; i++) fin[sl][i] = 0.0f;
 
-    // Weight scales of K block kb for sub-tile s: [0] for row rl, [1] for row rl + 8. bf16: one block per
+    // Weight scales of K block kb for sub-tile sl: [0] for row rl, [1] for row rl + 8. bf16: one block per
     // sub-tile; SwiGLU: row rl (< 8 within a 16-row granule) is a gate row, rl + 8 an up row.
-    auto load_sb = [&](int kb, float (&v)[kMSub][2]) {
+    auto load_sb = [&](int kb, float (&v)[kMSubW][2]) {
 #pragma unroll
-      for (int s = 0; s < kMSub; s++) {
+      for (int sl = 0; sl < kMSubW; sl++) {
         if (kEpi == 0) {
-          v[s][0] = v[s][1] = __ldg(sb_row(s) + kb);
+          v[sl][0] = v[sl][1] = __ldg(sb_row(sl) + kb);
         } else {
-          v[s][0] = __ldg(sbg_row + kb);
-          v[s][1] = __ldg(sbu_row + kb);
+          v[sl][0] = __ldg(sbg_row + kb);
+          v[sl][1] = __ldg(sbu_row + kb);
         }
       }
     };
-    float sbv[kMSub][2];
+    float sbv[kMSubW][2];
     load_sb(kb0, sbv);
     for (int kb = kb0; kb < kb_end; kb++) {
-      float nsbv[kMSub][2];  // next K block's scales, loaded while this block waits and computes
+      float nsbv[kMSubW][2];  // next K block's scales, loaded while this block waits and computes
       load_sb(kb + 1 < kb_end ? kb + 1 : kb, nsbv);
       if (!kDyn || kb > 0) mbar_wait(full_bar(stage), phase);  // (dynamic: K block 0 waited above)
       const u32 sfa_base = sbase + P::kOffSfa + stage * P::kSfaSlot;
@@ -708,37 +717,39 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
 
       const u64 db = make_desc_sw128(sbase + P::kOffA + stage * P::kABytes);
 #pragma unroll
-      for (int s = 0; s < kMSub; s++)
+      for (int sl = 0; sl < kMSubW; sl++)
 #pragma unroll
-        for (int i = 0; i < kAcc; i++) fence_reg(acc[s][i]);
+        for (int i = 0; i < kAcc; i++) fence_reg(acc[sl][i]);
       wgmma_fence();
 #pragma unroll
-      for (int s = 0; s < kMSub; s++) {
-        const u64 da = make_desc_sw128(sbase + P::kOffB + stage * P::kBBytes + s * (64 * kBlockK));
+      for (int sl = 0; sl < kMSubW; sl++) {
+        const u64 da = make_desc_sw128(sbase + P::kOffB + stage * P::kBBytes + (cw * kMSubW + sl) * (64 * kBlockK));
 #pragma unroll
         for (int kk = 0; kk < kBlockK / 32; kk++) {
           if constexpr (kRows == 16)
-            wgmma_m64n16k32_e4m3(acc[s], da + kk * kDescK32Step, db + kk * kDescK32Step, kk > 0 ? 1u : 0u);
+            wgmma_m64n16k32_e4m3(acc[sl], da + kk * kDescK32Step, db + kk * kDescK32Step, kk > 0 ? 1u : 0u);
+          else if constexpr (kRows == 32)
+            wgmma_m64n32k32_e4m3(acc[sl], da + kk * kDescK32Step, db + kk * kDescK32Step, kk > 0 ? 1u : 0u);
           else
-            wgmma_m64n32k32_e4m3(acc[s], da + kk * kDescK32Step, db + kk * kDescK32Step, kk > 0 ? 1u : 0u);
+            wgmma_m64n64k32_e4m3(acc[sl], da + kk * kDescK32Step, db + kk * kDescK32Step, kk > 0 ? 1u : 0u);
         }
       }
       wgmma_commit();
       wgmma_wait<0>();
 #pragma unroll
-      for (int s = 0; s < kMSub; s++)
+      for (int sl = 0; sl < kMSubW; sl++)
 #pragma unroll
-        for (int i = 0; i < kAcc; i++) fence_reg(acc[s][i]);
+        for (int i = 0; i < kAcc; i++) fence_reg(acc[sl][i]);
       if (lane == 0) mbar_arrive(empty_bar(stage));
 
       // Accumulator i of m64nNk32: weight row rl (i % 4 < 2) or rl + 8, token 8 (i / 4) + 2 q + (i % 2).
 #pragma unroll
-      for (int s = 0; s < kMSub; s++)
+      for (int sl = 0; sl < kMSubW; sl++)
 #pragma unroll
         for (int i = 0; i < kAcc; i++)
-          fin[s][i] = fmaf(acc[s][i], ts[2 * (i >> 2) + (i & 1)] * sbv[s][(i >> 1) & 1], fin[s][i]);
+          fin[sl][i] = fmaf(acc[sl][i], ts[2 * (i >> 2) + (i & 1)] * sbv[sl][(i >> 1) & 1], fin[sl][i]);
 #pragma unroll
-      for (int s = 0; s < kMSub; s++) sbv[s][0] = nsbv[s][0], sbv[s][1] = nsbv[s][1];
+      for (int sl = 0; sl < kMSubW; sl++) sbv[sl][0] = nsbv[sl][0], sbv[sl][1] = nsbv[sl][1];
       ring.advance<kStages>();
     }
 
@@ -749,22 +760,22 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
     } else if constexpr (kEpi == 0) {
       unsigned short* d = reinterpret_cast<unsigned short*>(out);
 #pragma unroll
-      for (int s = 0; s < kMSub; s++) {
-        const int n = wb * kRowsW + 64 * s + 16 * wq + rl;
+      for (int sl = 0; sl < kMSubW; sl++) {
+        const int n = wb * kRowsW + 64 * (cw * kMSubW + sl) + 16 * wq + rl;
 #pragma unroll
         for (int i = 0; i < kAcc; i++) {
           const long long tok = tok0 + 8 * (i >> 2) + 2 * q + (i & 1);
-          d[tok * kN + n + 8 * ((i >> 1) & 1)] = f32_to_bf16(fin[s][i]);
+          d[tok * kN + n + 8 * ((i >> 1) & 1)] = f32_to_bf16(fin[sl][i]);
         }
       }
-      if (Sync::kCompletes) sync.template complete<kRowsW>(mt, wb, tid, 128);
+      if (Sync::kCompletes) sync.template complete<kRowsW>(mt, wb, tid, kCThreads);
     } else {
-      // Thread holds, for each sub-tile s and each of its kTok tokens, the gate (row rl) and up (row rl + 8) of
-      // activation column 32 s + 8 wq + rl of block wb.
+      // Thread holds, for each of its sub-tiles s and each of its kTok tokens, the gate (row rl) and up (row rl + 8)
+      // of activation column 32 s + 8 wq + rl of block wb.
       constexpr int kI = kN / 2;
       constexpr int kTok = kRows / 4;
       const float lim = swiglu_limit;
-      float a[kTok][kMSub];
+      float a[kTok][kMSubW];
       float amax[kTok];
 #pragma unroll
       for (int t = 0; t < kTok; t++) {
@@ -772,44 +783,47 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
         const float w = row_weight[tok];
         amax[t] = 0.0f;
 #pragma unroll
-        for (int s = 0; s < kMSub; s++) {
+        for (int sl = 0; sl < kMSubW; sl++) {
           const int ig = 4 * (t >> 1) + (t & 1);  // accumulator of (row rl, token t)
-          float gv = fin[s][ig];
-          float uv = fin[s][ig + 2];
+          float gv = fin[sl][ig];
+          float uv = fin[sl][ig + 2];
           if (lim > 0.0f) {
             uv = fminf(fmaxf(uv, -lim), lim);
             gv = fminf(gv, lim);
           }
-          a[t][s] = silu(gv) * uv * w;
-          amax[t] = fmaxf(amax[t], fabsf(a[t][s]));
+          a[t][sl] = silu(gv) * uv * w;
+          amax[t] = fmaxf(amax[t], fabsf(a[t][sl]));
         }
-        // Reduce over the 8 lanes that share q (lane bits 2..4), then over the 4 warps through shared memory.
+        // Reduce over the 8 lanes that share q (lane bits 2..4), then over the consumer warps through shared memory.
         amax[t] = fmaxf(amax[t], __shfl_xor_sync(0xffffffffu, amax[t], 4));
         amax[t] = fmaxf(amax[t], __shfl_xor_sync(0xffffffffu, amax[t], 8));
         amax[t] = fmaxf(amax[t], __shfl_xor_sync(0xffffffffu, amax[t], 16));
       }
-      float* red = reinterpret_cast<float*>(smem + P::kOffAmax);  // [warp][token]
+      float* red = reinterpret_cast<float*>(smem + P::kOffAmax);  // [consumer warp][token]
       if (rl == 0) {
 #pragma unroll
-        for (int t = 0; t < kTok; t++) red[wq * kRows + 8 * (t >> 1) + 2 * q + (t & 1)] = amax[t];
+        for (int t = 0; t < kTok; t++) red[warp * kRows + 8 * (t >> 1) + 2 * q + (t & 1)] = amax[t];
       }
-      named_barrier_sync(1, 128);
+      named_barrier_sync(1, kCThreads);
       unsigned char* aq = reinterpret_cast<unsigned char*>(out);
 #pragma unroll
       for (int t = 0; t < kTok; t++) {
         const int tl = 8 * (t >> 1) + 2 * q + (t & 1);
-        const float mx = fmaxf(fmaxf(red[tl], red[kRows + tl]), fmaxf(red[2 * kRows + tl], red[3 * kRows + tl]));
+        float mx = red[tl];
+#pragma unroll
+        for (int w = 1; w < 4 * kCWG; w++) mx = fmaxf(mx, red[w * kRows + tl]);
         float inv;
         const float scale = pow2_scale(mx, inv);
         const long long tok = tok0 + tl;
         unsigned char* row = aq + tok * kI + wb * 128;
 #pragma unroll
-        for (int s = 0; s < kMSub; s++)
-          row[32 * s + 8 * wq + rl] = (unsigned char)(megamoe::f32x2_to_e4m3x2(a[t][s] * inv, 0.0f) & 0xFF);
-        if (wq == 0 && rl == 0) out_sf[(size_t)wb * m_cap + tok] = scale;
+        for (int sl = 0; sl < kMSubW; sl++)
+          row[32 * (cw * kMSubW + sl) + 8 * wq + rl] =
+              (unsigned char)(megamoe::f32x2_to_e4m3x2(a[t][sl] * inv, 0.0f) & 0xFF);
+        if (warp == 0 && rl == 0) out_sf[(size_t)wb * m_cap + tok] = scale;
       }
-      if (Sync::kPublishes) sync.publish(mt, wb, tid, 128);  // its barrier also guards `red` (below)
-      named_barrier_sync(1, 128);  // the next unit's epilogue may overwrite `red`
+      if (Sync::kPublishes) sync.publish(mt, wb, tid, kCThreads);  // its barrier also guards `red` (below)
+      named_barrier_sync(1, kCThreads);  // the next unit's epilogue may overwrite `red`
     }
   }
 }
