@@ -9,7 +9,7 @@ import { compileKernel, findNvcc, KernelCompileError } from '../src/cuda/compile
 import { dispatchCapacity } from '../src/kernels/moe-dispatch.js';
 import {
   decodeMegaCtl, describeMegaCtlError, MEGA_CTL_BYTES, MEGA_PARAM_POINTERS, MEGA_PARAMS_BYTES, megaBufferLayout, megaCapacity,
-  decode32RowsRange, megaDefines, megaSmemBytes, megaThreads, packMegaParams,
+  decode32RowsRange, decode64RowsRange, megaDefines, megaSmemBytes, megaThreads, packMegaParams,
 } from '../src/kernels/mega-moe-layout.js';
 
 const FLASH = { hidden: 4096, inter: 2048, experts: 256, topK: 6 };
@@ -87,11 +87,16 @@ test('shared-memory plans fit 227 KB and are what the defines carry', () => {
   assert.deepEqual((['normal', 'decode', 'decode32', 'decode64'] as const).map(megaThreads), [384, 256, 256, 384]);
 });
 
-test('decode32 rows-per-expert range: default, override, off, and a clear error', () => {
+test('decode32 / decode64 rows-per-expert ranges: defaults (adjacent), override, off, and a clear error', () => {
   const saved = process.env.MEGAMOE_DECODE32_ROWS;
+  const saved64 = process.env.MEGAMOE_DECODE64_ROWS;
   try {
     delete process.env.MEGAMOE_DECODE32_ROWS;
-    assert.deepEqual(decode32RowsRange(), { min: 7, max: 28 });
+    delete process.env.MEGAMOE_DECODE64_ROWS;
+    assert.deepEqual(decode32RowsRange(), { min: 7, max: 24 });
+    assert.deepEqual(decode64RowsRange(), { min: 24, max: 60 });
+    process.env.MEGAMOE_DECODE64_ROWS = 'off';
+    assert.equal(decode64RowsRange(), undefined);
     process.env.MEGAMOE_DECODE32_ROWS = '4:40.5';
     assert.deepEqual(decode32RowsRange(), { min: 4, max: 40.5 });
     process.env.MEGAMOE_DECODE32_ROWS = 'off';
@@ -102,6 +107,7 @@ test('decode32 rows-per-expert range: default, override, off, and a clear error'
     }
   } finally {
     if (saved === undefined) delete process.env.MEGAMOE_DECODE32_ROWS; else process.env.MEGAMOE_DECODE32_ROWS = saved;
+    if (saved64 === undefined) delete process.env.MEGAMOE_DECODE64_ROWS; else process.env.MEGAMOE_DECODE64_ROWS = saved64;
   }
 });
 

@@ -228,7 +228,7 @@ export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout
     ...(path === 'normal' && multicast ? { MM_MCAST: 1 } : {}),
     ...(path !== 'normal' ? { MM_DECODE_L2_WIDE_MIN_T: decodeL2WideMinTokens() } : {}),
     ...(process.env.MEGAMOE_SMALL_T ? { MM_SMALL_T: smallTokens() } : {}),
-    ...(path !== 'normal' && process.env.MEGAMOE_DYNAMIC ? { MM_DYNAMIC: decodeDynamicUnits() ? 1 : 0 } : {}),
+    ...(process.env.MEGAMOE_DYNAMIC ? { MM_DYNAMIC: dynamicUnits() ? 1 : 0 } : {}),
   };
 }
 
@@ -278,18 +278,19 @@ export interface RowsRange {
 
 /**
  * Rows per expert (T K / E) for which the fused layer runs the 32-token decode tiles ('decode32'): above `min`, up to
- * `max` (default (7, 28], measured in docs/MEGA_MOE.md). MEGAMOE_DECODE32_ROWS="min:max" overrides (tuning), "off"
- * never runs them.
+ * `max` (default (7, 24]: above 24 the 64-token tiles win, measured in docs/MEGA_MOE.md). MEGAMOE_DECODE32_ROWS=
+ * "min:max" overrides (tuning), "off" never runs them.
  */
 export function decode32RowsRange(): RowsRange | undefined {
-  return rowsRangeKnob('MEGAMOE_DECODE32_ROWS', { min: 7, max: 28 });
+  return rowsRangeKnob('MEGAMOE_DECODE32_ROWS', { min: 7, max: 24 });
 }
 
 /**
- * The same for the 64-token tiles ('decode64'; default (28, 56], NOT yet measured); MEGAMOE_DECODE64_ROWS overrides.
+ * The same for the 64-token tiles ('decode64'; default (24, 60]: above ~60 rows most experts need two 64-token tiles
+ * and the 128-row normal path wins, measured in docs/MEGA_MOE.md); MEGAMOE_DECODE64_ROWS overrides.
  */
 export function decode64RowsRange(): RowsRange | undefined {
-  return rowsRangeKnob('MEGAMOE_DECODE64_ROWS', { min: 28, max: 56 });
+  return rowsRangeKnob('MEGAMOE_DECODE64_ROWS', { min: 24, max: 60 });
 }
 
 function rowsRangeKnob(name: string, fallback: RowsRange): RowsRange | undefined {
@@ -311,10 +312,11 @@ export function smallTokens(): number {
 }
 
 /**
- * Decode path: whether the GEMM units come from a grid-wide counter as CTAs free up (default, mega_moe.cu
- * MegaSync::kDynamic; measured in docs/MEGA_MOE.md) or round robin; MEGAMOE_DYNAMIC=0 picks round robin (A/B runs).
+ * Whether the GEMM units come from a grid-wide counter as CTAs free up (default, mega_moe.cu MegaSync::kDynamic; the
+ * normal path's clustered variant always deals them round robin; measured in docs/MEGA_MOE.md) or round robin;
+ * MEGAMOE_DYNAMIC=0 picks round robin (A/B runs).
  */
-export function decodeDynamicUnits(): boolean {
+export function dynamicUnits(): boolean {
   return tuningKnob('MEGAMOE_DYNAMIC', 1, 0, 1) === 1;
 }
 

@@ -91,10 +91,12 @@ constexpr int kL2KBlocks = kI / 128;  // flags per row tile: one per 128 activat
 #ifndef MM_SMALL_T
 #define MM_SMALL_T 8
 #endif
-// Decode path: units from a grid-wide counter (MegaSync::kDynamic) instead of round robin; 0 = round robin (A/B).
+// GEMM units from a grid-wide counter (MegaSync::kDynamic) instead of round robin; 0 = round robin (A/B). Both
+// paths, except the normal path's 2-CTA clusters (both CTAs of a pair walk the same units).
 #ifndef MM_DYNAMIC
 #define MM_DYNAMIC 1
 #endif
+constexpr bool kDynamicUnits = MM_DYNAMIC && (kDecode || !kMcast);
 constexpr int kSmallT = MM_SMALL_T;
 static_assert(kSmallT <= dsp::kChunkTokens, "mega_moe: the single-CTA dispatch handles one count/rank chunk (64 tokens)");
 
@@ -381,10 +383,10 @@ struct MegaSync {
   static constexpr bool kWaits = kWait;
   static constexpr bool kPublishes = kPublish;
   static constexpr bool kCompletes = kWait;
-  // Decode path: units taken from a grid-wide counter as CTAs free up, L1's and then L2's (one count: an L2 unit is
-  // only taken once every L1 unit was, so each wait is on a unit some running CTA holds). Static round robin left
-  // the CTAs finishing L1 up to ~340 us apart at flash T = 512 (docs/MEGA_MOE.md).
-  static constexpr bool kDynamic = kDecode && MM_DYNAMIC;
+  // Units taken from a grid-wide counter as CTAs free up, L1's and then L2's (one count: an L2 unit is only taken
+  // once every L1 unit was, so each wait is on a unit some running CTA holds). Static round robin left the CTAs
+  // finishing L1 up to ~340 us apart at flash T = 512 and L2 ~180 us apart at flash T = 4096 (docs/MEGA_MOE.md).
+  static constexpr bool kDynamic = kDynamicUnits;
   u32* flags;
   MegaCtl* ctl;
   unsigned long long timeout_ns;
@@ -691,7 +693,7 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
   u32 old_epoch = 0;
   if (tid == 0) old_epoch = *reinterpret_cast<volatile u32*>(&p.ctl->epoch);
   // Every CTA's first L1 unit is its own index; grabs start after them (read only after the dispatch's barriers).
-  if (kDecode && MM_DYNAMIC && blockIdx.x == 0 && tid == 0) p.ctl->unit_next = gridDim.x;
+  if (kDynamicUnits && blockIdx.x == 0 && tid == 0) p.ctl->unit_next = gridDim.x;
   u32 epoch;
 
   // ---- stage + dispatch ----
@@ -750,7 +752,7 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
                             (min(max(*p.num_m_tiles, 0), p.max_tiles) + kCluster - 1) / kCluster * (kI / 128),      \
                             p.fault, &p, 0}
   gg::Ring ring, normal_l1_ring;
-  ring.carry = blockIdx.x;  // dynamic scheduling: L1's first unit
+  ring.carry = normal_l1_ring.carry = blockIdx.x;  // dynamic scheduling: L1's first unit
   gg::Ring& l1_ring = kDecode ? ring : normal_l1_ring;  // decode: L1 and L2 through one ring
   if constexpr (kDecode && kDecodeCWG == 2) {
     // Two consumer warpgroups: the register split of the normal path (it must dominate each role's code).
@@ -791,6 +793,7 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
       gg::normal_body<2 * kI, kH, 2, kL1Stages, 1, kMcast, 0, MM_WTILED, NormalL1P, MegaSync<false, true>, false>(MM_L1_ARGS);
       if (tid == kConsumers) {
         stamp(6);
+        ring.carry = normal_l1_ring.carry;  // dynamic scheduling: L2 starts at the unit L1's last grab returned
         // L2's stages overlay L1's: wait until the consumers released every L1 stage (fresh stages pass at once).
         for (int i = 0; i < kL1Stages; i++) {
           gg::mbar_wait(l1_bars.empty(l1_ring.stage), l1_ring.phase ^ 1);

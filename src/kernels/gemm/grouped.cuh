@@ -83,6 +83,14 @@ __device__ __forceinline__ WCoord weight_coord(int g, int row, int kb) {
   return {kb * kBlockK, g * kN + row};
 }
 
+// Dynamic scheduling (Sync::kDynamic): the unit of each announced position, ring.seq modulo kUnitSlots. The producer
+// is at most kStages stages (so units) ahead of its consumers, and every GEMM of a kernel shares the array.
+constexpr int kUnitSlots = 16;
+__device__ __forceinline__ int* unit_slots() {
+  __shared__ int slots[kUnitSlots];
+  return slots;
+}
+
 // ==================================================================================================================
 // Normal (prefill) kernel body.
 //
@@ -144,6 +152,10 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
   const int first_unit = kCluster == 2 ? sync.first_unit((int)cluster_id(), (int)num_clusters())
                                        : sync.first_unit((int)blockIdx.x, (int)gridDim.x);
   const int unit_step = kCluster == 2 ? (int)num_clusters() : (int)gridDim.x;
+  // Dynamic scheduling (Sync::kDynamic, no cluster: a pair would have to agree on each grabbed unit): as in
+  // decode_body, the producer starts at ring.carry, grabs each next unit and announces it to the consumers.
+  constexpr bool kDyn = Sync::kDynamic && kCluster == 1;
+  static_assert(!kDyn || kStages < kUnitSlots, "dynamic scheduling: more stages than unit slots");
 
   if (kOwnSetup) {  // the fused kernel initialises the ring once for all its GEMMs
     if (tid == 256) {
@@ -191,10 +203,12 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
       const u64 pol = policy_evict_normal();
       int& stage = ring.stage;
       u32& phase = ring.phase;
-      for (int u = first_unit; u < n_units; u += unit_step) {
+      int u = kDyn ? ring.carry : first_unit;
+      for (int next; u < n_units; u = next) {
+        next = kDyn ? sync.grab() : u + unit_step;  // dynamic: issued now, its answer needed only at the end
         const Unit w = unit_of(u);
         const int mt = w.mt, nt = w.nt, g = w.g;
-        if (g < 0 && w.g_peer < 0) continue;  // both CTAs of the pair skip it
+        if (g < 0 && w.g_peer < 0) continue;  // both CTAs of the pair skip it (dynamic: never announced)
         const bool mcast = kMcast == 1 && g >= 0 && w.g_peer == g;
         const int b_row = nt * kBlockN;  // first weight row of the tile within expert g
         // One check per unit: a per-K-block acquire on the producer's path costs a round trip per stage.
@@ -210,6 +224,7 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
         }
         for (int kb = 0; kb < kKB; kb++) {
           mbar_wait(empty_bar(stage), phase ^ 1);
+          if (kDyn && kb == 0) unit_slots()[ring.seq++ % kUnitSlots] = u;  // released by this stage's arrive
           // A failed wait (abort: the kernel reports the error) still loads the stage: its data is invalid anyway,
           // and a cluster peer expects this CTA's half of the weight tile (skipping it would hang the peer).
           if (g >= 0 && !a_ready) (void)sync.wait(mt, kb);
@@ -243,6 +258,14 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
           ring.advance<kStages>();
         }
       }
+      if constexpr (kDyn) {
+        // The end marker: a stage with no data whose slot says -1; the next GEMM starts at the unit grabbed last.
+        mbar_wait(empty_bar(stage), phase ^ 1);
+        unit_slots()[ring.seq++ % kUnitSlots] = -1;
+        mbar_arrive(full_bar(stage));
+        ring.advance<kStages>();
+        ring.carry = u - n_units;
+      }
     }
     __syncwarp();
   } else {
@@ -267,7 +290,19 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
     int& stage = ring.stage;
     u32& phase = ring.phase;
 
-    for (int u = first_unit; u < n_units; u += unit_step) {
+    for (int u = kDyn ? 0 : first_unit;; u += kDyn ? 0 : unit_step) {
+      if constexpr (kDyn) {
+        // The producer announced this unit (or the end) in the slot of its first stage.
+        mbar_wait(full_bar(stage), phase);
+        u = unit_slots()[ring.seq++ % kUnitSlots];
+        if (u < 0) {
+          release(stage);
+          ring.advance<kStages>();
+          break;
+        }
+      } else if (u >= n_units) {
+        break;
+      }
       const Unit w = unit_of(u);
       const int mt = w.mt, nt = w.nt, g = w.g;
       if (g < 0 && w.g_peer < 0) continue;
@@ -297,7 +332,7 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
         const int kn = kb + 1 < kKB ? kb + 1 : kb;
         const float nsb0 = __ldg(sb_row0 + kn), nsb1 = __ldg(sb_row1 + kn);
 
-        mbar_wait(full_bar(stage), phase);
+        if (!kDyn || kb > 0) mbar_wait(full_bar(stage), phase);  // (dynamic: K block 0 waited above)
         // Read the activation scales before releasing the stage: the producer may refill it right after.
         const u32 sfa_base = sbase + P::kOffSfa + stage * P::kSfaBytes;
         const float sa0 = ld_shared_f32(sfa_base + 4u * r0);
@@ -504,14 +539,6 @@ __device__ __forceinline__ void split_k_epilogue(const GemmArgs& ga, const float
       d[tok * kN + n + 8 * ((i >> 1) & 1)] = f32_to_bf16(v);
     }
   }
-}
-
-// Dynamic scheduling (Sync::kDynamic): the unit of each announced position, ring.seq modulo kUnitSlots. The producer
-// is at most kStages stages (so units) ahead of its consumers, and every GEMM of a kernel shares the array.
-constexpr int kUnitSlots = 16;
-__device__ __forceinline__ int* unit_slots() {
-  __shared__ int slots[kUnitSlots];
-  return slots;
 }
 
 // kSplitK > 1 (bf16 epilogue, standalone only): every unit (row tile, weight block) is split into kSplitK units of

@@ -9,7 +9,7 @@ namespace gg {
 struct Ring {
   int stage = 0;
   u32 phase = 0;
-  // Dynamic unit scheduling (Sync::kDynamic, decode body): units announced so far (the unit-slot index), and the
+  // Dynamic unit scheduling (Sync::kDynamic): units announced so far (the unit-slot index), and the
   // producer's first unit of the next GEMM (the one its last grab returned past this GEMM's units).
   int seq = 0;
   int carry = 0;
@@ -72,7 +72,7 @@ struct GemmArgs {
 //               so a second GEMM can continue the first one's round robin.
 //   a_tile(mt): (decode body) the row tile of A and its scales that row tile mt's units read: mt, or, in the fused
 //               kernel's small-T dispatch, tile 0 for all (every expert's tile holds all T tokens).
-//   kDynamic:   (decode body) units are not dealt round robin: the producer starts at ring.carry and takes each next
+//   kDynamic:   (decode body; normal body without clusters) units are not dealt round robin: the producer starts at ring.carry and takes each next
 //               unit from grab() (a grid-wide counter), announcing every unit to its consumers through a shared-memory
 //               slot read after the unit's first full barrier, and ends the GEMM with a marker stage (no data).
 struct NoSync {
