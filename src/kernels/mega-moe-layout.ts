@@ -228,7 +228,6 @@ export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout
     ...(path === 'normal' && multicast ? { MM_MCAST: 1 } : {}),
     ...(path !== 'normal' ? { MM_DECODE_L2_WIDE_MIN_T: decodeL2WideMinTokens() } : {}),
     ...(process.env.MEGAMOE_SMALL_T ? { MM_SMALL_T: smallTokens() } : {}),
-    ...(process.env.MEGAMOE_EXP ? { MM_EXP: Number(process.env.MEGAMOE_EXP) } : {}), // EXP TEMP
     ...(process.env.MEGAMOE_DYNAMIC ? { MM_DYNAMIC: dynamicUnits() ? 1 : 0 } : {}),
   };
 }

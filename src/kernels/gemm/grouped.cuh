@@ -5,9 +5,6 @@
 // docs/GEMM.md. Included after common.cuh, gemm/ptx.cuh, gemm/wgmma_e4m3.cuh and gemm/pipeline.cuh.
 #pragma once
 
-#ifndef MM_EXP
-#define MM_EXP 0  // EXP TEMP
-#endif
 namespace gg {
 
 constexpr int kBlockK = 128;   // K block = scale block (SPEC 3)
@@ -86,13 +83,11 @@ __device__ __forceinline__ WCoord weight_coord(int g, int row, int kb) {
   return {kb * kBlockK, g * kN + row};
 }
 
-// Dynamic scheduling (Sync::kDynamic): the unit {x: index, y: expert} of each announced position, ring.seq modulo
-// kUnitSlots (end marker: index -1). The producer is at most kStages stages (so units) ahead of its consumers, and
-// every GEMM of a kernel shares the array. The expert rides along because the consumers need it before their first
-// MMA of the unit (its weight-scale rows): reading tile_group there is a dependent global round trip per unit.
+// Dynamic scheduling (Sync::kDynamic): the unit of each announced position, ring.seq modulo kUnitSlots. The producer
+// is at most kStages stages (so units) ahead of its consumers, and every GEMM of a kernel shares the array.
 constexpr int kUnitSlots = 16;
-__device__ __forceinline__ int2* unit_slots() {
-  __shared__ int2 slots[kUnitSlots];
+__device__ __forceinline__ int* unit_slots() {
+  __shared__ int slots[kUnitSlots];
   return slots;
 }
 
@@ -229,7 +224,7 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
         }
         for (int kb = 0; kb < kKB; kb++) {
           mbar_wait(empty_bar(stage), phase ^ 1);
-          if (kDyn && kb == 0) unit_slots()[ring.seq++ % kUnitSlots] = make_int2(u, g);  // released by this stage's arrive
+          if (kDyn && kb == 0) unit_slots()[ring.seq++ % kUnitSlots] = u;  // released by this stage's arrive
           // A failed wait (abort: the kernel reports the error) still loads the stage: its data is invalid anyway,
           // and a cluster peer expects this CTA's half of the weight tile (skipping it would hang the peer).
           if (g >= 0 && !a_ready) (void)sync.wait(mt, kb);
@@ -266,7 +261,7 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
       if constexpr (kDyn) {
         // The end marker: a stage with no data whose slot says -1; the next GEMM starts at the unit grabbed last.
         mbar_wait(empty_bar(stage), phase ^ 1);
-        unit_slots()[ring.seq++ % kUnitSlots] = make_int2(-1, -1);
+        unit_slots()[ring.seq++ % kUnitSlots] = -1;
         mbar_arrive(full_bar(stage));
         ring.advance<kStages>();
         ring.carry = u - n_units;
@@ -296,13 +291,10 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
     u32& phase = ring.phase;
 
     for (int u = kDyn ? 0 : first_unit;; u += kDyn ? 0 : unit_step) {
-      int g_announced = -1;
       if constexpr (kDyn) {
         // The producer announced this unit (or the end) in the slot of its first stage.
         mbar_wait(full_bar(stage), phase);
-        const int2 su = unit_slots()[ring.seq++ % kUnitSlots];
-        u = su.x;
-        g_announced = su.y;
+        u = unit_slots()[ring.seq++ % kUnitSlots];
         if (u < 0) {
           release(stage);
           ring.advance<kStages>();
@@ -311,15 +303,7 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
       } else if (u >= n_units) {
         break;
       }
-      Unit w;
-      if constexpr (kDyn) {  // no cluster, no pairing: (row tile, N tile) of u, and the expert the producer read
-        w.mt = u / kNTiles;
-        w.nt = u - w.mt * kNTiles;
-        w.g = MM_EXP == 0 ? g_announced : group_of(w.mt);  // EXP TEMP
-        w.g_peer = -1;
-      } else {
-        w = unit_of(u);
-      }
+      const Unit w = unit_of(u);
       const int mt = w.mt, nt = w.nt, g = w.g;
       if (g < 0 && w.g_peer < 0) continue;
       if (g < 0) {  // dead tile, live peer: keep the pair's stage sequence in step
@@ -657,7 +641,7 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
         }
         for (int kb = kb0; kb < kb0 + kKBSplit; kb++) {
           mbar_wait(empty_bar(stage), phase ^ 1);
-          if (kDyn && kb == 0) unit_slots()[ring.seq++ % kUnitSlots] = make_int2(u, g);  // released by this stage's arrive
+          if (kDyn && kb == 0) unit_slots()[ring.seq++ % kUnitSlots] = u;  // released by this stage's arrive
           if (!a_ready && !sync.wait(mt, kb)) {  // abort: pass the stage on without data
             mbar_arrive(full_bar(stage));
             ring.advance<kStages>();
@@ -681,7 +665,7 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
       if constexpr (kDyn) {
         // The end marker: a stage with no data whose slot says -1; the next GEMM starts at the unit grabbed last.
         mbar_wait(empty_bar(stage), phase ^ 1);
-        unit_slots()[ring.seq++ % kUnitSlots] = make_int2(-1, -1);
+        unit_slots()[ring.seq++ % kUnitSlots] = -1;
         mbar_arrive(full_bar(stage));
         ring.advance<kStages>();
         ring.carry = u - n_units;
@@ -702,13 +686,10 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
   u32& phase = ring.phase;
 
   for (int u = kDyn ? 0 : sync.first_unit((int)blockIdx.x, (int)gridDim.x);; u += kDyn ? 0 : (int)gridDim.x) {
-    int g_announced = -1;
     if constexpr (kDyn) {
-      // The producer announced this unit (or the end) and its expert in the slot of its first stage.
+      // The producer announced this unit (or the end) in the slot of its first stage.
       mbar_wait(full_bar(stage), phase);
-      const int2 su = unit_slots()[ring.seq++ % kUnitSlots];
-      u = su.x;
-      g_announced = su.y;
+      u = unit_slots()[ring.seq++ % kUnitSlots];
       if (u < 0) {
         if (lane == 0) mbar_arrive(empty_bar(stage));
         ring.advance<kStages>();
@@ -719,7 +700,7 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
     }
     const DUnit du = dunit_of(u);
     const int mt = du.mt, wb = du.wb, kb0 = du.ks * kKBSplit, kb_end = kb0 + kKBSplit;
-    const int g = (kDyn && MM_EXP == 0) ? g_announced : tile_group[mt];  // EXP TEMP
+    const int g = tile_group[mt];
     if (!kDyn && g < 0) continue;  // (dynamic: the producer never announces one)
 
     const float* sfb_g = sfb + (size_t)g * kNScaleRows * kKB;
