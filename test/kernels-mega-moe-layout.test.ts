@@ -9,7 +9,7 @@ import { compileKernel, findNvcc, KernelCompileError } from '../src/cuda/compile
 import { dispatchCapacity } from '../src/kernels/moe-dispatch.js';
 import {
   decodeMegaCtl, describeMegaCtlError, MEGA_CTL_BYTES, MEGA_PARAM_POINTERS, MEGA_PARAMS_BYTES, megaBufferLayout, megaCapacity,
-  decode32RowsRange, decode64RowsRange, megaDefines, megaSmemBytes, megaThreads, packMegaParams,
+  decode32RowsRange, decode64RowsRange, dynamicUnits, megaDefines, megaSmemBytes, megaThreads, packMegaParams,
 } from '../src/kernels/mega-moe-layout.js';
 
 const FLASH = { hidden: 4096, inter: 2048, experts: 256, topK: 6 };
@@ -108,6 +108,25 @@ test('decode32 / decode64 rows-per-expert ranges: defaults (adjacent), override,
   } finally {
     if (saved === undefined) delete process.env.MEGAMOE_DECODE32_ROWS; else process.env.MEGAMOE_DECODE32_ROWS = saved;
     if (saved64 === undefined) delete process.env.MEGAMOE_DECODE64_ROWS; else process.env.MEGAMOE_DECODE64_ROWS = saved64;
+  }
+});
+
+test('dynamic unit scheduling: decode paths always, the normal path from I = 3072, MEGAMOE_DYNAMIC forces either', () => {
+  const saved = process.env.MEGAMOE_DYNAMIC;
+  try {
+    delete process.env.MEGAMOE_DYNAMIC;
+    assert.deepEqual([dynamicUnits('decode', 2048), dynamicUnits('decode64', 2048), dynamicUnits('normal', 2048), dynamicUnits('normal', 3072)],
+      [true, true, false, true]);
+    assert.equal(megaDefines({ hidden: 4096, inter: 2048, experts: 256, topK: 6 }, 'normal').MM_DYNAMIC, 0);
+    assert.equal(megaDefines({ hidden: 7168, inter: 3072, experts: 384, topK: 6 }, 'normal').MM_DYNAMIC, 1);
+    process.env.MEGAMOE_DYNAMIC = '1';
+    assert.equal(dynamicUnits('normal', 2048), true);
+    process.env.MEGAMOE_DYNAMIC = '0';
+    assert.equal(dynamicUnits('decode', 2048), false);
+    process.env.MEGAMOE_DYNAMIC = '2';
+    assert.throws(() => dynamicUnits('decode', 2048), /MEGAMOE_DYNAMIC=2/);
+  } finally {
+    if (saved === undefined) delete process.env.MEGAMOE_DYNAMIC; else process.env.MEGAMOE_DYNAMIC = saved;
   }
 });
 

@@ -228,7 +228,7 @@ export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout
     ...(path === 'normal' && multicast ? { MM_MCAST: 1 } : {}),
     ...(path !== 'normal' ? { MM_DECODE_L2_WIDE_MIN_T: decodeL2WideMinTokens() } : {}),
     ...(process.env.MEGAMOE_SMALL_T ? { MM_SMALL_T: smallTokens() } : {}),
-    ...(process.env.MEGAMOE_DYNAMIC ? { MM_DYNAMIC: dynamicUnits() ? 1 : 0 } : {}),
+    MM_DYNAMIC: dynamicUnits(path, shape.inter) ? 1 : 0,
   };
 }
 
@@ -311,13 +311,20 @@ export function smallTokens(): number {
   return tuningKnob('MEGAMOE_SMALL_T', 8, 0, 16);
 }
 
+/** Normal path: the smallest I (moe_intermediate_size) at which its units come from the grid-wide counter. */
+export const NORMAL_DYNAMIC_MIN_INTER = 3072;
+
 /**
- * Whether the GEMM units come from a grid-wide counter as CTAs free up (default, mega_moe.cu MegaSync::kDynamic; the
- * normal path's clustered variant always deals them round robin; measured in docs/MEGA_MOE.md) or round robin;
- * MEGAMOE_DYNAMIC=0 picks round robin (A/B runs).
+ * Whether the GEMM units come from a grid-wide counter as CTAs free up (mega_moe.cu MegaSync::kDynamic) or round
+ * robin. Decode paths: the counter. Normal path (its unclustered variant; the clustered one always deals round robin):
+ * the counter from I = NORMAL_DYNAMIC_MIN_INTER only. Measured in docs/MEGA_MOE.md: pro (I 3072) 1.4-1.8% faster
+ * with it, flash (I 2048) 3-4% slower, for a reason not yet found. MEGAMOE_DYNAMIC=0 / 1 forces round robin / the
+ * counter on every path (A/B runs).
  */
-export function dynamicUnits(): boolean {
-  return tuningKnob('MEGAMOE_DYNAMIC', 1, 0, 1) === 1;
+export function dynamicUnits(path: MegaMoePath, inter: number): boolean {
+  const v = process.env.MEGAMOE_DYNAMIC;
+  if (v !== undefined && v !== '') return tuningKnob('MEGAMOE_DYNAMIC', 1, 0, 1) === 1;
+  return path !== 'normal' || inter >= NORMAL_DYNAMIC_MIN_INTER;
 }
 
 /** What the control block says after a launch (mirrors MegaCtl and the kErr / kPhase enums). */

@@ -91,8 +91,9 @@ constexpr int kL2KBlocks = kI / 128;  // flags per row tile: one per 128 activat
 #ifndef MM_SMALL_T
 #define MM_SMALL_T 8
 #endif
-// GEMM units from a grid-wide counter (MegaSync::kDynamic) instead of round robin; 0 = round robin (A/B). Both
-// paths, except the normal path's 2-CTA clusters (both CTAs of a pair walk the same units).
+// GEMM units from a grid-wide counter (MegaSync::kDynamic) instead of round robin; 0 = round robin. Either path,
+// except the normal path's 2-CTA clusters (both CTAs of a pair walk the same units). The host picks it per path and
+// shape (mega-moe-layout.ts dynamicUnits).
 #ifndef MM_DYNAMIC
 #define MM_DYNAMIC 1
 #endif
