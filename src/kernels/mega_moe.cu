@@ -23,8 +23,9 @@
 // (src/kernels/mega-moe.ts), never a hang. After an error the host resets the control block.
 //
 // Compile-time shape: MM_HIDDEN (H), MM_INTER (I), MM_EXPERTS (E routed; group E is the shared expert), MM_TOPK (K),
-// MM_PATH (0 normal: 128-row tiles, 2 consumer warpgroups; 1 decode: MM_DECODE_ROWS-token tiles (16, or 32 for the
-// mid-T "decode32" path), weights on wgmma's M side),
+// MM_PATH (0 normal: 128-row tiles, 2 consumer warpgroups; 1 decode: MM_DECODE_ROWS-token tiles (16, or 32 / 64 for
+// the mid-T "decode32" / "decode64" paths; 64 takes 2 consumer warpgroups), weights on wgmma's M side), MM_DYNAMIC
+// (units from a grid-wide counter),
 // MM_STAGES (decode: the ring's stages; normal: L2's), MM_L1_STAGES (normal: L1's), MM_WTILED (weight layout, as
 // GG_WTILED), MM_MCAST (normal path: 1 = 2-CTA clusters whose pairs of row tiles of one expert fetch half of each
 // weight tile and multicast it, as the unfused GEMM's GG_MCAST 1), MM_SMEM_BYTES and MM_PARAMS_BYTES (the TypeScript
