@@ -90,6 +90,16 @@ __device__ __forceinline__ int* unit_slots() {
   __shared__ int slots[kUnitSlots];
   return slots;
 }
+// The producer's end of a dynamically scheduled GEMM: a marker stage with no data whose slot says -1. The next GEMM
+// of the kernel starts at the unit the last grab returned (u, past this GEMM's n_units).
+template <int kStages>
+__device__ __forceinline__ void end_dynamic_gemm(Ring& ring, const RingBars<kStages>& bars, int u, int n_units) {
+  mbar_wait(bars.empty(ring.stage), ring.phase ^ 1);
+  unit_slots()[ring.seq++ % kUnitSlots] = -1;
+  mbar_arrive(bars.full(ring.stage));
+  ring.advance<kStages>();
+  ring.carry = u - n_units;
+}
 
 // ==================================================================================================================
 // Normal (prefill) kernel body.
@@ -258,14 +268,7 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
           ring.advance<kStages>();
         }
       }
-      if constexpr (kDyn) {
-        // The end marker: a stage with no data whose slot says -1; the next GEMM starts at the unit grabbed last.
-        mbar_wait(empty_bar(stage), phase ^ 1);
-        unit_slots()[ring.seq++ % kUnitSlots] = -1;
-        mbar_arrive(full_bar(stage));
-        ring.advance<kStages>();
-        ring.carry = u - n_units;
-      }
+      if constexpr (kDyn) end_dynamic_gemm(ring, bars, u, n_units);
     }
     __syncwarp();
   } else {
@@ -662,14 +665,7 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
           ring.advance<kStages>();
         }
       }
-      if constexpr (kDyn) {
-        // The end marker: a stage with no data whose slot says -1; the next GEMM starts at the unit grabbed last.
-        mbar_wait(empty_bar(stage), phase ^ 1);
-        unit_slots()[ring.seq++ % kUnitSlots] = -1;
-        mbar_arrive(full_bar(stage));
-        ring.advance<kStages>();
-        ring.carry = u - n_units;
-      }
+      if constexpr (kDyn) end_dynamic_gemm(ring, bars, u, n_units);
     }
     return;
   }
