@@ -9,7 +9,7 @@ import { compileKernel, findNvcc, KernelCompileError } from '../src/cuda/compile
 import { dispatchCapacity } from '../src/kernels/moe-dispatch.js';
 import {
   decodeMegaCtl, describeMegaCtlError, MEGA_CTL_BYTES, MEGA_PARAM_POINTERS, MEGA_PARAMS_BYTES, megaBufferLayout, megaCapacity,
-  decode32RowsRange, decode64RowsRange, dynamicUnits, megaDefines, megaSmemBytes, megaThreads, packMegaParams,
+  activationMulticastFits, activationMulticastWanted, decode32RowsRange, decode64RowsRange, dynamicUnits, megaDefines, megaSmemBytes, megaThreads, packMegaParams,
 } from '../src/kernels/mega-moe-layout.js';
 
 const FLASH = { hidden: 4096, inter: 2048, experts: 256, topK: 6 };
@@ -127,6 +127,28 @@ test('dynamic unit scheduling: decode paths always, the normal path from I = 307
     assert.throws(() => dynamicUnits('decode', 2048), /MEGAMOE_DYNAMIC=2/);
   } finally {
     if (saved === undefined) delete process.env.MEGAMOE_DYNAMIC; else process.env.MEGAMOE_DYNAMIC = saved;
+  }
+});
+
+test('multicast variants: MM_MCAST 1 (weights) / 2 (activations, where N tiles pair up), round robin, knob', () => {
+  const PRO = { hidden: 7168, inter: 3072, experts: 384, topK: 6 };
+  assert.equal(megaDefines(FLASH, 'normal').MM_MCAST, undefined);
+  assert.equal(megaDefines(FLASH, 'normal', 'tiled', 'weights').MM_MCAST, 1);
+  assert.equal(megaDefines(FLASH, 'normal', 'tiled', 'activations').MM_MCAST, 2);
+  assert.equal(megaDefines(PRO, 'normal', 'tiled', 'activations').MM_DYNAMIC, 0, 'a pair walks its units together');
+  assert.equal(megaDefines(FLASH, 'decode', 'tiled', 'weights').MM_MCAST, undefined, 'decode paths have no clusters');
+  assert.deepEqual([FLASH, PRO, { hidden: 256, inter: 128 }, { hidden: 768, inter: 256 }].map(activationMulticastFits), [true, true, false, false]);
+  assert.throws(() => megaDefines({ hidden: 256, inter: 128, experts: 16, topK: 4 }, 'normal', 'tiled', 'activations'), /H % 512 == 0 and I % 256 == 0/);
+  const saved = process.env.MEGAMOE_ACT_MCAST;
+  try {
+    delete process.env.MEGAMOE_ACT_MCAST;
+    assert.equal(activationMulticastWanted(), false, 'off until measured');
+    process.env.MEGAMOE_ACT_MCAST = '1';
+    assert.equal(activationMulticastWanted(), true);
+    process.env.MEGAMOE_ACT_MCAST = 'yes';
+    assert.throws(() => activationMulticastWanted(), /MEGAMOE_ACT_MCAST=yes/);
+  } finally {
+    if (saved === undefined) delete process.env.MEGAMOE_ACT_MCAST; else process.env.MEGAMOE_ACT_MCAST = saved;
   }
 });
 

@@ -145,6 +145,8 @@ export class MegaMoe {
 
   /** Whether the normal path can run as 2-CTA clusters with weight multicast on this GPU (MegaMoeKernel.multicast). */
   get multicast(): boolean { return this.kernel.multicast; }
+  /** Whether the normal path below the weight multicast's rows runs activation-multicast clusters (MEGAMOE_ACT_MCAST=1). */
+  get activationMulticast(): boolean { return this.kernel.activationMulticast; }
 
   /** The kernel path T tokens run with (megaPath). */
   path(tokens: number): MegaMoePath {

@@ -211,13 +211,28 @@ export function packMegaParams(v: MegaParamValues): Uint8Array {
 }
 
 /**
- * The -D defines of one specialisation. `multicast` (normal path only): 2-CTA clusters that share each weight tile
- * through TMA multicast (MM_MCAST 1); the launcher falls back to false where the GPU cannot keep every cluster of the
- * grid resident.
+ * The normal path's 2-CTA clusters: 'weights' = pairs of row tiles of one expert fetch half of each weight tile and
+ * multicast it (MM_MCAST 1); 'activations' = pairs of N tiles of one row tile fetch half of each activation tile and
+ * multicast it (MM_MCAST 2: halves the A reads out of L2, where each expert has one row tile).
+ */
+export type MegaMulticast = 'none' | 'weights' | 'activations';
+const MCAST_CODE: Readonly<Record<MegaMulticast, number>> = Object.freeze({ none: 0, weights: 1, activations: 2 });
+
+/** Whether a shape can pair N tiles in both GEMMs (activation multicast): 2I / 256 and H / 256 N tiles, both even. */
+export function activationMulticastFits(shape: Pick<MegaMoeShape, 'hidden' | 'inter'>): boolean {
+  return shape.inter % 256 === 0 && shape.hidden % 512 === 0;
+}
+
+/**
+ * The -D defines of one specialisation. `multicast` (normal path only, MegaMulticast); the launcher runs a clustered
+ * variant only where the GPU can keep every cluster of the grid resident.
  */
 export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout: 'rows' | 'tiled' = 'tiled',
-  multicast = false): Record<string, number> {
+  multicast: MegaMulticast = 'none'): Record<string, number> {
   checkShape(shape);
+  if (multicast === 'activations' && !activationMulticastFits(shape)) {
+    throw new RangeError(`mega_moe: activation multicast pairs N tiles: it needs H % 512 == 0 and I % 256 == 0 (H ${shape.hidden}, I ${shape.inter})`);
+  }
   const stages = MEGA_STAGES[path];
   const smem = megaSmemBytes(path, stages);
   if (smem + STATIC_SMEM > SMEM_LIMIT) throw new RangeError(`mega_moe: the ${path} plan needs ${smem} bytes of shared memory (limit ${SMEM_LIMIT - STATIC_SMEM})`);
@@ -225,10 +240,10 @@ export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout
     MM_HIDDEN: shape.hidden, MM_INTER: shape.inter, MM_EXPERTS: shape.experts, MM_TOPK: shape.topK,
     MM_PATH: path === 'normal' ? 0 : 1, ...(path === 'decode32' || path === 'decode64' ? { MM_DECODE_ROWS: MEGA_ROW_TILE[path] } : {}), MM_STAGES: stages, ...(path === 'normal' ? { MM_L1_STAGES: MEGA_L1_STAGES } : {}), MM_SMEM_BYTES: smem, MM_PARAMS_BYTES: MEGA_PARAMS_BYTES,
     ...(weightLayout === 'tiled' ? { MM_WTILED: 1 } : {}),
-    ...(path === 'normal' && multicast ? { MM_MCAST: 1 } : {}),
+    ...(path === 'normal' && multicast !== 'none' ? { MM_MCAST: MCAST_CODE[multicast] } : {}),
     ...(path !== 'normal' ? { MM_DECODE_L2_WIDE_MIN_T: decodeL2WideMinTokens() } : {}),
     ...(process.env.MEGAMOE_SMALL_T ? { MM_SMALL_T: smallTokens() } : {}),
-    MM_DYNAMIC: dynamicUnits(path, shape.inter) ? 1 : 0,
+    MM_DYNAMIC: dynamicUnits(path, shape.inter) && multicast === 'none' ? 1 : 0,  // (a cluster's pair walks its units together)
   };
 }
 
@@ -252,6 +267,14 @@ function tuningKnob(name: string, fallback: number, min: number, max: number, in
     throw new RangeError(`${name}=${v}: expected ${integer ? 'an integer' : 'a number'} in [${min}, ${max}]`);
   }
   return n;
+}
+
+/**
+ * Normal path below the weight multicast's rows: whether the activation-multicast clusters run (MEGAMOE_ACT_MCAST=1;
+ * default off: not yet measured on a GPU, docs/MEGA_MOE.md).
+ */
+export function activationMulticastWanted(): boolean {
+  return tuningKnob('MEGAMOE_ACT_MCAST', 0, 0, 1) === 1;
 }
 
 /**

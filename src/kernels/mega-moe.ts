@@ -6,8 +6,9 @@ import {
   type TensorMap,
 } from '../cuda/index.js';
 import {
-  decodeMegaCtl, describeMegaCtlError, MEGA_CTL_BYTES, MEGA_FAULT_SKIP_PUBLISH, MEGA_ROW_TILE, megaDefines, megaMulticastMinRows, megaMulticastWanted, megaSmemBytes, megaThreads,
-  packMegaParams, type MegaBufferLayout, type MegaCtlState, type MegaMoePath, type MegaMoeShape, type MegaParamPointer,
+  activationMulticastFits, activationMulticastWanted, decodeMegaCtl, describeMegaCtlError, MEGA_CTL_BYTES, MEGA_FAULT_SKIP_PUBLISH, MEGA_ROW_TILE,
+  megaDefines, megaMulticastMinRows, megaMulticastWanted, megaSmemBytes, megaThreads, packMegaParams, type MegaBufferLayout, type MegaCtlState,
+  type MegaMoePath, type MegaMoeShape, type MegaMulticast, type MegaParamPointer,
 } from './mega-moe-layout.js';
 import { MOE_PRESET_SHAPES } from './presets.js';
 import { WEIGHT_TILE, type WeightLayout } from './weight-layout.js';
@@ -15,14 +16,23 @@ import { WEIGHT_TILE, type WeightLayout } from './weight-layout.js';
 export const MEGA_MOE_SOURCE = 'mega_moe.cu';
 export const MEGA_MOE_ENTRY = 'mega_moe_fused';
 
-/** The variants MegaMoeKernel.create loads for a shape: the normal path with 2-CTA weight multicast, without, decode (16-, 32- and 64-token tiles). */
-const MEGA_VARIANTS: ReadonlyArray<{ label: string; path: MegaMoePath; multicast: boolean }> = [
-  { label: 'normal-tiled-mcast', path: 'normal', multicast: true },
-  { label: 'normal-tiled', path: 'normal', multicast: false },
-  { label: 'decode-tiled', path: 'decode', multicast: false },
-  { label: 'decode32-tiled', path: 'decode32', multicast: false },
-  { label: 'decode64-tiled', path: 'decode64', multicast: false },
+/**
+ * The variants MegaMoeKernel.create may load for a shape: the normal path with 2-CTA weight multicast, with 2-CTA
+ * activation multicast (shapes whose N tiles pair up: activationMulticastFits), without, and decode (16-, 32- and
+ * 64-token tiles).
+ */
+const MEGA_VARIANTS: ReadonlyArray<{ label: string; path: MegaMoePath; multicast: MegaMulticast }> = [
+  { label: 'normal-tiled-mcast', path: 'normal', multicast: 'weights' },
+  { label: 'normal-tiled-amcast', path: 'normal', multicast: 'activations' },
+  { label: 'normal-tiled', path: 'normal', multicast: 'none' },
+  { label: 'decode-tiled', path: 'decode', multicast: 'none' },
+  { label: 'decode32-tiled', path: 'decode32', multicast: 'none' },
+  { label: 'decode64-tiled', path: 'decode64', multicast: 'none' },
 ];
+const variantsFor = (shape: MegaMoeShape) => MEGA_VARIANTS.filter((v) => v.multicast !== 'activations' || activationMulticastFits(shape));
+/** The variants a process builds: the clustered ones only where their knobs want them. */
+const wantedVariants = (shape: MegaMoeShape) => variantsFor(shape).filter((v) =>
+  v.multicast === 'none' || (v.multicast === 'weights' ? megaMulticastWanted() : activationMulticastWanted()));
 
 /** Expert-parallel sizes whose per-rank shapes (E / N local experts) CI compiles for the flash and pro presets. */
 const CI_EP_SIZES = [2, 4, 8];
@@ -36,7 +46,7 @@ registerKernel({
     return sizes.flatMap((n) => {
       const shape = { hidden: p.hidden, inter: p.inter, experts: p.experts / n, topK: p.topK };
       const label = n === 1 ? p.label : `${p.label}-ep${n}`;
-      return MEGA_VARIANTS.map((v) => ({ label: `${label}-${v.label}`, defines: megaDefines(shape, v.path, 'tiled', v.multicast) }));
+      return variantsFor(shape).map((v) => ({ label: `${label}-${v.label}`, defines: megaDefines(shape, v.path, 'tiled', v.multicast) }));
     });
   }),
 });
@@ -94,32 +104,38 @@ function faultFromEnv(): number {
  * expert parallelism rank 0 compiles first and the others then load from the cache (no N copies of nvcc at once).
  */
 export async function compileMegaMoeKernels(shape: MegaMoeShape): Promise<void> {
-  await Promise.all(MEGA_VARIANTS.filter((v) => !v.multicast || megaMulticastWanted()).map((v) =>
+  await Promise.all(wantedVariants(shape).map((v) =>
     compileKernel({ source: MEGA_MOE_SOURCE, entry: MEGA_MOE_ENTRY, defines: megaDefines(shape, v.path, 'tiled', v.multicast) })));
 }
 
 class PathKernel {
   constructor(readonly path: MegaMoePath, readonly kernel: Kernel, readonly maps: readonly TensorMap[]) {}
 }
+type PathKernels = Readonly<Record<MegaMoePath, PathKernel> & { clustered: PathKernel | undefined; activationClustered: PathKernel | undefined }>;
 
 /** The fused layer for one shape, bound to its buffers: launch(stream, tokens) queues one whole MoE layer. */
 export class MegaMoeKernel {
   private constructor(readonly shape: MegaMoeShape, private readonly b: MegaMoeBindings,
-    private readonly paths: Readonly<Record<MegaMoePath, PathKernel> & { clustered: PathKernel | undefined }>, readonly grid: number,
+    private readonly paths: PathKernels, readonly grid: number,
     private readonly timeoutNs: bigint, private readonly fault: number, private readonly multicastMinRows: number) {}
 
   /** Whether the normal path can run as 2-CTA clusters with weight multicast (false where the GPU cannot keep them all resident). */
   get multicast(): boolean { return this.paths.clustered !== undefined; }
 
+  /** Whether the normal path below multicastMinRows runs the activation-multicast clusters (MEGAMOE_ACT_MCAST=1, resident). */
+  get activationMulticast(): boolean { return this.paths.activationClustered !== undefined; }
+
   /**
    * The kernel T tokens run with on `path`: the normal path's clustered (weight multicast) variant once the average
    * expert has multicastMinRows rows (two 128-row tiles of one expert share a weight tile only then; below it the
-   * pairs' lockstep costs more than the multicast saves: docs/MEGA_MOE.md).
+   * pairs' lockstep costs more than the multicast saves: docs/MEGA_MOE.md); below that, where MEGAMOE_ACT_MCAST=1,
+   * the activation-multicast one (pairs of N tiles share the row tile's A).
    */
   private kernelFor(tokens: number, path: MegaMoePath): PathKernel {
+    if (path !== 'normal') return this.paths[path];
     const c = this.paths.clustered;
-    if (path === 'normal' && c !== undefined && (tokens * this.shape.topK) / this.shape.experts >= this.multicastMinRows) return c;
-    return this.paths[path];
+    if (c !== undefined && (tokens * this.shape.topK) / this.shape.experts >= this.multicastMinRows) return c;
+    return this.paths.activationClustered ?? this.paths.normal;
   }
 
   /** Where traced launches write their per-CTA phase stamps (u64 [grid, MEGA_TRACE_SLOTS]); undefined = off. */
@@ -129,25 +145,31 @@ export class MegaMoeKernel {
     if (b.weightLayout !== 'tiled') throw new RangeError('mega_moe: the fused kernel is built for the tiled weight layout (DeviceMoeWeights with weightLayout "tiled")');
     const ctx = ensureContext();
     const grid = ctx.properties().smCount;
-    const build = async (path: MegaMoePath, multicast = false): Promise<PathKernel> => {
+    const build = async (path: MegaMoePath, multicast: MegaMulticast = 'none'): Promise<PathKernel> => {
       const kernel = await loadKernel({ source: MEGA_MOE_SOURCE, entry: MEGA_MOE_ENTRY, defines: megaDefines(shape, path, b.weightLayout, multicast) });
       kernel.setMaxDynamicSharedMemory(megaSmemBytes(path));
-      return new PathKernel(path, kernel, MegaMoeKernel.maps(shape, b, path));
+      return new PathKernel(path, kernel, MegaMoeKernel.maps(shape, b, path, multicast));
     };
-    const [clustered, normal, decode, decode32, decode64] = await Promise.all([
-      megaMulticastWanted() && grid % 2 === 0 ? build('normal', true) : undefined, build('normal'), build('decode'), build('decode32'),
-      build('decode64'),
+    const clusters = grid % 2 === 0;
+    const [clustered, activationClustered, normal, decode, decode32, decode64] = await Promise.all([
+      megaMulticastWanted() && clusters ? build('normal', 'weights') : undefined,
+      activationMulticastWanted() && clusters && activationMulticastFits(shape) ? build('normal', 'activations') : undefined,
+      build('normal'), build('decode'), build('decode32'), build('decode64'),
     ]);
     // The grid barriers need every CTA resident: 2-CTA clusters only where all grid / 2 of them fit at once (a GPC
     // with an odd number of free SMs leaves one idle); else the kernel without clusters everywhere.
-    const resident = clustered !== undefined &&
-      clustered.kernel.maxActiveClusters({ grid, block: megaThreads('normal'), sharedMemBytes: megaSmemBytes('normal') }) >= grid / 2;
-    return new MegaMoeKernel(shape, b, { normal, decode, decode32, decode64, clustered: resident ? clustered : undefined }, grid, spinTimeoutNs(b.layout.ranks),
-      faultFromEnv(), megaMulticastMinRows());
+    const resident = (k: PathKernel | undefined) => k !== undefined &&
+      k.kernel.maxActiveClusters({ grid, block: megaThreads('normal'), sharedMemBytes: megaSmemBytes('normal') }) >= grid / 2 ? k : undefined;
+    return new MegaMoeKernel(shape, b, {
+      normal, decode, decode32, decode64, clustered: resident(clustered), activationClustered: resident(activationClustered),
+    }, grid, spinTimeoutNs(b.layout.ranks), faultFromEnv(), megaMulticastMinRows());
   }
 
-  /** The seven tensor maps of a path: L1 A / W13 / sfa, L2 A / W2 / sfa, L2 out (bf16, TMA store). */
-  private static maps(shape: MegaMoeShape, b: MegaMoeBindings, path: MegaMoePath): TensorMap[] {
+  /**
+   * The seven tensor maps of a path: L1 A / W13 / sfa, L2 A / W2 / sfa, L2 out (bf16, TMA store). Activation multicast:
+   * each CTA of a pair fetches one 64-row half of the A tile, so the A boxes are 64 rows.
+   */
+  private static maps(shape: MegaMoeShape, b: MegaMoeBindings, path: MegaMoePath, multicast: MegaMulticast): TensorMap[] {
     const { hidden: H, inter: I, experts } = shape;
     const G = experts + 1;
     const r = b.layout.regions;
@@ -155,7 +177,8 @@ export class MegaMoeKernel {
     const at = (region: { offset: number }) => base + BigInt(region.offset);
     const M = b.layout.capacity.maxRows;
     const rt = MEGA_ROW_TILE[path];
-    const act = (p: bigint, k: number) => tensorMap2D({ dataType: 'uint8', globalAddress: p, rows: M, cols: k, boxRows: rt, boxCols: 128, swizzle: '128B', l2Promotion: '256B' });
+    const aBoxRows = multicast === 'activations' ? rt / 2 : rt;
+    const act = (p: bigint, k: number) => tensorMap2D({ dataType: 'uint8', globalAddress: p, rows: M, cols: k, boxRows: aBoxRows, boxCols: 128, swizzle: '128B', l2Promotion: '256B' });
     const sf = (p: bigint, k: number) => tensorMap2D({ dataType: 'f32', globalAddress: p, rows: k / 128, cols: M, boxRows: 1, boxCols: rt, swizzle: 'none', l2Promotion: '256B' });
     // Tiled weights: each 128-row x 128-byte tile is 128 consecutive 128-byte rows, so a box is one contiguous run:
     // 128 rows (16 KB) for every unit but the decode path's 64-row L2 units.

@@ -28,7 +28,8 @@
 // (units from a grid-wide counter),
 // MM_STAGES (decode: the ring's stages; normal: L2's), MM_L1_STAGES (normal: L1's), MM_WTILED (weight layout, as
 // GG_WTILED), MM_MCAST (normal path: 1 = 2-CTA clusters whose pairs of row tiles of one expert fetch half of each
-// weight tile and multicast it, as the unfused GEMM's GG_MCAST 1), MM_SMEM_BYTES and MM_PARAMS_BYTES (the TypeScript
+// weight tile and multicast it, as the unfused GEMM's GG_MCAST 1; 2 = pairs of N tiles of one row tile fetch half of
+// each activation tile and multicast it, GG_MCAST 2), MM_SMEM_BYTES and MM_PARAMS_BYTES (the TypeScript
 // plan's shared memory and parameter-struct sizes: a drift fails the compile).
 #include "common.cuh"
 #include "gemm/ptx.cuh"
@@ -82,12 +83,17 @@ constexpr int kThreads = kDecode ? 128 * (kDecodeCWG + 1) : 384;
 constexpr int kWarps = kThreads / 32;
 constexpr int kConsumers = kDecode ? 128 * kDecodeCWG : 256;  // consumer threads (threads [0, kConsumers))
 constexpr int kBlockM = kDecode ? MM_DECODE_ROWS : gg::kNormalRows;
-// Normal path with weight multicast: the GEMMs' units go over 2-CTA clusters (the grid is launched as clusters of 2:
-// the host checks that all of them are resident at once, cuOccupancyMaxActiveClusters, or builds MM_MCAST 0).
+// Normal path with multicast: the GEMMs' units go over 2-CTA clusters (the grid is launched as clusters of 2: the
+// host checks that all of them are resident at once, cuOccupancyMaxActiveClusters, or runs MM_MCAST 0).
 constexpr int kMcast = kDecode ? 0 : MM_MCAST;
 constexpr int kCluster = kMcast ? 2 : 1;
-static_assert(MM_MCAST == 0 || MM_MCAST == 1, "mega_moe: MM_MCAST is 0 or 1 (weights)");
+static_assert(MM_MCAST >= 0 && MM_MCAST <= 2, "mega_moe: MM_MCAST is 0, 1 (weights) or 2 (activations)");
 constexpr int kL2KBlocks = kI / 128;  // flags per row tile: one per 128 activation columns (= L2 K block)
+// L1's units for n_mt live row tiles, in normal_body's numbering (L2's continue from there): one per (row tile, 256
+// transformed rows); weight multicast counts pairs of row tiles, activation multicast pairs of N tiles.
+__device__ __forceinline__ int l1_units(int n_mt) {
+  return kMcast == 2 ? n_mt * (kI / 256) : (n_mt + kCluster - 1) / kCluster * (kI / 128);
+}
 // T at or below which CTA 0 does the whole dispatch alone (one grid barrier before the GEMMs instead of four).
 #ifndef MM_SMALL_T
 #define MM_SMALL_T 8
@@ -751,7 +757,7 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
                nullptr, 0.0f, p.m_cap},                                                                             \
       ring,                                                                                                         \
       MegaSync<true, false>{p.flags, p.ctl, p.timeout_ns, epoch,                                                    \
-                            (min(max(*p.num_m_tiles, 0), p.max_tiles) + kCluster - 1) / kCluster * (kI / 128),      \
+                            l1_units(min(max(*p.num_m_tiles, 0), p.max_tiles)),                                    \
                             p.fault, &p, 0}
   gg::Ring ring, normal_l1_ring;
   ring.carry = normal_l1_ring.carry = blockIdx.x;  // dynamic scheduling: L1's first unit
