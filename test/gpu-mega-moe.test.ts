@@ -188,33 +188,42 @@ async function largeShape(t: { test: (name: string, fn: () => Promise<void>) => 
         assert.ok(decodeBF16Array(out.y.data).every(Number.isFinite), 'y is finite');
       });
     }
-    await t.test(`${label}: activation multicast (MEGAMOE_ACT_MCAST=1) at T = 4096 equals the unclustered normal path, bit for bit`, async () => {
-      const saved = process.env.MEGAMOE_ACT_MCAST;
-      process.env.MEGAMOE_ACT_MCAST = '1';
-      let am: MegaMoe | undefined;
-      try {
-        am = await MegaMoe.create(weights, 4096);
-      } finally {
-        if (saved === undefined) delete process.env.MEGAMOE_ACT_MCAST; else process.env.MEGAMOE_ACT_MCAST = saved;
-      }
-      try {
-        const T = 4096; // one 128-row tile per expert on average: below the weight multicast's rows
-        assert.equal(am.path(T), 'normal');
-        if (!am.activationMulticast) { t.diagnostic(`${label}: activation-multicast clusters not all resident on this GPU: not run`); return; }
-        const x = randomHiddenStates(800 + T, T, shape.hidden);
-        const r = randomRouting(900 + T, T, shape.experts, shape.topK, 0.02);
-        for (const p of [am, mega]) { p.uploadInputs(x, r.ids.data, r.weights.data); p.enqueue(T); }
-        const got = am.downloadOutputs(T);
-        const want = mega.downloadOutputs(T);
-        assert.deepEqual(got.y.data, want.y.data, 'y');
-        assert.deepEqual(got.yRouted.data, want.yRouted.data, 'y_routed');
-        am.enqueue(T);
-        assert.deepEqual(am.downloadOutputs(T).y.data, got.y.data, 'bit-identical across runs');
-        t.diagnostic(`${label} T=${T}: activation multicast bit-identical to the unclustered normal path`);
-      } finally {
-        am.dispose();
-      }
-    });
+    // Normal-path variants behind knobs (not yet the default): each must equal the default kernel bit for bit.
+    // (Flash T = 4096 has ~96 rows per expert, so its tiles rarely leave a warpgroup all padding: the skip runs at 8192.)
+    const knobCases = label === 'flash'
+      ? [['MEGAMOE_ACT_MCAST', 4096], ['MEGAMOE_SKIP_PADDING', 8192]] as const
+      : [['MEGAMOE_ACT_MCAST', 4096], ['MEGAMOE_SKIP_PADDING', 4096], ['MEGAMOE_SKIP_PADDING', 8192]] as const;
+    for (const [knob, T] of knobCases) {
+      await t.test(`${label}: ${knob}=1 at T = ${T} equals the default kernel, bit for bit`, async () => {
+        const saved = process.env[knob];
+        process.env[knob] = '1';
+        let alt: MegaMoe | undefined;
+        try {
+          alt = await MegaMoe.create(weights, T);
+        } finally {
+          if (saved === undefined) delete process.env[knob]; else process.env[knob] = saved;
+        }
+        try {
+          assert.equal(alt.path(T), 'normal');
+          if (knob === 'MEGAMOE_ACT_MCAST' && !alt.activationMulticast) {
+            t.diagnostic(`${label}: activation-multicast clusters not all resident on this GPU: not run`);
+            return;
+          }
+          const x = randomHiddenStates(800 + T, T, shape.hidden);
+          const r = randomRouting(900 + T, T, shape.experts, shape.topK, 0.02);
+          for (const p of [alt, mega]) { p.uploadInputs(x, r.ids.data, r.weights.data); p.enqueue(T); }
+          const got = alt.downloadOutputs(T);
+          const want = mega.downloadOutputs(T);
+          assert.deepEqual(got.y.data, want.y.data, 'y');
+          assert.deepEqual(got.yRouted.data, want.yRouted.data, 'y_routed');
+          alt.enqueue(T);
+          assert.deepEqual(alt.downloadOutputs(T).y.data, got.y.data, 'bit-identical across runs');
+          t.diagnostic(`${label} T=${T}: ${knob}=1 bit-identical to the default kernel`);
+        } finally {
+          alt.dispose();
+        }
+      });
+    }
     if (label === 'flash') {
       await t.test('an L2 wait past its deadline becomes a MegaMoeKernelError naming the flag, and the next launch is clean', async () => {
         const saved = { timeout: process.env.MEGAMOE_SPIN_TIMEOUT_MS, fault: process.env.MEGAMOE_FAULT };

@@ -9,7 +9,7 @@ import { compileKernel, findNvcc, KernelCompileError } from '../src/cuda/compile
 import { dispatchCapacity } from '../src/kernels/moe-dispatch.js';
 import {
   decodeMegaCtl, describeMegaCtlError, MEGA_CTL_BYTES, MEGA_PARAM_POINTERS, MEGA_PARAMS_BYTES, megaBufferLayout, megaCapacity,
-  activationMulticastFits, activationMulticastWanted, decode32RowsRange, decode64RowsRange, dynamicUnits, megaDefines, megaSmemBytes, megaThreads, packMegaParams,
+  activationMulticastFits, activationMulticastWanted, skipPaddingWanted, decode32RowsRange, decode64RowsRange, dynamicUnits, megaDefines, megaSmemBytes, megaThreads, packMegaParams,
 } from '../src/kernels/mega-moe-layout.js';
 
 const FLASH = { hidden: 4096, inter: 2048, experts: 256, topK: 6 };
@@ -130,7 +130,7 @@ test('dynamic unit scheduling: decode paths always, the normal path from I = 307
   }
 });
 
-test('multicast variants: MM_MCAST 1 (weights) / 2 (activations, where N tiles pair up), round robin, knob', () => {
+test('multicast variants (MM_MCAST 1 weights / 2 activations, where N tiles pair up) and the padding skip: defines and knobs', () => {
   const PRO = { hidden: 7168, inter: 3072, experts: 384, topK: 6 };
   assert.equal(megaDefines(FLASH, 'normal').MM_MCAST, undefined);
   assert.equal(megaDefines(FLASH, 'normal', 'tiled', 'weights').MM_MCAST, 1);
@@ -140,15 +140,23 @@ test('multicast variants: MM_MCAST 1 (weights) / 2 (activations, where N tiles p
   assert.deepEqual([FLASH, PRO, { hidden: 256, inter: 128 }, { hidden: 768, inter: 256 }].map(activationMulticastFits), [true, true, false, false]);
   assert.throws(() => megaDefines({ hidden: 256, inter: 128, experts: 16, topK: 4 }, 'normal', 'tiled', 'activations'), /H % 512 == 0 and I % 256 == 0/);
   const saved = process.env.MEGAMOE_ACT_MCAST;
+  const savedSkip = process.env.MEGAMOE_SKIP_PADDING;
   try {
     delete process.env.MEGAMOE_ACT_MCAST;
+    delete process.env.MEGAMOE_SKIP_PADDING;
     assert.equal(activationMulticastWanted(), false, 'off until measured');
+    assert.equal(skipPaddingWanted(), false, 'off until measured');
+    assert.equal(megaDefines(FLASH, 'normal').MM_SKIP_PADDING, undefined);
+    process.env.MEGAMOE_SKIP_PADDING = '1';
+    assert.equal(megaDefines(FLASH, 'normal').MM_SKIP_PADDING, 1);
+    assert.equal(megaDefines(FLASH, 'decode').MM_SKIP_PADDING, undefined, 'normal path only');
     process.env.MEGAMOE_ACT_MCAST = '1';
     assert.equal(activationMulticastWanted(), true);
     process.env.MEGAMOE_ACT_MCAST = 'yes';
     assert.throws(() => activationMulticastWanted(), /MEGAMOE_ACT_MCAST=yes/);
   } finally {
     if (saved === undefined) delete process.env.MEGAMOE_ACT_MCAST; else process.env.MEGAMOE_ACT_MCAST = saved;
+    if (savedSkip === undefined) delete process.env.MEGAMOE_SKIP_PADDING; else process.env.MEGAMOE_SKIP_PADDING = savedSkip;
   }
 });
 

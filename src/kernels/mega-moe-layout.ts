@@ -243,6 +243,7 @@ export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout
     ...(path === 'normal' && multicast !== 'none' ? { MM_MCAST: MCAST_CODE[multicast] } : {}),
     ...(path !== 'normal' ? { MM_DECODE_L2_WIDE_MIN_T: decodeL2WideMinTokens() } : {}),
     ...(process.env.MEGAMOE_SMALL_T ? { MM_SMALL_T: smallTokens() } : {}),
+    ...(path === 'normal' && skipPaddingWanted() ? { MM_SKIP_PADDING: 1 } : {}),
     MM_DYNAMIC: dynamicUnits(path, shape.inter) && multicast === 'none' ? 1 : 0,  // (a cluster's pair walks its units together)
   };
 }
@@ -275,6 +276,14 @@ function tuningKnob(name: string, fallback: number, min: number, max: number, in
  */
 export function activationMulticastWanted(): boolean {
   return tuningKnob('MEGAMOE_ACT_MCAST', 0, 0, 1) === 1;
+}
+
+/**
+ * Normal path: whether a consumer warpgroup skips the MMAs and epilogue of its 64 rows of a tile when they are all its
+ * expert's padding (MEGAMOE_SKIP_PADDING=1; default off: not yet measured on a GPU, docs/MEGA_MOE.md).
+ */
+export function skipPaddingWanted(): boolean {
+  return tuningKnob('MEGAMOE_SKIP_PADDING', 0, 0, 1) === 1;
 }
 
 /**

@@ -104,6 +104,11 @@ __device__ __forceinline__ int l1_units(int n_mt) {
 #ifndef MM_DYNAMIC
 #define MM_DYNAMIC 1
 #endif
+// Normal path: a consumer warpgroup whose 64 rows of a tile are all its expert's padding skips that tile's MMAs and
+// epilogue (MegaSync::kSkipsPadding; 1 = on; NOT yet measured on a GPU, so off by default: MEGAMOE_SKIP_PADDING).
+#ifndef MM_SKIP_PADDING
+#define MM_SKIP_PADDING 0
+#endif
 constexpr bool kDynamicUnits = MM_DYNAMIC && (kDecode || !kMcast);
 constexpr int kSmallT = MM_SMALL_T;
 static_assert(kSmallT <= dsp::kChunkTokens, "mega_moe: the single-CTA dispatch handles one count/rank chunk (64 tokens)");
@@ -395,14 +400,21 @@ struct MegaSync {
   // once every L1 unit was, so each wait is on a unit some running CTA holds). Static round robin left the CTAs
   // finishing L1 up to ~340 us apart at flash T = 512 and L2 ~180 us apart at flash T = 4096 (docs/MEGA_MOE.md).
   static constexpr bool kDynamic = kDynamicUnits;
+  static constexpr bool kSkipsPadding = !kDecode && MM_SKIP_PADDING;
   u32* flags;
   MegaCtl* ctl;
   unsigned long long timeout_ns;
   u32 epoch;
   int rotation;  // units before this GEMM's first (the L1 units): L2 continues L1's round robin over the CTAs / clusters
   int fault;
-  const MegaParams* params;  // the tail combine's (L2 only)
+  const MegaParams* params;  // the layer's buffers: the tail combine's (L2), the dispatch's group offsets (live_rows)
   int a_tile0;               // L1 after dispatch_small_direct: every tile reads A tile 0 (all T tokens)
+
+  // Rows of row tile mt (of group g) that hold tokens: the group's rows end at its padded offset + its row count, its
+  // tiles run on to the next multiple of 128. (Written by this launch's dispatch: plain loads, no __ldg.)
+  __device__ __forceinline__ int live_rows(int mt, int g) const {
+    return params->group_offset[g] + params->group_count[g] - mt * gg::kNormalRows;
+  }
 
   __device__ __forceinline__ int first_unit(int cta, int ctas) const { return (cta + ctas - rotation % ctas) % ctas; }
   // The next unit of this GEMM (L1 and L2 count on from one counter: L2's units follow the rotation = L1 units).
@@ -751,7 +763,7 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
 #define MM_L1_ARGS                                                                                                  \
   gg::GemmArgs{&tmap_a1, &tmap_w13, &tmap_sfa1, &tmap_a1, p.s13, p.tile_group, p.num_m_tiles, p.act, p.act_sf,      \
                p.row_weight, p.swiglu_limit, p.m_cap},                                                              \
-      l1_ring, MegaSync<false, true>{p.flags, p.ctl, p.timeout_ns, epoch, 0, p.fault, nullptr, a_tile0}
+      l1_ring, MegaSync<false, true>{p.flags, p.ctl, p.timeout_ns, epoch, 0, p.fault, &p, a_tile0}
 #define MM_L2_ARGS                                                                                                  \
   gg::GemmArgs{&tmap_a2, &tmap_w2, &tmap_sfa2, &tmap_out, p.s2, p.tile_group, p.num_m_tiles, p.out, nullptr,        \
                nullptr, 0.0f, p.m_cap},                                                                             \

@@ -317,6 +317,18 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
         }
         continue;
       }
+      // Sync::kSkipsPadding: a warpgroup whose 64 rows are all its expert's padding passes the stages on without MMAs
+      // and writes nothing (nothing reads padding rows' outputs). Every tile holds at least one token, so only the
+      // second warpgroup's half can be all padding; the test is the same for its four warps (wgmma needs all four).
+      if (Sync::kSkipsPadding && wg == 1 && sync.live_rows(mt, g) <= 64) {
+        for (int kb = 0; kb < kKB; kb++) {
+          if (!kDyn || kb > 0) mbar_wait(full_bar(stage), phase);  // (dynamic: K block 0 waited above)
+          release(stage);
+          ring.advance<kStages>();
+        }
+        if (Sync::kPublishes) sync.publish(mt, nt, tid, 256);  // with the other warpgroup (a CTA barrier inside)
+        continue;
+      }
 
       // Weight-scale rows of this tile: bf16 -> one 128-row block per half; SwiGLU -> the gate block and the up
       // block of activation columns [128 nt, 128 nt + 128) (both halves of the 256-row transformed tile share them).

@@ -72,6 +72,9 @@ struct GemmArgs {
 //               so a second GEMM can continue the first one's round robin.
 //   a_tile(mt): (decode body) the row tile of A and its scales that row tile mt's units read: mt, or, in the fused
 //               kernel's small-T dispatch, tile 0 for all (every expert's tile holds all T tokens).
+//   kSkipsPadding: (normal body) live_rows(mt, g) is how many of row tile mt's 128 rows hold tokens (the rest is its
+//               expert's padding); a consumer warpgroup whose 64 rows are all padding skips its MMAs and its epilogue
+//               (nothing reads padding rows' outputs), still passing every stage on.
 //   kDynamic:   (decode body; normal body without clusters) units are not dealt round robin: the producer starts at ring.carry and takes each next
 //               unit from grab() (a grid-wide counter), announcing every unit to its consumers through a shared-memory
 //               slot read after the unit's first full barrier, and ends the GEMM with a marker stage (no data).
@@ -80,6 +83,8 @@ struct NoSync {
   static constexpr bool kPublishes = false;
   static constexpr bool kCompletes = false;
   static constexpr bool kDynamic = false;
+  static constexpr bool kSkipsPadding = false;
+  __device__ __forceinline__ int live_rows(int, int) const { return 128; }
   __device__ __forceinline__ int grab() const { return 0; }
   __device__ __forceinline__ int first_unit(int cta, int) const { return cta; }
   __device__ __forceinline__ int a_tile(int mt) const { return mt; }
