@@ -1,12 +1,17 @@
-// Phase timeline of the fused kernel per T (per-CTA %globaltimer stamps: MegaMoe.setTrace), flash shape. On a GPU host:
-//   .gpuhost/run node tools/mega-moe/trace.mjs 1,8,4096    (after npm run build; carry .gpuhost and dist)
+// Phase timeline of the fused kernel per T (per-CTA %globaltimer stamps: MegaMoe.setTrace), flash shape unless a
+// preset is named. On a GPU host:
+//   .gpuhost/run node tools/mega-moe/trace.mjs 1,8,4096 [flash|pro]    (after npm run build; carry .gpuhost and dist)
 import { DeviceMoeWeights } from '../../dist/src/backends/unfused.js';
 import { MegaMoe } from '../../dist/src/backends/mega-moe.js';
 import { DeviceBuffer, ensureContext } from '../../dist/src/cuda/index.js';
 import { RandomFill } from '../../dist/src/kernels/random-fill.js';
-import { randomRouting } from '../../dist/src/bench/moe.js';
+import { MOE_BENCH_PRESETS, randomRouting } from '../../dist/src/bench/moe.js';
 import { MEGA_TRACE_SLOTS as S } from '../../dist/src/kernels/mega-moe-layout.js';
-const shape = { hidden: 4096, inter: 2048, experts: 256, topK: 6, swigluLimit: 10 };
+const shape = MOE_BENCH_PRESETS[process.argv[3] ?? 'flash'];
+if (!shape) {
+  console.error(`usage: trace.mjs T,T,... [${Object.keys(MOE_BENCH_PRESETS).join('|')}]`);
+  process.exit(2);
+}
 const Ts = (process.argv[2] ?? '1,8,512,4096').split(',').map(Number);
 const ctx = ensureContext(); const sms = ctx.properties().smCount;
 const w = await DeviceMoeWeights.random(shape, 1);
