@@ -133,8 +133,7 @@ export class MegaMoeKernel {
    */
   private kernelFor(tokens: number, path: MegaMoePath): PathKernel {
     if (path !== 'normal') return this.paths[path];
-    const c = this.paths.clustered;
-    if (c !== undefined && (tokens * this.shape.topK) / this.shape.experts >= this.multicastMinRows) return c;
+    if ((tokens * this.shape.topK) / this.shape.experts >= this.multicastMinRows) return this.paths.clustered ?? this.paths.normal;
     return this.paths.activationClustered ?? this.paths.normal;
   }
 
