@@ -349,8 +349,8 @@ export const NORMAL_DYNAMIC_MIN_INTER = 3072;
 /**
  * Whether the GEMM units come from a grid-wide counter as CTAs free up (mega_moe.cu MegaSync::kDynamic) or round
  * robin. Decode paths: the counter. Normal path (its unclustered variant; the clustered one always deals round robin):
- * the counter from I = NORMAL_DYNAMIC_MIN_INTER only. Measured in docs/MEGA_MOE.md: pro (I 3072) 1.4-1.8% faster
- * with it, flash (I 2048) 3-4% slower, for a reason not yet found. MEGAMOE_DYNAMIC=0 / 1 forces round robin / the
+ * the counter from I = NORMAL_DYNAMIC_MIN_INTER only. Measured in docs/MEGA_MOE.md: pro (I 3072) 1.4-3.9% faster
+ * with it, flash (I 2048) 3-4.5% slower, for a reason not yet found. MEGAMOE_DYNAMIC=0 / 1 forces round robin / the
  * counter on every path (A/B runs).
  */
 export function dynamicUnits(path: MegaMoePath, inter: number): boolean {
