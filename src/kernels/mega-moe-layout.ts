@@ -225,10 +225,11 @@ export function activationMulticastFits(shape: Pick<MegaMoeShape, 'hidden' | 'in
 
 /**
  * The -D defines of one specialisation. `multicast` (normal path only, MegaMulticast); the launcher runs a clustered
- * variant only where the GPU can keep every cluster of the grid resident.
+ * variant only where the GPU can keep every cluster of the grid resident. `skipPadding` (normal path only): the padding
+ * skip (MM_SKIP_PADDING), by default as MEGAMOE_SKIP_PADDING says.
  */
 export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout: 'rows' | 'tiled' = 'tiled',
-  multicast: MegaMulticast = 'none'): Record<string, number> {
+  multicast: MegaMulticast = 'none', skipPadding = skipPaddingWanted()): Record<string, number> {
   checkShape(shape);
   if (multicast === 'activations' && !activationMulticastFits(shape)) {
     throw new RangeError(`mega_moe: activation multicast pairs N tiles: it needs H % 512 == 0 and I % 256 == 0 (H ${shape.hidden}, I ${shape.inter})`);
@@ -243,7 +244,7 @@ export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout
     ...(path === 'normal' && multicast !== 'none' ? { MM_MCAST: MCAST_CODE[multicast] } : {}),
     ...(path !== 'normal' ? { MM_DECODE_L2_WIDE_MIN_T: decodeL2WideMinTokens() } : {}),
     ...(process.env.MEGAMOE_SMALL_T ? { MM_SMALL_T: smallTokens() } : {}),
-    ...(path === 'normal' && skipPaddingWanted() ? { MM_SKIP_PADDING: 1 } : {}),
+    ...(path === 'normal' && skipPadding ? { MM_SKIP_PADDING: 1 } : {}),
     MM_DYNAMIC: dynamicUnits(path, shape.inter) && multicast === 'none' ? 1 : 0,  // (a cluster's pair walks its units together)
   };
 }

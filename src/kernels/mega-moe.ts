@@ -46,7 +46,11 @@ registerKernel({
     return sizes.flatMap((n) => {
       const shape = { hidden: p.hidden, inter: p.inter, experts: p.experts / n, topK: p.topK };
       const label = n === 1 ? p.label : `${p.label}-ep${n}`;
-      return variantsFor(shape).map((v) => ({ label: `${label}-${v.label}`, defines: megaDefines(shape, v.path, 'tiled', v.multicast) }));
+      const plain = variantsFor(shape).map((v) => ({ label: `${label}-${v.label}`, defines: megaDefines(shape, v.path, 'tiled', v.multicast, false) }));
+      // The padding skip's normal-path variants (MEGAMOE_SKIP_PADDING=1, not yet the default), at EP1.
+      const skip = n === 1 ? variantsFor(shape).filter((v) => v.path === 'normal')
+        .map((v) => ({ label: `${label}-${v.label}-skip`, defines: megaDefines(shape, v.path, 'tiled', v.multicast, true) })) : [];
+      return [...plain, ...skip];
     });
   }),
 });

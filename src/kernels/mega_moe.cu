@@ -109,7 +109,7 @@ __device__ __forceinline__ int l1_units(int n_mt) {
 #ifndef MM_SKIP_PADDING
 #define MM_SKIP_PADDING 0
 #endif
-constexpr bool kDynamicUnits = MM_DYNAMIC && (kDecode || !kMcast);
+constexpr bool kDynamicUnits = MM_DYNAMIC;  // (the host passes 0 for the clustered variants; normal_body checks too)
 constexpr int kSmallT = MM_SMALL_T;
 static_assert(kSmallT <= dsp::kChunkTokens, "mega_moe: the single-CTA dispatch handles one count/rank chunk (64 tokens)");
 

@@ -90,6 +90,18 @@ __device__ __forceinline__ int* unit_slots() {
   __shared__ int slots[kUnitSlots];
   return slots;
 }
+// The consumers' next unit of a dynamically scheduled GEMM: the slot of its first stage, read once that stage is full
+// (the stage stays held for the unit's K block 0); the end marker (-1) releases its stage and moves past it.
+template <int kStages>
+__device__ __forceinline__ int take_dynamic_unit(Ring& ring, const RingBars<kStages>& bars, int lane) {
+  mbar_wait(bars.full(ring.stage), ring.phase);
+  const int u = unit_slots()[ring.seq++ % kUnitSlots];
+  if (u < 0) {
+    if (lane == 0) mbar_arrive(bars.empty(ring.stage));
+    ring.advance<kStages>();
+  }
+  return u;
+}
 // The producer's end of a dynamically scheduled GEMM: a marker stage with no data whose slot says -1. The next GEMM
 // of the kernel starts at the unit the last grab returned (u, past this GEMM's n_units).
 template <int kStages>
@@ -295,14 +307,8 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
 
     for (int u = kDyn ? 0 : first_unit;; u += kDyn ? 0 : unit_step) {
       if constexpr (kDyn) {
-        // The producer announced this unit (or the end) in the slot of its first stage.
-        mbar_wait(full_bar(stage), phase);
-        u = unit_slots()[ring.seq++ % kUnitSlots];
-        if (u < 0) {
-          release(stage);
-          ring.advance<kStages>();
-          break;
-        }
+        u = take_dynamic_unit(ring, bars, lane);  // (no cluster: a release is one arrive per warp)
+        if (u < 0) break;
       } else if (u >= n_units) {
         break;
       }
@@ -695,14 +701,8 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
 
   for (int u = kDyn ? 0 : sync.first_unit((int)blockIdx.x, (int)gridDim.x);; u += kDyn ? 0 : (int)gridDim.x) {
     if constexpr (kDyn) {
-      // The producer announced this unit (or the end) in the slot of its first stage.
-      mbar_wait(full_bar(stage), phase);
-      u = unit_slots()[ring.seq++ % kUnitSlots];
-      if (u < 0) {
-        if (lane == 0) mbar_arrive(empty_bar(stage));
-        ring.advance<kStages>();
-        break;
-      }
+      u = take_dynamic_unit(ring, bars, lane);
+      if (u < 0) break;
     } else if (u >= n_units) {
       break;
     }
