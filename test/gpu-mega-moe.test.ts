@@ -12,7 +12,7 @@ import { MegaMoe, MegaMoeBackend } from '../src/backends/mega-moe.js';
 import { ReferenceBackend } from '../src/backends/reference.js';
 import { DeviceMoeWeights, layerFromDeviceWeights, UnfusedBackend, UnfusedMoe, type UnfusedShape } from '../src/backends/unfused.js';
 import { MegaMoeKernelError } from '../src/kernels/mega-moe.js';
-import { MEGA_ROW_TILE } from '../src/kernels/mega-moe-layout.js';
+import { MEGA_ROW_TILE, type MegaNormalKernel } from '../src/kernels/mega-moe-layout.js';
 import { simulateDispatch } from '../src/kernels/moe-dispatch.js';
 import { GuardError } from '../src/moe/guards.js';
 import { makeRandomLayer, moeShape, randomHiddenStates } from '../src/moe/synthetic.js';
@@ -188,26 +188,30 @@ async function largeShape(t: { test: (name: string, fn: () => Promise<void>) => 
         assert.ok(decodeBF16Array(out.y.data).every(Number.isFinite), 'y is finite');
       });
     }
-    // Normal-path variants behind knobs (not yet the default): each must equal the default kernel bit for bit.
-    // (Flash T = 4096 has ~96 rows per expert, so its tiles rarely leave a warpgroup all padding: the skip runs at 3072,
-    // ~72 rows, unclustered, and at 8192, ~192 rows, weight multicast.)
-    const knobCases = label === 'flash'
-      ? [['MEGAMOE_ACT_MCAST', 4096], ['MEGAMOE_SKIP_PADDING', 3072], ['MEGAMOE_SKIP_PADDING', 8192]] as const
-      : [['MEGAMOE_ACT_MCAST', 4096], ['MEGAMOE_SKIP_PADDING', 4096], ['MEGAMOE_SKIP_PADDING', 8192]] as const;
-    for (const [knob, T] of knobCases) {
-      await t.test(`${label}: ${knob}=1 at T = ${T} equals the default kernel, bit for bit`, async () => {
-        const saved = process.env[knob];
-        process.env[knob] = '1';
+    // The normal path's three kernels (clustered, round robin, dynamic with the padding skip) and the dynamic one
+    // without the skip, each forced by its knobs where the default runs another: each must equal the default bit for
+    // bit. (The skip needs all-padding halves: flash T = 3072 has ~72 rows per expert, 8192 ~192; pro 4096 ~64, 8192 ~128.)
+    const knobCases: ReadonlyArray<readonly [Record<string, string>, number, MegaNormalKernel]> = label === 'flash'
+      ? [[{ MEGAMOE_MCAST_MIN_ROWS: '0' }, 3072, 'clustered'], [{ MEGAMOE_DYNAMIC_MAX_ROWS: '-1' }, 3072, 'round-robin'],
+        [{ MEGAMOE_SKIP_PADDING: '0' }, 3072, 'dynamic'], [{ MEGAMOE_MCAST: '0', MEGAMOE_DYNAMIC_MAX_ROWS: '1e9' }, 8192, 'dynamic']]
+      : [[{ MEGAMOE_MCAST_MIN_ROWS: '0' }, 4096, 'clustered'], [{ MEGAMOE_SKIP_PADDING: '0' }, 4096, 'dynamic'],
+        [{ MEGAMOE_SKIP_PADDING: '0' }, 8192, 'dynamic'], [{ MEGAMOE_MCAST_MIN_ROWS: '0' }, 8192, 'clustered']];
+    for (const [knobs, T, kernel] of knobCases) {
+      const name = Object.entries(knobs).map(([k, v]) => `${k}=${v}`).join(' ');
+      await t.test(`${label}: ${name} at T = ${T} (the ${kernel} kernel) equals the default kernel, bit for bit`, async () => {
+        const saved = Object.fromEntries(Object.keys(knobs).map((k) => [k, process.env[k]]));
+        Object.assign(process.env, knobs);
         let alt: MegaMoe | undefined;
         try {
           alt = await MegaMoe.create(weights, T);
         } finally {
-          if (saved === undefined) delete process.env[knob]; else process.env[knob] = saved;
+          for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
         }
         try {
           assert.equal(alt.path(T), 'normal');
-          if (knob === 'MEGAMOE_ACT_MCAST' && !alt.activationMulticast) {
-            t.diagnostic(`${label}: activation-multicast clusters not all resident on this GPU: not run`);
+          if (alt.normalKernel(T) !== kernel) {
+            assert.equal(kernel, 'clustered', `the knobs select the ${kernel} kernel`);
+            t.diagnostic(`${label}: 2-CTA clusters not all resident on this GPU: not run`);
             return;
           }
           const x = randomHiddenStates(800 + T, T, shape.hidden);
@@ -219,7 +223,7 @@ async function largeShape(t: { test: (name: string, fn: () => Promise<void>) => 
           assert.deepEqual(got.yRouted.data, want.yRouted.data, 'y_routed');
           alt.enqueue(T);
           assert.deepEqual(alt.downloadOutputs(T).y.data, got.y.data, 'bit-identical across runs');
-          t.diagnostic(`${label} T=${T}: ${knob}=1 bit-identical to the default kernel`);
+          t.diagnostic(`${label} T=${T}: ${name} (the ${kernel} kernel) bit-identical to the default (the ${mega.normalKernel(T)} kernel)`);
         } finally {
           alt.dispose();
         }

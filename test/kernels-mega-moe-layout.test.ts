@@ -9,7 +9,8 @@ import { compileKernel, findNvcc, KernelCompileError } from '../src/cuda/compile
 import { dispatchCapacity } from '../src/kernels/moe-dispatch.js';
 import {
   decodeMegaCtl, describeMegaCtlError, MEGA_CTL_BYTES, MEGA_PARAM_POINTERS, MEGA_PARAMS_BYTES, megaBufferLayout, megaCapacity,
-  activationMulticastFits, activationMulticastWanted, skipPaddingWanted, decode32RowsRange, decode64RowsRange, dynamicUnits, megaDefines, megaSmemBytes, megaThreads, packMegaParams,
+  skipPaddingWanted, decode32RowsRange, decode64RowsRange, decodeDynamicUnits, megaDefines, megaMulticastMinRows, megaSmemBytes, megaThreads,
+  FLASH_DYNAMIC_MAX_ROWS, normalDynamicMaxRows, normalKernelFor, packMegaParams, PRO_MCAST_MIN_ROWS, type MegaNormalKernel,
 } from '../src/kernels/mega-moe-layout.js';
 
 const FLASH = { hidden: 4096, inter: 2048, experts: 256, topK: 6 };
@@ -111,53 +112,62 @@ test('decode32 / decode64 rows-per-expert ranges: defaults (adjacent), override,
   }
 });
 
-test('dynamic unit scheduling: decode paths always, the normal path from I = 3072, MEGAMOE_DYNAMIC forces either', () => {
-  const saved = process.env.MEGAMOE_DYNAMIC;
+/** Runs fn with the given knobs set (undefined = unset), restoring the environment after. */
+function withKnobs(knobs: Record<string, string | undefined>, fn: () => void): void {
+  const saved = Object.fromEntries(Object.keys(knobs).map((k) => [k, process.env[k]]));
   try {
-    delete process.env.MEGAMOE_DYNAMIC;
-    assert.deepEqual([dynamicUnits('decode', 2048), dynamicUnits('decode64', 2048), dynamicUnits('normal', 2048), dynamicUnits('normal', 3072)],
-      [true, true, false, true]);
-    assert.equal(megaDefines({ hidden: 4096, inter: 2048, experts: 256, topK: 6 }, 'normal').MM_DYNAMIC, 0);
-    assert.equal(megaDefines({ hidden: 7168, inter: 3072, experts: 384, topK: 6 }, 'normal').MM_DYNAMIC, 1);
-    process.env.MEGAMOE_DYNAMIC = '1';
-    assert.equal(dynamicUnits('normal', 2048), true);
-    process.env.MEGAMOE_DYNAMIC = '0';
-    assert.equal(dynamicUnits('decode', 2048), false);
-    process.env.MEGAMOE_DYNAMIC = '2';
-    assert.throws(() => dynamicUnits('decode', 2048), /MEGAMOE_DYNAMIC=2/);
+    for (const [k, v] of Object.entries(knobs)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
+    fn();
   } finally {
-    if (saved === undefined) delete process.env.MEGAMOE_DYNAMIC; else process.env.MEGAMOE_DYNAMIC = saved;
+    for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
   }
+}
+
+const PRO = { hidden: 7168, inter: 3072, experts: 384, topK: 6 };
+const NORMAL_KNOBS = ['MEGAMOE_DYNAMIC', 'MEGAMOE_DYNAMIC_MAX_ROWS', 'MEGAMOE_MCAST_MIN_ROWS', 'MEGAMOE_SKIP_PADDING'] as const;
+const unset = Object.fromEntries(NORMAL_KNOBS.map((k) => [k, undefined]));
+
+test('the normal path\'s three kernels: defines (clusters, dynamic units, padding skip) and the decode paths\' units', () => {
+  withKnobs(unset, () => {
+    const d = (normal: MegaNormalKernel) => megaDefines(FLASH, 'normal', 'tiled', normal);
+    assert.deepEqual([d('clustered').MM_MCAST, d('clustered').MM_DYNAMIC, d('clustered').MM_SKIP_PADDING], [1, 0, undefined], 'a pair walks its units together');
+    assert.deepEqual([d('round-robin').MM_MCAST, d('round-robin').MM_DYNAMIC, d('round-robin').MM_SKIP_PADDING], [undefined, 0, undefined]);
+    assert.deepEqual([d('dynamic').MM_MCAST, d('dynamic').MM_DYNAMIC, d('dynamic').MM_SKIP_PADDING], [undefined, 1, 1]);
+    assert.equal(megaDefines(FLASH, 'normal').MM_DYNAMIC, 0, 'round robin unless asked');
+    for (const path of ['decode', 'decode32', 'decode64'] as const) {
+      const x = megaDefines(FLASH, path, 'tiled', 'clustered');
+      assert.deepEqual([x.MM_MCAST, x.MM_DYNAMIC, x.MM_SKIP_PADDING], [undefined, 1, undefined], `${path}: no clusters, no skip, dynamic units`);
+    }
+    assert.equal(decodeDynamicUnits(), true);
+  });
+  withKnobs({ ...unset, MEGAMOE_SKIP_PADDING: '0' }, () => {
+    assert.equal(skipPaddingWanted(), false);
+    assert.equal(megaDefines(FLASH, 'normal', 'tiled', 'dynamic').MM_SKIP_PADDING, undefined);
+  });
+  withKnobs({ ...unset, MEGAMOE_DYNAMIC: '0' }, () => {
+    assert.equal(megaDefines(FLASH, 'decode').MM_DYNAMIC, 0);
+    assert.equal(normalDynamicMaxRows(PRO.inter), -1, 'never');
+  });
+  withKnobs({ ...unset, MEGAMOE_DYNAMIC: '2' }, () => assert.throws(() => decodeDynamicUnits(), /MEGAMOE_DYNAMIC=2/));
+  withKnobs({ ...unset, MEGAMOE_SKIP_PADDING: 'yes' }, () => assert.throws(() => skipPaddingWanted(), /MEGAMOE_SKIP_PADDING=yes/));
 });
 
-test('multicast variants (MM_MCAST 1 weights / 2 activations, where N tiles pair up) and the padding skip: defines and knobs', () => {
-  const PRO = { hidden: 7168, inter: 3072, experts: 384, topK: 6 };
-  assert.equal(megaDefines(FLASH, 'normal').MM_MCAST, undefined);
-  assert.equal(megaDefines(FLASH, 'normal', 'tiled', 'weights').MM_MCAST, 1);
-  assert.equal(megaDefines(FLASH, 'normal', 'tiled', 'activations').MM_MCAST, 2);
-  assert.equal(megaDefines(PRO, 'normal', 'tiled', 'activations').MM_DYNAMIC, 0, 'a pair walks its units together');
-  assert.equal(megaDefines(FLASH, 'decode', 'tiled', 'weights').MM_MCAST, undefined, 'decode paths have no clusters');
-  assert.deepEqual([FLASH, PRO, { hidden: 256, inter: 128 }, { hidden: 768, inter: 256 }].map(activationMulticastFits), [true, true, false, false]);
-  assert.throws(() => megaDefines({ hidden: 256, inter: 128, experts: 16, topK: 4 }, 'normal', 'tiled', 'activations'), /H % 512 == 0 and I % 256 == 0/);
-  const saved = process.env.MEGAMOE_ACT_MCAST;
-  const savedSkip = process.env.MEGAMOE_SKIP_PADDING;
-  try {
-    delete process.env.MEGAMOE_ACT_MCAST;
-    delete process.env.MEGAMOE_SKIP_PADDING;
-    assert.equal(activationMulticastWanted(), false, 'off until measured');
-    assert.equal(skipPaddingWanted(), false, 'off until measured');
-    assert.equal(megaDefines(FLASH, 'normal').MM_SKIP_PADDING, undefined);
-    process.env.MEGAMOE_SKIP_PADDING = '1';
-    assert.equal(megaDefines(FLASH, 'normal').MM_SKIP_PADDING, 1);
-    assert.equal(megaDefines(FLASH, 'decode').MM_SKIP_PADDING, undefined, 'normal path only');
-    process.env.MEGAMOE_ACT_MCAST = '1';
-    assert.equal(activationMulticastWanted(), true);
-    process.env.MEGAMOE_ACT_MCAST = 'yes';
-    assert.throws(() => activationMulticastWanted(), /MEGAMOE_ACT_MCAST=yes/);
-  } finally {
-    if (saved === undefined) delete process.env.MEGAMOE_ACT_MCAST; else process.env.MEGAMOE_ACT_MCAST = saved;
-    if (savedSkip === undefined) delete process.env.MEGAMOE_SKIP_PADDING; else process.env.MEGAMOE_SKIP_PADDING = savedSkip;
-  }
+test('which normal kernel runs at which rows per expert: defaults per I, knobs, no clusters', () => {
+  withKnobs(unset, () => {
+    assert.deepEqual([normalDynamicMaxRows(FLASH.inter), megaMulticastMinRows(FLASH.inter)], [FLASH_DYNAMIC_MAX_ROWS, 128]);
+    assert.deepEqual([normalDynamicMaxRows(PRO.inter), megaMulticastMinRows(PRO.inter)], [Infinity, PRO_MCAST_MIN_ROWS]);
+    const flash = { multicastMinRows: 128, dynamicMaxRows: 72, clustered: true };
+    assert.deepEqual([63, 72, 72.5, 127.9, 128, 384].map((r) => normalKernelFor(r, flash)),
+      ['dynamic', 'dynamic', 'round-robin', 'round-robin', 'clustered', 'clustered']);
+    assert.deepEqual([63, 96, 384].map((r) => normalKernelFor(r, { ...flash, clustered: false })), ['dynamic', 'round-robin', 'round-robin']);
+    const pro = { multicastMinRows: 200, dynamicMaxRows: Infinity, clustered: true };
+    assert.deepEqual([64, 199, 200].map((r) => normalKernelFor(r, pro)), ['dynamic', 'dynamic', 'clustered']);
+  });
+  withKnobs({ ...unset, MEGAMOE_DYNAMIC: '1' }, () => assert.equal(normalDynamicMaxRows(FLASH.inter), Infinity));
+  withKnobs({ ...unset, MEGAMOE_DYNAMIC_MAX_ROWS: '72.5', MEGAMOE_MCAST_MIN_ROWS: '0' }, () => {
+    assert.deepEqual([normalDynamicMaxRows(FLASH.inter), megaMulticastMinRows(FLASH.inter)], [72.5, 0]);
+  });
+  withKnobs({ ...unset, MEGAMOE_DYNAMIC_MAX_ROWS: 'lots' }, () => assert.throws(() => normalDynamicMaxRows(FLASH.inter), /MEGAMOE_DYNAMIC_MAX_ROWS=lots/));
 });
 
 test('parameter packing: pointers in order, then timeout, tokens, m_cap, max tiles, limit, fault, rank, ranks', () => {

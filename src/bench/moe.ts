@@ -277,8 +277,8 @@ export async function runMoeBench(o: MoeBenchOptions): Promise<MoeBenchReport> {
             summary.symmetricBufferMaxTokens = mega.maxTokens;
             log(`bench moe: ${preset}: mega_moe symmetric buffer ${formatBytes(mega.layout.totalBytes)} for ${mega.maxTokens} tokens` +
               `${summary.symmetricBufferBytesAt8192 === undefined ? '' : ` (${formatBytes(summary.symmetricBufferBytesAt8192)} at 8192)`}; ` +
-              `2-CTA weight multicast ${mega.multicast ? 'on (normal path, from MEGAMOE_MCAST_MIN_ROWS rows per expert, default 128)' : 'off (clusters not all resident, or MEGAMOE_MCAST=0)'}; ` +
-              `activation multicast ${mega.activationMulticast ? 'on (normal path below that, MEGAMOE_ACT_MCAST=1)' : 'off'}`);
+              `normal path: 2-CTA weight multicast ${mega.multicast ? `from ${mega.normalPolicy.multicastMinRows} rows per expert (MEGAMOE_MCAST_MIN_ROWS)` : 'off (clusters not all resident, or MEGAMOE_MCAST=0)'}, ` +
+              `below that dynamic units + padding skip ${mega.normalPolicy.dynamicMaxRows === Infinity ? 'at every row count' : `up to ${mega.normalPolicy.dynamicMaxRows} rows per expert (MEGAMOE_DYNAMIC_MAX_ROWS)`}`);
           } catch (err) {
             skipped.push({ what: `mega_moe ${preset}`, reason: (err as Error).message });
             log(`bench moe: ${preset}: mega_moe unavailable: ${(err as Error).message}`);

@@ -211,41 +211,34 @@ export function packMegaParams(v: MegaParamValues): Uint8Array {
 }
 
 /**
- * The normal path's 2-CTA clusters: 'weights' = pairs of row tiles of one expert fetch half of each weight tile and
- * multicast it (MM_MCAST 1); 'activations' = pairs of N tiles of one row tile fetch half of each activation tile and
- * multicast it (MM_MCAST 2: halves the A reads out of L2, where each expert has one row tile).
+ * The normal path's three kernels. 'clustered': 2-CTA clusters whose pairs of row tiles of one expert fetch half of
+ * each weight tile and multicast it (MM_MCAST 1), units dealt round robin (a pair walks its units together).
+ * 'round-robin': no clusters, units dealt round robin. 'dynamic': no clusters, units from the grid-wide counter, and a
+ * consumer warpgroup whose 64 rows of a tile are all its expert's padding skips their MMAs (MM_SKIP_PADDING). Which
+ * runs at which rows per expert: normalKernelFor.
  */
-export type MegaMulticast = 'none' | 'weights' | 'activations';
-const MCAST_CODE: Readonly<Record<MegaMulticast, number>> = Object.freeze({ none: 0, weights: 1, activations: 2 });
-
-/** Whether a shape can pair N tiles in both GEMMs (activation multicast): 2I / 256 and H / 256 N tiles, both even. */
-export function activationMulticastFits(shape: Pick<MegaMoeShape, 'hidden' | 'inter'>): boolean {
-  return shape.inter % 256 === 0 && shape.hidden % 512 === 0;
-}
+export type MegaNormalKernel = 'clustered' | 'round-robin' | 'dynamic';
 
 /**
- * The -D defines of one specialisation. `multicast` (normal path only, MegaMulticast); the launcher runs a clustered
- * variant only where the GPU can keep every cluster of the grid resident. `skipPadding` (normal path only): the padding
- * skip (MM_SKIP_PADDING), by default as MEGAMOE_SKIP_PADDING says.
+ * The -D defines of one specialisation; `normal` picks the normal path's kernel (ignored on the decode paths). The
+ * launcher runs the clustered one only where the GPU can keep every cluster of the grid resident.
  */
 export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout: 'rows' | 'tiled' = 'tiled',
-  multicast: MegaMulticast = 'none', skipPadding = skipPaddingWanted()): Record<string, number> {
+  normal: MegaNormalKernel = 'round-robin'): Record<string, number> {
   checkShape(shape);
-  if (multicast === 'activations' && !activationMulticastFits(shape)) {
-    throw new RangeError(`mega_moe: activation multicast pairs N tiles: it needs H % 512 == 0 and I % 256 == 0 (H ${shape.hidden}, I ${shape.inter})`);
-  }
   const stages = MEGA_STAGES[path];
   const smem = megaSmemBytes(path, stages);
   if (smem + STATIC_SMEM > SMEM_LIMIT) throw new RangeError(`mega_moe: the ${path} plan needs ${smem} bytes of shared memory (limit ${SMEM_LIMIT - STATIC_SMEM})`);
+  const dynamic = path === 'normal' ? normal === 'dynamic' : decodeDynamicUnits();
   return {
     MM_HIDDEN: shape.hidden, MM_INTER: shape.inter, MM_EXPERTS: shape.experts, MM_TOPK: shape.topK,
     MM_PATH: path === 'normal' ? 0 : 1, ...(path === 'decode32' || path === 'decode64' ? { MM_DECODE_ROWS: MEGA_ROW_TILE[path] } : {}), MM_STAGES: stages, ...(path === 'normal' ? { MM_L1_STAGES: MEGA_L1_STAGES } : {}), MM_SMEM_BYTES: smem, MM_PARAMS_BYTES: MEGA_PARAMS_BYTES,
     ...(weightLayout === 'tiled' ? { MM_WTILED: 1 } : {}),
-    ...(path === 'normal' && multicast !== 'none' ? { MM_MCAST: MCAST_CODE[multicast] } : {}),
+    ...(path === 'normal' && normal === 'clustered' ? { MM_MCAST: 1 } : {}),
     ...(path !== 'normal' ? { MM_DECODE_L2_WIDE_MIN_T: decodeL2WideMinTokens() } : {}),
     ...(process.env.MEGAMOE_SMALL_T ? { MM_SMALL_T: smallTokens() } : {}),
-    ...(path === 'normal' && skipPadding ? { MM_SKIP_PADDING: 1 } : {}),
-    MM_DYNAMIC: dynamicUnits(path, shape.inter) && multicast === 'none' ? 1 : 0,  // (a cluster's pair walks its units together)
+    ...(path === 'normal' && normal === 'dynamic' && skipPaddingWanted() ? { MM_SKIP_PADDING: 1 } : {}),
+    MM_DYNAMIC: dynamic ? 1 : 0,
   };
 }
 
@@ -272,27 +265,59 @@ function tuningKnob(name: string, fallback: number, min: number, max: number, in
 }
 
 /**
- * Normal path below the weight multicast's rows: whether the activation-multicast clusters run (MEGAMOE_ACT_MCAST=1;
- * default off: not yet measured on a GPU, docs/MEGA_MOE.md).
- */
-export function activationMulticastWanted(): boolean {
-  return tuningKnob('MEGAMOE_ACT_MCAST', 0, 0, 1) === 1;
-}
-
-/**
- * Normal path: whether a consumer warpgroup skips the MMAs and epilogue of its 64 rows of a tile when they are all its
- * expert's padding (MEGAMOE_SKIP_PADDING=1; default off: not yet measured on a GPU, docs/MEGA_MOE.md).
+ * The dynamic normal kernel: whether a consumer warpgroup skips the MMAs and epilogue of its 64 rows of a tile when
+ * they are all its expert's padding (default yes; MEGAMOE_SKIP_PADDING=0 turns it off, for A/B runs). Measured in
+ * docs/MEGA_MOE.md: it pays only with dynamic units (a CTA that skips takes its next unit sooner); with units dealt
+ * round robin it was 1-6.5% slower.
  */
 export function skipPaddingWanted(): boolean {
-  return tuningKnob('MEGAMOE_SKIP_PADDING', 0, 0, 1) === 1;
+  return tuningKnob('MEGAMOE_SKIP_PADDING', 1, 0, 1) === 1;
+}
+
+/** Normal path: the smallest I (moe_intermediate_size) at which the dynamic kernel runs at every row count below the clustered one's. */
+export const NORMAL_DYNAMIC_MIN_INTER = 3072;
+
+/**
+ * megaMulticastMinRows from I = NORMAL_DYNAMIC_MIN_INTER. Measured at pro (docs/MEGA_MOE.md): the dynamic kernel 2-4%
+ * faster at 128 and 160 rows per expert, the clustered one 5% faster at 192 and 256.
+ */
+export const PRO_MCAST_MIN_ROWS = 192;
+
+/**
+ * Normal path: rows per expert (T K / E) from which the clustered (weight multicast) kernel runs; MEGAMOE_MCAST_MIN_ROWS
+ * overrides (tuning; 0 = whenever the normal path runs). Default 128 (two row tiles per expert share a weight tile
+ * only from there), and PRO_MCAST_MIN_ROWS from I = NORMAL_DYNAMIC_MIN_INTER, where the dynamic kernel with the padding skip
+ * is faster a little above 128 too.
+ */
+export function megaMulticastMinRows(inter: number): number {
+  return tuningKnob('MEGAMOE_MCAST_MIN_ROWS', inter >= NORMAL_DYNAMIC_MIN_INTER ? PRO_MCAST_MIN_ROWS : 128, 0, Number.MAX_VALUE, false);
 }
 
 /**
- * Normal path: rows per expert (T K / E) from which the clustered (weight multicast) kernel runs (default 128,
- * measured in docs/MEGA_MOE.md); MEGAMOE_MCAST_MIN_ROWS overrides (tuning; 0 = whenever the normal path runs).
+ * Normal path: rows per expert up to which the dynamic kernel runs below the clustered one (above it: round robin).
+ * Default: every row count from I = NORMAL_DYNAMIC_MIN_INTER; else up to FLASH_DYNAMIC_MAX_ROWS, where the padding
+ * skip finds many all-padding halves (an expert's one tile holds fewer than 128 rows). MEGAMOE_DYNAMIC_MAX_ROWS
+ * overrides; MEGAMOE_DYNAMIC=0 / 1: never / always (every path, A/B runs).
  */
-export function megaMulticastMinRows(): number {
-  return tuningKnob('MEGAMOE_MCAST_MIN_ROWS', 128, 0, Number.MAX_VALUE, false);
+export function normalDynamicMaxRows(inter: number): number {
+  const forced = process.env.MEGAMOE_DYNAMIC;
+  if (forced !== undefined && forced !== '') return tuningKnob('MEGAMOE_DYNAMIC', 1, 0, 1) === 1 ? Infinity : -1;
+  return tuningKnob('MEGAMOE_DYNAMIC_MAX_ROWS', inter >= NORMAL_DYNAMIC_MIN_INTER ? Infinity : FLASH_DYNAMIC_MAX_ROWS, -1, Infinity, false);
+}
+/**
+ * normalDynamicMaxRows below I = NORMAL_DYNAMIC_MIN_INTER. Measured at flash (I 2048, docs/MEGA_MOE.md): the dynamic
+ * kernel 7.6% faster at 61 rows per expert, 1.2-3.5% at 72; 1-2.6% slower at 78-96, where few halves are all padding
+ * and dynamic units by themselves lose 3-4.5% at flash for a reason not found.
+ */
+export const FLASH_DYNAMIC_MAX_ROWS = 72;
+
+/**
+ * The normal path's kernel for T tokens at `rows` = T K / E rows per expert: clustered from multicastMinRows (where
+ * it is available), else dynamic up to dynamicMaxRows, else round robin.
+ */
+export function normalKernelFor(rows: number, o: { multicastMinRows: number; dynamicMaxRows: number; clustered: boolean }): MegaNormalKernel {
+  if (o.clustered && rows >= o.multicastMinRows) return 'clustered';
+  return rows <= o.dynamicMaxRows ? 'dynamic' : 'round-robin';
 }
 
 /**
@@ -344,20 +369,12 @@ export function smallTokens(): number {
   return tuningKnob('MEGAMOE_SMALL_T', 8, 0, 16);
 }
 
-/** Normal path: the smallest I (moe_intermediate_size) at which its units come from the grid-wide counter. */
-export const NORMAL_DYNAMIC_MIN_INTER = 3072;
-
 /**
- * Whether the GEMM units come from a grid-wide counter as CTAs free up (mega_moe.cu MegaSync::kDynamic) or round
- * robin. Decode paths: the counter. Normal path (its unclustered variant; the clustered one always deals round robin):
- * the counter from I = NORMAL_DYNAMIC_MIN_INTER only. Measured in docs/MEGA_MOE.md: pro (I 3072) 1.4-3.9% faster
- * with it, flash (I 2048) 3-4.5% slower, for a reason not yet found. MEGAMOE_DYNAMIC=0 / 1 forces round robin / the
- * counter on every path (A/B runs).
+ * Decode paths: whether the GEMM units come from a grid-wide counter as CTAs free up (mega_moe.cu MegaSync::kDynamic;
+ * default yes) or round robin (MEGAMOE_DYNAMIC=0, A/B runs). The normal path's choice: normalDynamicMaxRows.
  */
-export function dynamicUnits(path: MegaMoePath, inter: number): boolean {
-  const v = process.env.MEGAMOE_DYNAMIC;
-  if (v !== undefined && v !== '') return tuningKnob('MEGAMOE_DYNAMIC', 1, 0, 1) === 1;
-  return path !== 'normal' || inter >= NORMAL_DYNAMIC_MIN_INTER;
+export function decodeDynamicUnits(): boolean {
+  return tuningKnob('MEGAMOE_DYNAMIC', 1, 0, 1) === 1;
 }
 
 /** What the control block says after a launch (mirrors MegaCtl and the kErr / kPhase enums). */

@@ -6,9 +6,9 @@ import {
   type TensorMap,
 } from '../cuda/index.js';
 import {
-  activationMulticastFits, activationMulticastWanted, decodeMegaCtl, describeMegaCtlError, MEGA_CTL_BYTES, MEGA_FAULT_SKIP_PUBLISH, MEGA_ROW_TILE,
-  megaDefines, megaMulticastMinRows, megaMulticastWanted, megaSmemBytes, megaThreads, packMegaParams, type MegaBufferLayout, type MegaCtlState,
-  type MegaMoePath, type MegaMoeShape, type MegaMulticast, type MegaParamPointer,
+  decodeMegaCtl, describeMegaCtlError, MEGA_CTL_BYTES, MEGA_FAULT_SKIP_PUBLISH, MEGA_ROW_TILE, megaDefines, megaMulticastMinRows,
+  megaMulticastWanted, megaSmemBytes, megaThreads, normalDynamicMaxRows, normalKernelFor, packMegaParams, type MegaBufferLayout,
+  type MegaCtlState, type MegaMoePath, type MegaMoeShape, type MegaNormalKernel, type MegaParamPointer,
 } from './mega-moe-layout.js';
 import { MOE_PRESET_SHAPES } from './presets.js';
 import { WEIGHT_TILE, type WeightLayout } from './weight-layout.js';
@@ -16,23 +16,31 @@ import { WEIGHT_TILE, type WeightLayout } from './weight-layout.js';
 export const MEGA_MOE_SOURCE = 'mega_moe.cu';
 export const MEGA_MOE_ENTRY = 'mega_moe_fused';
 
-/**
- * The variants MegaMoeKernel.create may load for a shape: the normal path with 2-CTA weight multicast, with 2-CTA
- * activation multicast (shapes whose N tiles pair up: activationMulticastFits), without, and decode (16-, 32- and
- * 64-token tiles).
- */
-const MEGA_VARIANTS: ReadonlyArray<{ label: string; path: MegaMoePath; multicast: MegaMulticast }> = [
-  { label: 'normal-tiled-mcast', path: 'normal', multicast: 'weights' },
-  { label: 'normal-tiled-amcast', path: 'normal', multicast: 'activations' },
-  { label: 'normal-tiled', path: 'normal', multicast: 'none' },
-  { label: 'decode-tiled', path: 'decode', multicast: 'none' },
-  { label: 'decode32-tiled', path: 'decode32', multicast: 'none' },
-  { label: 'decode64-tiled', path: 'decode64', multicast: 'none' },
+/** The variants MegaMoeKernel.create may load for a shape: the normal path's three kernels and the decode paths (16-, 32- and 64-token tiles). */
+const MEGA_VARIANTS: ReadonlyArray<{ label: string; path: MegaMoePath; normal?: MegaNormalKernel }> = [
+  { label: 'normal-tiled-mcast', path: 'normal', normal: 'clustered' },
+  { label: 'normal-tiled', path: 'normal', normal: 'round-robin' },
+  { label: 'normal-tiled-dynamic', path: 'normal', normal: 'dynamic' },
+  { label: 'decode-tiled', path: 'decode' },
+  { label: 'decode32-tiled', path: 'decode32' },
+  { label: 'decode64-tiled', path: 'decode64' },
 ];
-const variantsFor = (shape: MegaMoeShape) => MEGA_VARIANTS.filter((v) => v.multicast !== 'activations' || activationMulticastFits(shape));
-/** The variants a process builds: the clustered ones only where their knobs want them. */
-const wantedVariants = (shape: MegaMoeShape) => variantsFor(shape).filter((v) =>
-  v.multicast === 'none' || (v.multicast === 'weights' ? megaMulticastWanted() : activationMulticastWanted()));
+
+/** The normal path's choice for a shape, from the knobs (read when a layer is created). */
+function normalPolicy(shape: MegaMoeShape): { multicastMinRows: number; dynamicMaxRows: number } {
+  return { multicastMinRows: megaMulticastMinRows(shape.inter), dynamicMaxRows: normalDynamicMaxRows(shape.inter) };
+}
+
+/**
+ * The variants a process builds: the clustered one where the multicast is wanted, round robin unless the dynamic
+ * kernel takes every row count, the dynamic one where it takes any.
+ */
+function wantedVariants(shape: MegaMoeShape) {
+  const { dynamicMaxRows } = normalPolicy(shape);
+  return MEGA_VARIANTS.filter((v) => v.normal === 'clustered' ? megaMulticastWanted()
+    : v.normal === 'round-robin' ? dynamicMaxRows !== Infinity
+      : v.normal === 'dynamic' ? dynamicMaxRows > 0 : true);
+}
 
 /** Expert-parallel sizes whose per-rank shapes (E / N local experts) CI compiles for the flash and pro presets. */
 const CI_EP_SIZES = [2, 4, 8];
@@ -46,11 +54,7 @@ registerKernel({
     return sizes.flatMap((n) => {
       const shape = { hidden: p.hidden, inter: p.inter, experts: p.experts / n, topK: p.topK };
       const label = n === 1 ? p.label : `${p.label}-ep${n}`;
-      const plain = variantsFor(shape).map((v) => ({ label: `${label}-${v.label}`, defines: megaDefines(shape, v.path, 'tiled', v.multicast, false) }));
-      // The padding skip's normal-path variants (MEGAMOE_SKIP_PADDING=1, not yet the default), at EP1.
-      const skip = n === 1 ? variantsFor(shape).filter((v) => v.path === 'normal')
-        .map((v) => ({ label: `${label}-${v.label}-skip`, defines: megaDefines(shape, v.path, 'tiled', v.multicast, true) })) : [];
-      return [...plain, ...skip];
+      return MEGA_VARIANTS.map((v) => ({ label: `${label}-${v.label}`, defines: megaDefines(shape, v.path, 'tiled', v.normal) }));
     });
   }),
 });
@@ -109,36 +113,39 @@ function faultFromEnv(): number {
  */
 export async function compileMegaMoeKernels(shape: MegaMoeShape): Promise<void> {
   await Promise.all(wantedVariants(shape).map((v) =>
-    compileKernel({ source: MEGA_MOE_SOURCE, entry: MEGA_MOE_ENTRY, defines: megaDefines(shape, v.path, 'tiled', v.multicast) })));
+    compileKernel({ source: MEGA_MOE_SOURCE, entry: MEGA_MOE_ENTRY, defines: megaDefines(shape, v.path, 'tiled', v.normal) })));
 }
 
 class PathKernel {
   constructor(readonly path: MegaMoePath, readonly kernel: Kernel, readonly maps: readonly TensorMap[]) {}
 }
-type PathKernels = Readonly<Record<MegaMoePath, PathKernel> & { clustered: PathKernel | undefined; activationClustered: PathKernel | undefined }>;
+type PathKernels = Readonly<Record<Exclude<MegaMoePath, 'normal'>, PathKernel> & { normal: Readonly<Partial<Record<MegaNormalKernel, PathKernel>>> }>;
 
 /** The fused layer for one shape, bound to its buffers: launch(stream, tokens) queues one whole MoE layer. */
 export class MegaMoeKernel {
   private constructor(readonly shape: MegaMoeShape, private readonly b: MegaMoeBindings,
     private readonly paths: PathKernels, readonly grid: number,
-    private readonly timeoutNs: bigint, private readonly fault: number, private readonly multicastMinRows: number) {}
+    private readonly timeoutNs: bigint, private readonly fault: number,
+    private readonly policy: { multicastMinRows: number; dynamicMaxRows: number }) {}
 
   /** Whether the normal path can run as 2-CTA clusters with weight multicast (false where the GPU cannot keep them all resident). */
-  get multicast(): boolean { return this.paths.clustered !== undefined; }
+  get multicast(): boolean { return this.paths.normal.clustered !== undefined; }
 
-  /** Whether the normal path below multicastMinRows runs the activation-multicast clusters (MEGAMOE_ACT_MCAST=1, resident). */
-  get activationMulticast(): boolean { return this.paths.activationClustered !== undefined; }
+  /** Rows per expert from which the clustered kernel runs, and up to which the dynamic one runs below it. */
+  get normalPolicy(): { multicastMinRows: number; dynamicMaxRows: number } { return this.policy; }
 
-  /**
-   * The kernel T tokens run with on `path`: the normal path's clustered (weight multicast) variant once the average
-   * expert has multicastMinRows rows (two 128-row tiles of one expert share a weight tile only then; below it the
-   * pairs' lockstep costs more than the multicast saves: docs/MEGA_MOE.md); below that, where MEGAMOE_ACT_MCAST=1,
-   * the activation-multicast one (pairs of N tiles share the row tile's A).
-   */
+  /** The normal path's kernel for T tokens (normalKernelFor over this layer's knobs and the kernels it built). */
+  normalKernel(tokens: number): MegaNormalKernel {
+    const n = this.paths.normal;
+    const k = normalKernelFor((tokens * this.shape.topK) / this.shape.experts, { ...this.policy, clustered: n.clustered !== undefined });
+    return n[k] !== undefined ? k : n['round-robin'] !== undefined ? 'round-robin' : 'dynamic';
+  }
+
   private kernelFor(tokens: number, path: MegaMoePath): PathKernel {
     if (path !== 'normal') return this.paths[path];
-    if ((tokens * this.shape.topK) / this.shape.experts >= this.multicastMinRows) return this.paths.clustered ?? this.paths.normal;
-    return this.paths.activationClustered ?? this.paths.normal;
+    const k = this.paths.normal[this.normalKernel(tokens)];
+    if (k === undefined) throw new Error('mega_moe: no normal-path kernel was built (MEGAMOE_DYNAMIC=0 with MEGAMOE_DYNAMIC_MAX_ROWS?)');
+    return k;
   }
 
   /** Where traced launches write their per-CTA phase stamps (u64 [grid, MEGA_TRACE_SLOTS]); undefined = off. */
@@ -148,31 +155,30 @@ export class MegaMoeKernel {
     if (b.weightLayout !== 'tiled') throw new RangeError('mega_moe: the fused kernel is built for the tiled weight layout (DeviceMoeWeights with weightLayout "tiled")');
     const ctx = ensureContext();
     const grid = ctx.properties().smCount;
-    const build = async (path: MegaMoePath, multicast: MegaMulticast = 'none'): Promise<PathKernel> => {
-      const kernel = await loadKernel({ source: MEGA_MOE_SOURCE, entry: MEGA_MOE_ENTRY, defines: megaDefines(shape, path, b.weightLayout, multicast) });
+    const build = async (path: MegaMoePath, normal?: MegaNormalKernel): Promise<PathKernel> => {
+      const kernel = await loadKernel({ source: MEGA_MOE_SOURCE, entry: MEGA_MOE_ENTRY, defines: megaDefines(shape, path, b.weightLayout, normal) });
       kernel.setMaxDynamicSharedMemory(megaSmemBytes(path));
-      return new PathKernel(path, kernel, MegaMoeKernel.maps(shape, b, path, multicast));
+      return new PathKernel(path, kernel, MegaMoeKernel.maps(shape, b, path));
     };
+    const wanted = new Set(wantedVariants(shape).map((v) => v.normal));
     const clusters = grid % 2 === 0;
-    const [clustered, activationClustered, normal, decode, decode32, decode64] = await Promise.all([
-      megaMulticastWanted() && clusters ? build('normal', 'weights') : undefined,
-      activationMulticastWanted() && clusters && activationMulticastFits(shape) ? build('normal', 'activations') : undefined,
-      build('normal'), build('decode'), build('decode32'), build('decode64'),
+    const [clustered, roundRobin, dynamic, decode, decode32, decode64] = await Promise.all([
+      wanted.has('clustered') && clusters ? build('normal', 'clustered') : undefined,
+      wanted.has('round-robin') ? build('normal', 'round-robin') : undefined,
+      wanted.has('dynamic') ? build('normal', 'dynamic') : undefined,
+      build('decode'), build('decode32'), build('decode64'),
     ]);
     // The grid barriers need every CTA resident: 2-CTA clusters only where all grid / 2 of them fit at once (a GPC
-    // with an odd number of free SMs leaves one idle); else the kernel without clusters everywhere.
-    const resident = (k: PathKernel | undefined) => k !== undefined &&
-      k.kernel.maxActiveClusters({ grid, block: megaThreads('normal'), sharedMemBytes: megaSmemBytes('normal') }) >= grid / 2 ? k : undefined;
+    // with an odd number of free SMs leaves one idle); else the kernels without clusters everywhere.
+    const resident = clustered !== undefined &&
+      clustered.kernel.maxActiveClusters({ grid, block: megaThreads('normal'), sharedMemBytes: megaSmemBytes('normal') }) >= grid / 2;
     return new MegaMoeKernel(shape, b, {
-      normal, decode, decode32, decode64, clustered: resident(clustered), activationClustered: resident(activationClustered),
-    }, grid, spinTimeoutNs(b.layout.ranks), faultFromEnv(), megaMulticastMinRows());
+      normal: { clustered: resident ? clustered : undefined, 'round-robin': roundRobin, dynamic }, decode, decode32, decode64,
+    }, grid, spinTimeoutNs(b.layout.ranks), faultFromEnv(), normalPolicy(shape));
   }
 
-  /**
-   * The seven tensor maps of a path: L1 A / W13 / sfa, L2 A / W2 / sfa, L2 out (bf16, TMA store). Activation multicast:
-   * each CTA of a pair fetches one 64-row half of the A tile, so the A boxes are 64 rows.
-   */
-  private static maps(shape: MegaMoeShape, b: MegaMoeBindings, path: MegaMoePath, multicast: MegaMulticast): TensorMap[] {
+  /** The seven tensor maps of a path: L1 A / W13 / sfa, L2 A / W2 / sfa, L2 out (bf16, TMA store). */
+  private static maps(shape: MegaMoeShape, b: MegaMoeBindings, path: MegaMoePath): TensorMap[] {
     const { hidden: H, inter: I, experts } = shape;
     const G = experts + 1;
     const r = b.layout.regions;
@@ -180,8 +186,7 @@ export class MegaMoeKernel {
     const at = (region: { offset: number }) => base + BigInt(region.offset);
     const M = b.layout.capacity.maxRows;
     const rt = MEGA_ROW_TILE[path];
-    const aBoxRows = multicast === 'activations' ? rt / 2 : rt;
-    const act = (p: bigint, k: number) => tensorMap2D({ dataType: 'uint8', globalAddress: p, rows: M, cols: k, boxRows: aBoxRows, boxCols: 128, swizzle: '128B', l2Promotion: '256B' });
+    const act = (p: bigint, k: number) => tensorMap2D({ dataType: 'uint8', globalAddress: p, rows: M, cols: k, boxRows: rt, boxCols: 128, swizzle: '128B', l2Promotion: '256B' });
     const sf = (p: bigint, k: number) => tensorMap2D({ dataType: 'f32', globalAddress: p, rows: k / 128, cols: M, boxRows: 1, boxCols: rt, swizzle: 'none', l2Promotion: '256B' });
     // Tiled weights: each 128-row x 128-byte tile is 128 consecutive 128-byte rows, so a box is one contiguous run:
     // 128 rows (16 KB) for every unit but the decode path's 64-row L2 units.

@@ -28,8 +28,7 @@
 // (units from a grid-wide counter),
 // MM_STAGES (decode: the ring's stages; normal: L2's), MM_L1_STAGES (normal: L1's), MM_WTILED (weight layout, as
 // GG_WTILED), MM_MCAST (normal path: 1 = 2-CTA clusters whose pairs of row tiles of one expert fetch half of each
-// weight tile and multicast it, as the unfused GEMM's GG_MCAST 1; 2 = pairs of N tiles of one row tile fetch half of
-// each activation tile and multicast it, GG_MCAST 2), MM_SMEM_BYTES and MM_PARAMS_BYTES (the TypeScript
+// weight tile and multicast it, as the unfused GEMM's GG_MCAST 1), MM_SMEM_BYTES and MM_PARAMS_BYTES (the TypeScript
 // plan's shared memory and parameter-struct sizes: a drift fails the compile).
 #include "common.cuh"
 #include "gemm/ptx.cuh"
@@ -87,25 +86,24 @@ constexpr int kBlockM = kDecode ? MM_DECODE_ROWS : gg::kNormalRows;
 // host checks that all of them are resident at once, cuOccupancyMaxActiveClusters, or runs MM_MCAST 0).
 constexpr int kMcast = kDecode ? 0 : MM_MCAST;
 constexpr int kCluster = kMcast ? 2 : 1;
-static_assert(MM_MCAST >= 0 && MM_MCAST <= 2, "mega_moe: MM_MCAST is 0, 1 (weights) or 2 (activations)");
+static_assert(MM_MCAST == 0 || MM_MCAST == 1, "mega_moe: MM_MCAST is 0 or 1 (weight multicast)");
 constexpr int kL2KBlocks = kI / 128;  // flags per row tile: one per 128 activation columns (= L2 K block)
 // L1's units for n_mt live row tiles, in normal_body's numbering (L2's continue from there): one per (row tile, 256
-// transformed rows); weight multicast counts pairs of row tiles, activation multicast pairs of N tiles.
-__device__ __forceinline__ int l1_units(int n_mt) {
-  return kMcast == 2 ? n_mt * (kI / 256) : (n_mt + kCluster - 1) / kCluster * (kI / 128);
-}
+// transformed rows); weight multicast counts pairs of row tiles.
+__device__ __forceinline__ int l1_units(int n_mt) { return (n_mt + kCluster - 1) / kCluster * (kI / 128); }
 // T at or below which CTA 0 does the whole dispatch alone (one grid barrier before the GEMMs instead of four).
 #ifndef MM_SMALL_T
 #define MM_SMALL_T 8
 #endif
 // GEMM units from a grid-wide counter (MegaSync::kDynamic) instead of round robin; 0 = round robin. Either path,
 // except the normal path's 2-CTA clusters (both CTAs of a pair walk the same units). The host picks it per path and
-// shape (mega-moe-layout.ts dynamicUnits).
+// rows per expert (mega-moe-layout.ts normalKernelFor).
 #ifndef MM_DYNAMIC
 #define MM_DYNAMIC 1
 #endif
 // Normal path: a consumer warpgroup whose 64 rows of a tile are all its expert's padding skips that tile's MMAs and
-// epilogue (MegaSync::kSkipsPadding; 1 = on; NOT yet measured on a GPU, so off by default: MEGAMOE_SKIP_PADDING).
+// epilogue (MegaSync::kSkipsPadding; 1 = on). The host turns it on with dynamic units only, where it pays
+// (docs/MEGA_MOE.md: with units dealt round robin it measured 1-6.5% slower).
 #ifndef MM_SKIP_PADDING
 #define MM_SKIP_PADDING 0
 #endif

@@ -4,6 +4,9 @@
 // each after an untimed run of itself, order alternating; L2 flushed), median per T; each fused output compared with
 // the unfused one (the share of equal bf16 values). On a GPU host after npm run build, carrying .gpuhost and dist:
 //   .gpuhost/run node tools/mega-moe/ab-knob.mjs MEGAMOE_DYNAMIC 0,1 flash 1,8,64,512 20
+// A value may set several knobs at once, `K=V+K2=V2` (KNOB is then only a label), e.g.
+//   ab-knob.mjs combo default,MEGAMOE_MCAST=0+MEGAMOE_SKIP_PADDING=1 pro 8192 6
+// (`default`: no knob set).
 import { DeviceMoeWeights, UnfusedMoe } from '../../dist/src/backends/unfused.js';
 import { MegaMoe } from '../../dist/src/backends/mega-moe.js';
 import { CudaEvent, DeviceBuffer, ensureContext } from '../../dist/src/cuda/index.js';
@@ -24,11 +27,13 @@ const e0 = CudaEvent.create(), e1 = CudaEvent.create();
 const w = await DeviceMoeWeights.random(shape, 1);
 const maxT = Math.max(...Ts);
 const impls = [];
+const settingsOf = (v) => v === 'default' ? [] : v.includes('=') ? v.split('+').map((kv) => kv.split('=')) : [[knob, v]];
 for (const v of values.split(',')) {
-  process.env[knob] = v;
-  impls.push([`${knob}=${v}`, await MegaMoe.create(w, maxT)]);
+  const set = settingsOf(v);
+  for (const [k, x] of set) process.env[k] = x;
+  impls.push([set.length ? set.map(([k, x]) => `${k}=${x}`).join('+') : 'default', await MegaMoe.create(w, maxT)]);
+  for (const [k] of set) delete process.env[k];
 }
-delete process.env[knob];
 impls.push(['unfused', await UnfusedMoe.create(w, maxT)]);
 const fill = await RandomFill.create();
 const median = (s) => { s.sort((a, b) => a - b); return s[s.length >> 1]; };
