@@ -237,6 +237,7 @@ export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout
     ...(path === 'normal' && normal === 'clustered' ? { MM_MCAST: 1 } : {}),
     ...(path !== 'normal' ? { MM_DECODE_L2_WIDE_MIN_T: decodeL2WideMinTokens() } : {}),
     ...(process.env.MEGAMOE_SMALL_T ? { MM_SMALL_T: smallTokens() } : {}),
+    ...(path === 'normal' ? { GG_L2_POLICY: normalL2Policy() } : {}),
     ...(path === 'normal' && normal === 'dynamic' && skipPaddingWanted() ? { MM_SKIP_PADDING: 1 } : {}),
     MM_DYNAMIC: dynamic ? 1 : 0,
   };
@@ -262,6 +263,16 @@ function tuningKnob(name: string, fallback: number, min: number, max: number, in
     throw new RangeError(`${name}=${v}: expected ${integer ? 'an integer' : 'a number'} in [${min}, ${max}]`);
   }
   return n;
+}
+
+/**
+ * Normal path: the L2 eviction policy of its TMA loads (gemm/grouped.cuh GG_L2_POLICY): 0 both operands
+ * evict_normal (the unfused GEMM's), 1 (default) the activation tiles and their scales evict_last, 2 also the weights
+ * evict_first. Measured in docs/MEGA_MOE.md: 1 is 0.3-3.6% faster than 0 at flash T = 4096-16384 and pro 4096 / 8192
+ * (even at flash 8192); 2 is faster at some T, slower than 1 at others. MEGAMOE_L2_POLICY overrides (A/B runs).
+ */
+export function normalL2Policy(): number {
+  return tuningKnob('MEGAMOE_L2_POLICY', 1, 0, 2);
 }
 
 /**

@@ -5,6 +5,10 @@
 // docs/GEMM.md. Included after common.cuh, gemm/ptx.cuh, gemm/wgmma_e4m3.cuh and gemm/pipeline.cuh.
 #pragma once
 
+#ifndef GG_L2_POLICY
+#define GG_L2_POLICY 0  // the normal body's L2 eviction policies (its producer, below)
+#endif
+
 namespace gg {
 
 constexpr int kBlockK = 128;   // K block = scale block (SPEC 3)
@@ -222,7 +226,11 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
     // ---------------- producer warpgroup ----------------
     if (kOwnSetup) regs_dealloc<40>();
     if (warp == 8 && lane == 0) {
-      const u64 pol = policy_evict_normal();
+      // GG_L2_POLICY: 0 both operands evict_normal (the unfused GEMM); 1 the activation tiles and scales evict_last,
+      // so the weight stream does not push out the row tile every N tile re-reads (the fused kernel's default:
+      // mega-moe-layout.ts normalL2Policy); 2 also the weights evict_first.
+      const u64 pol = GG_L2_POLICY == 2 ? policy_evict_first() : policy_evict_normal();
+      const u64 pol_a = GG_L2_POLICY >= 1 ? policy_evict_last() : pol;
       int& stage = ring.stage;
       u32& phase = ring.phase;
       int u = kDyn ? ring.carry : first_unit;
@@ -256,13 +264,13 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
             if (kPairN) {  // each CTA fetches one 64-row half of the shared activation tile for both
               tma_load_2d_multicast(sbase + P::kOffA + stage * P::kABytes + rank * (64 * kBlockK), tmap_a,
                                     full_bar(stage), kb * kBlockK, mt * kNormalRows + 64 * rank, (unsigned short)0x3,
-                                    pol);
+                                    pol_a);
             } else {
               tma_load_2d(sbase + P::kOffA + stage * P::kABytes, tmap_a, full_bar(stage), kb * kBlockK,
-                          mt * kNormalRows, pol);
+                          mt * kNormalRows, pol_a);
             }
             tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaBytes, tmap_sfa, full_bar(stage), mt * kNormalRows, kb,
-                        pol);
+                        pol_a);
             if (mcast) {
               const WCoord c = weight_coord<kN, kK, kWTiled>(g, b_row + 128 * rank, kb);
               tma_load_2d_multicast(sb + rank * (128 * kBlockK), tmap_b, full_bar(stage), c.x, c.y,
