@@ -124,7 +124,7 @@ function withKnobs(knobs: Record<string, string | undefined>, fn: () => void): v
 }
 
 const PRO = { hidden: 7168, inter: 3072, experts: 384, topK: 6 };
-const NORMAL_KNOBS = ['MEGAMOE_DYNAMIC', 'MEGAMOE_DYNAMIC_MAX_ROWS', 'MEGAMOE_MCAST_MIN_ROWS', 'MEGAMOE_SKIP_PADDING'] as const;
+const NORMAL_KNOBS = ['MEGAMOE_DYNAMIC', 'MEGAMOE_DYNAMIC_MAX_ROWS', 'MEGAMOE_MCAST_MIN_ROWS', 'MEGAMOE_SKIP_PADDING', 'MEGAMOE_L2_POLICY'] as const;
 const unset = Object.fromEntries(NORMAL_KNOBS.map((k) => [k, undefined]));
 
 test('the normal path\'s three kernels: defines (clusters, dynamic units, padding skip) and the decode paths\' units', () => {
