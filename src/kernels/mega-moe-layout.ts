@@ -268,7 +268,7 @@ function tuningKnob(name: string, fallback: number, min: number, max: number, in
 /**
  * Normal path: the L2 eviction policy of its TMA loads (gemm/grouped.cuh GG_L2_POLICY): 0 both operands
  * evict_normal (the unfused GEMM's), 1 (default) the activation tiles and their scales evict_last, 2 also the weights
- * evict_first. Measured in docs/MEGA_MOE.md: 1 is 0.3-3.6% faster than 0 at flash T = 4096-16384 and pro 4096 / 8192
+ * evict_first. Measured in docs/MEGA_MOE.md: 1 is up to 3.9% faster than 0 at flash T = 4096-16384 and pro 4096 / 8192
  * (even at flash 8192); 2 is faster at some T, slower than 1 at others. MEGAMOE_L2_POLICY overrides (A/B runs).
  */
 export function normalL2Policy(): number {
