@@ -144,7 +144,7 @@ export class MegaMoeKernel {
   private kernelFor(tokens: number, path: MegaMoePath): PathKernel {
     if (path !== 'normal') return this.paths[path];
     const k = this.paths.normal[this.normalKernel(tokens)];
-    if (k === undefined) throw new Error('mega_moe: no normal-path kernel was built (MEGAMOE_DYNAMIC=0 with MEGAMOE_DYNAMIC_MAX_ROWS?)');
+    if (k === undefined) throw new Error('mega_moe: internal error: neither normal-path kernel without clusters was built (wantedVariants)');
     return k;
   }
 
