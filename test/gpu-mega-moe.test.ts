@@ -13,6 +13,7 @@ import { ReferenceBackend } from '../src/backends/reference.js';
 import { DeviceMoeWeights, layerFromDeviceWeights, UnfusedBackend, UnfusedMoe, type UnfusedShape } from '../src/backends/unfused.js';
 import { MegaMoeKernelError } from '../src/kernels/mega-moe.js';
 import { MEGA_ROW_TILE, type MegaNormalKernel } from '../src/kernels/mega-moe-layout.js';
+import { withEnv } from './support/env.js';
 import { simulateDispatch } from '../src/kernels/moe-dispatch.js';
 import { GuardError } from '../src/moe/guards.js';
 import { makeRandomLayer, moeShape, randomHiddenStates } from '../src/moe/synthetic.js';
@@ -199,14 +200,7 @@ async function largeShape(t: { test: (name: string, fn: () => Promise<void>) => 
     for (const [knobs, T, kernel] of knobCases) {
       const name = Object.entries(knobs).map(([k, v]) => `${k}=${v}`).join(' ');
       await t.test(`${label}: ${name} at T = ${T} (the ${kernel} kernel) equals the default kernel, bit for bit`, async () => {
-        const saved = Object.fromEntries(Object.keys(knobs).map((k) => [k, process.env[k]]));
-        Object.assign(process.env, knobs);
-        let alt: MegaMoe | undefined;
-        try {
-          alt = await MegaMoe.create(weights, T);
-        } finally {
-          for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
-        }
+        const alt = await withEnv(knobs, () => MegaMoe.create(weights, T));
         try {
           assert.equal(alt.path(T), 'normal');
           if (alt.normalKernel(T) !== kernel) {

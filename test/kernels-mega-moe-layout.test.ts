@@ -12,6 +12,7 @@ import {
   skipPaddingWanted, decode32RowsRange, decode64RowsRange, decodeDynamicUnits, megaDefines, megaMulticastMinRows, megaSmemBytes, megaThreads,
   FLASH_DYNAMIC_MAX_ROWS, normalDynamicMaxRows, normalKernelFor, packMegaParams, PRO_MCAST_MIN_ROWS, type MegaNormalKernel,
 } from '../src/kernels/mega-moe-layout.js';
+import { withEnv } from './support/env.js';
 
 const FLASH = { hidden: 4096, inter: 2048, experts: 256, topK: 6 };
 
@@ -112,23 +113,12 @@ test('decode32 / decode64 rows-per-expert ranges: defaults (adjacent), override,
   }
 });
 
-/** Runs fn with the given knobs set (undefined = unset), restoring the environment after. */
-function withKnobs(knobs: Record<string, string | undefined>, fn: () => void): void {
-  const saved = Object.fromEntries(Object.keys(knobs).map((k) => [k, process.env[k]]));
-  try {
-    for (const [k, v] of Object.entries(knobs)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
-    fn();
-  } finally {
-    for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
-  }
-}
-
 const PRO = { hidden: 7168, inter: 3072, experts: 384, topK: 6 };
 const NORMAL_KNOBS = ['MEGAMOE_DYNAMIC', 'MEGAMOE_DYNAMIC_MAX_ROWS', 'MEGAMOE_MCAST_MIN_ROWS', 'MEGAMOE_SKIP_PADDING', 'MEGAMOE_L2_POLICY'] as const;
 const unset = Object.fromEntries(NORMAL_KNOBS.map((k) => [k, undefined]));
 
 test('the normal path\'s three kernels: defines (clusters, dynamic units, padding skip) and the decode paths\' units', () => {
-  withKnobs(unset, () => {
+  withEnv(unset, () => {
     const d = (normal: MegaNormalKernel) => megaDefines(FLASH, 'normal', 'tiled', normal);
     assert.deepEqual([d('clustered').MM_MCAST, d('clustered').MM_DYNAMIC, d('clustered').MM_SKIP_PADDING], [1, 0, undefined], 'a pair walks its units together');
     assert.deepEqual([d('round-robin').MM_MCAST, d('round-robin').MM_DYNAMIC, d('round-robin').MM_SKIP_PADDING], [undefined, 0, undefined]);
@@ -142,22 +132,22 @@ test('the normal path\'s three kernels: defines (clusters, dynamic units, paddin
     assert.deepEqual([d('clustered').GG_L2_POLICY, d('round-robin').GG_L2_POLICY, d('dynamic').GG_L2_POLICY], [1, 1, 1], 'activations evict_last');
     assert.equal(megaDefines(FLASH, 'decode').GG_L2_POLICY, undefined, 'the decode body sets its own');
   });
-  withKnobs({ ...unset, MEGAMOE_L2_POLICY: '0' }, () => assert.equal(megaDefines(FLASH, 'normal').GG_L2_POLICY, 0));
-  withKnobs({ ...unset, MEGAMOE_L2_POLICY: '3' }, () => assert.throws(() => megaDefines(FLASH, 'normal'), /MEGAMOE_L2_POLICY=3/));
-  withKnobs({ ...unset, MEGAMOE_SKIP_PADDING: '0' }, () => {
+  withEnv({ ...unset, MEGAMOE_L2_POLICY: '0' }, () => assert.equal(megaDefines(FLASH, 'normal').GG_L2_POLICY, 0));
+  withEnv({ ...unset, MEGAMOE_L2_POLICY: '3' }, () => assert.throws(() => megaDefines(FLASH, 'normal'), /MEGAMOE_L2_POLICY=3/));
+  withEnv({ ...unset, MEGAMOE_SKIP_PADDING: '0' }, () => {
     assert.equal(skipPaddingWanted(), false);
     assert.equal(megaDefines(FLASH, 'normal', 'tiled', 'dynamic').MM_SKIP_PADDING, undefined);
   });
-  withKnobs({ ...unset, MEGAMOE_DYNAMIC: '0' }, () => {
+  withEnv({ ...unset, MEGAMOE_DYNAMIC: '0' }, () => {
     assert.equal(megaDefines(FLASH, 'decode').MM_DYNAMIC, 0);
     assert.equal(normalDynamicMaxRows(PRO.inter), -1, 'never');
   });
-  withKnobs({ ...unset, MEGAMOE_DYNAMIC: '2' }, () => assert.throws(() => decodeDynamicUnits(), /MEGAMOE_DYNAMIC=2/));
-  withKnobs({ ...unset, MEGAMOE_SKIP_PADDING: 'yes' }, () => assert.throws(() => skipPaddingWanted(), /MEGAMOE_SKIP_PADDING=yes/));
+  withEnv({ ...unset, MEGAMOE_DYNAMIC: '2' }, () => assert.throws(() => decodeDynamicUnits(), /MEGAMOE_DYNAMIC=2/));
+  withEnv({ ...unset, MEGAMOE_SKIP_PADDING: 'yes' }, () => assert.throws(() => skipPaddingWanted(), /MEGAMOE_SKIP_PADDING=yes/));
 });
 
 test('which normal kernel runs at which rows per expert: defaults per I, knobs, no clusters', () => {
-  withKnobs(unset, () => {
+  withEnv(unset, () => {
     assert.deepEqual([normalDynamicMaxRows(FLASH.inter), megaMulticastMinRows(FLASH.inter)], [FLASH_DYNAMIC_MAX_ROWS, 128]);
     assert.deepEqual([normalDynamicMaxRows(PRO.inter), megaMulticastMinRows(PRO.inter)], [Infinity, PRO_MCAST_MIN_ROWS]);
     const flash = { multicastMinRows: 128, dynamicMaxRows: 72, clustered: true };
@@ -167,11 +157,11 @@ test('which normal kernel runs at which rows per expert: defaults per I, knobs, 
     const pro = { multicastMinRows: 200, dynamicMaxRows: Infinity, clustered: true };
     assert.deepEqual([64, 199, 200].map((r) => normalKernelFor(r, pro)), ['dynamic', 'dynamic', 'clustered']);
   });
-  withKnobs({ ...unset, MEGAMOE_DYNAMIC: '1' }, () => assert.equal(normalDynamicMaxRows(FLASH.inter), Infinity));
-  withKnobs({ ...unset, MEGAMOE_DYNAMIC_MAX_ROWS: '72.5', MEGAMOE_MCAST_MIN_ROWS: '0' }, () => {
+  withEnv({ ...unset, MEGAMOE_DYNAMIC: '1' }, () => assert.equal(normalDynamicMaxRows(FLASH.inter), Infinity));
+  withEnv({ ...unset, MEGAMOE_DYNAMIC_MAX_ROWS: '72.5', MEGAMOE_MCAST_MIN_ROWS: '0' }, () => {
     assert.deepEqual([normalDynamicMaxRows(FLASH.inter), megaMulticastMinRows(FLASH.inter)], [72.5, 0]);
   });
-  withKnobs({ ...unset, MEGAMOE_DYNAMIC_MAX_ROWS: 'lots' }, () => assert.throws(() => normalDynamicMaxRows(FLASH.inter), /MEGAMOE_DYNAMIC_MAX_ROWS=lots/));
+  withEnv({ ...unset, MEGAMOE_DYNAMIC_MAX_ROWS: 'lots' }, () => assert.throws(() => normalDynamicMaxRows(FLASH.inter), /MEGAMOE_DYNAMIC_MAX_ROWS=lots/));
 });
 
 test('parameter packing: pointers in order, then timeout, tokens, m_cap, max tiles, limit, fault, rank, ranks', () => {

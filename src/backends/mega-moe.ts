@@ -11,7 +11,7 @@ import {
 } from '../cuda/index.js';
 import { MegaMoeKernel } from '../kernels/mega-moe.js';
 import {
-  decode32RowsRange, decode64RowsRange, decodeMegaCtl, formatBytes, MEGA_CTL_BYTES, megaBufferLayout, smallTokens, type MegaBufferLayout, type MegaMoePath, type MegaNormalKernel, type RowsRange,
+  decode32RowsRange, decode64RowsRange, decodeMegaCtl, formatBytes, MEGA_CTL_BYTES, megaBufferLayout, smallTokens, type MegaBufferLayout, type MegaMoePath, type MegaNormalKernel, type MegaNormalPolicy, type RowsRange,
 } from '../kernels/mega-moe-layout.js';
 import type { MoeForwardResult, PrepareOptions } from '../moe/backend.js';
 import {
@@ -146,7 +146,7 @@ export class MegaMoe {
   /** Whether the normal path can run as 2-CTA clusters with weight multicast on this GPU (MegaMoeKernel.multicast). */
   get multicast(): boolean { return this.kernel.multicast; }
   /** Rows per expert from which the normal path runs its clustered kernel, and up to which its dynamic one below that. */
-  get normalPolicy(): { multicastMinRows: number; dynamicMaxRows: number } { return this.kernel.normalPolicy; }
+  get normalPolicy(): MegaNormalPolicy { return this.kernel.normalPolicy; }
   /** The normal path's kernel T tokens run with (when path(T) is 'normal'): MegaMoeKernel.normalKernel. */
   normalKernel(tokens: number): MegaNormalKernel { return this.kernel.normalKernel(tokens); }
 

@@ -322,11 +322,19 @@ export function normalDynamicMaxRows(inter: number): number {
  */
 export const FLASH_DYNAMIC_MAX_ROWS = 72;
 
+/** Rows per expert from which the normal path runs its clustered kernel, and up to which its dynamic one below that. */
+export interface MegaNormalPolicy { multicastMinRows: number; dynamicMaxRows: number }
+
+/** The normal path's policy for a shape's I, from the knobs (read when a layer is created). */
+export function megaNormalPolicy(inter: number): MegaNormalPolicy {
+  return { multicastMinRows: megaMulticastMinRows(inter), dynamicMaxRows: normalDynamicMaxRows(inter) };
+}
+
 /**
  * The normal path's kernel for T tokens at `rows` = T K / E rows per expert: clustered from multicastMinRows (where
  * it is available), else dynamic up to dynamicMaxRows, else round robin.
  */
-export function normalKernelFor(rows: number, o: { multicastMinRows: number; dynamicMaxRows: number; clustered: boolean }): MegaNormalKernel {
+export function normalKernelFor(rows: number, o: MegaNormalPolicy & { clustered: boolean }): MegaNormalKernel {
   if (o.clustered && rows >= o.multicastMinRows) return 'clustered';
   return rows <= o.dynamicMaxRows ? 'dynamic' : 'round-robin';
 }

@@ -6,9 +6,9 @@ import {
   type TensorMap,
 } from '../cuda/index.js';
 import {
-  decodeMegaCtl, describeMegaCtlError, MEGA_CTL_BYTES, MEGA_FAULT_SKIP_PUBLISH, MEGA_ROW_TILE, megaDefines, megaMulticastMinRows,
-  megaMulticastWanted, megaSmemBytes, megaThreads, normalDynamicMaxRows, normalKernelFor, packMegaParams, type MegaBufferLayout,
-  type MegaCtlState, type MegaMoePath, type MegaMoeShape, type MegaNormalKernel, type MegaParamPointer,
+  decodeMegaCtl, describeMegaCtlError, MEGA_CTL_BYTES, MEGA_FAULT_SKIP_PUBLISH, MEGA_ROW_TILE, megaDefines, megaMulticastWanted,
+  megaNormalPolicy, megaSmemBytes, megaThreads, normalKernelFor, packMegaParams, type MegaBufferLayout, type MegaCtlState,
+  type MegaMoePath, type MegaMoeShape, type MegaNormalKernel, type MegaNormalPolicy, type MegaParamPointer,
 } from './mega-moe-layout.js';
 import { MOE_PRESET_SHAPES } from './presets.js';
 import { WEIGHT_TILE, type WeightLayout } from './weight-layout.js';
@@ -26,17 +26,12 @@ const MEGA_VARIANTS: ReadonlyArray<{ label: string; path: MegaMoePath; normal?: 
   { label: 'decode64-tiled', path: 'decode64' },
 ];
 
-/** The normal path's choice for a shape, from the knobs (read when a layer is created). */
-function normalPolicy(shape: MegaMoeShape): { multicastMinRows: number; dynamicMaxRows: number } {
-  return { multicastMinRows: megaMulticastMinRows(shape.inter), dynamicMaxRows: normalDynamicMaxRows(shape.inter) };
-}
-
 /**
  * The variants a process builds: the clustered one where the multicast is wanted, round robin unless the dynamic
  * kernel takes every row count, the dynamic one where it takes any.
  */
 function wantedVariants(shape: MegaMoeShape) {
-  const { dynamicMaxRows } = normalPolicy(shape);
+  const { dynamicMaxRows } = megaNormalPolicy(shape.inter);
   return MEGA_VARIANTS.filter((v) => v.normal === 'clustered' ? megaMulticastWanted()
     : v.normal === 'round-robin' ? dynamicMaxRows !== Infinity
       : v.normal === 'dynamic' ? dynamicMaxRows > 0 : true);
@@ -126,26 +121,22 @@ export class MegaMoeKernel {
   private constructor(readonly shape: MegaMoeShape, private readonly b: MegaMoeBindings,
     private readonly paths: PathKernels, readonly grid: number,
     private readonly timeoutNs: bigint, private readonly fault: number,
-    private readonly policy: { multicastMinRows: number; dynamicMaxRows: number }) {}
+    private readonly policy: MegaNormalPolicy) {}
 
   /** Whether the normal path can run as 2-CTA clusters with weight multicast (false where the GPU cannot keep them all resident). */
   get multicast(): boolean { return this.paths.normal.clustered !== undefined; }
 
   /** Rows per expert from which the clustered kernel runs, and up to which the dynamic one runs below it. */
-  get normalPolicy(): { multicastMinRows: number; dynamicMaxRows: number } { return this.policy; }
+  get normalPolicy(): MegaNormalPolicy { return this.policy; }
 
-  /** The normal path's kernel for T tokens (normalKernelFor over this layer's knobs and the kernels it built). */
+  /** The normal path's kernel for T tokens (normalKernelFor over this layer's knobs and whether its clusters are resident). */
   normalKernel(tokens: number): MegaNormalKernel {
-    const n = this.paths.normal;
-    const k = normalKernelFor((tokens * this.shape.topK) / this.shape.experts, { ...this.policy, clustered: n.clustered !== undefined });
-    return n[k] !== undefined ? k : n['round-robin'] !== undefined ? 'round-robin' : 'dynamic';
+    return normalKernelFor((tokens * this.shape.topK) / this.shape.experts, { ...this.policy, clustered: this.multicast });
   }
 
   private kernelFor(tokens: number, path: MegaMoePath): PathKernel {
-    if (path !== 'normal') return this.paths[path];
-    const k = this.paths.normal[this.normalKernel(tokens)];
-    if (k === undefined) throw new Error('mega_moe: internal error: neither normal-path kernel without clusters was built (wantedVariants)');
-    return k;
+    // (wantedVariants builds every unclustered kernel normalKernelFor can pick under the same knobs)
+    return path === 'normal' ? this.paths.normal[this.normalKernel(tokens)]! : this.paths[path];
   }
 
   /** Where traced launches write their per-CTA phase stamps (u64 [grid, MEGA_TRACE_SLOTS]); undefined = off. */
@@ -174,7 +165,7 @@ export class MegaMoeKernel {
       clustered.kernel.maxActiveClusters({ grid, block: megaThreads('normal'), sharedMemBytes: megaSmemBytes('normal') }) >= grid / 2;
     return new MegaMoeKernel(shape, b, {
       normal: { clustered: resident ? clustered : undefined, 'round-robin': roundRobin, dynamic }, decode, decode32, decode64,
-    }, grid, spinTimeoutNs(b.layout.ranks), faultFromEnv(), normalPolicy(shape));
+    }, grid, spinTimeoutNs(b.layout.ranks), faultFromEnv(), megaNormalPolicy(shape.inter));
   }
 
   /** The seven tensor maps of a path: L1 A / W13 / sfa, L2 A / W2 / sfa, L2 out (bf16, TMA store). */
