@@ -87,10 +87,19 @@ constexpr int kBlockM = kDecode ? MM_DECODE_ROWS : gg::kNormalRows;
 constexpr int kMcast = kDecode ? 0 : MM_MCAST;
 constexpr int kCluster = kMcast ? 2 : 1;
 static_assert(MM_MCAST == 0 || MM_MCAST == 1, "mega_moe: MM_MCAST is 0 or 1 (weight multicast)");
+// Weight multicast: pairs fitted to each expert's rows (MegaSync::pair_slot; 0 = pairs of consecutive row tiles,
+// whatever their experts). Needs an even number of 256-row N tiles in both GEMMs (I a multiple of 256, H of 512).
+#ifndef MM_FIT_PAIRS
+#define MM_FIT_PAIRS 0
+#endif
+constexpr bool kFitPairs = kMcast && MM_FIT_PAIRS;
+static_assert(!kFitPairs || (MM_INTER % 256 == 0 && MM_HIDDEN % 512 == 0), "mega_moe: fitted pairs need I a multiple of 256 and H of 512");
 constexpr int kL2KBlocks = kI / 128;  // flags per row tile: one per 128 activation columns (= L2 K block)
 // L1's units for n_mt live row tiles, in normal_body's numbering (L2's continue from there): one per (row tile, 256
 // transformed rows); weight multicast counts pairs of row tiles.
-__device__ __forceinline__ int l1_units(int n_mt) { return (n_mt + kCluster - 1) / kCluster * (kI / 128); }
+__device__ __forceinline__ int l1_units(int n_mt) {
+  return kFitPairs ? n_mt * (kI / 256) : (n_mt + kCluster - 1) / kCluster * (kI / 128);
+}
 // T at or below which CTA 0 does the whole dispatch alone (one grid barrier before the GEMMs instead of four).
 #ifndef MM_SMALL_T
 #define MM_SMALL_T 8
@@ -102,8 +111,8 @@ __device__ __forceinline__ int l1_units(int n_mt) { return (n_mt + kCluster - 1)
 #define MM_DYNAMIC 1
 #endif
 // Normal path: a consumer warpgroup whose 64 rows of a tile are all its expert's padding skips that tile's MMAs and
-// epilogue (MegaSync::kSkipsPadding; 1 = on). The host turns it on with dynamic units only, where it pays
-// (docs/MEGA_MOE.md: with units dealt round robin it measured 1-6.5% slower).
+// epilogue (MegaSync::kSkipsPadding; 1 = on). The host turns it on with dynamic units and with fitted pairs, where it
+// pays (docs/MEGA_MOE.md: with units dealt round robin it measured 1-6.5% slower).
 #ifndef MM_SKIP_PADDING
 #define MM_SKIP_PADDING 0
 #endif
@@ -414,6 +423,20 @@ struct MegaSync {
     return params->group_offset[g] + params->group_count[g] - mt * gg::kNormalRows;
   }
 
+  // Weight multicast (kFitsPairs): an expert's full row tiles go in pairs that share each weight tile; a last tile
+  // with at most 64 rows (half or more of it padding, which the skip leaves out) and an odd full one left over are
+  // taken by both CTAs of a pair, half the N tiles each. Paired with a full tile, a mostly empty one would cost its
+  // pair a full tile's time. Needs group g's first row at a multiple of 128 (dsp::scan pads each group's rows).
+  static constexpr bool kFitsPairs = kFitPairs;
+  __device__ __forceinline__ gg::PairSlot pair_slot(int s, int g) const {
+    const int rows = params->group_count[g];
+    const int base = params->group_offset[g] / gg::kNormalRows;
+    const int tiles = (rows + gg::kNormalRows - 1) / gg::kNormalRows, rem = rows % gg::kNormalRows;
+    const int paired = (rem == 0 || rem > gg::kNormalRows / 2 ? tiles : tiles - 1) & ~1;
+    const int i = s - base;
+    if (i < paired) return {base + (i & ~1), i & 1};
+    return {s, -1};
+  }
   __device__ __forceinline__ int first_unit(int cta, int ctas) const { return (cta + ctas - rotation % ctas) % ctas; }
   // The next unit of this GEMM (L1 and L2 count on from one counter: L2's units follow the rotation = L1 units).
   __device__ __forceinline__ int grab() const { return (int)atomicAdd(&ctl->unit_next, 1u) - rotation; }

@@ -127,6 +127,10 @@ __device__ __forceinline__ void end_dynamic_gemm(Ring& ring, const RingBars<kSta
 // activation traffic when experts have few rows and the weights stream once). In both modes the two CTAs walk the
 // same stage sequence in lockstep: every consumer warp releases a stage in BOTH CTAs (empty barriers count 8 x 2
 // arrivals), and a CTA whose own tile is dead (-1 or past *num_m_tiles) still passes through the stages.
+// With Sync::kFitsPairs (kMcast 1), a pair's units follow the expert's rows instead (Sync::pair_slot): two full row
+// tiles of an expert share the weight tile as above, while a tile left over or mostly padding goes to both CTAs with
+// alternate N tiles (no multicast), so neither CTA of a pair waits on the other's larger tile (with the padding
+// skip, both skip the same half).
 // kStore = 1: the bf16 tile is staged in shared memory (128B-swizzled, conflict-free) and written by TMA stores
 // (needs tmap_d: bf16 [m_cap, N], box 64 x 64, 128B swizzle); 0: direct 4-byte stores from registers.
 // ==================================================================================================================
@@ -198,17 +202,31 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
       __syncthreads();
   }
 
+  // Sync::kFitsPairs (weight multicast): units over pair slots (Sync::pair_slot), kNTiles / 2 per row tile.
+  constexpr bool kFit = kMcast == 1 && Sync::kFitsPairs;
+  constexpr int kHalfUnits = kNTiles / 2;
+  static_assert(!kFit || kNTiles % 2 == 0, "fitted pairs split a row tile's N tiles in two halves: N must be a multiple of 512");
   const int n_mt = live_row_tiles(num_m_tiles, m_cap, kNormalRows);
-  const int n_units = kPairN ? n_mt * kNPairs : (n_mt + kCluster - 1) / kCluster * kNTiles;
+  const int n_units = kFit ? n_mt * kHalfUnits : kPairN ? n_mt * kNPairs : (n_mt + kCluster - 1) / kCluster * kNTiles;
   // Expert of row tile mt, -1 when dead (skipped or past the live count).
   auto group_of = [&](int mt) { return mt < n_mt ? tile_group[mt] : -1; };
-  // Work unit u -> this CTA's (row tile, N tile), its expert and the peer's (-1 when dead).
+  // Work unit u -> this CTA's (row tile, N tile), its expert and the peer's (-1 when dead), and whether the pair
+  // shares (multicasts) the weight tile.
   struct Unit {
     int mt, nt, g, g_peer;
+    bool shared_w;
   };
   auto unit_of = [&](int u) -> Unit {
     Unit w;
-    if (kPairN) {
+    w.shared_w = true;
+    if (kFit) {
+      const int s = u / kHalfUnits, v = u - s * kHalfUnits;
+      w.g = w.g_peer = group_of(s);
+      const PairSlot ps = sync.pair_slot(s, w.g);
+      w.shared_w = ps.half >= 0;
+      w.mt = w.shared_w ? ps.first + rank : s;
+      w.nt = w.shared_w ? ps.half * kHalfUnits + v : 2 * v + rank;
+    } else if (kPairN) {
       w.mt = u / kNPairs;
       w.nt = 2 * (u - w.mt * kNPairs) + rank;
       w.g = w.g_peer = group_of(w.mt);
@@ -239,7 +257,7 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
         const Unit w = unit_of(u);
         const int mt = w.mt, nt = w.nt, g = w.g;
         if (g < 0 && w.g_peer < 0) continue;  // both CTAs of the pair skip it (dynamic: never announced)
-        const bool mcast = kMcast == 1 && g >= 0 && w.g_peer == g;
+        const bool mcast = kMcast == 1 && g >= 0 && w.g_peer == g && w.shared_w;
         const int b_row = nt * kBlockN;  // first weight row of the tile within expert g
         // One check per unit: a per-K-block acquire on the producer's path costs a round trip per stage.
         const bool a_ready = !Sync::kWaits || g < 0 || sync.unit_ready(mt);

@@ -78,13 +78,23 @@ struct GemmArgs {
 //   kDynamic:   (decode body; normal body without clusters) units are not dealt round robin: the producer starts at ring.carry and takes each next
 //               unit from grab() (a grid-wide counter), announcing every unit to its consumers through a shared-memory
 //               slot read after the unit's first full barrier, and ends the GEMM with a marker stage (no data).
+//   kFitsPairs: (normal body, weight multicast) pair_slot(s, g) places row tile s (of expert g) in the pairs' schedule:
+//               half >= 0: one of the two row tiles first, first + 1 of g that a pair takes together, both CTAs on N
+//               tiles [half, half + 1) * N tiles / 2 (the weight tile multicast); half < 0: both CTAs take row tile s,
+//               CTA r its N tiles 2 v + r. Row tile s has N tiles / 2 units either way.
+struct PairSlot {
+  int first;  // the pair's first row tile (half >= 0)
+  int half;   // which half of the N tiles, or -1: both CTAs on row tile s
+};
 struct NoSync {
   static constexpr bool kWaits = false;
   static constexpr bool kPublishes = false;
   static constexpr bool kCompletes = false;
   static constexpr bool kDynamic = false;
   static constexpr bool kSkipsPadding = false;
+  static constexpr bool kFitsPairs = false;
   __device__ __forceinline__ int live_rows(int, int) const { return 128; }
+  __device__ __forceinline__ PairSlot pair_slot(int s, int) const { return {s, -1}; }
   __device__ __forceinline__ int grab() const { return 0; }
   __device__ __forceinline__ int first_unit(int cta, int) const { return cta; }
   __device__ __forceinline__ int a_tile(int mt) const { return mt; }
