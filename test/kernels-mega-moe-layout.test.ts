@@ -9,7 +9,7 @@ import { compileKernel, findNvcc, KernelCompileError } from '../src/cuda/compile
 import { dispatchCapacity } from '../src/kernels/moe-dispatch.js';
 import {
   decodeMegaCtl, describeMegaCtlError, MEGA_CTL_BYTES, MEGA_PARAM_POINTERS, MEGA_PARAMS_BYTES, megaBufferLayout, megaCapacity,
-  skipPaddingWanted, fitPairsWanted, decode32RowsRange, decode64RowsRange, decodeDynamicUnits, megaDefines, megaMulticastMinRows, megaSmemBytes, megaThreads,
+  skipPaddingWanted, fitPairsRule, decode32RowsRange, decode64RowsRange, decodeDynamicUnits, megaDefines, megaMulticastMinRows, megaSmemBytes, megaThreads,
   FLASH_DYNAMIC_MAX_ROWS, normalDynamicMaxRows, normalKernelFor, packMegaParams, PRO_MCAST_MIN_ROWS, type MegaNormalKernel,
 } from '../src/kernels/mega-moe-layout.js';
 import { withEnv } from './support/env.js';
@@ -143,11 +143,12 @@ test('the normal path\'s three kernels: defines (clusters, dynamic units, paddin
     assert.deepEqual([megaDefines(FLASH, 'normal', 'tiled', 'clustered').MM_FIT_PAIRS, megaDefines(FLASH, 'normal', 'tiled', 'clustered').MM_SKIP_PADDING], [1, undefined]);
   });
   withEnv({ ...unset, MEGAMOE_FIT_PAIRS: '0' }, () => {
-    assert.equal(fitPairsWanted(), false);
+    assert.equal(fitPairsRule(), 0);
     const c = megaDefines(FLASH, 'normal', 'tiled', 'clustered');
     assert.deepEqual([c.MM_FIT_PAIRS, c.MM_SKIP_PADDING], [undefined, undefined], 'consecutive row tiles, no skip');
   });
-  withEnv({ ...unset, MEGAMOE_FIT_PAIRS: '2' }, () => assert.throws(() => fitPairsWanted(), /MEGAMOE_FIT_PAIRS=2/));
+  withEnv({ ...unset, MEGAMOE_FIT_PAIRS: '2' }, () => assert.equal(megaDefines(FLASH, 'normal', 'tiled', 'clustered').MM_FIT_PAIRS, 2));
+  withEnv({ ...unset, MEGAMOE_FIT_PAIRS: '3' }, () => assert.throws(() => fitPairsRule(), /MEGAMOE_FIT_PAIRS=3/));
   withEnv({ ...unset, MEGAMOE_DYNAMIC: '0' }, () => {
     assert.equal(megaDefines(FLASH, 'decode').MM_DYNAMIC, 0);
     assert.equal(normalDynamicMaxRows(PRO.inter), -1, 'never');

@@ -230,7 +230,7 @@ export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout
   const smem = megaSmemBytes(path, stages);
   if (smem + STATIC_SMEM > SMEM_LIMIT) throw new RangeError(`mega_moe: the ${path} plan needs ${smem} bytes of shared memory (limit ${SMEM_LIMIT - STATIC_SMEM})`);
   const dynamic = path === 'normal' ? normal === 'dynamic' : decodeDynamicUnits();
-  const fit = path === 'normal' && normal === 'clustered' && fitPairsWanted() && shape.inter % 256 === 0 && shape.hidden % 512 === 0;
+  const fit = path === 'normal' && normal === 'clustered' && fitPairsRule() > 0 && shape.inter % 256 === 0 && shape.hidden % 512 === 0;
   return {
     MM_HIDDEN: shape.hidden, MM_INTER: shape.inter, MM_EXPERTS: shape.experts, MM_TOPK: shape.topK,
     MM_PATH: path === 'normal' ? 0 : 1, ...(path === 'decode32' || path === 'decode64' ? { MM_DECODE_ROWS: MEGA_ROW_TILE[path] } : {}), MM_STAGES: stages, ...(path === 'normal' ? { MM_L1_STAGES: MEGA_L1_STAGES } : {}), MM_SMEM_BYTES: smem, MM_PARAMS_BYTES: MEGA_PARAMS_BYTES,
@@ -239,7 +239,7 @@ export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout
     ...(path !== 'normal' ? { MM_DECODE_L2_WIDE_MIN_T: decodeL2WideMinTokens() } : {}),
     ...(process.env.MEGAMOE_SMALL_T ? { MM_SMALL_T: smallTokens() } : {}),
     ...(path === 'normal' ? { GG_L2_POLICY: normalL2Policy() } : {}),
-    ...(fit ? { MM_FIT_PAIRS: 1 } : {}),
+    ...(fit ? { MM_FIT_PAIRS: fitPairsRule() } : {}),
     ...(path === 'normal' && (normal === 'dynamic' || fit) && skipPaddingWanted() ? { MM_SKIP_PADDING: 1 } : {}),
     MM_DYNAMIC: dynamic ? 1 : 0,
   };
@@ -278,13 +278,13 @@ export function normalL2Policy(): number {
 }
 
 /**
- * The clustered kernel: whether its pairs follow each expert's rows (mega_moe.cu MM_FIT_PAIRS: full row tiles in
- * pairs sharing the weight tile, a mostly-padding or left-over tile split over both CTAs of a pair by N tiles, with
- * the padding skip) instead of taking consecutive row tiles whatever their experts. Default yes; MEGAMOE_FIT_PAIRS=0
- * turns it off (A/B runs). Needs I a multiple of 256 and H of 512 (else off).
+ * The clustered kernel's pairs (mega_moe.cu MM_FIT_PAIRS): 0 consecutive row tiles whatever their experts; 1 (default)
+ * each expert's tiles in pairs sharing the weight tile, an odd one left over split over both CTAs of a pair by N
+ * tiles; 2 as 1, but an expert's last tile with at most 64 rows is never paired (the padding skip then halves it).
+ * MEGAMOE_FIT_PAIRS overrides (A/B runs). Needs I a multiple of 256 and H of 512 (else 0).
  */
-export function fitPairsWanted(): boolean {
-  return tuningKnob('MEGAMOE_FIT_PAIRS', 1, 0, 1) === 1;
+export function fitPairsRule(): number {
+  return tuningKnob('MEGAMOE_FIT_PAIRS', 1, 0, 2);
 }
 
 /**

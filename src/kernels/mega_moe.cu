@@ -88,7 +88,9 @@ constexpr int kMcast = kDecode ? 0 : MM_MCAST;
 constexpr int kCluster = kMcast ? 2 : 1;
 static_assert(MM_MCAST == 0 || MM_MCAST == 1, "mega_moe: MM_MCAST is 0 or 1 (weight multicast)");
 // Weight multicast: pairs fitted to each expert's rows (MegaSync::pair_slot; 0 = pairs of consecutive row tiles,
-// whatever their experts). Needs an even number of 256-row N tiles in both GEMMs (I a multiple of 256, H of 512).
+// whatever their experts; 1 = an expert's tiles in pairs, an odd one left over shared by N tiles; 2 = as 1, but a
+// last tile with at most 64 rows is never paired). Needs an even number of 256-row N tiles in both GEMMs (I a
+// multiple of 256, H of 512).
 #ifndef MM_FIT_PAIRS
 #define MM_FIT_PAIRS 0
 #endif
@@ -423,16 +425,18 @@ struct MegaSync {
     return params->group_offset[g] + params->group_count[g] - mt * gg::kNormalRows;
   }
 
-  // Weight multicast (kFitsPairs): an expert's full row tiles go in pairs that share each weight tile; a last tile
-  // with at most 64 rows (half or more of it padding, which the skip leaves out) and an odd full one left over are
-  // taken by both CTAs of a pair, half the N tiles each. Paired with a full tile, a mostly empty one would cost its
-  // pair a full tile's time. Needs group g's first row at a multiple of 128 (dsp::scan pads each group's rows).
+  // Weight multicast (kFitsPairs): an expert's row tiles go in pairs that share each weight tile, and one left over
+  // is taken by both CTAs of a pair, half the N tiles each, so no pair straddles two experts (and loads both their
+  // weights). MM_FIT_PAIRS 2: a last tile with at most 64 rows (half or more of it padding, which the skip leaves
+  // out) is never paired: with a full tile it would cost its pair a full tile's time. Needs group g's first row at a
+  // multiple of 128 (dsp::scan pads each group's rows).
   static constexpr bool kFitsPairs = kFitPairs;
   __device__ __forceinline__ gg::PairSlot pair_slot(int s, int g) const {
     const int rows = params->group_count[g];
     const int base = params->group_offset[g] / gg::kNormalRows;
     const int tiles = (rows + gg::kNormalRows - 1) / gg::kNormalRows, rem = rows % gg::kNormalRows;
-    const int paired = (rem == 0 || rem > gg::kNormalRows / 2 ? tiles : tiles - 1) & ~1;
+    const bool split_last = MM_FIT_PAIRS == 2 && rem > 0 && rem <= gg::kNormalRows / 2;
+    const int paired = (split_last ? tiles - 1 : tiles) & ~1;
     const int i = s - base;
     if (i < paired) return {base + (i & ~1), i & 1};
     return {s, -1};
