@@ -94,6 +94,14 @@ __device__ __forceinline__ int* unit_slots() {
   __shared__ int slots[kUnitSlots];
   return slots;
 }
+// Announced units (dynamic scheduling, and the fused kernel's fitted pairs): the producer resolves each unit (row
+// tile, N tile, expert, ...) and leaves it here, in the slot of the unit's position, before its first stage's
+// arrive; the consumers read it once that stage is full, so the dependent loads of the resolution stay off their
+// path (fitted pairs measured 1-2% slower with each consumer resolving its units itself: docs/MEGA_MOE.md).
+__device__ __forceinline__ int4* unit_infos() {
+  __shared__ int4 infos[kUnitSlots];
+  return infos;
+}
 // The consumers' next unit of a dynamically scheduled GEMM: the slot of its first stage, read once that stage is full
 // (the stage stays held for the unit's K block 0); the end marker (-1) releases its stage and moves past it.
 template <int kStages>
@@ -216,6 +224,10 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
     int mt, nt, g, g_peer;
     bool shared_w;
   };
+  // Announced units (dynamic scheduling, fitted pairs): the consumers take each unit's resolution from unit_infos.
+  constexpr bool kAnnounce = kDyn || kFit;
+  auto pack = [](const Unit& w) { return make_int4(w.mt, w.nt, w.g, (w.g_peer << 1) | (w.shared_w ? 1 : 0)); };
+  auto unpack = [](int4 v) { return Unit{v.x, v.y, v.z, v.w >> 1, (v.w & 1) != 0}; };
   auto unit_of = [&](int u) -> Unit {
     Unit w;
     w.shared_w = true;
@@ -272,7 +284,11 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
         }
         for (int kb = 0; kb < kKB; kb++) {
           mbar_wait(empty_bar(stage), phase ^ 1);
-          if (kDyn && kb == 0) unit_slots()[ring.seq++ % kUnitSlots] = u;  // released by this stage's arrive
+          if (kAnnounce && kb == 0) {  // released by this stage's arrive
+            const int j = ring.seq++ % kUnitSlots;
+            if (kDyn) unit_slots()[j] = u;
+            unit_infos()[j] = pack(w);
+          }
           // A failed wait (abort: the kernel reports the error) still loads the stage: its data is invalid anyway,
           // and a cluster peer expects this CTA's half of the weight tile (skipping it would hang the peer).
           if (g >= 0 && !a_ready) (void)sync.wait(mt, kb);
@@ -332,13 +348,19 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
     u32& phase = ring.phase;
 
     for (int u = kDyn ? 0 : first_unit;; u += kDyn ? 0 : unit_step) {
+      Unit w;
       if constexpr (kDyn) {
         u = take_dynamic_unit(ring, bars, lane);  // (no cluster: a release is one arrive per warp)
         if (u < 0) break;
+        w = unpack(unit_infos()[(ring.seq - 1) % kUnitSlots]);
       } else if (u >= n_units) {
         break;
+      } else if constexpr (kFit) {  // every unit is live (no pair skips one), so each is announced
+        mbar_wait(full_bar(stage), phase);
+        w = unpack(unit_infos()[ring.seq++ % kUnitSlots]);
+      } else {
+        w = unit_of(u);
       }
-      const Unit w = unit_of(u);
       const int mt = w.mt, nt = w.nt, g = w.g;
       if (g < 0 && w.g_peer < 0) continue;
       if (g < 0) {  // dead tile, live peer: keep the pair's stage sequence in step
@@ -354,7 +376,7 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
       // second warpgroup's half can be all padding; the test is the same for its four warps (wgmma needs all four).
       if (Sync::kSkipsPadding && wg == 1 && sync.live_rows(mt, g) <= 64) {
         for (int kb = 0; kb < kKB; kb++) {
-          if (!kDyn || kb > 0) mbar_wait(full_bar(stage), phase);  // (dynamic: K block 0 waited above)
+          if (!kAnnounce || kb > 0) mbar_wait(full_bar(stage), phase);  // (announced: K block 0 waited above)
           release(stage);
           ring.advance<kStages>();
         }
@@ -379,7 +401,7 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
         const int kn = kb + 1 < kKB ? kb + 1 : kb;
         const float nsb0 = __ldg(sb_row0 + kn), nsb1 = __ldg(sb_row1 + kn);
 
-        if (!kDyn || kb > 0) mbar_wait(full_bar(stage), phase);  // (dynamic: K block 0 waited above)
+        if (!kAnnounce || kb > 0) mbar_wait(full_bar(stage), phase);  // (announced: K block 0 waited above)
         // Read the activation scales before releasing the stage: the producer may refill it right after.
         const u32 sfa_base = sbase + P::kOffSfa + stage * P::kSfaBytes;
         const float sa0 = ld_shared_f32(sfa_base + 4u * r0);
