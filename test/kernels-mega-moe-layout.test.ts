@@ -9,7 +9,7 @@ import { compileKernel, findNvcc, KernelCompileError } from '../src/cuda/compile
 import { dispatchCapacity } from '../src/kernels/moe-dispatch.js';
 import {
   decodeMegaCtl, describeMegaCtlError, MEGA_CTL_BYTES, MEGA_PARAM_POINTERS, MEGA_PARAMS_BYTES, megaBufferLayout, megaCapacity,
-  skipPaddingWanted, fitPairsRule, decode32RowsRange, decode64RowsRange, decodeDynamicUnits, megaDefines, megaMulticastMinRows, megaSmemBytes, megaThreads,
+  skipPaddingWanted, fitPairsRule, announceWanted, decode32RowsRange, decode64RowsRange, decodeDynamicUnits, megaDefines, megaMulticastMinRows, megaSmemBytes, megaThreads,
   FLASH_DYNAMIC_MAX_ROWS, normalDynamicMaxRows, normalKernelFor, packMegaParams, PRO_MCAST_MIN_ROWS, type MegaNormalKernel,
 } from '../src/kernels/mega-moe-layout.js';
 import { withEnv } from './support/env.js';
@@ -114,14 +114,14 @@ test('decode32 / decode64 rows-per-expert ranges: defaults (adjacent), override,
 });
 
 const PRO = { hidden: 7168, inter: 3072, experts: 384, topK: 6 };
-const NORMAL_KNOBS = ['MEGAMOE_DYNAMIC', 'MEGAMOE_DYNAMIC_MAX_ROWS', 'MEGAMOE_MCAST_MIN_ROWS', 'MEGAMOE_SKIP_PADDING', 'MEGAMOE_L2_POLICY', 'MEGAMOE_FIT_PAIRS'] as const;
+const NORMAL_KNOBS = ['MEGAMOE_DYNAMIC', 'MEGAMOE_DYNAMIC_MAX_ROWS', 'MEGAMOE_MCAST_MIN_ROWS', 'MEGAMOE_SKIP_PADDING', 'MEGAMOE_L2_POLICY', 'MEGAMOE_FIT_PAIRS', 'MEGAMOE_ANNOUNCE'] as const;
 const unset = Object.fromEntries(NORMAL_KNOBS.map((k) => [k, undefined]));
 
 test('the normal path\'s three kernels: defines (clusters, dynamic units, padding skip) and the decode paths\' units', () => {
   withEnv(unset, () => {
     const d = (normal: MegaNormalKernel) => megaDefines(FLASH, 'normal', 'tiled', normal);
-    assert.deepEqual([d('clustered').MM_MCAST, d('clustered').MM_DYNAMIC, d('clustered').MM_FIT_PAIRS, d('clustered').MM_SKIP_PADDING], [1, 0, 1, 1],
-      'a pair walks its units together, fitted to the experts\' rows, with the skip');
+    assert.deepEqual([d('clustered').MM_MCAST, d('clustered').MM_DYNAMIC, d('clustered').MM_FIT_PAIRS, d('clustered').MM_SKIP_PADDING], [1, 0, 1, undefined],
+      'a pair walks its units together, fitted to the experts\' rows, without the skip');
     const tinyClustered = megaDefines({ hidden: 256, inter: 128, experts: 16, topK: 4 }, 'normal', 'tiled', 'clustered');
     assert.deepEqual([tinyClustered.MM_FIT_PAIRS, tinyClustered.MM_SKIP_PADDING], [undefined, undefined], 'fitted pairs need I % 256 and H % 512');
     assert.deepEqual([d('round-robin').MM_MCAST, d('round-robin').MM_DYNAMIC, d('round-robin').MM_SKIP_PADDING], [undefined, 0, undefined]);
@@ -140,14 +140,19 @@ test('the normal path\'s three kernels: defines (clusters, dynamic units, paddin
   withEnv({ ...unset, MEGAMOE_SKIP_PADDING: '0' }, () => {
     assert.equal(skipPaddingWanted(), false);
     assert.equal(megaDefines(FLASH, 'normal', 'tiled', 'dynamic').MM_SKIP_PADDING, undefined);
-    assert.deepEqual([megaDefines(FLASH, 'normal', 'tiled', 'clustered').MM_FIT_PAIRS, megaDefines(FLASH, 'normal', 'tiled', 'clustered').MM_SKIP_PADDING], [1, undefined]);
   });
   withEnv({ ...unset, MEGAMOE_FIT_PAIRS: '0' }, () => {
     assert.equal(fitPairsRule(), 0);
     const c = megaDefines(FLASH, 'normal', 'tiled', 'clustered');
-    assert.deepEqual([c.MM_FIT_PAIRS, c.MM_SKIP_PADDING], [undefined, undefined], 'consecutive row tiles, no skip');
+    assert.equal(c.MM_FIT_PAIRS, undefined, 'consecutive row tiles');
   });
   withEnv({ ...unset, MEGAMOE_FIT_PAIRS: '2' }, () => assert.equal(megaDefines(FLASH, 'normal', 'tiled', 'clustered').MM_FIT_PAIRS, 2));
+  withEnv({ ...unset, MEGAMOE_ANNOUNCE: '0' }, () => {
+    assert.equal(announceWanted(), false);
+    assert.equal(megaDefines(FLASH, 'normal', 'tiled', 'dynamic').MM_ANNOUNCE, 0);
+    assert.equal(megaDefines(FLASH, 'decode').MM_ANNOUNCE, undefined, 'the decode body has no announcements');
+  });
+  withEnv(unset, () => assert.equal(megaDefines(FLASH, 'normal').MM_ANNOUNCE, undefined, 'announced by default (the kernel\'s 1)'));
   withEnv({ ...unset, MEGAMOE_FIT_PAIRS: '3' }, () => assert.throws(() => fitPairsRule(), /MEGAMOE_FIT_PAIRS=3/));
   withEnv({ ...unset, MEGAMOE_DYNAMIC: '0' }, () => {
     assert.equal(megaDefines(FLASH, 'decode').MM_DYNAMIC, 0);

@@ -31,7 +31,7 @@ export const MEGA_STAGES: Readonly<Record<MegaMoePath, number>> = Object.freeze(
 export const MEGA_L1_STAGES = 4;
 const SMEM_LIMIT = 232448;
 /** Static shared memory of the kernel (the 1 KB-aligned dynamic base), counted against the 227 KB limit. */
-const STATIC_SMEM = 1024;
+const STATIC_SMEM = 3072;
 
 /**
  * Shared memory of a path's plan: normal = two rings over the same bytes, L1 = NormalPlan<2, S1, 0> (S1 stages of A
@@ -240,7 +240,8 @@ export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout
     ...(process.env.MEGAMOE_SMALL_T ? { MM_SMALL_T: smallTokens() } : {}),
     ...(path === 'normal' ? { GG_L2_POLICY: normalL2Policy() } : {}),
     ...(fit ? { MM_FIT_PAIRS: fitPairsRule() } : {}),
-    ...(path === 'normal' && (normal === 'dynamic' || fit) && skipPaddingWanted() ? { MM_SKIP_PADDING: 1 } : {}),
+    ...(path === 'normal' && !announceWanted() ? { MM_ANNOUNCE: 0 } : {}),
+    ...(path === 'normal' && normal === 'dynamic' && skipPaddingWanted() ? { MM_SKIP_PADDING: 1 } : {}),
     MM_DYNAMIC: dynamic ? 1 : 0,
   };
 }
@@ -278,9 +279,18 @@ export function normalL2Policy(): number {
 }
 
 /**
+ * The normal path: whether its producer hands each unit and the unit's weight scales to the consumers through shared
+ * memory (mega_moe.cu MM_ANNOUNCE; default yes), or each consumer resolves its units and loads the scales itself
+ * (MEGAMOE_ANNOUNCE=0, A/B runs).
+ */
+export function announceWanted(): boolean {
+  return tuningKnob('MEGAMOE_ANNOUNCE', 1, 0, 1) === 1;
+}
+
+/**
  * The clustered kernel's pairs (mega_moe.cu MM_FIT_PAIRS): 0 consecutive row tiles whatever their experts; 1 (default)
  * each expert's tiles in pairs sharing the weight tile, an odd one left over split over both CTAs of a pair by N
- * tiles; 2 as 1, but an expert's last tile with at most 64 rows is never paired (the padding skip then halves it).
+ * tiles; 2 as 1, but an expert's last tile with at most 64 rows is never paired.
  * MEGAMOE_FIT_PAIRS overrides (A/B runs). Needs I a multiple of 256 and H of 512 (else 0).
  */
 export function fitPairsRule(): number {
@@ -288,7 +298,7 @@ export function fitPairsRule(): number {
 }
 
 /**
- * The dynamic normal kernel (and the clustered one with fitted pairs): whether a consumer warpgroup skips the MMAs and epilogue of its 64 rows of a tile when
+ * The dynamic normal kernel: whether a consumer warpgroup skips the MMAs and epilogue of its 64 rows of a tile when
  * they are all its expert's padding (default yes; MEGAMOE_SKIP_PADDING=0 turns it off, for A/B runs). Measured in
  * docs/MEGA_MOE.md: it pays only with dynamic units (a CTA that skips takes its next unit sooner); with units dealt
  * round robin it was 1-6.5% slower.

@@ -95,6 +95,11 @@ static_assert(MM_MCAST == 0 || MM_MCAST == 1, "mega_moe: MM_MCAST is 0 or 1 (wei
 #define MM_FIT_PAIRS 0
 #endif
 constexpr bool kFitPairs = kMcast && MM_FIT_PAIRS;
+// Normal path: units and their weight scales handed from the producer to the consumers in shared memory
+// (MegaSync::kAnnounces; 0 = each consumer resolves its units and loads their scales itself).
+#ifndef MM_ANNOUNCE
+#define MM_ANNOUNCE 1
+#endif
 static_assert(!kFitPairs || (MM_INTER % 256 == 0 && MM_HIDDEN % 512 == 0), "mega_moe: fitted pairs need I a multiple of 256 and H of 512");
 constexpr int kL2KBlocks = kI / 128;  // flags per row tile: one per 128 activation columns (= L2 K block)
 // L1's units for n_mt live row tiles, in normal_body's numbering (L2's continue from there): one per (row tile, 256
@@ -113,8 +118,8 @@ __device__ __forceinline__ int l1_units(int n_mt) {
 #define MM_DYNAMIC 1
 #endif
 // Normal path: a consumer warpgroup whose 64 rows of a tile are all its expert's padding skips that tile's MMAs and
-// epilogue (MegaSync::kSkipsPadding; 1 = on). The host turns it on with dynamic units and with fitted pairs, where it
-// pays (docs/MEGA_MOE.md: with units dealt round robin it measured 1-6.5% slower).
+// epilogue (MegaSync::kSkipsPadding; 1 = on). The host turns it on with dynamic units only, where it pays
+// (docs/MEGA_MOE.md: with units dealt round robin it measured 1-6.5% slower, in the clustered kernel 5-20%).
 #ifndef MM_SKIP_PADDING
 #define MM_SKIP_PADDING 0
 #endif
@@ -431,6 +436,8 @@ struct MegaSync {
   // out) is never paired: with a full tile it would cost its pair a full tile's time. Needs group g's first row at a
   // multiple of 128 (dsp::scan pads each group's rows).
   static constexpr bool kFitsPairs = kFitPairs;
+  // Normal path: the producer announces each unit with its weight scales (gemm/pipeline.cuh kAnnounces; MM_ANNOUNCE).
+  static constexpr bool kAnnounces = !kDecode && MM_ANNOUNCE;
   __device__ __forceinline__ gg::PairSlot pair_slot(int s, int g) const {
     const int rows = params->group_count[g];
     const int base = params->group_offset[g] / gg::kNormalRows;

@@ -102,6 +102,14 @@ __device__ __forceinline__ int4* unit_infos() {
   __shared__ int4 infos[kUnitSlots];
   return infos;
 }
+// The weight scales of announced units (Sync::kAnnounces): [2 units, by announcement parity][2 scale rows][kKB].
+// A unit's slot is rewritten two announcements later, when its consumers are past it (kKB > kStages: they have
+// released a later unit's stages by then).
+template <int kKB>
+__device__ __forceinline__ float* sfb_slots() {
+  __shared__ __align__(16) float slots[2 * 2 * kKB];
+  return slots;
+}
 // The consumers' next unit of a dynamically scheduled GEMM: the slot of its first stage, read once that stage is full
 // (the stage stays held for the unit's K block 0); the end marker (-1) releases its stage and moves past it.
 template <int kStages>
@@ -224,8 +232,18 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
     int mt, nt, g, g_peer;
     bool shared_w;
   };
-  // Announced units (dynamic scheduling, fitted pairs): the consumers take each unit's resolution from unit_infos.
-  constexpr bool kAnnounce = kDyn || kFit;
+  // Announced units (dynamic scheduling, fitted pairs, Sync::kAnnounces): the consumers take each unit's resolution
+  // from unit_infos and, where the copy's size allows (16-byte multiples), its weight scales from sfb_slots.
+  constexpr bool kAnnounce = kDyn || kFit || Sync::kAnnounces;
+  constexpr bool kSfbSmem = kAnnounce && kKB % 4 == 0;
+  constexpr u32 kSfbBytes = kKB * 4;
+  static_assert(!kSfbSmem || kKB > kStages, "announced weight scales: a unit's slot is reused two units later");
+  // Weight-scale rows of (expert g, N tile nt): bf16 -> one 128-row block per half; SwiGLU -> the gate block and the
+  // up block of activation columns [128 nt, 128 nt + 128) (both halves of the 256-row transformed tile share them).
+  auto sfb_row = [&](int g, int nt, int which) {
+    const float* sfb_g = sfb + (size_t)g * kNScaleRows * kKB;
+    return sfb_g + (size_t)(kEpi == 0 ? nt * kNSub + which * (kNSub - 1) : which * ((kN / 2) / 128) + nt) * kKB;
+  };
   auto pack = [](const Unit& w) { return make_int4(w.mt, w.nt, w.g, (w.g_peer << 1) | (w.shared_w ? 1 : 0)); };
   auto unpack = [](int4 v) { return Unit{v.x, v.y, v.z, v.w >> 1, (v.w & 1) != 0}; };
   auto unit_of = [&](int u) -> Unit {
@@ -268,7 +286,9 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
         next = kDyn ? sync.grab() : u + unit_step;  // dynamic: issued now, its answer needed only at the end
         const Unit w = unit_of(u);
         const int mt = w.mt, nt = w.nt, g = w.g;
-        if (g < 0 && w.g_peer < 0) continue;  // both CTAs of the pair skip it (dynamic: never announced)
+        // Both CTAs of the pair skip it (dynamic: never announced; announced round robin: never happens, as every
+        // row tile below n_mt has an expert, but such a unit would still pass its stages to keep the count).
+        if (g < 0 && w.g_peer < 0 && (kDyn || !kAnnounce)) continue;
         const bool mcast = kMcast == 1 && g >= 0 && w.g_peer == g && w.shared_w;
         const int b_row = nt * kBlockN;  // first weight row of the tile within expert g
         // One check per unit: a per-K-block acquire on the producer's path costs a round trip per stage.
@@ -284,16 +304,23 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
         }
         for (int kb = 0; kb < kKB; kb++) {
           mbar_wait(empty_bar(stage), phase ^ 1);
+          const int seq = ring.seq;
           if (kAnnounce && kb == 0) {  // released by this stage's arrive
             const int j = ring.seq++ % kUnitSlots;
             if (kDyn) unit_slots()[j] = u;
             unit_infos()[j] = pack(w);
           }
+          const bool sfb_copy = kSfbSmem && kb == 0 && g >= 0;
           // A failed wait (abort: the kernel reports the error) still loads the stage: its data is invalid anyway,
           // and a cluster peer expects this CTA's half of the weight tile (skipping it would hang the peer).
           if (g >= 0 && !a_ready) (void)sync.wait(mt, kb);
           if (g >= 0) {
-            mbar_arrive_expect_tx(full_bar(stage), P::kABytes + P::kBBytes + P::kSfaBytes);
+            mbar_arrive_expect_tx(full_bar(stage), P::kABytes + P::kBBytes + P::kSfaBytes + (sfb_copy ? 2 * kSfbBytes : 0));
+            if (sfb_copy) {
+              const u32 slot = smem_addr(sfb_slots<kKB>() + (seq & 1) * 2 * kKB);
+              bulk_load_1d(slot, sfb_row(g, nt, 0), kSfbBytes, full_bar(stage));
+              bulk_load_1d(slot + kSfbBytes, sfb_row(g, nt, 1), kSfbBytes, full_bar(stage));
+            }
             const u32 sb = sbase + P::kOffB + stage * P::kBBytes;
             if (kPairN) {  // each CTA fetches one 64-row half of the shared activation tile for both
               tma_load_2d_multicast(sbase + P::kOffA + stage * P::kABytes + rank * (64 * kBlockK), tmap_a,
@@ -355,14 +382,14 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
         w = unpack(unit_infos()[(ring.seq - 1) % kUnitSlots]);
       } else if (u >= n_units) {
         break;
-      } else if constexpr (kFit) {  // every unit is live (no pair skips one), so each is announced
+      } else if constexpr (kAnnounce) {  // round robin: every unit is announced (the producer skips none)
         mbar_wait(full_bar(stage), phase);
         w = unpack(unit_infos()[ring.seq++ % kUnitSlots]);
       } else {
         w = unit_of(u);
       }
       const int mt = w.mt, nt = w.nt, g = w.g;
-      if (g < 0 && w.g_peer < 0) continue;
+      if (g < 0 && w.g_peer < 0 && !kAnnounce) continue;
       if (g < 0) {  // dead tile, live peer: keep the pair's stage sequence in step
         for (int kb = 0; kb < kKB; kb++) {
           mbar_wait(full_bar(stage), phase);
@@ -384,24 +411,27 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
         continue;
       }
 
-      // Weight-scale rows of this tile: bf16 -> one 128-row block per half; SwiGLU -> the gate block and the up
-      // block of activation columns [128 nt, 128 nt + 128) (both halves of the 256-row transformed tile share them).
-      const float* sfb_g = sfb + (size_t)g * kNScaleRows * kKB;
-      const float* sb_row0 = sfb_g + (size_t)(kEpi == 0 ? nt * kNSub : nt) * kKB;
-      const float* sb_row1 = sfb_g + (size_t)(kEpi == 0 ? nt * kNSub + (kNSub - 1) : (kN / 2) / 128 + nt) * kKB;
+      // This tile's weight-scale rows: from global memory, or the unit's slot (the announcement before this one).
+      const float* sb_row0 = sfb_row(g, nt, 0);
+      const float* sb_row1 = sfb_row(g, nt, 1);
+      const u32 sfb_s0 = kSfbSmem ? smem_addr(sfb_slots<kKB>() + ((ring.seq - 1) & 1) * 2 * kKB) : 0u;
 
 #pragma unroll
       for (int s = 0; s < kNSub; s++)
 #pragma unroll
         for (int i = 0; i < 64; i++) fin[s][i] = 0.0f;
 
-      float sb0 = __ldg(sb_row0), sb1 = __ldg(sb_row1);
+      float sb0 = kSfbSmem ? 0.0f : __ldg(sb_row0), sb1 = kSfbSmem ? 0.0f : __ldg(sb_row1);
       for (int kb = 0; kb < kKB; kb++) {
         // Prefetch the next K block's weight scales (warp-uniform, L1/L2 hits) while this block computes.
         const int kn = kb + 1 < kKB ? kb + 1 : kb;
-        const float nsb0 = __ldg(sb_row0 + kn), nsb1 = __ldg(sb_row1 + kn);
+        const float nsb0 = kSfbSmem ? 0.0f : __ldg(sb_row0 + kn), nsb1 = kSfbSmem ? 0.0f : __ldg(sb_row1 + kn);
 
         if (!kAnnounce || kb > 0) mbar_wait(full_bar(stage), phase);  // (announced: K block 0 waited above)
+        if (kSfbSmem) {
+          sb0 = ld_shared_f32(sfb_s0 + 4u * kb);
+          sb1 = ld_shared_f32(sfb_s0 + kSfbBytes + 4u * kb);
+        }
         // Read the activation scales before releasing the stage: the producer may refill it right after.
         const u32 sfa_base = sbase + P::kOffSfa + stage * P::kSfaBytes;
         const float sa0 = ld_shared_f32(sfa_base + 4u * r0);
@@ -439,8 +469,10 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
 #pragma unroll
           for (int i = 0; i < 64; i++) fin[s][i] = fmaf(acc[i], sc[(i >> 1) & 1][(i >> 2) & 1], fin[s][i]);
         }
-        sb0 = nsb0;
-        sb1 = nsb1;
+        if (!kSfbSmem) {
+          sb0 = nsb0;
+          sb1 = nsb1;
+        }
         ring.advance<kStages>();
       }
 

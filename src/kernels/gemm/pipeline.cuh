@@ -78,6 +78,9 @@ struct GemmArgs {
 //   kDynamic:   (decode body; normal body without clusters) units are not dealt round robin: the producer starts at ring.carry and takes each next
 //               unit from grab() (a grid-wide counter), announcing every unit to its consumers through a shared-memory
 //               slot read after the unit's first full barrier, and ends the GEMM with a marker stage (no data).
+//   kAnnounces: (normal body) the producer resolves every unit and hands it to the consumers in shared memory (as
+//               with kDynamic), with the unit's weight scales (a bulk copy on its first stage's barrier), so no
+//               global load of theirs stands between two units.
 //   kFitsPairs: (normal body, weight multicast) pair_slot(s, g) places row tile s (of expert g) in the pairs' schedule:
 //               half >= 0: one of the two row tiles first, first + 1 of g that a pair takes together, both CTAs on N
 //               tiles [half, half + 1) * N tiles / 2 (the weight tile multicast); half < 0: both CTAs take row tile s,
@@ -93,6 +96,7 @@ struct NoSync {
   static constexpr bool kDynamic = false;
   static constexpr bool kSkipsPadding = false;
   static constexpr bool kFitsPairs = false;
+  static constexpr bool kAnnounces = false;
   __device__ __forceinline__ int live_rows(int, int) const { return 128; }
   __device__ __forceinline__ PairSlot pair_slot(int s, int) const { return {s, -1}; }
   __device__ __forceinline__ int grab() const { return 0; }

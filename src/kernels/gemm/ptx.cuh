@@ -123,6 +123,14 @@ __device__ __forceinline__ void tma_prefetch_2d(const TmaDesc* map, int c0, int 
                "r"(c0), "r"(c1)
                : "memory");
 }
+// 1D bulk copy global -> shared (both 16-byte aligned, a multiple of 16 bytes) that completes on mbarrier `bar`'s
+// transaction count.
+__device__ __forceinline__ void bulk_load_1d(u32 dst, const void* src, u32 bytes, u32 bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+               "l"(reinterpret_cast<u64>(src)), "r"(bytes), "r"(bar)
+               : "memory");
+}
+
 // 2D tile store shared -> global (bulk group). Shared memory written by ordinary stores must be fenced with
 // fence_proxy_async() by each writer (and the writers synchronised) before this reads it.
 __device__ __forceinline__ void tma_store_2d(const TmaDesc* map, u32 src, int c0, int c1) {
