@@ -120,8 +120,8 @@ const unset = Object.fromEntries(NORMAL_KNOBS.map((k) => [k, undefined]));
 test('the normal path\'s three kernels: defines (clusters, dynamic units, padding skip) and the decode paths\' units', () => {
   withEnv(unset, () => {
     const d = (normal: MegaNormalKernel) => megaDefines(FLASH, 'normal', 'tiled', normal);
-    assert.deepEqual([d('clustered').MM_MCAST, d('clustered').MM_DYNAMIC, d('clustered').MM_FIT_PAIRS, d('clustered').MM_SKIP_PADDING], [1, 0, 1, undefined],
-      'a pair walks its units together, fitted to the experts\' rows, without the skip');
+    assert.deepEqual([d('clustered').MM_MCAST, d('clustered').MM_DYNAMIC, d('clustered').MM_FIT_PAIRS, d('clustered').MM_SKIP_PADDING], [1, 0, undefined, undefined],
+      'a pair walks its units together: consecutive row tiles, no skip');
     const tinyClustered = megaDefines({ hidden: 256, inter: 128, experts: 16, topK: 4 }, 'normal', 'tiled', 'clustered');
     assert.deepEqual([tinyClustered.MM_FIT_PAIRS, tinyClustered.MM_SKIP_PADDING], [undefined, undefined], 'fitted pairs need I % 256 and H % 512');
     assert.deepEqual([d('round-robin').MM_MCAST, d('round-robin').MM_DYNAMIC, d('round-robin').MM_SKIP_PADDING], [undefined, 0, undefined]);
@@ -141,18 +141,22 @@ test('the normal path\'s three kernels: defines (clusters, dynamic units, paddin
     assert.equal(skipPaddingWanted(), false);
     assert.equal(megaDefines(FLASH, 'normal', 'tiled', 'dynamic').MM_SKIP_PADDING, undefined);
   });
-  withEnv({ ...unset, MEGAMOE_FIT_PAIRS: '0' }, () => {
-    assert.equal(fitPairsRule(), 0);
+  withEnv({ ...unset, MEGAMOE_FIT_PAIRS: '1' }, () => {
+    assert.equal(fitPairsRule(), 1);
     const c = megaDefines(FLASH, 'normal', 'tiled', 'clustered');
-    assert.equal(c.MM_FIT_PAIRS, undefined, 'consecutive row tiles');
+    assert.deepEqual([c.MM_FIT_PAIRS, c.MM_SKIP_PADDING], [1, undefined], 'fitted pairs, no skip');
+    assert.equal(megaDefines(FLASH, 'normal', 'tiled', 'dynamic').MM_FIT_PAIRS, undefined, 'clusters only');
   });
   withEnv({ ...unset, MEGAMOE_FIT_PAIRS: '2' }, () => assert.equal(megaDefines(FLASH, 'normal', 'tiled', 'clustered').MM_FIT_PAIRS, 2));
   withEnv({ ...unset, MEGAMOE_ANNOUNCE: '0' }, () => {
     assert.equal(announceWanted(), false);
-    assert.equal(megaDefines(FLASH, 'normal', 'tiled', 'dynamic').MM_ANNOUNCE, 0);
-    assert.equal(megaDefines(FLASH, 'decode').MM_ANNOUNCE, undefined, 'the decode body has no announcements');
+    assert.equal(megaDefines(FLASH, 'normal', 'tiled', 'dynamic').MM_ANNOUNCE, undefined);
   });
-  withEnv(unset, () => assert.equal(megaDefines(FLASH, 'normal').MM_ANNOUNCE, undefined, 'announced by default (the kernel\'s 1)'));
+  withEnv(unset, () => {
+    assert.deepEqual((['dynamic', 'round-robin', 'clustered'] as const).map((k) => megaDefines(FLASH, 'normal', 'tiled', k).MM_ANNOUNCE),
+      [1, undefined, undefined], 'the dynamic kernel announces its units\' scales');
+    assert.equal(megaDefines(FLASH, 'decode', 'tiled', 'dynamic').MM_ANNOUNCE, undefined, 'the decode body has no announcements');
+  });
   withEnv({ ...unset, MEGAMOE_FIT_PAIRS: '3' }, () => assert.throws(() => fitPairsRule(), /MEGAMOE_FIT_PAIRS=3/));
   withEnv({ ...unset, MEGAMOE_DYNAMIC: '0' }, () => {
     assert.equal(megaDefines(FLASH, 'decode').MM_DYNAMIC, 0);

@@ -240,7 +240,7 @@ export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout
     ...(process.env.MEGAMOE_SMALL_T ? { MM_SMALL_T: smallTokens() } : {}),
     ...(path === 'normal' ? { GG_L2_POLICY: normalL2Policy() } : {}),
     ...(fit ? { MM_FIT_PAIRS: fitPairsRule() } : {}),
-    ...(path === 'normal' && !announceWanted() ? { MM_ANNOUNCE: 0 } : {}),
+    ...(path === 'normal' && normal === 'dynamic' && announceWanted() ? { MM_ANNOUNCE: 1 } : {}),
     ...(path === 'normal' && normal === 'dynamic' && skipPaddingWanted() ? { MM_SKIP_PADDING: 1 } : {}),
     MM_DYNAMIC: dynamic ? 1 : 0,
   };
@@ -279,22 +279,24 @@ export function normalL2Policy(): number {
 }
 
 /**
- * The normal path: whether its producer hands each unit and the unit's weight scales to the consumers through shared
- * memory (mega_moe.cu MM_ANNOUNCE; default yes), or each consumer resolves its units and loads the scales itself
- * (MEGAMOE_ANNOUNCE=0, A/B runs).
+ * The dynamic normal kernel: whether its producer hands each unit's weight scales to the consumers through shared
+ * memory with the unit (mega_moe.cu MM_ANNOUNCE; default yes), or each consumer loads them itself
+ * (MEGAMOE_ANNOUNCE=0, A/B runs). Measured in docs/MEGA_MOE.md: 1.9% faster at pro T = 8192, even at flash
+ * T = 3072 and pro 4096; the round-robin and clustered kernels run without it (even, and 1.5% slower).
  */
 export function announceWanted(): boolean {
   return tuningKnob('MEGAMOE_ANNOUNCE', 1, 0, 1) === 1;
 }
 
 /**
- * The clustered kernel's pairs (mega_moe.cu MM_FIT_PAIRS): 0 consecutive row tiles whatever their experts; 1 (default)
- * each expert's tiles in pairs sharing the weight tile, an odd one left over split over both CTAs of a pair by N
- * tiles; 2 as 1, but an expert's last tile with at most 64 rows is never paired.
- * MEGAMOE_FIT_PAIRS overrides (A/B runs). Needs I a multiple of 256 and H of 512 (else 0).
+ * The clustered kernel's pairs (mega_moe.cu MM_FIT_PAIRS): 0 (default) consecutive row tiles whatever their experts;
+ * 1 each expert's tiles in pairs sharing the weight tile, an odd one left over split over both CTAs of a pair by N
+ * tiles; 2 as 1, but an expert's last tile with at most 64 rows is never paired. MEGAMOE_FIT_PAIRS overrides (A/B
+ * runs; measured in docs/MEGA_MOE.md: 1 is 3.4% faster at flash T = 6144 and 2.4% at pro 16384, 1.2-1.8% slower at
+ * flash 8192-16384). Needs I a multiple of 256 and H of 512 (else 0).
  */
 export function fitPairsRule(): number {
-  return tuningKnob('MEGAMOE_FIT_PAIRS', 1, 0, 2);
+  return tuningKnob('MEGAMOE_FIT_PAIRS', 0, 0, 2);
 }
 
 /**

@@ -96,9 +96,10 @@ static_assert(MM_MCAST == 0 || MM_MCAST == 1, "mega_moe: MM_MCAST is 0 or 1 (wei
 #endif
 constexpr bool kFitPairs = kMcast && MM_FIT_PAIRS;
 // Normal path: units and their weight scales handed from the producer to the consumers in shared memory
-// (MegaSync::kAnnounces; 0 = each consumer resolves its units and loads their scales itself).
+// (MegaSync::kAnnounces; 0 = each consumer resolves its units and loads their scales itself). The host turns it on
+// for the dynamic kernel, where it measured faster (docs/MEGA_MOE.md).
 #ifndef MM_ANNOUNCE
-#define MM_ANNOUNCE 1
+#define MM_ANNOUNCE 0
 #endif
 static_assert(!kFitPairs || (MM_INTER % 256 == 0 && MM_HIDDEN % 512 == 0), "mega_moe: fitted pairs need I a multiple of 256 and H of 512");
 constexpr int kL2KBlocks = kI / 128;  // flags per row tile: one per 128 activation columns (= L2 K block)
