@@ -132,7 +132,7 @@ test('the normal path\'s three kernels: defines (clusters, dynamic units, paddin
       assert.deepEqual([x.MM_MCAST, x.MM_DYNAMIC, x.MM_SKIP_PADDING], [undefined, 1, undefined], `${path}: no clusters, no skip, dynamic units`);
     }
     assert.equal(decodeDynamicUnits(), true);
-    assert.deepEqual([d('clustered').GG_L2_POLICY, d('round-robin').GG_L2_POLICY, d('dynamic').GG_L2_POLICY], [1, 1, 1], 'activations evict_last');
+    assert.deepEqual([d('clustered').GG_L2_POLICY, d('round-robin').GG_L2_POLICY, d('dynamic').GG_L2_POLICY], [2, 1, 1], 'activations evict_last; the clustered kernel\'s weights evict_first');
     assert.equal(megaDefines(FLASH, 'decode').GG_L2_POLICY, undefined, 'the decode body sets its own');
   });
   withEnv({ ...unset, MEGAMOE_L2_POLICY: '0' }, () => assert.equal(megaDefines(FLASH, 'normal').GG_L2_POLICY, 0));

@@ -238,7 +238,7 @@ export function megaDefines(shape: MegaMoeShape, path: MegaMoePath, weightLayout
     ...(path === 'normal' && normal === 'clustered' ? { MM_MCAST: 1 } : {}),
     ...(path !== 'normal' ? { MM_DECODE_L2_WIDE_MIN_T: decodeL2WideMinTokens() } : {}),
     ...(process.env.MEGAMOE_SMALL_T ? { MM_SMALL_T: smallTokens() } : {}),
-    ...(path === 'normal' ? { GG_L2_POLICY: normalL2Policy() } : {}),
+    ...(path === 'normal' ? { GG_L2_POLICY: normalL2Policy(normal) } : {}),
     ...(fit ? { MM_FIT_PAIRS: fitPairsRule() } : {}),
     ...(path === 'normal' && normal === 'dynamic' && announceWanted() ? { MM_ANNOUNCE: 1 } : {}),
     ...(path === 'normal' && normal === 'dynamic' && skipPaddingWanted() ? { MM_SKIP_PADDING: 1 } : {}),
@@ -270,19 +270,21 @@ function tuningKnob(name: string, fallback: number, min: number, max: number, in
 
 /**
  * Normal path: the L2 eviction policy of its TMA loads (gemm/grouped.cuh GG_L2_POLICY): 0 both operands
- * evict_normal (the unfused GEMM's), 1 (default) the activation tiles and their scales evict_last, 2 also the weights
- * evict_first. Measured in docs/MEGA_MOE.md: 1 is up to 3.9% faster than 0 at flash T = 4096-16384 and pro 4096 / 8192
- * (even at flash 8192); 2 is faster at some T, slower than 1 at others. MEGAMOE_L2_POLICY overrides (A/B runs).
+ * evict_normal (the unfused GEMM's), 1 the activation tiles and their scales evict_last (default), 2 also the weights
+ * evict_first (the clustered kernel's default). Measured in docs/MEGA_MOE.md: 1 is up to 3.9% faster than 0 at flash
+ * T = 4096-16384 and pro 4096 / 8192; 2 is 0.8-1.4% faster than 1 at flash T = 12288 (clustered) in two runs, even at
+ * 8192 and 16384. MEGAMOE_L2_POLICY overrides for every kernel (A/B runs).
  */
-export function normalL2Policy(): number {
-  return tuningKnob('MEGAMOE_L2_POLICY', 1, 0, 2);
+export function normalL2Policy(kernel: MegaNormalKernel = 'round-robin'): number {
+  return tuningKnob('MEGAMOE_L2_POLICY', kernel === 'clustered' ? 2 : 1, 0, 2);
 }
 
 /**
  * The dynamic normal kernel: whether its producer hands each unit's weight scales to the consumers through shared
  * memory with the unit (mega_moe.cu MM_ANNOUNCE; default yes), or each consumer loads them itself
- * (MEGAMOE_ANNOUNCE=0, A/B runs). Measured in docs/MEGA_MOE.md: 1.9% faster at pro T = 8192, even at flash
- * T = 3072 and pro 4096; the round-robin and clustered kernels run without it (even, and 1.5% slower).
+ * (MEGAMOE_ANNOUNCE=0, A/B runs). Measured in docs/MEGA_MOE.md: 0.1-1.9% faster at pro T = 8192 (two runs), 0.3-0.9%
+ * at flash 2600 / 3072, within 0.3% at pro 4096 / 6144; the round-robin and clustered kernels run without it (even,
+ * and 1.5% slower).
  */
 export function announceWanted(): boolean {
   return tuningKnob('MEGAMOE_ANNOUNCE', 1, 0, 1) === 1;
