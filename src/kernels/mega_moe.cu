@@ -28,7 +28,9 @@
 // (units from a grid-wide counter),
 // MM_STAGES (decode: the ring's stages; normal: L2's), MM_L1_STAGES (normal: L1's), MM_WTILED (weight layout, as
 // GG_WTILED), MM_MCAST (normal path: 1 = 2-CTA clusters whose pairs of row tiles of one expert fetch half of each
-// weight tile and multicast it, as the unfused GEMM's GG_MCAST 1), MM_SMEM_BYTES and MM_PARAMS_BYTES (the TypeScript
+// weight tile and multicast it, as the unfused GEMM's GG_MCAST 1; MM_FIT_PAIRS: those pairs fitted to each expert's
+// rows), MM_ANNOUNCE (normal path: units and their weight scales announced in shared memory), MM_SMEM_BYTES and
+// MM_PARAMS_BYTES (the TypeScript
 // plan's shared memory and parameter-struct sizes: a drift fails the compile).
 #include "common.cuh"
 #include "gemm/ptx.cuh"

@@ -94,7 +94,7 @@ __device__ __forceinline__ int* unit_slots() {
   __shared__ int slots[kUnitSlots];
   return slots;
 }
-// Announced units (dynamic scheduling, and the fused kernel's fitted pairs): the producer resolves each unit (row
+// Announced units (dynamic scheduling, the fused kernel's fitted pairs, Sync::kAnnounces): the producer resolves each unit (row
 // tile, N tile, expert, ...) and leaves it here, in the slot of the unit's position, before its first stage's
 // arrive; the consumers read it once that stage is full, so the dependent loads of the resolution stay off their
 // path (fitted pairs measured 1-2% slower with each consumer resolving its units itself: docs/MEGA_MOE.md).
@@ -145,8 +145,7 @@ __device__ __forceinline__ void end_dynamic_gemm(Ring& ring, const RingBars<kSta
 // arrivals), and a CTA whose own tile is dead (-1 or past *num_m_tiles) still passes through the stages.
 // With Sync::kFitsPairs (kMcast 1), a pair's units follow the expert's rows instead (Sync::pair_slot): two full row
 // tiles of an expert share the weight tile as above, while a tile left over or mostly padding goes to both CTAs with
-// alternate N tiles (no multicast), so neither CTA of a pair waits on the other's larger tile (with the padding
-// skip, both skip the same half).
+// alternate N tiles (no multicast), so no pair straddles two experts or waits on its larger tile.
 // kStore = 1: the bf16 tile is staged in shared memory (128B-swizzled, conflict-free) and written by TMA stores
 // (needs tmap_d: bf16 [m_cap, N], box 64 x 64, 128B swizzle); 0: direct 4-byte stores from registers.
 // ==================================================================================================================
@@ -411,7 +410,7 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
         continue;
       }
 
-      // This tile's weight-scale rows: from global memory, or the unit's slot (the announcement before this one).
+      // This tile's weight-scale rows: from global memory, or (announced with their copy) the unit's scale slot.
       const float* sb_row0 = sfb_row(g, nt, 0);
       const float* sb_row1 = sfb_row(g, nt, 1);
       const u32 sfb_s0 = kSfbSmem ? smem_addr(sfb_slots<kKB>() + ((ring.seq - 1) & 1) * 2 * kKB) : 0u;
