@@ -225,16 +225,19 @@ function hcParams(rng: Rng, mix: number, W: number, scales: number): { fn: Float
  * (a scratch with room for the rows; pro's 4D = 28672 is 28 chunks of 1024, tiny's 512 half of one). Every check runs
  * on both, and past 16 rows also with a 16-row scratch (too small: the one-block path again).
  */
-type HcPath = { path: string; mixScratch?: DeviceTensor<'F64'>; tokensPerBlock?: 1 | 2 | 4; mixRowsPerBlock?: 1 | 2 | 4 | 8 };
+type HcPath = { path: string; mixScratch?: DeviceTensor<'F64'>; tokensPerBlock?: 1 | 2 | 4; mixRowsPerBlock?: 1 | 2 | 4 | 8; mixTiled?: boolean };
 function hcPaths(D: number, T: number): HcPath[] {
   const paths: HcPath[] = [
-    { path: 'one block per token', tokensPerBlock: 1 }, { path: 'split', mixScratch: allocHcMixScratch(4, D, HC_SPLIT_MAX_ROWS) },
+    // split up to HC_SPLIT_MAX_ROWS rows, tiled (f64 tensor cores, 32-row tiles) above: the default with a scratch
+    { path: T <= HC_SPLIT_MAX_ROWS ? 'split' : 'tiled', mixScratch: allocHcMixScratch(4, D, Math.max(T, HC_SPLIT_MAX_ROWS)) },
+    { path: 'one block per token', tokensPerBlock: 1 },
     // the one-block path with 2 / 4 rows per block (the default from 133 / 265 rows), the last block partial where T is odd
     { path: '2 rows per block', tokensPerBlock: 2 }, { path: '4 rows per block', tokensPerBlock: 4 },
     // the split path's mix kernel with 4 rows per block (the default: hcMixRowsPerBlock), a partial block at T 1..3
     { path: 'split, 4 rows per mix block', mixScratch: allocHcMixScratch(4, D, HC_SPLIT_MAX_ROWS), mixRowsPerBlock: 4 },
   ];
   if (T > 16) paths.push({ path: 'scratch of 16 rows', mixScratch: allocHcMixScratch(4, D, 16) });
+  if (T <= HC_SPLIT_MAX_ROWS) paths.push({ path: 'tiled (forced)', mixScratch: allocHcMixScratch(4, D, T), mixTiled: true });
   return paths;
 }
 
@@ -264,9 +267,9 @@ for (const [label, D, T] of [['tiny', 128, 37], ['flash', 4096, 8], ['flash', 40
       const wy = new Float32Array(T * D); const wpost = new Float32Array(T * hc); const wcomb = new Float32Array(T * hc * hc);
       hcMix(Hs, mixAll, T, hc, D, p, iters, HC_EPS, NORM_EPS, wy, wpost, wcomb);
 
-      for (const { path, mixScratch, tokensPerBlock, mixRowsPerBlock } of paths) {
+      for (const { path, mixScratch, tokensPerBlock, mixRowsPerBlock, mixTiled } of paths) {
         post.buffer.memset8(0); comb.buffer.memset8(0); y.buffer.memset8(0);
-        ops.hcPre(dHs, dp, { post, comb, y }, { normEps: NORM_EPS, hcEps: HC_EPS, sinkhornIters: iters, mixScratch, tokensPerBlock, mixRowsPerBlock });
+        ops.hcPre(dHs, dp, { post, comb, y }, { normEps: NORM_EPS, hcEps: HC_EPS, sinkhornIters: iters, mixScratch, tokensPerBlock, mixRowsPerBlock, mixTiled });
         assertSameBits(`hc_pre ${label} T ${T} ${path} post`, downF32(post), wpost);
         assertSameBits(`hc_pre ${label} T ${T} ${path} comb`, downF32(comb), wcomb);
         assertSameBits(`hc_pre ${label} T ${T} ${path} y`, downBF16(y), wy);
@@ -290,10 +293,10 @@ for (const [label, D, T] of [['tiny', 128, 37], ['flash', 4096, 8], ['flash', 40
       for (const pow2 of [true, false]) {
         const sc = new QuantScratch();
         actQuant(wn, T, D, pow2, sc);
-        for (const { path, mixScratch, tokensPerBlock, mixRowsPerBlock } of paths) {
+        for (const { path, mixScratch, tokensPerBlock, mixRowsPerBlock, mixTiled } of paths) {
           const act = allocFp8Activations(T, D, pow2);
           try {
-            ops.hcPre(dHs, dp, { post, comb, y }, { normEps: NORM_EPS, hcEps: HC_EPS, sinkhornIters: iters, normWeight: dNorm, quant: act, mixScratch, tokensPerBlock, mixRowsPerBlock });
+            ops.hcPre(dHs, dp, { post, comb, y }, { normEps: NORM_EPS, hcEps: HC_EPS, sinkhornIters: iters, normWeight: dNorm, quant: act, mixScratch, tokensPerBlock, mixRowsPerBlock, mixTiled });
             assertSameBits(`hc_pre+norm ${label} T ${T} ${path}`, downBF16(y), wn);
             assertQuant(`hc_pre+norm+quant ${label} T ${T} ${path} pow2 ${pow2}`, act, T, D, sc);
           } finally { act.q.dispose(); act.sf.dispose(); }
@@ -328,15 +331,15 @@ for (const [label, D, T] of [['tiny', 128, 37], ['flash', 4096, 8], ['flash', 40
       const src = Int32Array.of(T - 1, 0, Math.floor(T / 2), T + 5);
       using dSrc = upI32(src);
       using y2 = DeviceTensor.zeros('BF16', [src.length, D]);
-      for (const { path, mixScratch, tokensPerBlock, mixRowsPerBlock } of paths) {
+      for (const { path, mixScratch, tokensPerBlock, mixRowsPerBlock, mixTiled } of paths) {
         const what = `${label} T ${T} ${path}`;
         y.buffer.memset8(0);
-        ops.hcHead(dHs, dp, y, { normEps: NORM_EPS, hcEps: HC_EPS, mixScratch, tokensPerBlock, mixRowsPerBlock });
+        ops.hcHead(dHs, dp, y, { normEps: NORM_EPS, hcEps: HC_EPS, mixScratch, tokensPerBlock, mixRowsPerBlock, mixTiled });
         assertSameBits(`hc_head ${what}`, downBF16(y), wy);
-        ops.hcHead(dHs, dp, y, { normEps: NORM_EPS, hcEps: HC_EPS, normWeight: dNorm, mixScratch, tokensPerBlock, mixRowsPerBlock });
+        ops.hcHead(dHs, dp, y, { normEps: NORM_EPS, hcEps: HC_EPS, normWeight: dNorm, mixScratch, tokensPerBlock, mixRowsPerBlock, mixTiled });
         assertSameBits(`hc_head+norm ${what}`, downBF16(y), wn);
         y2.buffer.memset8(0);
-        ops.hcHead(dHs, dp, y2, { normEps: NORM_EPS, hcEps: HC_EPS, srcRows: dSrc, mixScratch, tokensPerBlock, mixRowsPerBlock });
+        ops.hcHead(dHs, dp, y2, { normEps: NORM_EPS, hcEps: HC_EPS, srcRows: dSrc, mixScratch, tokensPerBlock, mixRowsPerBlock, mixTiled });
         const g2 = downBF16(y2);
         for (let i = 0; i < 3; i++) assertSameBits(`hc_head gather ${what} row ${i}`, g2.subarray(i * D, (i + 1) * D), wy.subarray(src[i] * D, (src[i] + 1) * D));
         assert.ok(g2.subarray(3 * D).every((v) => Number.isNaN(v)), `${what}: an out-of-range source row gives NaN, not a read out of bounds`);

@@ -76,14 +76,30 @@ export function hcMixRowsPerBlock(rows: number, force?: 1 | 2 | 4 | 8): number {
 /** Column chunks of the split mixing logits for hidden size D. */
 function hcMixChunks(hc: number, D: number): number { return Math.ceil((hc * D) / HC_MIX_COLS); }
 
+const HC_TILE_ROWS = 32;    // model_ops.cu kTileRows: rows per block of the tiled mixing logits
+const HC_TILE_COLS = 64;    // model_ops.cu kTileCols: columns per stage (a chunk is a multiple)
+const HC_TILE_THREADS = 256; // model_ops.cu kTileThreads
+
 /**
- * The f64 scratch of the split mixing logits (per-chunk partial sums, [rows, chunks, (2 + hc) * hc + 1]) for up to
- * min(maxRows, HC_SPLIT_MAX_ROWS) rows of hidden size D: allocate it once with the other per-call buffers and pass it
- * as HcOptions.mixScratch to both hcPre and hcHead (calls on one stream may share it).
+ * Column chunks of the tiled mixing logits (mo_hc_*_mix_tiled) for `rows` rows: enough (rows / 32) x chunks blocks
+ * for two per SM, at most the split path's chunk count (the scratch's second dimension), chunks a multiple of 64
+ * columns. Returns the chunk count and its width.
+ */
+export function hcTiledChunks(hc: number, D: number, rows: number): { chunks: number; cols: number } {
+  const W = hc * D;
+  const want = Math.min(hcMixChunks(hc, D), Math.max(1, Math.ceil((2 * ROW_OPS_SMS) / Math.ceil(rows / HC_TILE_ROWS))));
+  const cols = Math.ceil(W / want / HC_TILE_COLS) * HC_TILE_COLS;
+  return { chunks: Math.ceil(W / cols), cols };
+}
+
+/**
+ * The f64 scratch of the split / tiled mixing logits (per-chunk partial sums, [rows, chunks, (2 + hc) * hc + 1]) for
+ * up to maxRows rows of hidden size D (13 MB for 4096 rows at flash): allocate it once with the other per-call
+ * buffers and pass it as HcOptions.mixScratch to both hcPre and hcHead (calls on one stream may share it).
  */
 export function allocHcMixScratch(hc: number, D: number, maxRows: number, stream?: StreamLike): DeviceTensor<'F64'> {
   checkCount('allocHcMixScratch', 'maxRows', maxRows, 1, 2 ** 24, 'pass the most rows one call runs');
-  return DeviceTensor.empty('F64', [Math.min(maxRows, HC_SPLIT_MAX_ROWS), hcMixChunks(hc, D), (2 + hc) * hc + 1], { stream });
+  return DeviceTensor.empty('F64', [maxRows, hcMixChunks(hc, D), (2 + hc) * hc + 1], { stream });
 }
 
 export interface HcOptions {
@@ -104,10 +120,14 @@ export interface HcOptions {
   /** Output rows (default: srcRows' length, else hs's rows). */
   rows?: number;
   /**
-   * allocHcMixScratch's buffer: up to its rows (at most HC_SPLIT_MAX_ROWS) the mixing logits are split over many
-   * blocks (mo_hc_*_mix, then the per-token kernel); more rows, or none given, run one block per token. Same results.
+   * allocHcMixScratch's buffer: up to its rows the mixing logits run first as their own kernel, then the per-token
+   * kernel adds their partials: up to HC_SPLIT_MAX_ROWS split over (column chunks, logit groups, rows) blocks
+   * (mo_hc_*_mix), above that in 32-row tiles on the f64 tensor cores (mo_hc_*_mix_tiled). More rows than the
+   * scratch holds, or none given, run one block per token. Same results up to the order of exact f64 additions.
    */
   mixScratch?: DeviceTensor<'F64'>;
+  /** Tests: the tiled mixing logits at any row count the scratch holds (default: from HC_SPLIT_MAX_ROWS + 1 rows). */
+  mixTiled?: boolean;
   /** Output rows per block of the one-block-per-token path (tests; default hcTokensPerBlock). Same results. */
   tokensPerBlock?: 1 | 2 | 4;
   /** Rows per block of the split path's mix kernel (tests; default hcMixRowsPerBlock). Same results. */
@@ -370,10 +390,20 @@ export class GpuRowOps {
     if (rows === 0) return;
     const D = hs.shape[2];
     const hc = this.hcMult;
-    // Small T: the mixing logits over (chunks, logit groups, rows) blocks first (one block per token leaves the GPU idle).
-    const split = opts.mixScratch !== undefined && rows <= Math.min(HC_SPLIT_MAX_ROWS, opts.mixScratch.shape[0]);
-    const chunks = split ? hcMixChunks(hc, D) : 0;
-    if (split) {
+    // The mixing logits as their own kernel first, given a scratch with room: small T over (chunks, logit groups, rows)
+    // blocks (one block per token leaves the GPU idle), many rows in 32-row tiles (one block per 4 tokens re-read hc_fn).
+    const split = opts.mixScratch !== undefined && rows <= opts.mixScratch.shape[0];
+    const tiled = split && (opts.mixTiled ?? rows > HC_SPLIT_MAX_ROWS);
+    let chunks = 0;
+    if (tiled) {
+      const t = hcTiledChunks(hc, D, rows);
+      chunks = t.chunks;
+      this.kernel(`${entry}_mix_tiled`).launch({ grid: [chunks, Math.ceil(rows / HC_TILE_ROWS)], block: HC_TILE_THREADS, stream: opts.stream }, [
+        hs, p.fn, arg.i32(D), arg.ptr(opts.srcRows ?? null), arg.i32(hs.shape[0]), opts.mixScratch as DeviceTensor<'F64'>,
+        arg.i32(rows), arg.i32(t.cols),
+      ]);
+    } else if (split) {
+      chunks = hcMixChunks(hc, D);
       const mix = entry === 'mo_hc_pre' ? (2 + hc) * hc : hc;
       const rpb = hcMixRowsPerBlock(rows, opts.mixRowsPerBlock);
       this.kernel(`${entry}_mix`).launch({ grid: [chunks, Math.ceil(mix / HC_MIX_LOGITS), Math.ceil(rows / rpb)], block: HC_MIX_THREADS, stream: opts.stream }, [

@@ -24,6 +24,8 @@
 // chunk order: one block per token leaves one SM to read all of hc_fn); mo_hc_post one thread per (token, 8
 // columns); mo_rope (one block per row, several at few rows) with the row's cos / sin in shared memory. Shapes are launch arguments (one
 // compiled variant), except the stream count MO_HC (V4: 4), which sizes the per-thread accumulators.
+#include <mma.h>
+
 #include "common.cuh"
 #include "model/row_ops.cuh"
 
@@ -365,6 +367,127 @@ __device__ __forceinline__ void hc_mix_entry(const mo::u16* __restrict__ hs, con
   else hc_mix_body<kHead, 1>(hs, fn, D, src_rows, hs_rows, part, rows);
 }
 
+// The tiled mixing logits for many rows (mo_hc_pre_mix_tiled / mo_hc_head_mix_tiled, prefill chunks): block
+// (chunk, z) takes rows z * kTileRows .. + kTileRows - 1 and columns [chunk * chunk_cols, + chunk_cols) of the 4D
+// row, all kMix logits, on the f64 tensor cores (WMMA m8n8k4: rows are M, logits N, columns K). Each 64-column stage
+// is converted once into shared memory (x bf16 -> f64, the weights f32 -> f64: exact), so a block reads its slice
+// of hc_fn once for 32 rows and converts every value once; the one-block path re-read hc_fn per 4 rows and converted
+// x once per pass of 8 logits (274 us per 2048-row call at flash, docs/GPU-MODEL.md). Warp w takes m-tile w % 4 and
+// the k-steps of parity w / 4; the two halves are added at the end, then part[r, chunk, j] is written as the split
+// kernel's (hc_body adds the chunks in ascending order). The f64 sums run in another fixed order than the other two
+// paths (so: run-to-run identical; against the CPU equal up to the order of exact-product f64 additions, far below the
+// f32 rounding that follows, as those paths are). Squares: thread t sums x^2 of row t / 8, columns 8 (t % 8) + 64 s
+// (s the stage, ascending), then the 8 threads of a row in order.
+constexpr int kTileRows = 32;
+constexpr int kTileCols = 64;
+constexpr int kTileThreads = 256;
+constexpr int kTileLd = kTileCols + 4;  // doubles per shared row: 16-byte multiple (WMMA ldm), rows 2 banks apart
+
+template <bool kHead>
+__device__ __forceinline__ void hc_mix_tiled_body(const mo::u16* __restrict__ hs, const float* __restrict__ fn, int D,
+                                                  const int* __restrict__ src_rows, int hs_rows, double* __restrict__ part,
+                                                  int rows, int chunk_cols) {
+  using namespace nvcuda;
+  constexpr int kMix = kHead ? kHc : kMixPre;
+  constexpr int kNV = kMix + 1;
+  constexpr int kNT = (kMix + 7) / 8;  // n-tiles of 8 logits
+  constexpr int kNPad = kNT * 8;
+  constexpr int kW4 = kMix * kTileCols / 4;  // float4 loads of a stage's weights
+  constexpr int kWPer = (kW4 + kTileThreads - 1) / kTileThreads;
+  static_assert(kTileRows * kTileCols / 8 == kTileThreads, "one 8-column x load per thread and stage");
+  static_assert(2 * kTileRows * kNPad <= kTileRows * kTileLd, "the accumulators fit the x tile's shared memory");
+  alignas(32) __shared__ double xs[kTileRows * kTileLd];
+  alignas(32) __shared__ double ws[kNPad * kTileLd];
+  __shared__ double sq[kTileRows][8];
+  const int tid = threadIdx.x;
+  const int warp = tid >> 5;
+  const int W = kHc * D;
+  const int r0 = blockIdx.y * kTileRows;
+  const int c_begin = blockIdx.x * chunk_cols;
+  const int c_end = min(W, c_begin + chunk_cols);
+  // this thread's x slot: row xr of the tile, columns xc .. xc + 7 of each stage
+  const int xr = tid >> 3;
+  const int xc = (tid & 7) * 8;
+  bool bad;  // unused: hc_body makes a bad row's logits NaN
+  const mo::u16* xrow = r0 + xr < rows ? hs + (size_t)hc_src_row(src_rows, r0 + xr, hs_rows, bad) * W : nullptr;
+  for (int i = tid; i < (kNPad - kMix) * kTileLd; i += kTileThreads) ws[kMix * kTileLd + i] = 0.0;  // padding logits
+
+  uint4 xv;
+  float4 wv[kWPer];
+  auto load_stage = [&](int c0) {
+    const int c = c0 + xc;
+    xv = xrow && c < c_end ? __ldg(reinterpret_cast<const uint4*>(xrow + c)) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int k = 0; k < kWPer; k++) {
+      const int i = tid + k * kTileThreads;
+      const int l = i / (kTileCols / 4);
+      const int cc = c0 + (i - l * (kTileCols / 4)) * 4;
+      wv[k] = i < kW4 && cc < c_end ? __ldg(reinterpret_cast<const float4*>(fn + (size_t)l * W + cc)) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+  };
+
+  wmma::fragment<wmma::accumulator, 8, 8, 4, double> acc[kNT];
+#pragma unroll
+  for (int n = 0; n < kNT; n++) wmma::fill_fragment(acc[n], 0.0);
+  const int mt = warp & 3;
+  const int kpar = warp >> 2;
+  double ssq = 0.0;
+  load_stage(c_begin);
+  for (int c0 = c_begin; c0 < c_end; c0 += kTileCols) {
+    __syncthreads();  // the previous stage's MMAs are done with xs / ws
+    {
+      float f[8];
+      mo::unpack8(xv, f);
+      ssq = sumsq8_f64(f, ssq);
+      double* dst = xs + xr * kTileLd + xc;
+#pragma unroll
+      for (int i = 0; i < 8; i++) dst[i] = (double)f[i];
+#pragma unroll
+      for (int k = 0; k < kWPer; k++) {
+        const int i = tid + k * kTileThreads;
+        if (i < kW4) {
+          const int l = i / (kTileCols / 4);
+          double* wd = ws + l * kTileLd + (i - l * (kTileCols / 4)) * 4;
+          wd[0] = (double)wv[k].x; wd[1] = (double)wv[k].y; wd[2] = (double)wv[k].z; wd[3] = (double)wv[k].w;
+        }
+      }
+    }
+    __syncthreads();
+    if (c0 + kTileCols < c_end) load_stage(c0 + kTileCols);  // the next stage's loads in flight during the MMAs
+#pragma unroll
+    for (int ks = kpar; ks < kTileCols / 4; ks += 2) {
+      wmma::fragment<wmma::matrix_a, 8, 8, 4, double, wmma::row_major> a;
+      wmma::load_matrix_sync(a, xs + mt * 8 * kTileLd + ks * 4, kTileLd);
+#pragma unroll
+      for (int n = 0; n < kNT; n++) {
+        wmma::fragment<wmma::matrix_b, 8, 8, 4, double, wmma::col_major> b;  // (k, n) = ws[n * ld + k]
+        wmma::load_matrix_sync(b, ws + n * 8 * kTileLd + ks * 4, kTileLd);
+        wmma::mma_sync(acc[n], a, b, acc[n]);
+      }
+    }
+  }
+  __syncthreads();
+  double* red = xs;  // [2][kTileRows][kNPad]: the two k parities' sums
+#pragma unroll
+  for (int n = 0; n < kNT; n++) wmma::store_matrix_sync(red + (kpar * kTileRows + mt * 8) * kNPad + n * 8, acc[n], kNPad, wmma::mem_row_major);
+  sq[xr][tid & 7] = ssq;
+  __syncthreads();
+  for (int k = tid; k < kTileRows * kNV; k += kTileThreads) {
+    const int r = k / kNV;
+    const int j = k - r * kNV;
+    if (r0 + r >= rows) continue;
+    double v;
+    if (j < kMix) {
+      v = red[r * kNPad + j] + red[(kTileRows + r) * kNPad + j];
+    } else {
+      v = 0.0;
+#pragma unroll
+      for (int t = 0; t < 8; t++) v += sq[r][t];
+    }
+    part[((size_t)(r0 + r) * gridDim.x + blockIdx.x) * kNV + j] = v;
+  }
+}
+
 // pre_j / the head's weights: fround(fround(sigmoid(fround(fround(m * scale) + base))) + hc_eps).
 __device__ __forceinline__ float pre_weight(float m, float scale, float base, double hc_eps) {
   const float z = __fadd_rn(__fmul_rn(m, scale), base);
@@ -682,6 +805,20 @@ extern "C" __global__ void __launch_bounds__(kMixThreads) mo_hc_pre_mix(MO_HC_MI
 
 extern "C" __global__ void __launch_bounds__(kMixThreads) mo_hc_head_mix(MO_HC_MIX_PARAMS) {
   hc_mix_entry<true>(hs, fn, D, src_rows, hs_rows, part, rows, rpb);
+}
+
+// The tiled mixing logits ahead of mo_hc_pre / mo_hc_head (many rows): grid (ceil(4D / chunk_cols),
+// ceil(rows / kTileRows)), kTileThreads threads, chunk_cols a multiple of kTileCols; part f64 [rows, gridDim.x, kMix + 1].
+#define MO_HC_MIX_TILED_PARAMS                                                                                    \
+  const mo::u16 *__restrict__ hs, const float *__restrict__ fn, int D, const int *__restrict__ src_rows,           \
+      int hs_rows, double *__restrict__ part, int rows, int chunk_cols
+
+extern "C" __global__ void __launch_bounds__(kTileThreads) mo_hc_pre_mix_tiled(MO_HC_MIX_TILED_PARAMS) {
+  hc_mix_tiled_body<false>(hs, fn, D, src_rows, hs_rows, part, rows, chunk_cols);
+}
+
+extern "C" __global__ void __launch_bounds__(kTileThreads) mo_hc_head_mix_tiled(MO_HC_MIX_TILED_PARAMS) {
+  hc_mix_tiled_body<true>(hs, fn, D, src_rows, hs_rows, part, rows, chunk_cols);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

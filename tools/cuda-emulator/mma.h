@@ -1,11 +1,12 @@
 // The emulator's <mma.h>: the subset of CUDA's warp matrix API (nvcuda::wmma) the attention-side kernels use
-// (fragments, fill / load / store / mma_sync; tested with s8 x s8 -> s32). Each thread of the warp holds the WHOLE tile in its fragment and
+// (fragments, fill / load / store / mma_sync; s8 x s8 -> s32 and f64 m8n8k4). Each thread of the warp holds the WHOLE tile in its fragment and
 // does the whole operation itself (the GPU spreads it over the lanes in an unspecified layout; kernels must not rely
 // on that layout, and these do not touch fragment elements). The documented requirements are checked: 256-bit
 // aligned pointers, ldm a multiple of 16 bytes.
 #pragma once
 #include <cstdint>
 #include <cstdio>
+#include <cmath>
 #include <cstdlib>
 #include <type_traits>
 
@@ -68,6 +69,20 @@ inline void mma_sync(fragment<accumulator, M, N, K, TC, void>& d, const fragment
       uint32_t s = static_cast<uint32_t>(c.x[m * N + n]);
       for (int k = 0; k < K; k++) s += static_cast<uint32_t>(static_cast<int>(a.x[m * K + k]) * static_cast<int>(b.x[k * N + n]));
       out[m * N + n] = static_cast<TC>(s);
+    }
+  for (int i = 0; i < M * N; i++) d.x[i] = out[i];
+}
+// d = a b + c in f64 (m8n8k4): per element one fma chain over k from c (the GPU's order inside a step is unspecified;
+// kernels must not depend on it)
+template <int M, int N, int K, typename LA, typename LB>
+inline void mma_sync(fragment<accumulator, M, N, K, double, void>& d, const fragment<matrix_a, M, N, K, double, LA>& a,
+                     const fragment<matrix_b, M, N, K, double, LB>& b, const fragment<accumulator, M, N, K, double, void>& c) {
+  double out[M * N];
+  for (int m = 0; m < M; m++)
+    for (int n = 0; n < N; n++) {
+      double s = c.x[m * N + n];
+      for (int k = 0; k < K; k++) s = std::fma(a.x[m * K + k], b.x[k * N + n], s);
+      out[m * N + n] = s;
     }
   for (int i = 0; i < M * N; i++) d.x[i] = out[i];
 }
