@@ -19,18 +19,26 @@ const skip = gpuSkipReason();
 const VOCAB = 1024;
 const toks = (seed: number, n: number) => Array.from({ length: n }, (_, i) => (seed * 7919 + i * 104729 + ((i * i) % 13)) % VOCAB);
 
-test('GPU model step: mega_moe in every layer == the unfused backend, logits bit for bit (tiny, 3 layers)', { skip, timeout: 900_000 }, async () => {
+test('GPU model step: mega_moe in every layer, and auto (fused from 20 rows), == the unfused backend, logits bit for bit (tiny, 3 layers)', { skip, timeout: 900_000 }, async () => {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'megamoe-gpu-mega-'));
   const dir = path.join(tmp, 'tiny');
   makeModelCheckpointSync({ preset: 'tiny', layers: 3, expertDtype: 'fp8', seed: 13, out: dir, overrides: { vocab_size: VOCAB, hidden_size: 256 } });
   const cpu = await DeepSeekV4Model.load(dir);
   const models: GpuModel[] = [];
   try {
-    for (const moeBackend of ['unfused', 'mega_moe'] as const) {
-      models.push(await GpuModel.create(cpu.weights, {
-        maxSequences: 2, maxRows: 64, maxItems: 2, maxLogitRows: 64, maxContext: 256, blockRows: 16,
-        cacheBytes: 2 ** 28, memoryFraction: 1, maxBlocksPerKind: 32, moeBackend,
-      }));
+    // auto with its threshold at 20 rows: calls 0 and 1 (40 and 25 rows) on the fused kernel, the decodes unfused.
+    // Every fused layer of a model shares one symmetric buffer (MegaMoeShared).
+    const prevMin = process.env.MEGAMOE_MODEL_MEGA_MIN_ROWS;
+    process.env.MEGAMOE_MODEL_MEGA_MIN_ROWS = '20';
+    try {
+      for (const moeBackend of ['unfused', 'mega_moe', 'auto'] as const) {
+        models.push(await GpuModel.create(cpu.weights, {
+          maxSequences: 2, maxRows: 64, maxItems: 2, maxLogitRows: 64, maxContext: 256, blockRows: 16,
+          cacheBytes: 2 ** 28, memoryFraction: 1, maxBlocksPerKind: 32, moeBackend,
+        }));
+      }
+    } finally {
+      if (prevMin === undefined) delete process.env.MEGAMOE_MODEL_MEGA_MIN_ROWS; else process.env.MEGAMOE_MODEL_MEGA_MIN_ROWS = prevMin;
     }
     const seqs = models.map((m) => [m.createSequence(), m.createSequence()] as GpuSequence[]);
     const calls: Array<Array<{ s: number; tokens: number[] }>> = [
@@ -44,13 +52,15 @@ test('GPU model step: mega_moe in every layer == the unfused backend, logits bit
       for (const [m, model] of models.entries()) {
         out.push(await model.forward(call.map((it) => ({ seq: seqs[m][it.s], tokens: it.tokens })), { allLogits: true }));
       }
-      for (const [i, a] of out[0].entries()) {
-        const b = out[1][i];
-        assert.equal(a.length, b.length);
-        let differ = 0;
-        for (let j = 0; j < a.length; j++) if (!Object.is(a[j], b[j])) differ++;
-        assert.equal(differ, 0, `call ${c} item ${i}: ${differ} of ${a.length} logits differ between mega_moe and unfused`);
-        assert.ok(b.every(Number.isFinite), `call ${c} item ${i}: non-finite logits`);
+      for (const [m, name] of [[1, 'mega_moe'], [2, 'auto']] as const) {
+        for (const [i, a] of out[0].entries()) {
+          const b = out[m][i];
+          assert.equal(a.length, b.length);
+          let differ = 0;
+          for (let j = 0; j < a.length; j++) if (!Object.is(a[j], b[j])) differ++;
+          assert.equal(differ, 0, `call ${c} item ${i}: ${differ} of ${a.length} logits differ between ${name} and unfused`);
+          assert.ok(b.every(Number.isFinite), `call ${c} item ${i}: non-finite logits (${name})`);
+        }
       }
     }
   } finally {

@@ -42,6 +42,67 @@ export function megaPath(tokens: number, shape: Pick<UnfusedShape, 'topK' | 'exp
   return within(decode32) ? 'decode32' : within(decode64) ? 'decode64' : mode;
 }
 
+function allocMegaIo(maxTokens: number, H: number, K: number, keep: <T extends { dispose(): void }>(t: T) => T): UnfusedIo {
+  return {
+    x: keep(DeviceTensor.zeros('BF16', [maxTokens, H])),
+    ids: keep(DeviceTensor.zeros('I64', [maxTokens, K])),
+    weights: keep(DeviceTensor.zeros('F32', [maxTokens, K])),
+    yRouted: keep(DeviceTensor.zeros('BF16', [maxTokens, H])),
+    y: keep(DeviceTensor.zeros('BF16', [maxTokens, H])),
+  };
+}
+
+/**
+ * One symmetric buffer and io for many fused layers of one shape on one GPU (a model's layers: they run one after
+ * another on one stream). The buffer is scratch between launches, and every launch's flags carry the epoch kept in
+ * its control block, which all sharers bump, so no layer can take another's stale flag for its own. A buffer is
+ * hundreds of MB at flash for a prefill chunk (`megamoe info` reports it): one per layer would not fit a whole model.
+ * The owner (the model's layer context) disposes it after the layers.
+ */
+export class MegaMoeShared {
+  readonly layout: MegaBufferLayout;
+  readonly buffer: DeviceBuffer;
+  readonly io: UnfusedIo;
+  readonly maxTokens: number;
+  private readonly owned: Array<{ dispose(): void }>;
+  disposed = false;
+
+  private constructor(layout: MegaBufferLayout, buffer: DeviceBuffer, io: UnfusedIo, maxTokens: number, owned: Array<{ dispose(): void }>) {
+    this.layout = layout; this.buffer = buffer; this.io = io; this.maxTokens = maxTokens; this.owned = owned;
+  }
+
+  static create(shape: { hidden: number; inter: number; experts: number; topK: number }, maxTokens: number): MegaMoeShared {
+    ensureContext();
+    const layout = megaBufferLayout(shape, maxTokens, 1);
+    const owned: Array<{ dispose(): void }> = [];
+    const keep = <T extends { dispose(): void }>(o: T): T => { owned.push(o); return o; };
+    try {
+      let buffer: DeviceBuffer;
+      try {
+        buffer = keep(DeviceBuffer.alloc(layout.totalBytes));
+      } catch (err) {
+        throw new GuardError('TOKEN_CAPACITY', `mega_moe: the shared buffer for ${maxTokens} tokens needs ${formatBytes(layout.totalBytes)} of GPU memory and could not be allocated (${(err as Error).message})`,
+          'use fewer rows per call (maxRows / --max-num-batched-tokens) or free GPU memory');
+      }
+      buffer.memset8(0);
+      const rt = layout.regions.rankTable;
+      buffer.copyFromHost(new BigUint64Array([buffer.ptr]), { offset: rt.offset, bytes: rt.bytes });
+      const io = allocMegaIo(maxTokens, shape.hidden, shape.topK, keep);
+      ensureContext().synchronize();
+      return new MegaMoeShared(layout, buffer, io, maxTokens, owned);
+    } catch (err) {
+      for (const o of owned.reverse()) o.dispose();
+      throw err;
+    }
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    for (const o of this.owned.reverse()) o.dispose();
+  }
+}
+
 /** The fused layer on the device: symmetric buffer, io, kernel; enqueue / graph capture for T tokens. */
 export class MegaMoe {
   readonly shape: UnfusedShape;
@@ -80,7 +141,7 @@ export class MegaMoe {
    * runs every forward, with the same token count, in the same order; release it with close(ep).
    */
   static async create(weights: DeviceMoeWeights, maxTokens: number,
-    options: { ownsWeights?: boolean; ep?: SymmetricExchange } = {}): Promise<MegaMoe> {
+    options: { ownsWeights?: boolean; ep?: SymmetricExchange; shared?: MegaMoeShared } = {}): Promise<MegaMoe> {
     const shape = weights.shape;
     if (!(Number.isInteger(maxTokens) && maxTokens >= 1)) {
       throw new GuardError('BAD_INPUT', `mega_moe: max tokens ${maxTokens} is not a positive integer`, 'prepare with maxTokens >= 1');
@@ -94,6 +155,14 @@ export class MegaMoe {
     const layout = megaBufferLayout({ hidden: H, inter: shape.inter, experts: shape.experts, topK: K }, maxTokens, ep?.worldSize ?? 1);
     const owned: Array<{ dispose(): void }> = [];
     const keep = <T extends { dispose(): void }>(o: T): T => { owned.push(o); return o; };
+    const shared = options.shared;
+    if (shared) {
+      if (ep) throw new GuardError('BAD_INPUT', 'mega_moe: a shared symmetric buffer is for one GPU', 'give expert-parallel layers their own buffers (leave out shared)');
+      if (shared.disposed || shared.maxTokens !== maxTokens || shared.layout.totalBytes !== layout.totalBytes) {
+        throw new GuardError('BAD_INPUT', `mega_moe: the shared buffer is for ${shared.maxTokens} tokens (${formatBytes(shared.layout.totalBytes)})${shared.disposed ? ', disposed' : ''}; this layer needs ${maxTokens} (${formatBytes(layout.totalBytes)})`,
+          'share a MegaMoeShared made for the same layer shape and maxTokens');
+      }
+    }
     try {
       const stream = keep(Stream.create());
       let buffer: DeviceBuffer;
@@ -110,6 +179,8 @@ export class MegaMoe {
         }
         if (!(symmetric.local instanceof DeviceBuffer)) throw new Error('mega_moe: the symmetric buffer is not a device allocation');
         buffer = symmetric.local;
+      } else if (shared) {
+        buffer = shared.buffer;  // zeroed and its rank table written by MegaMoeShared.create
       } else {
         try {
           buffer = keep(DeviceBuffer.alloc(layout.totalBytes));
@@ -122,13 +193,7 @@ export class MegaMoe {
       const rt = layout.regions.rankTable;
       const table = symmetric ? symmetric.addressTable() : new BigUint64Array([buffer.ptr]);
       buffer.copyFromHost(table, { offset: rt.offset, bytes: rt.bytes });
-      const io: UnfusedIo = {
-        x: keep(DeviceTensor.zeros('BF16', [maxTokens, H])),
-        ids: keep(DeviceTensor.zeros('I64', [maxTokens, K])),
-        weights: keep(DeviceTensor.zeros('F32', [maxTokens, K])),
-        yRouted: keep(DeviceTensor.zeros('BF16', [maxTokens, H])),
-        y: keep(DeviceTensor.zeros('BF16', [maxTokens, H])),
-      };
+      const io: UnfusedIo = shared ? shared.io : allocMegaIo(maxTokens, H, K, keep);
       const kernel = await MegaMoeKernel.create({ hidden: H, inter: shape.inter, experts: shape.experts, topK: K }, {
         layout, base: buffer, x: io.x.buffer, ids: io.ids.buffer, weights: io.weights.buffer, yRouted: io.yRouted.buffer, y: io.y.buffer,
         w13: weights.w13, s13: weights.s13, w2: weights.w2, s2: weights.s2, weightLayout: weights.weightLayout, swigluLimit: shape.swigluLimit,

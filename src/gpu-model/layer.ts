@@ -25,7 +25,7 @@
 import { CublasLtBf16Gemm, CublasLtBf16OutGemm, cublasLtStatus, type GemmBatch } from '../cuda/cublaslt.js';
 import { DeviceTensor, ensureContext, Stream, type StreamLike } from '../cuda/index.js';
 import { DeviceMoeWeights, UnfusedMoe } from '../backends/unfused.js';
-import { MegaMoe } from '../backends/mega-moe.js';
+import { MegaMoe, MegaMoeShared } from '../backends/mega-moe.js';
 import { GROUPED_GEMM_ROW_TILE } from '../kernels/grouped-gemm.js';
 import { SkinnyBf16Gemm, skinnyBf16Supported } from '../kernels/bf16-skinny.js';
 import { Router } from '../kernels/routing.js';
@@ -108,6 +108,7 @@ export class GpuLayerContext implements Disposable {
   /** Compiles in flight or done, by shape (concurrent callers share one compile). */
   private readonly linears = new Map<string, Promise<DenseFp8Linear>>();
   private readonly gemms = new Map<string, Bf16Gemm>();
+  private readonly megas = new Map<string, MegaMoeShared>();
   private readonly owned: Array<{ dispose(): void }> = [];
   private readonly ownsStream: boolean;
   private current: { plan: AttnCallPlan } | undefined;
@@ -195,6 +196,22 @@ export class GpuLayerContext implements Disposable {
   }
 
   /**
+   * The fused MoE layers' one symmetric buffer and io (made on first use for this shape, disposed with the context):
+   * the layers run one after another on this context's stream, so they share it (MegaMoeShared says why that is safe).
+   */
+  megaShared(shape: { hidden: number; inter: number; experts: number; topK: number }): MegaMoeShared {
+    this.live();
+    const key = `${shape.hidden}:${shape.inter}:${shape.experts}:${shape.topK}`;
+    let m = this.megas.get(key);
+    if (!m) {
+      m = MegaMoeShared.create(shape, this.mCap);
+      this.megas.set(key, m);
+      this.owned.push(m);
+    }
+    return m;
+  }
+
+  /**
    * Starts a call: GpuAttention.begin (grows every sequence's cache blocks, uploads tables and row metadata; a
    * refusal changes nothing; `shapeContext`: launch shapes of that context bucket), then the rows' positions and
    * token ids.
@@ -243,13 +260,26 @@ export interface GpuDecoderLayerOptions {
    * generated on the GPU; the host experts are then never read). The layer owns what it returns.
    */
   moeWeights?: (bw: BlockWeights) => Promise<DeviceMoeWeights>;
-  /** The MoE block's backend (default unfused): mega_moe is the fused kernel, one launch per layer. */
+  /**
+   * The MoE block's backend (default unfused): mega_moe is the fused kernel, one launch per layer; auto holds both
+   * on the same weights and runs the fused kernel for calls of at least megaMoeMinRows() rows (prefill chunks), the
+   * unfused pipeline below (decode steps, where the fused layer was not faster inside the step: docs/GPU-MODEL.md).
+   */
   moeBackend?: GpuMoeBackend;
 }
 
 /** MoE backends a GPU layer can hold (one GPU, every expert). */
-export const GPU_MOE_BACKENDS = ['unfused', 'mega_moe'] as const;
+export const GPU_MOE_BACKENDS = ['unfused', 'mega_moe', 'auto'] as const;
 export type GpuMoeBackend = (typeof GPU_MOE_BACKENDS)[number];
+
+/** Rows from which the auto backend runs the fused kernel (MEGAMOE_MODEL_MEGA_MIN_ROWS, default 256). */
+export function megaMoeMinRows(): number {
+  const v = process.env.MEGAMOE_MODEL_MEGA_MIN_ROWS;
+  if (v === undefined || v === '') return 256;
+  const n = Number(v);
+  if (!(Number.isInteger(n) && n >= 0)) throw new GpuModelArgumentError('MEGAMOE_MODEL_MEGA_MIN_ROWS', `"${v}"`, 'set a non-negative integer number of rows');
+  return n;
+}
 
 interface DeviceCompressor {
   ape: DeviceTensor<'F32'>;
@@ -264,8 +294,11 @@ export class GpuDecoderLayer implements Disposable {
   readonly index: number;
   readonly ratio: number;
   readonly hashRouted: boolean;
-  /** The MoE block's device pipeline (its io.x is the FFN input, io.y the output). */
+  /** The MoE block's device pipeline (its io.x is the FFN input, io.y the output): the unfused one where held. */
   readonly moe: UnfusedMoe | MegaMoe;
+  /** The auto backend's fused pipeline (calls of at least megaRows rows run it instead of `moe`). */
+  private readonly mega: MegaMoe | undefined;
+  private readonly megaRows: number;
   /** The router (its out.topkIds / topkWeights hold the last call's routing). */
   readonly router: Router;
   private readonly owned: Array<{ dispose(): void }>;
@@ -278,10 +311,11 @@ export class GpuDecoderLayer implements Disposable {
   private disposed = false;
 
   private constructor(p: {
-    index: number; ratio: number; hashRouted: boolean; moe: UnfusedMoe | MegaMoe; router: Router; owned: Array<{ dispose(): void }>;
-    w: GpuDecoderLayer['w']; bound: GpuDecoderLayer['bound'];
+    index: number; ratio: number; hashRouted: boolean; moe: UnfusedMoe | MegaMoe; mega: MegaMoe | undefined; router: Router;
+    owned: Array<{ dispose(): void }>; w: GpuDecoderLayer['w']; bound: GpuDecoderLayer['bound'];
   }) {
     this.index = p.index; this.ratio = p.ratio; this.hashRouted = p.hashRouted; this.moe = p.moe; this.router = p.router;
+    this.mega = p.mega; this.megaRows = p.mega ? megaMoeMinRows() : Infinity;
     this.owned = p.owned; this.w = p.w; this.bound = p.bound;
   }
 
@@ -344,16 +378,11 @@ export class GpuDecoderLayer implements Disposable {
         throw new GpuModelArgumentError('GpuDecoderLayer', `${what}: moeWeights gave H ${ws.hidden}, I ${ws.inter}, ${ws.experts} experts, top-${ws.topK}; ` +
           `the layer is H ${ms.hiddenSize}, I ${ms.moeIntermediateSize}, ${ms.nRoutedExperts} experts, top-${ms.numExpertsPerTok}`, 'make the device weights with the layer\'s MoE shape');
       }
-      let moe: UnfusedMoe | MegaMoe;
-      try {
-        moe = (o.moeBackend ?? 'unfused') === 'mega_moe'
-          ? await MegaMoe.create(weights, ctx.mCap, { ownsWeights: true })
-          : await UnfusedMoe.create(weights, ctx.mCap, { ownsWeights: true });
-      } catch (err) {
-        weights.dispose();
-        throw err;
-      }
-      keep(moe);
+      const backend = o.moeBackend ?? 'unfused';
+      keep(weights);  // the layer owns the weights; its pipelines (one or, for auto, two) read them
+      const mega = backend === 'unfused' ? undefined
+        : keep(await MegaMoe.create(weights, ctx.mCap, { shared: ctx.megaShared(weights.shape) }));
+      const moe = backend === 'mega_moe' ? mega! : keep(await UnfusedMoe.create(weights, ctx.mCap));
       const gate = keep(DeviceTensor.fromHost(ml.gateWeight));
       const bias = ml.gateBias && !ml.isHashLayer ? keep(upF32(ml.gateBias, [ms.nRoutedExperts])) : undefined;
       let tid2eid: DeviceTensor<'I32'> | undefined;
@@ -364,7 +393,7 @@ export class GpuDecoderLayer implements Disposable {
       const router = keep(await Router.create({ hiddenSize: ms.hiddenSize, experts: ms.nRoutedExperts, topk: ms.numExpertsPerTok }, ctx.mCap, gate,
         { bias, tid2eid, normTopkProb: ms.normTopkProb, routedScalingFactor: ms.routedScalingFactor }));
       ensureContext().synchronize(); // uploads and zero-fills on the legacy stream, before ctx.stream (non-blocking) reads them
-      return new GpuDecoderLayer({ index: bw.index, ratio: bw.ratio, hashRouted: ml.isHashLayer, moe, router, owned, w, bound });
+      return new GpuDecoderLayer({ index: bw.index, ratio: bw.ratio, hashRouted: ml.isHashLayer, moe, mega: backend === 'auto' ? mega : undefined, router, owned, w, bound });
     } catch (err) {
       for (const t of owned.reverse()) t.dispose();
       throw err;
@@ -435,13 +464,14 @@ export class GpuDecoderLayer implements Disposable {
 
     // FFN: hc_pre + ffn_norm straight into the MoE input, routing on the device, the unfused MoE, hc_post
     prof?.mark(L, 'moe', st);
-    const io = this.moe.io;
+    const moe = n >= this.megaRows ? this.mega! : this.moe;
+    const io = moe.io;
     ops.hcPre(hs, w.hcFfn, { post: s.post, comb: s.comb, y: io.x }, { ...hcOpts, normWeight: w.ffnNorm });
     this.router.route(io.x, { tokens: n, tokenIds: this.hashRouted ? ctx.tokenIds : undefined, stream: st });
-    const K = this.moe.shape.topK;
+    const K = moe.shape.topK;
     io.ids.buffer.copyFromDevice(this.router.out.topkIds.buffer, { bytes: n * K * 8, stream: st });
     io.weights.buffer.copyFromDevice(this.router.out.topkWeights.buffer, { bytes: n * K * 4, stream: st });
-    this.moe.enqueue(n, st);
+    moe.enqueue(n, st);
     ops.hcPost(io.y, hs, s.post, s.comb, hs, { rows: n, stream: st });
     prof?.mark(L, 'end', st);
   }
@@ -452,6 +482,7 @@ export class GpuDecoderLayer implements Disposable {
    */
   checkMoe(): void {
     if (this.moe instanceof MegaMoe) this.moe.checkErrors();
+    this.mega?.checkErrors();
   }
 
   /** a = wkv x, g = wgate x (f32, cuBLASLt), then GpuAttention.compress (pool, norm, RoPE, QAT sim, state). */

@@ -76,6 +76,8 @@ export function hcMixRowsPerBlock(rows: number, force?: 1 | 2 | 4 | 8): number {
 /** Column chunks of the split mixing logits for hidden size D. */
 function hcMixChunks(hc: number, D: number): number { return Math.ceil((hc * D) / HC_MIX_COLS); }
 
+/** MEGAMOE_HC_TILED=0 (A/Bs): more than HC_SPLIT_MAX_ROWS rows take the one-block path again, not the tiled kernel. */
+const HC_TILED_DEFAULT = process.env.MEGAMOE_HC_TILED !== '0';
 const HC_TILE_ROWS = 32;    // model_ops.cu kTileRows: rows per block of the tiled mixing logits
 const HC_TILE_COLS = 64;    // model_ops.cu kTileCols: columns per stage (a chunk is a multiple)
 const HC_TILE_THREADS = 256; // model_ops.cu kTileThreads
@@ -393,7 +395,7 @@ export class GpuRowOps {
     // The mixing logits as their own kernel first, given a scratch with room: small T over (chunks, logit groups, rows)
     // blocks (one block per token leaves the GPU idle), many rows in 32-row tiles (one block per 4 tokens re-read hc_fn).
     const split = opts.mixScratch !== undefined && rows <= opts.mixScratch.shape[0];
-    const tiled = split && (opts.mixTiled ?? rows > HC_SPLIT_MAX_ROWS);
+    const tiled = split && (opts.mixTiled ?? (rows > HC_SPLIT_MAX_ROWS && HC_TILED_DEFAULT));
     let chunks = 0;
     if (tiled) {
       const t = hcTiledChunks(hc, D, rows);
