@@ -480,9 +480,12 @@ export class GpuDecoderLayer implements Disposable {
    * After the call's stream finished: a fused MoE kernel reports a spin that gave up in its control block, not as a
    * CUDA error, so it is read here (MegaMoeKernelError); nothing to check for the unfused backend.
    */
-  checkMoe(): void {
+  checkMoe(rows: number): void {
     if (this.moe instanceof MegaMoe) this.moe.checkErrors();
-    this.mega?.checkErrors();
+    // auto: only after a call of enough rows to have run the fused kernel (each check is a blocking read of its
+    // control block; done after every call, auto's decode steps read 100-170 us slower than unfused ones in session
+    // 11's first run). `rows` rather than a flag set by forward(): a replayed CUDA graph does not call forward().
+    if (this.mega && rows >= this.megaRows) this.mega.checkErrors();
   }
 
   /** a = wkv x, g = wgate x (f32, cuBLASLt), then GpuAttention.compress (pool, norm, RoPE, QAT sim, state). */

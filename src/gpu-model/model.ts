@@ -407,7 +407,7 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
       if (graph) graph.launch(st);
       else launches();
       st.synchronize();
-      for (const layer of this.layers) layer.checkMoe();
+      for (const layer of this.layers) layer.checkMoe(n);
       const bad = new Int32Array(1);
       this.badIds.buffer.copyToHost(bad);
       if (bad[0] !== 0) {
