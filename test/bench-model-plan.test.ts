@@ -59,7 +59,7 @@ test('CLI: bad values refused by name; good ones stop at the GPU check', () => {
     [['--preset', 'tiny'], /--preset must be one of flash, pro/],
     [['--kv-fill', 'zeros'], /--kv-fill must be one of skip, prefill/],
     [['--contexts', '1x'], /--contexts: "1x" is not a positive integer/],
-    [['--batches', '4096'], /raise --prefill-chunk to 4096/],
+    [['--batches', '8192'], /raise --prefill-chunk to 8192/],
   ] as const) {
     const r = megamoe('bench', 'model', ...args);
     assert.notEqual(r.status, 0, args.join(' '));

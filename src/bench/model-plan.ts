@@ -30,7 +30,7 @@ import type { GpuMoeBackend } from '../gpu-model/layer.js';
 export const MODEL_BENCH_PRESETS = ['flash', 'pro'] as const;
 export type ModelBenchPreset = (typeof MODEL_BENCH_PRESETS)[number];
 export const MODEL_BENCH_DEFAULTS = Object.freeze({
-  batches: '1,8,64,256', contexts: '1k,32k', prefill: '4k,32k', prefillChunk: 2048, layers: 4, warmup: 2, runs: 10, prefillRuns: 3, profileRuns: 3,
+  batches: '1,8,64,256', contexts: '1k,32k', prefill: '4k,32k', prefillChunk: 4096, layers: 4, warmup: 2, runs: 10, prefillRuns: 3, profileRuns: 3,
 });
 /** How decode contexts are filled: 'skip' (positions advanced without computing them: cache rows hold zeros) or 'prefill'. */
 export const KV_FILLS = ['skip', 'prefill'] as const;

@@ -7,7 +7,7 @@
 //  * Weights: the dense weights come from the same tensor plan and seeds as `make-checkpoint --whole-model` would
 //    write, generated in memory on read (virtualModelCheckpoint) and loaded by the real loader; the MoE experts are
 //    random on the GPU (DeviceMoeWeights.random, GpuModelOptions.moeWeights): a flash layer's 6.4 GB of experts never
-//    touch the host or the disk. The MoE runs on the unfused backend, or the fused one with --moe-backend mega_moe (auto: fused for prefill-sized calls).
+//    touch the host or the disk. The MoE runs on the auto backend by default (the fused kernel for prefill-sized calls, unfused for decode steps), or --moe-backend unfused | mega_moe.
 //  * Decode contexts: by default the sequences' positions are advanced without computing them ("--kv-fill skip":
 //    GpuSequence.length set, the caches grow to it on the first step and read zeros, which the caches are cleared to
 //    after the build), because prefilling 256 x 32K tokens would take hours here; the attention reads as many rows
@@ -287,7 +287,7 @@ export function registerModelBench(bench: Command): void {
     .option('--runs <n>', 'timed decode steps per row', intArg('--runs', 1), d.runs)
     .option('--prefill-runs <n>', 'timed prefills per length', intArg('--prefill-runs', 1), d.prefillRuns)
     .option('--profile-runs <n>', 'profiled decode steps per row for the per-layer parts (0: none)', intArg('--profile-runs', 0), d.profileRuns)
-    .option('--moe-backend <name>', `every layer's MoE block: ${GPU_MOE_BACKENDS.join(' | ')} (mega_moe: the fused kernel; auto: fused for calls of >= MEGAMOE_MODEL_MEGA_MIN_ROWS rows, default 256, unfused below)`, oneOf('--moe-backend', GPU_MOE_BACKENDS), 'unfused')
+    .option('--moe-backend <name>', `every layer's MoE block: ${GPU_MOE_BACKENDS.join(' | ')} (mega_moe: the fused kernel; auto: fused for calls of >= MEGAMOE_MODEL_MEGA_MIN_ROWS rows, default 512, unfused below)`, oneOf('--moe-backend', GPU_MOE_BACKENDS), 'auto')
     .option('--enforce-eager', 'launch each kernel of a decode step instead of replaying a CUDA graph per (batch, context bucket) (as serve --enforce-eager)')
     .option('--seed <n>', 'seed of the weights and token ids', intArg('--seed', 0, 0xffff), 1)
     .option('--out <dir>', 'output directory', 'bench-out')

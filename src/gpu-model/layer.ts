@@ -272,10 +272,14 @@ export interface GpuDecoderLayerOptions {
 export const GPU_MOE_BACKENDS = ['unfused', 'mega_moe', 'auto'] as const;
 export type GpuMoeBackend = (typeof GPU_MOE_BACKENDS)[number];
 
-/** Rows from which the auto backend runs the fused kernel (MEGAMOE_MODEL_MEGA_MIN_ROWS, default 256). */
+/**
+ * Rows from which the auto backend runs the fused kernel (MEGAMOE_MODEL_MEGA_MIN_ROWS, default 512): prefill chunks,
+ * where it was measured faster in the step; decode batches up to vLLM's default 256 sequences stay unfused, where the
+ * fused layer was even at b8 / b64 and slower at b1 (docs/GPU-MODEL.md), and where b256 was not measured.
+ */
 export function megaMoeMinRows(): number {
   const v = process.env.MEGAMOE_MODEL_MEGA_MIN_ROWS;
-  if (v === undefined || v === '') return 256;
+  if (v === undefined || v === '') return 512;
   const n = Number(v);
   if (!(Number.isInteger(n) && n >= 0)) throw new GpuModelArgumentError('MEGAMOE_MODEL_MEGA_MIN_ROWS', `"${v}"`, 'set a non-negative integer number of rows');
   return n;
