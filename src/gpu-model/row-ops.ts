@@ -413,7 +413,7 @@ export class GpuRowOps {
         arg.i32(rows), arg.i32(rpb),
       ]);
     }
-    const k = this.kernel(entry);
+    const k = this.kernel(split ? `${entry}_fin` : entry);
     const smem = opts.normWeight ? D * 4 : 0;
     if (smem > 48 * 1024) k.setMaxDynamicSharedMemory(smem);
     const tpb = split ? 1 : hcTokensPerBlock(rows, opts.tokensPerBlock);

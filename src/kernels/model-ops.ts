@@ -7,7 +7,7 @@ import { loadKernel, loadKernelSync, registerKernel, type Kernel } from '../cuda
 import { GROUPED_GEMM_ENTRY, GROUPED_GEMM_SOURCE, groupedGemmConfig, type GemmPath, type GroupedGemmSpec } from './grouped-gemm.js';
 
 export const MODEL_OPS_SOURCE = 'model_ops.cu';
-export const MODEL_OPS_ENTRIES = ['mo_embed', 'mo_rms_norm', 'mo_rope', 'mo_hc_pre', 'mo_hc_head', 'mo_hc_pre_mix', 'mo_hc_head_mix', 'mo_hc_pre_mix_tiled', 'mo_hc_head_mix_tiled', 'mo_hc_post', 'mo_mtp_combine', 'mo_q_renorm'] as const;
+export const MODEL_OPS_ENTRIES = ['mo_embed', 'mo_rms_norm', 'mo_rope', 'mo_hc_pre', 'mo_hc_head', 'mo_hc_pre_mix', 'mo_hc_head_mix', 'mo_hc_pre_mix_tiled', 'mo_hc_head_mix_tiled', 'mo_hc_pre_fin', 'mo_hc_head_fin', 'mo_hc_post', 'mo_mtp_combine', 'mo_q_renorm'] as const;
 export type ModelOpsEntry = (typeof MODEL_OPS_ENTRIES)[number];
 
 export const SAMPLING_SOURCE = 'sampling.cu';

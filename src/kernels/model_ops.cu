@@ -372,12 +372,13 @@ __device__ __forceinline__ void hc_mix_entry(const mo::u16* __restrict__ hs, con
 // row, all kMix logits, on the f64 tensor cores (WMMA m8n8k4: rows are M, logits N, columns K). Each 64-column stage
 // is converted once into shared memory (x bf16 -> f64, the weights f32 -> f64: exact), so a block reads its slice
 // of hc_fn once for 32 rows and converts every value once; the one-block path re-read hc_fn per 4 rows and converted
-// x once per pass of 8 logits (274 us per 2048-row call at flash, docs/GPU-MODEL.md). Warp w takes m-tile w % 4 and
-// the k-steps of parity w / 4; the two halves are added at the end, then part[r, chunk, j] is written as the split
-// kernel's (hc_body adds the chunks in ascending order). The f64 sums run in another fixed order than the other two
-// paths (so: run-to-run identical; against the CPU equal up to the order of exact-product f64 additions, far below the
-// f32 rounding that follows, as those paths are). Squares: thread t sums x^2 of row t / 8, columns 8 (t % 8) + 64 s
-// (s the stage, ascending), then the 8 threads of a row in order.
+// x once per pass of 8 logits. Warp w takes k-steps w and w + 8 of every stage for all 4 m-tiles x kNT n-tiles (4 kNT
+// independent accumulators, 4 + kNT fragment loads per k-step); the 8 warps' sums are then added pairwise in a fixed
+// tree (w += w + 4, w += w + 2, w += w + 1) and part[r, chunk, j] is written as the split kernel's (hc_body adds the
+// chunks in ascending order). The f64 sums run in another fixed order than the other two paths (so: run-to-run
+// identical; against the CPU equal up to the order of exact-product f64 additions, far below the f32 rounding that
+// follows, as those paths are). Squares: thread t sums x^2 of row t / 8, columns 8 (t % 8) + 64 s (s the stage,
+// ascending), then the 8 threads of a row in order.
 constexpr int kTileRows = 32;
 constexpr int kTileCols = 64;
 constexpr int kTileThreads = 256;
@@ -392,13 +393,19 @@ __device__ __forceinline__ void hc_mix_tiled_body(const mo::u16* __restrict__ hs
   constexpr int kNV = kMix + 1;
   constexpr int kNT = (kMix + 7) / 8;  // n-tiles of 8 logits
   constexpr int kNPad = kNT * 8;
+  constexpr int kMT = kTileRows / 8;   // m-tiles of 8 rows
+  constexpr int kWarps = kTileThreads / 32;
+  constexpr int kKSteps = kTileCols / 4;
   constexpr int kW4 = kMix * kTileCols / 4;  // float4 loads of a stage's weights
   constexpr int kWPer = (kW4 + kTileThreads - 1) / kTileThreads;
+  constexpr int kRed = kTileRows * kNPad;    // doubles of one warp's sums in the reduction
   static_assert(kTileRows * kTileCols / 8 == kTileThreads, "one 8-column x load per thread and stage");
-  static_assert(2 * kTileRows * kNPad <= kTileRows * kTileLd, "the accumulators fit the x tile's shared memory");
-  alignas(32) __shared__ double xs[kTileRows * kTileLd];
-  alignas(32) __shared__ double ws[kNPad * kTileLd];
+  static_assert(kKSteps % kWarps == 0, "the warps share a stage's k-steps evenly");
+  static_assert(kWarps / 2 * kRed <= (kTileRows + kNPad) * kTileLd, "the reduction fits the stage buffers");
+  alignas(32) __shared__ double buf[(kTileRows + kNPad) * kTileLd];
   __shared__ double sq[kTileRows][8];
+  double* xs = buf;                       // [kTileRows, kTileLd]
+  double* ws = buf + kTileRows * kTileLd;  // [kNPad, kTileLd]
   const int tid = threadIdx.x;
   const int warp = tid >> 5;
   const int W = kHc * D;
@@ -426,11 +433,11 @@ __device__ __forceinline__ void hc_mix_tiled_body(const mo::u16* __restrict__ hs
     }
   };
 
-  wmma::fragment<wmma::accumulator, 8, 8, 4, double> acc[kNT];
+  wmma::fragment<wmma::accumulator, 8, 8, 4, double> acc[kMT][kNT];
 #pragma unroll
-  for (int n = 0; n < kNT; n++) wmma::fill_fragment(acc[n], 0.0);
-  const int mt = warp & 3;
-  const int kpar = warp >> 2;
+  for (int m = 0; m < kMT; m++)
+#pragma unroll
+    for (int n = 0; n < kNT; n++) wmma::fill_fragment(acc[m][n], 0.0);
   double ssq = 0.0;
   load_stage(c_begin);
   for (int c0 = c_begin; c0 < c_end; c0 += kTileCols) {
@@ -455,22 +462,52 @@ __device__ __forceinline__ void hc_mix_tiled_body(const mo::u16* __restrict__ hs
     __syncthreads();
     if (c0 + kTileCols < c_end) load_stage(c0 + kTileCols);  // the next stage's loads in flight during the MMAs
 #pragma unroll
-    for (int ks = kpar; ks < kTileCols / 4; ks += 2) {
-      wmma::fragment<wmma::matrix_a, 8, 8, 4, double, wmma::row_major> a;
-      wmma::load_matrix_sync(a, xs + mt * 8 * kTileLd + ks * 4, kTileLd);
+    for (int ks = warp; ks < kKSteps; ks += kWarps) {
+      wmma::fragment<wmma::matrix_b, 8, 8, 4, double, wmma::col_major> b[kNT];  // (k, n) = ws[n * ld + k]
 #pragma unroll
-      for (int n = 0; n < kNT; n++) {
-        wmma::fragment<wmma::matrix_b, 8, 8, 4, double, wmma::col_major> b;  // (k, n) = ws[n * ld + k]
-        wmma::load_matrix_sync(b, ws + n * 8 * kTileLd + ks * 4, kTileLd);
-        wmma::mma_sync(acc[n], a, b, acc[n]);
+      for (int n = 0; n < kNT; n++) wmma::load_matrix_sync(b[n], ws + n * 8 * kTileLd + ks * 4, kTileLd);
+#pragma unroll
+      for (int m = 0; m < kMT; m++) {
+        wmma::fragment<wmma::matrix_a, 8, 8, 4, double, wmma::row_major> a;
+        wmma::load_matrix_sync(a, xs + m * 8 * kTileLd + ks * 4, kTileLd);
+#pragma unroll
+        for (int n = 0; n < kNT; n++) wmma::mma_sync(acc[m][n], a, b[n], acc[m][n]);
       }
     }
   }
-  __syncthreads();
-  double* red = xs;  // [2][kTileRows][kNPad]: the two k parities' sums
-#pragma unroll
-  for (int n = 0; n < kNT; n++) wmma::store_matrix_sync(red + (kpar * kTileRows + mt * 8) * kNPad + n * 8, acc[n], kNPad, wmma::mem_row_major);
   sq[xr][tid & 7] = ssq;
+  // the warps' sums, pairwise in a fixed tree: warp w (< h) adds warp w + h's, h = 4, 2, 1
+#pragma unroll
+  for (int h = kWarps / 2; h >= 1; h /= 2) {
+    __syncthreads();
+    if (warp >= h && warp < 2 * h) {
+      double* dst = buf + (warp - h) * kRed;
+#pragma unroll
+      for (int m = 0; m < kMT; m++)
+#pragma unroll
+        for (int n = 0; n < kNT; n++) wmma::store_matrix_sync(dst + m * 8 * kNPad + n * 8, acc[m][n], kNPad, wmma::mem_row_major);
+    }
+    __syncthreads();
+    if (warp < h) {
+      const double* src = buf + warp * kRed;
+#pragma unroll
+      for (int m = 0; m < kMT; m++)
+#pragma unroll
+        for (int n = 0; n < kNT; n++) {
+          wmma::fragment<wmma::accumulator, 8, 8, 4, double> o;
+          wmma::load_matrix_sync(o, src + m * 8 * kNPad + n * 8, kNPad, wmma::mem_row_major);
+#pragma unroll
+          for (int i = 0; i < o.num_elements; i++) acc[m][n].x[i] += o.x[i];
+        }
+    }
+  }
+  __syncthreads();
+  if (warp == 0) {
+#pragma unroll
+    for (int m = 0; m < kMT; m++)
+#pragma unroll
+      for (int n = 0; n < kNT; n++) wmma::store_matrix_sync(buf + m * 8 * kNPad + n * 8, acc[m][n], kNPad, wmma::mem_row_major);
+  }
   __syncthreads();
   for (int k = tid; k < kTileRows * kNV; k += kTileThreads) {
     const int r = k / kNV;
@@ -478,7 +515,7 @@ __device__ __forceinline__ void hc_mix_tiled_body(const mo::u16* __restrict__ hs
     if (r0 + r >= rows) continue;
     double v;
     if (j < kMix) {
-      v = red[r * kNPad + j] + red[(kTileRows + r) * kNPad + j];
+      v = buf[r * kNPad + j];
     } else {
       v = 0.0;
 #pragma unroll
@@ -505,7 +542,7 @@ __device__ __forceinline__ float pre_weight(float m, float scale, float base, do
 // squares in the first. Each weight fetched once serves R rows: R x fewer reads of hc_fn (1.5 MB per row at flash,
 // from L2: the limit at large T) and f32 -> f64 conversions. Phases 2-4 are per row as before (the Sinkhorns of the
 // R rows side by side, one thread per element: for HC <= 5 one warp's lanes per matrix and shuffles, no barrier).
-template <bool kHead, int R>
+template <bool kHead, int R, bool kPart>
 __device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const float* __restrict__ fn,
                                         const float* __restrict__ base, const float* __restrict__ scale, int D,
                                         double norm_eps, double hc_eps, int iters, float* __restrict__ post,
@@ -534,7 +571,7 @@ __device__ __forceinline__ void hc_body(const mo::u16* __restrict__ hs, const fl
   // 1. sum of squares over the 4D values and the kMix dot products fn . X, f64 (model.ts: linear, then ss): the split
   // kernel's partials added (chunks in ascending order) when given (R = 1), else summed here (thread t: columns
   // 8t + 2048i, i ascending; then block_sum_f64).
-  if (part) {
+  if constexpr (kPart) {
     // 16 chunks' loads in flight at a time (a loop of one load per add was a chain of L2 round trips at one row),
     // added in ascending chunk order from 0.0 as before.
     constexpr int kBatch = 16;
@@ -759,10 +796,14 @@ __device__ __forceinline__ void hc_entry(const mo::u16* __restrict__ hs, const f
                                          const double* __restrict__ part, int n_chunks, int rows, int tpb) {
 #define MO_HC_BODY_ARGS hs, fn, base, scale, D, norm_eps, hc_eps, iters, post, comb, y, norm_w, q, sf, sf_ld, pow2, \
                         src_rows, hs_rows, part, n_chunks, rows
+  if (part) {
+    hc_body<kHead, 1, true>(MO_HC_BODY_ARGS);
+    return;
+  }
   switch (hc_rows_per_block(part, tpb)) {
-    case 1: hc_body<kHead, 1>(MO_HC_BODY_ARGS); break;
-    case 2: hc_body<kHead, 2>(MO_HC_BODY_ARGS); break;
-    default: hc_body<kHead, 4>(MO_HC_BODY_ARGS); break;
+    case 1: hc_body<kHead, 1, false>(MO_HC_BODY_ARGS); break;
+    case 2: hc_body<kHead, 2, false>(MO_HC_BODY_ARGS); break;
+    default: hc_body<kHead, 4, false>(MO_HC_BODY_ARGS); break;
   }
 #undef MO_HC_BODY_ARGS
 }
@@ -791,6 +832,22 @@ extern "C" __global__ void __launch_bounds__(kHcThreads) mo_hc_pre(MO_HC_PARAMS)
 extern "C" __global__ void __launch_bounds__(kHcThreads, 1) mo_hc_head(MO_HC_PARAMS) {
   if ((long long)blockIdx.x * hc_rows_per_block(part, tpb) >= rows) return;
   hc_entry<true>(MO_HC_ARGS);
+}
+
+// mo_hc_pre / mo_hc_head after a mixing-logits kernel (part given, one row per block): the same phases 2-4 with
+// only the partials' sum for phase 1, a separate entry so that it is compiled alone. The all-paths entries above
+// need 254 / 162 registers (one 256-thread block per SM), which at 4096 rows made phases 2-4 one block per SM at a
+// time: 252 us per launch (ncu, session 11).
+extern "C" __global__ void __launch_bounds__(kHcThreads) mo_hc_pre_fin(MO_HC_PARAMS) {
+  if ((long long)blockIdx.x >= rows) return;
+  hc_body<false, 1, true>(hs, fn, base, scale, D, f64_from_bits(norm_eps_bits), f64_from_bits(hc_eps_bits), iters, post, comb, y,
+                          norm_w, q, sf, sf_ld, pow2, src_rows, hs_rows, part, n_chunks, rows);
+}
+
+extern "C" __global__ void __launch_bounds__(kHcThreads) mo_hc_head_fin(MO_HC_PARAMS) {
+  if ((long long)blockIdx.x >= rows) return;
+  hc_body<true, 1, true>(hs, fn, base, scale, D, f64_from_bits(norm_eps_bits), f64_from_bits(hc_eps_bits), iters, post, comb, y,
+                         norm_w, q, sf, sf_ld, pow2, src_rows, hs_rows, part, n_chunks, rows);
 }
 
 // The split mixing logits ahead of mo_hc_pre / mo_hc_head (small T): grid (ceil(4D / kMixCols),

@@ -53,6 +53,13 @@ inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* p, u
 }
 
 template <int M, int N, int K, typename T>
+inline void load_matrix_sync(fragment<accumulator, M, N, K, T, void>& f, const T* p, unsigned ldm, layout_t l) {
+  emu_check(p, ldm, sizeof(T), "load_matrix_sync");
+  for (int r = 0; r < M; r++)
+    for (int c = 0; c < N; c++) f.x[r * N + c] = l == mem_col_major ? p[(size_t)c * ldm + r] : p[(size_t)r * ldm + c];
+}
+
+template <int M, int N, int K, typename T>
 inline void store_matrix_sync(T* p, const fragment<accumulator, M, N, K, T, void>& f, unsigned ldm, layout_t l) {
   emu_check(p, ldm, sizeof(T), "store_matrix_sync");
   for (int r = 0; r < M; r++)
