@@ -176,12 +176,14 @@ test('hc_pre / hc_head split mixing logits: the scratch\'s shape is checked; up 
   refuses(() => ops.hcHead(hs, headP, out.y, { ...o, rows: T, mixScratch: fake('F32', [64, 16, 25]) as never }), /mixScratch is/);
   ops.hcPre(hs, p, out, { ...o, rows: T, mixScratch: scratch(64) });
   ops.hcHead(hs, headP, out.y, { ...o, rows: 1, mixScratch: scratch(64), srcRows: fake('I32', [1]) });
-  ops.hcPre(hs, p, out, { ...o, rows: 65, mixScratch: scratch(64) }); // past the split: one block per token
-  ops.hcPre(hs, p, out, { ...o, rows: 20, mixScratch: scratch(16) }); // past the scratch's rows: the same
+  ops.hcPre(hs, p, out, { ...o, rows: 65, mixScratch: scratch(64) }); // past the scratch's rows: one block per token
+  ops.hcPre(hs, p, out, { ...o, rows: 20, mixScratch: scratch(16) }); // the same
+  ops.hcPre(hs, p, out, { ...o, rows: 65, mixScratch: scratch(80) }); // past the split: 32-row tiles, 16 chunks of 1024
   assert.deepEqual(log.map((l) => [l.entry, l.grid, l.block, l.args]), [
-    ['mo_hc_pre_mix', [16, 6, T], 128, 8], ['mo_hc_pre', T, 256, 22],
-    ['mo_hc_head_mix', [16, 1, 1], 128, 8], ['mo_hc_head', 1, 256, 22],
+    ['mo_hc_pre_mix', [16, 6, T], 128, 8], ['mo_hc_pre_fin', T, 256, 22],
+    ['mo_hc_head_mix', [16, 1, 1], 128, 8], ['mo_hc_head_fin', 1, 256, 22],
     ['mo_hc_pre', 65, 256, 22], ['mo_hc_pre', 20, 256, 22],
+    ['mo_hc_pre_mix_tiled', [16, 3], 256, 8], ['mo_hc_pre_fin', 65, 256, 22],
   ]);
 });
 
@@ -203,7 +205,7 @@ test('hc_pre / hc_head rows per block: 1 up to 132 rows, 2 up to 264, then 4 (gr
   ops.hcPre(hs, p, out, { ...o, rows: 3, tokensPerBlock: 2, mixScratch: fake('F64', [64, 1, 25]) }); // split: 1
   refuses(() => ops.hcPre(hs, p, out, { ...o, tokensPerBlock: 3 as never }), /tokensPerBlock = 3.*1, 2 or 4/);
   assert.deepEqual(log.map((l) => [l.entry, l.grid]), [
-    ['mo_hc_pre', 513], ['mo_hc_pre', 100], ['mo_hc_head', 3], ['mo_hc_pre_mix', [1, 6, 3]], ['mo_hc_pre', 3],
+    ['mo_hc_pre', 513], ['mo_hc_pre', 100], ['mo_hc_head', 3], ['mo_hc_pre_mix', [1, 6, 3]], ['mo_hc_pre_fin', 3],
   ]);
 });
 
