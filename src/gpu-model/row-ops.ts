@@ -394,8 +394,9 @@ export class GpuRowOps {
     const hc = this.hcMult;
     // The mixing logits as their own kernel first, given a scratch with room: small T over (chunks, logit groups, rows)
     // blocks (one block per token leaves the GPU idle), many rows in 32-row tiles (one block per 4 tokens re-read hc_fn).
-    const split = opts.mixScratch !== undefined && rows <= opts.mixScratch.shape[0];
-    const tiled = split && (opts.mixTiled ?? (rows > HC_SPLIT_MAX_ROWS && HC_TILED_DEFAULT));
+    const fits = opts.mixScratch !== undefined && rows <= opts.mixScratch.shape[0];
+    const tiled = fits && (opts.mixTiled ?? (rows > HC_SPLIT_MAX_ROWS && HC_TILED_DEFAULT));
+    const split = tiled || (fits && rows <= HC_SPLIT_MAX_ROWS);
     let chunks = 0;
     if (tiled) {
       const t = hcTiledChunks(hc, D, rows);
