@@ -8,7 +8,7 @@ test('indexer scores: a thread per key; shared memory of the tensor-core path an
   assert.equal(INDEXER_KEYS_PER_CTA, INDEXER_SCORE_THREADS);
   // flash / pro: 64 heads x 128 on the tensor cores: q 64 x 128, keys 256 x 128, products 64 x 264 int32, units, weights
   assert.ok(indexerScoresOnTensorCores(64, 128) && indexerScoresOnTensorCores(16, 64));
-  assert.equal(indexerScoreSmemBytes(64, 128), 64 * 128 + 256 * 128 + 64 * 264 * 4 + 64 * 8);
+  assert.equal(indexerScoreSmemBytes(64, 128), 64 * 128 + 256 * 128 + 256 * 68 * 4 + 64 * 12 + 256 * 4 + 16 * 4);
   assert.equal(indexerScoreSmemBytes(64, 128, 8), indexerScoreSmemBytes(64, 128), 'one row at a time');
   assert.ok(2 * (indexerScoreSmemBytes(64, 128) + 1024) <= 228 * 1024, 'two CTAs per SM');
   // the CUDA-core path (heads not a multiple of 16, or di 256 / 512): all rows' int8 queries plus the key staging

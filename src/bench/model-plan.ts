@@ -59,6 +59,8 @@ export interface ModelBenchOptions {
   moeBackend?: GpuMoeBackend;
   /** decode steps as CUDA graphs (GpuModelOptions.decodeGraphs) */
   decodeGraphs?: boolean;
+  /** GiB the caches are planned from (GpuModelOptions.cacheBytes); default the device's free memory */
+  kvCacheGib?: number;
 }
 
 /** "4096", "4k" or "32K" (x 1024): a positive integer. */
@@ -90,6 +92,9 @@ export function validateModelBenchOptions(o: ModelBenchOptions): ModelBenchOptio
   if (!(o.runs >= 1)) throw new Error(`--runs ${o.runs}: give at least 1`);
   if (!(o.prefillRuns >= 1)) throw new Error(`--prefill-runs ${o.prefillRuns}: give at least 1`);
   if (!KV_FILLS.includes(o.kvFill)) throw new Error(`--kv-fill: unknown "${o.kvFill}" (known: ${KV_FILLS.join(', ')})`);
+  if (o.kvCacheGib !== undefined && !(Number.isFinite(o.kvCacheGib) && o.kvCacheGib > 0)) {
+    throw new Error(`--kv-cache-gib ${o.kvCacheGib}: give a positive number of GiB (e.g. 8), or leave it out to plan the caches from the free memory`);
+  }
   return o;
 }
 

@@ -108,6 +108,7 @@ export async function runModelBench(o: ModelBenchOptions, log: (line: string) =>
     model = await GpuModel.create(weights, {
       maxSequences: cap.maxSequences, maxItems: cap.maxSequences, maxLogitRows: cap.maxSequences, maxRows: cap.maxRows, maxContext: cap.maxContext,
       moeBackend: o.moeBackend, decodeGraphs: o.decodeGraphs,
+      ...(o.kvCacheGib !== undefined ? { cacheBytes: Math.floor(o.kvCacheGib * 2 ** 30) } : {}),
       moeWeights: (bw) => {
         const s = bw.moe.shape;
         return DeviceMoeWeights.random({ hidden: s.hiddenSize, inter: s.moeIntermediateSize, experts: s.nRoutedExperts, topK: s.numExpertsPerTok, swigluLimit: s.swigluLimit },
@@ -256,7 +257,7 @@ export async function runModelBench(o: ModelBenchOptions, log: (line: string) =>
 /** The CLI's options as commander hands them over. */
 export interface ModelBenchCliOptions {
   preset: string; layers: number; batches: string; contexts: string; prefill: string; prefillChunk: string; kvFill: string;
-  warmup: number; runs: number; prefillRuns: number; profileRuns: number; seed: number; out: string; commit?: string; moeBackend: string; enforceEager?: boolean;
+  warmup: number; runs: number; prefillRuns: number; profileRuns: number; seed: number; out: string; commit?: string; moeBackend: string; enforceEager?: boolean; kvCacheGib?: string;
 }
 
 /** The CLI's options into checked ModelBenchOptions (errors name the flag and the fix). */
@@ -266,6 +267,7 @@ export function modelBenchOptionsFromCli(c: ModelBenchCliOptions, command: strin
     prefill: parseSizeList('prefill', c.prefill), prefillChunk: parseSize('prefill-chunk', c.prefillChunk), kvFill: c.kvFill as KvFill,
     warmup: c.warmup, runs: c.runs, prefillRuns: c.prefillRuns, profileRuns: c.profileRuns, seed: c.seed, out: c.out, commit: c.commit, command,
     moeBackend: c.moeBackend as GpuMoeBackend, decodeGraphs: c.enforceEager !== true,
+    ...(c.kvCacheGib !== undefined ? { kvCacheGib: Number(c.kvCacheGib) } : {}),
   });
 }
 
@@ -289,6 +291,7 @@ export function registerModelBench(bench: Command): void {
     .option('--profile-runs <n>', 'profiled decode steps per row for the per-layer parts (0: none)', intArg('--profile-runs', 0), d.profileRuns)
     .option('--moe-backend <name>', `every layer's MoE block: ${GPU_MOE_BACKENDS.join(' | ')} (mega_moe: the fused kernel; auto: fused for calls of >= MEGAMOE_MODEL_MEGA_MIN_ROWS rows, default 512, unfused below)`, oneOf('--moe-backend', GPU_MOE_BACKENDS), 'auto')
     .option('--enforce-eager', 'launch each kernel of a decode step instead of replaying a CUDA graph per (batch, context bucket) (as serve --enforce-eager)')
+    .option('--kv-cache-gib <n>', 'plan the caches from this many GiB instead of the free memory (e.g. under ncu, which saves and restores every allocation per replay pass)')
     .option('--seed <n>', 'seed of the weights and token ids', intArg('--seed', 0, 0xffff), 1)
     .option('--out <dir>', 'output directory', 'bench-out')
     .option('--commit <sha>', 'commit to record (default: $MEGAMOE_COMMIT, else git rev-parse --short HEAD)')

@@ -18,7 +18,8 @@
 import { arg, DeviceBuffer, DeviceTensor, ensureContext, loadKernelSync, type Kernel, type StreamLike } from '../cuda/index.js';
 import {
   ATTENTION_ENTRIES, ATTENTION_SOURCE, ATTN_MAX_GROUP_DIMS, ATTN_MMA_DIMS, ATTN_MMA_MAX_HEADS, ATTN_MMA_THREADS, ATTN_THREADS, COMPRESSOR_ENTRIES, COMPRESSOR_MAX_DC, COMPRESSOR_SOURCE,
-  COMPRESSOR_THREADS, INDEXER_ENTRIES, INDEXER_KEYS_PER_CTA, INDEXER_PREP_MAX_DI, INDEXER_PREP_THREADS, INDEXER_SCORE_THREADS,
+  COMPRESSOR_THREADS, INDEXER_ENTRIES, INDEXER_KEYS_PER_CTA, INDEXER_PREP_MAX_DI, INDEXER_PREP_THREADS, INDEXER_PREP_WARP_DIS, INDEXER_PREP_WARP_MAX_PAIRS,
+  INDEXER_PREP_WARP_THREADS, INDEXER_SCORE_THREADS,
   INDEXER_SOURCE, INDEXER_TOPK_THREADS,
 } from '../kernels/attention.js';
 import type { ModelConfig } from '../model/config.js';
@@ -110,7 +111,9 @@ export function chooseHeadsPerCta(H: number, d: number, maxKeys: number, smemLim
 }
 
 /** Products tile, int8 queries and keys, units and weights of attn_indexer_scores' tensor-core body. */
-const indexerTcSmemBytes = (Hi: number, di: number) => Hi * di + INDEXER_KEYS_PER_CTA * di + Hi * (INDEXER_KEYS_PER_CTA + 8) * 4 + Hi * 8;
+/** indexer.cu indexer_scores_tc's layout: qk, kk, S [256][Hi + 4] int32, qexp / qsh / ws [Hi], ukey [256], the warps' unit range [2][8]. */
+const indexerTcSmemBytes = (Hi: number, di: number) =>
+  Hi * di + INDEXER_KEYS_PER_CTA * di + INDEXER_KEYS_PER_CTA * (Hi + 4) * 4 + Hi * 12 + INDEXER_KEYS_PER_CTA * 4 + 2 * (INDEXER_SCORE_THREADS / 32) * 4;
 
 /**
  * Whether attn_indexer_scores runs its tensor-core body (int8 WMMA) for this indexer shape: di 32 / 64 / 128, the
@@ -122,12 +125,21 @@ export function indexerScoresOnTensorCores(Hi: number, di: number, smemLimit = A
 
 /**
  * Dynamic shared memory of attn_indexer_scores. Tensor-core path: one row's int8 queries, the CTA's int8 keys, the
- * int32 products tile [Hi, 256 + 8], the heads' units and weights (independent of the rows per CTA). Otherwise: the
+ * int32 products tile [256, Hi + 4], the heads' units and weights, the keys' units (independent of the rows per CTA). Otherwise: the
  * int8 queries, units and weights of all its rows and the staging of its keys' int8 words.
  */
 export function indexerScoreSmemBytes(Hi: number, di: number, rowsPerCta = 1): number {
   if (indexerScoresOnTensorCores(Hi, di)) return indexerTcSmemBytes(Hi, di);
   return rowsPerCta * Hi * (di + 8) + INDEXER_KEYS_PER_CTA * di;
+}
+
+/**
+ * Whether attn_indexer_prepare_warp (a warp per head, bit-identical to the block-per-head attn_indexer_prepare) takes
+ * this indexer shape: di of 64 / 128 / 256 (2 to 8 values a lane, RoPE pairs within a lane) and an even nope part.
+ * `MEGAMOE_INDEXER_PREP=block` keeps the block-per-head kernel (A/B).
+ */
+export function indexerPrepareOnWarps(di: number, rd: number): boolean {
+  return INDEXER_PREP_WARP_DIS.includes(di) && (di - rd) % 2 === 0 && rd / 2 <= INDEXER_PREP_WARP_MAX_PAIRS;
 }
 
 /** Most query rows one attn_indexer_scores CTA takes (it scores its keys for each of them). */
@@ -325,7 +337,7 @@ export class GpuAttention implements Disposable {
   readonly limits: AttnLimits;
   /** I32 [maxRows, indexTopk]: indexerSelect's output */
   readonly picks: DeviceTensor<'I32'>;
-  private readonly k: Record<'kvSim' | 'store' | 'sparse' | 'sparseMma1' | 'sparseMma2' | 'sparseMma4' | 'pool' | 'state' | 'prep' | 'scores' | 'topk', Kernel>;
+  private readonly k: Record<'kvSim' | 'store' | 'sparse' | 'sparseMma1' | 'sparseMma2' | 'sparseMma4' | 'pool' | 'state' | 'prep' | 'prepWarp' | 'scores' | 'topk', Kernel>;
   private readonly meta: DeviceBuffer;
   private readonly freqPlain: DeviceBuffer;
   private readonly freqComp: DeviceBuffer;
@@ -367,6 +379,7 @@ export class GpuAttention implements Disposable {
       pool: load(COMPRESSOR_SOURCE, COMPRESSOR_ENTRIES.pool),
       state: load(COMPRESSOR_SOURCE, COMPRESSOR_ENTRIES.state),
       prep: load(INDEXER_SOURCE, INDEXER_ENTRIES.prepare),
+      prepWarp: load(INDEXER_SOURCE, INDEXER_ENTRIES.prepareWarp),
       scores: load(INDEXER_SOURCE, INDEXER_ENTRIES.scores).setMaxDynamicSharedMemory(ATTN_SMEM_LIMIT),
       topk: load(INDEXER_SOURCE, INDEXER_ENTRIES.topk),
     };
@@ -486,7 +499,9 @@ export class GpuAttention implements Disposable {
     checkTensor('indexer q', qI, 'BF16', [p.rows, s.indexHeads, s.indexHeadDim], `pass qI = indexer.wq_b(qr) as BF16 [rows, ${s.indexHeads}, ${s.indexHeadDim}]`);
     checkTensor('indexer weights', wI, 'BF16', [p.rows, s.indexHeads], `pass weights_proj(x) as BF16 [rows, ${s.indexHeads}]`);
     const wscale = fr(fr(1 / Math.sqrt(s.indexHeadDim)) * fr(1 / Math.sqrt(s.indexHeads)));
-    this.k.prep.launch({ grid: [p.rows, s.indexHeads], block: INDEXER_PREP_THREADS, stream }, [
+    const warpPerHead = indexerPrepareOnWarps(s.indexHeadDim, s.ropeDim) && process.env.MEGAMOE_INDEXER_PREP !== 'block';
+    const kernel = warpPerHead ? this.k.prepWarp : this.k.prep;
+    kernel.launch(warpPerHead ? { grid: p.rows, block: INDEXER_PREP_WARP_THREADS, stream } : { grid: [p.rows, s.indexHeads], block: INDEXER_PREP_THREADS, stream }, [
       qI, wI, arg.ptr(this.itemsPtr), arg.ptr(this.rowItemPtr), this.freqComp, arg.i32(s.indexHeads), arg.i32(s.indexHeadDim), arg.i32(s.ropeDim), arg.f32(wscale),
     ]);
   }

@@ -350,6 +350,13 @@ __device__ __forceinline__ void sparse_mma_body(const SparseArgs& A, unsigned ch
   }
   __syncthreads();
 
+  // the epilogue's inverse-RoPE cos / sin at T, once per CTA (every head of the row shares them; computed per (head,
+  // pair) they were ~45% of a prefill CTA's samples: docs/GPU-ATTENTION.md), in the query tile, dead from here on
+  // (rd / 2 pairs x 8 bytes <= 16 MT x D x 2 bytes). Published by the barrier after the softmax.
+  float* rope_c = reinterpret_cast<float*>(qs);
+  float* rope_s = rope_c + A.rd / 2;
+  for (int i = threadIdx.x; i < A.rd / 2; i += kMmaThreads) attn::rope_cs(A.freqs, i, T, rope_c[i], rope_s[i]);
+
   // 3. softmax with sink, a warp per head (as attn_sparse); probabilities overwrite the scores, 0 past nk
   for (int h = warp; h < kRows; h += kMmaWarps) {
     float* s = sc + (size_t)h * ss;
@@ -445,7 +452,7 @@ __device__ __forceinline__ void sparse_mma_body(const SparseArgs& A, unsigned ch
 #pragma unroll
       for (int j = 0; j < 16; j += 2) {
         const int dim = dbase + j;
-        if (dim >= nope) attn::rope_pair(o[j], o[j + 1], A.freqs, (dim - nope) / 2, T, true);
+        if (dim >= nope) attn::rope_rotate(o[j], o[j + 1], rope_c[(dim - nope) / 2], rope_s[(dim - nope) / 2], true);
       }
       unsigned w[8];
 #pragma unroll

@@ -22,6 +22,7 @@ export const ATTENTION_ENTRIES = Object.freeze({
 export const COMPRESSOR_ENTRIES = Object.freeze({ pool: 'attn_compress_pool', state: 'attn_compress_state' } as const);
 export const INDEXER_ENTRIES = Object.freeze({
   prepare: 'attn_indexer_prepare',
+  prepareWarp: 'attn_indexer_prepare_warp',
   scores: 'attn_indexer_scores',
   topk: 'attn_indexer_topk',
 } as const);
@@ -37,6 +38,10 @@ export const COMPRESSOR_THREADS = 256;
 export const COMPRESSOR_MAX_DC = 512;
 export const INDEXER_PREP_THREADS = 128;
 export const INDEXER_PREP_MAX_DI = 1024;
+/** attn_indexer_prepare_warp: threads per CTA (a warp per head), the di it is built for, most RoPE pairs. */
+export const INDEXER_PREP_WARP_THREADS = 256;
+export const INDEXER_PREP_WARP_DIS: readonly number[] = Object.freeze([64, 128, 256]);
+export const INDEXER_PREP_WARP_MAX_PAIRS = 128;
 export const INDEXER_SCORE_THREADS = 256;
 export const INDEXER_KEYS_PER_CTA = 256;
 export const INDEXER_TOPK_THREADS = 512;

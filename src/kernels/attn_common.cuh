@@ -92,15 +92,20 @@ __device__ __forceinline__ void rope_cs(const float* freqs, int i, int t, float&
   s = __double2float_rn(sd);
 }
 
-// Rotates the pair (x[0], x[1]) by position t (inverse: by the conjugate).
-__device__ __forceinline__ void rope_pair(float& a, float& b, const float* freqs, int i, int t, bool inverse) {
-  float c, s;
-  rope_cs(freqs, i, t, c, s);
+// Rotates the pair (a, b) by the angle whose rope_cs values are c, s (inverse: by the conjugate).
+__device__ __forceinline__ void rope_rotate(float& a, float& b, float c, float s, bool inverse) {
   if (inverse) s = -s;
   const float na = bf16_round(__fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)));
   const float nb = bf16_round(__fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c)));
   a = na;
   b = nb;
+}
+
+// Rotates the pair (x[0], x[1]) by position t (inverse: by the conjugate).
+__device__ __forceinline__ void rope_pair(float& a, float& b, const float* freqs, int i, int t, bool inverse) {
+  float c, s;
+  rope_cs(freqs, i, t, c, s);
+  rope_rotate(a, b, c, s, inverse);
 }
 
 // ---- block reductions ----------------------------------------------------------------------------------------------

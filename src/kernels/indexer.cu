@@ -63,6 +63,103 @@ attn_indexer_prepare(uint16_t* qi,                   // bf16 [rows, Hi, di] in p
 }
 
 namespace {
+// attn_indexer_prepare_warp's body for VPL = di / 32 values per lane (lane l holds values VPL l .. VPL l + VPL - 1).
+// Every operation of attn_indexer_prepare in the same order on the same operands, so the bits are the same: the
+// RoPE pairs lie in one lane (nope and VPL are even), the Hadamard butterflies of span h < VPL run in the lane, wider
+// ones pair lanes l and l ^ (h / VPL) (the lower index adds, the upper one takes lower - upper, as tmp[i] = a + b,
+// tmp[i + h] = a - b), and an FP4 block of 32 values is 32 / VPL consecutive lanes (its amax is a max: any order).
+template <int VPL>
+__device__ __forceinline__ void prepare_head_warp(uint16_t* v, const float* rope_c, const float* rope_s, int nope, int lane) {
+  static_assert(VPL % 2 == 0 && VPL <= 32, "pairs in a lane");
+  constexpr int n = 32 * VPL;
+  float x[VPL];
+  const int i0 = lane * VPL;
+#pragma unroll
+  for (int j = 0; j < VPL; j += 2) {
+    const unsigned w2 = *reinterpret_cast<const unsigned*>(v + i0 + j);
+    x[j] = __uint_as_float(w2 << 16);
+    x[j + 1] = __uint_as_float(w2 & 0xffff0000u);
+  }
+#pragma unroll
+  for (int j = 0; j < VPL; j += 2) {
+    const int d = i0 + j;
+    if (d >= nope) attn::rope_rotate(x[j], x[j + 1], rope_c[(d - nope) / 2], rope_s[(d - nope) / 2], false);
+  }
+  double t[VPL];
+#pragma unroll
+  for (int j = 0; j < VPL; j++) t[j] = (double)x[j];
+#pragma unroll
+  for (int h = 1; h < VPL; h <<= 1)
+#pragma unroll
+    for (int j = 0; j < VPL; j++)
+      if ((j & h) == 0) {
+        const double a = t[j], b = t[j + h];
+        t[j] = a + b;
+        t[j + h] = a - b;
+      }
+#pragma unroll
+  for (int m = 1; m < 32; m <<= 1) {
+    const bool upper = (lane & m) != 0;
+#pragma unroll
+    for (int j = 0; j < VPL; j++) {
+      const double p = __shfl_xor_sync(0xffffffffu, t[j], m);
+      t[j] = upper ? p - t[j] : t[j] + p;
+    }
+  }
+  const double sc = 1.0 / sqrt((double)n);
+#pragma unroll
+  for (int j = 0; j < VPL; j++) x[j] = attn::bf16_round(__double2float_rn(t[j] * sc));
+  // FP4 simulation per 32-value block (attn::fp4_sim_block)
+  float amax = 0.f;
+#pragma unroll
+  for (int j = 0; j < VPL; j++) amax = fmaxf(amax, fabsf(x[j]));
+#pragma unroll
+  for (int m = 1; m < 32 / VPL; m <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, m));
+  const float s = attn::pow2_ceil(__fmul_rn(fmaxf(amax, 6.0f * 1.17549435e-38f), 1.0f / 6.0f));
+#pragma unroll
+  for (int j = 0; j < VPL; j++) {
+    float q = __fdiv_rn(x[j], s);
+    q = fminf(fmaxf(q, -6.f), 6.f);
+    x[j] = attn::bf16_round(__fmul_rn(attn::e2m1_round(q), s));
+  }
+#pragma unroll
+  for (int j = 0; j < VPL; j += 2) {
+    *reinterpret_cast<unsigned*>(v + i0 + j) = (unsigned)attn::f32_to_bf16_bits(x[j]) | ((unsigned)attn::f32_to_bf16_bits(x[j + 1]) << 16);
+  }
+}
+}  // namespace
+
+// attn_indexer_prepare for di in {64, 128, 256} with di - rd even (the launcher's indexerPrepareOnWarps): one CTA per
+// row, a warp per head (heads warp, warp + 8, ...), the row's RoPE cos / sin computed once into shared memory
+// (rd / 2 <= 128 pairs). Same results as attn_indexer_prepare bit for bit (prepare_head_warp); the block-per-head
+// kernel spent most of its time at its 10 barriers a head (ncu, docs/GPU-ATTENTION.md).
+extern "C" __global__ void __launch_bounds__(256)
+attn_indexer_prepare_warp(uint16_t* qi, uint16_t* w, const int* __restrict__ items, const int* __restrict__ row_item,
+                          const float* __restrict__ freqs, int Hi, int di, int rd, float wscale) {
+  __shared__ float rope_c[128], rope_s[128];
+  const int r = blockIdx.x;
+  const attn::Item it = attn::load_item(items, row_item[r]);
+  const int T = it.pos + (r - it.row0);
+  for (int i = threadIdx.x; i < rd / 2; i += blockDim.x) attn::rope_cs(freqs, i, T, rope_c[i], rope_s[i]);
+  for (int h = threadIdx.x; h < Hi; h += blockDim.x) {
+    uint16_t* wp = w + (size_t)r * Hi + h;
+    *wp = attn::f32_to_bf16_bits(__fmul_rn(attn::bf16_to_f32(*wp), wscale));
+  }
+  __syncthreads();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int nope = di - rd;
+  for (int h = warp; h < Hi; h += warps) {
+    uint16_t* v = qi + ((size_t)r * Hi + h) * di;
+    switch (di) {
+      case 64: prepare_head_warp<2>(v, rope_c, rope_s, nope, lane); break;
+      case 128: prepare_head_warp<4>(v, rope_c, rope_s, nope, lane); break;
+      case 256: prepare_head_warp<8>(v, rope_c, rope_s, nope, lane); break;
+      default: break;  // the launcher never picks this kernel for other di
+    }
+  }
+}
+
+namespace {
 // ---- exact integer q . k (attn_indexer_scores' fast path) ----------------------------------------------------------
 // A vector (one qI head, or one indexer key) of bf16 values v_i with maximum magnitude amax = m 2^E (1 <= m < 2) gets
 // the unit 2^U, U = E - 6: amax / 2^U = 64 m is in [64, 128), so every |v_i / 2^U| < 128; it is the finest power of
@@ -310,8 +407,6 @@ __device__ __forceinline__ int q_head_to_int8(const float (&v)[DI / 32], signed 
   return err ? kSlowExp : U;
 }
 
-constexpr int kTcLdS = kKeysPerCta + 8;  // row stride (ints) of the products tile S [Hi, keys]
-
 // The epilogue of one (row, key): score = bf16(sum_h bf16(w_h relu(bf16(dot_h)))), heads ascending (the CPU's order);
 // dot_h from the exact integer product s_h when both vectors are on the grid and 2^F is in range, else the f64 loop.
 template <typename SumOf>
@@ -334,46 +429,109 @@ __device__ __forceinline__ float score_of(SumOf sum_of, const int* qexp, const f
   return __double2float_rn(acc);
 }
 
+// The fast epilogue of one (row, key), for a key whose every pair passes score_of's range check (the caller checks
+// the heads' unit range once): the same operations in the same order without the per-head test; the products come
+// four heads at a time from the key's row of S, with the heads' 2^(Uq + 127) bits and weights beside them.
+__device__ __forceinline__ float score_fast(const int* srow, const int* qsh, const float* ws, int uk, int Hi) {
+  const int ub = uk << 23;
+  double acc = 0.0;
+  for (int h = 0; h < Hi; h += 4) {
+    const int4 s4 = *reinterpret_cast<const int4*>(srow + h);
+    const int4 q4 = *reinterpret_cast<const int4*>(qsh + h);
+    const float4 w4 = *reinterpret_cast<const float4*>(ws + h);
+    const int sv[4] = {s4.x, s4.y, s4.z, s4.w}, qv[4] = {q4.x, q4.y, q4.z, q4.w};
+    const float wv[4] = {w4.x, w4.y, w4.z, w4.w};
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      const float fs = __fsub_rn(__int_as_float(kMagicBits + sv[u]), kMagic);  // = (float)s, exact
+      const float dot = __fmul_rn(fs, __int_as_float(qv[u] + ub));            // * 2^F, exact (normal range)
+      const unsigned b = __float_as_uint(dot);                                // finite: bf16 rounding without the NaN test
+      const float rl = fmaxf(__uint_as_float((b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u), 0.f);
+      acc += (double)attn::bf16_round(__fmul_rn(wv[u], rl));
+    }
+  }
+  return __double2float_rn(acc);
+}
+
 // attn_indexer_scores' tensor-core body (di == DI in {32, 64, 128}, Hi a multiple of 16): per row, the int8 queries
 // [Hi, DI] times the CTA's int8 keys [256, DI]^T on the tensor cores (WMMA s8 -> s32: exact integer sums), the
-// products tile S [Hi, 256] in shared memory, then a thread per key runs the epilogue over its column.
-// Shared memory: qk [DI/16][Hi][16] int8 | kk [DI/16][256][16] int8 | S [Hi][kTcLdS] int32 | qexp [Hi] | ws [Hi].
+// products tile S in shared memory key-major (a key's heads contiguous), then a thread per key runs the epilogue.
+// The keys load coalesced: DI / 8 lanes per key row, 16 bytes each, every load of a thread in flight at once (a thread
+// per key row, one row after another, had most of the kernel's stall samples: docs/GPU-ATTENTION.md).
+// Shared memory (indexerTcSmemBytes): qk [DI/16][Hi][16] int8 | kk [DI/16][256][16] int8 | S [256][Hi + 4] int32 |
+// qexp [Hi] | qsh [Hi] ((Uq + 127) << 23) | ws [Hi] | ukey [256] | the warps' min / max of Uq [2][8].
 template <int DI>
 __device__ __forceinline__ void indexer_scores_tc(
     const uint16_t* __restrict__ qi, const uint16_t* __restrict__ w, const attn::Paged& cache,
     const int* __restrict__ items, const int* __restrict__ row_item, uint16_t* __restrict__ scores, int score_stride,
     int row_begin, int rows, int Hi, int ratio, int topk, int rows_per_cta, unsigned char* smem) {
   using namespace nvcuda;
+  constexpr int LPK = DI / 8;                                   // lanes per key row (16 bytes each)
+  constexpr int KPW = 32 / LPK;                                 // key rows per warp and step
+  constexpr int kSteps = kKeysPerCta / (kScoreWarps * KPW);     // loads per thread (= LPK)
   const int g0 = blockIdx.x * rows_per_cta;
   const int nr = min(rows_per_cta, rows - g0);
   const int n0 = blockIdx.y * kKeysPerCta;
+  const int ldS = Hi + 4;
   signed char* qk = reinterpret_cast<signed char*>(smem);
   signed char* kk = qk + (size_t)Hi * DI;
   int* S = reinterpret_cast<int*>(kk + (size_t)kKeysPerCta * DI);
-  int* qexp = S + (size_t)Hi * kTcLdS;
-  float* ws = reinterpret_cast<float*>(qexp + Hi);
+  int* qexp = S + (size_t)kKeysPerCta * ldS;
+  int* qsh = qexp + Hi;
+  float* ws = reinterpret_cast<float*>(qsh + Hi);
+  int* ukey = reinterpret_cast<int*>(ws + Hi);
+  int* wrange = ukey + kKeysPerCta;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int n = n0 + threadIdx.x;
-  int uk = kSlowExp;
   int loaded_item = -1;
-  const uint16_t* krow = nullptr;
   for (int j = 0; j < nr; j++) {  // everything but the epilogue is uniform over the CTA
     const int r = row_begin + g0 + j;
     const int ii = row_item[r];
     const attn::Item it = attn::load_item(items, ii);
     const int visible = (it.pos + (r - it.row0) + 1) / ratio;
     if (visible <= topk || n0 >= visible) continue;  // the top-k kernel takes every block then / no keys here
-    __syncthreads();  // the previous row's epilogue is done with S, qexp, ws
+    __syncthreads();  // the previous row's epilogue is done with S, qexp, ws (and the keys, for another item)
     if (ii != loaded_item) {
       int vis_last = visible;  // keys for every later row of this item in the CTA (rows of an item are consecutive)
       for (int jj = j + 1; jj < nr && row_item[row_begin + g0 + jj] == ii; jj++) vis_last = (it.pos + (row_begin + g0 + jj - it.row0) + 1) / ratio;
-      uk = kSlowExp;
-      if (n < vis_last) {
-        krow = attn::paged_row(cache, it.slot, n);
-        uk = key_to_int8_chunks<DI>(krow, reinterpret_cast<int4*>(kk) + threadIdx.x, kKeysPerCta);
+      const int sub = lane % LPK;
+      uint4 raw[kSteps];
+#pragma unroll
+      for (int st = 0; st < kSteps; st++) {
+        const int kn = n0 + (st * kScoreWarps + warp) * KPW + lane / LPK;
+        raw[st] = kn < vis_last ? reinterpret_cast<const uint4*>(attn::paged_row(cache, it.slot, kn))[sub] : uint4{0u, 0u, 0u, 0u};
+      }
+#pragma unroll
+      for (int st = 0; st < kSteps; st++) {
+        const int kidx = (st * kScoreWarps + warp) * KPW + lane / LPK;
+        const unsigned x[4] = {raw[st].x, raw[st].y, raw[st].z, raw[st].w};
+        float amax = 0.f;
+#pragma unroll
+        for (int t = 0; t < 4; t++) {
+          amax = fmaxf(amax, fabsf(__uint_as_float(x[t] << 16)));
+          amax = fmaxf(amax, fabsf(__uint_as_float(x[t] & 0xffff0000u)));
+        }
+#pragma unroll
+        for (int o = 1; o < LPK; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        float scale; int U;
+        unsigned err = int_unit(amax, scale, U) ? 0u : 1u;  // uniform over the key's lanes
+        if (!err) {
+          unsigned b[8];
+#pragma unroll
+          for (int t = 0; t < 4; t++) {
+            b[2 * t] = int8_of(__uint_as_float(x[t] << 16), scale, err);
+            b[2 * t + 1] = int8_of(__uint_as_float(x[t] & 0xffff0000u), scale, err);
+          }
+          *reinterpret_cast<uint2*>(kk + ((size_t)(sub >> 1) * kKeysPerCta + kidx) * 16 + (sub & 1) * 8) =
+              uint2{pack4(b[0], b[1], b[2], b[3]), pack4(b[4], b[5], b[6], b[7])};
+        }
+#pragma unroll
+        for (int o = 1; o < LPK; o <<= 1) err |= __shfl_xor_sync(0xffffffffu, err, o);
+        if (sub == 0) ukey[kidx] = (err || n0 + kidx >= vis_last) ? kSlowExp : U;
       }
       loaded_item = ii;
     }
+    int umin = 0x7fffffff, umax = -0x7fffffff;  // this warp's heads' units
     for (int h0 = warp; h0 < Hi; h0 += 4 * kScoreWarps) {  // four heads per warp at a time: their loads in flight
       constexpr int VPL = DI / 32;
       float v[4][VPL];
@@ -388,13 +546,15 @@ __device__ __forceinline__ void indexer_scores_tc(
         const int h = h0 + u * kScoreWarps;
         if (h < Hi) {  // uniform over the warp
           const int U = q_head_to_int8<DI>(v[u], qk + h * 16, Hi * 16, lane);
-          if (lane == 0) qexp[h] = U;
+          umin = min(umin, U); umax = max(umax, U);
+          if (lane == 0) { qexp[h] = U; qsh[h] = (U + 127) << 23; }
         }
       }
     }
+    if (lane == 0) { wrange[warp] = umin; wrange[kScoreWarps + warp] = umax; }
     for (int h = threadIdx.x; h < Hi; h += blockDim.x) ws[h] = attn::bf16_to_f32(w[(size_t)r * Hi + h]);
     __syncthreads();
-    // S[h][m] = sum_i q[h][i] k[m][i]: warp w takes keys 32w..32w+31 (two 16-key tiles) for every 16-head tile
+    // S[m][h] = sum_i q[h][i] k[m][i]: warp w takes keys 32w..32w+31 (two 16-key tiles) for every 16-head tile
     if (n0 + 32 * warp < visible) {
       for (int mt = 0; mt < Hi / 16; mt++) {
         wmma::fragment<wmma::accumulator, 16, 16, 16, int> c0, c1;
@@ -410,14 +570,23 @@ __device__ __forceinline__ void indexer_scores_tc(
           wmma::mma_sync(c0, a, b0, c0);
           wmma::mma_sync(c1, a, b1, c1);
         }
-        wmma::store_matrix_sync(S + (size_t)16 * mt * kTcLdS + 32 * warp, c0, kTcLdS, wmma::mem_row_major);
-        wmma::store_matrix_sync(S + (size_t)16 * mt * kTcLdS + 32 * warp + 16, c1, kTcLdS, wmma::mem_row_major);
+        wmma::store_matrix_sync(S + (size_t)(32 * warp) * ldS + 16 * mt, c0, ldS, wmma::mem_col_major);
+        wmma::store_matrix_sync(S + (size_t)(32 * warp + 16) * ldS + 16 * mt, c1, ldS, wmma::mem_col_major);
       }
     }
     __syncthreads();
     if (n < visible) {
-      const int* col = S + threadIdx.x;
-      const float sc = score_of([&](int h) { return col[(size_t)h * kTcLdS]; }, qexp, ws, uk, Hi, DI, qi + (size_t)r * Hi * DI, krow);
+      int qmin = wrange[0], qmax = wrange[kScoreWarps];
+#pragma unroll
+      for (int i = 1; i < kScoreWarps; i++) { qmin = min(qmin, wrange[i]); qmax = max(qmax, wrange[kScoreWarps + i]); }
+      const int uk = ukey[threadIdx.x];
+      const int* srow = S + (size_t)threadIdx.x * ldS;
+      float sc;
+      if (uk != kSlowExp && qmin != kSlowExp && qmin + uk >= -126 && qmax + uk <= 105) {
+        sc = score_fast(srow, qsh, ws, uk, Hi);
+      } else {
+        sc = score_of([&](int h) { return srow[h]; }, qexp, ws, uk, Hi, DI, qi + (size_t)r * Hi * DI, attn::paged_row(cache, it.slot, n));
+      }
       scores[(size_t)(g0 + j) * score_stride + n] = attn::f32_to_bf16_bits(sc);
     }
   }

@@ -1,5 +1,5 @@
 // The extra device vocabulary of src/kernels/model_ops.cu (the model's row ops) for the CPU emulator, on top of
-// emu_shim.h (which has uint4 and __int_as_float): vector types, __ldg, the f64 _rn intrinsics, bit casts, and a software e4m3 conversion standing in for
+// emu_shim.h (which has the vector types and __int_as_float): their make_ functions, __ldg, the f64 _rn intrinsics, bit casts, and a software e4m3 conversion standing in for
 // PTX cvt.rn.satfinite.e4m3x2.f32 (build.sh rewrites common.cuh's asm line into a call of emu_e4m3x2).
 #pragma once
 #include <cmath>
@@ -10,8 +10,6 @@
 #define __restrict__ __restrict
 #endif
 
-struct alignas(8) uint2 { unsigned x, y; };
-struct alignas(16) float4 { float x, y, z, w; };
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 

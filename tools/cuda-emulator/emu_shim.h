@@ -75,6 +75,8 @@ inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, 4); return i; }
 // the CUDA vector types the kernels load through (16-byte aligned, as on the GPU)
 struct alignas(16) int4 { int x, y, z, w; };
 struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(8) uint2 { unsigned x, y; };
+struct alignas(16) float4 { float x, y, z, w; };
 
 // __dp4a(a, b, c): c + the sum of the four signed byte products of a and b (int32 wrap-around, as the GPU's IDP4A)
 inline int __dp4a(int a, int b, int c) {
