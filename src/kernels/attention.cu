@@ -47,6 +47,39 @@ __device__ __forceinline__ void softmax_with_sink(float* s, int nk, int n_out, f
   __syncwarp();
   for (int k = lane; k < n_out; k += 32) s[k] = k < nk ? attn::bf16_round(__fdiv_rn(s[k], den)) : 0.f;
 }
+
+// softmax_with_sink of two heads at once (rows s0 and s1, the same keys): the same operations per head, their
+// dependent chains (the double exp, the shuffle reductions) interleaved so one warp keeps both in flight.
+__device__ __forceinline__ void softmax_with_sink2(float* s0, float* s1, int nk, int n_out, float sink0, float sink1,
+                                                   int lane) {
+  float m0 = -INFINITY, m1 = -INFINITY;
+  for (int k = lane; k < nk; k += 32) { m0 = fmaxf(m0, s0[k]); m1 = fmaxf(m1, s1[k]); }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float a = __shfl_xor_sync(0xffffffffu, m0, o), b = __shfl_xor_sync(0xffffffffu, m1, o);
+    m0 = fmaxf(m0, a); m1 = fmaxf(m1, b);
+  }
+  double e0 = 0.0, e1 = 0.0;
+  for (int k = lane; k < nk; k += 32) {
+    const float x0 = s0[k], x1 = s1[k];
+    const float y0 = x0 == -INFINITY ? 0.f : __double2float_rn(exp((double)x0 - (double)m0));
+    const float y1 = x1 == -INFINITY ? 0.f : __double2float_rn(exp((double)x1 - (double)m1));
+    s0[k] = y0; s1[k] = y1;
+    e0 += (double)y0; e1 += (double)y1;
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const double a = __shfl_xor_sync(0xffffffffu, e0, o), b = __shfl_xor_sync(0xffffffffu, e1, o);
+    e0 += a; e1 += b;
+  }
+  const float d0 = __fadd_rn(__double2float_rn(e0), __double2float_rn(exp((double)sink0 - (double)m0)));
+  const float d1 = __fadd_rn(__double2float_rn(e1), __double2float_rn(exp((double)sink1 - (double)m1)));
+  __syncwarp();
+  for (int k = lane; k < n_out; k += 32) {
+    s0[k] = k < nk ? attn::bf16_round(__fdiv_rn(s0[k], d0)) : 0.f;
+    s1[k] = k < nk ? attn::bf16_round(__fdiv_rn(s1[k], d1)) : 0.f;
+  }
+}
 }  // namespace
 
 // In-place FP8 QAT simulation of the nope dims of fresh kv rows [rows, d] (ops.ts fp8SimInPlace, block 64): one warp
@@ -358,111 +391,130 @@ __device__ __forceinline__ void sparse_mma_body(const SparseArgs& A, unsigned ch
   for (int i = threadIdx.x; i < A.rd / 2; i += kMmaThreads) attn::rope_cs(A.freqs, i, T, rope_c[i], rope_s[i]);
 
   // 3. softmax with sink, a warp per head (as attn_sparse); probabilities overwrite the scores, 0 past nk
-  for (int h = warp; h < kRows; h += kMmaWarps) {
+  // heads warp, warp + 8, ... two at a time (kRows / kMmaWarps = 2 MT of them per warp)
+  for (int h = warp; h < kRows; h += 2 * kMmaWarps) {
+    const int h1 = h + kMmaWarps;
     float* s = sc + (size_t)h * ss;
-    if (h >= A.hpb) {  // padding rows of the m-tile
-      for (int k = lane; k < nk16; k += 32) s[k] = 0.f;
+    float* s1 = sc + (size_t)h1 * ss;
+    if (h1 < A.hpb) {
+      softmax_with_sink2(s, s1, nk, nk16, A.sink[h0 + h], A.sink[h0 + h1], lane);
       continue;
     }
-    softmax_with_sink(s, nk, nk16, A.sink[h0 + h], lane);
+    for (int hh = h; hh <= h1; hh += kMmaWarps) {
+      float* sh = sc + (size_t)hh * ss;
+      if (hh >= A.hpb) {  // padding rows of the m-tile
+        for (int k = lane; k < nk16; k += 32) sh[k] = 0.f;
+      } else {
+        softmax_with_sink(sh, nk, nk16, A.sink[h0 + hh], lane);
+      }
+    }
   }
   __syncthreads();
 
-  // 4. O = P V
+  // 4. O = P V, MP m-tiles per pass over the keys (two passes at MT = 4: 64 accumulators a lane instead of 128, so the
+  //    4-m-tile entry fits two CTAs per SM; each pass reloads the V fragments, from L2)
   constexpr int kSlabs = D / 64;
   constexpr int kSplit = kMmaWarps / kSlabs;
+  constexpr int MP = MT < 2 ? MT : 2;
   const int slab = warp % kSlabs, split = warp / kSlabs;
   const int dim0 = slab * 64 + 8 * g;  // this lane's 8 dims of each V row it loads (n-tile q <-> dim dim0 + q)
-  float acc[MT][8][4];
-#pragma unroll
-  for (int m = 0; m < MT; m++)
-#pragma unroll
-    for (int q = 0; q < 8; q++) acc[m][q][0] = acc[m][q][1] = acc[m][q][2] = acc[m][q][3] = 0.f;
   const int ktiles = nk16 / 16;
-  uint4 vu, vv, vw, vx;  // keys 2t, 2t+1, 2t+8, 2t+9 of the k-tile
-  if (split < ktiles) {
-    const int kb = split * 16 + 2 * t;
-    vu = load_row16(keys[kb], dim0); vv = load_row16(keys[kb + 1], dim0);
-    vw = load_row16(keys[kb + 8], dim0); vx = load_row16(keys[kb + 9], dim0);
-  }
-  for (int kt = split; kt < ktiles; kt += kSplit) {
-    const uint4 cu = vu, cv = vv, cw = vw, cx = vx;
-    if (kt + kSplit < ktiles) {  // the next k-tile's loads in flight during this one's mmas
-      const int kb = (kt + kSplit) * 16 + 2 * t;
+  const int dbase = slab * 64 + 16 * t;
+  const int nope = D - A.rd;
+#pragma unroll 1
+  for (int mb = 0; mb < MT; mb += MP) {
+    float acc[MP][8][4];
+#pragma unroll
+    for (int m = 0; m < MP; m++)
+#pragma unroll
+      for (int q = 0; q < 8; q++) acc[m][q][0] = acc[m][q][1] = acc[m][q][2] = acc[m][q][3] = 0.f;
+    uint4 vu, vv, vw, vx;  // keys 2t, 2t+1, 2t+8, 2t+9 of the k-tile
+    if (split < ktiles) {
+      const int kb = split * 16 + 2 * t;
       vu = load_row16(keys[kb], dim0); vv = load_row16(keys[kb + 1], dim0);
       vw = load_row16(keys[kb + 8], dim0); vx = load_row16(keys[kb + 9], dim0);
     }
-    unsigned b0[8], b1[8];
+    for (int kt = split; kt < ktiles; kt += kSplit) {
+      const uint4 cu = vu, cv = vv, cw = vw, cx = vx;
+      if (kt + kSplit < ktiles) {  // the next k-tile's loads in flight during this one's mmas
+        const int kb = (kt + kSplit) * 16 + 2 * t;
+        vu = load_row16(keys[kb], dim0); vv = load_row16(keys[kb + 1], dim0);
+        vw = load_row16(keys[kb + 8], dim0); vx = load_row16(keys[kb + 9], dim0);
+      }
+      unsigned b0[8], b1[8];
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-      const unsigned u = word_of(cu, i), v = word_of(cv, i), w = word_of(cw, i), x = word_of(cx, i);
-      b0[2 * i] = pair_lo(u, v); b1[2 * i] = pair_lo(w, x);
-      b0[2 * i + 1] = pair_hi(u, v); b1[2 * i + 1] = pair_hi(w, x);
+      for (int i = 0; i < 4; i++) {
+        const unsigned u = word_of(cu, i), v = word_of(cv, i), w = word_of(cw, i), x = word_of(cx, i);
+        b0[2 * i] = pair_lo(u, v); b1[2 * i] = pair_lo(w, x);
+        b0[2 * i + 1] = pair_hi(u, v); b1[2 * i + 1] = pair_hi(w, x);
+      }
+      const int kc = kt * 16 + 2 * t;
+#pragma unroll
+      for (int m = 0; m < MP; m++) {
+        const float* pa = sc + (size_t)((mb + m) * 16 + g) * ss + kc;
+        const float* pb = pa + (size_t)8 * ss;
+        const float2 a0 = *reinterpret_cast<const float2*>(pa), a2 = *reinterpret_cast<const float2*>(pa + 8);
+        const float2 a1 = *reinterpret_cast<const float2*>(pb), a3 = *reinterpret_cast<const float2*>(pb + 8);
+        const unsigned r0 = attn::pack_bf16x2_exact(a0.x, a0.y), r1 = attn::pack_bf16x2_exact(a1.x, a1.y);
+        const unsigned r2 = attn::pack_bf16x2_exact(a2.x, a2.y), r3 = attn::pack_bf16x2_exact(a3.x, a3.y);
+#pragma unroll
+        for (int q = 0; q < 8; q++) attn::mma_bf16_16816(acc[m][q], r0, r1, r2, r3, b0[q], b1[q]);
+      }
     }
-    const int kc = kt * 16 + 2 * t;
+    // lane holds, per m-tile, dims slab*64 + 16t + j of rows g (acc[..][j%8][j/8]) and g+8 (acc[..][j%8][2 + j/8])
+    if constexpr (kSplit > 1) {  // the key-split warps' partials, summed in split order
+      if (split > 0) {
 #pragma unroll
-    for (int m = 0; m < MT; m++) {
-      const float* pa = sc + (size_t)(m * 16 + g) * ss + kc;
-      const float* pb = pa + (size_t)8 * ss;
-      const float2 a0 = *reinterpret_cast<const float2*>(pa), a2 = *reinterpret_cast<const float2*>(pa + 8);
-      const float2 a1 = *reinterpret_cast<const float2*>(pb), a3 = *reinterpret_cast<const float2*>(pb + 8);
-      const unsigned r0 = attn::pack_bf16x2_exact(a0.x, a0.y), r1 = attn::pack_bf16x2_exact(a1.x, a1.y);
-      const unsigned r2 = attn::pack_bf16x2_exact(a2.x, a2.y), r3 = attn::pack_bf16x2_exact(a3.x, a3.y);
-#pragma unroll
-      for (int q = 0; q < 8; q++) attn::mma_bf16_16816(acc[m][q], r0, r1, r2, r3, b0[q], b1[q]);
-    }
-  }
-  // lane holds, per m-tile, dims slab*64 + 16t + j of rows g (acc[..][j%8][j/8]) and g+8 (acc[..][j%8][2 + j/8])
-  const int dbase = slab * 64 + 16 * t;
-  if constexpr (kSplit > 1) {  // the key-split warps' partials, summed in split order
-    if (split > 0) {
-#pragma unroll
-      for (int m = 0; m < MT; m++)
-#pragma unroll
-        for (int hf = 0; hf < 2; hf++) {
-          float* dst = red + ((size_t)(split - 1) * kRows + m * 16 + g + 8 * hf) * D + dbase;
-#pragma unroll
-          for (int j = 0; j < 16; j++) dst[j] = acc[m][j % 8][2 * hf + j / 8];
-        }
-    }
-    __syncthreads();
-    if (split == 0) {
-      for (int s = 1; s < kSplit; s++)
-#pragma unroll
-        for (int m = 0; m < MT; m++)
+        for (int m = 0; m < MP; m++)
 #pragma unroll
           for (int hf = 0; hf < 2; hf++) {
-            const float* src = red + ((size_t)(s - 1) * kRows + m * 16 + g + 8 * hf) * D + dbase;
+            float* dst = red + ((size_t)(split - 1) * kRows + (mb + m) * 16 + g + 8 * hf) * D + dbase;
 #pragma unroll
-            for (int j = 0; j < 16; j++) acc[m][j % 8][2 * hf + j / 8] += src[j];
+            for (int j = 0; j < 16; j++) dst[j] = acc[m][j % 8][2 * hf + j / 8];
           }
+      }
+      __syncthreads();
+      if (split == 0) {
+        for (int s = 1; s < kSplit; s++)
+#pragma unroll
+          for (int m = 0; m < MP; m++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+              const float* src = red + ((size_t)(s - 1) * kRows + (mb + m) * 16 + g + 8 * hf) * D + dbase;
+#pragma unroll
+              for (int j = 0; j < 16; j++) acc[m][j % 8][2 * hf + j / 8] += src[j];
+            }
+      }
+    }
+    if (split == 0) {
+#pragma unroll
+      for (int m = 0; m < MP; m++)
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+          const int row = (mb + m) * 16 + g + 8 * hf;
+          if (row >= A.hpb) continue;
+          float o[16];
+#pragma unroll
+          for (int j = 0; j < 16; j++) o[j] = attn::bf16_round(acc[m][j % 8][2 * hf + j / 8]);
+#pragma unroll
+          for (int j = 0; j < 16; j += 2) {
+            const int dim = dbase + j;
+            if (dim >= nope) attn::rope_rotate(o[j], o[j + 1], rope_c[(dim - nope) / 2], rope_s[(dim - nope) / 2], true);
+          }
+          unsigned w[8];
+#pragma unroll
+          for (int j = 0; j < 8; j++) {
+            w[j] = (unsigned)attn::f32_to_bf16_bits(o[2 * j]) | ((unsigned)attn::f32_to_bf16_bits(o[2 * j + 1]) << 16);
+          }
+          uint4* dst = reinterpret_cast<uint4*>(A.out + ((size_t)r * A.H + h0 + row) * D + dbase);
+          dst[0] = uint4{w[0], w[1], w[2], w[3]};
+          dst[1] = uint4{w[4], w[5], w[6], w[7]};
+        }
+    }
+    if constexpr (kSplit > 1) {
+      if (mb + MP < MT) __syncthreads();  // split 0 has read the partials before the next pass writes them
     }
   }
-  if (split != 0) return;
-  const int nope = D - A.rd;
-#pragma unroll
-  for (int m = 0; m < MT; m++)
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-      const int row = m * 16 + g + 8 * hf;
-      if (row >= A.hpb) continue;
-      float o[16];
-#pragma unroll
-      for (int j = 0; j < 16; j++) o[j] = attn::bf16_round(acc[m][j % 8][2 * hf + j / 8]);
-#pragma unroll
-      for (int j = 0; j < 16; j += 2) {
-        const int dim = dbase + j;
-        if (dim >= nope) attn::rope_rotate(o[j], o[j + 1], rope_c[(dim - nope) / 2], rope_s[(dim - nope) / 2], true);
-      }
-      unsigned w[8];
-#pragma unroll
-      for (int j = 0; j < 8; j++) {
-        w[j] = (unsigned)attn::f32_to_bf16_bits(o[2 * j]) | ((unsigned)attn::f32_to_bf16_bits(o[2 * j + 1]) << 16);
-      }
-      uint4* dst = reinterpret_cast<uint4*>(A.out + ((size_t)r * A.H + h0 + row) * D + dbase);
-      dst[0] = uint4{w[0], w[1], w[2], w[3]};
-      dst[1] = uint4{w[4], w[5], w[6], w[7]};
-    }
 }
 
 }  // namespace
@@ -510,7 +562,7 @@ attn_sparse_mma2(ATTN_SPARSE_MMA_PARAMS) {
   sparse_mma_dispatch<2>(ATTN_SPARSE_MMA_ARGS, d, smem);
 }
 
-extern "C" __global__ void __launch_bounds__(kMmaThreads)
+extern "C" __global__ void __launch_bounds__(kMmaThreads, 2)  // two CTAs per SM where shared memory allows
 attn_sparse_mma4(ATTN_SPARSE_MMA_PARAMS) {
   extern __shared__ __align__(16) unsigned char smem[];
   sparse_mma_dispatch<4>(ATTN_SPARSE_MMA_ARGS, d, smem);
