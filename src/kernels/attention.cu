@@ -391,12 +391,13 @@ __device__ __forceinline__ void sparse_mma_body(const SparseArgs& A, unsigned ch
   for (int i = threadIdx.x; i < A.rd / 2; i += kMmaThreads) attn::rope_cs(A.freqs, i, T, rope_c[i], rope_s[i]);
 
   // 3. softmax with sink, a warp per head (as attn_sparse); probabilities overwrite the scores, 0 past nk
-  // heads warp, warp + 8, ... two at a time (kRows / kMmaWarps = 2 MT of them per warp)
+  // heads warp, warp + 8, ... (kRows / kMmaWarps = 2 MT of them per warp), two at a time in the prefill entries (MT >=
+  // 2; the decode entry (MT = 1) one at a time: with both there its steps were slower, docs/GPU-MODEL.md "Session 12")
   for (int h = warp; h < kRows; h += 2 * kMmaWarps) {
     const int h1 = h + kMmaWarps;
     float* s = sc + (size_t)h * ss;
     float* s1 = sc + (size_t)h1 * ss;
-    if (h1 < A.hpb) {
+    if (MT >= 2 && h1 < A.hpb) {
       softmax_with_sink2(s, s1, nk, nk16, A.sink[h0 + h], A.sink[h0 + h1], lane);
       continue;
     }
