@@ -4,7 +4,8 @@
 //
 // attn_indexer_prepare: one CTA per (row, indexer head): qI = FP4sim(Hadamard(RoPE(qI))) in place, and the head
 //   weight w = bf16(w * 1/(sqrt(di) sqrt(Hi))) (the scale comes from the host as one f32, as the CPU computes it).
-// attn_indexer_scores: one CTA per (up to rows_per_cta rows, 256 visible keys), a thread per key:
+//   attn_indexer_prepare_warp does the same with a warp per head (di 64 / 128 / 256), bit for bit.
+// attn_indexer_scores: one CTA per (up to rows_per_cta rows, 256 visible keys), a thread per key in the epilogue:
 //   score[n] = bf16(sum_h bf16(w_h * relu(bf16(qI_h . k_n)))), the head sum in double in the CPU's order (h ascending).
 //   The dot products are exact integer arithmetic: qI and k sit on the FP4 grid times power-of-two block scales, so
 //   each vector is small integers (|n| <= 127) times one power of two, the int8 dot product is exact in int32 and
