@@ -51,6 +51,9 @@ test('option checks name the flag and the fix', () => {
   assert.throws(() => validateModelBenchOptions(opts({ preset: 'tiny' as never })), /--preset: unknown "tiny" \(known: flash, pro\)/);
   assert.throws(() => validateModelBenchOptions(opts({ kvFill: 'zeros' as never })), /--kv-fill: unknown "zeros"/);
   assert.equal(validateModelBenchOptions(opts({ batches: [], contexts: [] })).prefill[0], 4096);
+  assert.throws(() => validateModelBenchOptions(opts({ kvCacheGib: 0 })), /--kv-cache-gib 0: give a positive number of GiB/);
+  assert.throws(() => validateModelBenchOptions(opts({ kvCacheGib: Number('8x') })), /--kv-cache-gib NaN/);
+  assert.equal(validateModelBenchOptions(opts({ kvCacheGib: 8 })).kvCacheGib, 8);
 });
 
 test('CLI: bad values refused by name; good ones stop at the GPU check', () => {
@@ -82,6 +85,8 @@ test('CLI options into ModelBenchOptions', () => {
   };
   const o = modelBenchOptionsFromCli(cli, 'megamoe bench model');
   assert.deepEqual([o.batches, o.contexts, o.prefill, o.prefillChunk, o.kvFill, o.moeBackend], [[1, 8], [32768], [], 4096, 'prefill', 'mega_moe']);
+  assert.equal(o.kvCacheGib, undefined, 'the caches from the free memory unless asked');
+  assert.equal(modelBenchOptionsFromCli({ ...cli, kvCacheGib: '1.5' }, 'megamoe bench model').kvCacheGib, 1.5);
 });
 
 test('capacity: largest batch, chunk rows, context rounded to 64 past the decode steps', () => {

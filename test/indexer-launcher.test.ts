@@ -1,12 +1,16 @@
-// The indexer scores launcher's pure choices (src/gpu-model/attention.ts): shared memory per CTA and rows per CTA.
+// The indexer launchers' pure choices (src/gpu-model/attention.ts): the prepare kernel, the scores' shared memory per
+// CTA and rows per CTA.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ATTN_SMEM_LIMIT, chooseIndexerRowsPerCta, INDEXER_MAX_ROWS_PER_CTA, indexerScoreSmemBytes, indexerScoresOnTensorCores } from '../src/gpu-model/attention.js';
+import {
+  ATTN_SMEM_LIMIT, chooseIndexerRowsPerCta, INDEXER_MAX_ROWS_PER_CTA, indexerPrepareOnWarps, indexerScoreSmemBytes, indexerScoresOnTensorCores,
+} from '../src/gpu-model/attention.js';
 import { INDEXER_KEYS_PER_CTA, INDEXER_SCORE_THREADS } from '../src/kernels/attention.js';
 
 test('indexer scores: a thread per key; shared memory of the tensor-core path and of the CUDA-core one', () => {
   assert.equal(INDEXER_KEYS_PER_CTA, INDEXER_SCORE_THREADS);
-  // flash / pro: 64 heads x 128 on the tensor cores: q 64 x 128, keys 256 x 128, products 64 x 264 int32, units, weights
+  // flash / pro: 64 heads x 128 on the tensor cores: q 64 x 128, keys 256 x 128, products 256 x 68 int32 (key-major),
+  // the heads' units (two forms) and weights, the keys' units, the warps' unit ranges
   assert.ok(indexerScoresOnTensorCores(64, 128) && indexerScoresOnTensorCores(16, 64));
   assert.equal(indexerScoreSmemBytes(64, 128), 64 * 128 + 256 * 128 + 256 * 68 * 4 + 64 * 12 + 256 * 4 + 16 * 4);
   assert.equal(indexerScoreSmemBytes(64, 128, 8), indexerScoreSmemBytes(64, 128), 'one row at a time');
@@ -31,4 +35,11 @@ test('indexer scores rows per CTA: one for decode batches, several for prefill c
   assert.equal(chooseIndexerRowsPerCta(64, 600, true, 64, 128, 132), 1);
   // shared memory caps it
   assert.equal(chooseIndexerRowsPerCta(64, 1 << 20, true, 64, 512, 132), 2);
+});
+
+test('indexer prepare: a warp per head for di 64 / 128 / 256 with the RoPE pairs in a lane; the block kernel otherwise', () => {
+  assert.ok(indexerPrepareOnWarps(128, 64) && indexerPrepareOnWarps(64, 64) && indexerPrepareOnWarps(256, 64), 'flash / pro / tiny shapes');
+  assert.ok(!indexerPrepareOnWarps(32, 16), 'di 32: one value a lane, pairs would straddle lanes');
+  assert.ok(!indexerPrepareOnWarps(512, 64) && !indexerPrepareOnWarps(1024, 64), 'more than 8 values a lane');
+  assert.ok(!indexerPrepareOnWarps(128, 63), 'an odd nope part');
 });
