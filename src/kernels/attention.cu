@@ -392,7 +392,8 @@ __device__ __forceinline__ void sparse_mma_body(const SparseArgs& A, unsigned ch
 
   // 3. softmax with sink, a warp per head (as attn_sparse); probabilities overwrite the scores, 0 past nk
   // heads warp, warp + 8, ... (kRows / kMmaWarps = 2 MT of them per warp), two at a time in the prefill entries (MT >=
-  // 2; the decode entry (MT = 1) one at a time: with both there its steps were slower, docs/GPU-MODEL.md "Session 12")
+  // 2); the decode entry (MT = 1) one at a time (decode steps were slower with the pair there in one of two calls:
+  // docs/GPU-MODEL.md "Session 12")
   for (int h = warp; h < kRows; h += 2 * kMmaWarps) {
     const int h1 = h + kMmaWarps;
     float* s = sc + (size_t)h * ss;
