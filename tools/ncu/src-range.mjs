@@ -1,4 +1,6 @@
-// samples and executed instructions per SASS index range: node src-range.mjs file kernel a-b c-d ...
+// Warp-stall samples (share of the kernel's) and executed warp instructions per range of SASS line indexes (as
+// tools/ncu/src-top.mjs prints them) of the first kernel whose name contains KERNEL:
+//   node tools/ncu/src-range.mjs src.csv KERNEL 0-3100 3100-3640 ...
 import fs from 'node:fs';
 const [file, want, ...ranges] = process.argv.slice(2);
 const parse = (l) => { const out = []; let cur = '', q = false; for (let i = 0; i < l.length; i++) { const ch = l[i]; if (q) { if (ch === '"') { if (l[i + 1] === '"') { cur += '"'; i++; } else q = false; } else cur += ch; } else if (ch === '"') q = true; else if (ch === ',') { out.push(cur); cur = ''; } else cur += ch; } out.push(cur); return out; };

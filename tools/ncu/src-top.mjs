@@ -1,4 +1,9 @@
-// top SASS lines by warp-stall samples from `ncu -i x --page source --csv --print-source sass` (one or more kernels)
+// The top SASS lines of each kernel by warp-stall samples, with its stall reasons and opcode mix, from the source page of
+// an ncu report taken with the SourceCounters section:
+//   ncu -i x.ncu-rep --page source --csv --print-source sass > src.csv
+//   node tools/ncu/src-top.mjs src.csv [kernel-name-substring (matches 'name#index')] [top N = 40]
+// (used in docs/GPU-MODEL.md "Session 12"; the lines are printed in program order with their SASS index, which
+// tools/ncu/src-range.mjs takes to sum the samples of a phase)
 import fs from 'node:fs';
 const [file, kernelWant, topN = '40'] = process.argv.slice(2);
 const lines = fs.readFileSync(file, 'utf8').split('\n');
