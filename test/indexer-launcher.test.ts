@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  ATTN_SMEM_LIMIT, chooseIndexerRowsPerCta, INDEXER_MAX_ROWS_PER_CTA, indexerPrepareOnWarps, indexerScoreSmemBytes, indexerScoresOnTensorCores,
+  ATTN_SMEM_LIMIT, chooseIndexerRowsPerCta, indexerChunkRowsDefault, INDEXER_MAX_ROWS_PER_CTA, indexerPrepareOnWarps, indexerScoreSmemBytes, indexerScoresOnTensorCores,
 } from '../src/gpu-model/attention.js';
 import { INDEXER_KEYS_PER_CTA, INDEXER_SCORE_THREADS } from '../src/kernels/attention.js';
 
@@ -42,4 +42,12 @@ test('indexer prepare: a warp per head for di 64 / 128 / 256 with the RoPE pairs
   assert.ok(!indexerPrepareOnWarps(32, 16), 'di 32: one value a lane, pairs would straddle lanes');
   assert.ok(!indexerPrepareOnWarps(512, 64) && !indexerPrepareOnWarps(1024, 64), 'more than 8 values a lane');
   assert.ok(!indexerPrepareOnWarps(128, 63), 'an odd nope part');
+});
+
+test('indexer scoring passes: 64 rows unless MEGAMOE_INDEXER_CHUNK_ROWS says otherwise; a bad value names the fix', () => {
+  assert.equal(indexerChunkRowsDefault(undefined), 64);
+  assert.equal(indexerChunkRowsDefault(''), 64);
+  assert.equal(indexerChunkRowsDefault('512'), 512);
+  assert.throws(() => indexerChunkRowsDefault('0'), /MEGAMOE_INDEXER_CHUNK_ROWS "0" is not a positive integer/);
+  assert.throws(() => indexerChunkRowsDefault('4k'), /not a positive integer/);
 });

@@ -142,6 +142,21 @@ export function indexerPrepareOnWarps(di: number, rd: number): boolean {
   return INDEXER_PREP_WARP_DIS.includes(di) && (di - rd) % 2 === 0 && rd / 2 <= INDEXER_PREP_WARP_MAX_PAIRS;
 }
 
+/**
+ * Rows per indexer scoring pass when the caller sets none: `MEGAMOE_INDEXER_CHUNK_ROWS` (an A/B knob), else 64. A
+ * 4096-token prefill runs 64 score-less top-k launches and 32 scoring ones at 64 (docs/GPU-MODEL.md "Session 12"),
+ * each scoring CTA one row; larger passes share each CTA's keys among several rows (chooseIndexerRowsPerCta). Not
+ * measured yet, so the default stays.
+ */
+export function indexerChunkRowsDefault(env: string | undefined = process.env.MEGAMOE_INDEXER_CHUNK_ROWS): number {
+  if (env === undefined || env === '') return 64;
+  const n = Number(env);
+  if (!(Number.isInteger(n) && n >= 1)) {
+    throw new AttentionArgError(`MEGAMOE_INDEXER_CHUNK_ROWS "${env}" is not a positive integer`, 'set it to a number of rows (e.g. 512) or unset it');
+  }
+  return n;
+}
+
 /** Most query rows one attn_indexer_scores CTA takes (it scores its keys for each of them). */
 export const INDEXER_MAX_ROWS_PER_CTA = 8;
 
@@ -360,7 +375,7 @@ export class GpuAttention implements Disposable {
       if (!(Number.isInteger(v) && v >= 1)) throw new AttentionArgError(`GpuAttention: ${k} ${v} is not a positive integer`, `pass ${k}`);
     }
     this.limits = { maxRows: o.maxRows, maxItems: o.maxItems, maxContext: this.shape.maxContext };
-    this.chunkRows = o.indexerChunkRows ?? 64;
+    this.chunkRows = o.indexerChunkRows ?? indexerChunkRowsDefault();
     const rpc = o.indexerRowsPerCta;
     if (rpc !== undefined && !(Number.isInteger(rpc) && rpc >= 1 && rpc <= INDEXER_MAX_ROWS_PER_CTA
       && indexerScoreSmemBytes(this.shape.indexHeads, this.shape.indexHeadDim, rpc) <= ATTN_SMEM_LIMIT)) {
