@@ -72,6 +72,17 @@ for (const [layer, kind] of [[0, 'window-only'], [2, 'ratio 4 + indexer'], [3, '
   });
 }
 
+// flash-like with 128-dim heads (64 x 128): the prefill runs the 4-m-tile entry with d < 512, whose P.V splits the keys
+// over warps and sums their partials through shared memory, once per pass of two m-tiles
+test('GPU attention == CPU, flash-like window-only layer 0 with 128-dim heads: 160-token prefill, decode batch of 5', { skip }, (t) => {
+  const stats = runScenario({
+    config: config('flash', 4, { head_dim: 128 }), layer: 0, blockRows: 64, seed: 51, maxContext: 8192,
+    seqs: FLASH_SEQS.slice(0, 3), calls: [FLASH_CALLS[0], [0, 1, 2].map((seq) => ({ seq, len: 1 }))],
+  });
+  for (const line of formatStats('flash d128 L0', stats).split('\n')) t.diagnostic(line);
+  checkStats('flash d128 L0', stats);
+});
+
 // flash-like ratio 4, a chunked prefill deep into a history: every row attends 128 + 512 keys, too many scores for 64
 // heads per CTA, so the tensor-core kernel runs 32 (its 2-m-tile entry; the scenarios above run the 4- and 1-tile ones)
 test('GPU attention == CPU, flash-like ratio 4 + indexer layer 2: a 70-token chunk at 5000 (640 keys per row)', { skip }, (t) => {
