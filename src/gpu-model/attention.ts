@@ -110,7 +110,6 @@ export function chooseHeadsPerCta(H: number, d: number, maxKeys: number, smemLim
     'shorten the context (a ratio-128 layer attends every compressed block: (T+1)/128 of them) or use a split-K attention kernel (not built)');
 }
 
-/** Products tile, int8 queries and keys, units and weights of attn_indexer_scores' tensor-core body. */
 /** indexer.cu indexer_scores_tc's layout: qk, kk, S [256][Hi + 4] int32, qexp / qsh / ws [Hi], ukey [256], the warps' unit range [2][8]. */
 const indexerTcSmemBytes = (Hi: number, di: number) =>
   Hi * di + INDEXER_KEYS_PER_CTA * di + INDEXER_KEYS_PER_CTA * (Hi + 4) * 4 + Hi * 12 + INDEXER_KEYS_PER_CTA * 4 + 2 * (INDEXER_SCORE_THREADS / 32) * 4;
@@ -136,7 +135,7 @@ export function indexerScoreSmemBytes(Hi: number, di: number, rowsPerCta = 1): n
 /**
  * Whether attn_indexer_prepare_warp (a warp per head, bit-identical to the block-per-head attn_indexer_prepare) takes
  * this indexer shape: di of 64 / 128 / 256 (2 to 8 values a lane, RoPE pairs within a lane) and an even nope part.
- * `MEGAMOE_INDEXER_PREP=block` keeps the block-per-head kernel (A/B).
+ * `MEGAMOE_INDEXER_PREP=block` (read when a GpuAttention is made) keeps the block-per-head kernel (A/B).
  */
 export function indexerPrepareOnWarps(di: number, rd: number): boolean {
   return INDEXER_PREP_WARP_DIS.includes(di) && (di - rd) % 2 === 0 && rd / 2 <= INDEXER_PREP_WARP_MAX_PAIRS;
@@ -358,6 +357,8 @@ export class GpuAttention implements Disposable {
   private readonly freqComp: DeviceBuffer;
   private readonly scores: DeviceBuffer;
   private readonly chunkRows: number;
+  /** the query preparation as a warp per head (indexerPrepareOnWarps), unless MEGAMOE_INDEXER_PREP=block */
+  private readonly prepOnWarps: boolean;
   private readonly rowsPerCta: number | undefined;
   private readonly maxVisible: number;
   private plan: AttnCallPlan | undefined;
@@ -376,6 +377,7 @@ export class GpuAttention implements Disposable {
     }
     this.limits = { maxRows: o.maxRows, maxItems: o.maxItems, maxContext: this.shape.maxContext };
     this.chunkRows = o.indexerChunkRows ?? indexerChunkRowsDefault();
+    this.prepOnWarps = indexerPrepareOnWarps(this.shape.indexHeadDim, this.shape.ropeDim) && process.env.MEGAMOE_INDEXER_PREP !== 'block';
     const rpc = o.indexerRowsPerCta;
     if (rpc !== undefined && !(Number.isInteger(rpc) && rpc >= 1 && rpc <= INDEXER_MAX_ROWS_PER_CTA
       && indexerScoreSmemBytes(this.shape.indexHeads, this.shape.indexHeadDim, rpc) <= ATTN_SMEM_LIMIT)) {
@@ -514,9 +516,8 @@ export class GpuAttention implements Disposable {
     checkTensor('indexer q', qI, 'BF16', [p.rows, s.indexHeads, s.indexHeadDim], `pass qI = indexer.wq_b(qr) as BF16 [rows, ${s.indexHeads}, ${s.indexHeadDim}]`);
     checkTensor('indexer weights', wI, 'BF16', [p.rows, s.indexHeads], `pass weights_proj(x) as BF16 [rows, ${s.indexHeads}]`);
     const wscale = fr(fr(1 / Math.sqrt(s.indexHeadDim)) * fr(1 / Math.sqrt(s.indexHeads)));
-    const warpPerHead = indexerPrepareOnWarps(s.indexHeadDim, s.ropeDim) && process.env.MEGAMOE_INDEXER_PREP !== 'block';
-    const kernel = warpPerHead ? this.k.prepWarp : this.k.prep;
-    kernel.launch(warpPerHead ? { grid: p.rows, block: INDEXER_PREP_WARP_THREADS, stream } : { grid: [p.rows, s.indexHeads], block: INDEXER_PREP_THREADS, stream }, [
+    const kernel = this.prepOnWarps ? this.k.prepWarp : this.k.prep;
+    kernel.launch(this.prepOnWarps ? { grid: p.rows, block: INDEXER_PREP_WARP_THREADS, stream } : { grid: [p.rows, s.indexHeads], block: INDEXER_PREP_THREADS, stream }, [
       qI, wI, arg.ptr(this.itemsPtr), arg.ptr(this.rowItemPtr), this.freqComp, arg.i32(s.indexHeads), arg.i32(s.indexHeadDim), arg.i32(s.ropeDim), arg.f32(wscale),
     ]);
   }
