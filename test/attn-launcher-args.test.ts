@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { parseDeepSeekV4Config } from '../src/checkpoint/config.js';
 import { registeredKernels } from '../src/cuda/kernel-registry.js';
 import {
-  AttentionArgError, attentionKeyCount, attentionMmaSmemBytes, attentionSmemBytes, attnShapeFrom, chooseHeadsPerCtaMma, chooseSparseKernel, sparseMmaEntry, checkAttnShape, checkTensor, chooseHeadsPerCta, layerRatio,
+  AttentionArgError, ATTN_SMEM_TWO_CTAS, attentionKeyCount, attentionMmaSmemBytes, attentionSmemBytes, attnShapeFrom, chooseHeadsPerCtaMma, chooseSparseKernel, sparseMmaEntry, checkAttnShape, checkTensor, chooseHeadsPerCta, layerRatio,
   maxNewBlocks, maxNewBlocksOfLengths, planAttentionCall, ATTN_SMEM_LIMIT,
 } from '../src/gpu-model/attention.js';
 import type { KvSequence } from '../src/gpu-model/kv-allocator.js';
@@ -96,7 +96,17 @@ test('chooseHeadsPerCtaMma / chooseSparseKernel: the tensor-core kernel where it
     const h = chooseHeadsPerCtaMma(64, 512, n);
     if (h !== undefined) assert.ok(attentionMmaSmemBytes(h, 512, n) <= ATTN_SMEM_LIMIT);
   }
-  assert.deepEqual(chooseSparseKernel(64, 512, 640), { kernel: 'mma', hpb: 32, smem: attentionMmaSmemBytes(32, 512, 640) });
+  // 640 keys: 118 KiB with both m-tiles' queries (one CTA per SM), 102 KiB with one (two CTAs per SM)
+  assert.equal(attentionMmaSmemBytes(32, 512, 640, 1), 640 * 8 + 16 * 512 * 2 + 32 * 648 * 4);
+  assert.ok(attentionMmaSmemBytes(32, 512, 640) > ATTN_SMEM_TWO_CTAS && attentionMmaSmemBytes(32, 512, 640, 1) <= ATTN_SMEM_TWO_CTAS);
+  assert.deepEqual(chooseSparseKernel(64, 512, 640), { kernel: 'mma', hpb: 32, smem: attentionMmaSmemBytes(32, 512, 640, 1), entry: 'sparseMma2s' });
+  assert.deepEqual(chooseSparseKernel(64, 512, 640, undefined, undefined, false, false), { kernel: 'mma', hpb: 32, smem: attentionMmaSmemBytes(32, 512, 640), entry: 'sparseMma2' }, 'MEGAMOE_ATTN_QPASS=0');
+  assert.equal(chooseSparseKernel(64, 512, 128, undefined, { rows: 4096, sms: 132 }).entry, 'sparseMma4', 'window only: two CTAs per SM with every query');
+  assert.equal(chooseSparseKernel(64, 512, 160, undefined, { rows: 4096, sms: 132 }).entry, 'sparseMma4', 'the ratio-128 layer at 4K: 107 KiB');
+  // the ratio-128 layer at 16K tokens: 256 keys, 64 heads: 134 KiB, 102 KiB with two of the four m-tiles' queries
+  assert.deepEqual(chooseSparseKernel(64, 512, 256, undefined, { rows: 4096, sms: 132 }), { kernel: 'mma', hpb: 64, smem: attentionMmaSmemBytes(64, 512, 256, 2), entry: 'sparseMma4s' });
+  assert.equal(chooseSparseKernel(64, 512, 384, undefined, { rows: 4096, sms: 132 }).entry, 'sparseMma4', 'not two CTAs even so: one pass');
+  assert.equal(chooseSparseKernel(64, 512, 640, undefined, { rows: 1, sms: 132 }).entry, 'sparseMma1');
   const ref = chooseSparseKernel(64, 512, 128 + 8192);
   assert.equal(ref.kernel, 'ref');
   assert.equal(ref.hpb, chooseHeadsPerCta(64, 512, 128 + 8192));

@@ -43,6 +43,8 @@ if (process.env.MEGAMOE_SERVE_CHILD === '1') {
     const base = { maxNumSeqs: 4, maxModelLen: 8192 } as ServeOptions;
     assert.deepEqual(gpuLoadSizes(base, 2048), { maxSequences: 4, maxRows: 2048, maxContext: 8192, decodeGraphs: true });
     assert.equal(gpuLoadSizes({ ...base, enforceEager: true }, 2048).decodeGraphs, false);
+    assert.deepEqual(gpuLoadSizes({ ...base, cudaGraphSizes: [1, 4] }, 2048).decodeGraphSizes, [1, 4]);
+    assert.throws(() => gpuLoadSizes({ ...base, cudaGraphSizes: [1, 8] }, 2048), /--cuda-graph-sizes 8 exceed --max-num-seqs 4/);
   });
 
   test('--kernel-config: unknown keys and values are refused with the valid ones', () => {
@@ -80,6 +82,9 @@ if (process.env.MEGAMOE_SERVE_CHILD === '1') {
     r = cli('--model', missing, '--device', 'tpu');
     assert.notEqual(r.status, 0);
     assert.match(r.stderr, /--device must be cpu or gpu, got "tpu"/);
+    r = cli('--model', missing, '--cuda-graph-sizes', '1,two');
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /--cuda-graph-sizes must be an integer in \[1, 65536\], got "two"/);
     r = cli('--model', missing, '--device', 'gpu', '--kernel-config', '{"moe_backend":"reference"}');
     assert.equal(r.status, 1);
     assert.match(r.stderr, /--device gpu with moe_backend reference: the reference backend runs on the CPU; pass --kernel-config/);

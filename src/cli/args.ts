@@ -15,6 +15,16 @@ export function intArg(name: string, min: number, max = Number.MAX_SAFE_INTEGER)
   };
 }
 
+/** A list of integers in [min, max], separated by commas or spaces ("1,2,4,8" or "1 2 4 8"). */
+export function intListArg(name: string, min: number, max = Number.MAX_SAFE_INTEGER) {
+  const one = intArg(name, min, max);
+  return (text: string): number[] => {
+    const parts = text.split(/[\s,]+/).filter((p) => p !== '');
+    if (parts.length === 0) throw new InvalidArgumentError(`${name} needs at least one integer, got "${text}"`);
+    return parts.map(one);
+  };
+}
+
 /** An option that must be one of `values`, spelled exactly. */
 export function oneOf<T extends string>(name: string, values: readonly T[]) {
   return (text: string): T => {

@@ -40,6 +40,12 @@ export class AttentionArgError extends Error {
 /** Shared-memory ceiling the launchers plan with (H100 / H200 opt-in limit is 227 KiB; keep headroom for statics). */
 export const ATTN_SMEM_LIMIT = 220 * 1024;
 
+/**
+ * Dynamic shared memory of a CTA that leaves room for a second one on the SM: sm_90 has 228 KiB per SM and reserves
+ * 1 KiB per resident CTA (CUDA C++ Programming Guide, compute capability 9.0 shared memory).
+ */
+export const ATTN_SMEM_TWO_CTAS = (228 * 1024) / 2 - 1024;
+
 /** The shape facts the kernels need, from the model config. */
 export interface AttnShape {
   heads: number;
@@ -177,14 +183,15 @@ export function chooseIndexerRowsPerCta(rows: number, maxVisible: number, multiR
 
 /**
  * Shared memory of attn_sparse_mma for `hpb` heads per CTA (padded to 16-row m-tiles): key pointers [keys rounded up
- * to 16], queries bf16 [rows, d], scores f32 [rows, keys rounded up to 32 + 8], and for d < 512 the P.V partials of
- * the key-split warps f32 [512 / d - 1, rows, d]. Mirrors the kernel's layout.
+ * to 16], the queries of one pass of S bf16 [16 qTiles, d] (qTiles: all m-tiles, half in the "s" entries), scores
+ * f32 [rows, keys rounded up to 32 + 8], and for d < 512 the P.V partials of the key-split warps f32
+ * [512 / d - 1, rows, d]. Mirrors the kernel's layout.
  */
-export function attentionMmaSmemBytes(hpb: number, d: number, maxKeys: number): number {
+export function attentionMmaSmemBytes(hpb: number, d: number, maxKeys: number, qTiles = Math.ceil(hpb / 16)): number {
   const rows = Math.ceil(hpb / 16) * 16;
   const nk16 = Math.ceil(maxKeys / 16) * 16;
   const ss = Math.ceil(maxKeys / 32) * 32 + 8;
-  return nk16 * 8 + rows * d * 2 + rows * ss * 4 + Math.max(0, 512 / d - 1) * rows * d * 4;
+  return nk16 * 8 + 16 * qTiles * d * 2 + rows * ss * 4 + Math.max(0, 512 / d - 1) * rows * d * 4;
 }
 
 /**
@@ -207,16 +214,31 @@ export function chooseHeadsPerCtaMma(H: number, d: number, maxKeys: number, smem
   return undefined;
 }
 
+export type SparseMmaEntry = 'sparseMma1' | 'sparseMma2' | 'sparseMma2s' | 'sparseMma4' | 'sparseMma4s';
+
 /** The attn_sparse_mma entry for hpb heads per CTA: one per m-tile count (1, 2 or 4 tiles of 16 heads). */
 export function sparseMmaEntry(hpb: number): 'sparseMma1' | 'sparseMma2' | 'sparseMma4' {
   return hpb <= 16 ? 'sparseMma1' : hpb <= 32 ? 'sparseMma2' : 'sparseMma4';
 }
 
-/** Which sparse-attention kernel a call runs and with how many heads per CTA (MEGAMOE_ATTN_REF=1 forces attn_sparse). */
+/**
+ * Which sparse-attention kernel a call runs and with how many heads per CTA (MEGAMOE_ATTN_REF=1 forces attn_sparse).
+ * A 2- or 4-m-tile group whose shared memory holds one CTA per SM but would hold two with half the m-tiles'
+ * queries runs the "s" entry (S in two passes: the ratio-4 layer's 640 keys at d 512, the ratio-128 layer's 160 at
+ * 4K tokens), unless `twoPass` is false (MEGAMOE_ATTN_QPASS=0).
+ */
 export function chooseSparseKernel(H: number, d: number, maxKeys: number, smemLimit = ATTN_SMEM_LIMIT,
-  fill?: { rows: number; sms: number }, forceRef = false): { kernel: 'mma' | 'ref'; hpb: number; smem: number } {
+  fill?: { rows: number; sms: number }, forceRef = false, twoPass = true): { kernel: 'mma' | 'ref'; hpb: number; smem: number; entry?: SparseMmaEntry } {
   const m = forceRef ? undefined : chooseHeadsPerCtaMma(H, d, maxKeys, smemLimit, fill);
-  if (m !== undefined) return { kernel: 'mma', hpb: m, smem: attentionMmaSmemBytes(m, d, maxKeys) };
+  if (m !== undefined) {
+    const entry = sparseMmaEntry(m);
+    const smem = attentionMmaSmemBytes(m, d, maxKeys);
+    const smemHalf = attentionMmaSmemBytes(m, d, maxKeys, Math.ceil(m / 16) / 2);
+    if (twoPass && entry !== 'sparseMma1' && smem > ATTN_SMEM_TWO_CTAS && smemHalf <= ATTN_SMEM_TWO_CTAS) {
+      return { kernel: 'mma', hpb: m, smem: smemHalf, entry: entry === 'sparseMma2' ? 'sparseMma2s' : 'sparseMma4s' };
+    }
+    return { kernel: 'mma', hpb: m, smem, entry };
+  }
   const hpb = chooseHeadsPerCta(H, d, maxKeys, smemLimit, fill);
   return { kernel: 'ref', hpb, smem: attentionSmemBytes(hpb, d, maxKeys) };
 }
@@ -351,7 +373,7 @@ export class GpuAttention implements Disposable {
   readonly limits: AttnLimits;
   /** I32 [maxRows, indexTopk]: indexerSelect's output */
   readonly picks: DeviceTensor<'I32'>;
-  private readonly k: Record<'kvSim' | 'store' | 'sparse' | 'sparseMma1' | 'sparseMma2' | 'sparseMma4' | 'pool' | 'state' | 'prep' | 'prepWarp' | 'scores' | 'topk', Kernel>;
+  private readonly k: Record<'kvSim' | 'store' | 'sparse' | SparseMmaEntry | 'pool' | 'state' | 'prep' | 'prepWarp' | 'scores' | 'topk', Kernel>;
   private readonly meta: DeviceBuffer;
   private readonly freqPlain: DeviceBuffer;
   private readonly freqComp: DeviceBuffer;
@@ -359,6 +381,8 @@ export class GpuAttention implements Disposable {
   private readonly chunkRows: number;
   /** the query preparation as a warp per head (indexerPrepareOnWarps), unless MEGAMOE_INDEXER_PREP=block */
   private readonly prepOnWarps: boolean;
+  /** S in two passes where that brings two CTAs per SM (chooseSparseKernel); MEGAMOE_ATTN_QPASS=0: never (A/B). */
+  private readonly qPassOn = process.env.MEGAMOE_ATTN_QPASS !== '0';
   private readonly rowsPerCta: number | undefined;
   private readonly maxVisible: number;
   private plan: AttnCallPlan | undefined;
@@ -392,7 +416,9 @@ export class GpuAttention implements Disposable {
       sparse: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.sparse).setMaxDynamicSharedMemory(ATTN_SMEM_LIMIT),
       sparseMma1: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.sparseMma1).setMaxDynamicSharedMemory(ATTN_SMEM_LIMIT),
       sparseMma2: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.sparseMma2).setMaxDynamicSharedMemory(ATTN_SMEM_LIMIT),
+      sparseMma2s: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.sparseMma2s).setMaxDynamicSharedMemory(ATTN_SMEM_LIMIT),
       sparseMma4: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.sparseMma4).setMaxDynamicSharedMemory(ATTN_SMEM_LIMIT),
+      sparseMma4s: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.sparseMma4s).setMaxDynamicSharedMemory(ATTN_SMEM_LIMIT),
       pool: load(COMPRESSOR_SOURCE, COMPRESSOR_ENTRIES.pool),
       state: load(COMPRESSOR_SOURCE, COMPRESSOR_ENTRIES.state),
       prep: load(INDEXER_SOURCE, INDEXER_ENTRIES.prepare),
@@ -585,12 +611,12 @@ export class GpuAttention implements Disposable {
     let maxKeys = 1;
     if (this.shapeContext !== undefined) maxKeys = attentionKeyCount(this.shapeContext - 1, s.window, ratio, s.indexTopk, indexer);
     else for (let r = 0; r < p.rows; r++) maxKeys = Math.max(maxKeys, attentionKeyCount(p.positions[r], s.window, ratio, s.indexTopk, indexer));
-    const plan = chooseSparseKernel(s.heads, s.headDim, maxKeys, ATTN_SMEM_LIMIT, { rows: p.rows, sms: this.sms }, process.env.MEGAMOE_ATTN_REF === '1');
+    const plan = chooseSparseKernel(s.heads, s.headDim, maxKeys, ATTN_SMEM_LIMIT, { rows: p.rows, sms: this.sms }, process.env.MEGAMOE_ATTN_REF === '1', this.qPassOn);
     const hpb = plan.hpb;
     const win = this.cache.paged('window', layer);
     const comp = ratio > 0 ? this.cache.paged(this.cache.compressedKind(layer, false), layer) : undefined;
     const sigma = fr(1 / Math.sqrt(s.headDim));
-    const kernel = plan.kernel === 'mma' ? this.k[sparseMmaEntry(hpb)] : this.k.sparse;
+    const kernel = plan.kernel === 'mma' ? this.k[plan.entry!] : this.k.sparse;
     kernel.launch({ grid: [p.rows, s.heads / hpb], block: plan.kernel === 'mma' ? ATTN_MMA_THREADS : ATTN_THREADS, sharedMemBytes: plan.smem, stream }, [
       x.q, x.kv, arg.ptr(win.base), arg.ptr(win.table), arg.i32(win.tableStride),
       arg.ptr(comp?.base), arg.ptr(comp?.table), arg.i32(comp?.tableStride ?? 0),

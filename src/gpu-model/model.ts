@@ -29,6 +29,8 @@ import type { SamplingParams } from '../generate/contracts.js';
 import { HostTensor } from '../tensor/host.js';
 import { GpuAttention } from './attention.js';
 import { GpuModelArgumentError } from './errors.js';
+import { checkDecodeGraphSizes, decodeGraphSize, decodePadSlots, defaultDecodeGraphSizes } from './graph-sizes.js';
+import { KvCacheCapacityError } from './kv-allocator.js';
 import type { KvSequence } from './kv-allocator.js';
 import { GpuKvCache } from './kv-cache.js';
 import { bf16WeightBits, GpuDecoderLayer, GpuLayerContext, type GpuDecoderLayerOptions } from './layer.js';
@@ -70,6 +72,13 @@ export interface GpuModelOptions {
    * (GpuAttention.begin shapeContext). Default off (loadModel turns it on); measured in docs/GPU-MODEL.md.
    */
   decodeGraphs?: boolean;
+  /**
+   * With decodeGraphs: the batch sizes captured (vLLM's cudagraph capture sizes). A decode call of n items replays
+   * the graph of the smallest size >= n, padded with rows on reserved cache slots (their outputs dropped); a call
+   * above the largest runs eagerly. Default 1, 2, 4, multiples of 8 and the most items of one call
+   * (graph-sizes.ts defaultDecodeGraphSizes).
+   */
+  decodeGraphSizes?: readonly number[];
 }
 
 /** The context bucket of a decode graph: the smallest power of two >= max(longest, 1024), at most maxContext. */
@@ -141,6 +150,11 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
   private lastRows = 0;
   private disposed = false;
   private readonly decodeGraphs: boolean;
+  /** The captured batch sizes (decodeGraphSizes, sorted), and one reserved cache slot per padding item they may need. */
+  readonly decodeGraphSizes: readonly number[];
+  private readonly padSlots: readonly KvSequence[];
+  /** Sequences a caller may hold at once (the cache has padSlots more). */
+  private readonly maxSequences: number;
   /** Captured decode steps by "items/bucket" (decodeGraphs), and the keys run once eagerly before their capture. */
   private readonly graphs = new Map<string, CudaGraph>();
   private readonly warmed = new Set<string>();
@@ -150,7 +164,7 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
     ctx: GpuLayerContext; layers: GpuDecoderLayer[]; embedTable: DeviceTensor<'BF16'>; head: DeviceTensor<'BF16'>; headHc: DeviceHcParams;
     finalNorm: DeviceTensor<'F32'>; logits: GpuLogits; ids: DeviceTensor<'I32'>; badIds: DeviceTensor<'I32'>; hs: DeviceTensor<'BF16'>;
     srcRows: DeviceTensor<'I32'>; y: DeviceTensor<'BF16'>; logitsBuf: DeviceTensor<'F32'>; slotSampler: GpuSampler; sampleSlots: DeviceTensor<'I32'>;
-    owned: Array<{ dispose(): void }>; decodeGraphs: boolean;
+    owned: Array<{ dispose(): void }>; decodeGraphs: boolean; decodeGraphSizes: readonly number[]; padSlots: readonly KvSequence[]; maxSequences: number;
   }) {
     this.config = p.config; this.vocabSize = p.config.vocabSize; this.maxContext = p.maxContext;
     this.maxRows = p.maxRows; this.maxItems = p.maxItems; this.maxLogitRows = p.maxLogitRows;
@@ -159,6 +173,7 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
     this.ids = p.ids; this.badIds = p.badIds; this.hs = p.hs; this.srcRows = p.srcRows; this.y = p.y; this.logitsBuf = p.logitsBuf;
     this.slotSampler = p.slotSampler; this.sampleSlots = p.sampleSlots; this.owned = p.owned;
     this.decodeGraphs = p.decodeGraphs;
+    this.decodeGraphSizes = p.decodeGraphSizes; this.padSlots = p.padSlots; this.maxSequences = p.maxSequences;
   }
 
   /** Loads a checkpoint folder (without its MTP layers) and builds the model on the GPU; the host copy is closed after upload. */
@@ -199,6 +214,11 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
     if (maxItems > maxRows) throw new GpuModelArgumentError('GpuModel', `maxItems ${maxItems} > maxRows ${maxRows}`, 'every item brings at least one token');
     if (maxContext > c.maxContext) throw new GpuModelArgumentError('GpuModel', `maxContext ${maxContext} exceeds the model's ${c.maxContext}`, 'pass at most the config\'s context');
     if (weights.layers.length !== c.nLayers) throw new GpuModelArgumentError('GpuModel', `the weights hold ${weights.layers.length} of ${c.nLayers} layers`, 'load the whole model');
+    const decodeGraphs = o.decodeGraphs ?? false;
+    // a padded call's rows are items and logit rows too
+    const graphCap = Math.min(maxItems, maxLogitRows);
+    const decodeGraphSizes = decodeGraphs ? checkDecodeGraphSizes(o.decodeGraphSizes ?? defaultDecodeGraphSizes(graphCap), graphCap) : [];
+    const nPad = decodeGraphs ? decodePadSlots(decodeGraphSizes) : 0;
     ensureContext();
     const owned: Array<{ dispose(): void }> = [];
     const keep = <T extends { dispose(): void }>(t: T): T => { owned.push(t); return t; };
@@ -212,18 +232,20 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
       keep(headHc.fn); keep(headHc.base); keep(headHc.scale);
       const finalNorm = keep(DeviceTensor.fromHost(new HostTensor('F32', [D], weights.finalHead.norm)));
       const logits = keep(new GpuLogits(V, D));
-      const slotSampler = keep(await GpuSampler.create(maxSequences, V));
+      const slotSampler = keep(await GpuSampler.create(maxSequences + nPad, V));
       const sampleSlots = keep(DeviceTensor.zeros('I32', [maxItems]));
 
       // The layers need the context, the context the attention, the attention the cache: the cache is planned with a
       // budget estimated before the layer weights are uploaded, so it is given explicitly, or from free memory minus
       // the layers' size estimate (reserve).
       const cacheOpts = {
-        maxSequences, blockRows: o.blockRows, maxContext, memoryFraction: o.memoryFraction,
+        maxSequences: maxSequences + nPad, blockRows: o.blockRows, maxContext, memoryFraction: o.memoryFraction,
         reserveBytes: o.cacheBytes === undefined ? (o.reserveBytes ?? 256 * 2 ** 20) + estimateLayerBytes(weights, maxRows) : (o.reserveBytes ?? 0),
         maxBlocksPerKind: o.maxBlocksPerKind, freeBytes: o.cacheBytes,
       };
       const cache = keep(GpuKvCache.create(c, cacheOpts));
+      // the padding rows' slots, one position each (never grown: every padded call writes their position 0 again)
+      const padSlots = Array.from({ length: nPad }, () => cache.admit(1));
       const attention = keep(GpuAttention.createSync(c, cache, { maxRows, maxItems }));
       const ctx = keep(await GpuLayerContext.create(c, attention, { maxRows }));
       const layers: GpuDecoderLayer[] = [];
@@ -238,7 +260,7 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
       ensureContext().synchronize(); // uploads on the legacy stream before ctx.stream (non-blocking) reads them
       const model = new GpuModel({
         config: c, maxContext, maxRows, maxItems, maxLogitRows, cache, attention, ctx, layers, embedTable, head, headHc, finalNorm, logits,
-        ids, badIds, hs, srcRows, y, logitsBuf, slotSampler, sampleSlots, owned, decodeGraphs: o.decodeGraphs ?? false,
+        ids, badIds, hs, srcRows, y, logitsBuf, slotSampler, sampleSlots, owned, decodeGraphs, decodeGraphSizes, padSlots, maxSequences,
       });
       if (ownsWeights) weights.close(); // every layer's weights (experts included) are on the device now
       return model;
@@ -251,6 +273,10 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
   /** A fresh sequence: a cache slot (KvCacheCapacityError when all are taken), greedy sampling until setSampling. */
   createSequence(): GpuSequence {
     this.checkLive();
+    if (this.live.size >= this.maxSequences) {
+      throw new KvCacheCapacityError(`createSequence: all ${this.maxSequences} sequences of this model are in use`,
+        'wait for or release a sequence, or build the model with a larger maxSequences');
+    }
     const kv = this.cache.admit(0);
     const seq = new GpuSequence(this, kv);
     this.slotSampler.setRow(kv.slot, GREEDY);
@@ -319,9 +345,7 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
       const rows = items.length;
       const st = this.ctx.stream;
       const slots = Int32Array.from(items, (it, i) => (want[i] ? (it.seq as GpuSequence).kv.slot : -1));
-      // before the step's launches (a decode graph replays them; this upload stays outside)
-      this.sampleSlots.buffer.copyFromHost(slots, { stream: st, bytes: slots.byteLength });
-      this.run(items, false, () => this.slotSampler.sample(this.logitsBuf, rows, { paramRows: this.sampleSlots, stream: st }));
+      this.run(items, false, slots);
       const { tokens, status } = this.slotSampler.download(rows, st);
       for (let r = 0; r < rows; r++) {
         if (!want[r]) { tokens[r] = -1; continue; }
@@ -343,10 +367,11 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
 
   /**
    * One call, synchronously (the caller holds the queue): checks, cache growth and metadata (ctx.begin), embedding,
-   * the layers, hc_head + final norm on the output rows, the logits into logitsBuf. Returns the logit rows per item.
-   * Synchronizes the stream at the end.
+   * the layers, hc_head + final norm on the output rows, the logits into logitsBuf, and with `sampleSlots` (each
+   * item's sampler row, -1: none) the device sampling. Returns the logit rows per item. Synchronizes the stream at the
+   * end.
    */
-  private run(items: readonly ModelStepItem[], allLogits: boolean, afterLogits?: () => void): number[] {
+  private run(items: readonly ModelStepItem[], allLogits: boolean, sampleSlots?: Int32Array): number[] {
     this.checkLive();
     const c = this.config; const V = this.vocabSize; const st = this.ctx.stream;
     if (items.length === 0) throw new Error('GpuModel.step: no items');
@@ -376,15 +401,23 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
     }
     const seqs = items.map((it) => it.seq as GpuSequence);
     this.lastRows = 0;
-    // A decode call with the step's sampling (afterLogits) replays a graph when decodeGraphs is on (not while profiling).
-    const graphed = this.decodeGraphs && afterLogits !== undefined && !allLogits && !this.ctx.profiler && items.every((it) => it.tokens.length === 1);
+    // A decode call with the step's sampling replays a graph when decodeGraphs is on (not while profiling), padded to
+    // the next captured size; above the largest it runs eagerly.
+    const graphSize = this.decodeGraphs && sampleSlots !== undefined && !allLogits && !this.ctx.profiler && items.every((it) => it.tokens.length === 1)
+      ? decodeGraphSize(this.decodeGraphSizes, items.length) : undefined;
+    const graphed = graphSize !== undefined;
     const shapeContext = graphed ? decodeContextBucket(Math.max(...seqs.map((s) => s.length + 1)), this.maxContext) : undefined;
+    const callItems = seqs.map((s, i) => ({ seq: s.kv, pos: s.length, len: items[i].tokens.length }));
+    // padding items: token 0 at position 0 of a reserved slot each (one row each; their logits are not sampled)
+    const nPad = graphed ? graphSize - items.length : 0;
+    for (let j = 0; j < nPad; j++) { callItems.push({ seq: this.padSlots[j], pos: 0, len: 1 }); tokens.push(0); }
+    const launchedOut = outRows + nPad;
     // ctx.begin checks rows <= maxRows and the caches' room before it changes anything (a refusal leaves every sequence as it was)
-    const plan = this.ctx.begin(seqs.map((s, i) => ({ seq: s.kv, pos: s.length, len: items[i].tokens.length })), tokens, { shapeContext });
+    const plan = this.ctx.begin(callItems, tokens, { shapeContext });
     try {
       const n = plan.rows;
       this.ids.buffer.copyFromHost(Int32Array.from(tokens), { stream: st, bytes: n * 4 });
-      const src = new Int32Array(outRows);
+      const src = new Int32Array(launchedOut);
       let r = 0; let first = 0;
       for (const it of items) {
         const len = it.tokens.length;
@@ -392,16 +425,23 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
         else src[r++] = first + len - 1;
         first += len;
       }
+      for (let j = 0; j < nPad; j++) src[r++] = first + j;
       this.srcRows.buffer.copyFromHost(src, { stream: st, bytes: src.byteLength });
+      // before the step's launches (a decode graph replays them; the uploads stay outside)
+      if (sampleSlots) {
+        const slots = new Int32Array(launchedOut).fill(-1);
+        slots.set(sampleSlots);
+        this.sampleSlots.buffer.copyFromHost(slots, { stream: st, bytes: slots.byteLength });
+      }
 
       const launches = () => {
         // V4-MODEL 1: h0 = Embed(ids), hc identical copies
         this.ctx.ops.embed(this.ids, this.embedTable, this.hs, { copies: c.hcMult, tokens: n, bad: this.badIds, stream: st });
         for (const layer of this.layers) layer.forward(this.hs, this.ctx);
         // V4-MODEL 2.4: hc_head over the output rows (srcRows gathers them), the final norm fused; then the head
-        this.ctx.ops.hcHead(this.hs, this.headHc, this.y, { normEps: c.normEps, hcEps: c.hcEps, normWeight: this.finalNorm, srcRows: this.srcRows, rows: outRows, mixScratch: this.ctx.s.hcMix, stream: st });
-        this.logits.run(this.y, this.head, this.logitsBuf, outRows, st);
-        afterLogits?.();
+        this.ctx.ops.hcHead(this.hs, this.headHc, this.y, { normEps: c.normEps, hcEps: c.hcEps, normWeight: this.finalNorm, srcRows: this.srcRows, rows: launchedOut, mixScratch: this.ctx.s.hcMix, stream: st });
+        this.logits.run(this.y, this.head, this.logitsBuf, launchedOut, st);
+        if (sampleSlots) this.slotSampler.sample(this.logitsBuf, launchedOut, { paramRows: this.sampleSlots, stream: st });
       };
       const graph = graphed ? this.decodeGraph(n, shapeContext!, launches) : undefined;
       if (graph) graph.launch(st);

@@ -247,12 +247,15 @@ attn_sparse(const uint16_t* __restrict__ q,        // bf16 [rows, H, d] (renorme
 // ---- attn_sparse_mma1/2/4: the same computation on tensor cores (mma.sync m16n8k16 bf16 -> f32) -----------------------
 // One CTA per (row, group of hpb heads); the group's heads, padded to 16-row m-tiles (MT = ceil(hpb / 16) of them), are
 // the M dimension of both products, the row's key list is shared by them. 256 threads = 8 warps. Shared memory (the
-// launcher's attentionMmaSmemBytes): key row pointers [nk16], the group's queries bf16 [16 MT, D] (16-byte chunks
-// XOR-swizzled by row parity: conflict-free fragment loads), scores / probabilities f32 [16 MT, ss] (ss = max_keys
-// rounded up to 32, + 8: conflict-free float2 fragment loads), and for D < 512 the P.V partials of the key-split warps.
-//   S = Q K^T: n-tiles of 8 keys round-robin over the warps, each over all D dims and all MT m-tiles (a key fragment
-//     feeds MT mmas); fragments come straight from global memory (16-byte loads, the K dimension permuted within each
-//     32-dim chunk identically on the A and B side, which a dot product does not see), D/32 loads in flight per n-tile.
+// launcher's attentionMmaSmemBytes): key row pointers [nk16], QP m-tiles of the group's queries bf16 [16 QP, D]
+// (16-byte chunks XOR-swizzled by row parity: conflict-free fragment loads), scores / probabilities f32 [16 MT, ss]
+// (ss = max_keys rounded up to 32, + 8: conflict-free float2 fragment loads), and for D < 512 the P.V partials of the
+// key-split warps.
+//   S = Q K^T: in passes of QP m-tiles (QP = MT but in the "s" entries, attn_sparse_mma2s / 4s: half the m-tiles'
+//     queries in shared memory, where that brings two CTAs per SM, at the price of reading the keys once more); n-tiles
+//     of 8 keys round-robin over the warps, each over all D dims and the pass's m-tiles (a key fragment feeds QP
+//     mmas); fragments come straight from global memory (16-byte loads, the K dimension permuted within each 32-dim
+//     chunk identically on the A and B side, which a dot product does not see), D/32 loads in flight per n-tile.
 //     s = f32(sigma * f32(q . k)); masked keys and the padding to 16 keys -> -inf.
 //   softmax: exactly the scalar kernel's (a warp per head, double exp, f32 denominator, p = bf16(e / denom)), after
 //     all scores exist (two passes, not an online softmax: the rounding points of model.ts attendHead).
@@ -294,16 +297,18 @@ __device__ __forceinline__ unsigned word_of(const uint4& v, int i) {
 __device__ __forceinline__ unsigned pair_lo(unsigned a, unsigned b) { return (a & 0xffffu) | (b << 16); }
 __device__ __forceinline__ unsigned pair_hi(unsigned a, unsigned b) { return (a >> 16) | (b & 0xffff0000u); }
 
-template <int D, int MT>
+template <int D, int MT, int QP>
 __device__ __forceinline__ void sparse_mma_body(const SparseArgs& A, unsigned char* smem) {
+  static_assert(MT % QP == 0, "whole passes of m-tiles");
   constexpr int kRows = 16 * MT;
+  constexpr int kQRows = 16 * QP;  // query rows in shared memory (one pass of S)
   constexpr int kChunks = D / 8;  // 16-byte chunks per query row
   const int max_keys = A.max_keys;
   const int nk16cap = (max_keys + 15) & ~15;
   const int ss = ((max_keys + 31) & ~31) + 8;
   const uint16_t** keys = reinterpret_cast<const uint16_t**>(smem);                           // [nk16cap]
-  uint4* qs = reinterpret_cast<uint4*>(smem + (size_t)nk16cap * sizeof(void*));              // [kRows, kChunks]
-  float* sc = reinterpret_cast<float*>(qs + (size_t)kRows * kChunks);                         // [kRows, ss]
+  uint4* qs = reinterpret_cast<uint4*>(smem + (size_t)nk16cap * sizeof(void*));              // [kQRows, kChunks]
+  float* sc = reinterpret_cast<float*>(qs + (size_t)kQRows * kChunks);                        // [kRows, ss]
   float* red = sc + (size_t)kRows * ss;                                                       // [512/D - 1, kRows, D]
 
   const int r = blockIdx.x;
@@ -313,7 +318,7 @@ __device__ __forceinline__ void sparse_mma_body(const SparseArgs& A, unsigned ch
   const attn::Item it = attn::load_item(A.items, A.row_item[r]);
   const int T = it.pos + (r - it.row0);
 
-  // 1. key list (as attn_sparse), null past the end up to a multiple of 16; the group's queries
+  // 1. key list (as attn_sparse), null past the end up to a multiple of 16
   const int nw = min(T + 1, A.win);
   const int w0 = T - nw + 1;
   int visible = 0, nc = 0;
@@ -335,57 +340,62 @@ __device__ __forceinline__ void sparse_mma_body(const SparseArgs& A, unsigned ch
     }
     keys[k] = ptr;
   }
-  for (int i = threadIdx.x; i < kRows * kChunks; i += kMmaThreads) {
-    const int row = i / kChunks, ch = i % kChunks;
-    uint4 v{0u, 0u, 0u, 0u};
-    if (row < A.hpb) v = reinterpret_cast<const uint4*>(A.q + ((size_t)r * A.H + h0 + row) * D)[ch];
-    qs[row * kChunks + (ch ^ ((row & 1) << 2))] = v;
-  }
-  __syncthreads();
 
-  // 2. S = Q K^T, scores into sc
+  // 2. S = Q K^T, scores into sc; per pass the pass's queries first
   constexpr int kNc = D / 32;
   constexpr int kBatch = kNc < 8 ? kNc : 8;
-  for (int nt = warp; nt < nk16 / 8; nt += kMmaWarps) {
-    const uint16_t* kp = keys[nt * 8 + g];
-    float acc[MT][4];
+#pragma unroll 1
+  for (int mq = 0; mq < MT; mq += QP) {  // first m-tile of the pass
+    if (mq > 0) __syncthreads();  // every warp is done with the previous pass's queries
+    for (int i = threadIdx.x; i < kQRows * kChunks; i += kMmaThreads) {
+      const int row = i / kChunks, ch = i % kChunks;
+      const int head = mq * 16 + row;
+      uint4 v{0u, 0u, 0u, 0u};
+      if (head < A.hpb) v = reinterpret_cast<const uint4*>(A.q + ((size_t)r * A.H + h0 + head) * D)[ch];
+      qs[row * kChunks + (ch ^ ((row & 1) << 2))] = v;
+    }
+    __syncthreads();  // the queries (and, on the first pass, the key list)
+    for (int nt = warp; nt < nk16 / 8; nt += kMmaWarps) {
+      const uint16_t* kp = keys[nt * 8 + g];
+      float acc[QP][4];
 #pragma unroll
-    for (int m = 0; m < MT; m++) acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.f;
+      for (int m = 0; m < QP; m++) acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.f;
 #pragma unroll
-    for (int c0 = 0; c0 < kNc; c0 += kBatch) {
-      uint4 kb[kBatch];
+      for (int c0 = 0; c0 < kNc; c0 += kBatch) {
+        uint4 kb[kBatch];
 #pragma unroll
-      for (int j = 0; j < kBatch; j++) kb[j] = load_row16(kp, (c0 + j) * 32 + 8 * t);
+        for (int j = 0; j < kBatch; j++) kb[j] = load_row16(kp, (c0 + j) * 32 + 8 * t);
 #pragma unroll
-      for (int j = 0; j < kBatch; j++) {
-        const int ch = 4 * (c0 + j) + t;
+        for (int j = 0; j < kBatch; j++) {
+          const int ch = 4 * (c0 + j) + t;
 #pragma unroll
-        for (int m = 0; m < MT; m++) {
-          const int ra = m * 16 + g;
-          const uint4 qa = qs[ra * kChunks + (ch ^ ((ra & 1) << 2))];
-          const uint4 qb = qs[(ra + 8) * kChunks + (ch ^ ((ra & 1) << 2))];
-          attn::mma_bf16_16816(acc[m], qa.x, qb.x, qa.y, qb.y, kb[j].x, kb[j].y);
-          attn::mma_bf16_16816(acc[m], qa.z, qb.z, qa.w, qb.w, kb[j].z, kb[j].w);
+          for (int m = 0; m < QP; m++) {
+            const int ra = m * 16 + g;
+            const uint4 qa = qs[ra * kChunks + (ch ^ ((ra & 1) << 2))];
+            const uint4 qb = qs[(ra + 8) * kChunks + (ch ^ ((ra & 1) << 2))];
+            attn::mma_bf16_16816(acc[m], qa.x, qb.x, qa.y, qb.y, kb[j].x, kb[j].y);
+            attn::mma_bf16_16816(acc[m], qa.z, qb.z, qa.w, qb.w, kb[j].z, kb[j].w);
+          }
         }
       }
-    }
-    const int k0 = nt * 8 + 2 * t;
-    const bool m0 = keys[k0] == nullptr, m1 = keys[k0 + 1] == nullptr;
+      const int k0 = nt * 8 + 2 * t;
+      const bool m0 = keys[k0] == nullptr, m1 = keys[k0 + 1] == nullptr;
 #pragma unroll
-    for (int m = 0; m < MT; m++) {
-      float* sa = sc + (size_t)(m * 16 + g) * ss + k0;
-      float* sb = sa + (size_t)8 * ss;
-      sa[0] = m0 ? -INFINITY : __fmul_rn(acc[m][0], A.sigma);
-      sa[1] = m1 ? -INFINITY : __fmul_rn(acc[m][1], A.sigma);
-      sb[0] = m0 ? -INFINITY : __fmul_rn(acc[m][2], A.sigma);
-      sb[1] = m1 ? -INFINITY : __fmul_rn(acc[m][3], A.sigma);
+      for (int m = 0; m < QP; m++) {
+        float* sa = sc + (size_t)((mq + m) * 16 + g) * ss + k0;
+        float* sb = sa + (size_t)8 * ss;
+        sa[0] = m0 ? -INFINITY : __fmul_rn(acc[m][0], A.sigma);
+        sa[1] = m1 ? -INFINITY : __fmul_rn(acc[m][1], A.sigma);
+        sb[0] = m0 ? -INFINITY : __fmul_rn(acc[m][2], A.sigma);
+        sb[1] = m1 ? -INFINITY : __fmul_rn(acc[m][3], A.sigma);
+      }
     }
   }
   __syncthreads();
 
   // the epilogue's inverse-RoPE cos / sin at T, once per CTA (every head of the row shares them; computed per (head,
   // pair) they were ~45% of a prefill CTA's samples: docs/GPU-ATTENTION.md), in the query tile, dead from here on
-  // (rd / 2 pairs x 8 bytes <= 16 MT x D x 2 bytes). Published by the barrier after the softmax.
+  // (rd / 2 pairs x 8 bytes <= 16 QP x D x 2 bytes). Published by the barrier after the softmax.
   float* rope_c = reinterpret_cast<float*>(qs);
   float* rope_s = rope_c + A.rd / 2;
   for (int i = threadIdx.x; i < A.rd / 2; i += kMmaThreads) attn::rope_cs(A.freqs, i, T, rope_c[i], rope_s[i]);
@@ -522,13 +532,13 @@ __device__ __forceinline__ void sparse_mma_body(const SparseArgs& A, unsigned ch
 }  // namespace
 
 namespace {
-template <int MT>
+template <int MT, int QP = MT>
 __device__ __forceinline__ void sparse_mma_dispatch(const SparseArgs& A, int d, unsigned char* smem) {
   switch (d) {
-    case 512: sparse_mma_body<512, MT>(A, smem); break;
-    case 256: sparse_mma_body<256, MT>(A, smem); break;
-    case 128: sparse_mma_body<128, MT>(A, smem); break;
-    case 64: sparse_mma_body<64, MT>(A, smem); break;
+    case 512: sparse_mma_body<512, MT, QP>(A, smem); break;
+    case 256: sparse_mma_body<256, MT, QP>(A, smem); break;
+    case 128: sparse_mma_body<128, MT, QP>(A, smem); break;
+    case 64: sparse_mma_body<64, MT, QP>(A, smem); break;
     default: break;  // the launcher never picks these kernels for other d
   }
 }
@@ -536,7 +546,8 @@ __device__ __forceinline__ void sparse_mma_dispatch(const SparseArgs& A, int d, 
 
 // Same arguments as attn_sparse; d in {64, 128, 256, 512}. One entry per m-tile count: attn_sparse_mma<MT> for
 // hpb <= 16 MT (the launcher's chooseHeadsPerCtaMma / sparseMmaEntry), so a 16-head CTA is not held to the register
-// count of the 4-m-tile one.
+// count of the 4-m-tile one; attn_sparse_mma2s / 4s are the 2- and 4-m-tile ones with S in passes of half the
+// m-tiles (where that alone brings two CTAs per SM: chooseSparseKernel).
 // The three entries share attn_sparse's parameter list and one body (each name starts its line: the CPU emulator's
 // build finds entries that way).
 #define ATTN_SPARSE_MMA_PARAMS                                                                                     \
@@ -564,10 +575,22 @@ attn_sparse_mma2(ATTN_SPARSE_MMA_PARAMS) {
   sparse_mma_dispatch<2>(ATTN_SPARSE_MMA_ARGS, d, smem);
 }
 
+extern "C" __global__ void __launch_bounds__(kMmaThreads, 2)  // two CTAs per SM (the launcher's reason to pick it)
+attn_sparse_mma2s(ATTN_SPARSE_MMA_PARAMS) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  sparse_mma_dispatch<2, 1>(ATTN_SPARSE_MMA_ARGS, d, smem);
+}
+
 extern "C" __global__ void __launch_bounds__(kMmaThreads, 2)  // two CTAs per SM where shared memory allows
 attn_sparse_mma4(ATTN_SPARSE_MMA_PARAMS) {
   extern __shared__ __align__(16) unsigned char smem[];
   sparse_mma_dispatch<4>(ATTN_SPARSE_MMA_ARGS, d, smem);
+}
+
+extern "C" __global__ void __launch_bounds__(kMmaThreads, 2)  // two CTAs per SM (the launcher's reason to pick it)
+attn_sparse_mma4s(ATTN_SPARSE_MMA_PARAMS) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  sparse_mma_dispatch<4, 2>(ATTN_SPARSE_MMA_ARGS, d, smem);
 }
 #undef ATTN_SPARSE_MMA_PARAMS
 #undef ATTN_SPARSE_MMA_ARGS

@@ -16,7 +16,9 @@ export const ATTENTION_ENTRIES = Object.freeze({
   sparse: 'attn_sparse',
   sparseMma1: 'attn_sparse_mma1',
   sparseMma2: 'attn_sparse_mma2',
+  sparseMma2s: 'attn_sparse_mma2s',
   sparseMma4: 'attn_sparse_mma4',
+  sparseMma4s: 'attn_sparse_mma4s',
   mmaSelftest: 'attn_mma_selftest',
 } as const);
 export const COMPRESSOR_ENTRIES = Object.freeze({ pool: 'attn_compress_pool', state: 'attn_compress_state' } as const);

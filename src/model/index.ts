@@ -22,6 +22,8 @@ export interface GpuLoadSizes {
   maxContext?: number;
   /** Decode steps as CUDA graphs (GpuModelOptions.decodeGraphs); default on, off with the server's --enforce-eager. */
   decodeGraphs?: boolean;
+  /** The decode batch sizes captured (GpuModelOptions.decodeGraphSizes; the server's --cuda-graph-sizes); default GpuModel's. */
+  decodeGraphSizes?: readonly number[];
 }
 
 /**
@@ -41,7 +43,7 @@ export async function loadModel(dir: string, opts: { backend?: string; enableExp
     const maxSequences = g.maxSequences ?? 1;
     return GpuModel.load(dir, {
       maxSequences, maxItems: maxSequences, maxRows: g.maxRows, maxContext: g.maxContext, moeBackend: b === 'mega_moe' ? 'mega_moe' : 'unfused',
-      decodeGraphs: g.decodeGraphs ?? true,
+      decodeGraphs: g.decodeGraphs ?? true, decodeGraphSizes: g.decodeGraphSizes,
     });
   }
   return DeepSeekV4Model.load(dir, { backend: opts.backend, enableExpertParallel: opts.enableExpertParallel });

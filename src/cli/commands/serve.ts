@@ -21,7 +21,7 @@ import type { EngineParts } from '../../engine/parts.js';
 import { checkExpertParallel, GuardError } from '../../moe/guards.js';
 import { buildServer } from '../../server/app.js';
 import { createMetrics } from '../../server/metrics.js';
-import { deviceArg, intArg } from '../args.js';
+import { deviceArg, intArg, intListArg } from '../args.js';
 import { parseKernelConfig, type KernelConfig } from '../kernel-config.js';
 
 export interface ServeOptions {
@@ -48,6 +48,8 @@ export interface ServeOptions {
   disableLogStats?: boolean;
   /** --enforce-eager (vLLM's flag): --device gpu launches every kernel of a decode step instead of replaying CUDA graphs. */
   enforceEager?: boolean;
+  /** --cuda-graph-sizes (vLLM's flag): the decode batch sizes captured as CUDA graphs (a batch pads to the next). */
+  cudaGraphSizes?: number[];
 }
 
 /** How the serving parts are obtained; tests pass their own (the CLI path is otherwise the real one). */
@@ -179,7 +181,15 @@ function statsLogger(log: (s: string) => void, getEngine: () => Engine | undefin
 
 /** What --device gpu sizes the GPU model with: the flags as vLLM's (docs/SERVER.md, "On the GPU"). */
 export function gpuLoadSizes(opts: ServeOptions, batchedTokens: number): NonNullable<LoadPartsOptions['gpu']> {
-  return { maxSequences: opts.maxNumSeqs, maxRows: batchedTokens, maxContext: opts.maxModelLen, decodeGraphs: !opts.enforceEager };
+  const sizes = opts.cudaGraphSizes;
+  if (sizes && !opts.enforceEager) {
+    const over = sizes.filter((s) => s > opts.maxNumSeqs);
+    if (over.length > 0) throw new ServeConfigError(`--cuda-graph-sizes ${over.join(',')} exceed --max-num-seqs ${opts.maxNumSeqs}; pass sizes up to it`);
+  }
+  return {
+    maxSequences: opts.maxNumSeqs, maxRows: batchedTokens, maxContext: opts.maxModelLen, decodeGraphs: !opts.enforceEager,
+    ...(sizes ? { decodeGraphSizes: sizes } : {}),
+  };
 }
 
 /** Plans, loads, builds and listens. Does not install signal handlers (runServe does). */
@@ -295,6 +305,7 @@ export function register(program: Command, loadParts: PartsLoader = loadEnginePa
     .option('--request-timeout <s>', 'per-request deadline in seconds (0: none); generation stops with finish_reason "length"', intArg('--request-timeout', 0), 600)
     .option('--disable-log-stats', 'no periodic throughput / queue line on stderr')
     .option('--enforce-eager', 'with --device gpu: launch each kernel of a decode step instead of replaying a CUDA graph per (batch, context bucket), as vLLM\'s flag')
+    .option('--cuda-graph-sizes <list>', 'with --device gpu: the decode batch sizes captured as CUDA graphs, e.g. "1,2,4,8,16"; a batch pads to the next size, one above the largest runs eagerly (default 1, 2, 4, multiples of 8 and --max-num-seqs), as vLLM\'s flag', intListArg('--cuda-graph-sizes', 1, 65536))
     .option('--shutdown-timeout <s>', 'on SIGTERM, seconds to let requests finish before cancelling them', intArg('--shutdown-timeout', 0), 30)
     .action(async (positional: string | undefined, opts: ServeOptions) => {
       if (positional && opts.model && path.resolve(positional) !== path.resolve(opts.model)) {
