@@ -44,10 +44,12 @@ test('indexer prepare: a warp per head for di 64 / 128 / 256 with the RoPE pairs
   assert.ok(!indexerPrepareOnWarps(128, 63), 'an odd nope part');
 });
 
-test('indexer scoring passes: 64 rows unless MEGAMOE_INDEXER_CHUNK_ROWS says otherwise; a bad value names the fix', () => {
-  assert.equal(indexerChunkRowsDefault(undefined), 64);
-  assert.equal(indexerChunkRowsDefault(''), 64);
-  assert.equal(indexerChunkRowsDefault('512'), 512);
+test('indexer scoring passes: 512 rows while the scratch stays within 64 MiB (not below 64), unless MEGAMOE_INDEXER_CHUNK_ROWS says otherwise; a bad value names the fix', () => {
+  assert.equal(indexerChunkRowsDefault(undefined), 512);
+  assert.equal(indexerChunkRowsDefault('', 16384), 512, '64K context: 16 MiB');
+  assert.equal(indexerChunkRowsDefault(undefined, 262144), 128, '1M context: 512 KiB a row');
+  assert.equal(indexerChunkRowsDefault(undefined, 4 * 262144), 64, 'never below 64');
+  assert.equal(indexerChunkRowsDefault('64', 16384), 64);
   assert.throws(() => indexerChunkRowsDefault('0'), /MEGAMOE_INDEXER_CHUNK_ROWS "0" is not a positive integer/);
   assert.throws(() => indexerChunkRowsDefault('4k'), /not a positive integer/);
 });

@@ -147,14 +147,17 @@ export function indexerPrepareOnWarps(di: number, rd: number): boolean {
   return INDEXER_PREP_WARP_DIS.includes(di) && (di - rd) % 2 === 0 && rd / 2 <= INDEXER_PREP_WARP_MAX_PAIRS;
 }
 
+/** Bytes the indexer's score scratch (bf16 [rows per pass, visible keys]) may take by default. */
+export const INDEXER_SCORE_SCRATCH_BYTES = 64 * 2 ** 20;
+
 /**
- * Rows per indexer scoring pass when the caller sets none: `MEGAMOE_INDEXER_CHUNK_ROWS` (an A/B knob), else 64. A
- * 4096-token prefill runs 64 score-less top-k launches and 32 scoring ones at 64 (docs/GPU-MODEL.md "Session 12"),
- * each scoring CTA one row; larger passes share each CTA's keys among several rows (chooseIndexerRowsPerCta). Not
- * measured yet, so the default stays.
+ * Rows per indexer scoring pass when the caller sets none: `MEGAMOE_INDEXER_CHUNK_ROWS` (an A/B knob), else 512, or
+ * fewer (not below 64) where the score scratch for `maxVisible` keys would pass INDEXER_SCORE_SCRATCH_BYTES. A
+ * 4096-token prefill ran 32 scoring and 64 top-k launches at 64 rows; at 512 it was 0.8 ms faster (4 layers, one H200:
+ * docs/GPU-MODEL.md "Session 13").
  */
-export function indexerChunkRowsDefault(env: string | undefined = process.env.MEGAMOE_INDEXER_CHUNK_ROWS): number {
-  if (env === undefined || env === '') return 64;
+export function indexerChunkRowsDefault(env: string | undefined = process.env.MEGAMOE_INDEXER_CHUNK_ROWS, maxVisible = 0): number {
+  if (env === undefined || env === '') return Math.min(512, Math.max(64, Math.floor(INDEXER_SCORE_SCRATCH_BYTES / (2 * Math.max(1, maxVisible)))));
   const n = Number(env);
   if (!(Number.isInteger(n) && n >= 1)) {
     throw new AttentionArgError(`MEGAMOE_INDEXER_CHUNK_ROWS "${env}" is not a positive integer`, 'set it to a number of rows (e.g. 512) or unset it');
@@ -360,7 +363,7 @@ export interface AttendInputs {
 export interface GpuAttentionOptions {
   maxRows: number;
   maxItems: number;
-  /** Rows per indexer scoring pass (the scores scratch holds this many rows x maxContext/4). Default 64. */
+  /** Rows per indexer scoring pass (the scores scratch holds this many rows x maxContext/4). Default indexerChunkRowsDefault's, at most maxRows. */
   indexerChunkRows?: number;
   /** Query rows per indexer scoring CTA, 1..INDEXER_MAX_ROWS_PER_CTA (tests); default chooseIndexerRowsPerCta's. */
   indexerRowsPerCta?: number;
@@ -400,7 +403,6 @@ export class GpuAttention implements Disposable {
       if (!(Number.isInteger(v) && v >= 1)) throw new AttentionArgError(`GpuAttention: ${k} ${v} is not a positive integer`, `pass ${k}`);
     }
     this.limits = { maxRows: o.maxRows, maxItems: o.maxItems, maxContext: this.shape.maxContext };
-    this.chunkRows = o.indexerChunkRows ?? indexerChunkRowsDefault();
     this.prepOnWarps = indexerPrepareOnWarps(this.shape.indexHeadDim, this.shape.ropeDim) && process.env.MEGAMOE_INDEXER_PREP !== 'block';
     const rpc = o.indexerRowsPerCta;
     if (rpc !== undefined && !(Number.isInteger(rpc) && rpc >= 1 && rpc <= INDEXER_MAX_ROWS_PER_CTA
@@ -409,6 +411,7 @@ export class GpuAttention implements Disposable {
     }
     this.rowsPerCta = rpc;
     this.maxVisible = Math.floor(this.shape.maxContext / 4);
+    this.chunkRows = o.indexerChunkRows ?? Math.min(o.maxRows, indexerChunkRowsDefault(process.env.MEGAMOE_INDEXER_CHUNK_ROWS, this.maxVisible));
     const load = (source: string, entry: string) => loadKernelSync({ source, entry });
     this.k = {
       kvSim: load(ATTENTION_SOURCE, ATTENTION_ENTRIES.kvFp8Sim),
