@@ -7,7 +7,7 @@ import { DeviceTensor, type DeviceBuffer, type Kernel } from '../src/cuda/index.
 import { checkDenseBinding } from '../src/gpu-model/dense-fp8.js';
 import { GpuModelArgumentError } from '../src/gpu-model/errors.js';
 import { GpuLogits } from '../src/gpu-model/logits.js';
-import { GpuRowOps, hcMixRowsPerBlock, hcTokensPerBlock, NORM_TARGET_WARPS, rmsNormSplit, ropeBlocksPerRow, type Fp8Activations } from '../src/gpu-model/row-ops.js';
+import { GpuRowOps, hcMixRowsPerBlock, hcTiledChunks, hcTokensPerBlock, NORM_TARGET_WARPS, rmsNormSplit, ropeBlocksPerRow, type Fp8Activations } from '../src/gpu-model/row-ops.js';
 import { GPU_SAMPLER_MAX_TOP_K, samplingMode } from '../src/gpu-model/sampler.js';
 import type { SamplingParams } from '../src/generate/contracts.js';
 import { MODEL_OPS_ENTRIES, type ModelOpsKernels } from '../src/kernels/model-ops.js';
@@ -185,6 +185,18 @@ test('hc_pre / hc_head split mixing logits: the scratch\'s shape is checked; up 
     ['mo_hc_pre', 65, 256, 22], ['mo_hc_pre', 20, 256, 22],
     ['mo_hc_pre_mix_tiled', [16, 3], 256, 8], ['mo_hc_pre_fin', 65, 256, 22],
   ]);
+});
+
+test('tiled hc mixing logits: the chunk count whose blocks take the fewest stages at two blocks per SM', () => {
+  // flash (4 x 4096 columns): 4096 rows = 128 tiles -> 2 chunks, one wave of 256 blocks (3 chunks: 1.45 waves)
+  assert.deepEqual(hcTiledChunks(4, 4096, 4096), { chunks: 2, cols: 8192 });
+  assert.deepEqual(hcTiledChunks(4, 4096, 8192), { chunks: 1, cols: 16384 });
+  assert.deepEqual(hcTiledChunks(4, 4096, 512), { chunks: 16, cols: 1024 }, 'at most the split path\'s 16 chunks');
+  assert.deepEqual(hcTiledChunks(4, 4096, 4096, 114), { chunks: 16, cols: 1024 }, 'an H100 PCIe (228 slots): 9 waves of 1024 columns, where 2 chunks take 2 of 8192');
+  for (const rows of [65, 300, 1000, 2051, 4096, 9000]) {
+    const { chunks, cols } = hcTiledChunks(4, 7168, rows);
+    assert.ok(cols % 64 === 0 && chunks * cols >= 4 * 7168 && (chunks - 1) * cols < 4 * 7168, `rows ${rows}: ${chunks} x ${cols}`);
+  }
 });
 
 test('hc_pre / hc_head rows per block: 1 up to 132 rows, 2 up to 264, then 4 (grid ceil(rows / tpb)); the split path 1; forced values checked', () => {

@@ -82,15 +82,29 @@ const HC_TILE_ROWS = 32;    // model_ops.cu kTileRows: rows per block of the til
 const HC_TILE_COLS = 64;    // model_ops.cu kTileCols: columns per stage (a chunk is a multiple)
 const HC_TILE_THREADS = 256; // model_ops.cu kTileThreads
 
+/** Resident blocks per SM of the tiled mixing logits (120 registers a thread: ncu's occupancy, docs/GPU-MODEL.md). */
+const HC_TILE_BLOCKS_PER_SM = 2;
+
 /**
- * Column chunks of the tiled mixing logits (mo_hc_*_mix_tiled) for `rows` rows: enough (rows / 32) x chunks blocks
- * for two per SM, at most the split path's chunk count (the scratch's second dimension), chunks a multiple of 64
- * columns. Returns the chunk count and its width.
+ * Column chunks of the tiled mixing logits (mo_hc_*_mix_tiled) for `rows` rows: the count, at most the split path's
+ * (the scratch's second dimension), whose (rows / 32) x chunks blocks take the fewest stages on the busiest SM, two
+ * blocks resident per SM (waves x columns per block); on a tie the fewer chunks. Chunks are multiples of 64 columns.
+ * At 4096 rows: 2 chunks, one wave of 256 blocks (3 chunks were 1.45 waves: the second ran on 45% of the SMs).
+ * Returns the chunk count and its width.
  */
-export function hcTiledChunks(hc: number, D: number, rows: number): { chunks: number; cols: number } {
+export function hcTiledChunks(hc: number, D: number, rows: number, sms = ROW_OPS_SMS): { chunks: number; cols: number } {
   const W = hc * D;
-  const want = Math.min(hcMixChunks(hc, D), Math.max(1, Math.ceil((2 * ROW_OPS_SMS) / Math.ceil(rows / HC_TILE_ROWS))));
-  const cols = Math.ceil(W / want / HC_TILE_COLS) * HC_TILE_COLS;
+  const tiles = Math.ceil(rows / HC_TILE_ROWS);
+  const slots = HC_TILE_BLOCKS_PER_SM * sms;
+  const widthOf = (c: number) => Math.ceil(W / c / HC_TILE_COLS) * HC_TILE_COLS;
+  let best = 1; let bestCost = Infinity;
+  for (let c = 1; c <= hcMixChunks(hc, D); c++) {
+    const cols = widthOf(c);
+    const chunks = Math.ceil(W / cols);
+    const cost = Math.ceil((tiles * chunks) / slots) * cols;
+    if (cost < bestCost) { best = c; bestCost = cost; }
+  }
+  const cols = widthOf(best);
   return { chunks: Math.ceil(W / cols), cols };
 }
 

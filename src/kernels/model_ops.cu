@@ -27,6 +27,7 @@
 #include <mma.h>
 
 #include "common.cuh"
+#include "cp_async.cuh"
 #include "model/row_ops.cuh"
 
 #ifndef MO_HC
@@ -372,7 +373,9 @@ __device__ __forceinline__ void hc_mix_entry(const mo::u16* __restrict__ hs, con
 // row, all kMix logits, on the f64 tensor cores (WMMA m8n8k4: rows are M, logits N, columns K). Each 64-column stage
 // is converted once into shared memory (x bf16 -> f64, the weights f32 -> f64: exact), so a block reads its slice
 // of hc_fn once for 32 rows and converts every value once; the one-block path re-read hc_fn per 4 rows and converted
-// x once per pass of 8 logits. Warp w takes k-steps w and w + 8 of every stage for all 4 m-tiles x kNT n-tiles (4 kNT
+// x once per pass of 8 logits. x streams in through a ring of kTileXRing raw stages (cp.async, kTileXRing - 1
+// stages ahead: with one stage in flight in registers a 64-column stage took ~3300 cycles, docs/GPU-MODEL.md
+// "Session 13"); the weights (L2-resident, shared by every row tile) one stage ahead in registers. Warp w takes k-steps w and w + 8 of every stage for all 4 m-tiles x kNT n-tiles (4 kNT
 // independent accumulators, 4 + kNT fragment loads per k-step); the 8 warps' sums are then added pairwise in a fixed
 // tree (w += w + 4, w += w + 2, w += w + 1) and part[r, chunk, j] is written as the split kernel's (hc_body adds the
 // chunks in ascending order). The f64 sums run in another fixed order than the other two paths (so: run-to-run
@@ -383,6 +386,7 @@ constexpr int kTileRows = 32;
 constexpr int kTileCols = 64;
 constexpr int kTileThreads = 256;
 constexpr int kTileLd = kTileCols + 4;  // doubles per shared row: 16-byte multiple (WMMA ldm), rows 2 banks apart
+constexpr int kTileXRing = 3;           // raw x stages (bf16, 16 bytes a thread): 12 KB, within the 48 KB of static smem
 
 template <bool kHead>
 __device__ __forceinline__ void hc_mix_tiled_body(const mo::u16* __restrict__ hs, const float* __restrict__ fn, int D,
@@ -404,6 +408,7 @@ __device__ __forceinline__ void hc_mix_tiled_body(const mo::u16* __restrict__ hs
   static_assert(kWarps / 2 * kRed <= (kTileRows + kNPad) * kTileLd, "the reduction fits the stage buffers");
   alignas(32) __shared__ double buf[(kTileRows + kNPad) * kTileLd];
   __shared__ double sq[kTileRows][8];
+  __shared__ uint4 xraw[kTileXRing][kTileThreads];  // thread t's 8 columns of each stage in flight
   double* xs = buf;                       // [kTileRows, kTileLd]
   double* ws = buf + kTileRows * kTileLd;  // [kNPad, kTileLd]
   const int tid = threadIdx.x;
@@ -419,11 +424,16 @@ __device__ __forceinline__ void hc_mix_tiled_body(const mo::u16* __restrict__ hs
   const mo::u16* xrow = r0 + xr < rows ? hs + (size_t)hc_src_row(src_rows, r0 + xr, hs_rows, bad) * W : nullptr;
   for (int i = tid; i < (kNPad - kMix) * kTileLd; i += kTileThreads) ws[kMix * kTileLd + i] = 0.0;  // padding logits
 
-  uint4 xv;
   float4 wv[kWPer];
-  auto load_stage = [&](int c0) {
+  // x of the stage at c0 into ring slot `slot` (zero past the chunk or the rows; a group is committed either way, so
+  // that wait_group counts stages)
+  auto issue_x = [&](int c0, int slot) {
     const int c = c0 + xc;
-    xv = xrow && c < c_end ? __ldg(reinterpret_cast<const uint4*>(xrow + c)) : make_uint4(0, 0, 0, 0);
+    const bool ok = xrow && c < c_end;
+    cp_async16<false>(&xraw[slot][tid], reinterpret_cast<const uint4*>(ok ? xrow + c : hs), ok);
+    cp_async_commit();
+  };
+  auto load_w = [&](int c0) {
 #pragma unroll
     for (int k = 0; k < kWPer; k++) {
       const int i = tid + k * kTileThreads;
@@ -439,12 +449,16 @@ __device__ __forceinline__ void hc_mix_tiled_body(const mo::u16* __restrict__ hs
 #pragma unroll
     for (int n = 0; n < kNT; n++) wmma::fill_fragment(acc[m][n], 0.0);
   double ssq = 0.0;
-  load_stage(c_begin);
+#pragma unroll
+  for (int s = 0; s < kTileXRing - 1; s++) issue_x(c_begin + s * kTileCols, s);
+  load_w(c_begin);
+  int slot = 0;
   for (int c0 = c_begin; c0 < c_end; c0 += kTileCols) {
+    cp_async_wait<kTileXRing - 2>();  // this thread's x of this stage has landed
     __syncthreads();  // the previous stage's MMAs are done with xs / ws
     {
       float f[8];
-      mo::unpack8(xv, f);
+      mo::unpack8(xraw[slot][tid], f);
       ssq = sumsq8_f64(f, ssq);
       double* dst = xs + xr * kTileLd + xc;
 #pragma unroll
@@ -459,8 +473,11 @@ __device__ __forceinline__ void hc_mix_tiled_body(const mo::u16* __restrict__ hs
         }
       }
     }
+    // slot - 1's x was read by this thread above (one stage ago): it takes the stage kTileXRing - 1 ahead
+    issue_x(c0 + (kTileXRing - 1) * kTileCols, slot == 0 ? kTileXRing - 1 : slot - 1);
+    slot = slot == kTileXRing - 1 ? 0 : slot + 1;
     __syncthreads();
-    if (c0 + kTileCols < c_end) load_stage(c0 + kTileCols);  // the next stage's loads in flight during the MMAs
+    if (c0 + kTileCols < c_end) load_w(c0 + kTileCols);  // the next stage's weights in flight during the MMAs
 #pragma unroll
     for (int ks = warp; ks < kKSteps; ks += kWarps) {
       wmma::fragment<wmma::matrix_b, 8, 8, 4, double, wmma::col_major> b[kNT];  // (k, n) = ws[n * ld + k]

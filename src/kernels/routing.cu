@@ -10,6 +10,7 @@
 // Determinism: every logit is produced by the same fixed sequence of mma instructions and a fixed-order sum of the
 // split-K partials (no atomics), so the logits, and hence the ids, are identical from run to run.
 #include "common.cuh"
+#include "cp_async.cuh"
 
 #ifndef ROUTER_HIDDEN
 #define ROUTER_HIDDEN 4096  // V4-Flash; the launcher always passes the layer's real values
@@ -32,26 +33,6 @@ constexpr int kChunks = kHidden / kChunk;
 static_assert(kHidden % 128 == 0, "ROUTER_HIDDEN must be a multiple of 128 (SPEC 4)");
 static_assert(kExperts % 8 == 0, "ROUTER_EXPERTS must be a multiple of 8 (one mma n-tile)");
 static_assert(kTopK >= 1 && kTopK <= kExperts && kTopK <= 32, "ROUTER_TOPK must be in [1, min(E, 32)]");
-
-// 16-byte asynchronous global -> shared copy (cp.async); zero-fills the 16 bytes when !pred (src-size 0 reads
-// nothing; a valid address is still passed). WHY cp.async and not plain loads into registers: ptxas sinks plain
-// loads next to the mma that consumes them (measured: one load round trip per k-chunk, ~20 us at T = 1), while
-// cp.async writes no register, so every copy of a stage is in flight at once and the next stage streams in
-// while the current one is multiplied. Each lane later reads back only the bytes it copied itself, so a
-// per-thread cp.async.wait_group is all the synchronisation needed (no __syncwarp, no barrier).
-template <bool kCacheL1>
-__device__ __forceinline__ void cp_async16(uint4* smem, const uint4* gmem, bool pred) {
-  const unsigned dst = (unsigned)__cvta_generic_to_shared(smem);
-  const int src_size = pred ? 16 : 0;
-  if constexpr (kCacheL1) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem), "r"(src_size) : "memory");
-  } else {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem), "r"(src_size) : "memory");
-  }
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 
 __device__ __forceinline__ void mma_bf16_16816(float (&c)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
                                                unsigned b0, unsigned b1) {
