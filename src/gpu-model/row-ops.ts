@@ -82,8 +82,19 @@ const HC_TILE_ROWS = 32;    // model_ops.cu kTileRows: rows per block of the til
 const HC_TILE_COLS = 64;    // model_ops.cu kTileCols: columns per stage (a chunk is a multiple)
 const HC_TILE_THREADS = 256; // model_ops.cu kTileThreads
 
-/** Resident blocks per SM of the tiled mixing logits (120 registers a thread: ncu's occupancy, docs/GPU-MODEL.md). */
+/** Resident blocks per SM of the tiled mixing logits (126 registers a thread for hc_pre's: two 256-thread blocks). */
 const HC_TILE_BLOCKS_PER_SM = 2;
+const HC_TILE_LD = HC_TILE_COLS + 4; // model_ops.cu kTileLd
+const HC_TILE_X_RING = 3;            // model_ops.cu kTileXRing
+
+/**
+ * Dynamic shared memory of mo_hc_*_mix_tiled for `mix` logits (model_ops.cu's layout): 32 bytes of alignment slack,
+ * two f64 stages [32 + logits padded to 8, 68], the raw x ring [3, 256] x 16 bytes, the squares [32, 8] f64.
+ */
+export function hcTiledSmemBytes(mix: number): number {
+  const npad = Math.ceil(mix / 8) * 8;
+  return 32 + 2 * (HC_TILE_ROWS + npad) * HC_TILE_LD * 8 + HC_TILE_X_RING * HC_TILE_THREADS * 16 + HC_TILE_ROWS * 8 * 8;
+}
 
 /**
  * Column chunks of the tiled mixing logits (mo_hc_*_mix_tiled) for `rows` rows: the count, at most the split path's
@@ -415,7 +426,10 @@ export class GpuRowOps {
     if (tiled) {
       const t = hcTiledChunks(hc, D, rows);
       chunks = t.chunks;
-      this.kernel(`${entry}_mix_tiled`).launch({ grid: [chunks, Math.ceil(rows / HC_TILE_ROWS)], block: HC_TILE_THREADS, stream: opts.stream }, [
+      const smem = hcTiledSmemBytes(entry === 'mo_hc_pre' ? (2 + hc) * hc : hc);
+      const k = this.kernel(`${entry}_mix_tiled`);
+      if (smem > 48 * 1024) k.setMaxDynamicSharedMemory(smem);
+      k.launch({ grid: [chunks, Math.ceil(rows / HC_TILE_ROWS)], block: HC_TILE_THREADS, sharedMemBytes: smem, stream: opts.stream }, [
         hs, p.fn, arg.i32(D), arg.ptr(opts.srcRows ?? null), arg.i32(hs.shape[0]), opts.mixScratch as DeviceTensor<'F64'>,
         arg.i32(rows), arg.i32(t.cols),
       ]);

@@ -373,25 +373,29 @@ __device__ __forceinline__ void hc_mix_entry(const mo::u16* __restrict__ hs, con
 // row, all kMix logits, on the f64 tensor cores (WMMA m8n8k4: rows are M, logits N, columns K). Each 64-column stage
 // is converted once into shared memory (x bf16 -> f64, the weights f32 -> f64: exact), so a block reads its slice
 // of hc_fn once for 32 rows and converts every value once; the one-block path re-read hc_fn per 4 rows and converted
-// x once per pass of 8 logits. x streams in through a ring of kTileXRing raw stages (cp.async, kTileXRing - 1
-// stages ahead: with one stage in flight in registers a 64-column stage took ~3300 cycles, docs/GPU-MODEL.md
-// "Session 13"); the weights (L2-resident, shared by every row tile) one stage ahead in registers. Warp w takes k-steps w and w + 8 of every stage for all 4 m-tiles x kNT n-tiles (4 kNT
+// x once per pass of 8 logits. The f64 stages are double-buffered: each thread converts stage s + 1 into one buffer
+// while the warps' MMAs read stage s from the other, one barrier a stage (with one buffer, convert / barrier / MMAs
+// / barrier, a stage took ~3300 cycles of which the MMAs' share is ~800: docs/GPU-MODEL.md "Session 13"). x streams
+// in through a ring of kTileXRing raw stages (cp.async), the weights (L2-resident, shared by every row tile) one stage
+// ahead in registers. Warp w takes k-steps w and w + 8 of every stage for all 4 m-tiles x kNT n-tiles (4 kNT
 // independent accumulators, 4 + kNT fragment loads per k-step); the 8 warps' sums are then added pairwise in a fixed
 // tree (w += w + 4, w += w + 2, w += w + 1) and part[r, chunk, j] is written as the split kernel's (hc_body adds the
 // chunks in ascending order). The f64 sums run in another fixed order than the other two paths (so: run-to-run
 // identical; against the CPU equal up to the order of exact-product f64 additions, far below the f32 rounding that
 // follows, as those paths are). Squares: thread t sums x^2 of row t / 8, columns 8 (t % 8) + 64 s (s the stage,
 // ascending), then the 8 threads of a row in order.
+// Dynamic shared memory (the launcher's hcTiledSmemBytes): 32 bytes of alignment slack, two f64 stages
+// [kTileRows + kNPad, kTileLd], the raw x ring [kTileXRing, kTileThreads] x 16 bytes, the squares [kTileRows, 8] f64.
 constexpr int kTileRows = 32;
 constexpr int kTileCols = 64;
 constexpr int kTileThreads = 256;
 constexpr int kTileLd = kTileCols + 4;  // doubles per shared row: 16-byte multiple (WMMA ldm), rows 2 banks apart
-constexpr int kTileXRing = 3;           // raw x stages (bf16, 16 bytes a thread): 12 KB, within the 48 KB of static smem
+constexpr int kTileXRing = 3;           // raw x stages in flight (bf16, 16 bytes a thread)
 
 template <bool kHead>
 __device__ __forceinline__ void hc_mix_tiled_body(const mo::u16* __restrict__ hs, const float* __restrict__ fn, int D,
                                                   const int* __restrict__ src_rows, int hs_rows, double* __restrict__ part,
-                                                  int rows, int chunk_cols) {
+                                                  int rows, int chunk_cols, unsigned char* smem_raw) {
   using namespace nvcuda;
   constexpr int kMix = kHead ? kHc : kMixPre;
   constexpr int kNV = kMix + 1;
@@ -403,14 +407,13 @@ __device__ __forceinline__ void hc_mix_tiled_body(const mo::u16* __restrict__ hs
   constexpr int kW4 = kMix * kTileCols / 4;  // float4 loads of a stage's weights
   constexpr int kWPer = (kW4 + kTileThreads - 1) / kTileThreads;
   constexpr int kRed = kTileRows * kNPad;    // doubles of one warp's sums in the reduction
+  constexpr int kStage = (kTileRows + kNPad) * kTileLd;  // doubles of one f64 stage
   static_assert(kTileRows * kTileCols / 8 == kTileThreads, "one 8-column x load per thread and stage");
   static_assert(kKSteps % kWarps == 0, "the warps share a stage's k-steps evenly");
-  static_assert(kWarps / 2 * kRed <= (kTileRows + kNPad) * kTileLd, "the reduction fits the stage buffers");
-  alignas(32) __shared__ double buf[(kTileRows + kNPad) * kTileLd];
-  __shared__ double sq[kTileRows][8];
-  __shared__ uint4 xraw[kTileXRing][kTileThreads];  // thread t's 8 columns of each stage in flight
-  double* xs = buf;                       // [kTileRows, kTileLd]
-  double* ws = buf + kTileRows * kTileLd;  // [kNPad, kTileLd]
+  static_assert(kWarps / 2 * kRed <= 2 * kStage, "the reduction fits the stage buffers");
+  double* buf = reinterpret_cast<double*>((reinterpret_cast<unsigned long long>(smem_raw) + 31) & ~31ull);  // [2][kStage]
+  uint4* xraw = reinterpret_cast<uint4*>(buf + 2 * kStage);                                             // [kTileXRing][kTileThreads]
+  double (*sq)[8] = reinterpret_cast<double (*)[8]>(xraw + kTileXRing * kTileThreads);                 // [kTileRows][8]
   const int tid = threadIdx.x;
   const int warp = tid >> 5;
   const int W = kHc * D;
@@ -422,7 +425,10 @@ __device__ __forceinline__ void hc_mix_tiled_body(const mo::u16* __restrict__ hs
   const int xc = (tid & 7) * 8;
   bool bad;  // unused: hc_body makes a bad row's logits NaN
   const mo::u16* xrow = r0 + xr < rows ? hs + (size_t)hc_src_row(src_rows, r0 + xr, hs_rows, bad) * W : nullptr;
-  for (int i = tid; i < (kNPad - kMix) * kTileLd; i += kTileThreads) ws[kMix * kTileLd + i] = 0.0;  // padding logits
+  for (int i = tid; i < (kNPad - kMix) * kTileLd; i += kTileThreads) {  // padding logits, in both stages
+    buf[kTileRows * kTileLd + kMix * kTileLd + i] = 0.0;
+    buf[kStage + kTileRows * kTileLd + kMix * kTileLd + i] = 0.0;
+  }
 
   float4 wv[kWPer];
   // x of the stage at c0 into ring slot `slot` (zero past the chunk or the rows; a group is committed either way, so
@@ -430,7 +436,7 @@ __device__ __forceinline__ void hc_mix_tiled_body(const mo::u16* __restrict__ hs
   auto issue_x = [&](int c0, int slot) {
     const int c = c0 + xc;
     const bool ok = xrow && c < c_end;
-    cp_async16<false>(&xraw[slot][tid], reinterpret_cast<const uint4*>(ok ? xrow + c : hs), ok);
+    cp_async16<false>(&xraw[slot * kTileThreads + tid], reinterpret_cast<const uint4*>(ok ? xrow + c : hs), ok);
     cp_async_commit();
   };
   auto load_w = [&](int c0) {
@@ -442,42 +448,55 @@ __device__ __forceinline__ void hc_mix_tiled_body(const mo::u16* __restrict__ hs
       wv[k] = i < kW4 && cc < c_end ? __ldg(reinterpret_cast<const float4*>(fn + (size_t)l * W + cc)) : make_float4(0.f, 0.f, 0.f, 0.f);
     }
   };
+  double ssq = 0.0;
+  // this thread's x (ring slot `slot`, landed) and weights (wv) of one stage -> f64 stage `st`
+  auto convert = [&](int slot, double* st) {
+    float f[8];
+    mo::unpack8(xraw[slot * kTileThreads + tid], f);
+    ssq = sumsq8_f64(f, ssq);
+    double* dst = st + xr * kTileLd + xc;
+#pragma unroll
+    for (int i = 0; i < 8; i++) dst[i] = (double)f[i];
+    double* ws = st + kTileRows * kTileLd;
+#pragma unroll
+    for (int k = 0; k < kWPer; k++) {
+      const int i = tid + k * kTileThreads;
+      if (i < kW4) {
+        const int l = i / (kTileCols / 4);
+        double* wd = ws + l * kTileLd + (i - l * (kTileCols / 4)) * 4;
+        wd[0] = (double)wv[k].x; wd[1] = (double)wv[k].y; wd[2] = (double)wv[k].z; wd[3] = (double)wv[k].w;
+      }
+    }
+  };
 
   wmma::fragment<wmma::accumulator, 8, 8, 4, double> acc[kMT][kNT];
 #pragma unroll
   for (int m = 0; m < kMT; m++)
 #pragma unroll
     for (int n = 0; n < kNT; n++) wmma::fill_fragment(acc[m][n], 0.0);
-  double ssq = 0.0;
-#pragma unroll
-  for (int s = 0; s < kTileXRing - 1; s++) issue_x(c_begin + s * kTileCols, s);
+  // stage 0 into f64 stage 0; stages 1 and 2 in flight
+  issue_x(c_begin, 0);
+  issue_x(c_begin + kTileCols, 1);
   load_w(c_begin);
-  int slot = 0;
+  cp_async_wait<1>();
+  convert(0, buf);
+  issue_x(c_begin + 2 * kTileCols, 2);
+  if (c_begin + kTileCols < c_end) load_w(c_begin + kTileCols);
+  __syncthreads();
+  int cur = 0;   // f64 stage of this iteration
+  int slot = 1;  // ring slot of the next stage's x
   for (int c0 = c_begin; c0 < c_end; c0 += kTileCols) {
-    cp_async_wait<kTileXRing - 2>();  // this thread's x of this stage has landed
-    __syncthreads();  // the previous stage's MMAs are done with xs / ws
-    {
-      float f[8];
-      mo::unpack8(xraw[slot][tid], f);
-      ssq = sumsq8_f64(f, ssq);
-      double* dst = xs + xr * kTileLd + xc;
-#pragma unroll
-      for (int i = 0; i < 8; i++) dst[i] = (double)f[i];
-#pragma unroll
-      for (int k = 0; k < kWPer; k++) {
-        const int i = tid + k * kTileThreads;
-        if (i < kW4) {
-          const int l = i / (kTileCols / 4);
-          double* wd = ws + l * kTileLd + (i - l * (kTileCols / 4)) * 4;
-          wd[0] = (double)wv[k].x; wd[1] = (double)wv[k].y; wd[2] = (double)wv[k].z; wd[3] = (double)wv[k].w;
-        }
-      }
+    if (c0 + kTileCols < c_end) {
+      // the next stage into the other f64 stage (its last readers, the MMAs of the previous iteration, are past the
+      // barrier that ended it); slot - 1's x (this stage's, converted last iteration) takes the stage 3 ahead
+      cp_async_wait<1>();
+      convert(slot, buf + (cur ^ 1) * kStage);
+      issue_x(c0 + 3 * kTileCols, slot == 0 ? kTileXRing - 1 : slot - 1);
+      slot = slot == kTileXRing - 1 ? 0 : slot + 1;
+      if (c0 + 2 * kTileCols < c_end) load_w(c0 + 2 * kTileCols);
     }
-    // slot - 1's x was read by this thread above (one stage ago): it takes the stage kTileXRing - 1 ahead
-    issue_x(c0 + (kTileXRing - 1) * kTileCols, slot == 0 ? kTileXRing - 1 : slot - 1);
-    slot = slot == kTileXRing - 1 ? 0 : slot + 1;
-    __syncthreads();
-    if (c0 + kTileCols < c_end) load_w(c0 + kTileCols);  // the next stage's weights in flight during the MMAs
+    const double* xs = buf + cur * kStage;
+    const double* ws = xs + kTileRows * kTileLd;
 #pragma unroll
     for (int ks = warp; ks < kKSteps; ks += kWarps) {
       wmma::fragment<wmma::matrix_b, 8, 8, 4, double, wmma::col_major> b[kNT];  // (k, n) = ws[n * ld + k]
@@ -491,6 +510,8 @@ __device__ __forceinline__ void hc_mix_tiled_body(const mo::u16* __restrict__ hs
         for (int n = 0; n < kNT; n++) wmma::mma_sync(acc[m][n], a, b[n], acc[m][n]);
       }
     }
+    cur ^= 1;
+    __syncthreads();  // this stage's MMAs are done with it; the next one is converted
   }
   sq[xr][tid & 7] = ssq;
   // the warps' sums, pairwise in a fixed tree: warp w (< h) adds warp w + h's, h = 4, 2, 1
@@ -888,11 +909,13 @@ extern "C" __global__ void __launch_bounds__(kMixThreads) mo_hc_head_mix(MO_HC_M
       int hs_rows, double *__restrict__ part, int rows, int chunk_cols
 
 extern "C" __global__ void __launch_bounds__(kTileThreads) mo_hc_pre_mix_tiled(MO_HC_MIX_TILED_PARAMS) {
-  hc_mix_tiled_body<false>(hs, fn, D, src_rows, hs_rows, part, rows, chunk_cols);
+  extern __shared__ float mo_tiled_smem[];
+  hc_mix_tiled_body<false>(hs, fn, D, src_rows, hs_rows, part, rows, chunk_cols, reinterpret_cast<unsigned char*>(mo_tiled_smem));
 }
 
 extern "C" __global__ void __launch_bounds__(kTileThreads) mo_hc_head_mix_tiled(MO_HC_MIX_TILED_PARAMS) {
-  hc_mix_tiled_body<true>(hs, fn, D, src_rows, hs_rows, part, rows, chunk_cols);
+  extern __shared__ float mo_tiled_smem[];
+  hc_mix_tiled_body<true>(hs, fn, D, src_rows, hs_rows, part, rows, chunk_cols, reinterpret_cast<unsigned char*>(mo_tiled_smem));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
