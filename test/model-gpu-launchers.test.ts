@@ -191,9 +191,9 @@ test('tiled hc mixing logits: the chunk count whose blocks take the fewest stage
   // flash (4 x 4096 columns): 4096 rows = 128 tiles -> 2 chunks, one wave of 256 blocks (3 chunks: 1.45 waves)
   assert.deepEqual(hcTiledChunks(4, 4096, 4096), { chunks: 2, cols: 8192 });
   assert.deepEqual(hcTiledChunks(4, 4096, 8192), { chunks: 1, cols: 16384 });
-  // shared memory: two f64 stages of (32 rows + logits padded to 8) x 68, the 3-stage raw ring (x, weights), the squares
-  assert.equal(hcTiledSmemBytes(24), 32 + 2 * 56 * 68 * 8 + 3 * (256 * 16 + 24 * 64 * 4) + 32 * 64, 'hc_pre: 24 logits');
-  assert.equal(hcTiledSmemBytes(4), 32 + 2 * 40 * 68 * 8 + 3 * (256 * 16 + 4 * 64 * 4) + 32 * 64, 'hc_head: 4 logits');
+  // shared memory: two f64 stages of (32 rows + logits padded to 8) x 68, the 3-stage raw x ring, the squares
+  assert.equal(hcTiledSmemBytes(24), 32 + 2 * 56 * 68 * 8 + 3 * 256 * 16 + 32 * 64, 'hc_pre: 24 logits');
+  assert.equal(hcTiledSmemBytes(4), 32 + 2 * 40 * 68 * 8 + 3 * 256 * 16 + 32 * 64, 'hc_head: 4 logits');
   assert.deepEqual(hcTiledChunks(4, 4096, 512), { chunks: 16, cols: 1024 }, 'at most the split path\'s 16 chunks');
   assert.deepEqual(hcTiledChunks(4, 4096, 4096, 114), { chunks: 16, cols: 1024 }, 'an H100 PCIe (228 slots): 9 waves of 1024 columns, where 2 chunks take 2 of 8192');
   for (const rows of [65, 300, 1000, 2051, 4096, 9000]) {

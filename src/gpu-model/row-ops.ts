@@ -85,16 +85,15 @@ const HC_TILE_THREADS = 256; // model_ops.cu kTileThreads
 /** Resident blocks per SM of the tiled mixing logits (126 registers a thread for hc_pre's: two 256-thread blocks). */
 const HC_TILE_BLOCKS_PER_SM = 2;
 const HC_TILE_LD = HC_TILE_COLS + 4; // model_ops.cu kTileLd
-const HC_TILE_X_RING = 3;            // model_ops.cu kTileXRing (raw stages)
+const HC_TILE_X_RING = 3;            // model_ops.cu kTileXRing
 
 /**
  * Dynamic shared memory of mo_hc_*_mix_tiled for `mix` logits (model_ops.cu's layout): 32 bytes of alignment slack,
- * two f64 stages [32 + logits padded to 8, 68], the raw ring of 3 stages (x [256] x 16 bytes, weights f32
- * [logits, 64]), the squares [32, 8] f64.
+ * two f64 stages [32 + logits padded to 8, 68], the raw x ring [3, 256] x 16 bytes, the squares [32, 8] f64.
  */
 export function hcTiledSmemBytes(mix: number): number {
   const npad = Math.ceil(mix / 8) * 8;
-  return 32 + 2 * (HC_TILE_ROWS + npad) * HC_TILE_LD * 8 + HC_TILE_X_RING * (HC_TILE_THREADS * 16 + mix * HC_TILE_COLS * 4) + HC_TILE_ROWS * 8 * 8;
+  return 32 + 2 * (HC_TILE_ROWS + npad) * HC_TILE_LD * 8 + HC_TILE_X_RING * HC_TILE_THREADS * 16 + HC_TILE_ROWS * 8 * 8;
 }
 
 /**

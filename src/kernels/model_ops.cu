@@ -375,8 +375,9 @@ __device__ __forceinline__ void hc_mix_entry(const mo::u16* __restrict__ hs, con
 // of hc_fn once for 32 rows and converts every value once; the one-block path re-read hc_fn per 4 rows and converted
 // x once per pass of 8 logits. The f64 stages are double-buffered: each thread converts stage s + 1 into one buffer
 // while the warps' MMAs read stage s from the other, one barrier a stage (with one buffer, convert / barrier / MMAs
-// / barrier, a stage took ~3300 cycles of which the MMAs' share is ~800: docs/GPU-MODEL.md "Session 13"). x and the
-// weights stream in through a ring of kTileXRing raw stages (cp.async, two stages ahead). Warp w takes k-steps w and w + 8 of every stage for all 4 m-tiles x kNT n-tiles (4 kNT
+// / barrier, a stage took ~3300 cycles of which the MMAs' share is ~800: docs/GPU-MODEL.md "Session 13"). x streams
+// in through a ring of kTileXRing raw stages (cp.async), the weights (L2-resident, shared by every row tile) one stage
+// ahead in registers. Warp w takes k-steps w and w + 8 of every stage for all 4 m-tiles x kNT n-tiles (4 kNT
 // independent accumulators, 4 + kNT fragment loads per k-step); the 8 warps' sums are then added pairwise in a fixed
 // tree (w += w + 4, w += w + 2, w += w + 1) and part[r, chunk, j] is written as the split kernel's (hc_body adds the
 // chunks in ascending order). The f64 sums run in another fixed order than the other two paths (so: run-to-run
@@ -384,14 +385,12 @@ __device__ __forceinline__ void hc_mix_entry(const mo::u16* __restrict__ hs, con
 // follows, as those paths are). Squares: thread t sums x^2 of row t / 8, columns 8 (t % 8) + 64 s (s the stage,
 // ascending), then the 8 threads of a row in order.
 // Dynamic shared memory (the launcher's hcTiledSmemBytes): 32 bytes of alignment slack, two f64 stages
-// [kTileRows + kNPad, kTileLd], the raw ring [kTileXRing] x (x: kTileThreads x 16 bytes, weights: kMix x kTileCols
-// f32), the squares [kTileRows, 8] f64. The pointers into it stay shared-space pointers (offsets from the extern
-// array, never an integer round trip): with generic ones every access was an LD / ST through the LSU's global path.
+// [kTileRows + kNPad, kTileLd], the raw x ring [kTileXRing, kTileThreads] x 16 bytes, the squares [kTileRows, 8] f64.
 constexpr int kTileRows = 32;
 constexpr int kTileCols = 64;
 constexpr int kTileThreads = 256;
 constexpr int kTileLd = kTileCols + 4;  // doubles per shared row: 16-byte multiple (WMMA ldm), rows 2 banks apart
-constexpr int kTileXRing = 3;           // raw stages in the ring (x bf16 and weights f32)
+constexpr int kTileXRing = 3;           // raw x stages in flight (bf16, 16 bytes a thread)
 
 template <bool kHead>
 __device__ __forceinline__ void hc_mix_tiled_body(const mo::u16* __restrict__ hs, const float* __restrict__ fn, int D,
@@ -412,15 +411,9 @@ __device__ __forceinline__ void hc_mix_tiled_body(const mo::u16* __restrict__ hs
   static_assert(kTileRows * kTileCols / 8 == kTileThreads, "one 8-column x load per thread and stage");
   static_assert(kKSteps % kWarps == 0, "the warps share a stage's k-steps evenly");
   static_assert(kWarps / 2 * kRed <= 2 * kStage, "the reduction fits the stage buffers");
-#ifdef MEGAMOE_EMU
-  const unsigned misalign = (unsigned)reinterpret_cast<unsigned long long>(smem_raw) & 31u;
-#else
-  const unsigned misalign = (unsigned)__cvta_generic_to_shared(smem_raw) & 31u;
-#endif
-  double* buf = reinterpret_cast<double*>(smem_raw + ((32u - misalign) & 31u));           // [2][kStage]
-  uint4* xraw = reinterpret_cast<uint4*>(buf + 2 * kStage);                                 // [kTileXRing][kTileThreads]
-  float4* wraw = reinterpret_cast<float4*>(xraw + kTileXRing * kTileThreads);               // [kTileXRing][kW4]
-  double (*sq)[8] = reinterpret_cast<double (*)[8]>(wraw + kTileXRing * kW4);              // [kTileRows][8]
+  double* buf = reinterpret_cast<double*>((reinterpret_cast<unsigned long long>(smem_raw) + 31) & ~31ull);  // [2][kStage]
+  uint4* xraw = reinterpret_cast<uint4*>(buf + 2 * kStage);                                             // [kTileXRing][kTileThreads]
+  double (*sq)[8] = reinterpret_cast<double (*)[8]>(xraw + kTileXRing * kTileThreads);                 // [kTileRows][8]
   const int tid = threadIdx.x;
   const int warp = tid >> 5;
   const int W = kHc * D;
@@ -437,26 +430,26 @@ __device__ __forceinline__ void hc_mix_tiled_body(const mo::u16* __restrict__ hs
     buf[kStage + kTileRows * kTileLd + kMix * kTileLd + i] = 0.0;
   }
 
-  // x and weights of the stage at c0 into ring slot `slot` (zero past the chunk or the rows; a group is committed
-  // either way, so that wait_group counts stages). The weights are re-read by every row tile: .ca keeps them in L1.
+  float4 wv[kWPer];
+  // x of the stage at c0 into ring slot `slot` (zero past the chunk or the rows; a group is committed either way, so
+  // that wait_group counts stages)
   auto issue_x = [&](int c0, int slot) {
     const int c = c0 + xc;
     const bool ok = xrow && c < c_end;
     cp_async16<false>(&xraw[slot * kTileThreads + tid], reinterpret_cast<const uint4*>(ok ? xrow + c : hs), ok);
+    cp_async_commit();
+  };
+  auto load_w = [&](int c0) {
 #pragma unroll
     for (int k = 0; k < kWPer; k++) {
       const int i = tid + k * kTileThreads;
-      if (i < kW4) {
-        const int l = i / (kTileCols / 4);
-        const int cc = c0 + (i - l * (kTileCols / 4)) * 4;
-        const bool wok = cc < c_end;
-        cp_async16<true>(reinterpret_cast<uint4*>(&wraw[slot * kW4 + i]), reinterpret_cast<const uint4*>(wok ? fn + (size_t)l * W + cc : fn), wok);
-      }
+      const int l = i / (kTileCols / 4);
+      const int cc = c0 + (i - l * (kTileCols / 4)) * 4;
+      wv[k] = i < kW4 && cc < c_end ? __ldg(reinterpret_cast<const float4*>(fn + (size_t)l * W + cc)) : make_float4(0.f, 0.f, 0.f, 0.f);
     }
-    cp_async_commit();
   };
   double ssq = 0.0;
-  // this thread's x and weights of one stage (ring slot `slot`, landed) -> f64 stage `st`
+  // this thread's x (ring slot `slot`, landed) and weights (wv) of one stage -> f64 stage `st`
   auto convert = [&](int slot, double* st) {
     float f[8];
     mo::unpack8(xraw[slot * kTileThreads + tid], f);
@@ -471,8 +464,7 @@ __device__ __forceinline__ void hc_mix_tiled_body(const mo::u16* __restrict__ hs
       if (i < kW4) {
         const int l = i / (kTileCols / 4);
         double* wd = ws + l * kTileLd + (i - l * (kTileCols / 4)) * 4;
-        const float4 w = wraw[slot * kW4 + i];
-        wd[0] = (double)w.x; wd[1] = (double)w.y; wd[2] = (double)w.z; wd[3] = (double)w.w;
+        wd[0] = (double)wv[k].x; wd[1] = (double)wv[k].y; wd[2] = (double)wv[k].z; wd[3] = (double)wv[k].w;
       }
     }
   };
@@ -485,9 +477,11 @@ __device__ __forceinline__ void hc_mix_tiled_body(const mo::u16* __restrict__ hs
   // stage 0 into f64 stage 0; stages 1 and 2 in flight
   issue_x(c_begin, 0);
   issue_x(c_begin + kTileCols, 1);
+  load_w(c_begin);
   cp_async_wait<1>();
   convert(0, buf);
   issue_x(c_begin + 2 * kTileCols, 2);
+  if (c_begin + kTileCols < c_end) load_w(c_begin + kTileCols);
   __syncthreads();
   int cur = 0;   // f64 stage of this iteration
   int slot = 1;  // ring slot of the next stage's x
@@ -499,6 +493,7 @@ __device__ __forceinline__ void hc_mix_tiled_body(const mo::u16* __restrict__ hs
       convert(slot, buf + (cur ^ 1) * kStage);
       issue_x(c0 + 3 * kTileCols, slot == 0 ? kTileXRing - 1 : slot - 1);
       slot = slot == kTileXRing - 1 ? 0 : slot + 1;
+      if (c0 + 2 * kTileCols < c_end) load_w(c0 + 2 * kTileCols);
     }
     const double* xs = buf + cur * kStage;
     const double* ws = xs + kTileRows * kTileLd;
