@@ -227,8 +227,8 @@ export function sparseMmaEntry(hpb: number): 'sparseMma1' | 'sparseMma2' | 'spar
 /**
  * Which sparse-attention kernel a call runs and with how many heads per CTA (MEGAMOE_ATTN_REF=1 forces attn_sparse).
  * A 2- or 4-m-tile group whose shared memory holds one CTA per SM but would hold two with half the m-tiles'
- * queries runs the "s" entry (S in two passes: the ratio-4 layer's 640 keys at d 512, the ratio-128 layer's 160 at
- * 4K tokens), unless `twoPass` is false (MEGAMOE_ATTN_QPASS=0).
+ * queries runs the "s" entry (S in two passes: the ratio-4 layer's 640 keys at d 512, 32 heads; the ratio-128 layer's
+ * 185-308 keys, 64 heads, at ~7-23K tokens), unless `twoPass` is false (MEGAMOE_ATTN_QPASS=0).
  */
 export function chooseSparseKernel(H: number, d: number, maxKeys: number, smemLimit = ATTN_SMEM_LIMIT,
   fill?: { rows: number; sms: number }, forceRef = false, twoPass = true): { kernel: 'mma' | 'ref'; hpb: number; smem: number; entry?: SparseMmaEntry } {

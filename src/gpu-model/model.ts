@@ -367,11 +367,11 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
 
   /**
    * One call, synchronously (the caller holds the queue): checks, cache growth and metadata (ctx.begin), embedding,
-   * the layers, hc_head + final norm on the output rows, the logits into logitsBuf, and with `sampleSlots` (each
+   * the layers, hc_head + final norm on the output rows, the logits into logitsBuf, and with `itemSlots` (each
    * item's sampler row, -1: none) the device sampling. Returns the logit rows per item. Synchronizes the stream at the
    * end.
    */
-  private run(items: readonly ModelStepItem[], allLogits: boolean, sampleSlots?: Int32Array): number[] {
+  private run(items: readonly ModelStepItem[], allLogits: boolean, itemSlots?: Int32Array): number[] {
     this.checkLive();
     const c = this.config; const V = this.vocabSize; const st = this.ctx.stream;
     if (items.length === 0) throw new Error('GpuModel.step: no items');
@@ -403,7 +403,7 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
     this.lastRows = 0;
     // A decode call with the step's sampling replays a graph when decodeGraphs is on (not while profiling), padded to
     // the next captured size; above the largest it runs eagerly.
-    const graphSize = this.decodeGraphs && sampleSlots !== undefined && !allLogits && !this.ctx.profiler && items.every((it) => it.tokens.length === 1)
+    const graphSize = this.decodeGraphs && itemSlots !== undefined && !allLogits && !this.ctx.profiler && items.every((it) => it.tokens.length === 1)
       ? decodeGraphSize(this.decodeGraphSizes, items.length) : undefined;
     const graphed = graphSize !== undefined;
     const shapeContext = graphed ? decodeContextBucket(Math.max(...seqs.map((s) => s.length + 1)), this.maxContext) : undefined;
@@ -428,9 +428,9 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
       for (let j = 0; j < nPad; j++) src[r++] = first + j;
       this.srcRows.buffer.copyFromHost(src, { stream: st, bytes: src.byteLength });
       // before the step's launches (a decode graph replays them; the uploads stay outside)
-      if (sampleSlots) {
+      if (itemSlots) {
         const slots = new Int32Array(launchedOut).fill(-1);
-        slots.set(sampleSlots);
+        slots.set(itemSlots);
         this.sampleSlots.buffer.copyFromHost(slots, { stream: st, bytes: slots.byteLength });
       }
 
@@ -441,7 +441,7 @@ export class GpuModel implements DeviceSamplingLM, Disposable {
         // V4-MODEL 2.4: hc_head over the output rows (srcRows gathers them), the final norm fused; then the head
         this.ctx.ops.hcHead(this.hs, this.headHc, this.y, { normEps: c.normEps, hcEps: c.hcEps, normWeight: this.finalNorm, srcRows: this.srcRows, rows: launchedOut, mixScratch: this.ctx.s.hcMix, stream: st });
         this.logits.run(this.y, this.head, this.logitsBuf, launchedOut, st);
-        if (sampleSlots) this.slotSampler.sample(this.logitsBuf, launchedOut, { paramRows: this.sampleSlots, stream: st });
+        if (itemSlots) this.slotSampler.sample(this.logitsBuf, launchedOut, { paramRows: this.sampleSlots, stream: st });
       };
       const graph = graphed ? this.decodeGraph(n, shapeContext!, launches) : undefined;
       if (graph) graph.launch(st);

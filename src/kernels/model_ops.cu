@@ -375,9 +375,9 @@ __device__ __forceinline__ void hc_mix_entry(const mo::u16* __restrict__ hs, con
 // of hc_fn once for 32 rows and converts every value once; the one-block path re-read hc_fn per 4 rows and converted
 // x once per pass of 8 logits. The f64 stages are double-buffered: each thread converts stage s + 1 into one buffer
 // while the warps' MMAs read stage s from the other, one barrier a stage (with one buffer, convert / barrier / MMAs
-// / barrier, a stage took ~3300 cycles of which the MMAs' share is ~800: docs/GPU-MODEL.md "Session 13"). x streams
-// in through a ring of kTileXRing raw stages (cp.async), the weights (L2-resident, shared by every row tile) one stage
-// ahead in registers. Warp w takes k-steps w and w + 8 of every stage for all 4 m-tiles x kNT n-tiles (4 kNT
+// / barrier, a stage took ~3300 cycles; its MMAs need ~800 at the DMMA pipe's peak: docs/GPU-MODEL.md "Session
+// 13"). x streams in through a ring of kTileXRing raw stages (cp.async), the weights (L2-resident, shared by every
+// row tile) one stage ahead in registers. Warp w takes k-steps w and w + 8 of every stage for all 4 m-tiles x kNT n-tiles (4 kNT
 // independent accumulators, 4 + kNT fragment loads per k-step); the 8 warps' sums are then added pairwise in a fixed
 // tree (w += w + 4, w += w + 2, w += w + 1) and part[r, chunk, j] is written as the split kernel's (hc_body adds the
 // chunks in ascending order). The f64 sums run in another fixed order than the other two paths (so: run-to-run
