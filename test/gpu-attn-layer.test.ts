@@ -16,6 +16,7 @@ import { gpuSkipReason } from '../src/cuda/index.js';
 import { modelPresetConfig } from '../src/model/checkpoint-writer.js';
 import { modelConfigFrom, type ModelConfig } from '../src/model/config.js';
 import { formatStats, runScenario, type ScenarioOptions, type StageStats } from './support/attn-scenario.js';
+import { withEnv } from './support/env.js';
 
 const skip = gpuSkipReason();
 
@@ -83,41 +84,29 @@ test('GPU attention == CPU, flash-like window-only layer 0 with 128-dim heads: 1
   checkStats('flash d128 L0', stats);
 });
 
-// flash-like ratio 4, a chunked prefill deep into a history: every row attends 128 + 512 keys, too many scores for 64
-// heads per CTA, so the tensor-core kernel runs 32 (its 2-m-tile entries; the scenarios above run the 4- and 1-tile
-// ones): attn_sparse_mma2s (S in one-m-tile passes, two CTAs per SM) by default, attn_sparse_mma2 with
-// MEGAMOE_ATTN_QPASS=0
+// Chunked prefills deep into a history, where the full query tile leaves one CTA per SM and half of it two, each with
+// the two-pass entry (the default) and the one-pass one (MEGAMOE_ATTN_QPASS=0):
+//   - flash-like ratio 4: every row attends 128 + 512 keys, too many scores for 64 heads per CTA, so the tensor-core
+//     kernel runs 32 (its 2-m-tile entries; the scenarios above run the 4- and 1-tile ones): attn_sparse_mma2s / 2;
+//   - flash-like ratio 128: 128 + 94 keys, 64 heads per CTA: attn_sparse_mma4s / 4.
+const deepChunks: Array<{ name: string; label: string; opts: ScenarioOptions }> = [
+  {
+    name: 'flash-like ratio 4 + indexer layer 2: a 70-token chunk at 5000 (640 keys per row', label: 'flash L2 chunk',
+    opts: { config: config('flash', 4), layer: 2, blockRows: 64, seed: 41, maxContext: 8192, seqs: [{ start: 5000 }], calls: [[{ seq: 0, len: 70 }]] },
+  },
+  {
+    name: 'flash-like ratio 128 layer 3: a 140-token chunk at 12000 (222 keys per row', label: 'flash L3 chunk',
+    opts: { config: config('flash', 4), layer: 3, blockRows: 64, seed: 43, maxContext: 16384, seqs: [{ start: 12000 }], calls: [[{ seq: 0, len: 140 }]] },
+  },
+];
 for (const qpass of ['1', '0']) {
-  test(`GPU attention == CPU, flash-like ratio 4 + indexer layer 2: a 70-token chunk at 5000 (640 keys per row, MEGAMOE_ATTN_QPASS=${qpass})`, { skip }, (t) => {
-    const before = process.env.MEGAMOE_ATTN_QPASS;
-    process.env.MEGAMOE_ATTN_QPASS = qpass;
-    try {
-      const stats = runScenario({
-        config: config('flash', 4), layer: 2, blockRows: 64, seed: 41, maxContext: 8192,
-        seqs: [{ start: 5000 }], calls: [[{ seq: 0, len: 70 }]],
-      });
-      for (const line of formatStats('flash L2 chunk', stats).split('\n')) t.diagnostic(line);
-      checkStats('flash L2 chunk', stats);
-    } finally {
-      if (before === undefined) delete process.env.MEGAMOE_ATTN_QPASS; else process.env.MEGAMOE_ATTN_QPASS = before;
-    }
-  });
-  // flash-like ratio 128 deep into a history: 128 + 94 keys, 64 heads per CTA; with every query in shared memory one
-  // CTA per SM, with half of them two: attn_sparse_mma4s (S in two passes) by default, attn_sparse_mma4 with QPASS=0
-  test(`GPU attention == CPU, flash-like ratio 128 layer 3: a 140-token chunk at 12000 (222 keys per row, MEGAMOE_ATTN_QPASS=${qpass})`, { skip }, (t) => {
-    const before = process.env.MEGAMOE_ATTN_QPASS;
-    process.env.MEGAMOE_ATTN_QPASS = qpass;
-    try {
-      const stats = runScenario({
-        config: config('flash', 4), layer: 3, blockRows: 64, seed: 43, maxContext: 16384,
-        seqs: [{ start: 12000 }], calls: [[{ seq: 0, len: 140 }]],
-      });
-      for (const line of formatStats('flash L3 chunk', stats).split('\n')) t.diagnostic(line);
-      checkStats('flash L3 chunk', stats);
-    } finally {
-      if (before === undefined) delete process.env.MEGAMOE_ATTN_QPASS; else process.env.MEGAMOE_ATTN_QPASS = before;
-    }
-  });
+  for (const { name, label, opts } of deepChunks) {
+    test(`GPU attention == CPU, ${name}, MEGAMOE_ATTN_QPASS=${qpass})`, { skip }, (t) => {
+      const stats = withEnv({ MEGAMOE_ATTN_QPASS: qpass }, () => runScenario(opts));
+      for (const line of formatStats(label, stats).split('\n')) t.diagnostic(line);
+      checkStats(label, stats);
+    });
+  }
 }
 
 // Launch shapes of a context bucket (GpuAttention.begin's shapeContext, for CUDA graphs of a decode step): grids,

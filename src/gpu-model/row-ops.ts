@@ -206,7 +206,11 @@ export function ropeBlocksPerRow(rows: number, pairs: number): number {
 const HC_THREADS = 256;         // model_ops.cu kHcThreads
 
 export class GpuRowOps {
-  private constructor(readonly hcMult: number, private readonly k: ModelOpsKernels) {}
+  private constructor(readonly hcMult: number, private readonly k: ModelOpsKernels) {
+    // the tiled mixing logits' shared memory passes the 48 KiB default: allowed once here, not per launch
+    k.mo_hc_pre_mix_tiled.setMaxDynamicSharedMemory(hcTiledSmemBytes((2 + hcMult) * hcMult));
+    k.mo_hc_head_mix_tiled.setMaxDynamicSharedMemory(hcTiledSmemBytes(hcMult));
+  }
 
   static async create(hcMult: number): Promise<GpuRowOps> {
     GpuRowOps.checkHc(hcMult);
@@ -427,9 +431,7 @@ export class GpuRowOps {
       const t = hcTiledChunks(hc, D, rows);
       chunks = t.chunks;
       const smem = hcTiledSmemBytes(entry === 'mo_hc_pre' ? (2 + hc) * hc : hc);
-      const k = this.kernel(`${entry}_mix_tiled`);
-      if (smem > 48 * 1024) k.setMaxDynamicSharedMemory(smem);
-      k.launch({ grid: [chunks, Math.ceil(rows / HC_TILE_ROWS)], block: HC_TILE_THREADS, sharedMemBytes: smem, stream: opts.stream }, [
+      this.kernel(`${entry}_mix_tiled`).launch({ grid: [chunks, Math.ceil(rows / HC_TILE_ROWS)], block: HC_TILE_THREADS, sharedMemBytes: smem, stream: opts.stream }, [
         hs, p.fn, arg.i32(D), arg.ptr(opts.srcRows ?? null), arg.i32(hs.shape[0]), opts.mixScratch as DeviceTensor<'F64'>,
         arg.i32(rows), arg.i32(t.cols),
       ]);
