@@ -12,19 +12,6 @@ const skip = gpuSkipReason();
 
 const SOURCE = `
 #include <cuda.h>
-#include "grid_dep.cuh"
-
-// Programmatic launches: a slow writer, then readers that must see what it wrote (each waits at its start).
-extern "C" __global__ void slow_write(int* x, int value, unsigned long long cycles) {
-  MM_GRID_DEPENDENCY();
-  long long t0 = clock64();
-  while (clock64() - t0 < (long long)cycles) {}
-  if (threadIdx.x == 0) x[blockIdx.x] = value + (int)blockIdx.x;
-}
-extern "C" __global__ void copy_after_wait(const int* x, int* y) {
-  MM_GRID_DEPENDENCY();
-  if (threadIdx.x == 0) y[blockIdx.x] = x[blockIdx.x];
-}
 struct __align__(64) Blob64 { float v[16]; };
 
 extern "C" __global__ void vadd_mixed(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ c,
@@ -184,39 +171,6 @@ test('a captured graph does nothing at capture time and replays correctly with n
   dd.memset8(0, { stream });
   stream.synchronize();
   assert.throws(() => CudaGraph.capture(Stream.legacyDefault, () => undefined), /legacy default stream cannot be captured/);
-});
-
-test('programmatic launches (PDL) wait for the kernel before them, eagerly and in a captured graph', { skip }, async () => {
-  const load = (entry: string) => loadKernel({ source: 'cuda_layer_test.cu', sourceText: SOURCE, entry, programmatic: true });
-  const [writer, copier] = [await load('slow_write'), await load('copy_after_wait')];
-  assert.ok(writer.programmatic && copier.programmatic);
-  const blocks = 264; // two a SM: the copies' CTAs can be placed while the writer still spins
-  using stream = Stream.create();
-  using x = DeviceBuffer.alloc(blocks * 4);
-  using y = DeviceBuffer.alloc(blocks * 4);
-  using z = DeviceBuffer.alloc(blocks * 4);
-  const chain = (value: number) => {
-    writer.launch({ grid: blocks, block: 128, stream }, [x, arg.i32(value), arg.u64(40_000)]);
-    copier.launch({ grid: blocks, block: 128, stream }, [x, y]);
-    copier.launch({ grid: blocks, block: 128, stream }, [y, z]); // two hops: z needs the writer done too
-  };
-  const check = (value: number, what: string) => {
-    const got = new Int32Array(blocks);
-    z.copyToHost(got);
-    for (let b = 0; b < blocks; b++) if (got[b] !== value + b) assert.fail(`${what}: z[${b}] = ${got[b]}, want ${value + b}`);
-  };
-  for (let rep = 1; rep <= 20; rep++) {
-    chain(rep * 1000);
-    stream.synchronize();
-    check(rep * 1000, `eager launch ${rep}`);
-  }
-  using graph = CudaGraph.capture(stream, () => { chain(-7000); });
-  for (let rep = 0; rep < 5; rep++) {
-    x.memset8(0, { stream }); y.memset8(0, { stream }); z.memset8(0, { stream });
-    graph.launch(stream);
-    stream.synchronize();
-    check(-7000, `graph replay ${rep}`);
-  }
 });
 
 test('TMA tensor maps passed by value load the right tile (no swizzle, 128B swizzle, out of bounds)', { skip }, async () => {

@@ -72,8 +72,6 @@ export interface DriverFunctions {
   cuOccupancyMaxActiveClusters(outInt: Addr, fn: Addr, config: Addr): number;
   cuLaunchKernel(fn: Addr, gx: number, gy: number, gz: number, bx: number, by: number, bz: number,
     sharedMemBytes: number, stream: Addr, kernelParams: Addr, extra: Addr): number;
-  /** config: a CUlaunchConfig with its attributes in native memory (programmatic-launch.ts). */
-  cuLaunchKernelEx(config: Addr, fn: Addr, kernelParams: Addr, extra: Addr): number;
   cuTensorMapEncodeTiled(outMap: Addr, dataType: number, rank: number, globalAddress: Addr, globalDim: BigUint64Array,
     globalStrides: BigUint64Array, boxDim: Uint32Array, elementStrides: Uint32Array, interleave: number,
     swizzle: number, l2Promotion: number, oobFill: number): number;
@@ -158,7 +156,6 @@ const PROTOTYPES: ReadonlyArray<readonly [keyof DriverFunctions, string]> = [
   ['cuOccupancyMaxActiveClusters', 'int cuOccupancyMaxActiveClusters(uintptr_t out, uintptr_t fn, uintptr_t config)'],
   ['cuLaunchKernel', 'int cuLaunchKernel(uintptr_t fn, unsigned int gx, unsigned int gy, unsigned int gz, ' +
     'unsigned int bx, unsigned int by, unsigned int bz, unsigned int smem, uintptr_t stream, uintptr_t params, uintptr_t extra)'],
-  ['cuLaunchKernelEx', 'int cuLaunchKernelEx(uintptr_t config, uintptr_t fn, uintptr_t params, uintptr_t extra)'],
   ['cuTensorMapEncodeTiled', 'int cuTensorMapEncodeTiled(uintptr_t out, int dataType, uint32_t rank, uint64_t globalAddress, ' +
     'const uint64_t *globalDim, const uint64_t *globalStrides, const uint32_t *boxDim, const uint32_t *elementStrides, ' +
     'int interleave, int swizzle, int l2Promotion, int oobFill)'],

@@ -7,17 +7,6 @@ import { CudaModule, type Kernel } from './module.js';
 export interface LoadKernelOptions extends CompileOptions {
   /** The kernel function to look up (its extern "C" name). */
   entry: string;
-  /**
-   * Whether the kernel starts with src/kernels/grid_dep.cuh's wait, so it may launch programmatically
-   * (Kernel.programmatic). Default: true for the project's sources (test/kernel-entries.test.ts checks each entry),
-   * false for inline `sourceText`.
-   */
-  programmatic?: boolean;
-}
-
-function withLaunchMode(kernel: Kernel, options: LoadKernelOptions): Kernel {
-  kernel.programmatic = options.programmatic ?? options.sourceText === undefined;
-  return kernel;
 }
 
 const modules = new Map<string, { module: CudaModule; context: CudaContext }>();
@@ -34,13 +23,13 @@ function moduleFor(compiled: CompiledKernel, ctx: CudaContext): CudaModule {
 /** Compiles (cached) and loads the kernel `options.entry` of `options.source` in the current context. */
 export async function loadKernel(options: LoadKernelOptions): Promise<Kernel> {
   const compiled = await compileKernel(options);
-  return withLaunchMode(moduleFor(compiled, ensureContext()).getKernel(options.entry), options);
+  return moduleFor(compiled, ensureContext()).getKernel(options.entry);
 }
 
 /** loadKernel, blocking. */
 export function loadKernelSync(options: LoadKernelOptions): Kernel {
   const compiled = compileKernelSync(options);
-  return withLaunchMode(moduleFor(compiled, ensureContext()).getKernel(options.entry), options);
+  return moduleFor(compiled, ensureContext()).getKernel(options.entry);
 }
 
 /** Unloads every module loadKernel loaded (kernels obtained from them become invalid). */

@@ -2,7 +2,6 @@
 import { ArgPacker, type KernelArgLike } from './args.js';
 import { CudaContext, ensureContext } from './device.js';
 import { check, getDriver, throwCuda } from './driver.js';
-import { launchProgrammatic, programmaticLaunchEnabled } from './programmatic-launch.js';
 import { streamHandle, type StreamLike } from './stream.js';
 import { readFileSync } from 'node:fs';
 
@@ -65,12 +64,6 @@ export class Kernel {
   /** The CUfunction handle. */
   readonly handle: bigint;
   readonly module: CudaModule;
-  /**
-   * Whether launches may overlap the previous kernel of the stream (programmatic dependent launch, on unless
-   * MEGAMOE_PDL=0). Only for kernels that start with src/kernels/grid_dep.cuh's wait: kernel-loader.ts sets it for
-   * the project's kernels.
-   */
-  programmatic = false;
   private dynamicSmemLimit = 48 * 1024;
 
   /** @internal Use CudaModule.getKernel. */
@@ -142,16 +135,12 @@ export class Kernel {
     const [bx, by, bz] = dim(config.block, 'block', this.name);
     const smem = config.sharedMemBytes ?? 0;
     const params = packer().pack(args, this.name);
-    const d = getDriver();
-    const stream = streamHandle(config.stream);
-    const programmatic = this.programmatic && programmaticLaunchEnabled();
-    const rc = programmatic
-      ? launchProgrammatic(d, this.handle, [gx, gy, gz], [bx, by, bz], smem, stream, params)
-      : d.fn.cuLaunchKernel(this.handle, gx, gy, gz, bx, by, bz, smem, stream, params, 0);
+    const rc = getDriver().fn.cuLaunchKernel(this.handle, gx, gy, gz, bx, by, bz, smem,
+      streamHandle(config.stream), params, 0);
     if (rc !== 0) {
       let detail = `kernel "${this.name}", grid [${gx}, ${gy}, ${gz}], block [${bx}, ${by}, ${bz}], ${smem} B dynamic smem, ${args.length} args`;
       if (smem > this.dynamicSmemLimit) detail += `; dynamic shared memory above the kernel's limit ${this.dynamicSmemLimit} B: call setMaxDynamicSharedMemory(${smem}) (the device allows at most its opt-in limit)`;
-      throwCuda(programmatic ? 'cuLaunchKernelEx' : 'cuLaunchKernel', rc, detail);
+      throwCuda('cuLaunchKernel', rc, detail);
     }
   }
 }

@@ -89,7 +89,6 @@ __device__ __forceinline__ void softmax_with_sink2(float* s0, float* s1, int nk,
 // docs/GPU-MODEL.md "Session 4".)
 extern "C" __global__ void __launch_bounds__(128)
 attn_kv_fp8_sim(uint16_t* kv, int rows, int d, int nope) {
-  MM_GRID_DEPENDENCY();
   const int nblk = nope / 64;
   const int block = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
   const int lane = threadIdx.x & 31;
@@ -111,7 +110,6 @@ extern "C" __global__ void __launch_bounds__(128)
 attn_window_store(const uint16_t* __restrict__ kv, int d, int win,
                   uint16_t* win_base, const int* __restrict__ win_table, int win_table_stride, int block_rows,
                   int layer_slot, int layers, const int* __restrict__ items) {
-  MM_GRID_DEPENDENCY();
   const attn::Item it = attn::load_item(items, blockIdx.x);
   const int p = max(it.pos, it.pos + it.len - win) + blockIdx.y;
   if (p >= it.pos + it.len) return;
@@ -134,7 +132,6 @@ attn_sparse(const uint16_t* __restrict__ q,        // bf16 [rows, H, d] (renorme
             const float* __restrict__ freqs,       // f32 [rd / 2]
             uint16_t* __restrict__ out,            // bf16 [rows, H, d]
             int H, int d, int rd, int win, int ratio, int topk, int hpb, int max_keys, float sigma) {
-  MM_GRID_DEPENDENCY();
   extern __shared__ __align__(16) unsigned char smem[];
   const uint16_t** keys = reinterpret_cast<const uint16_t**>(smem);                 // [max_keys]
   float* qs = reinterpret_cast<float*>(smem + (size_t)max_keys * sizeof(void*));   // [hpb, d]
@@ -568,35 +565,30 @@ __device__ __forceinline__ void sparse_mma_dispatch(const SparseArgs& A, int d, 
 
 extern "C" __global__ void __launch_bounds__(kMmaThreads)
 attn_sparse_mma1(ATTN_SPARSE_MMA_PARAMS) {
-  MM_GRID_DEPENDENCY();
   extern __shared__ __align__(16) unsigned char smem[];
   sparse_mma_dispatch<1>(ATTN_SPARSE_MMA_ARGS, d, smem);
 }
 
 extern "C" __global__ void __launch_bounds__(kMmaThreads)
 attn_sparse_mma2(ATTN_SPARSE_MMA_PARAMS) {
-  MM_GRID_DEPENDENCY();
   extern __shared__ __align__(16) unsigned char smem[];
   sparse_mma_dispatch<2>(ATTN_SPARSE_MMA_ARGS, d, smem);
 }
 
 extern "C" __global__ void __launch_bounds__(kMmaThreads, 2)  // two CTAs per SM (the launcher's reason to pick it)
 attn_sparse_mma2s(ATTN_SPARSE_MMA_PARAMS) {
-  MM_GRID_DEPENDENCY();
   extern __shared__ __align__(16) unsigned char smem[];
   sparse_mma_dispatch<2, 1>(ATTN_SPARSE_MMA_ARGS, d, smem);
 }
 
 extern "C" __global__ void __launch_bounds__(kMmaThreads, 2)  // two CTAs per SM where shared memory allows
 attn_sparse_mma4(ATTN_SPARSE_MMA_PARAMS) {
-  MM_GRID_DEPENDENCY();
   extern __shared__ __align__(16) unsigned char smem[];
   sparse_mma_dispatch<4>(ATTN_SPARSE_MMA_ARGS, d, smem);
 }
 
 extern "C" __global__ void __launch_bounds__(kMmaThreads, 2)  // two CTAs per SM (the launcher's reason to pick it)
 attn_sparse_mma4s(ATTN_SPARSE_MMA_PARAMS) {
-  MM_GRID_DEPENDENCY();
   extern __shared__ __align__(16) unsigned char smem[];
   sparse_mma_dispatch<4, 2>(ATTN_SPARSE_MMA_ARGS, d, smem);
 }
@@ -612,7 +604,6 @@ __device__ __forceinline__ unsigned ld_bf16x2(const uint16_t* p) { return (unsig
 extern "C" __global__ void __launch_bounds__(32)
 attn_mma_selftest(const uint16_t* __restrict__ a, const uint16_t* __restrict__ b, const float* __restrict__ c,
                   float* __restrict__ d) {
-  MM_GRID_DEPENDENCY();
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   float acc[4] = {c[g * 8 + 2 * t], c[g * 8 + 2 * t + 1], c[(g + 8) * 8 + 2 * t], c[(g + 8) * 8 + 2 * t + 1]};
   attn::mma_bf16_16816(acc, ld_bf16x2(a + g * 16 + 2 * t), ld_bf16x2(a + (g + 8) * 16 + 2 * t),

@@ -8,7 +8,6 @@
 // so it gets the same bits. Explicit __f*_rn intrinsics keep nvcc from contracting into FMAs.
 #pragma once
 #include <stdint.h>
-#include "grid_dep.cuh"
 
 namespace attn {
 

@@ -94,7 +94,6 @@ __device__ __forceinline__ void skinny_body(const uint16_t* __restrict__ X, cons
 extern "C" __global__ void __launch_bounds__(kSkThreads)
 bf16_skinny_gemm(const uint16_t* __restrict__ X, const uint16_t* __restrict__ W, void* __restrict__ D, int m, int k,
                  long long ldx, long long ldd, long long sx, long long sw, long long sd, int f32_out) {
-  MM_GRID_DEPENDENCY();
   if (m <= 8) {
     if (f32_out) skinny_body<1, true>(X, W, D, m, k, ldx, ldd, sx, sw, sd);
     else skinny_body<1, false>(X, W, D, m, k, ldx, ldd, sx, sw, sd);

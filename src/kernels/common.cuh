@@ -2,7 +2,6 @@
 // IEEE-exact f32 arithmetic. Self-contained on purpose (no CUDA headers): the kernels compile the same
 // way under nvcc and NVRTC, and nothing here depends on the toolkit's include path.
 #pragma once
-#include "grid_dep.cuh"
 
 namespace megamoe {
 

@@ -30,7 +30,6 @@ attn_compress_pool(const float* __restrict__ a,      // [rows, width] this call'
                    int layer_slot, int layers,
                    const int* __restrict__ items,
                    int ratio, int overlap, int dc, int rd, int indexer, float eps) {
-  MM_GRID_DEPENDENCY();
   __shared__ float z[kMaxDc];
   __shared__ double tmp[kMaxDc];
   __shared__ double red[32];
@@ -97,7 +96,6 @@ extern "C" __global__ void __launch_bounds__(kThreads)
 attn_compress_state(const float* __restrict__ a, const float* __restrict__ g, const float* __restrict__ ape,
                     float* __restrict__ state, int state_stride, const int* __restrict__ items,
                     int ratio, int overlap, int dc) {
-  MM_GRID_DEPENDENCY();
   const attn::Item it = attn::load_item(items, blockIdx.x);
   const int cw = overlap ? 2 : 1;
   const int width = cw * dc;

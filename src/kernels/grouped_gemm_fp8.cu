@@ -70,21 +70,18 @@
 
 template <int kN, int kK, int kNSub, int kStages, int kEpi, int kStore, int kWTiled = 0>
 __global__ void __launch_bounds__(384, 1) gg_normal_kernel(GG_KERNEL_PARAMS) {
-  MM_GRID_DEPENDENCY();
   gg::Ring ring;
   gg::normal_body<kN, kK, kNSub, kStages, kEpi, 0, kStore, kWTiled>(GG_KERNEL_ARGS);
 }
 
 template <int kN, int kK, int kNSub, int kStages, int kEpi, int kStore, int kMcast, int kWTiled = 0>
 __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(384, 1) gg_normal_cluster_kernel(GG_KERNEL_PARAMS) {
-  MM_GRID_DEPENDENCY();
   gg::Ring ring;
   gg::normal_body<kN, kK, kNSub, kStages, kEpi, kMcast, kStore, kWTiled>(GG_KERNEL_ARGS);
 }
 
 template <int kN, int kK, int kMSub, int kStages, int kEpi, int kWTiled = 0, int kSplitK = 1>
 __global__ void __launch_bounds__(256, 1) gg_decode_kernel(GG_KERNEL_PARAMS) {
-  MM_GRID_DEPENDENCY();
   gg::Ring ring;
   gg::decode_body<kN, kK, kMSub, kStages, kEpi, kWTiled, gg::DecodePlan<kMSub, kStages>, gg::NoSync, true, kSplitK>(
       GG_KERNEL_ARGS);
@@ -118,20 +115,17 @@ static_assert(gg::NormalPlan<GG_SUB, GG_STAGES, GG_EPI == 0 ? GG_STORE : 0>::kSm
 #endif
 #if GG_SWAP
 extern "C" __global__ void __launch_bounds__(256, 1) grouped_gemm_fp8(GG_KERNEL_PARAMS) {
-  MM_GRID_DEPENDENCY();
   gg::Ring ring;
   gg::decode_body<GG_N, GG_K, GG_SUB, GG_STAGES, GG_EPI, GG_WTILED, gg::DecodePlan<GG_SUB, GG_STAGES>, gg::NoSync, true,
                   GG_SPLITK>(GG_KERNEL_ARGS);
 }
 #elif GG_MCAST != 0
 extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(384, 1) grouped_gemm_fp8(GG_KERNEL_PARAMS) {
-  MM_GRID_DEPENDENCY();
   gg::Ring ring;
   gg::normal_body<GG_N, GG_K, GG_SUB, GG_STAGES, GG_EPI, GG_MCAST, GG_STORE, GG_WTILED>(GG_KERNEL_ARGS);
 }
 #else
 extern "C" __global__ void __launch_bounds__(384, 1) grouped_gemm_fp8(GG_KERNEL_PARAMS) {
-  MM_GRID_DEPENDENCY();
   gg::Ring ring;
   gg::normal_body<GG_N, GG_K, GG_SUB, GG_STAGES, GG_EPI, 0, GG_STORE, GG_WTILED>(GG_KERNEL_ARGS);
 }

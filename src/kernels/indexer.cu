@@ -42,7 +42,6 @@ attn_indexer_prepare(uint16_t* qi,                   // bf16 [rows, Hi, di] in p
                      uint16_t* w,                    // bf16 [rows, Hi] in place
                      const int* __restrict__ items, const int* __restrict__ row_item,
                      const float* __restrict__ freqs, int Hi, int di, int rd, float wscale) {
-  MM_GRID_DEPENDENCY();
   __shared__ float x[kPrepMaxDi];
   __shared__ double tmp[kPrepMaxDi];
   const int r = blockIdx.x, h = blockIdx.y;
@@ -138,7 +137,6 @@ __device__ __forceinline__ void prepare_head_warp(uint16_t* v, const float* rope
 extern "C" __global__ void __launch_bounds__(256)
 attn_indexer_prepare_warp(uint16_t* qi, uint16_t* w, const int* __restrict__ items, const int* __restrict__ row_item,
                           const float* __restrict__ freqs, int Hi, int di, int rd, float wscale) {
-  MM_GRID_DEPENDENCY();
   __shared__ float rope_c[128], rope_s[128];
   const int r = blockIdx.x;
   const attn::Item it = attn::load_item(items, row_item[r]);
@@ -607,7 +605,6 @@ attn_indexer_scores(const uint16_t* __restrict__ qi,  // bf16 [rows, Hi, di] (pr
                     uint16_t* __restrict__ scores,    // bf16 bits [chunk rows, score_stride]
                     int score_stride, int row_begin, int rows, int Hi, int di, int ratio, int topk, int rows_per_cta,
                     int tensor_cores) {  // 1: the tensor-core body where it applies (the launcher's indexerScoresOnTensorCores)
-  MM_GRID_DEPENDENCY();
   extern __shared__ __align__(128) unsigned char smem[];  // (wmma wants 32-byte aligned tiles)
   const attn::Paged cache{idx_base, idx_table, table_stride, block_rows, layer_slot, layers, di};
   if (tensor_cores && Hi % 16 == 0) {
@@ -665,7 +662,6 @@ extern "C" __global__ void __launch_bounds__(kTopkThreads)
 attn_indexer_topk(const uint16_t* __restrict__ scores, int score_stride, int row_begin,
                   const int* __restrict__ items, const int* __restrict__ row_item,
                   int* __restrict__ picks, int pick_stride, int ratio, int topk) {
-  MM_GRID_DEPENDENCY();
   __shared__ int hist[256];
   __shared__ int ws[kTopkWarps];
   __shared__ int sel[3];  // threshold high byte / count above it, then the threshold key and equal keys to take

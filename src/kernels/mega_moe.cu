@@ -727,7 +727,6 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
                const __grid_constant__ gg::TmaDesc tmap_sfa1, const __grid_constant__ gg::TmaDesc tmap_a2,
                const __grid_constant__ gg::TmaDesc tmap_w2, const __grid_constant__ gg::TmaDesc tmap_sfa2,
                const __grid_constant__ gg::TmaDesc tmap_out, const __grid_constant__ mm::MegaParams p) {
-  MM_GRID_DEPENDENCY();
   using namespace mm;
   extern __shared__ __align__(1024) unsigned char smem[];
   const int tid = threadIdx.x;

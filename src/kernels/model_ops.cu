@@ -49,7 +49,6 @@ __device__ __forceinline__ double f64_from_bits(unsigned long long b) { return _
 extern "C" __global__ void __launch_bounds__(256) mo_embed(const int* __restrict__ ids, const uint4* __restrict__ table,
                                                            int vocab, int dim, int copies, int tokens,
                                                            uint4* __restrict__ out, int* __restrict__ bad) {
-  MM_GRID_DEPENDENCY();
   const int t = blockIdx.x;
   if (t >= tokens) return;
   const int id = ids[t];
@@ -76,7 +75,6 @@ extern "C" __global__ void __launch_bounds__(kNormWarpsPerBlock * 32)
 mo_rms_norm(const mo::u16* __restrict__ x, long long x_stride, const float* __restrict__ w,
             unsigned long long eps_bits, int rows, int n, int do_norm, mo::u16* __restrict__ y, long long y_stride,
             mo::u8* __restrict__ q, float* __restrict__ sf, int sf_ld, int pow2, int split) {
-  MM_GRID_DEPENDENCY();
   const long long g = (long long)blockIdx.x * kNormWarpsPerBlock + (threadIdx.x >> 5);
   const int row = (int)(g / split);
   const int part = (int)(g - (long long)row * split);
@@ -120,7 +118,6 @@ extern "C" __global__ void __launch_bounds__(256) mo_rope(mo::u16* __restrict__ 
                                                           const float* __restrict__ freqs, int rows, int heads,
                                                           long long row_stride, int head_stride, int rope_off,
                                                           int half, int inverse) {
-  MM_GRID_DEPENDENCY();
   extern __shared__ float cs[];  // [half] cos, then [half] sin
   const int r = blockIdx.x;  // blockIdx.y: this block's share of the row's pairs (the host splits a row at few rows)
   if (r >= rows) return;
@@ -865,14 +862,12 @@ __device__ __forceinline__ void hc_entry(const mo::u16* __restrict__ hs, const f
       sf, sf_ld, pow2, src_rows, hs_rows, part, n_chunks, rows, tpb
 
 extern "C" __global__ void __launch_bounds__(kHcThreads) mo_hc_pre(MO_HC_PARAMS) {
-  MM_GRID_DEPENDENCY();
   if ((long long)blockIdx.x * hc_rows_per_block(part, tpb) >= rows) return;
   hc_entry<false>(MO_HC_ARGS);
 }
 
 // (kHcThreads, 1): without the 1, ptxas stops mo_hc_head at 128 registers and spills (4 rows per block).
 extern "C" __global__ void __launch_bounds__(kHcThreads, 1) mo_hc_head(MO_HC_PARAMS) {
-  MM_GRID_DEPENDENCY();
   if ((long long)blockIdx.x * hc_rows_per_block(part, tpb) >= rows) return;
   hc_entry<true>(MO_HC_ARGS);
 }
@@ -882,14 +877,12 @@ extern "C" __global__ void __launch_bounds__(kHcThreads, 1) mo_hc_head(MO_HC_PAR
 // need 254 / 162 registers (one 256-thread block per SM), which at 4096 rows made phases 2-4 one block per SM at a
 // time: 252 us per launch (ncu, session 11).
 extern "C" __global__ void __launch_bounds__(kHcThreads) mo_hc_pre_fin(MO_HC_PARAMS) {
-  MM_GRID_DEPENDENCY();
   if ((long long)blockIdx.x >= rows) return;
   hc_body<false, 1, true>(hs, fn, base, scale, D, f64_from_bits(norm_eps_bits), f64_from_bits(hc_eps_bits), iters, post, comb, y,
                           norm_w, q, sf, sf_ld, pow2, src_rows, hs_rows, part, n_chunks, rows);
 }
 
 extern "C" __global__ void __launch_bounds__(kHcThreads) mo_hc_head_fin(MO_HC_PARAMS) {
-  MM_GRID_DEPENDENCY();
   if ((long long)blockIdx.x >= rows) return;
   hc_body<true, 1, true>(hs, fn, base, scale, D, f64_from_bits(norm_eps_bits), f64_from_bits(hc_eps_bits), iters, post, comb, y,
                          norm_w, q, sf, sf_ld, pow2, src_rows, hs_rows, part, n_chunks, rows);
@@ -902,12 +895,10 @@ extern "C" __global__ void __launch_bounds__(kHcThreads) mo_hc_head_fin(MO_HC_PA
       int hs_rows, double *__restrict__ part, int rows, int rpb
 
 extern "C" __global__ void __launch_bounds__(kMixThreads) mo_hc_pre_mix(MO_HC_MIX_PARAMS) {
-  MM_GRID_DEPENDENCY();
   hc_mix_entry<false>(hs, fn, D, src_rows, hs_rows, part, rows, rpb);
 }
 
 extern "C" __global__ void __launch_bounds__(kMixThreads) mo_hc_head_mix(MO_HC_MIX_PARAMS) {
-  MM_GRID_DEPENDENCY();
   hc_mix_entry<true>(hs, fn, D, src_rows, hs_rows, part, rows, rpb);
 }
 
@@ -918,13 +909,11 @@ extern "C" __global__ void __launch_bounds__(kMixThreads) mo_hc_head_mix(MO_HC_M
       int hs_rows, double *__restrict__ part, int rows, int chunk_cols
 
 extern "C" __global__ void __launch_bounds__(kTileThreads) mo_hc_pre_mix_tiled(MO_HC_MIX_TILED_PARAMS) {
-  MM_GRID_DEPENDENCY();
   extern __shared__ float mo_tiled_smem[];
   hc_mix_tiled_body<false>(hs, fn, D, src_rows, hs_rows, part, rows, chunk_cols, reinterpret_cast<unsigned char*>(mo_tiled_smem));
 }
 
 extern "C" __global__ void __launch_bounds__(kTileThreads) mo_hc_head_mix_tiled(MO_HC_MIX_TILED_PARAMS) {
-  MM_GRID_DEPENDENCY();
   extern __shared__ float mo_tiled_smem[];
   hc_mix_tiled_body<true>(hs, fn, D, src_rows, hs_rows, part, rows, chunk_cols, reinterpret_cast<unsigned char*>(mo_tiled_smem));
 }
@@ -936,7 +925,6 @@ extern "C" __global__ void __launch_bounds__(256) mo_hc_post(const uint4* __rest
                                                              const float* __restrict__ post,
                                                              const float* __restrict__ comb, int rows, int D,
                                                              uint4* out) {
-  MM_GRID_DEPENDENCY();
   const int chunks = D / 8;
   const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= (long long)rows * chunks) return;
@@ -968,7 +956,6 @@ extern "C" __global__ void __launch_bounds__(256) mo_hc_post(const uint4* __rest
 extern "C" __global__ void __launch_bounds__(256) mo_mtp_combine(const uint4* __restrict__ e, long long e_stride,
                                                                  const uint4* __restrict__ h, int rows, int D,
                                                                  uint4* __restrict__ out) {
-  MM_GRID_DEPENDENCY();
   const int chunks = D / 8;
   const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= (long long)rows * kHc * chunks) return;
@@ -990,7 +977,6 @@ extern "C" __global__ void __launch_bounds__(256) mo_mtp_combine(const uint4* __
 // f64 sums of 8-bit significands), i.e. for any real activations.
 extern "C" __global__ void __launch_bounds__(kNormWarpsPerBlock * 32)
 mo_q_renorm(mo::u16* __restrict__ q, int heads, int d, unsigned long long eps_bits) {
-  MM_GRID_DEPENDENCY();
   const int head = blockIdx.x * kNormWarpsPerBlock + (threadIdx.x >> 5);
   if (head >= heads) return;  // whole warps leave together
   const int lane = threadIdx.x & 31;

@@ -36,7 +36,6 @@ megamoe_combine(const uint4* __restrict__ out,        // bf16 [M_cap, H]: the L2
                 int num_tokens,
                 uint4* __restrict__ y_routed,         // bf16 [T, H]
                 uint4* __restrict__ y) {              // bf16 [T, H] (routed + shared); unused without a shared expert
-  MM_GRID_DEPENDENCY();
   const int v = blockIdx.x * kThreads + threadIdx.x;
   const int t = blockIdx.y;
   if (v >= cmb::kVecPerRow || t >= num_tokens) return;

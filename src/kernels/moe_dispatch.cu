@@ -61,7 +61,6 @@ static_assert(dsp::kGroups <= kScanThreads, "the launcher checks at most 1024 gr
 // 1. Histogram of each chunk's slots. chunk_counts is [num_chunks][kExperts].
 extern "C" __global__ void __launch_bounds__(256)
 megamoe_dispatch_count(const long long* __restrict__ ids, int num_tokens, int* __restrict__ chunk_counts) {
-  MM_GRID_DEPENDENCY();
   __shared__ int hist[dsp::kExperts];
   dsp::count_chunk(ids, num_tokens, blockIdx.x, chunk_counts, hist, threadIdx.x, blockDim.x);
 }
@@ -71,7 +70,6 @@ extern "C" __global__ void __launch_bounds__(kScanThreads)
 megamoe_dispatch_scan(int* __restrict__ chunk_counts, int num_tokens, int block_m, int max_tiles,
                       int* __restrict__ group_offset, int* __restrict__ group_count, int* __restrict__ tile_group,
                       int* __restrict__ num_m_tiles, float* __restrict__ row_weight, int* __restrict__ row_token) {
-  MM_GRID_DEPENDENCY();
   __shared__ int scratch[2 * dsp::kGroups + 1];
   dsp::scan(chunk_counts, dsp::num_chunks(num_tokens), num_tokens, block_m, max_tiles, group_offset, group_count, tile_group, num_m_tiles,
             row_weight, row_token, scratch, threadIdx.x, blockDim.x);
@@ -82,7 +80,6 @@ extern "C" __global__ void __launch_bounds__(32)
 megamoe_dispatch_rank(const long long* __restrict__ ids, const float* __restrict__ weights, int num_tokens,
                       const int* __restrict__ chunk_base, const int* __restrict__ group_offset,
                       int* __restrict__ slot_row, float* __restrict__ row_weight, int* __restrict__ row_token) {
-  MM_GRID_DEPENDENCY();
   __shared__ int next_row[dsp::kExperts];
   dsp::rank_chunk(ids, weights, num_tokens, blockIdx.x, chunk_base, group_offset, slot_row, row_weight, row_token,
                   next_row, threadIdx.x);
@@ -94,7 +91,6 @@ megamoe_dispatch_gather(const uint4* __restrict__ x_fp8, const float* __restrict
                         const int* __restrict__ slot_row, const int* __restrict__ group_offset,
                         uint4* __restrict__ a, float* __restrict__ sfa, long long sfa_row_stride,
                         long long sfa_kb_stride) {
-  MM_GRID_DEPENDENCY();
   const int t = blockIdx.x * kGatherWarps + (threadIdx.x >> 5);
   if (t >= num_tokens) return;
   dsp::gather_token(x_fp8, x_sf, t, slot_row, group_offset, a, sfa, sfa_row_stride, sfa_kb_stride, threadIdx.x & 31);

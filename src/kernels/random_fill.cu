@@ -28,7 +28,6 @@ __device__ __forceinline__ float approx_normal(unsigned int h) {
 // n16 = number of 16-byte groups; element i of the buffer depends on (seed, i) only.
 extern "C" __global__ void __launch_bounds__(256)
 megamoe_fill_e4m3(uint4* __restrict__ out, unsigned long long n16, unsigned long long seed, float code_std) {
-  MM_GRID_DEPENDENCY();
   for (unsigned long long v = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; v < n16;
        v += (unsigned long long)gridDim.x * blockDim.x) {
     const unsigned long long base = (seed << 40) ^ (v * 16);
@@ -46,7 +45,6 @@ megamoe_fill_e4m3(uint4* __restrict__ out, unsigned long long n16, unsigned long
 
 extern "C" __global__ void __launch_bounds__(256)
 megamoe_fill_scales(float* __restrict__ out, unsigned long long n, unsigned long long seed, float base) {
-  MM_GRID_DEPENDENCY();
   for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
        i += (unsigned long long)gridDim.x * blockDim.x) {
     const float u = (float)(mix32((seed << 40) ^ i) >> 8) * (1.0f / 16777216.0f);
@@ -57,7 +55,6 @@ megamoe_fill_scales(float* __restrict__ out, unsigned long long n, unsigned long
 // bf16 hidden states ~ N(0, 1) (x is RMS-normalised), for benchmarks.
 extern "C" __global__ void __launch_bounds__(256)
 megamoe_fill_bf16_normal(unsigned short* __restrict__ out, unsigned long long n, unsigned long long seed) {
-  MM_GRID_DEPENDENCY();
   for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
        i += (unsigned long long)gridDim.x * blockDim.x) {
     const float f = approx_normal(mix32((seed << 40) ^ i));

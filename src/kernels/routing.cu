@@ -226,7 +226,6 @@ __device__ __forceinline__ void router_logits_tile(const uint4* __restrict__ x, 
   extern "C" __global__ void __launch_bounds__(32 * WN * WK, 1)                                              \
       NAME(const uint4* __restrict__ x, const uint4* __restrict__ w, float* __restrict__ partials,              \
            int num_tokens) {                                                                                 \
-    MM_GRID_DEPENDENCY();                                                                                    \
     extern __shared__ uint4 megamoe_router_smem[];                                                          \
     router_logits_tile<BM, BNW, WN, WK, U>(x, w, partials, num_tokens, megamoe_router_smem);                \
   }
@@ -271,7 +270,6 @@ megamoe_router_topk(const float* __restrict__ partials, int num_splits, float* _
                     const void* __restrict__ tid2eid, int tid2eid_is_i64, long long vocab, int normalize,
                     float routed_scaling_factor, long long* __restrict__ ids_out, float* __restrict__ w_out,
                     int num_tokens) {
-  MM_GRID_DEPENDENCY();
   const int lane = threadIdx.x & 31;
   const int token = blockIdx.x * kTopkWarps + (threadIdx.x >> 5);
   if (token >= num_tokens) return;  // whole warp

@@ -285,7 +285,6 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
 mo_sample(const float* __restrict__ logits, long long row_stride, int V, int rows, const int* __restrict__ mode,
           const int* __restrict__ topk, const double* __restrict__ topp, const double* __restrict__ inv_temp,
           u32* __restrict__ rng, int* __restrict__ tokens, int* __restrict__ status, const int* __restrict__ param_row) {
-  MM_GRID_DEPENDENCY();
   __shared__ Smem sm;
   const int r = blockIdx.x;
   if (r >= rows) return;

@@ -43,7 +43,6 @@ megamoe_stage_tokens(const uint4* __restrict__ x,            // bf16 [T, H]
                      long long* __restrict__ ids_out,         // I64 [capacity, K]
                      float* __restrict__ w_out,               // F32 [capacity, K]
                      int num_tokens) {
-  MM_GRID_DEPENDENCY();
   const int row = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
   if (row >= num_tokens) return;  // the whole warp leaves together, so the shuffles below stay full-warp
   stg::stage_row(x, ids_in, w_in, x_fp8, x_sf, ids_out, w_out, row, threadIdx.x & 31);

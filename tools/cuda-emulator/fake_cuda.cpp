@@ -251,13 +251,6 @@ int cuLaunchKernel(uintptr_t fn, unsigned gx, unsigned gy, unsigned gz, unsigned
       }
   return 0;
 }
-// cuLaunchKernelEx (the programmatic launches of src/cuda/programmatic-launch.ts): launches run one after another
-// here, so the attributes change nothing; the config is cuda.h's CUlaunchConfig.
-int cuLaunchKernelEx(uintptr_t config, uintptr_t fn, uintptr_t params, uintptr_t extra) {
-  const auto* c = reinterpret_cast<const unsigned*>(config);
-  const uintptr_t stream = *reinterpret_cast<const uintptr_t*>(config + 32);
-  return cuLaunchKernel(fn, c[0], c[1], c[2], c[3], c[4], c[5], c[6], stream, params, extra);
-}
 int cuTensorMapEncodeTiled(uintptr_t, int, uint32_t, uint64_t, const uint64_t*, const uint64_t*, const uint32_t*, const uint32_t*, int, int, int, int) { return 801; }
 // clusters (the fused MoE kernel's occupancy query): not emulated
 int cuOccupancyMaxActiveClusters(uintptr_t out, uintptr_t, uintptr_t) { put<int>(out, 0); return 801; }
