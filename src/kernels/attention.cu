@@ -36,11 +36,21 @@ __device__ __forceinline__ void softmax_with_sink(float* s, int nk, int n_out, f
   float mx = -INFINITY;
   for (int k = lane; k < nk; k += 32) mx = fmaxf(mx, s[k]);
   mx = attn::warp_max(mx);
+  // four keys a lane at once: their exps are independent chains; the sum still takes them in key order
   double se = 0.0;
-  for (int k = lane; k < nk; k += 32) {
-    const float e = s[k] == -INFINITY ? 0.f : __double2float_rn(exp((double)s[k] - (double)mx));
-    s[k] = e;
-    se += (double)e;
+  for (int k0 = lane; k0 < nk; k0 += 128) {
+    float e[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      const int k = k0 + 32 * u;
+      e[u] = k >= nk || s[k] == -INFINITY ? 0.f : __double2float_rn(exp((double)s[k] - (double)mx));
+    }
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      if (k0 + 32 * u >= nk) break;
+      s[k0 + 32 * u] = e[u];
+      se += (double)e[u];
+    }
   }
   se = attn::warp_sum(se);
   const float den = __fadd_rn(__double2float_rn(se), __double2float_rn(exp((double)sink - (double)mx)));
@@ -60,12 +70,21 @@ __device__ __forceinline__ void softmax_with_sink2(float* s0, float* s1, int nk,
     m0 = fmaxf(m0, a); m1 = fmaxf(m1, b);
   }
   double e0 = 0.0, e1 = 0.0;
-  for (int k = lane; k < nk; k += 32) {
-    const float x0 = s0[k], x1 = s1[k];
-    const float y0 = x0 == -INFINITY ? 0.f : __double2float_rn(exp((double)x0 - (double)m0));
-    const float y1 = x1 == -INFINITY ? 0.f : __double2float_rn(exp((double)x1 - (double)m1));
-    s0[k] = y0; s1[k] = y1;
-    e0 += (double)y0; e1 += (double)y1;
+  for (int k0 = lane; k0 < nk; k0 += 64) {  // two keys of each head a lane at once (four exp chains)
+    float y0[2], y1[2];
+#pragma unroll
+    for (int u = 0; u < 2; u++) {
+      const int k = k0 + 32 * u;
+      const float x0 = k < nk ? s0[k] : -INFINITY, x1 = k < nk ? s1[k] : -INFINITY;
+      y0[u] = x0 == -INFINITY ? 0.f : __double2float_rn(exp((double)x0 - (double)m0));
+      y1[u] = x1 == -INFINITY ? 0.f : __double2float_rn(exp((double)x1 - (double)m1));
+    }
+#pragma unroll
+    for (int u = 0; u < 2; u++) {
+      if (k0 + 32 * u >= nk) break;
+      s0[k0 + 32 * u] = y0[u]; s1[k0 + 32 * u] = y1[u];
+      e0 += (double)y0[u]; e1 += (double)y1[u];
+    }
   }
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
@@ -301,14 +320,13 @@ template <int D, int MT, int QP>
 __device__ __forceinline__ void sparse_mma_body(const SparseArgs& A, unsigned char* smem) {
   static_assert(MT % QP == 0, "whole passes of m-tiles");
   constexpr int kRows = 16 * MT;
-  constexpr int kQRows = 16 * QP;  // query rows in shared memory (one pass of S)
-  constexpr int kChunks = D / 8;  // 16-byte chunks per query row
+  constexpr int kNc = D / 32;  // 32-dim chunks of a query row (two mmas each)
   const int max_keys = A.max_keys;
   const int nk16cap = (max_keys + 15) & ~15;
   const int ss = ((max_keys + 31) & ~31) + 8;
   const uint16_t** keys = reinterpret_cast<const uint16_t**>(smem);                           // [nk16cap]
-  uint4* qs = reinterpret_cast<uint4*>(smem + (size_t)nk16cap * sizeof(void*));              // [kQRows, kChunks]
-  float* sc = reinterpret_cast<float*>(qs + (size_t)kQRows * kChunks);                        // [kRows, ss]
+  uint4* qs = reinterpret_cast<uint4*>(smem + (size_t)nk16cap * sizeof(void*));              // [QP, D / 32, 2, 32] fragments
+  float* sc = reinterpret_cast<float*>(qs + (size_t)QP * kNc * 64);                            // [kRows, ss]
   float* red = sc + (size_t)kRows * ss;                                                       // [512/D - 1, kRows, D]
 
   const int r = blockIdx.x;
@@ -342,52 +360,72 @@ __device__ __forceinline__ void sparse_mma_body(const SparseArgs& A, unsigned ch
   }
 
   // 2. S = Q K^T, scores into sc; per pass the pass's queries first
-  constexpr int kNc = D / 32;
   constexpr int kBatch = kNc < 8 ? kNc : 8;
 #pragma unroll 1
   for (int mq = 0; mq < MT; mq += QP) {  // first m-tile of the pass
     if (mq > 0) __syncthreads();  // every warp is done with the previous pass's queries
-    for (int i = threadIdx.x; i < kQRows * kChunks; i += kMmaThreads) {
-      const int row = i / kChunks, ch = i % kChunks;
-      const int head = mq * 16 + row;
-      uint4 v{0u, 0u, 0u, 0u};
-      if (head < A.hpb) v = reinterpret_cast<const uint4*>(A.q + ((size_t)r * A.H + h0 + head) * D)[ch];
-      qs[row * kChunks + (ch ^ ((row & 1) << 2))] = v;
+    // fragment-major: unit (m-tile, 32-dim chunk c, lane 4g + t) holds the A registers of the chunk's two mmas, rows
+    // g and g + 8 of the m-tile, 16-byte chunk 4c + t (qa, qb): {qa.x, qb.x, qa.y, qb.y}, {qa.z, qb.z, qa.w, qb.w}
+    for (int i = threadIdx.x; i < QP * kNc * 32; i += kMmaThreads) {
+      const int ln = i & 31, c = (i >> 5) % kNc, m = (i >> 5) / kNc;
+      const int head = mq * 16 + m * 16 + (ln >> 2), ch = 4 * c + (ln & 3);
+      uint4 qa{0u, 0u, 0u, 0u}, qb{0u, 0u, 0u, 0u};
+      if (head < A.hpb) qa = reinterpret_cast<const uint4*>(A.q + ((size_t)r * A.H + h0 + head) * D)[ch];
+      if (head + 8 < A.hpb) qb = reinterpret_cast<const uint4*>(A.q + ((size_t)r * A.H + h0 + head + 8) * D)[ch];
+      qs[((m * kNc + c) * 2) * 32 + ln] = uint4{qa.x, qb.x, qa.y, qb.y};
+      qs[((m * kNc + c) * 2 + 1) * 32 + ln] = uint4{qa.z, qb.z, qa.w, qb.w};
     }
     __syncthreads();  // the queries (and, on the first pass, the key list)
-    for (int nt = warp; nt < nk16 / 8; nt += kMmaWarps) {
-      const uint16_t* kp = keys[nt * 8 + g];
-      float acc[QP][4];
+    // kNT n-tiles a step (warp w: n-tiles w, w + 8, ... as before, kNT at a time): with one m-tile a pass the mmas of
+    // one n-tile are a single dependent chain, so two n-tiles interleave two chains on the same query fragments.
+    // Each accumulator sums in the same order either way.
+    constexpr int kNT = QP == 1 ? 2 : 1;
+    constexpr int kB = kBatch / kNT > 0 ? kBatch / kNT : 1;
+    const int ntiles = nk16 / 8;
+    const uint4* qf = qs + lane;
+    for (int nt = warp; nt < ntiles; nt += kNT * kMmaWarps) {
+      const uint16_t* kp[kNT];
 #pragma unroll
-      for (int m = 0; m < QP; m++) acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.f;
+      for (int u = 0; u < kNT; u++) kp[u] = nt + u * kMmaWarps < ntiles ? keys[(nt + u * kMmaWarps) * 8 + g] : nullptr;
+      float acc[kNT][QP][4];
 #pragma unroll
-      for (int c0 = 0; c0 < kNc; c0 += kBatch) {
-        uint4 kb[kBatch];
+      for (int u = 0; u < kNT; u++)
 #pragma unroll
-        for (int j = 0; j < kBatch; j++) kb[j] = load_row16(kp, (c0 + j) * 32 + 8 * t);
+        for (int m = 0; m < QP; m++) acc[u][m][0] = acc[u][m][1] = acc[u][m][2] = acc[u][m][3] = 0.f;
 #pragma unroll
-        for (int j = 0; j < kBatch; j++) {
-          const int ch = 4 * (c0 + j) + t;
+      for (int c0 = 0; c0 < kNc; c0 += kB) {
+        uint4 kb[kNT][kB];
+#pragma unroll
+        for (int j = 0; j < kB; j++)
+#pragma unroll
+          for (int u = 0; u < kNT; u++) kb[u][j] = load_row16(kp[u], (c0 + j) * 32 + 8 * t);
+#pragma unroll
+        for (int j = 0; j < kB; j++) {
 #pragma unroll
           for (int m = 0; m < QP; m++) {
-            const int ra = m * 16 + g;
-            const uint4 qa = qs[ra * kChunks + (ch ^ ((ra & 1) << 2))];
-            const uint4 qb = qs[(ra + 8) * kChunks + (ch ^ ((ra & 1) << 2))];
-            attn::mma_bf16_16816(acc[m], qa.x, qb.x, qa.y, qb.y, kb[j].x, kb[j].y);
-            attn::mma_bf16_16816(acc[m], qa.z, qb.z, qa.w, qb.w, kb[j].z, kb[j].w);
+            const uint4 f0 = qf[((m * kNc + c0 + j) * 2) * 32], f1 = qf[((m * kNc + c0 + j) * 2 + 1) * 32];
+#pragma unroll
+            for (int u = 0; u < kNT; u++) {
+              attn::mma_bf16_16816(acc[u][m], f0.x, f0.y, f0.z, f0.w, kb[u][j].x, kb[u][j].y);
+              attn::mma_bf16_16816(acc[u][m], f1.x, f1.y, f1.z, f1.w, kb[u][j].z, kb[u][j].w);
+            }
           }
         }
       }
-      const int k0 = nt * 8 + 2 * t;
-      const bool m0 = keys[k0] == nullptr, m1 = keys[k0 + 1] == nullptr;
 #pragma unroll
-      for (int m = 0; m < QP; m++) {
-        float* sa = sc + (size_t)((mq + m) * 16 + g) * ss + k0;
-        float* sb = sa + (size_t)8 * ss;
-        sa[0] = m0 ? -INFINITY : __fmul_rn(acc[m][0], A.sigma);
-        sa[1] = m1 ? -INFINITY : __fmul_rn(acc[m][1], A.sigma);
-        sb[0] = m0 ? -INFINITY : __fmul_rn(acc[m][2], A.sigma);
-        sb[1] = m1 ? -INFINITY : __fmul_rn(acc[m][3], A.sigma);
+      for (int u = 0; u < kNT; u++) {
+        if (nt + u * kMmaWarps >= ntiles) break;
+        const int k0 = (nt + u * kMmaWarps) * 8 + 2 * t;
+        const bool m0 = keys[k0] == nullptr, m1 = keys[k0 + 1] == nullptr;
+#pragma unroll
+        for (int m = 0; m < QP; m++) {
+          float* sa = sc + (size_t)((mq + m) * 16 + g) * ss + k0;
+          float* sb = sa + (size_t)8 * ss;
+          sa[0] = m0 ? -INFINITY : __fmul_rn(acc[u][m][0], A.sigma);
+          sa[1] = m1 ? -INFINITY : __fmul_rn(acc[u][m][1], A.sigma);
+          sb[0] = m0 ? -INFINITY : __fmul_rn(acc[u][m][2], A.sigma);
+          sb[1] = m1 ? -INFINITY : __fmul_rn(acc[u][m][3], A.sigma);
+        }
       }
     }
   }
@@ -505,18 +543,18 @@ __device__ __forceinline__ void sparse_mma_body(const SparseArgs& A, unsigned ch
         for (int hf = 0; hf < 2; hf++) {
           const int row = (mb + m) * 16 + g + 8 * hf;
           if (row >= A.hpb) continue;
-          float o[16];
+          unsigned w[8];  // bf16(o) pairs, then the inverse RoPE on the rope dims (its results are bf16 already)
 #pragma unroll
-          for (int j = 0; j < 16; j++) o[j] = attn::bf16_round(acc[m][j % 8][2 * hf + j / 8]);
+          for (int j = 0; j < 8; j++) w[j] = attn::f32x2_to_bf16x2(acc[m][(2 * j) % 8][2 * hf + (2 * j) / 8], acc[m][(2 * j + 1) % 8][2 * hf + (2 * j + 1) / 8]);
+          if (dbase + 16 > nope) {
 #pragma unroll
-          for (int j = 0; j < 16; j += 2) {
-            const int dim = dbase + j;
-            if (dim >= nope) attn::rope_rotate(o[j], o[j + 1], rope_c[(dim - nope) / 2], rope_s[(dim - nope) / 2], true);
-          }
-          unsigned w[8];
-#pragma unroll
-          for (int j = 0; j < 8; j++) {
-            w[j] = (unsigned)attn::f32_to_bf16_bits(o[2 * j]) | ((unsigned)attn::f32_to_bf16_bits(o[2 * j + 1]) << 16);
+            for (int j = 0; j < 8; j++) {
+              const int dim = dbase + 2 * j;
+              if (dim < nope) continue;
+              float a = __uint_as_float(w[j] << 16), b = __uint_as_float(w[j] & 0xffff0000u);
+              attn::rope_rotate(a, b, rope_c[(dim - nope) / 2], rope_s[(dim - nope) / 2], true);
+              w[j] = attn::f32x2_to_bf16x2(a, b);
+            }
           }
           uint4* dst = reinterpret_cast<uint4*>(A.out + ((size_t)r * A.H + h0 + row) * D + dbase);
           dst[0] = uint4{w[0], w[1], w[2], w[3]};
