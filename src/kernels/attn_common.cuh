@@ -8,31 +8,17 @@
 // so it gets the same bits. Explicit __f*_rn intrinsics keep nvcc from contracting into FMAs.
 #pragma once
 #include <stdint.h>
+#include "bf16_cvt.cuh"
 
 namespace attn {
 
 // ---- bf16 ---------------------------------------------------------------------------------------------------------
 __device__ __forceinline__ float bf16_to_f32(uint16_t b) { return __uint_as_float(((unsigned)b) << 16); }
 
-// Round to nearest even (ops.ts bf16()). On the GPU the hardware conversion (cvt.rn.bf16x2.f32: one instruction for
-// two values, where the integer rounding took ~8): the same bits for every non-NaN value; a NaN stays a NaN (the
-// canonical one, where the integer path kept the payload's top half). The emulator runs the integer path.
-__device__ __forceinline__ unsigned f32x2_to_bf16x2(float lo, float hi) {
-#ifdef MEGAMOE_EMU
-  auto bits = [](float v) -> unsigned {
-    const unsigned b = __float_as_uint(v);
-    if ((b & 0x7fffffffu) > 0x7f800000u) return b >> 16;
-    return (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
-  };
-  return bits(lo) | (bits(hi) << 16);
-#else
-  unsigned r;
-  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));  // the FIRST source goes to the HIGH half
-  return r;
-#endif
-}
-__device__ __forceinline__ uint16_t f32_to_bf16_bits(float v) { return (uint16_t)f32x2_to_bf16x2(v, 0.f); }
-__device__ __forceinline__ float bf16_round(float v) { return __uint_as_float(f32x2_to_bf16x2(0.f, v) & 0xffff0000u); }
+// Round to nearest even (ops.ts bf16(); NaN keeps its payload's top half): bf16_cvt.cuh.
+__device__ __forceinline__ unsigned f32x2_to_bf16x2(float lo, float hi) { return bf16cvt::pack_rn(lo, hi); }
+__device__ __forceinline__ uint16_t f32_to_bf16_bits(float v) { return (uint16_t)bf16cvt::bits_rn(v); }
+__device__ __forceinline__ float bf16_round(float v) { return bf16cvt::round_rn(v); }
 
 // ---- e4m3 / e2m1 rounding on values (ops.ts e4m3Round, e2m1Round, pow2Ceil) ----------------------------------------
 __device__ __forceinline__ float e4m3_round(float v) {

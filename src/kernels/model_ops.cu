@@ -981,22 +981,44 @@ mo_q_renorm(mo::u16* __restrict__ q, int heads, int d, unsigned long long eps_bi
   if (head >= heads) return;  // whole warps leave together
   const int lane = threadIdx.x & 31;
   mo::u16* h = q + (size_t)head * d;
+  // the first kHeld chunks of 8 values a lane stay in registers between the two passes (d <= 1024: one read of the
+  // row); a longer row's later chunks are read again for the second
+  constexpr int kHeld = 4;
+  uint4 held[kHeld];
   double ss = 0.0;
-  for (int c = lane * 8; c < d; c += 256) {
+  auto sum_squares = [&](const uint4 v) {
     float f[8];
-    mo::unpack8(*reinterpret_cast<const uint4*>(h + c), f);
+    mo::unpack8(v, f);
 #pragma unroll
-    for (int i = 0; i < 8; i++) ss += (double)mo::bf16_round(__fmul_rn(f[i], f[i]));  // f32 product: exact, then bf16
+    for (int i = 0; i < 8; i += 2) {  // f32 products: exact, then bf16; summed in index order
+      const unsigned p = bf16cvt::pack_rn(__fmul_rn(f[i], f[i]), __fmul_rn(f[i + 1], f[i + 1]));
+      ss += (double)mo::bf16_bits_to_f32(p & 0xffffu);
+      ss += (double)mo::bf16_bits_to_f32(p >> 16);
+    }
+  };
+#pragma unroll
+  for (int j = 0; j < kHeld; j++) {
+    const int c = lane * 8 + 256 * j;
+    if (c < d) sum_squares(held[j] = *reinterpret_cast<const uint4*>(h + c));
   }
+  for (int c = lane * 8 + 256 * kHeld; c < d; c += 256) sum_squares(*reinterpret_cast<const uint4*>(h + c));
   ss = mo::warp_sum_f64(ss);
   const double mean = (double)mo::bf16_round_f64(__ddiv_rn(ss, (double)d));
   const double t = (double)mo::bf16_round_f64(__dadd_rn(mean, f64_from_bits(eps_bits)));
   const float rs = mo::bf16_round_f64(__ddiv_rn(1.0, __dsqrt_rn(t)));
-  for (int c = lane * 8; c < d; c += 256) {
+  auto scale = [&](const uint4 v, int c) {
     float f[8];
-    mo::unpack8(*reinterpret_cast<const uint4*>(h + c), f);
+    mo::unpack8(v, f);
+    unsigned w[4];
 #pragma unroll
-    for (int i = 0; i < 8; i++) f[i] = mo::bf16_round(__fmul_rn(f[i], rs));
-    *reinterpret_cast<uint4*>(h + c) = mo::pack8(f);
+    for (int i = 0; i < 4; i++) w[i] = bf16cvt::pack_rn(__fmul_rn(f[2 * i], rs), __fmul_rn(f[2 * i + 1], rs));
+    *reinterpret_cast<uint4*>(h + c) = make_uint4(w[0], w[1], w[2], w[3]);
+  };
+#pragma unroll
+  for (int j = 0; j < kHeld; j++) {
+    const int c = lane * 8 + 256 * j;
+    if (c < d) scale(held[j], c);
   }
+  for (int c = lane * 8 + 256 * kHeld; c < d; c += 256) scale(*reinterpret_cast<const uint4*>(h + c), c);
 }
+

@@ -28,6 +28,7 @@ mkdir -p "$out/gen/model"
 sed -E 's/^ *asm\("cvt\.rn\.satfinite\.e4m3x2\.f32.*$/  packed = emu_e4m3x2(lo, hi);/' "$root/src/kernels/common.cuh" > "$out/gen/common.cuh"
 grep -q 'emu_e4m3x2' "$out/gen/common.cuh" || { echo "build.sh: common.cuh's e4m3 asm line not found" >&2; exit 1; }
 cp "$root/src/kernels/model/row_ops.cuh" "$out/gen/model/row_ops.cuh"
+cp "$root/src/kernels/bf16_cvt.cuh" "$out/gen/bf16_cvt.cuh"  # row_ops.cuh includes it as ../bf16_cvt.cuh
 g="$out/gen/model_ops.cpp"
 {
   echo '#include "emu_shim.h"'
