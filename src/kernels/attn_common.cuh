@@ -15,7 +15,7 @@ namespace attn {
 // ---- bf16 ---------------------------------------------------------------------------------------------------------
 __device__ __forceinline__ float bf16_to_f32(uint16_t b) { return __uint_as_float(((unsigned)b) << 16); }
 
-// Round to nearest even (ops.ts bf16(); NaN keeps its payload's top half): bf16_cvt.cuh.
+// Round to nearest even (ops.ts bf16(); a NaN: bf16_cvt.cuh).
 __device__ __forceinline__ unsigned f32x2_to_bf16x2(float lo, float hi) { return bf16cvt::pack_rn(lo, hi); }
 __device__ __forceinline__ uint16_t f32_to_bf16_bits(float v) { return (uint16_t)bf16cvt::bits_rn(v); }
 __device__ __forceinline__ float bf16_round(float v) { return bf16cvt::round_rn(v); }

@@ -1,7 +1,10 @@
 // f32 -> bf16 rounding shared by the attention-side (attn_common.cuh) and the row kernels (model/row_ops.cuh): ops.ts
-// bf16() / f32ToBF16Bits bit for bit (nearest even; a NaN keeps the top half of its payload, as the CPU's), through
-// the hardware conversion, one cvt.rn.bf16x2.f32 a pair where the integer rounding took ~6 instructions a value
-// (docs/GPU-MODEL.md "Session 14"). The CPU emulator (MEGAMOE_EMU) runs the integer rounding.
+// bf16() / f32ToBF16Bits (nearest even) bit for bit for every non-NaN value, through the hardware conversion, one
+// cvt.rn.bf16x2.f32 a pair where the integer rounding took ~6 instructions a value (docs/GPU-MODEL.md "Session 14").
+// A NaN becomes the canonical 0x7fff, which is the CPU's result for the GPU's own arithmetic NaN (0x7fffffff: the
+// CPU keeps a NaN's top half); only a NaN with another payload read from memory would differ. Keeping those too
+// (two compares and selects a pair) read slower in the attention kernels (docs/GPU-MODEL.md "Session 14"). The CPU
+// emulator (MEGAMOE_EMU) runs the integer rounding.
 #pragma once
 
 namespace bf16cvt {
@@ -18,9 +21,6 @@ __device__ __forceinline__ unsigned pack_rn(float lo, float hi) {
 #else
   unsigned r;
   asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));  // the FIRST source goes to the HIGH half
-  // the hardware's NaN is the canonical one; the CPU keeps the payload's top half
-  if (lo != lo) r = (r & 0xffff0000u) | (__float_as_uint(lo) >> 16);
-  if (hi != hi) r = (r & 0x0000ffffu) | (__float_as_uint(hi) & 0xffff0000u);
   return r;
 #endif
 }
