@@ -15,10 +15,10 @@ namespace attn {
 // ---- bf16 ---------------------------------------------------------------------------------------------------------
 __device__ __forceinline__ float bf16_to_f32(uint16_t b) { return __uint_as_float(((unsigned)b) << 16); }
 
-// Round to nearest even (ops.ts bf16(); a NaN: bf16_cvt.cuh).
-__device__ __forceinline__ unsigned f32x2_to_bf16x2(float lo, float hi) { return bf16cvt::pack_rn(lo, hi); }
-__device__ __forceinline__ uint16_t f32_to_bf16_bits(float v) { return (uint16_t)bf16cvt::bits_rn(v); }
-__device__ __forceinline__ float bf16_round(float v) { return bf16cvt::round_rn(v); }
+// Round to nearest even (ops.ts bf16(); a NaN becomes the canonical one: bf16_cvt.cuh).
+__device__ __forceinline__ unsigned f32x2_to_bf16x2(float lo, float hi) { return bf16cvt::pack_rn<false>(lo, hi); }
+__device__ __forceinline__ uint16_t f32_to_bf16_bits(float v) { return (uint16_t)bf16cvt::bits_rn<false>(v); }
+__device__ __forceinline__ float bf16_round(float v) { return bf16cvt::round_rn<false>(v); }
 
 // ---- e4m3 / e2m1 rounding on values (ops.ts e4m3Round, e2m1Round, pow2Ceil) ----------------------------------------
 __device__ __forceinline__ float e4m3_round(float v) {

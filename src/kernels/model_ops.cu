@@ -991,7 +991,7 @@ mo_q_renorm(mo::u16* __restrict__ q, int heads, int d, unsigned long long eps_bi
     mo::unpack8(v, f);
 #pragma unroll
     for (int i = 0; i < 8; i += 2) {  // f32 products: exact, then bf16; summed in index order
-      const unsigned p = bf16cvt::pack_rn(__fmul_rn(f[i], f[i]), __fmul_rn(f[i + 1], f[i + 1]));
+      const unsigned p = bf16cvt::pack_rn<true>(__fmul_rn(f[i], f[i]), __fmul_rn(f[i + 1], f[i + 1]));
       ss += (double)mo::bf16_bits_to_f32(p & 0xffffu);
       ss += (double)mo::bf16_bits_to_f32(p >> 16);
     }
@@ -1011,7 +1011,7 @@ mo_q_renorm(mo::u16* __restrict__ q, int heads, int d, unsigned long long eps_bi
     mo::unpack8(v, f);
     unsigned w[4];
 #pragma unroll
-    for (int i = 0; i < 4; i++) w[i] = bf16cvt::pack_rn(__fmul_rn(f[2 * i], rs), __fmul_rn(f[2 * i + 1], rs));
+    for (int i = 0; i < 4; i++) w[i] = bf16cvt::pack_rn<true>(__fmul_rn(f[2 * i], rs), __fmul_rn(f[2 * i + 1], rs));
     *reinterpret_cast<uint4*>(h + c) = make_uint4(w[0], w[1], w[2], w[3]);
   };
 #pragma unroll

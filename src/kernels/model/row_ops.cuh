@@ -21,9 +21,9 @@ constexpr u32 kFull = 0xffffffffu;
 constexpr float kAmaxFloor = 1e-4f;          // ops.ts AMAX_FLOOR = fround(1e-4)
 constexpr float kInv448 = 1.0f / 448.0f;     // ops.ts INV448 = fround(1 / 448), folded with IEEE rounding
 
-// f32 -> bf16 bits, nearest even (ops.ts roundBF16 + f32ToBF16Bits; a NaN: bf16_cvt.cuh).
-__device__ __forceinline__ u32 f32_to_bf16_bits(float f) { return bf16cvt::bits_rn(f); }
-__device__ __forceinline__ float bf16_round(float f) { return bf16cvt::round_rn(f); }
+// f32 -> bf16 bits, nearest even; a NaN keeps its payload's top half (ops.ts roundBF16 + f32ToBF16Bits): bf16_cvt.cuh.
+__device__ __forceinline__ u32 f32_to_bf16_bits(float f) { return bf16cvt::bits_rn<true>(f); }
+__device__ __forceinline__ float bf16_round(float f) { return bf16cvt::round_rn<true>(f); }
 // ops.ts bf16(v) for an f64 v: a Float32Array store (nearest) and then the bf16 rounding.
 __device__ __forceinline__ float bf16_round_f64(double v) { return bf16_round(__double2float_rn(v)); }
 __device__ __forceinline__ float bf16_bits_to_f32(u32 bits) { return __uint_as_float(bits << 16); }
