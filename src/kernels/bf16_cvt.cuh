@@ -3,8 +3,9 @@
 // cvt.rn.bf16x2.f32 a pair where the integer rounding took ~6 instructions a value (docs/GPU-MODEL.md "Session 14").
 // NaNs: the hardware gives the canonical 0x7fff, which is the CPU's result for the GPU's own arithmetic NaN
 // (0x7fffffff; the CPU keeps a NaN's top half). kCpuNaN also keeps the top half of a NaN read from memory, as the
-// CPU: the row kernels do (they carry a bad token id's NaN rows); the attention kernels do not (the fix-up, two
-// compares and selects a pair, read 1.5-3.5% slower there). The CPU emulator (MEGAMOE_EMU) runs the integer rounding.
+// CPU, with two compares and selects a pair. The row kernels take it (without it ptxas gave mo_hc_post 144 registers,
+// one block per SM, 1.6x slower); the attention kernels do not (1.5-3.5% slower with it). Both measured under ncu:
+// docs/GPU-MODEL.md "Session 14". The CPU emulator (MEGAMOE_EMU) runs the integer rounding.
 #pragma once
 
 namespace bf16cvt {
