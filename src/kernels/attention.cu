@@ -266,16 +266,17 @@ attn_sparse(const uint16_t* __restrict__ q,        // bf16 [rows, H, d] (renorme
 // ---- attn_sparse_mma1/2/4: the same computation on tensor cores (mma.sync m16n8k16 bf16 -> f32) -----------------------
 // One CTA per (row, group of hpb heads); the group's heads, padded to 16-row m-tiles (MT = ceil(hpb / 16) of them), are
 // the M dimension of both products, the row's key list is shared by them. 256 threads = 8 warps. Shared memory (the
-// launcher's attentionMmaSmemBytes): key row pointers [nk16], QP m-tiles of the group's queries bf16 [16 QP, D]
-// (16-byte chunks XOR-swizzled by row parity: conflict-free fragment loads), scores / probabilities f32 [16 MT, ss]
+// launcher's attentionMmaSmemBytes): key row pointers [nk16], QP m-tiles of the group's queries bf16 (16 QP x D
+// values, fragment-major: one 16-byte load per mma A operand, below), scores / probabilities f32 [16 MT, ss]
 // (ss = max_keys rounded up to 32, + 8: conflict-free float2 fragment loads), and for D < 512 the P.V partials of the
 // key-split warps.
 //   S = Q K^T: in passes of QP m-tiles (QP = MT but in the "s" entries, attn_sparse_mma2s / 4s: half the m-tiles'
 //     queries in shared memory, where that brings two CTAs per SM, at the price of reading the keys once more); n-tiles
 //     of 8 keys round-robin over the warps, each over all D dims and the pass's m-tiles (a key fragment feeds QP
-//     mmas); fragments come straight from global memory (16-byte loads, the K dimension permuted within each 32-dim
-//     chunk identically on the A and B side, which a dot product does not see), D/32 loads in flight per n-tile.
-//     s = f32(sigma * f32(q . k)); masked keys and the padding to 16 keys -> -inf.
+//     mmas; with QP = 1, two n-tiles a step: two independent mma chains); key fragments come straight from global
+//     memory (16-byte loads, the K dimension permuted within each 32-dim chunk identically on the A and B side, which a
+//     dot product does not see), D/32 loads in flight per n-tile. s = f32(sigma * f32(q . k)); masked keys and the
+//     padding to 16 keys -> -inf.
 //   softmax: exactly the scalar kernel's (a warp per head, double exp, f32 denominator, p = bf16(e / denom)), after
 //     all scores exist (two passes, not an online softmax: the rounding points of model.ts attendHead).
 //   O = P V: warp w owns dims [64 (w mod D/64), +64) (8 n-tiles, the N index permuted so each lane's accumulators are
