@@ -1021,4 +1021,3 @@ mo_q_renorm(mo::u16* __restrict__ q, int heads, int d, unsigned long long eps_bi
   }
   for (int c = lane * 8 + 256 * kHeld; c < d; c += 256) scale(*reinterpret_cast<const uint4*>(h + c), c);
 }
-
