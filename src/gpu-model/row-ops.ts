@@ -87,6 +87,11 @@ const HC_TILE_BLOCKS_PER_SM = 2;
 const HC_TILE_LD = HC_TILE_COLS + 4; // model_ops.cu kTileLd
 const HC_TILE_X_RING = 3;            // model_ops.cu kTileXRing
 
+/** Mixing logits per row: hc_pre's pre, post and comb, (2 + hc) x hc of them; hc_head's pre, hc. */
+function hcMixLogits(entry: 'mo_hc_pre' | 'mo_hc_head', hc: number): number {
+  return entry === 'mo_hc_pre' ? (2 + hc) * hc : hc;
+}
+
 /**
  * Dynamic shared memory of mo_hc_*_mix_tiled for `mix` logits (model_ops.cu's layout): 32 bytes of alignment slack,
  * two f64 stages [32 + logits padded to 8, 68], the raw x ring [3, 256] x 16 bytes, the squares [32, 8] f64.
@@ -208,8 +213,8 @@ const HC_THREADS = 256;         // model_ops.cu kHcThreads
 export class GpuRowOps {
   private constructor(readonly hcMult: number, private readonly k: ModelOpsKernels) {
     // the tiled mixing logits' shared memory passes the 48 KiB default: allowed once here, not per launch
-    k.mo_hc_pre_mix_tiled.setMaxDynamicSharedMemory(hcTiledSmemBytes((2 + hcMult) * hcMult));
-    k.mo_hc_head_mix_tiled.setMaxDynamicSharedMemory(hcTiledSmemBytes(hcMult));
+    k.mo_hc_pre_mix_tiled.setMaxDynamicSharedMemory(hcTiledSmemBytes(hcMixLogits('mo_hc_pre', hcMult)));
+    k.mo_hc_head_mix_tiled.setMaxDynamicSharedMemory(hcTiledSmemBytes(hcMixLogits('mo_hc_head', hcMult)));
   }
 
   static async create(hcMult: number): Promise<GpuRowOps> {
@@ -421,6 +426,7 @@ export class GpuRowOps {
     if (rows === 0) return;
     const D = hs.shape[2];
     const hc = this.hcMult;
+    const mix = hcMixLogits(entry, hc);
     // The mixing logits as their own kernel first, given a scratch with room: small T over (chunks, logit groups, rows)
     // blocks (one block per token leaves the GPU idle), many rows in 32-row tiles (one block per 4 tokens re-read hc_fn).
     const fits = opts.mixScratch !== undefined && rows <= opts.mixScratch.shape[0];
@@ -430,14 +436,12 @@ export class GpuRowOps {
     if (tiled) {
       const t = hcTiledChunks(hc, D, rows);
       chunks = t.chunks;
-      const smem = hcTiledSmemBytes(entry === 'mo_hc_pre' ? (2 + hc) * hc : hc);
-      this.kernel(`${entry}_mix_tiled`).launch({ grid: [chunks, Math.ceil(rows / HC_TILE_ROWS)], block: HC_TILE_THREADS, sharedMemBytes: smem, stream: opts.stream }, [
+      this.kernel(`${entry}_mix_tiled`).launch({ grid: [chunks, Math.ceil(rows / HC_TILE_ROWS)], block: HC_TILE_THREADS, sharedMemBytes: hcTiledSmemBytes(mix), stream: opts.stream }, [
         hs, p.fn, arg.i32(D), arg.ptr(opts.srcRows ?? null), arg.i32(hs.shape[0]), opts.mixScratch as DeviceTensor<'F64'>,
         arg.i32(rows), arg.i32(t.cols),
       ]);
     } else if (split) {
       chunks = hcMixChunks(hc, D);
-      const mix = entry === 'mo_hc_pre' ? (2 + hc) * hc : hc;
       const rpb = hcMixRowsPerBlock(rows, opts.mixRowsPerBlock);
       this.kernel(`${entry}_mix`).launch({ grid: [chunks, Math.ceil(mix / HC_MIX_LOGITS), Math.ceil(rows / rpb)], block: HC_MIX_THREADS, stream: opts.stream }, [
         hs, p.fn, arg.i32(D), arg.ptr(opts.srcRows ?? null), arg.i32(hs.shape[0]), opts.mixScratch as DeviceTensor<'F64'>,

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 /** Parses argv: [--rounds N] [--json FILE] label=entry label=entry -- bench args... */
-export function parseArgs(argv) {
+function parseArgs(argv) {
   const dash = argv.indexOf('--');
   const own = dash < 0 ? argv : argv.slice(0, dash);
   const bench = dash < 0 ? [] : argv.slice(dash + 1);
@@ -32,14 +32,14 @@ export function parseArgs(argv) {
 }
 
 /** Run order: round r takes A then B when r is even, B then A when odd (ABBA ...). */
-export function runOrder(rounds) {
+function runOrder(rounds) {
   const order = [];
   for (let r = 0; r < rounds; r++) order.push(...(r % 2 === 0 ? [0, 1] : [1, 0]));
   return order;
 }
 
 /** The figures of one run's output: { 'prefill 4096': ms, 'decode b1 1024': ms, ... }. */
-export function parseFigures(text) {
+function parseFigures(text) {
   const out = {};
   for (const line of text.split('\n')) {
     let m = /^bench model: prefill (\d+): ([\d.]+) ms/.exec(line);
@@ -53,7 +53,7 @@ export function parseFigures(text) {
 const median = (v) => { const s = [...v].sort((a, b) => a - b); const n = s.length; return n % 2 ? s[(n - 1) / 2] : (s[n / 2 - 1] + s[n / 2]) / 2; };
 
 /** The table: per figure, each build's runs in run order (first-run positions marked *) and median, B / A. */
-export function table(builds, runs) {
+function table(builds, runs) {
   const rows = [...new Set(runs.flatMap((r) => Object.keys(r.figures)))];
   const lines = [`| figure (ms) | ${builds[0].label} runs | median | ${builds[1].label} runs | median | ${builds[1].label} / ${builds[0].label} |`, '| --- | --- | ---: | --- | ---: | ---: |'];
   for (const row of rows) {
@@ -101,4 +101,4 @@ function main() {
   if (json) writeFileSync(json, JSON.stringify({ builds, bench, rounds, runs }, null, 2));
 }
 
-if (process.argv[1] && import.meta.url === new URL(`file://${process.argv[1]}`).href) main();
+main();
