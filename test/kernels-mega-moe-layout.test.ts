@@ -26,7 +26,7 @@ test('symmetric buffer: regions in order, aligned, disjoint, each exactly its te
   assert.equal(r.xSf.bytes, 8192 * 32 * 4);
   assert.equal(r.a.bytes, M * 4096);
   assert.equal(r.act.bytes, M * 2048);
-  assert.equal(r.out.bytes, M * 4096 * 2);
+  assert.equal(r.out.bytes, 8192 * 7 * 4096 * 2, 'the combine buffer: one bf16 row per (token, slot) and per token for the shared expert, no padding');
   assert.equal(cap.maxTiles, M / 16, 'one flag row per 16-row tile: the kernel finds the tail counters at m_cap / 16');
   assert.equal(r.flags.bytes, (M / 16) * 16 * 4 + (4096 / 128) * 8);
   assert.equal(r.ctl.bytes, MEGA_CTL_BYTES);
@@ -65,7 +65,8 @@ test('symmetric buffer under expert parallelism: every rank\'s tokens may land o
   // Fewer local experts than K: a token sends at most one row per local expert.
   assert.equal(megaCapacity({ ...FLASH, experts: 4 }, 10, 64).maxRows, Math.ceil((64 * 10 * 4 + 10 + 5 * 127) / 128) * 128);
   const L = megaBufferLayout(local, 1000, 4);
-  assert.equal(L.regions.slotRow.bytes, 4 * 1000 * 6 * 4, 'slot rows of every source rank\'s tokens (the sources read them)');
+  assert.equal(L.regions.slotRow.bytes, 4 * 1000 * 6 * 4, 'slot rows of every source rank\'s tokens');
+  assert.equal(L.regions.out.bytes, (4 * 1000 * 6 + 1000) * 4096 * 2, 'L2 rows by (source rank, token, slot), then the own tokens\' shared rows');
   assert.equal(L.regions.chunkCounts.bytes, 64 * 64 * 4);
   assert.equal(L.regions.xFp8.bytes, 1000 * 4096, 'only its own tokens are staged here');
 });

@@ -80,12 +80,15 @@ export interface MegaBufferLayout {
     xFp8: BufferRegion; xSf: BufferRegion; ids: BufferRegion; weights: BufferRegion;
     /** dispatch bookkeeping */
     chunkCounts: BufferRegion; groupOffset: BufferRegion; groupCount: BufferRegion; tileGroup: BufferRegion;
-    numMTiles: BufferRegion; rowWeight: BufferRegion; rowToken: BufferRegion; slotRow: BufferRegion;
+    numMTiles: BufferRegion; rowWeight: BufferRegion;
+    /** each grouped row's place in the combine buffer (-1: padding) */
+    rowDest: BufferRegion; slotRow: BufferRegion;
     /** L1 pool: grouped A rows and their scales (MN-major) */
     a: BufferRegion; sfa: BufferRegion;
     /** L2 pool: the SwiGLU activations and their power-of-two scales (MN-major) */
     act: BufferRegion; actSf: BufferRegion;
-    /** combine buffer: one bf16 row per (token, slot) */
+    /** combine buffer: one bf16 row per (source token, slot), then one per own token for the shared expert; no
+     * padding rows (the L2 epilogue writes each row at its place: mega_moe.cu MegaSync::row_dest) */
     out: BufferRegion;
     /** epoch-tagged flags, one per (16-row tile, 128 activation columns), then the tail combine's counters (one per
      * 128 output columns); the control block */
@@ -145,11 +148,11 @@ export function megaBufferLayout(shape: MegaMoeShape, maxTokens: number, ranks =
   const regions = {
     xFp8: take(T * H), xSf: take(T * (H / 128) * 4), ids: take(T * K * 8), weights: take(T * K * 4),
     chunkCounts: take(maxChunks * E * 4), groupOffset: take((G + 1) * 4), groupCount: take(G * 4),
-    tileGroup: take(maxTiles * 4), numMTiles: take(4), rowWeight: take(M * 4), rowToken: take(M * 4),
+    tileGroup: take(maxTiles * 4), numMTiles: take(4), rowWeight: take(M * 4), rowDest: take(M * 4),
     slotRow: take(ranks * T * K * 4),
     a: take(M * H), sfa: take((H / 128) * M * 4),
     act: take(M * I), actSf: take((I / 128) * M * 4),
-    out: take(M * H * 2),
+    out: take((ranks * T * K + T) * H * 2),
     // + the tail combine's epoch-tagged u64 counters, one per 128 output columns (mega_moe.cu tail_combine)
     flags: take(alignUp(maxTiles * (I / 128) * 4, 8) + (H / 128) * 8), ctl: take(MEGA_CTL_BYTES),
     rankTable: take(ranks * 8), rankFlags: take(2 * ranks * 4),
@@ -169,7 +172,7 @@ export function formatBytes(bytes: number): string {
 export const MEGA_PARAM_POINTERS = [
   'x', 'ids', 'weights', 'yRouted', 'y',
   'xFp8', 'xSf', 'idsStaged', 'wStaged',
-  'chunkCounts', 'groupOffset', 'groupCount', 'tileGroup', 'numMTiles', 'rowWeight', 'rowToken', 'slotRow',
+  'chunkCounts', 'groupOffset', 'groupCount', 'tileGroup', 'numMTiles', 'rowWeight', 'rowDest', 'slotRow',
   'a', 'sfa', 'act', 'actSf', 'out', 's13', 's2', 'flags', 'ctl', 'rankTable', 'rankFlags', 'trace',
 ] as const;
 export type MegaParamPointer = (typeof MEGA_PARAM_POINTERS)[number];

@@ -168,7 +168,7 @@ export class MegaMoeKernel {
     }, grid, spinTimeoutNs(b.layout.ranks), faultFromEnv(), megaNormalPolicy(shape.inter));
   }
 
-  /** The seven tensor maps of a path: L1 A / W13 / sfa, L2 A / W2 / sfa, L2 out (bf16, TMA store). */
+  /** The six tensor maps of a path: L1 A / W13 / sfa, L2 A / W2 / sfa (L2 stores its rows itself: row_dest). */
   private static maps(shape: MegaMoeShape, b: MegaMoeBindings, path: MegaMoePath): TensorMap[] {
     const { hidden: H, inter: I, experts } = shape;
     const G = experts + 1;
@@ -188,7 +188,6 @@ export class MegaMoeKernel {
     return [
       act(at(r.a), H), w(b.w13, 2 * I, H, 128), sf(at(r.sfa), H),
       act(at(r.act), I), w(b.w2, H, I, 128), sf(at(r.actSf), I),
-      tensorMap2D({ dataType: 'bf16', globalAddress: at(r.out), rows: M, cols: H, boxRows: 64, boxCols: 64, swizzle: '128B', l2Promotion: '256B' }),
     ];
   }
 
@@ -206,7 +205,7 @@ export class MegaMoeKernel {
       x: addr(this.b.x), ids: addr(this.b.ids), weights: addr(this.b.weights), yRouted: addr(this.b.yRouted), y: addr(this.b.y),
       xFp8: at(r.xFp8), xSf: at(r.xSf), idsStaged: at(r.ids), wStaged: at(r.weights),
       chunkCounts: at(r.chunkCounts), groupOffset: at(r.groupOffset), groupCount: at(r.groupCount), tileGroup: at(r.tileGroup),
-      numMTiles: at(r.numMTiles), rowWeight: at(r.rowWeight), rowToken: at(r.rowToken), slotRow: at(r.slotRow),
+      numMTiles: at(r.numMTiles), rowWeight: at(r.rowWeight), rowDest: at(r.rowDest), slotRow: at(r.slotRow),
       a: at(r.a), sfa: at(r.sfa), act: at(r.act), actSf: at(r.actSf), out: at(r.out),
       s13: addr(this.b.s13), s2: addr(this.b.s2), flags: at(r.flags), ctl: at(r.ctl), rankTable: at(r.rankTable),
       rankFlags: at(r.rankFlags), trace: this.trace ?? 0n,

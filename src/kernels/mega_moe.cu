@@ -212,13 +212,13 @@ struct MegaParams {
   int* tile_group;           // [max_tiles]
   int* num_m_tiles;          // [1]
   float* row_weight;         // [m_cap]
-  int* row_token;            // [m_cap]
+  int* row_dest;             // [m_cap] each row's place in the combine buffer (-1: padding; dsp::rank_chunk<true>)
   int* slot_row;             // [cap, K]
   uint4* a;                  // e4m3 [m_cap, H]  (L1 A)
   float* sfa;                // f32 [H/128, m_cap]
   unsigned char* act;        // e4m3 [m_cap, I]  (L2 A)
   float* act_sf;             // f32 [I/128, m_cap]
-  uint4* out;                // bf16 [m_cap, H]  (L2 out, the combine's input)
+  uint4* out;                // bf16 [ranks cap K + cap, H]  (L2 out by (source token, slot), the combine's input)
   const float* s13;          // f32 [E+1, 2I/128, H/128]
   const float* s2;           // f32 [E+1, H/128, I/128]
   u32* flags;                // [max_tiles * I/128], epoch-tagged
@@ -345,7 +345,7 @@ __device__ __forceinline__ void combine_vectors(const MegaParams& p, int v0, int
 #pragma unroll
     for (int j = 0; j < kBatch; j++) {
       const int i = i0 + j * step;
-      if (i < total) cmb::load_vals<true>(p.out, p.group_offset, i / nv, v0 + i % nv, in[j]);
+      if (i < total) cmb::load_slot_vals<true>(p.out, i / nv, v0 + i % nv, (long long)p.num_tokens * MM_TOPK, in[j]);
     }
     int next[kBatch][MM_TOPK];
 #pragma unroll
@@ -366,12 +366,14 @@ __device__ __forceinline__ void combine_vectors(const MegaParams& p, int v0, int
   }
 }
 
-// Expert parallelism: the same combine, each routed row read from the rank that owns its expert (its slot row and
-// its L2 output, through that rank's mapping: peer loads); the shared expert's row is this rank's own.
+// Expert parallelism: the same combine, each routed row read from the rank that owns its expert (through that rank's
+// mapping: peer loads), where this rank's token t, slot k sits at (rank T + t) K + k (dsp::rank_chunk<true>); the
+// shared expert's row is this rank's own, after every rank's routed rows.
 __device__ __forceinline__ void combine_vectors_ep(const MegaParams& p, int first, int step) {
   constexpr int nv = cmb::kVecPerRow;
   const int total = p.num_tokens * nv;
-  const int slot0 = p.rank * p.num_tokens * MM_TOPK;  // this rank's tokens in every owner's slot_row
+  const size_t slot0 = (size_t)p.rank * p.num_tokens * MM_TOPK;  // this rank's tokens' rows in every owner's buffer
+  const size_t shared0 = (size_t)p.ranks * p.num_tokens * MM_TOPK;
   const int experts = MM_EXPERTS * p.ranks;
   for (int i = first; i < total; i += step) {
     const int t = i / nv, v = i % nv;
@@ -380,10 +382,10 @@ __device__ __forceinline__ void combine_vectors_ep(const MegaParams& p, int firs
     for (int k = 0; k < MM_TOPK; k++) {
       const long long e = p.ids_staged[(size_t)t * MM_TOPK + k];
       const int owner = e >= 0 && e < experts ? (int)(e / MM_EXPERTS) : -1;
-      in.rows[k] = owner >= 0 ? peer(p, p.slot_row, owner)[slot0 + t * MM_TOPK + k] : -1;
-      in.vals[k] = in.rows[k] >= 0 ? peer(p, p.out, owner)[(size_t)in.rows[k] * nv + v] : make_uint4(0, 0, 0, 0);
+      in.rows[k] = owner;  // (sum_vec skips a slot whose row is negative)
+      in.vals[k] = owner >= 0 ? peer(p, p.out, owner)[(slot0 + (size_t)t * MM_TOPK + k) * nv + v] : make_uint4(0, 0, 0, 0);
     }
-    in.vals[MM_TOPK] = p.out[(size_t)(p.group_offset[MM_EXPERTS] + t) * nv + v];
+    in.vals[MM_TOPK] = p.out[(shared0 + t) * nv + v];
     cmb::sum_vec(in, t, v, p.y_routed, p.y);
   }
 }
@@ -441,6 +443,9 @@ struct MegaSync {
   static constexpr bool kFitsPairs = kFitPairs;
   // Normal path: the producer announces each unit with its weight scales (gemm/pipeline.cuh kAnnounces; MM_ANNOUNCE).
   static constexpr bool kAnnounces = !kDecode && MM_ANNOUNCE;
+  // L2 writes each row at its (token, slot) place of the combine buffer (dsp::rank_chunk<true>): no padding rows.
+  static constexpr bool kScattersRows = kWait;
+  __device__ __forceinline__ int row_dest(int m) const { return params->row_dest[m]; }
   __device__ __forceinline__ gg::PairSlot pair_slot(int s, int g) const {
     const int rows = params->group_count[g];
     const int base = params->group_offset[g] / gg::kNormalRows;
@@ -539,11 +544,12 @@ __device__ __forceinline__ void dispatch_small(const MegaParams& p, int* scratch
   dsp::count_chunk(p.ids, T, 0, counts, cursors, tid, kThreads);  // begins and ends with __syncthreads
   if (tid == 0) stamp(9);
   dsp::scan(counts, 1, T, kBlockM, p.max_tiles, p.group_offset, p.group_count, p.tile_group, p.num_m_tiles,
-            p.row_weight, p.row_token, offsets, tid, kThreads);
+            p.row_weight, p.row_dest, offsets, tid, kThreads);
   __syncthreads();
   if (tid == 0) stamp(10);
   if (warp == 0)
-    dsp::rank_chunk(p.ids, p.weights, T, 0, counts, offsets, p.slot_row, p.row_weight, p.row_token, cursors, lane);
+    dsp::rank_chunk<true>(p.ids, p.weights, T, 0, counts, offsets, p.slot_row, p.row_weight, p.row_dest, cursors,
+                          lane, 0, 0, true, T * MM_TOPK);
   __syncthreads();  // the staged rows (all warps) and slot_row (warp 0) are ready for the gather
   if (tid == 0) stamp(11);
   for (int t = warp; t < T; t += kWarps)
@@ -609,21 +615,21 @@ __device__ __forceinline__ bool dispatch_small_direct(const MegaParams& p, int* 
   for (int i = tid; i < n * R; i += kThreads) {
     const int tile = i / R, r = i % R, g = tiles[tile];
     float w = 0.0f;
-    int token = -1;
+    int dest = -1;  // the row's place in the combine buffer (dsp::rank_chunk<true>), -1: read by no slot
     if (r < T) {
       if (g == E) {
         w = 1.0f;
-        token = r;
+        dest = T * K + r;
       } else {
         for (int k = 0; k < K; k++)
           if (dsp::expert_of(p.ids[r * K + k]) == g) {
             w = p.weights[r * K + k];
-            token = r;
+            dest = r * K + k;
           }
       }
     }
     p.row_weight[i] = w;
-    p.row_token[i] = token;
+    p.row_dest[i] = dest;
     if (r == 0) p.tile_group[tile] = g;
   }
   for (int s = tid; s < T * K; s += kThreads) {
@@ -631,7 +637,6 @@ __device__ __forceinline__ bool dispatch_small_direct(const MegaParams& p, int* 
     p.slot_row[s] = e >= 0 ? tile_of[e] * R + s / K : -1;
   }
   if (tid == 0) {
-    p.group_offset[E] = (n - 1) * R;  // the combine's shared rows
     p.num_m_tiles[0] = n;
     stamp(10);
   }
@@ -676,19 +681,19 @@ __device__ __forceinline__ u32 dispatch_grid(const MegaParams& p, int* scratch, 
   }
   if (blockIdx.x == 0)
     dsp::scan<false>(p.chunk_counts, nc, T, kBlockM, p.max_tiles, p.group_offset, p.group_count, p.tile_group,
-                     p.num_m_tiles, p.row_weight, p.row_token, scratch, tid, kThreads);
+                     p.num_m_tiles, p.row_weight, p.row_dest, scratch, tid, kThreads);
   grid_barrier(p.ctl, kPhaseScan, p.timeout_ns);
   if (tid == 0) stamp(9);
   for (int c = gwarp; c < nc; c += nwarps) {
     const int s = c / cps;
-    dsp::rank_chunk(ids_of(s), weights_of(s), T, c % cps, p.chunk_counts + (size_t)s * cps * dsp::kExperts,
-                    p.group_offset, p.slot_row + (size_t)s * T * MM_TOPK, p.row_weight, p.row_token,
-                    scratch + warp * dsp::kExperts, lane, id_base, s * T, s == p.rank);
+    dsp::rank_chunk<true>(ids_of(s), weights_of(s), T, c % cps, p.chunk_counts + (size_t)s * cps * dsp::kExperts,
+                          p.group_offset, p.slot_row + (size_t)s * T * MM_TOPK, p.row_weight, p.row_dest,
+                          scratch + warp * dsp::kExperts, lane, id_base, s * T, s == p.rank, p.ranks * T * MM_TOPK);
   }
   // The scan's per-group tiles and padding rows, a warp per group over the grid (after the ranks: the warps with
   // no chunk start at once).
   for (int g = nwarps - 1 - gwarp; g < dsp::kGroups; g += nwarps)
-    dsp::fill_group(p.group_offset[g], p.group_count[g], kBlockM, g, p.tile_group, p.row_weight, p.row_token, lane, 32);
+    dsp::fill_group(p.group_offset[g], p.group_count[g], kBlockM, g, p.tile_group, p.row_weight, p.row_dest, lane, 32);
   grid_barrier(p.ctl, kPhaseRank, p.timeout_ns);
   if (tid == 0) stamp(10);
   for (int g = gwarp; g < T * p.ranks; g += nwarps) {
@@ -726,7 +731,7 @@ extern "C" __global__ void MM_CLUSTER_DIMS __launch_bounds__(mm::kThreads, 1)
 mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constant__ gg::TmaDesc tmap_w13,
                const __grid_constant__ gg::TmaDesc tmap_sfa1, const __grid_constant__ gg::TmaDesc tmap_a2,
                const __grid_constant__ gg::TmaDesc tmap_w2, const __grid_constant__ gg::TmaDesc tmap_sfa2,
-               const __grid_constant__ gg::TmaDesc tmap_out, const __grid_constant__ mm::MegaParams p) {
+               const __grid_constant__ mm::MegaParams p) {
   using namespace mm;
   extern __shared__ __align__(1024) unsigned char smem[];
   const int tid = threadIdx.x;
@@ -800,7 +805,7 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
                p.row_weight, p.swiglu_limit, p.m_cap},                                                              \
       l1_ring, MegaSync<false, true>{p.flags, p.ctl, p.timeout_ns, epoch, 0, p.fault, &p, a_tile0}
 #define MM_L2_ARGS                                                                                                  \
-  gg::GemmArgs{&tmap_a2, &tmap_w2, &tmap_sfa2, &tmap_out, p.s2, p.tile_group, p.num_m_tiles, p.out, nullptr,        \
+  gg::GemmArgs{&tmap_a2, &tmap_w2, &tmap_sfa2, nullptr, p.s2, p.tile_group, p.num_m_tiles, p.out, nullptr,        \
                nullptr, 0.0f, p.m_cap},                                                                             \
       ring,                                                                                                         \
       MegaSync<true, false>{p.flags, p.ctl, p.timeout_ns, epoch,                                                    \
@@ -863,7 +868,6 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
       if (tid == 0) stamp(2);
       gg::normal_body<kH, kI, 2, kStages, 0, kMcast, 1, MM_WTILED, NormalL2P, MegaSync<true, false>, false>(MM_L2_ARGS);
       if (tid == 0) stamp(3);
-      if ((tid & 127) == 0) gg::fence_proxy_async_global();  // TMA stores -> the combine's loads
       finish<kConsumers>(p, tid, epoch, stamp);  // inside the branch: it runs on the consumers' register budget
     }
   }

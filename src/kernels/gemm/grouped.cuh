@@ -183,6 +183,7 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
   static_assert(P::kBBytes >= kBlockN * kBlockK && (kEpi == 1 || !kTmaStore || P::kDBytes >= kNormalRows * kBlockN * 2),
                 "the plan's stages must hold this GEMM's tiles");
   static_assert(!(Sync::kWaits || Sync::kPublishes) || !kOwnSetup, "cross-CTA hooks run inside the fused kernel");
+  static_assert(!Sync::kScattersRows || kTmaStore, "scattered rows: the normal body stages its bf16 tile");
 
   extern __shared__ __align__(1024) unsigned char smem[];
   const u32 sbase = smem_addr(smem);
@@ -480,7 +481,9 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
         // ---- bf16 out through shared memory + TMA store: 64-column chunks of 64 rows x 128 B, 128B-swizzled ----
         const u32 stage_d = sbase + P::kOffD + wg * (64 * kBlockN * 2);
         const bool leader = (tid & 127) == 0;
-        if (leader) bulk_wait_read0();  // this warpgroup's previous tile has left the staging buffer
+        // Scattered rows: lane l of warp wq holds the destination of the warpgroup's row 16 wq + l % 16.
+        const int dest = Sync::kScattersRows ? sync.row_dest(mt * kNormalRows + 64 * wg + 16 * wq + (lane & 15)) : 0;
+        if (leader && !Sync::kScattersRows) bulk_wait_read0();  // this warpgroup's previous tile has left the staging buffer
         named_barrier_sync(2 + wg, 128);
 #pragma unroll
         for (int s = 0; s < kNSub; s++)
@@ -494,13 +497,30 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
               const u32 v = pack_bf16x2(fin[s][4 * j + 2 * rr], fin[s][4 * j + 2 * rr + 1]);
               asm volatile("st.shared.u32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
             }
-        fence_proxy_async();
-        named_barrier_sync(2 + wg, 128);
-        if (leader) {
+        if constexpr (Sync::kScattersRows) {
+          // Each warp copies its 16 rows (lane l: 16-byte unit l % 8 of 64-column chunk l / 8), skipping padding.
+          // (The next tile's staging writes wait at the barrier above for every warp's reads here.)
+          static_assert(kBlockN == 256, "scattered rows: a 256-column tile is one 16-byte unit per lane");
+          named_barrier_sync(2 + wg, 128);
+          const int c = lane >> 3, j = lane & 7;
+          unsigned char* d = reinterpret_cast<unsigned char*>(out) + ((size_t)nt * kBlockN + 64 * c + 8 * j) * 2;
+#pragma unroll 4
+          for (int i = 0; i < 16; i++) {
+            const int row = wq * 16 + i;
+            const int m = __shfl_sync(0xffffffffu, dest, i);
+            if (m < 0) continue;
+            const uint4 v = ld_shared_v4(stage_d + c * (64 * 128) + row * 128 + ((j ^ (row & 7)) << 4));
+            *reinterpret_cast<uint4*>(d + (size_t)m * kN * 2) = v;
+          }
+        } else {
+          fence_proxy_async();
+          named_barrier_sync(2 + wg, 128);
+          if (leader) {
 #pragma unroll
-          for (int c = 0; c < kBlockN / 64; c++)
-            tma_store_2d(tmap_d, stage_d + c * (64 * 128), nt * kBlockN + 64 * c, mt * kNormalRows + 64 * wg);
-          bulk_commit();
+            for (int c = 0; c < kBlockN / 64; c++)
+              tma_store_2d(tmap_d, stage_d + c * (64 * 128), nt * kBlockN + 64 * c, mt * kNormalRows + 64 * wg);
+            bulk_commit();
+          }
         }
       } else if (kEpi == 0) {
         // ---- bf16 out: each thread writes bf16 pairs (4 bytes) of its two rows ----
@@ -565,7 +585,7 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
       }
       if (Sync::kPublishes) sync.publish(mt, nt, tid, 256);
     }
-    if (kTmaStore && (tid & 127) == 0) bulk_wait0();  // staging buffer must outlive the stores' reads
+    if (kTmaStore && !Sync::kScattersRows && (tid & 127) == 0) bulk_wait0();  // staging buffer must outlive the stores' reads
   }
   // A CTA must not leave while its peer can still arrive on its barriers or multicast into its shared memory.
   if (kCluster == 2) {
@@ -873,13 +893,17 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
                                            reinterpret_cast<int*>(smem + P::kOffAmax));
     } else if constexpr (kEpi == 0) {
       unsigned short* d = reinterpret_cast<unsigned short*>(out);
+      // The output row of each of this thread's tokens (token 8 (j / 2) + 2 q + j % 2 of the tile; -1: none).
+      int dest[kRows / 4];
+#pragma unroll
+      for (int j = 0; j < kRows / 4; j++) dest[j] = sync.row_dest(tok0 + 8 * (j >> 1) + 2 * q + (j & 1));
 #pragma unroll
       for (int sl = 0; sl < kMSubW; sl++) {
         const int n = wb * kRowsW + 64 * (cw * kMSubW + sl) + 16 * wq + rl;
 #pragma unroll
         for (int i = 0; i < kAcc; i++) {
-          const long long tok = tok0 + 8 * (i >> 2) + 2 * q + (i & 1);
-          d[tok * kN + n + 8 * ((i >> 1) & 1)] = f32_to_bf16(fin[sl][i]);
+          const long long tok = dest[2 * (i >> 2) + (i & 1)];
+          if (!Sync::kScattersRows || tok >= 0) d[tok * kN + n + 8 * ((i >> 1) & 1)] = f32_to_bf16(fin[sl][i]);
         }
       }
       if (Sync::kCompletes) sync.template complete<kRowsW>(mt, wb, tid, kCThreads);

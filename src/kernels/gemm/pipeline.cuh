@@ -81,6 +81,9 @@ struct GemmArgs {
 //   kAnnounces: (normal body) the producer resolves every unit and hands it to the consumers in shared memory (as
 //               with kDynamic), with the unit's weight scales (a bulk copy on its first stage's barrier), so no
 //               global load of theirs stands between two units.
+//   kScattersRows: (bf16 epilogues) output row m goes to row row_dest(m) of ga.out, none where it is negative
+//               (padding), instead of row m: the fused kernel's combine buffer holds only real rows, by (token, slot).
+//               The normal body then copies its staged tile out with 16-byte stores, a row per warp instruction.
 //   kFitsPairs: (normal body, weight multicast) pair_slot(s, g) places row tile s (of expert g) in the pairs' schedule:
 //               half >= 0: one of the two row tiles first, first + 1 of g that a pair takes together, both CTAs on N
 //               tiles [half, half + 1) * N tiles / 2 (the weight tile multicast); half < 0: both CTAs take row tile s,
@@ -97,6 +100,8 @@ struct NoSync {
   static constexpr bool kSkipsPadding = false;
   static constexpr bool kFitsPairs = false;
   static constexpr bool kAnnounces = false;
+  static constexpr bool kScattersRows = false;
+  __device__ __forceinline__ int row_dest(int m) const { return m; }
   __device__ __forceinline__ int live_rows(int, int) const { return 128; }
   __device__ __forceinline__ PairSlot pair_slot(int s, int) const { return {s, -1}; }
   __device__ __forceinline__ int grab() const { return 0; }

@@ -246,6 +246,11 @@ __device__ __forceinline__ float ld_shared_f32(u32 addr) {
   asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(addr) : "memory");
   return v;
 }
+__device__ __forceinline__ uint4 ld_shared_v4(u32 addr) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr) : "memory");
+  return v;
+}
 // Two f32 -> packed bf16x2, round to nearest even; `lo` lands at the lower address.
 __device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
   u32 r;

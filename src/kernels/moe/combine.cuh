@@ -65,6 +65,16 @@ __device__ __forceinline__ void load_vals(const uint4* __restrict__ out, const i
   if (kShared) in.vals[kTopK] = load_vec<kCoherent>(out + (size_t)(group_offset[kExperts] + t) * kVecPerRow + v);
 }
 
+// The fused kernel's combine buffer has no padding: token t's routed rows sit at t K + k, in slot order (its masked
+// slots' rows are never written nor read), and its shared-expert row at shared0 + t (dsp::rank_chunk<true>).
+template <bool kCoherent>
+__device__ __forceinline__ void load_slot_vals(const uint4* __restrict__ out, int t, int v, long long shared0, VecIn& in) {
+#pragma unroll
+  for (int k = 0; k < kTopK; k++)
+    in.vals[k] = in.rows[k] >= 0 ? load_vec<kCoherent>(out + ((size_t)t * kTopK + k) * kVecPerRow + v) : make_uint4(0, 0, 0, 0);
+  if (kShared) in.vals[kTopK] = load_vec<kCoherent>(out + (size_t)(shared0 + t) * kVecPerRow + v);
+}
+
 __device__ __forceinline__ void sum_vec(const VecIn& in, int t, int v, uint4* __restrict__ y_routed,
                                         uint4* __restrict__ y) {
   float acc[8];

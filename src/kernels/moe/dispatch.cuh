@@ -148,12 +148,15 @@ __device__ __forceinline__ void scan(int* __restrict__ chunk_counts, int nc, int
 // __match_any_sync, no atomics, so deterministic. Expert parallelism: ids are global (id_base: this rank's first
 // expert), row_token counts from token_base (the source rank's first token), and only the own rank's tokens have
 // shared-expert rows here.
+// kDest (the fused kernel): row_token holds each row's place in the combine buffer instead of its token: slot s of
+// source token token_base + s / K at (token_base K + s), the shared expert's row of token t at shared_dest + t.
+template <bool kDest = false>
 __device__ __forceinline__ void rank_chunk(const long long* __restrict__ ids, const float* __restrict__ weights,
                                            int num_tokens, int c, const int* __restrict__ chunk_base,
                                            const int* __restrict__ group_offset, int* __restrict__ slot_row,
                                            float* __restrict__ row_weight, int* __restrict__ row_token, int* next_row,
                                            int lane, long long id_base = 0, int token_base = 0,
-                                           bool with_shared = true) {
+                                           bool with_shared = true, int shared_dest = 0) {
   for (int e = lane; e < kExperts; e += 32) next_row[e] = chunk_base[(size_t)c * kExperts + e];
   __syncwarp();
   const int first = c * kChunkSlots;
@@ -186,7 +189,7 @@ __device__ __forceinline__ void rank_chunk(const long long* __restrict__ ids, co
       slot_row[s] = row;
       if (row >= 0) {
         row_weight[row] = slot_weight[j];
-        row_token[row] = token_base + s / kTopK;
+        row_token[row] = kDest ? token_base * kTopK + s : token_base + s / kTopK;
       }
     }
   }
@@ -195,7 +198,7 @@ __device__ __forceinline__ void rank_chunk(const long long* __restrict__ ids, co
     const int t_end = min((c + 1) * kChunkTokens, num_tokens);
     for (int t = c * kChunkTokens + lane; t < t_end; t += 32) {
       row_weight[base + t] = 1.0f;
-      row_token[base + t] = token_base + t;
+      row_token[base + t] = kDest ? shared_dest + t : token_base + t;
     }
   }
   __syncwarp();
