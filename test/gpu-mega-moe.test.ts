@@ -37,17 +37,25 @@ async function vsReference(ref: ReferenceBackend, x: HostTensor<'BF16'>, r: Rout
 
 /**
  * The small-T direct layout (mega_moe.cu dispatch_small_direct): touched experts ascending, one 16-row tile each
- * holding all T tokens, then the shared expert's tile; slot (t, k) -> 16 tile(e) + t.
+ * holding all T tokens, then the shared expert's tile; slot (t, k) -> 16 tile(e) + t. Row r of a routed tile goes to
+ * combine row t K + k of its token's slot there (-1 where the token does not route there), the shared tile's to T K + r.
  */
-function directDispatch(E: number, K: number, ids: BigInt64Array, T: number): { slotRow: Int32Array; numMTiles: number; sharedRow: number } {
+function directDispatch(E: number, K: number, ids: BigInt64Array, T: number): { slotRow: Int32Array; numMTiles: number; rowDest: Int32Array } {
   const valid = (id: bigint) => id >= 0n && id < BigInt(E);
   const touched = [...new Set(Array.from(ids.subarray(0, T * K)).filter(valid).map(Number))].sort((a, b) => a - b);
   const tileOf = new Map(touched.map((e, i) => [e, i]));
   const slotRow = Int32Array.from({ length: T * K }, (_, s) => (valid(ids[s]) ? tileOf.get(Number(ids[s]))! * 16 + Math.floor(s / K) : -1));
-  return { slotRow, numMTiles: touched.length + 1, sharedRow: touched.length * 16 };
+  const rowDest = new Int32Array((touched.length + 1) * 16).fill(-1);
+  slotRow.forEach((row, s) => { if (row >= 0) rowDest[row] = s; });
+  for (let t = 0; t < T; t++) rowDest[touched.length * 16 + t] = T * K + t;
+  return { slotRow, numMTiles: touched.length + 1, rowDest };
 }
 
-/** The fused kernel's dispatch (slot rows, group offsets) equals the CPU simulation of the same index math. */
+/**
+ * The fused kernel's dispatch (slot rows, group offsets) equals the CPU simulation of the same index math, and every
+ * row's place in the padding-free combine buffer is its (token, slot): slot s's row -> s, the shared expert's row of
+ * token t -> T K + t, padding -> -1.
+ */
 function assertDispatch(moe: MegaMoe, r: Routing, T: number): void {
   const s = moe.shape;
   const got0 = moe.debugDispatch(T);
@@ -55,7 +63,7 @@ function assertDispatch(moe: MegaMoe, r: Routing, T: number): void {
     const d = directDispatch(s.experts, s.topK, r.ids.data, T);
     assert.deepEqual(got0.slotRow, d.slotRow, 'slot_row (small-T direct layout)');
     assert.equal(got0.numMTiles, d.numMTiles, 'num_m_tiles (small-T direct layout)');
-    assert.equal(got0.groupOffset[s.experts], d.sharedRow, 'the shared expert\'s first row (small-T direct layout)');
+    assert.deepEqual(got0.rowDest, d.rowDest, 'row_dest (small-T direct layout)');
     return;
   }
   const want = simulateDispatch({ experts: s.experts, topK: s.topK, hidden: s.hidden, shared: true }, r.ids.data, r.weights.data, T,
@@ -64,6 +72,10 @@ function assertDispatch(moe: MegaMoe, r: Routing, T: number): void {
   assert.deepEqual(got.slotRow, want.slotRow, 'slot_row');
   assert.deepEqual(got.groupOffset, want.groupOffset, 'group offsets');
   assert.equal(got.numMTiles, want.numMTiles, 'num_m_tiles');
+  const rowDest = new Int32Array(got.rowDest.length).fill(-1);
+  want.slotRow.forEach((row, slot) => { if (row >= 0) rowDest[row] = slot; });
+  for (let t = 0; t < T; t++) rowDest[want.groupOffset[s.experts] + t] = T * s.topK + t;
+  assert.deepEqual(got.rowDest, rowDest, 'row_dest');
 }
 
 test('mega_moe vs reference and unfused, tiny layer (host weights through the backend interface)', { skip }, async (t) => {

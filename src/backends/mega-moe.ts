@@ -11,7 +11,7 @@ import {
 } from '../cuda/index.js';
 import { MegaMoeKernel } from '../kernels/mega-moe.js';
 import {
-  decode32RowsRange, decode64RowsRange, decodeMegaCtl, formatBytes, MEGA_CTL_BYTES, megaBufferLayout, smallTokens, type MegaBufferLayout, type MegaMoePath, type MegaNormalKernel, type MegaNormalPolicy, type RowsRange,
+  decode32RowsRange, decode64RowsRange, decodeMegaCtl, formatBytes, MEGA_CTL_BYTES, MEGA_ROW_TILE, megaBufferLayout, smallTokens, type MegaBufferLayout, type MegaMoePath, type MegaNormalKernel, type MegaNormalPolicy, type RowsRange,
 } from '../kernels/mega-moe-layout.js';
 import type { MoeForwardResult, PrepareOptions } from '../moe/backend.js';
 import {
@@ -261,7 +261,7 @@ export class MegaMoe {
    * it was the small-T direct layout (every touched expert one 16-row tile of all T tokens: mega_moe.cu
    * dispatch_small_direct; only slot rows, the tile count and the shared expert's offset are then defined).
    */
-  debugDispatch(tokens: number): { slotRow: Int32Array; groupOffset: Int32Array; numMTiles: number; direct: boolean } {
+  debugDispatch(tokens: number): { slotRow: Int32Array; groupOffset: Int32Array; numMTiles: number; rowDest: Int32Array; direct: boolean } {
     this.stream.synchronize();
     const r = this.layout.regions;
     const slotRow = new Int32Array(tokens * this.shape.topK);
@@ -273,7 +273,10 @@ export class MegaMoe {
     const ctl = new Uint8Array(MEGA_CTL_BYTES);
     this.buffer.copyToHost(ctl, { offset: r.ctl.offset, bytes: MEGA_CTL_BYTES });
     const direct = tokens >= 1 && tokens <= smallTokens() && this.path(tokens) !== 'normal' && this.layout.ranks === 1 && decodeMegaCtl(ctl).smallDirect;
-    return { slotRow, groupOffset, numMTiles: n[0], direct };
+    // Every row of the live tiles: where L2 writes it in the combine buffer (-1: nowhere).
+    const rowDest = new Int32Array(tokens > 0 ? n[0] * MEGA_ROW_TILE[this.path(tokens)] : 0);
+    if (rowDest.length > 0) this.buffer.copyToHost(rowDest, { offset: r.rowDest.offset, bytes: rowDest.byteLength });
+    return { slotRow, groupOffset, numMTiles: n[0], rowDest, direct };
   }
 
   /**
