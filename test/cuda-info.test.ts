@@ -42,7 +42,7 @@ test('formatInfo explains a missing GPU and lists every backend', () => {
   assert.match(text, /unfused +no/);
   assert.match(text, /mega_moe +no +not built in this checkout/);
   // The issue's yardstick (flash, 8192 tokens per rank) and the EP worst case (every rank's tokens on one rank).
-  assert.match(text, /flash +EP1 482\.3 MB \/ 1\.34 GB, EP2 [\d.]+ MB \/ 1\.82 GB, EP4 .*EP8 .* \/ 5\.93 GB/);
+  assert.match(text, /flash +EP1 214\.4 MB \/ 1\.08 GB, EP2 [\d.]+ MB \/ 1\.69 GB, EP4 .*EP8 .* \/ 5\.90 GB/);
 });
 
 test('`megamoe info` and `info --json` run and explain the missing GPU', () => {

@@ -83,8 +83,7 @@ export interface MegaBufferLayout {
     numMTiles: BufferRegion; rowWeight: BufferRegion;
     /** each grouped row's place in the combine buffer (-1: padding) */
     rowDest: BufferRegion; slotRow: BufferRegion;
-    /** L1 pool: grouped A rows (expert parallelism only: on one rank L1 reads the staged rows, one TMA copy per row)
-     * and their scales (MN-major) */
+    /** L1 pool: grouped A rows and their scales (MN-major) */
     a: BufferRegion; sfa: BufferRegion;
     /** L2 pool: the SwiGLU activations and their power-of-two scales (MN-major) */
     act: BufferRegion; actSf: BufferRegion;
@@ -151,7 +150,7 @@ export function megaBufferLayout(shape: MegaMoeShape, maxTokens: number, ranks =
     chunkCounts: take(maxChunks * E * 4), groupOffset: take((G + 1) * 4), groupCount: take(G * 4),
     tileGroup: take(maxTiles * 4), numMTiles: take(4), rowWeight: take(M * 4), rowDest: take(M * 4),
     slotRow: take(ranks * T * K * 4),
-    a: take(ranks > 1 ? M * H : 0), sfa: take((H / 128) * M * 4),
+    a: take(M * H), sfa: take((H / 128) * M * 4),
     act: take(M * I), actSf: take((I / 128) * M * 4),
     out: take((ranks * T * K + T) * H * 2),
     // + the tail combine's epoch-tagged u64 counters, one per 128 output columns (mega_moe.cu tail_combine)

@@ -168,11 +168,7 @@ export class MegaMoeKernel {
     }, grid, spinTimeoutNs(b.layout.ranks), faultFromEnv(), megaNormalPolicy(shape.inter));
   }
 
-  /**
-   * The six tensor maps of a path: L1 A / W13 / sfa, L2 A / W2 / sfa (L2 stores its rows itself: row_dest). L1 loads
-   * its A rows one TMA copy each (1-row boxes): on one rank from the staged tokens, under expert parallelism from the
-   * gathered pool.
-   */
+  /** The six tensor maps of a path: L1 A / W13 / sfa, L2 A / W2 / sfa (L2 stores its rows itself: row_dest). */
   private static maps(shape: MegaMoeShape, b: MegaMoeBindings, path: MegaMoePath): TensorMap[] {
     const { hidden: H, inter: I, experts } = shape;
     const G = experts + 1;
@@ -189,10 +185,8 @@ export class MegaMoeKernel {
     if (G * 2 * I * (H / WEIGHT_TILE) >= 2 ** 31 || G * H * (I / WEIGHT_TILE) >= 2 ** 31) {
       throw new RangeError(`mega_moe: ${G} groups of tiled weights exceed the 2^31 rows a TMA coordinate reaches`);
     }
-    const rowsOf = (p: bigint, rows: number) => tensorMap2D({ dataType: 'uint8', globalAddress: p, rows, cols: H, boxRows: 1, boxCols: 128, swizzle: '128B', l2Promotion: '256B' });
-    const l1Rows = b.layout.ranks > 1 ? rowsOf(at(r.a), M) : rowsOf(at(r.xFp8), b.layout.maxTokens);
     return [
-      l1Rows, w(b.w13, 2 * I, H, 128), sf(at(r.sfa), H),
+      act(at(r.a), H), w(b.w13, 2 * I, H, 128), sf(at(r.sfa), H),
       act(at(r.act), I), w(b.w2, H, I, 128), sf(at(r.actSf), I),
     ];
   }

@@ -214,7 +214,7 @@ struct MegaParams {
   float* row_weight;         // [m_cap]
   int* row_dest;             // [m_cap] each row's place in the combine buffer (-1: padding; dsp::rank_chunk<true>)
   int* slot_row;             // [cap, K]
-  uint4* a;                  // e4m3 [m_cap, H]  (L1 A, expert parallelism only: one rank reads the staged rows)
+  uint4* a;                  // e4m3 [m_cap, H]  (L1 A)
   float* sfa;                // f32 [H/128, m_cap]
   unsigned char* act;        // e4m3 [m_cap, I]  (L2 A)
   float* act_sf;             // f32 [I/128, m_cap]
@@ -446,18 +446,6 @@ struct MegaSync {
   // L2 writes each row at its (token, slot) place of the combine buffer (dsp::rank_chunk<true>): no padding rows.
   static constexpr bool kScattersRows = kWait;
   __device__ __forceinline__ int row_dest(int m) const { return params->row_dest[m]; }
-  // L1 reads each A row by its own TMA copy (gemm/pipeline.cuh kGathersRows): on one rank straight from the staged
-  // tokens (the row's token, from its combine place; any token for padding), so no grouped copy of the rows exists;
-  // under expert parallelism from the gathered pool (row m itself: the rows come from other ranks' buffers).
-  static constexpr bool kGathersRows = !kWait;
-  __device__ __forceinline__ int a_src_row(int m) const {
-    const MegaParams& p = *params;
-    if (p.ranks > 1) return m;
-    const int T = p.num_tokens;
-    if (a_tile0) return m < T ? m : 0;  // the small-T direct layout: row r of every tile is token r
-    const int d = p.row_dest[m];
-    return d < 0 ? 0 : d < T * MM_TOPK ? d / MM_TOPK : d - T * MM_TOPK;
-  }
   __device__ __forceinline__ gg::PairSlot pair_slot(int s, int g) const {
     const int rows = params->group_count[g];
     const int base = params->group_offset[g] / gg::kNormalRows;
@@ -565,7 +553,7 @@ __device__ __forceinline__ void dispatch_small(const MegaParams& p, int* scratch
   __syncthreads();  // the staged rows (all warps) and slot_row (warp 0) are ready for the gather
   if (tid == 0) stamp(11);
   for (int t = warp; t < T; t += kWarps)
-    dsp::gather_token(p.x_fp8, p.x_sf, t, p.slot_row, offsets, nullptr, p.sfa, 1, p.m_cap, lane);
+    dsp::gather_token(p.x_fp8, p.x_sf, t, p.slot_row, offsets, p.a, p.sfa, 1, p.m_cap, lane);
 }
 
 // Decode path, T <= kSmallT on one rank: the dispatch without count, scan, rank or gather. Every touched expert
@@ -590,7 +578,7 @@ __device__ __forceinline__ bool dispatch_small_direct(const MegaParams& p, int* 
   if (tid == 0) s_dup = 0;
   __syncthreads();
   for (int row = warp; row < T; row += kWarps)
-    stg::stage_row(p.x, p.ids, p.weights, p.x_fp8, p.sfa, p.ids_staged, p.w_staged, row, lane, 1, p.m_cap);
+    stg::stage_row(p.x, p.ids, p.weights, reinterpret_cast<uint4*>(p.a), p.sfa, p.ids_staged, p.w_staged, row, lane, 1, p.m_cap);
   for (int s = tid; s < T * K; s += kThreads) {
     const int e = dsp::expert_of(p.ids[s]);
     if (e < 0) continue;
@@ -711,8 +699,7 @@ __device__ __forceinline__ u32 dispatch_grid(const MegaParams& p, int* scratch, 
   for (int g = gwarp; g < T * p.ranks; g += nwarps) {
     const int s = g / T;
     dsp::gather_token(s == p.rank ? p.x_fp8 : peer(p, p.x_fp8, s), s == p.rank ? p.x_sf : peer(p, p.x_sf, s), g % T,
-                      p.slot_row + (size_t)s * T * MM_TOPK, p.group_offset, p.ranks > 1 ? p.a : nullptr, p.sfa, 1, p.m_cap,
-                      lane, s == p.rank);
+                      p.slot_row + (size_t)s * T * MM_TOPK, p.group_offset, p.a, p.sfa, 1, p.m_cap, lane, s == p.rank);
   }
   return epoch;
 }

@@ -270,15 +270,10 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
     return w;
   };
 
-  // Sync::kGathersRows: the whole of warp 8 walks the producer loop (every lane the same units and stages); lane 0
-  // alone arrives, grabs and loads the weights, and each lane loads A rows lane + 32 i straight from the staged tokens.
-  constexpr bool kGather = Sync::kGathersRows;
-  static_assert(!kGather || (!Sync::kWaits && !kPairN), "row gathers: L1 only (no waits), no activation multicast");
-  const bool leader = lane == 0;
   if (warp >= 8) {
     // ---------------- producer warpgroup ----------------
     if (kOwnSetup) regs_dealloc<40>();
-    if (warp == 8 && (leader || kGather)) {
+    if (warp == 8 && lane == 0) {
       // GG_L2_POLICY: 0 both operands evict_normal (the unfused GEMM); 1 the activation tiles and scales evict_last,
       // so the weight stream does not push out the row tile every N tile re-reads (the fused kernel's default:
       // mega-moe-layout.ts normalL2Policy); 2 also the weights evict_first.
@@ -288,12 +283,7 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
       u32& phase = ring.phase;
       int u = kDyn ? ring.carry : first_unit;
       for (int next; u < n_units; u = next) {
-        if (kDyn) {  // issued now, its answer needed only at the end
-          next = leader ? sync.grab() : 0;
-          if (kGather) next = __shfl_sync(0xffffffffu, next, 0);
-        } else {
-          next = u + unit_step;
-        }
+        next = kDyn ? sync.grab() : u + unit_step;  // dynamic: issued now, its answer needed only at the end
         const Unit w = unit_of(u);
         const int mt = w.mt, nt = w.nt, g = w.g;
         // Both CTAs of the pair skip it (dynamic: never announced; announced round robin: never happens, as every
@@ -312,44 +302,27 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
               tma_prefetch_2d(tmap_b, c.x, c.y);
             }
         }
-        // Row gathers: the staged rows of this lane's rows of the tile (the same for every K block).
-        int src[kGather ? kNormalRows / 32 : 1];
-#pragma unroll
-        for (int i = 0; i < (kGather ? kNormalRows / 32 : 0); i++) src[i] = g >= 0 ? sync.a_src_row(mt * kNormalRows + 32 * i + lane) : 0;
         for (int kb = 0; kb < kKB; kb++) {
           mbar_wait(empty_bar(stage), phase ^ 1);
           const int seq = ring.seq;
           if (kAnnounce && kb == 0) {  // released by this stage's arrive
             const int j = ring.seq++ % kUnitSlots;
-            if (leader) {
-              if (kDyn) unit_slots()[j] = u;
-              unit_infos()[j] = pack(w);
-            }
+            if (kDyn) unit_slots()[j] = u;
+            unit_infos()[j] = pack(w);
           }
           const bool sfb_copy = kSfbSmem && kb == 0 && g >= 0;
           // A failed wait (abort: the kernel reports the error) still loads the stage: its data is invalid anyway,
           // and a cluster peer expects this CTA's half of the weight tile (skipping it would hang the peer).
           if (g >= 0 && !a_ready) (void)sync.wait(mt, kb);
-          if (g >= 0 && kGather) {
-            if (leader) mbar_arrive_expect_tx(full_bar(stage), P::kABytes + P::kBBytes + P::kSfaBytes + (sfb_copy ? 2 * kSfbBytes : 0));
-            __syncwarp();  // (the expected bytes are counted before any lane's rows can land)
-            const u32 sa = sbase + P::kOffA + stage * P::kABytes;
-#pragma unroll
-            for (int i = 0; i < kNormalRows / 32; i++)
-              tma_load_2d(sa + (32 * i + lane) * kBlockK, tmap_a, full_bar(stage), kb * kBlockK, src[i], pol_a);
-          }
-          if (g >= 0 && leader) {
-            if (!kGather)
-              mbar_arrive_expect_tx(full_bar(stage), P::kABytes + P::kBBytes + P::kSfaBytes + (sfb_copy ? 2 * kSfbBytes : 0));
+          if (g >= 0) {
+            mbar_arrive_expect_tx(full_bar(stage), P::kABytes + P::kBBytes + P::kSfaBytes + (sfb_copy ? 2 * kSfbBytes : 0));
             if (sfb_copy) {
               const u32 slot = smem_addr(sfb_slots<kKB>() + (seq & 1) * 2 * kKB);
               bulk_load_1d(slot, sfb_row(g, nt, 0), kSfbBytes, full_bar(stage));
               bulk_load_1d(slot + kSfbBytes, sfb_row(g, nt, 1), kSfbBytes, full_bar(stage));
             }
             const u32 sb = sbase + P::kOffB + stage * P::kBBytes;
-            if (kGather) {
-              // (the rows: every lane, above)
-            } else if (kPairN) {  // each CTA fetches one 64-row half of the shared activation tile for both
+            if (kPairN) {  // each CTA fetches one 64-row half of the shared activation tile for both
               tma_load_2d_multicast(sbase + P::kOffA + stage * P::kABytes + rank * (64 * kBlockK), tmap_a,
                                     full_bar(stage), kb * kBlockK, mt * kNormalRows + 64 * rank, (unsigned short)0x3,
                                     pol_a);
@@ -370,15 +343,13 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
                 tma_load_2d(sb + h * (128 * kBlockK), tmap_b, full_bar(stage), c.x, c.y, pol);
               }
             }
-          } else if (g < 0 && leader) {
+          } else {
             mbar_arrive(full_bar(stage));  // dead tile: no data, the consumers just pass the stage on
           }
           ring.advance<kStages>();
         }
       }
-      if constexpr (kDyn) {
-        if (leader) end_dynamic_gemm(ring, bars, u, n_units);  // (after the gathering GEMM only lane 0's ring goes on)
-      }
+      if constexpr (kDyn) end_dynamic_gemm(ring, bars, u, n_units);
     }
     __syncwarp();
   } else {
@@ -767,27 +738,16 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
     return {mt, t - mt * kWBlocks, u - t * kSplitK};
   };
 
-  // Sync::kGathersRows: as in normal_body, the whole producer warp walks the loop and each lane loads token rows
-  // lane + 32 i of the tile straight from the staged tokens; lane 0 alone grabs, arrives and loads the weights.
-  constexpr bool kGather = Sync::kGathersRows;
-  static_assert(!kGather || !Sync::kWaits, "row gathers: L1 only (no waits)");
-  constexpr int kGatherRows = (kRows + 31) / 32;  // rows per lane
-  const bool leader = lane == 0;
   if (warp >= 4 * kCWG) {
     // ---------------- producer warpgroup: one thread keeps up to kStages tiles of weights in flight ----------------
-    if (warp == 4 * kCWG && (leader || kGather)) {
+    if (warp == 4 * kCWG && lane == 0) {
       const u64 pol_a = policy_evict_last();
       const u64 pol_b = policy_evict_first();
       int& stage = ring.stage;
       u32& phase = ring.phase;
       int u = kDyn ? ring.carry : sync.first_unit((int)blockIdx.x, (int)gridDim.x);
       for (int next; u < n_units; u = next) {
-        if (kDyn) {  // issued now, its answer needed only at the end
-          next = leader ? sync.grab() : 0;
-          if (kGather) next = __shfl_sync(0xffffffffu, next, 0);
-        } else {
-          next = u + (int)gridDim.x;
-        }
+        next = kDyn ? sync.grab() : u + (int)gridDim.x;  // dynamic: issued now, its answer needed only at the end
         const DUnit du = dunit_of(u);
         const int mt = du.mt, wb = du.wb, kb0 = du.ks * kKBSplit;
         const int g = tile_group[mt];
@@ -799,49 +759,30 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
           // Its A is not written yet: pull this unit's weights into L2 meanwhile (decode: L2 while L1 runs).
           decode_prefetch_weights<kN, kK, kMSub, kWTiled>(tmap_b, g, b_row, 0, kKB);
         }
-        const int at = sync.a_tile(mt);
-        // Row gathers: the staged rows of this lane's token rows of the tile (the same for every K block).
-        int src[kGather ? kGatherRows : 1];
-#pragma unroll
-        for (int i = 0; i < (kGather ? kGatherRows : 0); i++)
-          src[i] = 32 * i + lane < kRows ? sync.a_src_row(at * kRows + 32 * i + lane) : 0;
         for (int kb = kb0; kb < kb0 + kKBSplit; kb++) {
           mbar_wait(empty_bar(stage), phase ^ 1);
-          if (kDyn && kb == 0) {  // released by this stage's arrive
-            const int j = ring.seq++ % kUnitSlots;
-            if (leader) unit_slots()[j] = u;
-          }
+          if (kDyn && kb == 0) unit_slots()[ring.seq++ % kUnitSlots] = u;  // released by this stage's arrive
           if (!a_ready && !sync.wait(mt, kb)) {  // abort: pass the stage on without data
             mbar_arrive(full_bar(stage));
             ring.advance<kStages>();
             continue;
           }
-          if (leader) mbar_arrive_expect_tx(full_bar(stage), kUnitBBytes + P::kABytes + kRows * 4);
-          if (kGather) {
-            __syncwarp();  // (the expected bytes are counted before any lane's rows can land)
+          mbar_arrive_expect_tx(full_bar(stage), kUnitBBytes + P::kABytes + kRows * 4);
 #pragma unroll
-            for (int i = 0; i < kGatherRows; i++)
-              if (32 * i + lane < kRows)
-                tma_load_2d(sbase + P::kOffA + stage * P::kABytes + (32 * i + lane) * kBlockK, tmap_a, full_bar(stage),
-                            kb * kBlockK, src[i], pol_a);
+          for (int h = 0; h < kRowsW / kBoxRowsW; h++) {
+            const WCoord c = weight_coord<kN, kK, kWTiled>(g, b_row + kBoxRowsW * h, kb);
+            tma_load_2d(sbase + P::kOffB + stage * P::kBBytes + h * (kBoxRowsW * kBlockK), tmap_b, full_bar(stage),
+                        c.x, c.y, pol_b);
           }
-          if (leader) {
-#pragma unroll
-            for (int h = 0; h < kRowsW / kBoxRowsW; h++) {
-              const WCoord c = weight_coord<kN, kK, kWTiled>(g, b_row + kBoxRowsW * h, kb);
-              tma_load_2d(sbase + P::kOffB + stage * P::kBBytes + h * (kBoxRowsW * kBlockK), tmap_b, full_bar(stage),
-                          c.x, c.y, pol_b);
-            }
-            if (!kGather)
-              tma_load_2d(sbase + P::kOffA + stage * P::kABytes, tmap_a, full_bar(stage), kb * kBlockK, at * kRows, pol_a);
-            tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaSlot, tmap_sfa, full_bar(stage), at * kRows, kb, pol_a);
-          }
+          const int at = sync.a_tile(mt);
+          tma_load_2d(sbase + P::kOffA + stage * P::kABytes, tmap_a, full_bar(stage), kb * kBlockK,
+                      at * kRows, pol_a);
+          tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaSlot, tmap_sfa, full_bar(stage), at * kRows, kb,
+                      pol_a);
           ring.advance<kStages>();
         }
       }
-      if constexpr (kDyn) {
-        if (leader) end_dynamic_gemm(ring, bars, u, n_units);  // (after the gathering GEMM only lane 0's ring goes on)
-      }
+      if constexpr (kDyn) end_dynamic_gemm(ring, bars, u, n_units);
     }
     return;
   }

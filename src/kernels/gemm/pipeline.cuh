@@ -84,10 +84,6 @@ struct GemmArgs {
 //   kScattersRows: (bf16 epilogues) output row m goes to row row_dest(m) of ga.out, none where it is negative
 //               (padding), instead of row m: the fused kernel's combine buffer holds only real rows, by (token, slot).
 //               The normal body then copies its staged tile out with 16-byte stores, a row per warp instruction.
-//   kGathersRows: (both bodies, no waits) A row m of a tile is row a_src_row(m) of tmap_a (the staged tokens: a
-//               tensor map with 1-row boxes), loaded by its own TMA copy, instead of a box of the tile's rows (the
-//               fused kernel's L1 reads its tokens where the staging left them: no copy into a grouped pool). The
-//               128B swizzle follows the shared-memory address, so each 128-byte row lands as in a whole-tile box.
 //   kFitsPairs: (normal body, weight multicast) pair_slot(s, g) places row tile s (of expert g) in the pairs' schedule:
 //               half >= 0: one of the two row tiles first, first + 1 of g that a pair takes together, both CTAs on N
 //               tiles [half, half + 1) * N tiles / 2 (the weight tile multicast); half < 0: both CTAs take row tile s,
@@ -105,9 +101,7 @@ struct NoSync {
   static constexpr bool kFitsPairs = false;
   static constexpr bool kAnnounces = false;
   static constexpr bool kScattersRows = false;
-  static constexpr bool kGathersRows = false;
   __device__ __forceinline__ int row_dest(int m) const { return m; }
-  __device__ __forceinline__ int a_src_row(int m) const { return m; }
   __device__ __forceinline__ int live_rows(int, int) const { return 128; }
   __device__ __forceinline__ PairSlot pair_slot(int s, int) const { return {s, -1}; }
   __device__ __forceinline__ int grab() const { return 0; }

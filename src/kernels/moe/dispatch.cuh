@@ -205,8 +205,7 @@ __device__ __forceinline__ void rank_chunk(const long long* __restrict__ ids, co
 }
 
 // 4. One warp copies token t's e4m3 row (16-byte vectors) and its scales to each of its K (+1 shared, with_shared)
-// rows; a token with no row here (expert parallelism: all its experts on other ranks) is not read at all. a null:
-// the scales only (the fused kernel's L1 reads the rows where the staging left them).
+// rows; a token with no row here (expert parallelism: all its experts on other ranks) is not read at all.
 __device__ __forceinline__ void gather_token(const uint4* __restrict__ x_fp8, const float* __restrict__ x_sf, int t,
                                              const int* __restrict__ slot_row, const int* __restrict__ group_offset,
                                              uint4* __restrict__ a, float* __restrict__ sfa, long long sfa_row_stride,
@@ -225,29 +224,27 @@ __device__ __forceinline__ void gather_token(const uint4* __restrict__ x_fp8, co
   if (!any) return;
 
   const uint4* src = x_fp8 + (size_t)t * kVecPerRow;
-  if (a != nullptr) {
-    // Up to 8 vectors per lane in flight (a 4096-wide row is 256 vectors = 8 per lane).
-    constexpr int kVecPerLane = (kVecPerRow + 31) / 32;
-    constexpr int kBatch = kVecPerLane < 8 ? kVecPerLane : 8;
+  // Up to 8 vectors per lane in flight (a 4096-wide row is 256 vectors = 8 per lane).
+  constexpr int kVecPerLane = (kVecPerRow + 31) / 32;
+  constexpr int kBatch = kVecPerLane < 8 ? kVecPerLane : 8;
 #pragma unroll 1
-    for (int v0 = 0; v0 < kVecPerLane; v0 += kBatch) {
-      uint4 buf[kBatch];
+  for (int v0 = 0; v0 < kVecPerLane; v0 += kBatch) {
+    uint4 buf[kBatch];
+#pragma unroll
+    for (int i = 0; i < kBatch; i++) {
+      const int v = (v0 + i) * 32 + lane;
+      // Plain (coherent) loads: in the fused kernel the rows were written earlier in the same launch.
+      if (v0 + i < kVecPerLane && v < kVecPerRow) buf[i] = src[v];
+    }
+#pragma unroll
+    for (int r = 0; r < kTopK + kShared; r++) {
+      const int row = rows[r];
+      if (row < 0) continue;
+      uint4* dst = a + (size_t)row * kVecPerRow;
 #pragma unroll
       for (int i = 0; i < kBatch; i++) {
         const int v = (v0 + i) * 32 + lane;
-        // Plain (coherent) loads: in the fused kernel the rows were written earlier in the same launch.
-        if (v0 + i < kVecPerLane && v < kVecPerRow) buf[i] = src[v];
-      }
-#pragma unroll
-      for (int r = 0; r < kTopK + kShared; r++) {
-        const int row = rows[r];
-        if (row < 0) continue;
-        uint4* dst = a + (size_t)row * kVecPerRow;
-#pragma unroll
-        for (int i = 0; i < kBatch; i++) {
-          const int v = (v0 + i) * 32 + lane;
-          if (v0 + i < kVecPerLane && v < kVecPerRow) dst[v] = buf[i];
-        }
+        if (v0 + i < kVecPerLane && v < kVecPerRow) dst[v] = buf[i];
       }
     }
   }
