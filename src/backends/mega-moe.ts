@@ -259,7 +259,7 @@ export class MegaMoe {
   /**
    * The dispatch bookkeeping of the last forward (tests): slot_row [T, K], group offsets, the tile count, and whether
    * it was the small-T direct layout (every touched expert one 16-row tile of all T tokens: mega_moe.cu
-   * dispatch_small_direct; only slot rows, the tile count and the shared expert's offset are then defined).
+   * dispatch_small_direct; only slot rows, the tile count and the rows' combine places are then defined).
    */
   debugDispatch(tokens: number): { slotRow: Int32Array; groupOffset: Int32Array; numMTiles: number; rowDest: Int32Array; direct: boolean } {
     this.stream.synchronize();

@@ -805,7 +805,7 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
                p.row_weight, p.swiglu_limit, p.m_cap},                                                              \
       l1_ring, MegaSync<false, true>{p.flags, p.ctl, p.timeout_ns, epoch, 0, p.fault, &p, a_tile0}
 #define MM_L2_ARGS                                                                                                  \
-  gg::GemmArgs{&tmap_a2, &tmap_w2, &tmap_sfa2, nullptr, p.s2, p.tile_group, p.num_m_tiles, p.out, nullptr,        \
+  gg::GemmArgs{&tmap_a2, &tmap_w2, &tmap_sfa2, nullptr, p.s2, p.tile_group, p.num_m_tiles, p.out, nullptr,          \
                nullptr, 0.0f, p.m_cap},                                                                             \
       ring,                                                                                                         \
       MegaSync<true, false>{p.flags, p.ctl, p.timeout_ns, epoch,                                                    \
