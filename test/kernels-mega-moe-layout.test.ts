@@ -24,8 +24,10 @@ test('symmetric buffer: regions in order, aligned, disjoint, each exactly its te
   const r = L.regions;
   assert.equal(r.xFp8.bytes, 8192 * 4096);
   assert.equal(r.xSf.bytes, 8192 * 32 * 4);
-  assert.equal(r.a.bytes, M * 4096);
-  assert.equal(r.act.bytes, M * 2048);
+  assert.equal(L.poolRows, 8192 * 7, 'the pools keep every real row (T K routed + T shared) and no padding');
+  assert.equal(r.a.bytes, 8192 * 7 * 4096);
+  assert.equal(r.act.bytes, 8192 * 7 * 2048);
+  assert.equal(r.sfa.bytes, 32 * M * 4, 'the scales keep the padded stride (m_cap)');
   assert.equal(r.out.bytes, 8192 * 7 * 4096 * 2, 'the combine buffer: one bf16 row per (token, slot) and per token for the shared expert, no padding');
   assert.equal(cap.maxTiles, M / 16, 'one flag row per 16-row tile: the kernel finds the tail counters at m_cap / 16');
   assert.equal(r.flags.bytes, (M / 16) * 16 * 4 + (4096 / 128) * 8);
@@ -66,6 +68,8 @@ test('symmetric buffer under expert parallelism: every rank\'s tokens may land o
   assert.equal(megaCapacity({ ...FLASH, experts: 4 }, 10, 64).maxRows, Math.ceil((64 * 10 * 4 + 10 + 5 * 127) / 128) * 128);
   const L = megaBufferLayout(local, 1000, 4);
   assert.equal(L.regions.slotRow.bytes, 4 * 1000 * 6 * 4, 'slot rows of every source rank\'s tokens');
+  assert.equal(L.poolRows, 4 * 1000 * 6 + 1000, 'pools: every rank\'s rows that may land here, without padding');
+  assert.equal(megaBufferLayout(FLASH, 1).poolRows, 16 * 7, 'one token: the small-T direct layout\'s 16-row tiles (6 experts + the shared one)');
   assert.equal(L.regions.out.bytes, (4 * 1000 * 6 + 1000) * 4096 * 2, 'L2 rows by (source rank, token, slot), then the own tokens\' shared rows');
   assert.equal(L.regions.chunkCounts.bytes, 64 * 64 * 4);
   assert.equal(L.regions.xFp8.bytes, 1000 * 4096, 'only its own tokens are staged here');
@@ -189,7 +193,7 @@ test('parameter packing: pointers in order, then timeout, tokens, m_cap, max til
   const pointers = Object.fromEntries(MEGA_PARAM_POINTERS.map((n, i) => [n, BigInt(0x1000 * (i + 1))])) as Parameters<typeof packMegaParams>[0]['pointers'];
   const bytes = packMegaParams({ pointers, timeoutNs: 123456789n, numTokens: 7, mCap: 1024, maxTiles: 64, swigluLimit: 10, fault: 1, rank: 2, ranks: 4 });
   assert.equal(bytes.length, MEGA_PARAMS_BYTES);
-  assert.equal(MEGA_PARAMS_BYTES, 272, '29 pointers + u64 + 7 x 4 bytes, padded to 8 (sizeof(MegaParams))');
+  assert.equal(MEGA_PARAMS_BYTES, 280, '30 pointers + u64 + 7 x 4 bytes, padded to 8 (sizeof(MegaParams))');
   const dv = new DataView(bytes.buffer);
   MEGA_PARAM_POINTERS.forEach((_, i) => assert.equal(dv.getBigUint64(i * 8, true), BigInt(0x1000 * (i + 1))));
   const o = MEGA_PARAM_POINTERS.length * 8;

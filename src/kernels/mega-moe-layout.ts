@@ -75,15 +75,19 @@ export interface MegaBufferLayout {
   maxTokens: number;
   ranks: number;
   capacity: DispatchCapacity;
+  /** rows of the pools: every real row of the worst routing, without the groups' padding (mega_moe.cu row_shift) */
+  poolRows: number;
   regions: {
     /** staged tokens (the staging phase's target; peers read them under expert parallelism) */
     xFp8: BufferRegion; xSf: BufferRegion; ids: BufferRegion; weights: BufferRegion;
     /** dispatch bookkeeping */
-    chunkCounts: BufferRegion; groupOffset: BufferRegion; groupCount: BufferRegion; tileGroup: BufferRegion;
+    chunkCounts: BufferRegion; groupOffset: BufferRegion; groupCount: BufferRegion;
+    /** each group's first row without padding, where the pools keep its rows */
+    groupCompact: BufferRegion; tileGroup: BufferRegion;
     numMTiles: BufferRegion; rowWeight: BufferRegion;
     /** each grouped row's place in the combine buffer (-1: padding) */
     rowDest: BufferRegion; slotRow: BufferRegion;
-    /** L1 pool: grouped A rows and their scales (MN-major) */
+    /** L1 pool: grouped A rows and their scales (MN-major), each group's rows without padding (poolRows) */
     a: BufferRegion; sfa: BufferRegion;
     /** L2 pool: the SwiGLU activations and their power-of-two scales (MN-major) */
     act: BufferRegion; actSf: BufferRegion;
@@ -145,19 +149,24 @@ export function megaBufferLayout(shape: MegaMoeShape, maxTokens: number, ranks =
     return r;
   };
   const T = maxTokens;
+  // The pools hold each group's rows without padding: at most every real row, or the small-T direct layout's 16-row
+  // tiles (mega_moe.cu dispatch_small_direct: a tile per touched expert + the shared expert's, one rank only).
+  const real = ranks === 1 ? T * (K + 1) : ranks * T * Math.min(K, E) + T;
+  const direct = ranks === 1 ? 16 * (Math.min(E, Math.min(T, smallTokens()) * K) + 1) : 0;
+  const P = Math.max(real, direct);
   const regions = {
     xFp8: take(T * H), xSf: take(T * (H / 128) * 4), ids: take(T * K * 8), weights: take(T * K * 4),
-    chunkCounts: take(maxChunks * E * 4), groupOffset: take((G + 1) * 4), groupCount: take(G * 4),
+    chunkCounts: take(maxChunks * E * 4), groupOffset: take((G + 1) * 4), groupCount: take(G * 4), groupCompact: take((G + 1) * 4),
     tileGroup: take(maxTiles * 4), numMTiles: take(4), rowWeight: take(M * 4), rowDest: take(M * 4),
     slotRow: take(ranks * T * K * 4),
-    a: take(M * H), sfa: take((H / 128) * M * 4),
-    act: take(M * I), actSf: take((I / 128) * M * 4),
+    a: take(P * H), sfa: take((H / 128) * M * 4),
+    act: take(P * I), actSf: take((I / 128) * M * 4),
     out: take((ranks * T * K + T) * H * 2),
     // + the tail combine's epoch-tagged u64 counters, one per 128 output columns (mega_moe.cu tail_combine)
     flags: take(alignUp(maxTiles * (I / 128) * 4, 8) + (H / 128) * 8), ctl: take(MEGA_CTL_BYTES),
     rankTable: take(ranks * 8), rankFlags: take(2 * ranks * 4),
   };
-  return { shape: Object.freeze({ ...shape }), maxTokens, ranks, capacity, regions, totalBytes: at };
+  return { shape: Object.freeze({ ...shape }), maxTokens, ranks, capacity, poolRows: P, regions, totalBytes: at };
 }
 
 /** "1.23 GB" style (decimal units, as the SPEC's figures). */
@@ -167,12 +176,12 @@ export function formatBytes(bytes: number): string {
   return `${(bytes / 1e3).toFixed(1)} KB`;
 }
 
-/** The MegaParams fields of mega_moe.cu, in order: 29 device pointers (the last, `trace`, may be 0), then timeout
+/** The MegaParams fields of mega_moe.cu, in order: 30 device pointers (the last, `trace`, may be 0), then timeout
  * (u64), 3 i32, an f32, the fault-injection i32, rank and ranks (i32), padded to 8 bytes. */
 export const MEGA_PARAM_POINTERS = [
   'x', 'ids', 'weights', 'yRouted', 'y',
   'xFp8', 'xSf', 'idsStaged', 'wStaged',
-  'chunkCounts', 'groupOffset', 'groupCount', 'tileGroup', 'numMTiles', 'rowWeight', 'rowDest', 'slotRow',
+  'chunkCounts', 'groupOffset', 'groupCount', 'groupCompact', 'tileGroup', 'numMTiles', 'rowWeight', 'rowDest', 'slotRow',
   'a', 'sfa', 'act', 'actSf', 'out', 's13', 's2', 'flags', 'ctl', 'rankTable', 'rankFlags', 'trace',
 ] as const;
 export type MegaParamPointer = (typeof MEGA_PARAM_POINTERS)[number];

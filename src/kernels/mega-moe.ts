@@ -177,7 +177,7 @@ export class MegaMoeKernel {
     const at = (region: { offset: number }) => base + BigInt(region.offset);
     const M = b.layout.capacity.maxRows;
     const rt = MEGA_ROW_TILE[path];
-    const act = (p: bigint, k: number) => tensorMap2D({ dataType: 'uint8', globalAddress: p, rows: M, cols: k, boxRows: rt, boxCols: 128, swizzle: '128B', l2Promotion: '256B' });
+    const act = (p: bigint, k: number) => tensorMap2D({ dataType: 'uint8', globalAddress: p, rows: b.layout.poolRows, cols: k, boxRows: rt, boxCols: 128, swizzle: '128B', l2Promotion: '256B' });
     const sf = (p: bigint, k: number) => tensorMap2D({ dataType: 'f32', globalAddress: p, rows: k / 128, cols: M, boxRows: 1, boxCols: rt, swizzle: 'none', l2Promotion: '256B' });
     // Tiled weights: each 128-row x 128-byte tile is 128 consecutive 128-byte rows, so a box is one contiguous run:
     // 128 rows (16 KB) for every unit but the decode path's 64-row L2 units.
@@ -204,7 +204,7 @@ export class MegaMoeKernel {
     const pointers: Record<MegaParamPointer, bigint> = {
       x: addr(this.b.x), ids: addr(this.b.ids), weights: addr(this.b.weights), yRouted: addr(this.b.yRouted), y: addr(this.b.y),
       xFp8: at(r.xFp8), xSf: at(r.xSf), idsStaged: at(r.ids), wStaged: at(r.weights),
-      chunkCounts: at(r.chunkCounts), groupOffset: at(r.groupOffset), groupCount: at(r.groupCount), tileGroup: at(r.tileGroup),
+      chunkCounts: at(r.chunkCounts), groupOffset: at(r.groupOffset), groupCount: at(r.groupCount), groupCompact: at(r.groupCompact), tileGroup: at(r.tileGroup),
       numMTiles: at(r.numMTiles), rowWeight: at(r.rowWeight), rowDest: at(r.rowDest), slotRow: at(r.slotRow),
       a: at(r.a), sfa: at(r.sfa), act: at(r.act), actSf: at(r.actSf), out: at(r.out),
       s13: addr(this.b.s13), s2: addr(this.b.s2), flags: at(r.flags), ctl: at(r.ctl), rankTable: at(r.rankTable),

@@ -209,14 +209,15 @@ struct MegaParams {
   int* chunk_counts;         // [chunks, E]
   int* group_offset;         // [E + 2]
   int* group_count;          // [E + 1]
+  int* group_compact;        // [E + 2] each group's first row without padding (where the pools keep its rows)
   int* tile_group;           // [max_tiles]
   int* num_m_tiles;          // [1]
   float* row_weight;         // [m_cap]
   int* row_dest;             // [m_cap] each row's place in the combine buffer (-1: padding; dsp::rank_chunk<true>)
   int* slot_row;             // [cap, K]
-  uint4* a;                  // e4m3 [m_cap, H]  (L1 A)
+  uint4* a;                  // e4m3 [rows, H]  (L1 A; every pool keeps a group's rows without padding)
   float* sfa;                // f32 [H/128, m_cap]
-  unsigned char* act;        // e4m3 [m_cap, I]  (L2 A)
+  unsigned char* act;        // e4m3 [rows, I]  (L2 A)
   float* act_sf;             // f32 [I/128, m_cap]
   uint4* out;                // bf16 [ranks cap K + cap, H]  (L2 out by (source token, slot), the combine's input)
   const float* s13;          // f32 [E+1, 2I/128, H/128]
@@ -428,6 +429,7 @@ struct MegaSync {
   int fault;
   const MegaParams* params;  // the layer's buffers: the tail combine's (L2), the dispatch's group offsets (live_rows)
   int a_tile0;               // L1 after dispatch_small_direct: every tile reads A tile 0 (all T tokens)
+  int direct;                // the launch's dispatch was dispatch_small_direct (its tiles are not compacted)
 
   // Rows of row tile mt (of group g) that hold tokens: the group's rows end at its padded offset + its row count, its
   // tiles run on to the next multiple of 128. (Written by this launch's dispatch: plain loads, no __ldg.)
@@ -446,6 +448,15 @@ struct MegaSync {
   // L2 writes each row at its (token, slot) place of the combine buffer (dsp::rank_chunk<true>): no padding rows.
   static constexpr bool kScattersRows = kWait;
   __device__ __forceinline__ int row_dest(int m) const { return params->row_dest[m]; }
+  // The pools (A rows and scales of both GEMMs) keep each group's rows without padding (dsp::scan's group_compact);
+  // the small-T direct layout keeps its 16-row tiles as they are.
+  static constexpr bool kCompactRows = true;
+  __device__ __forceinline__ int row_shift(int g) const {
+    return direct ? 0 : params->group_compact[g] - params->group_offset[g];
+  }
+  __device__ __forceinline__ int rows_end(int g) const {
+    return direct ? 0x7fffffff : params->group_offset[g] + params->group_count[g];
+  }
   __device__ __forceinline__ gg::PairSlot pair_slot(int s, int g) const {
     const int rows = params->group_count[g];
     const int base = params->group_offset[g] / gg::kNormalRows;
@@ -544,16 +555,16 @@ __device__ __forceinline__ void dispatch_small(const MegaParams& p, int* scratch
   dsp::count_chunk(p.ids, T, 0, counts, cursors, tid, kThreads);  // begins and ends with __syncthreads
   if (tid == 0) stamp(9);
   dsp::scan(counts, 1, T, kBlockM, p.max_tiles, p.group_offset, p.group_count, p.tile_group, p.num_m_tiles,
-            p.row_weight, p.row_dest, offsets, tid, kThreads);
+            p.row_weight, p.row_dest, offsets, tid, kThreads, p.group_compact);
   __syncthreads();
   if (tid == 0) stamp(10);
   if (warp == 0)
     dsp::rank_chunk<true>(p.ids, p.weights, T, 0, counts, offsets, p.slot_row, p.row_weight, p.row_dest, cursors,
-                          lane, 0, 0, true, T * MM_TOPK);
+                          lane, 0, 0, true, T * MM_TOPK, p.group_compact);
   __syncthreads();  // the staged rows (all warps) and slot_row (warp 0) are ready for the gather
   if (tid == 0) stamp(11);
   for (int t = warp; t < T; t += kWarps)
-    dsp::gather_token(p.x_fp8, p.x_sf, t, p.slot_row, offsets, p.a, p.sfa, 1, p.m_cap, lane);
+    dsp::gather_token(p.x_fp8, p.x_sf, t, p.slot_row, p.group_compact, p.a, p.sfa, 1, p.m_cap, lane);
 }
 
 // Decode path, T <= kSmallT on one rank: the dispatch without count, scan, rank or gather. Every touched expert
@@ -681,14 +692,15 @@ __device__ __forceinline__ u32 dispatch_grid(const MegaParams& p, int* scratch, 
   }
   if (blockIdx.x == 0)
     dsp::scan<false>(p.chunk_counts, nc, T, kBlockM, p.max_tiles, p.group_offset, p.group_count, p.tile_group,
-                     p.num_m_tiles, p.row_weight, p.row_dest, scratch, tid, kThreads);
+                     p.num_m_tiles, p.row_weight, p.row_dest, scratch, tid, kThreads, p.group_compact);
   grid_barrier(p.ctl, kPhaseScan, p.timeout_ns);
   if (tid == 0) stamp(9);
   for (int c = gwarp; c < nc; c += nwarps) {
     const int s = c / cps;
     dsp::rank_chunk<true>(ids_of(s), weights_of(s), T, c % cps, p.chunk_counts + (size_t)s * cps * dsp::kExperts,
                           p.group_offset, p.slot_row + (size_t)s * T * MM_TOPK, p.row_weight, p.row_dest,
-                          scratch + warp * dsp::kExperts, lane, id_base, s * T, s == p.rank, p.ranks * T * MM_TOPK);
+                          scratch + warp * dsp::kExperts, lane, id_base, s * T, s == p.rank, p.ranks * T * MM_TOPK,
+                          p.group_compact);
   }
   // The scan's per-group tiles and padding rows, a warp per group over the grid (after the ranks: the warps with
   // no chunk start at once).
@@ -699,7 +711,7 @@ __device__ __forceinline__ u32 dispatch_grid(const MegaParams& p, int* scratch, 
   for (int g = gwarp; g < T * p.ranks; g += nwarps) {
     const int s = g / T;
     dsp::gather_token(s == p.rank ? p.x_fp8 : peer(p, p.x_fp8, s), s == p.rank ? p.x_sf : peer(p, p.x_sf, s), g % T,
-                      p.slot_row + (size_t)s * T * MM_TOPK, p.group_offset, p.a, p.sfa, 1, p.m_cap, lane, s == p.rank);
+                      p.slot_row + (size_t)s * T * MM_TOPK, p.group_compact, p.a, p.sfa, 1, p.m_cap, lane, s == p.rank);
   }
   return epoch;
 }
@@ -803,14 +815,14 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
 #define MM_L1_ARGS                                                                                                  \
   gg::GemmArgs{&tmap_a1, &tmap_w13, &tmap_sfa1, &tmap_a1, p.s13, p.tile_group, p.num_m_tiles, p.act, p.act_sf,      \
                p.row_weight, p.swiglu_limit, p.m_cap},                                                              \
-      l1_ring, MegaSync<false, true>{p.flags, p.ctl, p.timeout_ns, epoch, 0, p.fault, &p, a_tile0}
+      l1_ring, MegaSync<false, true>{p.flags, p.ctl, p.timeout_ns, epoch, 0, p.fault, &p, a_tile0, a_tile0}
 #define MM_L2_ARGS                                                                                                  \
   gg::GemmArgs{&tmap_a2, &tmap_w2, &tmap_sfa2, nullptr, p.s2, p.tile_group, p.num_m_tiles, p.out, nullptr,          \
                nullptr, 0.0f, p.m_cap},                                                                             \
       ring,                                                                                                         \
       MegaSync<true, false>{p.flags, p.ctl, p.timeout_ns, epoch,                                                    \
                             l1_units(min(max(*p.num_m_tiles, 0), p.max_tiles)),                                    \
-                            p.fault, &p, 0}
+                            p.fault, &p, 0, a_tile0}
   gg::Ring ring, normal_l1_ring;
   ring.carry = normal_l1_ring.carry = blockIdx.x;  // dynamic scheduling: L1's first unit
   gg::Ring& l1_ring = kDecode ? ring : normal_l1_ring;  // decode: L1 and L2 through one ring

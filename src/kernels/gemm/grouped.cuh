@@ -184,6 +184,7 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
                 "the plan's stages must hold this GEMM's tiles");
   static_assert(!(Sync::kWaits || Sync::kPublishes) || !kOwnSetup, "cross-CTA hooks run inside the fused kernel");
   static_assert(!Sync::kScattersRows || kTmaStore, "scattered rows: the normal body stages its bf16 tile");
+  static_assert(!Sync::kCompactRows || !kPairN, "compact rows: no activation multicast (its halves are 64 rows apart)");
 
   extern __shared__ __align__(1024) unsigned char smem[];
   const u32 sbase = smem_addr(smem);
@@ -291,6 +292,8 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
         if (g < 0 && w.g_peer < 0 && (kDyn || !kAnnounce)) continue;
         const bool mcast = kMcast == 1 && g >= 0 && w.g_peer == g && w.shared_w;
         const int b_row = nt * kBlockN;  // first weight row of the tile within expert g
+        // First row of the tile's A and its scales (Sync::kCompactRows: in its group's rows without padding).
+        const int a_row = mt * kNormalRows + (Sync::kCompactRows && g >= 0 ? sync.row_shift(g) : 0);
         // One check per unit: a per-K-block acquire on the producer's path costs a round trip per stage.
         const bool a_ready = !Sync::kWaits || g < 0 || sync.unit_ready(mt);
         if (!a_ready) {
@@ -327,11 +330,9 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
                                     full_bar(stage), kb * kBlockK, mt * kNormalRows + 64 * rank, (unsigned short)0x3,
                                     pol_a);
             } else {
-              tma_load_2d(sbase + P::kOffA + stage * P::kABytes, tmap_a, full_bar(stage), kb * kBlockK,
-                          mt * kNormalRows, pol_a);
+              tma_load_2d(sbase + P::kOffA + stage * P::kABytes, tmap_a, full_bar(stage), kb * kBlockK, a_row, pol_a);
             }
-            tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaBytes, tmap_sfa, full_bar(stage), mt * kNormalRows, kb,
-                        pol_a);
+            tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaBytes, tmap_sfa, full_bar(stage), a_row, kb, pol_a);
             if (mcast) {
               const WCoord c = weight_coord<kN, kK, kWTiled>(g, b_row + 128 * rank, kb);
               tma_load_2d_multicast(sb + rank * (128 * kBlockK), tmap_b, full_bar(stage), c.x, c.y,
@@ -563,6 +564,9 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
           }
         }
         unsigned char* aq = reinterpret_cast<unsigned char*>(out);
+        // Sync::kCompactRows: rows go to their group's rows without padding; padding rows are not written.
+        const int shift = Sync::kCompactRows ? sync.row_shift(g) : 0;
+        const int end = Sync::kCompactRows ? sync.rows_end(g) : 0x7fffffff;
 #pragma unroll
         for (int rr = 0; rr < 2; rr++) {
           // The 4 lanes of a quad hold the whole row's 128 columns between them.
@@ -571,7 +575,8 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
           float inv;
           const float scale = pow2_scale(mx, inv);
-          const long long m = m0 + 8 * rr;
+          if (m0 + 8 * rr >= end) continue;
+          const long long m = m0 + 8 * rr + shift;
           unsigned char* row = aq + m * kI + nt * 128;
 #pragma unroll
           for (int s = 0; s < kNSub; s++)
@@ -759,6 +764,9 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
           // Its A is not written yet: pull this unit's weights into L2 meanwhile (decode: L2 while L1 runs).
           decode_prefetch_weights<kN, kK, kMSub, kWTiled>(tmap_b, g, b_row, 0, kKB);
         }
+        const int at = sync.a_tile(mt);
+        // First row of the tile's tokens and their scales (Sync::kCompactRows: in its group's rows without padding).
+        const int a_row = at * kRows + (Sync::kCompactRows ? sync.row_shift(g) : 0);
         for (int kb = kb0; kb < kb0 + kKBSplit; kb++) {
           mbar_wait(empty_bar(stage), phase ^ 1);
           if (kDyn && kb == 0) unit_slots()[ring.seq++ % kUnitSlots] = u;  // released by this stage's arrive
@@ -774,11 +782,8 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
             tma_load_2d(sbase + P::kOffB + stage * P::kBBytes + h * (kBoxRowsW * kBlockK), tmap_b, full_bar(stage),
                         c.x, c.y, pol_b);
           }
-          const int at = sync.a_tile(mt);
-          tma_load_2d(sbase + P::kOffA + stage * P::kABytes, tmap_a, full_bar(stage), kb * kBlockK,
-                      at * kRows, pol_a);
-          tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaSlot, tmap_sfa, full_bar(stage), at * kRows, kb,
-                      pol_a);
+          tma_load_2d(sbase + P::kOffA + stage * P::kABytes, tmap_a, full_bar(stage), kb * kBlockK, a_row, pol_a);
+          tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaSlot, tmap_sfa, full_bar(stage), a_row, kb, pol_a);
           ring.advance<kStages>();
         }
       }
@@ -944,6 +949,9 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
       }
       named_barrier_sync(1, kCThreads);
       unsigned char* aq = reinterpret_cast<unsigned char*>(out);
+      // Sync::kCompactRows: rows go to their group's rows without padding; padding rows are not written.
+      const int shift = Sync::kCompactRows ? sync.row_shift(g) : 0;
+      const int end = Sync::kCompactRows ? sync.rows_end(g) : 0x7fffffff;
 #pragma unroll
       for (int t = 0; t < kTok; t++) {
         const int tl = 8 * (t >> 1) + 2 * q + (t & 1);
@@ -952,7 +960,8 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
         for (int w = 1; w < 4 * kCWG; w++) mx = fmaxf(mx, red[w * kRows + tl]);
         float inv;
         const float scale = pow2_scale(mx, inv);
-        const long long tok = tok0 + tl;
+        if (tok0 + tl >= end) continue;
+        const long long tok = tok0 + tl + shift;
         unsigned char* row = aq + tok * kI + wb * 128;
 #pragma unroll
         for (int sl = 0; sl < kMSubW; sl++)

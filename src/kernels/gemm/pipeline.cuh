@@ -84,6 +84,10 @@ struct GemmArgs {
 //   kScattersRows: (bf16 epilogues) output row m goes to row row_dest(m) of ga.out, none where it is negative
 //               (padding), instead of row m: the fused kernel's combine buffer holds only real rows, by (token, slot).
 //               The normal body then copies its staged tile out with 16-byte stores, a row per warp instruction.
+//   kCompactRows: A and its scales (both GEMMs) and the SwiGLU epilogue's output (L1) keep each group's rows without
+//               padding: grouped row m of group g sits at m + row_shift(g) (<= 0), and the rows from rows_end(g) on
+//               (the group's padding) are not written. A tile's box then starts at its first row's place; the rows
+//               past its group's end are the next group's, read as padding (their outputs are discarded).
 //   kFitsPairs: (normal body, weight multicast) pair_slot(s, g) places row tile s (of expert g) in the pairs' schedule:
 //               half >= 0: one of the two row tiles first, first + 1 of g that a pair takes together, both CTAs on N
 //               tiles [half, half + 1) * N tiles / 2 (the weight tile multicast); half < 0: both CTAs take row tile s,
@@ -101,7 +105,10 @@ struct NoSync {
   static constexpr bool kFitsPairs = false;
   static constexpr bool kAnnounces = false;
   static constexpr bool kScattersRows = false;
+  static constexpr bool kCompactRows = false;
   __device__ __forceinline__ int row_dest(int m) const { return m; }
+  __device__ __forceinline__ int row_shift(int) const { return 0; }
+  __device__ __forceinline__ int rows_end(int) const { return 0x7fffffff; }
   __device__ __forceinline__ int live_rows(int, int) const { return 128; }
   __device__ __forceinline__ PairSlot pair_slot(int s, int) const { return {s, -1}; }
   __device__ __forceinline__ int grab() const { return 0; }

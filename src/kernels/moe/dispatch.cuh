@@ -95,12 +95,14 @@ __device__ __forceinline__ int chunk_column(int* __restrict__ chunk_counts, int 
 // past the last tile (-1 up to max_tiles); chunk_counts become per-chunk base rows; with kFill also each group's
 // tiles and padding rows (fill_group), else the caller runs fill_group for every group before the GEMMs. The totals
 // are integers: any thread layout gives the same outputs.
+// group_compact (the fused kernel; may be null): also each group's first row without padding (the exclusive prefix of
+// the row counts, [kGroups + 1]), where its pools keep their rows.
 template <bool kFill = true>
 __device__ __forceinline__ void scan(int* __restrict__ chunk_counts, int nc, int shared_tokens, int block_m, int max_tiles,
                                      int* __restrict__ group_offset, int* __restrict__ group_count,
                                      int* __restrict__ tile_group, int* __restrict__ num_m_tiles,
                                      float* __restrict__ row_weight, int* __restrict__ row_token, int* scratch,
-                                     int tid, int nthreads) {
+                                     int tid, int nthreads, int* __restrict__ group_compact = nullptr) {
   // Padded row count of every group, then an exclusive scan of them by warp 0 in 32-group steps.
   for (int g = tid; g < kGroups; g += nthreads) {
     // the shared expert: every token once
@@ -125,6 +127,22 @@ __device__ __forceinline__ void scan(int* __restrict__ chunk_counts, int nc, int
       carry += __shfl_sync(0xffffffffu, incl, 31);
     }
     if (tid == 0) scratch[kGroups] = carry;
+    if (group_compact != nullptr) {
+      carry = 0;
+      for (int g0 = 0; g0 < kGroups; g0 += 32) {
+        const int g = g0 + tid;
+        const int v = g < kGroups ? scratch[kGroups + 1 + g] : 0;
+        int incl = v;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+          const int n = __shfl_up_sync(0xffffffffu, incl, o);
+          if (tid >= o) incl += n;
+        }
+        if (g < kGroups) group_compact[g] = carry + incl - v;
+        carry += __shfl_sync(0xffffffffu, incl, 31);
+      }
+      if (tid == 0) group_compact[kGroups] = carry;
+    }
   }
   __syncthreads();
   const int total = scratch[kGroups];
@@ -149,14 +167,17 @@ __device__ __forceinline__ void scan(int* __restrict__ chunk_counts, int nc, int
 // expert), row_token counts from token_base (the source rank's first token), and only the own rank's tokens have
 // shared-expert rows here.
 // kDest (the fused kernel): row_token holds each row's place in the combine buffer instead of its token: slot s of
-// source token token_base + s / K at (token_base K + s), the shared expert's row of token t at shared_dest + t.
+// source token token_base + s / K at (token_base K + s), the shared expert's row of token t at shared_dest + t; and,
+// with group_compact (dsp::scan), slot_row holds each slot's row without padding (its group's rows moved down to
+// group_compact[e]), where the fused kernel's pools keep it.
 template <bool kDest = false>
 __device__ __forceinline__ void rank_chunk(const long long* __restrict__ ids, const float* __restrict__ weights,
                                            int num_tokens, int c, const int* __restrict__ chunk_base,
                                            const int* __restrict__ group_offset, int* __restrict__ slot_row,
                                            float* __restrict__ row_weight, int* __restrict__ row_token, int* next_row,
                                            int lane, long long id_base = 0, int token_base = 0,
-                                           bool with_shared = true, int shared_dest = 0) {
+                                           bool with_shared = true, int shared_dest = 0,
+                                           const int* __restrict__ group_compact = nullptr) {
   for (int e = lane; e < kExperts; e += 32) next_row[e] = chunk_base[(size_t)c * kExperts + e];
   __syncwarp();
   const int first = c * kChunkSlots;
@@ -186,7 +207,7 @@ __device__ __forceinline__ void rank_chunk(const long long* __restrict__ ids, co
     if (e >= 0 && lower == 0) next_row[e] += __popc(peers);  // the first lane of each expert moves its cursor
     __syncwarp();
     if (s < last) {
-      slot_row[s] = row;
+      slot_row[s] = row >= 0 && group_compact != nullptr ? row - group_offset[e] + group_compact[e] : row;
       if (row >= 0) {
         row_weight[row] = slot_weight[j];
         row_token[row] = kDest ? token_base * kTopK + s : token_base + s / kTopK;
