@@ -87,7 +87,7 @@ export interface MegaBufferLayout {
     numMTiles: BufferRegion; rowWeight: BufferRegion;
     /** each grouped row's place in the combine buffer (-1: padding) */
     rowDest: BufferRegion; slotRow: BufferRegion;
-    /** L1 pool: grouped A rows and their scales (MN-major), each group's rows without padding (poolRows) */
+    /** L1 pool: grouped A rows, each group's rows without padding (poolRows), and their scales (MN-major, by grouped row) */
     a: BufferRegion; sfa: BufferRegion;
     /** L2 pool: the SwiGLU activations and their power-of-two scales (MN-major) */
     act: BufferRegion; actSf: BufferRegion;

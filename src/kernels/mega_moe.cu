@@ -448,8 +448,8 @@ struct MegaSync {
   // L2 writes each row at its (token, slot) place of the combine buffer (dsp::rank_chunk<true>): no padding rows.
   static constexpr bool kScattersRows = kWait;
   __device__ __forceinline__ int row_dest(int m) const { return params->row_dest[m]; }
-  // The pools (A rows and scales of both GEMMs) keep each group's rows without padding (dsp::scan's group_compact);
-  // the small-T direct layout keeps its 16-row tiles as they are.
+  // The pools' rows (A of both GEMMs; not their scales) keep each group's rows without padding (dsp::scan's
+  // group_compact); the small-T direct layout keeps its 16-row tiles as they are.
   static constexpr bool kCompactRows = true;
   __device__ __forceinline__ int row_shift(int g) const {
     return direct ? 0 : params->group_compact[g] - params->group_offset[g];
@@ -537,6 +537,18 @@ struct MegaSync {
   }
 };
 
+// A grouped row's row in the pools' row data (A rows, activations), which keep each group's rows without padding:
+// row m of group g (its tile's) moves down by the padding before g. Their scales keep the grouped row: a scale box
+// starts at a tile's first grouped row (with scale boxes starting at any row, d3deeab stopped on an illegal
+// instruction: docs/MEGA_MOE.md, session 15).
+struct PoolRow {
+  const MegaParams* p;
+  __device__ __forceinline__ int operator()(int m) const {
+    const int g = p->tile_group[m / kBlockM];
+    return m - p->group_offset[g] + p->group_compact[g];
+  }
+};
+
 // Dispatch for T <= kSmallT on CTA 0 alone: stage, count, scan, rank, gather, with CTA-local barriers only. The
 // single chunk's counts / base rows, the group offsets and the rank cursors stay in shared memory (the dsp::
 // functions take any address), so no step reads back through L2 what an earlier one wrote: on one SM each such
@@ -560,11 +572,11 @@ __device__ __forceinline__ void dispatch_small(const MegaParams& p, int* scratch
   if (tid == 0) stamp(10);
   if (warp == 0)
     dsp::rank_chunk<true>(p.ids, p.weights, T, 0, counts, offsets, p.slot_row, p.row_weight, p.row_dest, cursors,
-                          lane, 0, 0, true, T * MM_TOPK, p.group_compact);
+                          lane, 0, 0, true, T * MM_TOPK);
   __syncthreads();  // the staged rows (all warps) and slot_row (warp 0) are ready for the gather
   if (tid == 0) stamp(11);
   for (int t = warp; t < T; t += kWarps)
-    dsp::gather_token(p.x_fp8, p.x_sf, t, p.slot_row, p.group_compact, p.a, p.sfa, 1, p.m_cap, lane);
+    dsp::gather_token(p.x_fp8, p.x_sf, t, p.slot_row, offsets, p.a, p.sfa, 1, p.m_cap, lane, true, PoolRow{&p});
 }
 
 // Decode path, T <= kSmallT on one rank: the dispatch without count, scan, rank or gather. Every touched expert
@@ -699,8 +711,7 @@ __device__ __forceinline__ u32 dispatch_grid(const MegaParams& p, int* scratch, 
     const int s = c / cps;
     dsp::rank_chunk<true>(ids_of(s), weights_of(s), T, c % cps, p.chunk_counts + (size_t)s * cps * dsp::kExperts,
                           p.group_offset, p.slot_row + (size_t)s * T * MM_TOPK, p.row_weight, p.row_dest,
-                          scratch + warp * dsp::kExperts, lane, id_base, s * T, s == p.rank, p.ranks * T * MM_TOPK,
-                          p.group_compact);
+                          scratch + warp * dsp::kExperts, lane, id_base, s * T, s == p.rank, p.ranks * T * MM_TOPK);
   }
   // The scan's per-group tiles and padding rows, a warp per group over the grid (after the ranks: the warps with
   // no chunk start at once).
@@ -711,7 +722,8 @@ __device__ __forceinline__ u32 dispatch_grid(const MegaParams& p, int* scratch, 
   for (int g = gwarp; g < T * p.ranks; g += nwarps) {
     const int s = g / T;
     dsp::gather_token(s == p.rank ? p.x_fp8 : peer(p, p.x_fp8, s), s == p.rank ? p.x_sf : peer(p, p.x_sf, s), g % T,
-                      p.slot_row + (size_t)s * T * MM_TOPK, p.group_compact, p.a, p.sfa, 1, p.m_cap, lane, s == p.rank);
+                      p.slot_row + (size_t)s * T * MM_TOPK, p.group_offset, p.a, p.sfa, 1, p.m_cap, lane, s == p.rank,
+                      PoolRow{&p});
   }
   return epoch;
 }

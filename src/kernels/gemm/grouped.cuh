@@ -292,7 +292,7 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
         if (g < 0 && w.g_peer < 0 && (kDyn || !kAnnounce)) continue;
         const bool mcast = kMcast == 1 && g >= 0 && w.g_peer == g && w.shared_w;
         const int b_row = nt * kBlockN;  // first weight row of the tile within expert g
-        // First row of the tile's A and its scales (Sync::kCompactRows: in its group's rows without padding).
+        // First row of the tile's A (Sync::kCompactRows: in its group's rows without padding; its scales keep mt's).
         const int a_row = mt * kNormalRows + (Sync::kCompactRows && g >= 0 ? sync.row_shift(g) : 0);
         // One check per unit: a per-K-block acquire on the producer's path costs a round trip per stage.
         const bool a_ready = !Sync::kWaits || g < 0 || sync.unit_ready(mt);
@@ -332,7 +332,8 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
             } else {
               tma_load_2d(sbase + P::kOffA + stage * P::kABytes, tmap_a, full_bar(stage), kb * kBlockK, a_row, pol_a);
             }
-            tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaBytes, tmap_sfa, full_bar(stage), a_row, kb, pol_a);
+            tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaBytes, tmap_sfa, full_bar(stage), mt * kNormalRows, kb,
+                        pol_a);
             if (mcast) {
               const WCoord c = weight_coord<kN, kK, kWTiled>(g, b_row + 128 * rank, kb);
               tma_load_2d_multicast(sb + rank * (128 * kBlockK), tmap_b, full_bar(stage), c.x, c.y,
@@ -575,9 +576,9 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
           float inv;
           const float scale = pow2_scale(mx, inv);
-          if (m0 + 8 * rr >= end) continue;
-          const long long m = m0 + 8 * rr + shift;
-          unsigned char* row = aq + m * kI + nt * 128;
+          const long long m = m0 + 8 * rr;
+          if (m >= end) continue;
+          unsigned char* row = aq + (m + shift) * kI + nt * 128;
 #pragma unroll
           for (int s = 0; s < kNSub; s++)
 #pragma unroll
@@ -765,7 +766,7 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
           decode_prefetch_weights<kN, kK, kMSub, kWTiled>(tmap_b, g, b_row, 0, kKB);
         }
         const int at = sync.a_tile(mt);
-        // First row of the tile's tokens and their scales (Sync::kCompactRows: in its group's rows without padding).
+        // First row of the tile's tokens (Sync::kCompactRows: in its group's rows without padding; scales: at's).
         const int a_row = at * kRows + (Sync::kCompactRows ? sync.row_shift(g) : 0);
         for (int kb = kb0; kb < kb0 + kKBSplit; kb++) {
           mbar_wait(empty_bar(stage), phase ^ 1);
@@ -783,7 +784,7 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
                         c.x, c.y, pol_b);
           }
           tma_load_2d(sbase + P::kOffA + stage * P::kABytes, tmap_a, full_bar(stage), kb * kBlockK, a_row, pol_a);
-          tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaSlot, tmap_sfa, full_bar(stage), a_row, kb, pol_a);
+          tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaSlot, tmap_sfa, full_bar(stage), at * kRows, kb, pol_a);
           ring.advance<kStages>();
         }
       }
@@ -960,9 +961,9 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
         for (int w = 1; w < 4 * kCWG; w++) mx = fmaxf(mx, red[w * kRows + tl]);
         float inv;
         const float scale = pow2_scale(mx, inv);
-        if (tok0 + tl >= end) continue;
-        const long long tok = tok0 + tl + shift;
-        unsigned char* row = aq + tok * kI + wb * 128;
+        const long long tok = tok0 + tl;
+        if (tok >= end) continue;
+        unsigned char* row = aq + (tok + shift) * kI + wb * 128;
 #pragma unroll
         for (int sl = 0; sl < kMSubW; sl++)
           row[32 * (cw * kMSubW + sl) + 8 * wq + rl] =

@@ -84,10 +84,11 @@ struct GemmArgs {
 //   kScattersRows: (bf16 epilogues) output row m goes to row row_dest(m) of ga.out, none where it is negative
 //               (padding), instead of row m: the fused kernel's combine buffer holds only real rows, by (token, slot).
 //               The normal body then copies its staged tile out with 16-byte stores, a row per warp instruction.
-//   kCompactRows: A and its scales (both GEMMs) and the SwiGLU epilogue's output (L1) keep each group's rows without
+//   kCompactRows: the A rows (both GEMMs) and the SwiGLU epilogue's output rows (L1) keep each group's rows without
 //               padding: grouped row m of group g sits at m + row_shift(g) (<= 0), and the rows from rows_end(g) on
 //               (the group's padding) are not written. A tile's box then starts at its first row's place; the rows
-//               past its group's end are the next group's, read as padding (their outputs are discarded).
+//               past its group's end are the next group's, read as padding (their outputs are discarded). The
+//               scales keep the grouped rows (a scale box starts at a multiple of the tile rows).
 //   kFitsPairs: (normal body, weight multicast) pair_slot(s, g) places row tile s (of expert g) in the pairs' schedule:
 //               half >= 0: one of the two row tiles first, first + 1 of g that a pair takes together, both CTAs on N
 //               tiles [half, half + 1) * N tiles / 2 (the weight tile multicast); half < 0: both CTAs take row tile s,

@@ -167,17 +167,14 @@ __device__ __forceinline__ void scan(int* __restrict__ chunk_counts, int nc, int
 // expert), row_token counts from token_base (the source rank's first token), and only the own rank's tokens have
 // shared-expert rows here.
 // kDest (the fused kernel): row_token holds each row's place in the combine buffer instead of its token: slot s of
-// source token token_base + s / K at (token_base K + s), the shared expert's row of token t at shared_dest + t; and,
-// with group_compact (dsp::scan), slot_row holds each slot's row without padding (its group's rows moved down to
-// group_compact[e]), where the fused kernel's pools keep it.
+// source token token_base + s / K at (token_base K + s), the shared expert's row of token t at shared_dest + t.
 template <bool kDest = false>
 __device__ __forceinline__ void rank_chunk(const long long* __restrict__ ids, const float* __restrict__ weights,
                                            int num_tokens, int c, const int* __restrict__ chunk_base,
                                            const int* __restrict__ group_offset, int* __restrict__ slot_row,
                                            float* __restrict__ row_weight, int* __restrict__ row_token, int* next_row,
                                            int lane, long long id_base = 0, int token_base = 0,
-                                           bool with_shared = true, int shared_dest = 0,
-                                           const int* __restrict__ group_compact = nullptr) {
+                                           bool with_shared = true, int shared_dest = 0) {
   for (int e = lane; e < kExperts; e += 32) next_row[e] = chunk_base[(size_t)c * kExperts + e];
   __syncwarp();
   const int first = c * kChunkSlots;
@@ -207,7 +204,7 @@ __device__ __forceinline__ void rank_chunk(const long long* __restrict__ ids, co
     if (e >= 0 && lower == 0) next_row[e] += __popc(peers);  // the first lane of each expert moves its cursor
     __syncwarp();
     if (s < last) {
-      slot_row[s] = row >= 0 && group_compact != nullptr ? row - group_offset[e] + group_compact[e] : row;
+      slot_row[s] = row;
       if (row >= 0) {
         row_weight[row] = slot_weight[j];
         row_token[row] = kDest ? token_base * kTopK + s : token_base + s / kTopK;
@@ -226,11 +223,18 @@ __device__ __forceinline__ void rank_chunk(const long long* __restrict__ ids, co
 }
 
 // 4. One warp copies token t's e4m3 row (16-byte vectors) and its scales to each of its K (+1 shared, with_shared)
-// rows; a token with no row here (expert parallelism: all its experts on other ranks) is not read at all.
+// rows; a token with no row here (expert parallelism: all its experts on other ranks) is not read at all. a_row_of
+// maps a grouped row to its row of `a` (the fused kernel's pool keeps each group's rows without padding); the scales
+// keep the grouped row.
+struct SameRow {
+  __device__ __forceinline__ int operator()(int row) const { return row; }
+};
+template <class RowOf = SameRow>
 __device__ __forceinline__ void gather_token(const uint4* __restrict__ x_fp8, const float* __restrict__ x_sf, int t,
                                              const int* __restrict__ slot_row, const int* __restrict__ group_offset,
                                              uint4* __restrict__ a, float* __restrict__ sfa, long long sfa_row_stride,
-                                             long long sfa_kb_stride, int lane, bool with_shared = true) {
+                                             long long sfa_kb_stride, int lane, bool with_shared = true,
+                                             const RowOf& a_row_of = RowOf()) {
   int rows[kTopK + kShared];
   bool any = false;
 #pragma unroll
@@ -261,7 +265,7 @@ __device__ __forceinline__ void gather_token(const uint4* __restrict__ x_fp8, co
     for (int r = 0; r < kTopK + kShared; r++) {
       const int row = rows[r];
       if (row < 0) continue;
-      uint4* dst = a + (size_t)row * kVecPerRow;
+      uint4* dst = a + (size_t)a_row_of(row) * kVecPerRow;
 #pragma unroll
       for (int i = 0; i < kBatch; i++) {
         const int v = (v0 + i) * 32 + lane;
