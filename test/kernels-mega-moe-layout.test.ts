@@ -69,7 +69,9 @@ test('symmetric buffer under expert parallelism: every rank\'s tokens may land o
   const L = megaBufferLayout(local, 1000, 4);
   assert.equal(L.regions.slotRow.bytes, 4 * 1000 * 6 * 4, 'slot rows of every source rank\'s tokens');
   assert.equal(L.poolRows, 4 * 1000 * 6 + 1000, 'pools: every rank\'s rows that may land here, without padding');
-  assert.equal(megaBufferLayout(FLASH, 1).poolRows, 16 * 7, 'one token: the small-T direct layout\'s 16-row tiles (6 experts + the shared one)');
+  assert.equal(megaBufferLayout(FLASH, 1).poolRows, 64 * 7, 'one token: the small-T direct layout\'s tiles (6 experts + the shared one, up to 64 rows each)');
+  // Few experts, many slots: the direct layout's wide tiles outgrow the real rows (decode32 at T <= 8 when K / E > 7 / 8).
+  assert.equal(megaBufferLayout({ ...FLASH, experts: 8, topK: 8 }, 8).poolRows, 64 * 9);
   assert.equal(L.regions.out.bytes, (4 * 1000 * 6 + 1000) * 4096 * 2, 'L2 rows by (source rank, token, slot), then the own tokens\' shared rows');
   assert.equal(L.regions.chunkCounts.bytes, 64 * 64 * 4);
   assert.equal(L.regions.xFp8.bytes, 1000 * 4096, 'only its own tokens are staged here');

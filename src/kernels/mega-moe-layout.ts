@@ -149,10 +149,11 @@ export function megaBufferLayout(shape: MegaMoeShape, maxTokens: number, ranks =
     return r;
   };
   const T = maxTokens;
-  // The pools hold each group's rows without padding: at most every real row, or the small-T direct layout's 16-row
-  // tiles (mega_moe.cu dispatch_small_direct: a tile per touched expert + the shared expert's, one rank only).
+  // The pools hold each group's rows without padding: at most every real row, or the small-T direct layout's tiles
+  // (mega_moe.cu dispatch_small_direct: a tile per touched expert + the shared expert's, one rank only; a decode
+  // path's tile, up to 64 rows).
   const real = ranks === 1 ? T * (K + 1) : ranks * T * Math.min(K, E) + T;
-  const direct = ranks === 1 ? 16 * (Math.min(E, Math.min(T, smallTokens()) * K) + 1) : 0;
+  const direct = ranks === 1 ? MEGA_ROW_TILE.decode64 * (Math.min(E, Math.min(T, smallTokens()) * K) + 1) : 0;
   const P = Math.max(real, direct);
   const regions = {
     xFp8: take(T * H), xSf: take(T * (H / 128) * 4), ids: take(T * K * 8), weights: take(T * K * 4),

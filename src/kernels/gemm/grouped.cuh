@@ -577,7 +577,7 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
           float inv;
           const float scale = pow2_scale(mx, inv);
           const long long m = m0 + 8 * rr;
-          if (m >= end) continue;
+          if (Sync::kCompactRows && m >= end) continue;
           unsigned char* row = aq + (m + shift) * kI + nt * 128;
 #pragma unroll
           for (int s = 0; s < kNSub; s++)
@@ -962,7 +962,7 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
         float inv;
         const float scale = pow2_scale(mx, inv);
         const long long tok = tok0 + tl;
-        if (tok >= end) continue;
+        if (Sync::kCompactRows && tok >= end) continue;
         unsigned char* row = aq + (tok + shift) * kI + wb * 128;
 #pragma unroll
         for (int sl = 0; sl < kMSubW; sl++)
