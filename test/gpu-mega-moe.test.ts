@@ -35,6 +35,14 @@ async function vsReference(ref: ReferenceBackend, x: HostTensor<'BF16'>, r: Rout
   return { y: diff(rowsOf(y, rows), want.y), yRouted: diff(rowsOf(yRouted, rows), want.yRouted) };
 }
 
+/** Every grouped row's combine place: slot s's row -> s, the shared expert's row of token t (from sharedRow0) -> T K + t, others -1. */
+function expectedRowDest(rows: number, slotRow: Int32Array, sharedRow0: number, T: number, K: number): Int32Array {
+  const rowDest = new Int32Array(rows).fill(-1);
+  slotRow.forEach((row, slot) => { if (row >= 0) rowDest[row] = slot; });
+  for (let t = 0; t < T; t++) rowDest[sharedRow0 + t] = T * K + t;
+  return rowDest;
+}
+
 /**
  * The small-T direct layout (mega_moe.cu dispatch_small_direct): touched experts ascending, one 16-row tile each
  * holding all T tokens, then the shared expert's tile; slot (t, k) -> 16 tile(e) + t. Row r of a routed tile goes to
@@ -45,10 +53,7 @@ function directDispatch(E: number, K: number, ids: BigInt64Array, T: number): { 
   const touched = [...new Set(Array.from(ids.subarray(0, T * K)).filter(valid).map(Number))].sort((a, b) => a - b);
   const tileOf = new Map(touched.map((e, i) => [e, i]));
   const slotRow = Int32Array.from({ length: T * K }, (_, s) => (valid(ids[s]) ? tileOf.get(Number(ids[s]))! * 16 + Math.floor(s / K) : -1));
-  const rowDest = new Int32Array((touched.length + 1) * 16).fill(-1);
-  slotRow.forEach((row, s) => { if (row >= 0) rowDest[row] = s; });
-  for (let t = 0; t < T; t++) rowDest[touched.length * 16 + t] = T * K + t;
-  return { slotRow, numMTiles: touched.length + 1, rowDest };
+  return { slotRow, numMTiles: touched.length + 1, rowDest: expectedRowDest((touched.length + 1) * 16, slotRow, touched.length * 16, T, K) };
 }
 
 /**
@@ -72,10 +77,7 @@ function assertDispatch(moe: MegaMoe, r: Routing, T: number): void {
   assert.deepEqual(got.slotRow, want.slotRow, 'slot_row');
   assert.deepEqual(got.groupOffset, want.groupOffset, 'group offsets');
   assert.equal(got.numMTiles, want.numMTiles, 'num_m_tiles');
-  const rowDest = new Int32Array(got.rowDest.length).fill(-1);
-  want.slotRow.forEach((row, slot) => { if (row >= 0) rowDest[row] = slot; });
-  for (let t = 0; t < T; t++) rowDest[want.groupOffset[s.experts] + t] = T * s.topK + t;
-  assert.deepEqual(got.rowDest, rowDest, 'row_dest');
+  assert.deepEqual(got.rowDest, expectedRowDest(got.rowDest.length, want.slotRow, want.groupOffset[s.experts], T, s.topK), 'row_dest');
 }
 
 test('mega_moe vs reference and unfused, tiny layer (host weights through the backend interface)', { skip }, async (t) => {
