@@ -42,7 +42,7 @@ test('formatInfo explains a missing GPU and lists every backend', () => {
   assert.match(text, /unfused +no/);
   assert.match(text, /mega_moe +no +not built in this checkout/);
   // The issue's yardstick (flash, 8192 tokens per rank) and the EP worst case (every rank's tokens on one rank).
-  assert.match(text, /flash +EP1 12\.9 MB \/ 629\.6 MB, EP2 [\d.]+ MB \/ 1\.59 GB, EP4 .*EP8 .* \/ 5\.87 GB/);
+  assert.match(text, /flash +EP1 30\.0 MB \/ 876\.0 MB, EP2 [\d.]+ MB \/ 1\.59 GB, EP4 .*EP8 .* \/ 5\.87 GB/);
 });
 
 test('`megamoe info` and `info --json` run and explain the missing GPU', () => {

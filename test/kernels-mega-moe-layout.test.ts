@@ -25,10 +25,9 @@ test('symmetric buffer: regions in order, aligned, disjoint, each exactly its te
   assert.equal(r.xFp8.bytes, 8192 * 4096);
   assert.equal(r.xSf.bytes, 8192 * 32 * 4);
   assert.equal(L.poolRows, 8192 * 7, 'the pools keep every real row (T K routed + T shared) and no padding');
-  assert.equal(r.a.bytes, 0, 'one rank: no L1 pool (L1 gathers its A rows from the staged tokens)');
-  assert.equal(r.sfa.bytes, 0);
+  assert.equal(r.a.bytes, 8192 * 7 * 4096);
   assert.equal(r.act.bytes, 8192 * 7 * 2048);
-  assert.equal(r.actSf.bytes, 16 * M * 4, 'the scales keep the padded stride (m_cap)');
+  assert.equal(r.sfa.bytes, 32 * M * 4, 'the scales keep the padded stride (m_cap)');
   assert.equal(r.out.bytes, 8192 * 7 * 4096 * 2, 'the combine buffer: one bf16 row per (token, slot) and per token for the shared expert, no padding');
   assert.equal(cap.maxTiles, M / 16, 'one flag row per 16-row tile: the kernel finds the tail counters at m_cap / 16');
   assert.equal(r.flags.bytes, (M / 16) * 16 * 4 + (4096 / 128) * 8);
@@ -70,8 +69,6 @@ test('symmetric buffer under expert parallelism: every rank\'s tokens may land o
   const L = megaBufferLayout(local, 1000, 4);
   assert.equal(L.regions.slotRow.bytes, 4 * 1000 * 6 * 4, 'slot rows of every source rank\'s tokens');
   assert.equal(L.poolRows, 4 * 1000 * 6 + 1000, 'pools: every rank\'s rows that may land here, without padding');
-  assert.equal(L.regions.a.bytes, L.poolRows * 4096, 'expert parallelism: the L1 pool holds the rows pulled from every rank');
-  assert.equal(L.regions.sfa.bytes, 32 * c.maxRows * 4);
   assert.equal(megaBufferLayout(FLASH, 1).poolRows, 64 * 7, 'one token: the small-T direct layout\'s tiles (6 experts + the shared one, up to 64 rows each)');
   // Few experts, many slots: the direct layout's wide tiles outgrow the real rows (decode32 at T <= 8 when K / E > 7 / 8).
   assert.equal(megaBufferLayout({ ...FLASH, experts: 8, topK: 8 }, 8).poolRows, 64 * 9);

@@ -75,8 +75,7 @@ export interface MegaBufferLayout {
   maxTokens: number;
   ranks: number;
   capacity: DispatchCapacity;
-  /** rows of the pools (L2's; L1's too under expert parallelism): every real row of the worst routing, without the
-   * groups' padding (mega_moe.cu row_shift) */
+  /** rows of the pools: every real row of the worst routing, without the groups' padding (mega_moe.cu row_shift) */
   poolRows: number;
   regions: {
     /** staged tokens (the staging phase's target; peers read them under expert parallelism) */
@@ -88,9 +87,7 @@ export interface MegaBufferLayout {
     numMTiles: BufferRegion; rowWeight: BufferRegion;
     /** each grouped row's place in the combine buffer (-1: padding) */
     rowDest: BufferRegion; slotRow: BufferRegion;
-    /** L1 pool, expert parallelism only: grouped A rows pulled from every rank, each group's rows without padding
-     * (poolRows), and their scales (MN-major, by grouped row). Empty at one rank: L1 gathers its A rows from the staged
-     * tokens (mega_moe.cu MegaSync::a_token) */
+    /** L1 pool: grouped A rows, each group's rows without padding (poolRows), and their scales (MN-major, by grouped row) */
     a: BufferRegion; sfa: BufferRegion;
     /** L2 pool: the SwiGLU activations and their power-of-two scales (MN-major) */
     act: BufferRegion; actSf: BufferRegion;
@@ -163,7 +160,7 @@ export function megaBufferLayout(shape: MegaMoeShape, maxTokens: number, ranks =
     chunkCounts: take(maxChunks * E * 4), groupOffset: take((G + 1) * 4), groupCount: take(G * 4), groupCompact: take((G + 1) * 4),
     tileGroup: take(maxTiles * 4), numMTiles: take(4), rowWeight: take(M * 4), rowDest: take(M * 4),
     slotRow: take(ranks * T * K * 4),
-    a: take(ranks === 1 ? 0 : P * H), sfa: take(ranks === 1 ? 0 : (H / 128) * M * 4),
+    a: take(P * H), sfa: take((H / 128) * M * 4),
     act: take(P * I), actSf: take((I / 128) * M * 4),
     out: take((ranks * T * K + T) * H * 2),
     // + the tail combine's epoch-tagged u64 counters, one per 128 output columns (mega_moe.cu tail_combine)

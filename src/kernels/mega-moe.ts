@@ -185,11 +185,10 @@ export class MegaMoeKernel {
     if (G * 2 * I * (H / WEIGHT_TILE) >= 2 ** 31 || G * H * (I / WEIGHT_TILE) >= 2 ** 31) {
       throw new RangeError(`mega_moe: ${G} groups of tiled weights exceed the 2^31 rows a TMA coordinate reaches`);
     }
-    const l2a = act(at(r.act), I), l2sf = sf(at(r.actSf), I);
-    // One rank: L1 gathers its A rows from the staged tokens (no L1 pool); its A and scale maps are never read and
-    // stand in as L2's.
-    const l1 = b.layout.ranks === 1 ? [l2a, l2sf] : [act(at(r.a), H), sf(at(r.sfa), H)];
-    return [l1[0], w(b.w13, 2 * I, H, 128), l1[1], l2a, w(b.w2, H, I, 128), l2sf];
+    return [
+      act(at(r.a), H), w(b.w13, 2 * I, H, 128), sf(at(r.sfa), H),
+      act(at(r.act), I), w(b.w2, H, I, 128), sf(at(r.actSf), I),
+    ];
   }
 
   /** Queues the layer for `tokens` (1..maxTokens) tokens on `stream` along `path`. No host synchronisation. */

@@ -3,8 +3,7 @@
 // and its power-of-two FP8 requantization, runs L2 (down), and combines, with no host round trip in between.
 //
 // Phases (every CTA walks them in order; "|" is a grid barrier, flags are per (row tile, activation block)):
-//   stage + count | scan (CTA 0) | rank |   (T <= MM_SMALL_T: CTA 0 does all three alone, in shared memory |)
-//   [expert parallelism: gather (every rank's rows into the L1 pool) |; one rank: L1 reads the staged rows in place]
+//   stage + count | scan (CTA 0) | rank | gather |   (T <= MM_SMALL_T: CTA 0 does all four alone, in shared memory |)
 //   L1 units (decode: through the ring L2 uses; normal: their own 4-stage ring) then L2 units: an L1 unit publishes
 //   its 128 activation columns of its row tile with a release flag; an L2 unit's producer checks its row tile's
 //   flags once (one acquire) and, if some are not yet published, prefetches the unit's weights into L2 and then
@@ -171,7 +170,7 @@ enum : int { kFaultNone = 0, kFaultSkipPublish = 1 };
 // Trace slots: 0 start, 1 dispatch done (GEMMs start), 2 consumers done with L1, 3 with L2, 4 after the GEMMs' grid
 // barrier, 5 combine done; 6 / 7 the producer done issuing L1 / L2; 8-11 the dispatch's steps: single-CTA (CTA 0:
 // staged, counted, scanned, ranked) or grid (every CTA: 8 staged + counted, 9 past the scan's barrier, 10 past the
-// rank's; slot 1 is then past the gather's under expert parallelism).
+// rank's; slot 1 is then past the gather's).
 constexpr int kTraceSlots = 12;
 enum : u32 {
   kPhaseDispatch = 1, kPhaseScan = 2, kPhaseRank = 3, kPhaseGather = 4, kPhaseGemm = 5, kPhaseL2Wait = 6,
@@ -429,8 +428,8 @@ struct MegaSync {
   int rotation;  // units before this GEMM's first (the L1 units): L2 continues L1's round robin over the CTAs / clusters
   int fault;
   const MegaParams* params;  // the layer's buffers: the tail combine's (L2), the dispatch's group offsets (live_rows)
+  int a_tile0;               // L1 after dispatch_small_direct: every tile reads A tile 0 (all T tokens)
   int direct;                // the launch's dispatch was dispatch_small_direct (its tiles are not compacted)
-  int gather;                // L1 gathers its A rows from the staged tokens (one rank: no L1 pool, kGathersA)
 
   // Rows of row tile mt (of group g) that hold tokens: the group's rows end at its padded offset + its row count, its
   // tiles run on to the next multiple of 128. (Written by this launch's dispatch: plain loads, no __ldg.)
@@ -471,21 +470,7 @@ struct MegaSync {
   __device__ __forceinline__ int first_unit(int cta, int ctas) const { return (cta + ctas - rotation % ctas) % ctas; }
   // The next unit of this GEMM (L1 and L2 count on from one counter: L2's units follow the rotation = L1 units).
   __device__ __forceinline__ int grab() const { return (int)atomicAdd(&ctl->unit_next, 1u) - rotation; }
-  // L1 at one rank reads its A rows and their scales where the staging left them (gemm/gather.cuh): grouped row m
-  // is the staged token its combine place names (dsp::rank_chunk<true>: slot k of token t at t K + k, the shared
-  // expert's row of t at T K + t), -1 for padding. Under expert parallelism the rows come from every rank: the
-  // dispatch pulls them into the L1 pool once instead (p.a), and L1 loads its tiles from there by TMA.
-  static constexpr bool kGathersA = !kWait;
-  __device__ __forceinline__ bool gathers() const { return gather != 0; }
-  __device__ __forceinline__ int a_token(int m) const {
-    const int d = params->row_dest[m];
-    const int routed = params->num_tokens * MM_TOPK;
-    return d < 0 ? -1 : d < routed ? d / MM_TOPK : d - routed;
-  }
-  __device__ __forceinline__ const unsigned char* a_rows() const {
-    return reinterpret_cast<const unsigned char*>(params->x_fp8);
-  }
-  __device__ __forceinline__ const float* a_scales() const { return params->x_sf; }
+  __device__ __forceinline__ int a_tile(int mt) const { return a_tile0 ? 0 : mt; }
   __device__ __forceinline__ u32* flag(int mt, int kb) const { return flags + (size_t)mt * kL2KBlocks + kb; }
   // Every A block of row tile mt published? Relaxed loads in flight together (one round trip, not kL2KBlocks), then
   // one fence makes them an acquire; the proxy fence lets the TMA loads that follow read what was published.
@@ -588,17 +573,19 @@ __device__ __forceinline__ void dispatch_small(const MegaParams& p, int* scratch
   if (warp == 0)
     dsp::rank_chunk<true>(p.ids, p.weights, T, 0, counts, offsets, p.slot_row, p.row_weight, p.row_dest, cursors,
                           lane, 0, 0, true, T * MM_TOPK);
-  // (No gather: at one rank L1 reads the staged rows in place, MegaSync::a_token.)
-  __syncthreads();
+  __syncthreads();  // the staged rows (all warps) and slot_row (warp 0) are ready for the gather
   if (tid == 0) stamp(11);
+  for (int t = warp; t < T; t += kWarps)
+    dsp::gather_token(p.x_fp8, p.x_sf, t, p.slot_row, offsets, p.a, p.sfa, 1, p.m_cap, lane, true, PoolRow{&p});
 }
 
 // Decode path, T <= kSmallT on one rank: the dispatch without count, scan, rank or gather. Every touched expert
 // (ascending) and then the shared expert gets one 16-row tile whose rows are ALL T tokens: row r of tile i is token
-// r where it routes to that tile's expert, with its routing weight (elsewhere a row no slot points at: L1 gathers
-// it as zeros, MegaSync::a_token, and its weight is 0). Each (token, expert) row computes exactly what the packed
-// layout computes (the GEMMs are row-independent), so the result is bit-identical; it only costs wgmma columns,
-// which a 16-token tile has anyway. slot_row[t, k] = 16 tile(e) + t; the shared rows are tile n - 1's. CTA 0 alone, shared memory only.
+// r, with its routing weight for that tile's expert (0 where it does not route there: its SwiGLU output is 0, and no
+// slot points at it), so every L1 tile reads the same A rows, tile 0's, which the staging writes directly (MN-major
+// scales; MegaSync::a_tile). Each (token, expert) row computes exactly what the packed layout computes (the GEMMs
+// are row-independent), so the result is bit-identical; it only costs wgmma columns, which a 16-token tile has
+// anyway. slot_row[t, k] = 16 tile(e) + t; the shared rows are tile n - 1's. CTA 0 alone, shared memory only.
 // Returns false (nothing but staging done) when a token names one expert in two slots: two weights for one row;
 // dispatch_small then runs instead.
 template <class Stamp>
@@ -614,7 +601,7 @@ __device__ __forceinline__ bool dispatch_small_direct(const MegaParams& p, int* 
   if (tid == 0) s_dup = 0;
   __syncthreads();
   for (int row = warp; row < T; row += kWarps)
-    stg::stage_row(p.x, p.ids, p.weights, p.x_fp8, p.x_sf, p.ids_staged, p.w_staged, row, lane);
+    stg::stage_row(p.x, p.ids, p.weights, reinterpret_cast<uint4*>(p.a), p.sfa, p.ids_staged, p.w_staged, row, lane, 1, p.m_cap);
   for (int s = tid; s < T * K; s += kThreads) {
     const int e = dsp::expert_of(p.ids[s]);
     if (e < 0) continue;
@@ -732,8 +719,6 @@ __device__ __forceinline__ u32 dispatch_grid(const MegaParams& p, int* scratch, 
     dsp::fill_group(p.group_offset[g], p.group_count[g], kBlockM, g, p.tile_group, p.row_weight, p.row_dest, lane, 32);
   grid_barrier(p.ctl, kPhaseRank, p.timeout_ns);
   if (tid == 0) stamp(10);
-  // Expert parallelism: every source rank's rows into the L1 pool (one rank: L1 reads the staged rows in place).
-  if (p.ranks == 1) return epoch;
   for (int g = gwarp; g < T * p.ranks; g += nwarps) {
     const int s = g / T;
     dsp::gather_token(s == p.rank ? p.x_fp8 : peer(p, p.x_fp8, s), s == p.rank ? p.x_sf : peer(p, p.x_sf, s), g % T,
@@ -813,11 +798,11 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
     if (blockIdx.x == 0 && tid == 0) p.ctl->epoch = epoch;
   } else {
     epoch = dispatch_grid(p, scratch, tid, warp, lane, old_epoch, &s_epoch, stamp);
-    if (p.ranks > 1) grid_barrier(p.ctl, kPhaseGather, p.timeout_ns);
+    grid_barrier(p.ctl, kPhaseGather, p.timeout_ns);
   }
   if (tid == 0) stamp(1);
-  // Read after the barrier (CTA 0 wrote it before): whether the tiles are dispatch_small_direct's (not compacted).
-  const int small_direct = kDecode && small ? (int)*reinterpret_cast<volatile u32*>(&p.ctl->small_direct) : 0;
+  // Read after the barrier (CTA 0 wrote it before): whether L1's tiles all read A tile 0.
+  const int a_tile0 = kDecode && small ? (int)*reinterpret_cast<volatile u32*>(&p.ctl->small_direct) : 0;
 
   // ---- L1 then L2 through one ring ----
   const u32 sbase = gg::smem_addr(smem);
@@ -842,14 +827,14 @@ mega_moe_fused(const __grid_constant__ gg::TmaDesc tmap_a1, const __grid_constan
 #define MM_L1_ARGS                                                                                                  \
   gg::GemmArgs{&tmap_a1, &tmap_w13, &tmap_sfa1, &tmap_a1, p.s13, p.tile_group, p.num_m_tiles, p.act, p.act_sf,      \
                p.row_weight, p.swiglu_limit, p.m_cap},                                                              \
-      l1_ring, MegaSync<false, true>{p.flags, p.ctl, p.timeout_ns, epoch, 0, p.fault, &p, small_direct, p.ranks == 1}
+      l1_ring, MegaSync<false, true>{p.flags, p.ctl, p.timeout_ns, epoch, 0, p.fault, &p, a_tile0, a_tile0}
 #define MM_L2_ARGS                                                                                                  \
   gg::GemmArgs{&tmap_a2, &tmap_w2, &tmap_sfa2, nullptr, p.s2, p.tile_group, p.num_m_tiles, p.out, nullptr,          \
                nullptr, 0.0f, p.m_cap},                                                                             \
       ring,                                                                                                         \
       MegaSync<true, false>{p.flags, p.ctl, p.timeout_ns, epoch,                                                    \
                             l1_units(min(max(*p.num_m_tiles, 0), p.max_tiles)),                                    \
-                            p.fault, &p, small_direct, 0}
+                            p.fault, &p, 0, a_tile0}
   gg::Ring ring, normal_l1_ring;
   ring.carry = normal_l1_ring.carry = blockIdx.x;  // dynamic scheduling: L1's first unit
   gg::Ring& l1_ring = kDecode ? ring : normal_l1_ring;  // decode: L1 and L2 through one ring

@@ -4,7 +4,6 @@
 // MegaMoE kernel, mega_moe.cu, runs L1 and L2 through one ring). The design is grouped_gemm_fp8.cu's header and
 // docs/GEMM.md. Included after common.cuh, gemm/ptx.cuh, gemm/wgmma_e4m3.cuh and gemm/pipeline.cuh.
 #pragma once
-#include "gather.cuh"
 
 #ifndef GG_L2_POLICY
 #define GG_L2_POLICY 0  // the normal body's L2 eviction policies (its producer, below)
@@ -186,7 +185,6 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
   static_assert(!(Sync::kWaits || Sync::kPublishes) || !kOwnSetup, "cross-CTA hooks run inside the fused kernel");
   static_assert(!Sync::kScattersRows || kTmaStore, "scattered rows: the normal body stages its bf16 tile");
   static_assert(!Sync::kCompactRows || !kPairN, "compact rows: no activation multicast (its halves are 64 rows apart)");
-  static_assert(!Sync::kGathersA || (!Sync::kWaits && !kPairN), "gathered A: its rows are ready (no waits), one CTA's own");
 
   extern __shared__ __align__(1024) unsigned char smem[];
   const u32 sbase = smem_addr(smem);
@@ -276,11 +274,7 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
   if (warp >= 8) {
     // ---------------- producer warpgroup ----------------
     if (kOwnSetup) regs_dealloc<40>();
-    // Sync::kGathersA: warp 8 walks the units on all its lanes (the gathers); lane 0 alone issues everything else.
-    constexpr bool kWarpProducer = Sync::kGathersA;
-    if (warp == 8 && (kWarpProducer || lane == 0)) {
-      const bool leader = !kWarpProducer || lane == 0;
-      const bool gather = kWarpProducer && sync.gathers();
+    if (warp == 8 && lane == 0) {
       // GG_L2_POLICY: 0 both operands evict_normal (the unfused GEMM); 1 the activation tiles and scales evict_last,
       // so the weight stream does not push out the row tile every N tile re-reads (the fused kernel's default:
       // mega-moe-layout.ts normalL2Policy); 2 also the weights evict_first.
@@ -289,9 +283,8 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
       int& stage = ring.stage;
       u32& phase = ring.phase;
       int u = kDyn ? ring.carry : first_unit;
-      // (dynamic, warp-wide: lane 0's grab reaches the other lanes at the unit's end)
-      for (int next; u < n_units; u = kDyn && kWarpProducer ? __shfl_sync(0xffffffffu, next, 0) : next) {
-        next = kDyn ? (leader ? sync.grab() : 0) : u + unit_step;  // dynamic: issued now, its answer needed only at the end
+      for (int next; u < n_units; u = next) {
+        next = kDyn ? sync.grab() : u + unit_step;  // dynamic: issued now, its answer needed only at the end
         const Unit w = unit_of(u);
         const int mt = w.mt, nt = w.nt, g = w.g;
         // Both CTAs of the pair skip it (dynamic: never announced; announced round robin: never happens, as every
@@ -317,45 +310,30 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
           const int seq = ring.seq;
           if (kAnnounce && kb == 0) {  // released by this stage's arrive
             const int j = ring.seq++ % kUnitSlots;
-            if (leader) {
-              if (kDyn) unit_slots()[j] = u;
-              unit_infos()[j] = pack(w);
-            }
+            if (kDyn) unit_slots()[j] = u;
+            unit_infos()[j] = pack(w);
           }
           const bool sfb_copy = kSfbSmem && kb == 0 && g >= 0;
           // A failed wait (abort: the kernel reports the error) still loads the stage: its data is invalid anyway,
           // and a cluster peer expects this CTA's half of the weight tile (skipping it would hang the peer).
           if (g >= 0 && !a_ready) (void)sync.wait(mt, kb);
-          if (g >= 0 && gather) {
-            // The source rows of tile rows lane + 32 j, read again at every stage (L1 hits): held through the unit,
-            // they cost the producer's 40 registers spills.
-            int src[kNormalRows / 32];
-#pragma unroll
-            for (int j = 0; j < kNormalRows / 32; j++) src[j] = sync.a_token(mt * kNormalRows + lane + 32 * j);
-            gather_a_stage<kNormalRows, kK>(sbase + P::kOffA + stage * P::kABytes, sbase + P::kOffSfa + stage * P::kSfaBytes,
-                                            sync.a_rows(), sync.a_scales(), src, kb, lane, full_bar(stage));
-            __syncwarp();  // every lane's pending arrival is counted before lane 0's arrive below
-          }
-          if (g >= 0 && leader) {
-            mbar_arrive_expect_tx(full_bar(stage), (gather ? 0u : P::kABytes + P::kSfaBytes) + P::kBBytes +
-                                                       (sfb_copy ? 2 * kSfbBytes : 0));
+          if (g >= 0) {
+            mbar_arrive_expect_tx(full_bar(stage), P::kABytes + P::kBBytes + P::kSfaBytes + (sfb_copy ? 2 * kSfbBytes : 0));
             if (sfb_copy) {
               const u32 slot = smem_addr(sfb_slots<kKB>() + (seq & 1) * 2 * kKB);
               bulk_load_1d(slot, sfb_row(g, nt, 0), kSfbBytes, full_bar(stage));
               bulk_load_1d(slot + kSfbBytes, sfb_row(g, nt, 1), kSfbBytes, full_bar(stage));
             }
             const u32 sb = sbase + P::kOffB + stage * P::kBBytes;
-            if (!gather) {
-              if (kPairN) {  // each CTA fetches one 64-row half of the shared activation tile for both
-                tma_load_2d_multicast(sbase + P::kOffA + stage * P::kABytes + rank * (64 * kBlockK), tmap_a,
-                                      full_bar(stage), kb * kBlockK, mt * kNormalRows + 64 * rank, (unsigned short)0x3,
-                                      pol_a);
-              } else {
-                tma_load_2d(sbase + P::kOffA + stage * P::kABytes, tmap_a, full_bar(stage), kb * kBlockK, a_row, pol_a);
-              }
-              tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaBytes, tmap_sfa, full_bar(stage), mt * kNormalRows, kb,
-                          pol_a);
+            if (kPairN) {  // each CTA fetches one 64-row half of the shared activation tile for both
+              tma_load_2d_multicast(sbase + P::kOffA + stage * P::kABytes + rank * (64 * kBlockK), tmap_a,
+                                    full_bar(stage), kb * kBlockK, mt * kNormalRows + 64 * rank, (unsigned short)0x3,
+                                    pol_a);
+            } else {
+              tma_load_2d(sbase + P::kOffA + stage * P::kABytes, tmap_a, full_bar(stage), kb * kBlockK, a_row, pol_a);
             }
+            tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaBytes, tmap_sfa, full_bar(stage), mt * kNormalRows, kb,
+                        pol_a);
             if (mcast) {
               const WCoord c = weight_coord<kN, kK, kWTiled>(g, b_row + 128 * rank, kb);
               tma_load_2d_multicast(sb + rank * (128 * kBlockK), tmap_b, full_bar(stage), c.x, c.y,
@@ -367,15 +345,13 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
                 tma_load_2d(sb + h * (128 * kBlockK), tmap_b, full_bar(stage), c.x, c.y, pol);
               }
             }
-          } else if (g < 0 && leader) {
+          } else {
             mbar_arrive(full_bar(stage));  // dead tile: no data, the consumers just pass the stage on
           }
           ring.advance<kStages>();
         }
       }
-      if constexpr (kDyn) {
-        if (leader) end_dynamic_gemm(ring, bars, u, n_units);
-      }
+      if constexpr (kDyn) end_dynamic_gemm(ring, bars, u, n_units);
     }
     __syncwarp();
   } else {
@@ -397,7 +373,6 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
 
     float acc[64];
     float fin[kNSub][64];
-    const bool gathered = Sync::kGathersA && sync.gathers();
     int& stage = ring.stage;
     u32& phase = ring.phase;
 
@@ -464,7 +439,6 @@ __device__ __forceinline__ void normal_body(const GemmArgs& ga, Ring& ring, cons
         const float sa0 = ld_shared_f32(sfa_base + 4u * r0);
         const float sa1 = ld_shared_f32(sfa_base + 4u * r1);
 
-        if (gathered) fence_proxy_async();  // the producer's cp.async rows, read next by wgmma (async proxy)
         const u64 da = make_desc_sw128(sbase + P::kOffA + stage * P::kABytes + wg * (64 * kBlockK));
 #pragma unroll
         for (int s = 0; s < kNSub; s++) {
@@ -772,20 +746,14 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
 
   if (warp >= 4 * kCWG) {
     // ---------------- producer warpgroup: one thread keeps up to kStages tiles of weights in flight ----------------
-    // Sync::kGathersA: warp 4 kCWG walks the units on all its lanes (the gathers); lane 0 alone issues the rest.
-    constexpr bool kWarpProducer = Sync::kGathersA;
-    static_assert(!Sync::kGathersA || !Sync::kWaits, "gathered A: its rows are ready (no waits)");
-    if (warp == 4 * kCWG && (kWarpProducer || lane == 0)) {
-      const bool leader = !kWarpProducer || lane == 0;
-      const bool gather = kWarpProducer && sync.gathers();
+    if (warp == 4 * kCWG && lane == 0) {
       const u64 pol_a = policy_evict_last();
       const u64 pol_b = policy_evict_first();
       int& stage = ring.stage;
       u32& phase = ring.phase;
       int u = kDyn ? ring.carry : sync.first_unit((int)blockIdx.x, (int)gridDim.x);
-      // (dynamic, warp-wide: lane 0's grab reaches the other lanes at the unit's end)
-      for (int next; u < n_units; u = kDyn && kWarpProducer ? __shfl_sync(0xffffffffu, next, 0) : next) {
-        next = kDyn ? (leader ? sync.grab() : 0) : u + (int)gridDim.x;  // dynamic: issued now, its answer needed only at the end
+      for (int next; u < n_units; u = next) {
+        next = kDyn ? sync.grab() : u + (int)gridDim.x;  // dynamic: issued now, its answer needed only at the end
         const DUnit du = dunit_of(u);
         const int mt = du.mt, wb = du.wb, kb0 = du.ks * kKBSplit;
         const int g = tile_group[mt];
@@ -797,47 +765,30 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
           // Its A is not written yet: pull this unit's weights into L2 meanwhile (decode: L2 while L1 runs).
           decode_prefetch_weights<kN, kK, kMSub, kWTiled>(tmap_b, g, b_row, 0, kKB);
         }
-        // First row of the tile's tokens (Sync::kCompactRows: in its group's rows without padding; scales: mt's).
-        const int a_row = mt * kRows + (Sync::kCompactRows ? sync.row_shift(g) : 0);
+        const int at = sync.a_tile(mt);
+        // First row of the tile's tokens (Sync::kCompactRows: in its group's rows without padding; scales: at's).
+        const int a_row = at * kRows + (Sync::kCompactRows ? sync.row_shift(g) : 0);
         for (int kb = kb0; kb < kb0 + kKBSplit; kb++) {
           mbar_wait(empty_bar(stage), phase ^ 1);
-          if (kDyn && kb == 0) {  // released by this stage's arrive
-            const int j = ring.seq++ % kUnitSlots;
-            if (leader) unit_slots()[j] = u;
-          }
+          if (kDyn && kb == 0) unit_slots()[ring.seq++ % kUnitSlots] = u;  // released by this stage's arrive
           if (!a_ready && !sync.wait(mt, kb)) {  // abort: pass the stage on without data
             mbar_arrive(full_bar(stage));
             ring.advance<kStages>();
             continue;
           }
-          if (gather) {
-            // The source rows of tile rows lane + 32 j (as in normal_body: read at every stage).
-            int src[(kRows + 31) / 32];
+          mbar_arrive_expect_tx(full_bar(stage), kUnitBBytes + P::kABytes + kRows * 4);
 #pragma unroll
-            for (int j = 0; j < (kRows + 31) / 32; j++) src[j] = lane + 32 * j < kRows ? sync.a_token(mt * kRows + lane + 32 * j) : -1;
-            gather_a_stage<kRows, kK>(sbase + P::kOffA + stage * P::kABytes, sbase + P::kOffSfa + stage * P::kSfaSlot,
-                                      sync.a_rows(), sync.a_scales(), src, kb, lane, full_bar(stage));
-            __syncwarp();  // every lane's pending arrival is counted before lane 0's arrive below
+          for (int h = 0; h < kRowsW / kBoxRowsW; h++) {
+            const WCoord c = weight_coord<kN, kK, kWTiled>(g, b_row + kBoxRowsW * h, kb);
+            tma_load_2d(sbase + P::kOffB + stage * P::kBBytes + h * (kBoxRowsW * kBlockK), tmap_b, full_bar(stage),
+                        c.x, c.y, pol_b);
           }
-          if (leader) {
-            mbar_arrive_expect_tx(full_bar(stage), kUnitBBytes + (gather ? 0u : P::kABytes + kRows * 4));
-#pragma unroll
-            for (int h = 0; h < kRowsW / kBoxRowsW; h++) {
-              const WCoord c = weight_coord<kN, kK, kWTiled>(g, b_row + kBoxRowsW * h, kb);
-              tma_load_2d(sbase + P::kOffB + stage * P::kBBytes + h * (kBoxRowsW * kBlockK), tmap_b, full_bar(stage),
-                          c.x, c.y, pol_b);
-            }
-            if (!gather) {
-              tma_load_2d(sbase + P::kOffA + stage * P::kABytes, tmap_a, full_bar(stage), kb * kBlockK, a_row, pol_a);
-              tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaSlot, tmap_sfa, full_bar(stage), mt * kRows, kb, pol_a);
-            }
-          }
+          tma_load_2d(sbase + P::kOffA + stage * P::kABytes, tmap_a, full_bar(stage), kb * kBlockK, a_row, pol_a);
+          tma_load_2d(sbase + P::kOffSfa + stage * P::kSfaSlot, tmap_sfa, full_bar(stage), at * kRows, kb, pol_a);
           ring.advance<kStages>();
         }
       }
-      if constexpr (kDyn) {
-        if (leader) end_dynamic_gemm(ring, bars, u, n_units);
-      }
+      if constexpr (kDyn) end_dynamic_gemm(ring, bars, u, n_units);
     }
     return;
   }
@@ -850,7 +801,6 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
 
   float acc[kMSubW][kAcc];
   float fin[kMSubW][kAcc];
-  const bool gathered = Sync::kGathersA && sync.gathers();
   int& stage = ring.stage;
   u32& phase = ring.phase;
 
@@ -905,7 +855,6 @@ __device__ __forceinline__ void decode_body(const GemmArgs& ga, Ring& ring, cons
 #pragma unroll
       for (int j = 0; j < kRows / 4; j++) ts[j] = ld_shared_f32(sfa_base + 4u * (8 * (j >> 1) + 2 * q + (j & 1)));
 
-      if (gathered) fence_proxy_async();  // the producer's cp.async rows, read next by wgmma (async proxy)
       const u64 db = make_desc_sw128(sbase + P::kOffA + stage * P::kABytes);
 #pragma unroll
       for (int sl = 0; sl < kMSubW; sl++)

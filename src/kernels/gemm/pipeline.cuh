@@ -70,11 +70,8 @@ struct GemmArgs {
 //               after its stores of unit (mt, wb), which covers kCols output columns.
 //   first_unit(cta, ctas): the first work unit of CTA (or 2-CTA cluster) `cta` of `ctas` (then every ctas-th),
 //               so a second GEMM can continue the first one's round robin.
-//   kGathersA:  (L1 of the fused kernel) where gathers() holds, the producer warp copies each A block and its scales
-//               from the source rows a_token(m) of grouped rows m (-1: none, zero-filled) of a_rows() / a_scales()
-//               (gemm/gather.cuh) instead of loading A and sfa by TMA; the consumers fence the async proxy before
-//               their wgmma. The producer's loop then runs on all 32 lanes of its warp (lane 0 alone issues TMA,
-//               grabs and announcements).
+//   a_tile(mt): (decode body) the row tile of A and its scales that row tile mt's units read: mt, or, in the fused
+//               kernel's small-T dispatch, tile 0 for all (every expert's tile holds all T tokens).
 //   kSkipsPadding: (normal body) live_rows(mt, g) is how many of row tile mt's 128 rows hold tokens (the rest is its
 //               expert's padding); a consumer warpgroup whose 64 rows are all padding skips its MMAs and its epilogue
 //               (nothing reads padding rows' outputs), still passing every stage on.
@@ -110,11 +107,6 @@ struct NoSync {
   static constexpr bool kAnnounces = false;
   static constexpr bool kScattersRows = false;
   static constexpr bool kCompactRows = false;
-  static constexpr bool kGathersA = false;
-  __device__ __forceinline__ bool gathers() const { return false; }
-  __device__ __forceinline__ int a_token(int) const { return -1; }
-  __device__ __forceinline__ const unsigned char* a_rows() const { return nullptr; }
-  __device__ __forceinline__ const float* a_scales() const { return nullptr; }
   __device__ __forceinline__ int row_dest(int m) const { return m; }
   __device__ __forceinline__ int row_shift(int) const { return 0; }
   __device__ __forceinline__ int rows_end(int) const { return 0x7fffffff; }
@@ -122,6 +114,7 @@ struct NoSync {
   __device__ __forceinline__ PairSlot pair_slot(int s, int) const { return {s, -1}; }
   __device__ __forceinline__ int grab() const { return 0; }
   __device__ __forceinline__ int first_unit(int cta, int) const { return cta; }
+  __device__ __forceinline__ int a_tile(int mt) const { return mt; }
   __device__ __forceinline__ bool unit_ready(int) const { return true; }
   __device__ __forceinline__ bool wait(int, int) const { return true; }
   __device__ __forceinline__ void publish(int, int, int, int) const {}
